@@ -1,0 +1,175 @@
+//! API keys through the gateway (Envoy -> keygate ext_authz -> Vault).
+//! Each case issues its own keys, so cases run in parallel without sharing state.
+
+use std::io::{Read, Write};
+
+use keyrig_e2e::*;
+use rstest::rstest;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use time::{Duration as TimeDelta, OffsetDateTime};
+
+const GROUP: &str = "animal-rescue-api";
+const OTHER_GROUP: &str = "billing-api";
+
+#[tokio::test]
+async fn valid_key_reaches_upstream_with_owner_and_group() {
+    let _case = case("api_keys", "valid_key_reaches_upstream_with_owner_and_group");
+    let key = issue_key(GROUP, |r| r).await.unwrap();
+
+    let reply = gateway_get(&api_path(GROUP), Some(key.expose())).await.unwrap();
+
+    assert_eq!(reply.status, 200, "a valid key was refused: {:?}", reply.reason);
+    assert_eq!(reply.upstream_header("x-keyrig-owner"), Some("e2e-owner"));
+    assert_eq!(reply.upstream_header("x-keyrig-group"), Some(GROUP));
+}
+
+#[tokio::test]
+async fn header_name_is_case_insensitive() {
+    let _case = case("api_keys", "header_name_is_case_insensitive");
+    let key = issue_key(GROUP, |r| r).await.unwrap();
+    // reqwest lowercases header names, so write the request by hand.
+    let gateway = env().gateway_url.trim_start_matches("http://").to_owned();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {gateway}\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n",
+        api_path(GROUP),
+        key.expose()
+    );
+    let status_line = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&gateway).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response.lines().next().unwrap_or_default().to_owned()
+    })
+    .await
+    .unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 200"), "X-API-Key was not honoured: {status_line}");
+}
+
+/// Keys that must be refused, with the status and the reason keygate gives.
+#[rstest]
+#[case::missing_header("missing_header", None, 401, "missing")]
+#[case::too_short_63("too_short_63", Some(Mangle::Truncate), 401, "malformed")]
+#[case::too_long_65("too_long_65", Some(Mangle::Append), 401, "malformed")]
+#[case::non_hex("non_hex", Some(Mangle::NonHex), 401, "malformed")]
+#[case::unknown_selector("unknown_selector", Some(Mangle::NewSelector), 401, "unknown")]
+#[case::wrong_verifier("wrong_verifier", Some(Mangle::NewVerifier), 401, "mismatch")]
+#[tokio::test]
+async fn refused_keys(
+    #[case] name: &str,
+    #[case] mangle: Option<Mangle>,
+    #[case] status: u16,
+    #[case] reason: &str,
+) {
+    let _case = case("api_keys", &format!("refused_{name}"));
+    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let presented = mangle.map(|m| m.apply(key.expose()));
+
+    let reply = gateway_get(&api_path(GROUP), presented.as_deref()).await.unwrap();
+
+    assert_eq!((reply.status, reply.reason.as_deref()), (status, Some(reason)));
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mangle {
+    Truncate,
+    Append,
+    NonHex,
+    NewSelector,
+    NewVerifier,
+}
+
+impl Mangle {
+    fn apply(self, key: &str) -> String {
+        let fresh = apikey::ApiKey::generate();
+        match self {
+            Mangle::Truncate => key[..63].to_owned(),
+            Mangle::Append => format!("{key}0"),
+            Mangle::NonHex => format!("{}z", &key[..63]),
+            Mangle::NewSelector => format!("{}{}", &fresh.expose()[..32], &key[32..]),
+            Mangle::NewVerifier => format!("{}{}", &key[..32], &fresh.expose()[32..]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn key_of_one_group_is_forbidden_on_another() {
+    let _case = case("api_keys", "key_of_one_group_is_forbidden_on_another");
+    let key = issue_key(GROUP, |r| r).await.unwrap();
+
+    let reply = gateway_get(&api_path(OTHER_GROUP), Some(key.expose())).await.unwrap();
+
+    assert_eq!((reply.status, reply.reason.as_deref()), (403, Some("wrong-group")));
+}
+
+#[tokio::test]
+async fn path_of_no_api_is_forbidden() {
+    let _case = case("api_keys", "path_of_no_api_is_forbidden");
+    let key = issue_key(GROUP, |r| r).await.unwrap();
+
+    let reply = gateway_get("/no-such-api/anything", Some(key.expose())).await.unwrap();
+
+    assert_eq!((reply.status, reply.reason.as_deref()), (403, Some("no-route")));
+}
+
+#[tokio::test]
+async fn revoked_key_is_refused_once_the_cache_expires() {
+    let _case = case("api_keys", "revoked_key_is_refused_once_the_cache_expires");
+    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let path = api_path(GROUP);
+    assert_eq!(gateway_get(&path, Some(key.expose())).await.unwrap().status, 200);
+
+    // Revocation in the portal's scheme: delete the secret, all versions.
+    let portal = portal_token().await.unwrap();
+    let deleted = vault("DELETE", &kv_path("metadata", GROUP, key.selector().as_str()), &portal, None)
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, 204, "deleting the record: {:?}", deleted.body);
+
+    rig::wait::wait_until("the revoked key to be refused", cache_deadline(), || async {
+        let reply = gateway_get(&path, Some(key.expose())).await?;
+        Ok(match (reply.status, reply.reason.as_deref()) {
+            (401, Some("unknown")) => rig::wait::Observed::Done(()),
+            other => rig::wait::Observed::NotYet(format!("{other:?}")),
+        })
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn expired_key_is_refused_and_unexpired_accepted() {
+    let _case = case("api_keys", "expired_key_is_refused_and_unexpired_accepted");
+    let now = OffsetDateTime::now_utc();
+    let expired = issue_key(GROUP, |r| r.with_expiry(now - TimeDelta::minutes(1))).await.unwrap();
+    let current = issue_key(GROUP, |r| r.with_expiry(now + TimeDelta::hours(1))).await.unwrap();
+
+    let refused = gateway_get(&api_path(GROUP), Some(expired.expose())).await.unwrap();
+    let accepted = gateway_get(&api_path(GROUP), Some(current.expose())).await.unwrap();
+
+    assert_eq!((refused.status, refused.reason.as_deref()), (401, Some("expired")));
+    assert_eq!(accepted.status, 200, "an unexpired key was refused: {:?}", accepted.reason);
+}
+
+/// Other tools write keys too: this one follows README's storage format with
+/// nothing but the Vault HTTP API and SHA-256, not keyrig's crates.
+#[tokio::test]
+async fn key_written_by_plain_http_in_the_documented_format_is_accepted() {
+    let _case = case("api_keys", "key_written_by_plain_http_in_the_documented_format_is_accepted");
+    let bytes: [u8; 32] = rand::random();
+    let key = hex::encode(bytes);
+    let (selector, verifier) = key.split_at(32);
+    let hash = hex::encode(Sha256::digest(verifier.as_bytes()));
+    let portal = portal_token().await.unwrap();
+    let path = format!("{}/data/{GROUP}/{selector}", env().kv_mount);
+    let written = vault("POST", &path, &portal, Some(json!({"data": {"key": hash, "owner": "plain-http"}})))
+        .await
+        .unwrap();
+    assert_eq!(written.status, 200, "{:?}", written.body);
+
+    let reply = gateway_get(&api_path(GROUP), Some(&key)).await.unwrap();
+
+    assert_eq!(reply.status, 200, "refused: {:?}", reply.reason);
+    assert_eq!(reply.upstream_header("x-keyrig-owner"), Some("plain-http"));
+}
