@@ -1,0 +1,605 @@
+//! The YAML config file. Parsing happens in two steps: serde reads a "raw"
+//! shape where every required field is optional, then `validate` turns it
+//! into [`Config`]. The split exists so a missing field produces a sentence
+//! that names the field and the fix, instead of serde's bare "missing field".
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_KV_MOUNT: &str = "api-portal-keys";
+pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(5);
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
+/// A problem with the config file or a file it points to. Displays as
+/// `<file>: <sentence>`, the sentence naming the field and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: impl fmt::Display, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file as given on the command line; errors name it so.
+    pub file: PathBuf,
+    pub listen: Listen,
+    pub vault: VaultConfig,
+    /// OpenAPI documents, resolved against the config file's directory.
+    pub apis: Vec<ApiFile>,
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8200`.
+    pub address: String,
+    /// KV v2 mount without surrounding slashes.
+    pub kv_mount: String,
+    pub timeout: Duration,
+    pub auth: Auth,
+}
+
+#[derive(Debug, Clone)]
+pub enum Auth {
+    AppRole {
+        mount: String,
+        role_id_file: SecretFile,
+        secret_id_file: SecretFile,
+    },
+    TokenFile(SecretFile),
+}
+
+/// One entry of `apis`: where it was written in the config, and the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFile {
+    /// `apis[<i>]`, for messages.
+    pub field: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub positive_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+/// A file holding a secret (token, role-id, secret-id). Only the path lives
+/// in the config; the content is read when needed and wrapped in [`Secret`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    /// Field path, e.g. `vault.auth.approle.secret_id_file`.
+    pub field: &'static str,
+    pub path: PathBuf,
+}
+
+/// Why a secret file could not be used. Never includes the file's content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretFileError {
+    #[error(
+        "{field} points to {path}, which cannot be read ({reason}): create the file or fix the path"
+    )]
+    Unreadable {
+        field: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("{field} points to {path}, which is empty: write the secret into it")]
+    Empty { field: &'static str, path: String },
+}
+
+impl SecretFile {
+    /// Reads and trims the file. Called at startup and again on each login,
+    /// so a rotated secret-id is picked up without a restart.
+    pub fn read(&self) -> Result<Secret, SecretFileError> {
+        let path = self.path.display().to_string();
+        let text =
+            std::fs::read_to_string(&self.path).map_err(|err| SecretFileError::Unreadable {
+                field: self.field,
+                path: path.clone(),
+                reason: err.to_string(),
+            })?;
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(SecretFileError::Empty {
+                field: self.field,
+                path,
+            });
+        }
+        Ok(Secret(trimmed.to_owned()))
+    }
+}
+
+/// A secret string. `Debug` hides it, and there is no `Display`, so it cannot
+/// end up in a log line or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+// ---- raw, as written in YAML ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<RawListen>,
+    vault: Option<RawVault>,
+    apis: Option<Vec<String>>,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    grpc: Option<String>,
+    http: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: Option<String>,
+    kv_mount: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    approle: Option<RawAppRole>,
+    token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppRole {
+    mount: Option<String>,
+    role_id_file: Option<String>,
+    secret_id_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default, with = "humantime_serde")]
+    positive_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    negative_ttl: Option<Duration>,
+}
+
+impl Config {
+    /// Reads and validates the config file, including that every secret file
+    /// is readable and non-empty. OpenAPI documents are loaded by `routes`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|err| {
+            ConfigError::new(
+                file.display(),
+                format!("cannot read the config file ({err}): check the path given to --config"),
+            )
+        })?;
+        let config = Self::parse(file, &text)?;
+        for secret in config.secret_files() {
+            secret
+                .read()
+                .map_err(|err| ConfigError::new(file.display(), err.to_string()))?;
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates `text` as the content of `file`, without touching
+    /// the file system.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let name = file.display();
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|err| ConfigError::new(&name, yaml_message(&err)))?
+        };
+        let base = file.parent().unwrap_or(Path::new("")).to_path_buf();
+        validate(raw, &base)
+            .map_err(|message| ConfigError::new(&name, message))
+            .map(|mut config| {
+                config.file = file.to_path_buf();
+                config
+            })
+    }
+
+    pub fn secret_files(&self) -> Vec<&SecretFile> {
+        match &self.vault.auth {
+            Auth::AppRole {
+                role_id_file,
+                secret_id_file,
+                ..
+            } => vec![role_id_file, secret_id_file],
+            Auth::TokenFile(token) => vec![token],
+        }
+    }
+}
+
+/// `line L, column C: <message>` for a serde_yaml error. serde_yaml appends
+/// ` at line L column C` to its own message; we move the position to the
+/// front, where editors and people look for it.
+pub(crate) fn yaml_message(err: &serde_yaml::Error) -> String {
+    let text = err.to_string();
+    match err.location() {
+        Some(loc) => {
+            let mark = format!(" at line {} column {}", loc.line(), loc.column());
+            format!(
+                "line {}, column {}: {}",
+                loc.line(),
+                loc.column(),
+                text.replacen(&mark, "", 1)
+            )
+        }
+        None => text,
+    }
+}
+
+fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
+    let listen = raw.listen.ok_or(
+        "listen is missing: add a `listen:` section with `grpc: 127.0.0.1:9001` and `http: 127.0.0.1:9002`",
+    )?;
+    let grpc = socket_addr("listen.grpc", listen.grpc, "127.0.0.1:9001")?;
+    let http = socket_addr("listen.http", listen.http, "127.0.0.1:9002")?;
+    if grpc == http {
+        return Err(format!(
+            "listen.grpc and listen.http are both {grpc}: give them different ports"
+        ));
+    }
+
+    let vault = raw
+        .vault
+        .ok_or("vault is missing: add a `vault:` section with at least `address:` and `auth:`")?;
+    let address = vault_address(vault.address)?;
+    let kv_mount = match vault.kv_mount {
+        None => DEFAULT_KV_MOUNT.to_owned(),
+        Some(mount) => mount_path("vault.kv_mount", &mount)?,
+    };
+    let timeout = vault.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    if timeout.is_zero() {
+        return Err("vault.timeout is 0: set a positive duration such as 2s".into());
+    }
+    let auth = auth(vault.auth, base)?;
+
+    let apis = raw.apis.ok_or(
+        "apis is missing: list at least one OpenAPI document, e.g. `apis: [apis/billing-api.yaml]`",
+    )?;
+    if apis.is_empty() {
+        return Err("apis is empty: list at least one OpenAPI document".into());
+    }
+    let apis = apis
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let field = format!("apis[{i}]");
+            if path.trim().is_empty() {
+                return Err(format!(
+                    "{field} is empty: give the path of an OpenAPI document"
+                ));
+            }
+            Ok(ApiFile {
+                path: base.join(path),
+                field,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let cache = CacheConfig {
+        positive_ttl: raw.cache.positive_ttl.unwrap_or(DEFAULT_POSITIVE_TTL),
+        negative_ttl: raw.cache.negative_ttl.unwrap_or(DEFAULT_NEGATIVE_TTL),
+    };
+
+    Ok(Config {
+        file: PathBuf::new(),
+        listen: Listen { grpc, http },
+        vault: VaultConfig {
+            address,
+            kv_mount,
+            timeout,
+            auth,
+        },
+        apis,
+        cache,
+    })
+}
+
+fn socket_addr(field: &str, value: Option<String>, example: &str) -> Result<SocketAddr, String> {
+    let value = value.ok_or_else(|| {
+        format!("{field} is missing: set it to an address and port, e.g. {example}")
+    })?;
+    value.trim().parse().map_err(|_| {
+        format!(
+            "{field} is `{value}`, which is not an IP address and port: write it like {example}"
+        )
+    })
+}
+
+fn vault_address(value: Option<String>) -> Result<String, String> {
+    const EXAMPLE: &str = "http://127.0.0.1:8200";
+    let value = value.ok_or_else(|| {
+        format!("vault.address is missing: set it to the Vault URL, e.g. {EXAMPLE}")
+    })?;
+    let url = reqwest::Url::parse(value.trim()).map_err(|err| {
+        format!("vault.address is `{value}`, which is not a URL ({err}): write it like {EXAMPLE}")
+    })?;
+    match url.scheme() {
+        "http" => {}
+        // reqwest is built without TLS to keep keygate small; a remote Vault
+        // is reached through a local Vault Agent or proxy instead.
+        "https" => {
+            return Err(format!(
+                "vault.address is `{value}`, but this keygate build speaks plain HTTP only: \
+                 use an http:// address (e.g. a local Vault Agent listener)"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "vault.address is `{value}`, whose scheme `{other}` is not http: write it like {EXAMPLE}"
+            ));
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "vault.address is `{value}`, which has no host: write it like {EXAMPLE}"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "vault.address is `{value}`, which has a query or fragment: give only scheme, host, port (and path prefix)"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// A Vault mount path: slash-separated segments of `[A-Za-z0-9._-]`. The
+/// value becomes part of request URLs, so anything else is refused.
+fn mount_path(field: &str, value: &str) -> Result<String, String> {
+    let trimmed = value.trim().trim_matches('/');
+    let ok = !trimmed.is_empty()
+        && trimmed.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if ok {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(format!(
+            "{field} is `{value}`, which is not a Vault mount path: use letters, digits, `-`, `_`, `.` and `/`"
+        ))
+    }
+}
+
+fn auth(raw: Option<RawAuth>, base: &Path) -> Result<Auth, String> {
+    const HOW: &str =
+        "set exactly one of `approle:` (with role_id_file and secret_id_file) or `token_file:`";
+    let raw = raw.ok_or_else(|| format!("vault.auth is missing: {HOW}"))?;
+    match (raw.approle, raw.token_file) {
+        (Some(_), Some(_)) => Err(format!(
+            "vault.auth sets both approle and token_file: {HOW}"
+        )),
+        (None, None) => Err(format!(
+            "vault.auth sets neither approle nor token_file: {HOW}"
+        )),
+        (None, Some(token)) => Ok(Auth::TokenFile(secret_file(
+            "vault.auth.token_file",
+            Some(token),
+            base,
+        )?)),
+        (Some(approle), None) => Ok(Auth::AppRole {
+            mount: match approle.mount {
+                None => DEFAULT_APPROLE_MOUNT.to_owned(),
+                Some(mount) => mount_path("vault.auth.approle.mount", &mount)?,
+            },
+            role_id_file: secret_file(
+                "vault.auth.approle.role_id_file",
+                approle.role_id_file,
+                base,
+            )?,
+            secret_id_file: secret_file(
+                "vault.auth.approle.secret_id_file",
+                approle.secret_id_file,
+                base,
+            )?,
+        }),
+    }
+}
+
+fn secret_file(
+    field: &'static str,
+    value: Option<String>,
+    base: &Path,
+) -> Result<SecretFile, String> {
+    match value {
+        Some(path) if !path.trim().is_empty() => Ok(SecretFile {
+            field,
+            path: base.join(path.trim()),
+        }),
+        _ => Err(format!(
+            "{field} is missing: set it to the path of the file holding the secret"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const VALID: &str = "\
+listen:
+  grpc: 127.0.0.1:9001
+  http: 127.0.0.1:9002
+vault:
+  address: http://127.0.0.1:8200/
+  auth:
+    approle:
+      role_id_file: secrets/role-id
+      secret_id_file: secrets/secret-id
+apis:
+  - apis/billing.yaml
+";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("conf/keygate.yaml"), text)
+    }
+
+    #[test]
+    fn valid_config_gets_defaults_and_resolved_paths() {
+        let config = parse(VALID).unwrap();
+        assert_eq!(config.listen.grpc, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(config.vault.address, "http://127.0.0.1:8200");
+        assert_eq!(config.vault.kv_mount, DEFAULT_KV_MOUNT);
+        assert_eq!(config.vault.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(
+            config.cache,
+            CacheConfig {
+                positive_ttl: DEFAULT_POSITIVE_TTL,
+                negative_ttl: DEFAULT_NEGATIVE_TTL
+            }
+        );
+        assert_eq!(
+            config.apis,
+            vec![ApiFile {
+                field: "apis[0]".into(),
+                path: "conf/apis/billing.yaml".into()
+            }]
+        );
+        match &config.vault.auth {
+            Auth::AppRole {
+                mount,
+                role_id_file,
+                secret_id_file,
+            } => {
+                assert_eq!(mount, DEFAULT_APPROLE_MOUNT);
+                assert_eq!(role_id_file.path, Path::new("conf/secrets/role-id"));
+                assert_eq!(secret_id_file.field, "vault.auth.approle.secret_id_file");
+            }
+            other => panic!("expected approle, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn explicit_values_override_defaults() {
+        let text = VALID.replace(
+            "  auth:\n",
+            "  kv_mount: /keys/\n  timeout: 750ms\n  auth:\n",
+        ) + "cache:\n  positive_ttl: 1m\n  negative_ttl: 0s\n";
+        let config = parse(&text).unwrap();
+        assert_eq!(config.vault.kv_mount, "keys");
+        assert_eq!(config.vault.timeout, Duration::from_millis(750));
+        assert_eq!(config.cache.positive_ttl, Duration::from_secs(60));
+        assert_eq!(config.cache.negative_ttl, Duration::ZERO);
+    }
+
+    #[rstest]
+    #[case::no_listen(VALID.replace("listen:\n  grpc: 127.0.0.1:9001\n  http: 127.0.0.1:9002\n", ""), "listen is missing")]
+    #[case::no_grpc(VALID.replace("  grpc: 127.0.0.1:9001\n", ""), "listen.grpc is missing")]
+    #[case::bad_http(VALID.replace("127.0.0.1:9002", "localhost"), "listen.http is `localhost`")]
+    #[case::same_ports(VALID.replace("9002", "9001"), "listen.grpc and listen.http are both")]
+    #[case::no_address(VALID.replace("  address: http://127.0.0.1:8200/\n", ""), "vault.address is missing: set it to the Vault URL, e.g. http://127.0.0.1:8200")]
+    #[case::https_address(VALID.replace("http://127.0.0.1", "https://127.0.0.1"), "vault.address is `https://127.0.0.1:8200/`, but this keygate build speaks plain HTTP only")]
+    #[case::bad_address(VALID.replace("http://127.0.0.1:8200/", "127.0.0.1:8200"), "vault.address is `127.0.0.1:8200`")]
+    #[case::bad_mount(VALID.replace("  auth:\n", "  kv_mount: a/../b\n  auth:\n"), "vault.kv_mount is `a/../b`")]
+    #[case::bad_timeout(VALID.replace("  auth:\n", "  timeout: soon\n  auth:\n"), "vault.timeout")]
+    #[case::no_auth(VALID.lines().take(5).collect::<Vec<_>>().join("\n") + "\napis: [a.yaml]\n", "vault.auth is missing")]
+    #[case::both_auth(VALID.replace("    approle:\n", "    token_file: t\n    approle:\n"), "vault.auth sets both approle and token_file")]
+    #[case::no_secret_id(VALID.replace("      secret_id_file: secrets/secret-id\n", ""), "vault.auth.approle.secret_id_file is missing")]
+    #[case::no_apis(VALID.replace("apis:\n  - apis/billing.yaml\n", ""), "apis is missing")]
+    #[case::empty_apis(VALID.replace("apis:\n  - apis/billing.yaml\n", "apis: []\n"), "apis is empty")]
+    #[case::misspelt(VALID.replace("address:", "adress:"), "line 5, column 3: vault: unknown field `adress`")]
+    #[case::misspelt_cache(VALID.to_owned() + "cache:\n  positve_ttl: 1s\n", "cache: unknown field `positve_ttl`")]
+    #[case::empty_file(String::new(), "listen is missing")]
+    #[case::malformed_yaml(VALID.replace("    approle:\n", "    approle: [\n"), "line ")]
+    fn errors_name_the_file_and_the_field(#[case] text: String, #[case] expected: &str) {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("conf/keygate.yaml: "), "{err}");
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+
+    #[test]
+    fn malformed_yaml_puts_the_position_first() {
+        let err = parse("listen:\n  grpc: [\n  http: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/keygate.yaml: line "), "{err}");
+        assert!(!err.contains(" at line "), "{err}");
+    }
+
+    #[test]
+    fn secret_files_are_checked_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = SecretFile {
+            field: "vault.auth.token_file",
+            path: dir.path().join("token"),
+        };
+        let err = missing.read().unwrap_err().to_string();
+        assert!(err.starts_with("vault.auth.token_file points to "), "{err}");
+        assert!(err.contains("token"), "{err}");
+
+        std::fs::write(&missing.path, "  \n").unwrap();
+        assert!(matches!(missing.read(), Err(SecretFileError::Empty { .. })));
+
+        std::fs::write(&missing.path, "s.abcdef\n").unwrap();
+        let secret = missing.read().unwrap();
+        assert_eq!(secret.expose(), "s.abcdef");
+        assert!(!format!("{secret:?}").contains("abcdef"));
+    }
+
+    #[test]
+    fn load_reports_a_missing_secret_file_with_field_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keygate.yaml");
+        std::fs::write(&file, VALID).unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{}: vault.auth.approle.role_id_file points to ",
+                file.display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("secrets/role-id"), "{err}");
+    }
+}

@@ -1,0 +1,417 @@
+//! The HTTP side: forward-auth for gateways that ask over plain HTTP
+//! (Traefik forwardAuth, nginx auth_request, Caddy forward_auth, APISIX
+//! forward-auth, Envoy HTTP ext_authz with `path_prefix: /auth`), plus
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+use tracing::debug;
+
+use crate::cache::BoxFuture;
+use crate::decision::{Outcome, Presented, Protocol, Validator};
+use crate::vault::{Readiness, Vault};
+
+pub const API_KEY_HEADER: &str = "x-api-key";
+pub const OWNER_HEADER: &str = "x-keyrig-owner";
+pub const GROUP_HEADER: &str = "x-keyrig-group";
+pub const REASON_HEADER: &str = "x-keyrig-reason";
+
+/// Headers that carry the original request URI, in order of preference:
+/// Traefik, Caddy and APISIX send `X-Forwarded-Uri`; nginx configs
+/// conventionally set `X-Original-URI`.
+const ORIGINAL_URI_HEADERS: [&str; 2] = ["x-forwarded-uri", "x-original-uri"];
+
+/// What `/readyz` asks; Vault in production, a stub in tests.
+pub trait ReadinessSource: Send + Sync + 'static {
+    fn readiness(&self) -> BoxFuture<'_, Readiness>;
+}
+
+impl ReadinessSource for Vault {
+    fn readiness(&self) -> BoxFuture<'_, Readiness> {
+        Box::pin(Vault::readiness(self))
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    validator: Arc<Validator>,
+    readiness: Arc<dyn ReadinessSource>,
+}
+
+pub fn router(validator: Arc<Validator>, readiness: Arc<dyn ReadinessSource>) -> Router {
+    Router::new()
+        .route("/auth", any(forward_auth))
+        .route("/auth/{*rest}", any(forward_auth))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        // `/auth/` (Envoy appending the root path) is not matched by the
+        // wildcard route; it still deserves a decision rather than a 404.
+        .fallback(fallback)
+        .with_state(AppState {
+            validator,
+            readiness,
+        })
+}
+
+async fn fallback(state: State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    if uri.path().starts_with("/auth/") {
+        forward_auth(state, uri, headers).await
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+async fn forward_auth(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    let original = original_uri(&headers, &uri);
+    let outcome = state
+        .validator
+        .decide(Protocol::Http, &original, api_key(&headers))
+        .await;
+    match outcome {
+        Outcome::Allow { owner, group } => {
+            let mut response = StatusCode::OK.into_response();
+            let headers = response.headers_mut();
+            // Owners with control characters are refused as corrupt records
+            // by `decision`, so these conversions do not fail in practice;
+            // if one did, an empty value still overwrites a client's own.
+            headers.insert(
+                OWNER_HEADER,
+                HeaderValue::from_bytes(owner.as_bytes()).unwrap_or(HeaderValue::from_static("")),
+            );
+            headers.insert(
+                GROUP_HEADER,
+                HeaderValue::from_bytes(group.as_bytes()).unwrap_or(HeaderValue::from_static("")),
+            );
+            response
+        }
+        Outcome::Deny(reason) => {
+            let status =
+                StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+            (
+                status,
+                [
+                    (REASON_HEADER, reason.code()),
+                    (CONTENT_TYPE.as_str(), "application/json"),
+                ],
+                reason.json_body(),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The URI the client asked the gateway for: `X-Forwarded-Uri`, else
+/// `X-Original-URI`, else the request path after `/auth` (Envoy's HTTP
+/// ext_authz appends the original path to its `path_prefix`).
+///
+/// Gateways pass many client headers on to the auth request (nginx passes
+/// all of them), so a client could add the header its gateway does not set
+/// and point keygate at another API's route. Hence every source present
+/// must name the same path, or the answer is an empty string, which routes
+/// nowhere; so do repeated or non-ASCII header values.
+fn original_uri(headers: &HeaderMap, uri: &Uri) -> String {
+    let mut candidates = Vec::new();
+    for name in ORIGINAL_URI_HEADERS {
+        let mut values = headers.get_all(name).iter();
+        if let Some(first) = values.next() {
+            match (first.to_str(), values.next()) {
+                (Ok(value), None) => candidates.push(value.to_owned()),
+                _ => return String::new(),
+            }
+        }
+    }
+    let suffix = uri.path().strip_prefix("/auth").unwrap_or_default();
+    if !suffix.is_empty() {
+        candidates.push(suffix.to_owned());
+    }
+    let path_of = |uri: &str| uri.split(['?', '#']).next().unwrap_or_default().to_owned();
+    match candidates.split_first() {
+        None => String::new(),
+        Some((first, rest)) if rest.iter().all(|other| path_of(other) == path_of(first)) => {
+            first.clone()
+        }
+        Some(_) => {
+            debug!(candidates = ?candidates, "the original-URI headers and path disagree; refusing to pick one");
+            String::new()
+        }
+    }
+}
+
+fn api_key(headers: &HeaderMap) -> Presented<'_> {
+    let mut values = headers.get_all(API_KEY_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Presented::Missing,
+        // Not visible ASCII cannot be a key; "" parses as malformed.
+        (Some(value), None) => Presented::One(value.to_str().unwrap_or_default()),
+        (Some(_), Some(_)) => Presented::Many,
+    }
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.readiness.readiness().await {
+        Readiness::Ready(info) => json_response(
+            StatusCode::OK,
+            json!({ "ready": true, "vault_token_accessor": info.accessor, "policies": info.policies }),
+        ),
+        Readiness::NotReady(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "reason": reason }),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.validator.metrics().encode(),
+    )
+        .into_response()
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use apikey::{ApiKey, KeyRecord};
+
+    use super::*;
+    use crate::cache::RecordCache;
+    use crate::cache::tests::FakeSource;
+    use crate::config::CacheConfig;
+    use crate::metrics::Metrics;
+    use crate::routes::Routes;
+    use crate::vault::TokenInfo;
+
+    struct Ready(bool);
+
+    impl ReadinessSource for Ready {
+        fn readiness(&self) -> BoxFuture<'_, Readiness> {
+            let answer = if self.0 {
+                Readiness::Ready(TokenInfo {
+                    accessor: "acc".into(),
+                    policies: vec!["default".into(), "gateway-policy".into()],
+                    ttl: Duration::from_secs(60),
+                    renewable: true,
+                })
+            } else {
+                Readiness::NotReady("cannot reach Vault".into())
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    /// Serves the router on an ephemeral port; returns its base URL.
+    async fn serve(source: Arc<FakeSource>, ready: bool) -> String {
+        let doc = "groupId: billing\nservers: [{url: /billing}]\npaths: {/invoices: {}, /: {}}\n";
+        let routes = Routes::from_documents([("b.yaml", doc, false)]).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let config = CacheConfig {
+            positive_ttl: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(1),
+        };
+        let records = RecordCache::new(source, config, metrics.clone());
+        let validator = Arc::new(Validator::new(routes, records, metrics, "api-portal-keys"));
+        let app = router(validator, Arc::new(Ready(ready)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        base
+    }
+
+    #[tokio::test]
+    async fn forward_auth_allows_and_denies_with_reason() {
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        source.put("billing", &key, KeyRecord::for_key(&key, "user-1"));
+        let base = serve(source, true).await;
+        let client = reqwest::Client::new();
+
+        // Traefik style: X-Forwarded-Uri, any method.
+        let allowed = client
+            .post(format!("{base}/auth"))
+            .header("X-Forwarded-Uri", "/billing/invoices?page=2")
+            .header("X-API-Key", key.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(allowed.status(), 200);
+        assert_eq!(allowed.headers()["x-keyrig-owner"], "user-1");
+        assert_eq!(allowed.headers()["x-keyrig-group"], "billing");
+        assert_eq!(allowed.text().await.unwrap(), "");
+
+        // nginx style: X-Original-URI.
+        let nginx = client
+            .get(format!("{base}/auth"))
+            .header("X-Original-URI", "/billing/invoices")
+            .header("x-api-key", key.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(nginx.status(), 200);
+
+        // Envoy HTTP ext_authz style: the original path after /auth.
+        let envoy = client
+            .get(format!("{base}/auth/billing/invoices"))
+            .header("x-api-key", key.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(envoy.status(), 200);
+
+        let missing = client
+            .get(format!("{base}/auth/billing/invoices"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 401);
+        assert_eq!(missing.headers()["x-keyrig-reason"], "missing");
+        assert_eq!(missing.headers()["content-type"], "application/json");
+        assert_eq!(missing.text().await.unwrap(), r#"{"reason":"missing"}"#);
+
+        let unknown = client
+            .get(format!("{base}/auth/billing/invoices"))
+            .header("x-api-key", ApiKey::generate().expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.headers()["x-keyrig-reason"], "unknown");
+
+        for path in ["/auth/billing/nope", "/auth/", "/auth"] {
+            let response = client
+                .get(format!("{base}{path}"))
+                .header("x-api-key", key.expose())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 403, "{path}");
+            assert_eq!(response.headers()["x-keyrig-reason"], "no-route", "{path}");
+        }
+
+        let twice = client
+            .get(format!("{base}/auth/billing/invoices"))
+            .header("x-api-key", key.expose())
+            .header("x-api-key", key.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(twice.headers()["x-keyrig-reason"], "malformed");
+
+        assert_eq!(
+            client
+                .get(format!("{base}/authx"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+
+        // A client adding the header its gateway does not set cannot pick
+        // another route: disagreeing sources route nowhere.
+        let spoofed = client
+            .get(format!("{base}/auth"))
+            .header("X-Original-URI", "/billing/nope")
+            .header("X-Forwarded-Uri", "/billing/invoices")
+            .header("x-api-key", key.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(spoofed.headers()["x-keyrig-reason"], "no-route");
+        let spoofed_envoy = client
+            .get(format!("{base}/auth/billing/nope"))
+            .header("X-Forwarded-Uri", "/billing/invoices")
+            .header("x-api-key", key.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(spoofed_envoy.headers()["x-keyrig-reason"], "no-route");
+        // Agreeing sources are fine, queries aside.
+        let agreeing = client
+            .get(format!("{base}/auth/billing/invoices"))
+            .header("X-Forwarded-Uri", "/billing/invoices?page=3")
+            .header("x-api-key", key.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(agreeing.status(), 200);
+
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("keygate_decisions_total{outcome=\"allow\",protocol=\"http\"} 4"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("keygate_decisions_total{outcome=\"no-route\",protocol=\"http\"} 5"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn vault_outage_is_503_on_forward_auth() {
+        let source = Arc::new(FakeSource::default());
+        source.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let base = serve(source, false).await;
+        let response = reqwest::Client::new()
+            .get(format!("{base}/auth/billing/invoices"))
+            .header("x-api-key", ApiKey::generate().expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["x-keyrig-reason"], "vault-unavailable");
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness() {
+        let up = serve(Arc::new(FakeSource::default()), true).await;
+        let down = serve(Arc::new(FakeSource::default()), false).await;
+        let get = |url: String| async move { reqwest::get(url).await.unwrap() };
+
+        assert_eq!(get(format!("{down}/healthz")).await.status(), 200);
+
+        let ready = get(format!("{up}/readyz")).await;
+        assert_eq!(ready.status(), 200);
+        let body: serde_json::Value = ready.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"ready": true, "vault_token_accessor": "acc", "policies": ["default", "gateway-policy"]})
+        );
+
+        let not_ready = get(format!("{down}/readyz")).await;
+        assert_eq!(not_ready.status(), 503);
+        let body: serde_json::Value = not_ready.json().await.unwrap();
+        assert_eq!(body["ready"], false);
+        assert_eq!(body["reason"], "cannot reach Vault");
+    }
+}

@@ -1,0 +1,12 @@
+//! keygate: validates Tanzu API-portal API keys against Vault, for Envoy
+//! ext_authz (gRPC) and HTTP forward-auth gateways. See ARCHITECTURE.md for
+//! where each concept lives.
+
+pub mod cache;
+pub mod config;
+pub mod decision;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod routes;
+pub mod vault;

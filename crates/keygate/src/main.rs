@@ -1,0 +1,200 @@
+//! `keygate --config <file> [--check]`.
+//!
+//! Exit codes: 0 after `--check` or a clean shutdown, 2 for a config problem
+//! (the config file, an OpenAPI document or a secret file), 1 for anything
+//! else that stops startup (Vault rejected the login, a root token, a port
+//! already in use).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use keygate::cache::RecordCache;
+use keygate::config::Config;
+use keygate::decision::Validator;
+use keygate::grpc::ExtAuthz;
+use keygate::http;
+use keygate::metrics::Metrics;
+use keygate::routes::Routes;
+use keygate::vault::Vault;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Validates Tanzu API-portal API keys against Vault for Envoy ext_authz
+/// (gRPC) and HTTP forward-auth gateways.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version)]
+struct Args {
+    /// The YAML config file; relative paths in it resolve against its directory.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Only validate the config and load the OpenAPI documents, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// How long in-flight requests get to finish after SIGTERM / Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        // Logs usually go to a file (the harness keeps one per component).
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let loaded = Config::load(&args.config)
+        .and_then(|config| Routes::load(&config.file, &config.apis).map(|routes| (config, routes)));
+    let (config, routes) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: OK: {} OpenAPI document(s), {} route(s), groups: {}",
+            config.file.display(),
+            config.apis.len(),
+            routes.len(),
+            routes.groups().join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("keygate: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(serve(config, routes));
+    // The servers have drained by now; what is left (the token maintenance
+    // loop, idle Vault connections) need not delay the exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("keygate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
+    let vault = Arc::new(Vault::new(&config.vault)?);
+    match vault.login().await {
+        Ok(_) => {}
+        Err(err) if err.is_permanent() => {
+            anyhow::bail!("cannot start: {err}");
+        }
+        // Vault may simply not be up yet: serve (503) and keep trying.
+        Err(err) => warn!(error = %err, "Vault is not available yet; answering 503 until it is"),
+    }
+    tokio::spawn(vault.clone().maintain());
+
+    let groups = routes.groups().join(", ");
+    let metrics = Arc::new(Metrics::new());
+    let records = RecordCache::new(vault.clone(), config.cache, metrics.clone());
+    let validator = Arc::new(Validator::new(
+        routes,
+        records,
+        metrics,
+        config.vault.kv_mount.clone(),
+    ));
+
+    let grpc_listener = bind(config.listen.grpc, "listen.grpc").await?;
+    let http_listener = bind(config.listen.http, "listen.http").await?;
+    info!(
+        grpc = %config.listen.grpc,
+        http = %config.listen.http,
+        vault = %vault.address(),
+        kv_mount = %vault.kv_mount(),
+        groups = %groups,
+        "keygate is listening"
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(ExtAuthz::server(validator.clone()))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            until_stopped(stopped.clone()),
+        );
+    let http = axum::serve(http_listener, http::router(validator, vault))
+        .with_graceful_shutdown(until_stopped(stopped));
+    let mut grpc = tokio::spawn(grpc);
+    let mut http = tokio::spawn(async move { http.await });
+
+    tokio::select! {
+        () = shutdown_signal() => info!("shutting down"),
+        result = &mut grpc => return Err(server_ended("gRPC", result)),
+        result = &mut http => return Err(server_ended("HTTP", result)),
+    }
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = grpc.await;
+        let _ = http.await;
+    });
+    if drained.await.is_err() {
+        warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; exiting anyway");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} ({field}): free the port or change {field}")
+    })
+}
+
+fn server_ended<E: std::fmt::Display>(
+    which: &str,
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> anyhow::Error {
+    match result {
+        Ok(Ok(())) => anyhow::anyhow!("the {which} server stopped unexpectedly"),
+        Ok(Err(err)) => anyhow::anyhow!("the {which} server failed: {err}"),
+        Err(err) => anyhow::anyhow!("the {which} server task failed: {err}"),
+    }
+}
+
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

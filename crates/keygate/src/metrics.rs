@@ -1,0 +1,181 @@
+//! Prometheus metrics, served as text on `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::decision::{Protocol, Reason};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    outcome: &'static str,
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadLabels {
+    result: &'static str,
+}
+
+/// What a Vault KV read found, for `keygate_vault_reads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadResult {
+    Found,
+    Absent,
+    Error,
+}
+
+impl ReadResult {
+    fn label(self) -> &'static str {
+        match self {
+            ReadResult::Found => "found",
+            ReadResult::Absent => "absent",
+            ReadResult::Error => "error",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    vault_read_seconds: Histogram,
+    vault_reads: Family<ReadLabels, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        // 1 ms .. ~4 s: a local Vault answers in milliseconds, the timeout
+        // is seconds.
+        let vault_read_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        let vault_reads = Family::<ReadLabels, Counter>::default();
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        // Counters get `_total` appended by the encoder.
+        registry.register(
+            "keygate_decisions",
+            "Validation decisions by outcome and protocol",
+            decisions.clone(),
+        );
+        registry.register(
+            "keygate_vault_read_seconds",
+            "Time taken by Vault KV reads, including re-login on 403",
+            vault_read_seconds.clone(),
+        );
+        registry.register(
+            "keygate_vault_reads",
+            "Vault KV reads by result",
+            vault_reads.clone(),
+        );
+        registry.register(
+            "keygate_cache_hits",
+            "Record lookups answered from the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "keygate_cache_misses",
+            "Record lookups that went to Vault",
+            cache_misses.clone(),
+        );
+
+        // Every series exists from the start, so a rate() over a fresh
+        // process sees 0 rather than nothing.
+        for protocol in [Protocol::Grpc, Protocol::Http] {
+            for outcome in std::iter::once("allow").chain(Reason::ALL.iter().map(|r| r.code())) {
+                let _ = decisions.get_or_create(&DecisionLabels {
+                    outcome,
+                    protocol: protocol.label(),
+                });
+            }
+        }
+        for result in [ReadResult::Found, ReadResult::Absent, ReadResult::Error] {
+            let _ = vault_reads.get_or_create(&ReadLabels {
+                result: result.label(),
+            });
+        }
+
+        Self {
+            registry,
+            decisions,
+            vault_read_seconds,
+            vault_reads,
+            cache_hits,
+            cache_misses,
+        }
+    }
+
+    /// `outcome` is `allow` or a deny reason's code.
+    pub fn decision(&self, protocol: Protocol, outcome: &'static str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                outcome,
+                protocol: protocol.label(),
+            })
+            .inc();
+    }
+
+    pub fn vault_read(&self, result: ReadResult, took: Duration) {
+        self.vault_reads
+            .get_or_create(&ReadLabels {
+                result: result.label(),
+            })
+            .inc();
+        self.vault_read_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    /// The OpenMetrics text exposition, which Prometheus scrapes natively.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing metrics to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_documented_series() {
+        let metrics = Metrics::new();
+        metrics.decision(Protocol::Http, "allow");
+        metrics.vault_read(ReadResult::Found, Duration::from_millis(3));
+        metrics.cache_hit();
+        metrics.cache_miss();
+        let text = metrics.encode();
+        for line in [
+            "keygate_decisions_total{outcome=\"allow\",protocol=\"http\"} 1",
+            "keygate_decisions_total{outcome=\"wrong-group\",protocol=\"grpc\"} 0",
+            "keygate_decisions_total{outcome=\"vault-unavailable\",protocol=\"http\"} 0",
+            "keygate_vault_reads_total{result=\"found\"} 1",
+            "keygate_vault_reads_total{result=\"error\"} 0",
+            "keygate_vault_read_seconds_count 1",
+            "keygate_cache_hits_total 1",
+            "keygate_cache_misses_total 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! A small Vault HTTP client: AppRole or token-file login, KV v2 read, token
+//! lookup. It speaks HTTP directly because keygate must tell apart 404 (no
+//! such key), 403 (token gone: log in again), and 5xx / sealed / connection
+//! errors (outage: answer 503, never allow).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use apikey::{KeyRecord, Selector, storage_path};
+use reqwest::StatusCode;
+use reqwest::header::HeaderValue;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::config::{Auth, Secret, SecretFileError, VaultConfig};
+
+/// How long a readiness answer is reused, so a busy `/readyz` does not turn
+/// into a stream of token lookups.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A 403 right after a fresh login means the policy, not the token, is the
+/// problem; logging in again would only hammer Vault.
+const MIN_RELOGIN_INTERVAL: Duration = Duration::from_secs(5);
+/// The maintenance loop wakes at least this often to notice sessions
+/// replaced by on-demand re-logins.
+const MAINTAIN_TICK: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VaultError {
+    #[error("cannot reach Vault at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
+    #[error("Vault answered {status} to {what}{detail}")]
+    Status {
+        what: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("Vault sent an unexpected answer to {what}: {reason}")]
+    BadResponse { what: String, reason: String },
+    #[error("Vault rejected keygate's login{detail}: check {hint}")]
+    LoginRejected { detail: String, hint: String },
+    #[error(
+        "the Vault token keygate got carries the root policy; keygate refuses to run with a root token: \
+         give it an AppRole or token whose policy only reads the key mount (e.g. gateway-policy)"
+    )]
+    RootToken,
+    #[error(transparent)]
+    SecretFile(#[from] SecretFileError),
+    #[error("keygate is not logged in to Vault (yet)")]
+    NotLoggedIn,
+    #[error(
+        "Vault denied keygate reading {path} (403) with a fresh token: \
+         the token's policy must allow `read` on that path"
+    )]
+    Forbidden { path: String },
+}
+
+impl VaultError {
+    /// Errors that waiting will not fix: keygate stops at startup on these
+    /// instead of retrying forever.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            VaultError::LoginRejected { .. } | VaultError::RootToken | VaultError::SecretFile(_)
+        )
+    }
+}
+
+/// What a token lookup says about keygate's token. The accessor and the
+/// policy names are not secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub accessor: String,
+    pub policies: Vec<String>,
+    /// Remaining lifetime; zero means the token does not expire.
+    pub ttl: Duration,
+    pub renewable: bool,
+}
+
+/// `/readyz`'s view of Vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready(TokenInfo),
+    NotReady(String),
+}
+
+struct Session {
+    token: Secret,
+    info: TokenInfo,
+    generation: u64,
+    obtained: Instant,
+}
+
+impl Session {
+    /// Time until the token should be replaced: at two thirds of its TTL, so
+    /// a slow or failing login still has a third of the TTL to succeed.
+    fn refresh_in(&self) -> Duration {
+        if self.info.ttl.is_zero() {
+            return MAINTAIN_TICK;
+        }
+        // At least a second apart, so a short-lived token that cannot be
+        // renewed does not turn into a busy loop of lookups near its end.
+        (self.info.ttl * 2 / 3)
+            .max(Duration::from_secs(1))
+            .saturating_sub(self.obtained.elapsed())
+    }
+}
+
+pub struct Vault {
+    http: reqwest::Client,
+    address: String,
+    kv_mount: String,
+    auth: Auth,
+    session: RwLock<Option<Arc<Session>>>,
+    generation: AtomicU64,
+    /// One login at a time; a caller of `relogin_after` that waited for it
+    /// reuses the session the other caller obtained.
+    login_lock: Mutex<()>,
+    probe: Mutex<Option<(Instant, Readiness)>>,
+}
+
+impl Vault {
+    pub fn new(config: &VaultConfig) -> Result<Self, VaultError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|err| VaultError::Unreachable {
+                address: config.address.clone(),
+                reason: error_chain(&err),
+            })?;
+        Ok(Self {
+            http,
+            address: config.address.clone(),
+            kv_mount: config.kv_mount.clone(),
+            auth: config.auth.clone(),
+            session: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            login_lock: Mutex::new(()),
+            probe: Mutex::new(None),
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn kv_mount(&self) -> &str {
+        &self.kv_mount
+    }
+
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Logs in (AppRole) or adopts the token file, then checks the token is
+    /// not a root token.
+    pub async fn login(&self) -> Result<TokenInfo, VaultError> {
+        let _guard = self.login_lock.lock().await;
+        self.login_locked().await
+    }
+
+    async fn login_locked(&self) -> Result<TokenInfo, VaultError> {
+        let (token, hint) = match &self.auth {
+            Auth::AppRole {
+                mount,
+                role_id_file,
+                secret_id_file,
+            } => {
+                let hint = format!(
+                    "the role-id in {} and the secret-id in {} (AppRole mount `{mount}`)",
+                    role_id_file.path.display(),
+                    secret_id_file.path.display()
+                );
+                let role_id = role_id_file.read()?;
+                let secret_id = secret_id_file.read()?;
+                (
+                    self.approle_login(mount, &role_id, &secret_id, &hint)
+                        .await?,
+                    hint,
+                )
+            }
+            Auth::TokenFile(file) => (
+                file.read()?,
+                format!("the token in {}", file.path.display()),
+            ),
+        };
+        let mut info = self
+            .lookup_self(&token)
+            .await
+            .map_err(|err| rejected_on_403(err, &hint))?;
+        if info.policies.iter().any(|p| p == "root") {
+            // A root token keygate obtained itself should not outlive this
+            // refusal; one from a file belongs to whoever wrote the file.
+            if matches!(self.auth, Auth::AppRole { .. }) {
+                let _ = self.revoke_self(&token).await;
+            }
+            return Err(VaultError::RootToken);
+        }
+        // A token from a file is someone else's to issue; keygate keeps it
+        // alive if Vault lets it.
+        if matches!(self.auth, Auth::TokenFile(_)) && info.renewable && !info.ttl.is_zero() {
+            match self.renew_self(&token).await {
+                Ok(()) => info = self.lookup_self(&token).await?,
+                Err(err) => {
+                    warn!(error = %err, "renewing the Vault token from the token file failed")
+                }
+            }
+        }
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let session = Session {
+            token,
+            info: info.clone(),
+            generation,
+            obtained: Instant::now(),
+        };
+        *self.session.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(session));
+        info!(
+            accessor = %info.accessor,
+            policies = ?info.policies,
+            ttl = ?info.ttl,
+            "logged in to Vault"
+        );
+        Ok(info)
+    }
+
+    /// Logs in again unless someone already replaced `stale`, or the current
+    /// session is too fresh for a re-login to help.
+    async fn relogin_after(&self, stale: &Session) -> Result<(), VaultError> {
+        let _guard = self.login_lock.lock().await;
+        if let Some(current) = self.current()
+            && (current.generation != stale.generation
+                || current.obtained.elapsed() < MIN_RELOGIN_INTERVAL)
+        {
+            return Ok(());
+        }
+        debug!("Vault answered 403; logging in again");
+        self.login_locked().await.map(drop)
+    }
+
+    /// Runs forever: replaces the token at two thirds of its TTL and retries
+    /// failed logins with a capped backoff.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if let Some(session) = self.current() {
+                let wait = session.refresh_in();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait.min(MAINTAIN_TICK)).await;
+                    continue;
+                }
+            }
+            match self.login().await {
+                Ok(_) => backoff = Duration::from_secs(1),
+                Err(err) => {
+                    warn!(error = %err, retry_in = ?backoff, "logging in to Vault failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// The record for `(group, selector)`: `None` when Vault has no live
+    /// version of it. A 403 triggers one re-login and retry.
+    pub async fn read_record(
+        &self,
+        group: &str,
+        selector: &Selector,
+    ) -> Result<Option<KeyRecord>, VaultError> {
+        let session = self.current().ok_or(VaultError::NotLoggedIn)?;
+        if let Some(found) = self.kv_get(&session, group, selector).await? {
+            return Ok(found);
+        }
+        self.relogin_after(&session).await?;
+        let session = self.current().ok_or(VaultError::NotLoggedIn)?;
+        match self.kv_get(&session, group, selector).await? {
+            Some(found) => Ok(found),
+            None => Err(VaultError::Forbidden {
+                path: storage_path(&self.kv_mount, group, selector),
+            }),
+        }
+    }
+
+    /// `Ok(None)` means 403; `Ok(Some(None))` means no live record.
+    async fn kv_get(
+        &self,
+        session: &Session,
+        group: &str,
+        selector: &Selector,
+    ) -> Result<Option<Option<KeyRecord>>, VaultError> {
+        let what = "a KV read";
+        let url = format!(
+            "{}/v1/{}/data/{group}/{selector}",
+            self.address, self.kv_mount
+        );
+        let (status, body) = self
+            .send(what, self.http.get(url), Some(&session.token))
+            .await?;
+        match status {
+            StatusCode::OK => {}
+            // 404 covers never written, metadata deleted, and (with data
+            // null) the latest version soft-deleted or destroyed.
+            StatusCode::NOT_FOUND => return Ok(Some(None)),
+            StatusCode::FORBIDDEN => return Ok(None),
+            other => return Err(status_error(what, other, &body)),
+        }
+        let body: Value = parse(what, &body)?;
+        let data = &body["data"];
+        let metadata = &data["metadata"];
+        let deleted = metadata["deletion_time"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+            || metadata["destroyed"].as_bool() == Some(true);
+        let record = &data["data"];
+        if deleted || record.is_null() {
+            return Ok(Some(None));
+        }
+        match KeyRecord::deserialize(record) {
+            Ok(record) => Ok(Some(Some(record))),
+            Err(err) => {
+                // A record exists but is unusable. Answering "unknown" would
+                // hide the bad writer, so it becomes a record whose hash
+                // cannot parse, which `KeyRecord::check` reports as corrupt.
+                warn!(
+                    path = %storage_path(&self.kv_mount, group, selector),
+                    error = %err,
+                    "the Vault record is not a key record"
+                );
+                Ok(Some(Some(KeyRecord {
+                    key: String::new(),
+                    owner: String::new(),
+                    name: None,
+                    expires: None,
+                })))
+            }
+        }
+    }
+
+    /// `/readyz`: ready when logged in and Vault answered a token lookup in
+    /// the last second.
+    pub async fn readiness(&self) -> Readiness {
+        let mut probe = self.probe.lock().await;
+        if let Some((at, answer)) = &*probe
+            && at.elapsed() < PROBE_INTERVAL
+        {
+            return answer.clone();
+        }
+        let answer = self.probe_now().await;
+        *probe = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn probe_now(&self) -> Readiness {
+        let Some(session) = self.current() else {
+            return Readiness::NotReady(VaultError::NotLoggedIn.to_string());
+        };
+        match self.lookup_self(&session.token).await {
+            Ok(info) => Readiness::Ready(info),
+            Err(VaultError::Status { status: 403, .. }) => {
+                if let Err(err) = self.relogin_after(&session).await {
+                    return Readiness::NotReady(err.to_string());
+                }
+                match self.current() {
+                    Some(fresh) => match self.lookup_self(&fresh.token).await {
+                        Ok(info) => Readiness::Ready(info),
+                        Err(err) => Readiness::NotReady(err.to_string()),
+                    },
+                    None => Readiness::NotReady(VaultError::NotLoggedIn.to_string()),
+                }
+            }
+            Err(err) => Readiness::NotReady(err.to_string()),
+        }
+    }
+
+    async fn approle_login(
+        &self,
+        mount: &str,
+        role_id: &Secret,
+        secret_id: &Secret,
+        hint: &str,
+    ) -> Result<Secret, VaultError> {
+        let what = "the AppRole login";
+        let url = format!("{}/v1/auth/{mount}/login", self.address);
+        let request = self.http.post(url).json(
+            &serde_json::json!({"role_id": role_id.expose(), "secret_id": secret_id.expose()}),
+        );
+        let (status, body) = self.send(what, request, None).await?;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(VaultError::LoginRejected {
+                    detail: vault_errors(&body),
+                    hint: hint.to_owned(),
+                });
+            }
+            other => return Err(status_error(what, other, &body)),
+        }
+        #[derive(Deserialize)]
+        struct Login {
+            auth: LoginAuth,
+        }
+        #[derive(Deserialize)]
+        struct LoginAuth {
+            client_token: String,
+        }
+        let login: Login = parse(what, &body)?;
+        Ok(Secret::new(login.auth.client_token))
+    }
+
+    async fn lookup_self(&self, token: &Secret) -> Result<TokenInfo, VaultError> {
+        let what = "a token lookup";
+        let url = format!("{}/v1/auth/token/lookup-self", self.address);
+        let (status, body) = self.send(what, self.http.get(url), Some(token)).await?;
+        if status != StatusCode::OK {
+            return Err(status_error(what, status, &body));
+        }
+        #[derive(Deserialize)]
+        struct Lookup {
+            data: LookupData,
+        }
+        #[derive(Deserialize)]
+        struct LookupData {
+            #[serde(default)]
+            accessor: String,
+            #[serde(default)]
+            policies: Vec<String>,
+            #[serde(default)]
+            ttl: u64,
+            #[serde(default)]
+            renewable: bool,
+        }
+        let lookup: Lookup = parse(what, &body)?;
+        Ok(TokenInfo {
+            accessor: lookup.data.accessor,
+            policies: lookup.data.policies,
+            ttl: Duration::from_secs(lookup.data.ttl),
+            renewable: lookup.data.renewable,
+        })
+    }
+
+    async fn revoke_self(&self, token: &Secret) -> Result<(), VaultError> {
+        let what = "a token revocation";
+        let url = format!("{}/v1/auth/token/revoke-self", self.address);
+        let (status, body) = self.send(what, self.http.post(url), Some(token)).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(what, status, &body))
+        }
+    }
+
+    async fn renew_self(&self, token: &Secret) -> Result<(), VaultError> {
+        let what = "a token renewal";
+        let url = format!("{}/v1/auth/token/renew-self", self.address);
+        let (status, body) = self
+            .send(
+                what,
+                self.http.post(url).json(&serde_json::json!({})),
+                Some(token),
+            )
+            .await?;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(status_error(what, status, &body))
+        }
+    }
+
+    /// Sends a request and reads the whole body. Only transport failures are
+    /// errors here; callers decide what each status means.
+    async fn send(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+        token: Option<&Secret>,
+    ) -> Result<(StatusCode, String), VaultError> {
+        let request = match token {
+            Some(token) => {
+                let mut value =
+                    HeaderValue::from_str(token.expose()).map_err(|_| VaultError::BadResponse {
+                        what: what.to_owned(),
+                        reason: "the token holds characters not allowed in an HTTP header".into(),
+                    })?;
+                value.set_sensitive(true);
+                request.header("X-Vault-Token", value)
+            }
+            None => request,
+        };
+        let unreachable = |err: reqwest::Error| VaultError::Unreachable {
+            address: self.address.clone(),
+            reason: format!("{what} failed: {}", error_chain(&err)),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let body = response.text().await.map_err(unreachable)?;
+        Ok((status, body))
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, body: &str) -> Result<T, VaultError> {
+    serde_json::from_str(body).map_err(|err| VaultError::BadResponse {
+        what: what.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+/// `: <errors joined>` from Vault's `{"errors": [...]}`, or empty. Vault's
+/// error strings are short and never echo tokens.
+fn vault_errors(body: &str) -> String {
+    let errors: Vec<String> = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("errors").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .filter(|e| !e.is_empty())
+        .collect();
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", errors.join("; "))
+    }
+}
+
+fn status_error(what: &str, status: StatusCode, body: &str) -> VaultError {
+    VaultError::Status {
+        what: what.to_owned(),
+        status: status.as_u16(),
+        detail: vault_errors(body),
+    }
+}
+
+fn rejected_on_403(err: VaultError, hint: &str) -> VaultError {
+    match err {
+        VaultError::Status {
+            status: 403,
+            detail,
+            ..
+        } => VaultError::LoginRejected {
+            detail,
+            hint: hint.to_owned(),
+        },
+        other => other,
+    }
+}
+
+/// reqwest's own message says only "error sending request"; the cause
+/// (refused, timed out, reset) is further down the chain.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,137 @@
+//! The command line: config errors exit 2 with a sentence naming the file
+//! and the field; `--check` validates without contacting Vault.
+
+mod common;
+
+use assert_cmd::cargo::cargo_bin_cmd;
+use common::Fixture;
+
+/// Runs `keygate --config <fixture config> [args]`; returns code, stdout, stderr.
+fn keygate(fixture: &Fixture, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = cargo_bin_cmd!("keygate")
+        .arg("--config")
+        .arg(fixture.config())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A fixture whose Vault address points nowhere; `--check` never calls it.
+fn fixture() -> Fixture {
+    Fixture::new("http://127.0.0.1:1")
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let fixture = fixture();
+    let (code, stdout, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(
+        stdout.contains(
+            "OK: 2 OpenAPI document(s), 3 route(s), groups: billing-api, animal-rescue-api"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn missing_vault_address_names_the_field() {
+    let fixture = fixture();
+    let text = fixture
+        .config_text("http://127.0.0.1:1")
+        .replace("  address: http://127.0.0.1:1\n", "");
+    fixture.write_config(&text);
+    let (code, _, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    let expected = format!(
+        "{}: vault.address is missing: set it to the Vault URL, e.g. http://127.0.0.1:8200",
+        fixture.config().display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn missing_vault_address_also_stops_a_normal_start() {
+    let fixture = fixture();
+    let text = fixture
+        .config_text("http://127.0.0.1:1")
+        .replace("  address: http://127.0.0.1:1\n", "");
+    fixture.write_config(&text);
+    let (code, _, stderr) = keygate(&fixture, &[]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("vault.address"), "{stderr}");
+}
+
+#[test]
+fn malformed_yaml_names_the_file_and_line() {
+    let fixture = fixture();
+    fixture.write_config("listen:\n  grpc: 127.0.0.1:9001\n  http: [\nvault: {}\n");
+    let (code, _, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}: line ", fixture.config().display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn misspelt_field_is_an_error() {
+    let fixture = fixture();
+    let text = fixture
+        .config_text("http://127.0.0.1:1")
+        .replace("negative_ttl", "negativ_ttl");
+    fixture.write_config(&text);
+    let (code, _, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("cache: unknown field `negativ_ttl`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn openapi_document_without_group_id_is_named() {
+    let fixture = fixture();
+    common::write(
+        fixture.dir.path(),
+        "apis/billing.yaml",
+        &common::BILLING.replace("groupId: billing-api\n", ""),
+    );
+    let (code, _, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&fixture.path("apis/billing.yaml").display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("groupId is missing: add `groupId: <api-group>` at the document root"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_secret_file_names_the_field_and_path() {
+    let fixture = fixture();
+    std::fs::remove_file(fixture.path("secrets/secret-id")).unwrap();
+    let (code, _, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    let expected = format!(
+        "vault.auth.approle.secret_id_file points to {}, which cannot be read",
+        fixture.path("secrets/secret-id").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_is_a_config_error() {
+    let fixture = fixture();
+    std::fs::remove_file(fixture.config()).unwrap();
+    let (code, _, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("cannot read the config file"), "{stderr}");
+}

@@ -1,0 +1,219 @@
+//! keygate as a process against a fake Vault: both protocols, readiness,
+//! metrics, re-login on 403, refusal of root tokens, and fail-closed when
+//! Vault is unreachable. The real-Vault checks live in the e2e crate.
+
+mod common;
+
+use std::time::Duration;
+
+use apikey::{ApiKey, KeyRecord};
+use common::{FakeVault, Fixture, wait_for_status};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+
+async fn forward_auth(fixture: &Fixture, uri: &str, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(fixture.url("/auth"))
+        .header("x-forwarded-uri", uri)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn grpc_check(fixture: &Fixture, path: &str, key: &str) -> CheckResponse {
+    let mut client = AuthorizationClient::connect(format!("http://{}", fixture.grpc))
+        .await
+        .unwrap();
+    let http = HttpRequest {
+        path: path.into(),
+        method: "GET".into(),
+        headers: [("x-api-key".to_owned(), key.to_owned())].into(),
+        ..Default::default()
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    client.check(request).await.unwrap().into_inner()
+}
+
+fn record(key: &ApiKey, owner: &str) -> serde_json::Value {
+    serde_json::to_value(KeyRecord::for_key(key, owner)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validates_over_http_and_grpc_against_vault() {
+    let vault = FakeVault::start().await;
+    let key = ApiKey::generate();
+    vault.put(
+        "billing-api",
+        key.selector().as_str(),
+        record(&key, "user-1"),
+    );
+    let fixture = Fixture::new(&vault.address);
+    let keygate = fixture.start();
+    wait_for_status(&fixture.url("/readyz"), 200).await;
+
+    let ready: serde_json::Value = reqwest::get(fixture.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["vault_token_accessor"], "accessor-1");
+    assert_eq!(
+        ready["policies"],
+        serde_json::json!(["default", "gateway-policy"])
+    );
+
+    // HTTP forward-auth.
+    let allowed = forward_auth(&fixture, "/billing/invoices/7", key.expose()).await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["x-keyrig-owner"], "user-1");
+    assert_eq!(allowed.headers()["x-keyrig-group"], "billing-api");
+    let wrong_group = forward_auth(&fixture, "/animal-rescue/animals", key.expose()).await;
+    assert_eq!(wrong_group.status(), 403);
+    assert_eq!(wrong_group.headers()["x-keyrig-reason"], "wrong-group");
+    let unknown = forward_auth(&fixture, "/billing/invoices", ApiKey::generate().expose()).await;
+    assert_eq!(unknown.status(), 401);
+    assert_eq!(unknown.text().await.unwrap(), r#"{"reason":"unknown"}"#);
+
+    // Envoy ext_authz over gRPC.
+    let ok = grpc_check(&fixture, "/billing/invoices?page=1", key.expose()).await;
+    assert_eq!(ok.status.unwrap().code, tonic::Code::Ok as i32);
+    let Some(HttpResponse::OkResponse(ok)) = ok.http_response else {
+        panic!("expected an OK response")
+    };
+    let headers: Vec<(String, String)> = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref().map(|h| (h.key.clone(), h.value.clone())))
+        .collect();
+    assert!(
+        headers.contains(&("x-keyrig-owner".into(), "user-1".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-keyrig-group".into(), "billing-api".into())),
+        "{headers:?}"
+    );
+
+    let denied = grpc_check(&fixture, "/billing/invoices", &"f".repeat(63)).await;
+    assert_eq!(
+        denied.status.unwrap().code,
+        tonic::Code::Unauthenticated as i32
+    );
+    let Some(HttpResponse::DeniedResponse(denied)) = denied.http_response else {
+        panic!("expected a denial")
+    };
+    assert_eq!(denied.status.unwrap().code, 401);
+    assert_eq!(denied.body, r#"{"reason":"malformed"}"#);
+
+    let no_route = grpc_check(&fixture, "/billing/../animal-rescue/animals", key.expose()).await;
+    assert_eq!(
+        no_route.status.unwrap().code,
+        tonic::Code::PermissionDenied as i32
+    );
+
+    // Token revoked behind keygate's back: it logs in again on the 403.
+    // Re-login is rate-limited to once per 5 s after a login, so wait that out.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    vault.revoke_all();
+    let after_revoke = forward_auth(&fixture, "/billing/invoices", key.expose()).await;
+    assert_eq!(after_revoke.status(), 200);
+    assert_eq!(vault.state.lock().unwrap().logins, 2);
+
+    let metrics = reqwest::get(fixture.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "keygate_decisions_total{outcome=\"allow\",protocol=\"http\"} 2",
+        "keygate_decisions_total{outcome=\"allow\",protocol=\"grpc\"} 1",
+        "keygate_decisions_total{outcome=\"malformed\",protocol=\"grpc\"} 1",
+        "keygate_decisions_total{outcome=\"wrong-group\",protocol=\"http\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+
+    let log = keygate.stop();
+    assert!(
+        !log.contains(key.verifier()),
+        "the log shows a verifier:\n{log}"
+    );
+    assert!(
+        log.contains(key.selector().as_str()),
+        "the log should name the selector:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_vault_means_503_never_allow() {
+    let fixture = Fixture::new(&format!("http://{}", common::free_port()));
+    let _keygate = fixture.start();
+    wait_for_status(&fixture.url("/healthz"), 200).await;
+
+    let response = reqwest::get(fixture.url("/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["ready"], false);
+
+    let denied = forward_auth(&fixture, "/billing/invoices", ApiKey::generate().expose()).await;
+    assert_eq!(denied.status(), 503);
+    assert_eq!(denied.headers()["x-keyrig-reason"], "vault-unavailable");
+    let denied = grpc_check(&fixture, "/billing/invoices", ApiKey::generate().expose()).await;
+    assert_eq!(denied.status.unwrap().code, tonic::Code::Unavailable as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_start_with_a_root_token() {
+    let vault = FakeVault::start().await;
+    vault.state.lock().unwrap().root_policy = true;
+    let fixture = Fixture::new(&vault.address);
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || fixture.start().wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("keygate refuses to run with a root token"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_login_stops_startup_naming_the_secret_files() {
+    let vault = FakeVault::start().await;
+    let fixture = Fixture::new(&vault.address);
+    std::fs::write(
+        fixture.path("secrets/secret-id"),
+        "not-the-secret-id-7f3a\n",
+    )
+    .unwrap();
+    let secret_id_file = fixture.path("secrets/secret-id").display().to_string();
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || fixture.start().wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Vault rejected keygate's login: invalid role or secret ID"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&secret_id_file), "{stderr}");
+    assert!(
+        !stderr.contains("not-the-secret-id-7f3a"),
+        "the secret-id leaked into the message: {stderr}"
+    );
+}
