@@ -15,9 +15,7 @@ pub const SELECTOR_LEN: usize = 32;
 pub enum ParseError {
     #[error("an API key is {KEY_LEN} characters long, this one has {0}")]
     Length(usize),
-    #[error(
-        "an API key holds only lowercase hex digits [0-9a-f]; character {position} is not one"
-    )]
+    #[error("an API key holds only lowercase hex digits [0-9a-f]; character {position} is not one")]
     NotHex { position: usize },
 }
 
@@ -33,8 +31,12 @@ impl ApiKey {
     /// A new key from the OS CSPRNG: 32 random bytes as lowercase hex.
     pub fn generate() -> Self {
         let mut bytes = [0u8; KEY_LEN / 2];
-        rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("the OS random source failed");
-        Self { text: hex::encode(bytes) }
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .expect("the OS random source failed");
+        Self {
+            text: hex::encode(bytes),
+        }
     }
 
     /// Parses a key exactly as presented: no trimming, no case folding, since
@@ -45,10 +47,15 @@ impl ApiKey {
         if input.len() != KEY_LEN || chars != KEY_LEN {
             return Err(ParseError::Length(chars));
         }
-        if let Some(position) = input.bytes().position(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if let Some(position) = input
+            .bytes()
+            .position(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(ParseError::NotHex { position });
         }
-        Ok(Self { text: input.to_owned() })
+        Ok(Self {
+            text: input.to_owned(),
+        })
     }
 
     /// The first 32 characters: the public part, part of the storage path.
@@ -79,7 +86,9 @@ impl ApiKey {
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiKey").field("selector", &self.selector().as_str()).finish_non_exhaustive()
+        f.debug_struct("ApiKey")
+            .field("selector", &self.selector().as_str())
+            .finish_non_exhaustive()
     }
 }
 

@@ -12,5 +12,5 @@
 mod key;
 mod record;
 
-pub use key::{ApiKey, ParseError, Selector, VerifierHash, KEY_LEN, SELECTOR_LEN};
-pub use record::{storage_path, Decision, KeyRecord, RecordError};
+pub use key::{ApiKey, KEY_LEN, ParseError, SELECTOR_LEN, Selector, VerifierHash};
+pub use record::{Decision, KeyRecord, RecordError, storage_path};

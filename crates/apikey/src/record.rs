@@ -25,7 +25,11 @@ pub struct KeyRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// RFC 3339; absent means the key does not expire.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expires: Option<OffsetDateTime>,
 }
 
@@ -38,7 +42,12 @@ pub enum RecordError {
 impl KeyRecord {
     /// The record to store for a freshly issued key.
     pub fn for_key(key: &ApiKey, owner: impl Into<String>) -> Self {
-        Self { key: key.verifier_hash().to_hex(), owner: owner.into(), name: None, expires: None }
+        Self {
+            key: key.verifier_hash().to_hex(),
+            owner: owner.into(),
+            name: None,
+            expires: None,
+        }
     }
 
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
@@ -109,9 +118,13 @@ mod tests {
             })
         );
         // A record with only `key`, as Spring Cloud Gateway tooling writes it.
-        let minimal: KeyRecord = serde_json::from_value(serde_json::json!({"key": record.key, "x": 1})).unwrap();
+        let minimal: KeyRecord =
+            serde_json::from_value(serde_json::json!({"key": record.key, "x": 1})).unwrap();
         assert_eq!(minimal.owner, "");
-        assert_eq!(minimal.check(&key, datetime!(2031-01-01 0:00 UTC)), Decision::Valid);
+        assert_eq!(
+            minimal.check(&key, datetime!(2031-01-01 0:00 UTC)),
+            Decision::Valid
+        );
     }
 
     #[test]
@@ -122,8 +135,14 @@ mod tests {
         let record = KeyRecord::for_key(&key, "o");
         assert_eq!(record.check(&key, now), Decision::Valid);
         assert_eq!(record.check(&other, now), Decision::Mismatch);
-        assert_eq!(record.clone().with_expiry(now).check(&key, now), Decision::Expired);
-        let corrupt = KeyRecord { key: "zz".into(), ..record };
+        assert_eq!(
+            record.clone().with_expiry(now).check(&key, now),
+            Decision::Expired
+        );
+        let corrupt = KeyRecord {
+            key: "zz".into(),
+            ..record
+        };
         assert_eq!(corrupt.check(&key, now), Decision::CorruptRecord);
     }
 }
