@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 
 use keyrig_e2e::*;
+use rig::wait::Probe;
 use rstest::rstest;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -14,12 +15,21 @@ const OTHER_GROUP: &str = "billing-api";
 
 #[tokio::test]
 async fn valid_key_reaches_upstream_with_owner_and_group() {
-    let _case = case("api_keys", "valid_key_reaches_upstream_with_owner_and_group");
+    let _case = case(
+        "api_keys",
+        "valid_key_reaches_upstream_with_owner_and_group",
+    );
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gateway_get(&api_path(GROUP), Some(key.expose())).await.unwrap();
+    let reply = gateway_get(&api_path(GROUP), Some(key.expose()))
+        .await
+        .unwrap();
 
-    assert_eq!(reply.status, 200, "a valid key was refused: {:?}", reply.reason);
+    assert_eq!(
+        reply.status, 200,
+        "a valid key was refused: {:?}",
+        reply.reason
+    );
     assert_eq!(reply.upstream_header("x-keyrig-owner"), Some("e2e-owner"));
     assert_eq!(reply.upstream_header("x-keyrig-group"), Some(GROUP));
 }
@@ -44,7 +54,10 @@ async fn header_name_is_case_insensitive() {
     })
     .await
     .unwrap();
-    assert!(status_line.starts_with("HTTP/1.1 200"), "X-API-Key was not honoured: {status_line}");
+    assert!(
+        status_line.starts_with("HTTP/1.1 200"),
+        "X-API-Key was not honoured: {status_line}"
+    );
 }
 
 /// Keys that must be refused, with the status and the reason keygate gives.
@@ -66,9 +79,14 @@ async fn refused_keys(
     let key = issue_key(GROUP, |r| r).await.unwrap();
     let presented = mangle.map(|m| m.apply(key.expose()));
 
-    let reply = gateway_get(&api_path(GROUP), presented.as_deref()).await.unwrap();
+    let reply = gateway_get(&api_path(GROUP), presented.as_deref())
+        .await
+        .unwrap();
 
-    assert_eq!((reply.status, reply.reason.as_deref()), (status, Some(reason)));
+    assert_eq!(
+        (reply.status, reply.reason.as_deref()),
+        (status, Some(reason))
+    );
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,9 +116,14 @@ async fn key_of_one_group_is_forbidden_on_another() {
     let _case = case("api_keys", "key_of_one_group_is_forbidden_on_another");
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gateway_get(&api_path(OTHER_GROUP), Some(key.expose())).await.unwrap();
+    let reply = gateway_get(&api_path(OTHER_GROUP), Some(key.expose()))
+        .await
+        .unwrap();
 
-    assert_eq!((reply.status, reply.reason.as_deref()), (403, Some("wrong-group")));
+    assert_eq!(
+        (reply.status, reply.reason.as_deref()),
+        (403, Some("wrong-group"))
+    );
 }
 
 #[tokio::test]
@@ -108,9 +131,14 @@ async fn path_of_no_api_is_forbidden() {
     let _case = case("api_keys", "path_of_no_api_is_forbidden");
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gateway_get("/no-such-api/anything", Some(key.expose())).await.unwrap();
+    let reply = gateway_get("/no-such-api/anything", Some(key.expose()))
+        .await
+        .unwrap();
 
-    assert_eq!((reply.status, reply.reason.as_deref()), (403, Some("no-route")));
+    assert_eq!(
+        (reply.status, reply.reason.as_deref()),
+        (403, Some("no-route"))
+    );
 }
 
 #[tokio::test]
@@ -118,22 +146,38 @@ async fn revoked_key_is_refused_once_the_cache_expires() {
     let _case = case("api_keys", "revoked_key_is_refused_once_the_cache_expires");
     let key = issue_key(GROUP, |r| r).await.unwrap();
     let path = api_path(GROUP);
-    assert_eq!(gateway_get(&path, Some(key.expose())).await.unwrap().status, 200);
+    assert_eq!(
+        gateway_get(&path, Some(key.expose())).await.unwrap().status,
+        200
+    );
 
     // Revocation in the portal's scheme: delete the secret, all versions.
     let portal = portal_token().await.unwrap();
-    let deleted = vault("DELETE", &kv_path("metadata", GROUP, key.selector().as_str()), &portal, None)
-        .await
-        .unwrap();
-    assert_eq!(deleted.status, 204, "deleting the record: {:?}", deleted.body);
+    let deleted = vault(
+        "DELETE",
+        &kv_path("metadata", GROUP, key.selector().as_str()),
+        &portal,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        deleted.status, 204,
+        "deleting the record: {:?}",
+        deleted.body
+    );
 
-    rig::wait::wait_until("the revoked key to be refused", cache_deadline(), || async {
-        let reply = gateway_get(&path, Some(key.expose())).await?;
-        Ok(match (reply.status, reply.reason.as_deref()) {
-            (401, Some("unknown")) => rig::wait::Observed::Done(()),
-            other => rig::wait::Observed::NotYet(format!("{other:?}")),
-        })
-    })
+    rig::wait::wait_until(
+        "the revoked key to be refused",
+        cache_deadline(),
+        async || {
+            let reply = gateway_get(&path, Some(key.expose())).await?;
+            Ok(match (reply.status, reply.reason.as_deref()) {
+                (401, Some("unknown")) => Probe::Ready(()),
+                other => Probe::seen(format!("{other:?}")),
+            })
+        },
+    )
     .await
     .unwrap();
 }
@@ -142,30 +186,53 @@ async fn revoked_key_is_refused_once_the_cache_expires() {
 async fn expired_key_is_refused_and_unexpired_accepted() {
     let _case = case("api_keys", "expired_key_is_refused_and_unexpired_accepted");
     let now = OffsetDateTime::now_utc();
-    let expired = issue_key(GROUP, |r| r.with_expiry(now - TimeDelta::minutes(1))).await.unwrap();
-    let current = issue_key(GROUP, |r| r.with_expiry(now + TimeDelta::hours(1))).await.unwrap();
+    let expired = issue_key(GROUP, |r| r.with_expiry(now - TimeDelta::minutes(1)))
+        .await
+        .unwrap();
+    let current = issue_key(GROUP, |r| r.with_expiry(now + TimeDelta::hours(1)))
+        .await
+        .unwrap();
 
-    let refused = gateway_get(&api_path(GROUP), Some(expired.expose())).await.unwrap();
-    let accepted = gateway_get(&api_path(GROUP), Some(current.expose())).await.unwrap();
+    let refused = gateway_get(&api_path(GROUP), Some(expired.expose()))
+        .await
+        .unwrap();
+    let accepted = gateway_get(&api_path(GROUP), Some(current.expose()))
+        .await
+        .unwrap();
 
-    assert_eq!((refused.status, refused.reason.as_deref()), (401, Some("expired")));
-    assert_eq!(accepted.status, 200, "an unexpired key was refused: {:?}", accepted.reason);
+    assert_eq!(
+        (refused.status, refused.reason.as_deref()),
+        (401, Some("expired"))
+    );
+    assert_eq!(
+        accepted.status, 200,
+        "an unexpired key was refused: {:?}",
+        accepted.reason
+    );
 }
 
 /// Other tools write keys too: this one follows README's storage format with
 /// nothing but the Vault HTTP API and SHA-256, not keyrig's crates.
 #[tokio::test]
 async fn key_written_by_plain_http_in_the_documented_format_is_accepted() {
-    let _case = case("api_keys", "key_written_by_plain_http_in_the_documented_format_is_accepted");
+    let _case = case(
+        "api_keys",
+        "key_written_by_plain_http_in_the_documented_format_is_accepted",
+    );
     let bytes: [u8; 32] = rand::random();
     let key = hex::encode(bytes);
     let (selector, verifier) = key.split_at(32);
     let hash = hex::encode(Sha256::digest(verifier.as_bytes()));
     let portal = portal_token().await.unwrap();
     let path = format!("{}/data/{GROUP}/{selector}", env().kv_mount);
-    let written = vault("POST", &path, &portal, Some(json!({"data": {"key": hash, "owner": "plain-http"}})))
-        .await
-        .unwrap();
+    let written = vault(
+        "POST",
+        &path,
+        &portal,
+        Some(json!({"data": {"key": hash, "owner": "plain-http"}})),
+    )
+    .await
+    .unwrap();
     assert_eq!(written.status, 200, "{:?}", written.body);
 
     let reply = gateway_get(&api_path(GROUP), Some(&key)).await.unwrap();

@@ -31,7 +31,10 @@ pub fn case(group: &str, name: &str) -> CaseGuard {
 fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
+        // Each #[tokio::test] has its own runtime and a pooled connection dies
+        // with the runtime that opened it, so connections are not kept.
         reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(10))
             .build()
             .expect("building the HTTP client")
@@ -56,32 +59,66 @@ pub struct VaultReply {
 }
 
 /// Calls the Vault HTTP API: `path` is below `/v1/`.
-pub async fn vault(method: &str, path: &str, token: &Token, body: Option<Value>) -> Result<VaultReply> {
+pub async fn vault(
+    method: &str,
+    path: &str,
+    token: &Token,
+    body: Option<Value>,
+) -> Result<VaultReply> {
     let method = Method::from_bytes(method.as_bytes())?;
     let url = format!("{}/v1/{}", env().vault_addr, path.trim_start_matches('/'));
-    let mut request = http().request(method.clone(), &url).header("X-Vault-Token", &token.0);
+    let mut request = http()
+        .request(method.clone(), &url)
+        .header("X-Vault-Token", &token.0);
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.with_context(|| format!("{method} {url}: Vault did not answer"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("{method} {url}: Vault did not answer"))?;
     let status = response.status().as_u16();
     let text = response.text().await?;
-    let body = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text)? };
+    let body = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)?
+    };
     Ok(VaultReply { status, body })
 }
 
 pub fn root_token() -> Token {
-    Token(env().root_token().expect("reading the root token file named by env.json"))
+    Token(
+        env()
+            .root_token()
+            .expect("reading the root token file named by env.json"),
+    )
 }
 
 /// Logs in with an AppRole of the scenario, the way a service would: the root
 /// token fetches the role-id and mints a secret-id, then the login uses only those.
 pub async fn login_as(role: &str) -> Result<Token> {
     let root = root_token();
-    let role_id = vault("GET", &format!("auth/approle/role/{role}/role-id"), &root, None).await?;
-    let secret_id = vault("POST", &format!("auth/approle/role/{role}/secret-id"), &root, None).await?;
+    let role_id = vault(
+        "GET",
+        &format!("auth/approle/role/{role}/role-id"),
+        &root,
+        None,
+    )
+    .await?;
+    let secret_id = vault(
+        "POST",
+        &format!("auth/approle/role/{role}/secret-id"),
+        &root,
+        None,
+    )
+    .await?;
     if role_id.status != 200 || secret_id.status != 200 {
-        bail!("AppRole {role}: role-id answered {}, secret-id answered {}", role_id.status, secret_id.status);
+        bail!(
+            "AppRole {role}: role-id answered {}, secret-id answered {}",
+            role_id.status,
+            secret_id.status
+        );
     }
     let login = vault(
         "POST",
@@ -95,7 +132,11 @@ pub async fn login_as(role: &str) -> Result<Token> {
     .await?;
     match login.body["auth"]["client_token"].as_str() {
         Some(token) if login.status == 200 => Ok(Token(token.to_owned())),
-        _ => bail!("AppRole login as {role} answered {}: {}", login.status, login.body["errors"]),
+        _ => bail!(
+            "AppRole login as {role} answered {}: {}",
+            login.status,
+            login.body["errors"]
+        ),
     }
 }
 
@@ -123,7 +164,12 @@ pub async fn store_record(group: &str, key: &ApiKey, record: &KeyRecord) -> Resu
     )
     .await?;
     if reply.status != 200 {
-        bail!("writing the record of {:?} answered {}: {}", key.selector(), reply.status, reply.body["errors"]);
+        bail!(
+            "writing the record of {:?} answered {}: {}",
+            key.selector(),
+            reply.status,
+            reply.body["errors"]
+        );
     }
     Ok(())
 }
@@ -131,7 +177,10 @@ pub async fn store_record(group: &str, key: &ApiKey, record: &KeyRecord) -> Resu
 /// One api-portal token for the whole test binary.
 pub async fn portal_token() -> Result<Token> {
     static TOKEN: tokio::sync::OnceCell<Token> = tokio::sync::OnceCell::const_new();
-    TOKEN.get_or_try_init(|| login_as("api-portal")).await.cloned()
+    TOKEN
+        .get_or_try_init(|| login_as("api-portal"))
+        .await
+        .cloned()
 }
 
 /// What the client saw from the gateway.
@@ -158,12 +207,23 @@ pub async fn gateway_get(path: &str, api_key: Option<&str>) -> Result<GatewayRep
     if let Some(key) = api_key {
         request = request.header("x-api-key", key);
     }
-    let response = request.send().await.with_context(|| format!("GET {url}: the gateway did not answer"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("GET {url}: the gateway did not answer"))?;
     let status = response.status().as_u16();
-    let reason = response.headers().get("x-keyrig-reason").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let reason = response
+        .headers()
+        .get("x-keyrig-reason")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let text = response.text().await?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(GatewayReply { status, reason, body })
+    Ok(GatewayReply {
+        status,
+        reason,
+        body,
+    })
 }
 
 /// A path under a group's route that its OpenAPI document declares.
@@ -179,7 +239,11 @@ pub fn api_path(group: &str) -> String {
 /// keygate's readiness report: its Vault token accessor and policies.
 pub async fn keygate_readyz() -> Result<Value> {
     let url = format!("{}/readyz", env().keygate_url);
-    let response = http().get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    let response = http()
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
     let status = response.status();
     let body: Value = response.json().await?;
     if !status.is_success() {

@@ -23,16 +23,37 @@ async fn api_portal_role_manages_keys() {
     let portal = login_as("api-portal").await.unwrap();
     let sel = selector();
 
-    let create = vault("POST", &kv_path("data", GROUP, &sel), &portal, record()).await.unwrap();
-    let read = vault("GET", &kv_path("data", GROUP, &sel), &portal, None).await.unwrap();
-    let list = vault("LIST", &format!("{}/metadata/{GROUP}", env().kv_mount), &portal, None).await.unwrap();
-    let delete = vault("DELETE", &kv_path("metadata", GROUP, &sel), &portal, None).await.unwrap();
-    let gone = vault("GET", &kv_path("data", GROUP, &sel), &portal, None).await.unwrap();
+    let create = vault("POST", &kv_path("data", GROUP, &sel), &portal, record())
+        .await
+        .unwrap();
+    let read = vault("GET", &kv_path("data", GROUP, &sel), &portal, None)
+        .await
+        .unwrap();
+    let list = vault(
+        "LIST",
+        &format!("{}/metadata/{GROUP}", env().kv_mount),
+        &portal,
+        None,
+    )
+    .await
+    .unwrap();
+    let delete = vault("DELETE", &kv_path("metadata", GROUP, &sel), &portal, None)
+        .await
+        .unwrap();
+    let gone = vault("GET", &kv_path("data", GROUP, &sel), &portal, None)
+        .await
+        .unwrap();
 
     assert_eq!(create.status, 200, "create: {:?}", create.body);
     assert_eq!(read.body["data"]["data"]["owner"], "rbac");
     assert_eq!(list.status, 200);
-    assert!(list.body["data"]["keys"].as_array().unwrap().iter().any(|k| k == &json!(sel)));
+    assert!(
+        list.body["data"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == &json!(sel))
+    );
     assert_eq!(delete.status, 204);
     assert_eq!(gone.status, 404);
 }
@@ -43,17 +64,29 @@ async fn api_portal_role_manages_keys() {
 #[case::delete_latest("delete_latest", "DELETE", "data")]
 #[case::delete_all_versions("delete_all_versions", "DELETE", "metadata")]
 #[tokio::test]
-async fn gateway_role_cannot_change_keys(#[case] name: &str, #[case] method: &str, #[case] kind: &str) {
+async fn gateway_role_cannot_change_keys(
+    #[case] name: &str,
+    #[case] method: &str,
+    #[case] kind: &str,
+) {
     let _case = case("rbac", &format!("gateway_role_cannot_{name}"));
     let portal = portal_token().await.unwrap();
     let gateway = login_as("gateway").await.unwrap();
     let sel = selector();
-    vault("POST", &kv_path("data", GROUP, &sel), &portal, record()).await.unwrap();
+    vault("POST", &kv_path("data", GROUP, &sel), &portal, record())
+        .await
+        .unwrap();
 
     let body = if method == "DELETE" { None } else { record() };
-    let reply = vault(method, &kv_path(kind, GROUP, &sel), &gateway, body).await.unwrap();
+    let reply = vault(method, &kv_path(kind, GROUP, &sel), &gateway, body)
+        .await
+        .unwrap();
 
-    assert_eq!(reply.status, 403, "the gateway role could {method} {kind}: {:?}", reply.body);
+    assert_eq!(
+        reply.status, 403,
+        "the gateway role could {method} {kind}: {:?}",
+        reply.body
+    );
 }
 
 #[tokio::test]
@@ -63,10 +96,21 @@ async fn gateway_role_reads_and_lists_every_group() {
     let gateway = login_as("gateway").await.unwrap();
     for group in [GROUP, OTHER_GROUP] {
         let sel = selector();
-        vault("POST", &kv_path("data", group, &sel), &portal, record()).await.unwrap();
+        vault("POST", &kv_path("data", group, &sel), &portal, record())
+            .await
+            .unwrap();
 
-        let read = vault("GET", &kv_path("data", group, &sel), &gateway, None).await.unwrap();
-        let list = vault("LIST", &format!("{}/metadata/{group}", env().kv_mount), &gateway, None).await.unwrap();
+        let read = vault("GET", &kv_path("data", group, &sel), &gateway, None)
+            .await
+            .unwrap();
+        let list = vault(
+            "LIST",
+            &format!("{}/metadata/{group}", env().kv_mount),
+            &gateway,
+            None,
+        )
+        .await
+        .unwrap();
 
         assert_eq!((read.status, list.status), (200, 200), "group {group}");
     }
@@ -78,14 +122,40 @@ async fn group_scoped_gateway_role_reads_only_its_group() {
     let portal = portal_token().await.unwrap();
     let scoped = login_as(&format!("gateway-{GROUP}")).await.unwrap();
     let (own, other) = (selector(), selector());
-    vault("POST", &kv_path("data", GROUP, &own), &portal, record()).await.unwrap();
-    vault("POST", &kv_path("data", OTHER_GROUP, &other), &portal, record()).await.unwrap();
+    vault("POST", &kv_path("data", GROUP, &own), &portal, record())
+        .await
+        .unwrap();
+    vault(
+        "POST",
+        &kv_path("data", OTHER_GROUP, &other),
+        &portal,
+        record(),
+    )
+    .await
+    .unwrap();
 
-    let own_read = vault("GET", &kv_path("data", GROUP, &own), &scoped, None).await.unwrap();
-    let own_list = vault("LIST", &format!("{}/metadata/{GROUP}", env().kv_mount), &scoped, None).await.unwrap();
-    let other_read = vault("GET", &kv_path("data", OTHER_GROUP, &other), &scoped, None).await.unwrap();
-    let other_list =
-        vault("LIST", &format!("{}/metadata/{OTHER_GROUP}", env().kv_mount), &scoped, None).await.unwrap();
+    let own_read = vault("GET", &kv_path("data", GROUP, &own), &scoped, None)
+        .await
+        .unwrap();
+    let own_list = vault(
+        "LIST",
+        &format!("{}/metadata/{GROUP}", env().kv_mount),
+        &scoped,
+        None,
+    )
+    .await
+    .unwrap();
+    let other_read = vault("GET", &kv_path("data", OTHER_GROUP, &other), &scoped, None)
+        .await
+        .unwrap();
+    let other_list = vault(
+        "LIST",
+        &format!("{}/metadata/{OTHER_GROUP}", env().kv_mount),
+        &scoped,
+        None,
+    )
+    .await
+    .unwrap();
 
     assert_eq!((own_read.status, own_list.status), (200, 200));
     assert_eq!((other_read.status, other_list.status), (403, 403));
@@ -95,15 +165,26 @@ async fn group_scoped_gateway_role_reads_only_its_group() {
 async fn keygate_token_carries_only_the_gateway_policy() {
     let _case = case("rbac", "keygate_token_carries_only_the_gateway_policy");
     let ready = keygate_readyz().await.unwrap();
-    let accessor = ready["vault_token_accessor"].as_str().expect("keygate's /readyz names its token accessor");
+    let accessor = ready["vault_token_accessor"]
+        .as_str()
+        .expect("keygate's /readyz names its token accessor");
 
-    let lookup = vault("POST", "auth/token/lookup-accessor", &root_token(), Some(json!({"accessor": accessor})))
-        .await
-        .unwrap();
+    let lookup = vault(
+        "POST",
+        "auth/token/lookup-accessor",
+        &root_token(),
+        Some(json!({"accessor": accessor})),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(lookup.status, 200, "{:?}", lookup.body["errors"]);
-    let mut policies: Vec<&str> =
-        lookup.body["data"]["policies"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let mut policies: Vec<&str> = lookup.body["data"]["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     policies.sort();
     assert_eq!(policies, ["default", "gateway-policy"]);
 }

@@ -1,0 +1,95 @@
+//! `env.json`: what a running environment tells its tests. Written by `up`
+//! to `target/rig/<run>/env.json` (and reachable as `target/rig/latest/`);
+//! read by the e2e tests. It holds addresses and file paths only: secrets
+//! stay in 0600 files that it names.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that points tests at an `env.json`.
+pub const ENV_FILE_VAR: &str = "KEYRIG_ENV";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    /// `local`, `kind` or `cluster`.
+    pub profile: String,
+    pub run_id: String,
+    /// Where clients send API requests (Envoy's listener on the local profile).
+    pub gateway_url: String,
+    pub vault_addr: String,
+    /// KV v2 mount that holds API-key records.
+    pub kv_mount: String,
+    /// groupId -> route prefix at the gateway, e.g. `"billing-api": "/billing/"`.
+    pub groups: BTreeMap<String, String>,
+    /// 0600 file holding a Vault token with root policy (the dev server's).
+    pub root_token_file: PathBuf,
+    /// 0600 file holding the key that unseals Vault after a test seals it
+    /// (`PUT /v1/sys/unseal`); absent when the profile cannot provide one.
+    #[serde(default)]
+    pub unseal_key_file: Option<PathBuf>,
+    pub logs_dir: PathBuf,
+    /// keygate's HTTP listener: /healthz, /readyz, /metrics, /auth.
+    pub keygate_url: String,
+    /// The upstream behind the gateway (echoes request headers as JSON).
+    pub upstream_url: String,
+    /// keygate's cache settings, so tests know how long a change may take to land.
+    pub cache: CacheSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSettings {
+    pub positive_ttl_ms: u64,
+    pub negative_ttl_ms: u64,
+}
+
+impl Environment {
+    /// The environment named by `$KEYRIG_ENV`, else `target/rig/latest/env.json`
+    /// under the workspace root.
+    pub fn discover() -> Result<Self> {
+        let path = match std::env::var_os(ENV_FILE_VAR) {
+            Some(path) => PathBuf::from(path),
+            None => crate::paths::workspace_root().join("target/rig/latest/env.json"),
+        };
+        Self::load(&path)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "no keyrig environment at {}: start one with `cargo xtask up`, or run the tests through `cargo xtask e2e`",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a keyrig env.json", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The root token, read from its 0600 file. Never print it.
+    pub fn root_token(&self) -> Result<String> {
+        let token = std::fs::read_to_string(&self.root_token_file).with_context(|| {
+            format!(
+                "reading the root token file {}",
+                self.root_token_file.display()
+            )
+        })?;
+        Ok(token.trim().to_owned())
+    }
+
+    /// The route prefix of a group, or an error naming the known groups.
+    pub fn route(&self, group: &str) -> Result<&str> {
+        self.groups.get(group).map(String::as_str).with_context(|| {
+            format!(
+                "no API group {group:?} in this environment (it has {:?})",
+                self.groups.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+}

@@ -1,0 +1,30 @@
+//! keyrig's harness library: pinned tools, run directories, supervised
+//! processes, Vault setup, scenario loading, the local profile, waits and the
+//! e2e results table. `xtask` is a thin CLI over it; the e2e tests use
+//! `env`, `vault`, `wait` and `case`.
+
+pub mod case;
+pub mod echo;
+pub mod env;
+pub mod local;
+pub mod paths;
+pub mod process;
+pub mod run;
+pub mod scenario;
+pub mod tools;
+pub mod vault;
+pub mod wait;
+
+/// A progress line for people: `[keyrig] ...` on stderr, so stdout stays
+/// free for what a command is asked to print (e.g. `doctor`'s report).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("[keyrig] {}", format_args!($($arg)*))
+    };
+}
+
+/// Seconds with one decimal, the way progress lines show durations.
+pub fn secs(duration: std::time::Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
+}
