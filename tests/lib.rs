@@ -130,8 +130,14 @@ pub async fn login_as(role: &str) -> Result<Token> {
         })),
     )
     .await?;
+    if let Some(secret_id) = secret_id.body["data"]["secret_id"].as_str() {
+        rig::redact::register_secret(secret_id);
+    }
     match login.body["auth"]["client_token"].as_str() {
-        Some(token) if login.status == 200 => Ok(Token(token.to_owned())),
+        Some(token) if login.status == 200 => {
+            rig::redact::register_secret(token);
+            Ok(Token(token.to_owned()))
+        }
         _ => bail!(
             "AppRole login as {role} answered {}: {}",
             login.status,
@@ -149,6 +155,8 @@ pub fn kv_path(kind: &str, group: &str, selector: &str) -> String {
 /// with the portal's own AppRole token.
 pub async fn issue_key(group: &str, record: impl FnOnce(KeyRecord) -> KeyRecord) -> Result<ApiKey> {
     let key = ApiKey::generate();
+    // Registered before use, so no report or failure message can show it.
+    rig::redact::register_secret(key.expose());
     let record = record(KeyRecord::for_key(&key, "e2e-owner"));
     store_record(group, &key, &record).await?;
     Ok(key)

@@ -15,6 +15,20 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rig::process::StopOutcome;
 use rig::say;
 
+mod e2e_report;
+mod scenarios;
+mod selfcheck;
+mod status;
+
+/// What `cargo xtask e2e` was asked to do.
+pub(crate) struct E2eOptions {
+    profile: Profile,
+    filter: Option<String>,
+    keep: bool,
+    report_dir: Option<PathBuf>,
+    include_ignored: bool,
+}
+
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
@@ -42,13 +56,29 @@ enum Cmd {
     /// Stop what `up` left running (every run under target/rig with a pids.json).
     Down,
     /// Start an environment, run the e2e tests against it, print the results, stop it.
+    /// Writes junit.xml, report.json and summary.md to target/rig/<run>/, and a
+    /// diagnostics bundle per failed case to target/rig/<run>/diagnostics/.
     E2e {
         #[arg(long, value_enum, default_value_t = Profile::Local)]
         profile: Profile,
         /// Run only the tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        /// When a case fails, leave the environment running to look at
+        /// (`cargo xtask status` shows it, `cargo xtask down` stops it).
+        #[arg(long)]
+        keep: bool,
+        /// Also write the reports (and the diagnostics bundles) into this directory.
+        #[arg(long, value_name = "DIR")]
+        report_dir: Option<PathBuf>,
+        /// Also run tests marked #[ignore] (the harness self-check's deliberately failing case).
+        #[arg(long)]
+        include_ignored: bool,
     },
+    /// What is running: each run with a pids.json, its components and addresses.
+    Status,
+    /// The scenarios (API groups, Vault setup, Kubernetes overlays) and the e2e assertion groups.
+    Scenarios,
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
     Test,
     /// The echo upstream the local profile puts behind the gateway.
@@ -115,7 +145,21 @@ fn run(command: Cmd) -> Result<ExitCode> {
         }
         Cmd::Up { profile } => up(profile).map(|()| ExitCode::SUCCESS),
         Cmd::Down => down().map(|()| ExitCode::SUCCESS),
-        Cmd::E2e { profile, filter } => e2e(profile, filter.as_deref()),
+        Cmd::E2e {
+            profile,
+            filter,
+            keep,
+            report_dir,
+            include_ignored,
+        } => e2e(&E2eOptions {
+            profile,
+            filter,
+            keep,
+            report_dir,
+            include_ignored,
+        }),
+        Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
+        Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
@@ -162,12 +206,22 @@ fn cargo() -> OsString {
 /// Runs cargo with inherited output, in the workspace root.
 fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
     say!("{what}: cargo {}", args.join(" "));
-    let status = Command::new(cargo())
+    let mut command = Command::new(cargo());
+    plain_output_unless_interactive(&mut command);
+    let status = command
         .args(args)
         .current_dir(rig::paths::workspace_root())
         .status()
         .with_context(|| format!("running cargo for {what}"))?;
     Ok(status.success())
+}
+
+/// Off a terminal (or in CI), cargo and the tests print no colour codes
+/// either, so the whole output is plain text.
+fn plain_output_unless_interactive(command: &mut Command) {
+    if !rig::progress::is_interactive() {
+        command.env("CARGO_TERM_COLOR", "never");
+    }
 }
 
 fn tools(profile: Profile) -> Result<()> {
@@ -290,12 +344,15 @@ fn down() -> Result<()> {
     Ok(())
 }
 
-fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
+fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
+    let profile = opts.profile;
     profile.require_local()?;
     stop_on_interrupt()?;
+    let wall = Instant::now();
+    let started_at = time::OffsetDateTime::now_utc();
     // Compile first, so a build error starts nothing and the environment
     // does not idle while the tests compile.
-    let opts = local_options()?;
+    let local = local_options()?;
     if !run_cargo(
         &["test", "-p", "keyrig-e2e", "--no-run"],
         "building the e2e tests",
@@ -304,9 +361,10 @@ fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
     }
 
     let started = Instant::now();
+    let rt = runtime()?;
     // Dropping `run` stops everything: at the end, on `?`, and on panic.
-    let mut run = runtime()?
-        .block_on(rig::local::up(&opts))
+    let mut run = rt
+        .block_on(rig::local::up(&local))
         .context("the local profile did not come up")?;
     let up_time = started.elapsed();
     say!(
@@ -316,9 +374,11 @@ fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
 
     let tests_started = Instant::now();
     let mut command = Command::new(cargo());
+    plain_output_unless_interactive(&mut command);
     command
         .args(["test", "-p", "keyrig-e2e", "--no-fail-fast", "--"])
-        .args(filter)
+        .args(&opts.filter)
+        .args(opts.include_ignored.then_some("--include-ignored"))
         .env(rig::env::ENV_FILE_VAR, run.run.env_file())
         .env(rig::case::RUN_DIR_VAR, run.run.path())
         .current_dir(rig::paths::workspace_root());
@@ -329,7 +389,22 @@ fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
     let test_time = tests_started.elapsed();
 
     let cases = rig::case::read_cases(run.run.path())?;
-    run.supervisor.stop_all();
+    // Diagnostics while the components are still up to be asked.
+    let cases = rt.block_on(e2e_report::collect_diagnostics(
+        run.run.path(),
+        &run.environment,
+        cases,
+    ));
+    let any_failed = !status.success()
+        || cases
+            .iter()
+            .any(|c| c.record.status == rig::case::Status::Failed);
+    let kept = opts.keep && any_failed;
+    if kept {
+        run.supervisor.detach();
+    } else {
+        run.supervisor.stop_all();
+    }
     println!();
     if cases.is_empty() {
         println!(
@@ -337,27 +412,45 @@ fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
             run.run.path().display()
         );
     } else {
-        rig::case::print_table(&cases);
+        let records: Vec<_> = cases.iter().map(|c| c.record.clone()).collect();
+        rig::case::print_table(&records);
     }
-    let (_, failed, _) = rig::case::totals(&cases);
+    let failed = cases
+        .iter()
+        .filter(|c| c.record.status == rig::case::Status::Failed)
+        .count();
     say!(
         "up {}, tests {}; logs in {}",
         rig::secs(up_time),
         rig::secs(test_time),
         run.environment.logs_dir.display()
     );
-    if !status.success() {
-        if failed == 0 {
-            say!(
-                "cargo test failed ({status}) though no case recorded a failure: see cargo's output above"
-            );
-        }
-        return Ok(ExitCode::FAILURE);
+
+    let outcome = e2e_report::finish(e2e_report::Finish {
+        run_dir: run.run.path(),
+        run_id: run.run.id(),
+        profile: profile.name(),
+        filter: opts.filter.clone(),
+        started_at,
+        wall: wall.elapsed(),
+        up: up_time,
+        tests: test_time,
+        cases,
+        runner_ok: status.success(),
+        report_dir: opts.report_dir.as_deref(),
+    })?;
+    if kept {
+        e2e_report::print_kept(&run.environment, run.run.path());
     }
-    Ok(if failed > 0 {
-        ExitCode::FAILURE
-    } else {
+    if !status.success() && failed == 0 {
+        say!(
+            "cargo test failed ({status}) though no case recorded a failure: see cargo's output above"
+        );
+    }
+    Ok(if outcome.passed {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
@@ -369,14 +462,23 @@ fn test() -> Result<ExitCode> {
         &["test", "--workspace", "--exclude", "keyrig-e2e"],
         "unit and integration tests",
     )?;
-    let e2e = e2e(Profile::Local, None)?;
+    let e2e = e2e(&E2eOptions {
+        profile: Profile::Local,
+        filter: None,
+        keep: false,
+        report_dir: None,
+        include_ignored: false,
+    })?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
+    let selfcheck_ok = selfcheck::run()?;
+    let word = |ok: bool| if ok { "passed" } else { "FAILED" };
     say!(
-        "unit and integration tests: {}; e2e: {}",
-        if unit_ok { "passed" } else { "FAILED" },
-        if e2e_ok { "passed" } else { "FAILED" }
+        "unit and integration tests: {}; e2e: {}; harness self-check: {}",
+        word(unit_ok),
+        word(e2e_ok),
+        word(selfcheck_ok)
     );
-    Ok(if unit_ok && e2e_ok {
+    Ok(if unit_ok && e2e_ok && selfcheck_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

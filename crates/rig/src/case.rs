@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 /// Set by `cargo xtask e2e` for the test process: the run directory whose
 /// `cases/` receives the records.
@@ -50,6 +51,26 @@ pub struct CaseRecord {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the case started and ended (UTC): diagnostics pick the Vault
+    /// audit entries of this window.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    /// For a case that failed in a [`crate::wait::wait_until`]: what it
+    /// waited for, and what it last saw (redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+}
+
+impl CaseRecord {
+    /// `<group>__<name>`: the case's file name in `cases/` and its
+    /// directory name under `diagnostics/`.
+    pub fn id(&self) -> String {
+        format!("{}__{}", file_safe(&self.group), file_safe(&self.name))
+    }
 }
 
 thread_local! {
@@ -85,6 +106,7 @@ pub struct CaseGuard {
     group: String,
     name: String,
     started: Instant,
+    started_at: OffsetDateTime,
     outcome: Option<(Status, String)>,
     cases_dir: Option<PathBuf>,
 }
@@ -101,10 +123,12 @@ impl CaseGuard {
     pub fn start_in(run_dir: Option<&Path>, group: &str, name: &str) -> Self {
         remember_panic_messages();
         LAST_PANIC.with(|last| last.borrow_mut().take());
+        crate::wait::take_last_timeout();
         Self {
             group: group.to_owned(),
             name: name.to_owned(),
             started: Instant::now(),
+            started_at: OffsetDateTime::now_utc(),
             outcome: None,
             cases_dir: run_dir.map(|dir| dir.join("cases")),
         }
@@ -140,6 +164,10 @@ impl CaseGuard {
                 None => (Status::Passed, None),
             }
         };
+        let timeout = match status {
+            Status::Failed => crate::wait::take_last_timeout(),
+            _ => None,
+        };
         CaseRecord {
             name: self.name.clone(),
             group: self.group.clone(),
@@ -147,9 +175,16 @@ impl CaseGuard {
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             // One short line: the table is a summary, cargo's output has the rest.
             message: message.map(|m| {
+                let m = crate::redact::redact(&m);
                 let line = m.lines().next().unwrap_or("").trim();
-                line.chars().take(200).collect()
+                line.chars().take(300).collect()
             }),
+            started_at: Some(self.started_at),
+            ended_at: Some(OffsetDateTime::now_utc()),
+            expected: timeout.as_ref().map(|t| crate::redact::redact(&t.what)),
+            last_seen: timeout
+                .as_ref()
+                .map(|t| crate::redact::redact(&t.last_seen)),
         }
     }
 }
@@ -160,11 +195,7 @@ impl Drop for CaseGuard {
             return;
         };
         let record = self.record();
-        let file = dir.join(format!(
-            "{}__{}.json",
-            file_safe(&record.group),
-            file_safe(&record.name)
-        ));
+        let file = dir.join(format!("{}.json", record.id()));
         let written = std::fs::create_dir_all(&dir).and_then(|()| {
             std::fs::write(
                 &file,

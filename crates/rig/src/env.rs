@@ -37,6 +37,10 @@ pub struct Environment {
     pub upstream_url: String,
     /// keygate's cache settings, so tests know how long a change may take to land.
     pub cache: CacheSettings,
+    /// Envoy's admin interface (`/stats`, `/clusters`, `/ready`), for
+    /// failure diagnostics; absent when the profile has no Envoy admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_admin_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,12 +3,17 @@
 //! e2e results table. `xtask` is a thin CLI over it; the e2e tests use
 //! `env`, `vault`, `wait` and `case`.
 
+pub mod audit;
 pub mod case;
+pub mod diagnostics;
 pub mod echo;
 pub mod env;
 pub mod local;
 pub mod paths;
 pub mod process;
+pub mod progress;
+pub mod redact;
+pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod tools;
@@ -17,10 +22,11 @@ pub mod wait;
 
 /// A progress line for people: `[keyrig] ...` on stderr, so stdout stays
 /// free for what a command is asked to print (e.g. `doctor`'s report).
+/// Registered secrets are redacted, and the line prints above any spinner.
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
-        eprintln!("[keyrig] {}", format_args!($($arg)*))
+        $crate::progress::say(&format!($($arg)*))
     };
 }
 

@@ -264,6 +264,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     // to a 0600 file under secrets/ and only stderr (the log) to logs/.
     let root_token = apikey::ApiKey::generate().expose().to_owned();
     let root_token_file = run.write_secret("root-token", &root_token)?;
+    crate::redact::register_in_run(run.path(), &root_token)?;
     let bao_stdout = run.secrets_dir().join("bao-stdout");
     supervisor
         .start(
@@ -280,11 +281,15 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
 
     // 4. Vault setup, and keygate's AppRole credentials as 0600 files.
     let root = VaultClient::new(&vault_addr)?.with_token(crate::vault::Secret::new(root_token));
+    // The audit log first, so it covers everything after (diagnostics of a
+    // failed case include its entries).
+    crate::audit::enable_file_audit(&root, &run.logs_dir().join(crate::audit::AUDIT_LOG)).await?;
     setup.apply(&root).await?;
     let role_id = root.approle_role_id(&setup.keygate_role).await?;
     let secret_id = root.approle_new_secret_id(&setup.keygate_role).await?;
     run.write_secret("keygate-role-id", &role_id)?;
     run.write_secret("keygate-secret-id", secret_id.secret_id.expose())?;
+    crate::redact::register_in_run(run.path(), secret_id.secret_id.expose())?;
     say!(
         "vault: keygate logs in as AppRole {:?} (secret-id accessor {})",
         setup.keygate_role,
@@ -355,6 +360,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             positive_ttl_ms: POSITIVE_TTL.as_millis() as u64,
             negative_ttl_ms: NEGATIVE_TTL.as_millis() as u64,
         },
+        envoy_admin_url: Some(format!("http://{}", addr(ports.envoy_admin))),
     };
     environment.save(&run.env_file())?;
     say!("local profile up in {}", crate::secs(started.elapsed()));
@@ -385,7 +391,11 @@ async fn save_unseal_key(run: &RunDir, bao_stdout: &Path) -> Option<PathBuf> {
         },
     )
     .await;
-    match found.and_then(|key| run.write_secret("unseal-key", &key)) {
+    let saved = found.and_then(|key| {
+        crate::redact::register_in_run(run.path(), &key)?;
+        run.write_secret("unseal-key", &key)
+    });
+    match saved {
         Ok(path) => Some(path),
         Err(err) => {
             say!("warning: no unseal key for tests: {err:#}");

@@ -238,44 +238,43 @@ impl Supervisor {
         let running = self.running.last_mut().expect("just started");
         let name = running.record.name.clone();
         let started = Instant::now();
-        let mut last_report = started;
         let what = ready.what();
+        let mut waiting = crate::progress::Waiting::start(&name, &what);
         let mut attempt = 0u32;
         loop {
-            if let Some(status) = running
-                .child
-                .try_wait()
-                .with_context(|| format!("watching {name}"))?
-            {
+            let exited = match running.child.try_wait() {
+                Ok(exited) => exited,
+                Err(err) => {
+                    waiting.failed();
+                    return Err(err).with_context(|| format!("watching {name}"));
+                }
+            };
+            if let Some(status) = exited {
+                waiting.failed();
                 bail!(
                     "{name} exited ({status}) before it was ready; the last lines of {}:\n{}",
                     running.log.display(),
-                    log_tail(&running.log, TAIL_LINES)
+                    crate::redact::redact(&log_tail(&running.log, TAIL_LINES))
                 );
             }
             let seen = match ready.check(&self.http).await {
                 Ok(()) => {
-                    say!(
-                        "{name}: ready in {} (pid {pid})",
-                        crate::secs(started.elapsed())
-                    );
+                    waiting.done(&format!("ready (pid {pid})"));
                     return Ok(pid);
                 }
                 Err(seen) => seen,
             };
             let elapsed = started.elapsed();
             if elapsed >= self.ready_timeout {
+                waiting.failed();
                 bail!(
                     "{name} was not ready after {}: {what} still gave {seen}; the last lines of {}:\n{}",
                     crate::secs(elapsed),
                     running.log.display(),
-                    log_tail(&running.log, TAIL_LINES)
+                    crate::redact::redact(&log_tail(&running.log, TAIL_LINES))
                 );
             }
-            if last_report.elapsed() >= Duration::from_secs(1) {
-                say!("{name}: waiting for {what} ({})", crate::secs(elapsed));
-                last_report = Instant::now();
-            }
+            waiting.still(&seen);
             tokio::time::sleep(Duration::from_millis(if attempt < 10 { 100 } else { 250 })).await;
             attempt += 1;
         }
@@ -496,6 +495,23 @@ pub fn stop_all_registered() {
     }
 }
 
+/// The components a run's `pids.json` lists (none if there is no file),
+/// for `cargo xtask status`.
+pub fn read_pid_file(pids_file: &Path) -> Result<Vec<PidRecord>> {
+    let text = match std::fs::read_to_string(pids_file) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", pids_file.display())),
+    };
+    let file: PidFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a pids.json written by keyrig",
+            pids_file.display()
+        )
+    })?;
+    Ok(file.components)
+}
+
 /// What `stop_from_pid_file` did with one recorded component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopOutcome {
@@ -579,7 +595,7 @@ fn proc_ppid(pid: i32) -> Option<i32> {
 
 /// Running, i.e. in /proc and not a zombie (a zombie has exited; only its
 /// parent's bookkeeping is left).
-fn is_alive(pid: i32) -> bool {
+pub fn is_alive(pid: i32) -> bool {
     match proc_stat(pid) {
         Some((state, _)) => state != 'Z' && state != 'X',
         None => false,

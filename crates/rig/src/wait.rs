@@ -15,8 +15,31 @@
 //! # Ok(()) }
 //! ```
 
+use std::cell::RefCell;
 use std::fmt;
 use std::time::{Duration, Instant};
+
+thread_local! {
+    /// The last wait that timed out on this thread, so a failing e2e case
+    /// can report what it expected and what it last saw.
+    static LAST_TIMEOUT: RefCell<Option<Timeout>> = const { RefCell::new(None) };
+}
+
+/// Takes the last [`Timeout`] of this thread (`CaseGuard` does, on failure).
+pub fn take_last_timeout() -> Option<Timeout> {
+    LAST_TIMEOUT.with(|last| last.borrow_mut().take())
+}
+
+/// A timeout with registered secrets redacted, remembered for the case.
+fn timed_out(what: &str, last_seen: String, waited: Duration) -> anyhow::Error {
+    let timeout = Timeout {
+        what: crate::redact::redact(what),
+        last_seen: crate::redact::redact(&last_seen),
+        waited,
+    };
+    LAST_TIMEOUT.with(|last| *last.borrow_mut() = Some(timeout.clone()));
+    timeout.into()
+}
 
 /// One look at the thing being waited for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +77,8 @@ fn interval(attempt: u32) -> Duration {
 }
 
 /// Polls `probe` until it returns [`Probe::Ready`] or `deadline` passes;
-/// on timeout the error is a [`Timeout`] (downcast it to inspect).
+/// on timeout the error is a [`Timeout`] (downcast it to inspect) whose
+/// texts have every registered secret redacted (see [`crate::redact`]).
 ///
 /// An `Err` from the probe ends the wait at once with that error: the probe
 /// decides what is transient (report it as `Pending`, e.g. "connection
@@ -73,12 +97,7 @@ where
         };
         let elapsed = started.elapsed();
         if elapsed >= deadline {
-            return Err(Timeout {
-                what: what.to_owned(),
-                last_seen,
-                waited: elapsed,
-            }
-            .into());
+            return Err(timed_out(what, last_seen, elapsed));
         }
         tokio::time::sleep(interval(attempt).min(deadline - elapsed)).await;
         attempt += 1;
@@ -99,12 +118,7 @@ where
         };
         let elapsed = started.elapsed();
         if elapsed >= deadline {
-            return Err(Timeout {
-                what: what.to_owned(),
-                last_seen,
-                waited: elapsed,
-            }
-            .into());
+            return Err(timed_out(what, last_seen, elapsed));
         }
         std::thread::sleep(interval(attempt).min(deadline - elapsed));
         attempt += 1;

@@ -1,0 +1,204 @@
+//! The end of `cargo xtask e2e`: diagnostics of failed cases (while the
+//! environment is still up), the reports, the secret scan, and what a
+//! person needs to know to reach a kept environment.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rig::case::{CaseRecord, Status};
+use rig::env::Environment;
+use rig::report::{CaseReport, Report};
+use rig::say;
+
+/// Collects a bundle for each failed case; a collection that fails is
+/// reported and leaves the case without one.
+pub async fn collect_diagnostics(
+    run_dir: &Path,
+    env: &Environment,
+    cases: Vec<CaseRecord>,
+) -> Vec<CaseReport> {
+    let mut reports = Vec::new();
+    for record in cases {
+        let diagnostics = if record.status == Status::Failed {
+            match rig::diagnostics::collect(run_dir, env, &record).await {
+                Ok(dir) => Some(dir),
+                Err(err) => {
+                    say!(
+                        "warning: no diagnostics for {}/{}: {err:#}",
+                        record.group,
+                        record.name
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        reports.push(CaseReport {
+            record,
+            diagnostics,
+        });
+    }
+    reports
+}
+
+pub struct Finish<'a> {
+    pub run_dir: &'a Path,
+    pub run_id: &'a str,
+    pub profile: &'a str,
+    pub filter: Option<String>,
+    pub started_at: time::OffsetDateTime,
+    pub wall: Duration,
+    pub up: Duration,
+    pub tests: Duration,
+    pub cases: Vec<CaseReport>,
+    /// Whether `cargo test` itself succeeded.
+    pub runner_ok: bool,
+    pub report_dir: Option<&'a Path>,
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Writes the reports, runs the secret scan (which can fail the run),
+/// copies to `--report-dir`, appends to `$GITHUB_STEP_SUMMARY`, and prints
+/// each failure with its bundle.
+pub fn finish(f: Finish<'_>) -> Result<Report> {
+    let run_dir = f.run_dir;
+    let totals = Report::totals_of(&f.cases);
+    let mut report = Report {
+        run_id: f.run_id.to_owned(),
+        profile: f.profile.to_owned(),
+        started_at: f.started_at,
+        wall_time_ms: ms(f.wall),
+        up_ms: ms(f.up),
+        tests_ms: ms(f.tests),
+        filter: f.filter,
+        passed: false,
+        totals,
+        cases: f.cases,
+        rotations: rig::report::read_records(run_dir, rig::report::ROTATIONS_DIR)?,
+        findings: rig::report::read_records(run_dir, rig::report::FINDINGS_DIR)?,
+        tools: rig::report::tool_versions(f.profile),
+        secret_scan: None,
+    };
+
+    // Reports first, so the scan covers them too; then again with the
+    // scan's result, and a last scan of that final version.
+    report.write(run_dir, run_dir)?;
+    let mut scan = rig::redact::scan_run(run_dir)?;
+    report.secret_scan = Some(scan.clone());
+    report.passed = f.runner_ok && totals.failed == 0 && scan.hits.is_empty();
+    report.write(run_dir, run_dir)?;
+    scan = rig::redact::scan_run(run_dir)?;
+
+    if let Some(dir) = f.report_dir {
+        copy_reports(run_dir, dir)?;
+        let copies = rig::redact::scan_dir(dir, &rig::redact::all_secrets(run_dir)?)?;
+        scan.hits.extend(copies.hits.iter().map(|p| dir.join(p)));
+        say!("reports also in {}", dir.display());
+    }
+    if !scan.hits.is_empty() {
+        report.passed = false;
+    }
+
+    if rig::report::append_step_summary(&report.markdown(run_dir))? {
+        say!("summary appended to $GITHUB_STEP_SUMMARY");
+    }
+    for case in report
+        .cases
+        .iter()
+        .filter(|c| c.record.status == Status::Failed)
+    {
+        println!(
+            "FAILED {}/{}: {}",
+            case.record.group,
+            case.record.name,
+            case.failure_message(run_dir)
+        );
+    }
+    println!(
+        "reports: {}/{{{}, {}, {}}}",
+        run_dir.display(),
+        rig::report::JUNIT_FILE,
+        rig::report::REPORT_FILE,
+        rig::report::SUMMARY_FILE
+    );
+    if scan.hits.is_empty() {
+        println!(
+            "secret scan: {} registered secrets, {} files, 0 hits",
+            scan.secrets_checked, scan.files_scanned
+        );
+    } else {
+        for hit in &scan.hits {
+            println!(
+                "secret scan: a registered secret is in {}",
+                run_dir.join(hit).display()
+            );
+        }
+        println!(
+            "secret scan FAILED: {} files hold a registered secret (the secret itself is not shown; look for what wrote it)",
+            scan.hits.len()
+        );
+    }
+    Ok(report)
+}
+
+/// Copies junit.xml, report.json, summary.md and diagnostics/ into `dir`.
+fn copy_reports(run_dir: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating --report-dir {}", dir.display()))?;
+    for name in [
+        rig::report::JUNIT_FILE,
+        rig::report::REPORT_FILE,
+        rig::report::SUMMARY_FILE,
+    ] {
+        std::fs::copy(run_dir.join(name), dir.join(name))
+            .with_context(|| format!("copying {name} to {}", dir.display()))?;
+    }
+    let diagnostics = run_dir.join(rig::diagnostics::DIAGNOSTICS_DIR);
+    if diagnostics.is_dir() {
+        copy_tree(&diagnostics, &dir.join(rig::diagnostics::DIAGNOSTICS_DIR))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `--keep` after a failure: where everything is, and how to stop it.
+pub fn print_kept(env: &Environment, run_dir: &Path) {
+    println!();
+    println!("--keep: the environment of run {} is still up:", env.run_id);
+    println!("  gateway   {}", env.gateway_url);
+    println!(
+        "  vault     {}  (export VAULT_ADDR={}; the root token is in {})",
+        env.vault_addr,
+        env.vault_addr,
+        env.root_token_file.display()
+    );
+    println!("  keygate   {}  (/readyz, /metrics)", env.keygate_url);
+    if let Some(admin) = &env.envoy_admin_url {
+        println!("  envoy     {admin}  (admin: /stats, /clusters, /config_dump)");
+    }
+    println!("  logs      {}", env.logs_dir.display());
+    println!(
+        "  tests     KEYRIG_ENV={} cargo test -p keyrig-e2e -- <name>",
+        run_dir.join("env.json").display()
+    );
+    println!("see it with `cargo xtask status`; stop it with `cargo xtask down`");
+}
