@@ -65,13 +65,8 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut expect = |ok: bool, problem: String| {
-        if !ok {
-            problems.push(problem);
-        }
-    };
-    expect(
+    let mut problems = Problems::default();
+    problems.expect(
         !succeeded,
         "the e2e run with a failing case exited 0".into(),
     );
@@ -79,7 +74,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
         .chars()
         .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
         .collect();
-    expect(
+    problems.expect(
         controls.is_empty(),
         format!("non-terminal output holds control characters {controls:?}"),
     );
@@ -89,8 +84,8 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
     {
         Ok(report) => report,
         Err(problem) => {
-            problems.push(problem);
-            return problems;
+            problems.0.push(problem);
+            return problems.0;
         }
     };
     let Some(case) = report
@@ -98,15 +93,17 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
         .iter()
         .find(|c| c.record.name == CASE && c.record.group == GROUP)
     else {
-        problems.push(format!("report.json has no case {GROUP}/{CASE}"));
-        return problems;
+        problems
+            .0
+            .push(format!("report.json has no case {GROUP}/{CASE}"));
+        return problems.0;
     };
     let record = &case.record;
-    expect(
+    problems.expect(
         record.status == rig::case::Status::Failed,
         format!("the case is {:?}, not failed", record.status),
     );
-    expect(
+    problems.expect(
         record
             .expected
             .as_deref()
@@ -117,13 +114,13 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
         ),
     );
     let last_seen = record.last_seen.as_deref().unwrap_or_default();
-    expect(
+    problems.expect(
         last_seen.starts_with("200 for key ") && last_seen.ends_with(rig::redact::REDACTED),
         format!("last seen should be the status with the key redacted, is {last_seen:?}"),
     );
     match &report.secret_scan {
         Some(scan) => {
-            expect(
+            problems.expect(
                 scan.hits.is_empty(),
                 format!(
                     "the secret scan found registered secrets in {:?}",
@@ -131,12 +128,12 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
                 ),
             );
             // Root token, unseal key, keygate's secret-id, the test's key and tokens.
-            expect(
+            problems.expect(
                 scan.secrets_checked >= 4,
                 format!("only {} secrets were registered", scan.secrets_checked),
             );
         }
-        None => problems.push("report.json has no secret scan".into()),
+        None => problems.0.push("report.json has no secret scan".into()),
     }
 
     match read(&report_dir.join(rig::report::JUNIT_FILE)) {
@@ -145,24 +142,24 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
                 .find("<failure")
                 .map(|at| &junit[at..])
                 .unwrap_or_default();
-            expect(!failure.is_empty(), "junit.xml has no <failure>".into());
+            problems.expect(!failure.is_empty(), "junit.xml has no <failure>".into());
             for needle in [
                 "expected: a valid key gets 418",
                 "last seen: 200",
                 "diagnostics: ",
             ] {
-                expect(
+                problems.expect(
                     failure.contains(needle),
                     format!("junit.xml's failure does not say {needle:?}"),
                 );
             }
-            expect(
+            problems.expect(
                 output.contains("diagnostics: ")
                     && output.contains(&format!("FAILED {GROUP}/{CASE}")),
                 "the run's output does not name the failure and its bundle".into(),
             );
         }
-        Err(problem) => problems.push(problem),
+        Err(problem) => problems.0.push(problem),
     }
 
     let bundle = report_dir
@@ -170,7 +167,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
         .join(record.id());
     for component in COMPONENTS {
         let log = bundle.join("logs").join(format!("{component}.log"));
-        expect(
+        problems.expect(
             std::fs::metadata(&log).is_ok_and(|m| m.len() > 0),
             format!(
                 "the bundle has no tail of the {component} log ({})",
@@ -184,7 +181,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect();
-            expect(
+            problems.expect(
                 !entries.is_empty() && entries.len() == audit.lines().count(),
                 format!(
                     "vault-audit.jsonl should hold JSON entries, has {} of {} lines",
@@ -193,7 +190,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
                 ),
             );
             // The case wrote its key's record with a token: the entry is there, HMAC-ed.
-            expect(
+            problems.expect(
                 entries.iter().any(|e| {
                     e["request"]["path"]
                         .as_str()
@@ -205,7 +202,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
                 "vault-audit.jsonl lacks the case's HMAC-ed KV write".into(),
             );
         }
-        Err(problem) => problems.push(problem),
+        Err(problem) => problems.0.push(problem),
     }
     for (file, needle) in [
         ("envoy-stats.txt", "cluster."),
@@ -213,10 +210,22 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
         ("keygate-metrics.txt", "# "),
     ] {
         let text = read(&bundle.join(file)).unwrap_or_default();
-        expect(
+        problems.expect(
             text.contains(needle) && !text.starts_with("# GET"),
             format!("{file} in the bundle does not look fetched (no {needle:?})"),
         );
     }
-    problems
+    problems.0
+}
+
+/// What the self-check found wrong, in the order it looked.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn expect(&mut self, ok: bool, problem: String) {
+        if !ok {
+            self.0.push(problem);
+        }
+    }
 }

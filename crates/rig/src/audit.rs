@@ -1,41 +1,26 @@
 //! Vault's file audit device: every request and response Vault handles, as
 //! one JSON object per line, with secret values (tokens, secret-ids, KV
-//! data) HMAC-ed by Vault itself. The local profile turns it on at startup;
+//! data) HMAC-ed by Vault itself. The local profile declares it in bao's config;
 //! diagnostics copy the entries of a failed case's time window.
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use reqwest::Method;
-use serde_json::json;
+use anyhow::{Context, Result};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-use crate::vault::VaultClient;
 
 /// The audit log's file name under `logs/`.
 pub const AUDIT_LOG: &str = "vault-audit.log";
 
-/// Enables a file audit device writing to `file`. Vault's defaults are kept
-/// on purpose (`hmac_accessor` and no `log_raw`), so the log holds HMACs of
-/// secret values, never the values.
-pub async fn enable_file_audit(root: &VaultClient, file: &Path) -> Result<()> {
-    let body = json!({
-        "type": "file",
-        "description": "keyrig: per-case audit entries for failure diagnostics",
-        "options": { "file_path": file.to_string_lossy() },
-    });
-    let (status, reply) = root
-        .request(Method::PUT, "sys/audit/file", Some(&body))
-        .await
-        .context("enabling Vault's file audit device")?;
-    if !status.is_success() {
-        bail!(
-            "enabling Vault's file audit device (sys/audit/file) answered {status}: {}",
-            reply["errors"]
-        );
-    }
-    Ok(())
+/// A server config stanza declaring a file audit device that writes to
+/// `file`. OpenBao refuses to enable audit devices through its API (they are
+/// declarative, config-based), so the local profile passes this with
+/// `-config`. Vault's defaults are kept on purpose (`hmac_accessor`, no
+/// `log_raw`), so the log holds HMACs of secret values, never the values.
+pub fn file_audit_config(file: &Path) -> String {
+    // JSON string quoting is valid HCL string quoting.
+    let path = serde_json::Value::String(file.to_string_lossy().into_owned());
+    format!("audit \"file\" \"keyrig\" {{\n  options {{\n    file_path = {path}\n  }}\n}}\n")
 }
 
 /// The audit log lines whose `time` falls in `[from, to]`. Lines that are

@@ -266,11 +266,20 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let root_token_file = run.write_secret("root-token", &root_token)?;
     crate::redact::register_in_run(run.path(), &root_token)?;
     let bao_stdout = run.secrets_dir().join("bao-stdout");
+    // A file audit device from the start (diagnostics of a failed case
+    // include its entries); OpenBao only takes it from a config file.
+    let bao_config = run.path().join("bao.hcl");
+    std::fs::write(
+        &bao_config,
+        crate::audit::file_audit_config(&run.logs_dir().join(crate::audit::AUDIT_LOG)),
+    )
+    .context("writing bao's config")?;
     supervisor
         .start(
             Component::new("bao", &bao.path)
                 .args(["server", "-dev", "-dev-no-store-token"])
                 .arg(format!("-dev-listen-address={}", addr(ports.vault)))
+                .arg(format!("-config={}", bao_config.display()))
                 .env("BAO_DEV_ROOT_TOKEN_ID", &root_token)
                 .stdout_file(&bao_stdout)
                 .current_dir(run.path()),
@@ -281,9 +290,6 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
 
     // 4. Vault setup, and keygate's AppRole credentials as 0600 files.
     let root = VaultClient::new(&vault_addr)?.with_token(crate::vault::Secret::new(root_token));
-    // The audit log first, so it covers everything after (diagnostics of a
-    // failed case include its entries).
-    crate::audit::enable_file_audit(&root, &run.logs_dir().join(crate::audit::AUDIT_LOG)).await?;
     setup.apply(&root).await?;
     let role_id = root.approle_role_id(&setup.keygate_role).await?;
     let secret_id = root.approle_new_secret_id(&setup.keygate_role).await?;
