@@ -53,7 +53,7 @@ pub fn print() -> Result<()> {
     println!("\nAssertion groups (tests/, run by `cargo xtask e2e`):");
     for group in assertion_groups(&root.join("tests"))? {
         println!(
-            "  {:<12} {:>2} cases  {}",
+            "  {:<12} {:>2} test fns  {}",
             group.name, group.cases, group.summary
         );
     }
@@ -74,6 +74,7 @@ struct TestTarget {
 
 struct AssertionGroup {
     name: String,
+    /// Test functions run by default (an rstest function may be several cases).
     cases: usize,
     /// The first line of the file's `//!` doc comment.
     summary: String,

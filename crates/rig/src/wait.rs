@@ -215,4 +215,21 @@ mod tests {
             "{err}"
         );
     }
+
+    #[rstest]
+    fn timeouts_redact_registered_secrets_and_are_remembered() {
+        crate::redact::register("hvs.wait-redaction-test-token");
+        let err = wait_until_blocking::<(), _>("token works", Duration::from_millis(50), || {
+            Ok(Probe::seen("403 for hvs.wait-redaction-test-token"))
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("token works: still 403 for <redacted> after"),
+            "{err}"
+        );
+        let remembered = take_last_timeout().unwrap();
+        assert_eq!(remembered.last_seen, "403 for <redacted>");
+        assert!(take_last_timeout().is_none());
+    }
 }
