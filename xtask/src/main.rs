@@ -48,6 +48,11 @@ enum Cmd {
         /// Run only the tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        /// Run the gateway matrix through this gateway only (repeatable):
+        /// envoy-grpc, envoy-http, traefik, nginx, caddy. Default: every
+        /// gateway whose binary is installed.
+        #[arg(long = "gateway", value_name = "NAME", value_parser = parse_gateway)]
+        gateways: Vec<rig::gateway::GatewayKind>,
     },
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
     Test,
@@ -115,7 +120,11 @@ fn run(command: Cmd) -> Result<ExitCode> {
         }
         Cmd::Up { profile } => up(profile).map(|()| ExitCode::SUCCESS),
         Cmd::Down => down().map(|()| ExitCode::SUCCESS),
-        Cmd::E2e { profile, filter } => e2e(profile, filter.as_deref()),
+        Cmd::E2e {
+            profile,
+            filter,
+            gateways,
+        } => e2e(profile, filter.as_deref(), &gateways),
         Cmd::Test => test(),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
@@ -173,6 +182,11 @@ fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
 fn tools(profile: Profile) -> Result<()> {
     let tools = rig::tools::Tools::load_default()?;
     tools.ensure_installed(profile.name())?;
+    if profile == Profile::Local {
+        // Every gateway of the conformance matrix: pins from PyPI, nginx
+        // from Debian (apt-get, as root), so the default e2e run covers all.
+        tools.ensure_installed("gateways")?;
+    }
     let doctor = tools.doctor();
     print!("{doctor}");
     if !doctor.profile_ready(profile.name()) {
@@ -290,12 +304,21 @@ fn down() -> Result<()> {
     Ok(())
 }
 
-fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
+fn parse_gateway(name: &str) -> Result<rig::gateway::GatewayKind> {
+    rig::gateway::GatewayKind::parse(name)
+}
+
+fn e2e(
+    profile: Profile,
+    filter: Option<&str>,
+    gateways: &[rig::gateway::GatewayKind],
+) -> Result<ExitCode> {
     profile.require_local()?;
     stop_on_interrupt()?;
     // Compile first, so a build error starts nothing and the environment
     // does not idle while the tests compile.
-    let opts = local_options()?;
+    let mut opts = local_options()?;
+    opts.gateways = gateways.to_vec();
     if !run_cargo(
         &["test", "-p", "keyrig-e2e", "--no-run"],
         "building the e2e tests",
@@ -338,6 +361,7 @@ fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
         );
     } else {
         rig::case::print_table(&cases);
+        print_gateway_matrix(&cases, &run.environment);
     }
     let (_, failed, _) = rig::case::totals(&cases);
     say!(
@@ -361,7 +385,24 @@ fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
     })
 }
 
+/// The gateway x case matrix, and which gateways did not run and why.
+fn print_gateway_matrix(cases: &[rig::case::CaseRecord], env: &rig::env::Environment) {
+    let order: Vec<&str> = rig::gateway::GatewayKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .filter(|name| env.gateways.contains_key(*name) || env.skipped_gateways.contains_key(*name))
+        .collect();
+    if let Some(matrix) = rig::case::render_matrix(cases, &order) {
+        println!();
+        print!("{matrix}");
+    }
+    for (name, reason) in &env.skipped_gateways {
+        println!("gateway {name} skipped, its binary is absent: {reason}");
+    }
+}
+
 fn test() -> Result<ExitCode> {
+    // Installs the local profile's tools and every gateway's.
     tools(Profile::Local)?;
     // The offline checks of the kind profile render manifests with the pinned kubectl.
     rig::tools::Tools::load_default()?.ensure_installed("offline")?;
@@ -369,7 +410,7 @@ fn test() -> Result<ExitCode> {
         &["test", "--workspace", "--exclude", "keyrig-e2e"],
         "unit and integration tests",
     )?;
-    let e2e = e2e(Profile::Local, None)?;
+    let e2e = e2e(Profile::Local, None, &[])?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
     say!(
         "unit and integration tests: {}; e2e: {}",

@@ -4,8 +4,10 @@
 //! `env`, `vault`, `wait` and `case`.
 
 pub mod case;
+pub mod debian;
 pub mod echo;
 pub mod env;
+pub mod gateway;
 pub mod local;
 pub mod paths;
 pub mod process;
