@@ -15,15 +15,19 @@ const OTHER_GROUP: &str = "billing-api";
 
 #[rstest]
 #[tokio::test]
-async fn valid_key_reaches_upstream_with_owner_and_group(#[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str) {
-    let Some((_case, gw)) = case_on(gateway, "api_keys", "valid_key_reaches_upstream_with_owner_and_group") else {
+async fn valid_key_reaches_upstream_with_owner_and_group(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
+        "api_keys",
+        "valid_key_reaches_upstream_with_owner_and_group",
+    ) else {
         return;
     };
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gw.get(&api_path(GROUP), Some(key.expose()))
-        .await
-        .unwrap();
+    let reply = gw.get(&api_path(GROUP), Some(key.expose())).await.unwrap();
 
     assert_eq!(
         reply.status, 200,
@@ -36,7 +40,9 @@ async fn valid_key_reaches_upstream_with_owner_and_group(#[values(ENVOY_GRPC, EN
 
 #[rstest]
 #[tokio::test]
-async fn header_name_is_case_insensitive(#[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str) {
+async fn header_name_is_case_insensitive(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
     let Some((_case, gw)) = case_on(gateway, "api_keys", "header_name_is_case_insensitive") else {
         return;
     };
@@ -71,7 +77,8 @@ async fn refused_keys(
     let key = issue_key(GROUP, |r| r).await.unwrap();
     let presented = mangle.map(|m| m.apply(key.expose()));
 
-    let reply = gw.get(&api_path(GROUP), presented.as_deref())
+    let reply = gw
+        .get(&api_path(GROUP), presented.as_deref())
         .await
         .unwrap();
 
@@ -105,13 +112,20 @@ impl Mangle {
 
 #[rstest]
 #[tokio::test]
-async fn key_of_one_group_is_forbidden_on_another(#[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str) {
-    let Some((_case, gw)) = case_on(gateway, "api_keys", "key_of_one_group_is_forbidden_on_another") else {
+async fn key_of_one_group_is_forbidden_on_another(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
+        "api_keys",
+        "key_of_one_group_is_forbidden_on_another",
+    ) else {
         return;
     };
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gw.get(&api_path(OTHER_GROUP), Some(key.expose()))
+    let reply = gw
+        .get(&api_path(OTHER_GROUP), Some(key.expose()))
         .await
         .unwrap();
 
@@ -123,13 +137,16 @@ async fn key_of_one_group_is_forbidden_on_another(#[values(ENVOY_GRPC, ENVOY_HTT
 
 #[rstest]
 #[tokio::test]
-async fn path_of_no_api_is_forbidden(#[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str) {
+async fn path_of_no_api_is_forbidden(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
     let Some((_case, gw)) = case_on(gateway, "api_keys", "path_of_no_api_is_forbidden") else {
         return;
     };
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gw.get("/no-such-api/anything", Some(key.expose()))
+    let reply = gw
+        .get("/no-such-api/anything", Some(key.expose()))
         .await
         .unwrap();
 
@@ -141,16 +158,19 @@ async fn path_of_no_api_is_forbidden(#[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, N
 
 #[rstest]
 #[tokio::test]
-async fn revoked_key_is_refused_once_the_cache_expires(#[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str) {
-    let Some((_case, gw)) = case_on(gateway, "api_keys", "revoked_key_is_refused_once_the_cache_expires") else {
+async fn revoked_key_is_refused_once_the_cache_expires(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
+        "api_keys",
+        "revoked_key_is_refused_once_the_cache_expires",
+    ) else {
         return;
     };
     let key = issue_key(GROUP, |r| r).await.unwrap();
     let path = api_path(GROUP);
-    assert_eq!(
-        gw.get(&path, Some(key.expose())).await.unwrap().status,
-        200
-    );
+    assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
 
     // Revocation in the portal's scheme: delete the secret, all versions.
     let portal = portal_token().await.unwrap();
@@ -185,8 +205,14 @@ async fn revoked_key_is_refused_once_the_cache_expires(#[values(ENVOY_GRPC, ENVO
 
 #[rstest]
 #[tokio::test]
-async fn expired_key_is_refused_and_unexpired_accepted(#[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str) {
-    let Some((_case, gw)) = case_on(gateway, "api_keys", "expired_key_is_refused_and_unexpired_accepted") else {
+async fn expired_key_is_refused_and_unexpired_accepted(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
+        "api_keys",
+        "expired_key_is_refused_and_unexpired_accepted",
+    ) else {
         return;
     };
     let now = OffsetDateTime::now_utc();
@@ -197,10 +223,12 @@ async fn expired_key_is_refused_and_unexpired_accepted(#[values(ENVOY_GRPC, ENVO
         .await
         .unwrap();
 
-    let refused = gw.get(&api_path(GROUP), Some(expired.expose()))
+    let refused = gw
+        .get(&api_path(GROUP), Some(expired.expose()))
         .await
         .unwrap();
-    let accepted = gw.get(&api_path(GROUP), Some(current.expose()))
+    let accepted = gw
+        .get(&api_path(GROUP), Some(current.expose()))
         .await
         .unwrap();
 
@@ -219,8 +247,14 @@ async fn expired_key_is_refused_and_unexpired_accepted(#[values(ENVOY_GRPC, ENVO
 /// nothing but the Vault HTTP API and SHA-256, not keyrig's crates.
 #[rstest]
 #[tokio::test]
-async fn key_written_by_plain_http_in_the_documented_format_is_accepted(#[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str) {
-    let Some((_case, gw)) = case_on(gateway, "api_keys", "key_written_by_plain_http_in_the_documented_format_is_accepted") else {
+async fn key_written_by_plain_http_in_the_documented_format_is_accepted(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
+        "api_keys",
+        "key_written_by_plain_http_in_the_documented_format_is_accepted",
+    ) else {
         return;
     };
     let bytes: [u8; 32] = rand::random();

@@ -32,17 +32,22 @@ fn expected(gateway: &str) -> Expected {
         TRAEFIK => Expected {
             denial_body_is_keygates: true,
             api_key_reaches_upstream: true,
+            // The entry point sanitizes the path before forwardAuth.
             dot_segments: (200, Some("/animal-rescue/animals")),
         },
         NGINX => Expected {
+            // auth_request keeps only the status; nginx writes its own page.
             denial_body_is_keygates: false,
             api_key_reaches_upstream: true,
-            dot_segments: (200, Some("/animal-rescue/animals")),
+            // X-Original-URI is $request_uri, as sent: keygate routes no
+            // dot segments, so 403 no-route (fails closed).
+            dot_segments: (403, None),
         },
         CADDY => Expected {
             denial_body_is_keygates: true,
             api_key_reaches_upstream: true,
-            dot_segments: (200, Some("/animal-rescue/animals")),
+            // X-Forwarded-Uri is the URI as sent: 403 no-route, as nginx.
+            dot_segments: (403, None),
         },
         other => panic!("no expectations for gateway {other}: add them to expected()"),
     }
@@ -76,7 +81,11 @@ async fn client_supplied_keyrig_headers_never_reach_the_upstream(
         .await
         .unwrap();
 
-    assert_eq!(reply.status, 200, "a valid key was refused: {:?}", reply.reason);
+    assert_eq!(
+        reply.status, 200,
+        "a valid key was refused: {:?}",
+        reply.reason
+    );
     assert_eq!(
         (
             reply.upstream_header("x-keyrig-owner"),
@@ -126,15 +135,18 @@ async fn denial_reaches_the_client_with_status_and_reason(
 async fn api_key_header_and_the_upstream(
     #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
 ) {
-    let Some((_case, gw)) = case_on(gateway, "gateways", "api_key_header_and_the_upstream")
-    else {
+    let Some((_case, gw)) = case_on(gateway, "gateways", "api_key_header_and_the_upstream") else {
         return;
     };
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
     let reply = gw.get(&api_path(GROUP), Some(key.expose())).await.unwrap();
 
-    assert_eq!(reply.status, 200, "a valid key was refused: {:?}", reply.reason);
+    assert_eq!(
+        reply.status, 200,
+        "a valid key was refused: {:?}",
+        reply.reason
+    );
     assert_eq!(
         reply.upstream_header("x-api-key").is_some(),
         expected(gateway).api_key_reaches_upstream,
@@ -157,7 +169,10 @@ async fn dot_segments_in_the_path(
     let billing = env().route("billing-api").unwrap();
     let target = format!("{billing}..{}", api_path(GROUP));
 
-    let reply = gw.raw_get(&target, &[("x-api-key", key.expose())]).await.unwrap();
+    let reply = gw
+        .raw_get(&target, &[("x-api-key", key.expose())])
+        .await
+        .unwrap();
 
     let upstream_path = serde_json::from_str::<serde_json::Value>(&reply.body)
         .ok()
@@ -189,7 +204,10 @@ async fn dot_segments_never_open_another_groups_api(
     let animals = env().route(GROUP).unwrap();
     let target = format!("{animals}..{}", api_path("billing-api"));
 
-    let reply = gw.raw_get(&target, &[("x-api-key", key.expose())]).await.unwrap();
+    let reply = gw
+        .raw_get(&target, &[("x-api-key", key.expose())])
+        .await
+        .unwrap();
 
     assert!(
         matches!(reply.status, 400 | 401 | 403 | 404),

@@ -16,7 +16,6 @@ use crate::gateway::{GatewayContext, GatewayKind};
 use crate::process::{Component, Readiness, Supervisor};
 use crate::run::RunDir;
 use crate::say;
-use crate::scenario::ApiGroup;
 use crate::tools::Tools;
 use crate::vault::{VaultClient, VaultSetup};
 

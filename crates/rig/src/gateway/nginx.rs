@@ -46,7 +46,11 @@ mod tests {
         for location in ["\"/animal-rescue/\"", "\"/billing/\"", "/"] {
             assert!(text.contains(&format!("location {location} {{")), "{text}");
         }
-        assert_eq!(text.matches("include \"/tmp/run/gateways/nginx/keygate.conf\";").count(), 3);
+        assert_eq!(
+            text.matches("include \"/tmp/run/gateways/nginx/keygate.conf\";")
+                .count(),
+            3
+        );
         assert!(text.contains("pid \"/tmp/run/gateways/nginx/nginx.pid\";"));
         assert!(text.contains("proxy_set_header X-Original-URI $request_uri;"));
         let include = crate::gateway::render(&ctx, "nginx/keygate.conf.j2").unwrap();

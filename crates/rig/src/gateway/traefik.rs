@@ -18,7 +18,10 @@ pub fn plan(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
     Ok(Launch {
         files: vec![
             (static_config, super::render(ctx, "traefik/traefik.yml.j2")?),
-            (dynamic_config, super::render(ctx, "traefik/dynamic.yml.j2")?),
+            (
+                dynamic_config,
+                super::render(ctx, "traefik/dynamic.yml.j2")?,
+            ),
         ],
         component,
         readiness: super::readiness(ctx),
@@ -49,7 +52,11 @@ mod tests {
             .collect();
         assert_eq!(
             rules,
-            ["PathPrefix(`/animal-rescue/`)", "PathPrefix(`/billing/`)", "PathPrefix(`/`)"]
+            [
+                "PathPrefix(`/animal-rescue/`)",
+                "PathPrefix(`/billing/`)",
+                "PathPrefix(`/`)"
+            ]
         );
         let statics = crate::gateway::render(&ctx, "traefik/traefik.yml.j2").unwrap();
         let statics: serde_yaml::Value = serde_yaml::from_str(&statics).unwrap();
