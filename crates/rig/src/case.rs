@@ -473,9 +473,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "case              envoy-grpc  traefik  nginx",
-                "api_keys/reason   -           -        skip",
-                "api_keys/valid    pass        -        pass",
+                "case             envoy-grpc  traefik  nginx",
+                "api_keys/reason  -           -        skip",
+                "api_keys/valid   pass        -        pass",
                 "envoy-grpc: 1 passed, 0 failed, 0 skipped",
                 "traefik: 0 passed, 0 failed, 0 skipped",
                 "nginx: 1 passed, 0 failed, 1 skipped",
