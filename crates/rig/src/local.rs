@@ -336,16 +336,15 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     })
 }
 
+/// A gateway to start and the binary that runs it.
+type GatewayPick = (GatewayKind, crate::tools::ResolvedTool);
+/// Gateway name -> why it does not run.
+type Skipped = std::collections::BTreeMap<String, String>;
+
 /// The gateways to start, each with its binary, and the ones skipped with
 /// the reason. Asked-for gateways are installed when missing (an error if
 /// that fails); by default every gateway whose binary is installed runs.
-fn select_gateways(
-    tools: &Tools,
-    asked: &[GatewayKind],
-) -> Result<(
-    Vec<(GatewayKind, crate::tools::ResolvedTool)>,
-    std::collections::BTreeMap<String, String>,
-)> {
+fn select_gateways(tools: &Tools, asked: &[GatewayKind]) -> Result<(Vec<GatewayPick>, Skipped)> {
     let mut running = Vec::new();
     let mut skipped = std::collections::BTreeMap::new();
     let kinds: Vec<GatewayKind> = if asked.is_empty() {
