@@ -1,7 +1,7 @@
-//! API keys through the gateway (Envoy -> keygate ext_authz -> Vault).
+//! API keys through every gateway of the conformance matrix (Envoy gRPC and
+//! HTTP ext_authz, Traefik, nginx, Caddy -> keygate -> Vault): each case runs
+//! once per gateway (`#[values]`) and is recorded as `case [gateway]`.
 //! Each case issues its own keys, so cases run in parallel without sharing state.
-
-use std::io::{Read, Write};
 
 use keyrig_e2e::*;
 use rig::wait::Probe;
@@ -13,17 +13,21 @@ use time::{Duration as TimeDelta, OffsetDateTime};
 const GROUP: &str = "animal-rescue-api";
 const OTHER_GROUP: &str = "billing-api";
 
+#[rstest]
 #[tokio::test]
-async fn valid_key_reaches_upstream_with_owner_and_group() {
-    let _case = case(
+async fn valid_key_reaches_upstream_with_owner_and_group(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
         "api_keys",
         "valid_key_reaches_upstream_with_owner_and_group",
-    );
+    ) else {
+        return;
+    };
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gateway_get(&api_path(GROUP), Some(key.expose()))
-        .await
-        .unwrap();
+    let reply = gw.get(&api_path(GROUP), Some(key.expose())).await.unwrap();
 
     assert_eq!(
         reply.status, 200,
@@ -34,30 +38,21 @@ async fn valid_key_reaches_upstream_with_owner_and_group() {
     assert_eq!(reply.upstream_header("x-keyrig-group"), Some(GROUP));
 }
 
+#[rstest]
 #[tokio::test]
-async fn header_name_is_case_insensitive() {
-    let _case = case("api_keys", "header_name_is_case_insensitive");
+async fn header_name_is_case_insensitive(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(gateway, "api_keys", "header_name_is_case_insensitive") else {
+        return;
+    };
     let key = issue_key(GROUP, |r| r).await.unwrap();
     // reqwest lowercases header names, so write the request by hand.
-    let gateway = env().gateway_url.trim_start_matches("http://").to_owned();
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {gateway}\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n",
-        api_path(GROUP),
-        key.expose()
-    );
-    let status_line = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(&gateway).unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response.lines().next().unwrap_or_default().to_owned()
-    })
-    .await
-    .unwrap();
-    assert!(
-        status_line.starts_with("HTTP/1.1 200"),
-        "X-API-Key was not honoured: {status_line}"
-    );
+    let reply = gw
+        .raw_get(&api_path(GROUP), &[("X-API-Key", key.expose())])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "X-API-Key was not honoured: {reply:?}");
 }
 
 /// Keys that must be refused, with the status and the reason keygate gives.
@@ -74,12 +69,16 @@ async fn refused_keys(
     #[case] mangle: Option<Mangle>,
     #[case] status: u16,
     #[case] reason: &str,
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
 ) {
-    let _case = case("api_keys", &format!("refused_{name}"));
+    let Some((_case, gw)) = case_on(gateway, "api_keys", &format!("refused_{name}")) else {
+        return;
+    };
     let key = issue_key(GROUP, |r| r).await.unwrap();
     let presented = mangle.map(|m| m.apply(key.expose()));
 
-    let reply = gateway_get(&api_path(GROUP), presented.as_deref())
+    let reply = gw
+        .get(&api_path(GROUP), presented.as_deref())
         .await
         .unwrap();
 
@@ -111,12 +110,22 @@ impl Mangle {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn key_of_one_group_is_forbidden_on_another() {
-    let _case = case("api_keys", "key_of_one_group_is_forbidden_on_another");
+async fn key_of_one_group_is_forbidden_on_another(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
+        "api_keys",
+        "key_of_one_group_is_forbidden_on_another",
+    ) else {
+        return;
+    };
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gateway_get(&api_path(OTHER_GROUP), Some(key.expose()))
+    let reply = gw
+        .get(&api_path(OTHER_GROUP), Some(key.expose()))
         .await
         .unwrap();
 
@@ -126,12 +135,18 @@ async fn key_of_one_group_is_forbidden_on_another() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn path_of_no_api_is_forbidden() {
-    let _case = case("api_keys", "path_of_no_api_is_forbidden");
+async fn path_of_no_api_is_forbidden(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(gateway, "api_keys", "path_of_no_api_is_forbidden") else {
+        return;
+    };
     let key = issue_key(GROUP, |r| r).await.unwrap();
 
-    let reply = gateway_get("/no-such-api/anything", Some(key.expose()))
+    let reply = gw
+        .get("/no-such-api/anything", Some(key.expose()))
         .await
         .unwrap();
 
@@ -141,15 +156,21 @@ async fn path_of_no_api_is_forbidden() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn revoked_key_is_refused_once_the_cache_expires() {
-    let _case = case("api_keys", "revoked_key_is_refused_once_the_cache_expires");
+async fn revoked_key_is_refused_once_the_cache_expires(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
+        "api_keys",
+        "revoked_key_is_refused_once_the_cache_expires",
+    ) else {
+        return;
+    };
     let key = issue_key(GROUP, |r| r).await.unwrap();
     let path = api_path(GROUP);
-    assert_eq!(
-        gateway_get(&path, Some(key.expose())).await.unwrap().status,
-        200
-    );
+    assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
 
     // Revocation in the portal's scheme: delete the secret, all versions.
     let portal = portal_token().await.unwrap();
@@ -171,7 +192,7 @@ async fn revoked_key_is_refused_once_the_cache_expires() {
         "the revoked key to be refused",
         cache_deadline(),
         async || {
-            let reply = gateway_get(&path, Some(key.expose())).await?;
+            let reply = gw.get(&path, Some(key.expose())).await?;
             Ok(match (reply.status, reply.reason.as_deref()) {
                 (401, Some("unknown")) => Probe::Ready(()),
                 other => Probe::seen(format!("{other:?}")),
@@ -182,9 +203,18 @@ async fn revoked_key_is_refused_once_the_cache_expires() {
     .unwrap();
 }
 
+#[rstest]
 #[tokio::test]
-async fn expired_key_is_refused_and_unexpired_accepted() {
-    let _case = case("api_keys", "expired_key_is_refused_and_unexpired_accepted");
+async fn expired_key_is_refused_and_unexpired_accepted(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
+        "api_keys",
+        "expired_key_is_refused_and_unexpired_accepted",
+    ) else {
+        return;
+    };
     let now = OffsetDateTime::now_utc();
     let expired = issue_key(GROUP, |r| r.with_expiry(now - TimeDelta::minutes(1)))
         .await
@@ -193,10 +223,12 @@ async fn expired_key_is_refused_and_unexpired_accepted() {
         .await
         .unwrap();
 
-    let refused = gateway_get(&api_path(GROUP), Some(expired.expose()))
+    let refused = gw
+        .get(&api_path(GROUP), Some(expired.expose()))
         .await
         .unwrap();
-    let accepted = gateway_get(&api_path(GROUP), Some(current.expose()))
+    let accepted = gw
+        .get(&api_path(GROUP), Some(current.expose()))
         .await
         .unwrap();
 
@@ -213,12 +245,18 @@ async fn expired_key_is_refused_and_unexpired_accepted() {
 
 /// Other tools write keys too: this one follows README's storage format with
 /// nothing but the Vault HTTP API and SHA-256, not keyrig's crates.
+#[rstest]
 #[tokio::test]
-async fn key_written_by_plain_http_in_the_documented_format_is_accepted() {
-    let _case = case(
+async fn key_written_by_plain_http_in_the_documented_format_is_accepted(
+    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
+) {
+    let Some((_case, gw)) = case_on(
+        gateway,
         "api_keys",
         "key_written_by_plain_http_in_the_documented_format_is_accepted",
-    );
+    ) else {
+        return;
+    };
     let bytes: [u8; 32] = rand::random();
     let key = hex::encode(bytes);
     let (selector, verifier) = key.split_at(32);
@@ -235,7 +273,7 @@ async fn key_written_by_plain_http_in_the_documented_format_is_accepted() {
     .unwrap();
     assert_eq!(written.status, 200, "{:?}", written.body);
 
-    let reply = gateway_get(&api_path(GROUP), Some(&key)).await.unwrap();
+    let reply = gw.get(&api_path(GROUP), Some(&key)).await.unwrap();
 
     assert_eq!(reply.status, 200, "refused: {:?}", reply.reason);
     assert_eq!(reply.upstream_header("x-keyrig-owner"), Some("plain-http"));

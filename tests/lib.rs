@@ -210,10 +210,16 @@ impl GatewayReply {
 
 /// GET `path` at the gateway, with `x-api-key` when given.
 pub async fn gateway_get(path: &str, api_key: Option<&str>) -> Result<GatewayReply> {
-    let url = format!("{}{}", env().gateway_url, path);
+    let headers: Vec<(&str, &str)> = api_key.map(|k| ("x-api-key", k)).into_iter().collect();
+    get_at(&env().gateway_url, path, &headers).await
+}
+
+/// GET `base` + `path` with these request headers.
+async fn get_at(base: &str, path: &str, headers: &[(&str, &str)]) -> Result<GatewayReply> {
+    let url = format!("{base}{path}");
     let mut request = http().get(&url);
-    if let Some(key) = api_key {
-        request = request.header("x-api-key", key);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let response = request
         .send()
@@ -232,6 +238,125 @@ pub async fn gateway_get(path: &str, api_key: Option<&str>) -> Result<GatewayRep
         reason,
         body,
     })
+}
+
+/// The gateways of the conformance matrix, as `#[values(...)]` takes them.
+/// Names as in env.json's `gateways`.
+pub const ENVOY_GRPC: &str = "envoy-grpc";
+pub const ENVOY_HTTP: &str = "envoy-http";
+pub const TRAEFIK: &str = "traefik";
+pub const NGINX: &str = "nginx";
+pub const CADDY: &str = "caddy";
+
+/// One gateway of this run.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub name: String,
+    pub url: String,
+}
+
+/// Starts a case of the gateway matrix. `Some` when the gateway runs; a
+/// gateway of this run's selection that does not run (its binary is absent)
+/// records the case as skipped with the reason and gives `None`; a gateway
+/// outside the selection (`cargo xtask e2e --gateway ...`) gives `None` and
+/// records nothing.
+pub fn case_on(gateway: &str, group: &str, name: &str) -> Option<(CaseGuard, Gateway)> {
+    let env = env();
+    if let Some(url) = env.gateways.get(gateway) {
+        let guard = CaseGuard::start_on(group, name, gateway);
+        return Some((
+            guard,
+            Gateway {
+                name: gateway.to_owned(),
+                url: url.clone(),
+            },
+        ));
+    }
+    if let Some(reason) = env.skipped_gateways.get(gateway) {
+        let mut guard = CaseGuard::start_on(group, name, gateway);
+        guard.skip(format!("gateway {gateway} does not run: {reason}"));
+    }
+    None
+}
+
+impl Gateway {
+    /// GET `path` with `x-api-key` when given.
+    pub async fn get(&self, path: &str, api_key: Option<&str>) -> Result<GatewayReply> {
+        let headers: Vec<(&str, &str)> = api_key.map(|k| ("x-api-key", k)).into_iter().collect();
+        get_at(&self.url, path, &headers).await
+    }
+
+    /// GET `path` with these request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<GatewayReply> {
+        get_at(&self.url, path, headers).await
+    }
+
+    /// `host:port` of the listener, for requests written by hand.
+    pub fn authority(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Sends a request written by hand (HTTP/1.1, `Connection: close`), for
+    /// what an HTTP client would change first: header-name case, dot
+    /// segments. `target` goes into the request line as is.
+    pub async fn raw_get(&self, target: &str, headers: &[(&str, &str)]) -> Result<RawReply> {
+        use std::io::{Read, Write};
+        let authority = self.authority().to_owned();
+        let mut request = format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("Connection: close\r\n\r\n");
+        let text = tokio::task::spawn_blocking(move || -> Result<String> {
+            let mut stream = std::net::TcpStream::connect(&authority)
+                .with_context(|| format!("connecting to the gateway at {authority}"))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response)?;
+            Ok(String::from_utf8_lossy(&response).into_owned())
+        })
+        .await??;
+        RawReply::parse(&text)
+    }
+}
+
+/// A response read off the socket.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawReply {
+    fn parse(text: &str) -> Result<Self> {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let mut lines = head.lines();
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no HTTP status line in the answer: {status_line:?}"))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Ok(Self {
+            status,
+            headers,
+            body: body.to_owned(),
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A path under a group's route that its OpenAPI document declares.

@@ -27,6 +27,7 @@ pub(crate) struct E2eOptions {
     keep: bool,
     report_dir: Option<PathBuf>,
     include_ignored: bool,
+    gateways: Vec<rig::gateway::GatewayKind>,
 }
 
 #[derive(Parser)]
@@ -74,6 +75,11 @@ enum Cmd {
         /// Also run tests marked #[ignore] (the harness self-check's deliberately failing case).
         #[arg(long)]
         include_ignored: bool,
+        /// Run the gateway matrix through this gateway only (repeatable):
+        /// envoy-grpc, envoy-http, traefik, nginx, caddy. Default: every
+        /// gateway whose binary is installed.
+        #[arg(long = "gateway", value_name = "NAME", value_parser = parse_gateway)]
+        gateways: Vec<rig::gateway::GatewayKind>,
     },
     /// What is running: each run with a pids.json, its components and addresses.
     Status,
@@ -151,12 +157,14 @@ fn run(command: Cmd) -> Result<ExitCode> {
             keep,
             report_dir,
             include_ignored,
+            gateways,
         } => e2e(&E2eOptions {
             profile,
             filter,
             keep,
             report_dir,
             include_ignored,
+            gateways,
         }),
         Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
@@ -227,6 +235,11 @@ fn plain_output_unless_interactive(command: &mut Command) {
 fn tools(profile: Profile) -> Result<()> {
     let tools = rig::tools::Tools::load_default()?;
     tools.ensure_installed(profile.name())?;
+    if profile == Profile::Local {
+        // Every gateway of the conformance matrix: pins from PyPI, nginx
+        // from Debian (apt-get, as root), so the default e2e run covers all.
+        tools.ensure_installed("gateways")?;
+    }
     let doctor = tools.doctor();
     print!("{doctor}");
     if !doctor.profile_ready(profile.name()) {
@@ -344,6 +357,10 @@ fn down() -> Result<()> {
     Ok(())
 }
 
+fn parse_gateway(name: &str) -> Result<rig::gateway::GatewayKind> {
+    rig::gateway::GatewayKind::parse(name)
+}
+
 fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
     let profile = opts.profile;
     profile.require_local()?;
@@ -352,7 +369,8 @@ fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
     let started_at = time::OffsetDateTime::now_utc();
     // Compile first, so a build error starts nothing and the environment
     // does not idle while the tests compile.
-    let local = local_options()?;
+    let mut local = local_options()?;
+    local.gateways = opts.gateways.clone();
     if !run_cargo(
         &["test", "-p", "keyrig-e2e", "--no-run"],
         "building the e2e tests",
@@ -414,6 +432,7 @@ fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
     } else {
         let records: Vec<_> = cases.iter().map(|c| c.record.clone()).collect();
         rig::case::print_table(&records);
+        print_gateway_matrix(&records, &run.environment);
     }
     let failed = cases
         .iter()
@@ -454,7 +473,24 @@ fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
     })
 }
 
+/// The gateway x case matrix, and which gateways did not run and why.
+fn print_gateway_matrix(cases: &[rig::case::CaseRecord], env: &rig::env::Environment) {
+    let order: Vec<&str> = rig::gateway::GatewayKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .filter(|name| env.gateways.contains_key(*name) || env.skipped_gateways.contains_key(*name))
+        .collect();
+    if let Some(matrix) = rig::case::render_matrix(cases, &order) {
+        println!();
+        print!("{matrix}");
+    }
+    for (name, reason) in &env.skipped_gateways {
+        println!("gateway {name} skipped, its binary is absent: {reason}");
+    }
+}
+
 fn test() -> Result<ExitCode> {
+    // Installs the local profile's tools and every gateway's.
     tools(Profile::Local)?;
     // The offline checks of the kind profile render manifests with the pinned kubectl.
     rig::tools::Tools::load_default()?.ensure_installed("offline")?;
@@ -468,6 +504,7 @@ fn test() -> Result<ExitCode> {
         keep: false,
         report_dir: None,
         include_ignored: false,
+        gateways: Vec::new(),
     })?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
     let selfcheck_ok = selfcheck::run()?;

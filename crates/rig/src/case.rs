@@ -47,6 +47,9 @@ impl Status {
 pub struct CaseRecord {
     pub name: String,
     pub group: String,
+    /// The gateway the case ran through, for cases of the gateway matrix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
     pub status: Status,
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,8 +71,19 @@ pub struct CaseRecord {
 impl CaseRecord {
     /// `<group>__<name>`: the case's file name in `cases/` and its
     /// directory name under `diagnostics/`.
+    /// `<group>__<name>[__<gateway>]`: names the record file and the
+    /// diagnostics bundle, unique per gateway in the matrix.
     pub fn id(&self) -> String {
-        format!("{}__{}", file_safe(&self.group), file_safe(&self.name))
+        let gateway = self
+            .gateway
+            .as_deref()
+            .map(|g| format!("__{}", file_safe(g)))
+            .unwrap_or_default();
+        format!(
+            "{}__{}{gateway}",
+            file_safe(&self.group),
+            file_safe(&self.name)
+        )
     }
 }
 
@@ -105,6 +119,7 @@ fn remember_panic_messages() {
 pub struct CaseGuard {
     group: String,
     name: String,
+    gateway: Option<String>,
     started: Instant,
     started_at: OffsetDateTime,
     outcome: Option<(Status, String)>,
@@ -119,6 +134,14 @@ impl CaseGuard {
         Self::start_in(run_dir.as_deref(), group, name)
     }
 
+    /// A case of the gateway matrix: the same case runs through each
+    /// gateway and is recorded once per gateway.
+    pub fn start_on(group: &str, name: &str, gateway: &str) -> Self {
+        let mut guard = Self::start(group, name);
+        guard.gateway = Some(gateway.to_owned());
+        guard
+    }
+
     /// Like `start` with an explicit run directory (`None`: record nothing).
     pub fn start_in(run_dir: Option<&Path>, group: &str, name: &str) -> Self {
         remember_panic_messages();
@@ -127,6 +150,7 @@ impl CaseGuard {
         Self {
             group: group.to_owned(),
             name: name.to_owned(),
+            gateway: None,
             started: Instant::now(),
             started_at: OffsetDateTime::now_utc(),
             outcome: None,
@@ -171,6 +195,7 @@ impl CaseGuard {
         CaseRecord {
             name: self.name.clone(),
             group: self.group.clone(),
+            gateway: self.gateway.clone(),
             status,
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             // One short line: the table is a summary, cargo's output has the rest.
@@ -244,7 +269,7 @@ pub fn read_cases(run_dir: &Path) -> Result<Vec<CaseRecord>> {
             );
         }
     }
-    cases.sort_by(|a, b| (&a.group, &a.name).cmp(&(&b.group, &b.name)));
+    cases.sort_by(|a, b| (&a.group, &a.name, &a.gateway).cmp(&(&b.group, &b.name, &b.gateway)));
     Ok(cases)
 }
 
@@ -276,7 +301,10 @@ pub fn render_table(cases: &[CaseRecord]) -> String {
         .map(|c| {
             [
                 c.group.clone(),
-                c.name.clone(),
+                match &c.gateway {
+                    Some(gateway) => format!("{} [{gateway}]", c.name),
+                    None => c.name.clone(),
+                },
                 c.status.as_str().to_owned(),
                 duration(c.duration_ms),
             ]
@@ -321,6 +349,84 @@ pub fn render_table(cases: &[CaseRecord]) -> String {
 
 pub fn print_table(cases: &[CaseRecord]) {
     print!("{}", render_table(cases));
+}
+
+/// The gateway x case matrix of the cases that ran through gateways: one
+/// row per case, one column per gateway (in `gateways` order, then any
+/// other seen), `pass`, `FAIL`, `skip` or `-` (not run), then each
+/// gateway's totals. `None` when no case names a gateway.
+pub fn render_matrix(cases: &[CaseRecord], gateways: &[&str]) -> Option<String> {
+    let mut columns: Vec<&str> = gateways.to_vec();
+    for case in cases {
+        if let Some(g) = case.gateway.as_deref()
+            && !columns.contains(&g)
+        {
+            columns.push(g);
+        }
+    }
+    let matrix: Vec<&CaseRecord> = cases.iter().filter(|c| c.gateway.is_some()).collect();
+    if matrix.is_empty() {
+        return None;
+    }
+    let mut rows: Vec<(&str, &str)> = Vec::new();
+    for case in &matrix {
+        let row = (case.group.as_str(), case.name.as_str());
+        if !rows.contains(&row) {
+            rows.push(row);
+        }
+    }
+    let label = |(group, name): (&str, &str)| format!("{group}/{name}");
+    let first = rows
+        .iter()
+        .map(|r| label(*r).len())
+        .max()
+        .unwrap_or(0)
+        .max("case".len());
+    let widths: Vec<usize> = columns.iter().map(|c| c.len().max(4)).collect();
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let mut text = format!("{:first$}", cells[0]);
+        for (cell, width) in cells[1..].iter().zip(&widths) {
+            let _ = write!(text, "  {cell:width$}");
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(
+        std::iter::once("case".to_owned())
+            .chain(columns.iter().map(|c| c.to_string()))
+            .collect(),
+    );
+    for row in &rows {
+        let mut cells = vec![label(*row)];
+        for column in &columns {
+            let status = matrix.iter().find(|c| {
+                (c.group.as_str(), c.name.as_str()) == *row && c.gateway.as_deref() == Some(column)
+            });
+            cells.push(
+                match status.map(|c| c.status) {
+                    Some(Status::Passed) => "pass",
+                    Some(Status::Failed) => "FAIL",
+                    Some(Status::Skipped) => "skip",
+                    None => "-",
+                }
+                .to_owned(),
+            );
+        }
+        line(cells);
+    }
+    for column in &columns {
+        let of_gateway: Vec<CaseRecord> = matrix
+            .iter()
+            .filter(|c| c.gateway.as_deref() == Some(column))
+            .map(|c| (*c).clone())
+            .collect();
+        let (passed, failed, skipped) = totals(&of_gateway);
+        let _ = writeln!(
+            out,
+            "{column}: {passed} passed, {failed} failed, {skipped} skipped"
+        );
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -374,6 +480,45 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("failed"));
+    }
+
+    #[rstest]
+    fn gateway_cases_form_a_matrix() {
+        let dir = tempfile::tempdir().unwrap();
+        let on = |gateway: &str, name: &str| {
+            let mut guard = CaseGuard::start_in(Some(dir.path()), "api_keys", name);
+            guard.gateway = Some(gateway.to_owned());
+            guard
+        };
+        drop(on("envoy-grpc", "valid"));
+        drop(on("nginx", "valid"));
+        on("nginx", "reason").skip("nginx 1.22.1 is not installed");
+        drop(CaseGuard::start_in(Some(dir.path()), "rbac", "plain"));
+
+        let cases = read_cases(dir.path()).unwrap();
+        assert_eq!(cases.len(), 4);
+        assert!(
+            dir.path()
+                .join("cases/api_keys__valid__envoy-grpc.json")
+                .is_file()
+        );
+        let table = render_table(&cases);
+        assert!(table.contains("valid [nginx]"), "{table}");
+
+        let matrix = render_matrix(&cases, &["envoy-grpc", "traefik"]).unwrap();
+        let lines: Vec<&str> = matrix.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "case             envoy-grpc  traefik  nginx",
+                "api_keys/reason  -           -        skip",
+                "api_keys/valid   pass        -        pass",
+                "envoy-grpc: 1 passed, 0 failed, 0 skipped",
+                "traefik: 0 passed, 0 failed, 0 skipped",
+                "nginx: 1 passed, 0 failed, 1 skipped",
+            ]
+        );
+        assert_eq!(render_matrix(&cases[3..], &[]), None);
     }
 
     #[rstest]

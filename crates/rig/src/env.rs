@@ -17,8 +17,17 @@ pub struct Environment {
     /// `local`, `kind` or `cluster`.
     pub profile: String,
     pub run_id: String,
-    /// Where clients send API requests (Envoy's listener on the local profile).
+    /// Where clients send API requests: the default gateway (envoy-grpc on
+    /// the local profile, else the first gateway that runs).
     pub gateway_url: String,
+    /// Every gateway that runs, by name (`envoy-grpc`, `envoy-http`,
+    /// `traefik`, `nginx`, `caddy`) -> its URL.
+    #[serde(default)]
+    pub gateways: BTreeMap<String, String>,
+    /// Gateways of this run's selection that do not run, by name -> why
+    /// (e.g. their binary is absent); their cases are skipped with that reason.
+    #[serde(default)]
+    pub skipped_gateways: BTreeMap<String, String>,
     pub vault_addr: String,
     /// KV v2 mount that holds API-key records.
     pub kv_mount: String,

@@ -5,9 +5,11 @@
 
 pub mod audit;
 pub mod case;
+pub mod debian;
 pub mod diagnostics;
 pub mod echo;
 pub mod env;
+pub mod gateway;
 pub mod local;
 pub mod paths;
 pub mod process;

@@ -12,10 +12,10 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::env::{CacheSettings, Environment};
+use crate::gateway::{GatewayContext, GatewayKind};
 use crate::process::{Component, Readiness, Supervisor};
 use crate::run::RunDir;
 use crate::say;
-use crate::scenario::ApiGroup;
 use crate::tools::Tools;
 use crate::vault::{VaultClient, VaultSetup};
 
@@ -40,10 +40,14 @@ pub struct LocalOptions {
     pub echo: EchoCommand,
     /// Holds `apis/` and `vault/setup.yaml`.
     pub scenarios_dir: PathBuf,
-    /// Holds `tools.toml`, `keygate/keygate.yaml.j2` and `envoy/envoy.yaml.j2`.
+    /// Holds `tools.toml`, `keygate/keygate.yaml.j2` and the gateway templates (`envoy/`, `traefik/`, `nginx/`, `caddy/`).
     pub env_dir: PathBuf,
     /// Per component.
     pub ready_timeout: Duration,
+    /// The gateways to start. Empty: every gateway whose binary is
+    /// installed (the others are reported as skipped); named ones are
+    /// installed when missing, and their absence is an error.
+    pub gateways: Vec<GatewayKind>,
 }
 
 impl LocalOptions {
@@ -55,6 +59,7 @@ impl LocalOptions {
             scenarios_dir: crate::paths::scenarios_dir(),
             env_dir: crate::paths::env_dir(),
             ready_timeout: crate::process::DEFAULT_READY_TIMEOUT,
+            gateways: Vec::new(),
         }
     }
 }
@@ -75,12 +80,12 @@ struct Ports {
     echo: u16,
     keygate_grpc: u16,
     keygate_http: u16,
-    envoy_admin: u16,
-    gateway: u16,
+    /// (listener, admin) per gateway, in the order asked for.
+    gateways: Vec<(u16, u16)>,
 }
 
 impl Ports {
-    fn pick() -> Result<Self> {
+    fn pick(gateways: usize) -> Result<Self> {
         let mut held = Vec::new();
         // `bao server -dev` also binds its cluster listener on port + 1.
         let vault = loop {
@@ -107,8 +112,9 @@ impl Ports {
             echo: next()?,
             keygate_grpc: next()?,
             keygate_http: next()?,
-            envoy_admin: next()?,
-            gateway: next()?,
+            gateways: (0..gateways)
+                .map(|_| Ok((next()?, next()?)))
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -151,40 +157,6 @@ struct KeygateContext<'a> {
     negative_ttl: String,
 }
 
-#[derive(Serialize)]
-struct EnvoyContext<'a> {
-    admin_port: u16,
-    gateway_port: u16,
-    keygate_grpc_port: u16,
-    upstream_port: u16,
-    /// Longest prefix first, so a nested group wins over its parent.
-    groups: Vec<&'a ApiGroup>,
-    /// A group served at `/` replaces the catch-all route.
-    root_group: bool,
-}
-
-/// Envoy's config for these groups and ports (exposed for `envoy --mode validate`).
-pub fn render_envoy(
-    env_dir: &Path,
-    groups: &[ApiGroup],
-    ports: (u16, u16, u16, u16),
-) -> Result<String> {
-    let (admin_port, gateway_port, keygate_grpc_port, upstream_port) = ports;
-    let mut sorted: Vec<&ApiGroup> = groups.iter().collect();
-    sorted.sort_by_key(|g| std::cmp::Reverse(g.route_prefix.len()));
-    render(
-        &env_dir.join("envoy/envoy.yaml.j2"),
-        EnvoyContext {
-            admin_port,
-            gateway_port,
-            keygate_grpc_port,
-            upstream_port,
-            root_group: groups.iter().any(|g| g.route_prefix == "/"),
-            groups: sorted,
-        },
-    )
-}
-
 /// Starts the local profile. On error, whatever was started is stopped
 /// (the `Supervisor` drops) and the error says which step failed.
 pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
@@ -201,7 +173,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             format!("env/tools.toml does not list {name} for the local profile: add \"local\" to tools.{name}.profiles")
         })
     };
-    let (bao, envoy) = (tool("bao")?, tool("envoy")?);
+    let bao = tool("bao")?;
+    let (gateways, skipped_gateways) = select_gateways(&tools, &opts.gateways)?;
     if !opts.keygate_bin.is_file() {
         bail!(
             "no keygate binary at {}: build it with `cargo build -p keygate`, or point KEYRIG_KEYGATE at one",
@@ -212,19 +185,25 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
     let setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
     say!(
-        "local profile: bao {} ({}), envoy {} ({}), {} API groups: {}",
+        "local profile: bao {} ({}), gateways {}, {} API groups: {}",
         bao.version,
         bao.source,
-        envoy.version,
-        envoy.source,
+        gateways
+            .iter()
+            .map(|(kind, tool)| format!("{kind} ({} {}, {})", tool.name, tool.version, tool.source))
+            .collect::<Vec<_>>()
+            .join(", "),
         groups.len(),
         group_ids.join(", ")
     );
+    for (name, reason) in &skipped_gateways {
+        say!("gateway {name} skipped: {reason}");
+    }
 
     // 2. Run directory and ports; configs rendered before starting anything.
     let run = RunDir::create()?;
     say!("run {}: {}", run.id(), run.path().display());
-    let ports = Ports::pick()?;
+    let ports = Ports::pick(gateways.len())?;
     let vault_addr = format!("http://{}", addr(ports.vault));
     let role_id_file = run.secrets_dir().join("keygate-role-id");
     let secret_id_file = run.secrets_dir().join("keygate-secret-id");
@@ -244,19 +223,6 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     )?;
     let keygate_config_file = run.path().join("keygate.yaml");
     std::fs::write(&keygate_config_file, keygate_config).context("writing keygate's config")?;
-    let envoy_config = render_envoy(
-        &opts.env_dir,
-        &groups,
-        (
-            ports.envoy_admin,
-            ports.gateway,
-            ports.keygate_grpc,
-            ports.echo,
-        ),
-    )?;
-    let envoy_config_file = run.path().join("envoy.yaml");
-    std::fs::write(&envoy_config_file, envoy_config).context("writing Envoy's config")?;
-
     let mut supervisor = Supervisor::new(&run).with_ready_timeout(opts.ready_timeout);
 
     // 3. Vault. The root token reaches bao through its environment, never
@@ -326,31 +292,41 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         )
         .await?;
 
-    // 7. Envoy. No hot restart: it needs shared memory keyed by a base id,
-    // which two Envoys on one machine (two runs, or a developer's own) would
-    // fight over. Logs go to stderr, which is logs/envoy.log.
-    supervisor
-        .start(
-            Component::new("envoy", &envoy.path)
-                .arg("-c")
-                .arg(&envoy_config_file)
-                .args([
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    "2",
-                    "--log-level",
-                    "info",
-                ])
-                .current_dir(run.path()),
-            Readiness::http(format!("http://{}/ready", addr(ports.envoy_admin)), 200),
-        )
-        .await?;
+    // 7. The gateways, each in front of keygate and the echo upstream.
+    let mut gateway_urls = std::collections::BTreeMap::new();
+    // The diagnostics read /stats and /clusters of the default gateway's Envoy.
+    let mut envoy_admin_url = None;
+    for ((kind, tool), (listen, admin)) in gateways.iter().zip(&ports.gateways) {
+        if *kind == GatewayKind::EnvoyGrpc {
+            envoy_admin_url = Some(format!("http://{}", addr(*admin)));
+        }
+        let ctx = GatewayContext {
+            kind: *kind,
+            groups: &groups,
+            listen: addr(*listen),
+            admin: addr(*admin),
+            keygate_grpc: addr(ports.keygate_grpc),
+            keygate_http: addr(ports.keygate_http),
+            upstream: addr(ports.echo),
+            dir: run.path().join("gateways").join(kind.name()),
+            env_dir: &opts.env_dir,
+        };
+        let url = crate::gateway::start(&ctx, &tool.path, &mut supervisor).await?;
+        gateway_urls.insert(kind.name().to_owned(), url);
+    }
+    let default_gateway = gateway_urls
+        .get(GatewayKind::EnvoyGrpc.name())
+        .or_else(|| gateway_urls.values().next())
+        .cloned()
+        .context("no gateway to start")?;
 
     // 8. env.json for the tests.
     let environment = Environment {
         profile: "local".into(),
         run_id: run.id().to_owned(),
-        gateway_url: format!("http://{}", addr(ports.gateway)),
+        gateway_url: default_gateway,
+        gateways: gateway_urls,
+        skipped_gateways,
         vault_addr,
         kv_mount: setup.kv_mount.clone(),
         groups: groups
@@ -366,7 +342,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             positive_ttl_ms: POSITIVE_TTL.as_millis() as u64,
             negative_ttl_ms: NEGATIVE_TTL.as_millis() as u64,
         },
-        envoy_admin_url: Some(format!("http://{}", addr(ports.envoy_admin))),
+        envoy_admin_url,
     };
     environment.save(&run.env_file())?;
     say!("local profile up in {}", crate::secs(started.elapsed()));
@@ -375,6 +351,61 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         environment,
         run,
     })
+}
+
+/// A gateway to start and the binary that runs it.
+type GatewayPick = (GatewayKind, crate::tools::ResolvedTool);
+/// Gateway name -> why it does not run.
+type Skipped = std::collections::BTreeMap<String, String>;
+
+/// The gateways to start, each with its binary, and the ones skipped with
+/// the reason. Asked-for gateways are installed when missing (an error if
+/// that fails); by default every gateway whose binary is installed runs.
+fn select_gateways(tools: &Tools, asked: &[GatewayKind]) -> Result<(Vec<GatewayPick>, Skipped)> {
+    let mut running = Vec::new();
+    let mut skipped = std::collections::BTreeMap::new();
+    let kinds: Vec<GatewayKind> = if asked.is_empty() {
+        GatewayKind::ALL.to_vec()
+    } else {
+        let mut asked = asked.to_vec();
+        asked.sort();
+        asked.dedup();
+        asked
+    };
+    for kind in kinds {
+        let resolved = match tools.resolve(kind.tool()) {
+            Ok(tool) => Ok(tool),
+            Err(crate::tools::ToolError::Missing { .. }) if !asked.is_empty() => {
+                tools.install(kind.tool())
+            }
+            Err(err) => Err(anyhow::Error::from(err)),
+        };
+        match resolved {
+            Ok(tool) => {
+                for warning in &tool.warnings {
+                    say!("warning: {warning}");
+                }
+                running.push((kind, tool));
+            }
+            Err(err) if asked.is_empty() => {
+                skipped.insert(kind.name().to_owned(), format!("{err:#}"));
+            }
+            Err(err) => {
+                return Err(err.context(format!("the {kind} gateway cannot run")));
+            }
+        }
+    }
+    if running.is_empty() {
+        bail!(
+            "no gateway can run: {}",
+            skipped
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok((running, skipped))
 }
 
 /// Copies the dev server's unseal key from its stdout into
@@ -416,31 +447,6 @@ mod tests {
     use rstest::rstest;
 
     #[rstest]
-    fn envoy_config_routes_every_group_then_the_rest() {
-        let groups = crate::scenario::load_default_apis().unwrap();
-        let text = render_envoy(
-            &crate::paths::env_dir(),
-            &groups,
-            (9901, 10000, 10001, 10002),
-        )
-        .unwrap();
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let routes = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-            ["route_config"]["virtual_hosts"][0]["routes"];
-        let prefixes: Vec<_> = routes
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|r| r["match"]["prefix"].as_str().unwrap())
-            .collect();
-        assert_eq!(prefixes, ["/animal-rescue/", "/billing/", "/"]);
-        assert_eq!(
-            doc["admin"]["address"]["socket_address"]["port_value"].as_u64(),
-            Some(9901)
-        );
-    }
-
-    #[rstest]
     fn keygate_config_quotes_paths() {
         let text = render(
             &crate::paths::env_dir().join("keygate/keygate.yaml.j2"),
@@ -469,16 +475,15 @@ mod tests {
 
     #[rstest]
     fn picked_ports_differ_and_leave_room_for_the_vault_cluster_port() {
-        let ports = Ports::pick().unwrap();
-        let all = [
+        let ports = Ports::pick(2).unwrap();
+        let mut all = vec![
             ports.vault,
             ports.vault + 1,
             ports.echo,
             ports.keygate_grpc,
             ports.keygate_http,
-            ports.envoy_admin,
-            ports.gateway,
         ];
+        all.extend(ports.gateways.iter().flat_map(|&(a, b)| [a, b]));
         let unique: std::collections::BTreeSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
     }

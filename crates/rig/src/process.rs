@@ -628,7 +628,11 @@ fn is_ours(record: &PidRecord) -> bool {
                 .file_name()
                 .map(|n| n.to_owned())
         })
-        .any(|name| name == program);
+        .any(|name| name == program)
+        // nginx rewrites its argv ("nginx: master process ..."), so the
+        // executable itself counts too.
+        || std::fs::read_link(format!("/proc/{}/exe", record.pid))
+            .is_ok_and(|exe| exe.file_name() == Some(program));
     let leads_group = proc_stat(record.pid).is_some_and(|(_, pgrp)| pgrp == record.pid);
     runs_program && leads_group
 }

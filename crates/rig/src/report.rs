@@ -460,6 +460,7 @@ mod tests {
         CaseRecord {
             name: name.into(),
             group: group.into(),
+            gateway: None,
             status,
             duration_ms: 1500,
             message: (status != Status::Passed).then(|| "the reason".into()),

