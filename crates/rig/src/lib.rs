@@ -4,13 +4,17 @@
 //! `env`, `vault`, `wait` and `case`.
 
 pub mod case;
+pub mod delivery;
 pub mod echo;
 pub mod env;
 pub mod local;
+pub mod modes;
 pub mod paths;
 pub mod process;
+pub mod rotation;
 pub mod run;
 pub mod scenario;
+pub mod secret_dir;
 pub mod tools;
 pub mod vault;
 pub mod wait;
