@@ -251,7 +251,10 @@ async fn kv_rotation_delivers_a_new_secret_id_and_retires_the_old() {
     let _one = ONE_AT_A_TIME.lock().await;
     let key = issue_key(GROUP, |r| r).await.unwrap();
     let path = api_path(GROUP);
-    assert_eq!(gateway_get(&path, Some(key.expose())).await.unwrap().status, 200);
+    assert_eq!(
+        gateway_get(&path, Some(key.expose())).await.unwrap().status,
+        200
+    );
 
     let load = Load::start(2, path.clone(), key.expose().to_owned());
     let rotated = rotate_secret_id(d).await;
@@ -259,7 +262,8 @@ async fn kv_rotation_delivers_a_new_secret_id_and_retires_the_old() {
     let propagation = rotated.unwrap();
 
     assert_eq!(
-        failed, 0,
+        failed,
+        0,
         "{failed} of {} requests failed during the rotation; the last: {last:?}",
         ok + failed
     );
@@ -289,7 +293,10 @@ async fn api_key_rotation_new_key_accepted_and_revoked_key_refused() {
     let path = api_path(GROUP);
     let old = issue_key(GROUP, |r| r).await.unwrap();
     // Cached by keygate now, as a key in use would be.
-    assert_eq!(gateway_get(&path, Some(old.expose())).await.unwrap().status, 200);
+    assert_eq!(
+        gateway_get(&path, Some(old.expose())).await.unwrap().status,
+        200
+    );
 
     let (issued, revoked) = rotate_api_key(&path, &old).await.unwrap();
     save(&mode, "api-key-issue", issued, None);
@@ -330,15 +337,23 @@ async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, D
     )
     .await?;
     if deleted.status != 204 {
-        bail!("deleting the old key answered {}: {}", deleted.status, deleted.body);
+        bail!(
+            "deleting the old key answered {}: {}",
+            deleted.status,
+            deleted.body
+        );
     }
-    wait_until("the revoked key to be refused", cache_deadline(), async || {
-        let reply = gateway_get(path, Some(old.expose())).await?;
-        Ok(match (reply.status, reply.reason.as_deref()) {
-            (401, Some("unknown")) => Probe::Ready(()),
-            other => Probe::seen(format!("{other:?}")),
-        })
-    })
+    wait_until(
+        "the revoked key to be refused",
+        cache_deadline(),
+        async || {
+            let reply = gateway_get(path, Some(old.expose())).await?;
+            Ok(match (reply.status, reply.reason.as_deref()) {
+                (401, Some("unknown")) => Probe::Ready(()),
+                other => Probe::seen(format!("{other:?}")),
+            })
+        },
+    )
     .await?;
     let revoked = deleted_at.elapsed();
     let ttl = Duration::from_millis(env().cache.positive_ttl_ms);
@@ -363,7 +378,13 @@ async fn rotations_under_load_fail_no_request() {
     let _one = ONE_AT_A_TIME.lock().await;
     let path = api_path(GROUP);
     let steady = issue_key(GROUP, |r| r).await.unwrap();
-    assert_eq!(gateway_get(&path, Some(steady.expose())).await.unwrap().status, 200);
+    assert_eq!(
+        gateway_get(&path, Some(steady.expose()))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 
     let load = Load::start(LOAD_WORKERS, path.clone(), steady.expose().to_owned());
     let rotations = async {
@@ -381,7 +402,11 @@ async fn rotations_under_load_fail_no_request() {
             let next = issue_key(GROUP, |r| r).await?;
             let reply = gateway_get(&path, Some(next.expose())).await?;
             if reply.status != 200 {
-                bail!("a fresh key was refused: {} {:?}", reply.status, reply.reason);
+                bail!(
+                    "a fresh key was refused: {} {:?}",
+                    reply.status,
+                    reply.reason
+                );
             }
             previous = next;
         }
@@ -392,7 +417,8 @@ async fn rotations_under_load_fail_no_request() {
     let (kv, keys) = rotations.unwrap();
 
     assert_eq!(
-        failed, 0,
+        failed,
+        0,
         "{failed} of {} requests failed during {LOAD_ROTATIONS} rotations of each kind; the last: {last:?}",
         ok + failed
     );
@@ -414,11 +440,16 @@ async fn delivered_group_reaches_keygate() {
         return;
     };
     let ready = keygate_readyz().await.unwrap();
-    assert_eq!(ready["gateway_group"].as_str(), Some(d.group.as_str()), "{ready}");
     assert_eq!(
-        ready["policies"]
-            .as_array()
-            .map(|p| p.iter().filter_map(Value::as_str).any(|p| p == "gateway-policy")),
+        ready["gateway_group"].as_str(),
+        Some(d.group.as_str()),
+        "{ready}"
+    );
+    assert_eq!(
+        ready["policies"].as_array().map(|p| p
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|p| p == "gateway-policy")),
         Some(true),
         "keygate's token lacks the gateway policy: {ready}"
     );

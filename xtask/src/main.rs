@@ -394,7 +394,14 @@ fn e2e_modes(
     }
     if modes.len() > 1 {
         println!();
-        println!("all modes ({}):", modes.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "all modes ({}):",
+            modes
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         rig::case::print_table(&all_cases);
     }
     print!("{}", rig::rotation::render_summary(&rotations, &notes));
@@ -475,7 +482,11 @@ fn e2e(profile: Profile, filter: Option<&str>, mode: rig::modes::Mode) -> Result
     );
     if let Some(delivery) = &run.environment.delivery {
         for finding in &delivery.findings {
-            println!("finding ({} mode, {}): {finding}", delivery.mode, delivery.values_file.display());
+            println!(
+                "finding ({} mode, {}): {finding}",
+                delivery.mode,
+                delivery.values_file.display()
+            );
         }
     }
     let code = if !status.success() {

@@ -149,7 +149,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
         http_listener,
         http::router_with_group(validator, vault, config.gateway_group_file.clone()),
     )
-        .with_graceful_shutdown(until_stopped(stopped));
+    .with_graceful_shutdown(until_stopped(stopped));
     let mut grpc = tokio::spawn(grpc);
     let mut http = tokio::spawn(async move { http.await });
 

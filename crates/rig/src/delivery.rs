@@ -115,11 +115,7 @@ pub struct SecretFiles {
 impl SecretFiles {
     /// The Secret is mounted under the run's 0700 secrets directory.
     pub fn for_run(run: &RunDir, values: &ModeValues) -> Self {
-        let dir = SecretDir::new(
-            run.secrets_dir()
-                .join("volumes")
-                .join(&values.secret_name),
-        );
+        let dir = SecretDir::new(run.secrets_dir().join("volumes").join(&values.secret_name));
         Self {
             role_id: dir.key_path(&values.keys.role_id),
             secret_id: dir.key_path(&values.keys.secret_id),
@@ -174,12 +170,20 @@ pub async fn deliver(
             group.clone()
         }
         Delivery::ExternalSecret(external) => {
-            let by_key = crate::modes::secret_data(keys, &role_id, secret_id.secret_id.expose(), &external.group);
+            let by_key = crate::modes::secret_data(
+                keys,
+                &role_id,
+                secret_id.secret_id.expose(),
+                &external.group,
+            );
             store_in_vault(root, external, &by_key).await?;
             let publish = publish.context(
                 "the external-secret mode needs a publish hook for bao agent (LocalOptions::publish)",
             )?;
-            start_agent(values, external, files, root, run, supervisor, bao, publish, env_dir).await?;
+            start_agent(
+                values, external, files, root, run, supervisor, bao, publish, env_dir,
+            )
+            .await?;
             let secret_ref = external
                 .data
                 .iter()
@@ -239,7 +243,12 @@ async fn store_in_vault(
     for (path, data) in paths {
         root.kv2_put(&external.path, path, &Value::Object(data))
             .await
-            .with_context(|| format!("storing the gateway credentials at {}/{path}", external.path))?;
+            .with_context(|| {
+                format!(
+                    "storing the gateway credentials at {}/{path}",
+                    external.path
+                )
+            })?;
     }
     Ok(())
 }
@@ -288,7 +297,8 @@ async fn start_agent(
     let role_id = root.approle_role_id(&external.role).await?;
     let secret_id = root.approle_new_secret_id(&external.role).await?;
     let role_id_file = run.write_secret("delivery-agent-role-id", &role_id)?;
-    let secret_id_file = run.write_secret("delivery-agent-secret-id", secret_id.secret_id.expose())?;
+    let secret_id_file =
+        run.write_secret("delivery-agent-secret-id", secret_id.secret_id.expose())?;
 
     // Staging: the one rendered file, beside (not in) the Secret directory.
     let staging = run.secrets_dir().join("delivery-staging");
@@ -381,7 +391,12 @@ mod tests {
         let mut values =
             ModeValues::load_mode(&crate::paths::scenarios_dir(), Mode::Inline).unwrap();
         values.api_key.role = "nobody".into();
-        let err = check_against_setup(&values, &setup).unwrap_err().to_string();
-        assert!(err.contains("apiKey.vault.role is \"nobody\", which"), "{err}");
+        let err = check_against_setup(&values, &setup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apiKey.vault.role is \"nobody\", which"),
+            "{err}"
+        );
     }
 }

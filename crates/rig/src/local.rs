@@ -241,8 +241,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let secret_files = crate::delivery::SecretFiles::for_run(&run, &values);
     let role_id_file = secret_files.role_id.clone();
     let secret_id_file = secret_files.secret_id.clone();
-    let keygate_vault_addr =
-        crate::modes::fill(&values.api_key.vault_url, &vault_addr, "", "");
+    let keygate_vault_addr = crate::modes::fill(&values.api_key.vault_url, &vault_addr, "", "");
     let keygate_config = render(
         &opts.env_dir.join("keygate/keygate.yaml.j2"),
         KeygateContext {

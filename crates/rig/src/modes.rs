@@ -120,7 +120,9 @@ pub enum Delivery {
         group: String,
     },
     /// The group value the out-of-band step stores in the Secret.
-    ExistingSecret { group: String },
+    ExistingSecret {
+        group: String,
+    },
     ExternalSecret(ExternalSecret),
 }
 
@@ -164,7 +166,8 @@ impl ModeValues {
                 values.file.display(),
                 values.mode,
                 match values.mode {
-                    Mode::Inline => "set gateway.existingSecret (and gateway.externalSecret for external-secret)",
+                    Mode::Inline =>
+                        "set gateway.existingSecret (and gateway.externalSecret for external-secret)",
                     Mode::ExistingSecret if mode == Mode::Inline =>
                         "leave gateway.existingSecret empty and fill gateway.inline",
                     Mode::ExistingSecret => "add a gateway.externalSecret section",
@@ -196,8 +199,11 @@ impl ModeValues {
                         "line {}, column {}: {}",
                         loc.line(),
                         loc.column(),
-                        err.to_string()
-                            .replacen(&format!(" at line {} column {}", loc.line(), loc.column()), "", 1)
+                        err.to_string().replacen(
+                            &format!(" at line {} column {}", loc.line(), loc.column()),
+                            "",
+                            1
+                        )
                     ),
                     None => err.to_string(),
                 }
@@ -418,8 +424,10 @@ fn validate(file: &Path, raw: RawValues, problems: &mut Problems) -> Option<Mode
                     RawInline::default()
                 }
             };
-            let why = " but gateway.existingSecret is empty, so the chart builds the Secret from it";
-            let vault_url = problems.required("gateway.inline.vaultUrl", inline.vault_url.as_ref(), why);
+            let why =
+                " but gateway.existingSecret is empty, so the chart builds the Secret from it";
+            let vault_url =
+                problems.required("gateway.inline.vaultUrl", inline.vault_url.as_ref(), why);
             check_url(problems, "gateway.inline.vaultUrl", &vault_url);
             Delivery::Inline {
                 role_id: problems.required("gateway.inline.roleId", inline.role_id.as_ref(), why),
@@ -456,9 +464,8 @@ fn validate(file: &Path, raw: RawValues, problems: &mut Problems) -> Option<Mode
     let api_key = raw.api_key;
     match api_key.enabled {
         Some(true) => {}
-        Some(false) => problems.add(
-            "apiKey.enabled is false: keygate exists to validate API keys, so set it to true",
-        ),
+        Some(false) => problems
+            .add("apiKey.enabled is false: keygate exists to validate API keys, so set it to true"),
         None => problems.add("apiKey.enabled is missing: set it to true"),
     }
     let why = " but apiKey.enabled is true";
@@ -527,7 +534,11 @@ fn external_secret(
         let field = format!("gateway.externalSecret.data[{i}]");
         let remote = item.remote_ref.unwrap_or_default();
         let entry = ExternalData {
-            secret_key: problems.required(&format!("{field}.secretKey"), item.secret_key.as_ref(), ""),
+            secret_key: problems.required(
+                &format!("{field}.secretKey"),
+                item.secret_key.as_ref(),
+                "",
+            ),
             key: problems.required(&format!("{field}.remoteRef.key"), remote.key.as_ref(), ""),
             property: problems.required(
                 &format!("{field}.remoteRef.property"),
@@ -535,10 +546,9 @@ fn external_secret(
                 "",
             ),
         };
-        if data
-            .iter()
-            .any(|d: &ExternalData| !entry.secret_key.is_empty() && d.secret_key == entry.secret_key)
-        {
+        if data.iter().any(|d: &ExternalData| {
+            !entry.secret_key.is_empty() && d.secret_key == entry.secret_key
+        }) {
             problems.add(format!(
                 "{field}.secretKey {:?} is mapped twice: each Secret key comes from one Vault field",
                 entry.secret_key
@@ -583,7 +593,12 @@ fn check_url(problems: &mut Problems, field: &str, value: &str) {
 /// The data the out-of-band step writes, keyed by Secret key name, for
 /// existing-secret (the Secret) and external-secret (per Vault path:
 /// property -> value). Exposed for local.rs and the rotation tests.
-pub fn secret_data(keys: &SecretKeys, role_id: &str, secret_id: &str, group: &str) -> BTreeMap<String, String> {
+pub fn secret_data(
+    keys: &SecretKeys,
+    role_id: &str,
+    secret_id: &str,
+    group: &str,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (keys.role_id.clone(), role_id.to_owned()),
         (keys.secret_id.clone(), secret_id.to_owned()),
@@ -600,7 +615,8 @@ mod tests {
         ModeValues::parse(Path::new("scenarios/modes/x.yaml"), text)
     }
 
-    const API_KEY: &str = "apiKey:\n  enabled: true\n  vault:\n    url: ${RUN_VAULT_ADDR}\n    role: gateway\n";
+    const API_KEY: &str =
+        "apiKey:\n  enabled: true\n  vault:\n    url: ${RUN_VAULT_ADDR}\n    role: gateway\n";
 
     #[rstest]
     fn the_shipped_values_load_as_their_modes() {
@@ -613,7 +629,11 @@ mod tests {
         let existing =
             ModeValues::load_mode(&crate::paths::scenarios_dir(), Mode::ExistingSecret).unwrap();
         assert!(existing.findings().is_empty());
-        assert_ne!(existing.keys, default_keys(), "the scenario uses custom key names");
+        assert_ne!(
+            existing.keys,
+            default_keys(),
+            "the scenario uses custom key names"
+        );
     }
 
     #[rstest]
@@ -641,7 +661,11 @@ mod tests {
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
-        assert!(err.lines().all(|l| l.starts_with("scenarios/modes/x.yaml: ")), "{err}");
+        assert!(
+            err.lines()
+                .all(|l| l.starts_with("scenarios/modes/x.yaml: ")),
+            "{err}"
+        );
     }
 
     #[rstest]
@@ -659,7 +683,12 @@ mod tests {
     #[rstest]
     fn unknown_fields_name_their_line() {
         let err = parse("gateway:\n  inlne: {}\n").unwrap_err().to_string();
-        assert!(err.starts_with("scenarios/modes/x.yaml: line 2, column 3: gateway: unknown field `inlne`"), "{err}");
+        assert!(
+            err.starts_with(
+                "scenarios/modes/x.yaml: line 2, column 3: gateway: unknown field `inlne`"
+            ),
+            "{err}"
+        );
     }
 
     #[rstest]
@@ -674,7 +703,10 @@ mod tests {
         let err = ModeValues::load_mode(dir.path(), Mode::ExistingSecret)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("these values describe the inline mode, not existing-secret"), "{err}");
+        assert!(
+            err.contains("these values describe the inline mode, not existing-secret"),
+            "{err}"
+        );
     }
 
     #[rstest]

@@ -21,8 +21,7 @@ pub struct RotationRecord {
 /// Writes one record under `$KEYRIG_RUN_DIR/rotations/` (nothing when the
 /// variable is unset, e.g. `cargo test` by hand). `sample` numbers repeats.
 pub fn record(record: &RotationRecord, sample: Option<u32>) -> Result<()> {
-    let Some(run_dir) = std::env::var_os(crate::case::RUN_DIR_VAR).filter(|v| !v.is_empty())
-    else {
+    let Some(run_dir) = std::env::var_os(crate::case::RUN_DIR_VAR).filter(|v| !v.is_empty()) else {
         return Ok(());
     };
     record_in(Path::new(&run_dir), record, sample)
@@ -105,7 +104,10 @@ pub fn render_summary(records: &[RotationRecord], notes: &[String]) -> String {
             *w = (*w).max(cell.len());
         }
     }
-    let _ = writeln!(out, "propagation (Vault write -> first effect at the gateway):");
+    let _ = writeln!(
+        out,
+        "propagation (Vault write -> first effect at the gateway):"
+    );
     let line = |out: &mut String, c: [&str; 5]| {
         let _ = writeln!(
             out,
@@ -149,8 +151,13 @@ mod tests {
         for (n, ms) in [(1, 300), (2, 100), (3, 200)] {
             record_in(dir.path(), &rec("api-key-revoke", ms), Some(n)).unwrap();
         }
-        assert!(dir.path().join("rotations/inline__kv-secret-id.json").is_file());
-        let text = std::fs::read_to_string(dir.path().join("rotations/inline__kv-secret-id.json")).unwrap();
+        assert!(
+            dir.path()
+                .join("rotations/inline__kv-secret-id.json")
+                .is_file()
+        );
+        let text = std::fs::read_to_string(dir.path().join("rotations/inline__kv-secret-id.json"))
+            .unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             value,
@@ -159,7 +166,10 @@ mod tests {
         let records = read(dir.path()).unwrap();
         assert_eq!(records.len(), 4);
         let summary = render_summary(&records, &["cache TTL 5 s".into()]);
-        assert!(summary.contains("inline  api-key-revoke  3  200 ms  300 ms"), "{summary}");
+        assert!(
+            summary.contains("inline  api-key-revoke  3  200 ms  300 ms"),
+            "{summary}"
+        );
         assert!(summary.ends_with("  cache TTL 5 s\n"), "{summary}");
     }
 

@@ -68,8 +68,12 @@ impl SecretDir {
     /// Reads one key's value. The error names the key, never the content.
     pub fn read(&self, key: &str) -> Result<String> {
         let path = self.key_path(key);
-        std::fs::read_to_string(&path)
-            .with_context(|| format!("the Secret {} has no readable key {key:?}", self.path.display()))
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "the Secret {} has no readable key {key:?}",
+                self.path.display()
+            )
+        })
     }
 
     /// Replaces the whole payload with `data` (key -> value) atomically.
@@ -190,12 +194,13 @@ fn check_key(key: &str) -> Result<()> {
 pub fn publish_rendered(rendered: &Path, dir: &SecretDir) -> Result<usize> {
     let text = std::fs::read_to_string(rendered)
         .with_context(|| format!("reading the rendered Secret {}", rendered.display()))?;
-    let data: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a JSON object of key -> value: check the template's contents",
-            rendered.display()
-        )
-    })?;
+    let data: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a JSON object of key -> value: check the template's contents",
+                rendered.display()
+            )
+        })?;
     let mut values = BTreeMap::new();
     for (key, value) in data {
         let value = match value {
@@ -267,7 +272,13 @@ mod tests {
         // One payload directory left: the old one was removed.
         let payloads = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("..2"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("..2")
+            })
             .count();
         assert_eq!(payloads, 1);
     }
@@ -316,7 +327,10 @@ mod tests {
         let err = SecretDir::new(tmp.path())
             .publish(&data(&[(key, "v")]))
             .unwrap_err();
-        assert!(err.to_string().contains("is not a valid Secret key"), "{err}");
+        assert!(
+            err.to_string().contains("is not a valid Secret key"),
+            "{err}"
+        );
     }
 
     #[rstest]
