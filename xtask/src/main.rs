@@ -21,6 +21,7 @@ mod selfcheck;
 mod status;
 
 /// What `cargo xtask e2e` was asked to do.
+#[derive(Clone)]
 pub(crate) struct E2eOptions {
     profile: Profile,
     filter: Option<String>,
@@ -28,6 +29,7 @@ pub(crate) struct E2eOptions {
     report_dir: Option<PathBuf>,
     include_ignored: bool,
     gateways: Vec<rig::gateway::GatewayKind>,
+    mode: rig::modes::Mode,
 }
 
 #[derive(Parser)]
@@ -53,6 +55,9 @@ enum Cmd {
     Up {
         #[arg(long, value_enum, default_value_t = Profile::Local)]
         profile: Profile,
+        /// How keygate's credentials are delivered (scenarios/modes/<mode>.yaml).
+        #[arg(long, value_enum, default_value_t = DeliveryMode::Inline)]
+        mode: DeliveryMode,
     },
     /// Stop what `up` left running (every run under target/rig with a pids.json).
     Down,
@@ -80,6 +85,10 @@ enum Cmd {
         /// gateway whose binary is installed.
         #[arg(long = "gateway", value_name = "NAME", value_parser = parse_gateway)]
         gateways: Vec<rig::gateway::GatewayKind>,
+        /// Credential delivery mode(s), each its own environment in turn
+        /// (default: all three). Repeatable.
+        #[arg(long, value_enum)]
+        mode: Vec<DeliveryMode>,
     },
     /// What is running: each run with a pids.json, its components and addresses.
     Status,
@@ -93,6 +102,36 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// bao agent's hook (external-secret mode): publishes the rendered JSON
+    /// into the Secret directory with an atomic `..data` swap.
+    #[command(hide = true)]
+    PublishSecret {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
+}
+
+/// `scenarios/modes/<mode>.yaml`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeliveryMode {
+    /// Credentials in the values file; rig writes the Secret (development only).
+    Inline,
+    /// A Secret created out of band, with custom key names.
+    ExistingSecret,
+    /// bao agent renders the Secret from Vault KV v2 (External Secrets style).
+    ExternalSecret,
+}
+
+impl DeliveryMode {
+    fn mode(self) -> rig::modes::Mode {
+        match self {
+            DeliveryMode::Inline => rig::modes::Mode::Inline,
+            DeliveryMode::ExistingSecret => rig::modes::Mode::ExistingSecret,
+            DeliveryMode::ExternalSecret => rig::modes::Mode::ExternalSecret,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,7 +188,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             print!("{}", rig::tools::Tools::load_default()?.doctor());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Up { profile } => up(profile).map(|()| ExitCode::SUCCESS),
+        Cmd::Up { profile, mode } => up(profile, mode.mode()).map(|()| ExitCode::SUCCESS),
         Cmd::Down => down().map(|()| ExitCode::SUCCESS),
         Cmd::E2e {
             profile,
@@ -158,19 +197,35 @@ fn run(command: Cmd) -> Result<ExitCode> {
             report_dir,
             include_ignored,
             gateways,
-        } => e2e(&E2eOptions {
-            profile,
-            filter,
-            keep,
-            report_dir,
-            include_ignored,
-            gateways,
-        }),
+            mode,
+        } => e2e_modes(
+            &E2eOptions {
+                profile,
+                filter,
+                keep,
+                report_dir,
+                include_ignored,
+                gateways,
+                mode: rig::modes::Mode::Inline,
+            },
+            &modes_or_all(&mode),
+        ),
         Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::PublishSecret { from, to } => {
+            let dir = rig::secret_dir::SecretDir::new(to);
+            let keys = rig::secret_dir::publish_rendered(&from, &dir)?;
+            // Goes to bao agent's log: names and counts only.
+            say!(
+                "published {keys} keys into {} ({})",
+                dir.path().display(),
+                dir.current_payload().unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -192,6 +247,11 @@ static TEST_PID: AtomicI32 = AtomicI32::new(0);
 /// 130. Components run in their own process groups, so they never see the
 /// terminal's Ctrl-C themselves and are stopped in order here.
 fn stop_on_interrupt() -> Result<()> {
+    // Once per process: `e2e` runs once per delivery mode.
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
     ctrlc::set_handler(|| {
         eprintln!("[keyrig] interrupted: stopping what this run started");
         let test_pid = TEST_PID.load(Ordering::SeqCst);
@@ -253,7 +313,7 @@ fn tools(profile: Profile) -> Result<()> {
 
 /// Builds keygate (unless `$KEYRIG_KEYGATE` names a binary) and says how
 /// to run the echo upstream: this very binary, hidden subcommand.
-fn local_options() -> Result<rig::local::LocalOptions> {
+fn local_options(mode: rig::modes::Mode) -> Result<rig::local::LocalOptions> {
     let keygate = match std::env::var_os("KEYRIG_KEYGATE").filter(|v| !v.is_empty()) {
         Some(path) => {
             say!(
@@ -269,17 +329,24 @@ fn local_options() -> Result<rig::local::LocalOptions> {
             rig::paths::target_dir().join("debug/keygate")
         }
     };
+    let xtask = std::env::current_exe().context("finding the xtask binary")?;
     let echo = rig::local::EchoCommand {
-        program: std::env::current_exe().context("finding the xtask binary")?,
+        program: xtask.clone(),
         args: vec!["echo-upstream".into()],
     };
-    Ok(rig::local::LocalOptions::new(keygate, echo))
+    let mut opts = rig::local::LocalOptions::new(keygate, echo);
+    opts.mode = mode;
+    opts.publish = Some(rig::delivery::PublishCommand {
+        program: xtask,
+        args: vec!["publish-secret".into()],
+    });
+    Ok(opts)
 }
 
-fn up(profile: Profile) -> Result<()> {
+fn up(profile: Profile, mode: rig::modes::Mode) -> Result<()> {
     profile.require_local()?;
     stop_on_interrupt()?;
-    let opts = local_options()?;
+    let opts = local_options(mode)?;
     let started = Instant::now();
     // On error, `local::up` has already stopped what it started.
     let run = runtime()?
@@ -305,6 +372,14 @@ fn up(profile: Profile) -> Result<()> {
         env.keygate_url
     );
     println!("  upstream  {}", env.upstream_url);
+    if let Some(delivery) = &env.delivery {
+        println!(
+            "  delivery  {} mode, Secret {} at {}",
+            delivery.mode,
+            delivery.secret_name,
+            delivery.secret_dir.display()
+        );
+    }
     println!("  env.json  {}", run.run.env_file().display());
     println!("  logs      {}", env.logs_dir.display());
     println!("stop with `cargo xtask down`");
@@ -361,7 +436,72 @@ fn parse_gateway(name: &str) -> Result<rig::gateway::GatewayKind> {
     rig::gateway::GatewayKind::parse(name)
 }
 
-fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
+fn modes_or_all(modes: &[DeliveryMode]) -> Vec<rig::modes::Mode> {
+    if modes.is_empty() {
+        rig::modes::Mode::ALL.to_vec()
+    } else {
+        modes.iter().map(|m| m.mode()).collect()
+    }
+}
+
+/// One environment per delivery mode, in turn; then one table of every
+/// case (group prefixed with the mode) and the propagation summary.
+fn e2e_modes(base: &E2eOptions, modes: &[rig::modes::Mode]) -> Result<ExitCode> {
+    let mut all_cases = Vec::new();
+    let mut rotations = Vec::new();
+    let mut notes = Vec::new();
+    let mut ok = true;
+    for &mode in modes {
+        say!("=== delivery mode {mode} ===");
+        let opts = E2eOptions {
+            mode,
+            // Each mode's reports in a directory of its own.
+            report_dir: match &base.report_dir {
+                Some(dir) if modes.len() > 1 => Some(dir.join(mode.as_str())),
+                other => other.clone(),
+            },
+            ..base.clone()
+        };
+        let outcome = e2e(&opts)?;
+        ok &= outcome.code == ExitCode::SUCCESS;
+        for mut case in outcome.cases {
+            case.group = format!("{mode}/{}", case.group);
+            all_cases.push(case);
+        }
+        rotations.extend(outcome.rotations);
+        notes.extend(outcome.notes);
+    }
+    if modes.len() > 1 {
+        println!();
+        println!(
+            "all modes ({}):",
+            modes
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        rig::case::print_table(&all_cases);
+    }
+    print!("{}", rig::rotation::render_summary(&rotations, &notes));
+    let (_, failed, _) = rig::case::totals(&all_cases);
+    Ok(if ok && failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What one mode's e2e run produced.
+struct E2eOutcome {
+    code: ExitCode,
+    cases: Vec<rig::case::CaseRecord>,
+    rotations: Vec<rig::rotation::RotationRecord>,
+    /// The intervals configured in this run, for the propagation summary.
+    notes: Vec<String>,
+}
+
+fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     let profile = opts.profile;
     profile.require_local()?;
     stop_on_interrupt()?;
@@ -369,7 +509,7 @@ fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
     let started_at = time::OffsetDateTime::now_utc();
     // Compile first, so a build error starts nothing and the environment
     // does not idle while the tests compile.
-    let mut local = local_options()?;
+    let mut local = local_options(opts.mode)?;
     local.gateways = opts.gateways.clone();
     if !run_cargo(
         &["test", "-p", "keyrig-e2e", "--no-run"],
@@ -413,6 +553,21 @@ fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
         &run.environment,
         cases,
     ));
+    let rotations = rig::rotation::read(run.run.path())?;
+    let notes = interval_notes(&run.environment);
+    if let Some(delivery) = &run.environment.delivery {
+        for finding in &delivery.findings {
+            rig::report::record_in(
+                run.run.path(),
+                "findings",
+                &rig::report::Finding::warning(
+                    "plaintext-credentials",
+                    &delivery.values_file.display().to_string(),
+                    finding,
+                ),
+            )?;
+        }
+    }
     let any_failed = !status.success()
         || cases
             .iter()
@@ -424,13 +579,13 @@ fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
         run.supervisor.stop_all();
     }
     println!();
+    let records: Vec<_> = cases.iter().map(|c| c.record.clone()).collect();
     if cases.is_empty() {
         println!(
             "no e2e case records in {}/cases (tests record themselves with rig::case::CaseGuard)",
             run.run.path().display()
         );
     } else {
-        let records: Vec<_> = cases.iter().map(|c| c.record.clone()).collect();
         rig::case::print_table(&records);
         print_gateway_matrix(&records, &run.environment);
     }
@@ -466,10 +621,15 @@ fn e2e(opts: &E2eOptions) -> Result<ExitCode> {
             "cargo test failed ({status}) though no case recorded a failure: see cargo's output above"
         );
     }
-    Ok(if outcome.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(E2eOutcome {
+        code: if outcome.passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+        cases: records,
+        rotations,
+        notes,
     })
 }
 
@@ -489,6 +649,27 @@ fn print_gateway_matrix(cases: &[rig::case::CaseRecord], env: &rig::env::Environ
     }
 }
 
+/// The intervals that bound propagation in this run, one line per mode.
+fn interval_notes(env: &rig::env::Environment) -> Vec<String> {
+    let Some(delivery) = &env.delivery else {
+        return Vec::new();
+    };
+    let mut note = format!(
+        "{}: keygate cache TTL {} ms (negative {} ms), credential-file poll {} ms",
+        delivery.mode,
+        env.cache.positive_ttl_ms,
+        env.cache.negative_ttl_ms,
+        delivery.watch_interval_ms
+    );
+    if let Some(external) = &delivery.external {
+        note.push_str(&format!(
+            ", bao agent static_secret_render_interval {} ms",
+            external.refresh_interval_ms
+        ));
+    }
+    vec![note]
+}
+
 fn test() -> Result<ExitCode> {
     // Installs the local profile's tools and every gateway's.
     tools(Profile::Local)?;
@@ -498,14 +679,18 @@ fn test() -> Result<ExitCode> {
         &["test", "--workspace", "--exclude", "keyrig-e2e"],
         "unit and integration tests",
     )?;
-    let e2e = e2e(&E2eOptions {
-        profile: Profile::Local,
-        filter: None,
-        keep: false,
-        report_dir: None,
-        include_ignored: false,
-        gateways: Vec::new(),
-    })?;
+    let e2e = e2e_modes(
+        &E2eOptions {
+            profile: Profile::Local,
+            filter: None,
+            keep: false,
+            report_dir: None,
+            include_ignored: false,
+            gateways: Vec::new(),
+            mode: rig::modes::Mode::Inline,
+        },
+        &rig::modes::Mode::ALL,
+    )?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
     let selfcheck_ok = selfcheck::run()?;
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };

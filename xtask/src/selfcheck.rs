@@ -34,7 +34,15 @@ pub fn run() -> Result<bool> {
             .with_context(|| format!("clearing {}", report_dir.display()))?;
     }
     let output = Command::new(std::env::current_exe().context("finding the xtask binary")?)
-        .args(["e2e", "--filter", CASE, "--include-ignored", "--report-dir"])
+        .args([
+            "e2e",
+            "--mode",
+            "inline",
+            "--filter",
+            CASE,
+            "--include-ignored",
+            "--report-dir",
+        ])
         .arg(&report_dir)
         // Only non-terminal detection counts here: `CI` must not mask it.
         .env_remove("CI")

@@ -43,6 +43,10 @@ pub struct Config {
     /// OpenAPI documents, resolved against the config file's directory.
     pub apis: Vec<ApiFile>,
     pub cache: CacheConfig,
+    /// A file holding this gateway's group setting (delivered with its
+    /// credentials, e.g. the `gateway-group` key of its Secret); `/readyz`
+    /// reports it, re-read on every call so a rotation shows.
+    pub gateway_group_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +166,7 @@ struct RawConfig {
     apis: Option<Vec<String>>,
     #[serde(default)]
     cache: RawCache,
+    gateway_group_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,8 +332,17 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         negative_ttl: raw.cache.negative_ttl.unwrap_or(DEFAULT_NEGATIVE_TTL),
     };
 
+    let gateway_group_file = match raw.gateway_group_file {
+        Some(path) if path.trim().is_empty() => {
+            return Err("gateway_group_file is empty: give the path of the file holding the gateway group, or remove it".into());
+        }
+        Some(path) => Some(base.join(path)),
+        None => None,
+    };
+
     Ok(Config {
         file: PathBuf::new(),
+        gateway_group_file,
         listen: Listen { grpc, http },
         vault: VaultConfig {
             address,

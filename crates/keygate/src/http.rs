@@ -43,9 +43,21 @@ impl ReadinessSource for Vault {
 struct AppState {
     validator: Arc<Validator>,
     readiness: Arc<dyn ReadinessSource>,
+    /// `gateway_group_file`: `/readyz` reports its content as `gateway_group`.
+    group_file: Option<Arc<std::path::PathBuf>>,
 }
 
 pub fn router(validator: Arc<Validator>, readiness: Arc<dyn ReadinessSource>) -> Router {
+    router_with_group(validator, readiness, None)
+}
+
+/// The router, with `/readyz` also reporting the gateway group read from
+/// `group_file` (unreadable or empty: not ready, since the delivery broke).
+pub fn router_with_group(
+    validator: Arc<Validator>,
+    readiness: Arc<dyn ReadinessSource>,
+    group_file: Option<std::path::PathBuf>,
+) -> Router {
     Router::new()
         .route("/auth", any(forward_auth))
         .route("/auth/{*rest}", any(forward_auth))
@@ -58,6 +70,7 @@ pub fn router(validator: Arc<Validator>, readiness: Arc<dyn ReadinessSource>) ->
         .with_state(AppState {
             validator,
             readiness,
+            group_file: group_file.map(Arc::new),
         })
 }
 
@@ -160,11 +173,32 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    let group = match state.group_file.as_deref() {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+            Ok(_) => {
+                return json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "ready": false, "reason": format!("gateway_group_file {} is empty", path.display()) }),
+                );
+            }
+            Err(err) => {
+                return json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "ready": false, "reason": format!("gateway_group_file {} cannot be read: {err}", path.display()) }),
+                );
+            }
+        },
+    };
     match state.readiness.readiness().await {
-        Readiness::Ready(info) => json_response(
-            StatusCode::OK,
-            json!({ "ready": true, "vault_token_accessor": info.accessor, "policies": info.policies }),
-        ),
+        Readiness::Ready(info) => {
+            let mut body = json!({ "ready": true, "vault_token_accessor": info.accessor, "policies": info.policies });
+            if let Some(group) = group {
+                body["gateway_group"] = json!(group);
+            }
+            json_response(StatusCode::OK, body)
+        }
         Readiness::NotReady(reason) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({ "ready": false, "reason": reason }),

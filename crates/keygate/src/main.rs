@@ -106,6 +106,16 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
         Err(err) => warn!(error = %err, "Vault is not available yet; answering 503 until it is"),
     }
     tokio::spawn(vault.clone().maintain());
+    // A rotated role-id/secret-id (a Secret's `..data` swap) lands at once.
+    let credential_files = config
+        .secret_files()
+        .into_iter()
+        .map(|f| f.path.clone())
+        .collect();
+    tokio::spawn(keygate::watch::relogin_on_change(
+        vault.clone(),
+        credential_files,
+    ));
 
     let groups = routes.groups().join(", ");
     let metrics = Arc::new(Metrics::new());
@@ -135,8 +145,11 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             tonic::transport::server::TcpIncoming::from(grpc_listener),
             until_stopped(stopped.clone()),
         );
-    let http = axum::serve(http_listener, http::router(validator, vault))
-        .with_graceful_shutdown(until_stopped(stopped));
+    let http = axum::serve(
+        http_listener,
+        http::router_with_group(validator, vault, config.gateway_group_file.clone()),
+    )
+    .with_graceful_shutdown(until_stopped(stopped));
     let mut grpc = tokio::spawn(grpc);
     let mut http = tokio::spawn(async move { http.await });
 

@@ -163,6 +163,12 @@ impl CaseGuard {
         self.outcome = Some((Status::Skipped, reason.into()));
     }
 
+    /// A message for a passing case (e.g. a measured propagation time); a
+    /// panic or a later `fail`/`skip` still decides the status.
+    pub fn note(&mut self, message: impl Into<String>) {
+        self.outcome = Some((Status::Passed, message.into()));
+    }
+
     /// Marks the case failed without a panic, for tests that return errors.
     pub fn fail(&mut self, message: impl Into<String>) {
         self.outcome = Some((Status::Failed, message.into()));

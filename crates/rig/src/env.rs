@@ -50,6 +50,49 @@ pub struct Environment {
     /// failure diagnostics; absent when the profile has no Envoy admin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_admin_url: Option<String>,
+    /// How the gateway's credentials are delivered: `inline`,
+    /// `existing-secret` or `external-secret` (absent: files rig wrote directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Where the delivered Secret is and what it holds (names, never values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryInfo>,
+}
+
+/// The delivery of keygate's credentials in this run (`rig::modes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryInfo {
+    pub mode: String,
+    /// The values file the run was configured from.
+    pub values_file: PathBuf,
+    /// The Secret's name, and its directory as a pod sees it
+    /// (`rig::secret_dir`: key files through the `..data` symlink).
+    pub secret_name: String,
+    pub secret_dir: PathBuf,
+    /// Key names in the Secret.
+    pub keys: crate::modes::SecretKeys,
+    /// The gateway group value delivered (keygate's /readyz reports it).
+    pub group: String,
+    /// The AppRole role keygate logs in as (`apiKey.vault.role`).
+    pub approle_role: String,
+    /// How often keygate checks its credential files for a rotation.
+    pub watch_interval_ms: u64,
+    /// external-secret only: where in Vault the credentials live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalDelivery>,
+    /// What the run report should flag, e.g. "plaintext credentials in values file".
+    #[serde(default)]
+    pub findings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalDelivery {
+    /// KV v2 mount and path below it holding the secret-id.
+    pub kv_mount: String,
+    pub secret_id_path: String,
+    pub secret_id_property: String,
+    /// `bao agent`'s static_secret_render_interval.
+    pub refresh_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

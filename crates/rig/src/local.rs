@@ -48,6 +48,10 @@ pub struct LocalOptions {
     /// installed (the others are reported as skipped); named ones are
     /// installed when missing, and their absence is an error.
     pub gateways: Vec<GatewayKind>,
+    /// How keygate's credentials are delivered (`scenarios/modes/<mode>.yaml`).
+    pub mode: crate::modes::Mode,
+    /// The hook `bao agent` runs to publish a render (external-secret mode).
+    pub publish: Option<crate::delivery::PublishCommand>,
 }
 
 impl LocalOptions {
@@ -60,6 +64,8 @@ impl LocalOptions {
             env_dir: crate::paths::env_dir(),
             ready_timeout: crate::process::DEFAULT_READY_TIMEOUT,
             gateways: Vec::new(),
+            mode: crate::modes::Mode::Inline,
+            publish: None,
         }
     }
 }
@@ -155,6 +161,9 @@ struct KeygateContext<'a> {
     api_files: Vec<&'a Path>,
     positive_ttl: String,
     negative_ttl: String,
+    /// The group key of the delivered Secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_group_file: Option<&'a Path>,
 }
 
 /// Starts the local profile. On error, whatever was started is stopped
@@ -184,6 +193,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let groups = crate::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
     let setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
+    let values = crate::modes::ModeValues::load_mode(&opts.scenarios_dir, opts.mode)?;
+    crate::delivery::check_against_setup(&values, &setup)?;
     say!(
         "local profile: bao {} ({}), gateways {}, {} API groups: {}",
         bao.version,
@@ -205,20 +216,24 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     say!("run {}: {}", run.id(), run.path().display());
     let ports = Ports::pick(gateways.len())?;
     let vault_addr = format!("http://{}", addr(ports.vault));
-    let role_id_file = run.secrets_dir().join("keygate-role-id");
-    let secret_id_file = run.secrets_dir().join("keygate-secret-id");
+    // keygate reads its credentials from the delivered Secret's key files.
+    let secret_files = crate::delivery::SecretFiles::for_run(&run, &values);
+    let role_id_file = secret_files.role_id.clone();
+    let secret_id_file = secret_files.secret_id.clone();
+    let keygate_vault_addr = crate::modes::fill(&values.api_key.vault_url, &vault_addr, "", "");
     let keygate_config = render(
         &opts.env_dir.join("keygate/keygate.yaml.j2"),
         KeygateContext {
             grpc_addr: addr(ports.keygate_grpc).to_string(),
             http_addr: addr(ports.keygate_http).to_string(),
-            vault_addr: &vault_addr,
+            vault_addr: &keygate_vault_addr,
             kv_mount: &setup.kv_mount,
             role_id_file: &role_id_file,
             secret_id_file: &secret_id_file,
             api_files: groups.iter().map(|g| g.file.as_path()).collect(),
             positive_ttl: humantime::format_duration(POSITIVE_TTL).to_string(),
             negative_ttl: humantime::format_duration(NEGATIVE_TTL).to_string(),
+            gateway_group_file: Some(&secret_files.group),
         },
     )?;
     let keygate_config_file = run.path().join("keygate.yaml");
@@ -254,19 +269,21 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         .await?;
     let unseal_key_file = save_unseal_key(&run, &bao_stdout).await;
 
-    // 4. Vault setup, and keygate's AppRole credentials as 0600 files.
+    // 4. Vault setup, and keygate's AppRole credentials delivered into its
+    // Secret the way the mode says (external-secret: by a bao agent).
     let root = VaultClient::new(&vault_addr)?.with_token(crate::vault::Secret::new(root_token));
     setup.apply(&root).await?;
-    let role_id = root.approle_role_id(&setup.keygate_role).await?;
-    let secret_id = root.approle_new_secret_id(&setup.keygate_role).await?;
-    run.write_secret("keygate-role-id", &role_id)?;
-    run.write_secret("keygate-secret-id", secret_id.secret_id.expose())?;
-    crate::redact::register_in_run(run.path(), secret_id.secret_id.expose())?;
-    say!(
-        "vault: keygate logs in as AppRole {:?} (secret-id accessor {})",
-        setup.keygate_role,
-        secret_id.accessor
-    );
+    let delivery = crate::delivery::deliver(
+        &values,
+        &secret_files,
+        &root,
+        &run,
+        &mut supervisor,
+        &bao.path,
+        opts.publish.as_ref(),
+        &opts.env_dir,
+    )
+    .await?;
 
     // 5. The echo upstream.
     let upstream_url = format!("http://{}", addr(ports.echo));
@@ -343,6 +360,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             negative_ttl_ms: NEGATIVE_TTL.as_millis() as u64,
         },
         envoy_admin_url,
+        mode: Some(delivery.mode.clone()),
+        delivery: Some(delivery),
     };
     environment.save(&run.env_file())?;
     say!("local profile up in {}", crate::secs(started.elapsed()));
@@ -460,6 +479,7 @@ mod tests {
                 api_files: vec![Path::new("/x/a.yaml"), Path::new("/x/b.yaml")],
                 positive_ttl: "5s".into(),
                 negative_ttl: "1s".into(),
+                gateway_group_file: Some(Path::new("/run/secret/gateway-group")),
             },
         )
         .unwrap();
@@ -471,6 +491,10 @@ mod tests {
         assert_eq!(doc["apis"][1].as_str(), Some("/x/b.yaml"));
         assert_eq!(doc["listen"]["grpc"].as_str(), Some("127.0.0.1:1"));
         assert_eq!(doc["cache"]["negative_ttl"].as_str(), Some("1s"));
+        assert_eq!(
+            doc["gateway_group_file"].as_str(),
+            Some("/run/secret/gateway-group")
+        );
     }
 
     #[rstest]

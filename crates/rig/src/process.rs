@@ -100,6 +100,9 @@ pub enum Readiness {
     Http { url: String, status: u16 },
     /// A TCP connection to the address succeeds.
     Tcp(SocketAddr),
+    /// The path exists (e.g. the first file an agent renders); a symlink
+    /// counts once it exists, dangling or not.
+    Path(PathBuf),
 }
 
 impl Readiness {
@@ -118,6 +121,7 @@ impl Readiness {
                 Err(_) => url.clone(),
             },
             Readiness::Tcp(addr) => format!("a TCP connection to {addr}"),
+            Readiness::Path(path) => path.display().to_string(),
         }
     }
 
@@ -132,6 +136,10 @@ impl Readiness {
             Readiness::Tcp(addr) => match tokio::net::TcpStream::connect(addr).await {
                 Ok(_) => Ok(()),
                 Err(err) => Err(err.to_string()),
+            },
+            Readiness::Path(path) => match std::fs::symlink_metadata(path) {
+                Ok(_) => Ok(()),
+                Err(_) => Err("no such file yet".into()),
             },
         }
     }

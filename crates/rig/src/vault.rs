@@ -829,7 +829,8 @@ mod tests {
                 "api-portal-policy",
                 "gateway-policy",
                 "gateway-policy-billing-api",
-                "gateway-policy-pets"
+                "gateway-policy-pets",
+                "secret-delivery-policy"
             ]
         );
         let billing = &setup.policies[2].hcl;
@@ -847,7 +848,7 @@ mod tests {
             roles[3],
             ("gateway-pets", vec!["gateway-policy-pets".to_string()])
         );
-        assert_eq!(roles.len(), 4);
+        assert_eq!(roles.len(), 5);
         assert_eq!(setup.roles[0].token_ttl, Duration::from_secs(3600));
         assert_eq!(setup.keygate_role, "gateway");
     }
