@@ -232,6 +232,7 @@ mod tests {
         let config = CacheConfig {
             positive_ttl: Duration::from_secs(5),
             negative_ttl: Duration::from_secs(1),
+            resurrect_ttl: Duration::ZERO,
         };
         let records = RecordCache::new(source, config, metrics.clone());
         let validator = Arc::new(Validator::new(routes, records, metrics, "api-portal-keys"));

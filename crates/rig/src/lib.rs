@@ -9,6 +9,7 @@ pub mod env;
 pub mod local;
 pub mod paths;
 pub mod process;
+pub mod raft;
 pub mod run;
 pub mod scenario;
 pub mod tools;
