@@ -257,6 +257,8 @@ fn down() -> Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(err) => return Err(err).with_context(|| format!("reading {}", rig_dir.display())),
     };
+    // Runs that a test started for itself live one level down (target/rig/faults/<run>).
+    pid_files.extend(nested_pid_files(&rig_dir));
     pid_files.sort();
     if pid_files.is_empty() {
         say!(
@@ -290,6 +292,27 @@ fn down() -> Result<()> {
     Ok(())
 }
 
+/// `pids.json` of runs under `target/rig/<dir>/<run>/` (test-owned runs).
+fn nested_pid_files(rig_dir: &Path) -> Vec<PathBuf> {
+    let dirs = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    dirs(rig_dir)
+        .iter()
+        .flat_map(|d| dirs(d))
+        .map(|run| run.join("pids.json"))
+        .filter(|p| p.is_file())
+        .collect()
+}
+
 fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
     profile.require_local()?;
     stop_on_interrupt()?;
@@ -321,6 +344,9 @@ fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
         .args(filter)
         .env(rig::env::ENV_FILE_VAR, run.run.env_file())
         .env(rig::case::RUN_DIR_VAR, run.run.path())
+        // Fault tests start environments of their own with these binaries.
+        .env("KEYRIG_KEYGATE", &opts.keygate_bin)
+        .env("KEYRIG_ECHO_PROGRAM", &opts.echo.program)
         .current_dir(rig::paths::workspace_root());
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);

@@ -115,6 +115,13 @@ impl CaseGuard {
         self.outcome = Some((Status::Skipped, reason.into()));
     }
 
+    /// A message kept with a passing case (e.g. a fault test's figures:
+    /// requests, false accepts, 503s, recovery time). A later `skip` or
+    /// `fail`, or a panic, replaces it.
+    pub fn note(&mut self, message: impl Into<String>) {
+        self.outcome = Some((Status::Passed, message.into()));
+    }
+
     /// Marks the case failed without a panic, for tests that return errors.
     pub fn fail(&mut self, message: impl Into<String>) {
         self.outcome = Some((Status::Failed, message.into()));
@@ -277,10 +284,8 @@ pub fn render_table(cases: &[CaseRecord]) -> String {
     };
     line(&mut out, headers, None);
     for (row, case) in rows.iter().zip(cases) {
-        let note = case
-            .message
-            .as_deref()
-            .filter(|_| case.status != Status::Passed);
+        // A passing case shows its note too (fault figures), if it left one.
+        let note = case.message.as_deref();
         line(&mut out, [&row[0], &row[1], &row[2], &row[3]], note);
     }
     let (passed, failed, skipped) = totals(cases);

@@ -67,6 +67,9 @@ pub struct LocalOptions {
     pub keygate_token_ttl: Option<(Duration, Duration)>,
     /// keygate's `cache.resurrect_ttl`.
     pub resurrect_ttl: Duration,
+    /// keygate's `cache.positive_ttl` and `cache.negative_ttl`.
+    pub positive_ttl: Duration,
+    pub negative_ttl: Duration,
 }
 
 impl LocalOptions {
@@ -82,6 +85,8 @@ impl LocalOptions {
             vault_storage: VaultStorage::Dev,
             keygate_token_ttl: None,
             resurrect_ttl: RESURRECT_TTL,
+            positive_ttl: POSITIVE_TTL,
+            negative_ttl: NEGATIVE_TTL,
         }
     }
 }
@@ -276,8 +281,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             role_id_file: &role_id_file,
             secret_id_file: &secret_id_file,
             api_files: groups.iter().map(|g| g.file.as_path()).collect(),
-            positive_ttl: humantime::format_duration(POSITIVE_TTL).to_string(),
-            negative_ttl: humantime::format_duration(NEGATIVE_TTL).to_string(),
+            positive_ttl: humantime::format_duration(opts.positive_ttl).to_string(),
+            negative_ttl: humantime::format_duration(opts.negative_ttl).to_string(),
             resurrect_ttl: humantime::format_duration(opts.resurrect_ttl).to_string(),
         },
     )?;
@@ -431,8 +436,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         keygate_url,
         upstream_url,
         cache: CacheSettings {
-            positive_ttl_ms: POSITIVE_TTL.as_millis() as u64,
-            negative_ttl_ms: NEGATIVE_TTL.as_millis() as u64,
+            positive_ttl_ms: opts.positive_ttl.as_millis() as u64,
+            negative_ttl_ms: opts.negative_ttl.as_millis() as u64,
             resurrect_ttl_ms: opts.resurrect_ttl.as_millis() as u64,
         },
     };
