@@ -15,6 +15,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rig::process::StopOutcome;
 use rig::say;
 
+mod fuzz;
+
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
@@ -51,6 +53,15 @@ enum Cmd {
     },
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
     Test,
+    /// Run each cargo-fuzz target in fuzz/ for a while (installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Only this target (apikey_parse, keygate_config, scenario_loader, forward_auth_headers).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// The echo upstream the local profile puts behind the gateway.
     #[command(hide = true)]
     EchoUpstream {
@@ -117,6 +128,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Down => down().map(|()| ExitCode::SUCCESS),
         Cmd::E2e { profile, filter } => e2e(profile, filter.as_deref()),
         Cmd::Test => test(),
+        Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
@@ -397,12 +409,15 @@ fn test() -> Result<ExitCode> {
     )?;
     let e2e = e2e(Profile::Local, None)?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
+    // A few seconds per fuzz target: a smoke run; longer runs are in README.
+    let fuzz_ok = fuzz::run(5, None)? == ExitCode::SUCCESS;
     say!(
-        "unit and integration tests: {}; e2e: {}",
+        "unit and integration tests: {}; e2e: {}; fuzz: {}",
         if unit_ok { "passed" } else { "FAILED" },
-        if e2e_ok { "passed" } else { "FAILED" }
+        if e2e_ok { "passed" } else { "FAILED" },
+        if fuzz_ok { "passed" } else { "FAILED" }
     );
-    Ok(if unit_ok && e2e_ok {
+    Ok(if unit_ok && e2e_ok && fuzz_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
