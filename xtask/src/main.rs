@@ -32,6 +32,8 @@ pub(crate) struct E2eOptions {
     mode: rig::modes::Mode,
 }
 
+mod fuzz;
+
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
@@ -96,6 +98,15 @@ enum Cmd {
     Scenarios,
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
     Test,
+    /// Run each cargo-fuzz target in fuzz/ for a while (installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Only this target (apikey_parse, keygate_config, scenario_loader, forward_auth_headers).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// The echo upstream the local profile puts behind the gateway.
     #[command(hide = true)]
     EchoUpstream {
@@ -213,6 +224,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
+        Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
@@ -399,6 +411,8 @@ fn down() -> Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(err) => return Err(err).with_context(|| format!("reading {}", rig_dir.display())),
     };
+    // Runs that a test started for itself live one level down (target/rig/faults/<run>).
+    pid_files.extend(nested_pid_files(&rig_dir));
     pid_files.sort();
     if pid_files.is_empty() {
         say!(
@@ -430,6 +444,27 @@ fn down() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `pids.json` of runs under `target/rig/<dir>/<run>/` (test-owned runs).
+fn nested_pid_files(rig_dir: &Path) -> Vec<PathBuf> {
+    let dirs = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    dirs(rig_dir)
+        .iter()
+        .flat_map(|d| dirs(d))
+        .map(|run| run.join("pids.json"))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 fn parse_gateway(name: &str) -> Result<rig::gateway::GatewayKind> {
@@ -539,6 +574,9 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
         .args(opts.include_ignored.then_some("--include-ignored"))
         .env(rig::env::ENV_FILE_VAR, run.run.env_file())
         .env(rig::case::RUN_DIR_VAR, run.run.path())
+        // Fault tests start environments of their own with these binaries.
+        .env("KEYRIG_KEYGATE", &local.keygate_bin)
+        .env("KEYRIG_ECHO_PROGRAM", &local.echo.program)
         .current_dir(rig::paths::workspace_root());
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
@@ -693,14 +731,17 @@ fn test() -> Result<ExitCode> {
     )?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
     let selfcheck_ok = selfcheck::run()?;
+    // A few seconds per fuzz target: a smoke run; longer runs are in README.
+    let fuzz_ok = fuzz::run(5, None)? == ExitCode::SUCCESS;
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
     say!(
-        "unit and integration tests: {}; e2e: {}; harness self-check: {}",
+        "unit and integration tests: {}; e2e: {}; harness self-check: {}; fuzz: {}",
         word(unit_ok),
         word(e2e_ok),
-        word(selfcheck_ok)
+        word(selfcheck_ok),
+        word(fuzz_ok)
     );
-    Ok(if unit_ok && e2e_ok && selfcheck_ok {
+    Ok(if unit_ok && e2e_ok && selfcheck_ok && fuzz_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

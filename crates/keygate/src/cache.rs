@@ -5,6 +5,13 @@
 //! of bad keys costs one Vault read per selector. Errors are not cached: the
 //! next request tries Vault again. Only records are cached, never the
 //! presented key.
+//!
+//! Resurrection (Kong's `resurrect_ttl`): a found record is also kept as the
+//! last good answer for `positive_ttl + resurrect_ttl`. When a read fails
+//! (Vault down or sealed), that record answers instead of the error, so keys
+//! in use keep working through a short outage; once it lapses the caller
+//! gets the error (503). Only found records are resurrected, and a read that
+//! finds the record gone drops it, so a revoked key is never brought back.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -70,6 +77,8 @@ const MAX_ENTRIES: u64 = 100_000;
 pub struct RecordCache {
     source: Arc<dyn RecordSource>,
     cache: Cache<Key, Value>,
+    /// Last found record per key, for outages; `None` when resurrection is off.
+    last_good: Option<Cache<Key, KeyRecord>>,
     metrics: Arc<Metrics>,
 }
 
@@ -82,15 +91,23 @@ impl RecordCache {
                 negative: config.negative_ttl,
             })
             .build();
+        let last_good = (!config.resurrect_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(config.positive_ttl.saturating_add(config.resurrect_ttl))
+                .build()
+        });
         Self {
             source,
             cache,
+            last_good,
             metrics,
         }
     }
 
-    /// The record for `(group, selector)`, from the cache or Vault.
-    /// Concurrent callers for one key share a single Vault read.
+    /// The record for `(group, selector)`, from the cache or Vault, or,
+    /// when Vault cannot be read, the last good record within the resurrect
+    /// window. Concurrent callers for one key share a single Vault read.
     pub async fn get(&self, group: &str, selector: &Selector) -> Result<Value, Arc<VaultError>> {
         let key = (group.to_owned(), selector.clone());
         if let Some(value) = self.cache.get(&key).await {
@@ -98,6 +115,37 @@ impl RecordCache {
             return Ok(value);
         }
         self.metrics.cache_miss();
+        match self.read_through(key.clone(), group, selector).await {
+            Ok(value) => {
+                if let Some(last_good) = &self.last_good {
+                    match &value {
+                        Some(record) => last_good.insert(key, record.clone()).await,
+                        None => last_good.invalidate(&key).await,
+                    }
+                }
+                Ok(value)
+            }
+            Err(err) => match self.resurrect(&key).await {
+                Some(record) => Ok(Some(record)),
+                None => Err(err),
+            },
+        }
+    }
+
+    /// The last good record of a key whose read just failed, if still in
+    /// its window.
+    async fn resurrect(&self, key: &Key) -> Option<KeyRecord> {
+        let record = self.last_good.as_ref()?.get(key).await?;
+        self.metrics.cache_resurrected();
+        Some(record)
+    }
+
+    async fn read_through(
+        &self,
+        key: Key,
+        group: &str,
+        selector: &Selector,
+    ) -> Result<Value, Arc<VaultError>> {
         self.cache
             .try_get_with(key, async {
                 let started = Instant::now();
@@ -169,9 +217,19 @@ pub(crate) mod tests {
     }
 
     fn cache(source: Arc<FakeSource>, positive: u64, negative: u64) -> RecordCache {
+        cache_resurrecting(source, positive, negative, 0)
+    }
+
+    fn cache_resurrecting(
+        source: Arc<FakeSource>,
+        positive: u64,
+        negative: u64,
+        resurrect: u64,
+    ) -> RecordCache {
         let config = CacheConfig {
             positive_ttl: Duration::from_millis(positive),
             negative_ttl: Duration::from_millis(negative),
+            resurrect_ttl: Duration::from_millis(resurrect),
         };
         RecordCache::new(source, config, Arc::new(Metrics::new()))
     }
@@ -230,5 +288,48 @@ pub(crate) mod tests {
             assert_eq!(result.unwrap(), Ok(None));
         }
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn found_records_are_resurrected_during_an_outage_then_lapse() {
+        let source = Arc::new(FakeSource::default());
+        let (known, unknown) = (ApiKey::generate(), ApiKey::generate());
+        source.put("g", &known, KeyRecord::for_key(&known, "o"));
+        let cache = cache_resurrecting(source.clone(), 50, 50, 300);
+        assert!(cache.get("g", &known.selector()).await.unwrap().is_some());
+        assert!(cache.get("g", &unknown.selector()).await.unwrap().is_none());
+
+        source.down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Past the positive TTL, within the resurrect window: still served.
+        assert!(cache.get("g", &known.selector()).await.unwrap().is_some());
+        // An absence is never resurrected: the caller learns of the outage.
+        assert!(cache.get("g", &unknown.selector()).await.is_err());
+        assert!(
+            cache
+                .metrics
+                .encode()
+                .contains("keygate_cache_resurrected_total 1")
+        );
+
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(cache.get("g", &known.selector()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_record_found_gone_is_not_resurrected() {
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let cache = cache_resurrecting(source.clone(), 30, 30, 60_000);
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+
+        // Revoked, seen as gone, then Vault goes down.
+        source.records.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
+        source.down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.get("g", &key.selector()).await.is_err());
     }
 }

@@ -15,6 +15,10 @@ pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// How long a found record keeps being served after its positive TTL while
+/// Vault cannot be read (outage, seal): long enough to ride out a Vault
+/// restart, short enough that a revocation made meanwhile lands soon after.
+pub const DEFAULT_RESURRECT_TTL: Duration = Duration::from_secs(30);
 
 /// A problem with the config file or a file it points to. Displays as
 /// `<file>: <sentence>`, the sentence naming the field and what to do.
@@ -87,6 +91,9 @@ pub struct ApiFile {
 pub struct CacheConfig {
     pub positive_ttl: Duration,
     pub negative_ttl: Duration,
+    /// After `positive_ttl`, a found record is still served for this long if
+    /// Vault cannot be read; 0 turns resurrection off (503 at once).
+    pub resurrect_ttl: Duration,
 }
 
 /// A file holding a secret (token, role-id, secret-id). Only the path lives
@@ -208,6 +215,8 @@ struct RawCache {
     positive_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     negative_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    resurrect_ttl: Option<Duration>,
 }
 
 impl Config {
@@ -330,6 +339,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     let cache = CacheConfig {
         positive_ttl: raw.cache.positive_ttl.unwrap_or(DEFAULT_POSITIVE_TTL),
         negative_ttl: raw.cache.negative_ttl.unwrap_or(DEFAULT_NEGATIVE_TTL),
+        resurrect_ttl: raw.cache.resurrect_ttl.unwrap_or(DEFAULT_RESURRECT_TTL),
     };
 
     let gateway_group_file = match raw.gateway_group_file {
@@ -510,7 +520,8 @@ apis:
             config.cache,
             CacheConfig {
                 positive_ttl: DEFAULT_POSITIVE_TTL,
-                negative_ttl: DEFAULT_NEGATIVE_TTL
+                negative_ttl: DEFAULT_NEGATIVE_TTL,
+                resurrect_ttl: DEFAULT_RESURRECT_TTL,
             }
         );
         assert_eq!(
@@ -539,12 +550,13 @@ apis:
         let text = VALID.replace(
             "  auth:\n",
             "  kv_mount: /keys/\n  timeout: 750ms\n  auth:\n",
-        ) + "cache:\n  positive_ttl: 1m\n  negative_ttl: 0s\n";
+        ) + "cache:\n  positive_ttl: 1m\n  negative_ttl: 0s\n  resurrect_ttl: 0s\n";
         let config = parse(&text).unwrap();
         assert_eq!(config.vault.kv_mount, "keys");
         assert_eq!(config.vault.timeout, Duration::from_millis(750));
         assert_eq!(config.cache.positive_ttl, Duration::from_secs(60));
         assert_eq!(config.cache.negative_ttl, Duration::ZERO);
+        assert_eq!(config.cache.resurrect_ttl, Duration::ZERO);
     }
 
     #[rstest]

@@ -285,6 +285,7 @@ mod tests {
         let config = CacheConfig {
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(60),
+            resurrect_ttl: Duration::ZERO,
         };
         let metrics = Arc::new(Metrics::new());
         let records = RecordCache::new(source.clone(), config, metrics.clone());

@@ -158,6 +158,12 @@ fn original_uri(headers: &HeaderMap, uri: &Uri) -> String {
     }
 }
 
+/// What a forward-auth request asks: the original path to validate and
+/// the key it presents (public for the fuzz target in `fuzz/`).
+pub fn forward_auth_request<'h>(headers: &'h HeaderMap, uri: &Uri) -> (String, Presented<'h>) {
+    (original_uri(headers, uri), api_key(headers))
+}
+
 fn api_key(headers: &HeaderMap) -> Presented<'_> {
     let mut values = headers.get_all(API_KEY_HEADER).iter();
     match (values.next(), values.next()) {
@@ -266,6 +272,7 @@ mod tests {
         let config = CacheConfig {
             positive_ttl: Duration::from_secs(5),
             negative_ttl: Duration::from_secs(1),
+            resurrect_ttl: Duration::ZERO,
         };
         let records = RecordCache::new(source, config, metrics.clone());
         let validator = Arc::new(Validator::new(routes, records, metrics, "api-portal-keys"));

@@ -46,6 +46,7 @@ pub struct Metrics {
     vault_reads: Family<ReadLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
+    cache_resurrected: Counter,
 }
 
 impl Default for Metrics {
@@ -64,6 +65,7 @@ impl Metrics {
         let vault_reads = Family::<ReadLabels, Counter>::default();
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
+        let cache_resurrected = Counter::default();
         // Counters get `_total` appended by the encoder.
         registry.register(
             "keygate_decisions",
@@ -90,6 +92,11 @@ impl Metrics {
             "Record lookups that went to Vault",
             cache_misses.clone(),
         );
+        registry.register(
+            "keygate_cache_resurrected",
+            "Record lookups answered with the last good record because Vault could not be read",
+            cache_resurrected.clone(),
+        );
 
         // Every series exists from the start, so a rate() over a fresh
         // process sees 0 rather than nothing.
@@ -114,6 +121,7 @@ impl Metrics {
             vault_reads,
             cache_hits,
             cache_misses,
+            cache_resurrected,
         }
     }
 
@@ -142,6 +150,10 @@ impl Metrics {
 
     pub fn cache_miss(&self) {
         self.cache_misses.inc();
+    }
+
+    pub fn cache_resurrected(&self) {
+        self.cache_resurrected.inc();
     }
 
     /// The OpenMetrics text exposition, which Prometheus scrapes natively.

@@ -342,10 +342,8 @@ pub fn render_table(cases: &[CaseRecord]) -> String {
     };
     line(&mut out, headers, None);
     for (row, case) in rows.iter().zip(cases) {
-        let note = case
-            .message
-            .as_deref()
-            .filter(|_| case.status != Status::Passed);
+        // A passing case shows its note too (fault figures), if it left one.
+        let note = case.message.as_deref();
         line(&mut out, [&row[0], &row[1], &row[2], &row[3]], note);
     }
     let (passed, failed, skipped) = totals(cases);

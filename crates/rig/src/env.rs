@@ -99,6 +99,10 @@ pub struct ExternalDelivery {
 pub struct CacheSettings {
     pub positive_ttl_ms: u64,
     pub negative_ttl_ms: u64,
+    /// keygate's `cache.resurrect_ttl`: how long a found record keeps being
+    /// served after `positive_ttl` while Vault cannot be read (0: older env.json).
+    #[serde(default)]
+    pub resurrect_ttl_ms: u64,
 }
 
 impl Environment {

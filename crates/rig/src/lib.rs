@@ -16,6 +16,7 @@ pub mod modes;
 pub mod paths;
 pub mod process;
 pub mod progress;
+pub mod raft;
 pub mod redact;
 pub mod report;
 pub mod rotation;

@@ -23,6 +23,19 @@ use crate::vault::{VaultClient, VaultSetup};
 /// rotation wait seconds, and long enough that caching is observable.
 const POSITIVE_TTL: Duration = Duration::from_secs(5);
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// keygate's default (`cache.resurrect_ttl`), unless a test asks otherwise.
+const RESURRECT_TTL: Duration = Duration::from_secs(30);
+
+/// How OpenBao keeps its data on this profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaultStorage {
+    /// `bao server -dev`: in memory, unsealed, gone when it stops.
+    #[default]
+    Dev,
+    /// A raft data directory in the run, initialized and unsealed by rig
+    /// (see [`crate::raft`]): survives restarts, can be sealed and unsealed.
+    Raft,
+}
 
 /// How to run the echo upstream: rig is a library, so the binary that hosts
 /// `rig::echo::serve` (xtask's hidden `echo-upstream`) is supplied by the
@@ -52,6 +65,19 @@ pub struct LocalOptions {
     pub mode: crate::modes::Mode,
     /// The hook `bao agent` runs to publish a render (external-secret mode).
     pub publish: Option<crate::delivery::PublishCommand>,
+    /// Where the run directory is created (default `target/rig`). A test
+    /// that owns its environment uses its own, so `target/rig/latest` keeps
+    /// pointing at the shared run.
+    pub runs_dir: PathBuf,
+    pub vault_storage: VaultStorage,
+    /// Replaces the keygate AppRole's `token_ttl` and `token_max_ttl` from
+    /// `setup.yaml` (token-expiry tests use seconds).
+    pub keygate_token_ttl: Option<(Duration, Duration)>,
+    /// keygate's `cache.resurrect_ttl`.
+    pub resurrect_ttl: Duration,
+    /// keygate's `cache.positive_ttl` and `cache.negative_ttl`.
+    pub positive_ttl: Duration,
+    pub negative_ttl: Duration,
 }
 
 impl LocalOptions {
@@ -66,6 +92,12 @@ impl LocalOptions {
             gateways: Vec::new(),
             mode: crate::modes::Mode::Inline,
             publish: None,
+            runs_dir: crate::paths::rig_dir(),
+            vault_storage: VaultStorage::Dev,
+            keygate_token_ttl: None,
+            resurrect_ttl: RESURRECT_TTL,
+            positive_ttl: POSITIVE_TTL,
+            negative_ttl: NEGATIVE_TTL,
         }
     }
 }
@@ -164,6 +196,7 @@ struct KeygateContext<'a> {
     /// The group key of the delivered Secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     gateway_group_file: Option<&'a Path>,
+    resurrect_ttl: String,
 }
 
 /// Starts the local profile. On error, whatever was started is stopped
@@ -192,9 +225,19 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     }
     let groups = crate::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
-    let setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
+    let mut setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
     let values = crate::modes::ModeValues::load_mode(&opts.scenarios_dir, opts.mode)?;
     crate::delivery::check_against_setup(&values, &setup)?;
+    if let Some((ttl, max_ttl)) = opts.keygate_token_ttl {
+        for role in setup
+            .roles
+            .iter_mut()
+            .filter(|r| r.name == values.api_key.role)
+        {
+            role.token_ttl = ttl;
+            role.token_max_ttl = max_ttl;
+        }
+    }
     say!(
         "local profile: bao {} ({}), gateways {}, {} API groups: {}",
         bao.version,
@@ -212,7 +255,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     }
 
     // 2. Run directory and ports; configs rendered before starting anything.
-    let run = RunDir::create()?;
+    let run = RunDir::create_in(&opts.runs_dir)?;
     say!("run {}: {}", run.id(), run.path().display());
     let ports = Ports::pick(gateways.len())?;
     let vault_addr = format!("http://{}", addr(ports.vault));
@@ -231,8 +274,9 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             role_id_file: &role_id_file,
             secret_id_file: &secret_id_file,
             api_files: groups.iter().map(|g| g.file.as_path()).collect(),
-            positive_ttl: humantime::format_duration(POSITIVE_TTL).to_string(),
-            negative_ttl: humantime::format_duration(NEGATIVE_TTL).to_string(),
+            positive_ttl: humantime::format_duration(opts.positive_ttl).to_string(),
+            negative_ttl: humantime::format_duration(opts.negative_ttl).to_string(),
+            resurrect_ttl: humantime::format_duration(opts.resurrect_ttl).to_string(),
             gateway_group_file: Some(&secret_files.group),
         },
     )?;
@@ -243,35 +287,76 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     // 3. Vault. The root token reaches bao through its environment, never
     // argv; dev mode prints it (and the unseal key) on stdout, so stdout goes
     // to a 0600 file under secrets/ and only stderr (the log) to logs/.
-    let root_token = apikey::ApiKey::generate().expose().to_owned();
-    let root_token_file = run.write_secret("root-token", &root_token)?;
-    crate::redact::register_in_run(run.path(), &root_token)?;
-    let bao_stdout = run.secrets_dir().join("bao-stdout");
     // A file audit device from the start (diagnostics of a failed case
     // include its entries); OpenBao only takes it from a config file.
-    let bao_config = run.path().join("bao.hcl");
-    std::fs::write(
-        &bao_config,
-        crate::audit::file_audit_config(&run.logs_dir().join(crate::audit::AUDIT_LOG)),
-    )
-    .context("writing bao's config")?;
-    supervisor
-        .start(
-            Component::new("bao", &bao.path)
-                .args(["server", "-dev", "-dev-no-store-token"])
-                .arg(format!("-dev-listen-address={}", addr(ports.vault)))
-                .arg(format!("-config={}", bao_config.display()))
-                .env("BAO_DEV_ROOT_TOKEN_ID", &root_token)
-                .stdout_file(&bao_stdout)
-                .current_dir(run.path()),
-            Readiness::http(format!("{vault_addr}/v1/sys/health"), 200),
-        )
-        .await?;
-    let unseal_key_file = save_unseal_key(&run, &bao_stdout).await;
+    let audit_config =
+        crate::audit::file_audit_config(&run.logs_dir().join(crate::audit::AUDIT_LOG));
+    let (root_token, root_token_file, unseal_key_file) = match opts.vault_storage {
+        VaultStorage::Dev => {
+            let bao_config = run.path().join("bao.hcl");
+            std::fs::write(&bao_config, &audit_config).context("writing bao's config")?;
+            let root_token = apikey::ApiKey::generate().expose().to_owned();
+            let root_token_file = run.write_secret("root-token", &root_token)?;
+            crate::redact::register_in_run(run.path(), &root_token)?;
+            let bao_stdout = run.secrets_dir().join("bao-stdout");
+            supervisor
+                .start(
+                    Component::new("bao", &bao.path)
+                        .args(["server", "-dev", "-dev-no-store-token"])
+                        .arg(format!("-dev-listen-address={}", addr(ports.vault)))
+                        .arg(format!("-config={}", bao_config.display()))
+                        .env("BAO_DEV_ROOT_TOKEN_ID", &root_token)
+                        .stdout_file(&bao_stdout)
+                        .current_dir(run.path()),
+                    Readiness::http(format!("{vault_addr}/v1/sys/health"), 200),
+                )
+                .await?;
+            let unseal_key_file = save_unseal_key(&run, &bao_stdout).await;
+            (
+                crate::vault::Secret::new(root_token),
+                root_token_file,
+                unseal_key_file,
+            )
+        }
+        VaultStorage::Raft => {
+            let data_dir = run.path().join("bao-data");
+            std::fs::create_dir_all(&data_dir).context("creating bao's raft data directory")?;
+            let config_file = run.path().join("bao.hcl");
+            std::fs::write(
+                &config_file,
+                format!(
+                    "{}\n{audit_config}",
+                    crate::raft::server_config(ports.vault, &data_dir)
+                ),
+            )
+            .context("writing bao's server config")?;
+            // Up (any seal state) once sys/seal-status answers.
+            supervisor
+                .start(
+                    Component::new("bao", &bao.path)
+                        .args(["server", "-config"])
+                        .arg(&config_file)
+                        .current_dir(run.path()),
+                    Readiness::http(format!("{vault_addr}/v1/sys/seal-status"), 200),
+                )
+                .await?;
+            let client = VaultClient::new(&vault_addr)?;
+            let secrets = crate::raft::init(&client, &run).await?;
+            crate::raft::unseal(&client, &secrets.unseal_key_file).await?;
+            say!(
+                "bao: raft storage initialized and unsealed (root token and unseal key in secrets/)"
+            );
+            (
+                secrets.root_token,
+                secrets.root_token_file,
+                Some(secrets.unseal_key_file),
+            )
+        }
+    };
 
     // 4. Vault setup, and keygate's AppRole credentials delivered into its
     // Secret the way the mode says (external-secret: by a bao agent).
-    let root = VaultClient::new(&vault_addr)?.with_token(crate::vault::Secret::new(root_token));
+    let root = VaultClient::new(&vault_addr)?.with_token(root_token);
     setup.apply(&root).await?;
     let delivery = crate::delivery::deliver(
         &values,
@@ -356,8 +441,9 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         keygate_url,
         upstream_url,
         cache: CacheSettings {
-            positive_ttl_ms: POSITIVE_TTL.as_millis() as u64,
-            negative_ttl_ms: NEGATIVE_TTL.as_millis() as u64,
+            positive_ttl_ms: opts.positive_ttl.as_millis() as u64,
+            negative_ttl_ms: opts.negative_ttl.as_millis() as u64,
+            resurrect_ttl_ms: opts.resurrect_ttl.as_millis() as u64,
         },
         envoy_admin_url,
         mode: Some(delivery.mode.clone()),
@@ -480,6 +566,7 @@ mod tests {
                 positive_ttl: "5s".into(),
                 negative_ttl: "1s".into(),
                 gateway_group_file: Some(Path::new("/run/secret/gateway-group")),
+                resurrect_ttl: "30s".into(),
             },
         )
         .unwrap();

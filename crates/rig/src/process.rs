@@ -201,6 +201,17 @@ struct Running {
     record: PidRecord,
     child: Child,
     log: PathBuf,
+    /// How it was started, so [`Supervisor::restart`] can start it again.
+    spec: Option<(Component, Readiness)>,
+}
+
+/// How [`Supervisor::stop`] ends one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`]: a clean shutdown.
+    Graceful,
+    /// SIGKILL at once: a crash, as fault tests want it.
+    Kill,
 }
 
 /// Owns the started components of one run; stops them when dropped unless
@@ -209,6 +220,8 @@ pub struct Supervisor {
     logs_dir: PathBuf,
     pids_file: PathBuf,
     running: Vec<Running>,
+    /// Components stopped by name, kept for `restart`.
+    stopped: BTreeMap<String, (Component, Readiness)>,
     ready_timeout: Duration,
     http: reqwest::Client,
 }
@@ -219,6 +232,7 @@ impl Supervisor {
             logs_dir: run.logs_dir(),
             pids_file: run.pids_file(),
             running: Vec::new(),
+            stopped: BTreeMap::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(1))
@@ -242,8 +256,10 @@ impl Supervisor {
     /// first, or the deadline passes, the error carries the end of its log.
     /// A component that failed to get ready is still stopped by `stop_all`.
     pub async fn start(&mut self, component: Component, ready: Readiness) -> Result<i32> {
+        let spec = (component.clone(), ready.clone());
         let pid = self.spawn(component)?;
         let running = self.running.last_mut().expect("just started");
+        running.spec = Some(spec);
         let name = running.record.name.clone();
         let started = Instant::now();
         let what = ready.what();
@@ -355,6 +371,7 @@ impl Supervisor {
             record: PidRecord { name, pid, program },
             child,
             log: log_path,
+            spec: None,
         });
         self.write_pids_file()?;
         Ok(pid)
@@ -454,6 +471,60 @@ impl Supervisor {
                 STOP_GRACE.as_secs()
             );
         }
+    }
+}
+
+impl Supervisor {
+    /// Stops one component by name (for fault tests: a crash with
+    /// [`StopMode::Kill`], a shutdown with `Graceful`), reaps it, and keeps
+    /// how it was started for [`Supervisor::restart`].
+    pub fn stop(&mut self, name: &str, mode: StopMode) -> Result<()> {
+        let index = self
+            .running
+            .iter()
+            .position(|r| r.record.name == name)
+            .with_context(|| format!("no running component named {name:?} to stop"))?;
+        let mut component = self.running.remove(index);
+        let pid = Pid::from_raw(component.record.pid);
+        registry().remove(&component.record.pid);
+        let first = match mode {
+            StopMode::Graceful => Signal::SIGTERM,
+            StopMode::Kill => Signal::SIGKILL,
+        };
+        let _ = killpg(pid, first);
+        let deadline = Instant::now() + STOP_GRACE;
+        while matches!(component.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // Whatever is left of the group (a stubborn leader, forked helpers).
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = component.child.wait();
+        say!("{name}: stopped ({mode:?}, pid {})", component.record.pid);
+        if let Some(spec) = component.spec.take() {
+            self.stopped.insert(name.to_owned(), spec);
+        }
+        self.write_pids_file()
+    }
+
+    /// Starts again a component stopped by [`Supervisor::stop`] (or stops a
+    /// running one gracefully first), with the same command and readiness
+    /// probe; its log continues in the same file.
+    pub async fn restart(&mut self, name: &str) -> Result<i32> {
+        if self.running.iter().any(|r| r.record.name == name) {
+            self.stop(name, StopMode::Graceful)?;
+        }
+        let (component, ready) = self.stopped.remove(name).with_context(|| {
+            format!("{name:?} was not started by this supervisor, so it cannot be restarted")
+        })?;
+        self.start(component, ready).await
+    }
+
+    /// The pid of a running component.
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        self.running
+            .iter()
+            .find(|r| r.record.name == name)
+            .map(|r| r.record.pid)
     }
 }
 

@@ -584,6 +584,8 @@ pub struct Policy {
     pub name: String,
     /// The rendered HCL.
     pub hcl: String,
+    /// The template it came from, so Vault's rejection names the file to fix.
+    pub file: PathBuf,
 }
 
 /// An AppRole role ready to write.
@@ -663,12 +665,14 @@ impl VaultSetup {
                     policies.push(Policy {
                         name: entry.name.replace(GROUP, group),
                         hcl: render(Some(group))?,
+                        file: path.clone(),
                     });
                 }
             } else {
                 policies.push(Policy {
                     name: entry.name.clone(),
                     hcl: render(None)?,
+                    file: path.clone(),
                 });
             }
         }
@@ -784,7 +788,14 @@ impl VaultSetup {
         for policy in &self.policies {
             root.put_policy(&policy.name, &policy.hcl)
                 .await
-                .with_context(|| format!("writing policy {}", policy.name))?;
+                .with_context(|| {
+                    format!(
+                        "Vault rejected policy {:?} from {} (policies[].file in {}): fix the HCL in that file",
+                        policy.name,
+                        policy.file.display(),
+                        self.file.display()
+                    )
+                })?;
         }
         for role in &self.roles {
             root.approle_write_role(

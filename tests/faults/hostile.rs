@@ -1,0 +1,267 @@
+//! Hostile requests, written byte by byte (an HTTP client would normalize
+//! paths and refuse odd header bytes). The invariant: a request is refused,
+//! or it reaches the upstream under the group that owns the path the
+//! upstream saw, with a key of that group; and none of them costs a Vault
+//! read (keygate's `keygate_vault_reads_total` does not move).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::support::{Owned, Reply};
+
+/// One raw GET; header values are bytes, so NUL and non-UTF-8 go through.
+async fn raw_get(env: &Owned, path: &str, headers: &[(&str, Vec<u8>)]) -> Result<Reply> {
+    let host = env
+        .env()
+        .gateway_url
+        .trim_start_matches("http://")
+        .to_owned();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n").into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(name.as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    let response = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let mut stream = std::net::TcpStream::connect(&host)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(&request)?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        Ok(response)
+    })
+    .await??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in {:?}", head.lines().next()))?;
+    let reason = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("x-keyrig-reason")
+            .then(|| value.trim().to_owned())
+    });
+    // The echo upstream answers one JSON object; take it whole even if the
+    // body came chunked.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(start), Some(end)) if start < end => {
+            serde_json::from_str(&body[start..=end]).unwrap_or(Value::Null)
+        }
+        _ => Value::Null,
+    };
+    Ok(Reply {
+        status,
+        reason,
+        body,
+    })
+}
+
+/// `/a/./b/../c` with `%xx` decoded and `//` merged -> `/a/c`.
+fn normalize(path: &str) -> String {
+    let mut decoded = Vec::new();
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(byte) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
+            {
+                decoded.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let decoded = String::from_utf8_lossy(&decoded).into_owned();
+    let mut out: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Checks the invariant for one reply and says what happened.
+fn judge(env: &Owned, what: &str, key_group: &str, reply: &Reply) -> Result<String> {
+    if !reply.allowed() {
+        ensure!(
+            matches!(reply.status, 400 | 401 | 403 | 404 | 431),
+            "{what}: expected a refusal (400/401/403/404/431) or a correct pass, got {}",
+            reply.short()
+        );
+        return Ok(reply.short());
+    }
+    let granted = reply
+        .upstream_header("x-keyrig-group")
+        .with_context(|| format!("{what}: passed without x-keyrig-group"))?;
+    ensure!(
+        granted == key_group,
+        "{what}: a key of {key_group} passed as group {granted}"
+    );
+    let seen = reply.body["path"]
+        .as_str()
+        .with_context(|| format!("{what}: the upstream echo has no path"))?;
+    let prefix = env.env().route(granted)?;
+    ensure!(
+        normalize(seen).starts_with(prefix),
+        "{what}: passed as {granted} but the upstream got {seen:?}, which is not under {prefix}"
+    );
+    Ok(format!("200 as {granted}"))
+}
+
+pub async fn run(env: &Owned) -> Result<String> {
+    let (a, b) = env.groups();
+    let (path_a, path_b) = (env.api_path(&a), env.api_path(&b));
+    let (prefix_a, prefix_b) = (
+        env.env().route(&a)?.to_owned(),
+        env.env().route(&b)?.to_owned(),
+    );
+    let key_a = env.issue_key(&a).await?;
+    let key_b = env.issue_key(&b).await?;
+
+    // Warm every (group, selector) pair: right group, and the wrong-group
+    // lookup that reads the other group's record.
+    for (key, path, want) in [
+        (&key_a, &path_a, 200),
+        (&key_a, &path_b, 403),
+        (&key_b, &path_b, 200),
+        (&key_b, &path_a, 403),
+    ] {
+        let reply = env.get(path, Some(key.expose())).await;
+        ensure!(
+            reply.status == want,
+            "warming up {path}: expected {want}, got {}",
+            reply.short()
+        );
+    }
+    let reads_before = env.vault_reads().await?;
+
+    let ka = key_a.expose().as_bytes().to_vec();
+    let kb = key_b.expose().as_bytes().to_vec();
+    let with = |mut v: Vec<u8>, at: usize, insert: &[u8]| {
+        v.splice(at..at, insert.iter().copied());
+        v
+    };
+    let header = |v: Vec<u8>| vec![("x-api-key", v)];
+    let mut results = Vec::new();
+    let mut sent = 0;
+
+    // Header tricks on group A's path.
+    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+        ("8 KiB x-api-key", header(vec![b'a'; 8192])),
+        (
+            "two x-api-key headers, same key",
+            vec![("x-api-key", ka.clone()), ("X-Api-Key", ka.clone())],
+        ),
+        (
+            "two x-api-key headers, keys of A and B",
+            vec![("x-api-key", ka.clone()), ("x-api-key", kb.clone())],
+        ),
+        (
+            "non-ASCII in the key",
+            header(with(ka[..62].to_vec(), 62, "é".as_bytes())),
+        ),
+        ("NUL byte in the key", header(with(ka.clone(), 32, b"\0"))),
+        ("space inside the key", header(with(ka.clone(), 32, b" "))),
+        ("key of B on A", header(kb.clone())),
+    ];
+    for (what, headers) in cases {
+        let reply = raw_get(env, &path_a, &headers).await?;
+        sent += 1;
+        ensure!(!reply.allowed(), "{what}: passed ({})", reply.short());
+        results.push(format!("{what}: {}", judge(env, what, &a, &reply)?));
+    }
+    // Spaces and tabs around a value are not part of it (RFC 9110 OWS): the
+    // padded key is the key itself, served from the cache.
+    let padded = raw_get(
+        env,
+        &path_a,
+        &header([b" \t".as_slice(), &ka, b"\t "].concat()),
+    )
+    .await?;
+    sent += 1;
+    ensure!(
+        padded.status == 200,
+        "a valid key padded with spaces and tabs (which HTTP strips) got {}",
+        padded.short()
+    );
+    results.push(format!("padded: {}", judge(env, "padded", &a, &padded)?));
+
+    // Path tricks, with each key.
+    let a_rest = path_a.trim_start_matches(&prefix_a).to_owned();
+    let b_rest = path_b.trim_start_matches(&prefix_b).to_owned();
+    let tricks = [
+        format!("{prefix_b}..{prefix_a}{a_rest}"),
+        format!("{prefix_a}..{prefix_b}{b_rest}"),
+        format!("{prefix_b}%2e%2e{prefix_a}{a_rest}"),
+        format!(
+            "{prefix_b}%2E%2E%2F{}{a_rest}",
+            prefix_a.trim_start_matches('/')
+        ),
+        format!("{}{b_rest}", percent_first_letter(&prefix_b)),
+        format!("/{prefix_b}{b_rest}"),
+        format!("{prefix_b}/{b_rest}"),
+        format!("{path_a}/../..{prefix_b}{b_rest}"),
+        format!("{prefix_a}.%2F..%2F..{prefix_b}{b_rest}"),
+    ];
+    for path in &tricks {
+        for (key, group) in [(&ka, &a), (&kb, &b)] {
+            let what = format!("{path} with a key of {group}");
+            let reply = raw_get(env, path, &header(key.clone())).await?;
+            sent += 1;
+            results.push(format!("{what}: {}", judge(env, &what, group, &reply)?));
+        }
+    }
+
+    let reads_after = env.vault_reads().await?;
+    if reads_after != reads_before {
+        bail!(
+            "hostile requests caused {} Vault reads (keygate_vault_reads_total {reads_before} -> {reads_after}); outcomes: {}",
+            reads_after - reads_before,
+            results.join("; ")
+        );
+    }
+    eprintln!("hostile requests:\n  {}", results.join("\n  "));
+    Ok(format!(
+        "requests {sent}, false accepts 0, Vault reads 0, 503s 0, recovery n/a"
+    ))
+}
+
+/// `/billing/` -> `/%62illing/`.
+fn percent_first_letter(prefix: &str) -> String {
+    let mut chars = prefix.chars();
+    let slash = chars.next().unwrap_or('/');
+    match chars.next() {
+        Some(first) => format!("{slash}%{:02X}{}", first as u32, chars.as_str()),
+        None => prefix.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_dots_percent_and_slashes() {
+        assert_eq!(
+            normalize("/billing/../animal-rescue/animals"),
+            "/animal-rescue/animals"
+        );
+        assert_eq!(normalize("//billing//invoices"), "/billing/invoices");
+        assert_eq!(normalize("/%62illing/%2e%2e/x"), "/x");
+        assert_eq!(percent_first_letter("/billing/"), "/%62illing/");
+    }
+}

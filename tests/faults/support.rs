@@ -1,0 +1,290 @@
+//! What the fault tests share. Each fault test owns a local environment,
+//! started here through rig, so the `Supervisor` that started the processes
+//! lives in the test process and stops them when the test ends or panics.
+//! Assertions still go through public endpoints only: the gateway, the Vault
+//! HTTP API and keygate's /readyz and /metrics.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use apikey::{ApiKey, KeyRecord};
+use rig::env::Environment;
+use rig::local::{EchoCommand, LocalOptions, LocalRun};
+use rig::vault::VaultClient;
+use serde_json::Value;
+
+pub const GROUP: &str = "faults";
+
+/// Where fault tests put their runs, so `target/rig/latest` stays the shared
+/// run; `cargo xtask down` looks here too.
+pub fn runs_dir() -> PathBuf {
+    rig::paths::rig_dir().join("faults")
+}
+
+/// The binaries an owned environment needs, or why they are missing (the
+/// test then skips by name with that reason). `cargo xtask e2e` builds them
+/// and passes their paths.
+pub fn local_options() -> Result<LocalOptions, String> {
+    let from_env = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| rig::paths::target_dir().join(default))
+    };
+    let keygate = from_env("KEYRIG_KEYGATE", "debug/keygate");
+    let echo = from_env("KEYRIG_ECHO_PROGRAM", "debug/xtask");
+    for (what, path) in [("keygate", &keygate), ("the echo upstream (xtask)", &echo)] {
+        if !path.is_file() {
+            return Err(format!(
+                "no {what} binary at {}: run the fault tests through `cargo xtask e2e`, which builds it",
+                path.display()
+            ));
+        }
+    }
+    let mut opts = LocalOptions::new(
+        keygate,
+        EchoCommand {
+            program: echo,
+            args: vec!["echo-upstream".into()],
+        },
+    );
+    opts.runs_dir = runs_dir();
+    // Other helpers' e2e runs share the machine's two cores.
+    opts.ready_timeout = Duration::from_secs(90);
+    Ok(opts)
+}
+
+/// A running environment this test owns, and clients for it.
+pub struct Owned {
+    pub run: LocalRun,
+    pub http: reqwest::Client,
+    pub root: VaultClient,
+}
+
+impl Owned {
+    pub async fn start(opts: &LocalOptions) -> Result<Self> {
+        let run = rig::local::up(opts).await?;
+        let root = VaultClient::root(&run.environment)?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self { run, http, root })
+    }
+
+    pub fn env(&self) -> &Environment {
+        &self.run.environment
+    }
+
+    /// The first two API groups (sorted), for "group A" and "group B".
+    pub fn groups(&self) -> (String, String) {
+        let mut names = self.env().groups.keys().cloned();
+        let a = names.next().expect("the scenario has API groups");
+        let b = names.next().expect("the scenario has two API groups");
+        (a, b)
+    }
+
+    /// A path the group's OpenAPI document declares.
+    pub fn api_path(&self, group: &str) -> String {
+        let prefix = self.env().route(group).expect("group from env.json");
+        match group {
+            "animal-rescue-api" => format!("{prefix}animals"),
+            "billing-api" => format!("{prefix}invoices"),
+            other => panic!("no known path for group {other}: add one to api_path()"),
+        }
+    }
+
+    /// Writes a fresh key's record to Vault (root token, through the API).
+    pub async fn issue_key(&self, group: &str) -> Result<ApiKey> {
+        let key = ApiKey::generate();
+        let record = serde_json::to_value(KeyRecord::for_key(&key, "fault-owner"))?;
+        self.root
+            .kv2_put(
+                &self.env().kv_mount,
+                &format!("{group}/{}", key.selector().as_str()),
+                &record,
+            )
+            .await?;
+        Ok(key)
+    }
+
+    /// Whether the key's record is in Vault.
+    pub async fn record_exists(&self, group: &str, key: &ApiKey) -> Result<bool> {
+        Ok(self
+            .root
+            .kv2_get(
+                &self.env().kv_mount,
+                &format!("{group}/{}", key.selector().as_str()),
+            )
+            .await?
+            .is_some())
+    }
+
+    /// GET at the gateway with `x-api-key`; a transport error is status 0.
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        gateway_get(&self.http, &self.env().gateway_url, path, key).await
+    }
+
+    /// `keygate_vault_reads_total`, summed over results.
+    pub async fn vault_reads(&self) -> Result<u64> {
+        self.metric_sum("keygate_vault_reads_total").await
+    }
+
+    /// The sum of a metric's series on keygate's /metrics.
+    pub async fn metric_sum(&self, name: &str) -> Result<u64> {
+        let url = format!("{}/metrics", self.env().keygate_url);
+        let text = self.http.get(&url).send().await?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
+    /// keygate's Vault token accessor, from /readyz (None while not ready).
+    pub async fn keygate_accessor(&self) -> Option<String> {
+        let url = format!("{}/readyz", self.env().keygate_url);
+        let body: Value = self.http.get(&url).send().await.ok()?.json().await.ok()?;
+        body.get("vault_token_accessor")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    /// A root client that reads the token again (raft init wrote it).
+    pub fn vault_without_token(&self) -> Result<VaultClient> {
+        VaultClient::new(&self.env().vault_addr)
+    }
+
+    pub fn unseal_key_file(&self) -> Result<PathBuf> {
+        self.env()
+            .unseal_key_file
+            .clone()
+            .context("this environment has no unseal key file")
+    }
+}
+
+/// What a client saw.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// 0 when the gateway did not answer at all.
+    pub status: u16,
+    pub reason: Option<String>,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn allowed(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn upstream_header(&self, name: &str) -> Option<&str> {
+        self.body["headers"][name].as_str()
+    }
+
+    pub fn short(&self) -> String {
+        format!("{} {}", self.status, self.reason.as_deref().unwrap_or("-"))
+    }
+}
+
+/// A fault's figures for the case message: what the report lists per fault.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub requests: u64,
+    pub false_accepts: u64,
+    pub unavailable: u64,
+    pub recovery: Option<Duration>,
+}
+
+impl Tally {
+    pub fn count(&mut self, reply: &Reply, must_not_pass: bool) {
+        self.requests += 1;
+        if reply.status == 503 {
+            self.unavailable += 1;
+        }
+        if must_not_pass && reply.allowed() {
+            self.false_accepts += 1;
+        }
+    }
+
+    pub fn message(&self, extra: &str) -> String {
+        let recovery = self
+            .recovery
+            .map_or_else(|| "n/a".to_owned(), |d| format!("{} ms", d.as_millis()));
+        format!(
+            "requests {}, false accepts {}, 503s {}, recovery {recovery}{}{extra}",
+            self.requests,
+            self.false_accepts,
+            self.unavailable,
+            if extra.is_empty() { "" } else { "; " }
+        )
+    }
+}
+
+/// Polls the gateway until `path` with `key` answers `status`; returns how
+/// long it took. Every reply is tallied; `must_not_pass` marks replies that
+/// would be false accepts.
+pub async fn until_status(
+    env: &Owned,
+    tally: &mut Tally,
+    path: &str,
+    key: &str,
+    status: u16,
+    deadline: Duration,
+    must_not_pass: bool,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let mut last = String::from("nothing yet");
+    while started.elapsed() < deadline {
+        let reply = env.get(path, Some(key)).await;
+        tally.count(&reply, must_not_pass);
+        if reply.status == status {
+            return Ok(started.elapsed());
+        }
+        last = reply.short();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{path} did not answer {status} within {}: last saw {last}",
+        rig::secs(deadline)
+    )
+}
+
+/// GET `path` at `gateway` with `x-api-key`; a transport error is status 0.
+pub async fn gateway_get(
+    http: &reqwest::Client,
+    gateway: &str,
+    path: &str,
+    key: Option<&str>,
+) -> Reply {
+    let url = format!("{gateway}{path}");
+    let mut request = http.get(&url);
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let reason = response
+                .headers()
+                .get("x-keyrig-reason")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let text = response.text().await.unwrap_or_default();
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            Reply {
+                status,
+                reason,
+                body,
+            }
+        }
+        Err(err) => Reply {
+            status: 0,
+            reason: Some(format!("no answer: {}", err.without_url())),
+            body: Value::Null,
+        },
+    }
+}
