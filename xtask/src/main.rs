@@ -15,6 +15,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rig::process::StopOutcome;
 use rig::say;
 
+mod kube;
+
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
@@ -38,9 +40,15 @@ enum Cmd {
     Up {
         #[arg(long, value_enum, default_value_t = Profile::Local)]
         profile: Profile,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
-    /// Stop what `up` left running (every run under target/rig with a pids.json).
-    Down,
+    /// Stop what `up` left running (every run under target/rig with a pids.json);
+    /// with `--profile kind`, also delete the kind cluster keyrig created.
+    Down {
+        #[arg(long, value_enum, default_value_t = Profile::Local)]
+        profile: Profile,
+    },
     /// Start an environment, run the e2e tests against it, print the results, stop it.
     E2e {
         #[arg(long, value_enum, default_value_t = Profile::Local)]
@@ -48,6 +56,8 @@ enum Cmd {
         /// Run only the tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
     Test,
@@ -57,6 +67,34 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+}
+
+/// Options of the kind and cluster profiles (ignored by the local one).
+#[derive(clap::Args, Clone, Copy)]
+struct KubeArgs {
+    /// How keygate gets its Vault credentials: one overlay of scenarios/k8s.
+    #[arg(long, value_enum, default_value_t = ModeArg::ExternalSecret)]
+    mode: ModeArg,
+    /// kind: delete an existing `keyrig` cluster and start afresh.
+    #[arg(long)]
+    recreate: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    Inline,
+    ExistingSecret,
+    ExternalSecret,
+}
+
+impl From<ModeArg> for rig::k8s::Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Inline => rig::k8s::Mode::Inline,
+            ModeArg::ExistingSecret => rig::k8s::Mode::ExistingSecret,
+            ModeArg::ExternalSecret => rig::k8s::Mode::ExternalSecret,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +113,14 @@ impl Profile {
             Profile::Local => "local",
             Profile::Kind => "kind",
             Profile::Cluster => "cluster",
+        }
+    }
+
+    fn kube(self) -> Option<rig::k8s::KubeProfile> {
+        match self {
+            Profile::Local => None,
+            Profile::Kind => Some(rig::k8s::KubeProfile::Kind),
+            Profile::Cluster => Some(rig::k8s::KubeProfile::Cluster),
         }
     }
 
@@ -113,9 +159,25 @@ fn run(command: Cmd) -> Result<ExitCode> {
             print!("{}", rig::tools::Tools::load_default()?.doctor());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Up { profile } => up(profile).map(|()| ExitCode::SUCCESS),
-        Cmd::Down => down().map(|()| ExitCode::SUCCESS),
-        Cmd::E2e { profile, filter } => e2e(profile, filter.as_deref()),
+        Cmd::Up { profile, kube } => match profile.kube() {
+            Some(which) => kube::up(which, kube).map(|()| ExitCode::SUCCESS),
+            None => up(profile).map(|()| ExitCode::SUCCESS),
+        },
+        Cmd::Down { profile } => {
+            down()?;
+            if profile == Profile::Kind {
+                runtime()?.block_on(rig::k8s::profile::delete_created_clusters())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::E2e {
+            profile,
+            filter,
+            kube,
+        } => match profile.kube() {
+            Some(which) => kube::e2e(which, kube, filter.as_deref()),
+            None => e2e(profile, filter.as_deref()),
+        },
         Cmd::Test => test(),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;

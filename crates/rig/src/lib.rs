@@ -6,6 +6,7 @@
 pub mod case;
 pub mod echo;
 pub mod env;
+pub mod k8s;
 pub mod local;
 pub mod paths;
 pub mod process;

@@ -355,6 +355,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             positive_ttl_ms: POSITIVE_TTL.as_millis() as u64,
             negative_ttl_ms: NEGATIVE_TTL.as_millis() as u64,
         },
+        kube: None,
     };
     environment.save(&run.env_file())?;
     say!("local profile up in {}", crate::secs(started.elapsed()));
