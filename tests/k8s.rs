@@ -66,12 +66,19 @@ async fn vault_source(kube: &KubeEnvironment) -> BTreeMap<String, String> {
     )
     .await
     .unwrap();
-    assert_eq!(reply.status, 200, "reading the ESO source: {:?}", reply.body["errors"]);
+    assert_eq!(
+        reply.status, 200,
+        "reading the ESO source: {:?}",
+        reply.body["errors"]
+    );
     serde_json::from_value(reply.body["data"]["data"].clone()).unwrap()
 }
 
 /// The credentials Secret's data as strings. Values stay in memory only.
-async fn secret_data(client: &Client, kube: &KubeEnvironment) -> (Secret, BTreeMap<String, String>) {
+async fn secret_data(
+    client: &Client,
+    kube: &KubeEnvironment,
+) -> (Secret, BTreeMap<String, String>) {
     let secret = Api::<Secret>::namespaced(client.clone(), &kube.namespace)
         .get(&kube.credentials_secret)
         .await
@@ -88,8 +95,12 @@ async fn secret_data(client: &Client, kube: &KubeEnvironment) -> (Secret, BTreeM
 #[tokio::test]
 async fn external_secret_is_ready_and_synced() {
     let mut case = case(GROUP, "external_secret_is_ready_and_synced");
-    let Some((client, kube)) = cluster(&mut case).await else { return };
-    let Some(name) = external_secret_name(&mut case, kube) else { return };
+    let Some((client, kube)) = cluster(&mut case).await else {
+        return;
+    };
+    let Some(name) = external_secret_name(&mut case, kube) else {
+        return;
+    };
     let es = Api::<ExternalSecret>::namespaced(client, &kube.namespace)
         .get(name)
         .await
@@ -104,9 +115,16 @@ async fn external_secret_is_ready_and_synced() {
 
 #[tokio::test]
 async fn synced_secret_has_exactly_the_mapped_keys_and_values() {
-    let mut case = case(GROUP, "synced_secret_has_exactly_the_mapped_keys_and_values");
-    let Some((client, kube)) = cluster(&mut case).await else { return };
-    let Some(name) = external_secret_name(&mut case, kube) else { return };
+    let mut case = case(
+        GROUP,
+        "synced_secret_has_exactly_the_mapped_keys_and_values",
+    );
+    let Some((client, kube)) = cluster(&mut case).await else {
+        return;
+    };
+    let Some(name) = external_secret_name(&mut case, kube) else {
+        return;
+    };
     let es = Api::<ExternalSecret>::namespaced(client.clone(), &kube.namespace)
         .get(name)
         .await
@@ -115,7 +133,11 @@ async fn synced_secret_has_exactly_the_mapped_keys_and_values() {
     let (_, data) = secret_data(&client, kube).await;
     let mut expected = BTreeMap::new();
     for entry in es.spec.data.iter().flatten() {
-        let property = entry.remote_ref.property.clone().expect("every mapping names a property");
+        let property = entry
+            .remote_ref
+            .property
+            .clone()
+            .expect("every mapping names a property");
         let value = source
             .get(&property)
             .unwrap_or_else(|| panic!("Vault's source has no property {property:?}"));
@@ -132,14 +154,21 @@ async fn synced_secret_has_exactly_the_mapped_keys_and_values() {
         .filter(|(k, v)| data.get(*k) != Some(v))
         .map(|(k, _)| k)
         .collect();
-    assert!(differing.is_empty(), "keys whose value differs from Vault's: {differing:?}");
+    assert!(
+        differing.is_empty(),
+        "keys whose value differs from Vault's: {differing:?}"
+    );
 }
 
 #[tokio::test]
 async fn synced_secret_is_owned_by_the_external_secret() {
     let mut case = case(GROUP, "synced_secret_is_owned_by_the_external_secret");
-    let Some((client, kube)) = cluster(&mut case).await else { return };
-    let Some(name) = external_secret_name(&mut case, kube) else { return };
+    let Some((client, kube)) = cluster(&mut case).await else {
+        return;
+    };
+    let Some(name) = external_secret_name(&mut case, kube) else {
+        return;
+    };
     let es = Api::<ExternalSecret>::namespaced(client.clone(), &kube.namespace)
         .get(name)
         .await
@@ -161,23 +190,38 @@ async fn synced_secret_is_owned_by_the_external_secret() {
 #[tokio::test]
 async fn rotated_secret_id_reaches_the_gateway() {
     let mut case = case(GROUP, "rotated_secret_id_reaches_the_gateway");
-    let Some((client, kube)) = cluster(&mut case).await else { return };
-    let Some(name) = external_secret_name(&mut case, kube) else { return };
+    let Some((client, kube)) = cluster(&mut case).await else {
+        return;
+    };
+    let Some(name) = external_secret_name(&mut case, kube) else {
+        return;
+    };
     let root = root_token();
     let role = &kube.keygate_approle;
     let mut source = vault_source(kube).await;
     let old_secret_id = source["secret_id"].clone();
-    let minted = vault("POST", &format!("auth/approle/role/{role}/secret-id"), &root, None)
-        .await
-        .unwrap();
+    let minted = vault(
+        "POST",
+        &format!("auth/approle/role/{role}/secret-id"),
+        &root,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(minted.status, 200, "{:?}", minted.body["errors"]);
-    let new_secret_id = minted.body["data"]["secret_id"].as_str().unwrap().to_owned();
+    let new_secret_id = minted.body["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let started = Instant::now();
     source.insert("secret_id".into(), new_secret_id.clone());
     let written = vault(
         "POST",
-        &format!("{}/data/{}", kube.credentials_kv_mount, kube.credentials_kv_path),
+        &format!(
+            "{}/data/{}",
+            kube.credentials_kv_mount, kube.credentials_kv_path
+        ),
         &root,
         Some(json!({ "data": source })),
     )
@@ -223,9 +267,14 @@ async fn rotated_secret_id_reaches_the_gateway() {
     rig::k8s::profile::restart_deployment(&client, &kube.namespace, &kube.keygate)
         .await
         .unwrap();
-    rig::k8s::waits::deployment(&client, &kube.namespace, &kube.keygate, Duration::from_secs(180))
-        .await
-        .unwrap();
+    rig::k8s::waits::deployment(
+        &client,
+        &kube.namespace,
+        &kube.keygate,
+        Duration::from_secs(180),
+    )
+    .await
+    .unwrap();
     let key = issue_key(API_GROUP, |r| r).await.unwrap();
     wait_until(
         "a valid key through the gateway after the restart",
@@ -247,10 +296,16 @@ async fn rotated_secret_id_reaches_the_gateway() {
 
 /// `<run>/rotations/<profile>-<mode>__gateway-credentials.json`.
 fn record_rotation(kube: &KubeEnvironment, synced_ms: u64, propagation_ms: u64) {
-    let Some(run) = std::env::var_os(rig::case::RUN_DIR_VAR) else { return };
+    let Some(run) = std::env::var_os(rig::case::RUN_DIR_VAR) else {
+        return;
+    };
     let dir = std::path::Path::new(&run).join("rotations");
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{}-{}__gateway-credentials.json", env().profile, kube.mode));
+    let file = dir.join(format!(
+        "{}-{}__gateway-credentials.json",
+        env().profile,
+        kube.mode
+    ));
     let record = json!({
         "mode": kube.mode,
         "what": "gateway AppRole secret-id: Vault -> ExternalSecret -> Secret -> keygate restart -> gateway",
@@ -290,7 +345,9 @@ async fn may(client: &Client, sa_namespace: &str, sa: &str, verb: &str, namespac
 #[tokio::test]
 async fn keygate_sa_reads_secrets_only_in_its_namespace() {
     let mut case = case(GROUP, "keygate_sa_reads_secrets_only_in_its_namespace");
-    let Some((client, kube)) = cluster(&mut case).await else { return };
+    let Some((client, kube)) = cluster(&mut case).await else {
+        return;
+    };
     let ns = &kube.namespace;
     let mut seen = Vec::new();
     for (verb, namespace, expected) in [
@@ -303,13 +360,18 @@ async fn keygate_sa_reads_secrets_only_in_its_namespace() {
         seen.push((verb, namespace.to_owned(), allowed, expected));
     }
     let wrong: Vec<_> = seen.iter().filter(|(_, _, a, e)| a != e).collect();
-    assert!(wrong.is_empty(), "(verb, namespace, allowed, expected): {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "(verb, namespace, allowed, expected): {wrong:?}"
+    );
 }
 
 #[tokio::test]
 async fn keygate_sa_may_not_create_or_delete_secrets() {
     let mut case = case(GROUP, "keygate_sa_may_not_create_or_delete_secrets");
-    let Some((client, kube)) = cluster(&mut case).await else { return };
+    let Some((client, kube)) = cluster(&mut case).await else {
+        return;
+    };
     let ns = &kube.namespace;
     for verb in ["create", "delete", "update", "patch", "watch"] {
         assert!(
@@ -354,21 +416,32 @@ async fn kubernetes_login(kube: &KubeEnvironment, role: &str, jwt: String) -> (u
 #[tokio::test]
 async fn vault_login_with_a_wrong_service_account_is_denied() {
     let mut case = case(GROUP, "vault_login_with_a_wrong_service_account_is_denied");
-    let Some((client, kube)) = cluster(&mut case).await else { return };
+    let Some((client, kube)) = cluster(&mut case).await else {
+        return;
+    };
     // The control: keygate's own token logs in, so the denial below is the
     // binding's doing, not a broken auth method.
     let own = sa_token(&client, &kube.namespace, &kube.keygate).await;
-    assert_eq!(kubernetes_login(kube, &kube.gateway_role, own).await, (200, true));
+    assert_eq!(
+        kubernetes_login(kube, &kube.gateway_role, own).await,
+        (200, true)
+    );
     let other = sa_token(&client, &kube.namespace, "api-portal").await;
     let (status, token) = kubernetes_login(kube, &kube.gateway_role, other).await;
-    assert!(!token, "api-portal's token logged in as role {}", kube.gateway_role);
+    assert!(
+        !token,
+        "api-portal's token logged in as role {}",
+        kube.gateway_role
+    );
     assert!(matches!(status, 400 | 403), "status {status}");
 }
 
 #[tokio::test]
 async fn vault_login_from_a_wrong_namespace_is_denied() {
     let mut case = case(GROUP, "vault_login_from_a_wrong_namespace_is_denied");
-    let Some((client, kube)) = cluster(&mut case).await else { return };
+    let Some((client, kube)) = cluster(&mut case).await else {
+        return;
+    };
     // A ServiceAccount with keygate's name in another namespace.
     let elsewhere = format!("{}-elsewhere", kube.namespace);
     let params = PatchParams::apply("keyrig-e2e").force();
@@ -376,7 +449,9 @@ async fn vault_login_from_a_wrong_namespace_is_denied() {
         .patch(
             &elsewhere,
             &params,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": elsewhere}})),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": elsewhere}}),
+            ),
         )
         .await
         .unwrap();
@@ -417,6 +492,9 @@ async fn vault_login_from_a_wrong_namespace_is_denied() {
     let _ = Api::<Namespace>::all(client)
         .delete(&elsewhere, &DeleteParams::default())
         .await;
-    assert!(!token, "keygate's name from namespace {elsewhere} logged in");
+    assert!(
+        !token,
+        "keygate's name from namespace {elsewhere} logged in"
+    );
     assert!(matches!(status, 400 | 403), "status {status}");
 }

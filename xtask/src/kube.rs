@@ -23,7 +23,10 @@ fn options(profile: KubeProfile, args: KubeArgs) -> KubeOptions {
 fn preflight(profile: KubeProfile) -> Result<rig::k8s::preflight::KubeTools> {
     let started = Instant::now();
     let tools = rig::k8s::profile::preflight(profile);
-    say!("{profile} profile: tool check took {}", rig::secs(started.elapsed()));
+    say!(
+        "{profile} profile: tool check took {}",
+        rig::secs(started.elapsed())
+    );
     tools
 }
 
@@ -70,7 +73,10 @@ pub fn e2e(profile: KubeProfile, args: KubeArgs, filter: Option<&str>) -> Result
 
 fn run_tests(mut run: KubeRun, filter: Option<&str>, started: Instant) -> Result<ExitCode> {
     let up_time = started.elapsed();
-    say!("environment up in {}; running the e2e tests", rig::secs(up_time));
+    say!(
+        "environment up in {}; running the e2e tests",
+        rig::secs(up_time)
+    );
     let tests_started = Instant::now();
     let mut command = Command::new(cargo());
     command

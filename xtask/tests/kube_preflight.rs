@@ -43,7 +43,10 @@ fn up_kind_without_tools_names_each_missing_tool() {
         "https://helm.sh/docs/intro/install/",
         "nix develop",
     ] {
-        assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} missing from:\n{stderr}"
+        );
     }
     // One message: nothing was started before it.
     assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
@@ -51,12 +54,19 @@ fn up_kind_without_tools_names_each_missing_tool() {
 
 #[test]
 fn e2e_cluster_without_tools_also_names_the_vault_settings() {
-    let (output, elapsed) = xtask_without_tools(&["e2e", "--profile", "cluster", "--mode", "inline"]);
+    let (output, elapsed) =
+        xtask_without_tools(&["e2e", "--profile", "cluster", "--mode", "inline"]);
     eprintln!("`cargo xtask e2e --profile cluster` without tools exited after {elapsed:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     for needle in ["docker", "helm", "kubectl", "VAULT_ADDR", "VAULT_TOKEN"] {
-        assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} missing from:\n{stderr}"
+        );
     }
-    assert!(!stderr.contains("  - kind:"), "the cluster profile needs no kind:\n{stderr}");
+    assert!(
+        !stderr.contains("  - kind:"),
+        "the cluster profile needs no kind:\n{stderr}"
+    );
 }

@@ -15,7 +15,6 @@ use manifests::files::KubernetesAuth;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::Mode;
 use super::names::CREDENTIALS_SECRET;
 use crate::say;
 use crate::vault::{Secret, VaultClient};
@@ -54,9 +53,8 @@ fn value(values: &BTreeMap<String, String>, key: &str, origin: &str) -> Result<S
 
 /// The dev credentials of the `inline` overlay, from its rendered objects.
 pub fn inline_credentials(rendered: &[Value]) -> Result<DevCredentials> {
-    let object = manifests::find(rendered, "Secret", CREDENTIALS_SECRET).ok_or_else(|| {
-        anyhow!("the inline overlay renders no Secret {CREDENTIALS_SECRET}")
-    })?;
+    let object = manifests::find(rendered, "Secret", CREDENTIALS_SECRET)
+        .ok_or_else(|| anyhow!("the inline overlay renders no Secret {CREDENTIALS_SECRET}"))?;
     let secret: KubeSecret = serde_json::from_value(object.clone())
         .context("the inline overlay's credentials Secret")?;
     let values = secret_values(&secret);
@@ -93,7 +91,7 @@ pub fn existing_secret_credentials(overlay_dir: &Path) -> Result<DevCredentials>
 }
 
 fn one<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T> {
-    let objects = manifests::render::read_yaml_file(file).map_err(|err| anyhow!("{err}"))?;
+    let objects = manifests::read_yaml_file(file).map_err(|err| anyhow!("{err}"))?;
     let [object] = objects.as_slice() else {
         bail!("{} must hold exactly one object", file.display());
     };
@@ -152,7 +150,12 @@ pub async fn write_external_secret_source(
         "secret_id": secret_id.secret_id.expose(),
         "gateway_group": gateway_group,
     });
-    let mut written: Vec<&str> = data.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut written: Vec<&str> = data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     written.sort_unstable();
     let mut expected: Vec<&str> = auth
         .gateway_credentials
@@ -207,19 +210,18 @@ mod tests {
         // The pinned kubectl is installed by `cargo xtask test`; without it
         // crates/manifests' own tests fail loudly, so this one need not.
         let Some(kubectl) = kubectl() else {
-            eprintln!("skipped: the pinned kubectl is not installed (cargo xtask tools --profile offline)");
+            eprintln!(
+                "skipped: the pinned kubectl is not installed (cargo xtask tools --profile offline)"
+            );
             return;
         };
-        let rendered = manifests::render::render_overlay(
-            &kubectl,
-            &crate::paths::scenarios_dir().join("k8s/inline"),
-        )
-        .unwrap();
+        let rendered =
+            manifests::render_overlay(&kubectl, &crate::paths::scenarios_dir().join("k8s/inline"))
+                .unwrap();
         let inline = inline_credentials(&rendered).unwrap();
-        let existing = existing_secret_credentials(
-            &crate::paths::scenarios_dir().join("k8s/existing-secret"),
-        )
-        .unwrap();
+        let existing =
+            existing_secret_credentials(&crate::paths::scenarios_dir().join("k8s/existing-secret"))
+                .unwrap();
         // Both modes register the same dev AppRole credentials.
         assert_eq!(inline.role_id, existing.role_id);
         assert_eq!(inline.secret_id.expose(), existing.secret_id.expose());

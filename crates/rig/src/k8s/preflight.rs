@@ -310,11 +310,7 @@ mod tests {
         }
 
         fn tools(&self, env: &ToolEnv) -> Tools {
-            Tools::load(
-                &crate::paths::env_dir().join("tools.toml"),
-                env.clone(),
-            )
-            .unwrap()
+            Tools::load(&crate::paths::env_dir().join("tools.toml"), env.clone()).unwrap()
         }
     }
 
@@ -349,7 +345,9 @@ mod tests {
         let err = check(KubeProfile::Kind, &fake.tools(&env), &env, "0.33.0").unwrap_err();
         assert_eq!(names(&err), ["docker daemon", "kubectl"]);
         assert!(
-            err.missing[0].problem.contains("Cannot connect to the Docker daemon"),
+            err.missing[0]
+                .problem
+                .contains("Cannot connect to the Docker daemon"),
             "{:?}",
             err.missing[0]
         );
@@ -374,11 +372,18 @@ mod tests {
         fake.script("kind", "echo 'kind v0.31.0 go1.24 linux/amd64'");
         fake.script("helm", "exit 0");
         fake.script("kubectl", "exit 0");
-        let env = fake.env(&[("KEYRIG_KUBECTL", &fake.dir.path().join("kubectl").to_string_lossy())]);
+        let env = fake.env(&[(
+            "KEYRIG_KUBECTL",
+            &fake.dir.path().join("kubectl").to_string_lossy(),
+        )]);
         let found = check(KubeProfile::Kind, &fake.tools(&env), &env, "0.33.0").unwrap();
         assert_eq!(found.helm, fake.dir.path().join("helm"));
         assert_eq!(found.kind, Some(fake.dir.path().join("kind")));
-        assert!(found.warnings[0].contains("pins 0.33.0"), "{:?}", found.warnings);
+        assert!(
+            found.warnings[0].contains("pins 0.33.0"),
+            "{:?}",
+            found.warnings
+        );
     }
 
     #[rstest]

@@ -212,7 +212,10 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     match (&pushed_image, opts.profile) {
         (Some(image), KubeProfile::Cluster) => say!("keygate: using the pushed image {image}"),
         _ => {
-            let docker = tools.docker.as_deref().context("preflight found no docker")?;
+            let docker = tools
+                .docker
+                .as_deref()
+                .context("preflight found no docker")?;
             cmds.run(
                 "docker-build",
                 docker,
@@ -224,9 +227,11 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
                 ],
             )
             .await?;
-            if let (KubeProfile::Kind, Some(kind), Some(name)) =
-                (opts.profile, tools.kind.as_deref(), state.cluster.as_deref())
-            {
+            if let (KubeProfile::Kind, Some(kind), Some(name)) = (
+                opts.profile,
+                tools.kind.as_deref(),
+                state.cluster.as_deref(),
+            ) {
                 cmds.run(
                     "kind",
                     kind,
@@ -253,7 +258,14 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
             let addr = format!("http://127.0.0.1:{port}");
             supervisor
                 .start(
-                    port_forward(&cmds, kubectl, &openbao.namespace, &openbao.release, names::VAULT_PORT, port),
+                    port_forward(
+                        &cmds,
+                        kubectl,
+                        &openbao.namespace,
+                        &openbao.release,
+                        names::VAULT_PORT,
+                        port,
+                    ),
                     Readiness::http(format!("{addr}/v1/sys/health"), 200),
                 )
                 .await?;
@@ -281,8 +293,8 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     let in_cluster = keygate_in_cluster_config(&scenarios)?;
     match opts.mode {
         Mode::Inline => {
-            let rendered = manifests::render::render_overlay(kubectl, &overlay)
-                .map_err(|err| anyhow!("{err}"))?;
+            let rendered =
+                manifests::render_overlay(kubectl, &overlay).map_err(|err| anyhow!("{err}"))?;
             say!(
                 "warning: mode inline keeps the gateway credentials in git (scenarios/k8s/inline): dev only"
             );
@@ -333,8 +345,13 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
             }
             if !(installed && opts.profile == KubeProfile::Cluster) {
                 for deployment in names::ESO_DEPLOYMENTS {
-                    super::waits::deployment(&client, &eso.namespace, deployment, opts.wait_deadline)
-                        .await?;
+                    super::waits::deployment(
+                        &client,
+                        &eso.namespace,
+                        deployment,
+                        opts.wait_deadline,
+                    )
+                    .await?;
                 }
             }
         }
@@ -354,15 +371,21 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     ];
     delete_job.extend(cmds.context_args("--context"));
     cmds.run("kubectl", kubectl, &delete_job).await?;
-    let mut apply = vec!["apply".to_owned(), "-k".into(), overlay.display().to_string()];
+    let mut apply = vec![
+        "apply".to_owned(),
+        "-k".into(),
+        overlay.display().to_string(),
+    ];
     apply.extend(cmds.context_args("--context"));
     crate::wait::wait_until(
         &format!("kubectl apply -k scenarios/k8s/{}", opts.mode),
         Duration::from_secs(120),
         async || {
-            Ok(match cmds.run("kubectl", kubectl, &apply).await {
+            anyhow::Ok(match cmds.run("kubectl", kubectl, &apply).await {
                 Ok(_) => crate::wait::Probe::Ready(()),
-                Err(err) => crate::wait::Probe::seen(format!("{err:#}").lines().last().unwrap_or("").to_owned()),
+                Err(err) => crate::wait::Probe::seen(
+                    format!("{err:#}").lines().last().unwrap_or("").to_owned(),
+                ),
             })
         },
     )
@@ -372,8 +395,13 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     }
 
     // 8. Wait for the check Job, the ExternalSecret, then the Deployments.
-    if let Err(err) =
-        super::waits::job(&client, names::NAMESPACE, names::CHECK_JOB, opts.wait_deadline).await
+    if let Err(err) = super::waits::job(
+        &client,
+        names::NAMESPACE,
+        names::CHECK_JOB,
+        opts.wait_deadline,
+    )
+    .await
     {
         let mut logs = vec![
             "-n".to_owned(),
@@ -398,8 +426,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
         .await?;
     }
     for deployment in [names::UPSTREAM, names::KEYGATE, names::GATEWAY] {
-        super::waits::deployment(&client, names::NAMESPACE, deployment, opts.wait_deadline)
-            .await?;
+        super::waits::deployment(&client, names::NAMESPACE, deployment, opts.wait_deadline).await?;
     }
 
     // 9. Port-forwards to the gateway, keygate and the upstream.
@@ -411,19 +438,40 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
     supervisor
         .start(
-            port_forward(&cmds, kubectl, names::NAMESPACE, names::UPSTREAM, names::UPSTREAM_PORT, upstream_port),
+            port_forward(
+                &cmds,
+                kubectl,
+                names::NAMESPACE,
+                names::UPSTREAM,
+                names::UPSTREAM_PORT,
+                upstream_port,
+            ),
             Readiness::Tcp(([127, 0, 0, 1], upstream_port).into()),
         )
         .await?;
     supervisor
         .start(
-            port_forward(&cmds, kubectl, names::NAMESPACE, names::KEYGATE, names::KEYGATE_HTTP_PORT, keygate_port),
+            port_forward(
+                &cmds,
+                kubectl,
+                names::NAMESPACE,
+                names::KEYGATE,
+                names::KEYGATE_HTTP_PORT,
+                keygate_port,
+            ),
             Readiness::http(format!("{keygate_url}/readyz"), 200),
         )
         .await?;
     supervisor
         .start(
-            port_forward(&cmds, kubectl, names::NAMESPACE, names::GATEWAY, names::GATEWAY_PORT, gateway_port),
+            port_forward(
+                &cmds,
+                kubectl,
+                names::NAMESPACE,
+                names::GATEWAY,
+                names::GATEWAY_PORT,
+                gateway_port,
+            ),
             Readiness::Tcp(([127, 0, 0, 1], gateway_port).into()),
         )
         .await?;
@@ -573,7 +621,13 @@ fn keygate_in_cluster_config(scenarios: &Path) -> Result<InClusterKeygate> {
         let text = field(path)?;
         humantime::parse_duration(&text)
             .map(|d| d.as_millis() as u64)
-            .with_context(|| format!("{}: {} = {text:?} is not a duration", file.display(), path.join(".")))
+            .with_context(|| {
+                format!(
+                    "{}: {} = {text:?} is not a duration",
+                    file.display(),
+                    path.join(".")
+                )
+            })
     };
     Ok(InClusterKeygate {
         vault_address: field(&["vault", "address"])?,
@@ -639,7 +693,11 @@ async fn use_pushed_image(client: &kube::Client, image: &str) -> Result<()> {
         {"name": names::KEYGATE, "image": image, "imagePullPolicy": "IfNotPresent"}
     ]}}}});
     deployments
-        .patch(names::KEYGATE, &PatchParams::default(), &Patch::Strategic(&patch))
+        .patch(
+            names::KEYGATE,
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
         .await
         .context("pointing keygate at KEYRIG_KEYGATE_IMAGE")?;
     Ok(())

@@ -29,7 +29,12 @@ pub async fn apply(
     let auth = KubernetesAuth::load(file).map_err(|err| anyhow::anyhow!("{err}"))?;
     root.enable_auth("kubernetes", &auth.auth_mount)
         .await
-        .with_context(|| format!("enabling the Kubernetes auth method at auth/{}", auth.auth_mount))?;
+        .with_context(|| {
+            format!(
+                "enabling the Kubernetes auth method at auth/{}",
+                auth.auth_mount
+            )
+        })?;
     let mut config = serde_json::to_value(&auth.config)?;
     if let Some(host) = kubernetes_host {
         config["kubernetes_host"] = json!(host);

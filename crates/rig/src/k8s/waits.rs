@@ -82,11 +82,7 @@ pub fn deployment_available(deployment: Option<&Deployment>) -> bool {
     let Some(deployment) = deployment else {
         return false;
     };
-    let wanted = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
+    let wanted = deployment.spec.replicas.unwrap_or(1);
     let generation = deployment.metadata.generation.unwrap_or(0);
     deployment.status.as_ref().is_some_and(|s| {
         s.observed_generation.unwrap_or(0) >= generation
@@ -124,7 +120,7 @@ pub async fn deployment(
 /// Every replica of a StatefulSet (OpenBao's server) is ready.
 pub fn statefulset_ready(set: Option<&StatefulSet>) -> bool {
     let Some(set) = set else { return false };
-    let wanted = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let wanted = set.spec.replicas.unwrap_or(1);
     set.status
         .as_ref()
         .is_some_and(|s| s.ready_replicas.unwrap_or(0) == wanted && wanted > 0)
@@ -268,8 +264,14 @@ mod tests {
             serde_json::from_value(json!({"metadata": {}, "status": {"conditions": conditions}}))
                 .unwrap()
         };
-        assert_eq!(job_finished(Some(&job(json!([{"type": "Complete", "status": "True"}])))), Some(true));
-        assert_eq!(job_finished(Some(&job(json!([{"type": "Failed", "status": "True"}])))), Some(false));
+        assert_eq!(
+            job_finished(Some(&job(json!([{"type": "Complete", "status": "True"}])))),
+            Some(true)
+        );
+        assert_eq!(
+            job_finished(Some(&job(json!([{"type": "Failed", "status": "True"}])))),
+            Some(false)
+        );
         assert_eq!(job_finished(Some(&job(json!([])))), None);
     }
 
