@@ -384,11 +384,10 @@ async fn keygate_sa_may_not_create_or_delete_secrets() {
 /// A real ServiceAccount token (TokenRequest API), kept in memory only.
 async fn sa_token(client: &Client, namespace: &str, sa: &str) -> String {
     let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
+        spec: Some(TokenRequestSpec {
             expiration_seconds: Some(600),
             ..Default::default()
-        },
+        }),
         ..Default::default()
     };
     Api::<ServiceAccount>::namespaced(client.clone(), namespace)
@@ -396,8 +395,8 @@ async fn sa_token(client: &Client, namespace: &str, sa: &str) -> String {
         .await
         .unwrap()
         .status
+        .and_then(|s| s.token)
         .expect("a TokenRequest answers with a token")
-        .token
 }
 
 /// Vault's Kubernetes login: (status, whether a client token came back).
@@ -469,10 +468,10 @@ async fn vault_login_from_a_wrong_namespace_is_denied() {
         Duration::from_secs(30),
         async || {
             let request = TokenRequest {
-                spec: TokenRequestSpec {
+                spec: Some(TokenRequestSpec {
                     expiration_seconds: Some(600),
                     ..Default::default()
-                },
+                }),
                 ..Default::default()
             };
             anyhow::Ok(
@@ -480,7 +479,9 @@ async fn vault_login_from_a_wrong_namespace_is_denied() {
                     .create_token_request(&kube.keygate, &PostParams::default(), &request)
                     .await
                 {
-                    Ok(answer) => Probe::Ready(answer.status.map(|s| s.token).unwrap_or_default()),
+                    Ok(answer) => {
+                        Probe::Ready(answer.status.and_then(|s| s.token).unwrap_or_default())
+                    }
                     Err(err) => Probe::seen(err),
                 },
             )

@@ -55,8 +55,17 @@ fn value(values: &BTreeMap<String, String>, key: &str, origin: &str) -> Result<S
 pub fn inline_credentials(rendered: &[Value]) -> Result<DevCredentials> {
     let object = manifests::find(rendered, "Secret", CREDENTIALS_SECRET)
         .ok_or_else(|| anyhow!("the inline overlay renders no Secret {CREDENTIALS_SECRET}"))?;
-    let secret: KubeSecret = serde_json::from_value(object.clone())
-        .context("the inline overlay's credentials Secret")?;
+    // kubectl may wrap a long base64 value over lines; base64 has no whitespace.
+    let mut object = object.clone();
+    if let Some(data) = object.get_mut("data").and_then(Value::as_object_mut) {
+        for value in data.values_mut() {
+            if let Some(text) = value.as_str() {
+                *value = Value::String(text.split_whitespace().collect());
+            }
+        }
+    }
+    let secret: KubeSecret =
+        serde_json::from_value(object).context("the inline overlay's credentials Secret")?;
     let values = secret_values(&secret);
     Ok(DevCredentials {
         role_id: value(&values, ROLE_ID_KEY, "scenarios/k8s/inline")?,

@@ -371,7 +371,7 @@ mod tests {
         fake.script("docker", "echo 29.0.0");
         fake.script("kind", "echo 'kind v0.31.0 go1.24 linux/amd64'");
         fake.script("helm", "exit 0");
-        fake.script("kubectl", "exit 0");
+        fake.script("kubectl", "echo 'Client Version: v1.37.1'");
         let env = fake.env(&[(
             "KEYRIG_KUBECTL",
             &fake.dir.path().join("kubectl").to_string_lossy(),
@@ -390,7 +390,7 @@ mod tests {
     fn the_cluster_profile_needs_vault_settings_not_kind() {
         let fake = FakePath::new();
         fake.script("helm", "exit 0");
-        fake.script("kubectl", "exit 0");
+        fake.script("kubectl", "echo 'Client Version: v1.37.1'");
         let kubectl = fake.dir.path().join("kubectl");
         let env = fake.env(&[
             ("KEYRIG_KUBECTL", &kubectl.to_string_lossy()),
