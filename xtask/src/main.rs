@@ -33,6 +33,7 @@ pub(crate) struct E2eOptions {
 }
 
 mod fuzz;
+mod kube;
 
 #[derive(Parser)]
 #[command(
@@ -60,9 +61,14 @@ enum Cmd {
         /// How keygate's credentials are delivered (scenarios/modes/<mode>.yaml).
         #[arg(long, value_enum, default_value_t = DeliveryMode::Inline)]
         mode: DeliveryMode,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
     /// Stop what `up` left running (every run under target/rig with a pids.json).
-    Down,
+    Down {
+        #[arg(long, value_enum, default_value_t = Profile::Local)]
+        profile: Profile,
+    },
     /// Start an environment, run the e2e tests against it, print the results, stop it.
     /// Writes junit.xml, report.json and summary.md to target/rig/<run>/, and a
     /// diagnostics bundle per failed case to target/rig/<run>/diagnostics/.
@@ -91,6 +97,8 @@ enum Cmd {
         /// (default: all three). Repeatable.
         #[arg(long, value_enum)]
         mode: Vec<DeliveryMode>,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
     /// What is running: each run with a pids.json, its components and addresses.
     Status,
@@ -145,6 +153,24 @@ impl DeliveryMode {
     }
 }
 
+impl From<DeliveryMode> for rig::k8s::Mode {
+    fn from(mode: DeliveryMode) -> Self {
+        match mode {
+            DeliveryMode::Inline => rig::k8s::Mode::Inline,
+            DeliveryMode::ExistingSecret => rig::k8s::Mode::ExistingSecret,
+            DeliveryMode::ExternalSecret => rig::k8s::Mode::ExternalSecret,
+        }
+    }
+}
+
+/// Options of the kind and cluster profiles (ignored by the local one).
+#[derive(clap::Args, Clone, Copy)]
+struct KubeArgs {
+    /// kind: delete an existing `keyrig` cluster and start afresh.
+    #[arg(long)]
+    recreate: bool,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Profile {
     /// Every component a process on loopback.
@@ -161,6 +187,14 @@ impl Profile {
             Profile::Local => "local",
             Profile::Kind => "kind",
             Profile::Cluster => "cluster",
+        }
+    }
+
+    fn kube(self) -> Option<rig::k8s::KubeProfile> {
+        match self {
+            Profile::Local => None,
+            Profile::Kind => Some(rig::k8s::KubeProfile::Kind),
+            Profile::Cluster => Some(rig::k8s::KubeProfile::Cluster),
         }
     }
 
@@ -199,8 +233,37 @@ fn run(command: Cmd) -> Result<ExitCode> {
             print!("{}", rig::tools::Tools::load_default()?.doctor());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Up { profile, mode } => up(profile, mode.mode()).map(|()| ExitCode::SUCCESS),
-        Cmd::Down => down().map(|()| ExitCode::SUCCESS),
+        Cmd::Up {
+            profile,
+            mode,
+            kube,
+        } => match profile.kube() {
+            Some(which) => kube::up(which, mode.into(), kube).map(|()| ExitCode::SUCCESS),
+            None => up(profile, mode.mode()).map(|()| ExitCode::SUCCESS),
+        },
+        Cmd::Down { profile } => {
+            down()?;
+            if profile == Profile::Kind {
+                runtime()?.block_on(rig::k8s::profile::delete_created_clusters())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::E2e {
+            profile,
+            filter,
+            mode,
+            kube,
+            ..
+        } if profile != Profile::Local => kube::e2e(
+            profile.kube().expect("a Kubernetes profile"),
+            // One overlay per run on Kubernetes; the workflow runs a leg per mode.
+            mode.first()
+                .copied()
+                .unwrap_or(DeliveryMode::ExternalSecret)
+                .into(),
+            kube,
+            filter.as_deref(),
+        ),
         Cmd::E2e {
             profile,
             filter,
@@ -209,6 +272,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             include_ignored,
             gateways,
             mode,
+            kube: _,
         } => e2e_modes(
             &E2eOptions {
                 profile,

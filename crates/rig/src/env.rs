@@ -57,6 +57,10 @@ pub struct Environment {
     /// Where the delivered Secret is and what it holds (names, never values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliveryInfo>,
+    /// The Kubernetes side of the `kind` and `cluster` profiles; absent on
+    /// the local profile, which is how the k8s tests know to skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeEnvironment>,
 }
 
 /// The delivery of keygate's credentials in this run (`rig::modes`).
@@ -93,6 +97,37 @@ pub struct ExternalDelivery {
     pub secret_id_property: String,
     /// `bao agent`'s static_secret_render_interval.
     pub refresh_interval_ms: u64,
+}
+
+/// Where the tests find the cluster and the objects the profile deployed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubeEnvironment {
+    /// The credentials mode: `inline`, `existing-secret` or `external-secret`.
+    pub mode: String,
+    /// 0600 kubeconfig for the cluster (kind); `None`: the default
+    /// kubeconfig (`$KUBECONFIG` or `~/.kube/config`, the cluster profile).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; `None`: its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Where keygate, the gateway and the credentials Secret live.
+    pub namespace: String,
+    /// keygate's Deployment and ServiceAccount.
+    pub keygate: String,
+    /// The Secret keygate reads its Vault credentials from.
+    pub credentials_secret: String,
+    /// The ExternalSecret that makes it (mode `external-secret` only).
+    #[serde(default)]
+    pub external_secret: Option<String>,
+    /// Vault's Kubernetes auth mount and the role keygate's ServiceAccount is bound to.
+    pub kubernetes_auth_mount: String,
+    pub gateway_role: String,
+    /// KV v2 mount and path of the ExternalSecret's source in Vault.
+    pub credentials_kv_mount: String,
+    pub credentials_kv_path: String,
+    /// The AppRole keygate logs in with (its secret-id is what rotation rotates).
+    pub keygate_approle: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

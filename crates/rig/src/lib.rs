@@ -11,6 +11,7 @@ pub mod diagnostics;
 pub mod echo;
 pub mod env;
 pub mod gateway;
+pub mod k8s;
 pub mod local;
 pub mod modes;
 pub mod paths;

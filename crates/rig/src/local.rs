@@ -448,6 +448,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         envoy_admin_url,
         mode: Some(delivery.mode.clone()),
         delivery: Some(delivery),
+        kube: None,
     };
     environment.save(&run.env_file())?;
     say!("local profile up in {}", crate::secs(started.elapsed()));

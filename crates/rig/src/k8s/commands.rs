@@ -1,0 +1,105 @@
+//! The short-lived commands of the Kubernetes profiles (kind, helm, kubectl,
+//! docker build): each runs to completion with its output appended to
+//! `logs/<tool>.log`, KUBECONFIG pointing at the profile's kubeconfig, and a
+//! failure that quotes the end of that log. Long-running ones (port-forwards)
+//! go through the Supervisor instead (`profile`).
+//!
+//! No command here is given a secret: tokens reach Vault over HTTP, and the
+//! kubeconfig (which holds a client key) is only ever named by path.
+
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+
+use crate::say;
+
+/// Runs commands for one run of a profile.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    logs_dir: PathBuf,
+    /// `None`: the default kubeconfig (the cluster profile).
+    kubeconfig: Option<PathBuf>,
+    /// `None`: the kubeconfig's current context.
+    context: Option<String>,
+}
+
+impl Commands {
+    pub fn new(logs_dir: PathBuf, kubeconfig: Option<PathBuf>, context: Option<String>) -> Self {
+        Self {
+            logs_dir,
+            kubeconfig,
+            context,
+        }
+    }
+
+    pub fn kubeconfig(&self) -> Option<&Path> {
+        self.kubeconfig.as_deref()
+    }
+
+    /// `--context <ctx>` for kubectl and `--kube-context <ctx>` for helm.
+    pub fn context_args(&self, flag: &str) -> Vec<String> {
+        match &self.context {
+            Some(context) => vec![flag.to_owned(), context.clone()],
+            None => Vec::new(),
+        }
+    }
+
+    /// Runs `program args...`; `log` names the log file (`helm` -> logs/helm.log).
+    /// Returns stdout; never call it for a command that prints a secret.
+    pub async fn run<I, S>(&self, log: &str, program: &Path, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let shown = format!(
+            "{} {}",
+            program.file_name().unwrap_or_default().to_string_lossy(),
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        say!("{shown}");
+        std::fs::create_dir_all(&self.logs_dir)
+            .with_context(|| format!("creating {}", self.logs_dir.display()))?;
+        let log_file = self.logs_dir.join(format!("{log}.log"));
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Ctrl-C or a panic drops the future: the command goes with it.
+            .kill_on_drop(true)
+            .current_dir(crate::paths::workspace_root());
+        if let Some(kubeconfig) = &self.kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        let output = command
+            .output()
+            .await
+            .with_context(|| format!("running {}", program.display()))?;
+        let mut log_handle = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)
+            .with_context(|| format!("opening {}", log_file.display()))?;
+        writeln!(log_handle, "$ {shown}")?;
+        log_handle.write_all(&output.stdout)?;
+        log_handle.write_all(&output.stderr)?;
+        writeln!(log_handle, "# exit: {}", output.status)?;
+        if !output.status.success() {
+            bail!(
+                "`{shown}` failed ({}); the end of {}:\n{}",
+                output.status,
+                log_file.display(),
+                crate::process::log_tail(&log_file, 15)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}

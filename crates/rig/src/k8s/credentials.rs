@@ -1,0 +1,238 @@
+//! keygate's Vault credentials, registered per mode (scenarios/k8s/README.md
+//! step 5):
+//! - `inline`, `existing-secret`: the overlay's Secret holds fixed dev values;
+//!   Vault is told to accept them as the gateway AppRole's custom role_id and
+//!   secret_id. The values are read from the manifests, never repeated here.
+//! - `external-secret`: the AppRole's real role_id and a fresh secret_id go to
+//!   the KV secret the ExternalSecret reads.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret as KubeSecret};
+use manifests::files::KubernetesAuth;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::names::CREDENTIALS_SECRET;
+use crate::say;
+use crate::vault::{Secret, VaultClient};
+
+/// The AppRole credentials a mode's Secret carries.
+pub struct DevCredentials {
+    pub role_id: String,
+    pub secret_id: Secret,
+}
+
+/// The default key names of the credentials Secret (base, inline, ESO).
+const ROLE_ID_KEY: &str = "role-id";
+const SECRET_ID_KEY: &str = "secret-id";
+
+/// The Secret's string values: `stringData`, else `data` (base64, which
+/// k8s-openapi's ByteString decodes).
+fn secret_values(secret: &KubeSecret) -> BTreeMap<String, String> {
+    let mut values: BTreeMap<String, String> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    values.extend(secret.string_data.clone().unwrap_or_default());
+    values
+}
+
+fn value(values: &BTreeMap<String, String>, key: &str, origin: &str) -> Result<String> {
+    values.get(key).cloned().ok_or_else(|| {
+        anyhow!(
+            "{origin}: Secret {CREDENTIALS_SECRET} has no key {key:?} (it has {:?})",
+            values.keys().collect::<Vec<_>>()
+        )
+    })
+}
+
+/// The dev credentials of the `inline` overlay, from its rendered objects.
+pub fn inline_credentials(rendered: &[Value]) -> Result<DevCredentials> {
+    let object = manifests::find(rendered, "Secret", CREDENTIALS_SECRET)
+        .ok_or_else(|| anyhow!("the inline overlay renders no Secret {CREDENTIALS_SECRET}"))?;
+    // kubectl may wrap a long base64 value over lines; base64 has no whitespace.
+    let mut object = object.clone();
+    if let Some(data) = object.get_mut("data").and_then(Value::as_object_mut) {
+        for value in data.values_mut() {
+            if let Some(text) = value.as_str() {
+                *value = Value::String(text.split_whitespace().collect());
+            }
+        }
+    }
+    let secret: KubeSecret =
+        serde_json::from_value(object).context("the inline overlay's credentials Secret")?;
+    let values = secret_values(&secret);
+    Ok(DevCredentials {
+        role_id: value(&values, ROLE_ID_KEY, "scenarios/k8s/inline")?,
+        secret_id: Secret::new(value(&values, SECRET_ID_KEY, "scenarios/k8s/inline")?),
+    })
+}
+
+/// The dev credentials of the `existing-secret` mode: the pre-created Secret,
+/// read with the custom key names its values.yaml declares.
+pub fn existing_secret_credentials(overlay_dir: &Path) -> Result<DevCredentials> {
+    let values_file = overlay_dir.join("values.yaml");
+    let secret_file = overlay_dir.join("precreate/secret.yaml");
+    let config: ConfigMap = one(&values_file)?;
+    let keys = config.data.unwrap_or_default();
+    let key = |name: &str| {
+        keys.get(&format!("existingSecretKeys.{name}"))
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: data has no existingSecretKeys.{name}",
+                    values_file.display()
+                )
+            })
+    };
+    let secret: KubeSecret = one(&secret_file)?;
+    let values = secret_values(&secret);
+    let origin = secret_file.display().to_string();
+    Ok(DevCredentials {
+        role_id: value(&values, &key("roleId")?, &origin)?,
+        secret_id: Secret::new(value(&values, &key("secretId")?, &origin)?),
+    })
+}
+
+fn one<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T> {
+    let objects = manifests::read_yaml_file(file).map_err(|err| anyhow!("{err}"))?;
+    let [object] = objects.as_slice() else {
+        bail!("{} must hold exactly one object", file.display());
+    };
+    serde_json::from_value(object.clone()).with_context(|| format!("{}", file.display()))
+}
+
+/// Makes Vault accept `creds` as the AppRole `role`'s credentials.
+pub async fn register_dev_credentials(
+    root: &VaultClient,
+    role: &str,
+    creds: &DevCredentials,
+) -> Result<()> {
+    root.call(
+        Method::POST,
+        &format!("auth/approle/role/{role}/role-id"),
+        Some(&json!({"role_id": creds.role_id})),
+    )
+    .await
+    .with_context(|| format!("setting AppRole {role}'s role_id"))?;
+    let answer = root
+        .request(
+            Method::POST,
+            &format!("auth/approle/role/{role}/custom-secret-id"),
+            Some(&json!({"secret_id": creds.secret_id.expose()})),
+        )
+        .await
+        .with_context(|| format!("registering AppRole {role}'s custom secret_id"))?;
+    // Registering the same custom secret_id again (a reused cluster) is
+    // refused as a duplicate: it is registered, which is what we want.
+    let (status, body) = answer;
+    if !status.is_success() && !body.to_string().contains("already registered") {
+        bail!("Vault refused AppRole {role}'s custom secret_id: {status} {body}");
+    }
+    say!("vault: AppRole {role:?} accepts the overlay's dev credentials");
+    Ok(())
+}
+
+/// Writes the ExternalSecret's source: the AppRole's role_id and a fresh
+/// secret_id, plus the address and group keygate needs. Returns the
+/// secret_id's accessor (for revoking it later).
+pub async fn write_external_secret_source(
+    root: &VaultClient,
+    auth: &KubernetesAuth,
+    role: &str,
+    vault_url_in_cluster: &str,
+    gateway_group: &str,
+) -> Result<String> {
+    root.enable_kv2(&auth.gateway_credentials.mount)
+        .await
+        .with_context(|| format!("enabling KV v2 at {}", auth.gateway_credentials.mount))?;
+    let role_id = root.approle_role_id(role).await?;
+    let secret_id = root.approle_new_secret_id(role).await?;
+    let data = json!({
+        "vault_url": vault_url_in_cluster,
+        "role_id": role_id,
+        "secret_id": secret_id.secret_id.expose(),
+        "gateway_group": gateway_group,
+    });
+    let mut written: Vec<&str> = data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    written.sort_unstable();
+    let mut expected: Vec<&str> = auth
+        .gateway_credentials
+        .properties
+        .iter()
+        .map(String::as_str)
+        .collect();
+    expected.sort_unstable();
+    if written != expected {
+        bail!(
+            "kubernetes-roles.yaml gateway_credentials.properties is {expected:?}, but the harness writes {written:?}: keep them in step"
+        );
+    }
+    root.kv2_put(
+        &auth.gateway_credentials.mount,
+        &auth.gateway_credentials.path,
+        &data,
+    )
+    .await
+    .context("writing the ExternalSecret's source in Vault")?;
+    say!(
+        "vault: {}/{} holds AppRole {role:?}'s role_id and a new secret_id (accessor {})",
+        auth.gateway_credentials.mount,
+        auth.gateway_credentials.path,
+        secret_id.accessor
+    );
+    Ok(secret_id.accessor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubectl() -> Option<std::path::PathBuf> {
+        crate::tools::Tools::load_default()
+            .ok()?
+            .resolve("kubectl")
+            .ok()
+            .map(|t| t.path)
+    }
+
+    #[test]
+    fn reads_the_existing_secret_mode_with_its_custom_keys() {
+        let dir = crate::paths::scenarios_dir().join("k8s/existing-secret");
+        let creds = existing_secret_credentials(&dir).unwrap();
+        assert!(!creds.role_id.is_empty());
+        assert!(!creds.secret_id.expose().is_empty());
+    }
+
+    #[test]
+    fn reads_the_inline_mode_from_the_rendered_overlay() {
+        // The pinned kubectl is installed by `cargo xtask test`; without it
+        // crates/manifests' own tests fail loudly, so this one need not.
+        let Some(kubectl) = kubectl() else {
+            eprintln!(
+                "skipped: the pinned kubectl is not installed (cargo xtask tools --profile offline)"
+            );
+            return;
+        };
+        let rendered =
+            manifests::render_overlay(&kubectl, &crate::paths::scenarios_dir().join("k8s/inline"))
+                .unwrap();
+        let inline = inline_credentials(&rendered).unwrap();
+        let existing =
+            existing_secret_credentials(&crate::paths::scenarios_dir().join("k8s/existing-secret"))
+                .unwrap();
+        // Both modes register the same dev AppRole credentials.
+        assert_eq!(inline.role_id, existing.role_id);
+        assert_eq!(inline.secret_id.expose(), existing.secret_id.expose());
+    }
+}

@@ -1,0 +1,816 @@
+//! `up` and `down` of the kind and cluster profiles, in the order
+//! scenarios/k8s/README.md gives. Versions, charts and values come from
+//! env/k8s.toml; object names from `super::names`.
+//!
+//! What `up` leaves behind outside its own processes is recorded in
+//! `<run>/k8s.json` before it is made, so `down` (and the end of `e2e`)
+//! can delete a kind cluster keyrig created even when `up` failed half way.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use manifests::files::{ChartPin, K8sPins};
+use serde_json::json;
+
+use super::commands::Commands;
+use super::preflight::KubeTools;
+use super::state::KubeState;
+use super::{KubeProfile, Mode, names};
+use crate::env::{CacheSettings, Environment, KubeEnvironment};
+use crate::process::{Component, Readiness, Supervisor};
+use crate::run::RunDir;
+use crate::say;
+use crate::tools::{ToolEnv, Tools};
+use crate::vault::{Secret, VaultClient, VaultSetup};
+
+/// The field manager of keyrig's server-side applies.
+const FIELD_MANAGER: &str = "keyrig";
+
+/// Keeps a port-forward up: `kubectl port-forward` exits when the pod it
+/// picked goes away (a rollout restart), so it is started again. `$0` is
+/// kubectl, `$@` its arguments; the Supervisor stops the whole group.
+const KEEP_FORWARDING: &str =
+    r#"while :; do "$0" "$@"; echo "[keyrig] port-forward ended; again in 1 s" >&2; sleep 1; done"#;
+
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    pub profile: KubeProfile,
+    pub mode: Mode,
+    /// kind: delete an existing `keyrig` cluster first.
+    pub recreate: bool,
+    /// Each wait on the cluster (pods, CRDs, the Job, the ExternalSecret).
+    pub wait_deadline: Duration,
+}
+
+impl KubeOptions {
+    pub fn new(profile: KubeProfile, mode: Mode) -> Self {
+        Self {
+            profile,
+            mode,
+            recreate: false,
+            wait_deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A running Kubernetes environment. Dropping it stops the port-forwards;
+/// the cluster stays until `down --profile kind` (or the end of `e2e`).
+pub struct KubeRun {
+    pub supervisor: Supervisor,
+    pub environment: Environment,
+    pub run: RunDir,
+    pub state: KubeState,
+}
+
+/// Checks the tools `profile` needs, in this process's environment.
+pub fn preflight(profile: KubeProfile) -> Result<KubeTools> {
+    let pins = load_pins()?;
+    let env = ToolEnv::from_process();
+    let tools = Tools::load(&crate::paths::env_dir().join("tools.toml"), env.clone())?;
+    super::preflight::check(profile, &tools, &env, &pins.kind.version).map_err(anyhow::Error::new)
+}
+
+fn load_pins() -> Result<K8sPins> {
+    K8sPins::load(&crate::paths::env_dir().join("k8s.toml")).map_err(|err| anyhow!("{err}"))
+}
+
+fn chart<'a>(pins: &'a K8sPins, name: &str) -> Result<&'a ChartPin> {
+    pins.charts
+        .get(name)
+        .with_context(|| format!("env/k8s.toml has no [charts.{name}]"))
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Brings the profile up; on error, the port-forwards started so far stop
+/// (the Supervisor drops) and the cluster is left for `down`.
+pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
+    let started = Instant::now();
+    for warning in &tools.warnings {
+        say!("warning: {warning}");
+    }
+    let root_dir = crate::paths::workspace_root();
+    let scenarios = crate::paths::scenarios_dir();
+    let pins = load_pins()?;
+    let groups = crate::scenario::load_default_apis()?;
+    let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
+    let setup = VaultSetup::load_default(&group_ids)?;
+    let overlay = scenarios.join("k8s").join(opts.mode.name());
+    let run = RunDir::create()?;
+    say!(
+        "{} profile, mode {}: run {}",
+        opts.profile,
+        opts.mode,
+        run.id()
+    );
+    let mut supervisor = Supervisor::new(&run).with_ready_timeout(Duration::from_secs(60));
+
+    // 1. The cluster.
+    let mut state = KubeState {
+        profile: opts.profile,
+        mode: opts.mode,
+        cluster: None,
+        created_cluster: false,
+        deleted: false,
+        kubeconfig: None,
+    };
+    let (kubeconfig, context) = match opts.profile {
+        KubeProfile::Kind => {
+            let kind = tools.kind.as_deref().context("preflight found no kind")?;
+            let name = pins.kind.cluster_name.clone();
+            let kubeconfig = run.secrets_dir().join("kubeconfig");
+            let plain = Commands::new(run.logs_dir(), None, None);
+            let clusters = plain.run("kind", kind, ["get", "clusters"]).await?;
+            let exists = clusters.lines().any(|l| l.trim() == name);
+            if exists && opts.recreate {
+                plain
+                    .run("kind", kind, ["delete", "cluster", "--name", &name])
+                    .await?;
+            }
+            state.cluster = Some(name.clone());
+            state.kubeconfig = Some(kubeconfig.clone());
+            if !exists || opts.recreate {
+                // Recorded first: a create that fails half way still leaves
+                // a container for `down` to delete.
+                state.created_cluster = true;
+                state.save(run.path())?;
+                let config = root_dir.join(&pins.kind.config);
+                plain
+                    .run(
+                        "kind",
+                        kind,
+                        [
+                            "create".as_ref(),
+                            "cluster".as_ref(),
+                            "--name".as_ref(),
+                            name.as_ref(),
+                            "--config".as_ref(),
+                            config.as_os_str(),
+                            "--image".as_ref(),
+                            pins.kind.node_image.as_ref(),
+                            "--kubeconfig".as_ref(),
+                            kubeconfig.as_os_str(),
+                            "--wait".as_ref(),
+                            "120s".as_ref(),
+                        ],
+                    )
+                    .await?;
+            } else {
+                say!("kind: reusing cluster {name} (--recreate starts afresh)");
+                state.save(run.path())?;
+            }
+            plain
+                .run(
+                    "kind",
+                    kind,
+                    [
+                        "export".as_ref(),
+                        "kubeconfig".as_ref(),
+                        "--name".as_ref(),
+                        name.as_ref(),
+                        "--kubeconfig".as_ref(),
+                        kubeconfig.as_os_str(),
+                    ],
+                )
+                .await?;
+            // It holds the cluster's client key.
+            crate::run::write_secret_file(
+                &kubeconfig,
+                &std::fs::read_to_string(&kubeconfig).context("reading the kind kubeconfig")?,
+            )?;
+            (Some(kubeconfig), Some(format!("kind-{name}")))
+        }
+        KubeProfile::Cluster => {
+            state.save(run.path())?;
+            (None, None)
+        }
+    };
+    let cmds = Commands::new(run.logs_dir(), kubeconfig.clone(), context.clone());
+    let client = super::client::client(kubeconfig.as_deref(), context.as_deref()).await?;
+    let kubectl = tools.kubectl.as_path();
+    let helm = tools.helm.as_path();
+
+    // 2. The keygate image.
+    let keygate_image = pins
+        .images
+        .get("keygate")
+        .context("env/k8s.toml has no images.keygate")?
+        .clone();
+    let pushed_image = std::env::var("KEYRIG_KEYGATE_IMAGE")
+        .ok()
+        .filter(|v| !v.is_empty());
+    match (&pushed_image, opts.profile) {
+        (Some(image), KubeProfile::Cluster) => say!("keygate: using the pushed image {image}"),
+        _ => {
+            let docker = tools
+                .docker
+                .as_deref()
+                .context("preflight found no docker")?;
+            cmds.run(
+                "docker-build",
+                docker,
+                [
+                    "build".as_ref(),
+                    "-t".as_ref(),
+                    keygate_image.as_ref(),
+                    root_dir.as_os_str(),
+                ],
+            )
+            .await?;
+            if let (KubeProfile::Kind, Some(kind), Some(name)) = (
+                opts.profile,
+                tools.kind.as_deref(),
+                state.cluster.as_deref(),
+            ) {
+                cmds.run(
+                    "kind",
+                    kind,
+                    ["load", "docker-image", &keygate_image, "--name", name],
+                )
+                .await?;
+            }
+        }
+    }
+
+    // 3. Vault: OpenBao in dev mode (kind), or the one VAULT_ADDR names.
+    let (vault_addr, root_token) = match opts.profile {
+        KubeProfile::Kind => {
+            let openbao = chart(&pins, "openbao")?;
+            helm_install(&cmds, helm, openbao).await?;
+            crate::k8s::waits::statefulset(
+                &client,
+                &openbao.namespace,
+                &openbao.release,
+                opts.wait_deadline,
+            )
+            .await?;
+            let port = free_port()?;
+            let addr = format!("http://127.0.0.1:{port}");
+            supervisor
+                .start(
+                    port_forward(
+                        &cmds,
+                        kubectl,
+                        &openbao.namespace,
+                        &openbao.release,
+                        names::VAULT_PORT,
+                        port,
+                    ),
+                    Readiness::http(format!("{addr}/v1/sys/health"), 200),
+                )
+                .await?;
+            (addr, dev_root_token(&root_dir.join(&openbao.values))?)
+        }
+        KubeProfile::Cluster => (
+            std::env::var("VAULT_ADDR").context("VAULT_ADDR is not set")?,
+            Secret::new(std::env::var("VAULT_TOKEN").context("VAULT_TOKEN is not set")?),
+        ),
+    };
+    let root_token_file = run.write_secret("root-token", root_token.expose())?;
+    let root = VaultClient::new(&vault_addr)?.with_token(root_token);
+    setup.apply(&root).await?;
+    let kubernetes_host = std::env::var("KEYRIG_VAULT_KUBERNETES_HOST")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let auth = super::vault_auth::apply(
+        &root,
+        &super::vault_auth::roles_file(),
+        kubernetes_host.as_deref(),
+    )
+    .await?;
+
+    // 4. keygate's Vault credentials, per mode.
+    let in_cluster = keygate_in_cluster_config(&scenarios)?;
+    match opts.mode {
+        Mode::Inline => {
+            let rendered =
+                manifests::render_overlay(kubectl, &overlay).map_err(|err| anyhow!("{err}"))?;
+            say!(
+                "warning: mode inline keeps the gateway credentials in git (scenarios/k8s/inline): dev only"
+            );
+            let creds = super::credentials::inline_credentials(&rendered)?;
+            super::credentials::register_dev_credentials(&root, &setup.keygate_role, &creds)
+                .await?;
+        }
+        Mode::ExistingSecret => {
+            let creds = super::credentials::existing_secret_credentials(&overlay)?;
+            super::credentials::register_dev_credentials(&root, &setup.keygate_role, &creds)
+                .await?;
+        }
+        Mode::ExternalSecret => {
+            super::credentials::write_external_secret_source(
+                &root,
+                &auth,
+                &setup.keygate_role,
+                &in_cluster.vault_address,
+                "default",
+            )
+            .await?;
+        }
+    }
+
+    // 5. The namespace and the ConfigMap of API documents (kustomize may
+    // not read scenarios/apis), by server-side apply.
+    apply_namespace_and_apis(&client, &groups).await?;
+
+    // 6. Per mode, before the overlay.
+    match opts.mode {
+        Mode::ExistingSecret => {
+            let precreate = overlay.join("precreate/secret.yaml");
+            let mut args = vec!["apply".into(), "-f".into(), precreate.display().to_string()];
+            args.extend(cmds.context_args("--context"));
+            cmds.run("kubectl", kubectl, &args).await?;
+        }
+        Mode::ExternalSecret => {
+            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+            let installed = crds.get_opt(names::ESO_CRDS[0]).await?.is_some();
+            let eso = chart(&pins, "external-secrets")?;
+            if installed && opts.profile == KubeProfile::Cluster {
+                say!("external-secrets: already installed in the cluster; left as it is");
+            } else {
+                helm_install(&cmds, helm, eso).await?;
+            }
+            for crd in names::ESO_CRDS {
+                super::waits::crd_established(&client, crd, opts.wait_deadline).await?;
+            }
+            if !(installed && opts.profile == KubeProfile::Cluster) {
+                for deployment in names::ESO_DEPLOYMENTS {
+                    super::waits::deployment(
+                        &client,
+                        &eso.namespace,
+                        deployment,
+                        opts.wait_deadline,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Mode::Inline => {}
+    }
+
+    // 7. The overlay. The check Job's pod template is immutable, so a Job
+    // left by an earlier run (maybe of another mode) goes first. ESO's
+    // webhook may refuse objects for a few seconds after its pod is ready.
+    let mut delete_job = vec![
+        "-n".to_owned(),
+        names::NAMESPACE.to_owned(),
+        "delete".into(),
+        "job".into(),
+        names::CHECK_JOB.into(),
+        "--ignore-not-found".into(),
+    ];
+    delete_job.extend(cmds.context_args("--context"));
+    cmds.run("kubectl", kubectl, &delete_job).await?;
+    let mut apply = vec![
+        "apply".to_owned(),
+        "-k".into(),
+        overlay.display().to_string(),
+    ];
+    apply.extend(cmds.context_args("--context"));
+    crate::wait::wait_until(
+        &format!("kubectl apply -k scenarios/k8s/{}", opts.mode),
+        Duration::from_secs(120),
+        async || {
+            anyhow::Ok(match cmds.run("kubectl", kubectl, &apply).await {
+                Ok(_) => crate::wait::Probe::Ready(()),
+                Err(err) => crate::wait::Probe::seen(
+                    format!("{err:#}").lines().last().unwrap_or("").to_owned(),
+                ),
+            })
+        },
+    )
+    .await?;
+    if let (KubeProfile::Cluster, Some(image)) = (opts.profile, &pushed_image) {
+        use_pushed_image(&client, image).await?;
+    }
+
+    // 8. Wait for the check Job, the ExternalSecret, then the Deployments.
+    if let Err(err) = super::waits::job(
+        &client,
+        names::NAMESPACE,
+        names::CHECK_JOB,
+        opts.wait_deadline,
+    )
+    .await
+    {
+        let mut logs = vec![
+            "-n".to_owned(),
+            names::NAMESPACE.into(),
+            "logs".into(),
+            format!("job/{}", names::CHECK_JOB),
+        ];
+        logs.extend(cmds.context_args("--context"));
+        let _ = cmds.run("check-job", kubectl, &logs).await;
+        return Err(err.context(format!(
+            "the gateway credentials check failed: its log is in {}",
+            run.logs_dir().join("check-job.log").display()
+        )));
+    }
+    if opts.mode == Mode::ExternalSecret {
+        super::waits::external_secret(
+            &client,
+            names::NAMESPACE,
+            names::EXTERNAL_SECRET,
+            opts.wait_deadline,
+        )
+        .await?;
+    }
+    for deployment in [names::UPSTREAM, names::KEYGATE, names::GATEWAY] {
+        super::waits::deployment(&client, names::NAMESPACE, deployment, opts.wait_deadline).await?;
+    }
+
+    // 9. Port-forwards to the gateway, keygate and the upstream.
+    let gateway_port = free_port()?;
+    let keygate_port = free_port()?;
+    let upstream_port = free_port()?;
+    let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+    let keygate_url = format!("http://127.0.0.1:{keygate_port}");
+    let upstream_url = format!("http://127.0.0.1:{upstream_port}");
+    supervisor
+        .start(
+            port_forward(
+                &cmds,
+                kubectl,
+                names::NAMESPACE,
+                names::UPSTREAM,
+                names::UPSTREAM_PORT,
+                upstream_port,
+            ),
+            Readiness::Tcp(([127, 0, 0, 1], upstream_port).into()),
+        )
+        .await?;
+    supervisor
+        .start(
+            port_forward(
+                &cmds,
+                kubectl,
+                names::NAMESPACE,
+                names::KEYGATE,
+                names::KEYGATE_HTTP_PORT,
+                keygate_port,
+            ),
+            Readiness::http(format!("{keygate_url}/readyz"), 200),
+        )
+        .await?;
+    supervisor
+        .start(
+            port_forward(
+                &cmds,
+                kubectl,
+                names::NAMESPACE,
+                names::GATEWAY,
+                names::GATEWAY_PORT,
+                gateway_port,
+            ),
+            Readiness::Tcp(([127, 0, 0, 1], gateway_port).into()),
+        )
+        .await?;
+
+    // 10. env.json.
+    let environment = Environment {
+        profile: opts.profile.name().into(),
+        run_id: run.id().to_owned(),
+        gateway_url,
+        vault_addr,
+        kv_mount: setup.kv_mount.clone(),
+        groups: groups
+            .iter()
+            .map(|g| (g.group_id.clone(), g.route_prefix.clone()))
+            .collect(),
+        root_token_file,
+        unseal_key_file: None,
+        logs_dir: run.logs_dir(),
+        keygate_url,
+        upstream_url,
+        cache: in_cluster.cache,
+        envoy_admin_url: None,
+        gateways: Default::default(),
+        skipped_gateways: Default::default(),
+        mode: Some(opts.mode.name().into()),
+        delivery: None,
+        kube: Some(KubeEnvironment {
+            mode: opts.mode.name().into(),
+            kubeconfig,
+            context,
+            namespace: names::NAMESPACE.into(),
+            keygate: names::KEYGATE.into(),
+            credentials_secret: names::CREDENTIALS_SECRET.into(),
+            external_secret: (opts.mode == Mode::ExternalSecret)
+                .then(|| names::EXTERNAL_SECRET.to_owned()),
+            kubernetes_auth_mount: auth.auth_mount.clone(),
+            gateway_role: "gateway".into(),
+            credentials_kv_mount: auth.gateway_credentials.mount.clone(),
+            credentials_kv_path: auth.gateway_credentials.path.clone(),
+            keygate_approle: setup.keygate_role.clone(),
+        }),
+    };
+    environment.save(&run.env_file())?;
+    say!(
+        "{} profile (mode {}) up in {}",
+        opts.profile,
+        opts.mode,
+        crate::secs(started.elapsed())
+    );
+    Ok(KubeRun {
+        supervisor,
+        environment,
+        run,
+        state,
+    })
+}
+
+/// `helm upgrade --install` of a pinned chart: idempotent on a reused cluster.
+async fn helm_install(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<()> {
+    let values = crate::paths::workspace_root().join(&chart.values);
+    let mut args: Vec<String> = vec![
+        "upgrade".into(),
+        "--install".into(),
+        chart.release.clone(),
+        chart.chart.clone(),
+        "--repo".into(),
+        chart.repo.clone(),
+        "--version".into(),
+        chart.version.clone(),
+        "--namespace".into(),
+        chart.namespace.clone(),
+        "--create-namespace".into(),
+        "--values".into(),
+        values.display().to_string(),
+    ];
+    args.extend(cmds.context_args("--kube-context"));
+    cmds.run("helm", helm, &args).await.map(|_| ())
+}
+
+/// A supervised, self-restarting `kubectl port-forward svc/<service>`.
+fn port_forward(
+    cmds: &Commands,
+    kubectl: &Path,
+    namespace: &str,
+    service: &str,
+    remote: u16,
+    local: u16,
+) -> Component {
+    let mut component = Component::new(format!("port-forward-{service}"), "/bin/sh")
+        .arg("-c")
+        .arg(KEEP_FORWARDING)
+        .arg(kubectl)
+        .args([
+            "port-forward",
+            "--address",
+            "127.0.0.1",
+            "-n",
+            namespace,
+            &format!("svc/{service}"),
+            &format!("{local}:{remote}"),
+        ])
+        .args(cmds.context_args("--context"))
+        .current_dir(crate::paths::workspace_root());
+    if let Some(kubeconfig) = cmds.kubeconfig() {
+        component = component.env("KUBECONFIG", kubeconfig);
+    }
+    component
+}
+
+/// The dev server's root token, from the OpenBao values file
+/// (`server.dev.devRootToken`): the chart sets it from there too.
+fn dev_root_token(values_file: &Path) -> Result<Secret> {
+    let text = std::fs::read_to_string(values_file)
+        .with_context(|| format!("reading {}", values_file.display()))?;
+    let values: serde_yaml::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not YAML", values_file.display()))?;
+    values["server"]["dev"]["devRootToken"]
+        .as_str()
+        .map(Secret::new)
+        .with_context(|| {
+            format!(
+                "{}: server.dev.devRootToken is missing: the kind profile needs OpenBao in dev mode with a known root token",
+                values_file.display()
+            )
+        })
+}
+
+/// What keygate's in-cluster config says that the harness needs to know.
+struct InClusterKeygate {
+    /// Vault's address as pods see it.
+    vault_address: String,
+    cache: CacheSettings,
+}
+
+fn keygate_in_cluster_config(scenarios: &Path) -> Result<InClusterKeygate> {
+    let file = scenarios.join("k8s/base/config/keygate.yaml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", file.display()))?;
+    let field = |path: &[&str]| -> Result<String> {
+        let mut value = &config;
+        for key in path {
+            value = &value[*key];
+        }
+        value
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{}: {} is missing", file.display(), path.join(".")))
+    };
+    let ms = |path: &[&str]| -> Result<u64> {
+        let text = field(path)?;
+        humantime::parse_duration(&text)
+            .map(|d| d.as_millis() as u64)
+            .with_context(|| {
+                format!(
+                    "{}: {} = {text:?} is not a duration",
+                    file.display(),
+                    path.join(".")
+                )
+            })
+    };
+    Ok(InClusterKeygate {
+        vault_address: field(&["vault", "address"])?,
+        cache: CacheSettings {
+            positive_ttl_ms: ms(&["cache", "positive_ttl"])?,
+            negative_ttl_ms: ms(&["cache", "negative_ttl"])?,
+            // The in-cluster keygate config sets no resurrect window.
+            resurrect_ttl_ms: 0,
+        },
+    })
+}
+
+async fn apply_namespace_and_apis(
+    client: &kube::Client,
+    groups: &[crate::scenario::ApiGroup],
+) -> Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": names::NAMESPACE, "labels": {"app.kubernetes.io/part-of": "keyrig"}},
+    });
+    namespaces
+        .patch(names::NAMESPACE, &params, &Patch::Apply(&namespace))
+        .await
+        .with_context(|| format!("applying namespace {}", names::NAMESPACE))?;
+    let mut data = BTreeMap::new();
+    for group in groups {
+        let name = group
+            .file
+            .file_name()
+            .context("an API document without a file name")?
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&group.file)
+            .with_context(|| format!("reading {}", group.file.display()))?;
+        data.insert(name, text);
+    }
+    let configmap = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(names::APIS_CONFIGMAP.into()),
+            namespace: Some(names::NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    let mut object = serde_json::to_value(&configmap)?;
+    object["apiVersion"] = json!("v1");
+    object["kind"] = json!("ConfigMap");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), names::NAMESPACE);
+    configmaps
+        .patch(names::APIS_CONFIGMAP, &params, &Patch::Apply(&object))
+        .await
+        .with_context(|| format!("applying ConfigMap {}", names::APIS_CONFIGMAP))?;
+    Ok(())
+}
+
+/// The cluster profile runs a pushed image: point keygate's container at
+/// it and let the node pull it.
+async fn use_pushed_image(client: &kube::Client, image: &str) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), names::NAMESPACE);
+    let patch = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": names::KEYGATE, "image": image, "imagePullPolicy": "IfNotPresent"}
+    ]}}}});
+    deployments
+        .patch(
+            names::KEYGATE,
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+        .context("pointing keygate at KEYRIG_KEYGATE_IMAGE")?;
+    Ok(())
+}
+
+/// Rollout restart, as `kubectl rollout restart` does it: a new pod-template
+/// annotation. Returns once the patch is accepted; wait with `waits::deployment`.
+pub async fn restart_deployment(client: &kube::Client, namespace: &str, name: &str) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .context("formatting the time")?;
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": now
+    }}}}});
+    deployments
+        .patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .with_context(|| format!("restarting Deployment {namespace}/{name}"))?;
+    Ok(())
+}
+
+/// Deletes every kind cluster a run recorded as created and not yet deleted
+/// (`<run>/k8s.json`); clusters keyrig only reused are left alone. Returns
+/// what it deleted.
+pub async fn delete_created_clusters() -> Result<Vec<String>> {
+    let rig_dir = crate::paths::rig_dir();
+    let entries = match std::fs::read_dir(&rig_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", rig_dir.display())),
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.is_symlink())
+        .collect();
+    runs.sort();
+    let mut deleted = Vec::new();
+    for run in runs {
+        let Some(mut state) = super::state::KubeState::load(&run)? else {
+            continue;
+        };
+        let Some(name) = state.cluster.clone() else {
+            continue;
+        };
+        if !state.created_cluster || state.deleted {
+            continue;
+        }
+        let kind = ToolEnv::from_process().which("kind").with_context(|| {
+            format!(
+                "run {} created kind cluster {name}, but no `kind` is on PATH to delete it (kind delete cluster --name {name})",
+                run.display()
+            )
+        })?;
+        if !deleted.contains(&name) {
+            let cmds = Commands::new(run.join("logs"), None, None);
+            cmds.run("kind", &kind, ["delete", "cluster", "--name", &name])
+                .await?;
+            deleted.push(name);
+        }
+        state.deleted = true;
+        state.save(&run)?;
+    }
+    if deleted.is_empty() {
+        say!("no kind cluster to delete: none was created by keyrig, or it is gone already");
+    }
+    Ok(deleted)
+}
+
+/// What `up` prints: where everything is.
+pub fn describe(run: &KubeRun) -> String {
+    let env = &run.environment;
+    format!(
+        "keyrig {} environment {} (mode {}):\n  gateway   {}\n  vault     {}  (root token in {})\n  keygate   {}\n  env.json  {}\n  logs      {}",
+        env.profile,
+        env.run_id,
+        run.state.mode,
+        env.gateway_url,
+        env.vault_addr,
+        env.root_token_file.display(),
+        env.keygate_url,
+        run.run.env_file().display(),
+        env.logs_dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_dev_root_token_and_keygate_settings_from_the_repository() {
+        let values = crate::paths::env_dir().join("helm/openbao-values.yaml");
+        assert!(!dev_root_token(&values).unwrap().expose().is_empty());
+        let keygate = keygate_in_cluster_config(&crate::paths::scenarios_dir()).unwrap();
+        assert_eq!(keygate.vault_address, "http://openbao.openbao.svc:8200");
+        assert_eq!(keygate.cache.positive_ttl_ms, 5000);
+    }
+
+    #[test]
+    fn pins_name_every_chart_the_profiles_install() {
+        let pins = load_pins().unwrap();
+        for name in ["openbao", "external-secrets"] {
+            chart(&pins, name).unwrap();
+        }
+        assert!(pins.images.contains_key("keygate"));
+    }
+}
