@@ -265,10 +265,23 @@ fn local_options() -> Result<rig::local::LocalOptions> {
         }
     };
     let echo = rig::local::EchoCommand {
-        program: std::env::current_exe().context("finding the xtask binary")?,
+        program: this_binary()?,
         args: vec!["echo-upstream".into()],
     };
     Ok(rig::local::LocalOptions::new(keygate, echo))
+}
+
+/// This binary's path. `cargo test --workspace` rebuilds target/debug/xtask
+/// (xtask's integration tests run it, with dev-dependency features), so
+/// while `cargo xtask test` runs, Linux reports the running file as
+/// "<path> (deleted)": the rebuilt file at the path is the one to start.
+fn this_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) if Path::new(path).is_file() => PathBuf::from(path),
+        _ => exe,
+    })
 }
 
 fn up(profile: Profile) -> Result<()> {
