@@ -405,7 +405,7 @@ fn local_options(mode: rig::modes::Mode) -> Result<rig::local::LocalOptions> {
             rig::paths::target_dir().join("debug/keygate")
         }
     };
-    let xtask = std::env::current_exe().context("finding the xtask binary")?;
+    let xtask = this_binary()?;
     let echo = rig::local::EchoCommand {
         program: xtask.clone(),
         args: vec!["echo-upstream".into()],
@@ -417,6 +417,19 @@ fn local_options(mode: rig::modes::Mode) -> Result<rig::local::LocalOptions> {
         args: vec!["publish-secret".into()],
     });
     Ok(opts)
+}
+
+/// This binary's path. `cargo test --workspace` rebuilds target/debug/xtask
+/// (xtask's integration tests run it, with dev-dependency features), so
+/// while `cargo xtask test` runs, Linux reports the running file as
+/// "<path> (deleted)": the rebuilt file at the path is the one to start.
+fn this_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) if Path::new(path).is_file() => PathBuf::from(path),
+        _ => exe,
+    })
 }
 
 fn up(profile: Profile, mode: rig::modes::Mode) -> Result<()> {
