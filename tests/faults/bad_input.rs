@@ -145,6 +145,7 @@ pub async fn run(base: &LocalOptions) -> Result<String> {
         let runs: PathBuf = dir.path().join("runs");
         copy_dir(&base.scenarios_dir.join("apis"), &scenarios.join("apis"))?;
         copy_dir(&base.scenarios_dir.join("vault"), &scenarios.join("vault"))?;
+        copy_dir(&base.scenarios_dir.join("modes"), &scenarios.join("modes"))?;
         let target = scenarios.join(broken.file);
         let text = std::fs::read_to_string(&target)
             .with_context(|| format!("reading {}", target.display()))?;
