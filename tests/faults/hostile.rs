@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::support::{Owned, Reply};
 
+/// Header lines of a raw request: name, value bytes.
+type Headers<'a> = Vec<(&'a str, Vec<u8>)>;
+
 /// One raw GET; header values are bytes, so NUL and non-UTF-8 go through.
 async fn raw_get(env: &Owned, path: &str, headers: &[(&str, Vec<u8>)]) -> Result<Reply> {
     let host = env
@@ -69,13 +72,13 @@ fn normalize(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
-            {
-                decoded.push(byte);
-                i += 3;
-                continue;
-            }
+        let hex = bytes.get(i + 1..i + 3).map(String::from_utf8_lossy);
+        if bytes[i] == b'%'
+            && let Some(Ok(byte)) = hex.map(|h| u8::from_str_radix(&h, 16))
+        {
+            decoded.push(byte);
+            i += 3;
+            continue;
         }
         decoded.push(bytes[i]);
         i += 1;
@@ -160,7 +163,7 @@ pub async fn run(env: &Owned) -> Result<String> {
     let mut sent = 0;
 
     // Header tricks on group A's path.
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let cases: Vec<(&str, Headers)> = vec![
         ("8 KiB x-api-key", header(vec![b'a'; 8192])),
         (
             "two x-api-key headers, same key",
