@@ -23,7 +23,7 @@ use rig::say;
 const CASE: &str = "selfcheck_wrong_expected_value";
 const GROUP: &str = "selfcheck";
 /// Components of the local profile, each with a log in the bundle.
-const COMPONENTS: [&str; 4] = ["bao", "echo", "keygate", "envoy"];
+const COMPONENTS: [&str; 4] = ["bao", "echo", "keygate", "envoy-grpc"];
 
 /// Runs the self-check; `Ok(false)` lists what was wrong.
 pub fn run() -> Result<bool> {
