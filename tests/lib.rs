@@ -24,8 +24,57 @@ pub fn env() -> &'static Environment {
 }
 
 /// Records this case for the run's results table (group, name, status, time).
+/// Through the keys-file gateway the group reads `<group>@keys-file`, so the
+/// table tells the two passes of the same test apart.
 pub fn case(group: &str, name: &str) -> CaseGuard {
-    CaseGuard::start(group, name)
+    if keys_file_mode() {
+        CaseGuard::start(&format!("{group}@keys-file"), name)
+    } else {
+        CaseGuard::start(group, name)
+    }
+}
+
+/// Whether `gateway_url` validates from keys files rendered by a Vault
+/// Agent (Spring Cloud Gateway's way) instead of reading Vault per key.
+/// What differs there: the file holds `<selector>,<hash>` only, so the
+/// upstream gets an empty `x-keyrig-owner`, expiry is unknown (an expired
+/// key is accepted until it is deleted), and a change lands within the
+/// render interval plus keygate's poll instead of the cache TTL.
+pub fn keys_file_mode() -> bool {
+    env().key_source == rig::env::KEY_SOURCE_FILE
+}
+
+/// The longest a rendered change may take to reach the keys-file gateway:
+/// render interval + keygate's poll + slack for the agent's own work.
+pub fn render_deadline() -> Duration {
+    let side = env()
+        .keys_file
+        .as_ref()
+        .expect("this environment has no keys-file gateway (env.json keys_file)");
+    Duration::from_millis(side.render_interval_ms + side.poll_interval_ms) + Duration::from_secs(5)
+}
+
+/// In keys-file mode a key written to Vault exists at the gateway only once
+/// the agent rendered it: wait until the gateway stops calling it `unknown`.
+/// In Vault mode, the negative cache is the only delay and a fresh selector
+/// has never been looked up, so there is nothing to wait for.
+pub async fn await_delivery(group: &str, key: &str) -> Result<()> {
+    if !keys_file_mode() {
+        return Ok(());
+    }
+    let path = api_path(group);
+    rig::wait::wait_until(
+        "the agent to render the new key into the keys file",
+        render_deadline(),
+        async || {
+            let reply = gateway_get(&path, Some(key)).await?;
+            Ok(match reply.reason.as_deref() {
+                Some("unknown") => rig::wait::Probe::seen(format!("{} unknown", reply.status)),
+                _ => rig::wait::Probe::Ready(()),
+            })
+        },
+    )
+    .await
 }
 
 fn http() -> &'static reqwest::Client {
@@ -151,6 +200,7 @@ pub async fn issue_key(group: &str, record: impl FnOnce(KeyRecord) -> KeyRecord)
     let key = ApiKey::generate();
     let record = record(KeyRecord::for_key(&key, "e2e-owner"));
     store_record(group, &key, &record).await?;
+    await_delivery(group, key.expose()).await?;
     Ok(key)
 }
 
@@ -202,7 +252,12 @@ impl GatewayReply {
 
 /// GET `path` at the gateway, with `x-api-key` when given.
 pub async fn gateway_get(path: &str, api_key: Option<&str>) -> Result<GatewayReply> {
-    let url = format!("{}{}", env().gateway_url, path);
+    gateway_get_at(&env().gateway_url, path, api_key).await
+}
+
+/// GET `path` at the gateway listening at `base` (e.g. the keys-file one).
+pub async fn gateway_get_at(base: &str, path: &str, api_key: Option<&str>) -> Result<GatewayReply> {
+    let url = format!("{base}{path}");
     let mut request = http().get(&url);
     if let Some(key) = api_key {
         request = request.header("x-api-key", key);
@@ -254,6 +309,16 @@ pub async fn keygate_readyz() -> Result<Value> {
 
 /// How long a change in Vault may take to reach the gateway: the positive
 /// cache TTL plus slack for the poll.
+/// In keys-file mode, the render deadline instead.
 pub fn cache_deadline() -> Duration {
+    if keys_file_mode() {
+        return render_deadline();
+    }
     Duration::from_millis(env().cache.positive_ttl_ms) + Duration::from_secs(5)
+}
+
+/// The owner the upstream sees for a key issued with `owner`: the keys file
+/// carries no owner, so in keys-file mode it is empty.
+pub fn expected_owner(owner: &str) -> &str {
+    if keys_file_mode() { "" } else { owner }
 }

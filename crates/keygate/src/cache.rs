@@ -69,7 +69,9 @@ const MAX_ENTRIES: u64 = 100_000;
 
 pub struct RecordCache {
     source: Arc<dyn RecordSource>,
-    cache: Cache<Key, Value>,
+    /// `None`: every lookup goes to the source (keys files are in memory
+    /// already; a cache would only delay a rendered change).
+    cache: Option<Cache<Key, Value>>,
     metrics: Arc<Metrics>,
 }
 
@@ -84,7 +86,16 @@ impl RecordCache {
             .build();
         Self {
             source,
-            cache,
+            cache: Some(cache),
+            metrics,
+        }
+    }
+
+    /// No caching: for sources that are in memory already (keys files).
+    pub fn uncached(source: Arc<dyn RecordSource>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            source,
+            cache: None,
             metrics,
         }
     }
@@ -92,13 +103,16 @@ impl RecordCache {
     /// The record for `(group, selector)`, from the cache or Vault.
     /// Concurrent callers for one key share a single Vault read.
     pub async fn get(&self, group: &str, selector: &Selector) -> Result<Value, Arc<VaultError>> {
+        let Some(cache) = &self.cache else {
+            return self.source.read(group, selector).await.map_err(Arc::new);
+        };
         let key = (group.to_owned(), selector.clone());
-        if let Some(value) = self.cache.get(&key).await {
+        if let Some(value) = cache.get(&key).await {
             self.metrics.cache_hit();
             return Ok(value);
         }
         self.metrics.cache_miss();
-        self.cache
+        cache
             .try_get_with(key, async {
                 let started = Instant::now();
                 let result = self.source.read(group, selector).await;

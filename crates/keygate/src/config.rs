@@ -43,6 +43,22 @@ pub struct Config {
     /// OpenAPI documents, resolved against the config file's directory.
     pub apis: Vec<ApiFile>,
     pub cache: CacheConfig,
+    /// Where key records come from (`keys:`); Vault unless set.
+    pub keys: KeysConfig,
+}
+
+pub const DEFAULT_KEYS_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `keys:`: validate against Vault directly (default) or against keys files
+/// rendered by a Vault Agent (Spring Cloud Gateway's way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysConfig {
+    Vault,
+    File {
+        /// (groupId, `keys.files.<groupId>`, path), sorted by group.
+        files: Vec<(String, String, PathBuf)>,
+        poll_interval: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +178,16 @@ struct RawConfig {
     apis: Option<Vec<String>>,
     #[serde(default)]
     cache: RawCache,
+    keys: Option<RawKeys>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    source: Option<String>,
+    files: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +352,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         positive_ttl: raw.cache.positive_ttl.unwrap_or(DEFAULT_POSITIVE_TTL),
         negative_ttl: raw.cache.negative_ttl.unwrap_or(DEFAULT_NEGATIVE_TTL),
     };
+    let keys = keys(raw.keys, base)?;
 
     Ok(Config {
         file: PathBuf::new(),
@@ -338,7 +365,58 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         },
         apis,
         cache,
+        keys,
     })
+}
+
+fn keys(raw: Option<RawKeys>, base: &Path) -> Result<KeysConfig, String> {
+    let Some(raw) = raw else {
+        return Ok(KeysConfig::Vault);
+    };
+    let source = raw.source.as_deref().map(str::trim).unwrap_or("vault");
+    match source {
+        "vault" => {
+            if raw.files.is_some() || raw.poll_interval.is_some() {
+                return Err("keys.files and keys.poll_interval apply only to `source: file`, but keys.source is vault: \
+                     set `source: file` or remove them"
+                    .into());
+            }
+            Ok(KeysConfig::Vault)
+        }
+        "file" => {
+            let files = raw.files.unwrap_or_default();
+            if files.is_empty() {
+                return Err("keys.source is file but keys.files is missing or empty: \
+                     map each groupId to the keys file the Vault Agent renders, e.g. `files: {billing-api: keys/billing-api}`"
+                    .into());
+            }
+            let files = files
+                .into_iter()
+                .map(|(group, path)| {
+                    let field = format!("keys.files.{group}");
+                    if path.trim().is_empty() {
+                        return Err(format!(
+                            "{field} is empty: give the path of the group's keys file"
+                        ));
+                    }
+                    Ok((group, field, base.join(path.trim())))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let poll_interval = raw.poll_interval.unwrap_or(DEFAULT_KEYS_POLL_INTERVAL);
+            if poll_interval.is_zero() {
+                return Err(
+                    "keys.poll_interval is 0: set a positive duration such as 500ms".into(),
+                );
+            }
+            Ok(KeysConfig::File {
+                files,
+                poll_interval,
+            })
+        }
+        other => Err(format!(
+            "keys.source is `{other}`: write `vault` (read each key from Vault) or `file` (keys files rendered by a Vault Agent)"
+        )),
+    }
 }
 
 fn socket_addr(field: &str, value: Option<String>, example: &str) -> Result<SocketAddr, String> {
@@ -551,11 +629,34 @@ apis:
     #[case::misspelt(VALID.replace("address:", "adress:"), "line 5, column 3: vault: unknown field `adress`")]
     #[case::misspelt_cache(VALID.to_owned() + "cache:\n  positve_ttl: 1s\n", "cache: unknown field `positve_ttl`")]
     #[case::empty_file(String::new(), "listen is missing")]
+    #[case::keys_bad_source(VALID.to_owned() + "keys:\n  source: disk\n", "keys.source is `disk`: write `vault`")]
+    #[case::keys_file_without_files(VALID.to_owned() + "keys:\n  source: file\n", "keys.source is file but keys.files is missing")]
+    #[case::keys_files_with_vault(VALID.to_owned() + "keys:\n  files: {g: k}\n", "apply only to `source: file`")]
+    #[case::keys_misspelt(VALID.to_owned() + "keys:\n  source: file\n  file: {g: k}\n", "keys: unknown field `file`")]
     #[case::malformed_yaml(VALID.replace("    approle:\n", "    approle: [\n"), "line ")]
     fn errors_name_the_file_and_the_field(#[case] text: String, #[case] expected: &str) {
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.starts_with("conf/keygate.yaml: "), "{err}");
         assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+
+    #[test]
+    fn keys_file_mode_resolves_paths_per_group() {
+        let text = VALID.to_owned()
+            + "keys:\n  source: file\n  files:\n    billing: keys/billing\n  poll_interval: 250ms\n";
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.keys,
+            KeysConfig::File {
+                files: vec![(
+                    "billing".into(),
+                    "keys.files.billing".into(),
+                    "conf/keys/billing".into()
+                )],
+                poll_interval: Duration::from_millis(250),
+            }
+        );
+        assert_eq!(parse(VALID).unwrap().keys, KeysConfig::Vault);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod decision;
 pub mod grpc;
 pub mod http;
+pub mod keys_file;
 pub mod metrics;
 pub mod routes;
 pub mod vault;

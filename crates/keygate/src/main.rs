@@ -14,10 +14,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use keygate::cache::RecordCache;
-use keygate::config::Config;
+use keygate::config::{Config, KeysConfig};
 use keygate::decision::Validator;
 use keygate::grpc::ExtAuthz;
 use keygate::http;
+use keygate::keys_file::{FileModeReadiness, KeysFiles};
 use keygate::metrics::Metrics;
 use keygate::routes::Routes;
 use keygate::vault::Vault;
@@ -61,6 +62,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let KeysConfig::File { files, .. } = &config.keys {
+        let missing: Vec<&str> = routes
+            .groups()
+            .iter()
+            .map(String::as_str)
+            .filter(|g| !files.iter().any(|(group, _, _)| group == g))
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "{}: keys.files has no file for API group(s) {}: add `keys.files.<groupId>: <path>` for each",
+                config.file.display(),
+                missing.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
     if args.check {
         println!(
             "{}: OK: {} OpenAPI document(s), {} route(s), groups: {}",
@@ -109,7 +126,27 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
 
     let groups = routes.groups().join(", ");
     let metrics = Arc::new(Metrics::new());
-    let records = RecordCache::new(vault.clone(), config.cache, metrics.clone());
+    let (records, readiness): (RecordCache, Arc<dyn http::ReadinessSource>) = match &config.keys {
+        KeysConfig::Vault => (
+            RecordCache::new(vault.clone(), config.cache, metrics.clone()),
+            vault.clone(),
+        ),
+        KeysConfig::File {
+            files,
+            poll_interval,
+        } => {
+            let files = Arc::new(KeysFiles::new(files.clone()));
+            tokio::spawn(files.clone().watch(*poll_interval));
+            info!(poll_interval = ?poll_interval, "validating from keys files rendered by a Vault Agent");
+            (
+                RecordCache::uncached(files.clone(), metrics.clone()),
+                Arc::new(FileModeReadiness {
+                    files,
+                    vault: vault.clone(),
+                }),
+            )
+        }
+    };
     let validator = Arc::new(Validator::new(
         routes,
         records,
@@ -135,7 +172,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             tonic::transport::server::TcpIncoming::from(grpc_listener),
             until_stopped(stopped.clone()),
         );
-    let http = axum::serve(http_listener, http::router(validator, vault))
+    let http = axum::serve(http_listener, http::router(validator, readiness))
         .with_graceful_shutdown(until_stopped(stopped));
     let mut grpc = tokio::spawn(grpc);
     let mut http = tokio::spawn(async move { http.await });

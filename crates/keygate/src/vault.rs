@@ -56,6 +56,11 @@ pub enum VaultError {
          the token's policy must allow `read` on that path"
     )]
     Forbidden { path: String },
+    /// Keys-file mode: the group's rendered file cannot be read.
+    #[error(
+        "cannot read the keys file {path} ({reason}): is the Vault Agent that renders it running?"
+    )]
+    KeysFile { path: String, reason: String },
 }
 
 impl VaultError {

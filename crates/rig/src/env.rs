@@ -37,6 +37,34 @@ pub struct Environment {
     pub upstream_url: String,
     /// keygate's cache settings, so tests know how long a change may take to land.
     pub cache: CacheSettings,
+    /// How the keygate behind `gateway_url` gets key records: `vault` (reads
+    /// each key from Vault) or `file` (keys files rendered by a Vault Agent).
+    #[serde(default = "default_key_source")]
+    pub key_source: String,
+    /// The keys-file gateway of the same environment, when the profile runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_file: Option<KeysFileSettings>,
+}
+
+pub const KEY_SOURCE_VAULT: &str = "vault";
+pub const KEY_SOURCE_FILE: &str = "file";
+
+fn default_key_source() -> String {
+    KEY_SOURCE_VAULT.into()
+}
+
+/// The second gateway: Envoy -> keygate validating from keys files that
+/// `bao agent` renders every `render_interval_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysFileSettings {
+    pub gateway_url: String,
+    pub keygate_url: String,
+    /// The agent's `static_secret_render_interval`.
+    pub render_interval_ms: u64,
+    /// How often keygate checks the files for a change.
+    pub poll_interval_ms: u64,
+    /// Where the rendered files are (one per group; 0600).
+    pub keys_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +109,23 @@ impl Environment {
             )
         })?;
         Ok(token.trim().to_owned())
+    }
+
+    /// The same environment seen through its keys-file gateway: gateway and
+    /// keygate URLs swapped, `key_source: file`. `None` without one.
+    pub fn as_keys_file(&self) -> Option<Self> {
+        let side = self.keys_file.as_ref()?;
+        Some(Self {
+            gateway_url: side.gateway_url.clone(),
+            keygate_url: side.keygate_url.clone(),
+            key_source: KEY_SOURCE_FILE.into(),
+            ..self.clone()
+        })
+    }
+
+    /// The keys-file view's env.json, next to env.json.
+    pub fn keys_file_env_path(env_file: &Path) -> PathBuf {
+        env_file.with_file_name("env-keys-file.json")
     }
 
     /// The route prefix of a group, or an error naming the known groups.

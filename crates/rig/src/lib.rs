@@ -6,9 +6,11 @@
 pub mod case;
 pub mod echo;
 pub mod env;
+pub mod keys_file;
 pub mod local;
 pub mod paths;
 pub mod process;
+pub mod propagation;
 pub mod run;
 pub mod scenario;
 pub mod tools;

@@ -228,19 +228,25 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let vault_addr = format!("http://{}", addr(ports.vault));
     let role_id_file = run.secrets_dir().join("keygate-role-id");
     let secret_id_file = run.secrets_dir().join("keygate-secret-id");
-    let keygate_config = render(
-        &opts.env_dir.join("keygate/keygate.yaml.j2"),
-        KeygateContext {
-            grpc_addr: addr(ports.keygate_grpc).to_string(),
-            http_addr: addr(ports.keygate_http).to_string(),
-            vault_addr: &vault_addr,
-            kv_mount: &setup.kv_mount,
-            role_id_file: &role_id_file,
-            secret_id_file: &secret_id_file,
-            api_files: groups.iter().map(|g| g.file.as_path()).collect(),
-            positive_ttl: humantime::format_duration(POSITIVE_TTL).to_string(),
-            negative_ttl: humantime::format_duration(NEGATIVE_TTL).to_string(),
-        },
+    let render_keygate = |grpc_addr: &str, http_addr: &str| {
+        render(
+            &opts.env_dir.join("keygate/keygate.yaml.j2"),
+            KeygateContext {
+                grpc_addr: grpc_addr.to_owned(),
+                http_addr: http_addr.to_owned(),
+                vault_addr: &vault_addr,
+                kv_mount: &setup.kv_mount,
+                role_id_file: &role_id_file,
+                secret_id_file: &secret_id_file,
+                api_files: groups.iter().map(|g| g.file.as_path()).collect(),
+                positive_ttl: humantime::format_duration(POSITIVE_TTL).to_string(),
+                negative_ttl: humantime::format_duration(NEGATIVE_TTL).to_string(),
+            },
+        )
+    };
+    let keygate_config = render_keygate(
+        &addr(ports.keygate_grpc).to_string(),
+        &addr(ports.keygate_http).to_string(),
     )?;
     let keygate_config_file = run.path().join("keygate.yaml");
     std::fs::write(&keygate_config_file, keygate_config).context("writing keygate's config")?;
@@ -335,7 +341,28 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         )
         .await?;
 
-    // 8. env.json for the tests.
+    // 8. The keys-file gateway: bao agent -> keys files -> keygate -> Envoy.
+    let keys_file = crate::keys_file::start(
+        &mut supervisor,
+        crate::keys_file::KeysFileInputs {
+            run: &run,
+            env_dir: &opts.env_dir,
+            bao: &bao.path,
+            envoy: &envoy.path,
+            keygate_bin: &opts.keygate_bin,
+            vault_addr: &vault_addr,
+            root: &root,
+            agent_role: &setup.keygate_role,
+            kv_mount: &setup.kv_mount,
+            groups: &groups,
+            keygate_config: &render_keygate,
+            upstream_port: ports.echo,
+        },
+    )
+    .await
+    .context("starting the keys-file gateway")?;
+
+    // 9. env.json for the tests.
     let environment = Environment {
         profile: "local".into(),
         run_id: run.id().to_owned(),
@@ -355,8 +382,13 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             positive_ttl_ms: POSITIVE_TTL.as_millis() as u64,
             negative_ttl_ms: NEGATIVE_TTL.as_millis() as u64,
         },
+        key_source: crate::env::KEY_SOURCE_VAULT.into(),
+        keys_file: Some(keys_file),
     };
     environment.save(&run.env_file())?;
+    if let Some(view) = environment.as_keys_file() {
+        view.save(&Environment::keys_file_env_path(&run.env_file()))?;
+    }
     say!("local profile up in {}", crate::secs(started.elapsed()));
     Ok(LocalRun {
         supervisor,

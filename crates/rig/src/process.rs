@@ -100,6 +100,8 @@ pub enum Readiness {
     Http { url: String, status: u16 },
     /// A TCP connection to the address succeeds.
     Tcp(SocketAddr),
+    /// Every file exists: a Vault Agent has rendered its templates once.
+    Files(Vec<PathBuf>),
 }
 
 impl Readiness {
@@ -118,6 +120,7 @@ impl Readiness {
                 Err(_) => url.clone(),
             },
             Readiness::Tcp(addr) => format!("a TCP connection to {addr}"),
+            Readiness::Files(files) => format!("{} rendered file(s)", files.len()),
         }
     }
 
@@ -132,6 +135,10 @@ impl Readiness {
             Readiness::Tcp(addr) => match tokio::net::TcpStream::connect(addr).await {
                 Ok(_) => Ok(()),
                 Err(err) => Err(err.to_string()),
+            },
+            Readiness::Files(files) => match files.iter().find(|f| !f.is_file()) {
+                None => Ok(()),
+                Some(missing) => Err(format!("no file {} yet", missing.display())),
             },
         }
     }
