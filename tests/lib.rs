@@ -94,6 +94,21 @@ fn http() -> &'static reqwest::Client {
 #[derive(Clone)]
 pub struct Token(String);
 
+impl Token {
+    /// No token, for logins.
+    pub fn none() -> Self {
+        Token(String::new())
+    }
+
+    /// The client token of a login answer.
+    pub fn from_login(body: &Value) -> Result<Self> {
+        match body["auth"]["client_token"].as_str() {
+            Some(token) => Ok(Token(token.to_owned())),
+            None => bail!("the login answer carries no token: {}", body["errors"]),
+        }
+    }
+}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(<redacted>)")

@@ -9,5 +9,6 @@ pub mod grpc;
 pub mod http;
 pub mod keys_file;
 pub mod metrics;
+pub mod refs;
 pub mod routes;
 pub mod vault;

@@ -14,12 +14,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use keygate::cache::RecordCache;
-use keygate::config::{Config, KeysConfig};
+use keygate::config::{Config, KeysConfig, UpstreamHeader};
 use keygate::decision::Validator;
 use keygate::grpc::ExtAuthz;
 use keygate::http;
 use keygate::keys_file::{FileModeReadiness, KeysFiles};
 use keygate::metrics::Metrics;
+use keygate::refs::{HeaderValue, UpstreamHeaders};
 use keygate::routes::Routes;
 use keygate::vault::Vault;
 use tokio::net::TcpListener;
@@ -147,12 +148,41 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             )
         }
     };
-    let validator = Arc::new(Validator::new(
-        routes,
-        records,
-        metrics,
-        config.vault.kv_mount.clone(),
-    ));
+    let mut validator = Validator::new(routes, records, metrics, config.vault.kv_mount.clone());
+    if !config.upstream_headers.is_empty() {
+        let headers = config
+            .upstream_headers
+            .iter()
+            .map(|h| match h {
+                UpstreamHeader::Plain { name, value } => {
+                    (name.clone(), HeaderValue::Plain(value.clone()))
+                }
+                UpstreamHeader::Ref {
+                    name,
+                    text,
+                    reference,
+                    mount,
+                    policy,
+                } => (
+                    name.clone(),
+                    HeaderValue::Ref {
+                        text: text.clone(),
+                        reference: reference.clone(),
+                        mount: mount.clone(),
+                        policy: *policy,
+                        slot: Default::default(),
+                    },
+                ),
+            })
+            .collect();
+        info!(
+            count = config.upstream_headers.len(),
+            "adding upstream headers (secret references resolved by their vault's ttl)"
+        );
+        validator =
+            validator.with_upstream_headers(Arc::new(UpstreamHeaders::new(headers, vault.clone())));
+    }
+    let validator = Arc::new(validator);
 
     let grpc_listener = bind(config.listen.grpc, "listen.grpc").await?;
     let http_listener = bind(config.listen.http, "listen.http").await?;

@@ -44,6 +44,15 @@ pub struct Environment {
     /// The keys-file gateway of the same environment, when the profile runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys_file: Option<KeysFileSettings>,
+    /// JWT auth with service-account-shaped tokens (Kubernetes-auth-like).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<crate::identity::WorkloadIdentity>,
+    /// Per-environment paths, policies and roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<crate::environments::Environments>,
+    /// keygate's Kong-style secret references (upstream headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<crate::references::ReferenceSettings>,
 }
 
 pub const KEY_SOURCE_VAULT: &str = "vault";

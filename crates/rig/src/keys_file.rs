@@ -165,6 +165,7 @@ pub async fn start(
             Component::new("keygate-keys-file", input.keygate_bin)
                 .arg("--config")
                 .arg(&config_file)
+                .env(crate::references::GATEWAY_NAME_VAR, "keygate-keys-file")
                 .current_dir(run.path()),
             Readiness::http(format!("{keygate_url}/readyz"), 200),
         )

@@ -6,11 +6,14 @@
 pub mod case;
 pub mod echo;
 pub mod env;
+pub mod environments;
+pub mod identity;
 pub mod keys_file;
 pub mod local;
 pub mod paths;
 pub mod process;
 pub mod propagation;
+pub mod references;
 pub mod run;
 pub mod scenario;
 pub mod tools;

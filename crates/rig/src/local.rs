@@ -211,6 +211,14 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let groups = crate::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
     let setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
+    let policy_names: Vec<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
+    let identity = crate::identity::WorkloadIdentity::load(
+        &opts.scenarios_dir.join("vault/workload-identity.yaml"),
+        &policy_names,
+    )?;
+    let environments = crate::environments::Environments::load(
+        &opts.scenarios_dir.join("vault/environments.yaml"),
+    )?;
     say!(
         "local profile: bao {} ({}), envoy {} ({}), {} API groups: {}",
         bao.version,
@@ -228,8 +236,9 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let vault_addr = format!("http://{}", addr(ports.vault));
     let role_id_file = run.secrets_dir().join("keygate-role-id");
     let secret_id_file = run.secrets_dir().join("keygate-secret-id");
-    let render_keygate = |grpc_addr: &str, http_addr: &str| {
-        render(
+    let references = crate::references::ReferenceSettings::default();
+    let render_keygate = |grpc_addr: &str, http_addr: &str| -> Result<String> {
+        let base = render(
             &opts.env_dir.join("keygate/keygate.yaml.j2"),
             KeygateContext {
                 grpc_addr: grpc_addr.to_owned(),
@@ -242,7 +251,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
                 positive_ttl: humantime::format_duration(POSITIVE_TTL).to_string(),
                 negative_ttl: humantime::format_duration(NEGATIVE_TTL).to_string(),
             },
-        )
+        )?;
+        Ok(format!("{base}\n{}", references.keygate_yaml()))
     };
     let keygate_config = render_keygate(
         &addr(ports.keygate_grpc).to_string(),
@@ -287,6 +297,9 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     // 4. Vault setup, and keygate's AppRole credentials as 0600 files.
     let root = VaultClient::new(&vault_addr)?.with_token(crate::vault::Secret::new(root_token));
     setup.apply(&root).await?;
+    let identity = identity.apply(&root, &run).await?;
+    environments.apply(&root).await?;
+    references.apply(&root).await?;
     let role_id = root.approle_role_id(&setup.keygate_role).await?;
     let secret_id = root.approle_new_secret_id(&setup.keygate_role).await?;
     run.write_secret("keygate-role-id", &role_id)?;
@@ -316,6 +329,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             Component::new("keygate", &opts.keygate_bin)
                 .arg("--config")
                 .arg(&keygate_config_file)
+                .env(crate::references::GATEWAY_NAME_VAR, "keygate")
                 .current_dir(run.path()),
             Readiness::http(format!("{keygate_url}/readyz"), 200),
         )
@@ -384,6 +398,9 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         },
         key_source: crate::env::KEY_SOURCE_VAULT.into(),
         keys_file: Some(keys_file),
+        workload_identity: Some(identity),
+        environments: Some(environments),
+        references: Some(references),
     };
     environment.save(&run.env_file())?;
     if let Some(view) = environment.as_keys_file() {

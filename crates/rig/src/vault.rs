@@ -829,7 +829,8 @@ mod tests {
                 "api-portal-policy",
                 "gateway-policy",
                 "gateway-policy-billing-api",
-                "gateway-policy-pets"
+                "gateway-policy-pets",
+                "keygate-references"
             ]
         );
         let billing = &setup.policies[2].hcl;
