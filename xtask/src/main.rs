@@ -332,10 +332,10 @@ fn e2e(profile: Profile, filter: Option<&str>) -> Result<ExitCode> {
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
     let mut status = child.wait().context("waiting for cargo test")?;
     TEST_PID.store(0, Ordering::SeqCst);
-    if let Some(keys_file_status) = keys_file_pass(&run, filter)? {
-        if !keys_file_status.success() {
-            status = keys_file_status;
-        }
+    if let Some(keys_file_status) = keys_file_pass(&run, filter)?
+        && !keys_file_status.success()
+    {
+        status = keys_file_status;
     }
     let test_time = tests_started.elapsed();
 

@@ -191,6 +191,8 @@ pub struct UpstreamHeaders {
     source: std::sync::Arc<dyn RefSource>,
 }
 
+// Built once at startup, a few per config: the size difference is irrelevant.
+#[allow(clippy::large_enum_variant)]
 pub enum HeaderValue {
     Plain(String),
     Ref {
