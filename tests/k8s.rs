@@ -294,25 +294,17 @@ async fn rotated_secret_id_reaches_the_gateway() {
     record_rotation(kube, synced_ms, propagation_ms);
 }
 
-/// `<run>/rotations/<profile>-<mode>__gateway-credentials.json`.
+/// `<run>/rotations/<profile>-<mode>__gateway-credentials.json`, and the
+/// Secret-synced step as `...__secret-synced.json`.
 fn record_rotation(kube: &KubeEnvironment, synced_ms: u64, propagation_ms: u64) {
-    let Some(run) = std::env::var_os(rig::case::RUN_DIR_VAR) else {
-        return;
-    };
-    let dir = std::path::Path::new(&run).join("rotations");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!(
-        "{}-{}__gateway-credentials.json",
-        env().profile,
-        kube.mode
-    ));
-    let record = json!({
-        "mode": kube.mode,
-        "what": "gateway AppRole secret-id: Vault -> ExternalSecret -> Secret -> keygate restart -> gateway",
-        "propagation_ms": propagation_ms,
-        "secret_synced_ms": synced_ms,
-    });
-    std::fs::write(&file, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    let mode = format!("{}-{}", env().profile, kube.mode);
+    for (what, ms) in [
+        ("secret-synced", synced_ms),
+        ("gateway-credentials", propagation_ms),
+    ] {
+        let record = rig::rotation::RotationRecord::new(&mode, what, Duration::from_millis(ms));
+        rig::rotation::record(&record, None).expect("writing the rotation record");
+    }
 }
 
 /// May ServiceAccount `sa` of `sa_namespace` `verb` secrets in `namespace`?

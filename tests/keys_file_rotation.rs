@@ -1,11 +1,13 @@
 //! API-key rotation through the keys-file gateway (Envoy -> keygate reading
 //! keys files that `bao agent` renders from Vault): a new key is accepted and
 //! a revoked key refused within the render interval, and how long each took
-//! is recorded as `{mode: "keys-file", what: "api-key-new" | "api-key-revoked"}`.
+//! is recorded as `{mode: "keys-file", what: "api-key-new" | "api-key-revoked"}`;
+//! and the same rotation repeated under a bounded load fails no request.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keyrig_e2e::*;
+use rig::rotation::RotationRecord;
 use rig::wait::Probe;
 
 const GROUP: &str = "animal-rescue-api";
@@ -42,7 +44,11 @@ async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
     .await
     .unwrap();
     let new_took = written.elapsed();
-    rig::propagation::record("keys-file", "api-key-new", new_took).unwrap();
+    rig::rotation::record(
+        &RotationRecord::new("keys-file", "api-key-new", new_took),
+        None,
+    )
+    .unwrap();
 
     let portal = portal_token().await.unwrap();
     let deleted_at = Instant::now();
@@ -73,11 +79,132 @@ async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
     .await
     .unwrap();
     let revoked_took = deleted_at.elapsed();
-    rig::propagation::record("keys-file", "api-key-revoked", revoked_took).unwrap();
+    rig::rotation::record(
+        &RotationRecord::new("keys-file", "api-key-revoked", revoked_took),
+        None,
+    )
+    .unwrap();
     eprintln!(
         "keys-file propagation (render interval {} ms): new key {} ms, revocation {} ms",
         side.render_interval_ms,
         new_took.as_millis(),
         revoked_took.as_millis()
     );
+}
+
+/// Rotations of each kind in the under-load case, and its request loops.
+const LOAD_ROTATIONS: u32 = 3;
+const LOAD_WORKERS: usize = 4;
+
+/// Waits until the keys-file gateway answers `key` with `want`; how long it took.
+async fn until_keys_file_answers(
+    gateway_url: &str,
+    path: &str,
+    key: &apikey::ApiKey,
+    want: u16,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    let since = Instant::now();
+    rig::wait::wait_until(what, render_deadline(), async || {
+        let reply = gateway_get_at(gateway_url, path, Some(key.expose())).await?;
+        Ok(if reply.status == want {
+            Probe::Ready(())
+        } else {
+            Probe::seen(format!("{} {:?}", reply.status, reply.reason))
+        })
+    })
+    .await?;
+    Ok(since.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_file_rotations_under_load_fail_no_request() {
+    let mut case = CaseGuard::start("rotation", "keys_file_rotations_under_load_fail_no_request");
+    let Some(side) = env().keys_file.clone() else {
+        case.skip("this environment runs no keys-file gateway (env.json has no keys_file)");
+        return;
+    };
+    let path = api_path(GROUP);
+    let steady = apikey::ApiKey::generate();
+    store_record(
+        GROUP,
+        &steady,
+        &apikey::KeyRecord::for_key(&steady, "steady"),
+    )
+    .await
+    .unwrap();
+    until_keys_file_answers(
+        &side.gateway_url,
+        &path,
+        &steady,
+        200,
+        "the steady key to land",
+    )
+    .await
+    .unwrap();
+
+    let load = Load::start(
+        LOAD_WORKERS,
+        side.gateway_url.clone(),
+        path.clone(),
+        steady.expose().to_owned(),
+    );
+    let portal = portal_token().await.unwrap();
+    let rotations = async {
+        let mut took = Vec::new();
+        for n in 1..=LOAD_ROTATIONS {
+            // A new key lands while the render loop rewrites the file under
+            // the load's feet; then it is revoked and must go.
+            let key = apikey::ApiKey::generate();
+            store_record(GROUP, &key, &apikey::KeyRecord::for_key(&key, "rotation")).await?;
+            let new =
+                until_keys_file_answers(&side.gateway_url, &path, &key, 200, "the new key to land")
+                    .await?;
+            let deleted = vault(
+                "DELETE",
+                &kv_path("metadata", GROUP, key.selector().as_str()),
+                &portal,
+                None,
+            )
+            .await?;
+            anyhow::ensure!(
+                deleted.status == 204,
+                "deleting the record: {}",
+                deleted.status
+            );
+            let revoked = until_keys_file_answers(
+                &side.gateway_url,
+                &path,
+                &key,
+                401,
+                "the revoked key to go",
+            )
+            .await?;
+            for (what, t) in [
+                ("api-key-new-under-load", new),
+                ("api-key-revoked-under-load", revoked),
+            ] {
+                rig::rotation::record(&RotationRecord::new("keys-file", what, t), Some(n))?;
+            }
+            took.push((new, revoked));
+        }
+        anyhow::Ok(took)
+    }
+    .await;
+    let (ok, failed, last) = load.finish().await;
+    let took = rotations.unwrap();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests through the keys-file gateway failed during {LOAD_ROTATIONS} key rotations; the last: {last:?}",
+        ok + failed
+    );
+    let max_new = took.iter().map(|t| t.0).max().unwrap_or_default();
+    let max_revoked = took.iter().map(|t| t.1).max().unwrap_or_default();
+    case.note(format!(
+        "keys-file, {LOAD_WORKERS} loops: {ok} requests, 0 failed over {LOAD_ROTATIONS} new + revoked keys; max propagation {} ms (new), {} ms (revoked), render interval {} ms",
+        max_new.as_millis(),
+        max_revoked.as_millis(),
+        side.render_interval_ms
+    ));
 }

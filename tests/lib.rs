@@ -3,7 +3,8 @@
 //! keygate's health endpoint. Tokens live in memory and are never printed.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -474,4 +475,69 @@ pub fn cache_deadline() -> Duration {
 /// carries no owner, so in keys-file mode it is empty.
 pub fn expected_owner(owner: &str) -> &str {
     if keys_file_mode() { "" } else { owner }
+}
+
+/// Valid requests in `workers` loops against the gateway at `base` until
+/// stopped; counts failures and remembers the last one.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    last_failure: Arc<std::sync::Mutex<Option<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(workers: usize, base: String, path: String, key: String) -> Self {
+        let load = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            ok: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
+            last_failure: Arc::new(std::sync::Mutex::new(None)),
+            tasks: Vec::new(),
+        };
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failed, last) = (
+                    load.stop.clone(),
+                    load.ok.clone(),
+                    load.failed.clone(),
+                    load.last_failure.clone(),
+                );
+                let (base, path, key) = (base.clone(), path.clone(), key.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match gateway_get_at(&base, &path, Some(&key)).await {
+                            Ok(reply) if reply.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                let seen = match other {
+                                    Ok(reply) => format!("{} {:?}", reply.status, reply.reason),
+                                    Err(err) => format!("{err:#}"),
+                                };
+                                *last.lock().unwrap() = Some(seen);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, ..load }
+    }
+
+    /// Stops the loops; `(ok, failed, last failure)`.
+    pub async fn finish(self) -> (u64, u64, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let last = self.last_failure.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            last,
+        )
+    }
 }

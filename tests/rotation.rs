@@ -15,8 +15,6 @@
 //! lock and run one at a time.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -160,71 +158,6 @@ async fn rotate_secret_id(d: &DeliveryInfo) -> Result<Duration> {
     Ok(propagation)
 }
 
-/// Valid requests in `workers` loops until stopped; counts failures and
-/// remembers the last one.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    last_failure: Arc<std::sync::Mutex<Option<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(workers: usize, path: String, key: String) -> Self {
-        let load = Load {
-            stop: Arc::new(AtomicBool::new(false)),
-            ok: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicU64::new(0)),
-            last_failure: Arc::new(std::sync::Mutex::new(None)),
-            tasks: Vec::new(),
-        };
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, ok, failed, last) = (
-                    load.stop.clone(),
-                    load.ok.clone(),
-                    load.failed.clone(),
-                    load.last_failure.clone(),
-                );
-                let (path, key) = (path.clone(), key.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match gateway_get(&path, Some(&key)).await {
-                            Ok(reply) if reply.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                let seen = match other {
-                                    Ok(reply) => format!("{} {:?}", reply.status, reply.reason),
-                                    Err(err) => format!("{err:#}"),
-                                };
-                                *last.lock().unwrap() = Some(seen);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { tasks, ..load }
-    }
-
-    /// Stops the loops; `(ok, failed, last failure)`.
-    async fn finish(self) -> (u64, u64, Option<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let last = self.last_failure.lock().unwrap().clone();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            last,
-        )
-    }
-}
-
 fn save(mode: &str, what: &str, propagation: Duration, sample: Option<u32>) {
     let record = RotationRecord {
         mode: mode.to_owned(),
@@ -256,7 +189,12 @@ async fn kv_rotation_delivers_a_new_secret_id_and_retires_the_old() {
         200
     );
 
-    let load = Load::start(2, path.clone(), key.expose().to_owned());
+    let load = Load::start(
+        2,
+        env().gateway_url.clone(),
+        path.clone(),
+        key.expose().to_owned(),
+    );
     let rotated = rotate_secret_id(d).await;
     let (ok, failed, last) = load.finish().await;
     let propagation = rotated.unwrap();
@@ -379,7 +317,12 @@ async fn rotations_under_load_fail_no_request() {
         200
     );
 
-    let load = Load::start(LOAD_WORKERS, path.clone(), steady.expose().to_owned());
+    let load = Load::start(
+        LOAD_WORKERS,
+        env().gateway_url.clone(),
+        path.clone(),
+        steady.expose().to_owned(),
+    );
     let rotations = async {
         let mut kv = Vec::new();
         let mut keys = Vec::new();

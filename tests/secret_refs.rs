@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use keyrig_e2e::*;
+use rig::rotation::RotationRecord;
 use rig::wait::Probe;
 use serde_json::json;
 
@@ -94,7 +95,11 @@ async fn referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl() 
     .await
     .unwrap();
     let took = written.elapsed();
-    rig::propagation::record("reference", "upstream-header", took).unwrap();
+    rig::rotation::record(
+        &RotationRecord::new("reference", "upstream-header", took),
+        None,
+    )
+    .unwrap();
     eprintln!(
         "reference propagation (ttl {} ms): {} ms",
         s.ttl_ms,

@@ -79,7 +79,7 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
         passed: false,
         totals,
         cases: f.cases,
-        rotations: rig::report::read_records(run_dir, rig::report::ROTATIONS_DIR)?,
+        rotations: rig::rotation::read(run_dir)?,
         findings: rig::report::read_records(run_dir, rig::report::FINDINGS_DIR)?,
         tools: rig::report::tool_versions(f.profile),
         secret_scan: None,

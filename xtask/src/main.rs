@@ -793,7 +793,14 @@ fn interval_notes(env: &rig::env::Environment) -> Vec<String> {
             external.refresh_interval_ms
         ));
     }
-    vec![note]
+    let mut notes = vec![note];
+    if let Some(side) = &env.keys_file {
+        notes.push(format!(
+            "keys-file: bao agent static_secret_render_interval {} ms, keygate file poll {} ms",
+            side.render_interval_ms, side.poll_interval_ms
+        ));
+    }
+    notes
 }
 
 /// The api_keys group again, through the keys-file gateway of the same

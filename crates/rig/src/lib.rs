@@ -20,7 +20,6 @@ pub mod modes;
 pub mod paths;
 pub mod process;
 pub mod progress;
-pub mod propagation;
 pub mod raft;
 pub mod redact;
 pub mod references;

@@ -2,15 +2,13 @@
 //! the records tests add besides their case: secret rotations with their
 //! propagation times, and lint findings.
 //!
-//! Tests (and rig code running inside them) record through
-//! [`record_rotation`] and [`record_finding`]; each call writes one JSON file
-//! under `$KEYRIG_RUN_DIR/rotations/` or `findings/`, the way `CaseGuard`
-//! writes `cases/`, and `cargo xtask e2e` gathers them into the reports.
+//! Tests (and rig code running inside them) record rotations through
+//! [`crate::rotation::record`] and findings through [`record_finding`]; each
+//! call writes one JSON file under `$KEYRIG_RUN_DIR/rotations/` or
+//! `findings/`, the way `CaseGuard` writes `cases/`, and `cargo xtask e2e`
+//! gathers them into the reports.
 //!
 //! ```no_run
-//! rig::report::record_rotation(rig::report::Rotation::new(
-//!     "external-secret", "gateway admin key", std::time::Duration::from_millis(1840),
-//! ));
 //! rig::report::record_finding(rig::report::Finding::warning(
 //!     "plaintext-credentials",
 //!     "scenarios/k8s/inline/values.yaml",
@@ -32,30 +30,6 @@ use time::OffsetDateTime;
 
 use crate::case::{CaseRecord, Status};
 use crate::redact::ScanResult;
-
-/// One secret rotation a test performed and how long the new value took
-/// to be in effect where it matters (e.g. at the gateway).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rotation {
-    /// The delivery mode, e.g. `inline`, `existing-secret`, `external-secret`, `vault-agent`.
-    pub mode: String,
-    /// What was rotated, e.g. `gateway admin key` (never the value).
-    pub what: String,
-    pub propagation_ms: u64,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub recorded_at: Option<OffsetDateTime>,
-}
-
-impl Rotation {
-    pub fn new(mode: &str, what: &str, propagation: Duration) -> Self {
-        Self {
-            mode: mode.to_owned(),
-            what: what.to_owned(),
-            propagation_ms: u64::try_from(propagation.as_millis()).unwrap_or(u64::MAX),
-            recorded_at: Some(OffsetDateTime::now_utc()),
-        }
-    }
-}
 
 /// Something a check found in the files under test, e.g. plaintext
 /// credentials in a values file.
@@ -90,14 +64,7 @@ impl Finding {
 }
 
 /// Subdirectories of the run directory these records go to.
-pub const ROTATIONS_DIR: &str = "rotations";
 pub const FINDINGS_DIR: &str = "findings";
-
-/// Records a rotation for the run named by `$KEYRIG_RUN_DIR`; does nothing
-/// without one (a test run by hand). Never panics: a write error is printed.
-pub fn record_rotation(rotation: Rotation) {
-    record_in_env(ROTATIONS_DIR, &rotation);
-}
 
 /// Records a finding for the run named by `$KEYRIG_RUN_DIR`; see [`record_rotation`].
 pub fn record_finding(finding: Finding) {
@@ -224,7 +191,7 @@ pub struct Report {
     pub passed: bool,
     pub totals: Totals,
     pub cases: Vec<CaseReport>,
-    pub rotations: Vec<Rotation>,
+    pub rotations: Vec<crate::rotation::RotationRecord>,
     pub findings: Vec<Finding>,
     pub tools: Vec<ToolVersion>,
     /// The final secret scan; `None` only while it has not run yet.
@@ -483,7 +450,7 @@ mod tests {
             passed: false,
             totals: Report::totals_of(&cases),
             cases,
-            rotations: vec![Rotation::new(
+            rotations: vec![crate::rotation::RotationRecord::new(
                 "inline",
                 "admin key",
                 Duration::from_millis(1200),
@@ -558,18 +525,14 @@ mod tests {
         for ms in [30, 10, 20] {
             record_in(
                 dir.path(),
-                ROTATIONS_DIR,
-                &Rotation::new(
-                    "vault-agent",
-                    &format!("key {ms}"),
-                    Duration::from_millis(ms),
-                ),
+                FINDINGS_DIR,
+                &Finding::warning("rule", &format!("file {ms}"), "message"),
             )
             .unwrap();
         }
-        let rotations: Vec<Rotation> = read_records(dir.path(), ROTATIONS_DIR).unwrap();
-        let order: Vec<u64> = rotations.iter().map(|r| r.propagation_ms).collect();
-        assert_eq!(order, [30, 10, 20], "oldest first");
+        let findings: Vec<Finding> = read_records(dir.path(), FINDINGS_DIR).unwrap();
+        let order: Vec<&str> = findings.iter().map(|f| f.location.as_str()).collect();
+        assert_eq!(order, ["file 30", "file 10", "file 20"], "oldest first");
         let none: Vec<Finding> = read_records(dir.path(), FINDINGS_DIR).unwrap();
         assert!(none.is_empty());
     }

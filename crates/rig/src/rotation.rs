@@ -18,6 +18,16 @@ pub struct RotationRecord {
     pub propagation_ms: u64,
 }
 
+impl RotationRecord {
+    pub fn new(mode: &str, what: &str, propagation: std::time::Duration) -> Self {
+        Self {
+            mode: mode.to_owned(),
+            what: what.to_owned(),
+            propagation_ms: u64::try_from(propagation.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 /// Writes one record under `$KEYRIG_RUN_DIR/rotations/` (nothing when the
 /// variable is unset, e.g. `cargo test` by hand). `sample` numbers repeats.
 pub fn record(record: &RotationRecord, sample: Option<u32>) -> Result<()> {
