@@ -33,6 +33,11 @@ pub struct Environment {
     pub kv_mount: String,
     /// groupId -> route prefix at the gateway, e.g. `"billing-api": "/billing/"`.
     pub groups: BTreeMap<String, String>,
+    /// groupId -> a GET path of its OpenAPI document at the gateway
+    /// (`"billing-api": "/billing/invoices"`), for tests that need a route
+    /// that exists; groups whose document has no parameterless GET are absent.
+    #[serde(default)]
+    pub api_paths: BTreeMap<String, String>,
     /// 0600 file holding a Vault token with root policy (the dev server's).
     pub root_token_file: PathBuf,
     /// 0600 file holding the key that unseals Vault after a test seals it

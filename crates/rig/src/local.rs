@@ -479,6 +479,10 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             .iter()
             .map(|g| (g.group_id.clone(), g.route_prefix.clone()))
             .collect(),
+        api_paths: groups
+            .iter()
+            .filter_map(|g| Some((g.group_id.clone(), g.sample_get_path.clone()?)))
+            .collect(),
         root_token_file,
         unseal_key_file,
         logs_dir: run.logs_dir(),

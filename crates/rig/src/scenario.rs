@@ -15,6 +15,10 @@ pub struct ApiGroup {
     pub base_path: String,
     /// `base_path + "/"`: what the gateway routes to this group.
     pub route_prefix: String,
+    /// The first path of `paths:` with a GET and no `{parameter}`, under
+    /// the base path (`/billing/invoices`): what tests request to reach the
+    /// group's API. `None` when the document declares none.
+    pub sample_get_path: Option<String>,
     pub file: PathBuf,
 }
 
@@ -24,6 +28,10 @@ pub struct ApiGroup {
 struct Document {
     group_id: Option<String>,
     servers: Option<Vec<Server>>,
+    /// Path -> operations; only the GET-ness of each path is read. Document
+    /// order is kept so "the first" path means the first one written.
+    #[serde(default)]
+    paths: serde_yaml::Mapping,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,10 +118,18 @@ pub fn load_api(file: &Path) -> Result<ApiGroup> {
     let base_path =
         base_path(url).with_context(|| format!("{}: servers[0].url", file.display()))?;
     let route_prefix = format!("{base_path}/");
+    let sample_get_path = doc
+        .paths
+        .iter()
+        .filter(|(_, ops)| ops.get("get").is_some())
+        .filter_map(|(path, _)| path.as_str())
+        .find(|path| path.starts_with('/') && !path.contains('{'))
+        .map(|path| format!("{base_path}{path}"));
     Ok(ApiGroup {
         group_id,
         base_path,
         route_prefix,
+        sample_get_path,
         file: file.to_owned(),
     })
 }
@@ -161,6 +177,27 @@ mod tests {
             ]
         );
         assert_eq!(groups[1].base_path, "/billing");
+        assert_eq!(
+            groups[0].sample_get_path.as_deref(),
+            Some("/animal-rescue/animals")
+        );
+    }
+
+    #[rstest]
+    fn sample_get_path_skips_parameters_and_other_methods() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api.yaml");
+        std::fs::write(
+            &file,
+            "groupId: g\nservers: [{url: /g}]\npaths:\n  /a/{id}: {get: {}}\n  /b: {post: {}}\n  /c: {get: {}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load_api(&file).unwrap().sample_get_path.as_deref(),
+            Some("/g/c")
+        );
+        std::fs::write(&file, "groupId: g\nservers: [{url: /g}]\n").unwrap();
+        assert_eq!(load_api(&file).unwrap().sample_get_path, None);
     }
 
     #[rstest]

@@ -487,6 +487,10 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
             .iter()
             .map(|g| (g.group_id.clone(), g.route_prefix.clone()))
             .collect(),
+        api_paths: groups
+            .iter()
+            .filter_map(|g| Some((g.group_id.clone(), g.sample_get_path.clone()?)))
+            .collect(),
         root_token_file,
         unseal_key_file: None,
         logs_dir: run.logs_dir(),
