@@ -17,10 +17,14 @@ fn environments() -> &'static rig::environments::Environments {
 #[case::production("production")]
 #[tokio::test]
 async fn a_role_reads_its_environment_and_gets_403_on_the_others(#[case] own: &str) {
-    let _case = case(
+    let Some(_case) = case_with_section(
         "environments",
         &format!("role_of_{own}_is_confined_to_{own}"),
-    );
+        "environments",
+        env().environments.is_some(),
+    ) else {
+        return;
+    };
     let envs = environments();
     assert!(
         envs.names.iter().any(|n| n == own),

@@ -31,6 +31,26 @@ pub fn case(group: &str, name: &str) -> CaseGuard {
     CaseGuard::start(&pass_group(group), name)
 }
 
+/// Starts a case that needs an env.json section only some profiles write
+/// (`workload_identity`, `environments`, `references`: local only). Without
+/// it the case is recorded as skipped, with the reason, and `None` returned.
+pub fn case_with_section(
+    group: &str,
+    name: &str,
+    section: &str,
+    present: bool,
+) -> Option<CaseGuard> {
+    let mut guard = case(group, name);
+    if present {
+        return Some(guard);
+    }
+    guard.skip(format!(
+        "env.json has no `{section}`: the {} profile does not set it up (local profile only)",
+        env().profile
+    ));
+    None
+}
+
 /// `group`, or `<group>@keys-file` in the keys-file pass.
 fn pass_group(group: &str) -> String {
     if keys_file_mode() {
