@@ -40,14 +40,16 @@ pub fn print() -> Result<()> {
         } else {
             println!("  (no readable env.json: the run did not finish starting)");
         }
-        println!("  {:<10} {:>8}  state", "component", "pid");
-        for record in rig::process::read_pid_file(&run.join("pids.json"))? {
+        let records = rig::process::read_pid_file(&run.join("pids.json"))?;
+        let width = records.iter().map(|r| r.name.len()).max().unwrap_or(0).max(9);
+        println!("  {:<width$} {:>8}  state", "component", "pid");
+        for record in records {
             let state = if rig::process::is_alive(record.pid) {
                 "alive"
             } else {
                 "gone"
             };
-            println!("  {:<10} {:>8}  {state}", record.name, record.pid);
+            println!("  {:<width$} {:>8}  {state}", record.name, record.pid);
         }
     }
     println!("stop with `cargo xtask down`");
