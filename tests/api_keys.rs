@@ -177,20 +177,7 @@ async fn revoked_key_is_refused_once_the_cache_expires(
     assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
 
     // Revocation in the portal's scheme: delete the secret, all versions.
-    let portal = portal_token().await.unwrap();
-    let deleted = vault(
-        "DELETE",
-        &kv_path("metadata", GROUP, key.selector().as_str()),
-        &portal,
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        deleted.status, 204,
-        "deleting the record: {:?}",
-        deleted.body
-    );
+    revoke_key(GROUP, &key).await.unwrap();
 
     rig::wait::wait_until(
         "the revoked key to be refused",

@@ -50,21 +50,8 @@ async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
     )
     .unwrap();
 
-    let portal = portal_token().await.unwrap();
     let deleted_at = Instant::now();
-    let deleted = vault(
-        "DELETE",
-        &kv_path("metadata", GROUP, key.selector().as_str()),
-        &portal,
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        deleted.status, 204,
-        "deleting the record: {:?}",
-        deleted.body
-    );
+    revoke_key(GROUP, &key).await.unwrap();
     rig::wait::wait_until(
         "the revoked key to be refused at the keys-file gateway",
         deadline,
@@ -149,7 +136,6 @@ async fn keys_file_rotations_under_load_fail_no_request() {
         path.clone(),
         steady.expose().to_owned(),
     );
-    let portal = portal_token().await.unwrap();
     let rotations = async {
         let mut took = Vec::new();
         for n in 1..=LOAD_ROTATIONS {
@@ -160,18 +146,7 @@ async fn keys_file_rotations_under_load_fail_no_request() {
             let new =
                 until_keys_file_answers(&side.gateway_url, &path, &key, 200, "the new key to land")
                     .await?;
-            let deleted = vault(
-                "DELETE",
-                &kv_path("metadata", GROUP, key.selector().as_str()),
-                &portal,
-                None,
-            )
-            .await?;
-            anyhow::ensure!(
-                deleted.status == 204,
-                "deleting the record: {}",
-                deleted.status
-            );
+            revoke_key(GROUP, &key).await?;
             let revoked = until_keys_file_answers(
                 &side.gateway_url,
                 &path,

@@ -282,6 +282,28 @@ pub async fn portal_token() -> Result<Token> {
         .cloned()
 }
 
+/// Revokes a key the way the portal does: deletes its record, all versions,
+/// with the portal's token.
+pub async fn revoke_key(group: &str, key: &ApiKey) -> Result<()> {
+    let portal = portal_token().await?;
+    let deleted = vault(
+        "DELETE",
+        &kv_path("metadata", group, key.selector().as_str()),
+        &portal,
+        None,
+    )
+    .await?;
+    if deleted.status != 204 {
+        bail!(
+            "deleting the record of selector {} answered {}: {}",
+            key.selector().as_str(),
+            deleted.status,
+            deleted.body
+        );
+    }
+    Ok(())
+}
+
 /// What the client saw from the gateway.
 #[derive(Debug)]
 pub struct GatewayReply {

@@ -251,7 +251,6 @@ async fn api_key_rotation_new_key_accepted_and_revoked_key_refused() {
 /// revokes `old` and waits until the gateway refuses it (within the cache
 /// TTL). Returns both propagation times.
 async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, Duration)> {
-    let portal = portal_token().await?;
     let new = apikey::ApiKey::generate();
     let record = apikey::KeyRecord::for_key(&new, "e2e-owner");
     let written = Instant::now();
@@ -267,20 +266,7 @@ async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, D
     let issued = written.elapsed();
 
     let deleted_at = Instant::now();
-    let deleted = vault(
-        "DELETE",
-        &kv_path("metadata", GROUP, old.selector().as_str()),
-        &portal,
-        None,
-    )
-    .await?;
-    if deleted.status != 204 {
-        bail!(
-            "deleting the old key answered {}: {}",
-            deleted.status,
-            deleted.body
-        );
-    }
+    revoke_key(GROUP, old).await?;
     wait_until(
         "the revoked key to be refused",
         cache_deadline(),

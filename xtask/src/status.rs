@@ -41,7 +41,12 @@ pub fn print() -> Result<()> {
             println!("  (no readable env.json: the run did not finish starting)");
         }
         let records = rig::process::read_pid_file(&run.join("pids.json"))?;
-        let width = records.iter().map(|r| r.name.len()).max().unwrap_or(0).max(9);
+        let width = records
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
         println!("  {:<width$} {:>8}  state", "component", "pid");
         for record in records {
             let state = if rig::process::is_alive(record.pid) {
