@@ -11,7 +11,6 @@
 //! one file per API group every `static_secret_render_interval`, and is
 //! ready when every file has been rendered once.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,13 +75,6 @@ struct AgentContext<'a> {
     templates: Vec<AgentTemplate>,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .context("binding a loopback port")?
-        .local_addr()?
-        .port())
-}
-
 /// Starts agent, keygate and Envoy of the keys-file side.
 pub async fn start(
     supervisor: &mut Supervisor,
@@ -140,7 +132,7 @@ pub async fn start(
         .await?;
 
     // 3. keygate reading those files.
-    let (grpc_port, http_port) = (free_port()?, free_port()?);
+    let (grpc_port, http_port) = (crate::ports::free_port()?, crate::ports::free_port()?);
     let base = (input.keygate_config)(
         &format!("127.0.0.1:{grpc_port}"),
         &format!("127.0.0.1:{http_port}"),
@@ -176,8 +168,8 @@ pub async fn start(
     let ctx = crate::gateway::GatewayContext {
         kind: crate::gateway::GatewayKind::EnvoyGrpc,
         groups: input.groups,
-        listen: addr(free_port()?),
-        admin: addr(free_port()?),
+        listen: addr(crate::ports::free_port()?),
+        admin: addr(crate::ports::free_port()?),
         keygate_grpc: addr(grpc_port),
         keygate_http: addr(http_port),
         upstream: addr(input.upstream_port),

@@ -18,6 +18,7 @@ pub mod keys_file;
 pub mod local;
 pub mod modes;
 pub mod paths;
+pub mod ports;
 pub mod process;
 pub mod progress;
 pub mod raft;

@@ -4,7 +4,7 @@
 //! each started only once the one before is ready, then `env.json`. All
 //! input (tools, scenarios, templates) is checked before anything starts.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -110,9 +110,8 @@ pub struct LocalRun {
     pub run: RunDir,
 }
 
-/// Loopback ports, all bound at once so they differ, then released for the
-/// components to bind (a port may in theory be taken in between; the
-/// component then fails to start and says so).
+/// Loopback ports of the run's components (`crate::ports`: distinct, and
+/// outside the range outgoing connections draw from).
 struct Ports {
     vault: u16,
     echo: u16,
@@ -124,34 +123,15 @@ struct Ports {
 
 impl Ports {
     fn pick(gateways: usize) -> Result<Self> {
-        let mut held = Vec::new();
-        // `bao server -dev` also binds its cluster listener on port + 1.
-        let vault = loop {
-            let first = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-            let port = first.local_addr()?.port();
-            if let Some(next) = port
-                .checked_add(1)
-                .and_then(|p| TcpListener::bind(("127.0.0.1", p)).ok())
-            {
-                held.push(first);
-                held.push(next);
-                break port;
-            }
-            held.push(first);
-        };
-        let mut next = || -> Result<u16> {
-            let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-            let port = listener.local_addr()?.port();
-            held.push(listener);
-            Ok(port)
-        };
+        use crate::ports::free_port;
         Ok(Self {
-            vault,
-            echo: next()?,
-            keygate_grpc: next()?,
-            keygate_http: next()?,
+            // `bao server -dev` also binds its cluster listener on port + 1.
+            vault: crate::ports::free_port_pair()?,
+            echo: free_port()?,
+            keygate_grpc: free_port()?,
+            keygate_http: free_port()?,
             gateways: (0..gateways)
-                .map(|_| Ok((next()?, next()?)))
+                .map(|_| Ok((free_port()?, free_port()?)))
                 .collect::<Result<_>>()?,
         })
     }
@@ -359,7 +339,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
                     Readiness::http(format!("{vault_addr}/v1/sys/seal-status"), 200),
                 )
                 .await?;
-            let client = VaultClient::new(&vault_addr)?;
+            let client = VaultClient::with_timeout(&vault_addr, Duration::from_secs(60))?;
             let secrets = crate::raft::init(&client, &run).await?;
             crate::raft::unseal(&client, &secrets.unseal_key_file).await?;
             say!(

@@ -533,7 +533,7 @@ mod tests {
         let findings: Vec<Finding> = read_records(dir.path(), FINDINGS_DIR).unwrap();
         let order: Vec<&str> = findings.iter().map(|f| f.location.as_str()).collect();
         assert_eq!(order, ["file 30", "file 10", "file 20"], "oldest first");
-        let none: Vec<Finding> = read_records(dir.path(), FINDINGS_DIR).unwrap();
+        let none: Vec<Finding> = read_records(dir.path(), "absent").unwrap();
         assert!(none.is_empty());
     }
 }

@@ -128,6 +128,13 @@ pub struct NewSecretId {
 impl VaultClient {
     /// A client without a token, for `http://host:port` (no `/v1`).
     pub fn new(addr: &str) -> Result<Self> {
+        Self::with_timeout(addr, Duration::from_secs(10))
+    }
+
+    /// A client whose requests may take up to `timeout`: `sys/init` on raft
+    /// storage writes the keyring and waits for leadership, which on a busy
+    /// 2-core machine took longer than the usual 10 s.
+    pub fn with_timeout(addr: &str, timeout: Duration) -> Result<Self> {
         let parsed = reqwest::Url::parse(addr).with_context(|| {
             format!("{addr:?} is not a Vault address like http://127.0.0.1:8200")
         })?;
@@ -135,7 +142,7 @@ impl VaultClient {
             parsed.host_str(),
             Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
         );
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let mut builder = reqwest::Client::builder().timeout(timeout);
         if loopback {
             // A proxy from the environment cannot reach this machine's loopback.
             builder = builder.no_proxy();

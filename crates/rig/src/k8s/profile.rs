@@ -7,7 +7,6 @@
 //! can delete a kind cluster keyrig created even when `up` failed half way.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -85,11 +84,6 @@ fn chart<'a>(pins: &'a K8sPins, name: &str) -> Result<&'a ChartPin> {
     pins.charts
         .get(name)
         .with_context(|| format!("env/k8s.toml has no [charts.{name}]"))
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// Brings the profile up; on error, the port-forwards started so far stop
@@ -254,7 +248,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
                 opts.wait_deadline,
             )
             .await?;
-            let port = free_port()?;
+            let port = crate::ports::free_port()?;
             let addr = format!("http://127.0.0.1:{port}");
             supervisor
                 .start(
@@ -430,9 +424,9 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     }
 
     // 9. Port-forwards to the gateway, keygate and the upstream.
-    let gateway_port = free_port()?;
-    let keygate_port = free_port()?;
-    let upstream_port = free_port()?;
+    let gateway_port = crate::ports::free_port()?;
+    let keygate_port = crate::ports::free_port()?;
+    let upstream_port = crate::ports::free_port()?;
     let gateway_url = format!("http://127.0.0.1:{gateway_port}");
     let keygate_url = format!("http://127.0.0.1:{keygate_port}");
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
