@@ -224,6 +224,8 @@ pub async fn start(
                 .arg(&envoy_config_file)
                 // As the plain Envoys: no hot restart (shared memory two
                 // Envoys would fight over), one worker.
+                // SDS needs a node identity, which the plain Envoys lack.
+                .args(["--service-node", ENVOY, "--service-cluster", "keyrig"])
                 .args([
                     "--disable-hot-restart",
                     "--concurrency",
