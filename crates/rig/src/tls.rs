@@ -148,6 +148,11 @@ pub async fn start(
         destination.display().to_string(),
         "--to".to_owned(),
         cert_dir.path().display().to_string(),
+        // Each new private key becomes a registered secret of the run.
+        "--secret-key".to_owned(),
+        PRIVATE_KEY.to_owned(),
+        "--register-in".to_owned(),
+        run.path().display().to_string(),
     ]);
     let config = crate::local::render(
         &opts.env_dir.join("bao-agent/tls-agent.hcl.j2"),
@@ -277,10 +282,67 @@ pub async fn start(
     Ok(environment)
 }
 
+/// Registers the values of `keys` in the agent's render `rendered` (a JSON
+/// object) as secrets of the run: the whole value and each line of a PEM
+/// body, so a leak of even part of a private key is redacted from output
+/// and fails the run's final scan.
+pub fn register_rendered_secrets(rendered: &Path, keys: &[String], run_dir: &Path) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(rendered)
+        .with_context(|| format!("reading the rendered Secret {}", rendered.display()))?;
+    let data: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON object", rendered.display()))?;
+    for key in keys {
+        let value = data.get(key).and_then(|v| v.as_str()).with_context(|| {
+            format!(
+                "{} has no string {key:?} to register as a secret",
+                rendered.display()
+            )
+        })?;
+        crate::redact::register_in_run(run_dir, value.trim())?;
+        for line in value.lines().map(str::trim) {
+            if !line.starts_with("-----") {
+                crate::redact::register_in_run(run_dir, line)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[rstest]
+    fn a_rendered_private_key_is_registered_line_by_line() {
+        let run = tempfile::tempdir().unwrap();
+        let rendered = run.path().join("render.json");
+        let key = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIExampleExampleExampleExampleExample\nAwEHoUQDQgAEExampleExampleExampleExample==\n-----END EC PRIVATE KEY-----";
+        std::fs::write(
+            &rendered,
+            serde_json::json!({"tls.key": key, "tls.crt": "public"}).to_string(),
+        )
+        .unwrap();
+        register_rendered_secrets(&rendered, &[PRIVATE_KEY.to_owned()], run.path()).unwrap();
+        let registered = crate::redact::load_registry(run.path()).unwrap();
+        assert!(registered.iter().any(|s| s == key), "{registered:?}");
+        assert!(
+            registered
+                .iter()
+                .any(|s| s == "MHcCAQEEIExampleExampleExampleExampleExample")
+        );
+        assert!(
+            !registered
+                .iter()
+                .any(|s| s.contains("BEGIN EC") && s.len() < 40)
+        );
+        assert!(!registered.iter().any(|s| s == "public"));
+        let err = register_rendered_secrets(&rendered, &["nope".into()], run.path()).unwrap_err();
+        assert!(err.to_string().contains("has no string \"nope\""), "{err}");
+    }
 
     #[rstest]
     fn the_agent_issues_once_and_renders_one_json_object() {
