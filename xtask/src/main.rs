@@ -129,6 +129,12 @@ enum Cmd {
         from: PathBuf,
         #[arg(long)]
         to: PathBuf,
+        /// Register these keys' values (e.g. a private key) as secrets of
+        /// the run at `--register-in`, so redaction and the final scan know them.
+        #[arg(long = "secret-key")]
+        secret_keys: Vec<String>,
+        #[arg(long)]
+        register_in: Option<PathBuf>,
     },
 }
 
@@ -293,8 +299,17 @@ fn run(command: Cmd) -> Result<ExitCode> {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::PublishSecret { from, to } => {
+        Cmd::PublishSecret {
+            from,
+            to,
+            secret_keys,
+            register_in,
+        } => {
             let dir = rig::secret_dir::SecretDir::new(to);
+            // Registered before the files become visible through `..data`.
+            if let Some(run_dir) = &register_in {
+                rig::tls::register_rendered_secrets(&from, &secret_keys, run_dir)?;
+            }
             let keys = rig::secret_dir::publish_rendered(&from, &dir)?;
             // Goes to bao agent's log: names and counts only.
             say!(
@@ -475,6 +490,16 @@ fn up(profile: Profile, mode: rig::modes::Mode) -> Result<()> {
             side.gateway_url, side.keygate_url, side.render_interval_ms
         );
     }
+    if let Some(tls) = &env.tls {
+        println!(
+            "  tls       {}  (certificate from Vault {}/issue/{}, ttl {} ms; CA {})",
+            tls.url,
+            tls.pki_mount,
+            tls.pki_role,
+            tls.cert_ttl_ms,
+            tls.ca_cert_file.display()
+        );
+    }
     println!("  env.json  {}", run.run.env_file().display());
     println!("  logs      {}", env.logs_dir.display());
     println!("stop with `cargo xtask down`");
@@ -587,7 +612,12 @@ fn e2e_modes(base: &E2eOptions, modes: &[rig::modes::Mode]) -> Result<ExitCode> 
             all_cases.push(case);
         }
         rotations.extend(outcome.rotations);
-        notes.extend(outcome.notes);
+        // Mode-independent notes (TLS) come once.
+        for note in outcome.notes {
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
     }
     if modes.len() > 1 {
         println!();
@@ -777,6 +807,18 @@ fn print_gateway_matrix(cases: &[rig::case::CaseRecord], env: &rig::env::Environ
 
 /// The intervals that bound propagation in this run, one line per mode.
 fn interval_notes(env: &rig::env::Environment) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(tls) = &env.tls {
+        notes.push(format!(
+            "tls: serving certificate ttl {} ms, bao agent re-issues at 85-95% of it; Envoy reloads through SDS (watched directory)",
+            tls.cert_ttl_ms
+        ));
+    }
+    notes.extend(delivery_notes(env));
+    notes
+}
+
+fn delivery_notes(env: &rig::env::Environment) -> Vec<String> {
     let Some(delivery) = &env.delivery else {
         return Vec::new();
     };

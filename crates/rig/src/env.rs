@@ -82,6 +82,10 @@ pub struct Environment {
     /// keygate's Kong-style secret references (upstream headers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub references: Option<crate::references::ReferenceSettings>,
+    /// The gateway's TLS listener with a Vault-issued, rotating serving
+    /// certificate (`rig::tls`); absent when the profile serves no TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsEnvironment>,
 }
 
 pub const KEY_SOURCE_VAULT: &str = "vault";
@@ -103,6 +107,30 @@ pub struct KeysFileSettings {
     pub poll_interval_ms: u64,
     /// Where the rendered files are (one per group; 0600).
     pub keys_dir: PathBuf,
+}
+
+/// The TLS listener: an Envoy in front of keygate whose serving certificate
+/// Vault's pki engine issues, `bao agent` renders and SDS loads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsEnvironment {
+    /// `https://127.0.0.1:<port>`: the same routes as the plain gateway.
+    pub url: String,
+    /// The name the certificate is issued for and a client verifies
+    /// (an IP SAN, `127.0.0.1`).
+    pub server_name: String,
+    /// The pki root CA certificate (PEM; public, not a secret): trust it.
+    pub ca_cert_file: PathBuf,
+    /// The TLS Envoy's admin interface (`/server_info`, `/stats`).
+    pub admin_url: String,
+    /// The pki mount and role that issue the certificate (`LIST <mount>/certs`
+    /// lists every serial issued).
+    pub pki_mount: String,
+    pub pki_role: String,
+    /// The TTL the agent asks for; it re-issues at 85-95% of it.
+    pub cert_ttl_ms: u64,
+    /// The directory the agent publishes `tls.crt`, `tls.key` (0600),
+    /// `ca.crt` into (kubelet-style `..data` swap), which Envoy watches.
+    pub cert_dir: PathBuf,
 }
 
 /// The delivery of keygate's credentials in this run (`rig::modes`).

@@ -445,6 +445,44 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     )
     .await
     .context("starting the keys-file gateway")?;
+    // 8. The TLS listener with the Vault-issued, rotating serving
+    // certificate (rig::tls), when the setup has a pki section and there is
+    // a hook to publish the agent's renders.
+    let tls = match (&setup.pki, &opts.publish) {
+        (Some(pki), Some(publish)) => {
+            let envoy = tool("envoy")?;
+            let start = crate::tls::TlsStart {
+                pki,
+                bao: &bao.path,
+                envoy: &envoy.path,
+                publish,
+                env_dir: &opts.env_dir,
+                gateway: GatewayContext {
+                    kind: GatewayKind::EnvoyGrpc,
+                    groups: &groups,
+                    listen: addr(0),
+                    admin: addr(0),
+                    keygate_grpc: addr(ports.keygate_grpc),
+                    keygate_http: addr(ports.keygate_http),
+                    upstream: addr(ports.echo),
+                    dir: run.path().join("gateways"),
+                    env_dir: &opts.env_dir,
+                },
+            };
+            Some(crate::tls::start(start, &root, &run, &mut supervisor).await?)
+        }
+        (None, _) => {
+            say!(
+                "tls: not served: {} has no pki section",
+                setup.file.display()
+            );
+            None
+        }
+        (_, None) => {
+            say!("tls: not served: no publish hook for the TLS agent (LocalOptions::publish)");
+            None
+        }
+    };
 
     // 9. env.json for the tests.
     let environment = Environment {
@@ -482,6 +520,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         workload_identity: Some(identity),
         environments: Some(environments),
         references: Some(references),
+        tls,
     };
     environment.save(&run.env_file())?;
     if let Some(view) = environment.as_keys_file() {

@@ -50,7 +50,9 @@ pub fn free_port() -> Result<u16> {
             return Ok(port);
         }
     }
-    bail!("found no free loopback port in {low}-{high} after 200 tries: is something holding them all?")
+    bail!(
+        "found no free loopback port in {low}-{high} after 200 tries: is something holding them all?"
+    )
 }
 
 /// `free_port` where `port + 1` is free too (`bao server -dev` binds its

@@ -567,6 +567,9 @@ struct SetupFile {
     keygate_role: String,
     policies: Vec<PolicyEntry>,
     approle_roles: Vec<RoleEntry>,
+    /// The gateway's TLS serving certificate (`rig::pki`); optional.
+    #[serde(default)]
+    pki: Option<crate::pki::PkiEntry>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -614,6 +617,8 @@ pub struct VaultSetup {
     pub keygate_role: String,
     pub policies: Vec<Policy>,
     pub roles: Vec<Role>,
+    /// The pki engine, role and TLS agent of the gateway's serving certificate.
+    pub pki: Option<crate::pki::PkiSetup>,
 }
 
 /// Marks a name that stands for one entry per API group.
@@ -655,9 +660,11 @@ impl VaultSetup {
                 .with_context(|| format!("{} is not a valid policy template", path.display()))?;
             let render = |group: Option<&str>| {
                 let rendered = match group {
-                    Some(group) => template
-                        .render(minijinja::context! { mount => &raw.kv_mount, group => group }),
-                    None => template.render(minijinja::context! { mount => &raw.kv_mount }),
+                    Some(group) => template.render(
+                        minijinja::context! { mount => &raw.kv_mount, group => group, pki => &raw.pki },
+                    ),
+                    None => template
+                        .render(minijinja::context! { mount => &raw.kv_mount, pki => &raw.pki }),
                 };
                 rendered.with_context(|| {
                     format!(
@@ -771,12 +778,33 @@ impl VaultSetup {
             );
         }
 
+        let pki = match &raw.pki {
+            Some(entry) => {
+                let with_policies: Vec<(&Role, Vec<&str>)> = roles
+                    .iter()
+                    .map(|role| {
+                        let hcl = policies
+                            .iter()
+                            .filter(|p| role.policies.contains(&p.name))
+                            .map(|p| p.hcl.as_str())
+                            .collect();
+                        (role, hcl)
+                    })
+                    .collect();
+                Some(crate::pki::PkiSetup::check(entry, &with_policies, |f| {
+                    at(f.to_owned())
+                })?)
+            }
+            None => None,
+        };
+
         Ok(Self {
             file: file.to_owned(),
             kv_mount: raw.kv_mount,
             keygate_role: raw.keygate_role,
             policies,
             roles,
+            pki,
         })
     }
 
@@ -814,6 +842,16 @@ impl VaultSetup {
             .await
             .with_context(|| format!("writing AppRole role {}", role.name))?;
         }
+        if let Some(pki) = &self.pki {
+            pki.apply(root).await.with_context(|| {
+                format!(
+                    "applying the pki section of {} (mount {}/, role {})",
+                    self.file.display(),
+                    pki.mount,
+                    pki.role
+                )
+            })?;
+        }
         Ok(())
     }
 }
@@ -849,7 +887,8 @@ mod tests {
                 "gateway-policy-billing-api",
                 "gateway-policy-pets",
                 "secret-delivery-policy",
-                "keygate-references"
+                "keygate-references",
+                "tls-agent-policy"
             ]
         );
         let billing = &setup.policies[2].hcl;
@@ -867,7 +906,13 @@ mod tests {
             roles[3],
             ("gateway-pets", vec!["gateway-policy-pets".to_string()])
         );
-        assert_eq!(roles.len(), 5);
+        assert_eq!(roles.len(), 6);
+        let tls = &setup.policies[5].hcl;
+        assert!(tls.contains(r#"path "pki/issue/gateway-serving""#), "{tls}");
+        assert_eq!(
+            setup.pki.as_ref().map(|p| p.agent_role.as_str()),
+            Some("tls-agent")
+        );
         assert_eq!(setup.roles[0].token_ttl, Duration::from_secs(3600));
         assert_eq!(setup.keygate_role, "gateway");
     }

@@ -22,15 +22,38 @@ struct Values<'a> {
     #[serde(flatten)]
     common: TemplateValues<'a>,
     ext_authz: ExtAuthz,
+    /// The listener serves TLS with a certificate from SDS (rig::tls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a TlsListener>,
+}
+
+/// A TLS listener's certificate source: an SDS file (path_config_source)
+/// in a directory Envoy watches for the atomic `..data` swap.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsListener {
+    /// The SDS secret's name (`resources[0].name` in the file).
+    pub secret_name: String,
+    pub sds_file: std::path::PathBuf,
+    pub sds_dir: std::path::PathBuf,
 }
 
 /// Envoy's config (exposed for `envoy --mode validate` and the tests).
 pub fn render(ctx: &GatewayContext, ext_authz: ExtAuthz) -> Result<String> {
+    render_with(ctx, ext_authz, None)
+}
+
+/// The same config with a TLS listener (`tls`) instead of a plain one.
+pub fn render_with(
+    ctx: &GatewayContext,
+    ext_authz: ExtAuthz,
+    tls: Option<&TlsListener>,
+) -> Result<String> {
     crate::local::render(
         &ctx.env_dir.join("envoy/envoy.yaml.j2"),
         Values {
             common: ctx.template_values(),
             ext_authz,
+            tls,
         },
     )
 }
@@ -88,6 +111,41 @@ mod tests {
         assert_eq!(
             doc["admin"]["address"]["socket_address"]["port_value"].as_u64(),
             Some(10001)
+        );
+    }
+
+    #[test]
+    fn a_tls_listener_takes_its_certificate_from_a_watched_sds_file() {
+        let groups = crate::scenario::load_default_apis().unwrap();
+        let ctx = context(GatewayKind::EnvoyGrpc, &groups);
+        let plain: serde_yaml::Value =
+            serde_yaml::from_str(&render(&ctx, ExtAuthz::Grpc).unwrap()).unwrap();
+        let chain = &plain["static_resources"]["listeners"][0]["filter_chains"][0];
+        assert!(chain["transport_socket"].is_null());
+        let tls = TlsListener {
+            secret_name: "gateway-serving".into(),
+            sds_file: "/run/sds/gateway-serving.yaml".into(),
+            sds_dir: "/run/sds".into(),
+        };
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&render_with(&ctx, ExtAuthz::Grpc, Some(&tls)).unwrap()).unwrap();
+        let chain = &doc["static_resources"]["listeners"][0]["filter_chains"][0];
+        let sds = &chain["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"]
+            [0];
+        assert_eq!(sds["name"].as_str(), Some("gateway-serving"));
+        let source = &sds["sds_config"]["path_config_source"];
+        assert_eq!(
+            source["path"].as_str(),
+            Some("/run/sds/gateway-serving.yaml")
+        );
+        assert_eq!(
+            source["watched_directory"]["path"].as_str(),
+            Some("/run/sds")
+        );
+        // Routes and ext_authz are the plain listener's.
+        assert_eq!(
+            chain["filters"],
+            plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
         );
     }
 

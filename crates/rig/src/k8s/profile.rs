@@ -518,6 +518,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
             credentials_kv_path: auth.gateway_credentials.path.clone(),
             keygate_approle: setup.keygate_role.clone(),
         }),
+        tls: None,
     };
     environment.save(&run.env_file())?;
     say!(
