@@ -907,7 +907,7 @@ mod tests {
             ("gateway-pets", vec!["gateway-policy-pets".to_string()])
         );
         assert_eq!(roles.len(), 6);
-        let tls = &setup.policies[5].hcl;
+        let tls = &setup.policies[6].hcl;
         assert!(tls.contains(r#"path "pki/issue/gateway-serving""#), "{tls}");
         assert_eq!(
             setup.pki.as_ref().map(|p| p.agent_role.as_str()),
