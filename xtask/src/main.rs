@@ -30,6 +30,9 @@ pub(crate) struct E2eOptions {
     include_ignored: bool,
     gateways: Vec<rig::gateway::GatewayKind>,
     mode: rig::modes::Mode,
+    /// When several modes run: the one in which mode-independent groups
+    /// (faults) run; the others skip them (see `rig::once`).
+    mode_independent_in: Option<rig::modes::Mode>,
 }
 
 mod fuzz;
@@ -282,13 +285,16 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 include_ignored,
                 gateways,
                 mode: rig::modes::Mode::Inline,
+                mode_independent_in: None,
             },
             &modes_or_all(&mode),
         ),
         Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
-        Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
+        Cmd::Fuzz { seconds, target } => {
+            fuzz::run(seconds, target.as_deref(), fuzz::NewInputs::GrowCorpus)
+        }
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
@@ -567,6 +573,8 @@ fn e2e_modes(base: &E2eOptions, modes: &[rig::modes::Mode]) -> Result<ExitCode> 
         say!("=== delivery mode {mode} ===");
         let opts = E2eOptions {
             mode,
+            // Mode-independent groups (faults) once, in the first mode.
+            mode_independent_in: (modes.len() > 1).then(|| modes[0]),
             // Each mode's reports in a directory of its own.
             report_dir: match &base.report_dir {
                 Some(dir) if modes.len() > 1 => Some(dir.join(mode.as_str())),
@@ -654,6 +662,10 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
         // Fault tests start environments of their own with these binaries.
         .env("KEYRIG_KEYGATE", &local.keygate_bin)
         .env("KEYRIG_ECHO_PROGRAM", &local.echo.program)
+        .envs(
+            opts.mode_independent_in
+                .map(|mode| (rig::once::VAR, mode.as_str())),
+        )
         .current_dir(rig::paths::workspace_root());
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
@@ -803,13 +815,15 @@ fn test() -> Result<ExitCode> {
             include_ignored: false,
             gateways: Vec::new(),
             mode: rig::modes::Mode::Inline,
+            mode_independent_in: None,
         },
         &rig::modes::Mode::ALL,
     )?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
     let selfcheck_ok = selfcheck::run()?;
     // A few seconds per fuzz target: a smoke run; longer runs are in README.
-    let fuzz_ok = fuzz::run(5, None)? == ExitCode::SUCCESS;
+    // It leaves fuzz/corpus/ as committed (the work tree stays clean).
+    let fuzz_ok = fuzz::run(5, None, fuzz::NewInputs::Discard)? == ExitCode::SUCCESS;
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
     say!(
         "unit and integration tests: {}; e2e: {}; harness self-check: {}; fuzz: {}",

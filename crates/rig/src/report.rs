@@ -226,6 +226,9 @@ pub struct Report {
     pub cases: Vec<CaseReport>,
     pub rotations: Vec<Rotation>,
     pub findings: Vec<Finding>,
+    /// Each injected fault's figures (`crate::fault`).
+    #[serde(default)]
+    pub faults: Vec<crate::fault::Fault>,
     pub tools: Vec<ToolVersion>,
     /// The final secret scan; `None` only while it has not run yet.
     pub secret_scan: Option<ScanResult>,
@@ -342,6 +345,7 @@ impl Report {
             }
             md.push('\n');
         }
+        md.push_str(&crate::fault::markdown(&self.faults));
         if !self.findings.is_empty() {
             md.push_str(
                 "### Findings\n\n| severity | rule | where | message |\n|---|---|---|---|\n",
@@ -493,6 +497,7 @@ mod tests {
                 "values.yaml: adminKey",
                 "literal key",
             )],
+            faults: vec![],
             tools: vec![],
             secret_scan: Some(ScanResult::default()),
         }
