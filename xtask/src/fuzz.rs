@@ -83,7 +83,10 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
             "fuzz {target}: {seconds} s, corpus {}{}",
             corpus.display(),
             match &scratch {
-                Some(dir) => format!(" (read only; new inputs to {}, dropped after)", dir.path().display()),
+                Some(dir) => format!(
+                    " (read only; new inputs to {}, dropped after)",
+                    dir.path().display()
+                ),
                 None => " (new inputs added to it)".to_owned(),
             }
         );
