@@ -117,6 +117,10 @@ enum Cmd {
         /// Only this target (apikey_parse, keygate_config, scenario_loader, forward_auth_headers).
         #[arg(long)]
         target: Option<String>,
+        /// Write new inputs to a temporary directory instead of adding them
+        /// to fuzz/corpus/ (the smoke run of `cargo xtask test` does this).
+        #[arg(long)]
+        scratch_corpus: bool,
     },
     /// The echo upstream the local profile puts behind the gateway.
     #[command(hide = true)]
@@ -292,9 +296,19 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
-        Cmd::Fuzz { seconds, target } => {
-            fuzz::run(seconds, target.as_deref(), fuzz::NewInputs::GrowCorpus)
-        }
+        Cmd::Fuzz {
+            seconds,
+            target,
+            scratch_corpus,
+        } => fuzz::run(
+            seconds,
+            target.as_deref(),
+            if scratch_corpus {
+                fuzz::NewInputs::Discard
+            } else {
+                fuzz::NewInputs::GrowCorpus
+            },
+        ),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
