@@ -5,11 +5,15 @@
 //! HTTP API and keygate's /readyz and /metrics.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use apikey::{ApiKey, KeyRecord};
+use rig::delivery::PublishCommand;
 use rig::env::Environment;
+use rig::fault::Fault;
 use rig::local::{EchoCommand, LocalOptions, LocalRun};
 use rig::vault::VaultClient;
 use serde_json::Value;
@@ -52,7 +56,67 @@ pub fn local_options() -> Result<LocalOptions, String> {
     opts.runs_dir = runs_dir();
     // Other helpers' e2e runs share the machine's two cores.
     opts.ready_timeout = Duration::from_secs(90);
+    // xtask also hosts bao agent's publish hook (external-secret mode).
+    opts.publish = Some(PublishCommand {
+        program: opts.echo.program.clone(),
+        args: vec!["publish-secret".into()],
+    });
     Ok(opts)
+}
+
+/// The delivery mode of the shared run this test process belongs to
+/// (env.json `mode`), if there is one.
+pub fn run_mode() -> Option<String> {
+    Environment::discover().ok().and_then(|env| env.mode)
+}
+
+/// Background requests through the default gateway until stopped: a valid
+/// key (must pass) and a fresh unknown key (must never pass) per round.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<LoadResult>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    pub tally: Tally,
+    /// Valid-key requests that did not get 200, with the first such answer.
+    pub failed: u64,
+    pub first_failure: Option<String>,
+}
+
+impl Load {
+    pub fn start(env: &Owned, path: &str, valid: &ApiKey) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (http, gateway) = (env.http.clone(), env.env().gateway_url.clone());
+        let (path, valid) = (path.to_owned(), valid.expose().to_owned());
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut result = LoadResult::default();
+            while !flag.load(Ordering::SeqCst) {
+                let unknown = ApiKey::generate();
+                let reply = gateway_get(&http, &gateway, &path, Some(unknown.expose())).await;
+                result.tally.count(&reply, true);
+                let reply = gateway_get(&http, &gateway, &path, Some(&valid)).await;
+                result.tally.count(&reply, false);
+                if reply.status != 200 {
+                    result.failed += 1;
+                    result
+                        .first_failure
+                        .get_or_insert_with(|| format!("valid key: {}", reply.short()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result
+        });
+        Self { stop, task }
+    }
+
+    pub async fn finish(self) -> LoadResult {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the load task does not panic")
+    }
 }
 
 /// A running environment this test owns, and clients for it.
@@ -87,11 +151,12 @@ impl Owned {
 
     /// A path the group's OpenAPI document declares.
     pub fn api_path(&self, group: &str) -> String {
-        let prefix = self.env().route(group).expect("group from env.json");
-        match group {
-            "animal-rescue-api" => format!("{prefix}animals"),
-            "billing-api" => format!("{prefix}invoices"),
-            other => panic!("no known path for group {other}: add one to api_path()"),
+        self.env().route(group).expect("group from env.json");
+        match self.env().api_paths.get(group) {
+            Some(path) => path.clone(),
+            None => panic!(
+                "env.json has no api_paths entry for {group}: give its OpenAPI document a GET path without parameters"
+            ),
         }
     }
 
@@ -159,6 +224,32 @@ impl Owned {
         VaultClient::new(&self.env().vault_addr)
     }
 
+    /// The name of the gateway `get` goes through (env.json `gateway_url`).
+    pub fn default_gateway(&self) -> String {
+        let env = self.env();
+        env.gateways
+            .iter()
+            .find(|(_, url)| **url == env.gateway_url)
+            .map_or_else(|| env.gateway_url.clone(), |(name, _)| name.clone())
+    }
+
+    /// Records a fault's figures for the run's reports (`rig::fault`).
+    pub fn record_fault(&self, case: &str, fault: &str, gateway: &str, tally: &Tally) {
+        rig::fault::record(
+            &Fault {
+                case: case.to_owned(),
+                fault: fault.to_owned(),
+                mode: self.env().mode.clone().unwrap_or_else(|| "-".into()),
+                gateway: gateway.to_owned(),
+                requests: tally.requests,
+                false_accepts: tally.false_accepts,
+                unavailable: tally.unavailable,
+                recovery_ms: None,
+            }
+            .recovery(tally.recovery),
+        );
+    }
+
     pub fn unseal_key_file(&self) -> Result<PathBuf> {
         self.env()
             .unseal_key_file
@@ -208,6 +299,13 @@ impl Tally {
         if must_not_pass && reply.allowed() {
             self.false_accepts += 1;
         }
+    }
+
+    /// Adds what a [`Load`] counted.
+    pub fn add(&mut self, other: &Tally) {
+        self.requests += other.requests;
+        self.false_accepts += other.false_accepts;
+        self.unavailable += other.unavailable;
     }
 
     pub fn message(&self, extra: &str) -> String {

@@ -81,6 +81,7 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
         cases: f.cases,
         rotations: rig::rotation::read(run_dir)?,
         findings: rig::report::read_records(run_dir, rig::report::FINDINGS_DIR)?,
+        faults: rig::fault::read(run_dir)?,
         tools: rig::report::tool_versions(f.profile),
         secret_scan: None,
     };

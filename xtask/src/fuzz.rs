@@ -1,5 +1,12 @@
 //! `cargo xtask fuzz`: each cargo-fuzz target of `fuzz/` for a bounded
-//! time, corpus in `fuzz/corpus/<target>/` (new inputs are added there).
+//! time, corpus in `fuzz/corpus/<target>/`.
+//!
+//! Where new inputs go: `cargo xtask fuzz` (the long run README documents)
+//! adds them to the committed corpus. The smoke run of `cargo xtask test`
+//! must leave the work tree clean, so it hands libFuzzer a fresh temporary
+//! directory first and the committed corpus second: libFuzzer reads both
+//! and writes new inputs only into the first corpus directory (and deletes
+//! only files it wrote there), so `fuzz/corpus/` is read, never written.
 //!
 //! cargo-fuzz needs nightly-only compiler flags (`-Z` options for the
 //! sanitizer-coverage passes). Only a stable toolchain is pinned here, so the
@@ -27,7 +34,16 @@ fn cargo_fuzz_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-pub fn run(seconds: u64, only: Option<&str>) -> Result<ExitCode> {
+/// What happens to the inputs a run finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewInputs {
+    /// Added to `fuzz/corpus/<target>/` (the long run).
+    GrowCorpus,
+    /// Written to a temporary directory, dropped at the end (the smoke run).
+    Discard,
+}
+
+pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<ExitCode> {
     if let Some(name) = only.filter(|n| !TARGETS.contains(n)) {
         bail!(
             "no fuzz target {name:?}: pick one of {}",
@@ -50,10 +66,33 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<ExitCode> {
         let corpus = dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)
             .with_context(|| format!("creating {}", corpus.display()))?;
-        say!("fuzz {target}: {seconds} s, corpus {}", corpus.display());
+        // Held until the target's run ends, then removed.
+        let scratch = match new_inputs {
+            NewInputs::GrowCorpus => None,
+            NewInputs::Discard => Some(
+                tempfile::Builder::new()
+                    .prefix(&format!("keyrig-fuzz-{target}-"))
+                    .tempdir()
+                    .context("creating a temporary directory for new fuzz inputs")?,
+            ),
+        };
+        let mut corpora = Vec::new();
+        corpora.extend(scratch.as_ref().map(|dir| dir.path().to_owned()));
+        corpora.push(corpus.clone());
+        say!(
+            "fuzz {target}: {seconds} s, corpus {}{}",
+            corpus.display(),
+            match &scratch {
+                Some(dir) => format!(
+                    " (read only; new inputs to {}, dropped after)",
+                    dir.path().display()
+                ),
+                None => " (new inputs added to it)".to_owned(),
+            }
+        );
         let status = Command::new(super::cargo())
             .args(["fuzz", "run", "-s", "none", "-O", target])
-            .arg(&corpus)
+            .args(&corpora)
             .args([
                 "--",
                 &format!("-max_total_time={seconds}"),

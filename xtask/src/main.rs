@@ -30,6 +30,9 @@ pub(crate) struct E2eOptions {
     include_ignored: bool,
     gateways: Vec<rig::gateway::GatewayKind>,
     mode: rig::modes::Mode,
+    /// When several modes run: the one in which mode-independent groups
+    /// (faults) run; the others skip them (see `rig::once`).
+    mode_independent_in: Option<rig::modes::Mode>,
 }
 
 mod fuzz;
@@ -114,6 +117,10 @@ enum Cmd {
         /// Only this target (apikey_parse, keygate_config, scenario_loader, forward_auth_headers).
         #[arg(long)]
         target: Option<String>,
+        /// Write new inputs to a temporary directory instead of adding them
+        /// to fuzz/corpus/ (the smoke run of `cargo xtask test` does this).
+        #[arg(long)]
+        scratch_corpus: bool,
     },
     /// The echo upstream the local profile puts behind the gateway.
     #[command(hide = true)]
@@ -288,13 +295,26 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 include_ignored,
                 gateways,
                 mode: rig::modes::Mode::Inline,
+                mode_independent_in: None,
             },
             &modes_or_all(&mode),
         ),
         Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
-        Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
+        Cmd::Fuzz {
+            seconds,
+            target,
+            scratch_corpus,
+        } => fuzz::run(
+            seconds,
+            target.as_deref(),
+            if scratch_corpus {
+                fuzz::NewInputs::Discard
+            } else {
+                fuzz::NewInputs::GrowCorpus
+            },
+        ),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
@@ -598,6 +618,8 @@ fn e2e_modes(base: &E2eOptions, modes: &[rig::modes::Mode]) -> Result<ExitCode> 
         say!("=== delivery mode {mode} ===");
         let opts = E2eOptions {
             mode,
+            // Mode-independent groups (faults) once, in the first mode.
+            mode_independent_in: (modes.len() > 1).then(|| modes[0]),
             // Each mode's reports in a directory of its own.
             report_dir: match &base.report_dir {
                 Some(dir) if modes.len() > 1 => Some(dir.join(mode.as_str())),
@@ -690,6 +712,10 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
         // Fault tests start environments of their own with these binaries.
         .env("KEYRIG_KEYGATE", &local.keygate_bin)
         .env("KEYRIG_ECHO_PROGRAM", &local.echo.program)
+        .envs(
+            opts.mode_independent_in
+                .map(|mode| (rig::once::VAR, mode.as_str())),
+        )
         .current_dir(rig::paths::workspace_root());
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
@@ -900,13 +926,15 @@ fn test() -> Result<ExitCode> {
             include_ignored: false,
             gateways: Vec::new(),
             mode: rig::modes::Mode::Inline,
+            mode_independent_in: None,
         },
         &rig::modes::Mode::ALL,
     )?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
     let selfcheck_ok = selfcheck::run()?;
     // A few seconds per fuzz target: a smoke run; longer runs are in README.
-    let fuzz_ok = fuzz::run(5, None)? == ExitCode::SUCCESS;
+    // It leaves fuzz/corpus/ as committed (the work tree stays clean).
+    let fuzz_ok = fuzz::run(5, None, fuzz::NewInputs::Discard)? == ExitCode::SUCCESS;
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
     say!(
         "unit and integration tests: {}; e2e: {}; harness self-check: {}; fuzz: {}",

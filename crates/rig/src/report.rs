@@ -193,6 +193,9 @@ pub struct Report {
     pub cases: Vec<CaseReport>,
     pub rotations: Vec<crate::rotation::RotationRecord>,
     pub findings: Vec<Finding>,
+    /// Each injected fault's figures (`crate::fault`).
+    #[serde(default)]
+    pub faults: Vec<crate::fault::Fault>,
     pub tools: Vec<ToolVersion>,
     /// The final secret scan; `None` only while it has not run yet.
     pub secret_scan: Option<ScanResult>,
@@ -309,6 +312,7 @@ impl Report {
             }
             md.push('\n');
         }
+        md.push_str(&crate::fault::markdown(&self.faults));
         if !self.findings.is_empty() {
             md.push_str(
                 "### Findings\n\n| severity | rule | where | message |\n|---|---|---|---|\n",
@@ -460,6 +464,7 @@ mod tests {
                 "values.yaml: adminKey",
                 "literal key",
             )],
+            faults: vec![],
             tools: vec![],
             secret_scan: Some(ScanResult::default()),
         }
