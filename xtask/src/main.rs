@@ -115,6 +115,14 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Measure auth overhead (vs Envoy's native filter and no auth), rotation
+    /// propagation, scale and suite speed; table on stdout, numbers in
+    /// target/rig/bench/bench.json, plot in target/rig/bench/latency.svg.
+    Bench {
+        /// A short run (under a minute): fewer rounds, events and keys.
+        #[arg(long)]
+        quick: bool,
+    },
     /// The echo upstream the local profile puts behind the gateway.
     #[command(hide = true)]
     EchoUpstream {
@@ -289,6 +297,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
         Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
+        Cmd::Bench { quick } => bench(quick).map(|()| ExitCode::SUCCESS),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
@@ -783,6 +792,37 @@ fn interval_notes(env: &rig::env::Environment) -> Vec<String> {
         ));
     }
     vec![note]
+}
+
+/// `cargo xtask bench`: everything is rig::bench; this builds keygate,
+/// says how to run the suite as a child, and writes the outputs.
+fn bench(quick: bool) -> Result<()> {
+    stop_on_interrupt()?;
+    let local = local_options(rig::modes::Mode::ExternalSecret)?;
+    let out_dir = rig::paths::rig_dir().join("bench");
+    let mut suite = Command::new(cargo());
+    suite
+        .args(["xtask", "e2e", "--mode", "inline"])
+        .current_dir(rig::paths::workspace_root());
+    plain_output_unless_interactive(&mut suite);
+    let report = runtime()?.block_on(rig::bench::run(rig::bench::BenchOptions {
+        plan: if quick {
+            rig::bench::Plan::quick()
+        } else {
+            rig::bench::Plan::full()
+        },
+        local,
+        suite_command: Some(suite),
+        out_dir: out_dir.clone(),
+    }))?;
+    let json = out_dir.join("bench.json");
+    rig::bench::report::save_json(&report, &json)?;
+    let svg = out_dir.join("latency.svg");
+    rig::bench::plot::latency_svg(&report.variants, &svg)?;
+    println!();
+    print!("{}", rig::bench::report::render(&report));
+    println!("numbers: {}\nplot:    {}", json.display(), svg.display());
+    Ok(())
 }
 
 fn test() -> Result<ExitCode> {
