@@ -798,7 +798,18 @@ fn interval_notes(env: &rig::env::Environment) -> Vec<String> {
 /// says how to run the suite as a child, and writes the outputs.
 fn bench(quick: bool) -> Result<()> {
     stop_on_interrupt()?;
-    let local = local_options(rig::modes::Mode::ExternalSecret)?;
+    let mut local = local_options(rig::modes::Mode::ExternalSecret)?;
+    // Measure the keygate users deploy: an optimized build (the e2e suite
+    // runs the debug one), unless KEYRIG_KEYGATE names a binary.
+    if std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
+        if !run_cargo(
+            &["build", "--release", "-p", "keygate"],
+            "building keygate (release) for the bench",
+        )? {
+            bail!("keygate does not build in release mode: see cargo's output above");
+        }
+        local.keygate_bin = rig::paths::target_dir().join("release/keygate");
+    }
     let out_dir = rig::paths::rig_dir().join("bench");
     let mut suite = Command::new(cargo());
     suite

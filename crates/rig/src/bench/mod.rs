@@ -212,7 +212,13 @@ fn machine(tools: &crate::tools::Tools, keygate: &std::path::Path) -> Machine {
         keygate: std::process::Command::new(keygate)
             .arg("--version")
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .map(|o| {
+                format!(
+                    "{} ({})",
+                    String::from_utf8_lossy(&o.stdout).trim(),
+                    keygate.display()
+                )
+            })
             .unwrap_or_else(|e| format!("unknown ({e})")),
     }
 }
@@ -427,7 +433,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         propagation::secret_id(&env, &root, plan.secret_id_rotations, quick_note.clone()).await?,
     );
     left_out.push(
-        "keys-file via bao agent: not measured (keys-file mode is not on this branch)".to_owned(),
+        "propagation keys-file via bao agent: keys-file mode is not on this branch".to_owned(),
     );
     env_a.supervisor.stop_all();
     drop(env_a);

@@ -40,7 +40,9 @@ pub fn latency_svg(variants: &[VariantResult], path: &Path) -> Result<()> {
             .configure_mesh()
             .x_desc("percentile")
             .y_desc("latency (ms, log)")
+            .x_labels(6)
             .x_label_formatter(&|x| match x.round() as i64 {
+                _ if (x - x.round()).abs() > 1e-6 => String::new(),
                 0 => "0".into(),
                 1 => "90".into(),
                 2 => "99".into(),

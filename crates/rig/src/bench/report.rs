@@ -64,8 +64,8 @@ fn x(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{r:.2}x"))
 }
 
-/// Left-aligned first column, right-aligned others.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+/// The first `left` columns left-aligned, the others right-aligned.
+fn table(left: usize, headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -76,7 +76,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let line = |out: &mut String, cells: Vec<&str>| {
         let mut text = String::from(" ");
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i == 0 {
+            if i < left {
                 let _ = write!(text, " {cell:<w$}");
             } else {
                 let _ = write!(text, "  {cell:>w$}");
@@ -131,6 +131,7 @@ pub fn render(r: &BenchReport) -> String {
         })
         .collect();
     out.push_str(&table(
+        1,
         &[
             "variant",
             "requests",
@@ -171,13 +172,18 @@ pub fn render(r: &BenchReport) -> String {
         })
         .collect();
     out.push_str(&table(
+        2,
         &["mode", "what", "n", "p50 ms", "p99 ms", "max ms"],
         &rows,
     ));
+    let mut said = std::collections::BTreeSet::new();
     for p in &r.propagation {
-        let _ = writeln!(out, "  {}: {}", p.mode, p.intervals);
-        if let Some(note) = &p.note {
-            let _ = writeln!(out, "  {}: {note}", p.mode);
+        for line in std::iter::once(format!("{}: {}", p.mode, p.intervals))
+            .chain(p.note.iter().map(|n| format!("{}: {n}", p.mode)))
+        {
+            if said.insert(line.clone()) {
+                let _ = writeln!(out, "  {line}");
+            }
         }
     }
 
@@ -203,6 +209,7 @@ pub fn render(r: &BenchReport) -> String {
             })
             .collect();
         out.push_str(&table(
+            1,
             &[
                 "keys",
                 "written",
