@@ -297,7 +297,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
         Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
-        Cmd::Bench { quick } => bench(quick).map(|()| ExitCode::SUCCESS),
+        Cmd::Bench { quick } => bench(quick, true).map(|()| ExitCode::SUCCESS),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
@@ -796,12 +796,14 @@ fn interval_notes(env: &rig::env::Environment) -> Vec<String> {
 
 /// `cargo xtask bench`: everything is rig::bench; this builds keygate,
 /// says how to run the suite as a child, and writes the outputs.
-fn bench(quick: bool) -> Result<()> {
+/// `release`: measure an optimized keygate (`test`'s smoke run uses the
+/// debug build the e2e suite already made).
+fn bench(quick: bool, release: bool) -> Result<()> {
     stop_on_interrupt()?;
     let mut local = local_options(rig::modes::Mode::ExternalSecret)?;
     // Measure the keygate users deploy: an optimized build (the e2e suite
     // runs the debug one), unless KEYRIG_KEYGATE names a binary.
-    if std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
+    if release && std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
         if !run_cargo(
             &["build", "--release", "-p", "keygate"],
             "building keygate (release) for the bench",
@@ -836,6 +838,35 @@ fn bench(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// `bench --quick` with the debug keygate: it must run to the end and
+/// leave a bench.json that reads back with every variant in it.
+fn bench_smoke() -> bool {
+    let json = rig::paths::rig_dir().join("bench/bench.json");
+    let _ = std::fs::remove_file(&json);
+    let checked = bench(true, false).and_then(|()| {
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("bench --quick wrote no {}", json.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", json.display()))?;
+        let variants = value["variants"].as_array().map_or(0, Vec::len);
+        if variants != rig::bench::variants::Variant::ALL.len() {
+            bail!(
+                "{} holds {variants} variants, not {}",
+                json.display(),
+                rig::bench::variants::Variant::ALL.len()
+            );
+        }
+        Ok(())
+    });
+    match checked {
+        Ok(()) => true,
+        Err(err) => {
+            say!("bench --quick failed: {err:#}");
+            false
+        }
+    }
+}
+
 fn test() -> Result<ExitCode> {
     // Installs the local profile's tools and every gateway's.
     tools(Profile::Local)?;
@@ -861,15 +892,18 @@ fn test() -> Result<ExitCode> {
     let selfcheck_ok = selfcheck::run()?;
     // A few seconds per fuzz target: a smoke run; longer runs are in README.
     let fuzz_ok = fuzz::run(5, None)? == ExitCode::SUCCESS;
+    // The bench runs and writes bench.json; its timings are not judged here.
+    let bench_ok = bench_smoke();
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
     say!(
-        "unit and integration tests: {}; e2e: {}; harness self-check: {}; fuzz: {}",
+        "unit and integration tests: {}; e2e: {}; harness self-check: {}; fuzz: {}; bench --quick: {}",
         word(unit_ok),
         word(e2e_ok),
         word(selfcheck_ok),
-        word(fuzz_ok)
+        word(fuzz_ok),
+        word(bench_ok)
     );
-    Ok(if unit_ok && e2e_ok && selfcheck_ok && fuzz_ok {
+    Ok(if unit_ok && e2e_ok && selfcheck_ok && fuzz_ok && bench_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -148,6 +148,11 @@ pub struct SuiteSpeed {
     pub e2e_inline_ms: Option<u64>,
     pub e2e_inline_ok: Option<bool>,
     pub e2e_command: Option<String>,
+    /// From that run's report.json: its environment up, and the tests
+    /// alone (`cargo test` of the e2e crate, without building it), ms.
+    pub e2e_report_up_ms: Option<u64>,
+    pub e2e_report_tests_ms: Option<u64>,
+    pub e2e_report_wall_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -480,6 +485,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         e2e_inline_ms: None,
         e2e_inline_ok: None,
         e2e_command: None,
+        e2e_report_up_ms: None,
+        e2e_report_tests_ms: None,
+        e2e_report_wall_ms: None,
     };
     match (plan.suite, opts.suite_command.take()) {
         (true, Some(mut command)) => {
@@ -501,6 +509,15 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             suite.e2e_inline_ms = Some(started.elapsed().as_millis() as u64);
             suite.e2e_inline_ok = Some(status.success());
             suite.e2e_command = Some(shown);
+            // The child's own split (up, tests) from the run it left as `latest`.
+            let report = crate::paths::rig_dir().join("latest/report.json");
+            if let Ok(text) = std::fs::read_to_string(&report)
+                && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                suite.e2e_report_up_ms = value["up_ms"].as_u64();
+                suite.e2e_report_tests_ms = value["tests_ms"].as_u64();
+                suite.e2e_report_wall_ms = value["wall_time_ms"].as_u64();
+            }
         }
         (true, None) => left_out.push("suite speed: no e2e command given".into()),
         (false, _) => left_out.push("suite speed: the e2e suite's wall time only in a full run".into()),

@@ -247,6 +247,16 @@ pub fn render(r: &BenchReport) -> String {
             _ => String::new(),
         }
     );
+    if let (Some(up), Some(tests), Some(wall)) = (
+        s.e2e_report_up_ms,
+        s.e2e_report_tests_ms,
+        s.e2e_report_wall_ms,
+    ) {
+        let _ = writeln!(
+            out,
+            "  that e2e run's own report: wall {wall} ms (includes building the e2e tests if needed), environment up {up} ms, tests {tests} ms"
+        );
+    }
     for note in &r.left_out {
         let _ = writeln!(out, "not measured: {note}");
     }
