@@ -24,8 +24,62 @@ pub fn env() -> &'static Environment {
 }
 
 /// Records this case for the run's results table (group, name, status, time).
+/// Through the keys-file gateway the group reads `<group>@keys-file`, so the
+/// table tells the two passes of the same test apart.
 pub fn case(group: &str, name: &str) -> CaseGuard {
-    CaseGuard::start(group, name)
+    CaseGuard::start(&pass_group(group), name)
+}
+
+/// `group`, or `<group>@keys-file` in the keys-file pass.
+fn pass_group(group: &str) -> String {
+    if keys_file_mode() {
+        format!("{group}@keys-file")
+    } else {
+        group.to_owned()
+    }
+}
+
+/// Whether `gateway_url` validates from keys files rendered by a Vault
+/// Agent (Spring Cloud Gateway's way) instead of reading Vault per key.
+/// What differs there: the file holds `<selector>,<hash>` only, so the
+/// upstream gets an empty `x-keyrig-owner`, expiry is unknown (an expired
+/// key is accepted until it is deleted), and a change lands within the
+/// render interval plus keygate's poll instead of the cache TTL.
+pub fn keys_file_mode() -> bool {
+    env().key_source == rig::env::KEY_SOURCE_FILE
+}
+
+/// The longest a rendered change may take to reach the keys-file gateway:
+/// render interval + keygate's poll + slack for the agent's own work.
+pub fn render_deadline() -> Duration {
+    let side = env()
+        .keys_file
+        .as_ref()
+        .expect("this environment has no keys-file gateway (env.json keys_file)");
+    Duration::from_millis(side.render_interval_ms + side.poll_interval_ms) + Duration::from_secs(5)
+}
+
+/// In keys-file mode a key written to Vault exists at the gateway only once
+/// the agent rendered it: wait until the gateway stops calling it `unknown`.
+/// In Vault mode, the negative cache is the only delay and a fresh selector
+/// has never been looked up, so there is nothing to wait for.
+pub async fn await_delivery(group: &str, key: &str) -> Result<()> {
+    if !keys_file_mode() {
+        return Ok(());
+    }
+    let path = api_path(group);
+    rig::wait::wait_until(
+        "the agent to render the new key into the keys file",
+        render_deadline(),
+        async || {
+            let reply = gateway_get(&path, Some(key)).await?;
+            Ok(match reply.reason.as_deref() {
+                Some("unknown") => rig::wait::Probe::seen(format!("{} unknown", reply.status)),
+                _ => rig::wait::Probe::Ready(()),
+            })
+        },
+    )
+    .await
 }
 
 fn http() -> &'static reqwest::Client {
@@ -44,6 +98,21 @@ fn http() -> &'static reqwest::Client {
 /// A Vault token. `Debug` hides it so a failed assertion cannot print it.
 #[derive(Clone)]
 pub struct Token(String);
+
+impl Token {
+    /// No token, for logins.
+    pub fn none() -> Self {
+        Token(String::new())
+    }
+
+    /// The client token of a login answer.
+    pub fn from_login(body: &Value) -> Result<Self> {
+        match body["auth"]["client_token"].as_str() {
+            Some(token) => Ok(Token(token.to_owned())),
+            None => bail!("the login answer carries no token: {}", body["errors"]),
+        }
+    }
+}
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -159,6 +228,7 @@ pub async fn issue_key(group: &str, record: impl FnOnce(KeyRecord) -> KeyRecord)
     rig::redact::register_secret(key.expose());
     let record = record(KeyRecord::for_key(&key, "e2e-owner"));
     store_record(group, &key, &record).await?;
+    await_delivery(group, key.expose()).await?;
     Ok(key)
 }
 
@@ -210,8 +280,13 @@ impl GatewayReply {
 
 /// GET `path` at the gateway, with `x-api-key` when given.
 pub async fn gateway_get(path: &str, api_key: Option<&str>) -> Result<GatewayReply> {
+    gateway_get_at(&env().gateway_url, path, api_key).await
+}
+
+/// GET `path` at the gateway listening at `base` (e.g. the keys-file one).
+pub async fn gateway_get_at(base: &str, path: &str, api_key: Option<&str>) -> Result<GatewayReply> {
     let headers: Vec<(&str, &str)> = api_key.map(|k| ("x-api-key", k)).into_iter().collect();
-    get_at(&env().gateway_url, path, &headers).await
+    get_at(base, path, &headers).await
 }
 
 /// GET `base` + `path` with these request headers.
@@ -263,7 +338,7 @@ pub struct Gateway {
 pub fn case_on(gateway: &str, group: &str, name: &str) -> Option<(CaseGuard, Gateway)> {
     let env = env();
     if let Some(url) = env.gateways.get(gateway) {
-        let guard = CaseGuard::start_on(group, name, gateway);
+        let guard = CaseGuard::start_on(&pass_group(group), name, gateway);
         return Some((
             guard,
             Gateway {
@@ -273,7 +348,7 @@ pub fn case_on(gateway: &str, group: &str, name: &str) -> Option<(CaseGuard, Gat
         ));
     }
     if let Some(reason) = env.skipped_gateways.get(gateway) {
-        let mut guard = CaseGuard::start_on(group, name, gateway);
+        let mut guard = CaseGuard::start_on(&pass_group(group), name, gateway);
         guard.skip(format!("gateway {gateway} does not run: {reason}"));
     }
     None
@@ -387,6 +462,16 @@ pub async fn keygate_readyz() -> Result<Value> {
 
 /// How long a change in Vault may take to reach the gateway: the positive
 /// cache TTL plus slack for the poll.
+/// In keys-file mode, the render deadline instead.
 pub fn cache_deadline() -> Duration {
+    if keys_file_mode() {
+        return render_deadline();
+    }
     Duration::from_millis(env().cache.positive_ttl_ms) + Duration::from_secs(5)
+}
+
+/// The owner the upstream sees for a key issued with `owner`: the keys file
+/// carries no owner, so in keys-file mode it is empty.
+pub fn expected_owner(owner: &str) -> &str {
+    if keys_file_mode() { "" } else { owner }
 }

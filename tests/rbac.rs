@@ -186,5 +186,10 @@ async fn keygate_token_carries_only_the_gateway_policy() {
         .filter_map(Value::as_str)
         .collect();
     policies.sort();
-    assert_eq!(policies, ["default", "gateway-policy"]);
+    // keygate-references: read-only on the one secret its config references
+    // (the upstream credential, scenarios/vault/policies/keygate-references.hcl).
+    assert_eq!(
+        policies,
+        ["default", "gateway-policy", "keygate-references"]
+    );
 }

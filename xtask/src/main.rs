@@ -478,6 +478,12 @@ fn up(profile: Profile, mode: rig::modes::Mode) -> Result<()> {
             delivery.secret_dir.display()
         );
     }
+    if let Some(side) = &env.keys_file {
+        println!(
+            "  keys-file gateway {} (keygate {}; bao agent renders every {} ms)",
+            side.gateway_url, side.keygate_url, side.render_interval_ms
+        );
+    }
     println!("  env.json  {}", run.run.env_file().display());
     println!("  logs      {}", env.logs_dir.display());
     println!("stop with `cargo xtask down`");
@@ -666,8 +672,13 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
         .current_dir(rig::paths::workspace_root());
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
-    let status = child.wait().context("waiting for cargo test")?;
+    let mut status = child.wait().context("waiting for cargo test")?;
     TEST_PID.store(0, Ordering::SeqCst);
+    if let Some(keys_file_status) = keys_file_pass(&run, opts.filter.as_deref())?
+        && !keys_file_status.success()
+    {
+        status = keys_file_status;
+    }
     let test_time = tests_started.elapsed();
 
     let cases = rig::case::read_cases(run.run.path())?;
@@ -865,6 +876,43 @@ fn bench_smoke() -> bool {
             false
         }
     }
+}
+
+/// The api_keys group again, through the keys-file gateway of the same
+/// environment (`env-keys-file.json`: same Vault, `key_source: file`), so
+/// both validation modes pass the same assertions.
+fn keys_file_pass(
+    run: &rig::local::LocalRun,
+    filter: Option<&str>,
+) -> Result<Option<std::process::ExitStatus>> {
+    let view = rig::env::Environment::keys_file_env_path(&run.run.env_file());
+    if !view.is_file() {
+        return Ok(None);
+    }
+    say!(
+        "api_keys again through the keys-file gateway ({})",
+        view.display()
+    );
+    let mut command = Command::new(cargo());
+    command
+        .args([
+            "test",
+            "-p",
+            "keyrig-e2e",
+            "--no-fail-fast",
+            "--test",
+            "api_keys",
+            "--",
+        ])
+        .args(filter)
+        .env(rig::env::ENV_FILE_VAR, &view)
+        .env(rig::case::RUN_DIR_VAR, run.run.path())
+        .current_dir(rig::paths::workspace_root());
+    let mut child = command.spawn().context("running cargo test")?;
+    TEST_PID.store(child.id() as i32, Ordering::SeqCst);
+    let status = child.wait().context("waiting for cargo test")?;
+    TEST_PID.store(0, Ordering::SeqCst);
+    Ok(Some(status))
 }
 
 fn test() -> Result<ExitCode> {

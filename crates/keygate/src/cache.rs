@@ -76,7 +76,9 @@ const MAX_ENTRIES: u64 = 100_000;
 
 pub struct RecordCache {
     source: Arc<dyn RecordSource>,
-    cache: Cache<Key, Value>,
+    /// `None`: every lookup goes to the source (keys files are in memory
+    /// already; a cache would only delay a rendered change).
+    cache: Option<Cache<Key, Value>>,
     /// Last found record per key, for outages; `None` when resurrection is off.
     last_good: Option<Cache<Key, KeyRecord>>,
     metrics: Arc<Metrics>,
@@ -99,8 +101,18 @@ impl RecordCache {
         });
         Self {
             source,
-            cache,
+            cache: Some(cache),
             last_good,
+            metrics,
+        }
+    }
+
+    /// No caching: for sources that are in memory already (keys files).
+    pub fn uncached(source: Arc<dyn RecordSource>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            source,
+            cache: None,
+            last_good: None,
             metrics,
         }
     }
@@ -109,13 +121,16 @@ impl RecordCache {
     /// when Vault cannot be read, the last good record within the resurrect
     /// window. Concurrent callers for one key share a single Vault read.
     pub async fn get(&self, group: &str, selector: &Selector) -> Result<Value, Arc<VaultError>> {
+        let Some(cache) = &self.cache else {
+            return self.source.read(group, selector).await.map_err(Arc::new);
+        };
         let key = (group.to_owned(), selector.clone());
-        if let Some(value) = self.cache.get(&key).await {
+        if let Some(value) = cache.get(&key).await {
             self.metrics.cache_hit();
             return Ok(value);
         }
         self.metrics.cache_miss();
-        match self.read_through(key.clone(), group, selector).await {
+        match self.read_through(cache, key.clone(), group, selector).await {
             Ok(value) => {
                 if let Some(last_good) = &self.last_good {
                     match &value {
@@ -142,11 +157,12 @@ impl RecordCache {
 
     async fn read_through(
         &self,
+        cache: &Cache<Key, Value>,
         key: Key,
         group: &str,
         selector: &Selector,
     ) -> Result<Value, Arc<VaultError>> {
-        self.cache
+        cache
             .try_get_with(key, async {
                 let started = Instant::now();
                 let result = self.source.read(group, selector).await;

@@ -51,6 +51,46 @@ pub struct Config {
     /// credentials, e.g. the `gateway-group` key of its Secret); `/readyz`
     /// reports it, re-read on every call so a rotation shows.
     pub gateway_group_file: Option<PathBuf>,
+    /// Where key records come from (`keys:`); Vault unless set.
+    pub keys: KeysConfig,
+    /// `upstream_headers:` name -> value or secret reference, in name order.
+    pub upstream_headers: Vec<UpstreamHeader>,
+}
+
+/// One `upstream_headers` entry: added to every allowed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamHeader {
+    Plain {
+        name: String,
+        value: String,
+    },
+    Ref {
+        name: String,
+        text: String,
+        reference: crate::refs::Reference,
+        mount: String,
+        policy: crate::refs::Policy,
+    },
+}
+
+/// Kong's defaults: values never re-read unless `ttl` is set; misses
+/// remembered 60 s; the last value kept for about three years if refreshing fails.
+pub const DEFAULT_REF_TTL: Duration = Duration::ZERO;
+pub const DEFAULT_REF_NEG_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_REF_RESURRECT_TTL: Duration = Duration::from_secs(3 * 365 * 24 * 3600);
+
+pub const DEFAULT_KEYS_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `keys:`: validate against Vault directly (default) or against keys files
+/// rendered by a Vault Agent (Spring Cloud Gateway's way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysConfig {
+    Vault,
+    File {
+        /// (groupId, `keys.files.<groupId>`, path), sorted by group.
+        files: Vec<(String, String, PathBuf)>,
+        poll_interval: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +214,30 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     gateway_group_file: Option<String>,
+    keys: Option<RawKeys>,
+    vaults: Option<std::collections::BTreeMap<String, RawRefVault>>,
+    upstream_headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRefVault {
+    kv_mount: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    neg_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    resurrect_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    source: Option<String>,
+    files: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,6 +413,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         Some(path) => Some(base.join(path)),
         None => None,
     };
+    let keys = keys(raw.keys, base)?;
+    let upstream_headers = upstream_headers(raw.vaults, raw.upstream_headers)?;
 
     Ok(Config {
         file: PathBuf::new(),
@@ -362,7 +428,122 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         },
         apis,
         cache,
+        keys,
+        upstream_headers,
     })
+}
+
+fn upstream_headers(
+    vaults: Option<std::collections::BTreeMap<String, RawRefVault>>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+) -> Result<Vec<UpstreamHeader>, String> {
+    use crate::refs::{Policy, Reference};
+    let vaults = vaults.unwrap_or_default();
+    let mut out = Vec::new();
+    for (name, value) in headers.unwrap_or_default() {
+        let field = format!("upstream_headers.{name}");
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_name {
+            return Err(format!(
+                "{field}: `{name}` is not a header name: use lowercase letters, digits and `-`"
+            ));
+        }
+        if !crate::refs::is_reference(&value) {
+            out.push(UpstreamHeader::Plain { name, value });
+            continue;
+        }
+        let reference = Reference::parse(&value).map_err(|err| format!("{field}: {err}"))?;
+        let (mount, policy) = match &reference {
+            Reference::Env { .. } => (
+                String::new(),
+                Policy {
+                    ttl: DEFAULT_REF_TTL,
+                    neg_ttl: DEFAULT_REF_NEG_TTL,
+                    resurrect_ttl: DEFAULT_REF_RESURRECT_TTL,
+                },
+            ),
+            Reference::Vault { vault, .. } => {
+                let Some(named) = vaults.get(vault) else {
+                    return Err(format!(
+                        "{field} refers to vault `{vault}`, which `vaults:` does not define: add `vaults: {{{vault}: {{kv_mount: secret, ttl: 1m}}}}`"
+                    ));
+                };
+                let mount = mount_path(
+                    &format!("vaults.{vault}.kv_mount"),
+                    named.kv_mount.as_deref().unwrap_or("secret"),
+                )?;
+                (
+                    mount,
+                    Policy {
+                        ttl: named.ttl.unwrap_or(DEFAULT_REF_TTL),
+                        neg_ttl: named.neg_ttl.unwrap_or(DEFAULT_REF_NEG_TTL),
+                        resurrect_ttl: named.resurrect_ttl.unwrap_or(DEFAULT_REF_RESURRECT_TTL),
+                    },
+                )
+            }
+        };
+        out.push(UpstreamHeader::Ref {
+            name,
+            text: value.trim().to_owned(),
+            reference,
+            mount,
+            policy,
+        });
+    }
+    Ok(out)
+}
+
+fn keys(raw: Option<RawKeys>, base: &Path) -> Result<KeysConfig, String> {
+    let Some(raw) = raw else {
+        return Ok(KeysConfig::Vault);
+    };
+    let source = raw.source.as_deref().map(str::trim).unwrap_or("vault");
+    match source {
+        "vault" => {
+            if raw.files.is_some() || raw.poll_interval.is_some() {
+                return Err("keys.files and keys.poll_interval apply only to `source: file`, but keys.source is vault: \
+                     set `source: file` or remove them"
+                    .into());
+            }
+            Ok(KeysConfig::Vault)
+        }
+        "file" => {
+            let files = raw.files.unwrap_or_default();
+            if files.is_empty() {
+                return Err("keys.source is file but keys.files is missing or empty: \
+                     map each groupId to the keys file the Vault Agent renders, e.g. `files: {billing-api: keys/billing-api}`"
+                    .into());
+            }
+            let files = files
+                .into_iter()
+                .map(|(group, path)| {
+                    let field = format!("keys.files.{group}");
+                    if path.trim().is_empty() {
+                        return Err(format!(
+                            "{field} is empty: give the path of the group's keys file"
+                        ));
+                    }
+                    Ok((group, field, base.join(path.trim())))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let poll_interval = raw.poll_interval.unwrap_or(DEFAULT_KEYS_POLL_INTERVAL);
+            if poll_interval.is_zero() {
+                return Err(
+                    "keys.poll_interval is 0: set a positive duration such as 500ms".into(),
+                );
+            }
+            Ok(KeysConfig::File {
+                files,
+                poll_interval,
+            })
+        }
+        other => Err(format!(
+            "keys.source is `{other}`: write `vault` (read each key from Vault) or `file` (keys files rendered by a Vault Agent)"
+        )),
+    }
 }
 
 fn socket_addr(field: &str, value: Option<String>, example: &str) -> Result<SocketAddr, String> {
@@ -577,11 +758,79 @@ apis:
     #[case::misspelt(VALID.replace("address:", "adress:"), "line 5, column 3: vault: unknown field `adress`")]
     #[case::misspelt_cache(VALID.to_owned() + "cache:\n  positve_ttl: 1s\n", "cache: unknown field `positve_ttl`")]
     #[case::empty_file(String::new(), "listen is missing")]
+    #[case::ref_unknown_vault(VALID.to_owned() + "upstream_headers:\n  x-t: '{vault://nope/a/b}'\n", "upstream_headers.x-t refers to vault `nope`")]
+    #[case::ref_malformed(VALID.to_owned() + "upstream_headers:\n  x-t: '{vault://env/a/b}'\n", "upstream_headers.x-t: `{vault://env/a/b}`: an env reference")]
+    #[case::ref_bad_header(VALID.to_owned() + "upstream_headers:\n  X T: v\n", "is not a header name")]
+    #[case::ref_vault_misspelt(VALID.to_owned() + "vaults:\n  v:\n    tll: 1s\n", "unknown field `tll`")]
+    #[case::keys_bad_source(VALID.to_owned() + "keys:\n  source: disk\n", "keys.source is `disk`: write `vault`")]
+    #[case::keys_file_without_files(VALID.to_owned() + "keys:\n  source: file\n", "keys.source is file but keys.files is missing")]
+    #[case::keys_files_with_vault(VALID.to_owned() + "keys:\n  files: {g: k}\n", "apply only to `source: file`")]
+    #[case::keys_misspelt(VALID.to_owned() + "keys:\n  source: file\n  file: {g: k}\n", "keys: unknown field `file`")]
     #[case::malformed_yaml(VALID.replace("    approle:\n", "    approle: [\n"), "line ")]
     fn errors_name_the_file_and_the_field(#[case] text: String, #[case] expected: &str) {
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.starts_with("conf/keygate.yaml: "), "{err}");
         assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+
+    #[test]
+    fn upstream_headers_take_the_named_vaults_ttls() {
+        let text = VALID.to_owned()
+            + "vaults:\n  kv:\n    kv_mount: secret\n    ttl: 2s\n    neg_ttl: 1s\n    resurrect_ttl: 30s\n\
+               upstream_headers:\n  x-a: plain\n  x-b: '{vault://kv/app/upstream/token}'\n  x-c: '{vault://env/my-name}'\n";
+        let config = parse(&text).unwrap();
+        assert_eq!(config.upstream_headers.len(), 3);
+        assert_eq!(
+            config.upstream_headers[0],
+            UpstreamHeader::Plain {
+                name: "x-a".into(),
+                value: "plain".into()
+            }
+        );
+        match &config.upstream_headers[1] {
+            UpstreamHeader::Ref {
+                mount,
+                policy,
+                reference,
+                ..
+            } => {
+                assert_eq!(mount, "secret");
+                assert_eq!(policy.ttl, Duration::from_secs(2));
+                assert_eq!(policy.resurrect_ttl, Duration::from_secs(30));
+                assert_eq!(
+                    reference,
+                    &crate::refs::Reference::Vault {
+                        vault: "kv".into(),
+                        path: "app/upstream".into(),
+                        key: "token".into()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match &config.upstream_headers[2] {
+            UpstreamHeader::Ref { policy, .. } => assert_eq!(policy.neg_ttl, DEFAULT_REF_NEG_TTL),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_file_mode_resolves_paths_per_group() {
+        let text = VALID.to_owned()
+            + "keys:\n  source: file\n  files:\n    billing: keys/billing\n  poll_interval: 250ms\n";
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.keys,
+            KeysConfig::File {
+                files: vec![(
+                    "billing".into(),
+                    "keys.files.billing".into(),
+                    "conf/keys/billing".into()
+                )],
+                poll_interval: Duration::from_millis(250),
+            }
+        );
+        assert_eq!(parse(VALID).unwrap().keys, KeysConfig::Vault);
     }
 
     #[test]

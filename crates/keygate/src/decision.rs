@@ -120,6 +120,7 @@ pub struct Validator {
     records: RecordCache,
     metrics: Arc<Metrics>,
     kv_mount: String,
+    upstream_headers: Option<Arc<crate::refs::UpstreamHeaders>>,
 }
 
 impl Validator {
@@ -134,6 +135,21 @@ impl Validator {
             records,
             metrics,
             kv_mount: kv_mount.into(),
+            upstream_headers: None,
+        }
+    }
+
+    /// Headers (values or secret references) added to every allowed request.
+    pub fn with_upstream_headers(mut self, headers: Arc<crate::refs::UpstreamHeaders>) -> Self {
+        self.upstream_headers = Some(headers);
+        self
+    }
+
+    /// The configured upstream headers, references resolved now.
+    pub async fn upstream_headers(&self) -> Vec<(String, String)> {
+        match &self.upstream_headers {
+            Some(headers) => headers.resolve().await,
+            None => Vec::new(),
         }
     }
 

@@ -45,7 +45,11 @@ impl Authorization for ExtAuthz {
             .validator
             .decide(Protocol::Grpc, &http.path, presented)
             .await;
-        Ok(Response::new(response(&outcome)))
+        let extra = match outcome {
+            Outcome::Allow { .. } => self.validator.upstream_headers().await,
+            Outcome::Deny(_) => Vec::new(),
+        };
+        Ok(Response::new(response_with(&outcome, &extra)))
     }
 }
 
@@ -87,6 +91,11 @@ fn api_key(http: &HttpRequest) -> Presented<'_> {
 }
 
 fn response(outcome: &Outcome) -> CheckResponse {
+    response_with(outcome, &[])
+}
+
+/// `extra`: the configured upstream headers (only added on Allow).
+fn response_with(outcome: &Outcome, extra: &[(String, String)]) -> CheckResponse {
     match outcome {
         Outcome::Allow { owner, group } => {
             let mut ok = OkHttpResponseBuilder::new();
@@ -96,6 +105,9 @@ fn response(outcome: &Outcome) -> CheckResponse {
             let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
             ok.add_header(OWNER_HEADER, owner, overwrite, true);
             ok.add_header(GROUP_HEADER, group, overwrite, true);
+            for (name, value) in extra {
+                ok.add_header(name, value, overwrite, true);
+            }
             let mut response = CheckResponse::with_status(Status::ok(""));
             response.set_http_response(ok);
             response

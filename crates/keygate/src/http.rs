@@ -88,10 +88,22 @@ async fn forward_auth(State(state): State<AppState>, uri: Uri, headers: HeaderMa
         .validator
         .decide(Protocol::Http, &original, api_key(&headers))
         .await;
+    let extra = match outcome {
+        Outcome::Allow { .. } => state.validator.upstream_headers().await,
+        Outcome::Deny(_) => Vec::new(),
+    };
     match outcome {
         Outcome::Allow { owner, group } => {
             let mut response = StatusCode::OK.into_response();
             let headers = response.headers_mut();
+            for (name, value) in extra {
+                if let (Ok(name), Ok(value)) = (
+                    axum::http::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
             // Owners with control characters are refused as corrupt records
             // by `decision`, so these conversions do not fail in practice;
             // if one did, an empty value still overwrites a client's own.

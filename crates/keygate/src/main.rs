@@ -14,11 +14,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use keygate::cache::RecordCache;
-use keygate::config::Config;
+use keygate::config::{Config, KeysConfig, UpstreamHeader};
 use keygate::decision::Validator;
 use keygate::grpc::ExtAuthz;
 use keygate::http;
+use keygate::keys_file::{FileModeReadiness, KeysFiles};
 use keygate::metrics::Metrics;
+use keygate::refs::{HeaderValue, UpstreamHeaders};
 use keygate::routes::Routes;
 use keygate::vault::Vault;
 use tokio::net::TcpListener;
@@ -61,6 +63,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let KeysConfig::File { files, .. } = &config.keys {
+        let missing: Vec<&str> = routes
+            .groups()
+            .iter()
+            .map(String::as_str)
+            .filter(|g| !files.iter().any(|(group, _, _)| group == g))
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "{}: keys.files has no file for API group(s) {}: add `keys.files.<groupId>: <path>` for each",
+                config.file.display(),
+                missing.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
     if args.check {
         println!(
             "{}: OK: {} OpenAPI document(s), {} route(s), groups: {}",
@@ -119,13 +137,62 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
 
     let groups = routes.groups().join(", ");
     let metrics = Arc::new(Metrics::new());
-    let records = RecordCache::new(vault.clone(), config.cache, metrics.clone());
-    let validator = Arc::new(Validator::new(
-        routes,
-        records,
-        metrics,
-        config.vault.kv_mount.clone(),
-    ));
+    let (records, readiness): (RecordCache, Arc<dyn http::ReadinessSource>) = match &config.keys {
+        KeysConfig::Vault => (
+            RecordCache::new(vault.clone(), config.cache, metrics.clone()),
+            vault.clone(),
+        ),
+        KeysConfig::File {
+            files,
+            poll_interval,
+        } => {
+            let files = Arc::new(KeysFiles::new(files.clone()));
+            tokio::spawn(files.clone().watch(*poll_interval));
+            info!(poll_interval = ?poll_interval, "validating from keys files rendered by a Vault Agent");
+            (
+                RecordCache::uncached(files.clone(), metrics.clone()),
+                Arc::new(FileModeReadiness {
+                    files,
+                    vault: vault.clone(),
+                }),
+            )
+        }
+    };
+    let mut validator = Validator::new(routes, records, metrics, config.vault.kv_mount.clone());
+    if !config.upstream_headers.is_empty() {
+        let headers = config
+            .upstream_headers
+            .iter()
+            .map(|h| match h {
+                UpstreamHeader::Plain { name, value } => {
+                    (name.clone(), HeaderValue::Plain(value.clone()))
+                }
+                UpstreamHeader::Ref {
+                    name,
+                    text,
+                    reference,
+                    mount,
+                    policy,
+                } => (
+                    name.clone(),
+                    HeaderValue::Ref {
+                        text: text.clone(),
+                        reference: reference.clone(),
+                        mount: mount.clone(),
+                        policy: *policy,
+                        slot: Default::default(),
+                    },
+                ),
+            })
+            .collect();
+        info!(
+            count = config.upstream_headers.len(),
+            "adding upstream headers (secret references resolved by their vault's ttl)"
+        );
+        validator =
+            validator.with_upstream_headers(Arc::new(UpstreamHeaders::new(headers, vault.clone())));
+    }
+    let validator = Arc::new(validator);
 
     let grpc_listener = bind(config.listen.grpc, "listen.grpc").await?;
     let http_listener = bind(config.listen.http, "listen.http").await?;
@@ -147,7 +214,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
         );
     let http = axum::serve(
         http_listener,
-        http::router_with_group(validator, vault, config.gateway_group_file.clone()),
+        http::router_with_group(validator, readiness, config.gateway_group_file.clone()),
     )
     .with_graceful_shutdown(until_stopped(stopped));
     let mut grpc = tokio::spawn(grpc);

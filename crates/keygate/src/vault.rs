@@ -56,6 +56,11 @@ pub enum VaultError {
          the token's policy must allow `read` on that path"
     )]
     Forbidden { path: String },
+    /// Keys-file mode: the group's rendered file cannot be read.
+    #[error(
+        "cannot read the keys file {path} ({reason}): is the Vault Agent that renders it running?"
+    )]
+    KeysFile { path: String, reason: String },
 }
 
 impl VaultError {
@@ -500,6 +505,68 @@ impl Vault {
         let status = response.status();
         let body = response.text().await.map_err(unreachable)?;
         Ok((status, body))
+    }
+}
+
+impl crate::refs::RefSource for Vault {
+    fn fetch<'a>(
+        &'a self,
+        mount: &'a str,
+        path: &'a str,
+        key: &'a str,
+    ) -> crate::cache::BoxFuture<'a, crate::refs::Fetched> {
+        Box::pin(self.read_field(mount, path, key))
+    }
+}
+
+impl Vault {
+    /// Field `key` of the KV v2 secret `<mount>/<path>`, for secret
+    /// references. On 403 keygate logs in again (its token may have been
+    /// revoked or expired) and reads once more, Kong's "check on failure".
+    pub async fn read_field(&self, mount: &str, path: &str, key: &str) -> crate::refs::Fetched {
+        use crate::refs::Fetched;
+        let url = format!("{}/v1/{mount}/data/{path}", self.address);
+        for attempt in 0..2 {
+            let Some(session) = self.current() else {
+                return Fetched::Failed;
+            };
+            let answer = self
+                .send(
+                    "a secret reference read",
+                    self.http.get(&url),
+                    Some(&session.token),
+                )
+                .await;
+            let (status, body) = match answer {
+                Ok(answer) => answer,
+                Err(err) => {
+                    debug!(error = %err, "secret reference read failed");
+                    return Fetched::Failed;
+                }
+            };
+            match status {
+                StatusCode::OK => {
+                    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    return match body["data"]["data"][key].as_str() {
+                        Some(value) => Fetched::Value(value.to_owned()),
+                        None => Fetched::Missing,
+                    };
+                }
+                StatusCode::NOT_FOUND => return Fetched::Missing,
+                StatusCode::FORBIDDEN if attempt == 0 => {
+                    info!(
+                        mount,
+                        path,
+                        "Vault answered 403 to a secret reference; logging in again and re-reading"
+                    );
+                    if self.relogin_after(&session).await.is_err() {
+                        return Fetched::Failed;
+                    }
+                }
+                _ => return Fetched::Failed,
+            }
+        }
+        Fetched::Failed
     }
 }
 

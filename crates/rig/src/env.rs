@@ -61,6 +61,43 @@ pub struct Environment {
     /// the local profile, which is how the k8s tests know to skip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube: Option<KubeEnvironment>,
+    /// How the keygate behind `gateway_url` gets key records: `vault` (reads
+    /// each key from Vault) or `file` (keys files rendered by a Vault Agent).
+    #[serde(default = "default_key_source")]
+    pub key_source: String,
+    /// The keys-file gateway of the same environment, when the profile runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_file: Option<KeysFileSettings>,
+    /// JWT auth with service-account-shaped tokens (Kubernetes-auth-like).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<crate::identity::WorkloadIdentity>,
+    /// Per-environment paths, policies and roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<crate::environments::Environments>,
+    /// keygate's Kong-style secret references (upstream headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<crate::references::ReferenceSettings>,
+}
+
+pub const KEY_SOURCE_VAULT: &str = "vault";
+pub const KEY_SOURCE_FILE: &str = "file";
+
+fn default_key_source() -> String {
+    KEY_SOURCE_VAULT.into()
+}
+
+/// The second gateway: Envoy -> keygate validating from keys files that
+/// `bao agent` renders every `render_interval_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysFileSettings {
+    pub gateway_url: String,
+    pub keygate_url: String,
+    /// The agent's `static_secret_render_interval`.
+    pub render_interval_ms: u64,
+    /// How often keygate checks the files for a change.
+    pub poll_interval_ms: u64,
+    /// Where the rendered files are (one per group; 0600).
+    pub keys_dir: PathBuf,
 }
 
 /// The delivery of keygate's credentials in this run (`rig::modes`).
@@ -176,6 +213,28 @@ impl Environment {
             )
         })?;
         Ok(token.trim().to_owned())
+    }
+
+    /// The same environment seen through its keys-file gateway: gateway and
+    /// keygate URLs swapped, `key_source: file`. `None` without one.
+    pub fn as_keys_file(&self) -> Option<Self> {
+        let side = self.keys_file.as_ref()?;
+        // The keys-file pair has one gateway, an Envoy over gRPC; the other
+        // gateways are outside this pass (their cases record nothing).
+        let gateways = [("envoy-grpc".to_owned(), side.gateway_url.clone())].into();
+        Some(Self {
+            gateway_url: side.gateway_url.clone(),
+            keygate_url: side.keygate_url.clone(),
+            key_source: KEY_SOURCE_FILE.into(),
+            gateways,
+            skipped_gateways: Default::default(),
+            ..self.clone()
+        })
+    }
+
+    /// The keys-file view's env.json, next to env.json.
+    pub fn keys_file_env_path(env_file: &Path) -> PathBuf {
+        env_file.with_file_name("env-keys-file.json")
     }
 
     /// The route prefix of a group, or an error naming the known groups.

@@ -216,6 +216,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         })
     };
     let bao = tool("bao")?;
+    // The keys-file gateway is an Envoy whatever gateways the run asked for.
+    let envoy = tool("envoy")?;
     let (gateways, skipped_gateways) = select_gateways(&tools, &opts.gateways)?;
     if !opts.keygate_bin.is_file() {
         bail!(
@@ -238,6 +240,14 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             role.token_max_ttl = max_ttl;
         }
     }
+    let policy_names: Vec<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
+    let identity = crate::identity::WorkloadIdentity::load(
+        &opts.scenarios_dir.join("vault/workload-identity.yaml"),
+        &policy_names,
+    )?;
+    let environments = crate::environments::Environments::load(
+        &opts.scenarios_dir.join("vault/environments.yaml"),
+    )?;
     say!(
         "local profile: bao {} ({}), gateways {}, {} API groups: {}",
         bao.version,
@@ -264,21 +274,30 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let role_id_file = secret_files.role_id.clone();
     let secret_id_file = secret_files.secret_id.clone();
     let keygate_vault_addr = crate::modes::fill(&values.api_key.vault_url, &vault_addr, "", "");
-    let keygate_config = render(
-        &opts.env_dir.join("keygate/keygate.yaml.j2"),
-        KeygateContext {
-            grpc_addr: addr(ports.keygate_grpc).to_string(),
-            http_addr: addr(ports.keygate_http).to_string(),
-            vault_addr: &keygate_vault_addr,
-            kv_mount: &setup.kv_mount,
-            role_id_file: &role_id_file,
-            secret_id_file: &secret_id_file,
-            api_files: groups.iter().map(|g| g.file.as_path()).collect(),
-            positive_ttl: humantime::format_duration(opts.positive_ttl).to_string(),
-            negative_ttl: humantime::format_duration(opts.negative_ttl).to_string(),
-            resurrect_ttl: humantime::format_duration(opts.resurrect_ttl).to_string(),
-            gateway_group_file: Some(&secret_files.group),
-        },
+    let references = crate::references::ReferenceSettings::default();
+    // Both keygates (Vault-direct and keys-file) share the delivered credentials.
+    let render_keygate = |grpc_addr: &str, http_addr: &str| -> Result<String> {
+        let base = render(
+            &opts.env_dir.join("keygate/keygate.yaml.j2"),
+            KeygateContext {
+                grpc_addr: grpc_addr.to_owned(),
+                http_addr: http_addr.to_owned(),
+                vault_addr: &keygate_vault_addr,
+                kv_mount: &setup.kv_mount,
+                role_id_file: &role_id_file,
+                secret_id_file: &secret_id_file,
+                api_files: groups.iter().map(|g| g.file.as_path()).collect(),
+                positive_ttl: humantime::format_duration(opts.positive_ttl).to_string(),
+                negative_ttl: humantime::format_duration(opts.negative_ttl).to_string(),
+                resurrect_ttl: humantime::format_duration(opts.resurrect_ttl).to_string(),
+                gateway_group_file: Some(&secret_files.group),
+            },
+        )?;
+        Ok(format!("{base}\n{}", references.keygate_yaml()))
+    };
+    let keygate_config = render_keygate(
+        &addr(ports.keygate_grpc).to_string(),
+        &addr(ports.keygate_http).to_string(),
     )?;
     let keygate_config_file = run.path().join("keygate.yaml");
     std::fs::write(&keygate_config_file, keygate_config).context("writing keygate's config")?;
@@ -369,6 +388,9 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         &opts.env_dir,
     )
     .await?;
+    let identity = identity.apply(&root, &run).await?;
+    environments.apply(&root).await?;
+    references.apply(&root).await?;
 
     // 5. The echo upstream.
     let upstream_url = format!("http://{}", addr(ports.echo));
@@ -389,6 +411,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             Component::new("keygate", &opts.keygate_bin)
                 .arg("--config")
                 .arg(&keygate_config_file)
+                .env(crate::references::GATEWAY_NAME_VAR, "keygate")
                 .current_dir(run.path()),
             Readiness::http(format!("{keygate_url}/readyz"), 200),
         )
@@ -422,7 +445,28 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         .cloned()
         .context("no gateway to start")?;
 
-    // 8. env.json for the tests.
+    // 8. The keys-file gateway: bao agent -> keys files -> keygate -> Envoy.
+    let keys_file = crate::keys_file::start(
+        &mut supervisor,
+        crate::keys_file::KeysFileInputs {
+            run: &run,
+            env_dir: &opts.env_dir,
+            bao: &bao.path,
+            envoy: &envoy.path,
+            keygate_bin: &opts.keygate_bin,
+            vault_addr: &vault_addr,
+            root: &root,
+            agent_role: &setup.keygate_role,
+            kv_mount: &setup.kv_mount,
+            groups: &groups,
+            keygate_config: &render_keygate,
+            upstream_port: ports.echo,
+        },
+    )
+    .await
+    .context("starting the keys-file gateway")?;
+
+    // 9. env.json for the tests.
     let environment = Environment {
         profile: "local".into(),
         run_id: run.id().to_owned(),
@@ -449,8 +493,16 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         mode: Some(delivery.mode.clone()),
         delivery: Some(delivery),
         kube: None,
+        key_source: crate::env::KEY_SOURCE_VAULT.into(),
+        keys_file: Some(keys_file),
+        workload_identity: Some(identity),
+        environments: Some(environments),
+        references: Some(references),
     };
     environment.save(&run.env_file())?;
+    if let Some(view) = environment.as_keys_file() {
+        view.save(&Environment::keys_file_env_path(&run.env_file()))?;
+    }
     say!("local profile up in {}", crate::secs(started.elapsed()));
     Ok(LocalRun {
         supervisor,

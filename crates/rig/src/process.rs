@@ -45,6 +45,13 @@ pub struct Component {
 }
 
 impl Component {
+    /// The same process under another name (its log is `logs/<name>.log`),
+    /// e.g. a second Envoy planned by the gateway module.
+    pub fn renamed(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
         Self {
             name: name.into(),
@@ -103,6 +110,8 @@ pub enum Readiness {
     /// The path exists (e.g. the first file an agent renders); a symlink
     /// counts once it exists, dangling or not.
     Path(PathBuf),
+    /// Every file exists: a Vault Agent has rendered its templates once.
+    Files(Vec<PathBuf>),
 }
 
 impl Readiness {
@@ -122,6 +131,7 @@ impl Readiness {
             },
             Readiness::Tcp(addr) => format!("a TCP connection to {addr}"),
             Readiness::Path(path) => path.display().to_string(),
+            Readiness::Files(files) => format!("{} rendered file(s)", files.len()),
         }
     }
 
@@ -140,6 +150,10 @@ impl Readiness {
             Readiness::Path(path) => match std::fs::symlink_metadata(path) {
                 Ok(_) => Ok(()),
                 Err(_) => Err("no such file yet".into()),
+            },
+            Readiness::Files(files) => match files.iter().find(|f| !f.is_file()) {
+                None => Ok(()),
+                Some(missing) => Err(format!("no file {} yet", missing.display())),
             },
         }
     }

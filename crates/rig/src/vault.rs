@@ -841,7 +841,8 @@ mod tests {
                 "gateway-policy",
                 "gateway-policy-billing-api",
                 "gateway-policy-pets",
-                "secret-delivery-policy"
+                "secret-delivery-policy",
+                "keygate-references"
             ]
         );
         let billing = &setup.policies[2].hcl;

@@ -267,7 +267,67 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         group.group_id
     );
 
-    // 2. Keys: the warm key (also what the native filter knows, with 99
+    // 2. Propagation first, while Vault holds few keys: the keys-file
+    // side's bao agent renders every key of the group each interval.
+    let quick_note = plan
+        .quick
+        .then(|| "--quick: fewer events than the 20 of a full run".to_owned());
+    say!(
+        "bench: propagation, direct mode: {} API keys issued and revoked",
+        plan.revocations
+    );
+    let direct = propagation::KeyPath::direct(
+        &env,
+        format!("{}{path}", env.gateways[GatewayKind::EnvoyGrpc.name()]),
+    );
+    let mut propagation = propagation::api_keys(
+        &direct,
+        &root,
+        &env.kv_mount,
+        &group.group_id,
+        plan.revocations,
+        quick_note.clone(),
+    )
+    .await?;
+    match propagation::KeyPath::keys_file(&env, &path) {
+        Some(keys_file) => {
+            say!(
+                "bench: propagation, keys-file via bao agent: {} API keys issued and revoked",
+                plan.revocations
+            );
+            propagation.extend(
+                propagation::api_keys(
+                    &keys_file,
+                    &root,
+                    &env.kv_mount,
+                    &group.group_id,
+                    plan.revocations,
+                    quick_note.clone(),
+                )
+                .await?,
+            );
+        }
+        None => left_out.push(
+            "propagation keys-file via bao agent: this environment runs no keys-file gateway (env.json has no keys_file)".into(),
+        ),
+    }
+    say!(
+        "bench: propagation, Secret dir via bao agent: {} secret-id rotations",
+        plan.secret_id_rotations
+    );
+    propagation.push(
+        propagation::secret_id(&env, &root, plan.secret_id_rotations, quick_note.clone()).await?,
+    );
+    // Then the keys-file agent stops: rendering the thousands of keys the
+    // overhead variants need every second would load the machine they are
+    // measured on.
+    if env.keys_file.is_some() {
+        env_a
+            .supervisor
+            .stop("keys-agent", crate::process::StopMode::Graceful)?;
+    }
+
+    // 3. Keys: the warm key (also what the native filter knows, with 99
     // others), and the cold pool.
     let (native_keys, took) = keys::write_keys(&root, &env.kv_mount, &group.group_id, 100).await?;
     let warm: Arc<str> = Arc::from(native_keys[0].as_str());
@@ -329,7 +389,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     ]
     .into();
 
-    // 3. Auth overhead, interleaved.
+    // 4. Auth overhead, interleaved.
     let clients = load::clients(plan.connections)?;
     // Warm-up: connections open, the warm key cached, Envoy's first-request costs paid.
     for variant in [
@@ -413,33 +473,6 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     }
     let variants = report::variant_results(&totals);
 
-    // 4. Propagation.
-    let quick_note = plan
-        .quick
-        .then(|| "--quick: fewer events than the 20 of a full run".to_owned());
-    say!(
-        "bench: propagation, direct mode: {} API keys issued and revoked",
-        plan.revocations
-    );
-    let mut propagation = propagation::direct(
-        &env,
-        &root,
-        &group.group_id,
-        &urls[&Variant::KeygateGrpc],
-        plan.revocations,
-        quick_note.clone(),
-    )
-    .await?;
-    say!(
-        "bench: propagation, Secret dir via bao agent: {} secret-id rotations",
-        plan.secret_id_rotations
-    );
-    propagation.push(
-        propagation::secret_id(&env, &root, plan.secret_id_rotations, quick_note.clone()).await?,
-    );
-    left_out.push(
-        "propagation keys-file via bao agent: keys-file mode is not on this branch".to_owned(),
-    );
     env_a.supervisor.stop_all();
     drop(env_a);
 
@@ -454,6 +487,13 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         .await
         .context("the scale environment did not come up")?;
     let scale_up_ms = scale_started.elapsed().as_millis() as u64;
+    let mut env_b = env_b;
+    if env_b.environment.keys_file.is_some() {
+        // Its agent would render all 100 000 keys every second.
+        env_b
+            .supervisor
+            .stop("keys-agent", crate::process::StopMode::Graceful)?;
+    }
     let root_b = VaultClient::root(&env_b.environment)?;
     let keygate_pid = env_b
         .supervisor

@@ -5,6 +5,8 @@
 //!   key deleted in Vault -> the gateway's first 401; a new key written ->
 //!   the gateway's first 200. Revocations run concurrently (each waits out
 //!   its own cache entry), so 20 events take one TTL, not twenty.
+//! - keys-file via bao agent: the same two changes, observed through the
+//!   keys-file gateway (keygate validating from the files bao agent renders).
 //! - Secret dir via bao agent (external-secret): keygate's secret-id
 //!   written to Vault KV -> bao agent renders, the Secret's `..data` swaps,
 //!   keygate logs in again -> a new token accessor on `/readyz`. One at a
@@ -88,23 +90,65 @@ fn direct_intervals(env: &Environment) -> String {
     )
 }
 
+/// Where API keys are validated and what bounds their propagation.
+pub struct KeyPath {
+    /// `direct` or `keys-file (bao agent)`.
+    pub mode: String,
+    /// The gateway URL of the group's path.
+    pub url: String,
+    pub intervals: String,
+    /// How long a cached answer may outlive the change (the cache TTL, the
+    /// render interval): revocations are spread over it.
+    pub spread: Duration,
+}
+
+impl KeyPath {
+    /// keygate reading Vault, through the profile's gRPC gateway.
+    pub fn direct(env: &Environment, url: String) -> Self {
+        Self {
+            mode: "direct".into(),
+            url,
+            intervals: direct_intervals(env),
+            spread: Duration::from_millis(env.cache.positive_ttl_ms),
+        }
+    }
+
+    /// keygate reading the keys files bao agent renders (keys-file mode),
+    /// through that side's Envoy; `None` when the profile runs no such side.
+    pub fn keys_file(env: &Environment, path: &str) -> Option<Self> {
+        let side = env.keys_file.as_ref()?;
+        Some(Self {
+            mode: "keys-file (bao agent)".into(),
+            url: format!("{}{path}", side.gateway_url),
+            intervals: format!(
+                "bao agent static_secret_render_interval {} ms, keygate keys-file poll {} ms; poll {} ms",
+                side.render_interval_ms,
+                side.poll_interval_ms,
+                POLL.as_millis()
+            ),
+            spread: Duration::from_millis(side.render_interval_ms + side.poll_interval_ms),
+        })
+    }
+}
+
 /// `events` API keys: each issued (written -> first 200), then all of them
-/// in use and cached, then each revoked (deleted -> first 401), the
-/// revocations concurrent and spread over one cache TTL.
-pub async fn direct(
-    env: &Environment,
+/// in use (cached, where the path caches), then each revoked (deleted ->
+/// first 401), the revocations concurrent and spread over `spread`.
+pub async fn api_keys(
+    at: &KeyPath,
     root: &VaultClient,
+    mount: &str,
     group: &str,
-    url: &str,
     events: usize,
     note: Option<String>,
 ) -> Result<Vec<PropagationResult>> {
     let http = http()?;
-    let deadline = Duration::from_millis(env.cache.positive_ttl_ms) + Duration::from_secs(10);
+    let url = at.url.as_str();
+    let deadline = at.spread + Duration::from_secs(10);
     let mut keys = Vec::new();
     let mut issued = Vec::new();
     for _ in 0..events {
-        let (written, _) = super::keys::write_keys(root, &env.kv_mount, group, 1).await?;
+        let (written, _) = super::keys::write_keys(root, mount, group, 1).await?;
         let key = written.into_iter().next().context("one key written")?;
         // write_keys timed the write; the effect is timed from its end, a
         // slight undercount of the write's own latency.
@@ -113,13 +157,12 @@ pub async fn direct(
         issued.push(took.as_millis() as u64);
         keys.push(key);
     }
-    // Every key answered 200 once: cached. Revoke them spread over one TTL.
-    let ttl = Duration::from_millis(env.cache.positive_ttl_ms);
+    // Every key answered 200 once. Revoke them spread over the interval.
     let mut tasks = tokio::task::JoinSet::new();
     for (n, key) in keys.into_iter().enumerate() {
         let (http, root, url) = (http.clone(), root.clone(), url.to_owned());
-        let (mount, group) = (env.kv_mount.clone(), group.to_owned());
-        let offset = ttl.mul_f64(n as f64 / events.max(1) as f64);
+        let (mount, group) = (mount.to_owned(), group.to_owned());
+        let offset = at.spread.mul_f64(n as f64 / events.max(1) as f64);
         tasks.spawn(async move {
             tokio::time::sleep(offset).await;
             let selector = &key[..apikey::SELECTOR_LEN];
@@ -134,22 +177,21 @@ pub async fn direct(
     while let Some(done) = tasks.join_next().await {
         revoked.push(done.context("a revocation task panicked")??);
     }
-    let intervals = direct_intervals(env);
     Ok(vec![
         PropagationResult {
-            mode: "direct".into(),
+            mode: at.mode.clone(),
             what: "API key revoked (KV delete -> first 401)".into(),
             distribution: Distribution::of(&revoked),
             samples_ms: revoked,
-            intervals: intervals.clone(),
+            intervals: at.intervals.clone(),
             note: note.clone(),
         },
         PropagationResult {
-            mode: "direct".into(),
+            mode: at.mode.clone(),
             what: "API key issued (KV write -> first 200)".into(),
             distribution: Distribution::of(&issued),
             samples_ms: issued,
-            intervals,
+            intervals: at.intervals.clone(),
             note,
         },
     ])

@@ -498,6 +498,13 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
         skipped_gateways: Default::default(),
         mode: Some(opts.mode.name().into()),
         delivery: None,
+        // The cluster profiles run the Vault-direct keygate only; the
+        // tests of the local-only pieces skip on `None`.
+        key_source: crate::env::KEY_SOURCE_VAULT.into(),
+        keys_file: None,
+        workload_identity: None,
+        environments: None,
+        references: None,
         kube: Some(KubeEnvironment {
             mode: opts.mode.name().into(),
             kubeconfig,

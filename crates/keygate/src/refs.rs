@@ -1,0 +1,386 @@
+//! Secret references in keygate's config, Kong style:
+//!
+//! - `{vault://env/my-secret}` reads the environment variable `MY_SECRET`
+//!   (upper-cased, `-` becomes `_`);
+//! - `{vault://<vault>/<path>/<key>}` reads field `<key>` of the KV v2 secret
+//!   `<path>` in the mount of the vault named `<vault>` under `vaults:`.
+//!
+//! Each resolved value lives by Kong's three TTLs (see [`Policy`]); the state
+//! machine is [`Slot`], driven by an explicit `now` so tests need no sleeps.
+
+use std::time::{Duration, Instant};
+
+/// A parsed reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// The environment variable's name, already upper-cased.
+    Env { var: String },
+    Vault {
+        vault: String,
+        path: String,
+        key: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    #[error(
+        "`{0}` is not a reference: write it as {{vault://env/NAME}} or {{vault://<vault>/<path>/<key>}}"
+    )]
+    NotAReference(String),
+    #[error("`{0}`: {1}")]
+    Malformed(String, &'static str),
+}
+
+/// Whether `text` is meant as a reference (so plain values pass through).
+pub fn is_reference(text: &str) -> bool {
+    text.trim().starts_with("{vault://")
+}
+
+impl Reference {
+    pub fn parse(text: &str) -> Result<Self, RefError> {
+        let trimmed = text.trim();
+        let inner = trimmed
+            .strip_prefix("{vault://")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .ok_or_else(|| RefError::NotAReference(text.to_owned()))?;
+        if inner.contains(['?', '#']) {
+            return Err(RefError::Malformed(
+                text.to_owned(),
+                "queries and #versions are not supported: reference the latest version",
+            ));
+        }
+        let segments: Vec<&str> = inner.split('/').collect();
+        if segments
+            .iter()
+            .any(|s| s.is_empty() || *s == "." || *s == "..")
+        {
+            return Err(RefError::Malformed(
+                text.to_owned(),
+                "empty, `.` or `..` segment: write {vault://<vault>/<path>/<key>}",
+            ));
+        }
+        match segments.as_slice() {
+            ["env", name] => Ok(Reference::Env {
+                var: name.to_ascii_uppercase().replace('-', "_"),
+            }),
+            ["env", ..] => Err(RefError::Malformed(
+                text.to_owned(),
+                "an env reference names one variable: {vault://env/my-secret} reads MY_SECRET",
+            )),
+            [vault, path @ .., key] if !path.is_empty() => Ok(Reference::Vault {
+                vault: (*vault).to_owned(),
+                path: path.join("/"),
+                key: (*key).to_owned(),
+            }),
+            _ => Err(RefError::Malformed(
+                text.to_owned(),
+                "a vault reference needs a vault name, a path and a key: {vault://<vault>/<path>/<key>}",
+            )),
+        }
+    }
+}
+
+/// Kong's TTLs for a vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a value is used before it is read again; 0 = never again.
+    pub ttl: Duration,
+    /// How long a miss (no such secret or key) is remembered.
+    pub neg_ttl: Duration,
+    /// How long the last value stays in use after its ttl while re-reading fails.
+    pub resurrect_ttl: Duration,
+}
+
+/// What one read of the source gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    Value(String),
+    /// The secret or its key does not exist.
+    Missing,
+    /// The source could not answer (Vault down, denied after a re-login).
+    Failed,
+}
+
+/// What a reference resolves to now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    Value(String),
+    /// The last value, past its ttl, kept because refreshing fails.
+    Resurrected(String),
+    Missing,
+    Unavailable,
+}
+
+/// One reference's state.
+#[derive(Debug, Clone, Default)]
+pub struct Slot {
+    /// The last value read and when.
+    last: Option<(String, Instant)>,
+    /// Until when a miss is remembered (no value was ever read).
+    miss_until: Option<Instant>,
+}
+
+impl Slot {
+    /// Whether the source must be read before answering.
+    pub fn needs_fetch(&self, now: Instant, policy: Policy) -> bool {
+        match (&self.last, self.miss_until) {
+            (Some((_, at)), _) => !policy.ttl.is_zero() && now >= *at + policy.ttl,
+            (None, Some(until)) => now >= until,
+            (None, None) => true,
+        }
+    }
+
+    /// Takes in a read of the source.
+    pub fn record(&mut self, fetched: Fetched, now: Instant, policy: Policy) {
+        match fetched {
+            Fetched::Value(value) => {
+                self.last = Some((value, now));
+                self.miss_until = None;
+            }
+            // A secret that disappears after it had a value is a failed
+            // refresh (Kong keeps the old value for resurrect_ttl).
+            Fetched::Missing if self.last.is_some() => {}
+            Fetched::Missing => self.miss_until = Some(now + policy.neg_ttl),
+            Fetched::Failed => {}
+        }
+    }
+
+    pub fn current(&self, now: Instant, policy: Policy) -> Resolved {
+        match (&self.last, self.miss_until) {
+            (Some((value, at)), _) => {
+                let fresh_until = *at + policy.ttl;
+                if policy.ttl.is_zero() || now < fresh_until {
+                    Resolved::Value(value.clone())
+                } else if now < fresh_until + policy.resurrect_ttl {
+                    Resolved::Resurrected(value.clone())
+                } else {
+                    Resolved::Unavailable
+                }
+            }
+            (None, Some(until)) if now < until => Resolved::Missing,
+            (None, _) => Resolved::Unavailable,
+        }
+    }
+}
+
+/// `MY_SECRET`'s value, the way `{vault://env/my-secret}` reads it.
+pub fn read_env(var: &str) -> Fetched {
+    match std::env::var(var) {
+        Ok(value) => Fetched::Value(value),
+        Err(_) => Fetched::Missing,
+    }
+}
+
+/// Where a reference's value is read: the environment or a Vault KV v2
+/// field, through keygate's own Vault session (which logs in again and
+/// re-reads once when Vault answers 403 for its token).
+pub trait RefSource: Send + Sync + 'static {
+    fn fetch<'a>(
+        &'a self,
+        mount: &'a str,
+        path: &'a str,
+        key: &'a str,
+    ) -> crate::cache::BoxFuture<'a, Fetched>;
+}
+
+/// `upstream_headers:` values: plain strings, or references resolved by
+/// their vault's TTLs.
+pub struct UpstreamHeaders {
+    headers: Vec<(String, HeaderValue)>,
+    source: std::sync::Arc<dyn RefSource>,
+}
+
+// Built once at startup, a few per config: the size difference is irrelevant.
+#[allow(clippy::large_enum_variant)]
+pub enum HeaderValue {
+    Plain(String),
+    Ref {
+        text: String,
+        reference: Reference,
+        /// The KV mount of the named vault (unused for env references).
+        mount: String,
+        policy: Policy,
+        slot: tokio::sync::Mutex<Slot>,
+    },
+}
+
+impl UpstreamHeaders {
+    pub fn new(headers: Vec<(String, HeaderValue)>, source: std::sync::Arc<dyn RefSource>) -> Self {
+        Self { headers, source }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
+    /// The headers to add upstream now. A reference that cannot be resolved
+    /// (missing, or failing past resurrect_ttl) leaves its header out and
+    /// is logged with the reference text, never a value.
+    pub async fn resolve(&self) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            match value {
+                HeaderValue::Plain(text) => out.push((name.clone(), text.clone())),
+                HeaderValue::Ref {
+                    text,
+                    reference,
+                    mount,
+                    policy,
+                    slot,
+                } => {
+                    let mut slot = slot.lock().await;
+                    if slot.needs_fetch(Instant::now(), *policy) {
+                        let fetched = match reference {
+                            Reference::Env { var } => read_env(var),
+                            Reference::Vault { path, key, .. } => {
+                                self.source.fetch(mount, path, key).await
+                            }
+                        };
+                        if !matches!(fetched, Fetched::Value(_)) {
+                            tracing::warn!(header = %name, reference = %text, result = ?fetched, "resolving a secret reference failed");
+                        }
+                        slot.record(fetched, Instant::now(), *policy);
+                    }
+                    match slot.current(Instant::now(), *policy) {
+                        Resolved::Value(v) | Resolved::Resurrected(v) => {
+                            out.push((name.clone(), v))
+                        }
+                        Resolved::Missing | Resolved::Unavailable => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("{vault://env/my-secret}", Reference::Env { var: "MY_SECRET".into() })]
+    #[case("{vault://env/my-secret-postgres-password}", Reference::Env { var: "MY_SECRET_POSTGRES_PASSWORD".into() })]
+    #[case(" {vault://keyrig/keygate/upstream/token} ", Reference::Vault { vault: "keyrig".into(), path: "keygate/upstream".into(), key: "token".into() })]
+    #[case("{vault://hcv/a/b}", Reference::Vault { vault: "hcv".into(), path: "a".into(), key: "b".into() })]
+    fn parses(#[case] text: &str, #[case] expected: Reference) {
+        assert_eq!(Reference::parse(text).unwrap(), expected);
+    }
+
+    #[rstest]
+    #[case("plain", "is not a reference")]
+    #[case("{vault://env/a/b}", "names one variable")]
+    #[case("{vault://hcv/key}", "needs a vault name, a path and a key")]
+    #[case("{vault://hcv//key}", "empty, `.` or `..` segment")]
+    #[case("{vault://hcv/a/../b}", "empty, `.` or `..` segment")]
+    #[case("{vault://hcv/a/b#2}", "#versions are not supported")]
+    #[case("{vault://hcv/a/b", "is not a reference")]
+    fn refuses(#[case] text: &str, #[case] expected: &str) {
+        let err = Reference::parse(text).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+        assert!(is_reference(text) || text == "plain");
+    }
+
+    const POLICY: Policy = Policy {
+        ttl: Duration::from_secs(10),
+        neg_ttl: Duration::from_secs(2),
+        resurrect_ttl: Duration::from_secs(30),
+    };
+
+    fn at(start: Instant, secs: u64) -> Instant {
+        start + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_value_is_used_for_ttl_then_read_again() {
+        let t0 = Instant::now();
+        let mut slot = Slot::default();
+        assert!(slot.needs_fetch(t0, POLICY));
+        slot.record(Fetched::Value("v1".into()), t0, POLICY);
+        assert!(!slot.needs_fetch(at(t0, 9), POLICY));
+        assert_eq!(
+            slot.current(at(t0, 9), POLICY),
+            Resolved::Value("v1".into())
+        );
+        assert!(slot.needs_fetch(at(t0, 10), POLICY));
+        slot.record(Fetched::Value("v2".into()), at(t0, 10), POLICY);
+        assert_eq!(
+            slot.current(at(t0, 11), POLICY),
+            Resolved::Value("v2".into())
+        );
+        assert!(!slot.needs_fetch(at(t0, 19), POLICY));
+    }
+
+    #[test]
+    fn a_miss_is_remembered_for_neg_ttl() {
+        let t0 = Instant::now();
+        let mut slot = Slot::default();
+        slot.record(Fetched::Missing, t0, POLICY);
+        assert_eq!(slot.current(at(t0, 1), POLICY), Resolved::Missing);
+        assert!(!slot.needs_fetch(at(t0, 1), POLICY));
+        assert!(slot.needs_fetch(at(t0, 2), POLICY));
+        slot.record(Fetched::Value("late".into()), at(t0, 2), POLICY);
+        assert_eq!(
+            slot.current(at(t0, 3), POLICY),
+            Resolved::Value("late".into())
+        );
+    }
+
+    #[test]
+    fn the_last_value_is_resurrected_while_refresh_fails_then_given_up() {
+        let t0 = Instant::now();
+        let mut slot = Slot::default();
+        slot.record(Fetched::Value("v1".into()), t0, POLICY);
+        // Refresh due at 10 s fails, and keeps failing (also a deleted secret).
+        slot.record(Fetched::Failed, at(t0, 10), POLICY);
+        slot.record(Fetched::Missing, at(t0, 20), POLICY);
+        assert_eq!(
+            slot.current(at(t0, 20), POLICY),
+            Resolved::Resurrected("v1".into())
+        );
+        assert_eq!(
+            slot.current(at(t0, 39), POLICY),
+            Resolved::Resurrected("v1".into())
+        );
+        assert!(slot.needs_fetch(at(t0, 39), POLICY));
+        assert_eq!(slot.current(at(t0, 40), POLICY), Resolved::Unavailable);
+        // A successful read revives it at once.
+        slot.record(Fetched::Value("v2".into()), at(t0, 41), POLICY);
+        assert_eq!(
+            slot.current(at(t0, 41), POLICY),
+            Resolved::Value("v2".into())
+        );
+    }
+
+    #[test]
+    fn ttl_zero_never_rotates_and_failure_without_a_value_is_unavailable() {
+        let t0 = Instant::now();
+        let never = Policy {
+            ttl: Duration::ZERO,
+            ..POLICY
+        };
+        let mut slot = Slot::default();
+        slot.record(Fetched::Failed, t0, never);
+        assert_eq!(slot.current(t0, never), Resolved::Unavailable);
+        assert!(slot.needs_fetch(t0, never));
+        slot.record(Fetched::Value("v".into()), t0, never);
+        assert!(!slot.needs_fetch(at(t0, 1_000_000), never));
+        assert_eq!(
+            slot.current(at(t0, 1_000_000), never),
+            Resolved::Value("v".into())
+        );
+    }
+
+    #[test]
+    fn env_references_read_the_variable() {
+        // A name no other test or process sets.
+        let var = "KEYGATE_REFS_TEST_UNSET_VARIABLE";
+        assert_eq!(read_env(var), Fetched::Missing);
+        assert_eq!(
+            read_env("PATH") == Fetched::Missing,
+            std::env::var("PATH").is_err()
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! Kong-style secret references in keygate's config: keygate forwards an
+//! upstream credential read through `{vault://keyrig/<path>/<key>}` and its
+//! name through `{vault://env/keyrig-gateway-name}`. Rotating the credential
+//! in Vault lands upstream within the vault's `ttl` (measured and recorded as
+//! `{mode: "reference", what: "upstream-header"}`).
+
+use std::time::{Duration, Instant};
+
+use keyrig_e2e::*;
+use rig::wait::Probe;
+use serde_json::json;
+
+const GROUP: &str = "animal-rescue-api";
+
+fn settings() -> &'static rig::references::ReferenceSettings {
+    env()
+        .references
+        .as_ref()
+        .expect("env.json has no references section: start the environment with this rig")
+}
+
+async fn referenced_value(root: &Token) -> String {
+    let s = settings();
+    let reply = vault(
+        "GET",
+        &format!("{}/data/{}", s.kv_mount, s.path),
+        root,
+        None,
+    )
+    .await
+    .unwrap();
+    reply.body["data"]["data"][&s.key]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl() {
+    let _case = case(
+        "references",
+        "referenced_values_reach_upstream_and_rotation_lands_within_ttl",
+    );
+    let s = settings();
+    let root = root_token();
+    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let path = api_path(GROUP);
+
+    let before = gateway_get(&path, Some(key.expose())).await.unwrap();
+    assert_eq!(before.status, 200, "{:?}", before.reason);
+    // The env reference: KEYRIG_GATEWAY_NAME of this keygate.
+    let gateway_name = before
+        .upstream_header(&s.env_header)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        gateway_name.starts_with("keygate"),
+        "{}: {gateway_name:?}",
+        s.env_header
+    );
+    // The Vault reference: equal to what Vault holds (compared, never printed).
+    let current = referenced_value(&root).await;
+    assert!(
+        before.upstream_header(&s.header) == Some(current.as_str()),
+        "the upstream did not get the referenced value in {}",
+        s.header
+    );
+
+    let rotated = apikey::ApiKey::generate().expose().to_owned();
+    let written = Instant::now();
+    let reply = vault(
+        "POST",
+        &format!("{}/data/{}", s.kv_mount, s.path),
+        &root,
+        Some(json!({"data": {&s.key: rotated}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body["errors"]);
+
+    rig::wait::wait_until(
+        "the rotated referenced value to reach the upstream",
+        Duration::from_millis(s.ttl_ms) + Duration::from_secs(5),
+        async || {
+            let reply = gateway_get(&path, Some(key.expose())).await?;
+            Ok(match reply.upstream_header(&s.header) {
+                Some(v) if v == rotated => Probe::Ready(()),
+                Some(v) if v == current => Probe::seen("the old value"),
+                Some(_) => Probe::seen("another value"),
+                None => Probe::seen(format!("no header ({} {:?})", reply.status, reply.reason)),
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let took = written.elapsed();
+    rig::propagation::record("reference", "upstream-header", took).unwrap();
+    eprintln!(
+        "reference propagation (ttl {} ms): {} ms",
+        s.ttl_ms,
+        took.as_millis()
+    );
+}
