@@ -951,9 +951,11 @@ fn test() -> Result<ExitCode> {
         word(fuzz_ok),
         word(bench_ok)
     );
-    Ok(if unit_ok && e2e_ok && selfcheck_ok && fuzz_ok && bench_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if unit_ok && e2e_ok && selfcheck_ok && fuzz_ok && bench_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }

@@ -150,7 +150,8 @@ pub async fn deliver_secret_id(
                 .kv2_get(&ext.kv_mount, &ext.secret_id_path)
                 .await?
                 .context("the delivery path in Vault is empty")?;
-            data[&ext.secret_id_property] = serde_json::Value::String(secret_id.expose().to_owned());
+            data[&ext.secret_id_property] =
+                serde_json::Value::String(secret_id.expose().to_owned());
             let at = std::time::Instant::now();
             root.kv2_put(&ext.kv_mount, &ext.secret_id_path, &data)
                 .await?;

@@ -87,8 +87,7 @@ pub async fn run(burst: Burst<'_>, clients: &[reqwest::Client]) -> Result<Outcom
         tasks.spawn(async move {
             let mut h = super::stats::latency_histogram();
             let (mut ok, mut failed, mut last_failure) = (0u64, 0u64, None);
-            while Instant::now() < deadline
-                && issued.fetch_add(1, Ordering::Relaxed) < max_requests
+            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max_requests
             {
                 let key: &str = match &keys {
                     Keys::One(key) => key,
@@ -137,7 +136,9 @@ pub async fn run(burst: Burst<'_>, clients: &[reqwest::Client]) -> Result<Outcom
     };
     while let Some(joined) = tasks.join_next().await {
         let (h, ok, failed, last) = joined.context("a load generator task panicked")?;
-        out.latencies_us.add(&h).context("merging latency histograms")?;
+        out.latencies_us
+            .add(&h)
+            .context("merging latency histograms")?;
         out.ok += ok;
         out.failed += failed;
         if last.is_some() {

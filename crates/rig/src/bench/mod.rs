@@ -514,7 +514,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     )
     .await?;
     if plan.quick {
-        left_out.push("scale: --quick does 100 and 1 000 keys; 10 000 and 100 000 only in a full run".into());
+        left_out.push(
+            "scale: --quick does 100 and 1 000 keys; 10 000 and 100 000 only in a full run".into(),
+        );
     }
     drop(env_b);
 
@@ -560,7 +562,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             }
         }
         (true, None) => left_out.push("suite speed: no e2e command given".into()),
-        (false, _) => left_out.push("suite speed: the e2e suite's wall time only in a full run".into()),
+        (false, _) => {
+            left_out.push("suite speed: the e2e suite's wall time only in a full run".into())
+        }
     }
 
     Ok(BenchReport {

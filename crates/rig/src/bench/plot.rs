@@ -72,7 +72,8 @@ pub fn latency_svg(variants: &[VariantResult], path: &Path) -> Result<()> {
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow::anyhow!("{e}"))
+    draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("drawing {}", path.display()))
 }
 

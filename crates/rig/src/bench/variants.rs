@@ -54,7 +54,9 @@ impl Variant {
             Variant::Native => "Envoy native api_key_auth, keys in static config",
             Variant::KeygateGrpc => "Envoy + keygate gRPC ext_authz, warm cache",
             Variant::KeygateHttp => "Envoy + keygate HTTP ext_authz, warm cache",
-            Variant::KeygateCold => "Envoy + keygate gRPC ext_authz, cold cache (Vault read per request)",
+            Variant::KeygateCold => {
+                "Envoy + keygate gRPC ext_authz, cold cache (Vault read per request)"
+            }
         }
     }
 }
@@ -112,10 +114,8 @@ pub async fn start_baseline_envoy(
         },
     )?;
     // The api_key_auth config holds keys: a 0600 file under secrets/.
-    let config = crate::run::write_secret_file(
-        &run.secrets_dir().join(format!("{name}.yaml")),
-        &text,
-    )?;
+    let config =
+        crate::run::write_secret_file(&run.secrets_dir().join(format!("{name}.yaml")), &text)?;
     let dir = run.path().join("gateways").join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let url = format!("http://127.0.0.1:{listen_port}");
@@ -166,8 +166,8 @@ mod tests {
         )
         .unwrap();
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let filters = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-            ["typed_config"]["http_filters"];
+        let filters = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"];
         let auth = &filters[0]["typed_config"];
         assert_eq!(auth["key_sources"][0]["header"].as_str(), Some("x-api-key"));
         assert_eq!(auth["credentials"].as_sequence().unwrap().len(), 2);
