@@ -14,7 +14,6 @@
 //! Rotations change the one keygate everyone uses, so the cases here take a
 //! lock and run one at a time.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

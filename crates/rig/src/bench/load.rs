@@ -76,7 +76,8 @@ pub async fn run(burst: Burst<'_>, clients: &[reqwest::Client]) -> Result<Outcom
     let issued = Arc::new(AtomicU64::new(0));
     let cycle = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for client in clients.iter().take(burst.connections).cloned() {
+    for client in clients.iter().take(burst.connections) {
+        let client = client.clone();
         let (url, keys, issued, cycle) = (
             burst.url.to_owned(),
             burst.keys.clone(),

@@ -85,6 +85,7 @@ fn free_port() -> Result<u16> {
 
 /// Starts a baseline Envoy (`auth`: `none` or `api_key_auth` with `keys`)
 /// in front of `upstream`; returns its URL once ready.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_baseline_envoy(
     name: &str,
     auth: &str,
@@ -147,7 +148,7 @@ mod tests {
 
     #[test]
     fn native_filter_config_lists_every_key_under_the_header() {
-        let keys = vec!["a".repeat(64), "b".repeat(64)];
+        let keys = ["a".repeat(64), "b".repeat(64)];
         let text = crate::local::render(
             &crate::paths::env_dir().join("bench/envoy.yaml.j2"),
             Values {
