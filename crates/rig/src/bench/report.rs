@@ -234,10 +234,11 @@ pub fn render(r: &BenchReport) -> String {
     let s = &r.suite;
     let _ = writeln!(
         out,
-        "\nsuite speed: environment up {} ms (external-secret, 2 Envoys){}{}",
+        "\nsuite speed: environment up {} ms (external-secret mode: envoy-grpc, envoy-http, the keys-file side){}{}",
         s.up_ms,
-        s.scale_up_ms
-            .map_or(String::new(), |ms| format!(", {ms} ms (inline, 1 Envoy)")),
+        s.scale_up_ms.map_or(String::new(), |ms| format!(
+            ", {ms} ms (inline mode, envoy-grpc, the keys-file side)"
+        )),
         match (s.e2e_inline_ms, s.e2e_inline_ok) {
             (Some(ms), Some(ok)) => format!(
                 "; whole local e2e suite, one mode (`{}`): {ms} ms ({})",

@@ -13,19 +13,24 @@ use crate::process::{Component, Readiness, Supervisor};
 use crate::run::RunDir;
 
 /// One auth path through a gateway to the same echo upstream.
+/// Serialized under the names the table prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// Envoy, no auth filter: the ceiling.
+    #[serde(rename = "envoy-no-auth")]
     NoAuth,
     /// Envoy's `envoy.filters.http.api_key_auth`, keys in static config.
+    #[serde(rename = "envoy-api-key-auth")]
     Native,
     /// Envoy + keygate over gRPC ext_authz, the key cached.
+    #[serde(rename = "keygate-grpc-warm")]
     KeygateGrpc,
     /// Envoy + keygate over HTTP ext_authz, the key cached.
+    #[serde(rename = "keygate-http-warm")]
     KeygateHttp,
     /// Envoy + keygate over gRPC, a key keygate has never seen on every
     /// request: each one a Vault read.
+    #[serde(rename = "keygate-grpc-cold")]
     KeygateCold,
 }
 
@@ -145,6 +150,13 @@ pub async fn start_baseline_envoy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_names_are_the_table_names() {
+        for v in Variant::ALL {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.name());
+        }
+    }
 
     #[test]
     fn native_filter_config_lists_every_key_under_the_header() {
