@@ -85,7 +85,7 @@ impl Plan {
             window: Duration::from_millis(800),
             connections: 8,
             cold_pool: 2_000,
-            revocations: 10,
+            revocations: 6,
             secret_id_rotations: 3,
             scale_sizes: &[100, 1_000],
             scale_window: Duration::from_millis(800),
