@@ -518,7 +518,23 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             "scale: --quick does 100 and 1 000 keys; 10 000 and 100 000 only in a full run".into(),
         );
     }
+    let scale_audit = env_b.run.logs_dir().join(crate::audit::AUDIT_LOG);
     drop(env_b);
+    // Vault's audit device logs every key written and read: ~600 MB at
+    // 100 000 keys, enough to fill a small disk over a few runs. The bench
+    // asserts nothing on it, so a large one is replaced by a note.
+    if let Ok(meta) = std::fs::metadata(&scale_audit)
+        && meta.len() > 64 << 20
+    {
+        std::fs::write(
+            &scale_audit,
+            format!(
+                "{} bytes of Vault audit entries of the bench's scale step removed by cargo xtask bench to spare the disk\n",
+                meta.len()
+            ),
+        )
+        .with_context(|| format!("truncating {}", scale_audit.display()))?;
+    }
 
     // 6. The e2e suite's wall time, as a child (full run only).
     let mut suite = SuiteSpeed {
