@@ -14,7 +14,6 @@
 //! Rotations change the one keygate everyone uses, so the cases here take a
 //! lock and run one at a time.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -83,33 +82,7 @@ async fn current_credentials(d: &DeliveryInfo) -> Result<(String, Secret)> {
 /// Puts a new secret-id where the mode delivers from; the returned instant
 /// is the moment of the write.
 async fn deliver_secret_id(d: &DeliveryInfo, secret_id: &Secret) -> Result<Instant> {
-    match &d.external {
-        Some(ext) => {
-            let vault = root();
-            let mut data = vault
-                .kv2_get(&ext.kv_mount, &ext.secret_id_path)
-                .await?
-                .context("the delivery path in Vault is empty")?;
-            data[&ext.secret_id_property] = Value::String(secret_id.expose().to_owned());
-            let at = Instant::now();
-            vault
-                .kv2_put(&ext.kv_mount, &ext.secret_id_path, &data)
-                .await?;
-            Ok(at)
-        }
-        None => {
-            // The Secret's whole data, one key changed, swapped atomically.
-            let dir = SecretDir::new(&d.secret_dir);
-            let mut data = BTreeMap::new();
-            for key in [&d.keys.role_id, &d.keys.secret_id, &d.keys.group] {
-                data.insert(key.clone(), dir.read(key)?);
-            }
-            data.insert(d.keys.secret_id.clone(), secret_id.expose().to_owned());
-            let at = Instant::now();
-            dir.publish(&data)?;
-            Ok(at)
-        }
-    }
+    rig::rotation::deliver_secret_id(&root(), d, secret_id).await
 }
 
 /// One KV rotation: mint a secret-id, deliver it, wait until keygate logged

@@ -122,6 +122,14 @@ enum Cmd {
         #[arg(long)]
         scratch_corpus: bool,
     },
+    /// Measure auth overhead (vs Envoy's native filter and no auth), rotation
+    /// propagation, scale and suite speed; table on stdout, numbers in
+    /// target/rig/bench/bench.json, plot in target/rig/bench/latency.svg.
+    Bench {
+        /// A short run (under a minute): fewer rounds, events and keys.
+        #[arg(long)]
+        quick: bool,
+    },
     /// The echo upstream the local profile puts behind the gateway.
     #[command(hide = true)]
     EchoUpstream {
@@ -315,6 +323,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 fuzz::NewInputs::GrowCorpus
             },
         ),
+        Cmd::Bench { quick } => bench(quick, true).map(|()| ExitCode::SUCCESS),
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
@@ -871,6 +880,79 @@ fn delivery_notes(env: &rig::env::Environment) -> Vec<String> {
     notes
 }
 
+/// `cargo xtask bench`: everything is rig::bench; this builds keygate,
+/// says how to run the suite as a child, and writes the outputs.
+/// `release`: measure an optimized keygate (`test`'s smoke run uses the
+/// debug build the e2e suite already made).
+fn bench(quick: bool, release: bool) -> Result<()> {
+    stop_on_interrupt()?;
+    let mut local = local_options(rig::modes::Mode::ExternalSecret)?;
+    // Measure the keygate users deploy: an optimized build (the e2e suite
+    // runs the debug one), unless KEYRIG_KEYGATE names a binary.
+    if release && std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
+        if !run_cargo(
+            &["build", "--release", "-p", "keygate"],
+            "building keygate (release) for the bench",
+        )? {
+            bail!("keygate does not build in release mode: see cargo's output above");
+        }
+        local.keygate_bin = rig::paths::target_dir().join("release/keygate");
+    }
+    let out_dir = rig::paths::rig_dir().join("bench");
+    let mut suite = Command::new(cargo());
+    suite
+        .args(["xtask", "e2e", "--mode", "inline"])
+        .current_dir(rig::paths::workspace_root());
+    plain_output_unless_interactive(&mut suite);
+    let report = runtime()?.block_on(rig::bench::run(rig::bench::BenchOptions {
+        plan: if quick {
+            rig::bench::Plan::quick()
+        } else {
+            rig::bench::Plan::full()
+        },
+        local,
+        suite_command: Some(suite),
+        out_dir: out_dir.clone(),
+    }))?;
+    let json = out_dir.join("bench.json");
+    rig::bench::report::save_json(&report, &json)?;
+    let svg = out_dir.join("latency.svg");
+    rig::bench::plot::latency_svg(&report.variants, &svg)?;
+    println!();
+    print!("{}", rig::bench::report::render(&report));
+    println!("numbers: {}\nplot:    {}", json.display(), svg.display());
+    Ok(())
+}
+
+/// `bench --quick` with the debug keygate: it must run to the end and
+/// leave a bench.json that reads back with every variant in it.
+fn bench_smoke() -> bool {
+    let json = rig::paths::rig_dir().join("bench/bench.json");
+    let _ = std::fs::remove_file(&json);
+    let checked = bench(true, false).and_then(|()| {
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("bench --quick wrote no {}", json.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", json.display()))?;
+        let variants = value["variants"].as_array().map_or(0, Vec::len);
+        if variants != rig::bench::variants::Variant::ALL.len() {
+            bail!(
+                "{} holds {variants} variants, not {}",
+                json.display(),
+                rig::bench::variants::Variant::ALL.len()
+            );
+        }
+        Ok(())
+    });
+    match checked {
+        Ok(()) => true,
+        Err(err) => {
+            say!("bench --quick failed: {err:#}");
+            false
+        }
+    }
+}
+
 /// The api_keys group again, through the keys-file gateway of the same
 /// environment (`env-keys-file.json`: same Vault, `key_source: file`), so
 /// both validation modes pass the same assertions.
@@ -935,17 +1017,22 @@ fn test() -> Result<ExitCode> {
     // A few seconds per fuzz target: a smoke run; longer runs are in README.
     // It leaves fuzz/corpus/ as committed (the work tree stays clean).
     let fuzz_ok = fuzz::run(5, None, fuzz::NewInputs::Discard)? == ExitCode::SUCCESS;
+    // The bench runs and writes bench.json; its timings are not judged here.
+    let bench_ok = bench_smoke();
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
     say!(
-        "unit and integration tests: {}; e2e: {}; harness self-check: {}; fuzz: {}",
+        "unit and integration tests: {}; e2e: {}; harness self-check: {}; fuzz: {}; bench --quick: {}",
         word(unit_ok),
         word(e2e_ok),
         word(selfcheck_ok),
-        word(fuzz_ok)
+        word(fuzz_ok),
+        word(bench_ok)
     );
-    Ok(if unit_ok && e2e_ok && selfcheck_ok && fuzz_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if unit_ok && e2e_ok && selfcheck_ok && fuzz_ok && bench_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }

@@ -4,6 +4,7 @@
 //! `env`, `vault`, `wait` and `case`.
 
 pub mod audit;
+pub mod bench;
 pub mod case;
 pub mod debian;
 pub mod delivery;

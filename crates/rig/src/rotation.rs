@@ -144,6 +144,61 @@ pub fn render_summary(records: &[RotationRecord], notes: &[String]) -> String {
     out
 }
 
+/// Puts a new secret-id where the run's delivery mode takes keygate's
+/// credentials from (external-secret: Vault KV, which bao agent renders;
+/// otherwise: the Secret directory, rewritten whole with an atomic swap).
+/// Returns the moment of the write, where propagation starts. Shared by the
+/// rotation e2e tests and `cargo xtask bench`.
+pub async fn deliver_secret_id(
+    root: &crate::vault::VaultClient,
+    d: &crate::env::DeliveryInfo,
+    secret_id: &crate::vault::Secret,
+) -> Result<std::time::Instant> {
+    match &d.external {
+        Some(ext) => {
+            let mut data = root
+                .kv2_get(&ext.kv_mount, &ext.secret_id_path)
+                .await?
+                .context("the delivery path in Vault is empty")?;
+            data[&ext.secret_id_property] =
+                serde_json::Value::String(secret_id.expose().to_owned());
+            let at = std::time::Instant::now();
+            root.kv2_put(&ext.kv_mount, &ext.secret_id_path, &data)
+                .await?;
+            Ok(at)
+        }
+        None => {
+            let dir = crate::secret_dir::SecretDir::new(&d.secret_dir);
+            let mut data = BTreeMap::new();
+            for key in [&d.keys.role_id, &d.keys.secret_id, &d.keys.group] {
+                data.insert(key.clone(), dir.read(key)?);
+            }
+            data.insert(d.keys.secret_id.clone(), secret_id.expose().to_owned());
+            let at = std::time::Instant::now();
+            dir.publish(&data)?;
+            Ok(at)
+        }
+    }
+}
+
+/// The accessor of keygate's current Vault token, from its `/readyz`: it
+/// changes when keygate logged in again (with a rotated secret-id).
+pub async fn keygate_accessor(http: &reqwest::Client, keygate_url: &str) -> Result<String> {
+    let url = format!("{keygate_url}/readyz");
+    let ready: serde_json::Value = http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}: keygate did not answer"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: not JSON"))?;
+    ready["vault_token_accessor"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("/readyz has no vault_token_accessor: {ready}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,601 @@
+//! `cargo xtask bench`: what an auth path costs per request and how fast a
+//! rotation or revocation lands, measured against the alternatives in the
+//! same run on the same machine.
+//!
+//! - `variants`: the auth paths (no auth, Envoy's native api_key_auth,
+//!   keygate gRPC/HTTP warm, keygate cold) and the baseline Envoys;
+//! - `load`: the load generator (fixed keep-alive connections, bounded by
+//!   count and time, HDR histograms);
+//! - `keys`: many keys written to Vault concurrently;
+//! - `propagation`: Vault write -> first effect at the gateway, per mode;
+//! - `scale`: keygate's memory and throughput with 100 .. 100 000 cached keys;
+//! - `stats`: percentiles, ratios, the interleaved schedule;
+//! - `report`: the table and `bench.json`; `plot`: the latency SVG.
+//!
+//! Every process runs under a `Supervisor` (the local profile's), so all of
+//! it stops when the bench ends, fails, panics or is interrupted.
+
+pub mod keys;
+pub mod load;
+pub mod plot;
+pub mod propagation;
+pub mod report;
+pub mod scale;
+pub mod stats;
+pub mod variants;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::gateway::GatewayKind;
+use crate::local::LocalOptions;
+use crate::modes::Mode;
+use crate::say;
+use crate::vault::VaultClient;
+use load::{Burst, Keys};
+use variants::Variant;
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Plan {
+    pub quick: bool,
+    /// Rounds of A B C D E.
+    pub rounds: usize,
+    /// Per variant and round: at most this many requests, for at most `window`.
+    pub requests_per_round: u64,
+    pub window: Duration,
+    pub connections: usize,
+    /// Fresh keys for the cold variant (each used once).
+    pub cold_pool: usize,
+    pub revocations: usize,
+    pub secret_id_rotations: usize,
+    pub scale_sizes: &'static [usize],
+    pub scale_window: Duration,
+    pub suite: bool,
+}
+
+impl Plan {
+    pub fn full() -> Self {
+        Self {
+            quick: false,
+            rounds: 8,
+            requests_per_round: 20_000,
+            window: Duration::from_secs(3),
+            connections: 8,
+            cold_pool: 20_000,
+            revocations: 20,
+            secret_id_rotations: 20,
+            scale_sizes: &[100, 10_000, 100_000],
+            scale_window: Duration::from_secs(3),
+            suite: true,
+        }
+    }
+
+    /// Under a minute on 2 cores once built.
+    pub fn quick() -> Self {
+        Self {
+            quick: true,
+            rounds: 3,
+            requests_per_round: 3_000,
+            window: Duration::from_millis(800),
+            connections: 8,
+            cold_pool: 2_000,
+            revocations: 6,
+            secret_id_rotations: 3,
+            scale_sizes: &[100, 1_000],
+            scale_window: Duration::from_millis(800),
+            suite: false,
+        }
+    }
+}
+
+/// What the caller supplies: the local profile's options (binaries,
+/// templates) and how to run the e2e suite as a child for its wall time.
+pub struct BenchOptions {
+    pub plan: Plan,
+    pub local: LocalOptions,
+    /// `cargo xtask e2e --mode inline` (or nothing: not measured).
+    pub suite_command: Option<std::process::Command>,
+    /// `target/rig/bench/`: bench.json, latency.svg, the runs.
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub loadavg_at_start: String,
+    pub kernel: String,
+    pub envoy: String,
+    pub bao: String,
+    pub keygate: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantResult {
+    pub variant: Variant,
+    pub description: String,
+    pub requests: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub rps: f64,
+    pub latency: stats::Latency,
+    pub rps_vs_native: Option<f64>,
+    pub rps_vs_no_auth: Option<f64>,
+    pub p99_vs_native: Option<f64>,
+    pub p99_vs_no_auth: Option<f64>,
+    /// p99 over the no-auth ceiling's, in µs.
+    pub p99_added_us: Option<i64>,
+    pub last_failure: Option<String>,
+    /// Latency percentiles for the plot: (percentile, µs).
+    pub distribution: Vec<(f64, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteSpeed {
+    /// The environment of this bench (external-secret mode, gateways
+    /// envoy-grpc and envoy-http) up and ready, ms.
+    pub up_ms: u64,
+    /// The scale environment (inline mode, envoy-grpc) up and ready, ms.
+    pub scale_up_ms: Option<u64>,
+    /// `cargo xtask e2e --mode inline` wall time (full bench only), ms.
+    pub e2e_inline_ms: Option<u64>,
+    pub e2e_inline_ok: Option<bool>,
+    pub e2e_command: Option<String>,
+    /// From that run's report.json: its environment up, and the tests
+    /// alone (`cargo test` of the e2e crate, without building it), ms.
+    pub e2e_report_up_ms: Option<u64>,
+    pub e2e_report_tests_ms: Option<u64>,
+    pub e2e_report_wall_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub started_at: String,
+    pub wall_ms: u64,
+    pub plan: Plan,
+    pub machine: Machine,
+    pub load_generator: String,
+    pub connections: usize,
+    pub path: String,
+    pub native_keys: usize,
+    pub variants: Vec<VariantResult>,
+    pub propagation: Vec<propagation::PropagationResult>,
+    pub scale: Vec<scale::ScaleResult>,
+    pub suite: SuiteSpeed,
+    /// What was not measured and why.
+    pub left_out: Vec<String>,
+}
+
+/// The first literal path of a group's OpenAPI document, under its route
+/// prefix: a request keygate routes to that group.
+fn group_path(group: &crate::scenario::ApiGroup) -> Result<String> {
+    let text = std::fs::read_to_string(&group.file)
+        .with_context(|| format!("reading {}", group.file.display()))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not YAML", group.file.display()))?;
+    let path = doc["paths"]
+        .as_mapping()
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .filter_map(|k| k.as_str())
+        .find(|p| !p.contains('{'))
+        .with_context(|| {
+            format!(
+                "{}: paths has no path without parameters for the bench to request: add one",
+                group.file.display()
+            )
+        })?;
+    Ok(format!("{}{}", group.base_path, path))
+}
+
+fn machine(tools: &crate::tools::Tools, keygate: &std::path::Path) -> Machine {
+    let version = |name: &str| {
+        tools
+            .resolve(name)
+            .map(|t| t.version)
+            .unwrap_or_else(|e| format!("unknown ({e})"))
+    };
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu: read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default(),
+        loadavg_at_start: read("/proc/loadavg").trim().to_owned(),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        envoy: version("envoy"),
+        bao: version("bao"),
+        keygate: std::process::Command::new(keygate)
+            .arg("--version")
+            .output()
+            .map(|o| {
+                format!(
+                    "{} ({})",
+                    String::from_utf8_lossy(&o.stdout).trim(),
+                    keygate.display()
+                )
+            })
+            .unwrap_or_else(|e| format!("unknown ({e})")),
+    }
+}
+
+/// Runs everything the plan asks, prints progress, returns the numbers.
+/// Every component is stopped before it returns (or fails).
+pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
+    let plan = opts.plan;
+    let wall = Instant::now();
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let tools = crate::tools::Tools::load(
+        &opts.local.env_dir.join("tools.toml"),
+        crate::tools::ToolEnv::from_process(),
+    )?;
+    let machine = machine(&tools, &opts.local.keygate_bin);
+    let envoy = tools.resolve("envoy").context("the bench needs Envoy")?;
+    let mut left_out = Vec::new();
+
+    // 1. The environment: external-secret mode (so the Secret-dir rotation
+    // runs through bao agent), Envoy with gRPC and HTTP ext_authz.
+    let mut local = opts.local.clone();
+    local.mode = Mode::ExternalSecret;
+    local.gateways = vec![GatewayKind::EnvoyGrpc, GatewayKind::EnvoyHttp];
+    local.runs_dir = opts.out_dir.join("runs");
+    let up_started = Instant::now();
+    let mut env_a = crate::local::up(&local)
+        .await
+        .context("the bench environment did not come up")?;
+    let up_ms = up_started.elapsed().as_millis() as u64;
+    let env = env_a.environment.clone();
+    let root = VaultClient::root(&env)?;
+    let groups = crate::scenario::load_apis(&local.scenarios_dir.join("apis"))?;
+    let group = groups.first().context("no API group in the scenarios")?;
+    let path = group_path(group)?;
+    say!(
+        "bench: environment up in {} ({}); requests go to {path} (group {})",
+        crate::secs(Duration::from_millis(up_ms)),
+        env_a.run.path().display(),
+        group.group_id
+    );
+
+    // 2. Propagation first, while Vault holds few keys: the keys-file
+    // side's bao agent renders every key of the group each interval.
+    let quick_note = plan
+        .quick
+        .then(|| "--quick: fewer events than the 20 of a full run".to_owned());
+    say!(
+        "bench: propagation, direct mode: {} API keys issued and revoked",
+        plan.revocations
+    );
+    let direct = propagation::KeyPath::direct(
+        &env,
+        format!("{}{path}", env.gateways[GatewayKind::EnvoyGrpc.name()]),
+    );
+    let mut propagation = propagation::api_keys(
+        &direct,
+        &root,
+        &env.kv_mount,
+        &group.group_id,
+        plan.revocations,
+        quick_note.clone(),
+    )
+    .await?;
+    match propagation::KeyPath::keys_file(&env, &path) {
+        Some(keys_file) => {
+            say!(
+                "bench: propagation, keys-file via bao agent: {} API keys issued and revoked",
+                plan.revocations
+            );
+            propagation.extend(
+                propagation::api_keys(
+                    &keys_file,
+                    &root,
+                    &env.kv_mount,
+                    &group.group_id,
+                    plan.revocations,
+                    quick_note.clone(),
+                )
+                .await?,
+            );
+        }
+        None => left_out.push(
+            "propagation keys-file via bao agent: this environment runs no keys-file gateway (env.json has no keys_file)".into(),
+        ),
+    }
+    say!(
+        "bench: propagation, Secret dir via bao agent: {} secret-id rotations",
+        plan.secret_id_rotations
+    );
+    propagation.push(
+        propagation::secret_id(&env, &root, plan.secret_id_rotations, quick_note.clone()).await?,
+    );
+    // Then the keys-file agent stops: rendering the thousands of keys the
+    // overhead variants need every second would load the machine they are
+    // measured on.
+    if env.keys_file.is_some() {
+        env_a
+            .supervisor
+            .stop("keys-agent", crate::process::StopMode::Graceful)?;
+    }
+
+    // 3. Keys: the warm key (also what the native filter knows, with 99
+    // others), and the cold pool.
+    let (native_keys, took) = keys::write_keys(&root, &env.kv_mount, &group.group_id, 100).await?;
+    let warm: Arc<str> = Arc::from(native_keys[0].as_str());
+    say!(
+        "bench: writing {} keys for the cold-cache variant",
+        plan.cold_pool
+    );
+    let (cold, cold_took) =
+        keys::write_keys(&root, &env.kv_mount, &group.group_id, plan.cold_pool).await?;
+    say!(
+        "bench: keys written ({} in {}, {} in {})",
+        native_keys.len(),
+        crate::secs(took),
+        cold.len(),
+        crate::secs(cold_took)
+    );
+    let upstream: std::net::SocketAddr = env
+        .upstream_url
+        .trim_start_matches("http://")
+        .parse()
+        .context("env.json's upstream_url is not http://host:port")?;
+    let no_auth = variants::start_baseline_envoy(
+        "bench-envoy-no-auth",
+        "none",
+        &[],
+        upstream,
+        &envoy.path,
+        &local.env_dir,
+        &env_a.run,
+        &mut env_a.supervisor,
+    )
+    .await?;
+    let native = variants::start_baseline_envoy(
+        "bench-envoy-api-key-auth",
+        "api_key_auth",
+        &native_keys,
+        upstream,
+        &envoy.path,
+        &local.env_dir,
+        &env_a.run,
+        &mut env_a.supervisor,
+    )
+    .await?;
+    let urls: BTreeMap<Variant, String> = [
+        (Variant::NoAuth, format!("{no_auth}{path}")),
+        (Variant::Native, format!("{native}{path}")),
+        (
+            Variant::KeygateGrpc,
+            format!("{}{path}", env.gateways[GatewayKind::EnvoyGrpc.name()]),
+        ),
+        (
+            Variant::KeygateHttp,
+            format!("{}{path}", env.gateways[GatewayKind::EnvoyHttp.name()]),
+        ),
+        (
+            Variant::KeygateCold,
+            format!("{}{path}", env.gateways[GatewayKind::EnvoyGrpc.name()]),
+        ),
+    ]
+    .into();
+
+    // 4. Auth overhead, interleaved.
+    let clients = load::clients(plan.connections)?;
+    // Warm-up: connections open, the warm key cached, Envoy's first-request costs paid.
+    for variant in [
+        Variant::NoAuth,
+        Variant::Native,
+        Variant::KeygateGrpc,
+        Variant::KeygateHttp,
+    ] {
+        load::run(
+            Burst {
+                url: &urls[&variant],
+                keys: Keys::One(warm.clone()),
+                connections: plan.connections,
+                max_requests: 200,
+                max_time: Duration::from_secs(2),
+            },
+            &clients,
+        )
+        .await?;
+    }
+    let cold_pool = Arc::new(cold);
+    let cold_next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut totals: BTreeMap<Variant, load::Outcome> = BTreeMap::new();
+    let schedule = stats::interleave(&Variant::ALL, plan.rounds);
+    say!(
+        "bench: auth overhead, {} rounds of {} variants, each at most {} requests or {} per round, {} connections",
+        plan.rounds,
+        Variant::ALL.len(),
+        plan.requests_per_round,
+        crate::secs(plan.window),
+        plan.connections
+    );
+    for (round, variant) in schedule {
+        let keys = match variant {
+            Variant::KeygateCold => Keys::Fresh {
+                pool: cold_pool.clone(),
+                next: cold_next.clone(),
+            },
+            _ => Keys::One(warm.clone()),
+        };
+        let outcome = load::run(
+            Burst {
+                url: &urls[&variant],
+                keys,
+                connections: plan.connections,
+                max_requests: plan.requests_per_round,
+                max_time: plan.window,
+            },
+            &clients,
+        )
+        .await?;
+        say!(
+            "bench: round {} {}: {} requests in {} ({:.0}/s), {} failed",
+            round + 1,
+            variant.name(),
+            outcome.requests(),
+            crate::secs(outcome.elapsed),
+            outcome.requests() as f64 / outcome.elapsed.as_secs_f64(),
+            outcome.failed
+        );
+        match totals.get_mut(&variant) {
+            Some(total) => {
+                total.latencies_us.add(&outcome.latencies_us)?;
+                total.ok += outcome.ok;
+                total.failed += outcome.failed;
+                total.elapsed += outcome.elapsed;
+                if outcome.last_failure.is_some() {
+                    total.last_failure = outcome.last_failure;
+                }
+            }
+            None => {
+                totals.insert(variant, outcome);
+            }
+        }
+    }
+    if cold_next.load(std::sync::atomic::Ordering::Relaxed) >= cold_pool.len() {
+        left_out.push(format!(
+            "the cold-cache variant ran out of its {} fresh keys, so some of its rounds ended early (fewer requests than the others)",
+            cold_pool.len()
+        ));
+    }
+    let variants = report::variant_results(&totals);
+
+    env_a.supervisor.stop_all();
+    drop(env_a);
+
+    // 5. Scale, in an environment whose cache keeps every key for the run.
+    let mut scale_local = opts.local.clone();
+    scale_local.mode = Mode::Inline;
+    scale_local.gateways = vec![GatewayKind::EnvoyGrpc];
+    scale_local.runs_dir = opts.out_dir.join("runs");
+    scale_local.positive_ttl = Duration::from_secs(3600);
+    let scale_started = Instant::now();
+    let env_b = crate::local::up(&scale_local)
+        .await
+        .context("the scale environment did not come up")?;
+    let scale_up_ms = scale_started.elapsed().as_millis() as u64;
+    let mut env_b = env_b;
+    if env_b.environment.keys_file.is_some() {
+        // Its agent would render all 100 000 keys every second.
+        env_b
+            .supervisor
+            .stop("keys-agent", crate::process::StopMode::Graceful)?;
+    }
+    let root_b = VaultClient::root(&env_b.environment)?;
+    let keygate_pid = env_b
+        .supervisor
+        .pid("keygate")
+        .context("keygate is not running in the scale environment")?;
+    let scale = scale::run(
+        &scale::ScaleSetup {
+            root: &root_b,
+            mount: &env_b.environment.kv_mount,
+            group: &group.group_id,
+            fill_url: &format!("{}/auth{path}", env_b.environment.keygate_url),
+            gateway_url: &format!("{}{path}", env_b.environment.gateway_url),
+            keygate_pid,
+            connections: plan.connections,
+            window: plan.scale_window,
+        },
+        plan.scale_sizes,
+    )
+    .await?;
+    if plan.quick {
+        left_out.push(
+            "scale: --quick does 100 and 1 000 keys; 10 000 and 100 000 only in a full run".into(),
+        );
+    }
+    let scale_audit = env_b.run.logs_dir().join(crate::audit::AUDIT_LOG);
+    drop(env_b);
+    // Vault's audit device logs every key written and read: ~600 MB at
+    // 100 000 keys, enough to fill a small disk over a few runs. The bench
+    // asserts nothing on it, so a large one is replaced by a note.
+    if let Ok(meta) = std::fs::metadata(&scale_audit)
+        && meta.len() > 64 << 20
+    {
+        std::fs::write(
+            &scale_audit,
+            format!(
+                "{} bytes of Vault audit entries of the bench's scale step removed by cargo xtask bench to spare the disk\n",
+                meta.len()
+            ),
+        )
+        .with_context(|| format!("truncating {}", scale_audit.display()))?;
+    }
+
+    // 6. The e2e suite's wall time, as a child (full run only).
+    let mut suite = SuiteSpeed {
+        up_ms,
+        scale_up_ms: Some(scale_up_ms),
+        e2e_inline_ms: None,
+        e2e_inline_ok: None,
+        e2e_command: None,
+        e2e_report_up_ms: None,
+        e2e_report_tests_ms: None,
+        e2e_report_wall_ms: None,
+    };
+    match (plan.suite, opts.suite_command.take()) {
+        (true, Some(mut command)) => {
+            let shown = format!(
+                "{} {}",
+                command.get_program().to_string_lossy(),
+                command
+                    .get_args()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            say!("bench: suite speed: {shown}");
+            let started = Instant::now();
+            let status = command
+                .stdout(std::process::Stdio::null())
+                .status()
+                .with_context(|| format!("running {shown}"))?;
+            suite.e2e_inline_ms = Some(started.elapsed().as_millis() as u64);
+            suite.e2e_inline_ok = Some(status.success());
+            suite.e2e_command = Some(shown);
+            // The child's own split (up, tests) from the run it left as `latest`.
+            let report = crate::paths::rig_dir().join("latest/report.json");
+            if let Ok(text) = std::fs::read_to_string(&report)
+                && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                suite.e2e_report_up_ms = value["up_ms"].as_u64();
+                suite.e2e_report_tests_ms = value["tests_ms"].as_u64();
+                suite.e2e_report_wall_ms = value["wall_time_ms"].as_u64();
+            }
+        }
+        (true, None) => left_out.push("suite speed: no e2e command given".into()),
+        (false, _) => {
+            left_out.push("suite speed: the e2e suite's wall time only in a full run".into())
+        }
+    }
+
+    Ok(BenchReport {
+        started_at,
+        wall_ms: wall.elapsed().as_millis() as u64,
+        plan,
+        machine,
+        load_generator: load::CLIENT.to_owned(),
+        connections: plan.connections,
+        path,
+        native_keys: native_keys.len(),
+        variants,
+        propagation,
+        scale,
+        suite,
+        left_out,
+    })
+}

@@ -1,0 +1,326 @@
+//! The bench's output: a plain-text table on stdout and `bench.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::load::Outcome;
+use super::stats::{Latency, ratio};
+use super::variants::Variant;
+use super::{BenchReport, VariantResult};
+
+/// The percentiles the plot draws (and bench.json keeps) per variant.
+const PLOT_PERCENTILES: [f64; 12] = [
+    1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0,
+];
+
+/// One result per variant, in the order of `Variant::ALL`, with ratios to
+/// the native filter and to no auth.
+pub fn variant_results(totals: &BTreeMap<Variant, Outcome>) -> Vec<VariantResult> {
+    let rps = |o: &Outcome| o.requests() as f64 / o.elapsed.as_secs_f64().max(1e-9);
+    let base = |v: Variant| totals.get(&v);
+    let native_rps = base(Variant::Native).map(rps);
+    let no_auth_rps = base(Variant::NoAuth).map(rps);
+    let p99 = |o: &Outcome| o.latencies_us.value_at_quantile(0.99);
+    let native_p99 = base(Variant::Native).map(|o| p99(o) as f64);
+    let no_auth_p99 = base(Variant::NoAuth).map(p99);
+    Variant::ALL
+        .iter()
+        .filter_map(|v| totals.get(v).map(|o| (*v, o)))
+        .map(|(variant, o)| {
+            let r = rps(o);
+            let latency = Latency::of(&o.latencies_us);
+            VariantResult {
+                variant,
+                description: variant.describe().to_owned(),
+                requests: o.requests(),
+                ok: o.ok,
+                failed: o.failed,
+                seconds: o.elapsed.as_secs_f64(),
+                rps: r,
+                latency,
+                rps_vs_native: ratio(r, native_rps),
+                rps_vs_no_auth: ratio(r, no_auth_rps),
+                p99_vs_native: ratio(latency.p99_us as f64, native_p99),
+                p99_vs_no_auth: ratio(latency.p99_us as f64, no_auth_p99.map(|p| p as f64)),
+                p99_added_us: no_auth_p99.map(|b| latency.p99_us as i64 - b as i64),
+                last_failure: o.last_failure.clone(),
+                distribution: PLOT_PERCENTILES
+                    .iter()
+                    .map(|p| (*p, o.latencies_us.value_at_quantile(p / 100.0)))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn x(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
+/// The first `left` columns left-aligned, the others right-aligned.
+fn table(left: usize, headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let mut text = String::from(" ");
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i < left {
+                let _ = write!(text, " {cell:<w$}");
+            } else {
+                let _ = write!(text, "  {cell:>w$}");
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&mut out, headers.to_vec());
+    for row in rows {
+        line(&mut out, row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+pub fn render(r: &BenchReport) -> String {
+    let mut out = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        out,
+        "keyrig bench{} ({}): {} cores ({}), load {} at start; envoy {}, bao {}, {}",
+        if r.plan.quick { " --quick" } else { "" },
+        r.started_at,
+        m.nproc,
+        m.cpu,
+        m.loadavg_at_start,
+        m.envoy,
+        m.bao,
+        m.keygate
+    );
+    let _ = writeln!(
+        out,
+        "\nauth overhead: GET {} through each variant to the same echo upstream; {} rounds interleaved; load generator {}, {} connections",
+        r.path, r.plan.rounds, r.load_generator, r.connections
+    );
+    let rows: Vec<Vec<String>> = r
+        .variants
+        .iter()
+        .map(|v| {
+            vec![
+                v.variant.name().to_owned(),
+                v.requests.to_string(),
+                v.failed.to_string(),
+                format!("{:.0}", v.rps),
+                ms(v.latency.p50_us),
+                ms(v.latency.p99_us),
+                ms(v.latency.p999_us),
+                x(v.rps_vs_native),
+                x(v.rps_vs_no_auth),
+                v.p99_added_us
+                    .map_or("-".into(), |us| format!("{:+.2}", us as f64 / 1000.0)),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        1,
+        &[
+            "variant",
+            "requests",
+            "failed",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "req/s vs native",
+            "req/s vs no-auth",
+            "p99 added ms",
+        ],
+        &rows,
+    ));
+    for v in &r.variants {
+        if let Some(last) = &v.last_failure {
+            let _ = writeln!(out, "  {}: last failure {last}", v.variant.name());
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\npropagation (Vault write -> first effect observed at the gateway / keygate):"
+    );
+    let rows: Vec<Vec<String>> = r
+        .propagation
+        .iter()
+        .map(|p| {
+            let d = p.distribution;
+            vec![
+                p.mode.clone(),
+                p.what.clone(),
+                d.map_or("0".into(), |d| d.n.to_string()),
+                d.map_or("-".into(), |d| d.p50_ms.to_string()),
+                d.map_or("-".into(), |d| d.p99_ms.to_string()),
+                d.map_or("-".into(), |d| d.max_ms.to_string()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        2,
+        &["mode", "what", "n", "p50 ms", "p99 ms", "max ms"],
+        &rows,
+    ));
+    let mut said = std::collections::BTreeSet::new();
+    for p in &r.propagation {
+        for line in std::iter::once(format!("{}: {}", p.mode, p.intervals))
+            .chain(p.note.iter().map(|n| format!("{}: {n}", p.mode)))
+        {
+            if said.insert(line.clone()) {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+
+    if !r.scale.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nscale (keys in Vault, all cached by keygate; warm throughput round robin over all of them):"
+        );
+        let rows: Vec<Vec<String>> = r
+            .scale
+            .iter()
+            .map(|s| {
+                vec![
+                    s.keys.to_string(),
+                    format!("{} in {} ms", s.written, s.write_ms),
+                    format!("{:.0}", s.write_per_s),
+                    format!("{}", s.fill_ms),
+                    format!("{:.1}", s.rss_kib as f64 / 1024.0),
+                    format!("{:.0}", s.bytes_per_key),
+                    format!("{:.0}", s.warm_rps),
+                    ms(s.warm.p99_us),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            1,
+            &[
+                "keys",
+                "written",
+                "writes/s",
+                "fill ms",
+                "keygate RSS MiB",
+                "bytes/key",
+                "warm req/s",
+                "p99 ms",
+            ],
+            &rows,
+        ));
+        if let Some(first) = r.scale.first() {
+            let _ = writeln!(
+                out,
+                "  keygate RSS before any key was cached: {:.1} MiB",
+                first.baseline_rss_kib as f64 / 1024.0
+            );
+        }
+    }
+
+    let s = &r.suite;
+    let _ = writeln!(
+        out,
+        "\nsuite speed: environment up {} ms (external-secret mode: envoy-grpc, envoy-http, the keys-file side){}{}",
+        s.up_ms,
+        s.scale_up_ms.map_or(String::new(), |ms| format!(
+            ", {ms} ms (inline mode, envoy-grpc, the keys-file side)"
+        )),
+        match (s.e2e_inline_ms, s.e2e_inline_ok) {
+            (Some(ms), Some(ok)) => format!(
+                "; whole local e2e suite, one mode (`{}`): {ms} ms ({})",
+                s.e2e_command.as_deref().unwrap_or("?"),
+                if ok { "passed" } else { "FAILED" }
+            ),
+            _ => String::new(),
+        }
+    );
+    if let (Some(up), Some(tests), Some(wall)) = (
+        s.e2e_report_up_ms,
+        s.e2e_report_tests_ms,
+        s.e2e_report_wall_ms,
+    ) {
+        let _ = writeln!(
+            out,
+            "  that e2e run's own report: wall {wall} ms (includes building the e2e tests if needed), environment up {up} ms, tests {tests} ms"
+        );
+    }
+    for note in &r.left_out {
+        let _ = writeln!(out, "not measured: {note}");
+    }
+    let _ = writeln!(out, "bench wall time {} ms", r.wall_ms);
+    out
+}
+
+pub fn save_json(r: &BenchReport, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(r)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn outcome(requests: u64, secs: u64, latency_us: u64) -> Outcome {
+        let mut h = crate::bench::stats::latency_histogram();
+        for _ in 0..requests {
+            h.record(latency_us).unwrap();
+        }
+        Outcome {
+            latencies_us: h,
+            ok: requests,
+            failed: 0,
+            elapsed: Duration::from_secs(secs),
+            last_failure: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_against_native_and_no_auth() {
+        let totals: BTreeMap<Variant, Outcome> = [
+            (Variant::NoAuth, outcome(2000, 1, 500)),
+            (Variant::Native, outcome(1000, 1, 1000)),
+            (Variant::KeygateGrpc, outcome(800, 1, 1500)),
+        ]
+        .into();
+        let results = variant_results(&totals);
+        assert_eq!(
+            results.iter().map(|r| r.variant).collect::<Vec<_>>(),
+            [Variant::NoAuth, Variant::Native, Variant::KeygateGrpc]
+        );
+        let grpc = &results[2];
+        assert!((grpc.rps - 800.0).abs() < 1e-9);
+        assert!((grpc.rps_vs_native.unwrap() - 0.8).abs() < 1e-9);
+        assert!((grpc.rps_vs_no_auth.unwrap() - 0.4).abs() < 1e-9);
+        // 1500 µs vs 500 µs, within the histogram's 3 significant digits.
+        assert!((grpc.p99_added_us.unwrap() - 1000).abs() <= 2);
+        assert!((grpc.p99_vs_no_auth.unwrap() - 3.0).abs() < 0.01);
+        assert_eq!(results[0].rps_vs_no_auth, Some(1.0));
+    }
+
+    #[test]
+    fn no_baseline_no_ratio() {
+        let totals: BTreeMap<Variant, Outcome> =
+            [(Variant::KeygateGrpc, outcome(10, 1, 100))].into();
+        let results = variant_results(&totals);
+        assert_eq!(results[0].rps_vs_native, None);
+        assert_eq!(results[0].p99_added_us, None);
+    }
+}

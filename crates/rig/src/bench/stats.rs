@@ -1,0 +1,150 @@
+//! The arithmetic of the benchmark: percentiles of propagation samples,
+//! latency summaries from HDR histograms, ratios between variants, and the
+//! interleaved schedule that makes slow drift (a neighbour's build, thermal
+//! throttling) land on every variant alike.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Nearest-rank percentile (`p` in 0..=100) of unsorted samples: the
+/// smallest sample with at least p % of the samples at or below it.
+pub fn percentile(samples: &[u64], p: f64) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// p50, p99 and max of a set of propagation times (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Distribution {
+    pub n: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Distribution {
+    pub fn of(samples_ms: &[u64]) -> Option<Self> {
+        Some(Self {
+            n: samples_ms.len(),
+            p50_ms: percentile(samples_ms, 50.0)?,
+            p99_ms: percentile(samples_ms, 99.0)?,
+            max_ms: *samples_ms.iter().max()?,
+        })
+    }
+}
+
+/// Latencies in microseconds, 3 significant digits, up to 60 s.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A variant's latency summary (µs) from its histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50_us: h.value_at_quantile(0.50),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            mean_us: h.mean(),
+        }
+    }
+}
+
+/// `value / baseline`, `None` when the baseline is zero or absent.
+pub fn ratio(value: f64, baseline: Option<f64>) -> Option<f64> {
+    match baseline {
+        Some(b) if b > 0.0 => Some(value / b),
+        _ => None,
+    }
+}
+
+/// The order in which variants run: `rounds` rounds, each every variant
+/// once in the same order (A B C A B C ...), so a variant's samples are
+/// spread over the whole run instead of bunched at its start or end.
+pub fn interleave<T: Copy>(variants: &[T], rounds: usize) -> Vec<(usize, T)> {
+    (0..rounds)
+        .flat_map(|round| variants.iter().map(move |v| (round, *v)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&samples, 50.0), Some(50));
+        assert_eq!(percentile(&samples, 99.0), Some(99));
+        assert_eq!(percentile(&samples, 100.0), Some(100));
+        assert_eq!(percentile(&samples, 0.0), Some(1));
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        assert_eq!(percentile(&[], 50.0), None);
+        // 20 events: p99 is the largest, p50 the 10th.
+        let twenty: Vec<u64> = (1..=20).map(|n| n * 10).collect();
+        assert_eq!(percentile(&twenty, 99.0), Some(200));
+        assert_eq!(percentile(&twenty, 50.0), Some(100));
+    }
+
+    #[test]
+    fn distribution_of_samples() {
+        let d = Distribution::of(&[300, 100, 200, 900]).unwrap();
+        assert_eq!(
+            d,
+            Distribution {
+                n: 4,
+                p50_ms: 200,
+                p99_ms: 900,
+                max_ms: 900
+            }
+        );
+        assert!(Distribution::of(&[]).is_none());
+    }
+
+    #[test]
+    fn histogram_summary() {
+        let mut h = latency_histogram();
+        for us in 1..=1000 {
+            h.record(us).unwrap();
+        }
+        let l = Latency::of(&h);
+        assert_eq!(l.p50_us, 500);
+        assert_eq!(l.p99_us, 990);
+        assert_eq!(l.p999_us, 999);
+        assert_eq!(l.max_us, 1000);
+    }
+
+    #[test]
+    fn ratios_need_a_positive_baseline() {
+        assert_eq!(ratio(800.0, Some(1000.0)), Some(0.8));
+        assert_eq!(ratio(800.0, Some(0.0)), None);
+        assert_eq!(ratio(800.0, None), None);
+    }
+
+    #[test]
+    fn interleaving_runs_each_variant_once_per_round_in_order() {
+        let schedule = interleave(&['A', 'B', 'C'], 3);
+        let order: String = schedule.iter().map(|(_, v)| *v).collect();
+        assert_eq!(order, "ABCABCABC");
+        assert_eq!(
+            schedule.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        );
+        assert!(interleave::<char>(&[], 3).is_empty());
+    }
+}

@@ -1,0 +1,192 @@
+//! The auth paths compared, and the two baseline Envoys the local profile
+//! does not start (no auth; Envoy's native `api_key_auth` filter). They run
+//! under the run's `Supervisor` like every component: readiness probe, log
+//! in `logs/<name>.log`, stopped on teardown, Ctrl-C and panic.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::process::{Component, Readiness, Supervisor};
+use crate::run::RunDir;
+
+/// One auth path through a gateway to the same echo upstream.
+/// Serialized under the names the table prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Variant {
+    /// Envoy, no auth filter: the ceiling.
+    #[serde(rename = "envoy-no-auth")]
+    NoAuth,
+    /// Envoy's `envoy.filters.http.api_key_auth`, keys in static config.
+    #[serde(rename = "envoy-api-key-auth")]
+    Native,
+    /// Envoy + keygate over gRPC ext_authz, the key cached.
+    #[serde(rename = "keygate-grpc-warm")]
+    KeygateGrpc,
+    /// Envoy + keygate over HTTP ext_authz, the key cached.
+    #[serde(rename = "keygate-http-warm")]
+    KeygateHttp,
+    /// Envoy + keygate over gRPC, a key keygate has never seen on every
+    /// request: each one a Vault read.
+    #[serde(rename = "keygate-grpc-cold")]
+    KeygateCold,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 5] = [
+        Variant::NoAuth,
+        Variant::Native,
+        Variant::KeygateGrpc,
+        Variant::KeygateHttp,
+        Variant::KeygateCold,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::NoAuth => "envoy-no-auth",
+            Variant::Native => "envoy-api-key-auth",
+            Variant::KeygateGrpc => "keygate-grpc-warm",
+            Variant::KeygateHttp => "keygate-http-warm",
+            Variant::KeygateCold => "keygate-grpc-cold",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::NoAuth => "Envoy, no auth filter (ceiling)",
+            Variant::Native => "Envoy native api_key_auth, keys in static config",
+            Variant::KeygateGrpc => "Envoy + keygate gRPC ext_authz, warm cache",
+            Variant::KeygateHttp => "Envoy + keygate HTTP ext_authz, warm cache",
+            Variant::KeygateCold => {
+                "Envoy + keygate gRPC ext_authz, cold cache (Vault read per request)"
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Credential<'a> {
+    key: &'a str,
+    client: String,
+}
+
+#[derive(Serialize)]
+struct Values<'a> {
+    auth: &'a str,
+    listen_port: u16,
+    admin_port: u16,
+    upstream_port: u16,
+    credentials: Vec<Credential<'a>>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .context("binding a loopback port")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts a baseline Envoy (`auth`: `none` or `api_key_auth` with `keys`)
+/// in front of `upstream`; returns its URL once ready.
+#[allow(clippy::too_many_arguments)]
+pub async fn start_baseline_envoy(
+    name: &str,
+    auth: &str,
+    keys: &[String],
+    upstream: SocketAddr,
+    envoy: &Path,
+    env_dir: &Path,
+    run: &RunDir,
+    supervisor: &mut Supervisor,
+) -> Result<String> {
+    let (listen_port, admin_port) = (free_port()?, free_port()?);
+    let text = crate::local::render(
+        &env_dir.join("bench/envoy.yaml.j2"),
+        Values {
+            auth,
+            listen_port,
+            admin_port,
+            upstream_port: upstream.port(),
+            credentials: keys
+                .iter()
+                .enumerate()
+                .map(|(n, key)| Credential {
+                    key,
+                    client: format!("bench-client-{n}"),
+                })
+                .collect(),
+        },
+    )?;
+    // The api_key_auth config holds keys: a 0600 file under secrets/.
+    let config =
+        crate::run::write_secret_file(&run.secrets_dir().join(format!("{name}.yaml")), &text)?;
+    let dir = run.path().join("gateways").join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let url = format!("http://127.0.0.1:{listen_port}");
+    // No auth: the upstream's 200; api_key_auth: its 401 for a request without a key.
+    let ready_status = if auth == "none" { 200 } else { 401 };
+    supervisor
+        .start(
+            Component::new(name, envoy)
+                .arg("-c")
+                .arg(&config)
+                .args([
+                    "--disable-hot-restart",
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "warn",
+                ])
+                .current_dir(&dir),
+            Readiness::http(format!("{url}/healthz"), ready_status),
+        )
+        .await
+        .with_context(|| format!("the {name} baseline Envoy did not start"))?;
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_names_are_the_table_names() {
+        for v in Variant::ALL {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.name());
+        }
+    }
+
+    #[test]
+    fn native_filter_config_lists_every_key_under_the_header() {
+        let keys = ["a".repeat(64), "b".repeat(64)];
+        let text = crate::local::render(
+            &crate::paths::env_dir().join("bench/envoy.yaml.j2"),
+            Values {
+                auth: "api_key_auth",
+                listen_port: 1,
+                admin_port: 2,
+                upstream_port: 3,
+                credentials: keys
+                    .iter()
+                    .map(|key| Credential {
+                        key,
+                        client: "c".into(),
+                    })
+                    .collect(),
+            },
+        )
+        .unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let filters = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"];
+        let auth = &filters[0]["typed_config"];
+        assert_eq!(auth["key_sources"][0]["header"].as_str(), Some("x-api-key"));
+        assert_eq!(auth["credentials"].as_sequence().unwrap().len(), 2);
+        assert_eq!(
+            filters[1]["name"].as_str(),
+            Some("envoy.filters.http.router")
+        );
+    }
+}
