@@ -532,7 +532,24 @@ pub struct Load {
 }
 
 impl Load {
+    /// Valid requests for `path` with `key` at the gateway at `base`.
     pub fn start(workers: usize, base: String, path: String, key: String) -> Self {
+        Self::start_with(workers, Duration::ZERO, move || {
+            let (base, path, key) = (base.clone(), path.clone(), key.clone());
+            async move {
+                let reply = gateway_get_at(&base, &path, Some(&key)).await?;
+                Ok((reply.status, format!("{} {:?}", reply.status, reply.reason)))
+            }
+        })
+    }
+
+    /// `workers` loops of `request` (answering the status and how to show
+    /// it), `pause` apart; a status other than 200 or an error is a failure.
+    pub fn start_with<F, Fut>(workers: usize, pause: Duration, request: F) -> Self
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<(u16, String)>> + Send,
+    {
         let load = Load {
             stop: Arc::new(AtomicBool::new(false)),
             ok: Arc::new(AtomicU64::new(0)),
@@ -548,21 +565,24 @@ impl Load {
                     load.failed.clone(),
                     load.last_failure.clone(),
                 );
-                let (base, path, key) = (base.clone(), path.clone(), key.clone());
+                let request = request.clone();
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        match gateway_get_at(&base, &path, Some(&key)).await {
-                            Ok(reply) if reply.status == 200 => {
+                        match request().await {
+                            Ok((200, _)) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
                             other => {
                                 failed.fetch_add(1, Ordering::Relaxed);
                                 let seen = match other {
-                                    Ok(reply) => format!("{} {:?}", reply.status, reply.reason),
+                                    Ok((_, shown)) => shown,
                                     Err(err) => format!("{err:#}"),
                                 };
                                 *last.lock().unwrap() = Some(seen);
                             }
+                        }
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
                         }
                     }
                 })

@@ -15,7 +15,7 @@
 //! moment it is first served, both sampled every `SAMPLE_EVERY`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -253,73 +253,18 @@ impl Sampler {
     }
 }
 
-/// Valid API-key requests over TLS in loops; counts failures.
-struct TlsLoad {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    last_failure: Arc<Mutex<Option<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl TlsLoad {
-    fn start(tls: &TlsEnvironment, path: String, key: String) -> Self {
-        let load = TlsLoad {
-            stop: Arc::new(AtomicBool::new(false)),
-            ok: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicU64::new(0)),
-            last_failure: Arc::new(Mutex::new(None)),
-            tasks: Vec::new(),
-        };
-        let tasks = (0..LOAD_WORKERS)
-            .map(|_| {
-                let (stop, ok, failed, last) = (
-                    load.stop.clone(),
-                    load.ok.clone(),
-                    load.failed.clone(),
-                    load.last_failure.clone(),
-                );
-                let (probe, path, key) = (probe(tls), path.clone(), key.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match probe.get(&path, &[("x-api-key", &key)]).await {
-                            Ok(reply) if reply.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                *last.lock().unwrap() = Some(match other {
-                                    Ok(reply) => format!(
-                                        "{} {:?}",
-                                        reply.status,
-                                        reply.header("x-keyrig-reason")
-                                    ),
-                                    Err(err) => format!("{err:#}"),
-                                });
-                            }
-                        }
-                        // Leave the two shared cores some air: each request
-                        // is a full handshake.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                })
-            })
-            .collect();
-        TlsLoad { tasks, ..load }
-    }
-
-    async fn finish(self) -> (u64, u64, Option<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            let _ = task.await;
+/// Valid API-key requests over TLS in loops, each a full handshake, 20 ms
+/// apart to leave the two shared cores some air.
+fn tls_load(tls: &TlsEnvironment, path: String, key: String) -> Load {
+    let probe = probe(tls);
+    Load::start_with(LOAD_WORKERS, Duration::from_millis(20), move || {
+        let (probe, path, key) = (probe.clone(), path.clone(), key.clone());
+        async move {
+            let reply = probe.get(&path, &[("x-api-key", &key)]).await?;
+            let shown = format!("{} {:?}", reply.status, reply.header("x-keyrig-reason"));
+            Ok((reply.status, shown))
         }
-        let last = self.last_failure.lock().unwrap().clone();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            last,
-        )
-    }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +299,7 @@ async fn tls_rotated_certificates_are_served_without_restart_under_load() {
         .unwrap();
 
     let sampler = Sampler::start(tls, first.clone());
-    let load = TlsLoad::start(tls, path.clone(), key.expose().to_owned());
+    let load = tls_load(tls, path.clone(), key.expose().to_owned());
     let rotations = async {
         let mut propagation = Vec::new();
         let mut previous = first.clone();

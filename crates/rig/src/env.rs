@@ -280,3 +280,19 @@ impl Environment {
         })
     }
 }
+
+/// env.json's `groups`: groupId -> route prefix.
+pub fn group_routes(groups: &[crate::scenario::ApiGroup]) -> BTreeMap<String, String> {
+    groups
+        .iter()
+        .map(|g| (g.group_id.clone(), g.route_prefix.clone()))
+        .collect()
+}
+
+/// env.json's `api_paths`: groupId -> a GET path its document declares.
+pub fn group_api_paths(groups: &[crate::scenario::ApiGroup]) -> BTreeMap<String, String> {
+    groups
+        .iter()
+        .filter_map(|g| Some((g.group_id.clone(), g.sample_get_path.clone()?)))
+        .collect()
+}

@@ -493,14 +493,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         skipped_gateways,
         vault_addr,
         kv_mount: setup.kv_mount.clone(),
-        groups: groups
-            .iter()
-            .map(|g| (g.group_id.clone(), g.route_prefix.clone()))
-            .collect(),
-        api_paths: groups
-            .iter()
-            .filter_map(|g| Some((g.group_id.clone(), g.sample_get_path.clone()?)))
-            .collect(),
+        groups: crate::env::group_routes(&groups),
+        api_paths: crate::env::group_api_paths(&groups),
         root_token_file,
         unseal_key_file,
         logs_dir: run.logs_dir(),
