@@ -209,9 +209,17 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .add_service(ExtAuthz::server(validator.clone()))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            // Without TCP_NODELAY a Check answer (HEADERS, DATA, TRAILERS
+            // frames) can wait on Nagle for the ACK of its first write.
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
         );
+    // Same reason as for gRPC: a forward-auth answer is not held for Nagle.
+    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "TCP_NODELAY not set");
+        }
+    });
     let http = axum::serve(
         http_listener,
         http::router_with_group(validator, readiness, config.gateway_group_file.clone()),
