@@ -33,6 +33,74 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Lines of a component's log shown when it fails to start.
 const TAIL_LINES: usize = 20;
 
+/// What every component gets from the harness's own environment; nothing
+/// else passes unless the component asks for it by name
+/// ([`Component::inherit_env`]) or is given a value ([`Component::env`]).
+/// The harness may hold secrets there (the cluster profile's admin
+/// `VAULT_TOKEN`), and a child that does not need one must not have it.
+pub const BASE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "CARGO_TARGET_DIR",
+];
+
+/// Variables that hold a Vault credential: removed from the environment of
+/// the children the harness starts without clearing it (cargo running the
+/// tests, which read the root token from its 0600 file instead).
+pub const SECRET_VARS: &[&str] = &[
+    "VAULT_TOKEN",
+    "BAO_TOKEN",
+    "VAULT_ROLE_ID",
+    "VAULT_SECRET_ID",
+    "BAO_ROLE_ID",
+    "BAO_SECRET_ID",
+    "VAULT_UNSEAL_KEY",
+];
+
+/// Removes [`SECRET_VARS`] from a child's inherited environment.
+pub fn remove_secret_vars(command: &mut std::process::Command) {
+    for var in SECRET_VARS {
+        command.env_remove(var);
+    }
+}
+
+/// The environment of a child: from `parent`, the [`BASE_ENV`] variables
+/// and those named in `inherit` (a trailing `*` names a prefix, e.g.
+/// `HELM_*`), then `explicit`, which wins.
+pub fn child_env<I>(
+    parent: I,
+    inherit: &[OsString],
+    explicit: &[(OsString, OsString)],
+) -> Vec<(OsString, OsString)>
+where
+    I: IntoIterator<Item = (OsString, OsString)>,
+{
+    let wanted = |key: &OsStr| {
+        let key = key.to_string_lossy();
+        BASE_ENV.iter().any(|name| *name == key)
+            || inherit.iter().any(|pattern| {
+                let pattern = pattern.to_string_lossy();
+                match pattern.strip_suffix('*') {
+                    Some(prefix) => key.starts_with(prefix),
+                    None => pattern == key,
+                }
+            })
+    };
+    let mut env: Vec<(OsString, OsString)> = parent
+        .into_iter()
+        .filter(|(key, _)| wanted(key))
+        .filter(|(key, _)| !explicit.iter().any(|(k, _)| k == key))
+        .collect();
+    env.extend(explicit.iter().cloned());
+    env
+}
+
 /// A process to start.
 #[derive(Debug, Clone)]
 pub struct Component {
@@ -40,6 +108,7 @@ pub struct Component {
     program: PathBuf,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    inherit: Vec<OsString>,
     current_dir: Option<PathBuf>,
     stdout_file: Option<PathBuf>,
 }
@@ -58,9 +127,18 @@ impl Component {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            inherit: Vec::new(),
             current_dir: None,
             stdout_file: None,
         }
+    }
+
+    /// Passes these variables of the harness's environment on (beside
+    /// [`BASE_ENV`]); `NAME_*` passes every variable with that prefix.
+    pub fn inherit_env<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, names: I) -> Self {
+        self.inherit
+            .extend(names.into_iter().map(|n| n.as_ref().to_owned()));
+        self
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -325,6 +403,7 @@ impl Supervisor {
             program,
             args,
             env,
+            inherit,
             current_dir,
             stdout_file,
         } = component;
@@ -351,7 +430,9 @@ impl Supervisor {
         let mut command = Command::new(&program);
         command
             .args(&args)
-            .envs(env)
+            // A cleared environment plus what this component needs.
+            .env_clear()
+            .envs(child_env(std::env::vars_os(), &inherit, &env))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log)
@@ -801,6 +882,91 @@ mod tests {
         assert!(!run.pids_file().exists());
         let log = std::fs::read_to_string(run.logs_dir().join("sleeper.log")).unwrap();
         assert_eq!(log, "started\n");
+    }
+
+    #[test]
+    fn a_child_gets_the_base_what_it_names_and_what_it_is_given() {
+        let os = |k: &str, v: &str| (OsString::from(k), OsString::from(v));
+        let parent = vec![
+            os("PATH", "/usr/bin"),
+            os("HOME", "/root"),
+            os("VAULT_TOKEN", "hvs.admin"),
+            os("HELM_CACHE_HOME", "/c"),
+            os("KUBECONFIG", "/k"),
+            os("OTHER", "x"),
+        ];
+        let env = child_env(
+            parent,
+            &["HELM_*".into(), "KUBECONFIG".into()],
+            &[os("PATH", "/bin"), os("BAO_DEV_ROOT_TOKEN_ID", "t")],
+        );
+        let mut keys: Vec<String> = env
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "BAO_DEV_ROOT_TOKEN_ID=t",
+                "HELM_CACHE_HOME=/c",
+                "HOME=/root",
+                "KUBECONFIG=/k",
+                "PATH=/bin",
+            ]
+        );
+    }
+
+    /// Through a real process: cargo gives this test process CARGO_PKG_NAME;
+    /// the child sees it only when it asks, and always its PATH.
+    #[rstest]
+    #[tokio::test]
+    async fn a_started_component_does_not_inherit_the_harness_environment() {
+        assert!(
+            std::env::var_os("CARGO_PKG_NAME").is_some(),
+            "cargo sets it for tests"
+        );
+        let (_base, run) = run_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut supervisor = Supervisor::new(&run);
+        for (name, component) in [
+            ("plain", Component::new("plain", "/bin/sh")),
+            (
+                "asks",
+                Component::new("asks", "/bin/sh").inherit_env(["CARGO_PKG_*"]),
+            ),
+        ] {
+            supervisor
+                .start(
+                    component
+                        .env("GIVEN", "yes")
+                        .args(["-c", "env; exec sleep 30"]),
+                    Readiness::Tcp(addr),
+                )
+                .await
+                .unwrap();
+            let log = run.logs_dir().join(format!("{name}.log"));
+            let text =
+                crate::wait::wait_until_blocking("env in the log", Duration::from_secs(5), || {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    anyhow::Ok(if text.contains("GIVEN=yes") {
+                        crate::wait::Probe::Ready(text)
+                    } else {
+                        crate::wait::Probe::seen(format!("{} bytes", text.len()))
+                    })
+                })
+                .unwrap();
+            assert!(
+                text.lines().any(|l| l.starts_with("PATH=")),
+                "{name}: no PATH"
+            );
+            assert_eq!(
+                text.lines().any(|l| l.starts_with("CARGO_PKG_NAME=")),
+                name == "asks",
+                "{name}"
+            );
+        }
     }
 
     #[rstest]

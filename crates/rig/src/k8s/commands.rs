@@ -16,6 +16,34 @@ use anyhow::{Context, Result, bail};
 
 use crate::say;
 
+/// What kind, helm, kubectl and docker get from the harness's environment
+/// besides `process::BASE_ENV`: their own settings (Docker's daemon and
+/// config, Helm's and XDG's directories, proxies and CA bundles for chart and
+/// image downloads) and what a kubeconfig's exec credential plugin reads
+/// (`aws eks get-token`, `gke-gcloud-auth-plugin`, `kubelogin`). Never
+/// `VAULT_TOKEN`: Vault is spoken to over HTTP by the harness itself.
+pub const KUBE_TOOL_ENV: &[&str] = &[
+    "KUBECONFIG",
+    "DOCKER_*",
+    "KIND_*",
+    "HELM_*",
+    "XDG_*",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "AWS_*",
+    "GOOGLE_*",
+    "CLOUDSDK_*",
+    "USE_GKE_GCLOUD_AUTH_PLUGIN",
+    "AZURE_*",
+    "AAD_*",
+];
+
 /// Runs commands for one run of a profile.
 #[derive(Debug, Clone)]
 pub struct Commands {
@@ -67,9 +95,16 @@ impl Commands {
         std::fs::create_dir_all(&self.logs_dir)
             .with_context(|| format!("creating {}", self.logs_dir.display()))?;
         let log_file = self.logs_dir.join(format!("{log}.log"));
+        let inherit: Vec<std::ffi::OsString> = KUBE_TOOL_ENV.iter().map(Into::into).collect();
         let mut command = tokio::process::Command::new(program);
         command
             .args(&args)
+            .env_clear()
+            .envs(crate::process::child_env(
+                std::env::vars_os(),
+                &inherit,
+                &[],
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
