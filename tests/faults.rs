@@ -640,12 +640,7 @@ mod faults {
             let gateway = kind.name();
             let mut case = CaseGuard::start_on(GROUP, NAME, gateway);
             let Some(url) = env.env().gateways.get(gateway) else {
-                let reason = env
-                    .env()
-                    .skipped_gateways
-                    .get(gateway)
-                    .map_or("not started".to_owned(), |why| why.clone());
-                case.skip(format!("gateway {gateway} does not run: {reason}"));
+                case.skip(keyrig_e2e::not_run_reason(env.env(), gateway));
                 continue;
             };
             match hostile::run(&env, gateway, url).await {

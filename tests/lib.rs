@@ -390,11 +390,27 @@ pub fn case_on(gateway: &str, group: &str, name: &str) -> Option<(CaseGuard, Gat
             },
         ));
     }
-    if let Some(reason) = env.skipped_gateways.get(gateway) {
-        let mut guard = CaseGuard::start_on(&pass_group(group), name, gateway);
-        guard.skip(format!("gateway {gateway} does not run: {reason}"));
-    }
+    let mut guard = CaseGuard::start_on(&pass_group(group), name, gateway);
+    guard.skip(not_run_reason(env, gateway));
     None
+}
+
+/// Why a gateway case has nothing behind it. Every such case is recorded
+/// as skipped with this reason, never as nothing (a silent pass).
+pub fn not_run_reason(env: &rig::env::Environment, gateway: &str) -> String {
+    if let Some(reason) = env.skipped_gateways.get(gateway) {
+        return format!("gateway {gateway} does not run: {reason}");
+    }
+    if env.gateways.is_empty() {
+        return format!(
+            "no gateway runs in this environment (env.json `gateways` is empty, profile {})",
+            env.profile
+        );
+    }
+    format!(
+        "gateway {gateway} is not in this run's selection (it runs {})",
+        env.gateways.keys().cloned().collect::<Vec<_>>().join(", ")
+    )
 }
 
 impl Gateway {

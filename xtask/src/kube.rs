@@ -16,6 +16,7 @@ use super::{KubeArgs, TEST_PID, cargo, run_cargo, runtime, stop_on_interrupt};
 fn options(profile: KubeProfile, mode: rig::k8s::Mode, args: KubeArgs) -> KubeOptions {
     let mut opts = KubeOptions::new(profile, mode);
     opts.recreate = args.recreate;
+    opts.vault = args.vault.into();
     opts
 }
 
@@ -34,7 +35,11 @@ pub fn up(profile: KubeProfile, mode: rig::k8s::Mode, args: KubeArgs) -> Result<
     let tools = preflight(profile)?;
     stop_on_interrupt()?;
     let run = runtime()?
-        .block_on(rig::k8s::profile::up(&options(profile, mode, args), &tools))
+        .block_on(rig::k8s::profile::up(
+            &options(profile, mode, args),
+            &tools,
+            rig::run::RunDir::create()?,
+        ))
         .with_context(|| {
             format!(
                 "the {profile} profile did not come up (`cargo xtask down --profile {profile}` removes what it made)"
@@ -51,6 +56,7 @@ pub fn e2e(
     mode: rig::k8s::Mode,
     args: KubeArgs,
     filter: Option<&str>,
+    report_dir: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
     let tools = preflight(profile)?;
     stop_on_interrupt()?;
@@ -61,23 +67,40 @@ pub fn e2e(
         bail!("the e2e tests do not build: see cargo's output above");
     }
     let rt = runtime()?;
-    let started = Instant::now();
-    let outcome = rt.block_on(rig::k8s::profile::up(&options(profile, mode, args), &tools));
+    let wall = Instant::now();
+    let started_at = time::OffsetDateTime::now_utc();
+    let run_dir = rig::run::RunDir::create()?;
+    let run_path = run_dir.path().to_owned();
+    let outcome = rt.block_on(rig::k8s::profile::up(
+        &options(profile, mode, args),
+        &tools,
+        run_dir,
+    ));
     let result = match outcome {
-        Ok(run) => run_tests(run, filter, started),
+        Ok(run) => run_tests(&rt, run, filter, report_dir, wall, started_at),
         Err(err) => Err(err.context(format!("the {profile} profile did not come up"))),
     };
-    // Whatever happened: a kind cluster this run created goes.
-    if profile == KubeProfile::Kind
-        && let Err(err) = rt.block_on(rig::k8s::profile::delete_created_clusters())
-    {
-        say!("warning: {err:#}");
+    // Whatever happened: the kind cluster this run created goes; one it
+    // reused (another run's, e.g. `up`'s) stays.
+    if profile == KubeProfile::Kind {
+        match rt.block_on(rig::k8s::profile::delete_created_cluster(&run_path, &[])) {
+            Ok(Some(name)) => say!("kind: deleted cluster {name}, which this run created"),
+            Ok(None) => {}
+            Err(err) => say!("warning: {err:#}"),
+        }
     }
     result
 }
 
-fn run_tests(mut run: KubeRun, filter: Option<&str>, started: Instant) -> Result<ExitCode> {
-    let up_time = started.elapsed();
+fn run_tests(
+    rt: &tokio::runtime::Runtime,
+    mut run: KubeRun,
+    filter: Option<&str>,
+    report_dir: Option<&std::path::Path>,
+    wall: Instant,
+    started_at: time::OffsetDateTime,
+) -> Result<ExitCode> {
+    let up_time = wall.elapsed();
     say!(
         "environment up in {}; running the e2e tests",
         rig::secs(up_time)
@@ -90,22 +113,46 @@ fn run_tests(mut run: KubeRun, filter: Option<&str>, started: Instant) -> Result
         .env(rig::env::ENV_FILE_VAR, run.run.env_file())
         .env(rig::case::RUN_DIR_VAR, run.run.path())
         .current_dir(rig::paths::workspace_root());
+    // The tests read the root token from its 0600 file; the admin token the
+    // cluster profile was given stays out of their environment.
+    rig::process::remove_secret_vars(&mut command);
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
     let status = child.wait().context("waiting for cargo test")?;
     TEST_PID.store(0, Ordering::SeqCst);
+    let test_time = tests_started.elapsed();
     let cases = rig::case::read_cases(run.run.path())?;
+    // Diagnostics while the port-forwards are still up.
+    let cases = rt.block_on(super::e2e_report::collect_diagnostics(
+        run.run.path(),
+        &run.environment,
+        cases,
+    ));
     run.supervisor.stop_all();
     println!();
-    rig::case::print_table(&cases);
-    let (_, failed, _) = rig::case::totals(&cases);
+    let records: Vec<_> = cases.iter().map(|c| c.record.clone()).collect();
+    rig::case::print_table(&records);
+    super::print_gateway_matrix(&records, &run.environment);
     say!(
         "up {}, tests {}; logs in {}",
         rig::secs(up_time),
-        rig::secs(tests_started.elapsed()),
+        rig::secs(test_time),
         run.environment.logs_dir.display()
     );
-    Ok(if status.success() && failed == 0 {
+    let report = super::e2e_report::finish(super::e2e_report::Finish {
+        run_dir: run.run.path(),
+        run_id: run.run.id(),
+        profile: run.environment.profile.as_str(),
+        filter: filter.map(str::to_owned),
+        started_at,
+        wall: wall.elapsed(),
+        up: up_time,
+        tests: test_time,
+        cases,
+        runner_ok: status.success(),
+        report_dir,
+    })?;
+    Ok(if report.passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

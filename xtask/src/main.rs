@@ -190,6 +190,27 @@ struct KubeArgs {
     /// kind: delete an existing `keyrig` cluster and start afresh.
     #[arg(long)]
     recreate: bool,
+    /// kind: the dev Vault installed in the cluster (env/k8s.toml
+    /// [charts.openbao] or [charts.vault]).
+    #[arg(long, value_enum, default_value_t = VaultFlavour::Openbao)]
+    vault: VaultFlavour,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VaultFlavour {
+    /// OpenBao (the local profile's Vault too).
+    Openbao,
+    /// HashiCorp Vault.
+    Hashicorp,
+}
+
+impl From<VaultFlavour> for rig::k8s::VaultChart {
+    fn from(flavour: VaultFlavour) -> Self {
+        match flavour {
+            VaultFlavour::Openbao => rig::k8s::VaultChart::OpenBao,
+            VaultFlavour::Hashicorp => rig::k8s::VaultChart::HashiCorp,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -274,17 +295,27 @@ fn run(command: Cmd) -> Result<ExitCode> {
             filter,
             mode,
             kube,
+            report_dir,
             ..
-        } if profile != Profile::Local => kube::e2e(
-            profile.kube().expect("a Kubernetes profile"),
+        } if profile != Profile::Local => {
             // One overlay per run on Kubernetes; the workflow runs a leg per mode.
-            mode.first()
-                .copied()
-                .unwrap_or(DeliveryMode::ExternalSecret)
-                .into(),
-            kube,
-            filter.as_deref(),
-        ),
+            if mode.len() > 1 {
+                bail!(
+                    "the {} profile runs one mode per run: give one --mode (the workflow runs a job per mode)",
+                    profile.name()
+                );
+            }
+            kube::e2e(
+                profile.kube().expect("a Kubernetes profile"),
+                mode.first()
+                    .copied()
+                    .unwrap_or(DeliveryMode::ExternalSecret)
+                    .into(),
+                kube,
+                filter.as_deref(),
+                report_dir.as_deref(),
+            )
+        }
         Cmd::E2e {
             profile,
             filter,
@@ -726,6 +757,7 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
                 .map(|mode| (rig::once::VAR, mode.as_str())),
         )
         .current_dir(rig::paths::workspace_root());
+    rig::process::remove_secret_vars(&mut command);
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
     let mut status = child.wait().context("waiting for cargo test")?;
@@ -836,7 +868,7 @@ fn print_gateway_matrix(cases: &[rig::case::CaseRecord], env: &rig::env::Environ
         print!("{matrix}");
     }
     for (name, reason) in &env.skipped_gateways {
-        println!("gateway {name} skipped, its binary is absent: {reason}");
+        println!("gateway {name} skipped: {reason}");
     }
 }
 
@@ -983,6 +1015,7 @@ fn keys_file_pass(
         .env(rig::env::ENV_FILE_VAR, &view)
         .env(rig::case::RUN_DIR_VAR, run.run.path())
         .current_dir(rig::paths::workspace_root());
+    rig::process::remove_secret_vars(&mut command);
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
     let status = child.wait().context("waiting for cargo test")?;

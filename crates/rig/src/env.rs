@@ -253,14 +253,29 @@ impl Environment {
     pub fn as_keys_file(&self) -> Option<Self> {
         let side = self.keys_file.as_ref()?;
         // The keys-file pair has one gateway, an Envoy over gRPC; the other
-        // gateways are outside this pass (their cases record nothing).
-        let gateways = [("envoy-grpc".to_owned(), side.gateway_url.clone())].into();
+        // gateways' cases of this pass are recorded as skipped, with why.
+        let own = crate::gateway::GatewayKind::EnvoyGrpc;
+        let gateways = [(own.name().to_owned(), side.gateway_url.clone())].into();
+        let skipped_gateways = crate::gateway::GatewayKind::ALL
+            .iter()
+            .filter(|kind| **kind != own)
+            .map(|kind| {
+                (
+                    kind.name().to_owned(),
+                    format!(
+                        "the keys-file pass runs through its own {} only; {} is tested in the main pass",
+                        own.name(),
+                        kind.name()
+                    ),
+                )
+            })
+            .collect();
         Some(Self {
             gateway_url: side.gateway_url.clone(),
             keygate_url: side.keygate_url.clone(),
             key_source: KEY_SOURCE_FILE.into(),
             gateways,
-            skipped_gateways: Default::default(),
+            skipped_gateways,
             ..self.clone()
         })
     }

@@ -1,8 +1,14 @@
 //! keygate's Vault credentials, registered per mode (scenarios/k8s/README.md
 //! step 5):
-//! - `inline`, `existing-secret`: the overlay's Secret holds fixed dev values;
-//!   Vault is told to accept them as the gateway AppRole's custom role_id and
-//!   secret_id. The values are read from the manifests, never repeated here.
+//! - `inline`, `existing-secret` on **kind**: the overlay's Secret holds fixed
+//!   dev values committed to git; Vault (a throwaway dev server in the kind
+//!   cluster) is told to accept them as the gateway AppRole's custom role_id
+//!   and secret_id. The values are read from the manifests, never repeated
+//!   here, and the report flags them.
+//! - **cluster**: never the committed values, since that AppRole reads every
+//!   group's keys and anyone with the repository could log in to a real
+//!   Vault. `existing-secret` gets credentials generated for the run, which
+//!   the harness writes into the Secret itself; `inline` is refused.
 //! - `external-secret`: the AppRole's real role_id and a fresh secret_id go to
 //!   the KV secret the ExternalSecret reads.
 
@@ -16,6 +22,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::names::CREDENTIALS_SECRET;
+use super::{KubeProfile, Mode};
 use crate::say;
 use crate::vault::{Secret, VaultClient};
 
@@ -76,8 +83,20 @@ pub fn inline_credentials(rendered: &[Value]) -> Result<DevCredentials> {
 /// The dev credentials of the `existing-secret` mode: the pre-created Secret,
 /// read with the custom key names its values.yaml declares.
 pub fn existing_secret_credentials(overlay_dir: &Path) -> Result<DevCredentials> {
-    let values_file = overlay_dir.join("values.yaml");
     let secret_file = overlay_dir.join("precreate/secret.yaml");
+    let (role_key, secret_key) = existing_secret_keys(overlay_dir)?;
+    let secret: KubeSecret = one(&secret_file)?;
+    let values = secret_values(&secret);
+    let origin = secret_file.display().to_string();
+    Ok(DevCredentials {
+        role_id: value(&values, &role_key, &origin)?,
+        secret_id: Secret::new(value(&values, &secret_key, &origin)?),
+    })
+}
+
+/// The existing-secret mode's key names (values.yaml `existingSecretKeys.*`).
+fn existing_secret_keys(overlay_dir: &Path) -> Result<(String, String)> {
+    let values_file = overlay_dir.join("values.yaml");
     let config: ConfigMap = one(&values_file)?;
     let keys = config.data.unwrap_or_default();
     let key = |name: &str| {
@@ -90,13 +109,52 @@ pub fn existing_secret_credentials(overlay_dir: &Path) -> Result<DevCredentials>
                 )
             })
     };
-    let secret: KubeSecret = one(&secret_file)?;
-    let values = secret_values(&secret);
-    let origin = secret_file.display().to_string();
-    Ok(DevCredentials {
-        role_id: value(&values, &key("roleId")?, &origin)?,
-        secret_id: Secret::new(value(&values, &key("secretId")?, &origin)?),
-    })
+    Ok((key("roleId")?, key("secretId")?))
+}
+
+/// The cluster profile's existing-secret mode: the overlay's precreated
+/// Secret (its name, labels, key names and other values) with this run's
+/// credentials in place of the committed ones, created through the API
+/// (server-side apply): no value on a command line.
+pub async fn apply_existing_secret(
+    client: &kube::Client,
+    overlay_dir: &Path,
+    creds: &DevCredentials,
+) -> Result<()> {
+    let secret_file = overlay_dir.join("precreate/secret.yaml");
+    let mut secret: KubeSecret = one(&secret_file)?;
+    let (role_key, secret_key) = existing_secret_keys(overlay_dir)?;
+    let mut values = secret_values(&secret);
+    for key in [&role_key, &secret_key] {
+        if !values.contains_key(key) {
+            bail!(
+                "{}: the Secret has no key {key:?}, which values.yaml names",
+                secret_file.display()
+            );
+        }
+    }
+    values.insert(role_key, creds.role_id.clone());
+    values.insert(secret_key, creds.secret_id.expose().to_owned());
+    secret.data = None;
+    secret.string_data = Some(values);
+    let name = secret
+        .metadata
+        .name
+        .clone()
+        .with_context(|| format!("{}: the Secret has no name", secret_file.display()))?;
+    let mut object = serde_json::to_value(&secret)?;
+    object["apiVersion"] = json!("v1");
+    object["kind"] = json!("Secret");
+    kube::api::Api::<KubeSecret>::namespaced(client.clone(), super::names::NAMESPACE)
+        .patch(
+            &name,
+            &kube::api::PatchParams::apply("keyrig").force(),
+            &kube::api::Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("creating Secret {name} with this run's credentials"))?;
+    say!("k8s: Secret {name} created with credentials generated for this run");
+    Ok(())
 }
 
 fn one<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T> {
@@ -107,12 +165,73 @@ fn one<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T> {
     serde_json::from_value(object.clone()).with_context(|| format!("{}", file.display()))
 }
 
-/// Makes Vault accept `creds` as the AppRole `role`'s credentials.
+/// Where a run's AppRole credentials come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// The values committed in the overlay (kind only).
+    Committed,
+    /// Generated for this run; the harness writes the Secret.
+    PerRun,
+    /// A fresh secret-id from Vault, synced by ESO.
+    FromVault,
+}
+
+/// What `profile` and `mode` may use, or why the combination is refused.
+pub fn source_for(profile: KubeProfile, mode: Mode) -> Result<CredentialSource> {
+    Ok(match (profile, mode) {
+        (_, Mode::ExternalSecret) => CredentialSource::FromVault,
+        (KubeProfile::Kind, Mode::Inline | Mode::ExistingSecret) => CredentialSource::Committed,
+        (KubeProfile::Cluster, Mode::ExistingSecret) => CredentialSource::PerRun,
+        (KubeProfile::Cluster, Mode::Inline) => bail!(
+            "mode inline is refused on the cluster profile: its credentials are literals committed in scenarios/k8s/inline, \
+             and registering them in a real Vault would let anyone with the repository log in as the gateway AppRole \
+             (which reads every group's keys). Use --mode existing-secret (credentials generated per run) or \
+             --mode external-secret, or the kind profile for inline"
+        ),
+    })
+}
+
+/// Fresh AppRole credentials for one run (random, never written to git).
+pub fn per_run_credentials() -> DevCredentials {
+    DevCredentials {
+        role_id: format!("keyrig-run-{}", apikey::ApiKey::generate().selector()),
+        secret_id: Secret::new(apikey::ApiKey::generate().expose().to_owned()),
+    }
+}
+
+/// The committed dev values of both overlays that carry any: the inline
+/// literals (already rendered by the caller, when given) and the
+/// existing-secret overlay's precreated Secret.
+pub fn committed_credentials(inline_rendered: Option<&[Value]>) -> Result<Vec<DevCredentials>> {
+    let mut committed = vec![existing_secret_credentials(
+        &crate::paths::scenarios_dir().join("k8s/existing-secret"),
+    )?];
+    if let Some(rendered) = inline_rendered {
+        committed.push(inline_credentials(rendered)?);
+    }
+    Ok(committed)
+}
+
+/// Makes Vault accept `creds` as the AppRole `role`'s credentials. On the
+/// cluster profile, credentials equal to a committed value are refused
+/// (`committed`: [`committed_credentials`]) whatever the caller meant.
 pub async fn register_dev_credentials(
     root: &VaultClient,
     role: &str,
     creds: &DevCredentials,
+    profile: KubeProfile,
+    committed: &[DevCredentials],
 ) -> Result<()> {
+    if profile == KubeProfile::Cluster
+        && committed
+            .iter()
+            .any(|c| c.role_id == creds.role_id || c.secret_id.expose() == creds.secret_id.expose())
+    {
+        bail!(
+            "refusing to register the committed dev credentials of scenarios/k8s in the cluster profile's Vault: \
+             they are public in the repository; the cluster profile uses credentials generated per run"
+        );
+    }
     root.call(
         Method::POST,
         &format!("auth/approle/role/{role}/role-id"),
@@ -134,7 +253,13 @@ pub async fn register_dev_credentials(
     if !status.is_success() && !body.to_string().contains("already registered") {
         bail!("Vault refused AppRole {role}'s custom secret_id: {status} {body}");
     }
-    say!("vault: AppRole {role:?} accepts the overlay's dev credentials");
+    say!(
+        "vault: AppRole {role:?} accepts this run's {} credentials",
+        match profile {
+            KubeProfile::Kind => "committed dev",
+            KubeProfile::Cluster => "per-run",
+        }
+    );
     Ok(())
 }
 

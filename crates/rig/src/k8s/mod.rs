@@ -10,8 +10,10 @@
 pub mod client;
 pub mod commands;
 pub mod credentials;
+pub mod environment;
 pub mod preflight;
 pub mod profile;
+pub mod prune;
 pub mod state;
 pub mod vault_auth;
 pub mod waits;
@@ -72,6 +74,26 @@ impl fmt::Display for Mode {
     }
 }
 
+/// The dev Vault the kind profile installs (env/k8s.toml `[charts.<chart>]`).
+/// Both charts install under the same release and Service name
+/// (`openbao.openbao.svc:8200`), so the manifests do not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum VaultChart {
+    #[default]
+    OpenBao,
+    HashiCorp,
+}
+
+impl VaultChart {
+    /// The `[charts.<name>]` table of env/k8s.toml.
+    pub fn chart(self) -> &'static str {
+        match self {
+            VaultChart::OpenBao => "openbao",
+            VaultChart::HashiCorp => "vault",
+        }
+    }
+}
+
 /// Names the manifests in scenarios/k8s give their objects. The harness
 /// names them too (waits, port-forwards, env.json); crates/manifests' tests
 /// check the overlays still use them.
@@ -84,6 +106,12 @@ pub mod names {
     pub const EXTERNAL_SECRET: &str = "gateway-credentials";
     pub const CHECK_JOB: &str = "gateway-credentials-check";
     pub const APIS_CONFIGMAP: &str = "keygate-apis";
+    /// The Vault Kubernetes-auth role keygate's ServiceAccount is bound to
+    /// (scenarios/k8s/vault/kubernetes-roles.yaml).
+    pub const GATEWAY_VAULT_ROLE: &str = "gateway";
+    /// The label on every object only one credentials mode makes; its value
+    /// is the mode (`up` of another mode deletes them: `super::prune`).
+    pub const MODE_LABEL: &str = "keyrig.dev/mode";
     /// Service ports (scenarios/k8s/base).
     pub const GATEWAY_PORT: u16 = 10000;
     pub const KEYGATE_HTTP_PORT: u16 = 9002;

@@ -21,8 +21,8 @@ use serde_json::json;
 use super::commands::Commands;
 use super::preflight::KubeTools;
 use super::state::KubeState;
-use super::{KubeProfile, Mode, names};
-use crate::env::{CacheSettings, Environment, KubeEnvironment};
+use super::{KubeProfile, Mode, VaultChart, names};
+use crate::env::Environment;
 use crate::process::{Component, Readiness, Supervisor};
 use crate::run::RunDir;
 use crate::say;
@@ -46,6 +46,8 @@ pub struct KubeOptions {
     pub recreate: bool,
     /// Each wait on the cluster (pods, CRDs, the Job, the ExternalSecret).
     pub wait_deadline: Duration,
+    /// kind: which Vault the dev server in the cluster is.
+    pub vault: VaultChart,
 }
 
 impl KubeOptions {
@@ -55,6 +57,7 @@ impl KubeOptions {
             mode,
             recreate: false,
             wait_deadline: Duration::from_secs(300),
+            vault: VaultChart::OpenBao,
         }
     }
 }
@@ -86,13 +89,17 @@ fn chart<'a>(pins: &'a K8sPins, name: &str) -> Result<&'a ChartPin> {
         .with_context(|| format!("env/k8s.toml has no [charts.{name}]"))
 }
 
-/// Brings the profile up; on error, the port-forwards started so far stop
-/// (the Supervisor drops) and the cluster is left for `down`.
-pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
+/// Brings the profile up in `run` (created by the caller, so that after a
+/// failure it still knows which run's cluster to delete); on error, the
+/// port-forwards started so far stop (the Supervisor drops) and the
+/// cluster is left for `down` or [`delete_created_cluster`].
+pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<KubeRun> {
     let started = Instant::now();
     for warning in &tools.warnings {
         say!("warning: {warning}");
     }
+    // Refused combinations (inline on cluster) before anything is made.
+    let source = super::credentials::source_for(opts.profile, opts.mode)?;
     let root_dir = crate::paths::workspace_root();
     let scenarios = crate::paths::scenarios_dir();
     let pins = load_pins()?;
@@ -100,7 +107,12 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
     let setup = VaultSetup::load_default(&group_ids)?;
     let overlay = scenarios.join("k8s").join(opts.mode.name());
-    let run = RunDir::create()?;
+    let kubectl = tools.kubectl.as_path();
+    let helm = tools.helm.as_path();
+    // Rendered first: keygate's own parser must accept the config the
+    // overlay would deploy, and env.json says what that config does.
+    let rendered = manifests::render_overlay(kubectl, &overlay).map_err(|err| anyhow!("{err}"))?;
+    let keygate_config = super::environment::keygate_config(&rendered, &overlay)?;
     say!(
         "{} profile, mode {}: run {}",
         opts.profile,
@@ -191,8 +203,6 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     };
     let cmds = Commands::new(run.logs_dir(), kubeconfig.clone(), context.clone());
     let client = super::client::client(kubeconfig.as_deref(), context.as_deref()).await?;
-    let kubectl = tools.kubectl.as_path();
-    let helm = tools.helm.as_path();
 
     // 2. The keygate image.
     let keygate_image = pins
@@ -226,25 +236,48 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
                 tools.kind.as_deref(),
                 state.cluster.as_deref(),
             ) {
+                // `kind load docker-image` fails with Docker's containerd
+                // image store (the default on current Docker): an archive
+                // loads either way.
+                let archive = run.path().join("keygate-image.tar");
+                cmds.run(
+                    "docker-save",
+                    docker,
+                    [
+                        "save".as_ref(),
+                        "-o".as_ref(),
+                        archive.as_os_str(),
+                        keygate_image.as_ref(),
+                    ],
+                )
+                .await?;
                 cmds.run(
                     "kind",
                     kind,
-                    ["load", "docker-image", &keygate_image, "--name", name],
+                    [
+                        "load".as_ref(),
+                        "image-archive".as_ref(),
+                        archive.as_os_str(),
+                        "--name".as_ref(),
+                        name.as_ref(),
+                    ],
                 )
                 .await?;
+                let _ = std::fs::remove_file(&archive);
             }
         }
     }
 
-    // 3. Vault: OpenBao in dev mode (kind), or the one VAULT_ADDR names.
+    // 3. Vault: a dev server in the kind cluster (OpenBao, or HashiCorp
+    // Vault with --vault hashicorp), or the one VAULT_ADDR names.
     let (vault_addr, root_token) = match opts.profile {
         KubeProfile::Kind => {
-            let openbao = chart(&pins, "openbao")?;
-            helm_install(&cmds, helm, openbao).await?;
+            let vault_chart = chart(&pins, opts.vault.chart())?;
+            helm_install(&cmds, helm, vault_chart).await?;
             crate::k8s::waits::statefulset(
                 &client,
-                &openbao.namespace,
-                &openbao.release,
+                &vault_chart.namespace,
+                &vault_chart.release,
                 opts.wait_deadline,
             )
             .await?;
@@ -255,76 +288,121 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
                     port_forward(
                         &cmds,
                         kubectl,
-                        &openbao.namespace,
-                        &openbao.release,
+                        &vault_chart.namespace,
+                        &vault_chart.release,
                         names::VAULT_PORT,
                         port,
                     ),
                     Readiness::http(format!("{addr}/v1/sys/health"), 200),
                 )
                 .await?;
-            (addr, dev_root_token(&root_dir.join(&openbao.values))?)
+            (addr, dev_root_token(&root_dir.join(&vault_chart.values))?)
         }
         KubeProfile::Cluster => (
-            std::env::var("VAULT_ADDR").context("VAULT_ADDR is not set")?,
-            Secret::new(std::env::var("VAULT_TOKEN").context("VAULT_TOKEN is not set")?),
+            std::env::var("VAULT_ADDR")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .context("VAULT_ADDR is not set: the cluster profile runs against an existing Vault (export VAULT_ADDR=https://...)")?,
+            Secret::new(
+                std::env::var("VAULT_TOKEN")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .context("VAULT_TOKEN is not set: the cluster profile needs a token that may create mounts, policies and roles")?,
+            ),
         ),
     };
     let root_token_file = run.write_secret("root-token", root_token.expose())?;
+    crate::redact::register_in_run(run.path(), root_token.expose())?;
     let root = VaultClient::new(&vault_addr)?.with_token(root_token);
     setup.apply(&root).await?;
-    let kubernetes_host = std::env::var("KEYRIG_VAULT_KUBERNETES_HOST")
-        .ok()
-        .filter(|v| !v.is_empty());
-    let auth = super::vault_auth::apply(
-        &root,
-        &super::vault_auth::roles_file(),
-        kubernetes_host.as_deref(),
-    )
-    .await?;
 
-    // 4. keygate's Vault credentials, per mode.
-    let in_cluster = keygate_in_cluster_config(&scenarios)?;
-    match opts.mode {
-        Mode::Inline => {
-            let rendered =
-                manifests::render_overlay(kubectl, &overlay).map_err(|err| anyhow!("{err}"))?;
-            say!(
-                "warning: mode inline keeps the gateway credentials in git (scenarios/k8s/inline): dev only"
-            );
+    // 4. The namespace and the ConfigMap of API documents (kustomize may
+    // not read scenarios/apis), by server-side apply; then Vault's
+    // Kubernetes auth on keyrig's own mount.
+    apply_namespace_and_apis(&client, &groups).await?;
+    let outside = match std::env::var("KEYRIG_VAULT_KUBERNETES_HOST")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(host) => Some(outside_cluster_review(&client, host).await?),
+        None => None,
+    };
+    let auth =
+        super::vault_auth::apply(&root, &super::vault_auth::roles_file(), outside.as_ref()).await?;
+
+    // 5. keygate's Vault credentials, per mode and profile.
+    let committed = super::credentials::committed_credentials(
+        (opts.mode == Mode::Inline).then_some(rendered.as_slice()),
+    )?;
+    let per_run = match (source, opts.mode) {
+        (super::credentials::CredentialSource::Committed, Mode::Inline) => {
             let creds = super::credentials::inline_credentials(&rendered)?;
-            super::credentials::register_dev_credentials(&root, &setup.keygate_role, &creds)
-                .await?;
+            super::credentials::register_dev_credentials(
+                &root,
+                &setup.keygate_role,
+                &creds,
+                opts.profile,
+                &committed,
+            )
+            .await?;
+            flag_committed_credentials(&run, &overlay.join("kustomization.yaml"))?;
+            None
         }
-        Mode::ExistingSecret => {
+        (super::credentials::CredentialSource::Committed, _) => {
             let creds = super::credentials::existing_secret_credentials(&overlay)?;
-            super::credentials::register_dev_credentials(&root, &setup.keygate_role, &creds)
-                .await?;
+            super::credentials::register_dev_credentials(
+                &root,
+                &setup.keygate_role,
+                &creds,
+                opts.profile,
+                &committed,
+            )
+            .await?;
+            flag_committed_credentials(&run, &overlay.join("precreate/secret.yaml"))?;
+            None
         }
-        Mode::ExternalSecret => {
+        (super::credentials::CredentialSource::PerRun, _) => {
+            let creds = super::credentials::per_run_credentials();
+            crate::redact::register_in_run(run.path(), creds.secret_id.expose())?;
+            super::credentials::register_dev_credentials(
+                &root,
+                &setup.keygate_role,
+                &creds,
+                opts.profile,
+                &committed,
+            )
+            .await?;
+            Some(creds)
+        }
+        (super::credentials::CredentialSource::FromVault, _) => {
             super::credentials::write_external_secret_source(
                 &root,
                 &auth,
                 &setup.keygate_role,
-                &in_cluster.vault_address,
+                &keygate_config.vault.address,
                 "default",
             )
             .await?;
+            None
         }
-    }
+    };
 
-    // 5. The namespace and the ConfigMap of API documents (kustomize may
-    // not read scenarios/apis), by server-side apply.
-    apply_namespace_and_apis(&client, &groups).await?;
-
-    // 6. Per mode, before the overlay.
+    // 6. What an earlier run of another mode left in a reused cluster (its
+    // ExternalSecret would keep overwriting this mode's Secret), then the
+    // mode's own preparations.
+    super::prune::other_modes(&client, kubectl, opts.mode, opts.wait_deadline).await?;
     match opts.mode {
-        Mode::ExistingSecret => {
-            let precreate = overlay.join("precreate/secret.yaml");
-            let mut args = vec!["apply".into(), "-f".into(), precreate.display().to_string()];
-            args.extend(cmds.context_args("--context"));
-            cmds.run("kubectl", kubectl, &args).await?;
-        }
+        Mode::ExistingSecret => match &per_run {
+            None => {
+                let precreate = overlay.join("precreate/secret.yaml");
+                let mut args = vec!["apply".into(), "-f".into(), precreate.display().to_string()];
+                args.extend(cmds.context_args("--context"));
+                cmds.run("kubectl", kubectl, &args).await?;
+            }
+            Some(creds) => {
+                super::credentials::apply_existing_secret(&client, &overlay, creds).await?;
+            }
+        },
         Mode::ExternalSecret => {
             let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
             let installed = crds.get_opt(names::ESO_CRDS[0]).await?.is_some();
@@ -427,9 +505,12 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
     let gateway_port = crate::ports::free_port()?;
     let keygate_port = crate::ports::free_port()?;
     let upstream_port = crate::ports::free_port()?;
-    let gateway_url = format!("http://127.0.0.1:{gateway_port}");
-    let keygate_url = format!("http://127.0.0.1:{keygate_port}");
-    let upstream_url = format!("http://127.0.0.1:{upstream_port}");
+    let forwarded = super::environment::Forwarded {
+        gateway_url: format!("http://127.0.0.1:{gateway_port}"),
+        keygate_url: format!("http://127.0.0.1:{keygate_port}"),
+        upstream_url: format!("http://127.0.0.1:{upstream_port}"),
+        vault_addr,
+    };
     supervisor
         .start(
             port_forward(
@@ -453,7 +534,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
                 names::KEYGATE_HTTP_PORT,
                 keygate_port,
             ),
-            Readiness::http(format!("{keygate_url}/readyz"), 200),
+            Readiness::http(format!("{}/readyz", forwarded.keygate_url), 200),
         )
         .await?;
     supervisor
@@ -471,49 +552,23 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
         .await?;
 
     // 10. env.json.
-    let environment = Environment {
-        profile: opts.profile.name().into(),
-        run_id: run.id().to_owned(),
-        gateway_url,
-        vault_addr,
-        kv_mount: setup.kv_mount.clone(),
-        groups: crate::env::group_routes(&groups),
-        api_paths: crate::env::group_api_paths(&groups),
-        root_token_file,
-        unseal_key_file: None,
+    let environment = super::environment::kube_environment(super::environment::KubeEnvInputs {
+        profile: opts.profile,
+        mode: opts.mode,
+        run_id: run.id(),
         logs_dir: run.logs_dir(),
-        keygate_url,
-        upstream_url,
-        cache: in_cluster.cache,
-        envoy_admin_url: None,
-        gateways: Default::default(),
-        skipped_gateways: Default::default(),
-        mode: Some(opts.mode.name().into()),
-        delivery: None,
-        // The cluster profiles run the Vault-direct keygate only; the
-        // tests of the local-only pieces skip on `None`.
-        key_source: crate::env::KEY_SOURCE_VAULT.into(),
-        keys_file: None,
-        workload_identity: None,
-        environments: None,
-        references: None,
-        kube: Some(KubeEnvironment {
-            mode: opts.mode.name().into(),
-            kubeconfig,
-            context,
-            namespace: names::NAMESPACE.into(),
-            keygate: names::KEYGATE.into(),
-            credentials_secret: names::CREDENTIALS_SECRET.into(),
-            external_secret: (opts.mode == Mode::ExternalSecret)
-                .then(|| names::EXTERNAL_SECRET.to_owned()),
-            kubernetes_auth_mount: auth.auth_mount.clone(),
-            gateway_role: "gateway".into(),
-            credentials_kv_mount: auth.gateway_credentials.mount.clone(),
-            credentials_kv_path: auth.gateway_credentials.path.clone(),
-            keygate_approle: setup.keygate_role.clone(),
-        }),
-        tls: None,
-    };
+        root_token_file,
+        forwarded,
+        kv_mount: &setup.kv_mount,
+        groups: &groups,
+        keygate: &keygate_config,
+        kubernetes_auth_mount: &auth.auth_mount,
+        credentials_kv_mount: &auth.gateway_credentials.mount,
+        credentials_kv_path: &auth.gateway_credentials.path,
+        keygate_approle: &setup.keygate_role,
+        kubeconfig,
+        context,
+    });
     environment.save(&run.env_file())?;
     say!(
         "{} profile (mode {}) up in {}",
@@ -526,6 +581,106 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools) -> Result<KubeRun> {
         environment,
         run,
         state,
+    })
+}
+
+/// The report's warning for a run whose credentials are committed in git
+/// (kind only: the cluster profile never uses them).
+fn flag_committed_credentials(run: &RunDir, file: &Path) -> Result<()> {
+    let location = file
+        .strip_prefix(crate::paths::workspace_root())
+        .unwrap_or(file)
+        .display()
+        .to_string();
+    say!(
+        "warning: this run's gateway credentials are committed in {location}: dev only, never for a real Vault"
+    );
+    crate::report::record_in(
+        run.path(),
+        "findings",
+        &crate::report::Finding::warning(
+            "committed-dev-credentials",
+            &location,
+            "the gateway AppRole's role-id and secret-id are plaintext in git; registered only in the kind cluster's throwaway dev Vault",
+        ),
+    )?;
+    Ok(())
+}
+
+/// The ServiceAccount a Vault outside the cluster reviews tokens with.
+const TOKEN_REVIEWER: &str = "keyrig-token-reviewer";
+
+/// How a Vault outside the cluster reviews ServiceAccount tokens: the API
+/// server as it reaches it (`host`), the cluster's CA (every namespace's
+/// ConfigMap kube-root-ca.crt) and the token of a ServiceAccount keyrig
+/// binds to system:auth-delegator (valid 24 h: one run, or one `up`).
+async fn outside_cluster_review(
+    client: &kube::Client,
+    host: String,
+) -> Result<super::vault_auth::OutsideCluster> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), names::NAMESPACE);
+    accounts
+        .patch(
+            TOKEN_REVIEWER,
+            &params,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": TOKEN_REVIEWER, "namespace": names::NAMESPACE,
+                             "labels": {"app.kubernetes.io/part-of": "keyrig"}},
+            })),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "applying ServiceAccount {}/{TOKEN_REVIEWER}",
+                names::NAMESPACE
+            )
+        })?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(
+            TOKEN_REVIEWER,
+            &params,
+            &Patch::Apply(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": TOKEN_REVIEWER, "labels": {"app.kubernetes.io/part-of": "keyrig"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+                "subjects": [{"kind": "ServiceAccount", "name": TOKEN_REVIEWER, "namespace": names::NAMESPACE}],
+            })),
+        )
+        .await
+        .with_context(|| format!("binding {TOKEN_REVIEWER} to system:auth-delegator"))?;
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(24 * 3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = accounts
+        .create_token_request(TOKEN_REVIEWER, &Default::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for {TOKEN_REVIEWER}"))?
+        .status
+        .and_then(|s| s.token)
+        .context("the TokenRequest answered without a token")?;
+    let ca = Api::<ConfigMap>::namespaced(client.clone(), names::NAMESPACE)
+        .get("kube-root-ca.crt")
+        .await
+        .context("reading ConfigMap kube-root-ca.crt (the cluster's CA)")?
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .context("ConfigMap kube-root-ca.crt has no ca.crt")?;
+    say!(
+        "vault: reviews tokens at {host} as ServiceAccount {TOKEN_REVIEWER} (Vault outside the cluster)"
+    );
+    Ok(super::vault_auth::OutsideCluster {
+        kubernetes_host: host,
+        kubernetes_ca_cert: ca,
+        token_reviewer_jwt: Secret::new(token),
     })
 }
 
@@ -574,6 +729,7 @@ fn port_forward(
             &format!("{local}:{remote}"),
         ])
         .args(cmds.context_args("--context"))
+        .inherit_env(super::commands::KUBE_TOOL_ENV)
         .current_dir(crate::paths::workspace_root());
     if let Some(kubeconfig) = cmds.kubeconfig() {
         component = component.env("KUBECONFIG", kubeconfig);
@@ -597,52 +753,6 @@ fn dev_root_token(values_file: &Path) -> Result<Secret> {
                 values_file.display()
             )
         })
-}
-
-/// What keygate's in-cluster config says that the harness needs to know.
-struct InClusterKeygate {
-    /// Vault's address as pods see it.
-    vault_address: String,
-    cache: CacheSettings,
-}
-
-fn keygate_in_cluster_config(scenarios: &Path) -> Result<InClusterKeygate> {
-    let file = scenarios.join("k8s/base/config/keygate.yaml");
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let config: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", file.display()))?;
-    let field = |path: &[&str]| -> Result<String> {
-        let mut value = &config;
-        for key in path {
-            value = &value[*key];
-        }
-        value
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("{}: {} is missing", file.display(), path.join(".")))
-    };
-    let ms = |path: &[&str]| -> Result<u64> {
-        let text = field(path)?;
-        humantime::parse_duration(&text)
-            .map(|d| d.as_millis() as u64)
-            .with_context(|| {
-                format!(
-                    "{}: {} = {text:?} is not a duration",
-                    file.display(),
-                    path.join(".")
-                )
-            })
-    };
-    Ok(InClusterKeygate {
-        vault_address: field(&["vault", "address"])?,
-        cache: CacheSettings {
-            positive_ttl_ms: ms(&["cache", "positive_ttl"])?,
-            negative_ttl_ms: ms(&["cache", "negative_ttl"])?,
-            // The in-cluster keygate config sets no resurrect window.
-            resurrect_ttl_ms: 0,
-        },
-    })
 }
 
 async fn apply_namespace_and_apis(
@@ -727,9 +837,9 @@ pub async fn restart_deployment(client: &kube::Client, namespace: &str, name: &s
     Ok(())
 }
 
-/// Deletes every kind cluster a run recorded as created and not yet deleted
-/// (`<run>/k8s.json`); clusters keyrig only reused are left alone. Returns
-/// what it deleted.
+/// `down --profile kind`: deletes every kind cluster a run recorded as
+/// created and not yet deleted (`<run>/k8s.json`); clusters keyrig only
+/// reused are left alone. Returns what it deleted.
 pub async fn delete_created_clusters() -> Result<Vec<String>> {
     let rig_dir = crate::paths::rig_dir();
     let entries = match std::fs::read_dir(&rig_dir) {
@@ -743,36 +853,48 @@ pub async fn delete_created_clusters() -> Result<Vec<String>> {
         .filter(|p| p.is_dir() && !p.is_symlink())
         .collect();
     runs.sort();
-    let mut deleted = Vec::new();
+    let mut deleted: Vec<String> = Vec::new();
     for run in runs {
-        let Some(mut state) = super::state::KubeState::load(&run)? else {
-            continue;
-        };
-        let Some(name) = state.cluster.clone() else {
-            continue;
-        };
-        if !state.created_cluster || state.deleted {
-            continue;
+        if let Some(name) = delete_created_cluster(&run, &deleted).await? {
+            deleted.push(name);
         }
+    }
+    if deleted.is_empty() {
+        say!("no kind cluster to delete: none was created by keyrig, or it is gone already");
+    }
+    Ok(deleted)
+}
+
+/// The end of `e2e --profile kind`: deletes the cluster of this one run if
+/// the run created it. A cluster another run created (say, one `up` left
+/// running, which this run reused) is not this run's to delete.
+/// `already`: clusters deleted a moment ago (`down` walks several runs).
+pub async fn delete_created_cluster(run: &Path, already: &[String]) -> Result<Option<String>> {
+    let Some(mut state) = super::state::KubeState::load(run)? else {
+        return Ok(None);
+    };
+    let Some(name) = state.cluster.clone() else {
+        return Ok(None);
+    };
+    if !state.created_cluster || state.deleted {
+        return Ok(None);
+    }
+    let mut newly = None;
+    if !already.contains(&name) {
         let kind = ToolEnv::from_process().which("kind").with_context(|| {
             format!(
                 "run {} created kind cluster {name}, but no `kind` is on PATH to delete it (kind delete cluster --name {name})",
                 run.display()
             )
         })?;
-        if !deleted.contains(&name) {
-            let cmds = Commands::new(run.join("logs"), None, None);
-            cmds.run("kind", &kind, ["delete", "cluster", "--name", &name])
-                .await?;
-            deleted.push(name);
-        }
-        state.deleted = true;
-        state.save(&run)?;
+        let cmds = Commands::new(run.join("logs"), None, None);
+        cmds.run("kind", &kind, ["delete", "cluster", "--name", &name])
+            .await?;
+        newly = Some(name);
     }
-    if deleted.is_empty() {
-        say!("no kind cluster to delete: none was created by keyrig, or it is gone already");
-    }
-    Ok(deleted)
+    state.deleted = true;
+    state.save(run)?;
+    Ok(newly)
 }
 
 /// What `up` prints: where everything is.
@@ -797,18 +919,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_dev_root_token_and_keygate_settings_from_the_repository() {
-        let values = crate::paths::env_dir().join("helm/openbao-values.yaml");
-        assert!(!dev_root_token(&values).unwrap().expose().is_empty());
-        let keygate = keygate_in_cluster_config(&crate::paths::scenarios_dir()).unwrap();
-        assert_eq!(keygate.vault_address, "http://openbao.openbao.svc:8200");
-        assert_eq!(keygate.cache.positive_ttl_ms, 5000);
+    fn reads_the_dev_root_token_of_both_vault_charts() {
+        let pins = load_pins().unwrap();
+        for vault in [VaultChart::OpenBao, VaultChart::HashiCorp] {
+            let values =
+                crate::paths::workspace_root().join(&chart(&pins, vault.chart()).unwrap().values);
+            assert!(
+                !dev_root_token(&values).unwrap().expose().is_empty(),
+                "{vault:?}"
+            );
+        }
     }
 
     #[test]
     fn pins_name_every_chart_the_profiles_install() {
         let pins = load_pins().unwrap();
-        for name in ["openbao", "external-secrets"] {
+        for name in ["openbao", "vault", "external-secrets"] {
             chart(&pins, name).unwrap();
         }
         assert!(pins.images.contains_key("keygate"));
