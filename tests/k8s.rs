@@ -26,6 +26,12 @@ const GROUP: &str = "k8s";
 const NEEDS_CLUSTER: &str = "needs the kind or cluster profile (Docker)";
 const API_GROUP: &str = "animal-rescue-api";
 
+/// Held by every case that reads or writes the ExternalSecret's source in
+/// Vault or the Secret it syncs: cargo runs a binary's tests in parallel,
+/// and rotation (which rewrites both) would otherwise race "the Secret
+/// matches Vault" into a spurious failure, or a spurious pass.
+static CREDENTIALS_SOURCE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The cluster of this run, or `None` with the case marked skipped.
 async fn cluster(case: &mut CaseGuard) -> Option<(Client, &'static KubeEnvironment)> {
     let Some(kube) = env().kube.as_ref() else {
@@ -125,6 +131,7 @@ async fn synced_secret_has_exactly_the_mapped_keys_and_values() {
     let Some(name) = external_secret_name(&mut case, kube) else {
         return;
     };
+    let _source = CREDENTIALS_SOURCE.lock().await;
     let es = Api::<ExternalSecret>::namespaced(client.clone(), &kube.namespace)
         .get(name)
         .await
@@ -196,6 +203,7 @@ async fn rotated_secret_id_reaches_the_gateway() {
     let Some(name) = external_secret_name(&mut case, kube) else {
         return;
     };
+    let _source = CREDENTIALS_SOURCE.lock().await;
     let root = root_token();
     let role = &kube.keygate_approle;
     let mut source = vault_source(kube).await;
@@ -490,4 +498,38 @@ async fn vault_login_from_a_wrong_namespace_is_denied() {
         "keygate's name from namespace {elsewhere} logged in"
     );
     assert!(matches!(status, 400 | 403), "status {status}");
+}
+
+/// The check for the race above, on this file's own text: every case that
+/// reads or writes the credentials source holds `CREDENTIALS_SOURCE`
+/// before it does. Needs no cluster, so it runs on every profile.
+#[test]
+fn every_case_touching_the_credentials_source_holds_its_lock() {
+    // The cases only: this check itself names what it looks for.
+    let text = include_str!("k8s.rs")
+        .split("/// The check for the race above")
+        .next()
+        .unwrap();
+    let mut checked = 0;
+    for case in text.split("#[tokio::test]").skip(1) {
+        let name = case
+            .split("async fn ")
+            .nth(1)
+            .and_then(|rest| rest.split('(').next())
+            .unwrap_or("?");
+        let touches = ["vault_source(", "credentials_kv_path"]
+            .iter()
+            .filter_map(|needle| case.find(needle))
+            .min();
+        let Some(first_touch) = touches else {
+            continue;
+        };
+        checked += 1;
+        let lock = case.find("CREDENTIALS_SOURCE.lock().await");
+        assert!(
+            lock.is_some_and(|at| at < first_touch),
+            "{name} touches the ExternalSecret's source without holding CREDENTIALS_SOURCE first"
+        );
+    }
+    assert!(checked >= 2, "found {checked} cases touching the source");
 }

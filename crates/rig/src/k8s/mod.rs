@@ -11,11 +11,13 @@ pub mod client;
 pub mod commands;
 pub mod credentials;
 pub mod environment;
+mod parity;
 pub mod preflight;
 pub mod profile;
 pub mod prune;
 pub mod state;
 pub mod vault_auth;
+mod vault_side_tests;
 pub mod waits;
 
 use std::fmt;

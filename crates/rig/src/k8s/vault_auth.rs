@@ -143,7 +143,14 @@ pub async fn apply(
         Some(&config_body(&auth, outside)?),
     )
     .await
-    .with_context(|| format!("{}: config", file.display()))?;
+    .with_context(|| match outside {
+        // Vault outside a pod has no ServiceAccount CA or token to fall back on.
+        None => format!(
+            "{}: config (if this Vault runs outside the cluster, set KEYRIG_VAULT_KUBERNETES_HOST to the API server's address as Vault reaches it: keyrig then gives Vault the cluster's CA and a reviewer token)",
+            file.display()
+        ),
+        Some(_) => format!("{}: config", file.display()),
+    })?;
     for policy in &auth.policies {
         let hcl = auth
             .policy_text(file, &policy.name)

@@ -1,0 +1,332 @@
+//! The cluster profile's Vault side against a real OpenBao (the pinned
+//! `bao server -dev`), without a cluster: what `up` does to a Vault that
+//! someone else also uses.
+//! - an existing `auth/kubernetes` mount and its config stay byte-identical;
+//! - keyrig's own mount is created (marked), and reused on a second run;
+//! - a mount of that name keyrig did not create is refused and untouched;
+//! - a Vault outside the cluster gets the CA and a reviewer JWT;
+//! - the committed dev credentials are refused on `cluster`, accepted on
+//!   `kind`, and per-run credentials log in.
+
+#![cfg(test)]
+
+use std::path::PathBuf;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::KubeProfile;
+use super::credentials::{
+    DevCredentials, committed_credentials, per_run_credentials, register_dev_credentials,
+};
+use super::vault_auth::{self, MountOwner, OutsideCluster};
+use crate::process::{Component, Readiness, Supervisor};
+use crate::run::RunDir;
+use crate::vault::{Secret, VaultClient, VaultSetup};
+
+/// A dev server of the pinned OpenBao, stopped when the test ends.
+struct DevVault {
+    _base: tempfile::TempDir,
+    _supervisor: Supervisor,
+    root: VaultClient,
+}
+
+async fn dev_vault() -> Option<DevVault> {
+    let bao = match crate::tools::Tools::load_default().and_then(|t| Ok(t.resolve("bao")?)) {
+        Ok(tool) => tool.path,
+        Err(err) => {
+            // `cargo xtask test` installs it before the unit tests.
+            eprintln!(
+                "skipped: the pinned bao is not installed ({err:#}): run `cargo xtask tools`"
+            );
+            return None;
+        }
+    };
+    let base = tempfile::tempdir().unwrap();
+    let run = RunDir::create_in(base.path()).unwrap();
+    let port = crate::ports::free_port_pair().unwrap();
+    let addr = format!("http://127.0.0.1:{port}");
+    let token = apikey::ApiKey::generate().expose().to_owned();
+    let mut supervisor = Supervisor::new(&run);
+    supervisor
+        .start(
+            Component::new("bao", bao)
+                .args(["server", "-dev", "-dev-no-store-token"])
+                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+                // The root token through the environment, never argv.
+                .env("BAO_DEV_ROOT_TOKEN_ID", &token)
+                .stdout_file(run.secrets_dir().join("bao-stdout"))
+                .current_dir(run.path()),
+            Readiness::http(format!("{addr}/v1/sys/health"), 200),
+        )
+        .await
+        .unwrap();
+    let root = VaultClient::new(&addr)
+        .unwrap()
+        .with_token(Secret::new(token));
+    Some(DevVault {
+        _base: base,
+        _supervisor: supervisor,
+        root,
+    })
+}
+
+async fn get(root: &VaultClient, path: &str) -> Value {
+    root.call(Method::GET, path, None).await.unwrap()
+}
+
+/// `sys/auth` entry and config of a mount, as Vault returns them.
+async fn mount_state(root: &VaultClient, mount: &str) -> (Value, Value) {
+    let auths = get(root, "sys/auth").await;
+    let entry = auths["data"][format!("{mount}/")].clone();
+    // A mount never configured answers 404.
+    let (_, config) = root
+        .request(Method::GET, &format!("auth/{mount}/config"), None)
+        .await
+        .unwrap();
+    (entry, config["data"].clone())
+}
+
+/// A CA certificate Vault accepts as `kubernetes_ca_cert`: issued by a pki
+/// mount of the same dev server.
+async fn some_ca(root: &VaultClient) -> String {
+    root.call(
+        Method::POST,
+        "sys/mounts/test-pki",
+        Some(&json!({"type": "pki"})),
+    )
+    .await
+    .unwrap();
+    let answer = root
+        .call(
+            Method::POST,
+            "test-pki/root/generate/internal",
+            Some(&json!({"common_name": "cluster-ca.test", "ttl": "1h"})),
+        )
+        .await
+        .unwrap();
+    answer["data"]["certificate"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn cluster_vault_side_leaves_other_mounts_alone_and_owns_its_own() {
+    let Some(vault) = dev_vault().await else {
+        return;
+    };
+    let root = &vault.root;
+    let ca = some_ca(root).await;
+    // Someone's existing Kubernetes auth, with a CA, a reviewer JWT and keys.
+    root.enable_auth("kubernetes", "kubernetes").await.unwrap();
+    root.call(
+        Method::POST,
+        "auth/kubernetes/config",
+        Some(&json!({
+            "kubernetes_host": "https://10.1.2.3:6443",
+            "kubernetes_ca_cert": ca,
+            "token_reviewer_jwt": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXZpZXdlciJ9.c2lnbmF0dXJl",
+            "disable_local_ca_jwt": true,
+        })),
+    )
+    .await
+    .unwrap();
+    let theirs_before = mount_state(root, "kubernetes").await;
+    assert_eq!(theirs_before.1["token_reviewer_jwt_set"], true);
+
+    let file = vault_auth::roles_file();
+    let mount = manifests::files::KubernetesAuth::load(&file)
+        .unwrap()
+        .auth_mount;
+
+    // A mount at keyrig's path that keyrig did not create: refused, untouched.
+    root.call(
+        Method::POST,
+        &format!("sys/auth/{mount}"),
+        Some(&json!({"type": "kubernetes", "description": "team-x clusters"})),
+    )
+    .await
+    .unwrap();
+    let foreign_before = mount_state(root, &mount).await;
+    let err = vault_auth::apply(root, &file, None).await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("keyrig did not create"), "{message}");
+    assert!(message.contains(&format!("auth/{mount}")), "{message}");
+    assert_eq!(mount_state(root, &mount).await, foreign_before);
+    root.call(Method::DELETE, &format!("sys/auth/{mount}"), None)
+        .await
+        .unwrap();
+
+    // Absent: created and marked. Without a pod's CA and token to fall back
+    // on, this Vault (like any outside the cluster) needs the reviewer
+    // settings, and the error says which variable gives them.
+    VaultSetup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
+        .unwrap()
+        .apply(root)
+        .await
+        .unwrap();
+    assert_eq!(
+        vault_auth::mount_owner(root, &mount).await.unwrap(),
+        MountOwner::Absent
+    );
+    let err = format!(
+        "{:#}",
+        vault_auth::apply(root, &file, None).await.unwrap_err()
+    );
+    assert!(err.contains("KEYRIG_VAULT_KUBERNETES_HOST"), "{err}");
+    assert_eq!(
+        vault_auth::mount_owner(root, &mount).await.unwrap(),
+        MountOwner::Keyrig
+    );
+
+    // Vault outside the cluster: host, CA and reviewer JWT on keyrig's
+    // mount, which this second run reuses.
+    let outside = OutsideCluster {
+        kubernetes_host: "https://192.0.2.10:6443".into(),
+        kubernetes_ca_cert: ca.clone(),
+        token_reviewer_jwt: Secret::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrZXlyaWcifQ.c2lnbmF0dXJl"),
+    };
+    let auth = vault_auth::apply(root, &file, Some(&outside))
+        .await
+        .unwrap();
+    let (_, ours) = mount_state(root, &mount).await;
+    assert_eq!(ours["kubernetes_host"], "https://192.0.2.10:6443");
+    assert_eq!(ours["kubernetes_ca_cert"].as_str(), Some(ca.as_str()));
+    assert_eq!(ours["token_reviewer_jwt_set"], true);
+    assert_eq!(ours["disable_local_ca_jwt"], true);
+    for role in &auth.roles {
+        let answer = get(root, &format!("auth/{mount}/role/{}", role.name)).await;
+        assert_eq!(
+            answer["data"]["bound_service_account_names"],
+            json!(role.bound_service_account_names)
+        );
+    }
+
+    // Through all of it, the other mount is byte-identical.
+    assert_eq!(mount_state(root, "kubernetes").await, theirs_before);
+}
+
+#[tokio::test]
+async fn committed_dev_credentials_are_refused_on_cluster_only() {
+    let Some(vault) = dev_vault().await else {
+        return;
+    };
+    let root = &vault.root;
+    let setup =
+        VaultSetup::load_default(&["animal-rescue-api".into(), "billing-api".into()]).unwrap();
+    setup.apply(root).await.unwrap();
+    let role = &setup.keygate_role;
+    let committed = committed_credentials(None).unwrap();
+    let dev = &committed[0];
+    let role_id_before = root.approle_role_id(role).await.unwrap();
+
+    let err = register_dev_credentials(root, role, dev, KubeProfile::Cluster, &committed)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refusing to register the committed dev credentials"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(dev.secret_id.expose()),
+        "the refusal names no secret"
+    );
+    assert_eq!(root.approle_role_id(role).await.unwrap(), role_id_before);
+    assert!(
+        root.approle_login(&dev.role_id, &dev.secret_id)
+            .await
+            .is_err(),
+        "the committed credentials do not log in"
+    );
+    // Only one of the two committed values is enough to refuse.
+    let half = DevCredentials {
+        role_id: per_run_credentials().role_id,
+        secret_id: dev.secret_id.clone(),
+    };
+    assert!(
+        register_dev_credentials(root, role, &half, KubeProfile::Cluster, &committed)
+            .await
+            .is_err()
+    );
+
+    // Per-run credentials: registered, and they log in.
+    let fresh = per_run_credentials();
+    register_dev_credentials(root, role, &fresh, KubeProfile::Cluster, &committed)
+        .await
+        .unwrap();
+    root.approle_login(&fresh.role_id, &fresh.secret_id)
+        .await
+        .unwrap();
+
+    // kind's throwaway dev server takes the committed ones.
+    register_dev_credentials(root, role, dev, KubeProfile::Kind, &committed)
+        .await
+        .unwrap();
+    root.approle_login(&dev.role_id, &dev.secret_id)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn inline_is_refused_on_cluster_before_anything_is_made() {
+    use super::Mode;
+    use super::credentials::{CredentialSource, source_for};
+    let err = source_for(KubeProfile::Cluster, Mode::Inline)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mode inline is refused on the cluster profile"),
+        "{err}"
+    );
+    assert_eq!(
+        source_for(KubeProfile::Cluster, Mode::ExistingSecret).unwrap(),
+        CredentialSource::PerRun
+    );
+    assert_eq!(
+        source_for(KubeProfile::Kind, Mode::Inline).unwrap(),
+        CredentialSource::Committed
+    );
+    assert_eq!(
+        source_for(KubeProfile::Cluster, Mode::ExternalSecret).unwrap(),
+        CredentialSource::FromVault
+    );
+}
+
+/// e2e deletes only the cluster its own run created: a run that reused
+/// `up`'s cluster leaves it (no `kind` is even needed to decide that).
+#[tokio::test]
+async fn a_run_that_reused_a_cluster_does_not_delete_it() {
+    use super::state::KubeState;
+    let base = tempfile::tempdir().unwrap();
+    let run = |name: &str, created: bool| -> PathBuf {
+        let dir = base.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        KubeState {
+            profile: KubeProfile::Kind,
+            mode: super::Mode::Inline,
+            cluster: Some("keyrig".into()),
+            created_cluster: created,
+            deleted: false,
+            kubeconfig: None,
+        }
+        .save(&dir)
+        .unwrap();
+        dir
+    };
+    let _up = run("up", true);
+    let e2e = run("e2e", false);
+    assert_eq!(
+        super::profile::delete_created_cluster(&e2e, &[])
+            .await
+            .unwrap(),
+        None
+    );
+    // Already deleted by another run of the same `down`: only recorded.
+    let other = run("other", true);
+    assert_eq!(
+        super::profile::delete_created_cluster(&other, &["keyrig".into()])
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(KubeState::load(&other).unwrap().unwrap().deleted);
+}
