@@ -118,8 +118,13 @@ pub struct KindCluster {
     pub feature_gates: Option<BTreeMap<String, bool>>,
     pub runtime_config: Option<BTreeMap<String, String>>,
     pub kubeadm_config_patches: Option<Vec<String>>,
+    /// kind spells it `kubeadmConfigPatchesJSON6902` (upper-case JSON), which
+    /// camelCase would turn into `...Json6902`; so do the others below
+    /// (kind's `pkg/apis/config/v1alpha4/types.go`).
+    #[serde(rename = "kubeadmConfigPatchesJSON6902")]
     pub kubeadm_config_patches_json6902: Option<Vec<Value>>,
     pub containerd_config_patches: Option<Vec<String>>,
+    #[serde(rename = "containerdConfigPatchesJSON6902")]
     pub containerd_config_patches_json6902: Option<Vec<String>>,
 }
 
@@ -132,6 +137,7 @@ pub struct KindNode {
     pub extra_port_mappings: Option<Vec<Value>>,
     pub extra_mounts: Option<Vec<Value>>,
     pub kubeadm_config_patches: Option<Vec<String>>,
+    #[serde(rename = "kubeadmConfigPatchesJSON6902")]
     pub kubeadm_config_patches_json6902: Option<Vec<Value>>,
 }
 
