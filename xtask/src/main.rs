@@ -55,6 +55,13 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = ToolsProfile::Local)]
         profile: ToolsProfile,
     },
+    /// Search what CI uploads (target/rig/ without its secrets/ directories:
+    /// every run, the kind cluster's logs) for every run's registered
+    /// secrets; exits non-zero, naming the files, if one is there.
+    ScanUploads {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Show each tool's version and source, warnings, and what each profile lacks.
     Doctor,
     /// Start an environment and leave it running; `cargo xtask down` stops it.
@@ -250,6 +257,7 @@ fn main() -> ExitCode {
 fn run(command: Cmd) -> Result<ExitCode> {
     match command {
         Cmd::Tools { profile } => tools(profile).map(|()| ExitCode::SUCCESS),
+        Cmd::ScanUploads { dir } => scan_uploads(&dir.unwrap_or_else(rig::paths::rig_dir)),
         Cmd::Doctor => {
             print!("{}", rig::tools::Tools::load_default()?.doctor());
             Ok(ExitCode::SUCCESS)
@@ -432,6 +440,27 @@ impl ToolsProfile {
             ToolsProfile::Cluster => "cluster",
         }
     }
+}
+
+fn scan_uploads(dir: &Path) -> Result<ExitCode> {
+    let scan = rig::redact::scan_uploads(dir)?;
+    say!(
+        "upload scan of {}: {} files, {} secrets checked",
+        dir.display(),
+        scan.files_scanned,
+        scan.secrets_checked
+    );
+    if scan.hits.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for hit in &scan.hits {
+        println!("SECRET LEAK {}", dir.join(hit).display());
+    }
+    bail!(
+        "{} file(s) under {} hold a registered secret (listed above); do not upload them",
+        scan.hits.len(),
+        dir.display()
+    )
 }
 
 fn tools(profile: ToolsProfile) -> Result<()> {
