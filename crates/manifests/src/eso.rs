@@ -50,6 +50,23 @@ pub enum CreationPolicy {
     Merge,
     /// ESO creates no Secret.
     None,
+    /// ESO creates the Secret if it is missing and merges its keys into it
+    /// if it exists, without an ownerReference; the Secret stays when the
+    /// ExternalSecret goes. (ESO's `CreatePolicyCreateOrMerge`; the CRD's
+    /// enum is `Owner;Orphan;Merge;None;CreateOrMerge` in
+    /// `apis/externalsecrets/v1/externalsecret_types.go`, v2.9.0.)
+    CreateOrMerge,
+}
+
+/// `nullBytePolicy` of a `remoteRef` or `find`: what ESO does with fetched
+/// data that contains NUL bytes. ESO's `ExternalSecretNullBytePolicy`, enum
+/// `Ignore;Fail` (`apis/externalsecrets/v1/externalsecret_types.go`, v2.9.0).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NullBytePolicy {
+    /// The data may contain NUL bytes (ESO's default).
+    Ignore,
+    /// Reconciliation fails if the data contains a NUL byte.
+    Fail,
 }
 
 /// `spec.target.deletionPolicy`.
@@ -166,6 +183,8 @@ pub struct RemoteRef {
     pub conversion_strategy: Option<ConversionStrategy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decoding_strategy: Option<DecodingStrategy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_byte_policy: Option<NullBytePolicy>,
 }
 
 /// One `spec.dataFrom[]` entry: many keys from one remote secret or a search.
@@ -195,6 +214,8 @@ pub struct ExternalSecretFind {
     pub conversion_strategy: Option<ConversionStrategy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decoding_strategy: Option<DecodingStrategy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_byte_policy: Option<NullBytePolicy>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -41,6 +41,8 @@ fn yaml<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
 #[serde(deny_unknown_fields)]
 pub struct K8sPins {
     pub kind: KindPin,
+    /// The Helm CLI that installs the charts (preflight and CI check it).
+    pub helm: HelmPin,
     /// `openbao`, `vault`, `external-secrets`.
     pub charts: BTreeMap<String, ChartPin>,
     /// `keygate`, `envoy`, `echo`, `busybox`: full image references.
@@ -56,6 +58,23 @@ pub struct KindPin {
     pub cluster_name: String,
     /// Relative to the workspace root.
     pub config: PathBuf,
+}
+
+/// `[helm]`: the Helm release, `X.Y.Z` without the `v`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelmPin {
+    pub version: String,
+}
+
+impl HelmPin {
+    /// The Helm major version the charts and the harness are written for.
+    pub const MAJOR: u64 = 3;
+
+    /// The pinned major version (`3` of `3.22.1`).
+    pub fn major(&self) -> Option<u64> {
+        self.version.split('.').next()?.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +99,23 @@ impl K8sPins {
             return Err(invalid(
                 path,
                 "kind.node_image has no @sha256: digest: kind's release notes say a node image must be pinned by digest to match the kind release",
+            ));
+        }
+        let exact = pins.helm.version.split('.').count() == 3
+            && pins
+                .helm
+                .version
+                .split('.')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+        if !exact || pins.helm.major() != Some(HelmPin::MAJOR) {
+            return Err(invalid(
+                path,
+                format!(
+                    "helm.version = {:?} must be an exact Helm {}.y.z release (no `v`, no range): the harness and the charts' values are written for Helm {}",
+                    pins.helm.version,
+                    HelmPin::MAJOR,
+                    HelmPin::MAJOR
+                ),
             ));
         }
         for (name, chart) in &pins.charts {
@@ -118,8 +154,13 @@ pub struct KindCluster {
     pub feature_gates: Option<BTreeMap<String, bool>>,
     pub runtime_config: Option<BTreeMap<String, String>>,
     pub kubeadm_config_patches: Option<Vec<String>>,
+    /// kind spells it `kubeadmConfigPatchesJSON6902` (upper-case JSON), which
+    /// camelCase would turn into `...Json6902`; so do the others below
+    /// (kind's `pkg/apis/config/v1alpha4/types.go`).
+    #[serde(rename = "kubeadmConfigPatchesJSON6902")]
     pub kubeadm_config_patches_json6902: Option<Vec<Value>>,
     pub containerd_config_patches: Option<Vec<String>>,
+    #[serde(rename = "containerdConfigPatchesJSON6902")]
     pub containerd_config_patches_json6902: Option<Vec<String>>,
 }
 
@@ -132,6 +173,7 @@ pub struct KindNode {
     pub extra_port_mappings: Option<Vec<Value>>,
     pub extra_mounts: Option<Vec<Value>>,
     pub kubeadm_config_patches: Option<Vec<String>>,
+    #[serde(rename = "kubeadmConfigPatchesJSON6902")]
     pub kubeadm_config_patches_json6902: Option<Vec<Value>>,
 }
 

@@ -169,6 +169,85 @@ fn a_bad_kind_config_is_named_with_its_field(#[case] text: &str, #[case] expecte
     assert!(err.contains(expected), "{err}");
 }
 
+/// `[helm]` pins an exact Helm 3 release: Helm 4, a `v` prefix or a bare
+/// minor version are refused when the pins load.
+#[rstest]
+#[case::helm4("4.2.4")]
+#[case::v_prefix("v3.22.1")]
+#[case::minor_only("3.22")]
+#[case::latest("latest")]
+fn the_helm_pin_is_an_exact_helm_3_release(#[case] bad: &str) {
+    let pins = pins();
+    assert_eq!(pins.helm.major(), Some(manifests::files::HelmPin::MAJOR));
+    let text = std::fs::read_to_string(root().join("env/k8s.toml")).unwrap();
+    let pinned = format!("version = \"{}\"", pins.helm.version);
+    assert_eq!(
+        text.matches(&pinned).count(),
+        1,
+        "{pinned} once in env/k8s.toml"
+    );
+    let path =
+        std::env::temp_dir().join(format!("keyrig-k8s-helm-{}-{bad}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        text.replace(&pinned, &format!("version = \"{bad}\"")),
+    )
+    .unwrap();
+    let err = K8sPins::load(&path).unwrap_err().to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        err.contains(&format!(
+            "helm.version = \"{bad}\" must be an exact Helm 3.y.z release"
+        )),
+        "{err}"
+    );
+}
+
+/// kind spells the JSON 6902 patch fields with an upper-case JSON
+/// (`kubeadmConfigPatchesJSON6902`); a config using them loads, with the
+/// patches read, and the camelCase misspelling is refused like any unknown
+/// field.
+#[rstest]
+fn kind_json6902_patch_fields_use_kinds_spelling() {
+    let patch =
+        "{group: kubeadm.k8s.io, version: v1beta4, kind: ClusterConfiguration, patch: '[]'}";
+    let config = |field: &str| {
+        format!(
+            "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\n\
+             {field}: [{patch}]\n\
+             containerdConfigPatchesJSON6902: ['[]']\n\
+             nodes: [{{role: control-plane, {field}: [{patch}]}}]\n"
+        )
+    };
+    let dir = tempfile_dir();
+    let good = dir.join("json6902.yaml");
+    std::fs::write(&good, config("kubeadmConfigPatchesJSON6902")).unwrap();
+    let cluster = KindCluster::load(&good).unwrap_or_else(|err| panic!("{err}"));
+    let patches = cluster.kubeadm_config_patches_json6902.as_ref().unwrap();
+    assert_eq!(patches[0]["kind"], "ClusterConfiguration");
+    assert_eq!(
+        cluster.containerd_config_patches_json6902.as_deref(),
+        Some(&["[]".to_owned()][..])
+    );
+    assert!(cluster.nodes[0].kubeadm_config_patches_json6902.is_some());
+
+    let bad = dir.join("json6902-camel.yaml");
+    std::fs::write(&bad, config("kubeadmConfigPatchesJson6902")).unwrap();
+    let err = KindCluster::load(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown field `kubeadmConfigPatchesJson6902`"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("keyrig-manifests-json6902-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[rstest]
 fn a_node_image_without_digest_is_refused() {
     let text = std::fs::read_to_string(root().join("env/k8s.toml")).unwrap();

@@ -596,6 +596,59 @@ spec:
     assert!(found[0].to_string().starts_with(message), "{}", found[0]);
 }
 
+/// ESO v1 fields added after the first typed version: `CreateOrMerge` and
+/// `nullBytePolicy` (on `remoteRef`, `extract` and `find`) round-trip, and a
+/// value outside ESO's enum is reported where it is.
+#[rstest]
+fn create_or_merge_and_null_byte_policy_round_trip() {
+    let yaml = |policy: &str| {
+        format!(
+            "apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {{ name: gateway-credentials, namespace: keyrig }}
+spec:
+  secretStoreRef: {{ name: vault-backend, kind: SecretStore }}
+  target: {{ name: keyrig-gateway-credentials, creationPolicy: CreateOrMerge }}
+  data:
+    - secretKey: role-id
+      remoteRef: {{ key: keyrig/gateway, property: role_id, nullBytePolicy: {policy} }}
+  dataFrom:
+    - extract: {{ key: keyrig/other, nullBytePolicy: Ignore }}
+    - find: {{ path: keyrig, nullBytePolicy: Fail }}
+"
+        )
+    };
+    let objects = manifests::parse_documents(&yaml("Fail"), "test").unwrap();
+    check_object(&objects[0]).unwrap_or_else(|found| panic!("{found:#?}"));
+    let es: eso::v1::ExternalSecret = Kind::parse(&objects[0]).unwrap();
+    let target = es.spec.target.as_ref().unwrap();
+    assert_eq!(target.creation_policy, Some(CreationPolicy::CreateOrMerge));
+    let data = es.spec.data.as_ref().unwrap();
+    assert_eq!(
+        data[0].remote_ref.null_byte_policy,
+        Some(eso::NullBytePolicy::Fail)
+    );
+    let from = es.spec.data_from.as_ref().unwrap();
+    assert_eq!(
+        from[0].extract.as_ref().unwrap().null_byte_policy,
+        Some(eso::NullBytePolicy::Ignore)
+    );
+    assert_eq!(
+        from[1].find.as_ref().unwrap().null_byte_policy,
+        Some(eso::NullBytePolicy::Fail)
+    );
+
+    let objects = manifests::parse_documents(&yaml("Strip"), "test").unwrap();
+    let found = check_object(&objects[0]).unwrap_err();
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].path, "spec.data[0].remoteRef.nullBytePolicy");
+    assert!(
+        found[0].to_string().contains("unknown variant `Strip`"),
+        "{}",
+        found[0]
+    );
+}
+
 /// The API7 chart's examples use external-secrets.io/v1beta1: they are
 /// checked against the same fields, and flagged as no longer served.
 #[rstest]

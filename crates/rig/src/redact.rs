@@ -7,6 +7,9 @@
 //! report and diagnostic it writes, goes through [`redact`]. After the run,
 //! [`scan_run`] reads every file of the run directory except `secrets/`
 //! and reports each file that still holds a registered secret, by path only.
+//! [`scan_uploads`] does the same for all of `target/rig/` as CI uploads it
+//! (every run, `kind-logs/`, everything but any `secrets/` directory), with
+//! the secrets of every run's registry.
 //!
 //! The registry holds the literal secrets, not hashes, because the scan has
 //! to find the literal; that is why it lives in the 0600 `secrets/` corner,
@@ -177,6 +180,44 @@ pub fn all_secrets(run_dir: &Path) -> Result<BTreeSet<String>> {
 /// [`scan_run`] with an explicit set of secrets; also scans copies of a
 /// run's reports elsewhere (`--report-dir`).
 pub fn scan_dir(root: &Path, secrets: &BTreeSet<String>) -> Result<ScanResult> {
+    let own_secrets = root.join("secrets");
+    scan_tree(root, secrets, |dir| dir == own_secrets)
+}
+
+/// The directory name CI's uploads leave out wherever it is
+/// (`!target/rig/**/secrets/**`), and [`scan_uploads`] with them.
+pub const UPLOAD_EXCLUDED_DIR: &str = "secrets";
+
+/// What CI uploads of `base` (`target/rig/`: every run directory, the kind
+/// cluster's exported logs, anything else there), scanned for the secrets of
+/// every run's registry under `base` plus this process's. Directories named
+/// `secrets`, at any depth, are skipped as the upload skips them; symlinks
+/// (`latest`) are not followed, as the upload archives the runs themselves.
+/// A missing `base` has nothing to upload and nothing to find.
+pub fn scan_uploads(base: &Path) -> Result<ScanResult> {
+    if !base.exists() {
+        return Ok(ScanResult::default());
+    }
+    let mut secrets: BTreeSet<String> = self::secrets().iter().cloned().collect();
+    for entry in std::fs::read_dir(base).with_context(|| format!("reading {}", base.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() && entry.path().join(REGISTRY_DIR).is_dir() {
+            secrets.extend(load_registry(&entry.path())?);
+        }
+    }
+    scan_tree(base, &secrets, |dir| {
+        dir.file_name()
+            .is_some_and(|name| name == UPLOAD_EXCLUDED_DIR)
+    })
+}
+
+/// Every regular file under `root` except in directories `skip` names,
+/// checked for each of `secrets`.
+fn scan_tree(
+    root: &Path,
+    secrets: &BTreeSet<String>,
+    skip: impl Fn(&Path) -> bool,
+) -> Result<ScanResult> {
     let mut result = ScanResult {
         secrets_checked: secrets.len(),
         ..ScanResult::default()
@@ -190,7 +231,7 @@ pub fn scan_dir(root: &Path, secrets: &BTreeSet<String>) -> Result<ScanResult> {
             let path = entry.path();
             let kind = entry.file_type()?;
             if kind.is_dir() {
-                if path != root.join("secrets") {
+                if !skip(&path) {
                     pending.push(path);
                 }
                 continue;
@@ -270,5 +311,56 @@ mod tests {
         assert!(!format!("{scan:?}").contains(secret));
 
         assert_eq!(redact(&format!("x {secret} y")), "x <redacted> y");
+    }
+
+    /// CI uploads all of target/rig/ but its secrets/ directories: the
+    /// upload scan reads every run (with every run's registry), the kind
+    /// logs beside them, and skips secrets/ wherever it is.
+    #[rstest]
+    fn the_upload_scan_covers_every_run_and_the_kind_logs() {
+        let base = tempfile::tempdir().unwrap();
+        let first = crate::run::RunDir::create_in(base.path()).unwrap();
+        let second = crate::run::RunDir::create_in(base.path()).unwrap();
+        let one = "first-run-secret-0123456789";
+        let two = "second-run-secret-9876543210";
+        register_in_run(first.path(), one).unwrap();
+        register_in_run(second.path(), two).unwrap();
+        run_secret_files(&first, one);
+        assert!(scan_uploads(base.path()).unwrap().hits.is_empty());
+
+        // The second run's secret in the first run's log, and the first's in
+        // the kind logs, which belong to no run.
+        std::fs::write(first.logs_dir().join("cross.log"), format!("{two}\n")).unwrap();
+        let kind_logs = base.path().join("kind-logs/keyrig-control-plane/pods");
+        std::fs::create_dir_all(&kind_logs).unwrap();
+        std::fs::write(kind_logs.join("openbao-0.log"), format!("token {one}\n")).unwrap();
+        // A nested secrets/ directory is not uploaded, so not a leak.
+        let nested = base.path().join("kind-logs/secrets");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(nested.join("kubeconfig"), one).unwrap();
+
+        let scan = scan_uploads(base.path()).unwrap();
+        let first_id = first.path().file_name().unwrap();
+        assert_eq!(
+            scan.hits,
+            [
+                Path::new(first_id).join("logs/cross.log"),
+                PathBuf::from("kind-logs/keyrig-control-plane/pods/openbao-0.log"),
+            ]
+        );
+        assert!(scan.secrets_checked >= 2);
+        assert!(!format!("{scan:?}").contains(one));
+        assert!(
+            scan_uploads(&base.path().join("absent"))
+                .unwrap()
+                .hits
+                .is_empty()
+        );
+    }
+
+    /// A run's secrets where they belong: the 0600 files of secrets/.
+    fn run_secret_files(run: &crate::run::RunDir, secret: &str) {
+        run.write_secret("root-token", secret).unwrap();
+        std::fs::write(run.logs_dir().join("clean.log"), "nothing here").unwrap();
     }
 }

@@ -1,5 +1,5 @@
 //! Before the kind or cluster profile touches anything: are docker (client
-//! and a daemon that answers), kind, helm and kubectl here? Every missing
+//! and a daemon that answers), kind, Helm 3 and kubectl here? Every missing
 //! tool is named in one message, with where to get it, so a person fixes
 //! them all at once instead of one per run.
 
@@ -21,6 +21,10 @@ pub const DOCKER_INSTALL: &str = "https://docs.docker.com/engine/install/";
 pub const KIND_INSTALL: &str = "https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
 pub const HELM_INSTALL: &str = "https://helm.sh/docs/intro/install/";
 pub const KUBECTL_INSTALL: &str = "https://kubernetes.io/docs/tasks/tools/";
+
+/// The Helm major version the charts' values and the harness's `helm`
+/// commands are written for (env/k8s.toml `[helm]` pins the release).
+pub const HELM_MAJOR: u64 = manifests::files::HelmPin::MAJOR;
 
 /// One thing the profile needs and this machine lacks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +76,8 @@ impl fmt::Display for MissingTools {
         }
         write!(
             f,
-            "Or get every tool at its pinned version with `nix develop` (flake.nix), then run `nix develop -c cargo xtask up --profile {profile}`."
+            "`nix develop` (flake.nix) puts kind, kubectl and Helm on PATH at the versions of its locked nixpkgs, which may differ from the pins; \
+             the harness still takes kubectl from `cargo xtask tools --profile offline` and needs Helm {HELM_MAJOR}: `nix develop -c cargo xtask up --profile {profile}`."
         )
     }
 }
@@ -80,12 +85,36 @@ impl fmt::Display for MissingTools {
 impl std::error::Error for MissingTools {}
 
 /// Checks everything `profile` needs; returns the tools or every gap at once.
-/// `kind_pin` is env/k8s.toml's kind version, compared with `kind version`.
+/// `kind_pin` is env/k8s.toml's kind version, compared with `kind version`;
+/// the Helm pin is read from env/k8s.toml too (see [`check_with`]).
 pub fn check(
     profile: KubeProfile,
     tools: &Tools,
     env: &ToolEnv,
     kind_pin: &str,
+) -> Result<KubeTools, MissingTools> {
+    let k8s = crate::paths::env_dir().join("k8s.toml");
+    match manifests::files::K8sPins::load(&k8s) {
+        Ok(pins) => check_with(profile, tools, env, kind_pin, &pins.helm.version),
+        Err(err) => Err(MissingTools {
+            profile,
+            missing: vec![Missing {
+                what: "env/k8s.toml".into(),
+                problem: err.to_string(),
+                fix: "fix the pins file (its [helm] table names the Helm release)".into(),
+            }],
+        }),
+    }
+}
+
+/// [`check`] with the Helm pin given (`3.22.1`): `helm version --short`
+/// must report that major version.
+pub fn check_with(
+    profile: KubeProfile,
+    tools: &Tools,
+    env: &ToolEnv,
+    kind_pin: &str,
+    helm_pin: &str,
 ) -> Result<KubeTools, MissingTools> {
     let mut missing = Vec::new();
     let mut warnings = Vec::new();
@@ -147,12 +176,24 @@ pub fn check(
     };
 
     let helm = env.which("helm");
-    if helm.is_none() {
-        missing.push(Missing {
+    match &helm {
+        None => missing.push(Missing {
             what: "helm".into(),
             problem: "no `helm` on PATH".into(),
-            fix: format!("install Helm 3: {HELM_INSTALL}"),
-        });
+            fix: helm_fix(helm_pin),
+        }),
+        Some(helm) => {
+            let reported = run_with_timeout(helm, &["version", "--short"], DAEMON_TIMEOUT);
+            match check_helm_version(reported, helm_pin) {
+                Ok(Some(warning)) => warnings.push(warning),
+                Ok(None) => {}
+                Err(problem) => missing.push(Missing {
+                    what: "helm".into(),
+                    problem,
+                    fix: helm_fix(helm_pin),
+                }),
+            }
+        }
     }
 
     let kubectl = match tools.resolve("kubectl") {
@@ -201,6 +242,57 @@ pub fn check(
         }),
         _ => Err(MissingTools { profile, missing }),
     }
+}
+
+/// How to get the pinned Helm.
+pub fn helm_fix(helm_pin: &str) -> String {
+    format!(
+        "install Helm {helm_pin} (env/k8s.toml [helm]): {HELM_INSTALL}, e.g. `curl -fsSL https://raw.githubusercontent.com/helm/helm/main/scripts/get-helm-3 | DESIRED_VERSION=v{helm_pin} bash`"
+    )
+}
+
+/// `(major, minor, patch)` of `helm version --short` output
+/// (`v3.22.1+g1a2b3c4`), or `None` when it names no version.
+pub fn parse_helm_version(text: &str) -> Option<(u64, u64, u64)> {
+    let line = text.lines().map(str::trim).find(|l| l.starts_with('v'))?;
+    let version = line[1..].split(['+', '-', ' ']).next()?;
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Some(major)), Some(Some(minor)), Some(Some(patch)), None) => {
+            Some((major, minor, patch))
+        }
+        _ => None,
+    }
+}
+
+/// Judges `helm version --short`'s result against the pin: `Err` (why) when
+/// Helm is not major [`HELM_MAJOR`] or did not say, `Ok(Some(warning))` for
+/// another Helm 3 release, `Ok(None)` for the pin itself.
+pub fn check_helm_version(
+    reported: Result<(bool, String), String>,
+    helm_pin: &str,
+) -> Result<Option<String>, String> {
+    let (ok, text) = reported?;
+    let shown = text.trim();
+    if !ok {
+        return Err(format!("`helm version --short` failed: {shown}"));
+    }
+    let Some((major, minor, patch)) = parse_helm_version(&text) else {
+        return Err(format!(
+            "`helm version --short` printed {shown:?}, which names no Helm version"
+        ));
+    };
+    if major != HELM_MAJOR {
+        return Err(format!(
+            "`helm version --short` reports {shown}: Helm {major}, but keyrig is written for Helm {HELM_MAJOR} (env/k8s.toml pins {helm_pin})"
+        ));
+    }
+    if format!("{major}.{minor}.{patch}") != helm_pin {
+        return Ok(Some(format!(
+            "helm on PATH reports {shown}; env/k8s.toml pins {helm_pin}"
+        )));
+    }
+    Ok(None)
 }
 
 /// `Ok` when `docker info` reaches a daemon within `timeout`; else the
@@ -329,6 +421,7 @@ mod tests {
             assert!(message.contains(url), "{url} missing from:\n{message}");
         }
         assert!(message.contains("nix develop"), "{message}");
+        assert!(message.contains("install Helm 3."), "{message}");
         assert!(message.contains("install kind 0.33.0"), "{message}");
     }
 
@@ -340,9 +433,16 @@ mod tests {
             "echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2; exit 1",
         );
         fake.script("kind", "echo 'kind v0.33.0 go1.24 linux/amd64'");
-        fake.script("helm", "exit 0");
+        fake.script("helm", "echo v3.22.1+g1234567");
         let env = fake.env(&[]);
-        let err = check(KubeProfile::Kind, &fake.tools(&env), &env, "0.33.0").unwrap_err();
+        let err = check_with(
+            KubeProfile::Kind,
+            &fake.tools(&env),
+            &env,
+            "0.33.0",
+            "3.22.1",
+        )
+        .unwrap_err();
         assert_eq!(names(&err), ["docker daemon", "kubectl"]);
         assert!(
             err.missing[0]
@@ -370,13 +470,20 @@ mod tests {
         let fake = FakePath::new();
         fake.script("docker", "echo 29.0.0");
         fake.script("kind", "echo 'kind v0.31.0 go1.24 linux/amd64'");
-        fake.script("helm", "exit 0");
+        fake.script("helm", "echo v3.22.1+g1234567");
         fake.script("kubectl", "echo 'Client Version: v1.37.1'");
         let env = fake.env(&[(
             "KEYRIG_KUBECTL",
             &fake.dir.path().join("kubectl").to_string_lossy(),
         )]);
-        let found = check(KubeProfile::Kind, &fake.tools(&env), &env, "0.33.0").unwrap();
+        let found = check_with(
+            KubeProfile::Kind,
+            &fake.tools(&env),
+            &env,
+            "0.33.0",
+            "3.22.1",
+        )
+        .unwrap();
         assert_eq!(found.helm, fake.dir.path().join("helm"));
         assert_eq!(found.kind, Some(fake.dir.path().join("kind")));
         assert!(
@@ -389,14 +496,103 @@ mod tests {
     #[rstest]
     fn the_cluster_profile_needs_vault_settings_not_kind() {
         let fake = FakePath::new();
-        fake.script("helm", "exit 0");
+        fake.script("helm", "echo v3.22.1+g1234567");
         fake.script("kubectl", "echo 'Client Version: v1.37.1'");
         let kubectl = fake.dir.path().join("kubectl");
         let env = fake.env(&[
             ("KEYRIG_KUBECTL", &kubectl.to_string_lossy()),
             ("KEYRIG_KEYGATE_IMAGE", "registry.example/keygate:1"),
         ]);
-        let err = check(KubeProfile::Cluster, &fake.tools(&env), &env, "0.33.0").unwrap_err();
+        let err = check_with(
+            KubeProfile::Cluster,
+            &fake.tools(&env),
+            &env,
+            "0.33.0",
+            "3.22.1",
+        )
+        .unwrap_err();
         assert_eq!(names(&err), ["VAULT_ADDR", "VAULT_TOKEN"]);
+    }
+
+    #[rstest]
+    #[case::short("v3.22.1+g1a2b3c4\n", Some((3, 22, 1)))]
+    #[case::helm4("v4.2.4+g0123456", Some((4, 2, 4)))]
+    #[case::no_commit("v3.21.0", Some((3, 21, 0)))]
+    #[case::prerelease("v3.22.0-rc.1+gabcdef0", Some((3, 22, 0)))]
+    #[case::after_a_warning(
+        "WARNING: Kubernetes configuration file is group-readable\nv3.22.1+g1a2b3c4",
+        Some((3, 22, 1))
+    )]
+    #[case::empty("", None)]
+    #[case::garbage("version.BuildInfo{Version:\"v3.22.1\"}", None)]
+    #[case::two_parts("v3.22", None)]
+    fn parses_helm_version_short(#[case] text: &str, #[case] expected: Option<(u64, u64, u64)>) {
+        assert_eq!(parse_helm_version(text), expected);
+    }
+
+    #[rstest]
+    fn helm_4_is_refused_naming_the_pin_and_how_to_install_it() {
+        let fake = FakePath::new();
+        fake.script("helm", "echo v4.2.4+g0123456");
+        fake.script("kubectl", "echo 'Client Version: v1.37.1'");
+        let kubectl = fake.dir.path().join("kubectl");
+        let env = fake.env(&[
+            ("KEYRIG_KUBECTL", &kubectl.to_string_lossy()),
+            ("KEYRIG_KEYGATE_IMAGE", "registry.example/keygate:1"),
+            ("VAULT_ADDR", "http://vault.example:8200"),
+            ("VAULT_TOKEN", "t"),
+        ]);
+        let err = check_with(
+            KubeProfile::Cluster,
+            &fake.tools(&env),
+            &env,
+            "0.33.0",
+            "3.22.1",
+        )
+        .unwrap_err();
+        assert_eq!(names(&err), ["helm"]);
+        let message = err.to_string();
+        for needle in [
+            "reports v4.2.4+g0123456: Helm 4, but keyrig is written for Helm 3",
+            "env/k8s.toml pins 3.22.1",
+            "install Helm 3.22.1",
+            "DESIRED_VERSION=v3.22.1",
+            HELM_INSTALL,
+        ] {
+            assert!(
+                message.contains(needle),
+                "{needle:?} missing from:\n{message}"
+            );
+        }
+    }
+
+    #[rstest]
+    fn another_helm_3_release_is_a_warning_and_a_failing_helm_an_error() {
+        assert_eq!(
+            check_helm_version(Ok((true, "v3.22.1+g1a2b3c4\n".into())), "3.22.1"),
+            Ok(None)
+        );
+        let warning = check_helm_version(Ok((true, "v3.19.0+g3d8990f".into())), "3.22.1")
+            .unwrap()
+            .unwrap();
+        assert!(warning.contains("pins 3.22.1"), "{warning}");
+        let failed = check_helm_version(Ok((false, "segfault".into())), "3.22.1").unwrap_err();
+        assert!(failed.contains("failed: segfault"), "{failed}");
+        let silent = check_helm_version(Ok((true, String::new())), "3.22.1").unwrap_err();
+        assert!(silent.contains("names no Helm version"), "{silent}");
+        let hung = check_helm_version(Err("gave no answer".into()), "3.22.1").unwrap_err();
+        assert_eq!(hung, "gave no answer");
+    }
+
+    /// `check` reads the Helm pin from env/k8s.toml: the repository's pin is
+    /// a Helm 3 release.
+    #[rstest]
+    fn the_repository_pins_helm_3() {
+        let pins =
+            manifests::files::K8sPins::load(&crate::paths::env_dir().join("k8s.toml")).unwrap();
+        assert_eq!(
+            parse_helm_version(&format!("v{}", pins.helm.version)).map(|v| v.0),
+            Some(HELM_MAJOR)
+        );
     }
 }

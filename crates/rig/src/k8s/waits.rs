@@ -1,8 +1,14 @@
 //! Waits on Kubernetes objects with kube-rs watches (`await_condition`), not
 //! sleeps: each returns as soon as the API server reports the condition, and
 //! on its deadline says what the object last looked like.
+//!
+//! A watch that fails (the API server restarting, a dropped connection, a
+//! 410 Gone) is started again after a short backoff until the deadline
+//! ([`retry_until`]); the deadline's error names the last failure too.
 
-use std::fmt::Debug;
+use std::fmt::{Debug, Display};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -17,8 +23,70 @@ use serde::de::DeserializeOwned;
 
 use crate::say;
 
+/// How long to wait before starting a failed watch again: `first`, doubled
+/// after each failure, never more than `max` (nor past the deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+/// The backoff of every wait here: an API server that restarts is back
+/// within seconds, and a wait should notice soon after.
+pub const WATCH_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(250),
+    max: Duration::from_secs(4),
+};
+
+/// [`retry_until`] ran out of time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlinePassed {
+    /// Attempts started, the one cut short by the deadline included.
+    pub attempts: u32,
+    /// The last attempt's error, if any attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Runs `attempt` (a watch until the condition holds) until it returns,
+/// starting it again after an error, with `backoff` between attempts, for
+/// at most `deadline` in all.
+pub async fn retry_until<T, E, F, Fut>(
+    deadline: Duration,
+    backoff: Backoff,
+    mut attempt: F,
+) -> Result<T, DeadlinePassed>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut delay = backoff.first;
+    let mut attempts = 0;
+    let mut last_error = None;
+    loop {
+        attempts += 1;
+        match tokio::time::timeout_at(end, attempt()).await {
+            Ok(Ok(found)) => return Ok(found),
+            Ok(Err(err)) => last_error = Some(err.to_string()),
+            Err(_) => break,
+        }
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            break;
+        }
+        tokio::time::sleep_until((now + delay).min(end)).await;
+        delay = (delay * 2).min(backoff.max);
+    }
+    Err(DeadlinePassed {
+        attempts,
+        last_error,
+    })
+}
+
 /// Waits until `condition` holds for `name`, at most `deadline`; on timeout
-/// the error carries `describe` of the object as last read.
+/// the error carries `describe` of the object as last read, and the last
+/// watch error if watching failed (failed watches are retried meanwhile).
 pub async fn until<K>(
     api: Api<K>,
     name: &str,
@@ -31,22 +99,51 @@ where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let started = std::time::Instant::now();
-    match tokio::time::timeout(deadline, await_condition(api.clone(), name, condition)).await {
-        Ok(Ok(Some(object))) => {
+    let condition = Arc::new(condition);
+    let watch = || {
+        let condition = Arc::clone(&condition);
+        await_condition(api.clone(), name, move |object: Option<&K>| {
+            condition.matches_object(object)
+        })
+    };
+    match retry_until(deadline, WATCH_BACKOFF, watch).await {
+        Ok(Some(object)) => {
             say!("{what}: ready after {}", crate::secs(started.elapsed()));
             Ok(object)
         }
-        Ok(Ok(None)) => Err(anyhow!("{what}: {name} was deleted while waiting for it")),
-        Ok(Err(err)) => Err(anyhow!("{what}: watching {name} failed: {err}")),
-        Err(_) => {
-            let last = api.get_opt(name).await.ok().flatten();
+        Ok(None) => Err(anyhow!("{what}: {name} was deleted while waiting for it")),
+        Err(passed) => {
+            let last = match api.get_opt(name).await {
+                Ok(object) => describe(object.as_ref()),
+                Err(err) => format!("unknown (reading {name} failed: {err})"),
+            };
             Err(anyhow!(
-                "{what}: not ready after {}; last seen: {}",
-                crate::secs(deadline),
-                describe(last.as_ref())
+                "{}",
+                deadline_message(what, deadline, &last, &passed)
             ))
         }
     }
+}
+
+/// What a wait that ran out of time says: the last state, and the last
+/// watch error with how many watches were tried, when any failed.
+pub fn deadline_message(
+    what: &str,
+    deadline: Duration,
+    last_seen: &str,
+    passed: &DeadlinePassed,
+) -> String {
+    let mut message = format!(
+        "{what}: not ready after {}; last seen: {last_seen}",
+        crate::secs(deadline)
+    );
+    if let Some(err) = &passed.last_error {
+        message.push_str(&format!(
+            "; last watch error ({} watches started): {err}",
+            passed.attempts
+        ));
+    }
+    message
 }
 
 /// A CRD is Established (its API is served).
@@ -237,6 +334,110 @@ pub async fn external_secret(
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::cell::Cell;
+
+    const FAST: Backoff = Backoff {
+        first: Duration::from_millis(10),
+        max: Duration::from_millis(40),
+    };
+
+    /// Watches that fail twice and then see the condition: the wait
+    /// succeeds, after the backoff between attempts.
+    #[tokio::test]
+    async fn a_failed_watch_is_retried_within_the_deadline() {
+        let calls = Cell::new(0);
+        let started = std::time::Instant::now();
+        let found = retry_until(Duration::from_secs(10), FAST, || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 3 {
+                    Err(format!("watch {n}: connection reset"))
+                } else {
+                    Ok("ready")
+                }
+            }
+        })
+        .await;
+        assert_eq!(found, Ok("ready"));
+        assert_eq!(calls.get(), 3);
+        // 10 ms after the first failure, 20 ms after the second.
+        assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    /// Watches that always fail: the deadline ends the wait, naming the last
+    /// error; the backoff doubles up to its cap and never passes the deadline.
+    #[tokio::test]
+    async fn on_the_deadline_the_last_watch_error_is_reported() {
+        let calls = Cell::new(0);
+        let started = std::time::Instant::now();
+        let deadline = Duration::from_millis(200);
+        let passed = retry_until(deadline, FAST, || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { Err::<(), _>(format!("watch {n}: 410 Gone")) }
+        })
+        .await
+        .unwrap_err();
+        let elapsed = started.elapsed();
+        eprintln!("{} attempts in {elapsed:?}", calls.get());
+        assert!(elapsed >= deadline, "{elapsed:?}");
+        assert!(elapsed < deadline * 10, "{elapsed:?}");
+        // At 0, 10, 30, 70, 110, 150, 190 ms at the most (backoff 10, 20,
+        // 40, 40, ...): more than one attempt, no busy loop.
+        assert!((3..=8).contains(&calls.get()), "{}", calls.get());
+        assert_eq!(passed.attempts, calls.get());
+        assert_eq!(
+            passed.last_error,
+            Some(format!("watch {}: 410 Gone", calls.get()))
+        );
+    }
+
+    /// A watch that never sees the condition is cut at the deadline; no
+    /// error, so none is reported.
+    #[tokio::test]
+    async fn a_watch_that_never_matches_ends_at_the_deadline() {
+        let passed = retry_until(Duration::from_millis(50), FAST, || {
+            std::future::pending::<Result<(), String>>()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            passed,
+            DeadlinePassed {
+                attempts: 1,
+                last_error: None
+            }
+        );
+        let message = deadline_message(
+            "Deployment keyrig/keygate available",
+            Duration::from_secs(5),
+            "no status yet",
+            &passed,
+        );
+        assert!(message.ends_with("last seen: no status yet"), "{message}");
+    }
+
+    #[test]
+    fn the_deadline_message_names_the_last_state_and_the_last_error() {
+        let message = deadline_message(
+            "Job keyrig/check finished",
+            Duration::from_secs(60),
+            "active Some(1), succeeded None, failed None",
+            &DeadlinePassed {
+                attempts: 4,
+                last_error: Some("watch stream failed: 410 Gone".into()),
+            },
+        );
+        assert!(
+            message.contains("last seen: active Some(1), succeeded None, failed None"),
+            "{message}"
+        );
+        assert!(
+            message.contains("last watch error (4 watches started): watch stream failed: 410 Gone"),
+            "{message}"
+        );
+    }
 
     fn deployment(status: serde_json::Value) -> Deployment {
         serde_json::from_value(json!({
