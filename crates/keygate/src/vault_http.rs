@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use rustls::RootCertStore;
@@ -58,7 +58,11 @@ impl VaultHttp {
             .enable_http1()
             .wrap_connector(http);
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new())
+                // Idle connections expire (as reqwest's do), so one a
+                // restarted Vault closed is not kept around.
+                .pool_timer(TokioTimer::new())
+                .build(connector),
             timeout,
         })
     }
