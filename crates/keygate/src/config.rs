@@ -101,12 +101,42 @@ pub struct Listen {
 
 #[derive(Debug, Clone)]
 pub struct VaultConfig {
-    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8200`.
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8200` or
+    /// `https://vault.example.com:8200`.
     pub address: String,
+    /// `vault.ca_cert_file`: the PEM CA bundle trusted for an https address
+    /// instead of the system's trust store (resolved against the config
+    /// file's directory).
+    pub ca_cert_file: Option<PathBuf>,
+    /// `vault.allow_plain_http`: plain HTTP to a non-loopback Vault was
+    /// asked for explicitly (keygate warns at start).
+    pub allow_plain_http: bool,
     /// KV v2 mount without surrounding slashes.
     pub kv_mount: String,
     pub timeout: Duration,
     pub auth: Auth,
+}
+
+impl VaultConfig {
+    /// Plain HTTP to a host other than this machine's loopback: allowed only
+    /// with `vault.allow_plain_http`, and worth a warning.
+    pub fn plain_http_to_non_loopback(&self) -> bool {
+        reqwest::Url::parse(&self.address)
+            .is_ok_and(|url| url.scheme() == "http" && !is_loopback(&url))
+    }
+}
+
+/// 127.0.0.0/8, ::1 or `localhost`: traffic that never leaves the machine.
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    // The URL parser writes IPv6 hosts in brackets and lowercases names.
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +281,8 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawVault {
     address: Option<String>,
+    ca_cert_file: Option<String>,
+    allow_plain_http: Option<bool>,
     kv_mount: Option<String>,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
@@ -294,6 +326,10 @@ impl Config {
             )
         })?;
         let config = Self::parse(file, &text)?;
+        if let Some(ca) = &config.vault.ca_cert_file {
+            crate::vault_http::load_ca_file(ca)
+                .map_err(|err| ConfigError::new(file.display(), err))?;
+        }
         for secret in config.secret_files() {
             secret
                 .read()
@@ -366,7 +402,20 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     let vault = raw
         .vault
         .ok_or("vault is missing: add a `vault:` section with at least `address:` and `auth:`")?;
-    let address = vault_address(vault.address)?;
+    let allow_plain_http = vault.allow_plain_http.unwrap_or(false);
+    let address = vault_address(vault.address, allow_plain_http)?;
+    let ca_cert_file = match vault.ca_cert_file {
+        Some(path) if path.trim().is_empty() => {
+            return Err("vault.ca_cert_file is empty: give the path of the PEM file of the CA that signed Vault's certificate, or remove it".into());
+        }
+        Some(_) if address.starts_with("http://") => {
+            return Err(format!(
+                "vault.ca_cert_file is set but vault.address `{address}` is plain http: use an https:// address, or remove ca_cert_file"
+            ));
+        }
+        Some(path) => Some(base.join(path.trim())),
+        None => None,
+    };
     let kv_mount = match vault.kv_mount {
         None => DEFAULT_KV_MOUNT.to_owned(),
         Some(mount) => mount_path("vault.kv_mount", &mount)?,
@@ -422,6 +471,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         listen: Listen { grpc, http },
         vault: VaultConfig {
             address,
+            ca_cert_file,
+            allow_plain_http,
             kv_mount,
             timeout,
             auth,
@@ -557,7 +608,7 @@ fn socket_addr(field: &str, value: Option<String>, example: &str) -> Result<Sock
     })
 }
 
-fn vault_address(value: Option<String>) -> Result<String, String> {
+fn vault_address(value: Option<String>, allow_plain_http: bool) -> Result<String, String> {
     const EXAMPLE: &str = "http://127.0.0.1:8200";
     let value = value.ok_or_else(|| {
         format!("vault.address is missing: set it to the Vault URL, e.g. {EXAMPLE}")
@@ -565,26 +616,27 @@ fn vault_address(value: Option<String>) -> Result<String, String> {
     let url = reqwest::Url::parse(value.trim()).map_err(|err| {
         format!("vault.address is `{value}`, which is not a URL ({err}): write it like {EXAMPLE}")
     })?;
-    match url.scheme() {
-        "http" => {}
-        // reqwest is built without TLS to keep keygate small; a remote Vault
-        // is reached through a local Vault Agent or proxy instead.
-        "https" => {
-            return Err(format!(
-                "vault.address is `{value}`, but this keygate build speaks plain HTTP only: \
-                 use an http:// address (e.g. a local Vault Agent listener)"
-            ));
-        }
-        other => {
-            return Err(format!(
-                "vault.address is `{value}`, whose scheme `{other}` is not http: write it like {EXAMPLE}"
-            ));
-        }
-    }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!(
             "vault.address is `{value}`, which has no host: write it like {EXAMPLE}"
         ));
+    }
+    match url.scheme() {
+        "https" => {}
+        // Plain HTTP carries keygate's Vault token and the key hashes in the
+        // clear: fine on this machine's loopback, elsewhere only on request.
+        "http" if is_loopback(&url) || allow_plain_http => {}
+        "http" => {
+            return Err(format!(
+                "vault.address is `{value}`: plain HTTP to a host other than loopback would send keygate's Vault token unencrypted; \
+                 use https://, or set `vault.allow_plain_http: true` if this is a trusted local link such as a Vault Agent sidecar"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "vault.address is `{value}`, whose scheme `{other}` is not http or https: write it like {EXAMPLE}"
+            ));
+        }
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
@@ -746,7 +798,12 @@ apis:
     #[case::bad_http(VALID.replace("127.0.0.1:9002", "localhost"), "listen.http is `localhost`")]
     #[case::same_ports(VALID.replace("9002", "9001"), "listen.grpc and listen.http are both")]
     #[case::no_address(VALID.replace("  address: http://127.0.0.1:8200/\n", ""), "vault.address is missing: set it to the Vault URL, e.g. http://127.0.0.1:8200")]
-    #[case::https_address(VALID.replace("http://127.0.0.1", "https://127.0.0.1"), "vault.address is `https://127.0.0.1:8200/`, but this keygate build speaks plain HTTP only")]
+    #[case::plain_http_remote(VALID.replace("http://127.0.0.1", "http://vault.example.com"), "vault.address is `http://vault.example.com:8200/`: plain HTTP to a host other than loopback would send keygate's Vault token unencrypted; use https://, or set `vault.allow_plain_http: true` if this is a trusted local link such as a Vault Agent sidecar")]
+    #[case::plain_http_lan_ip(VALID.replace("http://127.0.0.1", "http://10.0.0.7"), "set `vault.allow_plain_http: true`")]
+    #[case::other_scheme(VALID.replace("http://127.0.0.1", "ftp://127.0.0.1"), "whose scheme `ftp` is not http or https")]
+    #[case::ca_with_plain_http(VALID.replace("  auth:\n", "  ca_cert_file: ca.pem\n  auth:\n"), "vault.ca_cert_file is set but vault.address `http://127.0.0.1:8200` is plain http")]
+    #[case::empty_ca(VALID.replace("http://127.0.0.1", "https://127.0.0.1").replace("  auth:\n", "  ca_cert_file: ' '\n  auth:\n"), "vault.ca_cert_file is empty")]
+    #[case::allow_plain_http_not_bool(VALID.replace("  auth:\n", "  allow_plain_http: maybe\n  auth:\n"), "vault.allow_plain_http")]
     #[case::bad_address(VALID.replace("http://127.0.0.1:8200/", "127.0.0.1:8200"), "vault.address is `127.0.0.1:8200`")]
     #[case::bad_mount(VALID.replace("  auth:\n", "  kv_mount: a/../b\n  auth:\n"), "vault.kv_mount is `a/../b`")]
     #[case::bad_timeout(VALID.replace("  auth:\n", "  timeout: soon\n  auth:\n"), "vault.timeout")]
@@ -771,6 +828,77 @@ apis:
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.starts_with("conf/keygate.yaml: "), "{err}");
         assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+
+    #[rstest]
+    #[case::localhost("http://localhost:8200")]
+    #[case::localhost_upper("http://LOCALHOST:8200")]
+    #[case::loopback_v4("http://127.0.0.1:8200")]
+    #[case::loopback_v4_range("http://127.9.8.7:8200")]
+    #[case::loopback_v6("http://[::1]:8200")]
+    fn plain_http_to_loopback_needs_no_flag(#[case] address: &str) {
+        let config = parse(&VALID.replace("http://127.0.0.1:8200/", address)).unwrap();
+        assert!(!config.vault.allow_plain_http);
+        assert!(!config.vault.plain_http_to_non_loopback());
+    }
+
+    #[test]
+    fn allow_plain_http_permits_a_remote_vault_and_is_remembered() {
+        let text = VALID
+            .replace("http://127.0.0.1", "http://vault-agent.internal")
+            .replace("  auth:\n", "  allow_plain_http: true\n  auth:\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.vault.address, "http://vault-agent.internal:8200");
+        assert!(config.vault.allow_plain_http);
+        // keygate warns about this at start.
+        assert!(config.vault.plain_http_to_non_loopback());
+    }
+
+    #[test]
+    fn https_address_takes_a_ca_file_relative_to_the_config() {
+        let text = VALID
+            .replace("http://127.0.0.1", "https://vault.example.com")
+            .replace("  auth:\n", "  ca_cert_file: tls/vault-ca.pem\n  auth:\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.vault.address, "https://vault.example.com:8200");
+        assert_eq!(
+            config.vault.ca_cert_file.as_deref(),
+            Some(Path::new("conf/tls/vault-ca.pem"))
+        );
+        assert!(!config.vault.plain_http_to_non_loopback());
+        let no_ca = parse(&VALID.replace("http://", "https://")).unwrap();
+        assert_eq!(no_ca.vault.ca_cert_file, None);
+    }
+
+    #[test]
+    fn load_checks_the_ca_file_and_names_field_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        std::fs::write(dir.path().join("secrets/role-id"), "r").unwrap();
+        std::fs::write(dir.path().join("secrets/secret-id"), "s").unwrap();
+        let file = dir.path().join("keygate.yaml");
+        std::fs::write(
+            &file,
+            VALID
+                .replace("http://", "https://")
+                .replace("  auth:\n", "  ca_cert_file: ca.pem\n  auth:\n"),
+        )
+        .unwrap();
+        let ca = dir.path().join("ca.pem");
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "vault.ca_cert_file points to {}, which cannot be read",
+                ca.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("which holds no certificate: give a PEM file with at least one -----BEGIN CERTIFICATE----- block"),
+            "{err}"
+        );
     }
 
     #[test]

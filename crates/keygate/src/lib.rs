@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod refs;
 pub mod routes;
 pub mod vault;
+pub mod vault_http;
 pub mod watch;

@@ -1,5 +1,5 @@
 //! A small Vault HTTP client: AppRole or token-file login, KV v2 read, token
-//! lookup. It speaks HTTP directly because keygate must tell apart 404 (no
+//! lookup, over http or https (`crate::vault_http`). It speaks HTTP directly because keygate must tell apart 404 (no
 //! such key), 403 (token gone: log in again), and 5xx / sealed / connection
 //! errors (outage: answer 503, never allow).
 
@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use apikey::{KeyRecord, Selector, storage_path};
-use reqwest::StatusCode;
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -32,6 +32,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub enum VaultError {
     #[error("cannot reach Vault at {address}: {reason}")]
     Unreachable { address: String, reason: String },
+    #[error(
+        "cannot reach Vault at {address}: {what} failed: certificate verify failed against {trusted} ({reason}): \
+         set vault.ca_cert_file to the CA that signed Vault's certificate"
+    )]
+    Certificate {
+        address: String,
+        what: String,
+        /// `the CA in <file>` or `the system's trust store`.
+        trusted: String,
+        reason: String,
+    },
     #[error("Vault answered {status} to {what}{detail}")]
     Status {
         what: String,
@@ -115,8 +126,10 @@ impl Session {
 }
 
 pub struct Vault {
-    http: reqwest::Client,
+    http: crate::vault_http::VaultHttp,
     address: String,
+    /// Which roots verify Vault's certificate, for messages.
+    trusted: String,
     kv_mount: String,
     auth: Auth,
     session: RwLock<Option<Arc<Session>>>,
@@ -129,15 +142,26 @@ pub struct Vault {
 
 impl Vault {
     pub fn new(config: &VaultConfig) -> Result<Self, VaultError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|err| VaultError::Unreachable {
-                address: config.address.clone(),
-                reason: error_chain(&err),
-            })?;
+        let http =
+            crate::vault_http::VaultHttp::new(config.ca_cert_file.as_deref(), config.timeout)
+                .map_err(|reason| VaultError::Unreachable {
+                    address: config.address.clone(),
+                    reason,
+                })?;
+        if config.plain_http_to_non_loopback() {
+            warn!(
+                address = %config.address,
+                "vault.allow_plain_http is set: keygate sends its Vault token and reads key records \
+                 over plain HTTP to a host other than loopback; use https:// unless this link is trusted"
+            );
+        }
+        let trusted = match &config.ca_cert_file {
+            Some(file) => format!("the CA in {}", file.display()),
+            None => "the system's trust store".to_owned(),
+        };
         Ok(Self {
             http,
+            trusted,
             address: config.address.clone(),
             kv_mount: config.kv_mount.clone(),
             auth: config.auth.clone(),
@@ -305,7 +329,7 @@ impl Vault {
             self.address, self.kv_mount
         );
         let (status, body) = self
-            .send(what, self.http.get(url), Some(&session.token))
+            .send(what, Method::GET, &url, None, Some(&session.token))
             .await?;
         match status {
             StatusCode::OK => {}
@@ -392,10 +416,11 @@ impl Vault {
     ) -> Result<Secret, VaultError> {
         let what = "the AppRole login";
         let url = format!("{}/v1/auth/{mount}/login", self.address);
-        let request = self.http.post(url).json(
-            &serde_json::json!({"role_id": role_id.expose(), "secret_id": secret_id.expose()}),
-        );
-        let (status, body) = self.send(what, request, None).await?;
+        let login =
+            serde_json::json!({"role_id": role_id.expose(), "secret_id": secret_id.expose()});
+        let (status, body) = self
+            .send(what, Method::POST, &url, Some(&login), None)
+            .await?;
         match status {
             StatusCode::OK => {}
             StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -421,7 +446,9 @@ impl Vault {
     async fn lookup_self(&self, token: &Secret) -> Result<TokenInfo, VaultError> {
         let what = "a token lookup";
         let url = format!("{}/v1/auth/token/lookup-self", self.address);
-        let (status, body) = self.send(what, self.http.get(url), Some(token)).await?;
+        let (status, body) = self
+            .send(what, Method::GET, &url, None, Some(token))
+            .await?;
         if status != StatusCode::OK {
             return Err(status_error(what, status, &body));
         }
@@ -452,7 +479,9 @@ impl Vault {
     async fn revoke_self(&self, token: &Secret) -> Result<(), VaultError> {
         let what = "a token revocation";
         let url = format!("{}/v1/auth/token/revoke-self", self.address);
-        let (status, body) = self.send(what, self.http.post(url), Some(token)).await?;
+        let (status, body) = self
+            .send(what, Method::POST, &url, None, Some(token))
+            .await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -466,7 +495,9 @@ impl Vault {
         let (status, body) = self
             .send(
                 what,
-                self.http.post(url).json(&serde_json::json!({})),
+                Method::POST,
+                &url,
+                Some(&serde_json::json!({})),
                 Some(token),
             )
             .await?;
@@ -482,29 +513,37 @@ impl Vault {
     async fn send(
         &self,
         what: &str,
-        request: reqwest::RequestBuilder,
+        method: Method,
+        url: &str,
+        json: Option<&Value>,
         token: Option<&Secret>,
     ) -> Result<(StatusCode, String), VaultError> {
-        let request = match token {
-            Some(token) => {
-                let mut value =
-                    HeaderValue::from_str(token.expose()).map_err(|_| VaultError::BadResponse {
-                        what: what.to_owned(),
-                        reason: "the token holds characters not allowed in an HTTP header".into(),
-                    })?;
-                value.set_sensitive(true);
-                request.header("X-Vault-Token", value)
-            }
-            None => request,
-        };
-        let unreachable = |err: reqwest::Error| VaultError::Unreachable {
-            address: self.address.clone(),
-            reason: format!("{what} failed: {}", error_chain(&err)),
-        };
-        let response = request.send().await.map_err(unreachable)?;
-        let status = response.status();
-        let body = response.text().await.map_err(unreachable)?;
-        Ok((status, body))
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token {
+            let mut value =
+                HeaderValue::from_str(token.expose()).map_err(|_| VaultError::BadResponse {
+                    what: what.to_owned(),
+                    reason: "the token holds characters not allowed in an HTTP header".into(),
+                })?;
+            value.set_sensitive(true);
+            headers.insert("X-Vault-Token", value);
+        }
+        use crate::vault_http::Failure;
+        self.http
+            .send(method, url, headers, json)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Certificate(reason) => VaultError::Certificate {
+                    address: self.address.clone(),
+                    what: what.to_owned(),
+                    trusted: self.trusted.clone(),
+                    reason,
+                },
+                Failure::Other(reason) => VaultError::Unreachable {
+                    address: self.address.clone(),
+                    reason: format!("{what} failed: {reason}"),
+                },
+            })
     }
 }
 
@@ -533,7 +572,9 @@ impl Vault {
             let answer = self
                 .send(
                     "a secret reference read",
-                    self.http.get(&url),
+                    Method::GET,
+                    &url,
+                    None,
                     Some(&session.token),
                 )
                 .await;
@@ -617,17 +658,95 @@ fn rejected_on_403(err: VaultError, hint: &str) -> VaultError {
     }
 }
 
-/// reqwest's own message says only "error sending request"; the cause
-/// (refused, timed out, reset) is further down the chain.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretFile;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An AppRole config for `address` with credentials in `dir`.
+    fn config(address: &str, dir: &std::path::Path) -> VaultConfig {
+        std::fs::write(dir.join("role-id"), "role").unwrap();
+        std::fs::write(dir.join("secret-id"), "secret-id-0c4e").unwrap();
+        VaultConfig {
+            address: address.to_owned(),
+            ca_cert_file: None,
+            allow_plain_http: false,
+            kv_mount: "kv".into(),
+            timeout: Duration::from_secs(2),
+            auth: Auth::AppRole {
+                mount: "approle".into(),
+                role_id_file: SecretFile {
+                    field: "vault.auth.approle.role_id_file",
+                    path: dir.join("role-id"),
+                },
+                secret_id_file: SecretFile {
+                    field: "vault.auth.approle.secret_id_file",
+                    path: dir.join("secret-id"),
+                },
+            },
         }
-        source = cause.source();
     }
-    parts.join(": ")
+
+    /// A server counting the requests it gets, answering each with `answer`.
+    async fn server(
+        answer: impl Fn() -> axum::response::Response + Clone + Send + Sync + 'static,
+    ) -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            async move { answer() }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (addr, hits)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_so_the_credentials_stay_put() {
+        use axum::response::IntoResponse;
+        let (elsewhere, elsewhere_hits) = server(|| {
+            axum::Json(serde_json::json!({"auth": {"client_token": "t"}})).into_response()
+        })
+        .await;
+        let location = format!("{elsewhere}/v1/auth/approle/login");
+        let (vault, vault_hits) = server(move || {
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(reqwest::header::LOCATION, location.clone())],
+            )
+                .into_response()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let client = Vault::new(&config(&vault, dir.path())).unwrap();
+        let err = client.login().await.unwrap_err();
+        assert!(
+            matches!(err, VaultError::Status { status: 307, .. }),
+            "{err:?}"
+        );
+        assert_eq!(vault_hits.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "keygate followed the redirect with its secret-id"
+        );
+        assert!(!err.to_string().contains("secret-id-0c4e"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_ca_file_stops_the_client_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config("https://127.0.0.1:1", dir.path());
+        config.ca_cert_file = Some(dir.path().join("ca.pem"));
+        let err = Vault::new(&config).err().expect("no CA file, no client");
+        assert!(
+            err.to_string().contains("vault.ca_cert_file points to ")
+                && err.to_string().contains("ca.pem, which cannot be read"),
+            "{err}"
+        );
+    }
 }

@@ -3,10 +3,14 @@
 //!
 //! The client speaks HTTP directly (no `bao` CLI) so tests can assert exact
 //! status codes through [`VaultClient::request`], and so no token ever sits
-//! on a command line.
+//! on a command line. It speaks `http://` and `https://`: TLS is rustls on
+//! ring, trusting the CA bundle given to [`VaultClient::with_ca_cert_file`]
+//! (or named by `VAULT_CACERT`, see [`VaultClient::from_env_addr`]), else the
+//! operating system's trust store.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -45,6 +49,16 @@ impl fmt::Debug for Secret {
 pub enum VaultError {
     #[error("no Vault answers at {addr}: is it running? (`cargo xtask up` starts one) ({reason})")]
     Unreachable { addr: String, reason: String },
+    #[error(
+        "Vault at {addr}: certificate verify failed{}, set {CA_CERT_VAR} to the CA that signed Vault's certificate ({reason})",
+        trusted_suffix(.ca_file)
+    )]
+    Certificate {
+        addr: String,
+        /// The CA file the client trusted; `None`: the system's trust store.
+        ca_file: Option<PathBuf>,
+        reason: String,
+    },
     #[error("Vault at {addr} is sealed: unseal it")]
     Sealed { addr: String },
     #[error("Vault answered {status} to {method} {path}{}{}", errors_suffix(.errors), hint(.status))]
@@ -62,6 +76,13 @@ pub enum VaultError {
     },
     #[error(transparent)]
     Wait(#[from] crate::wait::Timeout),
+}
+
+fn trusted_suffix(ca_file: &Option<PathBuf>) -> String {
+    match ca_file {
+        Some(file) => format!(" against the CA in {}", file.display()),
+        None => " against the system's trust store".into(),
+    }
 }
 
 fn errors_suffix(errors: &[String]) -> String {
@@ -92,12 +113,19 @@ impl VaultError {
     }
 }
 
+/// The conventional variable naming the PEM CA bundle that signed Vault's
+/// certificate; [`VaultClient::from_env_addr`] honours it.
+pub const CA_CERT_VAR: &str = "VAULT_CACERT";
+
 /// A Vault HTTP client, with or without a token.
 #[derive(Clone)]
 pub struct VaultClient {
     addr: String,
     token: Option<Secret>,
-    http: reqwest::Client,
+    http: transport::Http,
+    timeout: Duration,
+    /// The CA bundle trusted for https, if not the system's.
+    ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for VaultClient {
@@ -105,6 +133,7 @@ impl fmt::Debug for VaultClient {
         f.debug_struct("VaultClient")
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -134,24 +163,66 @@ impl VaultClient {
     /// A client whose requests may take up to `timeout`: `sys/init` on raft
     /// storage writes the keyring and waits for leadership, which on a busy
     /// 2-core machine took longer than the usual 10 s.
+    /// `https://` addresses are verified against the system's trust store;
+    /// see [`Self::with_ca_cert_file`] and [`Self::from_env_addr`].
     pub fn with_timeout(addr: &str, timeout: Duration) -> Result<Self> {
         let parsed = reqwest::Url::parse(addr).with_context(|| {
             format!("{addr:?} is not a Vault address like http://127.0.0.1:8200")
         })?;
-        let loopback = matches!(
-            parsed.host_str(),
-            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
-        );
-        let mut builder = reqwest::Client::builder().timeout(timeout);
-        if loopback {
-            // A proxy from the environment cannot reach this machine's loopback.
-            builder = builder.no_proxy();
-        }
+        let https = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                bail!("{addr:?} is not a Vault address: its scheme is {other:?}, not http or https")
+            }
+        };
+        // The system's roots are read only when they can be used.
+        let roots = if https {
+            transport::system_roots()
+        } else {
+            Arc::new(rustls::RootCertStore::empty())
+        };
         Ok(Self {
             addr: addr.trim_end_matches('/').to_owned(),
             token: None,
-            http: builder.build()?,
+            http: transport::Http::new(roots, timeout)?,
+            timeout,
+            ca_file: None,
         })
+    }
+
+    /// The same server, trusting only the CA certificates in `file` (PEM,
+    /// one or more) for https, as `VAULT_CACERT` does for the Vault CLI.
+    pub fn with_ca_cert_file(self, file: &Path) -> Result<Self> {
+        let roots = transport::load_ca_file(file)?;
+        Ok(Self {
+            http: transport::Http::new(Arc::new(roots), self.timeout)?,
+            ca_file: Some(file.to_owned()),
+            ..self
+        })
+    }
+
+    /// The same server, trusting the CA bundle `VAULT_CACERT` names when it
+    /// is set and not empty (else unchanged).
+    pub fn with_ca_from_env(self) -> Result<Self> {
+        self.with_ca_from_var(std::env::var_os(CA_CERT_VAR))
+    }
+
+    /// [`Self::with_ca_from_env`] with the variable's value given.
+    fn with_ca_from_var(self, value: Option<std::ffi::OsString>) -> Result<Self> {
+        match value.filter(|v| !v.is_empty()) {
+            Some(file) => self
+                .with_ca_cert_file(Path::new(&file))
+                .with_context(|| format!("{CA_CERT_VAR} is set but cannot be used")),
+            None => Ok(self),
+        }
+    }
+
+    /// A client without a token for `addr`, trusting the CA bundle in
+    /// `VAULT_CACERT` when it is set: the one place rig turns the process
+    /// environment into TLS settings for Vault.
+    pub fn from_env_addr(addr: &str) -> Result<Self> {
+        Self::new(addr)?.with_ca_from_env()
     }
 
     /// The same server with this token.
@@ -163,8 +234,9 @@ impl VaultClient {
     }
 
     /// The root client of a running environment (token read from its 0600 file).
+    /// Trusts `VAULT_CACERT` like [`Self::from_env_addr`].
     pub fn root(env: &crate::env::Environment) -> Result<Self> {
-        Ok(Self::new(&env.vault_addr)?.with_token(Secret::new(env.root_token()?)))
+        Ok(Self::from_env_addr(&env.vault_addr)?.with_token(Secret::new(env.root_token()?)))
     }
 
     pub fn addr(&self) -> &str {
@@ -199,24 +271,21 @@ impl VaultClient {
             value.set_sensitive(true);
             headers.insert("X-Vault-Token", value);
         }
-        let mut request = self.http.request(method, &url).headers(headers);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
+        let body = body.map(|b| serde_json::to_vec(b).expect("a JSON value serializes"));
+        let (status, bytes) = self
+            .http
+            .send(method, &url, headers, body)
             .await
-            .map_err(|err| VaultError::Unreachable {
-                addr: self.addr.clone(),
-                reason: crate::process::describe_request_error(&err),
-            })?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|err| VaultError::Unreachable {
-                addr: self.addr.clone(),
-                reason: crate::process::describe_request_error(&err),
+            .map_err(|err| match err {
+                transport::Failure::Certificate(reason) => VaultError::Certificate {
+                    addr: self.addr.clone(),
+                    ca_file: self.ca_file.clone(),
+                    reason,
+                },
+                transport::Failure::Other(reason) => VaultError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason,
+                },
             })?;
         // Vault answers JSON; anything else (a proxy's HTML page) is kept as a string.
         let value = if bytes.is_empty() {
@@ -865,6 +934,257 @@ fn parse_ttl(text: &str) -> Result<Duration> {
     Ok(ttl)
 }
 
+/// `bao server -dev -dev-tls` on loopback, for tests of the https path: a
+/// generated CA and serving certificate (for 127.0.0.1 and localhost) in
+/// `<run>/bao-tls/`.
+pub struct DevTlsVault {
+    /// `https://127.0.0.1:<port>`.
+    pub addr: String,
+    /// `vault-ca.pem`, the CA that signed the server's certificate.
+    pub ca_file: PathBuf,
+    /// A root client trusting `ca_file`.
+    pub root: VaultClient,
+}
+
+impl DevTlsVault {
+    /// Starts it as component `name` under `supervisor`. The root token is
+    /// generated here and reaches bao through its environment, never argv,
+    /// as on the local profile; dev mode prints it on stdout, so stdout goes
+    /// to a 0600 file under `secrets/`.
+    pub async fn start(
+        supervisor: &mut crate::process::Supervisor,
+        run: &crate::run::RunDir,
+        bao: &Path,
+        name: &str,
+    ) -> Result<Self> {
+        use crate::process::{Component, Readiness};
+        let port = crate::ports::free_port_pair()?;
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let cert_dir = run.path().join(format!("{name}-tls"));
+        // bao writes into the directory but does not create it.
+        std::fs::create_dir_all(&cert_dir)
+            .with_context(|| format!("creating {}", cert_dir.display()))?;
+        let root_token = apikey::ApiKey::generate().expose().to_owned();
+        crate::redact::register_in_run(run.path(), &root_token)?;
+        supervisor
+            .start(
+                Component::new(name, bao)
+                    .args(["server", "-dev", "-dev-tls", "-dev-no-store-token"])
+                    .arg(format!("-dev-listen-address={listen}"))
+                    .arg(format!("-dev-tls-cert-dir={}", cert_dir.display()))
+                    .env("BAO_DEV_ROOT_TOKEN_ID", &root_token)
+                    .stdout_file(run.secrets_dir().join(format!("{name}-stdout")))
+                    .current_dir(run.path()),
+                // The supervisor's probe trusts no private CA; the health
+                // check below does.
+                Readiness::Tcp(listen),
+            )
+            .await?;
+        let addr = format!("https://{listen}");
+        let ca_file = cert_dir.join("vault-ca.pem");
+        let root = VaultClient::new(&addr)?
+            .with_ca_cert_file(&ca_file)?
+            .with_token(Secret::new(root_token));
+        wait_until(
+            &format!("{name} (dev-tls) sys/health"),
+            Duration::from_secs(30),
+            async || {
+                Ok(match root.health().await {
+                    Ok(_) => Probe::Ready(()),
+                    Err(err) => Probe::seen(err),
+                })
+            },
+        )
+        .await?;
+        Ok(Self {
+            addr,
+            ca_file,
+            root,
+        })
+    }
+}
+
+/// HTTP(S) for [`VaultClient`]: hyper over rustls with ring, chosen per
+/// client and never from process-wide state. hyper reads no proxy variables
+/// and follows no redirects, so the token goes only to the client's address.
+mod transport {
+    use std::error::Error;
+    use std::path::Path;
+    use std::sync::{Arc, OnceLock};
+    use std::time::Duration;
+
+    use anyhow::{Context, Result, bail};
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+    use reqwest::{Method, StatusCode};
+    use rustls::RootCertStore;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    #[derive(Clone)]
+    pub(super) struct Http {
+        client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+        timeout: Duration,
+    }
+
+    /// Why a request got no answer.
+    pub(super) enum Failure {
+        /// The server's certificate did not verify (rustls' reason).
+        Certificate(String),
+        Other(String),
+    }
+
+    impl Http {
+        pub(super) fn new(roots: Arc<RootCertStore>, timeout: Duration) -> Result<Self> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .context("rustls (ring) supports no safe TLS version")?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(timeout));
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http);
+            Ok(Self {
+                client: Client::builder(TokioExecutor::new())
+                    // Idle connections expire (as reqwest's do), so one a
+                    // restarted Vault closed is not kept around.
+                    .pool_timer(TokioTimer::new())
+                    .build(connector),
+                timeout,
+            })
+        }
+
+        /// One exchange within the timeout: status and the whole body.
+        pub(super) async fn send(
+            &self,
+            method: Method,
+            url: &str,
+            headers: HeaderMap,
+            body: Option<Vec<u8>>,
+        ) -> Result<(StatusCode, Bytes), Failure> {
+            let mut builder = hyper::Request::builder().method(method).uri(url);
+            if let Some(map) = builder.headers_mut() {
+                map.extend(headers);
+                if body.is_some() {
+                    map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+            }
+            let request = builder
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|err| Failure::Other(format!("{url} is not a request URL ({err})")))?;
+            let exchange = async {
+                let response = self
+                    .client
+                    .request(request)
+                    .await
+                    .map_err(|e| classify(&e))?;
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                Ok((status, body.to_bytes()))
+            };
+            tokio::time::timeout(self.timeout, exchange)
+                .await
+                .unwrap_or_else(|_| Err(Failure::Other("no answer (timeout)".into())))
+        }
+    }
+
+    /// The next error down, looking inside `io::Error`s (whose `source`
+    /// skips the error they wrap, which is where rustls' error sits).
+    fn next<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error + 'static)> {
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            return Some(inner);
+        }
+        err.source()
+    }
+
+    /// A certificate failure (rustls' reason), else the deepest cause, e.g.
+    /// "connection refused (os error 111)".
+    pub(super) fn classify(err: &(dyn Error + 'static)) -> Failure {
+        let mut current = Some(err);
+        let mut deepest = err.to_string();
+        while let Some(e) = current {
+            if let Some(tls @ rustls::Error::InvalidCertificate(_)) =
+                e.downcast_ref::<rustls::Error>()
+            {
+                return Failure::Certificate(tls.to_string());
+            }
+            deepest = e.to_string();
+            current = next(e);
+        }
+        Failure::Other(deepest.to_lowercase())
+    }
+
+    /// The operating system's trust store, read once per process. A corporate
+    /// CA installed there (or named by SSL_CERT_FILE / SSL_CERT_DIR) is
+    /// trusted, which a compiled-in list such as webpki-roots would not do.
+    pub(super) fn system_roots() -> Arc<RootCertStore> {
+        static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+        ROOTS
+            .get_or_init(|| {
+                let found = rustls_native_certs::load_native_certs();
+                for err in &found.errors {
+                    tracing::debug!(error = %err, "reading the system's trust store");
+                }
+                let mut roots = RootCertStore::empty();
+                roots.add_parsable_certificates(found.certs);
+                Arc::new(roots)
+            })
+            .clone()
+    }
+
+    /// Every certificate of a PEM bundle, as trust anchors.
+    pub(super) fn load_ca_file(file: &Path) -> Result<RootCertStore> {
+        let pem = std::fs::read(file).with_context(|| {
+            format!(
+                "cannot read the CA certificate file {}: give the PEM file of the CA that signed Vault's certificate",
+                file.display()
+            )
+        })?;
+        let mut roots = RootCertStore::empty();
+        for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+            let cert = cert.with_context(|| {
+                format!(
+                    "the CA certificate file {} is not valid PEM (certificate {})",
+                    file.display(),
+                    i + 1
+                )
+            })?;
+            roots.add(cert).with_context(|| {
+                format!(
+                    "the CA certificate file {}: certificate {} is not a usable CA certificate",
+                    file.display(),
+                    i + 1
+                )
+            })?;
+        }
+        if roots.is_empty() {
+            bail!(
+                "the CA certificate file {} holds no certificate: give a PEM file with at least one -----BEGIN CERTIFICATE----- block",
+                file.display()
+            );
+        }
+        Ok(roots)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1061,6 +1381,143 @@ mod tests {
             .unwrap();
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(body["errors"].is_array());
+    }
+
+    #[rstest]
+    fn ca_files_that_cannot_be_used_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere.pem");
+        let client = || VaultClient::new("https://127.0.0.1:8200").unwrap();
+        let err = format!("{:#}", client().with_ca_cert_file(&missing).unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "cannot read the CA certificate file {}",
+                missing.display()
+            )),
+            "{err}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(
+            &empty,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", client().with_ca_cert_file(&empty).unwrap_err());
+        assert!(
+            err.contains(&format!(
+                "the CA certificate file {} holds no certificate",
+                empty.display()
+            )),
+            "{err}"
+        );
+        // VAULT_CACERT: unset or empty changes nothing; a bad file says which variable.
+        assert_eq!(client().with_ca_from_var(None).unwrap().ca_file, None);
+        assert_eq!(
+            client().with_ca_from_var(Some("".into())).unwrap().ca_file,
+            None
+        );
+        let err = format!(
+            "{:#}",
+            client()
+                .with_ca_from_var(Some(missing.clone().into()))
+                .unwrap_err()
+        );
+        assert!(
+            err.starts_with(
+                "VAULT_CACERT is set but cannot be used: cannot read the CA certificate file"
+            ),
+            "{err}"
+        );
+        assert!(VaultClient::new("ftp://127.0.0.1").is_err());
+    }
+
+    /// The pinned bao, resolved as the harness does. Missing is a failure,
+    /// not a skip (as in crates/manifests' tests): `cargo xtask test`
+    /// installs the tools first, and a check that silently does not run
+    /// proves nothing.
+    pub(crate) fn bao() -> PathBuf {
+        let tools = crate::tools::Tools::load_default().unwrap_or_else(|err| panic!("{err:#}"));
+        match tools.resolve("bao") {
+            Ok(tool) => tool.path,
+            Err(err) => panic!(
+                "this test needs the pinned bao and cannot find it: {err}. `cargo xtask tools` installs it."
+            ),
+        }
+    }
+
+    #[rstest]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn https_to_a_dev_tls_server_with_its_ca_and_a_clear_error_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = crate::run::RunDir::create_in(dir.path()).unwrap();
+        let mut supervisor = crate::process::Supervisor::new(&run);
+        let vault = DevTlsVault::start(&mut supervisor, &run, &bao(), "bao")
+            .await
+            .unwrap();
+        assert!(
+            vault.addr.starts_with("https://127.0.0.1:"),
+            "{}",
+            vault.addr
+        );
+        let health = vault.root.health().await.unwrap();
+        assert!(!health.sealed && health.initialized, "{health:?}");
+        vault.root.enable_kv2("tls-kv").await.unwrap();
+        vault
+            .root
+            .kv2_put("tls-kv", "a/b", &json!({"field": "value"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            vault.root.kv2_get("tls-kv", "a/b").await.unwrap(),
+            Some(json!({"field": "value"}))
+        );
+        let token = vault.root.token().unwrap().expose().to_owned();
+
+        // No CA given (and `new` never reads VAULT_CACERT): the system's
+        // store does not know bao's generated CA.
+        let untrusting = VaultClient::new(&vault.addr)
+            .unwrap()
+            .with_token(Secret::new(token.clone()));
+        let err = untrusting.kv2_get("tls-kv", "a/b").await.unwrap_err();
+        assert!(matches!(err, VaultError::Certificate { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "Vault at {}: certificate verify failed against the system's trust store, set VAULT_CACERT to the CA that signed Vault's certificate (invalid peer certificate: ",
+                vault.addr
+            )),
+            "{message}"
+        );
+        assert!(!message.contains(&token));
+
+        // The wrong CA (the server's own leaf certificate is no issuer).
+        let wrong = vault.ca_file.with_file_name("vault-cert.pem");
+        let err = VaultClient::new(&vault.addr)
+            .unwrap()
+            .with_ca_cert_file(&wrong)
+            .unwrap()
+            .health()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "Vault at {}: certificate verify failed against the CA in {}, set VAULT_CACERT",
+                vault.addr,
+                wrong.display()
+            )),
+            "{err}"
+        );
+
+        // Plain HTTP to the TLS listener is no certificate problem.
+        let plain = vault.addr.replace("https://", "http://");
+        let (status, _) = VaultClient::new(&plain)
+            .unwrap()
+            .request(Method::GET, "sys/health", None)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        supervisor.stop_all();
     }
 
     #[rstest]

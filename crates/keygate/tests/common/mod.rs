@@ -109,10 +109,16 @@ cache:
 
     /// Starts keygate on this fixture's config; it is killed on drop.
     pub fn start(&self) -> Running {
+        self.start_with_env(&[])
+    }
+
+    /// [`Self::start`] with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Running {
         let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
             .arg("--config")
             .arg(self.config())
             .env("RUST_LOG", "keygate=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
