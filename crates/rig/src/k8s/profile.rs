@@ -313,7 +313,14 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     };
     let root_token_file = run.write_secret("root-token", root_token.expose())?;
     crate::redact::register_in_run(run.path(), root_token.expose())?;
-    let root = VaultClient::new(&vault_addr)?.with_token(root_token);
+    let root = match opts.profile {
+        // A port-forward to the in-cluster dev server: plain HTTP on loopback.
+        KubeProfile::Kind => VaultClient::new(&vault_addr)?,
+        // The user's Vault: https with the CA `VAULT_CACERT` names, as the
+        // vault CLI reads it (else the system's trust store).
+        KubeProfile::Cluster => VaultClient::from_env_addr(&vault_addr)?,
+    }
+    .with_token(root_token);
     setup.apply(&root).await?;
 
     // 4. The namespace and the ConfigMap of API documents (kustomize may

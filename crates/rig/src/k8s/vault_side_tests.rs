@@ -330,3 +330,56 @@ async fn a_run_that_reused_a_cluster_does_not_delete_it() {
     );
     assert!(KubeState::load(&other).unwrap().unwrap().deleted);
 }
+
+/// The cluster profile's Vault is usually https: the same Vault side over
+/// `bao server -dev -dev-tls`, trusting its CA file; a client that does not
+/// trust it is refused with the certificate error, before any request.
+#[tokio::test]
+async fn cluster_vault_side_works_over_https_with_a_ca_file() {
+    let bao = match crate::tools::Tools::load_default().and_then(|t| Ok(t.resolve("bao")?)) {
+        Ok(tool) => tool.path,
+        Err(err) => {
+            eprintln!(
+                "skipped: the pinned bao is not installed ({err:#}): run `cargo xtask tools`"
+            );
+            return;
+        }
+    };
+    let base = tempfile::tempdir().unwrap();
+    let run = RunDir::create_in(base.path()).unwrap();
+    let mut supervisor = Supervisor::new(&run);
+    let tls = crate::vault::DevTlsVault::start(&mut supervisor, &run, &bao, "bao-tls")
+        .await
+        .unwrap();
+    assert!(tls.addr.starts_with("https://"), "{}", tls.addr);
+    let root = &tls.root;
+    VaultSetup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
+        .unwrap()
+        .apply(root)
+        .await
+        .unwrap();
+    let outside = OutsideCluster {
+        kubernetes_host: "https://192.0.2.10:6443".into(),
+        kubernetes_ca_cert: some_ca(root).await,
+        token_reviewer_jwt: Secret::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrZXlyaWcifQ.c2lnbmF0dXJl"),
+    };
+    let file = vault_auth::roles_file();
+    let auth = vault_auth::apply(root, &file, Some(&outside))
+        .await
+        .unwrap();
+    assert_eq!(
+        vault_auth::mount_owner(root, &auth.auth_mount)
+            .await
+            .unwrap(),
+        MountOwner::Keyrig
+    );
+    let untrusting = VaultClient::new(&tls.addr).unwrap();
+    let err = format!(
+        "{:#}",
+        vault_auth::mount_owner(&untrusting, &auth.auth_mount)
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("certificate verify failed"), "{err}");
+    assert!(err.contains("VAULT_CACERT"), "{err}");
+}
