@@ -39,9 +39,15 @@ impl VaultHttp {
     /// trust store (read only here, at startup).
     pub fn new(ca_cert_file: Option<&Path>, timeout: Duration) -> Result<Self, String> {
         let roots = match ca_cert_file {
-            Some(file) => load_ca_file(file)?,
+            Some(file) => Arc::new(load_ca_file(file)?),
             None => system_roots(),
         };
+        Self::with_roots(roots, timeout)
+    }
+
+    /// A client trusting exactly `roots` for https (rig's `VaultClient` uses
+    /// this transport too, with its own CA-file handling).
+    pub fn with_roots(roots: Arc<RootCertStore>, timeout: Duration) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -149,17 +155,22 @@ pub fn classify(err: &(dyn Error + 'static)) -> Failure {
     Failure::Other(parts.join(": "))
 }
 
-/// The operating system's trust store: a corporate CA installed there (or
-/// named by SSL_CERT_FILE / SSL_CERT_DIR) is trusted, which a compiled-in
-/// list such as webpki-roots would not do.
-fn system_roots() -> RootCertStore {
-    let found = rustls_native_certs::load_native_certs();
-    for err in &found.errors {
-        tracing::debug!(error = %err, "reading the system's trust store");
-    }
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
-    roots
+/// The operating system's trust store, read once per process: a corporate
+/// CA installed there (or named by SSL_CERT_FILE / SSL_CERT_DIR) is trusted,
+/// which a compiled-in list such as webpki-roots would not do.
+pub fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for err in &found.errors {
+                tracing::debug!(error = %err, "reading the system's trust store");
+            }
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(found.certs);
+            Arc::new(roots)
+        })
+        .clone()
 }
 
 /// Every certificate of the PEM bundle `vault.ca_cert_file` names, as trust

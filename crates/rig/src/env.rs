@@ -256,20 +256,12 @@ impl Environment {
         // gateways' cases of this pass are recorded as skipped, with why.
         let own = crate::gateway::GatewayKind::EnvoyGrpc;
         let gateways = [(own.name().to_owned(), side.gateway_url.clone())].into();
-        let skipped_gateways = crate::gateway::GatewayKind::ALL
-            .iter()
-            .filter(|kind| **kind != own)
-            .map(|kind| {
-                (
-                    kind.name().to_owned(),
-                    format!(
-                        "the keys-file pass runs through its own {} only; {} is tested in the main pass",
-                        own.name(),
-                        kind.name()
-                    ),
-                )
-            })
-            .collect();
+        let skipped_gateways = crate::gateway::GatewayKind::all_but(own, |kind| {
+            format!(
+                "the keys-file pass runs through its own {} only; {kind} is tested in the main pass",
+                own.name()
+            )
+        });
         Some(Self {
             gateway_url: side.gateway_url.clone(),
             keygate_url: side.keygate_url.clone(),

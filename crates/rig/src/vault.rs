@@ -271,8 +271,7 @@ impl VaultClient {
             value.set_sensitive(true);
             headers.insert("X-Vault-Token", value);
         }
-        let body = body.map(|b| serde_json::to_vec(b).expect("a JSON value serializes"));
-        let (status, bytes) = self
+        let (status, text) = self
             .http
             .send(method, &url, headers, body)
             .await
@@ -288,11 +287,10 @@ impl VaultClient {
                 },
             })?;
         // Vault answers JSON; anything else (a proxy's HTML page) is kept as a string.
-        let value = if bytes.is_empty() {
+        let value = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         Ok((status, value))
     }
@@ -1008,61 +1006,29 @@ impl DevTlsVault {
 /// client and never from process-wide state. hyper reads no proxy variables
 /// and follows no redirects, so the token goes only to the client's address.
 mod transport {
-    use std::error::Error;
     use std::path::Path;
-    use std::sync::{Arc, OnceLock};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use anyhow::{Context, Result, bail};
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
-    use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+    use reqwest::header::HeaderMap;
     use reqwest::{Method, StatusCode};
     use rustls::RootCertStore;
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
-    #[derive(Clone)]
-    pub(super) struct Http {
-        client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-        timeout: Duration,
-    }
+    /// keygate's transport: one implementation of hyper + rustls (ring),
+    /// no proxies and no redirects, for the validator and the harness.
+    pub(super) use keygate::vault_http::{Failure, system_roots};
 
-    /// Why a request got no answer.
-    pub(super) enum Failure {
-        /// The server's certificate did not verify (rustls' reason).
-        Certificate(String),
-        Other(String),
-    }
+    #[derive(Clone)]
+    pub(super) struct Http(keygate::vault_http::VaultHttp);
 
     impl Http {
         pub(super) fn new(roots: Arc<RootCertStore>, timeout: Duration) -> Result<Self> {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .context("rustls (ring) supports no safe TLS version")?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(timeout));
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http);
-            Ok(Self {
-                client: Client::builder(TokioExecutor::new())
-                    // Idle connections expire (as reqwest's do), so one a
-                    // restarted Vault closed is not kept around.
-                    .pool_timer(TokioTimer::new())
-                    .build(connector),
-                timeout,
-            })
+            keygate::vault_http::VaultHttp::with_roots(roots, timeout)
+                .map(Self)
+                .map_err(anyhow::Error::msg)
         }
 
         /// One exchange within the timeout: status and the whole body.
@@ -1071,83 +1037,10 @@ mod transport {
             method: Method,
             url: &str,
             headers: HeaderMap,
-            body: Option<Vec<u8>>,
-        ) -> Result<(StatusCode, Bytes), Failure> {
-            let mut builder = hyper::Request::builder().method(method).uri(url);
-            if let Some(map) = builder.headers_mut() {
-                map.extend(headers);
-                if body.is_some() {
-                    map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                }
-            }
-            let request = builder
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|err| Failure::Other(format!("{url} is not a request URL ({err})")))?;
-            let exchange = async {
-                let response = self
-                    .client
-                    .request(request)
-                    .await
-                    .map_err(|e| classify(&e))?;
-                let status = response.status();
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| classify(&e))?;
-                Ok((status, body.to_bytes()))
-            };
-            tokio::time::timeout(self.timeout, exchange)
-                .await
-                .unwrap_or_else(|_| Err(Failure::Other("no answer (timeout)".into())))
+            body: Option<&serde_json::Value>,
+        ) -> Result<(StatusCode, String), Failure> {
+            self.0.send(method, url, headers, body).await
         }
-    }
-
-    /// The next error down, looking inside `io::Error`s (whose `source`
-    /// skips the error they wrap, which is where rustls' error sits).
-    fn next<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error + 'static)> {
-        if let Some(inner) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-        {
-            return Some(inner);
-        }
-        err.source()
-    }
-
-    /// A certificate failure (rustls' reason), else the deepest cause, e.g.
-    /// "connection refused (os error 111)".
-    pub(super) fn classify(err: &(dyn Error + 'static)) -> Failure {
-        let mut current = Some(err);
-        let mut deepest = err.to_string();
-        while let Some(e) = current {
-            if let Some(tls @ rustls::Error::InvalidCertificate(_)) =
-                e.downcast_ref::<rustls::Error>()
-            {
-                return Failure::Certificate(tls.to_string());
-            }
-            deepest = e.to_string();
-            current = next(e);
-        }
-        Failure::Other(deepest.to_lowercase())
-    }
-
-    /// The operating system's trust store, read once per process. A corporate
-    /// CA installed there (or named by SSL_CERT_FILE / SSL_CERT_DIR) is
-    /// trusted, which a compiled-in list such as webpki-roots would not do.
-    pub(super) fn system_roots() -> Arc<RootCertStore> {
-        static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-        ROOTS
-            .get_or_init(|| {
-                let found = rustls_native_certs::load_native_certs();
-                for err in &found.errors {
-                    tracing::debug!(error = %err, "reading the system's trust store");
-                }
-                let mut roots = RootCertStore::empty();
-                roots.add_parsable_certificates(found.certs);
-                Arc::new(roots)
-            })
-            .clone()
     }
 
     /// Every certificate of a PEM bundle, as trust anchors.

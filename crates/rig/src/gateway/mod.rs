@@ -50,6 +50,19 @@ impl GatewayKind {
         GatewayKind::Caddy,
     ];
 
+    /// env.json's `skipped_gateways` of an environment that runs `own`
+    /// only: every other gateway of the matrix, with `why` it does not run.
+    pub fn all_but(
+        own: GatewayKind,
+        why: impl Fn(GatewayKind) -> String,
+    ) -> std::collections::BTreeMap<String, String> {
+        Self::ALL
+            .into_iter()
+            .filter(|kind| *kind != own)
+            .map(|kind| (kind.name().to_owned(), why(kind)))
+            .collect()
+    }
+
     /// The name in env.json, on the command line and in the results matrix.
     pub fn name(self) -> &'static str {
         match self {

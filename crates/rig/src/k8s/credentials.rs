@@ -323,14 +323,6 @@ pub async fn write_external_secret_source(
 mod tests {
     use super::*;
 
-    fn kubectl() -> Option<std::path::PathBuf> {
-        crate::tools::Tools::load_default()
-            .ok()?
-            .resolve("kubectl")
-            .ok()
-            .map(|t| t.path)
-    }
-
     #[test]
     fn reads_the_existing_secret_mode_with_its_custom_keys() {
         let dir = crate::paths::scenarios_dir().join("k8s/existing-secret");
@@ -343,12 +335,7 @@ mod tests {
     fn reads_the_inline_mode_from_the_rendered_overlay() {
         // The pinned kubectl is installed by `cargo xtask test`; without it
         // crates/manifests' own tests fail loudly, so this one need not.
-        let Some(kubectl) = kubectl() else {
-            eprintln!(
-                "skipped: the pinned kubectl is not installed (cargo xtask tools --profile offline)"
-            );
-            return;
-        };
+        let kubectl = super::super::pinned_tool("kubectl");
         let rendered =
             manifests::render_overlay(&kubectl, &crate::paths::scenarios_dir().join("k8s/inline"))
                 .unwrap();

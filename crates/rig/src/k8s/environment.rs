@@ -70,20 +70,12 @@ pub fn gateway_matrix(
     gateway_url: &str,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let running = BTreeMap::from([(DEPLOYED_GATEWAY.name().to_owned(), gateway_url.to_owned())]);
-    let skipped = GatewayKind::ALL
-        .iter()
-        .filter(|kind| **kind != DEPLOYED_GATEWAY)
-        .map(|kind| {
-            (
-                kind.name().to_owned(),
-                format!(
-                    "the {profile} profile deploys {} only (scenarios/k8s/base/gateway.yaml); {} runs on the local profile",
-                    DEPLOYED_GATEWAY.name(),
-                    kind.name()
-                ),
-            )
-        })
-        .collect();
+    let skipped = GatewayKind::all_but(DEPLOYED_GATEWAY, |kind| {
+        format!(
+            "the {profile} profile deploys {} only (scenarios/k8s/base/gateway.yaml); {kind} runs on the local profile",
+            DEPLOYED_GATEWAY.name()
+        )
+    });
     (running, skipped)
 }
 
@@ -170,14 +162,6 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
 mod tests {
     use super::*;
 
-    fn kubectl() -> Option<PathBuf> {
-        crate::tools::Tools::load_default()
-            .ok()?
-            .resolve("kubectl")
-            .ok()
-            .map(|t| t.path)
-    }
-
     fn inputs<'a>(
         groups: &'a [crate::scenario::ApiGroup],
         config: &'a keygate::config::Config,
@@ -212,13 +196,7 @@ mod tests {
     /// others with a reason, and carries keygate's cache settings.
     #[test]
     fn env_json_of_every_overlay_lists_its_gateway_and_keygates_cache() {
-        let Some(kubectl) = kubectl() else {
-            // `cargo xtask test` installs it first, so CI always runs this.
-            eprintln!(
-                "skipped: the pinned kubectl is not installed (cargo xtask tools --profile offline)"
-            );
-            return;
-        };
+        let kubectl = super::super::pinned_tool("kubectl");
         let groups = crate::scenario::load_default_apis().unwrap();
         for mode in Mode::ALL {
             let overlay = crate::paths::scenarios_dir().join("k8s").join(mode.name());

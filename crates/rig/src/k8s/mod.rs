@@ -76,6 +76,22 @@ impl fmt::Display for Mode {
     }
 }
 
+/// A pinned tool for the offline tests of these profiles (kubectl renders the
+/// overlays, bao serves as the cluster profile's Vault). Missing, the test
+/// fails saying what to run: `cargo xtask test` installs both first, and a
+/// test that skipped itself would read as passed in cargo's output.
+#[cfg(test)]
+pub(crate) fn pinned_tool(name: &str) -> std::path::PathBuf {
+    crate::tools::Tools::load_default()
+        .and_then(|tools| Ok(tools.resolve(name)?))
+        .map(|tool| tool.path)
+        .unwrap_or_else(|err| {
+            panic!(
+                "the pinned {name} is not installed ({err:#}): run `cargo xtask tools --profile offline` (and `cargo xtask tools` for bao)"
+            )
+        })
+}
+
 /// The dev Vault the kind profile installs (env/k8s.toml `[charts.<chart>]`).
 /// Both charts install under the same release and Service name
 /// (`openbao.openbao.svc:8200`), so the manifests do not change.

@@ -341,47 +341,23 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     let committed = super::credentials::committed_credentials(
         (opts.mode == Mode::Inline).then_some(rendered.as_slice()),
     )?;
-    let per_run = match (source, opts.mode) {
-        (super::credentials::CredentialSource::Committed, Mode::Inline) => {
-            let creds = super::credentials::inline_credentials(&rendered)?;
-            super::credentials::register_dev_credentials(
-                &root,
-                &setup.keygate_role,
-                &creds,
-                opts.profile,
-                &committed,
-            )
-            .await?;
-            flag_committed_credentials(&run, &overlay.join("kustomization.yaml"))?;
-            None
-        }
-        (super::credentials::CredentialSource::Committed, _) => {
-            let creds = super::credentials::existing_secret_credentials(&overlay)?;
-            super::credentials::register_dev_credentials(
-                &root,
-                &setup.keygate_role,
-                &creds,
-                opts.profile,
-                &committed,
-            )
-            .await?;
-            flag_committed_credentials(&run, &overlay.join("precreate/secret.yaml"))?;
-            None
-        }
-        (super::credentials::CredentialSource::PerRun, _) => {
+    use super::credentials::CredentialSource;
+    // (the credentials to register, the committed file the report flags)
+    let registered = match (source, opts.mode) {
+        (CredentialSource::Committed, Mode::Inline) => Some((
+            super::credentials::inline_credentials(&rendered)?,
+            Some(overlay.join("kustomization.yaml")),
+        )),
+        (CredentialSource::Committed, _) => Some((
+            super::credentials::existing_secret_credentials(&overlay)?,
+            Some(overlay.join("precreate/secret.yaml")),
+        )),
+        (CredentialSource::PerRun, _) => {
             let creds = super::credentials::per_run_credentials();
             crate::redact::register_in_run(run.path(), creds.secret_id.expose())?;
-            super::credentials::register_dev_credentials(
-                &root,
-                &setup.keygate_role,
-                &creds,
-                opts.profile,
-                &committed,
-            )
-            .await?;
-            Some(creds)
+            Some((creds, None))
         }
-        (super::credentials::CredentialSource::FromVault, _) => {
+        (CredentialSource::FromVault, _) => {
             super::credentials::write_external_secret_source(
                 &root,
                 &auth,
@@ -393,6 +369,21 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
             None
         }
     };
+    if let Some((creds, committed_in)) = &registered {
+        super::credentials::register_dev_credentials(
+            &root,
+            &setup.keygate_role,
+            creds,
+            opts.profile,
+            &committed,
+        )
+        .await?;
+        if let Some(file) = committed_in {
+            flag_committed_credentials(&run, file)?;
+        }
+    }
+    let per_run =
+        registered.and_then(|(creds, committed_in)| committed_in.is_none().then_some(creds));
 
     // 6. What an earlier run of another mode left in a reused cluster (its
     // ExternalSecret would keep overwriting this mode's Secret), then the

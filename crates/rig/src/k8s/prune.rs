@@ -204,16 +204,7 @@ mod tests {
     /// deleting it on a switch would take the gateway down).
     #[test]
     fn each_overlay_labels_exactly_its_own_objects() {
-        let Some(kubectl) = crate::tools::Tools::load_default()
-            .ok()
-            .and_then(|t| t.resolve("kubectl").ok())
-            .map(|t| t.path)
-        else {
-            eprintln!(
-                "skipped: the pinned kubectl is not installed (cargo xtask tools --profile offline)"
-            );
-            return;
-        };
+        let kubectl = super::super::pinned_tool("kubectl");
         let render = |mode: Mode| {
             manifests::render_overlay(
                 &kubectl,

@@ -31,17 +31,8 @@ struct DevVault {
     root: VaultClient,
 }
 
-async fn dev_vault() -> Option<DevVault> {
-    let bao = match crate::tools::Tools::load_default().and_then(|t| Ok(t.resolve("bao")?)) {
-        Ok(tool) => tool.path,
-        Err(err) => {
-            // `cargo xtask test` installs it before the unit tests.
-            eprintln!(
-                "skipped: the pinned bao is not installed ({err:#}): run `cargo xtask tools`"
-            );
-            return None;
-        }
-    };
+async fn dev_vault() -> DevVault {
+    let bao = super::pinned_tool("bao");
     let base = tempfile::tempdir().unwrap();
     let run = RunDir::create_in(base.path()).unwrap();
     let port = crate::ports::free_port_pair().unwrap();
@@ -64,11 +55,11 @@ async fn dev_vault() -> Option<DevVault> {
     let root = VaultClient::new(&addr)
         .unwrap()
         .with_token(Secret::new(token));
-    Some(DevVault {
+    DevVault {
         _base: base,
         _supervisor: supervisor,
         root,
-    })
+    }
 }
 
 async fn get(root: &VaultClient, path: &str) -> Value {
@@ -110,9 +101,7 @@ async fn some_ca(root: &VaultClient) -> String {
 
 #[tokio::test]
 async fn cluster_vault_side_leaves_other_mounts_alone_and_owns_its_own() {
-    let Some(vault) = dev_vault().await else {
-        return;
-    };
+    let vault = dev_vault().await;
     let root = &vault.root;
     let ca = some_ca(root).await;
     // Someone's existing Kubernetes auth, with a CA, a reviewer JWT and keys.
@@ -206,9 +195,7 @@ async fn cluster_vault_side_leaves_other_mounts_alone_and_owns_its_own() {
 
 #[tokio::test]
 async fn committed_dev_credentials_are_refused_on_cluster_only() {
-    let Some(vault) = dev_vault().await else {
-        return;
-    };
+    let vault = dev_vault().await;
     let root = &vault.root;
     let setup =
         VaultSetup::load_default(&["animal-rescue-api".into(), "billing-api".into()]).unwrap();
@@ -336,15 +323,7 @@ async fn a_run_that_reused_a_cluster_does_not_delete_it() {
 /// trust it is refused with the certificate error, before any request.
 #[tokio::test]
 async fn cluster_vault_side_works_over_https_with_a_ca_file() {
-    let bao = match crate::tools::Tools::load_default().and_then(|t| Ok(t.resolve("bao")?)) {
-        Ok(tool) => tool.path,
-        Err(err) => {
-            eprintln!(
-                "skipped: the pinned bao is not installed ({err:#}): run `cargo xtask tools`"
-            );
-            return;
-        }
-    };
+    let bao = super::pinned_tool("bao");
     let base = tempfile::tempdir().unwrap();
     let run = RunDir::create_in(base.path()).unwrap();
     let mut supervisor = Supervisor::new(&run);
