@@ -48,6 +48,10 @@ pub const BASE_ENV: &[&str] = &[
     "RUST_LOG",
     "RUST_BACKTRACE",
     "CARGO_TARGET_DIR",
+    // Where the system's CA bundle is (rustls-native-certs and OpenSSL read
+    // them): a component speaking https to a Vault keeps trusting it.
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 ];
 
 /// Variables that hold a Vault credential: removed from the environment of
