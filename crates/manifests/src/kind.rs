@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use k8s_openapi::api::{apps, batch, core, rbac};
+use k8s_openapi::api::{apps, batch, core, networking, rbac};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -31,13 +31,14 @@ pub enum Kind {
     RoleBinding,
     Deployment,
     Job,
+    NetworkPolicy,
     ExternalSecret(EsoVersion),
     SecretStore(EsoVersion),
     ClusterSecretStore(EsoVersion),
 }
 
 /// Every kind [`Kind::of`] knows, for messages that list them.
-pub const ALL: [Kind; 15] = [
+pub const ALL: [Kind; 16] = [
     Kind::Namespace,
     Kind::ServiceAccount,
     Kind::ConfigMap,
@@ -47,6 +48,7 @@ pub const ALL: [Kind; 15] = [
     Kind::RoleBinding,
     Kind::Deployment,
     Kind::Job,
+    Kind::NetworkPolicy,
     Kind::ExternalSecret(EsoVersion::V1),
     Kind::SecretStore(EsoVersion::V1),
     Kind::ClusterSecretStore(EsoVersion::V1),
@@ -85,6 +87,7 @@ impl Kind {
             Kind::RoleBinding => "RoleBinding",
             Kind::Deployment => "Deployment",
             Kind::Job => "Job",
+            Kind::NetworkPolicy => "NetworkPolicy",
             Kind::ExternalSecret(_) => "ExternalSecret",
             Kind::SecretStore(_) => "SecretStore",
             Kind::ClusterSecretStore(_) => "ClusterSecretStore",
@@ -102,6 +105,7 @@ impl Kind {
             Kind::Role | Kind::RoleBinding => "rbac.authorization.k8s.io/v1",
             Kind::Deployment => "apps/v1",
             Kind::Job => "batch/v1",
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::ExternalSecret(v) | Kind::SecretStore(v) | Kind::ClusterSecretStore(v) => match v
             {
                 EsoVersion::V1 => "external-secrets.io/v1",
@@ -164,6 +168,7 @@ impl Kind {
             Kind::RoleBinding => through::<rbac::v1::RoleBinding>(object),
             Kind::Deployment => through::<apps::v1::Deployment>(object),
             Kind::Job => through::<batch::v1::Job>(object),
+            Kind::NetworkPolicy => through::<networking::v1::NetworkPolicy>(object),
             Kind::ExternalSecret(EsoVersion::V1) => through::<eso::v1::ExternalSecret>(object),
             Kind::SecretStore(EsoVersion::V1) => through::<eso::v1::SecretStore>(object),
             Kind::ClusterSecretStore(EsoVersion::V1) => {

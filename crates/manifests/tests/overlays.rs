@@ -727,3 +727,43 @@ fn the_gateway_envoy_config_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Only the gateway's pods reach keygate, on keygate's two ports; the
+/// policy selects keygate's pods by the labels its Deployment gives them.
+#[rstest]
+fn only_the_gateway_reaches_keygate(
+    #[values("inline", "existing-secret", "external-secret")] mode: &str,
+) {
+    let objects = render(mode);
+    let policy = find(objects, "NetworkPolicy", "keygate-from-gateway-only")
+        .unwrap_or_else(|| panic!("{mode}: no NetworkPolicy for keygate"));
+    let keygate = find(objects, "Deployment", "keygate").expect("keygate's Deployment");
+    let gateway = find(objects, "Deployment", "gateway").expect("the gateway's Deployment");
+    let labels = |d: &Value| d.pointer("/spec/template/metadata/labels").cloned();
+    assert_eq!(
+        policy.pointer("/spec/podSelector/matchLabels").cloned(),
+        labels(keygate),
+        "{mode}: the policy selects keygate's pods"
+    );
+    assert_eq!(
+        policy.pointer("/spec/policyTypes"),
+        Some(&serde_json::json!(["Ingress"]))
+    );
+    let ingress = policy
+        .pointer("/spec/ingress")
+        .and_then(Value::as_array)
+        .unwrap();
+    assert_eq!(ingress.len(), 1, "{mode}: one ingress rule");
+    assert_eq!(
+        ingress[0].pointer("/from"),
+        Some(&serde_json::json!([{"podSelector": {"matchLabels": labels(gateway).unwrap()}}])),
+        "{mode}: only the gateway's pods, from its own namespace"
+    );
+    let ports: Vec<u64> = ingress[0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["port"].as_u64())
+        .collect();
+    assert_eq!(ports, [9001, 9002], "{mode}: keygate's gRPC and HTTP ports");
+}
