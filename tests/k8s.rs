@@ -38,7 +38,7 @@ async fn cluster(case: &mut CaseGuard) -> Option<(Client, &'static KubeEnvironme
         case.skip(NEEDS_CLUSTER);
         return None;
     };
-    let client = rig::k8s::client::for_environment(kube)
+    let client = rig_k8s::client::for_environment(kube)
         .await
         .expect("a Kubernetes client for the cluster env.json names");
     Some((client, kube))
@@ -112,7 +112,7 @@ async fn external_secret_is_ready_and_synced() {
         .await
         .unwrap();
     assert_eq!(
-        rig::k8s::waits::external_secret_ready(&es),
+        rig_k8s::waits::external_secret_ready(&es),
         Some(("True".to_owned(), Some("SecretSynced".to_owned()))),
         "status: {:?}",
         es.status
@@ -272,10 +272,10 @@ async fn rotated_secret_id_reaches_the_gateway() {
     .await
     .unwrap();
     assert_eq!(destroyed.status, 204, "{:?}", destroyed.body["errors"]);
-    rig::k8s::profile::restart_deployment(&client, &kube.namespace, &kube.keygate)
+    rig_k8s::profile::restart_deployment(&client, &kube.namespace, &kube.keygate)
         .await
         .unwrap();
-    rig::k8s::waits::deployment(
+    rig_k8s::waits::deployment(
         &client,
         &kube.namespace,
         &kube.keygate,

@@ -1,19 +1,19 @@
 //! `up`, `e2e` (and via main, `down`) for the kind and cluster profiles:
 //! the tool check first (fails in well under 2 s with every missing tool
-//! named), then rig::k8s does the work.
+//! named), then rig_k8s does the work.
 
 use std::process::{Command, ExitCode};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use rig::k8s::KubeProfile;
-use rig::k8s::profile::{KubeOptions, KubeRun};
+use rig_k8s::KubeProfile;
+use rig_k8s::profile::{KubeOptions, KubeRun};
 use rig::say;
 
 use super::{KubeArgs, TEST_PID, cargo, run_cargo, runtime, stop_on_interrupt};
 
-fn options(profile: KubeProfile, mode: rig::k8s::Mode, args: KubeArgs) -> KubeOptions {
+fn options(profile: KubeProfile, mode: rig_k8s::Mode, args: KubeArgs) -> KubeOptions {
     let mut opts = KubeOptions::new(profile, mode);
     opts.recreate = args.recreate;
     opts.vault = args.vault.into();
@@ -21,9 +21,9 @@ fn options(profile: KubeProfile, mode: rig::k8s::Mode, args: KubeArgs) -> KubeOp
 }
 
 /// The tool check, before anything is built or started.
-fn preflight(profile: KubeProfile) -> Result<rig::k8s::preflight::KubeTools> {
+fn preflight(profile: KubeProfile) -> Result<rig_k8s::preflight::KubeTools> {
     let started = Instant::now();
-    let tools = rig::k8s::profile::preflight(profile);
+    let tools = rig_k8s::profile::preflight(profile);
     say!(
         "{profile} profile: tool check took {}",
         rig::secs(started.elapsed())
@@ -31,11 +31,11 @@ fn preflight(profile: KubeProfile) -> Result<rig::k8s::preflight::KubeTools> {
     tools
 }
 
-pub fn up(profile: KubeProfile, mode: rig::k8s::Mode, args: KubeArgs) -> Result<()> {
+pub fn up(profile: KubeProfile, mode: rig_k8s::Mode, args: KubeArgs) -> Result<()> {
     let tools = preflight(profile)?;
     stop_on_interrupt()?;
     let run = runtime()?
-        .block_on(rig::k8s::profile::up(
+        .block_on(rig_k8s::profile::up(
             &options(profile, mode, args),
             &tools,
             rig::run::RunDir::create()?,
@@ -45,7 +45,7 @@ pub fn up(profile: KubeProfile, mode: rig::k8s::Mode, args: KubeArgs) -> Result<
                 "the {profile} profile did not come up (`cargo xtask down --profile {profile}` removes what it made)"
             )
         })?;
-    println!("{}", rig::k8s::profile::describe(&run));
+    println!("{}", rig_k8s::profile::describe(&run));
     println!("stop with `cargo xtask down --profile {profile}`");
     run.supervisor.detach();
     Ok(())
@@ -53,7 +53,7 @@ pub fn up(profile: KubeProfile, mode: rig::k8s::Mode, args: KubeArgs) -> Result<
 
 pub fn e2e(
     profile: KubeProfile,
-    mode: rig::k8s::Mode,
+    mode: rig_k8s::Mode,
     args: KubeArgs,
     filter: Option<&str>,
     report_dir: Option<&std::path::Path>,
@@ -71,7 +71,7 @@ pub fn e2e(
     let started_at = time::OffsetDateTime::now_utc();
     let run_dir = rig::run::RunDir::create()?;
     let run_path = run_dir.path().to_owned();
-    let outcome = rt.block_on(rig::k8s::profile::up(
+    let outcome = rt.block_on(rig_k8s::profile::up(
         &options(profile, mode, args),
         &tools,
         run_dir,
@@ -83,7 +83,7 @@ pub fn e2e(
     // Whatever happened: the kind cluster this run created goes; one it
     // reused (another run's, e.g. `up`'s) stays.
     if profile == KubeProfile::Kind {
-        match rt.block_on(rig::k8s::profile::delete_created_cluster(&run_path, &[])) {
+        match rt.block_on(rig_k8s::profile::delete_created_cluster(&run_path, &[])) {
             Ok(Some(name)) => say!("kind: deleted cluster {name}, which this run created"),
             Ok(None) => {}
             Err(err) => say!("warning: {err:#}"),

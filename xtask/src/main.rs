@@ -181,12 +181,12 @@ impl DeliveryMode {
     }
 }
 
-impl From<DeliveryMode> for rig::k8s::Mode {
+impl From<DeliveryMode> for rig_k8s::Mode {
     fn from(mode: DeliveryMode) -> Self {
         match mode {
-            DeliveryMode::Inline => rig::k8s::Mode::Inline,
-            DeliveryMode::ExistingSecret => rig::k8s::Mode::ExistingSecret,
-            DeliveryMode::ExternalSecret => rig::k8s::Mode::ExternalSecret,
+            DeliveryMode::Inline => rig_k8s::Mode::Inline,
+            DeliveryMode::ExistingSecret => rig_k8s::Mode::ExistingSecret,
+            DeliveryMode::ExternalSecret => rig_k8s::Mode::ExternalSecret,
         }
     }
 }
@@ -211,11 +211,11 @@ enum VaultFlavour {
     Hashicorp,
 }
 
-impl From<VaultFlavour> for rig::k8s::VaultChart {
+impl From<VaultFlavour> for rig_k8s::VaultChart {
     fn from(flavour: VaultFlavour) -> Self {
         match flavour {
-            VaultFlavour::Openbao => rig::k8s::VaultChart::OpenBao,
-            VaultFlavour::Hashicorp => rig::k8s::VaultChart::HashiCorp,
+            VaultFlavour::Openbao => rig_k8s::VaultChart::OpenBao,
+            VaultFlavour::Hashicorp => rig_k8s::VaultChart::HashiCorp,
         }
     }
 }
@@ -239,11 +239,11 @@ impl Profile {
         }
     }
 
-    fn kube(self) -> Option<rig::k8s::KubeProfile> {
+    fn kube(self) -> Option<rig_k8s::KubeProfile> {
         match self {
             Profile::Local => None,
-            Profile::Kind => Some(rig::k8s::KubeProfile::Kind),
-            Profile::Cluster => Some(rig::k8s::KubeProfile::Cluster),
+            Profile::Kind => Some(rig_k8s::KubeProfile::Kind),
+            Profile::Cluster => Some(rig_k8s::KubeProfile::Cluster),
         }
     }
 
@@ -294,7 +294,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Down { profile } => {
             down()?;
             if profile == Profile::Kind {
-                runtime()?.block_on(rig::k8s::profile::delete_created_clusters())?;
+                runtime()?.block_on(rig_k8s::profile::delete_created_clusters())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -991,22 +991,22 @@ fn bench(quick: bool, release: bool) -> Result<()> {
         .args(["xtask", "e2e", "--mode", "inline"])
         .current_dir(rig::paths::workspace_root());
     plain_output_unless_interactive(&mut suite);
-    let report = runtime()?.block_on(rig::bench::run(rig::bench::BenchOptions {
+    let report = runtime()?.block_on(rig_bench::run(rig_bench::BenchOptions {
         plan: if quick {
-            rig::bench::Plan::quick()
+            rig_bench::Plan::quick()
         } else {
-            rig::bench::Plan::full()
+            rig_bench::Plan::full()
         },
         local,
         suite_command: Some(suite),
         out_dir: out_dir.clone(),
     }))?;
     let json = out_dir.join("bench.json");
-    rig::bench::report::save_json(&report, &json)?;
+    rig_bench::report::save_json(&report, &json)?;
     let svg = out_dir.join("latency.svg");
-    rig::bench::plot::latency_svg(&report.variants, &svg)?;
+    rig_bench::plot::latency_svg(&report.variants, &svg)?;
     println!();
-    print!("{}", rig::bench::report::render(&report));
+    print!("{}", rig_bench::report::render(&report));
     println!("numbers: {}\nplot:    {}", json.display(), svg.display());
     Ok(())
 }
@@ -1022,11 +1022,11 @@ fn bench_smoke() -> bool {
         let value: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not JSON", json.display()))?;
         let variants = value["variants"].as_array().map_or(0, Vec::len);
-        if variants != rig::bench::variants::Variant::ALL.len() {
+        if variants != rig_bench::variants::Variant::ALL.len() {
             bail!(
                 "{} holds {variants} variants, not {}",
                 json.display(),
-                rig::bench::variants::Variant::ALL.len()
+                rig_bench::variants::Variant::ALL.len()
             );
         }
         Ok(())

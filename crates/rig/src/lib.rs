@@ -4,7 +4,6 @@
 //! `env`, `vault`, `wait` and `case`.
 
 pub mod audit;
-pub mod bench;
 pub mod case;
 pub mod debian;
 pub mod delivery;
@@ -15,7 +14,6 @@ pub mod environments;
 pub mod fault;
 pub mod gateway;
 pub mod identity;
-pub mod k8s;
 pub mod keys_file;
 pub mod local;
 pub mod modes;

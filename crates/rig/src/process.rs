@@ -243,7 +243,7 @@ impl Readiness {
 
 /// A short reason for a failed request ("connection refused"), without the
 /// nested chain reqwest produces.
-pub(crate) fn describe_request_error(err: &reqwest::Error) -> String {
+pub fn describe_request_error(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         return "no answer (timeout)".into();
     }

@@ -20,9 +20,9 @@ use super::credentials::{
     DevCredentials, committed_credentials, per_run_credentials, register_dev_credentials,
 };
 use super::vault_auth::{self, MountOwner, OutsideCluster};
-use crate::process::{Component, Readiness, Supervisor};
-use crate::run::RunDir;
-use crate::vault::{Secret, VaultClient, VaultSetup};
+use rig::process::{Component, Readiness, Supervisor};
+use rig::run::RunDir;
+use rig::vault::{Secret, VaultClient, VaultSetup};
 
 /// A dev server of the pinned OpenBao, stopped when the test ends.
 struct DevVault {
@@ -35,7 +35,7 @@ async fn dev_vault() -> DevVault {
     let bao = super::pinned_tool("bao");
     let base = tempfile::tempdir().unwrap();
     let run = RunDir::create_in(base.path()).unwrap();
-    let port = crate::ports::free_port_pair().unwrap();
+    let port = rig::ports::free_port_pair().unwrap();
     let addr = format!("http://127.0.0.1:{port}");
     let token = apikey::ApiKey::generate().expose().to_owned();
     let mut supervisor = Supervisor::new(&run);
@@ -327,7 +327,7 @@ async fn cluster_vault_side_works_over_https_with_a_ca_file() {
     let base = tempfile::tempdir().unwrap();
     let run = RunDir::create_in(base.path()).unwrap();
     let mut supervisor = Supervisor::new(&run);
-    let tls = crate::vault::DevTlsVault::start(&mut supervisor, &run, &bao, "bao-tls")
+    let tls = rig::vault::DevTlsVault::start(&mut supervisor, &run, &bao, "bao-tls")
         .await
         .unwrap();
     assert!(tls.addr.starts_with("https://"), "{}", tls.addr);

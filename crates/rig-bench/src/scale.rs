@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::load::{self, Burst, Keys};
-use crate::vault::VaultClient;
+use rig::vault::VaultClient;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleResult {
@@ -64,12 +64,12 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
     let mut out = Vec::new();
     for &size in sizes {
         let missing = size.saturating_sub(all.len());
-        crate::say!("bench: scale {size} keys: writing {missing} to Vault");
+        rig::say!("bench: scale {size} keys: writing {missing} to Vault");
         let (new, took) =
             super::keys::write_keys(setup.root, setup.mount, setup.group, missing).await?;
-        crate::say!(
+        rig::say!(
             "bench: scale {size} keys: written in {}; filling keygate's cache",
-            crate::secs(took)
+            rig::secs(took)
         );
         let pool = std::sync::Arc::new(new.clone());
         let fill = load::run(
@@ -87,7 +87,7 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
         )
         .await?;
         if fill.failed > 0 {
-            crate::say!(
+            rig::say!(
                 "bench: scale {size}: {} of {} cache-filling requests failed (last: {:?})",
                 fill.failed,
                 fill.requests(),

@@ -279,7 +279,7 @@ mod tests {
     use std::time::Duration;
 
     fn outcome(requests: u64, secs: u64, latency_us: u64) -> Outcome {
-        let mut h = crate::bench::stats::latency_histogram();
+        let mut h = crate::stats::latency_histogram();
         for _ in 0..requests {
             h.record(latency_us).unwrap();
         }

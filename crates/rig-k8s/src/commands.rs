@@ -14,7 +14,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
-use crate::say;
+use rig::say;
 
 /// What kind, helm, kubectl and docker get from the harness's environment
 /// besides `process::BASE_ENV`: their own settings (Docker's daemon and
@@ -100,7 +100,7 @@ impl Commands {
         command
             .args(&args)
             .env_clear()
-            .envs(crate::process::child_env(
+            .envs(rig::process::child_env(
                 std::env::vars_os(),
                 &inherit,
                 &[],
@@ -110,7 +110,7 @@ impl Commands {
             .stderr(Stdio::piped())
             // Ctrl-C or a panic drops the future: the command goes with it.
             .kill_on_drop(true)
-            .current_dir(crate::paths::workspace_root());
+            .current_dir(rig::paths::workspace_root());
         if let Some(kubeconfig) = &self.kubeconfig {
             command.env("KUBECONFIG", kubeconfig);
         }
@@ -132,7 +132,7 @@ impl Commands {
                 "`{shown}` failed ({}); the end of {}:\n{}",
                 output.status,
                 log_file.display(),
-                crate::process::log_tail(&log_file, 15)
+                rig::process::log_tail(&log_file, 15)
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())

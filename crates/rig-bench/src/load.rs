@@ -109,7 +109,7 @@ pub async fn run(burst: Burst<'_>, clients: &[reqwest::Client]) -> Result<Outcom
                         let _ = response.bytes().await;
                         Ok(status)
                     }
-                    Err(err) => Err(crate::process::describe_request_error(&err)),
+                    Err(err) => Err(rig::process::describe_request_error(&err)),
                 };
                 let us = sent.elapsed().as_micros().max(1) as u64;
                 let _ = h.record(us.min(h.high()));

@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::gateway::GatewayKind;
-use crate::local::LocalOptions;
-use crate::modes::Mode;
-use crate::say;
-use crate::vault::VaultClient;
+use rig::gateway::GatewayKind;
+use rig::local::LocalOptions;
+use rig::modes::Mode;
+use rig::say;
+use rig::vault::VaultClient;
 use load::{Burst, Keys};
 use variants::Variant;
 
@@ -175,7 +175,7 @@ pub struct BenchReport {
 
 /// The first literal path of a group's OpenAPI document, under its route
 /// prefix: a request keygate routes to that group.
-fn group_path(group: &crate::scenario::ApiGroup) -> Result<String> {
+fn group_path(group: &rig::scenario::ApiGroup) -> Result<String> {
     let text = std::fs::read_to_string(&group.file)
         .with_context(|| format!("reading {}", group.file.display()))?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text)
@@ -195,7 +195,7 @@ fn group_path(group: &crate::scenario::ApiGroup) -> Result<String> {
     Ok(format!("{}{}", group.base_path, path))
 }
 
-fn machine(tools: &crate::tools::Tools, keygate: &std::path::Path) -> Machine {
+fn machine(tools: &rig::tools::Tools, keygate: &std::path::Path) -> Machine {
     let version = |name: &str| {
         tools
             .resolve(name)
@@ -236,9 +236,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let started_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let tools = crate::tools::Tools::load(
+    let tools = rig::tools::Tools::load(
         &opts.local.env_dir.join("tools.toml"),
-        crate::tools::ToolEnv::from_process(),
+        rig::tools::ToolEnv::from_process(),
     )?;
     let machine = machine(&tools, &opts.local.keygate_bin);
     let envoy = tools.resolve("envoy").context("the bench needs Envoy")?;
@@ -251,18 +251,18 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     local.gateways = vec![GatewayKind::EnvoyGrpc, GatewayKind::EnvoyHttp];
     local.runs_dir = opts.out_dir.join("runs");
     let up_started = Instant::now();
-    let mut env_a = crate::local::up(&local)
+    let mut env_a = rig::local::up(&local)
         .await
         .context("the bench environment did not come up")?;
     let up_ms = up_started.elapsed().as_millis() as u64;
     let env = env_a.environment.clone();
     let root = VaultClient::root(&env)?;
-    let groups = crate::scenario::load_apis(&local.scenarios_dir.join("apis"))?;
+    let groups = rig::scenario::load_apis(&local.scenarios_dir.join("apis"))?;
     let group = groups.first().context("no API group in the scenarios")?;
     let path = group_path(group)?;
     say!(
         "bench: environment up in {} ({}); requests go to {path} (group {})",
-        crate::secs(Duration::from_millis(up_ms)),
+        rig::secs(Duration::from_millis(up_ms)),
         env_a.run.path().display(),
         group.group_id
     );
@@ -324,7 +324,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     if env.keys_file.is_some() {
         env_a
             .supervisor
-            .stop("keys-agent", crate::process::StopMode::Graceful)?;
+            .stop("keys-agent", rig::process::StopMode::Graceful)?;
     }
 
     // 3. Keys: the warm key (also what the native filter knows, with 99
@@ -340,9 +340,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     say!(
         "bench: keys written ({} in {}, {} in {})",
         native_keys.len(),
-        crate::secs(took),
+        rig::secs(took),
         cold.len(),
-        crate::secs(cold_took)
+        rig::secs(cold_took)
     );
     let upstream: std::net::SocketAddr = env
         .upstream_url
@@ -419,7 +419,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         plan.rounds,
         Variant::ALL.len(),
         plan.requests_per_round,
-        crate::secs(plan.window),
+        rig::secs(plan.window),
         plan.connections
     );
     for (round, variant) in schedule {
@@ -446,7 +446,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             round + 1,
             variant.name(),
             outcome.requests(),
-            crate::secs(outcome.elapsed),
+            rig::secs(outcome.elapsed),
             outcome.requests() as f64 / outcome.elapsed.as_secs_f64(),
             outcome.failed
         );
@@ -483,7 +483,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     scale_local.runs_dir = opts.out_dir.join("runs");
     scale_local.positive_ttl = Duration::from_secs(3600);
     let scale_started = Instant::now();
-    let env_b = crate::local::up(&scale_local)
+    let env_b = rig::local::up(&scale_local)
         .await
         .context("the scale environment did not come up")?;
     let scale_up_ms = scale_started.elapsed().as_millis() as u64;
@@ -492,7 +492,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         // Its agent would render all 100 000 keys every second.
         env_b
             .supervisor
-            .stop("keys-agent", crate::process::StopMode::Graceful)?;
+            .stop("keys-agent", rig::process::StopMode::Graceful)?;
     }
     let root_b = VaultClient::root(&env_b.environment)?;
     let keygate_pid = env_b
@@ -518,7 +518,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             "scale: --quick does 100 and 1 000 keys; 10 000 and 100 000 only in a full run".into(),
         );
     }
-    let scale_audit = env_b.run.logs_dir().join(crate::audit::AUDIT_LOG);
+    let scale_audit = env_b.run.logs_dir().join(rig::audit::AUDIT_LOG);
     drop(env_b);
     // Vault's audit device logs every key written and read: ~600 MB at
     // 100 000 keys, enough to fill a small disk over a few runs. The bench
@@ -568,7 +568,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             suite.e2e_inline_ok = Some(status.success());
             suite.e2e_command = Some(shown);
             // The child's own split (up, tests) from the run it left as `latest`.
-            let report = crate::paths::rig_dir().join("latest/report.json");
+            let report = rig::paths::rig_dir().join("latest/report.json");
             if let Ok(text) = std::fs::read_to_string(&report)
                 && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
             {

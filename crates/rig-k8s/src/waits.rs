@@ -21,7 +21,7 @@ use kube::runtime::wait::{Condition, await_condition};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::say;
+use rig::say;
 
 /// How long to wait before starting a failed watch again: `first`, doubled
 /// after each failure, never more than `max` (nor past the deadline).
@@ -108,7 +108,7 @@ where
     };
     match retry_until(deadline, WATCH_BACKOFF, watch).await {
         Ok(Some(object)) => {
-            say!("{what}: ready after {}", crate::secs(started.elapsed()));
+            say!("{what}: ready after {}", rig::secs(started.elapsed()));
             Ok(object)
         }
         Ok(None) => Err(anyhow!("{what}: {name} was deleted while waiting for it")),
@@ -135,7 +135,7 @@ pub fn deadline_message(
 ) -> String {
     let mut message = format!(
         "{what}: not ready after {}; last seen: {last_seen}",
-        crate::secs(deadline)
+        rig::secs(deadline)
     );
     if let Some(err) = &passed.last_error {
         message.push_str(&format!(
