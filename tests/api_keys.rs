@@ -4,7 +4,7 @@
 //! Each case issues its own keys, so cases run in parallel without sharing state.
 
 use keyrig_e2e::*;
-use rig::wait::Probe;
+use rig::base::wait::Probe;
 use rstest::rstest;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -179,7 +179,7 @@ async fn revoked_key_is_refused_once_the_cache_expires(
     // Revocation in the portal's scheme: delete the secret, all versions.
     revoke_key(GROUP, &key).await.unwrap();
 
-    rig::wait::wait_until(
+    rig::base::wait::wait_until(
         "the revoked key to be refused",
         cache_deadline(),
         async || {

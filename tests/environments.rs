@@ -4,7 +4,7 @@
 use keyrig_e2e::*;
 use rstest::rstest;
 
-fn environments() -> &'static rig::environments::Environments {
+fn environments() -> &'static rig::contract::environments::Environments {
     env()
         .environments
         .as_ref()

@@ -3,10 +3,10 @@
 //! gateway, bad scenario input. Each test that kills or restarts something
 //! owns its environment (see `faults/support.rs`); each is bounded in
 //! requests and time, loopback only. Figures (requests, false accepts, 503s,
-//! recovery time) go into the case message and `rig::fault` records (the
+//! recovery time) go into the case message and `rig::contract::fault` records (the
 //! report's "Faults" table); recovery times are recorded, never asserted
 //! against a threshold. The group runs once per multi-mode e2e run
-//! (`rig::once`), except the mode-specific bao agent case.
+//! (`rig::contract::once`), except the mode-specific bao agent case.
 
 #[path = "faults/bad_input.rs"]
 mod bad_input;
@@ -28,13 +28,13 @@ mod faults {
     use crate::{bad_input, hostile};
     use apikey::ApiKey;
     use reqwest::Method;
-    use rig::case::CaseGuard;
+    use rig::base::wait::{Probe, wait_until};
+    use rig::contract::case::CaseGuard;
+    use rig::contract::modes::Mode;
+    use rig::local::secret_dir::SecretDir;
     use rig::local::{LocalOptions, VaultStorage};
-    use rig::modes::Mode;
-    use rig::process::StopMode;
-    use rig::secret_dir::SecretDir;
-    use rig::vault::Secret;
-    use rig::wait::{Probe, wait_until};
+    use rig::process::supervisor::StopMode;
+    use rig::vault::client::Secret;
     use serde_json::{Value, json};
 
     fn case(name: &str) -> CaseGuard {
@@ -43,9 +43,9 @@ mod faults {
 
     /// The options for an owned environment, or `None` after marking the case
     /// skipped with the reason: the group runs in another mode of this run
-    /// (`rig::once`), or a binary is missing.
+    /// (`rig::contract::once`), or a binary is missing.
     fn options_or_skip(case: &mut CaseGuard) -> Option<LocalOptions> {
-        if let Some(reason) = rig::once::skip_reason(GROUP, run_mode().as_deref()) {
+        if let Some(reason) = rig::contract::once::skip_reason(GROUP, run_mode().as_deref()) {
             eprintln!("skipped: {reason}");
             case.skip(reason);
             return None;
@@ -104,7 +104,7 @@ mod faults {
             assert!(
                 outage.elapsed() < deadline,
                 "the cached key was still served {} after Vault went down: the resurrect window never ended",
-                rig::secs(outage.elapsed())
+                rig::base::progress::secs(outage.elapsed())
             );
             let reply = env.get(&path, Some(cached.expose())).await;
             tally.count(&reply, false);
@@ -155,7 +155,7 @@ mod faults {
 
         env.run.supervisor.restart("bao").await.unwrap();
         let vault = env.vault_without_token().unwrap();
-        rig::raft::unseal(&vault, &env.unseal_key_file().unwrap())
+        rig::vault::raft::unseal(&vault, &env.unseal_key_file().unwrap())
             .await
             .unwrap();
         let recovery = until_status(
@@ -186,7 +186,7 @@ mod faults {
         );
         case.note(tally.message(&format!(
         "cached key served {} into the outage (positive {} ms + resurrect {} ms), {resurrected} resurrected answers",
-        rig::secs(served),
+        rig::base::progress::secs(served),
         cache.positive_ttl_ms,
         cache.resurrect_ttl_ms
     )));
@@ -240,7 +240,7 @@ mod faults {
         }
 
         let vault = env.vault_without_token().unwrap();
-        rig::raft::unseal(&vault, &env.unseal_key_file().unwrap())
+        rig::vault::raft::unseal(&vault, &env.unseal_key_file().unwrap())
             .await
             .unwrap();
         tally.recovery = Some(
@@ -320,8 +320,8 @@ mod faults {
         assert!(
             accessors.len() >= 2,
             "keygate kept one token for {} though its max TTL is {}",
-            rig::secs(span),
-            rig::secs(max_ttl)
+            rig::base::progress::secs(span),
+            rig::base::progress::secs(max_ttl)
         );
         assert_eq!(tally.false_accepts, 0);
         env.record_fault(
@@ -333,7 +333,7 @@ mod faults {
         case.note(tally.message(&format!(
             "0 failed; {} keygate tokens seen over {}",
             accessors.len(),
-            rig::secs(started.elapsed())
+            rig::base::progress::secs(started.elapsed())
         )));
     }
 
@@ -485,7 +485,7 @@ mod faults {
             .approle_new_secret_id(&delivery.approle_role)
             .await
             .unwrap();
-        rig::redact::register_secret(new.secret_id.expose());
+        rig::base::redact::register_secret(new.secret_id.expose());
         let mut data = env
             .root
             .kv2_get(&external.kv_mount, &external.secret_id_path)
@@ -511,7 +511,7 @@ mod faults {
                 dir.current_payload(),
                 payload_before,
                 "the Secret's ..data changed {} after its agent was killed",
-                rig::secs(held.elapsed())
+                rig::base::progress::secs(held.elapsed())
             );
             let now = dir.read(&secret_key).unwrap();
             assert!(
@@ -610,7 +610,7 @@ mod faults {
     );
         case.note(tally.message(&format!(
         "Secret unchanged over {checks} checks in {} without the agent; new secret-id in the Secret {} ms after the restart",
-        rig::secs(window),
+        rig::base::progress::secs(window),
         delivered.as_millis()
     )));
     }
@@ -636,7 +636,7 @@ mod faults {
         let env = Owned::start(&opts).await.unwrap();
         let mut failed = Vec::new();
         let mut passed = Vec::new();
-        for kind in rig::gateway::GatewayKind::ALL {
+        for kind in rig::contract::gateways::GatewayKind::ALL {
             let gateway = kind.name();
             let mut case = CaseGuard::start_on(GROUP, NAME, gateway);
             let Some(url) = env.env().gateways.get(gateway) else {

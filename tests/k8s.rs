@@ -18,8 +18,8 @@ use keyrig_e2e::*;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use manifests::eso::v1::ExternalSecret;
-use rig::env::KubeEnvironment;
-use rig::wait::{Probe, wait_until};
+use rig::base::wait::{Probe, wait_until};
+use rig::contract::env::KubeEnvironment;
 use serde_json::json;
 
 const GROUP: &str = "k8s";
@@ -310,8 +310,9 @@ fn record_rotation(kube: &KubeEnvironment, synced_ms: u64, propagation_ms: u64) 
         ("secret-synced", synced_ms),
         ("gateway-credentials", propagation_ms),
     ] {
-        let record = rig::rotation::RotationRecord::new(&mode, what, Duration::from_millis(ms));
-        rig::rotation::record(&record, None).expect("writing the rotation record");
+        let record =
+            rig::contract::rotation::RotationRecord::new(&mode, what, Duration::from_millis(ms));
+        rig::contract::rotation::record(&record, None).expect("writing the rotation record");
     }
 }
 

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use keyrig_e2e::*;
-use rig::rotation::RotationRecord;
-use rig::wait::Probe;
+use rig::base::wait::Probe;
+use rig::contract::rotation::RotationRecord;
 
 const GROUP: &str = "animal-rescue-api";
 
@@ -30,7 +30,7 @@ async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
     store_record(GROUP, &key, &apikey::KeyRecord::for_key(&key, "rotation"))
         .await
         .unwrap();
-    rig::wait::wait_until(
+    rig::base::wait::wait_until(
         "the new key to be accepted at the keys-file gateway",
         deadline,
         async || {
@@ -44,7 +44,7 @@ async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
     .await
     .unwrap();
     let new_took = written.elapsed();
-    rig::rotation::record(
+    rig::contract::rotation::record(
         &RotationRecord::new("keys-file", "api-key-new", new_took),
         None,
     )
@@ -52,7 +52,7 @@ async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
 
     let deleted_at = Instant::now();
     revoke_key(GROUP, &key).await.unwrap();
-    rig::wait::wait_until(
+    rig::base::wait::wait_until(
         "the revoked key to be refused at the keys-file gateway",
         deadline,
         async || {
@@ -66,7 +66,7 @@ async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
     .await
     .unwrap();
     let revoked_took = deleted_at.elapsed();
-    rig::rotation::record(
+    rig::contract::rotation::record(
         &RotationRecord::new("keys-file", "api-key-revoked", revoked_took),
         None,
     )
@@ -92,7 +92,7 @@ async fn until_keys_file_answers(
     what: &str,
 ) -> anyhow::Result<Duration> {
     let since = Instant::now();
-    rig::wait::wait_until(what, render_deadline(), async || {
+    rig::base::wait::wait_until(what, render_deadline(), async || {
         let reply = gateway_get_at(gateway_url, path, Some(key.expose())).await?;
         Ok(if reply.status == want {
             Probe::Ready(())
@@ -159,7 +159,10 @@ async fn keys_file_rotations_under_load_fail_no_request() {
                 ("api-key-new-under-load", new),
                 ("api-key-revoked-under-load", revoked),
             ] {
-                rig::rotation::record(&RotationRecord::new("keys-file", what, t), Some(n))?;
+                rig::contract::rotation::record(
+                    &RotationRecord::new("keys-file", what, t),
+                    Some(n),
+                )?;
             }
             took.push((new, revoked));
         }

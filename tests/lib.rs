@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use apikey::{ApiKey, KeyRecord};
 use reqwest::Method;
-use rig::env::Environment;
+use rig::contract::env::Environment;
 use serde_json::{Value, json};
 
-pub use rig::case::CaseGuard;
+pub use rig::contract::case::CaseGuard;
 
 /// The running environment, from `$KEYRIG_ENV` or `target/rig/latest/env.json`.
 pub fn env() -> &'static Environment {
@@ -67,7 +67,7 @@ fn pass_group(group: &str) -> String {
 /// key is accepted until it is deleted), and a change lands within the
 /// render interval plus keygate's poll instead of the cache TTL.
 pub fn keys_file_mode() -> bool {
-    env().key_source == rig::env::KEY_SOURCE_FILE
+    env().key_source == rig::contract::env::KEY_SOURCE_FILE
 }
 
 /// The longest a rendered change may take to reach the keys-file gateway:
@@ -89,14 +89,16 @@ pub async fn await_delivery(group: &str, key: &str) -> Result<()> {
         return Ok(());
     }
     let path = api_path(group);
-    rig::wait::wait_until(
+    rig::base::wait::wait_until(
         "the agent to render the new key into the keys file",
         render_deadline(),
         async || {
             let reply = gateway_get(&path, Some(key)).await?;
             Ok(match reply.reason.as_deref() {
-                Some("unknown") => rig::wait::Probe::seen(format!("{} unknown", reply.status)),
-                _ => rig::wait::Probe::Ready(()),
+                Some("unknown") => {
+                    rig::base::wait::Probe::seen(format!("{} unknown", reply.status))
+                }
+                _ => rig::base::wait::Probe::Ready(()),
             })
         },
     )
@@ -221,11 +223,11 @@ pub async fn login_as(role: &str) -> Result<Token> {
     )
     .await?;
     if let Some(secret_id) = secret_id.body["data"]["secret_id"].as_str() {
-        rig::redact::register_secret(secret_id);
+        rig::base::redact::register_secret(secret_id);
     }
     match login.body["auth"]["client_token"].as_str() {
         Some(token) if login.status == 200 => {
-            rig::redact::register_secret(token);
+            rig::base::redact::register_secret(token);
             Ok(Token(token.to_owned()))
         }
         _ => bail!(
@@ -246,7 +248,7 @@ pub fn kv_path(kind: &str, group: &str, selector: &str) -> String {
 pub async fn issue_key(group: &str, record: impl FnOnce(KeyRecord) -> KeyRecord) -> Result<ApiKey> {
     let key = ApiKey::generate();
     // Registered before use, so no report or failure message can show it.
-    rig::redact::register_secret(key.expose());
+    rig::base::redact::register_secret(key.expose());
     let record = record(KeyRecord::for_key(&key, "e2e-owner"));
     store_record(group, &key, &record).await?;
     await_delivery(group, key.expose()).await?;
@@ -397,7 +399,7 @@ pub fn case_on(gateway: &str, group: &str, name: &str) -> Option<(CaseGuard, Gat
 
 /// Why a gateway case has nothing behind it. Every such case is recorded
 /// as skipped with this reason, never as nothing (a silent pass).
-pub fn not_run_reason(env: &rig::env::Environment, gateway: &str) -> String {
+pub fn not_run_reason(env: &rig::contract::env::Environment, gateway: &str) -> String {
     if let Some(reason) = env.skipped_gateways.get(gateway) {
         return format!("gateway {gateway} does not run: {reason}");
     }

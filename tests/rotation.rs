@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use keyrig_e2e::*;
 use reqwest::Method;
-use rig::env::DeliveryInfo;
-use rig::rotation::RotationRecord;
-use rig::secret_dir::SecretDir;
-use rig::vault::{Secret, VaultClient};
-use rig::wait::{Probe, wait_until};
+use rig::base::wait::{Probe, wait_until};
+use rig::contract::env::DeliveryInfo;
+use rig::contract::rotation::RotationRecord;
+use rig::local::secret_dir::SecretDir;
+use rig::vault::client::{Secret, VaultClient};
 use serde_json::{Value, json};
 
 const GROUP: &str = "animal-rescue-api";
@@ -39,7 +39,11 @@ fn delivery() -> Option<&'static DeliveryInfo> {
 }
 
 fn root() -> VaultClient {
-    VaultClient::root(env()).expect("a Vault client for env.json's address")
+    VaultClient::root(
+        &env().vault_addr,
+        Secret::new(env().root_token().expect("the root token file of env.json")),
+    )
+    .expect("a Vault client for env.json's address")
 }
 
 /// The accessor of keygate's current Vault token, from /readyz.
@@ -82,7 +86,7 @@ async fn current_credentials(d: &DeliveryInfo) -> Result<(String, Secret)> {
 /// Puts a new secret-id where the mode delivers from; the returned instant
 /// is the moment of the write.
 async fn deliver_secret_id(d: &DeliveryInfo, secret_id: &Secret) -> Result<Instant> {
-    rig::rotation::deliver_secret_id(&root(), d, secret_id).await
+    rig::local::delivery::deliver_secret_id(&root(), d, secret_id).await
 }
 
 /// One KV rotation: mint a secret-id, deliver it, wait until keygate logged
@@ -137,7 +141,7 @@ fn save(mode: &str, what: &str, propagation: Duration, sample: Option<u32>) {
         what: what.to_owned(),
         propagation_ms: u64::try_from(propagation.as_millis()).unwrap_or(u64::MAX),
     };
-    rig::rotation::record(&record, sample).expect("writing the rotation record");
+    rig::contract::rotation::record(&record, sample).expect("writing the rotation record");
 }
 
 fn ms(d: Duration) -> String {

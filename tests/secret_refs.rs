@@ -7,13 +7,13 @@
 use std::time::{Duration, Instant};
 
 use keyrig_e2e::*;
-use rig::rotation::RotationRecord;
-use rig::wait::Probe;
+use rig::base::wait::Probe;
+use rig::contract::rotation::RotationRecord;
 use serde_json::json;
 
 const GROUP: &str = "animal-rescue-api";
 
-fn settings() -> &'static rig::references::ReferenceSettings {
+fn settings() -> &'static rig::contract::references::ReferenceSettings {
     env()
         .references
         .as_ref()
@@ -83,7 +83,7 @@ async fn referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl() 
     .unwrap();
     assert_eq!(reply.status, 200, "{:?}", reply.body["errors"]);
 
-    rig::wait::wait_until(
+    rig::base::wait::wait_until(
         "the rotated referenced value to reach the upstream",
         Duration::from_millis(s.ttl_ms) + Duration::from_secs(5),
         async || {
@@ -99,7 +99,7 @@ async fn referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl() 
     .await
     .unwrap();
     let took = written.elapsed();
-    rig::rotation::record(
+    rig::contract::rotation::record(
         &RotationRecord::new("reference", "upstream-header", took),
         None,
     )

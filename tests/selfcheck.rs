@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use keyrig_e2e::*;
-use rig::wait::{Probe, wait_until};
+use rig::base::wait::{Probe, wait_until};
 
 const GROUP: &str = "animal-rescue-api";
 

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use keyrig_e2e::*;
 use reqwest::Method;
-use rig::env::TlsEnvironment;
-use rig::rotation::RotationRecord;
-use rig::tls_probe::{ServedCert, TlsProbe, first_certificate_der};
-use rig::vault::VaultClient;
-use rig::wait::{Probe, wait_until};
+use rig::base::wait::{Probe, wait_until};
+use rig::contract::env::TlsEnvironment;
+use rig::contract::rotation::RotationRecord;
+use rig::local::tls_probe::{ServedCert, TlsProbe, first_certificate_der};
+use rig::vault::client::{Secret, VaultClient};
 use serde_json::Value;
 
 const GROUP: &str = "animal-rescue-api";
@@ -43,7 +43,11 @@ fn tls() -> Option<&'static TlsEnvironment> {
 }
 
 fn root() -> VaultClient {
-    VaultClient::root(env()).expect("a Vault client for env.json's address")
+    VaultClient::root(
+        &env().vault_addr,
+        Secret::new(env().root_token().expect("the root token file of env.json")),
+    )
+    .expect("a Vault client for env.json's address")
 }
 
 fn probe(tls: &TlsEnvironment) -> TlsProbe {
@@ -127,7 +131,7 @@ async fn tls_served_certificate_is_one_vault_issued() {
         case.skip("env.json has no `tls`: this environment serves no TLS listener");
         return;
     };
-    if let Some(reason) = rig::once::skip_reason("tls_", env().mode.as_deref()) {
+    if let Some(reason) = rig::contract::once::skip_reason("tls_", env().mode.as_deref()) {
         case.skip(reason);
         return;
     }
@@ -277,7 +281,7 @@ async fn tls_rotated_certificates_are_served_without_restart_under_load() {
         case.skip("env.json has no `tls`: this environment serves no TLS listener");
         return;
     };
-    if let Some(reason) = rig::once::skip_reason("tls_", env().mode.as_deref()) {
+    if let Some(reason) = rig::contract::once::skip_reason("tls_", env().mode.as_deref()) {
         case.skip(reason);
         return;
     }
@@ -329,7 +333,7 @@ async fn tls_rotated_certificates_are_served_without_restart_under_load() {
                     previous.info.not_after
                 );
             }
-            rig::rotation::record(
+            rig::contract::rotation::record(
                 &RotationRecord {
                     mode: "tls".into(),
                     what: "serving-cert".into(),

@@ -5,7 +5,7 @@
 //! env.json), then presented to `auth/<mount>/login` over HTTP.
 
 use keyrig_e2e::*;
-use rig::identity::{IdentityRole, WorkloadIdentity};
+use rig::contract::identity::{IdentityRole, WorkloadIdentity};
 use rstest::rstest;
 use serde_json::json;
 
@@ -191,7 +191,7 @@ async fn a_token_signed_by_another_key_is_denied() {
         return;
     };
     let role = role("keygate-sa");
-    let (other_key, _) = rig::identity::generate_signing_key().unwrap();
+    let (other_key, _) = rig::vault::identity::generate_signing_key().unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = json!({
         "iss": identity().issuer, "aud": [identity().audience], "sub": role.subject(),

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use apikey::{ApiKey, KeyRecord};
-use rig::delivery::PublishCommand;
-use rig::env::Environment;
-use rig::fault::Fault;
+use rig::contract::env::Environment;
+use rig::contract::fault::Fault;
+use rig::local::delivery::PublishCommand;
 use rig::local::{EchoCommand, LocalOptions, LocalRun};
-use rig::vault::VaultClient;
+use rig::vault::client::{Secret, VaultClient};
 use serde_json::Value;
 
 pub const GROUP: &str = "faults";
@@ -23,7 +23,7 @@ pub const GROUP: &str = "faults";
 /// Where fault tests put their runs, so `target/rig/latest` stays the shared
 /// run; `cargo xtask down` looks here too.
 pub fn runs_dir() -> PathBuf {
-    rig::paths::rig_dir().join("faults")
+    rig::base::paths::rig_dir().join("faults")
 }
 
 /// The binaries an owned environment needs, or why they are missing (the
@@ -34,7 +34,7 @@ pub fn local_options() -> Result<LocalOptions, String> {
         std::env::var_os(var)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .unwrap_or_else(|| rig::paths::target_dir().join(default))
+            .unwrap_or_else(|| rig::base::paths::target_dir().join(default))
     };
     let keygate = from_env("KEYRIG_KEYGATE", "debug/keygate");
     let echo = from_env("KEYRIG_ECHO_PROGRAM", "debug/xtask");
@@ -129,7 +129,10 @@ pub struct Owned {
 impl Owned {
     pub async fn start(opts: &LocalOptions) -> Result<Self> {
         let run = rig::local::up(opts).await?;
-        let root = VaultClient::root(&run.environment)?;
+        let root = VaultClient::root(
+            &run.environment.vault_addr,
+            Secret::new(run.environment.root_token()?),
+        )?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
@@ -233,9 +236,9 @@ impl Owned {
             .map_or_else(|| env.gateway_url.clone(), |(name, _)| name.clone())
     }
 
-    /// Records a fault's figures for the run's reports (`rig::fault`).
+    /// Records a fault's figures for the run's reports (`rig::contract::fault`).
     pub fn record_fault(&self, case: &str, fault: &str, gateway: &str, tally: &Tally) {
-        rig::fault::record(
+        rig::contract::fault::record(
             &Fault {
                 case: case.to_owned(),
                 fault: fault.to_owned(),
@@ -347,7 +350,7 @@ pub async fn until_status(
     }
     bail!(
         "{path} did not answer {status} within {}: last saw {last}",
-        rig::secs(deadline)
+        rig::base::progress::secs(deadline)
     )
 }
 

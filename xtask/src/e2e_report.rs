@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rig::case::{CaseRecord, Status};
-use rig::env::Environment;
-use rig::report::{CaseReport, Report};
+use rig::contract::case::{CaseRecord, Status};
+use rig::contract::env::Environment;
+use rig::contract::report::{CaseReport, Report};
 use rig::say;
 
 /// Collects a bundle for each failed case; a collection that fails is
@@ -21,7 +21,7 @@ pub async fn collect_diagnostics(
     let mut reports = Vec::new();
     for record in cases {
         let diagnostics = if record.status == Status::Failed {
-            match rig::diagnostics::collect(run_dir, env, &record).await {
+            match rig::local::diagnostics::collect(run_dir, env, &record).await {
                 Ok(dir) => Some(dir),
                 Err(err) => {
                     say!(
@@ -79,25 +79,28 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
         passed: false,
         totals,
         cases: f.cases,
-        rotations: rig::rotation::read(run_dir)?,
-        findings: rig::report::read_records(run_dir, rig::report::FINDINGS_DIR)?,
-        faults: rig::fault::read(run_dir)?,
-        tools: rig::report::tool_versions(f.profile),
+        rotations: rig::contract::rotation::read(run_dir)?,
+        findings: rig::contract::records::read_records(
+            run_dir,
+            rig::contract::report::FINDINGS_DIR,
+        )?,
+        faults: rig::contract::fault::read(run_dir)?,
+        tools: rig::process::tools::tool_versions(f.profile),
         secret_scan: None,
     };
 
     // Reports first, so the scan covers them too; then again with the
     // scan's result, and a last scan of that final version.
     report.write(run_dir, run_dir)?;
-    let mut scan = rig::redact::scan_run(run_dir)?;
+    let mut scan = rig::base::redact::scan_run(run_dir)?;
     report.secret_scan = Some(scan.clone());
     report.passed = f.runner_ok && totals.failed == 0 && scan.hits.is_empty();
     report.write(run_dir, run_dir)?;
-    scan = rig::redact::scan_run(run_dir)?;
+    scan = rig::base::redact::scan_run(run_dir)?;
 
     if let Some(dir) = f.report_dir {
         copy_reports(run_dir, dir)?;
-        let copies = rig::redact::scan_dir(dir, &rig::redact::all_secrets(run_dir)?)?;
+        let copies = rig::base::redact::scan_dir(dir, &rig::base::redact::all_secrets(run_dir)?)?;
         scan.hits.extend(copies.hits.iter().map(|p| dir.join(p)));
         say!("reports also in {}", dir.display());
     }
@@ -105,7 +108,7 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
         report.passed = false;
     }
 
-    if rig::report::append_step_summary(&report.markdown(run_dir))? {
+    if rig::contract::report::append_step_summary(&report.markdown(run_dir))? {
         say!("summary appended to $GITHUB_STEP_SUMMARY");
     }
     for case in report
@@ -123,9 +126,9 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
     println!(
         "reports: {}/{{{}, {}, {}}}",
         run_dir.display(),
-        rig::report::JUNIT_FILE,
-        rig::report::REPORT_FILE,
-        rig::report::SUMMARY_FILE
+        rig::contract::report::JUNIT_FILE,
+        rig::contract::report::REPORT_FILE,
+        rig::contract::report::SUMMARY_FILE
     );
     if scan.hits.is_empty() {
         println!(
@@ -152,16 +155,19 @@ fn copy_reports(run_dir: &Path, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating --report-dir {}", dir.display()))?;
     for name in [
-        rig::report::JUNIT_FILE,
-        rig::report::REPORT_FILE,
-        rig::report::SUMMARY_FILE,
+        rig::contract::report::JUNIT_FILE,
+        rig::contract::report::REPORT_FILE,
+        rig::contract::report::SUMMARY_FILE,
     ] {
         std::fs::copy(run_dir.join(name), dir.join(name))
             .with_context(|| format!("copying {name} to {}", dir.display()))?;
     }
-    let diagnostics = run_dir.join(rig::diagnostics::DIAGNOSTICS_DIR);
+    let diagnostics = run_dir.join(rig::local::diagnostics::DIAGNOSTICS_DIR);
     if diagnostics.is_dir() {
-        copy_tree(&diagnostics, &dir.join(rig::diagnostics::DIAGNOSTICS_DIR))?;
+        copy_tree(
+            &diagnostics,
+            &dir.join(rig::local::diagnostics::DIAGNOSTICS_DIR),
+        )?;
     }
     Ok(())
 }

@@ -60,7 +60,7 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
             bail!("`cargo install cargo-fuzz --locked` failed: see cargo's output above");
         }
     }
-    let dir = rig::paths::workspace_root().join("fuzz");
+    let dir = rig::base::paths::workspace_root().join("fuzz");
     let mut failed = Vec::new();
     for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         let corpus = dir.join("corpus").join(target);

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use rig::say;
 use rig_k8s::KubeProfile;
 use rig_k8s::profile::{KubeOptions, KubeRun};
-use rig::say;
 
 use super::{KubeArgs, TEST_PID, cargo, run_cargo, runtime, stop_on_interrupt};
 
@@ -26,7 +26,7 @@ fn preflight(profile: KubeProfile) -> Result<rig_k8s::preflight::KubeTools> {
     let tools = rig_k8s::profile::preflight(profile);
     say!(
         "{profile} profile: tool check took {}",
-        rig::secs(started.elapsed())
+        rig::base::progress::secs(started.elapsed())
     );
     tools
 }
@@ -38,7 +38,7 @@ pub fn up(profile: KubeProfile, mode: rig_k8s::Mode, args: KubeArgs) -> Result<(
         .block_on(rig_k8s::profile::up(
             &options(profile, mode, args),
             &tools,
-            rig::run::RunDir::create()?,
+            rig::base::run::RunDir::create()?,
         ))
         .with_context(|| {
             format!(
@@ -69,7 +69,7 @@ pub fn e2e(
     let rt = runtime()?;
     let wall = Instant::now();
     let started_at = time::OffsetDateTime::now_utc();
-    let run_dir = rig::run::RunDir::create()?;
+    let run_dir = rig::base::run::RunDir::create()?;
     let run_path = run_dir.path().to_owned();
     let outcome = rt.block_on(rig_k8s::profile::up(
         &options(profile, mode, args),
@@ -103,25 +103,25 @@ fn run_tests(
     let up_time = wall.elapsed();
     say!(
         "environment up in {}; running the e2e tests",
-        rig::secs(up_time)
+        rig::base::progress::secs(up_time)
     );
     let tests_started = Instant::now();
     let mut command = Command::new(cargo());
     command
         .args(["test", "-p", "keyrig-e2e", "--no-fail-fast", "--"])
         .args(filter)
-        .env(rig::env::ENV_FILE_VAR, run.run.env_file())
-        .env(rig::case::RUN_DIR_VAR, run.run.path())
-        .current_dir(rig::paths::workspace_root());
+        .env(rig::contract::env::ENV_FILE_VAR, run.run.env_file())
+        .env(rig::contract::case::RUN_DIR_VAR, run.run.path())
+        .current_dir(rig::base::paths::workspace_root());
     // The tests read the root token from its 0600 file; the admin token the
     // cluster profile was given stays out of their environment.
-    rig::process::remove_secret_vars(&mut command);
+    rig::process::supervisor::remove_secret_vars(&mut command);
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
     let status = child.wait().context("waiting for cargo test")?;
     TEST_PID.store(0, Ordering::SeqCst);
     let test_time = tests_started.elapsed();
-    let cases = rig::case::read_cases(run.run.path())?;
+    let cases = rig::contract::case::read_cases(run.run.path())?;
     // Diagnostics while the port-forwards are still up.
     let cases = rt.block_on(super::e2e_report::collect_diagnostics(
         run.run.path(),
@@ -131,12 +131,12 @@ fn run_tests(
     run.supervisor.stop_all();
     println!();
     let records: Vec<_> = cases.iter().map(|c| c.record.clone()).collect();
-    rig::case::print_table(&records);
+    rig::contract::case::print_table(&records);
     super::print_gateway_matrix(&records, &run.environment);
     say!(
         "up {}, tests {}; logs in {}",
-        rig::secs(up_time),
-        rig::secs(test_time),
+        rig::base::progress::secs(up_time),
+        rig::base::progress::secs(test_time),
         run.environment.logs_dir.display()
     );
     let report = super::e2e_report::finish(super::e2e_report::Finish {

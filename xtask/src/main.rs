@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use rig::process::StopOutcome;
+use rig::process::supervisor::StopOutcome;
 use rig::say;
 
 mod e2e_report;
@@ -28,11 +28,11 @@ pub(crate) struct E2eOptions {
     keep: bool,
     report_dir: Option<PathBuf>,
     include_ignored: bool,
-    gateways: Vec<rig::gateway::GatewayKind>,
-    mode: rig::modes::Mode,
+    gateways: Vec<rig::contract::gateways::GatewayKind>,
+    mode: rig::contract::modes::Mode,
     /// When several modes run: the one in which mode-independent groups
-    /// (faults) run; the others skip them (see `rig::once`).
-    mode_independent_in: Option<rig::modes::Mode>,
+    /// (faults) run; the others skip them (see `rig::contract::once`).
+    mode_independent_in: Option<rig::contract::modes::Mode>,
 }
 
 mod fuzz;
@@ -102,7 +102,7 @@ enum Cmd {
         /// envoy-grpc, envoy-http, traefik, nginx, caddy. Default: every
         /// gateway whose binary is installed.
         #[arg(long = "gateway", value_name = "NAME", value_parser = parse_gateway)]
-        gateways: Vec<rig::gateway::GatewayKind>,
+        gateways: Vec<rig::contract::gateways::GatewayKind>,
         /// Credential delivery mode(s), each its own environment in turn
         /// (default: all three). Repeatable.
         #[arg(long, value_enum)]
@@ -172,11 +172,11 @@ enum DeliveryMode {
 }
 
 impl DeliveryMode {
-    fn mode(self) -> rig::modes::Mode {
+    fn mode(self) -> rig::contract::modes::Mode {
         match self {
-            DeliveryMode::Inline => rig::modes::Mode::Inline,
-            DeliveryMode::ExistingSecret => rig::modes::Mode::ExistingSecret,
-            DeliveryMode::ExternalSecret => rig::modes::Mode::ExternalSecret,
+            DeliveryMode::Inline => rig::contract::modes::Mode::Inline,
+            DeliveryMode::ExistingSecret => rig::contract::modes::Mode::ExistingSecret,
+            DeliveryMode::ExternalSecret => rig::contract::modes::Mode::ExternalSecret,
         }
     }
 }
@@ -278,9 +278,9 @@ fn main() -> ExitCode {
 fn run(command: Cmd) -> Result<ExitCode> {
     match command {
         Cmd::Tools { profile } => tools(profile).map(|()| ExitCode::SUCCESS),
-        Cmd::ScanUploads { dir } => scan_uploads(&dir.unwrap_or_else(rig::paths::rig_dir)),
+        Cmd::ScanUploads { dir } => scan_uploads(&dir.unwrap_or_else(rig::base::paths::rig_dir)),
         Cmd::Doctor => {
-            print!("{}", rig::tools::Tools::load_default()?.doctor());
+            print!("{}", rig::process::tools::Tools::load_default()?.doctor());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Up {
@@ -341,7 +341,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 report_dir,
                 include_ignored,
                 gateways,
-                mode: rig::modes::Mode::Inline,
+                mode: rig::contract::modes::Mode::Inline,
                 mode_independent_in: None,
             },
             &modes_or_all(&mode),
@@ -364,7 +364,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
         ),
         Cmd::Bench { quick } => bench(quick, true).map(|()| ExitCode::SUCCESS),
         Cmd::EchoUpstream { listen } => {
-            runtime()?.block_on(rig::echo::serve(listen))?;
+            runtime()?.block_on(rig::process::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::PublishSecret {
@@ -373,12 +373,12 @@ fn run(command: Cmd) -> Result<ExitCode> {
             secret_keys,
             register_in,
         } => {
-            let dir = rig::secret_dir::SecretDir::new(to);
+            let dir = rig::local::secret_dir::SecretDir::new(to);
             // Registered before the files become visible through `..data`.
             if let Some(run_dir) = &register_in {
-                rig::tls::register_rendered_secrets(&from, &secret_keys, run_dir)?;
+                rig::local::tls::register_rendered_secrets(&from, &secret_keys, run_dir)?;
             }
-            let keys = rig::secret_dir::publish_rendered(&from, &dir)?;
+            let keys = rig::local::secret_dir::publish_rendered(&from, &dir)?;
             // Goes to bao agent's log: names and counts only.
             say!(
                 "published {keys} keys into {} ({})",
@@ -420,7 +420,7 @@ fn stop_on_interrupt() -> Result<()> {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        rig::process::stop_all_registered();
+        rig::process::supervisor::stop_all_registered();
         std::process::exit(130);
     })
     .context("installing the Ctrl-C handler")
@@ -437,7 +437,7 @@ fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
     plain_output_unless_interactive(&mut command);
     let status = command
         .args(args)
-        .current_dir(rig::paths::workspace_root())
+        .current_dir(rig::base::paths::workspace_root())
         .status()
         .with_context(|| format!("running cargo for {what}"))?;
     Ok(status.success())
@@ -446,7 +446,7 @@ fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
 /// Off a terminal (or in CI), cargo and the tests print no colour codes
 /// either, so the whole output is plain text.
 fn plain_output_unless_interactive(command: &mut Command) {
-    if !rig::progress::is_interactive() {
+    if !rig::base::progress::is_interactive() {
         command.env("CARGO_TERM_COLOR", "never");
     }
 }
@@ -474,7 +474,7 @@ impl ToolsProfile {
 }
 
 fn scan_uploads(dir: &Path) -> Result<ExitCode> {
-    let scan = rig::redact::scan_uploads(dir)?;
+    let scan = rig::base::redact::scan_uploads(dir)?;
     say!(
         "upload scan of {}: {} files, {} secrets checked",
         dir.display(),
@@ -495,7 +495,7 @@ fn scan_uploads(dir: &Path) -> Result<ExitCode> {
 }
 
 fn tools(profile: ToolsProfile) -> Result<()> {
-    let tools = rig::tools::Tools::load_default()?;
+    let tools = rig::process::tools::Tools::load_default()?;
     tools.ensure_installed(profile.name())?;
     if matches!(profile, ToolsProfile::Kind | ToolsProfile::Cluster) {
         // Their kubectl is the offline checks' pinned one.
@@ -519,7 +519,7 @@ fn tools(profile: ToolsProfile) -> Result<()> {
 
 /// Builds keygate (unless `$KEYRIG_KEYGATE` names a binary) and says how
 /// to run the echo upstream: this very binary, hidden subcommand.
-fn local_options(mode: rig::modes::Mode) -> Result<rig::local::LocalOptions> {
+fn local_options(mode: rig::contract::modes::Mode) -> Result<rig::local::LocalOptions> {
     let keygate = match std::env::var_os("KEYRIG_KEYGATE").filter(|v| !v.is_empty()) {
         Some(path) => {
             say!(
@@ -532,7 +532,7 @@ fn local_options(mode: rig::modes::Mode) -> Result<rig::local::LocalOptions> {
             if !run_cargo(&["build", "-p", "keygate"], "building keygate")? {
                 bail!("keygate does not build: see cargo's output above");
             }
-            rig::paths::target_dir().join("debug/keygate")
+            rig::base::paths::target_dir().join("debug/keygate")
         }
     };
     let xtask = this_binary()?;
@@ -542,7 +542,7 @@ fn local_options(mode: rig::modes::Mode) -> Result<rig::local::LocalOptions> {
     };
     let mut opts = rig::local::LocalOptions::new(keygate, echo);
     opts.mode = mode;
-    opts.publish = Some(rig::delivery::PublishCommand {
+    opts.publish = Some(rig::local::delivery::PublishCommand {
         program: xtask,
         args: vec!["publish-secret".into()],
     });
@@ -562,7 +562,7 @@ fn this_binary() -> Result<PathBuf> {
     })
 }
 
-fn up(profile: Profile, mode: rig::modes::Mode) -> Result<()> {
+fn up(profile: Profile, mode: rig::contract::modes::Mode) -> Result<()> {
     profile.require_local()?;
     stop_on_interrupt()?;
     let opts = local_options(mode)?;
@@ -575,7 +575,7 @@ fn up(profile: Profile, mode: rig::modes::Mode) -> Result<()> {
     println!(
         "keyrig local environment {} is up ({}):",
         env.run_id,
-        rig::secs(started.elapsed())
+        rig::base::progress::secs(started.elapsed())
     );
     println!("  gateway   {}", env.gateway_url);
     for (group, prefix) in &env.groups {
@@ -623,7 +623,7 @@ fn up(profile: Profile, mode: rig::modes::Mode) -> Result<()> {
 }
 
 fn down() -> Result<()> {
-    let rig_dir = rig::paths::rig_dir();
+    let rig_dir = rig::base::paths::rig_dir();
     let mut pid_files: Vec<PathBuf> = match std::fs::read_dir(&rig_dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
@@ -650,7 +650,7 @@ fn down() -> Result<()> {
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for (record, outcome) in rig::process::stop_from_pid_file(&file)? {
+        for (record, outcome) in rig::process::supervisor::stop_from_pid_file(&file)? {
             let (name, pid) = (&record.name, record.pid);
             match outcome {
                 StopOutcome::Stopped => say!("run {run}: stopped {name} (pid {pid})"),
@@ -690,13 +690,13 @@ fn nested_pid_files(rig_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn parse_gateway(name: &str) -> Result<rig::gateway::GatewayKind> {
-    rig::gateway::GatewayKind::parse(name)
+fn parse_gateway(name: &str) -> Result<rig::contract::gateways::GatewayKind> {
+    rig::contract::gateways::GatewayKind::parse(name)
 }
 
-fn modes_or_all(modes: &[DeliveryMode]) -> Vec<rig::modes::Mode> {
+fn modes_or_all(modes: &[DeliveryMode]) -> Vec<rig::contract::modes::Mode> {
     if modes.is_empty() {
-        rig::modes::Mode::ALL.to_vec()
+        rig::contract::modes::Mode::ALL.to_vec()
     } else {
         modes.iter().map(|m| m.mode()).collect()
     }
@@ -704,7 +704,7 @@ fn modes_or_all(modes: &[DeliveryMode]) -> Vec<rig::modes::Mode> {
 
 /// One environment per delivery mode, in turn; then one table of every
 /// case (group prefixed with the mode) and the propagation summary.
-fn e2e_modes(base: &E2eOptions, modes: &[rig::modes::Mode]) -> Result<ExitCode> {
+fn e2e_modes(base: &E2eOptions, modes: &[rig::contract::modes::Mode]) -> Result<ExitCode> {
     let mut all_cases = Vec::new();
     let mut rotations = Vec::new();
     let mut notes = Vec::new();
@@ -746,10 +746,13 @@ fn e2e_modes(base: &E2eOptions, modes: &[rig::modes::Mode]) -> Result<ExitCode> 
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        rig::case::print_table(&all_cases);
+        rig::contract::case::print_table(&all_cases);
     }
-    print!("{}", rig::rotation::render_summary(&rotations, &notes));
-    let (_, failed, _) = rig::case::totals(&all_cases);
+    print!(
+        "{}",
+        rig::contract::rotation::render_summary(&rotations, &notes)
+    );
+    let (_, failed, _) = rig::contract::case::totals(&all_cases);
     Ok(if ok && failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -760,8 +763,8 @@ fn e2e_modes(base: &E2eOptions, modes: &[rig::modes::Mode]) -> Result<ExitCode> 
 /// What one mode's e2e run produced.
 struct E2eOutcome {
     code: ExitCode,
-    cases: Vec<rig::case::CaseRecord>,
-    rotations: Vec<rig::rotation::RotationRecord>,
+    cases: Vec<rig::contract::case::CaseRecord>,
+    rotations: Vec<rig::contract::rotation::RotationRecord>,
     /// The intervals configured in this run, for the propagation summary.
     notes: Vec<String>,
 }
@@ -792,7 +795,7 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     let up_time = started.elapsed();
     say!(
         "environment up in {}; running the e2e tests",
-        rig::secs(up_time)
+        rig::base::progress::secs(up_time)
     );
 
     let tests_started = Instant::now();
@@ -802,17 +805,17 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
         .args(["test", "-p", "keyrig-e2e", "--no-fail-fast", "--"])
         .args(&opts.filter)
         .args(opts.include_ignored.then_some("--include-ignored"))
-        .env(rig::env::ENV_FILE_VAR, run.run.env_file())
-        .env(rig::case::RUN_DIR_VAR, run.run.path())
+        .env(rig::contract::env::ENV_FILE_VAR, run.run.env_file())
+        .env(rig::contract::case::RUN_DIR_VAR, run.run.path())
         // Fault tests start environments of their own with these binaries.
         .env("KEYRIG_KEYGATE", &local.keygate_bin)
         .env("KEYRIG_ECHO_PROGRAM", &local.echo.program)
         .envs(
             opts.mode_independent_in
-                .map(|mode| (rig::once::VAR, mode.as_str())),
+                .map(|mode| (rig::contract::once::VAR, mode.as_str())),
         )
-        .current_dir(rig::paths::workspace_root());
-    rig::process::remove_secret_vars(&mut command);
+        .current_dir(rig::base::paths::workspace_root());
+    rig::process::supervisor::remove_secret_vars(&mut command);
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
     let mut status = child.wait().context("waiting for cargo test")?;
@@ -824,21 +827,21 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     }
     let test_time = tests_started.elapsed();
 
-    let cases = rig::case::read_cases(run.run.path())?;
+    let cases = rig::contract::case::read_cases(run.run.path())?;
     // Diagnostics while the components are still up to be asked.
     let cases = rt.block_on(e2e_report::collect_diagnostics(
         run.run.path(),
         &run.environment,
         cases,
     ));
-    let rotations = rig::rotation::read(run.run.path())?;
+    let rotations = rig::contract::rotation::read(run.run.path())?;
     let notes = interval_notes(&run.environment);
     if let Some(delivery) = &run.environment.delivery {
         for finding in &delivery.findings {
-            rig::report::record_in(
+            rig::contract::records::record_in(
                 run.run.path(),
                 "findings",
-                &rig::report::Finding::warning(
+                &rig::contract::report::Finding::warning(
                     "plaintext-credentials",
                     &delivery.values_file.display().to_string(),
                     finding,
@@ -849,7 +852,7 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     let any_failed = !status.success()
         || cases
             .iter()
-            .any(|c| c.record.status == rig::case::Status::Failed);
+            .any(|c| c.record.status == rig::contract::case::Status::Failed);
     let kept = opts.keep && any_failed;
     if kept {
         run.supervisor.detach();
@@ -860,21 +863,21 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     let records: Vec<_> = cases.iter().map(|c| c.record.clone()).collect();
     if cases.is_empty() {
         println!(
-            "no e2e case records in {}/cases (tests record themselves with rig::case::CaseGuard)",
+            "no e2e case records in {}/cases (tests record themselves with rig::contract::case::CaseGuard)",
             run.run.path().display()
         );
     } else {
-        rig::case::print_table(&records);
+        rig::contract::case::print_table(&records);
         print_gateway_matrix(&records, &run.environment);
     }
     let failed = cases
         .iter()
-        .filter(|c| c.record.status == rig::case::Status::Failed)
+        .filter(|c| c.record.status == rig::contract::case::Status::Failed)
         .count();
     say!(
         "up {}, tests {}; logs in {}",
-        rig::secs(up_time),
-        rig::secs(test_time),
+        rig::base::progress::secs(up_time),
+        rig::base::progress::secs(test_time),
         run.environment.logs_dir.display()
     );
 
@@ -912,13 +915,16 @@ fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
 }
 
 /// The gateway x case matrix, and which gateways did not run and why.
-fn print_gateway_matrix(cases: &[rig::case::CaseRecord], env: &rig::env::Environment) {
-    let order: Vec<&str> = rig::gateway::GatewayKind::ALL
+fn print_gateway_matrix(
+    cases: &[rig::contract::case::CaseRecord],
+    env: &rig::contract::env::Environment,
+) {
+    let order: Vec<&str> = rig::contract::gateways::GatewayKind::ALL
         .iter()
         .map(|k| k.name())
         .filter(|name| env.gateways.contains_key(*name) || env.skipped_gateways.contains_key(*name))
         .collect();
-    if let Some(matrix) = rig::case::render_matrix(cases, &order) {
+    if let Some(matrix) = rig::contract::case::render_matrix(cases, &order) {
         println!();
         print!("{matrix}");
     }
@@ -928,7 +934,7 @@ fn print_gateway_matrix(cases: &[rig::case::CaseRecord], env: &rig::env::Environ
 }
 
 /// The intervals that bound propagation in this run, one line per mode.
-fn interval_notes(env: &rig::env::Environment) -> Vec<String> {
+fn interval_notes(env: &rig::contract::env::Environment) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(tls) = &env.tls {
         notes.push(format!(
@@ -940,7 +946,7 @@ fn interval_notes(env: &rig::env::Environment) -> Vec<String> {
     notes
 }
 
-fn delivery_notes(env: &rig::env::Environment) -> Vec<String> {
+fn delivery_notes(env: &rig::contract::env::Environment) -> Vec<String> {
     let Some(delivery) = &env.delivery else {
         return Vec::new();
     };
@@ -967,13 +973,13 @@ fn delivery_notes(env: &rig::env::Environment) -> Vec<String> {
     notes
 }
 
-/// `cargo xtask bench`: everything is rig::bench; this builds keygate,
+/// `cargo xtask bench`: everything is rig_bench; this builds keygate,
 /// says how to run the suite as a child, and writes the outputs.
 /// `release`: measure an optimized keygate (`test`'s smoke run uses the
 /// debug build the e2e suite already made).
 fn bench(quick: bool, release: bool) -> Result<()> {
     stop_on_interrupt()?;
-    let mut local = local_options(rig::modes::Mode::ExternalSecret)?;
+    let mut local = local_options(rig::contract::modes::Mode::ExternalSecret)?;
     // Measure the keygate users deploy: an optimized build (the e2e suite
     // runs the debug one), unless KEYRIG_KEYGATE names a binary.
     if release && std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
@@ -983,13 +989,13 @@ fn bench(quick: bool, release: bool) -> Result<()> {
         )? {
             bail!("keygate does not build in release mode: see cargo's output above");
         }
-        local.keygate_bin = rig::paths::target_dir().join("release/keygate");
+        local.keygate_bin = rig::base::paths::target_dir().join("release/keygate");
     }
-    let out_dir = rig::paths::rig_dir().join("bench");
+    let out_dir = rig::base::paths::rig_dir().join("bench");
     let mut suite = Command::new(cargo());
     suite
         .args(["xtask", "e2e", "--mode", "inline"])
-        .current_dir(rig::paths::workspace_root());
+        .current_dir(rig::base::paths::workspace_root());
     plain_output_unless_interactive(&mut suite);
     let report = runtime()?.block_on(rig_bench::run(rig_bench::BenchOptions {
         plan: if quick {
@@ -1014,7 +1020,7 @@ fn bench(quick: bool, release: bool) -> Result<()> {
 /// `bench --quick` with the debug keygate: it must run to the end and
 /// leave a bench.json that reads back with every variant in it.
 fn bench_smoke() -> bool {
-    let json = rig::paths::rig_dir().join("bench/bench.json");
+    let json = rig::base::paths::rig_dir().join("bench/bench.json");
     let _ = std::fs::remove_file(&json);
     let checked = bench(true, false).and_then(|()| {
         let text = std::fs::read_to_string(&json)
@@ -1047,7 +1053,7 @@ fn keys_file_pass(
     run: &rig::local::LocalRun,
     filter: Option<&str>,
 ) -> Result<Option<std::process::ExitStatus>> {
-    let view = rig::env::Environment::keys_file_env_path(&run.run.env_file());
+    let view = rig::contract::env::Environment::keys_file_env_path(&run.run.env_file());
     if !view.is_file() {
         return Ok(None);
     }
@@ -1067,10 +1073,10 @@ fn keys_file_pass(
             "--",
         ])
         .args(filter)
-        .env(rig::env::ENV_FILE_VAR, &view)
-        .env(rig::case::RUN_DIR_VAR, run.run.path())
-        .current_dir(rig::paths::workspace_root());
-    rig::process::remove_secret_vars(&mut command);
+        .env(rig::contract::env::ENV_FILE_VAR, &view)
+        .env(rig::contract::case::RUN_DIR_VAR, run.run.path())
+        .current_dir(rig::base::paths::workspace_root());
+    rig::process::supervisor::remove_secret_vars(&mut command);
     let mut child = command.spawn().context("running cargo test")?;
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
     let status = child.wait().context("waiting for cargo test")?;
@@ -1082,7 +1088,7 @@ fn test() -> Result<ExitCode> {
     // Installs the local profile's tools and every gateway's.
     tools(ToolsProfile::Local)?;
     // The offline checks of the kind profile render manifests with the pinned kubectl.
-    rig::tools::Tools::load_default()?.ensure_installed("offline")?;
+    rig::process::tools::Tools::load_default()?.ensure_installed("offline")?;
     let unit_ok = run_cargo(
         &["test", "--workspace", "--exclude", "keyrig-e2e"],
         "unit and integration tests",
@@ -1095,10 +1101,10 @@ fn test() -> Result<ExitCode> {
             report_dir: None,
             include_ignored: false,
             gateways: Vec::new(),
-            mode: rig::modes::Mode::Inline,
+            mode: rig::contract::modes::Mode::Inline,
             mode_independent_in: None,
         },
-        &rig::modes::Mode::ALL,
+        &rig::contract::modes::Mode::ALL,
     )?;
     let e2e_ok = e2e == ExitCode::SUCCESS;
     let selfcheck_ok = selfcheck::run()?;

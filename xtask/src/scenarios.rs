@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 pub fn print() -> Result<()> {
-    let root = rig::paths::workspace_root();
+    let root = rig::base::paths::workspace_root();
     let relative = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
 
-    let groups = rig::scenario::load_default_apis()?;
+    let groups = rig::contract::scenario::load_default_apis()?;
     println!("API groups (scenarios/apis/):");
     for group in &groups {
         println!(
@@ -22,7 +22,7 @@ pub fn print() -> Result<()> {
     }
 
     let ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
-    let setup = rig::vault::VaultSetup::load_default(&ids)?;
+    let setup = rig::vault::setup::VaultSetup::load_default(&ids)?;
     println!("\nVault setup ({}):", relative(&setup.file));
     println!("  kv-v2 mount   {}", setup.kv_mount);
     println!("  keygate role  {}", setup.keygate_role);
@@ -36,7 +36,7 @@ pub fn print() -> Result<()> {
         );
     }
 
-    let k8s = rig::paths::scenarios_dir().join("k8s");
+    let k8s = rig::base::paths::scenarios_dir().join("k8s");
     let mut overlays: Vec<String> = std::fs::read_dir(&k8s)
         .with_context(|| format!("reading {}", k8s.display()))?
         .filter_map(|e| e.ok())

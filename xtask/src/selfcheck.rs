@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
-use rig::report::Report;
+use rig::contract::report::Report;
 use rig::say;
 
 /// The `#[ignore]`d case of `tests/selfcheck.rs`.
@@ -28,7 +28,7 @@ const COMPONENTS: [&str; 4] = ["bao", "echo", "keygate", "envoy-grpc"];
 /// Runs the self-check; `Ok(false)` lists what was wrong.
 pub fn run() -> Result<bool> {
     say!("harness self-check: a deliberately failing case must produce a useful failure");
-    let report_dir = rig::paths::rig_dir().join("selfcheck-reports");
+    let report_dir = rig::base::paths::rig_dir().join("selfcheck-reports");
     if report_dir.exists() {
         std::fs::remove_dir_all(&report_dir)
             .with_context(|| format!("clearing {}", report_dir.display()))?;
@@ -87,7 +87,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
         format!("non-terminal output holds control characters {controls:?}"),
     );
 
-    let report: Report = match read(&report_dir.join(rig::report::REPORT_FILE))
+    let report: Report = match read(&report_dir.join(rig::contract::report::REPORT_FILE))
         .and_then(|text| serde_json::from_str(&text).map_err(|err| format!("report.json: {err}")))
     {
         Ok(report) => report,
@@ -108,7 +108,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
     };
     let record = &case.record;
     problems.expect(
-        record.status == rig::case::Status::Failed,
+        record.status == rig::contract::case::Status::Failed,
         format!("the case is {:?}, not failed", record.status),
     );
     problems.expect(
@@ -123,7 +123,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
     );
     let last_seen = record.last_seen.as_deref().unwrap_or_default();
     problems.expect(
-        last_seen.starts_with("200 for key ") && last_seen.ends_with(rig::redact::REDACTED),
+        last_seen.starts_with("200 for key ") && last_seen.ends_with(rig::base::redact::REDACTED),
         format!("last seen should be the status with the key redacted, is {last_seen:?}"),
     );
     match &report.secret_scan {
@@ -144,7 +144,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
         None => problems.0.push("report.json has no secret scan".into()),
     }
 
-    match read(&report_dir.join(rig::report::JUNIT_FILE)) {
+    match read(&report_dir.join(rig::contract::report::JUNIT_FILE)) {
         Ok(junit) => {
             let failure = junit
                 .find("<failure")
@@ -171,7 +171,7 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
     }
 
     let bundle = report_dir
-        .join(rig::diagnostics::DIAGNOSTICS_DIR)
+        .join(rig::local::diagnostics::DIAGNOSTICS_DIR)
         .join(record.id());
     for component in COMPONENTS {
         let log = bundle.join("logs").join(format!("{component}.log"));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 pub fn print() -> Result<()> {
-    let rig_dir = rig::paths::rig_dir();
+    let rig_dir = rig::base::paths::rig_dir();
     let mut runs: Vec<PathBuf> = match std::fs::read_dir(&rig_dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
@@ -27,7 +27,7 @@ pub fn print() -> Result<()> {
     }
     for run in runs {
         println!("run {}", run.display());
-        let env = rig::env::Environment::load(&run.join("env.json")).ok();
+        let env = rig::contract::env::Environment::load(&run.join("env.json")).ok();
         if let Some(env) = &env {
             println!("  profile   {}", env.profile);
             println!("  gateway   {}", env.gateway_url);
@@ -40,7 +40,7 @@ pub fn print() -> Result<()> {
         } else {
             println!("  (no readable env.json: the run did not finish starting)");
         }
-        let records = rig::process::read_pid_file(&run.join("pids.json"))?;
+        let records = rig::process::supervisor::read_pid_file(&run.join("pids.json"))?;
         let width = records
             .iter()
             .map(|r| r.name.len())
@@ -49,7 +49,7 @@ pub fn print() -> Result<()> {
             .max(9);
         println!("  {:<width$} {:>8}  state", "component", "pid");
         for record in records {
-            let state = if rig::process::is_alive(record.pid) {
+            let state = if rig::process::supervisor::is_alive(record.pid) {
                 "alive"
             } else {
                 "gone"

@@ -1,5 +1,5 @@
 //! keygate as a process against a real OpenBao over https
-//! (`bao server -dev -dev-tls`, started by `rig::vault::DevTlsVault`), and
+//! (`bao server -dev -dev-tls`, started by `rig::process::dev_tls_vault::DevTlsVault`), and
 //! what its Vault client must not do: use a proxy from the environment, or
 //! talk plain HTTP to a remote Vault without saying so.
 //!
@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use apikey::{ApiKey, KeyRecord};
 use common::{FakeVault, Fixture, wait_for_status};
-use rig::process::Supervisor;
-use rig::run::RunDir;
-use rig::vault::DevTlsVault;
+use rig::base::run::RunDir;
+use rig::process::dev_tls_vault::DevTlsVault;
+use rig::process::supervisor::Supervisor;
 
 const KV_MOUNT: &str = "api-portal-keys";
 const GROUP: &str = "billing-api";
 
 fn bao() -> PathBuf {
-    let tools = rig::tools::Tools::load_default().unwrap_or_else(|err| panic!("{err:#}"));
+    let tools = rig::process::tools::Tools::load_default().unwrap_or_else(|err| panic!("{err:#}"));
     match tools.resolve("bao") {
         Ok(tool) => tool.path,
         Err(err) => panic!(

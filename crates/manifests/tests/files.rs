@@ -15,9 +15,9 @@ fn pins() -> K8sPins {
 }
 
 fn tool_version(name: &str) -> String {
-    let tools = rig::tools::Tools::load(
+    let tools = rig::process::tools::Tools::load(
         &root().join("env/tools.toml"),
-        rig::tools::ToolEnv::default(),
+        rig::process::tools::ToolEnv::default(),
     )
     .unwrap();
     tools.spec(name).unwrap().version.clone()

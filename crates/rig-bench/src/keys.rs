@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use apikey::{ApiKey, KeyRecord};
 
-use rig::vault::VaultClient;
+use rig::vault::client::VaultClient;
 
 /// Concurrent writers. Vault dev mode on 2 cores saturates well below this.
 pub const WRITERS: usize = 32;

@@ -32,12 +32,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use rig::gateway::GatewayKind;
-use rig::local::LocalOptions;
-use rig::modes::Mode;
-use rig::say;
-use rig::vault::VaultClient;
 use load::{Burst, Keys};
+use rig::contract::gateways::GatewayKind;
+use rig::contract::modes::Mode;
+use rig::local::LocalOptions;
+use rig::say;
+use rig::vault::client::{Secret, VaultClient};
 use variants::Variant;
 
 /// How much to measure.
@@ -175,7 +175,7 @@ pub struct BenchReport {
 
 /// The first literal path of a group's OpenAPI document, under its route
 /// prefix: a request keygate routes to that group.
-fn group_path(group: &rig::scenario::ApiGroup) -> Result<String> {
+fn group_path(group: &rig::contract::scenario::ApiGroup) -> Result<String> {
     let text = std::fs::read_to_string(&group.file)
         .with_context(|| format!("reading {}", group.file.display()))?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text)
@@ -195,7 +195,7 @@ fn group_path(group: &rig::scenario::ApiGroup) -> Result<String> {
     Ok(format!("{}{}", group.base_path, path))
 }
 
-fn machine(tools: &rig::tools::Tools, keygate: &std::path::Path) -> Machine {
+fn machine(tools: &rig::process::tools::Tools, keygate: &std::path::Path) -> Machine {
     let version = |name: &str| {
         tools
             .resolve(name)
@@ -236,9 +236,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let started_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let tools = rig::tools::Tools::load(
+    let tools = rig::process::tools::Tools::load(
         &opts.local.env_dir.join("tools.toml"),
-        rig::tools::ToolEnv::from_process(),
+        rig::process::tools::ToolEnv::from_process(),
     )?;
     let machine = machine(&tools, &opts.local.keygate_bin);
     let envoy = tools.resolve("envoy").context("the bench needs Envoy")?;
@@ -256,13 +256,13 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         .context("the bench environment did not come up")?;
     let up_ms = up_started.elapsed().as_millis() as u64;
     let env = env_a.environment.clone();
-    let root = VaultClient::root(&env)?;
-    let groups = rig::scenario::load_apis(&local.scenarios_dir.join("apis"))?;
+    let root = VaultClient::root(&env.vault_addr, Secret::new(env.root_token()?))?;
+    let groups = rig::contract::scenario::load_apis(&local.scenarios_dir.join("apis"))?;
     let group = groups.first().context("no API group in the scenarios")?;
     let path = group_path(group)?;
     say!(
         "bench: environment up in {} ({}); requests go to {path} (group {})",
-        rig::secs(Duration::from_millis(up_ms)),
+        rig::base::progress::secs(Duration::from_millis(up_ms)),
         env_a.run.path().display(),
         group.group_id
     );
@@ -324,7 +324,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     if env.keys_file.is_some() {
         env_a
             .supervisor
-            .stop("keys-agent", rig::process::StopMode::Graceful)?;
+            .stop("keys-agent", rig::process::supervisor::StopMode::Graceful)?;
     }
 
     // 3. Keys: the warm key (also what the native filter knows, with 99
@@ -340,9 +340,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     say!(
         "bench: keys written ({} in {}, {} in {})",
         native_keys.len(),
-        rig::secs(took),
+        rig::base::progress::secs(took),
         cold.len(),
-        rig::secs(cold_took)
+        rig::base::progress::secs(cold_took)
     );
     let upstream: std::net::SocketAddr = env
         .upstream_url
@@ -419,7 +419,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         plan.rounds,
         Variant::ALL.len(),
         plan.requests_per_round,
-        rig::secs(plan.window),
+        rig::base::progress::secs(plan.window),
         plan.connections
     );
     for (round, variant) in schedule {
@@ -446,7 +446,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             round + 1,
             variant.name(),
             outcome.requests(),
-            rig::secs(outcome.elapsed),
+            rig::base::progress::secs(outcome.elapsed),
             outcome.requests() as f64 / outcome.elapsed.as_secs_f64(),
             outcome.failed
         );
@@ -492,9 +492,12 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         // Its agent would render all 100 000 keys every second.
         env_b
             .supervisor
-            .stop("keys-agent", rig::process::StopMode::Graceful)?;
+            .stop("keys-agent", rig::process::supervisor::StopMode::Graceful)?;
     }
-    let root_b = VaultClient::root(&env_b.environment)?;
+    let root_b = VaultClient::root(
+        &env_b.environment.vault_addr,
+        Secret::new(env_b.environment.root_token()?),
+    )?;
     let keygate_pid = env_b
         .supervisor
         .pid("keygate")
@@ -518,7 +521,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             "scale: --quick does 100 and 1 000 keys; 10 000 and 100 000 only in a full run".into(),
         );
     }
-    let scale_audit = env_b.run.logs_dir().join(rig::audit::AUDIT_LOG);
+    let scale_audit = env_b.run.logs_dir().join(rig::vault::audit::AUDIT_LOG);
     drop(env_b);
     // Vault's audit device logs every key written and read: ~600 MB at
     // 100 000 keys, enough to fill a small disk over a few runs. The bench
@@ -568,7 +571,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             suite.e2e_inline_ok = Some(status.success());
             suite.e2e_command = Some(shown);
             // The child's own split (up, tests) from the run it left as `latest`.
-            let report = rig::paths::rig_dir().join("latest/report.json");
+            let report = rig::base::paths::rig_dir().join("latest/report.json");
             if let Ok(text) = std::fs::read_to_string(&report)
                 && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
             {

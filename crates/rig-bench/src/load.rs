@@ -11,6 +11,8 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
 /// How the client is described in the output.
+// The value bench.json has always recorded (it names the load generator,
+// now crate rig-bench, module load); kept so reports stay comparable.
 pub const CLIENT: &str = "rig::bench::load (reqwest 0.13 over hyper, HTTP/1.1 keep-alive, one request in flight per connection)";
 
 /// Which API key each request carries.
@@ -109,7 +111,7 @@ pub async fn run(burst: Burst<'_>, clients: &[reqwest::Client]) -> Result<Outcom
                         let _ = response.bytes().await;
                         Ok(status)
                     }
-                    Err(err) => Err(rig::process::describe_request_error(&err)),
+                    Err(err) => Err(rig::process::supervisor::describe_request_error(&err)),
                 };
                 let us = sent.elapsed().as_micros().max(1) as u64;
                 let _ = h.record(us.min(h.high()));

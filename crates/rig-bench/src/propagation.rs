@@ -18,8 +18,8 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::stats::Distribution;
-use rig::env::Environment;
-use rig::vault::VaultClient;
+use rig::contract::env::Environment;
+use rig::vault::client::VaultClient;
 
 /// How often a waiting event asks the gateway or keygate: the resolution of
 /// every measured time.
@@ -77,7 +77,7 @@ async fn until_status(
     }
     bail!(
         "no {want} from {url} within {} of the Vault write; last answer {last}",
-        rig::secs(deadline)
+        rig::base::progress::secs(deadline)
     )
 }
 
@@ -215,11 +215,11 @@ pub async fn secret_id(
     let deadline = Duration::from_millis(render + d.watch_interval_ms) + Duration::from_secs(10);
     let mut samples = Vec::new();
     for _ in 0..events {
-        let before = rig::rotation::keygate_accessor(&http, &env.keygate_url).await?;
+        let before = rig::local::delivery::keygate_accessor(&http, &env.keygate_url).await?;
         let new = root.approle_new_secret_id(&d.approle_role).await?;
-        let at = rig::rotation::deliver_secret_id(root, d, &new.secret_id).await?;
+        let at = rig::local::delivery::deliver_secret_id(root, d, &new.secret_id).await?;
         loop {
-            let now = rig::rotation::keygate_accessor(&http, &env.keygate_url).await?;
+            let now = rig::local::delivery::keygate_accessor(&http, &env.keygate_url).await?;
             if now != before {
                 samples.push(at.elapsed().as_millis() as u64);
                 break;
@@ -227,7 +227,7 @@ pub async fn secret_id(
             if at.elapsed() > deadline {
                 bail!(
                     "keygate did not log in with the rotated secret-id within {}",
-                    rig::secs(deadline)
+                    rig::base::progress::secs(deadline)
                 );
             }
             tokio::time::sleep(POLL).await;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::load::{self, Burst, Keys};
-use rig::vault::VaultClient;
+use rig::vault::client::VaultClient;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleResult {
@@ -69,7 +69,7 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
             super::keys::write_keys(setup.root, setup.mount, setup.group, missing).await?;
         rig::say!(
             "bench: scale {size} keys: written in {}; filling keygate's cache",
-            rig::secs(took)
+            rig::base::progress::secs(took)
         );
         let pool = std::sync::Arc::new(new.clone());
         let fill = load::run(

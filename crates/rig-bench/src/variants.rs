@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use rig::process::{Component, Readiness, Supervisor};
-use rig::run::RunDir;
+use rig::base::run::RunDir;
+use rig::process::supervisor::{Component, Readiness, Supervisor};
 
 /// One auth path through a gateway to the same echo upstream.
 /// Serialized under the names the table prints.
@@ -102,7 +102,7 @@ pub async fn start_baseline_envoy(
     supervisor: &mut Supervisor,
 ) -> Result<String> {
     let (listen_port, admin_port) = (free_port()?, free_port()?);
-    let text = rig::local::render(
+    let text = rig::base::templates::render(
         &env_dir.join("bench/envoy.yaml.j2"),
         Values {
             auth,
@@ -121,7 +121,7 @@ pub async fn start_baseline_envoy(
     )?;
     // The api_key_auth config holds keys: a 0600 file under secrets/.
     let config =
-        rig::run::write_secret_file(&run.secrets_dir().join(format!("{name}.yaml")), &text)?;
+        rig::base::run::write_secret_file(&run.secrets_dir().join(format!("{name}.yaml")), &text)?;
     let dir = run.path().join("gateways").join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let url = format!("http://127.0.0.1:{listen_port}");
@@ -161,8 +161,8 @@ mod tests {
     #[test]
     fn native_filter_config_lists_every_key_under_the_header() {
         let keys = ["a".repeat(64), "b".repeat(64)];
-        let text = rig::local::render(
-            &rig::paths::env_dir().join("bench/envoy.yaml.j2"),
+        let text = rig::base::templates::render(
+            &rig::base::paths::env_dir().join("bench/envoy.yaml.j2"),
             Values {
                 auth: "api_key_auth",
                 listen_port: 1,

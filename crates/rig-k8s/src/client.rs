@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use rig::env::KubeEnvironment;
+use rig::contract::env::KubeEnvironment;
 
 /// A client for `kubeconfig` (else `$KUBECONFIG` / `~/.kube/config`, or the
 /// in-cluster config) at `context` (else the current one).

@@ -100,7 +100,7 @@ impl Commands {
         command
             .args(&args)
             .env_clear()
-            .envs(rig::process::child_env(
+            .envs(rig::process::supervisor::child_env(
                 std::env::vars_os(),
                 &inherit,
                 &[],
@@ -110,7 +110,7 @@ impl Commands {
             .stderr(Stdio::piped())
             // Ctrl-C or a panic drops the future: the command goes with it.
             .kill_on_drop(true)
-            .current_dir(rig::paths::workspace_root());
+            .current_dir(rig::base::paths::workspace_root());
         if let Some(kubeconfig) = &self.kubeconfig {
             command.env("KUBECONFIG", kubeconfig);
         }
@@ -132,7 +132,7 @@ impl Commands {
                 "`{shown}` failed ({}); the end of {}:\n{}",
                 output.status,
                 log_file.display(),
-                rig::process::log_tail(&log_file, 15)
+                rig::process::supervisor::log_tail(&log_file, 15)
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use super::names::CREDENTIALS_SECRET;
 use super::{KubeProfile, Mode};
 use rig::say;
-use rig::vault::{Secret, VaultClient};
+use rig::vault::client::{Secret, VaultClient};
 
 /// The AppRole credentials a mode's Secret carries.
 pub struct DevCredentials {
@@ -204,7 +204,7 @@ pub fn per_run_credentials() -> DevCredentials {
 /// existing-secret overlay's precreated Secret.
 pub fn committed_credentials(inline_rendered: Option<&[Value]>) -> Result<Vec<DevCredentials>> {
     let mut committed = vec![existing_secret_credentials(
-        &rig::paths::scenarios_dir().join("k8s/existing-secret"),
+        &rig::base::paths::scenarios_dir().join("k8s/existing-secret"),
     )?];
     if let Some(rendered) = inline_rendered {
         committed.push(inline_credentials(rendered)?);
@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn reads_the_existing_secret_mode_with_its_custom_keys() {
-        let dir = rig::paths::scenarios_dir().join("k8s/existing-secret");
+        let dir = rig::base::paths::scenarios_dir().join("k8s/existing-secret");
         let creds = existing_secret_credentials(&dir).unwrap();
         assert!(!creds.role_id.is_empty());
         assert!(!creds.secret_id.expose().is_empty());
@@ -336,13 +336,16 @@ mod tests {
         // The pinned kubectl is installed by `cargo xtask test`; without it
         // crates/manifests' own tests fail loudly, so this one need not.
         let kubectl = super::super::pinned_tool("kubectl");
-        let rendered =
-            manifests::render_overlay(&kubectl, &rig::paths::scenarios_dir().join("k8s/inline"))
-                .unwrap();
+        let rendered = manifests::render_overlay(
+            &kubectl,
+            &rig::base::paths::scenarios_dir().join("k8s/inline"),
+        )
+        .unwrap();
         let inline = inline_credentials(&rendered).unwrap();
-        let existing =
-            existing_secret_credentials(&rig::paths::scenarios_dir().join("k8s/existing-secret"))
-                .unwrap();
+        let existing = existing_secret_credentials(
+            &rig::base::paths::scenarios_dir().join("k8s/existing-secret"),
+        )
+        .unwrap();
         // Both modes register the same dev AppRole credentials.
         assert_eq!(inline.role_id, existing.role_id);
         assert_eq!(inline.secret_id.expose(), existing.secret_id.expose());

@@ -14,8 +14,8 @@ use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
 use super::{KubeProfile, Mode, names};
-use rig::env::{CacheSettings, Environment, KubeEnvironment};
-use rig::gateway::GatewayKind;
+use rig::contract::env::{CacheSettings, Environment, KubeEnvironment};
+use rig::contract::gateways::GatewayKind;
 
 /// The gateway every overlay of scenarios/k8s deploys (base/gateway.yaml:
 /// Envoy, ext_authz over gRPC to keygate), by its name in the matrix.
@@ -97,7 +97,7 @@ pub struct KubeEnvInputs<'a> {
     pub root_token_file: PathBuf,
     pub forwarded: Forwarded,
     pub kv_mount: &'a str,
-    pub groups: &'a [rig::scenario::ApiGroup],
+    pub groups: &'a [rig::contract::scenario::ApiGroup],
     pub keygate: &'a keygate::config::Config,
     pub kubernetes_auth_mount: &'a str,
     pub credentials_kv_mount: &'a str,
@@ -119,8 +119,8 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
         skipped_gateways,
         vault_addr: inputs.forwarded.vault_addr,
         kv_mount: inputs.kv_mount.to_owned(),
-        groups: rig::env::group_routes(inputs.groups),
-        api_paths: rig::env::group_api_paths(inputs.groups),
+        groups: rig::contract::env::group_routes(inputs.groups),
+        api_paths: rig::contract::env::group_api_paths(inputs.groups),
         root_token_file: inputs.root_token_file,
         unseal_key_file: None,
         logs_dir: inputs.logs_dir,
@@ -134,7 +134,7 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
         delivery: None,
         // The cluster profiles run the Vault-direct keygate only; the
         // tests of the local-only pieces skip on `None`.
-        key_source: rig::env::KEY_SOURCE_VAULT.into(),
+        key_source: rig::contract::env::KEY_SOURCE_VAULT.into(),
         keys_file: None,
         workload_identity: None,
         environments: None,
@@ -163,7 +163,7 @@ mod tests {
     use super::*;
 
     fn inputs<'a>(
-        groups: &'a [rig::scenario::ApiGroup],
+        groups: &'a [rig::contract::scenario::ApiGroup],
         config: &'a keygate::config::Config,
         mode: Mode,
     ) -> KubeEnvInputs<'a> {
@@ -197,9 +197,11 @@ mod tests {
     #[test]
     fn env_json_of_every_overlay_lists_its_gateway_and_keygates_cache() {
         let kubectl = super::super::pinned_tool("kubectl");
-        let groups = rig::scenario::load_default_apis().unwrap();
+        let groups = rig::contract::scenario::load_default_apis().unwrap();
         for mode in Mode::ALL {
-            let overlay = rig::paths::scenarios_dir().join("k8s").join(mode.name());
+            let overlay = rig::base::paths::scenarios_dir()
+                .join("k8s")
+                .join(mode.name());
             let rendered = manifests::render_overlay(&kubectl, &overlay).unwrap();
             let config = keygate_config(&rendered, &overlay).unwrap();
             let env = kube_environment(inputs(&groups, &config, mode));

@@ -82,7 +82,7 @@ impl fmt::Display for Mode {
 /// test that skipped itself would read as passed in cargo's output.
 #[cfg(test)]
 pub(crate) fn pinned_tool(name: &str) -> std::path::PathBuf {
-    rig::tools::Tools::load_default()
+    rig::process::tools::Tools::load_default()
         .and_then(|tools| Ok(tools.resolve(name)?))
         .map(|tool| tool.path)
         .unwrap_or_else(|err| {

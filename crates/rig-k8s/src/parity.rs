@@ -9,8 +9,9 @@
 use serde::Deserialize as _;
 use serde_yaml::Value;
 
-use rig::gateway::envoy::{ExtAuthz, render};
-use rig::gateway::{GatewayContext, GatewayKind};
+use rig::contract::gateways::GatewayKind;
+use rig::local::gateway::GatewayContext;
+use rig::local::gateway::envoy::{ExtAuthz, render};
 
 /// What the HTTP connection manager of the API listener decides on paths,
 /// and what ext_authz does when keygate fails.
@@ -22,8 +23,8 @@ const HCM_KEYS: [&str; 3] = [
 const EXT_AUTHZ_KEYS: [&str; 2] = ["failure_mode_allow", "status_on_error"];
 
 fn local_envoy() -> Value {
-    let groups = rig::scenario::load_default_apis().unwrap();
-    let env_dir = rig::paths::env_dir();
+    let groups = rig::contract::scenario::load_default_apis().unwrap();
+    let env_dir = rig::base::paths::env_dir();
     let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let ctx = GatewayContext {
         kind: GatewayKind::EnvoyGrpc,
@@ -40,7 +41,7 @@ fn local_envoy() -> Value {
 }
 
 fn kind_envoy() -> Value {
-    let file = rig::paths::scenarios_dir().join("k8s/base/config/envoy.yaml");
+    let file = rig::base::paths::scenarios_dir().join("k8s/base/config/envoy.yaml");
     serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
 }
 
@@ -107,7 +108,7 @@ fn envoy_admin_is_on_loopback_and_not_published() {
         );
     }
     let admin_port = kind_envoy()["admin"]["address"]["socket_address"]["port_value"].clone();
-    let gateway = rig::paths::scenarios_dir().join("k8s/base/gateway.yaml");
+    let gateway = rig::base::paths::scenarios_dir().join("k8s/base/gateway.yaml");
     let text = std::fs::read_to_string(&gateway).unwrap();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let object = Value::deserialize(doc).unwrap();

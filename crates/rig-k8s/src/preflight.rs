@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rig::tools::{ToolEnv, ToolError, Tools};
+use rig::process::tools::{ToolEnv, ToolError, Tools};
 
 use super::KubeProfile;
 
@@ -93,7 +93,7 @@ pub fn check(
     env: &ToolEnv,
     kind_pin: &str,
 ) -> Result<KubeTools, MissingTools> {
-    let k8s = rig::paths::env_dir().join("k8s.toml");
+    let k8s = rig::base::paths::env_dir().join("k8s.toml");
     match manifests::files::K8sPins::load(&k8s) {
         Ok(pins) => check_with(profile, tools, env, kind_pin, &pins.helm.version),
         Err(err) => Err(MissingTools {
@@ -347,7 +347,7 @@ fn run_with_timeout(
                     "`{} {}` gave no answer within {}",
                     program.display(),
                     args.join(" "),
-                    rig::secs(timeout)
+                    rig::base::progress::secs(timeout)
                 ));
             }
             Err(err) => return Err(format!("waiting for {}: {err}", program.display())),
@@ -402,7 +402,7 @@ mod tests {
         }
 
         fn tools(&self, env: &ToolEnv) -> Tools {
-            Tools::load(&rig::paths::env_dir().join("tools.toml"), env.clone()).unwrap()
+            Tools::load(&rig::base::paths::env_dir().join("tools.toml"), env.clone()).unwrap()
         }
     }
 
@@ -589,7 +589,7 @@ mod tests {
     #[rstest]
     fn the_repository_pins_helm_3() {
         let pins =
-            manifests::files::K8sPins::load(&rig::paths::env_dir().join("k8s.toml")).unwrap();
+            manifests::files::K8sPins::load(&rig::base::paths::env_dir().join("k8s.toml")).unwrap();
         assert_eq!(
             parse_helm_version(&format!("v{}", pins.helm.version)).map(|v| v.0),
             Some(HELM_MAJOR)

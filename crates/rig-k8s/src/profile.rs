@@ -22,12 +22,13 @@ use super::commands::Commands;
 use super::preflight::KubeTools;
 use super::state::KubeState;
 use super::{KubeProfile, Mode, VaultChart, names};
-use rig::env::Environment;
-use rig::process::{Component, Readiness, Supervisor};
-use rig::run::RunDir;
+use rig::base::run::RunDir;
+use rig::contract::env::Environment;
+use rig::process::supervisor::{Component, Readiness, Supervisor};
+use rig::process::tools::{ToolEnv, Tools};
 use rig::say;
-use rig::tools::{ToolEnv, Tools};
-use rig::vault::{Secret, VaultClient, VaultSetup};
+use rig::vault::client::{Secret, VaultClient};
+use rig::vault::setup::VaultSetup;
 
 /// The field manager of keyrig's server-side applies.
 const FIELD_MANAGER: &str = "keyrig";
@@ -75,12 +76,12 @@ pub struct KubeRun {
 pub fn preflight(profile: KubeProfile) -> Result<KubeTools> {
     let pins = load_pins()?;
     let env = ToolEnv::from_process();
-    let tools = Tools::load(&rig::paths::env_dir().join("tools.toml"), env.clone())?;
+    let tools = Tools::load(&rig::base::paths::env_dir().join("tools.toml"), env.clone())?;
     super::preflight::check(profile, &tools, &env, &pins.kind.version).map_err(anyhow::Error::new)
 }
 
 fn load_pins() -> Result<K8sPins> {
-    K8sPins::load(&rig::paths::env_dir().join("k8s.toml")).map_err(|err| anyhow!("{err}"))
+    K8sPins::load(&rig::base::paths::env_dir().join("k8s.toml")).map_err(|err| anyhow!("{err}"))
 }
 
 fn chart<'a>(pins: &'a K8sPins, name: &str) -> Result<&'a ChartPin> {
@@ -100,10 +101,10 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     }
     // Refused combinations (inline on cluster) before anything is made.
     let source = super::credentials::source_for(opts.profile, opts.mode)?;
-    let root_dir = rig::paths::workspace_root();
-    let scenarios = rig::paths::scenarios_dir();
+    let root_dir = rig::base::paths::workspace_root();
+    let scenarios = rig::base::paths::scenarios_dir();
     let pins = load_pins()?;
-    let groups = rig::scenario::load_default_apis()?;
+    let groups = rig::contract::scenario::load_default_apis()?;
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
     let setup = VaultSetup::load_default(&group_ids)?;
     let overlay = scenarios.join("k8s").join(opts.mode.name());
@@ -190,7 +191,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 )
                 .await?;
             // It holds the cluster's client key.
-            rig::run::write_secret_file(
+            rig::base::run::write_secret_file(
                 &kubeconfig,
                 &std::fs::read_to_string(&kubeconfig).context("reading the kind kubeconfig")?,
             )?;
@@ -281,7 +282,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 opts.wait_deadline,
             )
             .await?;
-            let port = rig::ports::free_port()?;
+            let port = rig::base::ports::free_port()?;
             let addr = format!("http://127.0.0.1:{port}");
             supervisor
                 .start(
@@ -312,7 +313,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         ),
     };
     let root_token_file = run.write_secret("root-token", root_token.expose())?;
-    rig::redact::register_in_run(run.path(), root_token.expose())?;
+    rig::base::redact::register_in_run(run.path(), root_token.expose())?;
     let root = match opts.profile {
         // A port-forward to the in-cluster dev server: plain HTTP on loopback.
         KubeProfile::Kind => VaultClient::new(&vault_addr)?,
@@ -354,7 +355,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         )),
         (CredentialSource::PerRun, _) => {
             let creds = super::credentials::per_run_credentials();
-            rig::redact::register_in_run(run.path(), creds.secret_id.expose())?;
+            rig::base::redact::register_in_run(run.path(), creds.secret_id.expose())?;
             Some((creds, None))
         }
         (CredentialSource::FromVault, _) => {
@@ -447,13 +448,13 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         overlay.display().to_string(),
     ];
     apply.extend(cmds.context_args("--context"));
-    rig::wait::wait_until(
+    rig::base::wait::wait_until(
         &format!("kubectl apply -k scenarios/k8s/{}", opts.mode),
         Duration::from_secs(120),
         async || {
             anyhow::Ok(match cmds.run("kubectl", kubectl, &apply).await {
-                Ok(_) => rig::wait::Probe::Ready(()),
-                Err(err) => rig::wait::Probe::seen(
+                Ok(_) => rig::base::wait::Probe::Ready(()),
+                Err(err) => rig::base::wait::Probe::seen(
                     format!("{err:#}").lines().last().unwrap_or("").to_owned(),
                 ),
             })
@@ -500,9 +501,9 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     }
 
     // 9. Port-forwards to the gateway, keygate and the upstream.
-    let gateway_port = rig::ports::free_port()?;
-    let keygate_port = rig::ports::free_port()?;
-    let upstream_port = rig::ports::free_port()?;
+    let gateway_port = rig::base::ports::free_port()?;
+    let keygate_port = rig::base::ports::free_port()?;
+    let upstream_port = rig::base::ports::free_port()?;
     let forwarded = super::environment::Forwarded {
         gateway_url: format!("http://127.0.0.1:{gateway_port}"),
         keygate_url: format!("http://127.0.0.1:{keygate_port}"),
@@ -572,7 +573,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         "{} profile (mode {}) up in {}",
         opts.profile,
         opts.mode,
-        rig::secs(started.elapsed())
+        rig::base::progress::secs(started.elapsed())
     );
     Ok(KubeRun {
         supervisor,
@@ -586,17 +587,17 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
 /// (kind only: the cluster profile never uses them).
 fn flag_committed_credentials(run: &RunDir, file: &Path) -> Result<()> {
     let location = file
-        .strip_prefix(rig::paths::workspace_root())
+        .strip_prefix(rig::base::paths::workspace_root())
         .unwrap_or(file)
         .display()
         .to_string();
     say!(
         "warning: this run's gateway credentials are committed in {location}: dev only, never for a real Vault"
     );
-    rig::report::record_in(
+    rig::contract::records::record_in(
         run.path(),
         "findings",
-        &rig::report::Finding::warning(
+        &rig::contract::report::Finding::warning(
             "committed-dev-credentials",
             &location,
             "the gateway AppRole's role-id and secret-id are plaintext in git; registered only in the kind cluster's throwaway dev Vault",
@@ -684,7 +685,7 @@ async fn outside_cluster_review(
 
 /// `helm upgrade --install` of a pinned chart: idempotent on a reused cluster.
 async fn helm_install(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<()> {
-    let values = rig::paths::workspace_root().join(&chart.values);
+    let values = rig::base::paths::workspace_root().join(&chart.values);
     let mut args: Vec<String> = vec![
         "upgrade".into(),
         "--install".into(),
@@ -728,7 +729,7 @@ fn port_forward(
         ])
         .args(cmds.context_args("--context"))
         .inherit_env(super::commands::KUBE_TOOL_ENV)
-        .current_dir(rig::paths::workspace_root());
+        .current_dir(rig::base::paths::workspace_root());
     if let Some(kubeconfig) = cmds.kubeconfig() {
         component = component.env("KUBECONFIG", kubeconfig);
     }
@@ -755,7 +756,7 @@ fn dev_root_token(values_file: &Path) -> Result<Secret> {
 
 async fn apply_namespace_and_apis(
     client: &kube::Client,
-    groups: &[rig::scenario::ApiGroup],
+    groups: &[rig::contract::scenario::ApiGroup],
 ) -> Result<()> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -839,7 +840,7 @@ pub async fn restart_deployment(client: &kube::Client, namespace: &str, name: &s
 /// created and not yet deleted (`<run>/k8s.json`); clusters keyrig only
 /// reused are left alone. Returns what it deleted.
 pub async fn delete_created_clusters() -> Result<Vec<String>> {
-    let rig_dir = rig::paths::rig_dir();
+    let rig_dir = rig::base::paths::rig_dir();
     let entries = match std::fs::read_dir(&rig_dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -920,8 +921,8 @@ mod tests {
     fn reads_the_dev_root_token_of_both_vault_charts() {
         let pins = load_pins().unwrap();
         for vault in [VaultChart::OpenBao, VaultChart::HashiCorp] {
-            let values =
-                rig::paths::workspace_root().join(&chart(&pins, vault.chart()).unwrap().values);
+            let values = rig::base::paths::workspace_root()
+                .join(&chart(&pins, vault.chart()).unwrap().values);
             assert!(
                 !dev_root_token(&values).unwrap().expose().is_empty(),
                 "{vault:?}"

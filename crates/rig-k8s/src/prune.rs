@@ -17,8 +17,8 @@ use kube::core::GroupVersionKind;
 use serde_json::Value;
 
 use super::{Mode, names};
+use rig::base::wait::{Probe, wait_until};
 use rig::say;
-use rig::wait::{Probe, wait_until};
 
 /// One object a mode makes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,7 +55,9 @@ pub fn objects_of_mode(rendered: &[Value], mode: Mode) -> Vec<ModeObject> {
 
 /// Everything `mode` makes: its overlay, and its precreated Secret.
 pub fn mode_objects(kubectl: &std::path::Path, mode: Mode) -> Result<Vec<ModeObject>> {
-    let overlay = rig::paths::scenarios_dir().join("k8s").join(mode.name());
+    let overlay = rig::base::paths::scenarios_dir()
+        .join("k8s")
+        .join(mode.name());
     let mut rendered =
         manifests::render_overlay(kubectl, &overlay).map_err(|err| anyhow!("{err}"))?;
     let precreate = overlay.join("precreate");
@@ -208,7 +210,9 @@ mod tests {
         let render = |mode: Mode| {
             manifests::render_overlay(
                 &kubectl,
-                &rig::paths::scenarios_dir().join("k8s").join(mode.name()),
+                &rig::base::paths::scenarios_dir()
+                    .join("k8s")
+                    .join(mode.name()),
             )
             .unwrap()
         };

@@ -18,7 +18,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use rig::say;
-use rig::vault::{Secret, VaultClient};
+use rig::vault::client::{Secret, VaultClient};
 
 /// In the description of every auth mount keyrig creates; the only mounts
 /// it ever configures carry it.
@@ -29,7 +29,7 @@ const DEFAULT_KUBERNETES_MOUNT: &str = "kubernetes";
 
 /// scenarios/k8s/vault/kubernetes-roles.yaml of this workspace.
 pub fn roles_file() -> std::path::PathBuf {
-    rig::paths::scenarios_dir().join("k8s/vault/kubernetes-roles.yaml")
+    rig::base::paths::scenarios_dir().join("k8s/vault/kubernetes-roles.yaml")
 }
 
 /// How a Vault that runs outside the cluster reviews ServiceAccount tokens:

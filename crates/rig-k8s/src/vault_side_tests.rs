@@ -20,9 +20,10 @@ use super::credentials::{
     DevCredentials, committed_credentials, per_run_credentials, register_dev_credentials,
 };
 use super::vault_auth::{self, MountOwner, OutsideCluster};
-use rig::process::{Component, Readiness, Supervisor};
-use rig::run::RunDir;
-use rig::vault::{Secret, VaultClient, VaultSetup};
+use rig::base::run::RunDir;
+use rig::process::supervisor::{Component, Readiness, Supervisor};
+use rig::vault::client::{Secret, VaultClient};
+use rig::vault::setup::VaultSetup;
 
 /// A dev server of the pinned OpenBao, stopped when the test ends.
 struct DevVault {
@@ -35,7 +36,7 @@ async fn dev_vault() -> DevVault {
     let bao = super::pinned_tool("bao");
     let base = tempfile::tempdir().unwrap();
     let run = RunDir::create_in(base.path()).unwrap();
-    let port = rig::ports::free_port_pair().unwrap();
+    let port = rig::base::ports::free_port_pair().unwrap();
     let addr = format!("http://127.0.0.1:{port}");
     let token = apikey::ApiKey::generate().expose().to_owned();
     let mut supervisor = Supervisor::new(&run);
@@ -327,9 +328,10 @@ async fn cluster_vault_side_works_over_https_with_a_ca_file() {
     let base = tempfile::tempdir().unwrap();
     let run = RunDir::create_in(base.path()).unwrap();
     let mut supervisor = Supervisor::new(&run);
-    let tls = rig::vault::DevTlsVault::start(&mut supervisor, &run, &bao, "bao-tls")
-        .await
-        .unwrap();
+    let tls =
+        rig::process::dev_tls_vault::DevTlsVault::start(&mut supervisor, &run, &bao, "bao-tls")
+            .await
+            .unwrap();
     assert!(tls.addr.starts_with("https://"), "{}", tls.addr);
     let root = &tls.root;
     VaultSetup::load_default(&["animal-rescue-api".into(), "billing-api".into()])

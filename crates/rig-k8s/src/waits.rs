@@ -108,7 +108,10 @@ where
     };
     match retry_until(deadline, WATCH_BACKOFF, watch).await {
         Ok(Some(object)) => {
-            say!("{what}: ready after {}", rig::secs(started.elapsed()));
+            say!(
+                "{what}: ready after {}",
+                rig::base::progress::secs(started.elapsed())
+            );
             Ok(object)
         }
         Ok(None) => Err(anyhow!("{what}: {name} was deleted while waiting for it")),
@@ -135,7 +138,7 @@ pub fn deadline_message(
 ) -> String {
     let mut message = format!(
         "{what}: not ready after {}; last seen: {last_seen}",
-        rig::secs(deadline)
+        rig::base::progress::secs(deadline)
     );
     if let Some(err) = &passed.last_error {
         message.push_str(&format!(

@@ -1,41 +1,28 @@
-//! keyrig's harness library: pinned tools, run directories, supervised
-//! processes, Vault setup, scenario loading, the local profile, waits and the
-//! e2e results table. `xtask` is a thin CLI over it; the e2e tests use
-//! `env`, `vault`, `wait` and `case`.
+//! keyrig's harness library, in layers. Each folder imports only the folders
+//! listed before it (a workspace test, `crates/rig/tests/layers.rs`, holds
+//! this and that no file imports a file that imports it back):
+//!
+//! - `base`: paths, the run directory, redaction, waits, progress, ports,
+//!   templates: what every layer uses and that knows nothing of keyrig's
+//!   domain;
+//! - `contract`: what a run and its tests agree on, as data: env.json, the
+//!   scenario files, the delivery modes, the results table and reports;
+//! - `vault`: the Vault client (it knows nothing of env.json) and the setup
+//!   keyrig applies to a Vault;
+//! - `process`: pinned tools and the Supervisor every started process runs
+//!   under;
+//! - `local`: the local profile: gateways, credential delivery, keys-file
+//!   mode, TLS, diagnostics and `up`.
+//!
+//! `xtask` is a thin CLI over it; the Kubernetes profiles (`rig-k8s`) and the
+//! bench (`rig-bench`) are crates over it; the e2e tests use `contract` and
+//! `vault`.
 
-pub mod audit;
-pub mod case;
-pub mod debian;
-pub mod delivery;
-pub mod diagnostics;
-pub mod echo;
-pub mod env;
-pub mod environments;
-pub mod fault;
-pub mod gateway;
-pub mod identity;
-pub mod keys_file;
+pub mod base;
+pub mod contract;
 pub mod local;
-pub mod modes;
-pub mod once;
-pub mod paths;
-pub mod pki;
-pub mod ports;
 pub mod process;
-pub mod progress;
-pub mod raft;
-pub mod redact;
-pub mod references;
-pub mod report;
-pub mod rotation;
-pub mod run;
-pub mod scenario;
-pub mod secret_dir;
-pub mod tls;
-pub mod tls_probe;
-pub mod tools;
 pub mod vault;
-pub mod wait;
 
 /// A progress line for people: `[keyrig] ...` on stderr, so stdout stays
 /// free for what a command is asked to print (e.g. `doctor`'s report).
@@ -43,11 +30,6 @@ pub mod wait;
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::progress::say(&format!($($arg)*))
+        $crate::base::progress::say(&format!($($arg)*))
     };
-}
-
-/// Seconds with one decimal, the way progress lines show durations.
-pub fn secs(duration: std::time::Duration) -> String {
-    format!("{:.1} s", duration.as_secs_f64())
 }

@@ -19,7 +19,7 @@ pub fn root() -> PathBuf {
 /// Missing is a failure, not a skip: a check that silently does not run
 /// proves nothing.
 pub fn tool(name: &str) -> PathBuf {
-    let tools = rig::tools::Tools::load_default().unwrap_or_else(|err| panic!("{err:#}"));
+    let tools = rig::process::tools::Tools::load_default().unwrap_or_else(|err| panic!("{err:#}"));
     match tools.resolve(name) {
         Ok(tool) => tool.path,
         Err(err) => panic!(

@@ -1,0 +1,82 @@
+//! The gateways of the matrix by name: what env.json, the command line and
+//! the results table call them. How each is configured and started is
+//! `local::gateway`.
+
+use std::fmt;
+
+use anyhow::{Result, bail};
+
+/// The gateways keyrig can put in front of keygate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GatewayKind {
+    /// Envoy with the gRPC ext_authz filter (the default gateway).
+    EnvoyGrpc,
+    /// Envoy with the HTTP ext_authz filter.
+    EnvoyHttp,
+    /// Traefik's forwardAuth middleware.
+    Traefik,
+    /// nginx's auth_request module.
+    Nginx,
+    /// Caddy's forward_auth directive.
+    Caddy,
+}
+
+impl GatewayKind {
+    pub const ALL: [GatewayKind; 5] = [
+        GatewayKind::EnvoyGrpc,
+        GatewayKind::EnvoyHttp,
+        GatewayKind::Traefik,
+        GatewayKind::Nginx,
+        GatewayKind::Caddy,
+    ];
+
+    /// env.json's `skipped_gateways` of an environment that runs `own`
+    /// only: every other gateway of the matrix, with `why` it does not run.
+    pub fn all_but(
+        own: GatewayKind,
+        why: impl Fn(GatewayKind) -> String,
+    ) -> std::collections::BTreeMap<String, String> {
+        Self::ALL
+            .into_iter()
+            .filter(|kind| *kind != own)
+            .map(|kind| (kind.name().to_owned(), why(kind)))
+            .collect()
+    }
+
+    /// The name in env.json, on the command line and in the results matrix.
+    pub fn name(self) -> &'static str {
+        match self {
+            GatewayKind::EnvoyGrpc => "envoy-grpc",
+            GatewayKind::EnvoyHttp => "envoy-http",
+            GatewayKind::Traefik => "traefik",
+            GatewayKind::Nginx => "nginx",
+            GatewayKind::Caddy => "caddy",
+        }
+    }
+
+    /// The pinned tool (env/tools.toml) that runs it.
+    pub fn tool(self) -> &'static str {
+        match self {
+            GatewayKind::EnvoyGrpc | GatewayKind::EnvoyHttp => "envoy",
+            GatewayKind::Traefik => "traefik",
+            GatewayKind::Nginx => "nginx",
+            GatewayKind::Caddy => "caddy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        match Self::ALL.iter().find(|k| k.name() == name) {
+            Some(kind) => Ok(*kind),
+            None => bail!(
+                "no gateway called {name:?}: choose one of {}",
+                Self::ALL.map(GatewayKind::name).join(", ")
+            ),
+        }
+    }
+}
+
+impl fmt::Display for GatewayKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,172 @@
+//! Envoy 1.40 with the ext_authz filter, over gRPC (keygate's
+//! `Authorization/Check`) or HTTP (keygate's `/auth` forward-auth). One
+//! template, `env/envoy/envoy.yaml.j2`, for both.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{GatewayContext, Launch, TemplateValues};
+use crate::process::supervisor::Component;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtAuthz {
+    Grpc,
+    Http,
+}
+
+#[derive(Serialize)]
+struct Values<'a> {
+    #[serde(flatten)]
+    common: TemplateValues<'a>,
+    ext_authz: ExtAuthz,
+    /// The listener serves TLS with a certificate from SDS (rig::local::tls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a TlsListener>,
+}
+
+/// A TLS listener's certificate source: an SDS file (path_config_source)
+/// in a directory Envoy watches for the atomic `..data` swap.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsListener {
+    /// The SDS secret's name (`resources[0].name` in the file).
+    pub secret_name: String,
+    pub sds_file: std::path::PathBuf,
+    pub sds_dir: std::path::PathBuf,
+}
+
+/// Envoy's config (exposed for `envoy --mode validate` and the tests).
+pub fn render(ctx: &GatewayContext, ext_authz: ExtAuthz) -> Result<String> {
+    render_with(ctx, ext_authz, None)
+}
+
+/// The same config with a TLS listener (`tls`) instead of a plain one.
+pub fn render_with(
+    ctx: &GatewayContext,
+    ext_authz: ExtAuthz,
+    tls: Option<&TlsListener>,
+) -> Result<String> {
+    crate::base::templates::render(
+        &ctx.env_dir.join("envoy/envoy.yaml.j2"),
+        Values {
+            common: ctx.template_values(),
+            ext_authz,
+            tls,
+        },
+    )
+}
+
+pub fn plan(ctx: &GatewayContext, binary: &Path, ext_authz: ExtAuthz) -> Result<Launch> {
+    let config = ctx.dir.join("envoy.yaml");
+    // No hot restart: it needs shared memory keyed by a base id, which two
+    // Envoys on one machine (two gateways, two runs) would fight over. Logs
+    // go to stderr, which is logs/<gateway>.log.
+    let component = Component::new(ctx.kind.name(), binary)
+        .arg("-c")
+        .arg(&config)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "info",
+        ])
+        .current_dir(&ctx.dir);
+    Ok(Launch {
+        files: vec![(config, render(ctx, ext_authz)?)],
+        component,
+        readiness: super::readiness(ctx),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::gateways::GatewayKind;
+    use crate::local::gateway::tests::context;
+
+    fn doc(kind: GatewayKind, ext_authz: ExtAuthz) -> serde_yaml::Value {
+        let groups = crate::contract::scenario::load_default_apis().unwrap();
+        let text = render(&context(kind, &groups), ext_authz).unwrap();
+        serde_yaml::from_str(&text).unwrap()
+    }
+
+    fn hcm(doc: &serde_yaml::Value) -> &serde_yaml::Value {
+        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    }
+
+    #[test]
+    fn routes_every_group_then_the_rest() {
+        let doc = doc(GatewayKind::EnvoyGrpc, ExtAuthz::Grpc);
+        let routes = &hcm(&doc)["route_config"]["virtual_hosts"][0]["routes"];
+        let prefixes: Vec<_> = routes
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|r| r["match"]["prefix"].as_str().unwrap())
+            .collect();
+        assert_eq!(prefixes, ["/animal-rescue/", "/billing/", "/"]);
+        assert_eq!(
+            doc["admin"]["address"]["socket_address"]["port_value"].as_u64(),
+            Some(10001)
+        );
+    }
+
+    #[test]
+    fn a_tls_listener_takes_its_certificate_from_a_watched_sds_file() {
+        let groups = crate::contract::scenario::load_default_apis().unwrap();
+        let ctx = context(GatewayKind::EnvoyGrpc, &groups);
+        let plain: serde_yaml::Value =
+            serde_yaml::from_str(&render(&ctx, ExtAuthz::Grpc).unwrap()).unwrap();
+        let chain = &plain["static_resources"]["listeners"][0]["filter_chains"][0];
+        assert!(chain["transport_socket"].is_null());
+        let tls = TlsListener {
+            secret_name: "gateway-serving".into(),
+            sds_file: "/run/sds/gateway-serving.yaml".into(),
+            sds_dir: "/run/sds".into(),
+        };
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&render_with(&ctx, ExtAuthz::Grpc, Some(&tls)).unwrap()).unwrap();
+        let chain = &doc["static_resources"]["listeners"][0]["filter_chains"][0];
+        let sds = &chain["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"]
+            [0];
+        assert_eq!(sds["name"].as_str(), Some("gateway-serving"));
+        let source = &sds["sds_config"]["path_config_source"];
+        assert_eq!(
+            source["path"].as_str(),
+            Some("/run/sds/gateway-serving.yaml")
+        );
+        assert_eq!(
+            source["watched_directory"]["path"].as_str(),
+            Some("/run/sds")
+        );
+        // Routes and ext_authz are the plain listener's.
+        assert_eq!(
+            chain["filters"],
+            plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+        );
+    }
+
+    #[test]
+    fn http_mode_asks_keygate_at_auth_with_the_api_key() {
+        let doc = doc(GatewayKind::EnvoyHttp, ExtAuthz::Http);
+        let filter = &hcm(&doc)["http_filters"][0]["typed_config"];
+        assert!(filter["grpc_service"].is_null());
+        let service = &filter["http_service"];
+        assert_eq!(service["path_prefix"].as_str(), Some("/auth"));
+        assert_eq!(
+            service["authorization_request"]["allowed_headers"]["patterns"][0]["exact"].as_str(),
+            Some("x-api-key")
+        );
+        let keygate = &doc["static_resources"]["clusters"][0];
+        assert!(keygate["typed_extension_protocol_options"].is_null());
+        assert_eq!(
+            keygate["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"]
+                .as_u64(),
+            Some(9002)
+        );
+    }
+}

@@ -1,0 +1,668 @@
+//! The local profile: every component a process on loopback.
+//!
+//! `bao server -dev` -> `VaultSetup` -> echo upstream -> keygate -> Envoy,
+//! each started only once the one before is ready, then `env.json`. All
+//! input (tools, scenarios, templates) is checked before anything starts.
+//!
+//! **Imports any layer above it; nothing imports `local` but the crates
+//! over rig (xtask, rig-k8s, rig-bench, the e2e tests).**
+
+pub mod delivery;
+pub mod diagnostics;
+pub mod gateway;
+pub mod keys_file;
+pub mod secret_dir;
+pub mod tls;
+pub mod tls_probe;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::base::run::RunDir;
+use crate::contract::env::{CacheSettings, Environment};
+use crate::contract::gateways::GatewayKind;
+use crate::local::gateway::GatewayContext;
+use crate::process::supervisor::{Component, Readiness, Supervisor};
+use crate::process::tools::Tools;
+use crate::say;
+use crate::vault::client::VaultClient;
+use crate::vault::setup::VaultSetup;
+
+/// keygate's cache TTLs on this profile: short, so tests of revocation and
+/// rotation wait seconds, and long enough that caching is observable.
+const POSITIVE_TTL: Duration = Duration::from_secs(5);
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// keygate's default (`cache.resurrect_ttl`), unless a test asks otherwise.
+const RESURRECT_TTL: Duration = Duration::from_secs(30);
+
+/// How OpenBao keeps its data on this profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaultStorage {
+    /// `bao server -dev`: in memory, unsealed, gone when it stops.
+    #[default]
+    Dev,
+    /// A raft data directory in the run, initialized and unsealed by rig
+    /// (see [`crate::vault::raft`]): survives restarts, can be sealed and unsealed.
+    Raft,
+}
+
+/// How to run the echo upstream: rig is a library, so the binary that hosts
+/// `rig::process::echo::serve` (xtask's hidden `echo-upstream`) is supplied by the
+/// caller. `--listen <addr>` is appended.
+#[derive(Debug, Clone)]
+pub struct EchoCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// The keygate binary (xtask builds it first).
+    pub keygate_bin: PathBuf,
+    pub echo: EchoCommand,
+    /// Holds `apis/` and `vault/setup.yaml`.
+    pub scenarios_dir: PathBuf,
+    /// Holds `tools.toml`, `keygate/keygate.yaml.j2` and the gateway templates (`envoy/`, `traefik/`, `nginx/`, `caddy/`).
+    pub env_dir: PathBuf,
+    /// Per component.
+    pub ready_timeout: Duration,
+    /// The gateways to start. Empty: every gateway whose binary is
+    /// installed (the others are reported as skipped); named ones are
+    /// installed when missing, and their absence is an error.
+    pub gateways: Vec<GatewayKind>,
+    /// How keygate's credentials are delivered (`scenarios/modes/<mode>.yaml`).
+    pub mode: crate::contract::modes::Mode,
+    /// The hook `bao agent` runs to publish a render (external-secret mode).
+    pub publish: Option<crate::local::delivery::PublishCommand>,
+    /// Where the run directory is created (default `target/rig`). A test
+    /// that owns its environment uses its own, so `target/rig/latest` keeps
+    /// pointing at the shared run.
+    pub runs_dir: PathBuf,
+    pub vault_storage: VaultStorage,
+    /// Replaces the keygate AppRole's `token_ttl` and `token_max_ttl` from
+    /// `setup.yaml` (token-expiry tests use seconds).
+    pub keygate_token_ttl: Option<(Duration, Duration)>,
+    /// keygate's `cache.resurrect_ttl`.
+    pub resurrect_ttl: Duration,
+    /// keygate's `cache.positive_ttl` and `cache.negative_ttl`.
+    pub positive_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+impl LocalOptions {
+    /// This workspace's scenarios and templates.
+    pub fn new(keygate_bin: PathBuf, echo: EchoCommand) -> Self {
+        Self {
+            keygate_bin,
+            echo,
+            scenarios_dir: crate::base::paths::scenarios_dir(),
+            env_dir: crate::base::paths::env_dir(),
+            ready_timeout: crate::process::supervisor::DEFAULT_READY_TIMEOUT,
+            gateways: Vec::new(),
+            mode: crate::contract::modes::Mode::Inline,
+            publish: None,
+            runs_dir: crate::base::paths::rig_dir(),
+            vault_storage: VaultStorage::Dev,
+            keygate_token_ttl: None,
+            resurrect_ttl: RESURRECT_TTL,
+            positive_ttl: POSITIVE_TTL,
+            negative_ttl: NEGATIVE_TTL,
+        }
+    }
+}
+
+/// A running local environment. Dropping it stops everything; call
+/// `supervisor.detach()` to leave it for `cargo xtask down`.
+pub struct LocalRun {
+    pub supervisor: Supervisor,
+    pub environment: Environment,
+    pub run: RunDir,
+}
+
+/// Loopback ports of the run's components (`crate::base::ports`: distinct, and
+/// outside the range outgoing connections draw from).
+struct Ports {
+    vault: u16,
+    echo: u16,
+    keygate_grpc: u16,
+    keygate_http: u16,
+    /// (listener, admin) per gateway, in the order asked for.
+    gateways: Vec<(u16, u16)>,
+}
+
+impl Ports {
+    fn pick(gateways: usize) -> Result<Self> {
+        use crate::base::ports::free_port;
+        Ok(Self {
+            // `bao server -dev` also binds its cluster listener on port + 1.
+            vault: crate::base::ports::free_port_pair()?,
+            echo: free_port()?,
+            keygate_grpc: free_port()?,
+            keygate_http: free_port()?,
+            gateways: (0..gateways)
+                .map(|_| Ok((free_port()?, free_port()?)))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[derive(Serialize)]
+struct KeygateContext<'a> {
+    grpc_addr: String,
+    http_addr: String,
+    vault_addr: &'a str,
+    kv_mount: &'a str,
+    role_id_file: &'a Path,
+    secret_id_file: &'a Path,
+    api_files: Vec<&'a Path>,
+    positive_ttl: String,
+    negative_ttl: String,
+    /// The group key of the delivered Secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_group_file: Option<&'a Path>,
+    resurrect_ttl: String,
+}
+
+/// Starts the local profile. On error, whatever was started is stopped
+/// (the `Supervisor` drops) and the error says which step failed.
+pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
+    let started = Instant::now();
+
+    // 1. Everything that can be wrong with the input, before any process.
+    let tools = Tools::load(
+        &opts.env_dir.join("tools.toml"),
+        crate::process::tools::ToolEnv::from_process(),
+    )?;
+    let resolved = tools.ensure_installed("local")?;
+    let tool = |name: &str| {
+        resolved.iter().find(|t| t.name == name).cloned().with_context(|| {
+            format!("env/tools.toml does not list {name} for the local profile: add \"local\" to tools.{name}.profiles")
+        })
+    };
+    let bao = tool("bao")?;
+    // The keys-file gateway is an Envoy whatever gateways the run asked for.
+    let envoy = tool("envoy")?;
+    let (gateways, skipped_gateways) = select_gateways(&tools, &opts.gateways)?;
+    if !opts.keygate_bin.is_file() {
+        bail!(
+            "no keygate binary at {}: build it with `cargo build -p keygate`, or point KEYRIG_KEYGATE at one",
+            opts.keygate_bin.display()
+        );
+    }
+    let groups = crate::contract::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
+    let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
+    let mut setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
+    let values = crate::contract::modes::ModeValues::load_mode(&opts.scenarios_dir, opts.mode)?;
+    crate::local::delivery::check_against_setup(&values, &setup)?;
+    if let Some((ttl, max_ttl)) = opts.keygate_token_ttl {
+        for role in setup
+            .roles
+            .iter_mut()
+            .filter(|r| r.name == values.api_key.role)
+        {
+            role.token_ttl = ttl;
+            role.token_max_ttl = max_ttl;
+        }
+    }
+    let policy_names: Vec<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
+    let identity = crate::contract::identity::WorkloadIdentity::load(
+        &opts.scenarios_dir.join("vault/workload-identity.yaml"),
+        &policy_names,
+    )?;
+    let environments = crate::contract::environments::Environments::load(
+        &opts.scenarios_dir.join("vault/environments.yaml"),
+    )?;
+    say!(
+        "local profile: bao {} ({}), gateways {}, {} API groups: {}",
+        bao.version,
+        bao.source,
+        gateways
+            .iter()
+            .map(|(kind, tool)| format!("{kind} ({} {}, {})", tool.name, tool.version, tool.source))
+            .collect::<Vec<_>>()
+            .join(", "),
+        groups.len(),
+        group_ids.join(", ")
+    );
+    for (name, reason) in &skipped_gateways {
+        say!("gateway {name} skipped: {reason}");
+    }
+
+    // 2. Run directory and ports; configs rendered before starting anything.
+    let run = RunDir::create_in(&opts.runs_dir)?;
+    say!("run {}: {}", run.id(), run.path().display());
+    let ports = Ports::pick(gateways.len())?;
+    let vault_addr = format!("http://{}", addr(ports.vault));
+    // keygate reads its credentials from the delivered Secret's key files.
+    let secret_files = crate::local::delivery::SecretFiles::for_run(&run, &values);
+    let role_id_file = secret_files.role_id.clone();
+    let secret_id_file = secret_files.secret_id.clone();
+    let keygate_vault_addr =
+        crate::contract::modes::fill(&values.api_key.vault_url, &vault_addr, "", "");
+    let references = crate::contract::references::ReferenceSettings::default();
+    // Both keygates (Vault-direct and keys-file) share the delivered credentials.
+    let render_keygate = |grpc_addr: &str, http_addr: &str| -> Result<String> {
+        let base = crate::base::templates::render(
+            &opts.env_dir.join("keygate/keygate.yaml.j2"),
+            KeygateContext {
+                grpc_addr: grpc_addr.to_owned(),
+                http_addr: http_addr.to_owned(),
+                vault_addr: &keygate_vault_addr,
+                kv_mount: &setup.kv_mount,
+                role_id_file: &role_id_file,
+                secret_id_file: &secret_id_file,
+                api_files: groups.iter().map(|g| g.file.as_path()).collect(),
+                positive_ttl: humantime::format_duration(opts.positive_ttl).to_string(),
+                negative_ttl: humantime::format_duration(opts.negative_ttl).to_string(),
+                resurrect_ttl: humantime::format_duration(opts.resurrect_ttl).to_string(),
+                gateway_group_file: Some(&secret_files.group),
+            },
+        )?;
+        Ok(format!("{base}\n{}", references.keygate_yaml()))
+    };
+    let keygate_config = render_keygate(
+        &addr(ports.keygate_grpc).to_string(),
+        &addr(ports.keygate_http).to_string(),
+    )?;
+    let keygate_config_file = run.path().join("keygate.yaml");
+    std::fs::write(&keygate_config_file, keygate_config).context("writing keygate's config")?;
+    let mut supervisor = Supervisor::new(&run).with_ready_timeout(opts.ready_timeout);
+
+    // 3. Vault. The root token reaches bao through its environment, never
+    // argv; dev mode prints it (and the unseal key) on stdout, so stdout goes
+    // to a 0600 file under secrets/ and only stderr (the log) to logs/.
+    // A file audit device from the start (diagnostics of a failed case
+    // include its entries); OpenBao only takes it from a config file.
+    let audit_config = crate::vault::audit::file_audit_config(
+        &run.logs_dir().join(crate::vault::audit::AUDIT_LOG),
+    );
+    let (root_token, root_token_file, unseal_key_file) = match opts.vault_storage {
+        VaultStorage::Dev => {
+            let bao_config = run.path().join("bao.hcl");
+            std::fs::write(&bao_config, &audit_config).context("writing bao's config")?;
+            let root_token = apikey::ApiKey::generate().expose().to_owned();
+            let root_token_file = run.write_secret("root-token", &root_token)?;
+            crate::base::redact::register_in_run(run.path(), &root_token)?;
+            let bao_stdout = run.secrets_dir().join("bao-stdout");
+            supervisor
+                .start(
+                    Component::new("bao", &bao.path)
+                        .args(["server", "-dev", "-dev-no-store-token"])
+                        .arg(format!("-dev-listen-address={}", addr(ports.vault)))
+                        .arg(format!("-config={}", bao_config.display()))
+                        .env("BAO_DEV_ROOT_TOKEN_ID", &root_token)
+                        .stdout_file(&bao_stdout)
+                        .current_dir(run.path()),
+                    Readiness::http(format!("{vault_addr}/v1/sys/health"), 200),
+                )
+                .await?;
+            let unseal_key_file = save_unseal_key(&run, &bao_stdout).await;
+            (
+                crate::vault::client::Secret::new(root_token),
+                root_token_file,
+                unseal_key_file,
+            )
+        }
+        VaultStorage::Raft => {
+            let data_dir = run.path().join("bao-data");
+            std::fs::create_dir_all(&data_dir).context("creating bao's raft data directory")?;
+            let config_file = run.path().join("bao.hcl");
+            std::fs::write(
+                &config_file,
+                format!(
+                    "{}\n{audit_config}",
+                    crate::vault::raft::server_config(ports.vault, &data_dir)
+                ),
+            )
+            .context("writing bao's server config")?;
+            // Up (any seal state) once sys/seal-status answers.
+            supervisor
+                .start(
+                    Component::new("bao", &bao.path)
+                        .args(["server", "-config"])
+                        .arg(&config_file)
+                        .current_dir(run.path()),
+                    Readiness::http(format!("{vault_addr}/v1/sys/seal-status"), 200),
+                )
+                .await?;
+            let client = VaultClient::with_timeout(&vault_addr, Duration::from_secs(60))?;
+            let secrets = crate::vault::raft::init(&client, &run).await?;
+            crate::vault::raft::unseal(&client, &secrets.unseal_key_file).await?;
+            say!(
+                "bao: raft storage initialized and unsealed (root token and unseal key in secrets/)"
+            );
+            (
+                secrets.root_token,
+                secrets.root_token_file,
+                Some(secrets.unseal_key_file),
+            )
+        }
+    };
+
+    // 4. Vault setup, and keygate's AppRole credentials delivered into its
+    // Secret the way the mode says (external-secret: by a bao agent).
+    let root = VaultClient::new(&vault_addr)?.with_token(root_token);
+    setup.apply(&root).await?;
+    let delivery = crate::local::delivery::deliver(
+        &values,
+        &secret_files,
+        &root,
+        &run,
+        &mut supervisor,
+        &bao.path,
+        opts.publish.as_ref(),
+        &opts.env_dir,
+    )
+    .await?;
+    let identity = crate::vault::identity::apply(identity, &root, &run).await?;
+    crate::vault::environments::apply(&environments, &root).await?;
+    crate::vault::references::apply(&references, &root).await?;
+
+    // 5. The echo upstream.
+    let upstream_url = format!("http://{}", addr(ports.echo));
+    supervisor
+        .start(
+            Component::new("echo", &opts.echo.program)
+                .args(&opts.echo.args)
+                .args(["--listen".to_owned(), addr(ports.echo).to_string()])
+                .current_dir(run.path()),
+            Readiness::http(format!("{upstream_url}/healthz"), 200),
+        )
+        .await?;
+
+    // 6. keygate.
+    let keygate_url = format!("http://{}", addr(ports.keygate_http));
+    supervisor
+        .start(
+            Component::new("keygate", &opts.keygate_bin)
+                .arg("--config")
+                .arg(&keygate_config_file)
+                .env(crate::contract::references::GATEWAY_NAME_VAR, "keygate")
+                .current_dir(run.path()),
+            Readiness::http(format!("{keygate_url}/readyz"), 200),
+        )
+        .await?;
+
+    // 7. The gateways, each in front of keygate and the echo upstream.
+    let mut gateway_urls = std::collections::BTreeMap::new();
+    // The diagnostics read /stats and /clusters of the default gateway's Envoy.
+    let mut envoy_admin_url = None;
+    for ((kind, tool), (listen, admin)) in gateways.iter().zip(&ports.gateways) {
+        if *kind == GatewayKind::EnvoyGrpc {
+            envoy_admin_url = Some(format!("http://{}", addr(*admin)));
+        }
+        let ctx = GatewayContext {
+            kind: *kind,
+            groups: &groups,
+            listen: addr(*listen),
+            admin: addr(*admin),
+            keygate_grpc: addr(ports.keygate_grpc),
+            keygate_http: addr(ports.keygate_http),
+            upstream: addr(ports.echo),
+            dir: run.path().join("gateways").join(kind.name()),
+            env_dir: &opts.env_dir,
+        };
+        let url = crate::local::gateway::start(&ctx, &tool.path, &mut supervisor).await?;
+        gateway_urls.insert(kind.name().to_owned(), url);
+    }
+    let default_gateway = gateway_urls
+        .get(GatewayKind::EnvoyGrpc.name())
+        .or_else(|| gateway_urls.values().next())
+        .cloned()
+        .context("no gateway to start")?;
+
+    // 8. The keys-file gateway: bao agent -> keys files -> keygate -> Envoy.
+    let keys_file = crate::local::keys_file::start(
+        &mut supervisor,
+        crate::local::keys_file::KeysFileInputs {
+            run: &run,
+            env_dir: &opts.env_dir,
+            bao: &bao.path,
+            envoy: &envoy.path,
+            keygate_bin: &opts.keygate_bin,
+            vault_addr: &vault_addr,
+            root: &root,
+            agent_role: &setup.keygate_role,
+            kv_mount: &setup.kv_mount,
+            groups: &groups,
+            keygate_config: &render_keygate,
+            upstream_port: ports.echo,
+        },
+    )
+    .await
+    .context("starting the keys-file gateway")?;
+    // 8. The TLS listener with the Vault-issued, rotating serving
+    // certificate (rig::local::tls), when the setup has a pki section and there is
+    // a hook to publish the agent's renders.
+    let tls = match (&setup.pki, &opts.publish) {
+        (Some(pki), Some(publish)) => {
+            let envoy = tool("envoy")?;
+            let start = crate::local::tls::TlsStart {
+                pki,
+                bao: &bao.path,
+                envoy: &envoy.path,
+                publish,
+                env_dir: &opts.env_dir,
+                gateway: GatewayContext {
+                    kind: GatewayKind::EnvoyGrpc,
+                    groups: &groups,
+                    listen: addr(0),
+                    admin: addr(0),
+                    keygate_grpc: addr(ports.keygate_grpc),
+                    keygate_http: addr(ports.keygate_http),
+                    upstream: addr(ports.echo),
+                    dir: run.path().join("gateways"),
+                    env_dir: &opts.env_dir,
+                },
+            };
+            Some(crate::local::tls::start(start, &root, &run, &mut supervisor).await?)
+        }
+        (None, _) => {
+            say!(
+                "tls: not served: {} has no pki section",
+                setup.file.display()
+            );
+            None
+        }
+        (_, None) => {
+            say!("tls: not served: no publish hook for the TLS agent (LocalOptions::publish)");
+            None
+        }
+    };
+
+    // 9. env.json for the tests.
+    let environment = Environment {
+        profile: "local".into(),
+        run_id: run.id().to_owned(),
+        gateway_url: default_gateway,
+        gateways: gateway_urls,
+        skipped_gateways,
+        vault_addr,
+        kv_mount: setup.kv_mount.clone(),
+        groups: crate::contract::env::group_routes(&groups),
+        api_paths: crate::contract::env::group_api_paths(&groups),
+        root_token_file,
+        unseal_key_file,
+        logs_dir: run.logs_dir(),
+        keygate_url,
+        upstream_url,
+        cache: CacheSettings {
+            positive_ttl_ms: opts.positive_ttl.as_millis() as u64,
+            negative_ttl_ms: opts.negative_ttl.as_millis() as u64,
+            resurrect_ttl_ms: opts.resurrect_ttl.as_millis() as u64,
+        },
+        envoy_admin_url,
+        mode: Some(delivery.mode.clone()),
+        delivery: Some(delivery),
+        kube: None,
+        key_source: crate::contract::env::KEY_SOURCE_VAULT.into(),
+        keys_file: Some(keys_file),
+        workload_identity: Some(identity),
+        environments: Some(environments),
+        references: Some(references),
+        tls,
+    };
+    environment.save(&run.env_file())?;
+    if let Some(view) = environment.as_keys_file() {
+        view.save(&Environment::keys_file_env_path(&run.env_file()))?;
+    }
+    say!(
+        "local profile up in {}",
+        crate::base::progress::secs(started.elapsed())
+    );
+    Ok(LocalRun {
+        supervisor,
+        environment,
+        run,
+    })
+}
+
+/// A gateway to start and the binary that runs it.
+type GatewayPick = (GatewayKind, crate::process::tools::ResolvedTool);
+/// Gateway name -> why it does not run.
+type Skipped = std::collections::BTreeMap<String, String>;
+
+/// The gateways to start, each with its binary, and the ones skipped with
+/// the reason. Asked-for gateways are installed when missing (an error if
+/// that fails); by default every gateway whose binary is installed runs.
+fn select_gateways(tools: &Tools, asked: &[GatewayKind]) -> Result<(Vec<GatewayPick>, Skipped)> {
+    let mut running = Vec::new();
+    let mut skipped = std::collections::BTreeMap::new();
+    let kinds: Vec<GatewayKind> = if asked.is_empty() {
+        GatewayKind::ALL.to_vec()
+    } else {
+        let mut asked = asked.to_vec();
+        asked.sort();
+        asked.dedup();
+        asked
+    };
+    for kind in kinds {
+        let resolved = match tools.resolve(kind.tool()) {
+            Ok(tool) => Ok(tool),
+            Err(crate::process::tools::ToolError::Missing { .. }) if !asked.is_empty() => {
+                tools.install(kind.tool())
+            }
+            Err(err) => Err(anyhow::Error::from(err)),
+        };
+        match resolved {
+            Ok(tool) => {
+                for warning in &tool.warnings {
+                    say!("warning: {warning}");
+                }
+                running.push((kind, tool));
+            }
+            Err(err) if asked.is_empty() => {
+                skipped.insert(kind.name().to_owned(), format!("{err:#}"));
+            }
+            Err(err) => {
+                return Err(err.context(format!("the {kind} gateway cannot run")));
+            }
+        }
+    }
+    if running.is_empty() {
+        bail!(
+            "no gateway can run: {}",
+            skipped
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok((running, skipped))
+}
+
+/// Copies the dev server's unseal key from its stdout into
+/// `secrets/unseal-key`, so tests can seal and unseal Vault through its API.
+/// Not fatal when missing: only outage tests need it.
+async fn save_unseal_key(run: &RunDir, bao_stdout: &Path) -> Option<PathBuf> {
+    let found = crate::base::wait::wait_until(
+        "the unseal key in bao's output",
+        Duration::from_secs(5),
+        async || {
+            let text = std::fs::read_to_string(bao_stdout).unwrap_or_default();
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Unseal Key: "))
+                .map(|k| k.trim().to_owned());
+            anyhow::Ok(match key {
+                Some(key) => crate::base::wait::Probe::Ready(key),
+                None => crate::base::wait::Probe::seen("no `Unseal Key:` line"),
+            })
+        },
+    )
+    .await;
+    let saved = found.and_then(|key| {
+        crate::base::redact::register_in_run(run.path(), &key)?;
+        run.write_secret("unseal-key", &key)
+    });
+    match saved {
+        Ok(path) => Some(path),
+        Err(err) => {
+            say!("warning: no unseal key for tests: {err:#}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    fn keygate_config_quotes_paths() {
+        let text = crate::base::templates::render(
+            &crate::base::paths::env_dir().join("keygate/keygate.yaml.j2"),
+            KeygateContext {
+                grpc_addr: "127.0.0.1:1".into(),
+                http_addr: "127.0.0.1:2".into(),
+                vault_addr: "http://127.0.0.1:3",
+                kv_mount: "api-portal-keys",
+                role_id_file: Path::new("/tmp/a b/role-id"),
+                secret_id_file: Path::new("/tmp/secret: id"),
+                api_files: vec![Path::new("/x/a.yaml"), Path::new("/x/b.yaml")],
+                positive_ttl: "5s".into(),
+                negative_ttl: "1s".into(),
+                gateway_group_file: Some(Path::new("/run/secret/gateway-group")),
+                resurrect_ttl: "30s".into(),
+            },
+        )
+        .unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(
+            doc["vault"]["auth"]["approle"]["secret_id_file"].as_str(),
+            Some("/tmp/secret: id")
+        );
+        assert_eq!(doc["apis"][1].as_str(), Some("/x/b.yaml"));
+        assert_eq!(doc["listen"]["grpc"].as_str(), Some("127.0.0.1:1"));
+        assert_eq!(doc["cache"]["negative_ttl"].as_str(), Some("1s"));
+        assert_eq!(
+            doc["gateway_group_file"].as_str(),
+            Some("/run/secret/gateway-group")
+        );
+    }
+
+    #[rstest]
+    fn picked_ports_differ_and_leave_room_for_the_vault_cluster_port() {
+        let ports = Ports::pick(2).unwrap();
+        let mut all = vec![
+            ports.vault,
+            ports.vault + 1,
+            ports.echo,
+            ports.keygate_grpc,
+            ports.keygate_http,
+        ];
+        all.extend(ports.gateways.iter().flat_map(|&(a, b)| [a, b]));
+        let unique: std::collections::BTreeSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+    }
+}

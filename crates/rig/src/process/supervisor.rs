@@ -1,0 +1,1085 @@
+//! Supervised processes. Each component runs in its own process group (so a
+//! terminal's Ctrl-C reaches only xtask, which then stops the components in
+//! order, and so stopping a component also stops anything it forked), logs to
+//! `logs/<name>.log`, is probed for readiness, and is listed in the run's
+//! `pids.json` so `cargo xtask down` can stop what a detached `up` left.
+//!
+//! Stopping happens on `stop_all`, on `Drop` (which covers `?` and panics),
+//! and from a Ctrl-C handler through [`stop_all_registered`].
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::base::run::RunDir;
+use crate::say;
+
+/// How long a component may take to get ready unless told otherwise.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a component gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Lines of a component's log shown when it fails to start.
+const TAIL_LINES: usize = 20;
+
+/// What every component gets from the harness's own environment; nothing
+/// else passes unless the component asks for it by name
+/// ([`Component::inherit_env`]) or is given a value ([`Component::env`]).
+/// The harness may hold secrets there (the cluster profile's admin
+/// `VAULT_TOKEN`), and a child that does not need one must not have it.
+pub const BASE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "CARGO_TARGET_DIR",
+    // Where the system's CA bundle is (rustls-native-certs and OpenSSL read
+    // them): a component speaking https to a Vault keeps trusting it.
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// Variables that hold a Vault credential: removed from the environment of
+/// the children the harness starts without clearing it (cargo running the
+/// tests, which read the root token from its 0600 file instead).
+pub const SECRET_VARS: &[&str] = &[
+    "VAULT_TOKEN",
+    "BAO_TOKEN",
+    "VAULT_ROLE_ID",
+    "VAULT_SECRET_ID",
+    "BAO_ROLE_ID",
+    "BAO_SECRET_ID",
+    "VAULT_UNSEAL_KEY",
+];
+
+/// Removes [`SECRET_VARS`] from a child's inherited environment.
+pub fn remove_secret_vars(command: &mut std::process::Command) {
+    for var in SECRET_VARS {
+        command.env_remove(var);
+    }
+}
+
+/// The environment of a child: from `parent`, the [`BASE_ENV`] variables
+/// and those named in `inherit` (a trailing `*` names a prefix, e.g.
+/// `HELM_*`), then `explicit`, which wins.
+pub fn child_env<I>(
+    parent: I,
+    inherit: &[OsString],
+    explicit: &[(OsString, OsString)],
+) -> Vec<(OsString, OsString)>
+where
+    I: IntoIterator<Item = (OsString, OsString)>,
+{
+    let wanted = |key: &OsStr| {
+        let key = key.to_string_lossy();
+        BASE_ENV.iter().any(|name| *name == key)
+            || inherit.iter().any(|pattern| {
+                let pattern = pattern.to_string_lossy();
+                match pattern.strip_suffix('*') {
+                    Some(prefix) => key.starts_with(prefix),
+                    None => pattern == key,
+                }
+            })
+    };
+    let mut env: Vec<(OsString, OsString)> = parent
+        .into_iter()
+        .filter(|(key, _)| wanted(key))
+        .filter(|(key, _)| !explicit.iter().any(|(k, _)| k == key))
+        .collect();
+    env.extend(explicit.iter().cloned());
+    env
+}
+
+/// A process to start.
+#[derive(Debug, Clone)]
+pub struct Component {
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    inherit: Vec<OsString>,
+    current_dir: Option<PathBuf>,
+    stdout_file: Option<PathBuf>,
+}
+
+impl Component {
+    /// The same process under another name (its log is `logs/<name>.log`),
+    /// e.g. a second Envoy planned by the gateway module.
+    pub fn renamed(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            inherit: Vec::new(),
+            current_dir: None,
+            stdout_file: None,
+        }
+    }
+
+    /// Passes these variables of the harness's environment on (beside
+    /// [`BASE_ENV`]); `NAME_*` passes every variable with that prefix.
+    pub fn inherit_env<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, names: I) -> Self {
+        self.inherit
+            .extend(names.into_iter().map(|n| n.as_ref().to_owned()));
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// An environment variable for the child: the way to hand it a secret,
+    /// since the command line is visible to every user of the machine.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Sends stdout to this file (created 0600) instead of the log, for a
+    /// program that prints secrets on stdout (`bao server -dev` prints its
+    /// root token and unseal key there) while its log lines go to stderr.
+    pub fn stdout_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdout_file = Some(path.into());
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// How to tell that a started component is ready.
+#[derive(Debug, Clone)]
+pub enum Readiness {
+    /// GET `url` answers `status`.
+    Http { url: String, status: u16 },
+    /// A TCP connection to the address succeeds.
+    Tcp(SocketAddr),
+    /// The path exists (e.g. the first file an agent renders); a symlink
+    /// counts once it exists, dangling or not.
+    Path(PathBuf),
+    /// Every file exists: a Vault Agent has rendered its templates once.
+    Files(Vec<PathBuf>),
+}
+
+impl Readiness {
+    pub fn http(url: impl Into<String>, status: u16) -> Self {
+        Readiness::Http {
+            url: url.into(),
+            status,
+        }
+    }
+
+    /// What progress lines say is awaited, e.g. `/v1/sys/health`.
+    fn what(&self) -> String {
+        match self {
+            Readiness::Http { url, .. } => match reqwest::Url::parse(url) {
+                Ok(parsed) => parsed.path().to_owned(),
+                Err(_) => url.clone(),
+            },
+            Readiness::Tcp(addr) => format!("a TCP connection to {addr}"),
+            Readiness::Path(path) => path.display().to_string(),
+            Readiness::Files(files) => format!("{} rendered file(s)", files.len()),
+        }
+    }
+
+    /// `Ok` when ready, else what was seen.
+    async fn check(&self, http: &reqwest::Client) -> Result<(), String> {
+        match self {
+            Readiness::Http { url, status } => match http.get(url).send().await {
+                Ok(response) if response.status().as_u16() == *status => Ok(()),
+                Ok(response) => Err(format!("status {}", response.status().as_u16())),
+                Err(err) => Err(describe_request_error(&err)),
+            },
+            Readiness::Tcp(addr) => match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => Ok(()),
+                Err(err) => Err(err.to_string()),
+            },
+            Readiness::Path(path) => match std::fs::symlink_metadata(path) {
+                Ok(_) => Ok(()),
+                Err(_) => Err("no such file yet".into()),
+            },
+            Readiness::Files(files) => match files.iter().find(|f| !f.is_file()) {
+                None => Ok(()),
+                Some(missing) => Err(format!("no file {} yet", missing.display())),
+            },
+        }
+    }
+}
+
+/// A short reason for a failed request ("connection refused"), without the
+/// nested chain reqwest produces.
+pub fn describe_request_error(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        return "no answer (timeout)".into();
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    let mut deepest = err.to_string();
+    while let Some(current) = source {
+        deepest = current.to_string();
+        source = current.source();
+    }
+    deepest.to_lowercase()
+}
+
+/// One line of `pids.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidRecord {
+    pub name: String,
+    /// Also the process group id: each component leads its own group.
+    pub pid: i32,
+    pub program: PathBuf,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PidFile {
+    components: Vec<PidRecord>,
+}
+
+/// Process groups started by this process and not stopped yet, for the
+/// Ctrl-C handler, which cannot reach the `Supervisor`s on other stacks.
+/// Stopping takes entries out under this lock, so a component is stopped by
+/// exactly one of `stop_all` and `stop_all_registered`.
+static REGISTRY: Mutex<BTreeMap<i32, Registered>> = Mutex::new(BTreeMap::new());
+
+#[derive(Debug, Clone)]
+struct Registered {
+    name: String,
+    pids_file: PathBuf,
+    /// Start order, so the handler stops the last started first.
+    seq: u64,
+}
+
+static NEXT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn registry() -> MutexGuard<'static, BTreeMap<i32, Registered>> {
+    // A panic while holding the lock must not stop the cleanup after it.
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Running {
+    record: PidRecord,
+    child: Child,
+    log: PathBuf,
+    /// How it was started, so [`Supervisor::restart`] can start it again.
+    spec: Option<(Component, Readiness)>,
+}
+
+/// How [`Supervisor::stop`] ends one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`]: a clean shutdown.
+    Graceful,
+    /// SIGKILL at once: a crash, as fault tests want it.
+    Kill,
+}
+
+/// Owns the started components of one run; stops them when dropped unless
+/// [`Supervisor::detach`] handed them over to `cargo xtask down`.
+pub struct Supervisor {
+    logs_dir: PathBuf,
+    pids_file: PathBuf,
+    running: Vec<Running>,
+    /// Components stopped by name, kept for `restart`.
+    stopped: BTreeMap<String, (Component, Readiness)>,
+    ready_timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl Supervisor {
+    pub fn new(run: &RunDir) -> Self {
+        Self {
+            logs_dir: run.logs_dir(),
+            pids_file: run.pids_file(),
+            running: Vec::new(),
+            stopped: BTreeMap::new(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(1))
+                .no_proxy()
+                .build()
+                .expect("a plain HTTP client always builds"),
+        }
+    }
+
+    pub fn with_ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// The started components, in start order.
+    pub fn components(&self) -> Vec<PidRecord> {
+        self.running.iter().map(|r| r.record.clone()).collect()
+    }
+
+    /// Starts a component and waits until `ready` holds. If the process exits
+    /// first, or the deadline passes, the error carries the end of its log.
+    /// A component that failed to get ready is still stopped by `stop_all`.
+    pub async fn start(&mut self, component: Component, ready: Readiness) -> Result<i32> {
+        let spec = (component.clone(), ready.clone());
+        let pid = self.spawn(component)?;
+        let running = self.running.last_mut().expect("just started");
+        running.spec = Some(spec);
+        let name = running.record.name.clone();
+        let started = Instant::now();
+        let what = ready.what();
+        let mut waiting = crate::base::progress::Waiting::start(&name, &what);
+        let mut attempt = 0u32;
+        loop {
+            let exited = match running.child.try_wait() {
+                Ok(exited) => exited,
+                Err(err) => {
+                    waiting.failed();
+                    return Err(err).with_context(|| format!("watching {name}"));
+                }
+            };
+            if let Some(status) = exited {
+                waiting.failed();
+                bail!(
+                    "{name} exited ({status}) before it was ready; the last lines of {}:\n{}",
+                    running.log.display(),
+                    crate::base::redact::redact(&log_tail(&running.log, TAIL_LINES))
+                );
+            }
+            let seen = match ready.check(&self.http).await {
+                Ok(()) => {
+                    waiting.done(&format!("ready (pid {pid})"));
+                    return Ok(pid);
+                }
+                Err(seen) => seen,
+            };
+            let elapsed = started.elapsed();
+            if elapsed >= self.ready_timeout {
+                waiting.failed();
+                bail!(
+                    "{name} was not ready after {}: {what} still gave {seen}; the last lines of {}:\n{}",
+                    crate::base::progress::secs(elapsed),
+                    running.log.display(),
+                    crate::base::redact::redact(&log_tail(&running.log, TAIL_LINES))
+                );
+            }
+            waiting.still(&seen);
+            tokio::time::sleep(Duration::from_millis(if attempt < 10 { 100 } else { 250 })).await;
+            attempt += 1;
+        }
+    }
+
+    /// Starts the process, registers it and records it in `pids.json`.
+    fn spawn(&mut self, component: Component) -> Result<i32> {
+        let Component {
+            name,
+            program,
+            args,
+            env,
+            inherit,
+            current_dir,
+            stdout_file,
+        } = component;
+        std::fs::create_dir_all(&self.logs_dir)
+            .with_context(|| format!("creating the logs directory {}", self.logs_dir.display()))?;
+        let log_path = self.logs_dir.join(format!("{name}.log"));
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let stdout = match &stdout_file {
+            Some(path) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?
+            }
+            None => log.try_clone().context("duplicating the log file handle")?,
+        };
+        let mut command = Command::new(&program);
+        command
+            .args(&args)
+            // A cleared environment plus what this component needs.
+            .env_clear()
+            .envs(child_env(std::env::vars_os(), &inherit, &env))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log)
+            // Its own group: terminal signals skip it, and killpg reaches
+            // whatever it forks.
+            .process_group(0);
+        if let Some(dir) = current_dir {
+            command.current_dir(dir);
+        }
+
+        // Spawn under the registry lock so a Ctrl-C handler running now
+        // either sees this process or runs after it is registered.
+        let mut registry = registry();
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        let pid = i32::try_from(child.id()).context("a pid fits in i32")?;
+        let seq = NEXT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        registry.insert(
+            pid,
+            Registered {
+                name: name.clone(),
+                pids_file: self.pids_file.clone(),
+                seq,
+            },
+        );
+        drop(registry);
+
+        say!("{name}: started (pid {pid}), log {}", log_path.display());
+        self.running.push(Running {
+            record: PidRecord { name, pid, program },
+            child,
+            log: log_path,
+            spec: None,
+        });
+        self.write_pids_file()?;
+        Ok(pid)
+    }
+
+    fn write_pids_file(&self) -> Result<()> {
+        if self.running.is_empty() {
+            return match std::fs::remove_file(&self.pids_file) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    Err(err).with_context(|| format!("removing {}", self.pids_file.display()))
+                }
+                _ => Ok(()),
+            };
+        }
+        let file = PidFile {
+            components: self.components(),
+        };
+        let text = serde_json::to_string_pretty(&file)?;
+        // Written whole and renamed, so `down` never reads half a file.
+        let tmp = self.pids_file.with_extension("json.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.pids_file)
+            .with_context(|| format!("writing {}", self.pids_file.display()))
+    }
+
+    /// Leaves the components running for `cargo xtask down` (which finds them
+    /// in `pids.json`) and forgets them here.
+    pub fn detach(mut self) -> Vec<PidRecord> {
+        let mut registry = registry();
+        let records = self.components();
+        for record in &records {
+            registry.remove(&record.pid);
+        }
+        drop(registry);
+        // Dropping a `Child` neither kills nor waits for it.
+        self.running.clear();
+        records
+    }
+
+    /// Stops every component: SIGTERM to each group, up to [`STOP_GRACE`]
+    /// to exit, then SIGKILL; reaps them and empties `pids.json`.
+    pub fn stop_all(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut registry = registry();
+        let mut running = std::mem::take(&mut self.running);
+        // Stop in reverse start order (gateway before what it depends on),
+        // but signal everyone first so the grace periods overlap.
+        running.reverse();
+        let mut stopping = Vec::new();
+        for component in running {
+            // Not registered any more: the Ctrl-C handler already stopped it.
+            if registry.remove(&component.record.pid).is_some() {
+                let _ = killpg(Pid::from_raw(component.record.pid), Signal::SIGTERM);
+                stopping.push(component);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut forced = Vec::new();
+        for component in &mut stopping {
+            let pid = component.record.pid;
+            let exited = loop {
+                match component.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break true,
+                    Ok(None) if Instant::now() >= deadline => break false,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(25)),
+                }
+            };
+            if !exited {
+                forced.push(component.record.name.clone());
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = component.child.wait();
+            } else if killpg(Pid::from_raw(pid), None).is_ok() {
+                // The leader is gone but something it forked is still in the
+                // group (which keeps the group id from being reused).
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        drop(registry);
+        if let Err(err) = self.write_pids_file() {
+            say!("warning: {err:#}");
+        }
+        let names: Vec<_> = stopping.iter().map(|c| c.record.name.as_str()).collect();
+        if !names.is_empty() {
+            say!(
+                "stopped {} in {}",
+                names.join(", "),
+                crate::base::progress::secs(started.elapsed())
+            );
+        }
+        if !forced.is_empty() {
+            say!(
+                "warning: {} ignored SIGTERM for {} s and got SIGKILL",
+                forced.join(", "),
+                STOP_GRACE.as_secs()
+            );
+        }
+    }
+}
+
+impl Supervisor {
+    /// Stops one component by name (for fault tests: a crash with
+    /// [`StopMode::Kill`], a shutdown with `Graceful`), reaps it, and keeps
+    /// how it was started for [`Supervisor::restart`].
+    pub fn stop(&mut self, name: &str, mode: StopMode) -> Result<()> {
+        let index = self
+            .running
+            .iter()
+            .position(|r| r.record.name == name)
+            .with_context(|| format!("no running component named {name:?} to stop"))?;
+        let mut component = self.running.remove(index);
+        let pid = Pid::from_raw(component.record.pid);
+        registry().remove(&component.record.pid);
+        let first = match mode {
+            StopMode::Graceful => Signal::SIGTERM,
+            StopMode::Kill => Signal::SIGKILL,
+        };
+        let _ = killpg(pid, first);
+        let deadline = Instant::now() + STOP_GRACE;
+        while matches!(component.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // Whatever is left of the group (a stubborn leader, forked helpers).
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = component.child.wait();
+        say!("{name}: stopped ({mode:?}, pid {})", component.record.pid);
+        if let Some(spec) = component.spec.take() {
+            self.stopped.insert(name.to_owned(), spec);
+        }
+        self.write_pids_file()
+    }
+
+    /// Starts again a component stopped by [`Supervisor::stop`] (or stops a
+    /// running one gracefully first), with the same command and readiness
+    /// probe; its log continues in the same file.
+    pub async fn restart(&mut self, name: &str) -> Result<i32> {
+        if self.running.iter().any(|r| r.record.name == name) {
+            self.stop(name, StopMode::Graceful)?;
+        }
+        let (component, ready) = self.stopped.remove(name).with_context(|| {
+            format!("{name:?} was not started by this supervisor, so it cannot be restarted")
+        })?;
+        self.start(component, ready).await
+    }
+
+    /// The pid of a running component.
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        self.running
+            .iter()
+            .find(|r| r.record.name == name)
+            .map(|r| r.record.pid)
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Stops every component started by this process and not yet stopped, then
+/// removes their `pids.json`. For Ctrl-C and termination handlers, which
+/// then exit; it does not return components to their `Supervisor`s.
+pub fn stop_all_registered() {
+    let mut registry = registry();
+    let mut entries: Vec<(i32, Registered)> = std::mem::take(&mut *registry).into_iter().collect();
+    if entries.is_empty() {
+        return;
+    }
+    entries.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.seq));
+    for (pid, _) in &entries {
+        let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for (pid, entry) in &entries {
+        let pid = Pid::from_raw(*pid);
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(25))
+                }
+                Ok(WaitStatus::StillAlive) => {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    break;
+                }
+                // Exited, or not our child to wait for.
+                _ => break,
+            }
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
+        say!("stopped {}", entry.name);
+    }
+    let files: std::collections::BTreeSet<_> =
+        entries.iter().map(|(_, e)| e.pids_file.clone()).collect();
+    for file in files {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// The components a run's `pids.json` lists (none if there is no file),
+/// for `cargo xtask status`.
+pub fn read_pid_file(pids_file: &Path) -> Result<Vec<PidRecord>> {
+    let text = match std::fs::read_to_string(pids_file) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", pids_file.display())),
+    };
+    let file: PidFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a pids.json written by keyrig",
+            pids_file.display()
+        )
+    })?;
+    Ok(file.components)
+}
+
+/// What `stop_from_pid_file` did with one recorded component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// Exited after SIGTERM.
+    Stopped,
+    /// Needed SIGKILL.
+    Killed,
+    /// Was not running any more.
+    AlreadyGone,
+    /// The pid now belongs to another program: left alone.
+    NotOurs,
+}
+
+/// Stops the components a detached `up` recorded in `pids_file`, then
+/// removes the file. A pid is signalled only if it still runs the recorded
+/// program and leads its own process group, since pids get reused.
+/// A missing file means nothing to stop.
+pub fn stop_from_pid_file(pids_file: &Path) -> Result<Vec<(PidRecord, StopOutcome)>> {
+    let text = match std::fs::read_to_string(pids_file) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", pids_file.display())),
+    };
+    let file: PidFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a pids.json written by keyrig",
+            pids_file.display()
+        )
+    })?;
+
+    let mut outcomes = Vec::new();
+    for record in file.components.into_iter().rev() {
+        let outcome = if !is_alive(record.pid) {
+            StopOutcome::AlreadyGone
+        } else if !is_ours(&record) {
+            StopOutcome::NotOurs
+        } else {
+            let _ = killpg(Pid::from_raw(record.pid), Signal::SIGTERM);
+            StopOutcome::Stopped
+        };
+        outcomes.push((record, outcome));
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for (record, outcome) in &mut outcomes {
+        if *outcome != StopOutcome::Stopped {
+            continue;
+        }
+        while is_alive(record.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        if is_alive(record.pid) {
+            let _ = killpg(Pid::from_raw(record.pid), Signal::SIGKILL);
+            *outcome = StopOutcome::Killed;
+        }
+    }
+    // Exited processes stay zombies until their parent (init, since `up`
+    // has exited) reaps them, and `pgrep` still lists zombies. Give init a
+    // moment so "nothing left running" is what a person checking sees too.
+    let reaped_by = Instant::now() + Duration::from_secs(3);
+    let me = std::process::id() as i32;
+    for (record, _) in &outcomes {
+        while proc_stat(record.pid).is_some_and(|(state, _)| state == 'Z')
+            && proc_ppid(record.pid).is_some_and(|ppid| ppid != me)
+            && Instant::now() < reaped_by
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::fs::remove_file(pids_file).with_context(|| format!("removing {}", pids_file.display()))?;
+    Ok(outcomes)
+}
+
+fn proc_ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Running, i.e. in /proc and not a zombie (a zombie has exited; only its
+/// parent's bookkeeping is left).
+pub fn is_alive(pid: i32) -> bool {
+    match proc_stat(pid) {
+        Some((state, _)) => state != 'Z' && state != 'X',
+        None => false,
+    }
+}
+
+/// (state, process group) from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+fn is_ours(record: &PidRecord) -> bool {
+    let Some(program) = record.program.file_name() else {
+        return false;
+    };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", record.pid)) else {
+        return false;
+    };
+    let runs_program = cmdline
+        .split(|b| *b == 0)
+        .filter_map(|arg| {
+            Path::new(OsStr::new(std::str::from_utf8(arg).ok()?))
+                .file_name()
+                .map(|n| n.to_owned())
+        })
+        .any(|name| name == program)
+        // nginx rewrites its argv ("nginx: master process ..."), so the
+        // executable itself counts too.
+        || std::fs::read_link(format!("/proc/{}/exe", record.pid))
+            .is_ok_and(|exe| exe.file_name() == Some(program));
+    let leads_group = proc_stat(record.pid).is_some_and(|(_, pgrp)| pgrp == record.pid);
+    runs_program && leads_group
+}
+
+/// The last `lines` lines of a log, indented, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return format!("    (no log at {})", path.display());
+    };
+    let all: Vec<&str> = text.lines().collect();
+    if all.is_empty() {
+        return "    (the log is empty)".into();
+    }
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| format!("    {l}\n"))
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn run_dir() -> (tempfile::TempDir, RunDir) {
+        let base = tempfile::tempdir().unwrap();
+        let run = RunDir::create_in(base.path()).unwrap();
+        (base, run)
+    }
+
+    fn sleeper(name: &str) -> Component {
+        Component::new(name, "/bin/sh").args(["-c", "echo started; exec sleep 30"])
+    }
+
+    fn read_pids(run: &RunDir) -> PidFile {
+        serde_json::from_str(&std::fs::read_to_string(run.pids_file()).unwrap()).unwrap()
+    }
+
+    #[rstest]
+    #[tokio::test]
+    async fn starts_logs_records_and_stops_on_drop() {
+        let (_base, run) = run_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pid;
+        {
+            let mut supervisor = Supervisor::new(&run);
+            pid = supervisor
+                .start(sleeper("sleeper"), Readiness::Tcp(addr))
+                .await
+                .unwrap();
+            assert!(is_alive(pid));
+            assert_eq!(read_pids(&run).components[0].pid, pid);
+            assert_eq!(
+                proc_stat(pid).unwrap().1,
+                pid,
+                "leads its own process group"
+            );
+            let log = run.logs_dir().join("sleeper.log");
+            crate::base::wait::wait_until_blocking("the log line", Duration::from_secs(5), || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                anyhow::Ok(if text.is_empty() {
+                    crate::base::wait::Probe::seen("an empty log")
+                } else {
+                    crate::base::wait::Probe::Ready(())
+                })
+            })
+            .unwrap();
+        }
+        assert!(!is_alive(pid), "dropping the supervisor stops the process");
+        assert!(!run.pids_file().exists());
+        let log = std::fs::read_to_string(run.logs_dir().join("sleeper.log")).unwrap();
+        assert_eq!(log, "started\n");
+    }
+
+    #[test]
+    fn a_child_gets_the_base_what_it_names_and_what_it_is_given() {
+        let os = |k: &str, v: &str| (OsString::from(k), OsString::from(v));
+        let parent = vec![
+            os("PATH", "/usr/bin"),
+            os("HOME", "/root"),
+            os("VAULT_TOKEN", "hvs.admin"),
+            os("HELM_CACHE_HOME", "/c"),
+            os("KUBECONFIG", "/k"),
+            os("OTHER", "x"),
+        ];
+        let env = child_env(
+            parent,
+            &["HELM_*".into(), "KUBECONFIG".into()],
+            &[os("PATH", "/bin"), os("BAO_DEV_ROOT_TOKEN_ID", "t")],
+        );
+        let mut keys: Vec<String> = env
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "BAO_DEV_ROOT_TOKEN_ID=t",
+                "HELM_CACHE_HOME=/c",
+                "HOME=/root",
+                "KUBECONFIG=/k",
+                "PATH=/bin",
+            ]
+        );
+    }
+
+    /// Through a real process: cargo gives this test process CARGO_PKG_NAME;
+    /// the child sees it only when it asks, and always its PATH.
+    #[rstest]
+    #[tokio::test]
+    async fn a_started_component_does_not_inherit_the_harness_environment() {
+        assert!(
+            std::env::var_os("CARGO_PKG_NAME").is_some(),
+            "cargo sets it for tests"
+        );
+        let (_base, run) = run_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut supervisor = Supervisor::new(&run);
+        for (name, component) in [
+            ("plain", Component::new("plain", "/bin/sh")),
+            (
+                "asks",
+                Component::new("asks", "/bin/sh").inherit_env(["CARGO_PKG_*"]),
+            ),
+        ] {
+            supervisor
+                .start(
+                    component
+                        .env("GIVEN", "yes")
+                        .args(["-c", "env; exec sleep 30"]),
+                    Readiness::Tcp(addr),
+                )
+                .await
+                .unwrap();
+            let log = run.logs_dir().join(format!("{name}.log"));
+            let text = crate::base::wait::wait_until_blocking(
+                "env in the log",
+                Duration::from_secs(5),
+                || {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    anyhow::Ok(if text.contains("GIVEN=yes") {
+                        crate::base::wait::Probe::Ready(text)
+                    } else {
+                        crate::base::wait::Probe::seen(format!("{} bytes", text.len()))
+                    })
+                },
+            )
+            .unwrap();
+            assert!(
+                text.lines().any(|l| l.starts_with("PATH=")),
+                "{name}: no PATH"
+            );
+            assert_eq!(
+                text.lines().any(|l| l.starts_with("CARGO_PKG_NAME=")),
+                name == "asks",
+                "{name}"
+            );
+        }
+    }
+
+    #[rstest]
+    #[tokio::test]
+    async fn a_component_that_exits_early_fails_with_its_log() {
+        let (_base, run) = run_dir();
+        let mut supervisor = Supervisor::new(&run);
+        let component = Component::new("broken", "/bin/sh")
+            .args(["-c", "echo 'bad config: no listen'; exit 3"]);
+        let err = supervisor
+            .start(component, Readiness::http("http://127.0.0.1:9/ready", 200))
+            .await
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.starts_with("broken exited (exit status: 3) before it was ready"),
+            "{message}"
+        );
+        assert!(message.contains("bad config: no listen"), "{message}");
+    }
+
+    #[rstest]
+    #[tokio::test]
+    async fn readiness_timeout_says_what_was_seen() {
+        let (_base, run) = run_dir();
+        let mut supervisor = Supervisor::new(&run).with_ready_timeout(Duration::from_millis(300));
+        let err = supervisor
+            .start(
+                sleeper("slow"),
+                Readiness::http("http://127.0.0.1:9/ready", 200),
+            )
+            .await
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.starts_with("slow was not ready after 0."),
+            "{message}"
+        );
+        assert!(message.contains("/ready still gave"), "{message}");
+    }
+
+    #[rstest]
+    #[tokio::test]
+    async fn pid_file_stop_stops_ours_and_spares_a_reused_pid() {
+        let (_base, run) = run_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ready = Readiness::Tcp(listener.local_addr().unwrap());
+        let mut supervisor = Supervisor::new(&run);
+        // `sleep` itself, not a shell that execs it: the recorded program
+        // must be what /proc/<pid>/cmdline shows.
+        let ours = supervisor
+            .start(Component::new("ours", "sleep").arg("30"), ready.clone())
+            .await
+            .unwrap();
+        let records = supervisor.detach();
+        assert_eq!(records.len(), 1);
+        assert!(is_alive(ours), "detach leaves it running");
+
+        // A pid whose program is not the recorded one, as after pid reuse.
+        let mut stranger = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let stranger_pid = stranger.id() as i32;
+        let mut file = read_pids(&run);
+        file.components.push(PidRecord {
+            name: "bao".into(),
+            pid: stranger_pid,
+            program: "/opt/bao".into(),
+        });
+        file.components.push(PidRecord {
+            name: "gone".into(),
+            pid: i32::MAX - 1,
+            program: "/bin/gone".into(),
+        });
+        std::fs::write(run.pids_file(), serde_json::to_string(&file).unwrap()).unwrap();
+
+        let outcomes = stop_from_pid_file(&run.pids_file()).unwrap();
+        let by_name: BTreeMap<_, _> = outcomes
+            .iter()
+            .map(|(r, o)| (r.name.as_str(), *o))
+            .collect();
+        assert_eq!(by_name["ours"], StopOutcome::Stopped);
+        assert_eq!(by_name["bao"], StopOutcome::NotOurs);
+        assert_eq!(by_name["gone"], StopOutcome::AlreadyGone);
+        assert!(!is_alive(ours));
+        assert!(is_alive(stranger_pid));
+        assert!(!run.pids_file().exists());
+        // Idempotent: a second `down` finds nothing to do.
+        assert!(stop_from_pid_file(&run.pids_file()).unwrap().is_empty());
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+    }
+
+    #[rstest]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::write(
+            &path,
+            (1..=30).map(|n| format!("line {n}\n")).collect::<String>(),
+        )
+        .unwrap();
+        let tail = log_tail(&path, 20);
+        assert!(tail.starts_with("    line 11\n"), "{tail}");
+        assert!(tail.ends_with("line 30"));
+    }
+}
