@@ -11,7 +11,8 @@ use rig::say;
 use rig_k8s::KubeProfile;
 use rig_k8s::profile::{KubeOptions, KubeRun};
 
-use super::{KubeArgs, TEST_PID, cargo, run_cargo, runtime, stop_on_interrupt};
+use crate::flags::KubeArgs;
+use crate::runner::{TEST_PID, cargo, run_cargo, runtime, stop_on_interrupt};
 
 fn options(profile: KubeProfile, mode: rig_k8s::Mode, args: KubeArgs) -> KubeOptions {
     let mut opts = KubeOptions::new(profile, mode);
@@ -123,7 +124,7 @@ fn run_tests(
     let test_time = tests_started.elapsed();
     let cases = rig::contract::case::read_cases(run.run.path())?;
     // Diagnostics while the port-forwards are still up.
-    let cases = rt.block_on(super::e2e_report::collect_diagnostics(
+    let cases = rt.block_on(crate::e2e_report::collect_diagnostics(
         run.run.path(),
         &run.environment,
         cases,
@@ -132,14 +133,14 @@ fn run_tests(
     println!();
     let records: Vec<_> = cases.iter().map(|c| c.record.clone()).collect();
     rig::contract::case::print_table(&records);
-    super::print_gateway_matrix(&records, &run.environment);
+    crate::e2e::print_gateway_matrix(&records, &run.environment);
     say!(
         "up {}, tests {}; logs in {}",
         rig::base::progress::secs(up_time),
         rig::base::progress::secs(test_time),
         run.environment.logs_dir.display()
     );
-    let report = super::e2e_report::finish(super::e2e_report::Finish {
+    let report = crate::e2e_report::finish(crate::e2e_report::Finish {
         run_dir: run.run.path(),
         run_id: run.run.id(),
         profile: run.environment.profile.as_str(),

@@ -33,7 +33,7 @@ pub fn run() -> Result<bool> {
         std::fs::remove_dir_all(&report_dir)
             .with_context(|| format!("clearing {}", report_dir.display()))?;
     }
-    let output = Command::new(crate::this_binary()?)
+    let output = Command::new(crate::runner::this_binary()?)
         .args([
             "e2e",
             "--mode",

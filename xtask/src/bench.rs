@@ -1,0 +1,85 @@
+//! `cargo xtask bench`: everything is rig-bench; this builds keygate, runs it
+//! and writes `bench.json` and the plot.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use rig::say;
+
+use crate::runner::{
+    cargo, plain_output_unless_interactive, run_cargo, runtime, stop_on_interrupt,
+};
+use crate::up::local_options;
+
+/// `cargo xtask bench`: everything is rig_bench; this builds keygate,
+/// says how to run the suite as a child, and writes the outputs.
+/// `release`: measure an optimized keygate (`test`'s smoke run uses the
+/// debug build the e2e suite already made).
+pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
+    stop_on_interrupt()?;
+    let mut local = local_options(rig::contract::modes::Mode::ExternalSecret)?;
+    // Measure the keygate users deploy: an optimized build (the e2e suite
+    // runs the debug one), unless KEYRIG_KEYGATE names a binary.
+    if release && std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
+        if !run_cargo(
+            &["build", "--release", "-p", "keygate"],
+            "building keygate (release) for the bench",
+        )? {
+            bail!("keygate does not build in release mode: see cargo's output above");
+        }
+        local.keygate_bin = rig::base::paths::target_dir().join("release/keygate");
+    }
+    let out_dir = rig::base::paths::rig_dir().join("bench");
+    let mut suite = Command::new(cargo());
+    suite
+        .args(["xtask", "e2e", "--mode", "inline"])
+        .current_dir(rig::base::paths::workspace_root());
+    plain_output_unless_interactive(&mut suite);
+    let report = runtime()?.block_on(rig_bench::run(rig_bench::BenchOptions {
+        plan: if quick {
+            rig_bench::Plan::quick()
+        } else {
+            rig_bench::Plan::full()
+        },
+        local,
+        suite_command: Some(suite),
+        out_dir: out_dir.clone(),
+    }))?;
+    let json = out_dir.join("bench.json");
+    rig_bench::report::save_json(&report, &json)?;
+    let svg = out_dir.join("latency.svg");
+    rig_bench::plot::latency_svg(&report.variants, &svg)?;
+    println!();
+    print!("{}", rig_bench::report::render(&report));
+    println!("numbers: {}\nplot:    {}", json.display(), svg.display());
+    Ok(())
+}
+
+/// `bench --quick` with the debug keygate: it must run to the end and
+/// leave a bench.json that reads back with every variant in it.
+pub(crate) fn bench_smoke() -> bool {
+    let json = rig::base::paths::rig_dir().join("bench/bench.json");
+    let _ = std::fs::remove_file(&json);
+    let checked = bench(true, false).and_then(|()| {
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("bench --quick wrote no {}", json.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", json.display()))?;
+        let variants = value["variants"].as_array().map_or(0, Vec::len);
+        if variants != rig_bench::variants::Variant::ALL.len() {
+            bail!(
+                "{} holds {variants} variants, not {}",
+                json.display(),
+                rig_bench::variants::Variant::ALL.len()
+            );
+        }
+        Ok(())
+    });
+    match checked {
+        Ok(()) => true,
+        Err(err) => {
+            say!("bench --quick failed: {err:#}");
+            false
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! How xtask runs things: the async runtime, cargo with plain output off a
+//! terminal, this binary's path, and the handler that stops everything on
+//! Ctrl-C or SIGTERM.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{Context, Result};
+use rig::say;
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// pid of the running `cargo test`, so a termination signal reaches it too
+/// (a terminal's Ctrl-C does anyway; `kill` or a CI timeout does not).
+pub(crate) static TEST_PID: AtomicI32 = AtomicI32::new(0);
+
+/// On SIGINT/SIGTERM: stop every component this process started, and exit
+/// 130. Components run in their own process groups, so they never see the
+/// terminal's Ctrl-C themselves and are stopped in order here.
+pub(crate) fn stop_on_interrupt() -> Result<()> {
+    // Once per process: `e2e` runs once per delivery mode.
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    ctrlc::set_handler(|| {
+        eprintln!("[keyrig] interrupted: stopping what this run started");
+        let test_pid = TEST_PID.load(Ordering::SeqCst);
+        if test_pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(test_pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        rig::process::supervisor::stop_all_registered();
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+pub(crate) fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Runs cargo with inherited output, in the workspace root.
+pub(crate) fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
+    say!("{what}: cargo {}", args.join(" "));
+    let mut command = Command::new(cargo());
+    plain_output_unless_interactive(&mut command);
+    let status = command
+        .args(args)
+        .current_dir(rig::base::paths::workspace_root())
+        .status()
+        .with_context(|| format!("running cargo for {what}"))?;
+    Ok(status.success())
+}
+
+/// Off a terminal (or in CI), cargo and the tests print no colour codes
+/// either, so the whole output is plain text.
+pub(crate) fn plain_output_unless_interactive(command: &mut Command) {
+    if !rig::base::progress::is_interactive() {
+        command.env("CARGO_TERM_COLOR", "never");
+    }
+}
+
+/// This binary's path. `cargo test --workspace` rebuilds target/debug/xtask
+/// (xtask's integration tests run it, with dev-dependency features), so
+/// while `cargo xtask test` runs, Linux reports the running file as
+/// "<path> (deleted)": the rebuilt file at the path is the one to start.
+pub(crate) fn this_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) if Path::new(path).is_file() => PathBuf::from(path),
+        _ => exe,
+    })
+}

@@ -1,0 +1,61 @@
+//! `cargo xtask test`: the test command (`.ci/run` runs exactly this): tools,
+//! unit and integration tests, the e2e suite in every mode, the harness
+//! self-check, fuzz and `bench --quick`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use rig::say;
+
+use crate::bench::bench_smoke;
+use crate::e2e::{E2eOptions, e2e_modes};
+use crate::flags::{Profile, ToolsProfile};
+use crate::runner::run_cargo;
+use crate::tools::tools;
+
+pub(crate) fn test() -> Result<ExitCode> {
+    // Installs the local profile's tools and every gateway's.
+    tools(ToolsProfile::Local)?;
+    // The offline checks of the kind profile render manifests with the pinned kubectl.
+    rig::process::tools::Tools::load_default()?.ensure_installed("offline")?;
+    let unit_ok = run_cargo(
+        &["test", "--workspace", "--exclude", "keyrig-e2e"],
+        "unit and integration tests",
+    )?;
+    let e2e = e2e_modes(
+        &E2eOptions {
+            profile: Profile::Local,
+            filter: None,
+            keep: false,
+            report_dir: None,
+            include_ignored: false,
+            gateways: Vec::new(),
+            mode: rig::contract::modes::Mode::Inline,
+            mode_independent_in: None,
+        },
+        &rig::contract::modes::Mode::ALL,
+    )?;
+    let e2e_ok = e2e == ExitCode::SUCCESS;
+    let selfcheck_ok = crate::selfcheck::run()?;
+    // A few seconds per fuzz target: a smoke run; longer runs are in README.
+    // It leaves fuzz/corpus/ as committed (the work tree stays clean).
+    let fuzz_ok = crate::fuzz::run(5, None, crate::fuzz::NewInputs::Discard)? == ExitCode::SUCCESS;
+    // The bench runs and writes bench.json; its timings are not judged here.
+    let bench_ok = bench_smoke();
+    let word = |ok: bool| if ok { "passed" } else { "FAILED" };
+    say!(
+        "unit and integration tests: {}; e2e: {}; harness self-check: {}; fuzz: {}; bench --quick: {}",
+        word(unit_ok),
+        word(e2e_ok),
+        word(selfcheck_ok),
+        word(fuzz_ok),
+        word(bench_ok)
+    );
+    Ok(
+        if unit_ok && e2e_ok && selfcheck_ok && fuzz_ok && bench_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
+}

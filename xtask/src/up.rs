@@ -1,0 +1,102 @@
+//! `cargo xtask up`: start the local profile and leave it running.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use rig::say;
+
+use crate::flags::Profile;
+use crate::runner::{run_cargo, runtime, stop_on_interrupt, this_binary};
+
+/// Builds keygate (unless `$KEYRIG_KEYGATE` names a binary) and says how
+/// to run the echo upstream: this very binary, hidden subcommand.
+pub(crate) fn local_options(mode: rig::contract::modes::Mode) -> Result<rig::local::LocalOptions> {
+    let keygate = match std::env::var_os("KEYRIG_KEYGATE").filter(|v| !v.is_empty()) {
+        Some(path) => {
+            say!(
+                "keygate: using KEYRIG_KEYGATE={}",
+                Path::new(&path).display()
+            );
+            PathBuf::from(path)
+        }
+        None => {
+            if !run_cargo(&["build", "-p", "keygate"], "building keygate")? {
+                bail!("keygate does not build: see cargo's output above");
+            }
+            rig::base::paths::target_dir().join("debug/keygate")
+        }
+    };
+    let xtask = this_binary()?;
+    let echo = rig::local::EchoCommand {
+        program: xtask.clone(),
+        args: vec!["echo-upstream".into()],
+    };
+    let mut opts = rig::local::LocalOptions::new(keygate, echo);
+    opts.mode = mode;
+    opts.publish = Some(rig::local::delivery::PublishCommand {
+        program: xtask,
+        args: vec!["publish-secret".into()],
+    });
+    Ok(opts)
+}
+
+pub(crate) fn up(profile: Profile, mode: rig::contract::modes::Mode) -> Result<()> {
+    profile.require_local()?;
+    stop_on_interrupt()?;
+    let opts = local_options(mode)?;
+    let started = Instant::now();
+    // On error, `local::up` has already stopped what it started.
+    let run = runtime()?
+        .block_on(rig::local::up(&opts))
+        .context("the local profile did not come up")?;
+    let env = &run.environment;
+    println!(
+        "keyrig local environment {} is up ({}):",
+        env.run_id,
+        rig::base::progress::secs(started.elapsed())
+    );
+    println!("  gateway   {}", env.gateway_url);
+    for (group, prefix) in &env.groups {
+        println!("              {prefix}  ({group})");
+    }
+    println!(
+        "  vault     {}  (root token in {})",
+        env.vault_addr,
+        env.root_token_file.display()
+    );
+    println!(
+        "  keygate   {}  (/readyz, /healthz, /metrics)",
+        env.keygate_url
+    );
+    println!("  upstream  {}", env.upstream_url);
+    if let Some(delivery) = &env.delivery {
+        println!(
+            "  delivery  {} mode, Secret {} at {}",
+            delivery.mode,
+            delivery.secret_name,
+            delivery.secret_dir.display()
+        );
+    }
+    if let Some(side) = &env.keys_file {
+        println!(
+            "  keys-file gateway {} (keygate {}; bao agent renders every {} ms)",
+            side.gateway_url, side.keygate_url, side.render_interval_ms
+        );
+    }
+    if let Some(tls) = &env.tls {
+        println!(
+            "  tls       {}  (certificate from Vault {}/issue/{}, ttl {} ms; CA {})",
+            tls.url,
+            tls.pki_mount,
+            tls.pki_role,
+            tls.cert_ttl_ms,
+            tls.ca_cert_file.display()
+        );
+    }
+    println!("  env.json  {}", run.run.env_file().display());
+    println!("  logs      {}", env.logs_dir.display());
+    println!("stop with `cargo xtask down`");
+    run.supervisor.detach();
+    Ok(())
+}
