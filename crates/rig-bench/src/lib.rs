@@ -20,6 +20,7 @@ pub mod load;
 pub mod plot;
 pub mod propagation;
 pub mod report;
+pub mod results;
 pub mod scale;
 pub mod stats;
 pub mod variants;
@@ -30,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
 use load::{Burst, Keys};
 use rig::contract::gateways::GatewayKind;
@@ -40,59 +40,7 @@ use rig::say;
 use rig::vault::client::{Secret, VaultClient};
 use variants::Variant;
 
-/// How much to measure.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Plan {
-    pub quick: bool,
-    /// Rounds of A B C D E.
-    pub rounds: usize,
-    /// Per variant and round: at most this many requests, for at most `window`.
-    pub requests_per_round: u64,
-    pub window: Duration,
-    pub connections: usize,
-    /// Fresh keys for the cold variant (each used once).
-    pub cold_pool: usize,
-    pub revocations: usize,
-    pub secret_id_rotations: usize,
-    pub scale_sizes: &'static [usize],
-    pub scale_window: Duration,
-    pub suite: bool,
-}
-
-impl Plan {
-    pub fn full() -> Self {
-        Self {
-            quick: false,
-            rounds: 8,
-            requests_per_round: 20_000,
-            window: Duration::from_secs(3),
-            connections: 8,
-            cold_pool: 20_000,
-            revocations: 20,
-            secret_id_rotations: 20,
-            scale_sizes: &[100, 10_000, 100_000],
-            scale_window: Duration::from_secs(3),
-            suite: true,
-        }
-    }
-
-    /// Under a minute on 2 cores once built.
-    pub fn quick() -> Self {
-        Self {
-            quick: true,
-            rounds: 3,
-            requests_per_round: 3_000,
-            window: Duration::from_millis(800),
-            connections: 8,
-            cold_pool: 2_000,
-            revocations: 6,
-            secret_id_rotations: 3,
-            scale_sizes: &[100, 1_000],
-            scale_window: Duration::from_millis(800),
-            suite: false,
-        }
-    }
-}
+pub use results::{BenchReport, Machine, Plan, SuiteSpeed, VariantResult};
 
 /// What the caller supplies: the local profile's options (binaries,
 /// templates) and how to run the e2e suite as a child for its wall time.
@@ -103,74 +51,6 @@ pub struct BenchOptions {
     pub suite_command: Option<std::process::Command>,
     /// `target/rig/bench/`: bench.json, latency.svg, the runs.
     pub out_dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Machine {
-    pub nproc: usize,
-    pub cpu: String,
-    pub loadavg_at_start: String,
-    pub kernel: String,
-    pub envoy: String,
-    pub bao: String,
-    pub keygate: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct VariantResult {
-    pub variant: Variant,
-    pub description: String,
-    pub requests: u64,
-    pub ok: u64,
-    pub failed: u64,
-    pub seconds: f64,
-    pub rps: f64,
-    pub latency: stats::Latency,
-    pub rps_vs_native: Option<f64>,
-    pub rps_vs_no_auth: Option<f64>,
-    pub p99_vs_native: Option<f64>,
-    pub p99_vs_no_auth: Option<f64>,
-    /// p99 over the no-auth ceiling's, in µs.
-    pub p99_added_us: Option<i64>,
-    pub last_failure: Option<String>,
-    /// Latency percentiles for the plot: (percentile, µs).
-    pub distribution: Vec<(f64, u64)>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SuiteSpeed {
-    /// The environment of this bench (external-secret mode, gateways
-    /// envoy-grpc and envoy-http) up and ready, ms.
-    pub up_ms: u64,
-    /// The scale environment (inline mode, envoy-grpc) up and ready, ms.
-    pub scale_up_ms: Option<u64>,
-    /// `cargo xtask e2e --mode inline` wall time (full bench only), ms.
-    pub e2e_inline_ms: Option<u64>,
-    pub e2e_inline_ok: Option<bool>,
-    pub e2e_command: Option<String>,
-    /// From that run's report.json: its environment up, and the tests
-    /// alone (`cargo test` of the e2e crate, without building it), ms.
-    pub e2e_report_up_ms: Option<u64>,
-    pub e2e_report_tests_ms: Option<u64>,
-    pub e2e_report_wall_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    pub started_at: String,
-    pub wall_ms: u64,
-    pub plan: Plan,
-    pub machine: Machine,
-    pub load_generator: String,
-    pub connections: usize,
-    pub path: String,
-    pub native_keys: usize,
-    pub variants: Vec<VariantResult>,
-    pub propagation: Vec<propagation::PropagationResult>,
-    pub scale: Vec<scale::ScaleResult>,
-    pub suite: SuiteSpeed,
-    /// What was not measured and why.
-    pub left_out: Vec<String>,
 }
 
 /// The first literal path of a group's OpenAPI document, under its route

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-use super::VariantResult;
+use crate::results::VariantResult;
 
 /// x coordinate of a percentile: -log10(1 - p/100), so 90 -> 1, 99 -> 2,
 /// 99.9 -> 3 (100 is drawn at 5).

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use super::load::Outcome;
 use super::stats::{Latency, ratio};
 use super::variants::Variant;
-use super::{BenchReport, VariantResult};
+use crate::results::{BenchReport, VariantResult};
 
 /// The percentiles the plot draws (and bench.json keeps) per variant.
 const PLOT_PERCENTILES: [f64; 12] = [

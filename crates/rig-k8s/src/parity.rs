@@ -10,7 +10,7 @@ use serde::Deserialize as _;
 use serde_yaml::Value;
 
 use rig::contract::gateways::GatewayKind;
-use rig::local::gateway::GatewayContext;
+use rig::local::gateway::context::GatewayContext;
 use rig::local::gateway::envoy::{ExtAuthz, render};
 
 /// What the HTTP connection manager of the API listener decides on paths,

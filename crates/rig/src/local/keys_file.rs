@@ -171,7 +171,7 @@ pub async fn start(
 
     // 4. Its Envoy: the gRPC gateway's config, pointed at this keygate.
     let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let ctx = crate::local::gateway::GatewayContext {
+    let ctx = crate::local::gateway::context::GatewayContext {
         kind: crate::contract::gateways::GatewayKind::EnvoyGrpc,
         groups: input.groups,
         listen: addr(crate::base::ports::free_port()?),

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::base::run::RunDir;
 use crate::contract::env::{CacheSettings, Environment};
 use crate::contract::gateways::GatewayKind;
-use crate::local::gateway::GatewayContext;
+use crate::local::gateway::context::GatewayContext;
 use crate::process::supervisor::{Component, Readiness, Supervisor};
 use crate::process::tools::Tools;
 use crate::say;

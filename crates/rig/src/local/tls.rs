@@ -29,7 +29,7 @@ use crate::base::run::RunDir;
 use crate::base::wait::{Probe, wait_until};
 use crate::contract::env::TlsEnvironment;
 use crate::local::delivery::PublishCommand;
-use crate::local::gateway::GatewayContext;
+use crate::local::gateway::context::GatewayContext;
 use crate::local::gateway::envoy::{ExtAuthz, TlsListener};
 use crate::local::secret_dir::SecretDir;
 use crate::process::supervisor::{Component, Readiness, Supervisor};

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{GatewayContext, Launch};
+use crate::local::gateway::context::{GatewayContext, Launch};
 use crate::process::supervisor::Component;
 
 pub fn plan(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
@@ -18,22 +18,25 @@ pub fn plan(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
         .env("XDG_CONFIG_HOME", ctx.dir.join("config"))
         .current_dir(&ctx.dir);
     Ok(Launch {
-        files: vec![(config, super::render(ctx, "caddy/Caddyfile.j2")?)],
+        files: vec![(
+            config,
+            crate::local::gateway::context::render(ctx, "caddy/Caddyfile.j2")?,
+        )],
         component,
-        readiness: super::readiness(ctx),
+        readiness: crate::local::gateway::context::readiness(ctx),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use crate::contract::gateways::GatewayKind;
-    use crate::local::gateway::tests::context;
+    use crate::local::gateway::context::tests::context;
 
     #[test]
     fn every_route_imports_forward_auth() {
         let groups = crate::contract::scenario::load_default_apis().unwrap();
         let ctx = context(GatewayKind::Caddy, &groups);
-        let text = crate::local::gateway::render(&ctx, "caddy/Caddyfile.j2").unwrap();
+        let text = crate::local::gateway::context::render(&ctx, "caddy/Caddyfile.j2").unwrap();
         assert!(text.contains("http://127.0.0.1:10000 {"), "{text}");
         assert!(text.contains("handle \"/animal-rescue/*\" {"), "{text}");
         assert!(text.contains("handle \"/billing/*\" {"), "{text}");

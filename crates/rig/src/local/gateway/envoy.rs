@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{GatewayContext, Launch, TemplateValues};
+use crate::local::gateway::context::{GatewayContext, Launch, TemplateValues};
 use crate::process::supervisor::Component;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,7 +77,7 @@ pub fn plan(ctx: &GatewayContext, binary: &Path, ext_authz: ExtAuthz) -> Result<
     Ok(Launch {
         files: vec![(config, render(ctx, ext_authz)?)],
         component,
-        readiness: super::readiness(ctx),
+        readiness: crate::local::gateway::context::readiness(ctx),
     })
 }
 
@@ -85,7 +85,7 @@ pub fn plan(ctx: &GatewayContext, binary: &Path, ext_authz: ExtAuthz) -> Result<
 mod tests {
     use super::*;
     use crate::contract::gateways::GatewayKind;
-    use crate::local::gateway::tests::context;
+    use crate::local::gateway::context::tests::context;
 
     fn doc(kind: GatewayKind, ext_authz: ExtAuthz) -> serde_yaml::Value {
         let groups = crate::contract::scenario::load_default_apis().unwrap();

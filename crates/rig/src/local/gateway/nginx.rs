@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{GatewayContext, Launch};
+use crate::local::gateway::context::{GatewayContext, Launch};
 use crate::process::supervisor::Component;
 
 pub fn plan(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
@@ -22,27 +22,30 @@ pub fn plan(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
         .current_dir(&ctx.dir);
     Ok(Launch {
         files: vec![
-            (config, super::render(ctx, "nginx/nginx.conf.j2")?),
+            (
+                config,
+                crate::local::gateway::context::render(ctx, "nginx/nginx.conf.j2")?,
+            ),
             (
                 ctx.dir.join("keygate.conf"),
-                super::render(ctx, "nginx/keygate.conf.j2")?,
+                crate::local::gateway::context::render(ctx, "nginx/keygate.conf.j2")?,
             ),
         ],
         component,
-        readiness: super::readiness(ctx),
+        readiness: crate::local::gateway::context::readiness(ctx),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use crate::contract::gateways::GatewayKind;
-    use crate::local::gateway::tests::context;
+    use crate::local::gateway::context::tests::context;
 
     #[test]
     fn every_route_includes_the_auth_request_and_state_stays_in_the_run() {
         let groups = crate::contract::scenario::load_default_apis().unwrap();
         let ctx = context(GatewayKind::Nginx, &groups);
-        let text = crate::local::gateway::render(&ctx, "nginx/nginx.conf.j2").unwrap();
+        let text = crate::local::gateway::context::render(&ctx, "nginx/nginx.conf.j2").unwrap();
         for location in ["\"/animal-rescue/\"", "\"/billing/\"", "/"] {
             assert!(text.contains(&format!("location {location} {{")), "{text}");
         }
@@ -53,7 +56,8 @@ mod tests {
         );
         assert!(text.contains("pid \"/tmp/run/gateways/nginx/nginx.pid\";"));
         assert!(text.contains("proxy_set_header X-Original-URI $request_uri;"));
-        let include = crate::local::gateway::render(&ctx, "nginx/keygate.conf.j2").unwrap();
+        let include =
+            crate::local::gateway::context::render(&ctx, "nginx/keygate.conf.j2").unwrap();
         assert!(include.contains("proxy_set_header x-keyrig-owner $keyrig_owner;"));
         assert!(include.contains("add_header x-keyrig-reason $keyrig_reason always;"));
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{GatewayContext, Launch};
+use crate::local::gateway::context::{GatewayContext, Launch};
 use crate::process::supervisor::Component;
 
 pub fn plan(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
@@ -17,27 +17,30 @@ pub fn plan(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
         .current_dir(&ctx.dir);
     Ok(Launch {
         files: vec![
-            (static_config, super::render(ctx, "traefik/traefik.yml.j2")?),
+            (
+                static_config,
+                crate::local::gateway::context::render(ctx, "traefik/traefik.yml.j2")?,
+            ),
             (
                 dynamic_config,
-                super::render(ctx, "traefik/dynamic.yml.j2")?,
+                crate::local::gateway::context::render(ctx, "traefik/dynamic.yml.j2")?,
             ),
         ],
         component,
-        readiness: super::readiness(ctx),
+        readiness: crate::local::gateway::context::readiness(ctx),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use crate::contract::gateways::GatewayKind;
-    use crate::local::gateway::tests::context;
+    use crate::local::gateway::context::tests::context;
 
     #[test]
     fn forward_auth_copies_the_keyrig_headers_and_distrusts_the_client() {
         let groups = crate::contract::scenario::load_default_apis().unwrap();
         let ctx = context(GatewayKind::Traefik, &groups);
-        let text = crate::local::gateway::render(&ctx, "traefik/dynamic.yml.j2").unwrap();
+        let text = crate::local::gateway::context::render(&ctx, "traefik/dynamic.yml.j2").unwrap();
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let auth = &doc["http"]["middlewares"]["keygate"]["forwardAuth"];
         assert_eq!(auth["address"].as_str(), Some("http://127.0.0.1:9002/auth"));
@@ -58,7 +61,8 @@ mod tests {
                 "PathPrefix(`/`)"
             ]
         );
-        let statics = crate::local::gateway::render(&ctx, "traefik/traefik.yml.j2").unwrap();
+        let statics =
+            crate::local::gateway::context::render(&ctx, "traefik/traefik.yml.j2").unwrap();
         let statics: serde_yaml::Value = serde_yaml::from_str(&statics).unwrap();
         assert_eq!(
             statics["providers"]["file"]["filename"].as_str(),

@@ -1,0 +1,127 @@
+//! What every gateway's config is rendered from and what its plan is made
+//! of: the context (ports, groups, directories), the launch (files, process,
+//! readiness) and the readiness probe they share. Its own module so the
+//! gateways and the code that starts them both import it, and neither the
+//! other.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::contract::gateways::GatewayKind;
+use crate::contract::scenario::ApiGroup;
+use crate::process::supervisor::{Component, Readiness};
+
+/// A path no API group serves: keygate answers 403 `no-route` for it, so a
+/// 403 there shows the gateway listens, routes and asks keygate.
+pub const READINESS_PATH: &str = "/keyrig-readiness-probe";
+
+/// Everything a gateway's config is rendered from.
+#[derive(Debug, Clone)]
+pub struct GatewayContext<'a> {
+    pub kind: GatewayKind,
+    pub groups: &'a [ApiGroup],
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// A second port for the gateway's own use (Envoy's admin listener).
+    pub admin: SocketAddr,
+    pub keygate_grpc: SocketAddr,
+    pub keygate_http: SocketAddr,
+    pub upstream: SocketAddr,
+    /// `target/rig/<run>/gateways/<name>/`: config files and the gateway's state.
+    pub dir: PathBuf,
+    /// Holds the templates (`env/<gateway>/...`).
+    pub env_dir: &'a Path,
+}
+
+impl GatewayContext<'_> {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// What every template sees: addresses, the run's directory for this
+    /// gateway, and the groups longest route prefix first, so a nested group
+    /// wins over its parent in gateways that match in order.
+    pub fn template_values(&self) -> TemplateValues<'_> {
+        let mut groups: Vec<&ApiGroup> = self.groups.iter().collect();
+        groups.sort_by_key(|g| std::cmp::Reverse(g.route_prefix.len()));
+        TemplateValues {
+            gateway: self.kind.name(),
+            listen: self.listen.to_string(),
+            listen_port: self.listen.port(),
+            admin: self.admin.to_string(),
+            admin_port: self.admin.port(),
+            keygate_grpc: self.keygate_grpc.to_string(),
+            keygate_grpc_port: self.keygate_grpc.port(),
+            keygate_http: self.keygate_http.to_string(),
+            keygate_http_port: self.keygate_http.port(),
+            upstream: self.upstream.to_string(),
+            upstream_port: self.upstream.port(),
+            dir: self.dir.clone(),
+            root_group: self.groups.iter().any(|g| g.route_prefix == "/"),
+            groups,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TemplateValues<'a> {
+    pub gateway: &'static str,
+    pub listen: String,
+    pub listen_port: u16,
+    pub admin: String,
+    pub admin_port: u16,
+    pub keygate_grpc: String,
+    pub keygate_grpc_port: u16,
+    pub keygate_http: String,
+    pub keygate_http_port: u16,
+    pub upstream: String,
+    pub upstream_port: u16,
+    pub dir: PathBuf,
+    /// A group served at `/` replaces the catch-all route.
+    pub root_group: bool,
+    pub groups: Vec<&'a ApiGroup>,
+}
+
+/// A gateway ready to start: files to write first, then the process.
+#[derive(Debug)]
+pub struct Launch {
+    /// (path, contents); paths are under the context's `dir`.
+    pub files: Vec<(PathBuf, String)>,
+    pub component: Component,
+    pub readiness: Readiness,
+}
+
+/// The probe every gateway shares: keygate's 403 for [`READINESS_PATH`]
+/// through the gateway's listener.
+pub fn readiness(ctx: &GatewayContext) -> Readiness {
+    Readiness::http(format!("{}{READINESS_PATH}", ctx.url()), 403)
+}
+
+/// Renders `env/<template>` with the context's values.
+pub fn render(ctx: &GatewayContext, template: &str) -> Result<String> {
+    crate::base::templates::render(&ctx.env_dir.join(template), ctx.template_values())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A context with fixed ports for the render tests of each gateway.
+    pub(crate) fn context(kind: GatewayKind, groups: &[ApiGroup]) -> GatewayContext<'_> {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        GatewayContext {
+            kind,
+            groups,
+            listen: addr(10000),
+            admin: addr(10001),
+            keygate_grpc: addr(9001),
+            keygate_http: addr(9002),
+            upstream: addr(9003),
+            dir: PathBuf::from("/tmp/run/gateways").join(kind.name()),
+            env_dir: Box::leak(Box::new(crate::base::paths::env_dir())),
+        }
+    }
+}
