@@ -14,7 +14,7 @@ use axum::routing::{any, get};
 use serde_json::json;
 use tracing::debug;
 
-use crate::cache::BoxFuture;
+use crate::boxed_future::BoxFuture;
 use crate::decision::{Outcome, Presented, Protocol, Validator};
 use crate::vault::{Readiness, Vault};
 

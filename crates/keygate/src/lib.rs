@@ -2,6 +2,7 @@
 //! ext_authz (gRPC) and HTTP forward-auth gateways. See ARCHITECTURE.md for
 //! where each concept lives.
 
+pub mod boxed_future;
 pub mod cache;
 pub mod config;
 pub mod decision;
