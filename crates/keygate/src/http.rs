@@ -15,7 +15,9 @@ use serde_json::json;
 use tracing::debug;
 
 use crate::boxed_future::BoxFuture;
-use crate::decision::{Outcome, Presented, Protocol, Validator};
+use crate::decision::{Presented, Validator};
+use crate::outcome::Outcome;
+use crate::protocol::Protocol;
 use crate::vault::{Readiness, Vault};
 
 pub const API_KEY_HEADER: &str = "x-api-key";

@@ -10,6 +10,8 @@ pub mod grpc;
 pub mod http;
 pub mod keys_file;
 pub mod metrics;
+pub mod outcome;
+pub mod protocol;
 pub mod refs;
 pub mod routes;
 pub mod vault;
