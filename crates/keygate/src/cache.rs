@@ -13,8 +13,6 @@
 //! gets the error (503). Only found records are resurrected, and a read that
 //! finds the record gone drops it, so a revoked key is never brought back.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,11 +20,10 @@ use apikey::{KeyRecord, Selector};
 use moka::Expiry;
 use moka::future::Cache;
 
+use crate::boxed_future::BoxFuture;
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, ReadResult};
 use crate::vault::{Vault, VaultError};
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where records come from: Vault in production, a map in tests.
 pub trait RecordSource: Send + Sync + 'static {

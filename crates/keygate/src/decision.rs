@@ -9,101 +9,9 @@ use tracing::{debug, warn};
 
 use crate::cache::RecordCache;
 use crate::metrics::Metrics;
+use crate::outcome::{Outcome, Reason};
+use crate::protocol::Protocol;
 use crate::routes::Routes;
-
-/// Which front door a request came through, for metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    Http,
-}
-
-impl Protocol {
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::Http => "http",
-        }
-    }
-}
-
-/// Why a request is denied. The code is what clients see in
-/// `x-keyrig-reason`, the JSON body and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Missing,
-    Malformed,
-    Unknown,
-    Mismatch,
-    Expired,
-    WrongGroup,
-    NoRoute,
-    VaultUnavailable,
-    CorruptRecord,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 9] = [
-        Reason::Missing,
-        Reason::Malformed,
-        Reason::Unknown,
-        Reason::Mismatch,
-        Reason::Expired,
-        Reason::WrongGroup,
-        Reason::NoRoute,
-        Reason::VaultUnavailable,
-        Reason::CorruptRecord,
-    ];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            Reason::Missing => "missing",
-            Reason::Malformed => "malformed",
-            Reason::Unknown => "unknown",
-            Reason::Mismatch => "mismatch",
-            Reason::Expired => "expired",
-            Reason::WrongGroup => "wrong-group",
-            Reason::NoRoute => "no-route",
-            Reason::VaultUnavailable => "vault-unavailable",
-            Reason::CorruptRecord => "corrupt-record",
-        }
-    }
-
-    /// 401: the credential is the problem. 403: the credential may be fine,
-    /// but not for this path. 503: keygate could not tell, so it refuses.
-    pub fn http_status(self) -> u16 {
-        match self {
-            Reason::NoRoute | Reason::WrongGroup => 403,
-            Reason::VaultUnavailable => 503,
-            Reason::Missing
-            | Reason::Malformed
-            | Reason::Unknown
-            | Reason::Mismatch
-            | Reason::Expired
-            | Reason::CorruptRecord => 401,
-        }
-    }
-
-    /// `{"reason":"<code>"}`.
-    pub fn json_body(self) -> String {
-        serde_json::json!({ "reason": self.code() }).to_string()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Allow { owner: String, group: String },
-    Deny(Reason),
-}
-
-impl Outcome {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Outcome::Allow { .. } => "allow",
-            Outcome::Deny(reason) => reason.code(),
-        }
-    }
-}
 
 /// The `x-api-key` header as the request carried it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,31 +373,5 @@ mod tests {
             }
         );
         assert_eq!(f.source.reads.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn reasons_map_to_statuses_and_bodies() {
-        let statuses: Vec<(&str, u16)> = Reason::ALL
-            .iter()
-            .map(|r| (r.code(), r.http_status()))
-            .collect();
-        assert_eq!(
-            statuses,
-            [
-                ("missing", 401),
-                ("malformed", 401),
-                ("unknown", 401),
-                ("mismatch", 401),
-                ("expired", 401),
-                ("wrong-group", 403),
-                ("no-route", 403),
-                ("vault-unavailable", 503),
-                ("corrupt-record", 401),
-            ]
-        );
-        assert_eq!(
-            Reason::WrongGroup.json_body(),
-            r#"{"reason":"wrong-group"}"#
-        );
     }
 }

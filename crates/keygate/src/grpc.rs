@@ -11,8 +11,10 @@ use envoy_types::ext_authz::v3::{
 };
 use tonic::{Code, Request, Response, Status};
 
-use crate::decision::{Outcome, Presented, Protocol, Reason, Validator};
+use crate::decision::{Presented, Validator};
 use crate::http::{API_KEY_HEADER, GROUP_HEADER, OWNER_HEADER, REASON_HEADER};
+use crate::outcome::{Outcome, Reason};
+use crate::protocol::Protocol;
 
 pub struct ExtAuthz {
     validator: Arc<Validator>,

@@ -14,8 +14,10 @@ use axum::routing::{any, get};
 use serde_json::json;
 use tracing::debug;
 
-use crate::cache::BoxFuture;
-use crate::decision::{Outcome, Presented, Protocol, Validator};
+use crate::boxed_future::BoxFuture;
+use crate::decision::{Presented, Validator};
+use crate::outcome::Outcome;
+use crate::protocol::Protocol;
 use crate::vault::{Readiness, Vault};
 
 pub const API_KEY_HEADER: &str = "x-api-key";

@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime};
 use apikey::{KeyRecord, Selector};
 use tracing::{info, warn};
 
-use crate::cache::{BoxFuture, RecordSource};
+use crate::boxed_future::BoxFuture;
+use crate::cache::RecordSource;
 use crate::vault::VaultError;
 
 /// The parsed content of one keys file: selector -> hex hash.

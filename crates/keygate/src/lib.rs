@@ -2,6 +2,7 @@
 //! ext_authz (gRPC) and HTTP forward-auth gateways. See ARCHITECTURE.md for
 //! where each concept lives.
 
+pub mod boxed_future;
 pub mod cache;
 pub mod config;
 pub mod decision;
@@ -9,6 +10,8 @@ pub mod grpc;
 pub mod http;
 pub mod keys_file;
 pub mod metrics;
+pub mod outcome;
+pub mod protocol;
 pub mod refs;
 pub mod routes;
 pub mod vault;

@@ -181,7 +181,7 @@ pub trait RefSource: Send + Sync + 'static {
         mount: &'a str,
         path: &'a str,
         key: &'a str,
-    ) -> crate::cache::BoxFuture<'a, Fetched>;
+    ) -> crate::boxed_future::BoxFuture<'a, Fetched>;
 }
 
 /// `upstream_headers:` values: plain strings, or references resolved by

@@ -553,7 +553,7 @@ impl crate::refs::RefSource for Vault {
         mount: &'a str,
         path: &'a str,
         key: &'a str,
-    ) -> crate::cache::BoxFuture<'a, crate::refs::Fetched> {
+    ) -> crate::boxed_future::BoxFuture<'a, crate::refs::Fetched> {
         Box::pin(self.read_field(mount, path, key))
     }
 }
