@@ -10,8 +10,12 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::{Duration as TimeDelta, OffsetDateTime};
 
-const GROUP: &str = "animal-rescue-api";
-const OTHER_GROUP: &str = "billing-api";
+/// The assertion group these cases are recorded under: this file's name,
+/// and the word `cargo xtask e2e --filter` takes for them.
+const ASSERTION_GROUP: &str = "api_keys";
+
+const API_GROUP: &str = "animal-rescue-api";
+const OTHER_API_GROUP: &str = "billing-api";
 
 #[rstest]
 #[tokio::test]
@@ -20,14 +24,17 @@ async fn valid_key_reaches_upstream_with_owner_and_group(
 ) {
     let Some((_case, gw)) = case_on(
         gateway,
-        "api_keys",
+        ASSERTION_GROUP,
         "valid_key_reaches_upstream_with_owner_and_group",
     ) else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
-    let reply = gw.get(&api_path(GROUP), Some(key.expose())).await.unwrap();
+    let reply = gw
+        .get(&api_path(API_GROUP), Some(key.expose()))
+        .await
+        .unwrap();
 
     assert_eq!(
         reply.status, 200,
@@ -39,7 +46,7 @@ async fn valid_key_reaches_upstream_with_owner_and_group(
         reply.upstream_header("x-keyrig-owner").unwrap_or(""),
         expected_owner("e2e-owner")
     );
-    assert_eq!(reply.upstream_header("x-keyrig-group"), Some(GROUP));
+    assert_eq!(reply.upstream_header("x-keyrig-group"), Some(API_GROUP));
 }
 
 #[rstest]
@@ -47,13 +54,14 @@ async fn valid_key_reaches_upstream_with_owner_and_group(
 async fn header_name_is_case_insensitive(
     #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
 ) {
-    let Some((_case, gw)) = case_on(gateway, "api_keys", "header_name_is_case_insensitive") else {
+    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "header_name_is_case_insensitive")
+    else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
     // reqwest lowercases header names, so write the request by hand.
     let reply = gw
-        .raw_get(&api_path(GROUP), &[("X-API-Key", key.expose())])
+        .raw_get(&api_path(API_GROUP), &[("X-API-Key", key.expose())])
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "X-API-Key was not honoured: {reply:?}");
@@ -75,14 +83,14 @@ async fn refused_keys(
     #[case] reason: &str,
     #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
 ) {
-    let Some((_case, gw)) = case_on(gateway, "api_keys", &format!("refused_{name}")) else {
+    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, &format!("refused_{name}")) else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
     let presented = mangle.map(|m| m.apply(key.expose()));
 
     let reply = gw
-        .get(&api_path(GROUP), presented.as_deref())
+        .get(&api_path(API_GROUP), presented.as_deref())
         .await
         .unwrap();
 
@@ -121,15 +129,15 @@ async fn key_of_one_group_is_forbidden_on_another(
 ) {
     let Some((_case, gw)) = case_on(
         gateway,
-        "api_keys",
+        ASSERTION_GROUP,
         "key_of_one_group_is_forbidden_on_another",
     ) else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
     let reply = gw
-        .get(&api_path(OTHER_GROUP), Some(key.expose()))
+        .get(&api_path(OTHER_API_GROUP), Some(key.expose()))
         .await
         .unwrap();
 
@@ -144,10 +152,10 @@ async fn key_of_one_group_is_forbidden_on_another(
 async fn path_of_no_api_is_forbidden(
     #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
 ) {
-    let Some((_case, gw)) = case_on(gateway, "api_keys", "path_of_no_api_is_forbidden") else {
+    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "path_of_no_api_is_forbidden") else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
     let reply = gw
         .get("/no-such-api/anything", Some(key.expose()))
@@ -167,17 +175,17 @@ async fn revoked_key_is_refused_once_the_cache_expires(
 ) {
     let Some((_case, gw)) = case_on(
         gateway,
-        "api_keys",
+        ASSERTION_GROUP,
         "revoked_key_is_refused_once_the_cache_expires",
     ) else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
-    let path = api_path(GROUP);
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+    let path = api_path(API_GROUP);
     assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
 
     // Revocation in the portal's scheme: delete the secret, all versions.
-    revoke_key(GROUP, &key).await.unwrap();
+    revoke_key(API_GROUP, &key).await.unwrap();
 
     rig::base::wait::wait_until(
         "the revoked key to be refused",
@@ -201,25 +209,25 @@ async fn expired_key_is_refused_and_unexpired_accepted(
 ) {
     let Some((_case, gw)) = case_on(
         gateway,
-        "api_keys",
+        ASSERTION_GROUP,
         "expired_key_is_refused_and_unexpired_accepted",
     ) else {
         return;
     };
     let now = OffsetDateTime::now_utc();
-    let expired = issue_key(GROUP, |r| r.with_expiry(now - TimeDelta::minutes(1)))
+    let expired = issue_key(API_GROUP, |r| r.with_expiry(now - TimeDelta::minutes(1)))
         .await
         .unwrap();
-    let current = issue_key(GROUP, |r| r.with_expiry(now + TimeDelta::hours(1)))
+    let current = issue_key(API_GROUP, |r| r.with_expiry(now + TimeDelta::hours(1)))
         .await
         .unwrap();
 
     let refused = gw
-        .get(&api_path(GROUP), Some(expired.expose()))
+        .get(&api_path(API_GROUP), Some(expired.expose()))
         .await
         .unwrap();
     let accepted = gw
-        .get(&api_path(GROUP), Some(current.expose()))
+        .get(&api_path(API_GROUP), Some(current.expose()))
         .await
         .unwrap();
 
@@ -254,7 +262,7 @@ async fn key_written_by_plain_http_in_the_documented_format_is_accepted(
 ) {
     let Some((_case, gw)) = case_on(
         gateway,
-        "api_keys",
+        ASSERTION_GROUP,
         "key_written_by_plain_http_in_the_documented_format_is_accepted",
     ) else {
         return;
@@ -264,7 +272,7 @@ async fn key_written_by_plain_http_in_the_documented_format_is_accepted(
     let (selector, verifier) = key.split_at(32);
     let hash = hex::encode(Sha256::digest(verifier.as_bytes()));
     let portal = portal_token().await.unwrap();
-    let path = format!("{}/data/{GROUP}/{selector}", env().kv_mount);
+    let path = format!("{}/data/{API_GROUP}/{selector}", env().kv_mount);
     let written = vault(
         "POST",
         &path,
@@ -274,9 +282,9 @@ async fn key_written_by_plain_http_in_the_documented_format_is_accepted(
     .await
     .unwrap();
     assert_eq!(written.status, 200, "{:?}", written.body);
-    await_delivery(GROUP, &key).await.unwrap();
+    await_delivery(API_GROUP, &key).await.unwrap();
 
-    let reply = gw.get(&api_path(GROUP), Some(&key)).await.unwrap();
+    let reply = gw.get(&api_path(API_GROUP), Some(&key)).await.unwrap();
 
     assert_eq!(reply.status, 200, "refused: {:?}", reply.reason);
     assert_eq!(

@@ -4,6 +4,10 @@
 use keyrig_e2e::*;
 use rstest::rstest;
 
+/// The assertion group these cases are recorded under: this file's name,
+/// and the word `cargo xtask e2e --filter` takes for them.
+const ASSERTION_GROUP: &str = "environments";
+
 fn environments() -> &'static rig::contract::environments::Environments {
     env()
         .environments
@@ -18,7 +22,7 @@ fn environments() -> &'static rig::contract::environments::Environments {
 #[tokio::test]
 async fn a_role_reads_its_environment_and_gets_403_on_the_others(#[case] own: &str) {
     let Some(_case) = case_with_section(
-        "environments",
+        ASSERTION_GROUP,
         &format!("role_of_{own}_is_confined_to_{own}"),
         "environments",
         env().environments.is_some(),

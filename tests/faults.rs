@@ -37,15 +37,18 @@ mod faults {
     use rig::vault::client::Secret;
     use serde_json::{Value, json};
 
-    fn case(name: &str) -> CaseGuard {
-        CaseGuard::start(GROUP, name)
+    /// A case of this group, by its name alone.
+    fn fault_case(name: &str) -> CaseGuard {
+        CaseGuard::start(ASSERTION_GROUP, name)
     }
 
     /// The options for an owned environment, or `None` after marking the case
     /// skipped with the reason: the group runs in another mode of this run
     /// (`rig::contract::once`), or a binary is missing.
     fn options_or_skip(case: &mut CaseGuard) -> Option<LocalOptions> {
-        if let Some(reason) = rig::contract::once::skip_reason(GROUP, run_mode().as_deref()) {
+        if let Some(reason) =
+            rig::contract::once::skip_reason(ASSERTION_GROUP, run_mode().as_deref())
+        {
             eprintln!("skipped: {reason}");
             case.skip(reason);
             return None;
@@ -68,7 +71,7 @@ mod faults {
     /// 1. Vault killed while valid and invalid keys keep coming.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn vault_outage_fails_closed_resurrects_then_recovers() {
-        let mut case = case("vault_outage_fails_closed_resurrects_then_recovers");
+        let mut case = fault_case("vault_outage_fails_closed_resurrects_then_recovers");
         let Some(mut opts) = options_or_skip(&mut case) else {
             return;
         };
@@ -195,7 +198,7 @@ mod faults {
     /// 2. Seal -> 503 for what is not cached; unseal -> recovers, nothing lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sealed_vault_answers_503_and_unseal_recovers_with_data_kept() {
-        let mut case = case("sealed_vault_answers_503_and_unseal_recovers_with_data_kept");
+        let mut case = fault_case("sealed_vault_answers_503_and_unseal_recovers_with_data_kept");
         let Some(mut opts) = options_or_skip(&mut case) else {
             return;
         };
@@ -276,7 +279,7 @@ mod faults {
     /// while requests keep coming: none may fail.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn token_expiry_three_times_loses_no_request() {
-        let mut case = case("token_expiry_three_times_loses_no_request");
+        let mut case = fault_case("token_expiry_three_times_loses_no_request");
         let Some(mut opts) = options_or_skip(&mut case) else {
             return;
         };
@@ -341,7 +344,7 @@ mod faults {
     /// (failure_mode_allow: false): the gap denies, never allows.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keygate_restart_under_load_denies_in_the_gap_then_serves() {
-        let mut case = case("keygate_restart_under_load_denies_in_the_gap_then_serves");
+        let mut case = fault_case("keygate_restart_under_load_denies_in_the_gap_then_serves");
         let Some(opts) = options_or_skip(&mut case) else {
             return;
         };
@@ -437,7 +440,7 @@ mod faults {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bao_agent_restart_keeps_last_good_data_and_catches_up() {
         const NAME: &str = "bao_agent_restart_keeps_last_good_data_and_catches_up";
-        let mut case = case(NAME);
+        let mut case = fault_case(NAME);
         let mode = run_mode();
         if mode.as_deref() != Some(Mode::ExternalSecret.as_str()) {
             let reason = format!(
@@ -625,7 +628,7 @@ mod faults {
         const NAME: &str = "hostile_requests_are_refused_without_a_vault_read";
         // The whole test (environment, every gateway); each gateway also
         // records its own case below.
-        let mut all = case(NAME);
+        let mut all = fault_case(NAME);
         let Some(mut opts) = options_or_skip(&mut all) else {
             return;
         };
@@ -638,7 +641,7 @@ mod faults {
         let mut passed = Vec::new();
         for kind in rig::contract::gateways::GatewayKind::ALL {
             let gateway = kind.name();
-            let mut case = CaseGuard::start_on(GROUP, NAME, gateway);
+            let mut case = CaseGuard::start_on(ASSERTION_GROUP, NAME, gateway);
             let Some(url) = env.env().gateways.get(gateway) else {
                 case.skip(keyrig_e2e::not_run_reason(env.env(), gateway));
                 continue;
@@ -677,7 +680,7 @@ mod faults {
     /// a policy Vault rejects), naming file, field and fix; nothing is left running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_scenario_input_fails_early_and_leaves_nothing_running() {
-        let mut case = case("bad_scenario_input_fails_early_and_leaves_nothing_running");
+        let mut case = fault_case("bad_scenario_input_fails_early_and_leaves_nothing_running");
         let Some(opts) = options_or_skip(&mut case) else {
             return;
         };

@@ -5,7 +5,11 @@
 use keyrig_e2e::*;
 use rstest::rstest;
 
-const GROUP: &str = "animal-rescue-api";
+/// The assertion group these cases are recorded under: this file's name,
+/// and the word `cargo xtask e2e --filter` takes for them.
+const ASSERTION_GROUP: &str = "gateways";
+
+const API_GROUP: &str = "animal-rescue-api";
 
 /// What one gateway does, as README's compatibility table says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +66,16 @@ async fn client_supplied_keyrig_headers_never_reach_the_upstream(
 ) {
     let Some((_case, gw)) = case_on(
         gateway,
-        "gateways",
+        ASSERTION_GROUP,
         "client_supplied_keyrig_headers_never_reach_the_upstream",
     ) else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
     let reply = gw
         .get_with(
-            &api_path(GROUP),
+            &api_path(API_GROUP),
             &[
                 ("x-api-key", key.expose()),
                 ("x-keyrig-owner", "mallory"),
@@ -91,7 +95,7 @@ async fn client_supplied_keyrig_headers_never_reach_the_upstream(
             reply.upstream_header("x-keyrig-owner"),
             reply.upstream_header("x-keyrig-group")
         ),
-        (Some("e2e-owner"), Some(GROUP)),
+        (Some("e2e-owner"), Some(API_GROUP)),
         "{gateway} let the client's x-keyrig-* through"
     );
 }
@@ -105,15 +109,15 @@ async fn denial_reaches_the_client_with_status_and_reason(
 ) {
     let Some((_case, gw)) = case_on(
         gateway,
-        "gateways",
+        ASSERTION_GROUP,
         "denial_reaches_the_client_with_status_and_reason",
     ) else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
     let wrong = format!("{}{}", &key.expose()[..32], "0".repeat(32));
 
-    let reply = gw.get(&api_path(GROUP), Some(&wrong)).await.unwrap();
+    let reply = gw.get(&api_path(API_GROUP), Some(&wrong)).await.unwrap();
 
     assert_eq!(
         (reply.status, reply.reason.as_deref()),
@@ -135,12 +139,16 @@ async fn denial_reaches_the_client_with_status_and_reason(
 async fn api_key_header_and_the_upstream(
     #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
 ) {
-    let Some((_case, gw)) = case_on(gateway, "gateways", "api_key_header_and_the_upstream") else {
+    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "api_key_header_and_the_upstream")
+    else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
-    let reply = gw.get(&api_path(GROUP), Some(key.expose())).await.unwrap();
+    let reply = gw
+        .get(&api_path(API_GROUP), Some(key.expose()))
+        .await
+        .unwrap();
 
     assert_eq!(
         reply.status, 200,
@@ -162,12 +170,12 @@ async fn api_key_header_and_the_upstream(
 async fn dot_segments_in_the_path(
     #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
 ) {
-    let Some((_case, gw)) = case_on(gateway, "gateways", "dot_segments_in_the_path") else {
+    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "dot_segments_in_the_path") else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
     let billing = env().route("billing-api").unwrap();
-    let target = format!("{billing}..{}", api_path(GROUP));
+    let target = format!("{billing}..{}", api_path(API_GROUP));
 
     let reply = gw
         .raw_get(&target, &[("x-api-key", key.expose())])
@@ -195,13 +203,13 @@ async fn dot_segments_never_open_another_groups_api(
 ) {
     let Some((_case, gw)) = case_on(
         gateway,
-        "gateways",
+        ASSERTION_GROUP,
         "dot_segments_never_open_another_groups_api",
     ) else {
         return;
     };
-    let key = issue_key(GROUP, |r| r).await.unwrap();
-    let animals = env().route(GROUP).unwrap();
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+    let animals = env().route(API_GROUP).unwrap();
     let target = format!("{animals}..{}", api_path("billing-api"));
 
     let reply = gw
@@ -211,7 +219,7 @@ async fn dot_segments_never_open_another_groups_api(
 
     assert!(
         matches!(reply.status, 400 | 401 | 403 | 404),
-        "{gateway} answered {} for GET {target} with an {GROUP} key: {}",
+        "{gateway} answered {} for GET {target} with an {API_GROUP} key: {}",
         reply.status,
         reply.body
     );

@@ -22,7 +22,7 @@ use rig::base::wait::{Probe, wait_until};
 use rig::contract::env::KubeEnvironment;
 use serde_json::json;
 
-const GROUP: &str = "k8s";
+const ASSERTION_GROUP: &str = "k8s";
 const NEEDS_CLUSTER: &str = "needs the kind or cluster profile (Docker)";
 const API_GROUP: &str = "animal-rescue-api";
 
@@ -100,7 +100,7 @@ async fn secret_data(
 
 #[tokio::test]
 async fn external_secret_is_ready_and_synced() {
-    let mut case = case(GROUP, "external_secret_is_ready_and_synced");
+    let mut case = case(ASSERTION_GROUP, "external_secret_is_ready_and_synced");
     let Some((client, kube)) = cluster(&mut case).await else {
         return;
     };
@@ -122,7 +122,7 @@ async fn external_secret_is_ready_and_synced() {
 #[tokio::test]
 async fn synced_secret_has_exactly_the_mapped_keys_and_values() {
     let mut case = case(
-        GROUP,
+        ASSERTION_GROUP,
         "synced_secret_has_exactly_the_mapped_keys_and_values",
     );
     let Some((client, kube)) = cluster(&mut case).await else {
@@ -169,7 +169,10 @@ async fn synced_secret_has_exactly_the_mapped_keys_and_values() {
 
 #[tokio::test]
 async fn synced_secret_is_owned_by_the_external_secret() {
-    let mut case = case(GROUP, "synced_secret_is_owned_by_the_external_secret");
+    let mut case = case(
+        ASSERTION_GROUP,
+        "synced_secret_is_owned_by_the_external_secret",
+    );
     let Some((client, kube)) = cluster(&mut case).await else {
         return;
     };
@@ -196,7 +199,7 @@ async fn synced_secret_is_owned_by_the_external_secret() {
 /// keygate restarts and must log in with the new one for keys to pass.
 #[tokio::test]
 async fn rotated_secret_id_reaches_the_gateway() {
-    let mut case = case(GROUP, "rotated_secret_id_reaches_the_gateway");
+    let mut case = case(ASSERTION_GROUP, "rotated_secret_id_reaches_the_gateway");
     let Some((client, kube)) = cluster(&mut case).await else {
         return;
     };
@@ -345,7 +348,10 @@ async fn may(client: &Client, sa_namespace: &str, sa: &str, verb: &str, namespac
 
 #[tokio::test]
 async fn keygate_sa_reads_secrets_only_in_its_namespace() {
-    let mut case = case(GROUP, "keygate_sa_reads_secrets_only_in_its_namespace");
+    let mut case = case(
+        ASSERTION_GROUP,
+        "keygate_sa_reads_secrets_only_in_its_namespace",
+    );
     let Some((client, kube)) = cluster(&mut case).await else {
         return;
     };
@@ -369,7 +375,10 @@ async fn keygate_sa_reads_secrets_only_in_its_namespace() {
 
 #[tokio::test]
 async fn keygate_sa_may_not_create_or_delete_secrets() {
-    let mut case = case(GROUP, "keygate_sa_may_not_create_or_delete_secrets");
+    let mut case = case(
+        ASSERTION_GROUP,
+        "keygate_sa_may_not_create_or_delete_secrets",
+    );
     let Some((client, kube)) = cluster(&mut case).await else {
         return;
     };
@@ -415,7 +424,10 @@ async fn kubernetes_login(kube: &KubeEnvironment, role: &str, jwt: String) -> (u
 
 #[tokio::test]
 async fn vault_login_with_a_wrong_service_account_is_denied() {
-    let mut case = case(GROUP, "vault_login_with_a_wrong_service_account_is_denied");
+    let mut case = case(
+        ASSERTION_GROUP,
+        "vault_login_with_a_wrong_service_account_is_denied",
+    );
     let Some((client, kube)) = cluster(&mut case).await else {
         return;
     };
@@ -438,7 +450,10 @@ async fn vault_login_with_a_wrong_service_account_is_denied() {
 
 #[tokio::test]
 async fn vault_login_from_a_wrong_namespace_is_denied() {
-    let mut case = case(GROUP, "vault_login_from_a_wrong_namespace_is_denied");
+    let mut case = case(
+        ASSERTION_GROUP,
+        "vault_login_from_a_wrong_namespace_is_denied",
+    );
     let Some((client, kube)) = cluster(&mut case).await else {
         return;
     };

@@ -10,26 +10,34 @@ use keyrig_e2e::*;
 use rig::base::wait::Probe;
 use rig::contract::rotation::RotationRecord;
 
-const GROUP: &str = "animal-rescue-api";
+/// The assertion group these cases are recorded under: this file's name,
+/// and the word `cargo xtask e2e --filter` takes for them.
+const ASSERTION_GROUP: &str = "keys_file_rotation";
+
+const API_GROUP: &str = "animal-rescue-api";
 
 #[tokio::test]
 async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
     let mut case = CaseGuard::start(
-        "rotation",
+        ASSERTION_GROUP,
         "keys_file_new_key_lands_and_revoked_key_goes_within_the_render_interval",
     );
     let Some(side) = env().keys_file.clone() else {
         case.skip("this environment runs no keys-file gateway (env.json has no keys_file)");
         return;
     };
-    let path = api_path(GROUP);
+    let path = api_path(API_GROUP);
     let deadline = render_deadline();
 
     let key = apikey::ApiKey::generate();
     let written = Instant::now();
-    store_record(GROUP, &key, &apikey::KeyRecord::for_key(&key, "rotation"))
-        .await
-        .unwrap();
+    store_record(
+        API_GROUP,
+        &key,
+        &apikey::KeyRecord::for_key(&key, "rotation"),
+    )
+    .await
+    .unwrap();
     rig::base::wait::wait_until(
         "the new key to be accepted at the keys-file gateway",
         deadline,
@@ -51,7 +59,7 @@ async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
     .unwrap();
 
     let deleted_at = Instant::now();
-    revoke_key(GROUP, &key).await.unwrap();
+    revoke_key(API_GROUP, &key).await.unwrap();
     rig::base::wait::wait_until(
         "the revoked key to be refused at the keys-file gateway",
         deadline,
@@ -106,15 +114,18 @@ async fn until_keys_file_answers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_file_rotations_under_load_fail_no_request() {
-    let mut case = CaseGuard::start("rotation", "keys_file_rotations_under_load_fail_no_request");
+    let mut case = CaseGuard::start(
+        ASSERTION_GROUP,
+        "keys_file_rotations_under_load_fail_no_request",
+    );
     let Some(side) = env().keys_file.clone() else {
         case.skip("this environment runs no keys-file gateway (env.json has no keys_file)");
         return;
     };
-    let path = api_path(GROUP);
+    let path = api_path(API_GROUP);
     let steady = apikey::ApiKey::generate();
     store_record(
-        GROUP,
+        API_GROUP,
         &steady,
         &apikey::KeyRecord::for_key(&steady, "steady"),
     )
@@ -142,11 +153,16 @@ async fn keys_file_rotations_under_load_fail_no_request() {
             // A new key lands while the render loop rewrites the file under
             // the load's feet; then it is revoked and must go.
             let key = apikey::ApiKey::generate();
-            store_record(GROUP, &key, &apikey::KeyRecord::for_key(&key, "rotation")).await?;
+            store_record(
+                API_GROUP,
+                &key,
+                &apikey::KeyRecord::for_key(&key, "rotation"),
+            )
+            .await?;
             let new =
                 until_keys_file_answers(&side.gateway_url, &path, &key, 200, "the new key to land")
                     .await?;
-            revoke_key(GROUP, &key).await?;
+            revoke_key(API_GROUP, &key).await?;
             let revoked = until_keys_file_answers(
                 &side.gateway_url,
                 &path,

@@ -5,8 +5,12 @@ use keyrig_e2e::*;
 use rstest::rstest;
 use serde_json::{Value, json};
 
-const GROUP: &str = "animal-rescue-api";
-const OTHER_GROUP: &str = "billing-api";
+/// The assertion group these cases are recorded under: this file's name,
+/// and the word `cargo xtask e2e --filter` takes for them.
+const ASSERTION_GROUP: &str = "rbac";
+
+const API_GROUP: &str = "animal-rescue-api";
+const OTHER_API_GROUP: &str = "billing-api";
 
 fn record() -> Option<Value> {
     Some(json!({"data": {"key": "0".repeat(64), "owner": "rbac"}}))
@@ -19,28 +23,33 @@ fn selector() -> String {
 
 #[tokio::test]
 async fn api_portal_role_manages_keys() {
-    let _case = case("rbac", "api_portal_role_manages_keys");
+    let _case = case(ASSERTION_GROUP, "api_portal_role_manages_keys");
     let portal = login_as("api-portal").await.unwrap();
     let sel = selector();
 
-    let create = vault("POST", &kv_path("data", GROUP, &sel), &portal, record())
+    let create = vault("POST", &kv_path("data", API_GROUP, &sel), &portal, record())
         .await
         .unwrap();
-    let read = vault("GET", &kv_path("data", GROUP, &sel), &portal, None)
+    let read = vault("GET", &kv_path("data", API_GROUP, &sel), &portal, None)
         .await
         .unwrap();
     let list = vault(
         "LIST",
-        &format!("{}/metadata/{GROUP}", env().kv_mount),
+        &format!("{}/metadata/{API_GROUP}", env().kv_mount),
         &portal,
         None,
     )
     .await
     .unwrap();
-    let delete = vault("DELETE", &kv_path("metadata", GROUP, &sel), &portal, None)
-        .await
-        .unwrap();
-    let gone = vault("GET", &kv_path("data", GROUP, &sel), &portal, None)
+    let delete = vault(
+        "DELETE",
+        &kv_path("metadata", API_GROUP, &sel),
+        &portal,
+        None,
+    )
+    .await
+    .unwrap();
+    let gone = vault("GET", &kv_path("data", API_GROUP, &sel), &portal, None)
         .await
         .unwrap();
 
@@ -69,16 +78,16 @@ async fn gateway_role_cannot_change_keys(
     #[case] method: &str,
     #[case] kind: &str,
 ) {
-    let _case = case("rbac", &format!("gateway_role_cannot_{name}"));
+    let _case = case(ASSERTION_GROUP, &format!("gateway_role_cannot_{name}"));
     let portal = portal_token().await.unwrap();
     let gateway = login_as("gateway").await.unwrap();
     let sel = selector();
-    vault("POST", &kv_path("data", GROUP, &sel), &portal, record())
+    vault("POST", &kv_path("data", API_GROUP, &sel), &portal, record())
         .await
         .unwrap();
 
     let body = if method == "DELETE" { None } else { record() };
-    let reply = vault(method, &kv_path(kind, GROUP, &sel), &gateway, body)
+    let reply = vault(method, &kv_path(kind, API_GROUP, &sel), &gateway, body)
         .await
         .unwrap();
 
@@ -91,10 +100,10 @@ async fn gateway_role_cannot_change_keys(
 
 #[tokio::test]
 async fn gateway_role_reads_and_lists_every_group() {
-    let _case = case("rbac", "gateway_role_reads_and_lists_every_group");
+    let _case = case(ASSERTION_GROUP, "gateway_role_reads_and_lists_every_group");
     let portal = portal_token().await.unwrap();
     let gateway = login_as("gateway").await.unwrap();
-    for group in [GROUP, OTHER_GROUP] {
+    for group in [API_GROUP, OTHER_API_GROUP] {
         let sel = selector();
         vault("POST", &kv_path("data", group, &sel), &portal, record())
             .await
@@ -118,39 +127,47 @@ async fn gateway_role_reads_and_lists_every_group() {
 
 #[tokio::test]
 async fn group_scoped_gateway_role_reads_only_its_group() {
-    let _case = case("rbac", "group_scoped_gateway_role_reads_only_its_group");
+    let _case = case(
+        ASSERTION_GROUP,
+        "group_scoped_gateway_role_reads_only_its_group",
+    );
     let portal = portal_token().await.unwrap();
-    let scoped = login_as(&format!("gateway-{GROUP}")).await.unwrap();
+    let scoped = login_as(&format!("gateway-{API_GROUP}")).await.unwrap();
     let (own, other) = (selector(), selector());
-    vault("POST", &kv_path("data", GROUP, &own), &portal, record())
+    vault("POST", &kv_path("data", API_GROUP, &own), &portal, record())
         .await
         .unwrap();
     vault(
         "POST",
-        &kv_path("data", OTHER_GROUP, &other),
+        &kv_path("data", OTHER_API_GROUP, &other),
         &portal,
         record(),
     )
     .await
     .unwrap();
 
-    let own_read = vault("GET", &kv_path("data", GROUP, &own), &scoped, None)
+    let own_read = vault("GET", &kv_path("data", API_GROUP, &own), &scoped, None)
         .await
         .unwrap();
     let own_list = vault(
         "LIST",
-        &format!("{}/metadata/{GROUP}", env().kv_mount),
+        &format!("{}/metadata/{API_GROUP}", env().kv_mount),
         &scoped,
         None,
     )
     .await
     .unwrap();
-    let other_read = vault("GET", &kv_path("data", OTHER_GROUP, &other), &scoped, None)
-        .await
-        .unwrap();
+    let other_read = vault(
+        "GET",
+        &kv_path("data", OTHER_API_GROUP, &other),
+        &scoped,
+        None,
+    )
+    .await
+    .unwrap();
     let other_list = vault(
         "LIST",
-        &format!("{}/metadata/{OTHER_GROUP}", env().kv_mount),
+        &format!("{}/metadata/{OTHER_API_GROUP}", env().kv_mount),
         &scoped,
         None,
     )
@@ -163,7 +180,10 @@ async fn group_scoped_gateway_role_reads_only_its_group() {
 
 #[tokio::test]
 async fn keygate_token_carries_only_the_gateway_policy() {
-    let _case = case("rbac", "keygate_token_carries_only_the_gateway_policy");
+    let _case = case(
+        ASSERTION_GROUP,
+        "keygate_token_carries_only_the_gateway_policy",
+    );
     let ready = keygate_readyz().await.unwrap();
     let accessor = ready["vault_token_accessor"]
         .as_str()

@@ -26,7 +26,11 @@ use rig::local::secret_dir::SecretDir;
 use rig::vault::client::{Secret, VaultClient};
 use serde_json::{Value, json};
 
-const GROUP: &str = "animal-rescue-api";
+/// The assertion group these cases are recorded under: this file's name,
+/// and the word `cargo xtask e2e --filter` takes for them.
+const ASSERTION_GROUP: &str = "rotation";
+
+const API_GROUP: &str = "animal-rescue-api";
 /// Rotations of each kind in the under-load case.
 const LOAD_ROTATIONS: u32 = 3;
 /// Concurrent request loops in the under-load case.
@@ -151,7 +155,7 @@ fn ms(d: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_rotation_delivers_a_new_secret_id_and_retires_the_old() {
     let mut case = case(
-        "rotation",
+        ASSERTION_GROUP,
         "kv_rotation_delivers_a_new_secret_id_and_retires_the_old",
     );
     let Some(d) = delivery() else {
@@ -159,8 +163,8 @@ async fn kv_rotation_delivers_a_new_secret_id_and_retires_the_old() {
         return;
     };
     let _one = ONE_AT_A_TIME.lock().await;
-    let key = issue_key(GROUP, |r| r).await.unwrap();
-    let path = api_path(GROUP);
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+    let path = api_path(API_GROUP);
     assert_eq!(
         gateway_get(&path, Some(key.expose())).await.unwrap().status,
         200
@@ -200,13 +204,13 @@ async fn kv_rotation_delivers_a_new_secret_id_and_retires_the_old() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_rotation_new_key_accepted_and_revoked_key_refused() {
     let mut case = case(
-        "rotation",
+        ASSERTION_GROUP,
         "api_key_rotation_new_key_accepted_and_revoked_key_refused",
     );
     let mode = env().mode.clone().unwrap_or_else(|| "direct".into());
     let _one = ONE_AT_A_TIME.lock().await;
-    let path = api_path(GROUP);
-    let old = issue_key(GROUP, |r| r).await.unwrap();
+    let path = api_path(API_GROUP);
+    let old = issue_key(API_GROUP, |r| r).await.unwrap();
     // Cached by keygate now, as a key in use would be.
     assert_eq!(
         gateway_get(&path, Some(old.expose())).await.unwrap().status,
@@ -231,7 +235,7 @@ async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, D
     let new = apikey::ApiKey::generate();
     let record = apikey::KeyRecord::for_key(&new, "e2e-owner");
     let written = Instant::now();
-    store_record(GROUP, &new, &record).await?;
+    store_record(API_GROUP, &new, &record).await?;
     wait_until("the new key to be accepted", cache_deadline(), async || {
         let reply = gateway_get(path, Some(new.expose())).await?;
         Ok(match reply.status {
@@ -243,7 +247,7 @@ async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, D
     let issued = written.elapsed();
 
     let deleted_at = Instant::now();
-    revoke_key(GROUP, old).await?;
+    revoke_key(API_GROUP, old).await?;
     wait_until(
         "the revoked key to be refused",
         cache_deadline(),
@@ -264,14 +268,14 @@ async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotations_under_load_fail_no_request() {
-    let mut case = case("rotation", "rotations_under_load_fail_no_request");
+    let mut case = case(ASSERTION_GROUP, "rotations_under_load_fail_no_request");
     let Some(d) = delivery() else {
         case.skip("env.json has no `delivery`: this environment delivers no Secret to rotate");
         return;
     };
     let _one = ONE_AT_A_TIME.lock().await;
-    let path = api_path(GROUP);
-    let steady = issue_key(GROUP, |r| r).await.unwrap();
+    let path = api_path(API_GROUP);
+    let steady = issue_key(API_GROUP, |r| r).await.unwrap();
     assert_eq!(
         gateway_get(&path, Some(steady.expose()))
             .await
@@ -289,7 +293,7 @@ async fn rotations_under_load_fail_no_request() {
     let rotations = async {
         let mut kv = Vec::new();
         let mut keys = Vec::new();
-        let mut previous = issue_key(GROUP, |r| r).await?;
+        let mut previous = issue_key(API_GROUP, |r| r).await?;
         for n in 1..=LOAD_ROTATIONS {
             let propagation = rotate_secret_id(d).await?;
             save(&d.mode, "kv-secret-id-under-load", propagation, Some(n));
@@ -298,7 +302,7 @@ async fn rotations_under_load_fail_no_request() {
             save(&d.mode, "api-key-revoke-under-load", revoked, Some(n));
             keys.push((issued, revoked));
             // The next round revokes a key the gateway has accepted.
-            let next = issue_key(GROUP, |r| r).await?;
+            let next = issue_key(API_GROUP, |r| r).await?;
             let reply = gateway_get(&path, Some(next.expose())).await?;
             if reply.status != 200 {
                 bail!(
@@ -333,7 +337,7 @@ async fn rotations_under_load_fail_no_request() {
 
 #[tokio::test]
 async fn delivered_group_reaches_keygate() {
-    let mut case = case("rotation", "delivered_group_reaches_keygate");
+    let mut case = case(ASSERTION_GROUP, "delivered_group_reaches_keygate");
     let Some(d) = delivery() else {
         case.skip("env.json has no `delivery`");
         return;

@@ -29,7 +29,11 @@ use rig::local::tls_probe::{ServedCert, TlsProbe, first_certificate_der};
 use rig::vault::client::{Secret, VaultClient};
 use serde_json::Value;
 
-const GROUP: &str = "animal-rescue-api";
+/// The assertion group these cases are recorded under: this file's name,
+/// and the word `cargo xtask e2e --filter` takes for them.
+const ASSERTION_GROUP: &str = "tls";
+
+const API_GROUP: &str = "animal-rescue-api";
 /// Certificate rotations the rotation case waits for.
 const ROTATIONS: usize = 3;
 /// Request loops over TLS during the rotations (each request is a fresh
@@ -126,12 +130,15 @@ async fn envoy_counter(admin: &str, suffix: &str) -> Result<u64> {
 
 #[tokio::test]
 async fn tls_served_certificate_is_one_vault_issued() {
-    let mut case = case("rotation", "tls_served_certificate_is_one_vault_issued");
+    let mut case = case(
+        ASSERTION_GROUP,
+        "tls_served_certificate_is_one_vault_issued",
+    );
     let Some(tls) = tls() else {
         case.skip("env.json has no `tls`: this environment serves no TLS listener");
         return;
     };
-    if let Some(reason) = rig::contract::once::skip_reason("tls_", env().mode.as_deref()) {
+    if let Some(reason) = rig::contract::once::skip_reason(ASSERTION_GROUP, env().mode.as_deref()) {
         case.skip(reason);
         return;
     }
@@ -148,8 +155,8 @@ async fn tls_served_certificate_is_one_vault_issued() {
     );
 
     // Behind TLS the route still goes through keygate.
-    let key = issue_key(GROUP, |r| r).await.unwrap();
-    let path = api_path(GROUP);
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+    let path = api_path(API_GROUP);
     let ok = probe
         .get(&path, &[("x-api-key", key.expose())])
         .await
@@ -274,20 +281,20 @@ fn tls_load(tls: &TlsEnvironment, path: String, key: String) -> Load {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_rotated_certificates_are_served_without_restart_under_load() {
     let mut case = case(
-        "rotation",
+        ASSERTION_GROUP,
         "tls_rotated_certificates_are_served_without_restart_under_load",
     );
     let Some(tls) = tls() else {
         case.skip("env.json has no `tls`: this environment serves no TLS listener");
         return;
     };
-    if let Some(reason) = rig::contract::once::skip_reason("tls_", env().mode.as_deref()) {
+    if let Some(reason) = rig::contract::once::skip_reason(ASSERTION_GROUP, env().mode.as_deref()) {
         case.skip(reason);
         return;
     }
     let vault = root();
-    let path = api_path(GROUP);
-    let key = issue_key(GROUP, |r| r).await.unwrap();
+    let path = api_path(API_GROUP);
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
     let probe = probe(tls);
     let first = probe.served_certificate().await.unwrap();
     let reply = probe

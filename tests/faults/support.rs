@@ -18,7 +18,7 @@ use rig::local::{EchoCommand, LocalOptions, LocalRun};
 use rig::vault::client::{Secret, VaultClient};
 use serde_json::Value;
 
-pub const GROUP: &str = "faults";
+pub const ASSERTION_GROUP: &str = "faults";
 
 /// Where fault tests put their runs, so `target/rig/latest` stays the shared
 /// run; `cargo xtask down` looks here too.

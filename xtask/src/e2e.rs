@@ -115,6 +115,7 @@ pub(crate) struct E2eOutcome {
 pub(crate) fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     let profile = opts.profile;
     profile.require_local()?;
+    let selection = Selection::new(opts.filter.as_deref())?;
     stop_on_interrupt()?;
     let wall = Instant::now();
     let started_at = time::OffsetDateTime::now_utc();
@@ -145,8 +146,10 @@ pub(crate) fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     let mut command = Command::new(cargo());
     plain_output_unless_interactive(&mut command);
     command
-        .args(["test", "-p", "keyrig-e2e", "--no-fail-fast", "--"])
-        .args(&opts.filter)
+        .args(["test", "-p", "keyrig-e2e", "--no-fail-fast"])
+        .args(selection.cargo_args())
+        .arg("--")
+        .args(selection.name_filter())
         .args(opts.include_ignored.then_some("--include-ignored"))
         .env(rig::contract::env::ENV_FILE_VAR, run.run.env_file())
         .env(rig::contract::case::RUN_DIR_VAR, run.run.path())
@@ -163,7 +166,7 @@ pub(crate) fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     TEST_PID.store(child.id() as i32, Ordering::SeqCst);
     let mut status = child.wait().context("waiting for cargo test")?;
     TEST_PID.store(0, Ordering::SeqCst);
-    if let Some(keys_file_status) = keys_file_pass(&run, opts.filter.as_deref())?
+    if let Some(keys_file_status) = keys_file_pass(&run, &selection)?
         && !keys_file_status.success()
     {
         status = keys_file_status;
@@ -321,8 +324,15 @@ pub(crate) fn delivery_notes(env: &rig::contract::env::Environment) -> Vec<Strin
 /// both validation modes pass the same assertions.
 pub(crate) fn keys_file_pass(
     run: &rig::local::LocalRun,
-    filter: Option<&str>,
+    selection: &Selection,
 ) -> Result<Option<std::process::ExitStatus>> {
+    // The keys-file pass is the api_keys group again; another group named
+    // by --filter has nothing to run in it.
+    if let Selection::Group(group) = selection
+        && group != "api_keys"
+    {
+        return Ok(None);
+    }
     let view = rig::contract::env::Environment::keys_file_env_path(&run.run.env_file());
     if !view.is_file() {
         return Ok(None);
@@ -342,7 +352,7 @@ pub(crate) fn keys_file_pass(
             "api_keys",
             "--",
         ])
-        .args(filter)
+        .args(selection.name_filter())
         .env(rig::contract::env::ENV_FILE_VAR, &view)
         .env(rig::contract::case::RUN_DIR_VAR, run.run.path())
         .current_dir(rig::base::paths::workspace_root());
@@ -352,4 +362,47 @@ pub(crate) fn keys_file_pass(
     let status = child.wait().context("waiting for cargo test")?;
     TEST_PID.store(0, Ordering::SeqCst);
     Ok(Some(status))
+}
+
+/// What `--filter` selects: an assertion group by name (the e2e crate's
+/// `[[test]]` target, its file and its recorded group share it), else the
+/// tests whose names hold the word, as `cargo test` filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Selection {
+    All,
+    Group(String),
+    Names(String),
+}
+
+impl Selection {
+    pub(crate) fn new(filter: Option<&str>) -> Result<Self> {
+        let Some(word) = filter else {
+            return Ok(Selection::All);
+        };
+        let tests = rig::base::paths::workspace_root().join("tests");
+        let is_group = crate::scenarios::assertion_groups(&tests)?
+            .iter()
+            .any(|g| g.name == word);
+        Ok(if is_group {
+            Selection::Group(word.to_owned())
+        } else {
+            Selection::Names(word.to_owned())
+        })
+    }
+
+    /// cargo's arguments before `--`: the group's test target.
+    pub(crate) fn cargo_args(&self) -> Vec<String> {
+        match self {
+            Selection::Group(group) => vec!["--test".into(), group.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The test binaries' name filter.
+    pub(crate) fn name_filter(&self) -> Option<&str> {
+        match self {
+            Selection::Names(word) => Some(word),
+            _ => None,
+        }
+    }
 }

@@ -106,11 +106,14 @@ fn run_tests(
         "environment up in {}; running the e2e tests",
         rig::base::progress::secs(up_time)
     );
+    let selection = crate::e2e::Selection::new(filter)?;
     let tests_started = Instant::now();
     let mut command = Command::new(cargo());
     command
-        .args(["test", "-p", "keyrig-e2e", "--no-fail-fast", "--"])
-        .args(filter)
+        .args(["test", "-p", "keyrig-e2e", "--no-fail-fast"])
+        .args(selection.cargo_args())
+        .arg("--")
+        .args(selection.name_filter())
         .env(rig::contract::env::ENV_FILE_VAR, run.run.env_file())
         .env(rig::contract::case::RUN_DIR_VAR, run.run.path())
         .current_dir(rig::base::paths::workspace_root());

@@ -72,16 +72,17 @@ struct TestTarget {
     path: String,
 }
 
-struct AssertionGroup {
-    name: String,
+pub(crate) struct AssertionGroup {
+    pub(crate) name: String,
     /// Test functions run by default (an rstest function may be several cases).
     cases: usize,
     /// The first line of the file's `//!` doc comment.
     summary: String,
 }
 
-/// One group per `[[test]]` target of the e2e crate.
-fn assertion_groups(tests_dir: &Path) -> Result<Vec<AssertionGroup>> {
+/// One group per `[[test]]` target of the e2e crate: the target, its file
+/// and the group its cases are recorded under share one name.
+pub(crate) fn assertion_groups(tests_dir: &Path) -> Result<Vec<AssertionGroup>> {
     let manifest_path = tests_dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest_path)
         .with_context(|| format!("reading {}", manifest_path.display()))?;

@@ -9,7 +9,7 @@ use rig::contract::identity::{IdentityRole, WorkloadIdentity};
 use rstest::rstest;
 use serde_json::json;
 
-const GROUP: &str = "identity";
+const ASSERTION_GROUP: &str = "identity";
 
 fn identity() -> &'static WorkloadIdentity {
     env()
@@ -69,7 +69,7 @@ async fn login(role: &str, jwt: &str) -> VaultReply {
 #[tokio::test]
 async fn the_right_service_account_gets_exactly_its_policies(#[case] name: &str) {
     let Some(_case) = case_with_section(
-        GROUP,
+        ASSERTION_GROUP,
         &format!("right_service_account_gets_its_policies_{name}"),
         "workload_identity",
         env().workload_identity.is_some(),
@@ -96,7 +96,7 @@ async fn the_right_service_account_gets_exactly_its_policies(#[case] name: &str)
 #[tokio::test]
 async fn the_gateway_service_account_reads_keys_but_cannot_write_them() {
     let Some(_case) = case_with_section(
-        GROUP,
+        ASSERTION_GROUP,
         "gateway_service_account_reads_but_cannot_write",
         "workload_identity",
         env().workload_identity.is_some(),
@@ -131,7 +131,7 @@ async fn the_gateway_service_account_reads_keys_but_cannot_write_them() {
 #[tokio::test]
 async fn a_wrong_service_account_is_denied(#[case] name: &str, #[case] mismatch: Mismatch) {
     let Some(_case) = case_with_section(
-        GROUP,
+        ASSERTION_GROUP,
         &format!("wrong_service_account_denied_{name}_{mismatch:?}"),
         "workload_identity",
         env().workload_identity.is_some(),
@@ -183,7 +183,7 @@ enum Mismatch {
 #[tokio::test]
 async fn a_token_signed_by_another_key_is_denied() {
     let Some(_case) = case_with_section(
-        GROUP,
+        ASSERTION_GROUP,
         "token_signed_by_another_key_denied",
         "workload_identity",
         env().workload_identity.is_some(),

@@ -11,7 +11,11 @@ use rig::base::wait::Probe;
 use rig::contract::rotation::RotationRecord;
 use serde_json::json;
 
-const GROUP: &str = "animal-rescue-api";
+/// The assertion group these cases are recorded under: this file's name,
+/// and the word `cargo xtask e2e --filter` takes for them.
+const ASSERTION_GROUP: &str = "references";
+
+const API_GROUP: &str = "animal-rescue-api";
 
 fn settings() -> &'static rig::contract::references::ReferenceSettings {
     env()
@@ -39,7 +43,7 @@ async fn referenced_value(root: &Token) -> String {
 #[tokio::test]
 async fn referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl() {
     let Some(_case) = case_with_section(
-        "references",
+        ASSERTION_GROUP,
         "referenced_values_reach_upstream_and_rotation_lands_within_ttl",
         "references",
         env().references.is_some(),
@@ -48,8 +52,8 @@ async fn referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl() 
     };
     let s = settings();
     let root = root_token();
-    let key = issue_key(GROUP, |r| r).await.unwrap();
-    let path = api_path(GROUP);
+    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+    let path = api_path(API_GROUP);
 
     let before = gateway_get(&path, Some(key.expose())).await.unwrap();
     assert_eq!(before.status, 200, "{:?}", before.reason);
