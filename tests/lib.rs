@@ -2,7 +2,6 @@
 //! endpoints named by `env.json`: the gateway, the Vault HTTP API and
 //! keygate's health endpoint. Tokens live in memory and are never printed.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use apikey::{ApiKey, KeyRecord};
 use reqwest::Method;
 use rig::contract::env::Environment;
+use rig::vault::client::{Secret, VaultClient};
 use serde_json::{Value, json};
 
 pub use rig::contract::case::CaseGuard;
@@ -118,28 +118,23 @@ fn http() -> &'static reqwest::Client {
     })
 }
 
-/// A Vault token. `Debug` hides it so a failed assertion cannot print it.
-#[derive(Clone)]
-pub struct Token(String);
+/// A Vault token for a test's requests, or none (logins): rig's `Secret`,
+/// whose `Debug` hides it so a failed assertion cannot print it.
+#[derive(Clone, Debug)]
+pub struct Token(Option<Secret>);
 
 impl Token {
     /// No token, for logins.
     pub fn none() -> Self {
-        Token(String::new())
+        Token(None)
     }
 
     /// The client token of a login answer.
     pub fn from_login(body: &Value) -> Result<Self> {
         match body["auth"]["client_token"].as_str() {
-            Some(token) => Ok(Token(token.to_owned())),
+            Some(token) => Ok(Token(Some(Secret::new(token)))),
             None => bail!("the login answer carries no token: {}", body["errors"]),
         }
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
     }
 }
 
@@ -150,7 +145,9 @@ pub struct VaultReply {
     pub body: Value,
 }
 
-/// Calls the Vault HTTP API: `path` is below `/v1/`.
+/// Calls the Vault HTTP API (`path` is below `/v1/`) with `token`: rig's
+/// `VaultClient` for env.json's address, so tests and harness speak to
+/// Vault through one client (https with `VAULT_CACERT` included).
 pub async fn vault(
     method: &str,
     path: &str,
@@ -158,33 +155,24 @@ pub async fn vault(
     body: Option<Value>,
 ) -> Result<VaultReply> {
     let method = Method::from_bytes(method.as_bytes())?;
-    let url = format!("{}/v1/{}", env().vault_addr, path.trim_start_matches('/'));
-    let mut request = http()
-        .request(method.clone(), &url)
-        .header("X-Vault-Token", &token.0);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("{method} {url}: Vault did not answer"))?;
-    let status = response.status().as_u16();
-    let text = response.text().await?;
-    let body = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text)?
+    let client = VaultClient::from_env_addr(&env().vault_addr)?;
+    let client = match &token.0 {
+        Some(secret) => client.with_token(secret.clone()),
+        None => client,
     };
-    Ok(VaultReply { status, body })
+    let (status, body) = client.request(method, path, body.as_ref()).await?;
+    Ok(VaultReply {
+        status: status.as_u16(),
+        body,
+    })
 }
 
 pub fn root_token() -> Token {
-    Token(
+    Token(Some(Secret::new(
         env()
             .root_token()
             .expect("reading the root token file named by env.json"),
-    )
+    )))
 }
 
 /// Logs in with an AppRole of the scenario, the way a service would: the root
@@ -215,7 +203,7 @@ pub async fn login_as(role: &str) -> Result<Token> {
     let login = vault(
         "POST",
         "auth/approle/login",
-        &Token(String::new()),
+        &Token::none(),
         Some(json!({
             "role_id": role_id.body["data"]["role_id"],
             "secret_id": secret_id.body["data"]["secret_id"],
@@ -228,7 +216,7 @@ pub async fn login_as(role: &str) -> Result<Token> {
     match login.body["auth"]["client_token"].as_str() {
         Some(token) if login.status == 200 => {
             rig::base::redact::register_secret(token);
-            Ok(Token(token.to_owned()))
+            Ok(Token(Some(Secret::new(token))))
         }
         _ => bail!(
             "AppRole login as {role} answered {}: {}",

@@ -25,16 +25,6 @@ impl DeliveryMode {
     }
 }
 
-impl From<DeliveryMode> for rig_k8s::Mode {
-    fn from(mode: DeliveryMode) -> Self {
-        match mode {
-            DeliveryMode::Inline => rig_k8s::Mode::Inline,
-            DeliveryMode::ExistingSecret => rig_k8s::Mode::ExistingSecret,
-            DeliveryMode::ExternalSecret => rig_k8s::Mode::ExternalSecret,
-        }
-    }
-}
-
 /// Options of the kind and cluster profiles (ignored by the local one).
 #[derive(clap::Args, Clone, Copy)]
 pub(crate) struct KubeArgs {

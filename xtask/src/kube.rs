@@ -14,7 +14,7 @@ use rig_k8s::profile::{KubeOptions, KubeRun};
 use crate::flags::KubeArgs;
 use crate::runner::{TEST_PID, cargo, run_cargo, runtime, stop_on_interrupt};
 
-fn options(profile: KubeProfile, mode: rig_k8s::Mode, args: KubeArgs) -> KubeOptions {
+fn options(profile: KubeProfile, mode: rig::contract::modes::Mode, args: KubeArgs) -> KubeOptions {
     let mut opts = KubeOptions::new(profile, mode);
     opts.recreate = args.recreate;
     opts.vault = args.vault.into();
@@ -32,7 +32,7 @@ fn preflight(profile: KubeProfile) -> Result<rig_k8s::preflight::KubeTools> {
     tools
 }
 
-pub fn up(profile: KubeProfile, mode: rig_k8s::Mode, args: KubeArgs) -> Result<()> {
+pub fn up(profile: KubeProfile, mode: rig::contract::modes::Mode, args: KubeArgs) -> Result<()> {
     let tools = preflight(profile)?;
     stop_on_interrupt()?;
     let run = runtime()?
@@ -54,7 +54,7 @@ pub fn up(profile: KubeProfile, mode: rig_k8s::Mode, args: KubeArgs) -> Result<(
 
 pub fn e2e(
     profile: KubeProfile,
-    mode: rig_k8s::Mode,
+    mode: rig::contract::modes::Mode,
     args: KubeArgs,
     filter: Option<&str>,
     report_dir: Option<&std::path::Path>,

@@ -192,7 +192,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             mode,
             kube,
         } => match profile.kube() {
-            Some(which) => kube::up(which, mode.into(), kube).map(|()| ExitCode::SUCCESS),
+            Some(which) => kube::up(which, mode.mode(), kube).map(|()| ExitCode::SUCCESS),
             None => up(profile, mode.mode()).map(|()| ExitCode::SUCCESS),
         },
         Cmd::Down { profile } => {
@@ -222,7 +222,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 mode.first()
                     .copied()
                     .unwrap_or(DeliveryMode::ExternalSecret)
-                    .into(),
+                    .mode(),
                 kube,
                 filter.as_deref(),
                 report_dir.as_deref(),

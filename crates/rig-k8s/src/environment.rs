@@ -130,7 +130,7 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
         // Envoy's admin listens on 127.0.0.1 in its pod and is not in the
         // Service (it can stop the server): not reachable from the harness.
         envoy_admin_url: None,
-        mode: Some(inputs.mode.name().into()),
+        mode: Some(inputs.mode.as_str().into()),
         delivery: None,
         // The cluster profiles run the Vault-direct keygate only; the
         // tests of the local-only pieces skip on `None`.
@@ -140,7 +140,7 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
         environments: None,
         references: None,
         kube: Some(KubeEnvironment {
-            mode: inputs.mode.name().into(),
+            mode: inputs.mode.as_str().into(),
             kubeconfig: inputs.kubeconfig,
             context: inputs.context,
             namespace: names::NAMESPACE.into(),
@@ -201,7 +201,7 @@ mod tests {
         for mode in Mode::ALL {
             let overlay = rig::base::paths::scenarios_dir()
                 .join("k8s")
-                .join(mode.name());
+                .join(mode.as_str());
             let rendered = manifests::render_overlay(&kubectl, &overlay).unwrap();
             let config = keygate_config(&rendered, &overlay).unwrap();
             let env = kube_environment(inputs(&groups, &config, mode));

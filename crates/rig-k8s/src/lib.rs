@@ -45,36 +45,9 @@ impl fmt::Display for KubeProfile {
     }
 }
 
-/// How keygate gets its Vault credentials: one overlay of scenarios/k8s each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// A Secret generated from literals in git (dev only).
-    Inline,
-    /// A Secret created beforehand, with custom key names.
-    ExistingSecret,
-    /// External Secrets Operator syncs the Secret from Vault.
-    ExternalSecret,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Inline, Mode::ExistingSecret, Mode::ExternalSecret];
-
-    /// Also the overlay's directory under scenarios/k8s.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Inline => "inline",
-            Mode::ExistingSecret => "existing-secret",
-            Mode::ExternalSecret => "external-secret",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// How keygate gets its Vault credentials: the one `Mode` of the harness;
+/// each has an overlay of scenarios/k8s named `Mode::as_str`.
+pub use rig::contract::modes::Mode;
 
 /// A pinned tool for the offline tests of these profiles (kubectl renders the
 /// overlays, bao serves as the cluster profile's Vault). Missing, the test

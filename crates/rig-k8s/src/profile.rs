@@ -107,7 +107,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     let groups = rig::contract::scenario::load_default_apis()?;
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
     let setup = VaultSetup::load_default(&group_ids)?;
-    let overlay = scenarios.join("k8s").join(opts.mode.name());
+    let overlay = scenarios.join("k8s").join(opts.mode.as_str());
     let kubectl = tools.kubectl.as_path();
     let helm = tools.helm.as_path();
     // Rendered first: keygate's own parser must accept the config the

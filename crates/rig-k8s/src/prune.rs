@@ -38,7 +38,7 @@ fn mode_of(object: &Value) -> Option<&str> {
 pub fn objects_of_mode(rendered: &[Value], mode: Mode) -> Vec<ModeObject> {
     let mut objects: Vec<ModeObject> = rendered
         .iter()
-        .filter(|o| mode_of(o) == Some(mode.name()))
+        .filter(|o| mode_of(o) == Some(mode.as_str()))
         .filter_map(|o| {
             Some(ModeObject {
                 api_version: o["apiVersion"].as_str()?.to_owned(),
@@ -57,7 +57,7 @@ pub fn objects_of_mode(rendered: &[Value], mode: Mode) -> Vec<ModeObject> {
 pub fn mode_objects(kubectl: &std::path::Path, mode: Mode) -> Result<Vec<ModeObject>> {
     let overlay = rig::base::paths::scenarios_dir()
         .join("k8s")
-        .join(mode.name());
+        .join(mode.as_str());
     let mut rendered =
         manifests::render_overlay(kubectl, &overlay).map_err(|err| anyhow!("{err}"))?;
     let precreate = overlay.join("precreate");
@@ -97,7 +97,7 @@ pub async fn other_modes(
         .as_ref()
         .and_then(|l| l.get(names::MODE_LABEL))
         .cloned();
-    if made_by.as_deref() == Some(mode.name()) {
+    if made_by.as_deref() == Some(mode.as_str()) {
         return Ok(());
     }
     say!(
@@ -159,7 +159,7 @@ async fn delete_if_labelled(client: &kube::Client, object: &ModeObject, mode: Mo
         .labels
         .as_ref()
         .and_then(|l| l.get(names::MODE_LABEL));
-    if label.map(String::as_str) != Some(mode.name()) {
+    if label.map(String::as_str) != Some(mode.as_str()) {
         say!(
             "warning: {shown} exists but is not labelled {}={mode}: left alone",
             names::MODE_LABEL
@@ -212,7 +212,7 @@ mod tests {
                 &kubectl,
                 &rig::base::paths::scenarios_dir()
                     .join("k8s")
-                    .join(mode.name()),
+                    .join(mode.as_str()),
             )
             .unwrap()
         };
@@ -234,7 +234,7 @@ mod tests {
                 } else {
                     assert_eq!(
                         mode_of(object),
-                        Some(mode.name()),
+                        Some(mode.as_str()),
                         "{mode}: {kind}/{name} is made by this mode only"
                     );
                 }

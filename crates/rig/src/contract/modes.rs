@@ -37,8 +37,10 @@ pub const SECRET_ID_PLACEHOLDER: &str = "${RUN_SECRET_ID}";
 /// The finding the run report carries for inline values.
 pub const PLAINTEXT_FINDING: &str = "plaintext credentials in values file";
 
-/// The three delivery modes, named like `scenarios/modes/<mode>.yaml`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// The three delivery modes, named like `scenarios/modes/<mode>.yaml` (and
+/// the Kubernetes overlays `scenarios/k8s/<mode>/`): the one `Mode` of the
+/// local and Kubernetes profiles and the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Inline,
