@@ -526,30 +526,20 @@ impl Supervisor {
         for component in running {
             // Not registered any more: the Ctrl-C handler already stopped it.
             if registry.remove(&component.record.pid).is_some() {
-                let _ = killpg(Pid::from_raw(component.record.pid), Signal::SIGTERM);
                 stopping.push(component);
             }
         }
-        let deadline = Instant::now() + STOP_GRACE;
+        let pids: Vec<i32> = stopping.iter().map(|c| c.record.pid).collect();
+        let killed = end_groups(&pids, None, |pid| {
+            let component = stopping.iter_mut().find(|c| c.record.pid == pid);
+            component.is_none_or(|c| !matches!(c.child.try_wait(), Ok(None)))
+        });
         let mut forced = Vec::new();
-        for component in &mut stopping {
-            let pid = component.record.pid;
-            let exited = loop {
-                match component.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break true,
-                    Ok(None) if Instant::now() >= deadline => break false,
-                    Ok(None) => std::thread::sleep(Duration::from_millis(25)),
-                }
-            };
-            if !exited {
+        for (component, killed) in stopping.iter_mut().zip(killed) {
+            if killed {
                 forced.push(component.record.name.clone());
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = component.child.wait();
-            } else if killpg(Pid::from_raw(pid), None).is_ok() {
-                // The leader is gone but something it forked is still in the
-                // group (which keeps the group id from being reused).
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            let _ = component.child.wait();
         }
         drop(registry);
         if let Err(err) = self.write_pids_file() {
@@ -587,16 +577,12 @@ impl Supervisor {
         let pid = Pid::from_raw(component.record.pid);
         registry().remove(&component.record.pid);
         let first = match mode {
-            StopMode::Graceful => Signal::SIGTERM,
-            StopMode::Kill => Signal::SIGKILL,
+            StopMode::Graceful => None,
+            StopMode::Kill => Some(Signal::SIGKILL),
         };
-        let _ = killpg(pid, first);
-        let deadline = Instant::now() + STOP_GRACE;
-        while matches!(component.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        // Whatever is left of the group (a stubborn leader, forked helpers).
-        let _ = killpg(pid, Signal::SIGKILL);
+        end_groups(&[pid.as_raw()], first, |_| {
+            !matches!(component.child.try_wait(), Ok(None))
+        });
         let _ = component.child.wait();
         say!("{name}: stopped ({mode:?}, pid {})", component.record.pid);
         if let Some(spec) = component.spec.take() {
@@ -643,27 +629,18 @@ pub fn stop_all_registered() {
         return;
     }
     entries.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.seq));
-    for (pid, _) in &entries {
-        let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    for (pid, entry) in &entries {
-        let pid = Pid::from_raw(*pid);
-        loop {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(25))
-                }
-                Ok(WaitStatus::StillAlive) => {
-                    let _ = killpg(pid, Signal::SIGKILL);
-                    let _ = waitpid(pid, None);
-                    break;
-                }
-                // Exited, or not our child to wait for.
-                _ => break,
-            }
+    let pids: Vec<i32> = entries.iter().map(|(pid, _)| *pid).collect();
+    // Exited (and reaped here), or not our child to wait for.
+    let killed = end_groups(&pids, None, |pid| {
+        !matches!(
+            waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        )
+    });
+    for ((pid, entry), killed) in entries.iter().zip(killed) {
+        if killed {
+            let _ = waitpid(Pid::from_raw(*pid), None);
         }
-        let _ = killpg(pid, Signal::SIGKILL);
         say!("stopped {}", entry.name);
     }
     let files: std::collections::BTreeSet<_> =
@@ -673,12 +650,50 @@ pub fn stop_all_registered() {
     }
 }
 
+/// Ends process groups, the one way every stop path does it: `first`
+/// (SIGTERM unless given) to every group at once, so the grace periods
+/// overlap; up to [`STOP_GRACE`] for each leader to be `exited`; then
+/// SIGKILL to whatever is left of each group (a stubborn leader, helpers
+/// it forked). Returns, per pid, whether the leader needed that SIGKILL.
+fn end_groups(
+    pids: &[i32],
+    first: Option<Signal>,
+    mut exited: impl FnMut(i32) -> bool,
+) -> Vec<bool> {
+    for pid in pids {
+        let _ = killpg(Pid::from_raw(*pid), first.unwrap_or(Signal::SIGTERM));
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    pids.iter()
+        .map(|&pid| {
+            let gone = loop {
+                if exited(pid) {
+                    break true;
+                }
+                if Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            };
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            !gone
+        })
+        .collect()
+}
+
 /// The components a run's `pids.json` lists (none if there is no file),
 /// for `cargo xtask status`.
 pub fn read_pid_file(pids_file: &Path) -> Result<Vec<PidRecord>> {
+    Ok(parse_pid_file(pids_file)?
+        .map(|file| file.components)
+        .unwrap_or_default())
+}
+
+/// `pids.json`, or `None` when there is none.
+fn parse_pid_file(pids_file: &Path) -> Result<Option<PidFile>> {
     let text = match std::fs::read_to_string(pids_file) {
         Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err).with_context(|| format!("reading {}", pids_file.display())),
     };
     let file: PidFile = serde_json::from_str(&text).with_context(|| {
@@ -687,7 +702,7 @@ pub fn read_pid_file(pids_file: &Path) -> Result<Vec<PidRecord>> {
             pids_file.display()
         )
     })?;
-    Ok(file.components)
+    Ok(Some(file))
 }
 
 /// What `stop_from_pid_file` did with one recorded component.
@@ -708,18 +723,9 @@ pub enum StopOutcome {
 /// program and leads its own process group, since pids get reused.
 /// A missing file means nothing to stop.
 pub fn stop_from_pid_file(pids_file: &Path) -> Result<Vec<(PidRecord, StopOutcome)>> {
-    let text = match std::fs::read_to_string(pids_file) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err).with_context(|| format!("reading {}", pids_file.display())),
+    let Some(file) = parse_pid_file(pids_file)? else {
+        return Ok(Vec::new());
     };
-    let file: PidFile = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a pids.json written by keyrig",
-            pids_file.display()
-        )
-    })?;
-
     let mut outcomes = Vec::new();
     for record in file.components.into_iter().rev() {
         let outcome = if !is_alive(record.pid) {
@@ -727,21 +733,19 @@ pub fn stop_from_pid_file(pids_file: &Path) -> Result<Vec<(PidRecord, StopOutcom
         } else if !is_ours(&record) {
             StopOutcome::NotOurs
         } else {
-            let _ = killpg(Pid::from_raw(record.pid), Signal::SIGTERM);
             StopOutcome::Stopped
         };
         outcomes.push((record, outcome));
     }
-    let deadline = Instant::now() + STOP_GRACE;
-    for (record, outcome) in &mut outcomes {
-        if *outcome != StopOutcome::Stopped {
-            continue;
-        }
-        while is_alive(record.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        if is_alive(record.pid) {
-            let _ = killpg(Pid::from_raw(record.pid), Signal::SIGKILL);
+    let ours: Vec<i32> = outcomes
+        .iter()
+        .filter(|(_, outcome)| *outcome == StopOutcome::Stopped)
+        .map(|(record, _)| record.pid)
+        .collect();
+    // Not our children (`up` has exited): gone is all we can see.
+    let killed = end_groups(&ours, None, |pid| !is_alive(pid));
+    for (pid, killed) in ours.iter().zip(killed) {
+        if killed && let Some((_, outcome)) = outcomes.iter_mut().find(|(r, _)| r.pid == *pid) {
             *outcome = StopOutcome::Killed;
         }
     }
@@ -886,6 +890,58 @@ mod tests {
         assert!(!run.pids_file().exists());
         let log = std::fs::read_to_string(run.logs_dir().join("sleeper.log")).unwrap();
         assert_eq!(log, "started\n");
+    }
+
+    /// A component that ignores SIGTERM, with a helper it forked, is gone
+    /// (leader and helper) once `stop_all` returns: the grace period, then
+    /// SIGKILL to the whole group.
+    #[tokio::test]
+    async fn a_component_ignoring_sigterm_is_killed_with_its_group_after_the_grace() {
+        let (_base, run) = run_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let helper_file = run.path().join("helper.pid");
+        let script = format!(
+            "trap '' TERM; sleep 60 & echo $! > {}; while :; do sleep 1; done",
+            helper_file.display()
+        );
+        let mut supervisor = Supervisor::new(&run);
+        let pid = supervisor
+            .start(
+                Component::new("stubborn", "/bin/sh").args(["-c", &script]),
+                Readiness::Tcp(addr),
+            )
+            .await
+            .unwrap();
+        let helper: i32 = crate::base::wait::wait_until_blocking(
+            "the helper's pid",
+            Duration::from_secs(5),
+            || {
+                let text = std::fs::read_to_string(&helper_file).unwrap_or_default();
+                anyhow::Ok(match text.trim().parse::<i32>() {
+                    Ok(pid) => crate::base::wait::Probe::Ready(pid),
+                    Err(_) => crate::base::wait::Probe::seen("no pid file yet"),
+                })
+            },
+        )
+        .unwrap();
+        let started = Instant::now();
+        supervisor.stop_all();
+        assert!(
+            started.elapsed() >= STOP_GRACE,
+            "SIGTERM is ignored: the grace is waited out"
+        );
+        assert!(!is_alive(pid), "the leader got SIGKILL");
+        // Killed, the helper is at most init's zombie.
+        crate::base::wait::wait_until_blocking("the helper gone", Duration::from_secs(5), || {
+            anyhow::Ok(match proc_stat(helper) {
+                Some((state, _)) if state != 'Z' => {
+                    crate::base::wait::Probe::seen(format!("state {state}"))
+                }
+                _ => crate::base::wait::Probe::Ready(()),
+            })
+        })
+        .unwrap();
     }
 
     #[test]
