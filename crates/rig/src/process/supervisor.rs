@@ -24,6 +24,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::base::run::RunDir;
+use crate::base::wait::{Probe, Timeout, wait_until};
 use crate::say;
 
 /// How long a component may take to get ready unless told otherwise.
@@ -360,43 +361,49 @@ impl Supervisor {
         let started = Instant::now();
         let what = ready.what();
         let mut waiting = crate::base::progress::Waiting::start(&name, &what);
-        let mut attempt = 0u32;
-        loop {
-            let exited = match running.child.try_wait() {
-                Ok(exited) => exited,
-                Err(err) => {
-                    waiting.failed();
-                    return Err(err).with_context(|| format!("watching {name}"));
-                }
-            };
-            if let Some(status) = exited {
-                waiting.failed();
-                bail!(
+        let http = &self.http;
+        let log = running.log.clone();
+        let child = &mut running.child;
+        // An early exit ends the wait at once (an error from the probe);
+        // anything else the check saw is the wait's last observation.
+        let outcome = wait_until(&what, self.ready_timeout, async || {
+            match child
+                .try_wait()
+                .with_context(|| format!("watching {name}"))?
+            {
+                Some(status) => bail!(
                     "{name} exited ({status}) before it was ready; the last lines of {}:\n{}",
-                    running.log.display(),
-                    crate::base::redact::redact(&log_tail(&running.log, TAIL_LINES))
-                );
+                    log.display(),
+                    crate::base::redact::redact(&log_tail(&log, TAIL_LINES))
+                ),
+                None => Ok(match ready.check(http).await {
+                    Ok(()) => Probe::Ready(()),
+                    Err(seen) => {
+                        waiting.still(&seen);
+                        Probe::Pending(seen)
+                    }
+                }),
             }
-            let seen = match ready.check(&self.http).await {
-                Ok(()) => {
-                    waiting.done(&format!("ready (pid {pid})"));
-                    return Ok(pid);
-                }
-                Err(seen) => seen,
-            };
-            let elapsed = started.elapsed();
-            if elapsed >= self.ready_timeout {
+        })
+        .await;
+        match outcome {
+            Ok(()) => {
+                waiting.done(&format!("ready (pid {pid})"));
+                Ok(pid)
+            }
+            Err(err) => {
                 waiting.failed();
-                bail!(
-                    "{name} was not ready after {}: {what} still gave {seen}; the last lines of {}:\n{}",
-                    crate::base::progress::secs(elapsed),
-                    running.log.display(),
-                    crate::base::redact::redact(&log_tail(&running.log, TAIL_LINES))
-                );
+                match err.downcast_ref::<Timeout>() {
+                    Some(timeout) => bail!(
+                        "{name} was not ready after {}: {what} still gave {}; the last lines of {}:\n{}",
+                        crate::base::progress::secs(started.elapsed()),
+                        timeout.last_seen,
+                        log.display(),
+                        crate::base::redact::redact(&log_tail(&log, TAIL_LINES))
+                    ),
+                    None => Err(err),
+                }
             }
-            waiting.still(&seen);
-            tokio::time::sleep(Duration::from_millis(if attempt < 10 { 100 } else { 250 })).await;
-            attempt += 1;
         }
     }
 
