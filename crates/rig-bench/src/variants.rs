@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use rig::base::run::RunDir;
-use rig::process::supervisor::{Component, Readiness, Supervisor};
+use rig::process::supervisor::{Readiness, Supervisor};
 
 /// One auth path through a gateway to the same echo upstream.
 /// Serialized under the names the table prints.
@@ -129,17 +129,7 @@ pub async fn start_baseline_envoy(
     let ready_status = if auth == "none" { 200 } else { 401 };
     supervisor
         .start(
-            Component::new(name, envoy)
-                .arg("-c")
-                .arg(&config)
-                .args([
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    "1",
-                    "--log-level",
-                    "warn",
-                ])
-                .current_dir(&dir),
+            rig::local::gateway::envoy::command(name, envoy, &config, "warn").current_dir(&dir),
             Readiness::http(format!("{url}/healthz"), ready_status),
         )
         .await

@@ -219,20 +219,9 @@ pub async fn start(
     let admin_url = format!("http://{admin}");
     supervisor
         .start(
-            Component::new(ENVOY, opts.envoy)
-                .arg("-c")
-                .arg(&envoy_config_file)
-                // As the plain Envoys: no hot restart (shared memory two
-                // Envoys would fight over), one worker.
+            crate::local::gateway::envoy::command(ENVOY, opts.envoy, &envoy_config_file, "info")
                 // SDS needs a node identity, which the plain Envoys lack.
                 .args(["--service-node", ENVOY, "--service-cluster", "keyrig"])
-                .args([
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    "1",
-                    "--log-level",
-                    "info",
-                ])
                 .current_dir(&gateway_dir),
             // LIVE once initialized, which includes the SDS secret.
             Readiness::http(format!("{admin_url}/ready"), 200),

@@ -58,22 +58,22 @@ pub fn render_with(
     )
 }
 
+/// The one Envoy command line keyrig runs (gateways, the TLS gateway, the
+/// bench's baselines): `config`, no hot restart (it needs shared memory
+/// keyed by a base id, which two Envoys on one machine, two gateways or
+/// two runs, would fight over), one worker thread, and logs at `log_level`
+/// on stderr, which is the component's log.
+pub fn command(name: &str, binary: &Path, config: &Path, log_level: &str) -> Component {
+    Component::new(name, binary)
+        .arg("-c")
+        .arg(config)
+        .args(["--disable-hot-restart", "--concurrency", "1"])
+        .args(["--log-level", log_level])
+}
+
 pub fn plan(ctx: &GatewayContext, binary: &Path, ext_authz: ExtAuthz) -> Result<Launch> {
     let config = ctx.dir.join("envoy.yaml");
-    // No hot restart: it needs shared memory keyed by a base id, which two
-    // Envoys on one machine (two gateways, two runs) would fight over. Logs
-    // go to stderr, which is logs/<gateway>.log.
-    let component = Component::new(ctx.kind.name(), binary)
-        .arg("-c")
-        .arg(&config)
-        .args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "info",
-        ])
-        .current_dir(&ctx.dir);
+    let component = command(ctx.kind.name(), binary, &config, "info").current_dir(&ctx.dir);
     Ok(Launch {
         files: vec![(config, render(ctx, ext_authz)?)],
         component,
