@@ -309,6 +309,16 @@ impl GatewayReply {
     pub fn upstream_header(&self, name: &str) -> Option<&str> {
         self.body["headers"][name].as_str()
     }
+
+    /// Let through to the upstream (any 2xx).
+    pub fn allowed(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// Status and keygate's reason, for messages.
+    pub fn short(&self) -> String {
+        format!("{} {}", self.status, self.reason.as_deref().unwrap_or("-"))
+    }
 }
 
 /// GET `path` at the gateway, with `x-api-key` when given.

@@ -5,8 +5,7 @@
 //! HTTP API and keygate's /readyz and /metrics.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -71,10 +70,12 @@ pub fn run_mode() -> Option<String> {
 }
 
 /// Background requests through the default gateway until stopped: a valid
-/// key (must pass) and a fresh unknown key (must never pass) per round.
+/// key (must pass) and a fresh unknown key (must never pass) per round, on
+/// the e2e crate's `Load` (one loop, 50 ms apart), tallied as a fault's
+/// figures.
 pub struct Load {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<LoadResult>,
+    load: keyrig_e2e::Load,
+    result: Arc<Mutex<LoadResult>>,
 }
 
 /// What a [`Load`] saw.
@@ -88,17 +89,24 @@ pub struct LoadResult {
 
 impl Load {
     pub fn start(env: &Owned, path: &str, valid: &ApiKey) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        let result = Arc::new(Mutex::new(LoadResult::default()));
         let (http, gateway) = (env.http.clone(), env.env().gateway_url.clone());
         let (path, valid) = (path.to_owned(), valid.expose().to_owned());
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut result = LoadResult::default();
-            while !flag.load(Ordering::SeqCst) {
+        let shared = result.clone();
+        let load = keyrig_e2e::Load::start_with(1, Duration::from_millis(50), move || {
+            let (http, gateway, path, valid, result) = (
+                http.clone(),
+                gateway.clone(),
+                path.clone(),
+                valid.clone(),
+                shared.clone(),
+            );
+            async move {
                 let unknown = ApiKey::generate();
-                let reply = gateway_get(&http, &gateway, &path, Some(unknown.expose())).await;
-                result.tally.count(&reply, true);
+                let denied = gateway_get(&http, &gateway, &path, Some(unknown.expose())).await;
                 let reply = gateway_get(&http, &gateway, &path, Some(&valid)).await;
+                let mut result = result.lock().unwrap();
+                result.tally.count(&denied, true);
                 result.tally.count(&reply, false);
                 if reply.status != 200 {
                     result.failed += 1;
@@ -106,16 +114,15 @@ impl Load {
                         .first_failure
                         .get_or_insert_with(|| format!("valid key: {}", reply.short()));
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok((reply.status, reply.short()))
             }
-            result
         });
-        Self { stop, task }
+        Self { load, result }
     }
 
     pub async fn finish(self) -> LoadResult {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.expect("the load task does not panic")
+        self.load.finish().await;
+        std::mem::take(&mut *self.result.lock().unwrap())
     }
 }
 
@@ -261,28 +268,9 @@ impl Owned {
     }
 }
 
-/// What a client saw.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    /// 0 when the gateway did not answer at all.
-    pub status: u16,
-    pub reason: Option<String>,
-    pub body: Value,
-}
-
-impl Reply {
-    pub fn allowed(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-
-    pub fn upstream_header(&self, name: &str) -> Option<&str> {
-        self.body["headers"][name].as_str()
-    }
-
-    pub fn short(&self) -> String {
-        format!("{} {}", self.status, self.reason.as_deref().unwrap_or("-"))
-    }
-}
+/// What a client saw: the e2e crate's one reply type (status 0 when the
+/// gateway did not answer at all).
+pub use keyrig_e2e::GatewayReply as Reply;
 
 /// A fault's figures for the case message: what the report lists per fault.
 #[derive(Debug, Default, Clone)]
