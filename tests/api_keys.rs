@@ -5,7 +5,6 @@
 
 use keyrig_e2e::*;
 use rig::base::wait::Probe;
-use rstest::rstest;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::{Duration as TimeDelta, OffsetDateTime};
@@ -17,87 +16,90 @@ const ASSERTION_GROUP: &str = "api_keys";
 const API_GROUP: &str = "animal-rescue-api";
 const OTHER_API_GROUP: &str = "billing-api";
 
-#[rstest]
-#[tokio::test]
-async fn valid_key_reaches_upstream_with_owner_and_group(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(
-        gateway,
-        ASSERTION_GROUP,
-        "valid_key_reaches_upstream_with_owner_and_group",
-    ) else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+gateway_matrix! {
+    #[tokio::test]
+    async fn valid_key_reaches_upstream_with_owner_and_group(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "valid_key_reaches_upstream_with_owner_and_group",
+        ) else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
-    let reply = gw
-        .get(&api_path(API_GROUP), Some(key.expose()))
-        .await
-        .unwrap();
+        let reply = gw
+            .get(&api_path(API_GROUP), Some(key.expose()))
+            .await
+            .unwrap();
 
-    assert_eq!(
-        reply.status, 200,
-        "a valid key was refused: {:?}",
-        reply.reason
-    );
-    // Keys-file mode: the file holds no owner (see `keys_file_mode`).
-    assert_eq!(
-        reply.upstream_header("x-keyrig-owner").unwrap_or(""),
-        expected_owner("e2e-owner")
-    );
-    assert_eq!(reply.upstream_header("x-keyrig-group"), Some(API_GROUP));
+        assert_eq!(
+            reply.status, 200,
+            "a valid key was refused: {:?}",
+            reply.reason
+        );
+        // Keys-file mode: the file holds no owner (see `keys_file_mode`).
+        assert_eq!(
+            reply.upstream_header("x-keyrig-owner").unwrap_or(""),
+            expected_owner("e2e-owner")
+        );
+        assert_eq!(reply.upstream_header("x-keyrig-group"), Some(API_GROUP));
+    }
 }
 
-#[rstest]
-#[tokio::test]
-async fn header_name_is_case_insensitive(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "header_name_is_case_insensitive")
-    else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
-    // reqwest lowercases header names, so write the request by hand.
-    let reply = gw
-        .raw_get(&api_path(API_GROUP), &[("X-API-Key", key.expose())])
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 200, "X-API-Key was not honoured: {reply:?}");
+gateway_matrix! {
+    #[tokio::test]
+    async fn header_name_is_case_insensitive(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "header_name_is_case_insensitive")
+        else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
+        // reqwest lowercases header names, so write the request by hand.
+        let reply = gw
+            .raw_get(&api_path(API_GROUP), &[("X-API-Key", key.expose())])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "X-API-Key was not honoured: {reply:?}");
+    }
 }
 
-/// Keys that must be refused, with the status and the reason keygate gives.
-#[rstest]
-#[case::missing_header("missing_header", None, 401, "missing")]
-#[case::too_short_63("too_short_63", Some(Mangle::Truncate), 401, "malformed")]
-#[case::too_long_65("too_long_65", Some(Mangle::Append), 401, "malformed")]
-#[case::non_hex("non_hex", Some(Mangle::NonHex), 401, "malformed")]
-#[case::unknown_selector("unknown_selector", Some(Mangle::NewSelector), 401, "unknown")]
-#[case::wrong_verifier("wrong_verifier", Some(Mangle::NewVerifier), 401, "mismatch")]
-#[tokio::test]
-async fn refused_keys(
-    #[case] name: &str,
-    #[case] mangle: Option<Mangle>,
-    #[case] status: u16,
-    #[case] reason: &str,
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, &format!("refused_{name}")) else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
-    let presented = mangle.map(|m| m.apply(key.expose()));
+gateway_matrix! {
+    /// Keys that must be refused, with the status and the reason keygate gives.
+    #[case::missing_header("missing_header", None, 401, "missing")]
+    #[case::too_short_63("too_short_63", Some(Mangle::Truncate), 401, "malformed")]
+    #[case::too_long_65("too_long_65", Some(Mangle::Append), 401, "malformed")]
+    #[case::non_hex("non_hex", Some(Mangle::NonHex), 401, "malformed")]
+    #[case::unknown_selector("unknown_selector", Some(Mangle::NewSelector), 401, "unknown")]
+    #[case::wrong_verifier("wrong_verifier", Some(Mangle::NewVerifier), 401, "mismatch")]
+    #[tokio::test]
+    async fn refused_keys(
+        gateway: &str,
+        #[case] name: &str,
+        #[case] mangle: Option<Mangle>,
+        #[case] status: u16,
+        #[case] reason: &str,
+    ) {
+        let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, &format!("refused_{name}")) else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
+        let presented = mangle.map(|m| m.apply(key.expose()));
 
-    let reply = gw
-        .get(&api_path(API_GROUP), presented.as_deref())
-        .await
-        .unwrap();
+        let reply = gw
+            .get(&api_path(API_GROUP), presented.as_deref())
+            .await
+            .unwrap();
 
-    assert_eq!(
-        (reply.status, reply.reason.as_deref()),
-        (status, Some(reason))
-    );
+        assert_eq!(
+            (reply.status, reply.reason.as_deref()),
+            (status, Some(reason))
+        );
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,173 +124,178 @@ impl Mangle {
     }
 }
 
-#[rstest]
-#[tokio::test]
-async fn key_of_one_group_is_forbidden_on_another(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(
-        gateway,
-        ASSERTION_GROUP,
-        "key_of_one_group_is_forbidden_on_another",
-    ) else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+gateway_matrix! {
+    #[tokio::test]
+    async fn key_of_one_group_is_forbidden_on_another(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "key_of_one_group_is_forbidden_on_another",
+        ) else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
-    let reply = gw
-        .get(&api_path(OTHER_API_GROUP), Some(key.expose()))
-        .await
-        .unwrap();
+        let reply = gw
+            .get(&api_path(OTHER_API_GROUP), Some(key.expose()))
+            .await
+            .unwrap();
 
-    assert_eq!(
-        (reply.status, reply.reason.as_deref()),
-        (403, Some("wrong-group"))
-    );
-}
-
-#[rstest]
-#[tokio::test]
-async fn path_of_no_api_is_forbidden(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "path_of_no_api_is_forbidden") else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
-
-    let reply = gw
-        .get("/no-such-api/anything", Some(key.expose()))
-        .await
-        .unwrap();
-
-    assert_eq!(
-        (reply.status, reply.reason.as_deref()),
-        (403, Some("no-route"))
-    );
-}
-
-#[rstest]
-#[tokio::test]
-async fn revoked_key_is_refused_once_the_cache_expires(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(
-        gateway,
-        ASSERTION_GROUP,
-        "revoked_key_is_refused_once_the_cache_expires",
-    ) else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
-    let path = api_path(API_GROUP);
-    assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
-
-    // Revocation in the portal's scheme: delete the secret, all versions.
-    revoke_key(API_GROUP, &key).await.unwrap();
-
-    rig::base::wait::wait_until(
-        "the revoked key to be refused",
-        cache_deadline(),
-        async || {
-            let reply = gw.get(&path, Some(key.expose())).await?;
-            Ok(match (reply.status, reply.reason.as_deref()) {
-                (401, Some("unknown")) => Probe::Ready(()),
-                other => Probe::seen(format!("{other:?}")),
-            })
-        },
-    )
-    .await
-    .unwrap();
-}
-
-#[rstest]
-#[tokio::test]
-async fn expired_key_is_refused_and_unexpired_accepted(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(
-        gateway,
-        ASSERTION_GROUP,
-        "expired_key_is_refused_and_unexpired_accepted",
-    ) else {
-        return;
-    };
-    let now = OffsetDateTime::now_utc();
-    let expired = issue_key(API_GROUP, |r| r.with_expiry(now - TimeDelta::minutes(1)))
-        .await
-        .unwrap();
-    let current = issue_key(API_GROUP, |r| r.with_expiry(now + TimeDelta::hours(1)))
-        .await
-        .unwrap();
-
-    let refused = gw
-        .get(&api_path(API_GROUP), Some(expired.expose()))
-        .await
-        .unwrap();
-    let accepted = gw
-        .get(&api_path(API_GROUP), Some(current.expose()))
-        .await
-        .unwrap();
-
-    if keys_file_mode() {
-        // A documented difference, asserted so a change is noticed: the keys
-        // file is `<selector>,<hash>` only, so the gateway cannot know the
-        // expiry and accepts the key until the portal deletes it.
         assert_eq!(
-            (refused.status, refused.reason.as_deref()),
-            (200, None),
-            "keys-file mode is expected not to know expiry"
-        );
-    } else {
-        assert_eq!(
-            (refused.status, refused.reason.as_deref()),
-            (401, Some("expired"))
+            (reply.status, reply.reason.as_deref()),
+            (403, Some("wrong-group"))
         );
     }
-    assert_eq!(
-        accepted.status, 200,
-        "an unexpired key was refused: {:?}",
-        accepted.reason
-    );
 }
 
-/// Other tools write keys too: this one follows README's storage format with
-/// nothing but the Vault HTTP API and SHA-256, not keyrig's crates.
-#[rstest]
-#[tokio::test]
-async fn key_written_by_plain_http_in_the_documented_format_is_accepted(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(
-        gateway,
-        ASSERTION_GROUP,
-        "key_written_by_plain_http_in_the_documented_format_is_accepted",
-    ) else {
-        return;
-    };
-    let bytes: [u8; 32] = rand::random();
-    let key = hex::encode(bytes);
-    let (selector, verifier) = key.split_at(32);
-    let hash = hex::encode(Sha256::digest(verifier.as_bytes()));
-    let portal = portal_token().await.unwrap();
-    let path = format!("{}/data/{API_GROUP}/{selector}", env().kv_mount);
-    let written = vault(
-        "POST",
-        &path,
-        &portal,
-        Some(json!({"data": {"key": hash, "owner": "plain-http"}})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(written.status, 200, "{:?}", written.body);
-    await_delivery(API_GROUP, &key).await.unwrap();
+gateway_matrix! {
+    #[tokio::test]
+    async fn path_of_no_api_is_forbidden(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "path_of_no_api_is_forbidden") else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
-    let reply = gw.get(&api_path(API_GROUP), Some(&key)).await.unwrap();
+        let reply = gw
+            .get("/no-such-api/anything", Some(key.expose()))
+            .await
+            .unwrap();
 
-    assert_eq!(reply.status, 200, "refused: {:?}", reply.reason);
-    assert_eq!(
-        reply.upstream_header("x-keyrig-owner").unwrap_or(""),
-        expected_owner("plain-http")
-    );
+        assert_eq!(
+            (reply.status, reply.reason.as_deref()),
+            (403, Some("no-route"))
+        );
+    }
+}
+
+gateway_matrix! {
+    #[tokio::test]
+    async fn revoked_key_is_refused_once_the_cache_expires(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "revoked_key_is_refused_once_the_cache_expires",
+        ) else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
+        let path = api_path(API_GROUP);
+        assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
+
+        // Revocation in the portal's scheme: delete the secret, all versions.
+        revoke_key(API_GROUP, &key).await.unwrap();
+
+        rig::base::wait::wait_until(
+            "the revoked key to be refused",
+            cache_deadline(),
+            async || {
+                let reply = gw.get(&path, Some(key.expose())).await?;
+                Ok(match (reply.status, reply.reason.as_deref()) {
+                    (401, Some("unknown")) => Probe::Ready(()),
+                    other => Probe::seen(format!("{other:?}")),
+                })
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+gateway_matrix! {
+    #[tokio::test]
+    async fn expired_key_is_refused_and_unexpired_accepted(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "expired_key_is_refused_and_unexpired_accepted",
+        ) else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        let expired = issue_key(API_GROUP, |r| r.with_expiry(now - TimeDelta::minutes(1)))
+            .await
+            .unwrap();
+        let current = issue_key(API_GROUP, |r| r.with_expiry(now + TimeDelta::hours(1)))
+            .await
+            .unwrap();
+
+        let refused = gw
+            .get(&api_path(API_GROUP), Some(expired.expose()))
+            .await
+            .unwrap();
+        let accepted = gw
+            .get(&api_path(API_GROUP), Some(current.expose()))
+            .await
+            .unwrap();
+
+        if keys_file_mode() {
+            // A documented difference, asserted so a change is noticed: the keys
+            // file is `<selector>,<hash>` only, so the gateway cannot know the
+            // expiry and accepts the key until the portal deletes it.
+            assert_eq!(
+                (refused.status, refused.reason.as_deref()),
+                (200, None),
+                "keys-file mode is expected not to know expiry"
+            );
+        } else {
+            assert_eq!(
+                (refused.status, refused.reason.as_deref()),
+                (401, Some("expired"))
+            );
+        }
+        assert_eq!(
+            accepted.status, 200,
+            "an unexpired key was refused: {:?}",
+            accepted.reason
+        );
+    }
+}
+
+gateway_matrix! {
+    /// Other tools write keys too: this one follows README's storage format with
+    /// nothing but the Vault HTTP API and SHA-256, not keyrig's crates.
+    #[tokio::test]
+    async fn key_written_by_plain_http_in_the_documented_format_is_accepted(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "key_written_by_plain_http_in_the_documented_format_is_accepted",
+        ) else {
+            return;
+        };
+        let bytes: [u8; 32] = rand::random();
+        let key = hex::encode(bytes);
+        let (selector, verifier) = key.split_at(32);
+        let hash = hex::encode(Sha256::digest(verifier.as_bytes()));
+        let portal = portal_token().await.unwrap();
+        let path = format!("{}/data/{API_GROUP}/{selector}", env().kv_mount);
+        let written = vault(
+            "POST",
+            &path,
+            &portal,
+            Some(json!({"data": {"key": hash, "owner": "plain-http"}})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(written.status, 200, "{:?}", written.body);
+        await_delivery(API_GROUP, &key).await.unwrap();
+
+        let reply = gw.get(&api_path(API_GROUP), Some(&key)).await.unwrap();
+
+        assert_eq!(reply.status, 200, "refused: {:?}", reply.reason);
+        assert_eq!(
+            reply.upstream_header("x-keyrig-owner").unwrap_or(""),
+            expected_owner("plain-http")
+        );
+    }
 }

@@ -3,7 +3,6 @@
 //! together. Every case runs once per gateway, like `api_keys`.
 
 use keyrig_e2e::*;
-use rstest::rstest;
 
 /// The assertion group these cases are recorded under: this file's name,
 /// and the word `cargo xtask e2e --filter` takes for them.
@@ -57,170 +56,175 @@ fn expected(gateway: &str) -> Expected {
     }
 }
 
-/// The security check of the matrix: a client cannot choose the owner or
-/// group the upstream sees by sending keygate's headers itself.
-#[rstest]
-#[tokio::test]
-async fn client_supplied_keyrig_headers_never_reach_the_upstream(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(
-        gateway,
-        ASSERTION_GROUP,
-        "client_supplied_keyrig_headers_never_reach_the_upstream",
-    ) else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+gateway_matrix! {
+    /// The security check of the matrix: a client cannot choose the owner or
+    /// group the upstream sees by sending keygate's headers itself.
+    #[tokio::test]
+    async fn client_supplied_keyrig_headers_never_reach_the_upstream(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "client_supplied_keyrig_headers_never_reach_the_upstream",
+        ) else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
-    let reply = gw
-        .get_with(
-            &api_path(API_GROUP),
-            &[
-                ("x-api-key", key.expose()),
-                ("x-keyrig-owner", "mallory"),
-                ("x-keyrig-group", "billing-api"),
-            ],
-        )
-        .await
-        .unwrap();
+        let reply = gw
+            .get_with(
+                &api_path(API_GROUP),
+                &[
+                    ("x-api-key", key.expose()),
+                    ("x-keyrig-owner", "mallory"),
+                    ("x-keyrig-group", "billing-api"),
+                ],
+            )
+            .await
+            .unwrap();
 
-    assert_eq!(
-        reply.status, 200,
-        "a valid key was refused: {:?}",
-        reply.reason
-    );
-    assert_eq!(
-        (
-            reply.upstream_header("x-keyrig-owner"),
-            reply.upstream_header("x-keyrig-group")
-        ),
-        (Some("e2e-owner"), Some(API_GROUP)),
-        "{gateway} let the client's x-keyrig-* through"
-    );
+        assert_eq!(
+            reply.status, 200,
+            "a valid key was refused: {:?}",
+            reply.reason
+        );
+        assert_eq!(
+            (
+                reply.upstream_header("x-keyrig-owner"),
+                reply.upstream_header("x-keyrig-group")
+            ),
+            (Some("e2e-owner"), Some(API_GROUP)),
+            "{gateway} let the client's x-keyrig-* through"
+        );
+    }
 }
 
-/// A denial reaches the client with keygate's status and `x-keyrig-reason`
-/// on every gateway; keygate's JSON body only where the gateway passes it.
-#[rstest]
-#[tokio::test]
-async fn denial_reaches_the_client_with_status_and_reason(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(
-        gateway,
-        ASSERTION_GROUP,
-        "denial_reaches_the_client_with_status_and_reason",
-    ) else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
-    let wrong = format!("{}{}", &key.expose()[..32], "0".repeat(32));
+gateway_matrix! {
+    /// A denial reaches the client with keygate's status and `x-keyrig-reason`
+    /// on every gateway; keygate's JSON body only where the gateway passes it.
+    #[tokio::test]
+    async fn denial_reaches_the_client_with_status_and_reason(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "denial_reaches_the_client_with_status_and_reason",
+        ) else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
+        let wrong = format!("{}{}", &key.expose()[..32], "0".repeat(32));
 
-    let reply = gw.get(&api_path(API_GROUP), Some(&wrong)).await.unwrap();
+        let reply = gw.get(&api_path(API_GROUP), Some(&wrong)).await.unwrap();
 
-    assert_eq!(
-        (reply.status, reply.reason.as_deref()),
-        (401, Some("mismatch"))
-    );
-    let body_is_keygates = reply.body["reason"].as_str() == Some("mismatch");
-    assert_eq!(
-        body_is_keygates,
-        expected(gateway).denial_body_is_keygates,
-        "{gateway}'s denial body: {}",
-        reply.body
-    );
+        assert_eq!(
+            (reply.status, reply.reason.as_deref()),
+            (401, Some("mismatch"))
+        );
+        let body_is_keygates = reply.body["reason"].as_str() == Some("mismatch");
+        assert_eq!(
+            body_is_keygates,
+            expected(gateway).denial_body_is_keygates,
+            "{gateway}'s denial body: {}",
+            reply.body
+        );
+    }
 }
 
-/// Which client headers the upstream gets besides keygate's: the API key
-/// itself goes on unless the gateway is told to drop it.
-#[rstest]
-#[tokio::test]
-async fn api_key_header_and_the_upstream(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "api_key_header_and_the_upstream")
-    else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
+gateway_matrix! {
+    /// Which client headers the upstream gets besides keygate's: the API key
+    /// itself goes on unless the gateway is told to drop it.
+    #[tokio::test]
+    async fn api_key_header_and_the_upstream(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "api_key_header_and_the_upstream")
+        else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
-    let reply = gw
-        .get(&api_path(API_GROUP), Some(key.expose()))
-        .await
-        .unwrap();
+        let reply = gw
+            .get(&api_path(API_GROUP), Some(key.expose()))
+            .await
+            .unwrap();
 
-    assert_eq!(
-        reply.status, 200,
-        "a valid key was refused: {:?}",
-        reply.reason
-    );
-    assert_eq!(
-        reply.upstream_header("x-api-key").is_some(),
-        expected(gateway).api_key_reaches_upstream,
-        "{gateway}: headers at the upstream: {}",
-        reply.body["headers"]
-    );
+        assert_eq!(
+            reply.status, 200,
+            "a valid key was refused: {:?}",
+            reply.reason
+        );
+        assert_eq!(
+            reply.upstream_header("x-api-key").is_some(),
+            expected(gateway).api_key_reaches_upstream,
+            "{gateway}: headers at the upstream: {}",
+            reply.body["headers"]
+        );
+    }
 }
 
-/// Dot segments: what keygate decides on and what the upstream gets. The
-/// path goes on the wire as written (reqwest would resolve it first).
-#[rstest]
-#[tokio::test]
-async fn dot_segments_in_the_path(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "dot_segments_in_the_path") else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
-    let billing = env().route("billing-api").unwrap();
-    let target = format!("{billing}..{}", api_path(API_GROUP));
+gateway_matrix! {
+    /// Dot segments: what keygate decides on and what the upstream gets. The
+    /// path goes on the wire as written (reqwest would resolve it first).
+    #[tokio::test]
+    async fn dot_segments_in_the_path(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(gateway, ASSERTION_GROUP, "dot_segments_in_the_path") else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
+        let billing = env().route("billing-api").unwrap();
+        let target = format!("{billing}..{}", api_path(API_GROUP));
 
-    let reply = gw
-        .raw_get(&target, &[("x-api-key", key.expose())])
-        .await
-        .unwrap();
+        let reply = gw
+            .raw_get(&target, &[("x-api-key", key.expose())])
+            .await
+            .unwrap();
 
-    let upstream_path = serde_json::from_str::<serde_json::Value>(&reply.body)
-        .ok()
-        .and_then(|echo| echo["path"].as_str().map(str::to_owned));
-    let (status, path) = expected(gateway).dot_segments;
-    assert_eq!(
-        (reply.status, upstream_path.as_deref()),
-        (status, path),
-        "{gateway} for GET {target}: reason {:?}",
-        reply.header("x-keyrig-reason")
-    );
+        let upstream_path = serde_json::from_str::<serde_json::Value>(&reply.body)
+            .ok()
+            .and_then(|echo| echo["path"].as_str().map(str::to_owned));
+        let (status, path) = expected(gateway).dot_segments;
+        assert_eq!(
+            (reply.status, upstream_path.as_deref()),
+            (status, path),
+            "{gateway} for GET {target}: reason {:?}",
+            reply.header("x-keyrig-reason")
+        );
+    }
 }
 
-/// The other way round, the invariant every gateway must keep: a key of one
-/// group never reaches another group's API through dot segments.
-#[rstest]
-#[tokio::test]
-async fn dot_segments_never_open_another_groups_api(
-    #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] gateway: &str,
-) {
-    let Some((_case, gw)) = case_on(
-        gateway,
-        ASSERTION_GROUP,
-        "dot_segments_never_open_another_groups_api",
-    ) else {
-        return;
-    };
-    let key = issue_key(API_GROUP, |r| r).await.unwrap();
-    let animals = env().route(API_GROUP).unwrap();
-    let target = format!("{animals}..{}", api_path("billing-api"));
+gateway_matrix! {
+    /// The other way round, the invariant every gateway must keep: a key of one
+    /// group never reaches another group's API through dot segments.
+    #[tokio::test]
+    async fn dot_segments_never_open_another_groups_api(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "dot_segments_never_open_another_groups_api",
+        ) else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
+        let animals = env().route(API_GROUP).unwrap();
+        let target = format!("{animals}..{}", api_path("billing-api"));
 
-    let reply = gw
-        .raw_get(&target, &[("x-api-key", key.expose())])
-        .await
-        .unwrap();
+        let reply = gw
+            .raw_get(&target, &[("x-api-key", key.expose())])
+            .await
+            .unwrap();
 
-    assert!(
-        matches!(reply.status, 400 | 401 | 403 | 404),
-        "{gateway} answered {} for GET {target} with an {API_GROUP} key: {}",
-        reply.status,
-        reply.body
-    );
+        assert!(
+            matches!(reply.status, 400 | 401 | 403 | 404),
+            "{gateway} answered {} for GET {target} with an {API_GROUP} key: {}",
+            reply.status,
+            reply.body
+        );
+    }
 }

@@ -358,7 +358,23 @@ async fn get_at(base: &str, path: &str, headers: &[(&str, &str)]) -> Result<Gate
     })
 }
 
-/// The gateways of the conformance matrix, as `#[values(...)]` takes them.
+/// A test of the gateway matrix: the function, whose first parameter is
+/// `<name>: &str`, runs once per gateway (an rstest value list, kept here
+/// only). Attributes (`#[case(..)]`, `#[tokio::test]`) go inside, as on the
+/// function; the caller imports the five names below (`use keyrig_e2e::*`).
+#[macro_export]
+macro_rules! gateway_matrix {
+    ($(#[$attr:meta])* async fn $name:ident($gateway:ident: &str, $($params:tt)*) $body:block) => {
+        #[rstest::rstest]
+        $(#[$attr])*
+        async fn $name(
+            #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] $gateway: &str,
+            $($params)*
+        ) $body
+    };
+}
+
+/// The gateways of the conformance matrix, as [`gateway_matrix!`] takes them.
 /// Names as in env.json's `gateways`.
 pub const ENVOY_GRPC: &str = "envoy-grpc";
 pub const ENVOY_HTTP: &str = "envoy-http";
