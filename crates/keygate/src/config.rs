@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub const DEFAULT_KV_MOUNT: &str = "api-portal-keys";
@@ -208,24 +209,35 @@ impl SecretFile {
                 path,
             });
         }
-        Ok(Secret(trimmed.to_owned()))
+        Ok(Secret::new(trimmed))
     }
 }
 
-/// A secret string. `Debug` hides it, and there is no `Display`, so it cannot
-/// end up in a log line or an error message by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret string, on `secrecy`: zeroed when dropped; `Debug` hides it,
+/// and there is no `Display`, so it cannot end up in a log line or an error
+/// message by accident.
+#[derive(Clone)]
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(SecretString::from(value.into()))
     }
 
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+// Equality for tests of parsed configs; nothing compares secrets on a
+// request path (keys are verified in constant time in `apikey`).
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -17,26 +17,36 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::base::wait::{Probe, wait_until};
 
-/// A secret string (token, secret-id): `Debug` never shows it and there is
-/// no `Display`, so it cannot end up in a log line or error by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret string (token, secret-id), on `secrecy`: zeroed when dropped;
+/// `Debug` never shows it and there is no `Display`, so it cannot end up in
+/// a log line or error by accident.
+#[derive(Clone)]
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(SecretString::from(value.into()))
     }
 
     /// The secret itself, for a 0600 file or a request header only.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
