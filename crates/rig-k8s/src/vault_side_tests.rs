@@ -21,45 +21,32 @@ use super::credentials::{
 };
 use super::vault_auth::{self, MountOwner, OutsideCluster};
 use rig::base::run::RunDir;
-use rig::process::supervisor::{Component, Readiness, Supervisor};
+use rig::process::components::DevVault;
+use rig::process::supervisor::Supervisor;
 use rig::vault::client::{Secret, VaultClient};
 use rig::vault::setup::VaultSetup;
 
-/// A dev server of the pinned OpenBao, stopped when the test ends.
-struct DevVault {
+/// A dev server of the pinned OpenBao (rig's `DevVault` component),
+/// stopped when the test ends.
+struct TestVault {
     _base: tempfile::TempDir,
     _supervisor: Supervisor,
     root: VaultClient,
 }
 
-async fn dev_vault() -> DevVault {
+async fn dev_vault() -> TestVault {
     let bao = super::pinned_tool("bao");
     let base = tempfile::tempdir().unwrap();
     let run = RunDir::create_in(base.path()).unwrap();
-    let port = rig::base::ports::free_port_pair().unwrap();
-    let addr = format!("http://127.0.0.1:{port}");
-    let token = apikey::ApiKey::generate().expose().to_owned();
     let mut supervisor = Supervisor::new(&run);
-    supervisor
-        .start(
-            Component::new("bao", bao)
-                .args(["server", "-dev", "-dev-no-store-token"])
-                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-                // The root token through the environment, never argv.
-                .env("BAO_DEV_ROOT_TOKEN_ID", &token)
-                .stdout_file(run.secrets_dir().join("bao-stdout"))
-                .current_dir(run.path()),
-            Readiness::http(format!("{addr}/v1/sys/health"), 200),
-        )
+    let vault = DevVault::default()
+        .start(&bao, &run, &mut supervisor)
         .await
         .unwrap();
-    let root = VaultClient::new(&addr)
-        .unwrap()
-        .with_token(Secret::new(token));
-    DevVault {
+    TestVault {
         _base: base,
         _supervisor: supervisor,
-        root,
+        root: vault.root,
     }
 }
 

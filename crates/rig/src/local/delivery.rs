@@ -32,7 +32,7 @@ use crate::base::run::RunDir;
 use crate::contract::env::{DeliveryInfo, ExternalDelivery};
 use crate::contract::modes::{Delivery, ExternalSecret, ModeValues, fill};
 use crate::local::secret_dir::SecretDir;
-use crate::process::supervisor::{Component, Readiness, Supervisor};
+use crate::process::supervisor::{Readiness, Supervisor};
 use crate::say;
 use crate::vault::client::VaultClient;
 use crate::vault::setup::VaultSetup;
@@ -345,16 +345,14 @@ async fn start_agent(
         humantime::format_duration(external.refresh_interval),
         external.role
     );
-    supervisor
-        .start(
-            Component::new("bao-agent", bao)
-                .arg("agent")
-                .arg(format!("-config={}", config_file.display()))
-                .current_dir(run.path()),
-            // Ready = the first render published: `..data` exists.
-            Readiness::Path(files.dir.path().join(crate::local::secret_dir::DATA_LINK)),
-        )
-        .await?;
+    // Ready = the first render published: `..data` exists.
+    crate::process::components::BaoAgent::new(
+        "bao-agent",
+        &config_file,
+        Readiness::Path(files.dir.path().join(crate::local::secret_dir::DATA_LINK)),
+    )
+    .start(bao, run, supervisor)
+    .await?;
     Ok(())
 }
 

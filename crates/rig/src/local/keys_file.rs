@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::base::run::RunDir;
 use crate::contract::env::KeysFileSettings;
 use crate::contract::scenario::ApiGroup;
-use crate::process::supervisor::{Component, Readiness, Supervisor};
+use crate::process::components::{BaoAgent, Keygate};
+use crate::process::supervisor::{Readiness, Supervisor};
 use crate::say;
 use crate::vault::client::VaultClient;
 
@@ -121,15 +122,13 @@ pub async fn start(
         destinations.len(),
         humantime::format_duration(RENDER_INTERVAL)
     );
-    supervisor
-        .start(
-            Component::new("keys-agent", input.bao)
-                .arg("agent")
-                .arg(format!("-config={}", agent_config_file.display()))
-                .current_dir(run.path()),
-            Readiness::Files(destinations.clone()),
-        )
-        .await?;
+    BaoAgent::new(
+        "keys-agent",
+        &agent_config_file,
+        Readiness::Files(destinations.clone()),
+    )
+    .start(input.bao, run, supervisor)
+    .await?;
 
     // 3. keygate reading those files.
     let (grpc_port, http_port) = (
@@ -154,20 +153,13 @@ pub async fn start(
     let config_file = run.path().join("keygate-keys-file.yaml");
     std::fs::write(&config_file, format!("{base}\n{keys}"))
         .context("writing the keys-file keygate's config")?;
-    let keygate_url = format!("http://127.0.0.1:{http_port}");
-    supervisor
-        .start(
-            Component::new("keygate-keys-file", input.keygate_bin)
-                .arg("--config")
-                .arg(&config_file)
-                .env(
-                    crate::contract::references::GATEWAY_NAME_VAR,
-                    "keygate-keys-file",
-                )
-                .current_dir(run.path()),
-            Readiness::http(format!("{keygate_url}/readyz"), 200),
-        )
-        .await?;
+    let keygate_url = Keygate::new(
+        &config_file,
+        std::net::SocketAddr::from(([127, 0, 0, 1], http_port)),
+    )
+    .with_name("keygate-keys-file")
+    .start(input.keygate_bin, run, supervisor)
+    .await?;
 
     // 4. Its Envoy: the gRPC gateway's config, pointed at this keygate.
     let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));

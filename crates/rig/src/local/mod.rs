@@ -26,6 +26,7 @@ use crate::base::run::RunDir;
 use crate::contract::env::{CacheSettings, Environment};
 use crate::contract::gateways::GatewayKind;
 use crate::local::gateway::context::GatewayContext;
+use crate::process::components::{DevVault, EchoUpstream, Keygate};
 use crate::process::supervisor::{Component, Readiness, Supervisor};
 use crate::process::tools::Tools;
 use crate::say;
@@ -288,28 +289,14 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         VaultStorage::Dev => {
             let bao_config = run.path().join("bao.hcl");
             std::fs::write(&bao_config, &audit_config).context("writing bao's config")?;
-            let root_token = apikey::ApiKey::generate().expose().to_owned();
-            let root_token_file = run.write_secret("root-token", &root_token)?;
-            crate::base::redact::register_in_run(run.path(), &root_token)?;
-            let bao_stdout = run.secrets_dir().join("bao-stdout");
-            supervisor
-                .start(
-                    Component::new("bao", &bao.path)
-                        .args(["server", "-dev", "-dev-no-store-token"])
-                        .arg(format!("-dev-listen-address={}", addr(ports.vault)))
-                        .arg(format!("-config={}", bao_config.display()))
-                        .env("BAO_DEV_ROOT_TOKEN_ID", &root_token)
-                        .stdout_file(&bao_stdout)
-                        .current_dir(run.path()),
-                    Readiness::http(format!("{vault_addr}/v1/sys/health"), 200),
-                )
+            let vault = DevVault::default()
+                .with_listen(addr(ports.vault))
+                .with_config_file(&bao_config)
+                .start(&bao.path, &run, &mut supervisor)
                 .await?;
-            let unseal_key_file = save_unseal_key(&run, &bao_stdout).await;
-            (
-                crate::vault::client::Secret::new(root_token),
-                root_token_file,
-                unseal_key_file,
-            )
+            let unseal_key_file = save_unseal_key(&run, &vault.stdout).await;
+            let root_token = vault.root.token().expect("a root token").clone();
+            (root_token, vault.root_token_file, unseal_key_file)
         }
         VaultStorage::Raft => {
             let data_dir = run.path().join("bao-data");
@@ -367,28 +354,13 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     crate::vault::references::apply(&references, &root).await?;
 
     // 5. The echo upstream.
-    let upstream_url = format!("http://{}", addr(ports.echo));
-    supervisor
-        .start(
-            Component::new("echo", &opts.echo.program)
-                .args(&opts.echo.args)
-                .args(["--listen".to_owned(), addr(ports.echo).to_string()])
-                .current_dir(run.path()),
-            Readiness::http(format!("{upstream_url}/healthz"), 200),
-        )
+    let upstream_url = EchoUpstream::new(&opts.echo.program, &opts.echo.args, addr(ports.echo))
+        .start(&run, &mut supervisor)
         .await?;
 
     // 6. keygate.
-    let keygate_url = format!("http://{}", addr(ports.keygate_http));
-    supervisor
-        .start(
-            Component::new("keygate", &opts.keygate_bin)
-                .arg("--config")
-                .arg(&keygate_config_file)
-                .env(crate::contract::references::GATEWAY_NAME_VAR, "keygate")
-                .current_dir(run.path()),
-            Readiness::http(format!("{keygate_url}/readyz"), 200),
-        )
+    let keygate_url = Keygate::new(&keygate_config_file, addr(ports.keygate_http))
+        .start(&opts.keygate_bin, &run, &mut supervisor)
         .await?;
 
     // 7. The gateways, each in front of keygate and the echo upstream.

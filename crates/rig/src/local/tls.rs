@@ -32,7 +32,7 @@ use crate::local::delivery::PublishCommand;
 use crate::local::gateway::context::GatewayContext;
 use crate::local::gateway::envoy::{ExtAuthz, TlsListener};
 use crate::local::secret_dir::SecretDir;
-use crate::process::supervisor::{Component, Readiness, Supervisor};
+use crate::process::supervisor::{Readiness, Supervisor};
 use crate::say;
 use crate::vault::client::VaultClient;
 use crate::vault::pki::PkiSetup;
@@ -170,16 +170,14 @@ pub async fn start(
         humantime::format_duration(pki.cert_ttl),
         pki.agent_role
     );
-    supervisor
-        .start(
-            Component::new(AGENT, opts.bao)
-                .arg("agent")
-                .arg(format!("-config={}", config_file.display()))
-                .current_dir(run.path()),
-            // Ready = the first certificate published: `..data` exists.
-            Readiness::Path(cert_dir.path().join(crate::local::secret_dir::DATA_LINK)),
-        )
-        .await?;
+    // Ready = the first certificate published: `..data` exists.
+    crate::process::components::BaoAgent::new(
+        AGENT,
+        &config_file,
+        Readiness::Path(cert_dir.path().join(crate::local::secret_dir::DATA_LINK)),
+    )
+    .start(opts.bao, run, supervisor)
+    .await?;
 
     // SDS: one static resource naming the certificate files, published the
     // ConfigMap way into the directory the listener's SDS source watches.

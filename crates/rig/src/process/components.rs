@@ -1,0 +1,239 @@
+//! The processes keyrig starts, as values (the shape of testcontainers-rs,
+//! for processes): each is a small struct with what it needs, `with_*`
+//! builders for what may vary, its readiness condition, and `start`, which
+//! runs it under a [`Supervisor`]. Stopping is the Supervisor's: on its
+//! `Drop` (so at the end of a run, a failed test, a panic) and on Ctrl-C.
+//!
+//! The local profile's `up` is a sequence of these starts; a test or the
+//! bench starts one component without copying its launch code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::base::run::RunDir;
+use crate::process::supervisor::{Component, Readiness, Supervisor};
+use crate::vault::client::{Secret, VaultClient};
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `bao server -dev`: an in-memory Vault, unsealed, with a root token
+/// generated here. The token reaches bao through its environment, never
+/// argv; dev mode prints it (and the unseal key) on stdout, so stdout goes
+/// to a 0600 file under `secrets/` and only stderr (the log) to `logs/`.
+#[derive(Debug, Clone)]
+pub struct DevVault {
+    name: String,
+    listen: Option<SocketAddr>,
+    config_file: Option<PathBuf>,
+}
+
+impl Default for DevVault {
+    /// Component `bao` on a free loopback port, no config file.
+    fn default() -> Self {
+        Self {
+            name: "bao".into(),
+            listen: None,
+            config_file: None,
+        }
+    }
+}
+
+/// A started [`DevVault`].
+#[derive(Debug)]
+pub struct RunningVault {
+    /// `http://127.0.0.1:<port>`.
+    pub addr: String,
+    /// A client with the root token.
+    pub root: VaultClient,
+    /// The root token's 0600 file.
+    pub root_token_file: PathBuf,
+    /// bao's stdout (0600, under `secrets/`): the unseal key is there.
+    pub stdout: PathBuf,
+}
+
+impl DevVault {
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    pub fn with_listen(mut self, listen: SocketAddr) -> Self {
+        self.listen = Some(listen);
+        self
+    }
+
+    /// A server config to add, e.g. the file audit device (OpenBao takes
+    /// audit devices only from a config file).
+    pub fn with_config_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(file.into());
+        self
+    }
+
+    /// Starts it; ready once `sys/health` answers 200 (initialized,
+    /// unsealed, active). The root token is registered for redaction.
+    pub async fn start(
+        self,
+        bao: &Path,
+        run: &RunDir,
+        supervisor: &mut Supervisor,
+    ) -> Result<RunningVault> {
+        let listen = match self.listen {
+            Some(listen) => listen,
+            None => loopback(crate::base::ports::free_port_pair()?),
+        };
+        let addr = format!("http://{listen}");
+        let token = apikey::ApiKey::generate().expose().to_owned();
+        // `root-token` for the run's (first) Vault, as env.json has always
+        // named it; another one's is prefixed with its name.
+        let token_file = match self.name.as_str() {
+            "bao" => "root-token".to_owned(),
+            other => format!("{other}-root-token"),
+        };
+        let root_token_file = run.write_secret(&token_file, &token)?;
+        crate::base::redact::register_in_run(run.path(), &token)?;
+        let stdout = run.secrets_dir().join(format!("{}-stdout", self.name));
+        let mut component = Component::new(&self.name, bao)
+            .args(["server", "-dev", "-dev-no-store-token"])
+            .arg(format!("-dev-listen-address={listen}"));
+        if let Some(config) = &self.config_file {
+            component = component.arg(format!("-config={}", config.display()));
+        }
+        let component = component
+            .env("BAO_DEV_ROOT_TOKEN_ID", &token)
+            .stdout_file(&stdout)
+            .current_dir(run.path());
+        supervisor
+            .start(
+                component,
+                Readiness::http(format!("{addr}/v1/sys/health"), 200),
+            )
+            .await?;
+        let root = VaultClient::new(&addr)?.with_token(Secret::new(token));
+        Ok(RunningVault {
+            addr,
+            root,
+            root_token_file,
+            stdout,
+        })
+    }
+}
+
+/// A `bao agent` rendering templates from Vault: ready when `ready` holds
+/// (its first render published, usually).
+#[derive(Debug, Clone)]
+pub struct BaoAgent {
+    name: String,
+    config_file: PathBuf,
+    ready: Readiness,
+}
+
+impl BaoAgent {
+    /// Component `name` with this agent config; ready once `ready` holds.
+    pub fn new(name: impl Into<String>, config_file: impl Into<PathBuf>, ready: Readiness) -> Self {
+        Self {
+            name: name.into(),
+            config_file: config_file.into(),
+            ready,
+        }
+    }
+
+    pub async fn start(self, bao: &Path, run: &RunDir, supervisor: &mut Supervisor) -> Result<()> {
+        supervisor
+            .start(
+                Component::new(&self.name, bao)
+                    .arg("agent")
+                    .arg(format!("-config={}", self.config_file.display()))
+                    .current_dir(run.path()),
+                self.ready,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// keygate with a config file: ready once its `/readyz` answers 200 (its
+/// Vault login, or its keys files, loaded).
+#[derive(Debug, Clone)]
+pub struct Keygate {
+    name: String,
+    config_file: PathBuf,
+    http: SocketAddr,
+}
+
+impl Keygate {
+    /// Component `keygate` with `config_file`, whose HTTP listener is `http`.
+    pub fn new(config_file: impl Into<PathBuf>, http: SocketAddr) -> Self {
+        Self {
+            name: "keygate".into(),
+            config_file: config_file.into(),
+            http,
+        }
+    }
+
+    /// Also the name its secret references report
+    /// (`contract::references::GATEWAY_NAME_VAR`).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Starts it; returns its HTTP URL.
+    pub async fn start(
+        self,
+        binary: &Path,
+        run: &RunDir,
+        supervisor: &mut Supervisor,
+    ) -> Result<String> {
+        let url = format!("http://{}", self.http);
+        supervisor
+            .start(
+                Component::new(&self.name, binary)
+                    .arg("--config")
+                    .arg(&self.config_file)
+                    .env(crate::contract::references::GATEWAY_NAME_VAR, &self.name)
+                    .current_dir(run.path()),
+                Readiness::http(format!("{url}/readyz"), 200),
+            )
+            .await?;
+        Ok(url)
+    }
+}
+
+/// The echo upstream (`process::echo`), run by a program that serves it
+/// (xtask's hidden `echo-upstream`): ready once `/healthz` answers.
+#[derive(Debug, Clone)]
+pub struct EchoUpstream {
+    program: PathBuf,
+    args: Vec<String>,
+    listen: SocketAddr,
+}
+
+impl EchoUpstream {
+    /// `program args... --listen <listen>`.
+    pub fn new(program: impl Into<PathBuf>, args: &[String], listen: SocketAddr) -> Self {
+        Self {
+            program: program.into(),
+            args: args.to_vec(),
+            listen,
+        }
+    }
+
+    /// Starts it as component `echo`; returns its URL.
+    pub async fn start(self, run: &RunDir, supervisor: &mut Supervisor) -> Result<String> {
+        let url = format!("http://{}", self.listen);
+        supervisor
+            .start(
+                Component::new("echo", &self.program)
+                    .args(&self.args)
+                    .args(["--listen".to_owned(), self.listen.to_string()])
+                    .current_dir(run.path()),
+                Readiness::http(format!("{url}/healthz"), 200),
+            )
+            .await?;
+        Ok(url)
+    }
+}
