@@ -22,13 +22,7 @@ const KV_MOUNT: &str = "api-portal-keys";
 const GROUP: &str = "billing-api";
 
 fn bao() -> PathBuf {
-    let tools = rig::process::tools::Tools::load_default().unwrap_or_else(|err| panic!("{err:#}"));
-    match tools.resolve("bao") {
-        Ok(tool) => tool.path,
-        Err(err) => panic!(
-            "this test needs the pinned bao and cannot find it: {err}. `cargo xtask tools` installs it."
-        ),
-    }
+    rig::process::tools::pinned_for_tests("bao")
 }
 
 /// A dev-tls OpenBao with keygate's AppRole and a key record written the

@@ -55,14 +55,7 @@ pub use rig::contract::modes::Mode;
 /// test that skipped itself would read as passed in cargo's output.
 #[cfg(test)]
 pub(crate) fn pinned_tool(name: &str) -> std::path::PathBuf {
-    rig::process::tools::Tools::load_default()
-        .and_then(|tools| Ok(tools.resolve(name)?))
-        .map(|tool| tool.path)
-        .unwrap_or_else(|err| {
-            panic!(
-                "the pinned {name} is not installed ({err:#}): run `cargo xtask tools --profile offline` (and `cargo xtask tools` for bao)"
-            )
-        })
+    rig::process::tools::pinned_for_tests(name)
 }
 
 /// The dev Vault the kind profile installs (env/k8s.toml `[charts.<chart>]`).

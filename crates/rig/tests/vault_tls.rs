@@ -17,13 +17,7 @@ use rig::vault::client::{Secret, VaultClient, VaultError};
 /// installs the tools first, and a check that silently does not run
 /// proves nothing.
 fn bao() -> PathBuf {
-    let tools = rig::process::tools::Tools::load_default().unwrap_or_else(|err| panic!("{err:#}"));
-    match tools.resolve("bao") {
-        Ok(tool) => tool.path,
-        Err(err) => panic!(
-            "this test needs the pinned bao and cannot find it: {err}. `cargo xtask tools` installs it."
-        ),
-    }
+    rig::process::tools::pinned_for_tests("bao")
 }
 
 #[rstest]

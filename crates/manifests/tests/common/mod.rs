@@ -19,14 +19,7 @@ pub fn root() -> PathBuf {
 /// Missing is a failure, not a skip: a check that silently does not run
 /// proves nothing.
 pub fn tool(name: &str) -> PathBuf {
-    let tools = rig::process::tools::Tools::load_default().unwrap_or_else(|err| panic!("{err:#}"));
-    match tools.resolve(name) {
-        Ok(tool) => tool.path,
-        Err(err) => panic!(
-            "the manifest checks need the pinned {name} and cannot find it: {err}. \
-             `cargo xtask tools` installs it."
-        ),
-    }
+    rig::process::tools::pinned_for_tests(name)
 }
 
 /// The pinned kubectl, which renders the overlays.

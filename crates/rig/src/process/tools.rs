@@ -652,6 +652,22 @@ impl fmt::Display for Doctor {
     }
 }
 
+/// A pinned tool's path for a test, resolved the way the harness resolves
+/// it (env override, PATH at the pinned version, the per-user cache).
+/// Missing is a panic that says what to install, not a skip: `cargo xtask
+/// test` installs the tools first, and a check that silently does not run
+/// proves nothing.
+pub fn pinned_for_tests(name: &str) -> PathBuf {
+    Tools::load_default()
+        .and_then(|tools| Ok(tools.resolve(name)?))
+        .map(|tool| tool.path)
+        .unwrap_or_else(|err| {
+            panic!(
+                "this test needs the pinned {name} and cannot find it ({err:#}): `cargo xtask tools` installs it (`cargo xtask tools --profile offline` for kubectl)"
+            )
+        })
+}
+
 /// The versions of a profile's tools as the reports record them, resolved
 /// now (unresolvable ones are left out: the run would not have started
 /// without them).

@@ -17,42 +17,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::base::wait::{Probe, wait_until};
 
-/// A secret string (token, secret-id), on `secrecy`: zeroed when dropped;
-/// `Debug` never shows it and there is no `Display`, so it cannot end up in
-/// a log line or error by accident.
-#[derive(Clone)]
-pub struct Secret(SecretString);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(SecretString::from(value.into()))
-    }
-
-    /// The secret itself, for a 0600 file or a request header only.
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-}
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.expose() == other.expose()
-    }
-}
-
-impl Eq for Secret {}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+/// A secret string (token, secret-id): keygate's (on `secrecy`, zeroed
+/// when dropped; `Debug` never shows it and there is no `Display`), so the
+/// harness and keygate have one such type.
+pub use keygate::config::Secret;
 
 /// Why a Vault call failed, phrased as what to do about it.
 #[derive(Debug, thiserror::Error)]
