@@ -305,6 +305,24 @@ pub struct GatewayReply {
 }
 
 impl GatewayReply {
+    /// The reply of a gateway's response: status, keygate's reason, and the
+    /// body as JSON (a string when it is not JSON).
+    pub async fn read(response: reqwest::Response) -> Result<Self> {
+        let status = response.status().as_u16();
+        let reason = response
+            .headers()
+            .get("x-keyrig-reason")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Self {
+            status,
+            reason,
+            body,
+        })
+    }
+
     /// A header the upstream received, from its echo.
     pub fn upstream_header(&self, name: &str) -> Option<&str> {
         self.body["headers"][name].as_str()
@@ -343,19 +361,7 @@ async fn get_at(base: &str, path: &str, headers: &[(&str, &str)]) -> Result<Gate
         .send()
         .await
         .with_context(|| format!("GET {url}: the gateway did not answer"))?;
-    let status = response.status().as_u16();
-    let reason = response
-        .headers()
-        .get("x-keyrig-reason")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let text = response.text().await?;
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(GatewayReply {
-        status,
-        reason,
-        body,
-    })
+    GatewayReply::read(response).await
 }
 
 /// A test of the gateway matrix: the function, whose first parameter is

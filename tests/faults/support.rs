@@ -354,25 +354,15 @@ pub async fn gateway_get(
     if let Some(key) = key {
         request = request.header("x-api-key", key);
     }
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let reason = response
-                .headers()
-                .get("x-keyrig-reason")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let text = response.text().await.unwrap_or_default();
-            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            Reply {
-                status,
-                reason,
-                body,
-            }
-        }
+    let answer = match request.send().await {
+        Ok(response) => Reply::read(response).await,
+        Err(err) => Err(err.without_url().into()),
+    };
+    match answer {
+        Ok(reply) => reply,
         Err(err) => Reply {
             status: 0,
-            reason: Some(format!("no answer: {}", err.without_url())),
+            reason: Some(format!("no answer: {err:#}")),
             body: Value::Null,
         },
     }
