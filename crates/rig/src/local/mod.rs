@@ -26,8 +26,8 @@ use crate::base::run::RunDir;
 use crate::contract::env::{CacheSettings, Environment};
 use crate::contract::gateways::GatewayKind;
 use crate::local::gateway::context::GatewayContext;
-use crate::process::components::{DevVault, EchoUpstream, Keygate};
-use crate::process::supervisor::{Component, Readiness, Supervisor};
+use crate::process::components::{DevVault, EchoUpstream, Keygate, RaftVault};
+use crate::process::supervisor::Supervisor;
 use crate::process::tools::Tools;
 use crate::say;
 use crate::vault::client::VaultClient;
@@ -299,37 +299,14 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             (root_token, vault.root_token_file, unseal_key_file)
         }
         VaultStorage::Raft => {
-            let data_dir = run.path().join("bao-data");
-            std::fs::create_dir_all(&data_dir).context("creating bao's raft data directory")?;
-            let config_file = run.path().join("bao.hcl");
-            std::fs::write(
-                &config_file,
-                format!(
-                    "{}\n{audit_config}",
-                    crate::vault::raft::server_config(ports.vault, &data_dir)
-                ),
-            )
-            .context("writing bao's server config")?;
-            // Up (any seal state) once sys/seal-status answers.
-            supervisor
-                .start(
-                    Component::new("bao", &bao.path)
-                        .args(["server", "-config"])
-                        .arg(&config_file)
-                        .current_dir(run.path()),
-                    Readiness::http(format!("{vault_addr}/v1/sys/seal-status"), 200),
-                )
+            let vault = RaftVault::new(ports.vault)
+                .with_config(&audit_config)
+                .start(&bao.path, &run, &mut supervisor)
                 .await?;
-            let client = VaultClient::with_timeout(&vault_addr, Duration::from_secs(60))?;
-            let secrets = crate::vault::raft::init(&client, &run).await?;
-            crate::vault::raft::unseal(&client, &secrets.unseal_key_file).await?;
-            say!(
-                "bao: raft storage initialized and unsealed (root token and unseal key in secrets/)"
-            );
             (
-                secrets.root_token,
-                secrets.root_token_file,
-                Some(secrets.unseal_key_file),
+                vault.root_token,
+                vault.root_token_file,
+                Some(vault.unseal_key_file),
             )
         }
     };

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::base::run::RunDir;
 use crate::process::supervisor::{Component, Readiness, Supervisor};
@@ -118,6 +118,84 @@ impl DevVault {
             root,
             root_token_file,
             stdout,
+        })
+    }
+}
+
+/// `bao server` with raft storage instead of `-dev`, for tests that
+/// restart or seal Vault and expect its data to survive: started, then
+/// initialized (root token and unseal key into 0600 files) and unsealed.
+#[derive(Debug, Clone)]
+pub struct RaftVault {
+    listen_port: u16,
+    extra_config: String,
+}
+
+/// A started [`RaftVault`].
+#[derive(Debug)]
+pub struct RunningRaftVault {
+    pub addr: String,
+    pub root_token: Secret,
+    pub root_token_file: PathBuf,
+    pub unseal_key_file: PathBuf,
+}
+
+impl RaftVault {
+    /// On `listen_port` (and the next port, raft's cluster address).
+    pub fn new(listen_port: u16) -> Self {
+        Self {
+            listen_port,
+            extra_config: String::new(),
+        }
+    }
+
+    /// More server config, e.g. the file audit device.
+    pub fn with_config(mut self, hcl: impl Into<String>) -> Self {
+        self.extra_config = hcl.into();
+        self
+    }
+
+    /// Starts it as component `bao`; up (any seal state) once
+    /// `sys/seal-status` answers, then initialized and unsealed.
+    pub async fn start(
+        self,
+        bao: &Path,
+        run: &RunDir,
+        supervisor: &mut Supervisor,
+    ) -> Result<RunningRaftVault> {
+        let data_dir = run.path().join("bao-data");
+        std::fs::create_dir_all(&data_dir).context("creating bao's raft data directory")?;
+        let config_file = run.path().join("bao.hcl");
+        std::fs::write(
+            &config_file,
+            format!(
+                "{}\n{}",
+                crate::vault::raft::server_config(self.listen_port, &data_dir),
+                self.extra_config
+            ),
+        )
+        .context("writing bao's server config")?;
+        let addr = format!("http://{}", loopback(self.listen_port));
+        supervisor
+            .start(
+                Component::new("bao", bao)
+                    .args(["server", "-config"])
+                    .arg(&config_file)
+                    .current_dir(run.path()),
+                Readiness::http(format!("{addr}/v1/sys/seal-status"), 200),
+            )
+            .await?;
+        let client = VaultClient::with_timeout(&addr, std::time::Duration::from_secs(60))?;
+        let secrets = crate::vault::raft::init(&client, run).await?;
+        crate::vault::raft::unseal(&client, &secrets.unseal_key_file).await?;
+        crate::say!(
+            "bao: raft storage initialized and unsealed (root token and unseal key in secrets/)"
+        );
+        Ok(RunningRaftVault {
+            addr,
+            root_token: secrets.root_token,
+            root_token_file: secrets.root_token_file,
+            unseal_key_file: secrets.unseal_key_file,
         })
     }
 }
