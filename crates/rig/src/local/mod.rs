@@ -172,70 +172,116 @@ struct KeygateContext<'a> {
     resurrect_ttl: String,
 }
 
+/// What `up` starts from, all of it loaded and checked before any process
+/// starts: pinned tools, the gateways to run (and the skipped ones, with
+/// why), the scenario's API groups, Vault setup, delivery values, workload
+/// identity and environments.
+struct Inputs {
+    bao: crate::process::tools::ResolvedTool,
+    envoy: crate::process::tools::ResolvedTool,
+    gateways: Vec<GatewayPick>,
+    skipped_gateways: Skipped,
+    groups: Vec<crate::contract::scenario::ApiGroup>,
+    setup: VaultSetup,
+    values: crate::contract::modes::ModeValues,
+    identity: crate::contract::identity::WorkloadIdentity,
+    environments: crate::contract::environments::Environments,
+}
+
+impl Inputs {
+    fn check(opts: &LocalOptions) -> Result<Self> {
+        let tools = Tools::load(
+            &opts.env_dir.join("tools.toml"),
+            crate::process::tools::ToolEnv::from_process(),
+        )?;
+        let resolved = tools.ensure_installed("local")?;
+        let tool = |name: &str| {
+            resolved.iter().find(|t| t.name == name).cloned().with_context(|| {
+                format!("env/tools.toml does not list {name} for the local profile: add \"local\" to tools.{name}.profiles")
+            })
+        };
+        let bao = tool("bao")?;
+        // The keys-file gateway is an Envoy whatever gateways the run asked for.
+        let envoy = tool("envoy")?;
+        let (gateways, skipped_gateways) = select_gateways(&tools, &opts.gateways)?;
+        if !opts.keygate_bin.is_file() {
+            bail!(
+                "no keygate binary at {}: build it with `cargo build -p keygate`, or point KEYRIG_KEYGATE at one",
+                opts.keygate_bin.display()
+            );
+        }
+        let groups = crate::contract::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
+        let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
+        let mut setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
+        let values = crate::contract::modes::ModeValues::load_mode(&opts.scenarios_dir, opts.mode)?;
+        crate::local::delivery::check_against_setup(&values, &setup)?;
+        if let Some((ttl, max_ttl)) = opts.keygate_token_ttl {
+            for role in setup
+                .roles
+                .iter_mut()
+                .filter(|r| r.name == values.api_key.role)
+            {
+                role.token_ttl = ttl;
+                role.token_max_ttl = max_ttl;
+            }
+        }
+        let policy_names: Vec<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
+        let identity = crate::contract::identity::WorkloadIdentity::load(
+            &opts.scenarios_dir.join("vault/workload-identity.yaml"),
+            &policy_names,
+        )?;
+        let environments = crate::contract::environments::Environments::load(
+            &opts.scenarios_dir.join("vault/environments.yaml"),
+        )?;
+        say!(
+            "local profile: bao {} ({}), gateways {}, {} API groups: {}",
+            bao.version,
+            bao.source,
+            gateways
+                .iter()
+                .map(|(kind, tool)| format!(
+                    "{kind} ({} {}, {})",
+                    tool.name, tool.version, tool.source
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            groups.len(),
+            group_ids.join(", ")
+        );
+        for (name, reason) in &skipped_gateways {
+            say!("gateway {name} skipped: {reason}");
+        }
+        Ok(Self {
+            bao,
+            envoy,
+            gateways,
+            skipped_gateways,
+            groups,
+            setup,
+            values,
+            identity,
+            environments,
+        })
+    }
+}
+
 /// Starts the local profile. On error, whatever was started is stopped
 /// (the `Supervisor` drops) and the error says which step failed.
 pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let started = Instant::now();
 
     // 1. Everything that can be wrong with the input, before any process.
-    let tools = Tools::load(
-        &opts.env_dir.join("tools.toml"),
-        crate::process::tools::ToolEnv::from_process(),
-    )?;
-    let resolved = tools.ensure_installed("local")?;
-    let tool = |name: &str| {
-        resolved.iter().find(|t| t.name == name).cloned().with_context(|| {
-            format!("env/tools.toml does not list {name} for the local profile: add \"local\" to tools.{name}.profiles")
-        })
-    };
-    let bao = tool("bao")?;
-    // The keys-file gateway is an Envoy whatever gateways the run asked for.
-    let envoy = tool("envoy")?;
-    let (gateways, skipped_gateways) = select_gateways(&tools, &opts.gateways)?;
-    if !opts.keygate_bin.is_file() {
-        bail!(
-            "no keygate binary at {}: build it with `cargo build -p keygate`, or point KEYRIG_KEYGATE at one",
-            opts.keygate_bin.display()
-        );
-    }
-    let groups = crate::contract::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
-    let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
-    let mut setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
-    let values = crate::contract::modes::ModeValues::load_mode(&opts.scenarios_dir, opts.mode)?;
-    crate::local::delivery::check_against_setup(&values, &setup)?;
-    if let Some((ttl, max_ttl)) = opts.keygate_token_ttl {
-        for role in setup
-            .roles
-            .iter_mut()
-            .filter(|r| r.name == values.api_key.role)
-        {
-            role.token_ttl = ttl;
-            role.token_max_ttl = max_ttl;
-        }
-    }
-    let policy_names: Vec<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
-    let identity = crate::contract::identity::WorkloadIdentity::load(
-        &opts.scenarios_dir.join("vault/workload-identity.yaml"),
-        &policy_names,
-    )?;
-    let environments = crate::contract::environments::Environments::load(
-        &opts.scenarios_dir.join("vault/environments.yaml"),
-    )?;
-    say!(
-        "local profile: bao {} ({}), gateways {}, {} API groups: {}",
-        bao.version,
-        bao.source,
-        gateways
-            .iter()
-            .map(|(kind, tool)| format!("{kind} ({} {}, {})", tool.name, tool.version, tool.source))
-            .collect::<Vec<_>>()
-            .join(", "),
-        groups.len(),
-        group_ids.join(", ")
-    );
-    for (name, reason) in &skipped_gateways {
-        say!("gateway {name} skipped: {reason}");
-    }
+    let Inputs {
+        bao,
+        envoy,
+        gateways,
+        skipped_gateways,
+        groups,
+        setup,
+        values,
+        identity,
+        environments,
+    } = Inputs::check(opts)?;
 
     // 2. Run directory and ports; configs rendered before starting anything.
     let run = RunDir::create_in(&opts.runs_dir)?;
@@ -393,7 +439,6 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     // a hook to publish the agent's renders.
     let tls = match (&setup.pki, &opts.publish) {
         (Some(pki), Some(publish)) => {
-            let envoy = tool("envoy")?;
             let start = crate::local::tls::TlsStart {
                 pki,
                 bao: &bao.path,
