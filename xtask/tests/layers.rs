@@ -369,11 +369,6 @@ fn crates_depend_only_downwards() {
             if !forbidden.contains(&dependency) {
                 continue;
             }
-            // The one known exception, until keygate's https test gets a
-            // bao of its own: see ALLOWED_DEV.
-            if kind == "dev" && ALLOWED_DEV.contains(&(name, dependency)) {
-                continue;
-            }
             wrong.push(format!("{name} depends on {dependency} ({kind})"));
         }
     }
@@ -383,12 +378,6 @@ fn crates_depend_only_downwards() {
         wrong.join("\n")
     );
 }
-
-/// keygate's tests/vault_tls.rs starts a real `bao server -dev-tls` through
-/// rig's `DevTlsVault` and resolves the pinned bao through rig's tools; a
-/// dev-dependency only (keygate's library and binary never link rig).
-/// Listed so that no other such edge can appear unnoticed.
-const ALLOWED_DEV: [(&str, &str); 1] = [("keygate", "rig")];
 
 #[test]
 fn rig_keeps_the_workspace_rust_version() {
