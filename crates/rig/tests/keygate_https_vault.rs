@@ -39,17 +39,11 @@ fn bao() -> PathBuf {
     rig::process::tools::pinned_for_tests("bao")
 }
 
-/// `$KEYRIG_KEYGATE`, else the debug build in this workspace's target dir.
+/// The keygate binary the `Keygate` component runs by default; missing is
+/// a failure that says how to build it.
 fn keygate_binary() -> PathBuf {
-    let binary = std::env::var_os("KEYRIG_KEYGATE")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| rig::base::paths::target_dir().join("debug/keygate"));
-    assert!(
-        binary.is_file(),
-        "no keygate binary at {}: run `cargo build -p keygate` (or `cargo test --workspace`, which builds it), or set KEYRIG_KEYGATE",
-        binary.display()
-    );
+    let binary = Keygate::default_binary();
+    Keygate::check_binary(&binary).unwrap();
     binary
 }
 
@@ -207,8 +201,10 @@ async fn logs_in_over_https_with_the_ca_file_and_validates_a_key() {
     let http = loopback(rig::base::ports::free_port().unwrap());
     let config = bao.config("keygate", Some(&bao.vault.ca_file.clone()), http);
     // Ready (the Keygate component's probe) means /readyz = 200: logged in.
-    let keygate = Keygate::new(&config, http)
-        .start(&keygate_binary(), &bao.run, &mut bao.supervisor)
+    let keygate = Keygate::default()
+        .with_binary(keygate_binary())
+        .with_config(&config, http)
+        .start(&bao.run, &mut bao.supervisor)
         .await
         .unwrap();
 

@@ -153,13 +153,15 @@ pub async fn start(
     let config_file = run.path().join("keygate-keys-file.yaml");
     std::fs::write(&config_file, format!("{base}\n{keys}"))
         .context("writing the keys-file keygate's config")?;
-    let keygate_url = Keygate::new(
-        &config_file,
-        std::net::SocketAddr::from(([127, 0, 0, 1], http_port)),
-    )
-    .with_name("keygate-keys-file")
-    .start(input.keygate_bin, run, supervisor)
-    .await?;
+    let keygate_url = Keygate::default()
+        .with_name("keygate-keys-file")
+        .with_binary(input.keygate_bin)
+        .with_config(
+            &config_file,
+            std::net::SocketAddr::from(([127, 0, 0, 1], http_port)),
+        )
+        .start(run, supervisor)
+        .await?;
 
     // 4. Its Envoy: the gRPC gateway's config, pointed at this keygate.
     let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));

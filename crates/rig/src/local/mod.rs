@@ -204,12 +204,7 @@ impl Inputs {
         // The keys-file gateway is an Envoy whatever gateways the run asked for.
         let envoy = tool("envoy")?;
         let (gateways, skipped_gateways) = select_gateways(&tools, &opts.gateways)?;
-        if !opts.keygate_bin.is_file() {
-            bail!(
-                "no keygate binary at {}: build it with `cargo build -p keygate`, or point KEYRIG_KEYGATE at one",
-                opts.keygate_bin.display()
-            );
-        }
+        Keygate::check_binary(&opts.keygate_bin)?;
         let groups = crate::contract::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
         let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
         let mut setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
@@ -382,8 +377,10 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         .await?;
 
     // 6. keygate.
-    let keygate_url = Keygate::new(&keygate_config_file, addr(ports.keygate_http))
-        .start(&opts.keygate_bin, &run, &mut supervisor)
+    let keygate_url = Keygate::default()
+        .with_binary(&opts.keygate_bin)
+        .with_config(&keygate_config_file, addr(ports.keygate_http))
+        .start(&run, &mut supervisor)
         .await?;
 
     // 7. The gateways, each in front of keygate and the echo upstream.

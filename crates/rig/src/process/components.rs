@@ -238,18 +238,42 @@ impl BaoAgent {
 #[derive(Debug, Clone)]
 pub struct Keygate {
     name: String,
-    config_file: PathBuf,
-    http: SocketAddr,
+    binary: PathBuf,
+    config: Option<(PathBuf, SocketAddr)>,
+}
+
+impl Default for Keygate {
+    /// Component `keygate`, the binary [`Keygate::default_binary`] names,
+    /// no config yet ([`Keygate::with_config`] gives one).
+    fn default() -> Self {
+        Self {
+            name: "keygate".into(),
+            binary: Self::default_binary(),
+            config: None,
+        }
+    }
 }
 
 impl Keygate {
-    /// Component `keygate` with `config_file`, whose HTTP listener is `http`.
-    pub fn new(config_file: impl Into<PathBuf>, http: SocketAddr) -> Self {
-        Self {
-            name: "keygate".into(),
-            config_file: config_file.into(),
-            http,
+    /// `$KEYRIG_KEYGATE`, else the debug build in this workspace's target
+    /// directory (what `cargo build -p keygate` and `cargo test --workspace`
+    /// produce, and what `cargo xtask up` builds).
+    pub fn default_binary() -> PathBuf {
+        std::env::var_os("KEYRIG_KEYGATE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::base::paths::target_dir().join("debug/keygate"))
+    }
+
+    /// An error that says how to build it when `binary` is not a file.
+    pub fn check_binary(binary: &Path) -> Result<()> {
+        if !binary.is_file() {
+            anyhow::bail!(
+                "no keygate binary at {}: build it with `cargo build -p keygate`, or point KEYRIG_KEYGATE at one",
+                binary.display()
+            );
         }
+        Ok(())
     }
 
     /// Also the name its secret references report
@@ -259,19 +283,29 @@ impl Keygate {
         self
     }
 
+    pub fn with_binary(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.binary = binary.into();
+        self
+    }
+
+    /// keygate's config file, whose HTTP listener is `http` (the probe's).
+    pub fn with_config(mut self, file: impl Into<PathBuf>, http: SocketAddr) -> Self {
+        self.config = Some((file.into(), http));
+        self
+    }
+
     /// Starts it; returns its HTTP URL.
-    pub async fn start(
-        self,
-        binary: &Path,
-        run: &RunDir,
-        supervisor: &mut Supervisor,
-    ) -> Result<String> {
-        let url = format!("http://{}", self.http);
+    pub async fn start(self, run: &RunDir, supervisor: &mut Supervisor) -> Result<String> {
+        let (config_file, http) = self
+            .config
+            .context("keygate has no config file: give one with Keygate::with_config")?;
+        Self::check_binary(&self.binary)?;
+        let url = format!("http://{http}");
         supervisor
             .start(
-                Component::new(&self.name, binary)
+                Component::new(&self.name, &self.binary)
                     .arg("--config")
-                    .arg(&self.config_file)
+                    .arg(&config_file)
                     .env(crate::contract::references::GATEWAY_NAME_VAR, &self.name)
                     .current_dir(run.path()),
                 Readiness::http(format!("{url}/readyz"), 200),
