@@ -1,8 +1,6 @@
 //! `cargo xtask bench`: everything is rig-bench; this builds keygate, runs it
 //! and writes `bench.json` and the plot.
 
-use std::process::Command;
-
 use anyhow::{Context, Result, bail};
 use rig::say;
 
@@ -30,7 +28,7 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
         local.keygate_bin = rig::base::paths::target_dir().join("release/keygate");
     }
     let out_dir = rig::base::paths::rig_dir().join("bench");
-    let mut suite = Command::new(cargo());
+    let mut suite = cargo();
     suite
         .args(["xtask", "e2e", "--mode", "inline"])
         .current_dir(rig::base::paths::workspace_root());

@@ -2,7 +2,7 @@
 //! mode (and the keys-file pass), the reports, teardown.
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -48,6 +48,11 @@ pub(crate) fn e2e_modes(
     base: &E2eOptions,
     modes: &[rig::contract::modes::Mode],
 ) -> Result<ExitCode> {
+    // The main job installs what it runs: every gateway of the matrix, so
+    // none is skipped for want of a `cargo xtask tools`.
+    if base.profile == Profile::Local {
+        crate::tools::install(crate::flags::ToolsProfile::Local)?;
+    }
     let mut all_cases = Vec::new();
     let mut rotations = Vec::new();
     let mut notes = Vec::new();
@@ -143,7 +148,7 @@ pub(crate) fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
     );
 
     let tests_started = Instant::now();
-    let mut command = Command::new(cargo());
+    let mut command = cargo();
     plain_output_unless_interactive(&mut command);
     command
         .args(["test", "-p", "keyrig-e2e", "--no-fail-fast"])
@@ -341,7 +346,7 @@ pub(crate) fn keys_file_pass(
         "api_keys again through the keys-file gateway ({})",
         view.display()
     );
-    let mut command = Command::new(cargo());
+    let mut command = cargo();
     command
         .args([
             "test",

@@ -97,6 +97,8 @@ impl Profile {
 /// `profiles = ["offline"]`, e.g. the pinned kubectl).
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ToolsProfile {
+    /// Every pin that pip or apt-get can install (local, gateways, offline).
+    All,
     Local,
     Offline,
     Kind,
@@ -106,6 +108,7 @@ pub(crate) enum ToolsProfile {
 impl ToolsProfile {
     pub(crate) fn name(self) -> &'static str {
         match self {
+            ToolsProfile::All => "all",
             ToolsProfile::Local => "local",
             ToolsProfile::Offline => "offline",
             ToolsProfile::Kind => "kind",

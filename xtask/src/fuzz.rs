@@ -15,7 +15,7 @@
 //! for it, which stable does not ship. Rust code is memory-safe anyway; what
 //! this finds is panics, hangs and failed invariants.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use rig::say;
@@ -28,7 +28,7 @@ pub const TARGETS: [&str; 4] = [
 ];
 
 fn cargo_fuzz_installed() -> bool {
-    Command::new(crate::runner::cargo())
+    crate::runner::cargo()
         .args(["fuzz", "--version"])
         .output()
         .is_ok_and(|o| o.status.success())
@@ -52,7 +52,7 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
     }
     if !cargo_fuzz_installed() {
         say!("cargo-fuzz is missing: installing it from crates.io (takes minutes, once)");
-        let status = Command::new(crate::runner::cargo())
+        let status = crate::runner::cargo()
             .args(["install", "cargo-fuzz", "--locked"])
             .status()
             .context("running cargo install cargo-fuzz")?;
@@ -90,7 +90,7 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
                 None => " (new inputs added to it)".to_owned(),
             }
         );
-        let status = Command::new(crate::runner::cargo())
+        let status = crate::runner::cargo()
             .args(["fuzz", "run", "-s", "none", "-O", target])
             .args(&corpora)
             .args([

@@ -2,7 +2,7 @@
 //! the tool check first (fails in well under 2 s with every missing tool
 //! named), then rig_k8s does the work.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -108,7 +108,7 @@ fn run_tests(
     );
     let selection = crate::e2e::Selection::new(filter)?;
     let tests_started = Instant::now();
-    let mut command = Command::new(cargo());
+    let mut command = cargo();
     command
         .args(["test", "-p", "keyrig-e2e", "--no-fail-fast"])
         .args(selection.cargo_args())

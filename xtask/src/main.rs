@@ -54,7 +54,7 @@ struct Cli {
 enum Cmd {
     /// Install the pinned tools a profile needs (env/tools.toml), then print `doctor`.
     Tools {
-        #[arg(long, value_enum, default_value_t = ToolsProfile::Local)]
+        #[arg(long, value_enum, default_value_t = ToolsProfile::All)]
         profile: ToolsProfile,
     },
     /// Search what CI uploads (target/rig/ without its secrets/ directories:

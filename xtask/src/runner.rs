@@ -46,14 +46,46 @@ pub(crate) fn stop_on_interrupt() -> Result<()> {
     .context("installing the Ctrl-C handler")
 }
 
-pub(crate) fn cargo() -> OsString {
+fn cargo_program() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// What `cargo run` sets for the program it runs (here: xtask) and a
+/// nested cargo must not see: build scripts that read one of them
+/// (ring's reads `CARGO_MANIFEST_DIR`) would be rebuilt each time cargo
+/// runs from inside xtask and again when it runs from a shell, with every
+/// crate above them (ring, rustls, hyper-rustls, keygate: a minute on two
+/// cores, per build, per mode).
+const SET_BY_CARGO_RUN: [&str; 6] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
+/// A cargo command as a shell would start it: without the variables
+/// `cargo run` gave xtask (`SET_BY_CARGO_RUN`, `CARGO_PKG_*`), so its
+/// builds share their fingerprints with the developer's own `cargo build`
+/// and `cargo test`.
+pub(crate) fn cargo() -> Command {
+    let mut command = Command::new(cargo_program());
+    for name in SET_BY_CARGO_RUN {
+        command.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CARGO_PKG_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// Runs cargo with inherited output, in the workspace root.
 pub(crate) fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
     say!("{what}: cargo {}", args.join(" "));
-    let mut command = Command::new(cargo());
+    let mut command = cargo();
     plain_output_unless_interactive(&mut command);
     let status = command
         .args(args)

@@ -14,10 +14,9 @@ use crate::runner::run_cargo;
 use crate::tools::tools;
 
 pub(crate) fn test() -> Result<ExitCode> {
-    // Installs the local profile's tools and every gateway's.
-    tools(ToolsProfile::Local)?;
-    // The offline checks of the kind profile render manifests with the pinned kubectl.
-    rig::process::tools::Tools::load_default()?.ensure_installed("offline")?;
+    // The local profile's tools, every gateway's, and the offline checks'
+    // (the kind profile's manifests render with the pinned kubectl).
+    tools(ToolsProfile::All)?;
     let unit_ok = run_cargo(
         &["test", "--workspace", "--exclude", "keyrig-e2e"],
         "unit and integration tests",

