@@ -275,15 +275,16 @@ mod faults {
         case.note(tally.message("2 records written before the seal still present"));
     }
 
-    /// 3. keygate's AppRole token expires three times (TTL 10 s, max 30 s)
-    /// while requests keep coming: none may fail.
+    /// 3. keygate's AppRole token expires three times (TTL 4 s, max 12 s:
+    /// keygate replaces a token at two thirds of its TTL, so 4 s leaves it
+    /// 1.3 s for each login) while requests keep coming: none may fail.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn token_expiry_three_times_loses_no_request() {
         let mut case = fault_case("token_expiry_three_times_loses_no_request");
         let Some(mut opts) = options_or_skip(&mut case) else {
             return;
         };
-        let (ttl, max_ttl) = (Duration::from_secs(10), Duration::from_secs(30));
+        let (ttl, max_ttl) = (Duration::from_secs(4), Duration::from_secs(12));
         opts.keygate_token_ttl = Some((ttl, max_ttl));
         let env = Owned::start(&opts).await.unwrap();
         let (group, _) = env.groups();
@@ -329,7 +330,11 @@ mod faults {
         assert_eq!(tally.false_accepts, 0);
         env.record_fault(
             "token_expiry_three_times_loses_no_request",
-            "keygate's Vault token expired three times (TTL 10 s, max 30 s)",
+            &format!(
+                "keygate's Vault token expired three times (TTL {}, max {})",
+                rig::base::progress::secs(ttl),
+                rig::base::progress::secs(max_ttl)
+            ),
             &env.default_gateway(),
             &tally,
         );

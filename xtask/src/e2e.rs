@@ -1,19 +1,16 @@
-//! `cargo xtask e2e`: the local profile up, the e2e suite once per delivery
-//! mode (and the keys-file pass), the reports, teardown.
+//! `cargo xtask e2e`: one build, the local profile up once per delivery
+//! mode (all at once), the e2e suite against each (and the keys-file pass),
+//! side by side, then each mode's reports and teardown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rig::say;
 
 use crate::flags::{DeliveryMode, Profile};
-use crate::runner::{
-    TEST_PID, cargo, plain_output_unless_interactive, run_cargo, runtime, stop_on_interrupt,
-};
-use crate::up::local_options;
+use crate::runner::{runtime, stop_on_interrupt};
 
 /// What `cargo xtask e2e` was asked to do.
 #[derive(Clone)]
@@ -24,10 +21,23 @@ pub(crate) struct E2eOptions {
     pub(crate) report_dir: Option<PathBuf>,
     pub(crate) include_ignored: bool,
     pub(crate) gateways: Vec<rig::contract::gateways::GatewayKind>,
-    pub(crate) mode: rig::contract::modes::Mode,
-    /// When several modes run: the one in which mode-independent groups
-    /// (faults) run; the others skip them (see `rig::contract::once`).
-    pub(crate) mode_independent_in: Option<rig::contract::modes::Mode>,
+    /// How many test binaries run at once (each one assertion group of one
+    /// mode's environment).
+    pub(crate) jobs: usize,
+}
+
+/// The TLS gateway's certificate lifetime in the suite's environments
+/// (setup.yaml ships 20 s, for a person watching rotations by hand): the
+/// tls group waits for three rotations, one at 85-95% of each lifetime.
+const SUITE_TLS_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// The default of `--jobs`: every binary of three modes at once would be
+/// about 36 processes beside 45 components on a small machine; these
+/// mostly wait on real clocks, so a few per core keep the cores busy
+/// without starving the load tests.
+pub(crate) fn default_jobs() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 4).clamp(4, 16)
 }
 
 pub(crate) fn parse_gateway(name: &str) -> Result<rig::contract::gateways::GatewayKind> {
@@ -42,35 +52,139 @@ pub(crate) fn modes_or_all(modes: &[DeliveryMode]) -> Vec<rig::contract::modes::
     }
 }
 
-/// One environment per delivery mode, in turn; then one table of every
-/// case (group prefixed with the mode) and the propagation summary.
+/// One environment per delivery mode, all started at once after one build;
+/// then every test binary of every mode side by side (`suite`); then each
+/// mode's reports as before, and one table of every case (group prefixed
+/// with the mode) and the propagation summary.
 pub(crate) fn e2e_modes(
     base: &E2eOptions,
     modes: &[rig::contract::modes::Mode],
 ) -> Result<ExitCode> {
+    let profile = base.profile;
+    profile.require_local()?;
+    let wall = Instant::now();
+    let started_at = time::OffsetDateTime::now_utc();
     // The main job installs what it runs: every gateway of the matrix, so
     // none is skipped for want of a `cargo xtask tools`.
-    if base.profile == Profile::Local {
-        crate::tools::install(crate::flags::ToolsProfile::Local)?;
+    crate::tools::install(crate::flags::ToolsProfile::Local)?;
+    let selection = Selection::new(base.filter.as_deref())?;
+    stop_on_interrupt()?;
+
+    // Compile first, so a build error starts nothing and no environment
+    // idles while the tests compile.
+    let build_started = Instant::now();
+    let keygate = crate::up::build_keygate()?;
+    let binaries = crate::suite::build(&selection)?;
+    let build_time = build_started.elapsed();
+
+    // Every mode's environment at once; dropping a `LocalRun` stops it (at
+    // the end, on `?`, on panic), so one that fails to come up takes the
+    // others down with it.
+    let started = Instant::now();
+    let rt = runtime()?;
+    let mut pending = Vec::new();
+    for &mode in modes {
+        let mut local = crate::up::local_options_with(mode, keygate.clone())?;
+        local.gateways = base.gateways.clone();
+        local.tls_cert_ttl = Some(SUITE_TLS_CERT_TTL);
+        pending.push((mode, local));
     }
+    say!(
+        "starting {} environment{} at once: {}",
+        modes.len(),
+        if modes.len() == 1 { "" } else { "s" },
+        modes
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // On one thread (a LocalSet): `up`'s future is not Send, and starting
+    // processes and waiting on probes needs no second core.
+    let local_set = tokio::task::LocalSet::new();
+    let results = local_set.block_on(&rt, async {
+        let handles: Vec<_> = pending
+            .iter()
+            .map(|(mode, local)| {
+                let local = local.clone();
+                let mode = *mode;
+                tokio::task::spawn_local(async move {
+                    rig::local::up(&local)
+                        .await
+                        .with_context(|| format!("the local profile ({mode}) did not come up"))
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for handle in handles {
+            results.push(handle.await);
+        }
+        results
+    });
+    let mut runs = Vec::new();
+    let mut first_error = None;
+    for ((mode, local), result) in pending.into_iter().zip(results) {
+        match result.context("an environment's start panicked")? {
+            Ok(run) => runs.push(ModeRun { mode, local, run }),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    if let Some(err) = first_error {
+        return Err(err);
+    }
+    let up_time = started.elapsed();
+    say!(
+        "environments up in {}; running the e2e tests",
+        rig::base::progress::secs(up_time)
+    );
+
+    // Every group of every mode, side by side.
+    let tests_started = Instant::now();
+    let mode_independent_in = (modes.len() > 1).then(|| modes[0]);
+    let mut jobs = Vec::new();
+    for mode_run in &runs {
+        jobs.extend(mode_run.jobs(
+            &binaries,
+            &selection,
+            base.include_ignored,
+            mode_independent_in,
+        ));
+    }
+    let results = crate::suite::run(jobs, base.jobs)?;
+    let test_time = tests_started.elapsed();
+
+    // Each mode's reports, as when the modes ran in turn.
     let mut all_cases = Vec::new();
     let mut rotations = Vec::new();
     let mut notes = Vec::new();
     let mut ok = true;
-    for &mode in modes {
+    for mode_run in runs {
+        let mode = mode_run.mode;
+        println!();
         say!("=== delivery mode {mode} ===");
-        let opts = E2eOptions {
-            mode,
-            // Mode-independent groups (faults) once, in the first mode.
-            mode_independent_in: (modes.len() > 1).then(|| modes[0]),
+        let runner_ok = results
+            .iter()
+            .filter(|r| r.label.starts_with(&format!("{mode}/")))
+            .all(|r| r.status.success());
+        let opts = FinishMode {
+            profile,
+            filter: base.filter.clone(),
+            keep: base.keep,
             // Each mode's reports in a directory of its own.
             report_dir: match &base.report_dir {
                 Some(dir) if modes.len() > 1 => Some(dir.join(mode.as_str())),
                 other => other.clone(),
             },
-            ..base.clone()
+            started_at,
+            wall,
+            build: build_time,
+            up: up_time,
+            tests: test_time,
+            runner_ok,
         };
-        let outcome = e2e(&opts)?;
+        let outcome = finish_mode(mode_run, &opts, &rt)?;
         ok &= outcome.code == ExitCode::SUCCESS;
         for mut case in outcome.cases {
             case.group = format!("{mode}/{}", case.group);
@@ -100,12 +214,126 @@ pub(crate) fn e2e_modes(
         "{}",
         rig::contract::rotation::render_summary(&rotations, &notes)
     );
+    say!(
+        "e2e: build {}, environments up {}, tests {}, wall {}",
+        rig::base::progress::secs(build_time),
+        rig::base::progress::secs(up_time),
+        rig::base::progress::secs(test_time),
+        rig::base::progress::secs(wall.elapsed())
+    );
     let (_, failed, _) = rig::contract::case::totals(&all_cases);
     Ok(if ok && failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One mode's running environment.
+struct ModeRun {
+    mode: rig::contract::modes::Mode,
+    local: rig::local::LocalOptions,
+    run: rig::local::LocalRun,
+}
+
+impl ModeRun {
+    /// This mode's test binaries against its environment, and the api_keys
+    /// group again through its keys-file gateway (`env-keys-file.json`:
+    /// same Vault, `key_source: file`), so both validation modes pass the
+    /// same assertions.
+    fn jobs(
+        &self,
+        binaries: &[crate::suite::TestBinary],
+        selection: &Selection,
+        include_ignored: bool,
+        mode_independent_in: Option<rig::contract::modes::Mode>,
+    ) -> Vec<crate::suite::Job> {
+        let run_dir = self.run.run.path();
+        let env = |env_file: PathBuf| {
+            let mut env = vec![
+                (rig::contract::env::ENV_FILE_VAR.to_owned(), env_file),
+                (
+                    rig::contract::case::RUN_DIR_VAR.to_owned(),
+                    run_dir.to_owned(),
+                ),
+                // Fault tests start environments of their own with these binaries.
+                ("KEYRIG_KEYGATE".to_owned(), self.local.keygate_bin.clone()),
+                (
+                    "KEYRIG_ECHO_PROGRAM".to_owned(),
+                    self.local.echo.program.clone(),
+                ),
+            ];
+            if let Some(mode) = mode_independent_in {
+                env.push((
+                    rig::contract::once::VAR.to_owned(),
+                    PathBuf::from(mode.as_str()),
+                ));
+            }
+            env
+        };
+        let args = crate::suite::test_args(selection, include_ignored);
+        let mut jobs = Vec::new();
+        for binary in binaries {
+            let Some(cases) = &binary.cases else {
+                jobs.push(crate::suite::Job {
+                    label: format!("{}/{}", self.mode, binary.group),
+                    group: binary.group.clone(),
+                    binary: binary.path.clone(),
+                    args: args.clone(),
+                    env: env(self.run.run.env_file()),
+                    log: crate::suite::log_path(run_dir, &binary.group),
+                });
+                continue;
+            };
+            for case in cases
+                .iter()
+                .filter(|c| selection.name_filter().is_none_or(|w| c.contains(w)))
+            {
+                let mut case_args = vec!["--exact".to_owned(), case.clone()];
+                if include_ignored {
+                    case_args.push("--include-ignored".to_owned());
+                }
+                let short = case.rsplit("::").next().unwrap_or(case);
+                jobs.push(crate::suite::Job {
+                    label: format!("{}/{}::{short}", self.mode, binary.group),
+                    group: binary.group.clone(),
+                    binary: binary.path.clone(),
+                    args: case_args,
+                    env: env(self.run.run.env_file()),
+                    log: crate::suite::log_path(run_dir, &format!("{}__{short}", binary.group)),
+                });
+            }
+        }
+        let view = rig::contract::env::Environment::keys_file_env_path(&self.run.run.env_file());
+        if let Some(api_keys) = binaries.iter().find(|b| b.group == "api_keys")
+            && view.is_file()
+        {
+            jobs.push(crate::suite::Job {
+                label: format!("{}/api_keys@keys-file", self.mode),
+                group: api_keys.group.clone(),
+                binary: api_keys.path.clone(),
+                args,
+                env: env(view),
+                log: crate::suite::log_path(run_dir, "api_keys@keys-file"),
+            });
+        }
+        jobs
+    }
+}
+
+/// What a mode's reports are made from, besides its run.
+struct FinishMode {
+    profile: Profile,
+    filter: Option<String>,
+    keep: bool,
+    report_dir: Option<PathBuf>,
+    started_at: time::OffsetDateTime,
+    wall: Instant,
+    build: std::time::Duration,
+    up: std::time::Duration,
+    tests: std::time::Duration,
+    /// Every test binary of this mode exited 0.
+    runner_ok: bool,
 }
 
 /// What one mode's e2e run produced.
@@ -117,69 +345,16 @@ pub(crate) struct E2eOutcome {
     pub(crate) notes: Vec<String>,
 }
 
-pub(crate) fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
-    let profile = opts.profile;
-    profile.require_local()?;
-    let selection = Selection::new(opts.filter.as_deref())?;
-    stop_on_interrupt()?;
-    let wall = Instant::now();
-    let started_at = time::OffsetDateTime::now_utc();
-    // Compile first, so a build error starts nothing and the environment
-    // does not idle while the tests compile.
-    let mut local = local_options(opts.mode)?;
-    local.gateways = opts.gateways.clone();
-    if !run_cargo(
-        &["test", "-p", "keyrig-e2e", "--no-run"],
-        "building the e2e tests",
-    )? {
-        bail!("the e2e tests do not build: see cargo's output above");
-    }
-
-    let started = Instant::now();
-    let rt = runtime()?;
-    // Dropping `run` stops everything: at the end, on `?`, and on panic.
-    let mut run = rt
-        .block_on(rig::local::up(&local))
-        .context("the local profile did not come up")?;
-    let up_time = started.elapsed();
-    say!(
-        "environment up in {}; running the e2e tests",
-        rig::base::progress::secs(up_time)
-    );
-
-    let tests_started = Instant::now();
-    let mut command = cargo();
-    plain_output_unless_interactive(&mut command);
-    command
-        .args(["test", "-p", "keyrig-e2e", "--no-fail-fast"])
-        .args(selection.cargo_args())
-        .arg("--")
-        .args(selection.name_filter())
-        .args(opts.include_ignored.then_some("--include-ignored"))
-        .env(rig::contract::env::ENV_FILE_VAR, run.run.env_file())
-        .env(rig::contract::case::RUN_DIR_VAR, run.run.path())
-        // Fault tests start environments of their own with these binaries.
-        .env("KEYRIG_KEYGATE", &local.keygate_bin)
-        .env("KEYRIG_ECHO_PROGRAM", &local.echo.program)
-        .envs(
-            opts.mode_independent_in
-                .map(|mode| (rig::contract::once::VAR, mode.as_str())),
-        )
-        .current_dir(rig::base::paths::workspace_root());
-    rig::process::supervisor::remove_secret_vars(&mut command);
-    let mut child = command.spawn().context("running cargo test")?;
-    TEST_PID.store(child.id() as i32, Ordering::SeqCst);
-    let mut status = child.wait().context("waiting for cargo test")?;
-    TEST_PID.store(0, Ordering::SeqCst);
-    if let Some(keys_file_status) = keys_file_pass(&run, &selection)?
-        && !keys_file_status.success()
-    {
-        status = keys_file_status;
-    }
-    let test_time = tests_started.elapsed();
-
+/// A mode's cases read back, diagnostics collected while its components
+/// are still up, then its environment stopped (or kept) and its reports
+/// written.
+fn finish_mode(
+    mode_run: ModeRun,
+    opts: &FinishMode,
+    rt: &tokio::runtime::Runtime,
+) -> Result<E2eOutcome> {
+    let ModeRun { mut run, .. } = mode_run;
     let cases = rig::contract::case::read_cases(run.run.path())?;
-    // Diagnostics while the components are still up to be asked.
     let cases = rt.block_on(crate::e2e_report::collect_diagnostics(
         run.run.path(),
         &run.environment,
@@ -200,7 +375,7 @@ pub(crate) fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
             )?;
         }
     }
-    let any_failed = !status.success()
+    let any_failed = !opts.runner_ok
         || cases
             .iter()
             .any(|c| c.record.status == rig::contract::case::Status::Failed);
@@ -226,31 +401,33 @@ pub(crate) fn e2e(opts: &E2eOptions) -> Result<E2eOutcome> {
         .filter(|c| c.record.status == rig::contract::case::Status::Failed)
         .count();
     say!(
-        "up {}, tests {}; logs in {}",
-        rig::base::progress::secs(up_time),
-        rig::base::progress::secs(test_time),
+        "build {}, up {}, tests {} (all modes at once); logs in {}",
+        rig::base::progress::secs(opts.build),
+        rig::base::progress::secs(opts.up),
+        rig::base::progress::secs(opts.tests),
         run.environment.logs_dir.display()
     );
 
     let outcome = crate::e2e_report::finish(crate::e2e_report::Finish {
         run_dir: run.run.path(),
         run_id: run.run.id(),
-        profile: profile.name(),
+        profile: opts.profile.name(),
         filter: opts.filter.clone(),
-        started_at,
-        wall: wall.elapsed(),
-        up: up_time,
-        tests: test_time,
+        started_at: opts.started_at,
+        wall: opts.wall.elapsed(),
+        up: opts.up,
+        tests: opts.tests,
         cases,
-        runner_ok: status.success(),
+        runner_ok: opts.runner_ok,
         report_dir: opts.report_dir.as_deref(),
     })?;
     if kept {
         crate::e2e_report::print_kept(&run.environment, run.run.path());
     }
-    if !status.success() && failed == 0 {
+    if !opts.runner_ok && failed == 0 {
         say!(
-            "cargo test failed ({status}) though no case recorded a failure: see cargo's output above"
+            "a test binary failed though no case recorded a failure: see its output above (and under {}/tests/)",
+            run.run.path().display()
         );
     }
     Ok(E2eOutcome {
@@ -322,51 +499,6 @@ pub(crate) fn delivery_notes(env: &rig::contract::env::Environment) -> Vec<Strin
         ));
     }
     notes
-}
-
-/// The api_keys group again, through the keys-file gateway of the same
-/// environment (`env-keys-file.json`: same Vault, `key_source: file`), so
-/// both validation modes pass the same assertions.
-pub(crate) fn keys_file_pass(
-    run: &rig::local::LocalRun,
-    selection: &Selection,
-) -> Result<Option<std::process::ExitStatus>> {
-    // The keys-file pass is the api_keys group again; another group named
-    // by --filter has nothing to run in it.
-    if let Selection::Group(group) = selection
-        && group != "api_keys"
-    {
-        return Ok(None);
-    }
-    let view = rig::contract::env::Environment::keys_file_env_path(&run.run.env_file());
-    if !view.is_file() {
-        return Ok(None);
-    }
-    say!(
-        "api_keys again through the keys-file gateway ({})",
-        view.display()
-    );
-    let mut command = cargo();
-    command
-        .args([
-            "test",
-            "-p",
-            "keyrig-e2e",
-            "--no-fail-fast",
-            "--test",
-            "api_keys",
-            "--",
-        ])
-        .args(selection.name_filter())
-        .env(rig::contract::env::ENV_FILE_VAR, &view)
-        .env(rig::contract::case::RUN_DIR_VAR, run.run.path())
-        .current_dir(rig::base::paths::workspace_root());
-    rig::process::supervisor::remove_secret_vars(&mut command);
-    let mut child = command.spawn().context("running cargo test")?;
-    TEST_PID.store(child.id() as i32, Ordering::SeqCst);
-    let status = child.wait().context("waiting for cargo test")?;
-    TEST_PID.store(0, Ordering::SeqCst);
-    Ok(Some(status))
 }
 
 /// What `--filter` selects: an assertion group by name (the e2e crate's

@@ -3,7 +3,6 @@
 //! named), then rig_k8s does the work.
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -12,7 +11,7 @@ use rig_k8s::KubeProfile;
 use rig_k8s::profile::{KubeOptions, KubeRun};
 
 use crate::flags::KubeArgs;
-use crate::runner::{TEST_PID, cargo, run_cargo, runtime, stop_on_interrupt};
+use crate::runner::{cargo, run_cargo, runtime, stop_on_interrupt, wait_for_test};
 
 fn options(profile: KubeProfile, mode: rig::contract::modes::Mode, args: KubeArgs) -> KubeOptions {
     let mut opts = KubeOptions::new(profile, mode);
@@ -121,9 +120,7 @@ fn run_tests(
     // cluster profile was given stays out of their environment.
     rig::process::supervisor::remove_secret_vars(&mut command);
     let mut child = command.spawn().context("running cargo test")?;
-    TEST_PID.store(child.id() as i32, Ordering::SeqCst);
-    let status = child.wait().context("waiting for cargo test")?;
-    TEST_PID.store(0, Ordering::SeqCst);
+    let status = wait_for_test(&mut child).context("waiting for cargo test")?;
     let test_time = tests_started.elapsed();
     let cases = rig::contract::case::read_cases(run.run.path())?;
     // Diagnostics while the port-forwards are still up.

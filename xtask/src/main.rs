@@ -26,6 +26,7 @@ mod scan_uploads;
 mod scenarios;
 mod selfcheck;
 mod status;
+mod suite;
 mod test;
 mod tools;
 mod up;
@@ -105,10 +106,14 @@ enum Cmd {
         /// gateway whose binary is installed.
         #[arg(long = "gateway", value_name = "NAME", value_parser = parse_gateway)]
         gateways: Vec<rig::contract::gateways::GatewayKind>,
-        /// Credential delivery mode(s), each its own environment in turn
-        /// (default: all three). Repeatable.
+        /// Credential delivery mode(s), each its own environment, all
+        /// running at once (default: all three). Repeatable.
         #[arg(long, value_enum)]
         mode: Vec<DeliveryMode>,
+        /// How many e2e test binaries (one assertion group of one mode
+        /// each) run at once. Default: four per core, 4 to 16.
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
         #[command(flatten)]
         kube: KubeArgs,
     },
@@ -236,6 +241,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             include_ignored,
             gateways,
             mode,
+            jobs,
             kube: _,
         } => e2e_modes(
             &E2eOptions {
@@ -245,8 +251,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 report_dir,
                 include_ignored,
                 gateways,
-                mode: rig::contract::modes::Mode::Inline,
-                mode_independent_in: None,
+                jobs: jobs.unwrap_or_else(crate::e2e::default_jobs),
             },
             &modes_or_all(&mode),
         ),

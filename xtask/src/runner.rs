@@ -5,7 +5,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use rig::say;
@@ -18,9 +19,27 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// pid of the running `cargo test`, so a termination signal reaches it too
-/// (a terminal's Ctrl-C does anyway; `kill` or a CI timeout does not).
-pub(crate) static TEST_PID: AtomicI32 = AtomicI32::new(0);
+/// pids of the running test processes (`cargo test`, or the e2e binaries
+/// `suite` runs), so a termination signal reaches them too (a terminal's
+/// Ctrl-C does anyway; `kill` or a CI timeout does not).
+static TEST_PIDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Waits for a test process, which Ctrl-C stops meanwhile.
+pub(crate) fn wait_for_test(
+    child: &mut std::process::Child,
+) -> std::io::Result<std::process::ExitStatus> {
+    let pid = child.id() as i32;
+    TEST_PIDS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(pid);
+    let status = child.wait();
+    TEST_PIDS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| *p != pid);
+    status
+}
 
 /// On SIGINT/SIGTERM: stop every component this process started, and exit
 /// 130. Components run in their own process groups, so they never see the
@@ -33,10 +52,10 @@ pub(crate) fn stop_on_interrupt() -> Result<()> {
     }
     ctrlc::set_handler(|| {
         eprintln!("[keyrig] interrupted: stopping what this run started");
-        let test_pid = TEST_PID.load(Ordering::SeqCst);
-        if test_pid > 0 {
+        let pids = TEST_PIDS.lock().map(|p| p.clone()).unwrap_or_default();
+        for pid in pids {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(test_pid),
+                nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }

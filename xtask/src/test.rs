@@ -29,8 +29,7 @@ pub(crate) fn test() -> Result<ExitCode> {
             report_dir: None,
             include_ignored: false,
             gateways: Vec::new(),
-            mode: rig::contract::modes::Mode::Inline,
-            mode_independent_in: None,
+            jobs: crate::e2e::default_jobs(),
         },
         &rig::contract::modes::Mode::ALL,
     )?;

@@ -12,21 +12,38 @@ use crate::runner::{run_cargo, runtime, stop_on_interrupt, this_binary};
 /// Builds keygate (unless `$KEYRIG_KEYGATE` names a binary) and says how
 /// to run the echo upstream: this very binary, hidden subcommand.
 pub(crate) fn local_options(mode: rig::contract::modes::Mode) -> Result<rig::local::LocalOptions> {
-    let keygate = match std::env::var_os("KEYRIG_KEYGATE").filter(|v| !v.is_empty()) {
-        Some(path) => {
-            say!(
-                "keygate: using KEYRIG_KEYGATE={}",
-                Path::new(&path).display()
-            );
-            PathBuf::from(path)
-        }
-        None => {
-            if !run_cargo(&["build", "-p", "keygate"], "building keygate")? {
-                bail!("keygate does not build: see cargo's output above");
+    local_options_with(mode, build_keygate()?)
+}
+
+/// The keygate binary runs use: `$KEYRIG_KEYGATE`, else the debug build,
+/// built now (cargo says what it compiles; a no-op when fresh).
+pub(crate) fn build_keygate() -> Result<PathBuf> {
+    Ok(
+        match std::env::var_os("KEYRIG_KEYGATE").filter(|v| !v.is_empty()) {
+            Some(path) => {
+                say!(
+                    "keygate: using KEYRIG_KEYGATE={}",
+                    Path::new(&path).display()
+                );
+                PathBuf::from(path)
             }
-            rig::base::paths::target_dir().join("debug/keygate")
-        }
-    };
+            None => {
+                if !run_cargo(&["build", "-p", "keygate"], "building keygate")? {
+                    bail!("keygate does not build: see cargo's output above");
+                }
+                rig::base::paths::target_dir().join("debug/keygate")
+            }
+        },
+    )
+}
+
+/// The local profile's options for `mode` with this keygate binary; the
+/// echo upstream and the publish hook are this very binary's hidden
+/// subcommands.
+pub(crate) fn local_options_with(
+    mode: rig::contract::modes::Mode,
+    keygate: PathBuf,
+) -> Result<rig::local::LocalOptions> {
     let xtask = this_binary()?;
     let echo = rig::local::EchoCommand {
         program: xtask.clone(),

@@ -92,6 +92,10 @@ pub struct LocalOptions {
     /// keygate's `cache.positive_ttl` and `cache.negative_ttl`.
     pub positive_ttl: Duration,
     pub negative_ttl: Duration,
+    /// Replaces `pki.serving_cert.ttl` from `setup.yaml` (whole seconds, at
+    /// most the role's `max_ttl`): the e2e suite rotates the TLS gateway's
+    /// certificate faster than the shipped setup does.
+    pub tls_cert_ttl: Option<Duration>,
 }
 
 impl LocalOptions {
@@ -112,6 +116,7 @@ impl LocalOptions {
             resurrect_ttl: RESURRECT_TTL,
             positive_ttl: POSITIVE_TTL,
             negative_ttl: NEGATIVE_TTL,
+            tls_cert_ttl: None,
         }
     }
 }
@@ -219,6 +224,9 @@ impl Inputs {
                 role.token_ttl = ttl;
                 role.token_max_ttl = max_ttl;
             }
+        }
+        if let (Some(ttl), Some(pki)) = (opts.tls_cert_ttl, setup.pki.as_mut()) {
+            pki.override_cert_ttl(ttl)?;
         }
         let policy_names: Vec<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
         let identity = crate::contract::identity::WorkloadIdentity::load(

@@ -83,6 +83,25 @@ pub struct PkiSetup {
 }
 
 impl PkiSetup {
+    /// A serving-certificate TTL other than the file's (the e2e suite's
+    /// faster rotations), held to the same rules: whole seconds, at least
+    /// two (bao agent re-issues at 85-95% of the lifetime), at most the
+    /// role's `max_ttl`.
+    pub fn override_cert_ttl(&mut self, ttl: Duration) -> Result<()> {
+        if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(2) {
+            bail!("a serving certificate TTL of {ttl:?}: use whole seconds, at least 2 s");
+        }
+        if ttl > self.max_ttl {
+            bail!(
+                "a serving certificate TTL of {} s is longer than pki.role.max_ttl ({} s): Vault would cut it short",
+                ttl.as_secs(),
+                self.max_ttl.as_secs()
+            );
+        }
+        self.cert_ttl = ttl;
+        Ok(())
+    }
+
     /// Checks the section against itself and the roles of the same file;
     /// `at(field)` prefixes the file name. `roles` are the expanded roles,
     /// each with the rendered HCL of its policies.
@@ -354,6 +373,25 @@ agent_role: tls-agent
         assert_eq!(pki.issue_path(), "pki/issue/gw");
         assert_eq!(pki.ip_sans, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(pki.key_type, "ec");
+    }
+
+    #[rstest]
+    fn the_suite_may_shorten_the_certificate_ttl_within_the_rules() {
+        let mut pki = check(&entry(), GRANT).unwrap();
+        pki.override_cert_ttl(Duration::from_secs(8)).unwrap();
+        assert_eq!(pki.cert_ttl, Duration::from_secs(8));
+        for (ttl, expected) in [
+            (Duration::from_millis(8500), "whole seconds"),
+            (Duration::from_secs(1), "at least 2 s"),
+            (
+                Duration::from_secs(61),
+                "longer than pki.role.max_ttl (60 s)",
+            ),
+        ] {
+            let message = pki.override_cert_ttl(ttl).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message}");
+            assert_eq!(pki.cert_ttl, Duration::from_secs(8));
+        }
     }
 
     #[rstest]
