@@ -30,7 +30,7 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
     let out_dir = rig::base::paths::rig_dir().join("bench");
     let mut suite = cargo();
     suite
-        .args(["xtask", "e2e", "--mode", "inline"])
+        .args(["xtask", "e2e"])
         .current_dir(rig::base::paths::workspace_root());
     plain_output_unless_interactive(&mut suite);
     let report = runtime()?.block_on(rig_bench::run(rig_bench::BenchOptions {

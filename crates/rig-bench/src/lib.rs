@@ -423,8 +423,8 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let mut suite = SuiteSpeed {
         up_ms,
         scale_up_ms: Some(scale_up_ms),
-        e2e_inline_ms: None,
-        e2e_inline_ok: None,
+        e2e_ms: None,
+        e2e_ok: None,
         e2e_command: None,
         e2e_report_up_ms: None,
         e2e_report_tests_ms: None,
@@ -447,8 +447,8 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 .stdout(std::process::Stdio::null())
                 .status()
                 .with_context(|| format!("running {shown}"))?;
-            suite.e2e_inline_ms = Some(started.elapsed().as_millis() as u64);
-            suite.e2e_inline_ok = Some(status.success());
+            suite.e2e_ms = Some(started.elapsed().as_millis() as u64);
+            suite.e2e_ok = Some(status.success());
             suite.e2e_command = Some(shown);
             // The child's own split (up, tests) from the run it left as `latest`.
             let report = rig::base::paths::rig_dir().join("latest/report.json");

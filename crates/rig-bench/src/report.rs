@@ -239,9 +239,9 @@ pub fn render(r: &BenchReport) -> String {
         s.scale_up_ms.map_or(String::new(), |ms| format!(
             ", {ms} ms (inline mode, envoy-grpc, the keys-file side)"
         )),
-        match (s.e2e_inline_ms, s.e2e_inline_ok) {
+        match (s.e2e_ms, s.e2e_ok) {
             (Some(ms), Some(ok)) => format!(
-                "; whole local e2e suite, one mode (`{}`): {ms} ms ({})",
+                "; whole local e2e suite, all modes (`{}`): {ms} ms ({})",
                 s.e2e_command.as_deref().unwrap_or("?"),
                 if ok { "passed" } else { "FAILED" }
             ),

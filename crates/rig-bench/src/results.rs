@@ -102,12 +102,13 @@ pub struct SuiteSpeed {
     pub up_ms: u64,
     /// The scale environment (inline mode, envoy-grpc) up and ready, ms.
     pub scale_up_ms: Option<u64>,
-    /// `cargo xtask e2e --mode inline` wall time (full bench only), ms.
-    pub e2e_inline_ms: Option<u64>,
-    pub e2e_inline_ok: Option<bool>,
+    /// `cargo xtask e2e` wall time (full bench only: three modes, every
+    /// gateway, keys-file passes, faults, TLS; warm build), ms.
+    pub e2e_ms: Option<u64>,
+    pub e2e_ok: Option<bool>,
     pub e2e_command: Option<String>,
     /// From that run's report.json: its environment up, and the tests
-    /// alone (`cargo test` of the e2e crate, without building it), ms.
+    /// alone (every test binary of every mode, side by side), ms.
     pub e2e_report_up_ms: Option<u64>,
     pub e2e_report_tests_ms: Option<u64>,
     pub e2e_report_wall_ms: Option<u64>,
