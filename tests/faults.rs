@@ -716,6 +716,17 @@ mod faults {
         );
     }
 
+    /// 6d. keygate's policy withdrawn: 503 `vault-forbidden`, not an
+    /// outage, so the cached key is not resurrected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn withdrawn_policy_is_vault_forbidden_and_not_resurrected() {
+        let mut case = fault_case("withdrawn_policy_is_vault_forbidden_and_not_resurrected");
+        let Some(opts) = options_or_skip(&mut case) else {
+            return;
+        };
+        case.note(revocation::policy_withdrawn(opts).await.unwrap());
+    }
+
     /// 7. Bad scenario input fails before anything starts (or at apply time for
     /// a policy Vault rejects), naming file, field and fix; nothing is left running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

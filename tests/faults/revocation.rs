@@ -304,3 +304,91 @@ pub async fn vault_starts_without_keygate(mut opts: LocalOptions) -> Result<Stri
         took.as_millis()
     )))
 }
+
+/// keygate's policy withdrawn (`gateway-policy` rewritten without `read` on
+/// the key mount): the cached key gets 503 `vault-forbidden`, never served
+/// from the resurrect store, and works again once the policy is restored.
+pub async fn policy_withdrawn(opts: LocalOptions) -> Result<String> {
+    let env = Owned::start(&opts).await?;
+    let (group, _) = env.groups();
+    let path = env.api_path(&group);
+    stream_connected(&env, &group).await?;
+    let key = env.issue_key(&group).await?;
+    let mut tally = Tally::default();
+    let reply = env.get(&path, Some(key.expose())).await;
+    tally.count(&reply, false);
+    ensure!(
+        reply.status == 200,
+        "before the withdrawal: {}",
+        reply.short()
+    );
+
+    env.root
+        .put_policy(
+            "gateway-policy",
+            "path \"sys/keyrig-nothing\" {\n  capabilities = [\"deny\"]\n}\n",
+        )
+        .await?;
+    let withdrawn = Instant::now();
+    // The audit stream marks the cache stale at once; without it the
+    // positive TTL; plus keygate's re-login on the first 403.
+    let deadline = Duration::from_millis(env.env().cache.positive_ttl_ms) + Duration::from_secs(10);
+    let mut refused_at = None;
+    while refused_at.is_none() {
+        ensure!(
+            withdrawn.elapsed() < deadline,
+            "the key was still served {} after keygate's policy was withdrawn",
+            rig::base::progress::secs(withdrawn.elapsed())
+        );
+        let reply = env.get(&path, Some(key.expose())).await;
+        tally.count(&reply, false);
+        match (reply.status, reply.reason.as_deref()) {
+            (200, _) => {}
+            (503, Some("vault-forbidden")) => refused_at = Some(withdrawn.elapsed()),
+            _ => bail!("with the policy withdrawn the key got {}", reply.short()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Well inside the resurrect window (30 s): still refused, not resurrected.
+    for _ in 0..20 {
+        let reply = env.get(&path, Some(key.expose())).await;
+        tally.count(&reply, true);
+        ensure!(
+            (reply.status, reply.reason.as_deref()) == (503, Some("vault-forbidden")),
+            "with the policy withdrawn the key got {} after a vault-forbidden",
+            reply.short()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hcl =
+        std::fs::read_to_string(opts.scenarios_dir.join("vault/policies/gateway-policy.hcl"))?
+            .replace("{{ mount }}", &env.env().kv_mount);
+    env.root.put_policy("gateway-policy", &hcl).await?;
+    tally.recovery = Some(
+        until_status(
+            &env,
+            &mut tally,
+            &path,
+            key.expose(),
+            200,
+            Duration::from_secs(30),
+            false,
+        )
+        .await?,
+    );
+    ensure!(
+        tally.false_accepts == 0,
+        "false accepts: {}",
+        tally.false_accepts
+    );
+    env.record_fault(
+        "withdrawn_policy_is_vault_forbidden_and_not_resurrected",
+        "keygate's policy rewritten without read on the key mount, then restored",
+        &env.default_gateway(),
+        &tally,
+    );
+    Ok(tally.message(&format!(
+        "503 vault-forbidden {} ms after the policy was withdrawn, 20 more refusals inside the resurrect window, served again once restored",
+        refused_at.unwrap_or_default().as_millis()
+    )))
+}
