@@ -626,4 +626,55 @@ mod tests {
             "the negative entry was not marked stale"
         );
     }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_unix_socket_listener_works_the_same_and_replaces_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sock");
+        // A socket file left by an earlier run.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let metrics = Arc::new(Metrics::new());
+        let config = CacheConfig {
+            positive_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(600),
+            resurrect_ttl: Duration::ZERO,
+        };
+        let cache = RecordCache::new(source.clone(), config, metrics.clone());
+        let listener = AuditListener::bind(&InvalidationConfig {
+            listen: AuditListen::Unix(path.clone()),
+            queue: 8,
+        })
+        .await
+        .unwrap();
+        tokio::spawn(listener.serve("kv".into(), cache.invalidator(), metrics.clone()));
+        let mut vault = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !metrics
+            .encode()
+            .contains("keygate_invalidation_stream_connected 1")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                metrics.encode()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        let mut text = line(
+            "response",
+            "delete",
+            &format!("kv/metadata/g/{}", key.selector()),
+        );
+        text.push(b'\n');
+        vault.write_all(&text).await.unwrap();
+        assert!(
+            read_again(&cache, &source, &key, 1).await,
+            "the deletion never reached the cache"
+        );
+    }
 }
