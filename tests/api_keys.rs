@@ -173,19 +173,23 @@ gateway_matrix! {
 }
 
 gateway_matrix! {
+    /// With Vault's audit stream connected, a revoked key is refused within
+    /// a fifth of the positive TTL (`revocation_deadline`), though its
+    /// record is cached for the whole TTL; keys-file mode waits for the render.
     #[tokio::test]
-    async fn revoked_key_is_refused_once_the_cache_expires(
+    async fn revoked_key_is_refused_well_before_the_cache_expires(
         gateway: &str,
     ) {
         let Some((_case, gw)) = case_on(
             gateway,
             ASSERTION_GROUP,
-            "revoked_key_is_refused_once_the_cache_expires",
+            "revoked_key_is_refused_well_before_the_cache_expires",
         ) else {
             return;
         };
         let key = issue_key(API_GROUP, |r| r).await.unwrap();
         let path = api_path(API_GROUP);
+        // Cached now, for the positive TTL.
         assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
 
         // Revocation in the portal's scheme: delete the secret, all versions.
@@ -193,7 +197,7 @@ gateway_matrix! {
 
         rig::base::wait::wait_until(
             "the revoked key to be refused",
-            cache_deadline(),
+            revocation_deadline(),
             async || {
                 let reply = gw.get(&path, Some(key.expose())).await?;
                 Ok(match (reply.status, reply.reason.as_deref()) {
@@ -204,6 +208,57 @@ gateway_matrix! {
         )
         .await
         .unwrap();
+        // Refused from then on: nothing brings the cached record back.
+        for _ in 0..5 {
+            let reply = gw.get(&path, Some(key.expose())).await.unwrap();
+            assert_eq!((reply.status, reply.reason.as_deref()), (401, Some("unknown")));
+        }
+    }
+}
+
+gateway_matrix! {
+    /// Revocations under concurrent load: each revoked key is refused within
+    /// `revocation_deadline`, and the valid key in use meanwhile never fails.
+    #[tokio::test]
+    async fn revocations_under_load_land_fast_and_fail_no_valid_request(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "revocations_under_load_land_fast_and_fail_no_valid_request",
+        ) else {
+            return;
+        };
+        let path = api_path(API_GROUP);
+        let valid = issue_key(API_GROUP, |r| r).await.unwrap();
+        assert_eq!(gw.get(&path, Some(valid.expose())).await.unwrap().status, 200);
+        let load = Load::start(4, gw.url.clone(), path.clone(), valid.expose().to_owned());
+        for _ in 0..3 {
+            let key = issue_key(API_GROUP, |r| r).await.unwrap();
+            assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
+            revoke_key(API_GROUP, &key).await.unwrap();
+            rig::base::wait::wait_until(
+                "the revoked key to be refused under load",
+                revocation_deadline(),
+                async || {
+                    let reply = gw.get(&path, Some(key.expose())).await?;
+                    Ok(match (reply.status, reply.reason.as_deref()) {
+                        (401, Some("unknown")) => Probe::Ready(()),
+                        other => Probe::seen(format!("{other:?}")),
+                    })
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let (ok, failed, last_failure) = load.finish().await;
+        assert!(ok > 0, "the load sent no request");
+        assert_eq!(
+            failed, 0,
+            "{failed} of {} valid requests failed during the revocations, last: {last_failure:?}",
+            ok + failed
+        );
     }
 }
 

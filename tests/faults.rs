@@ -12,6 +12,8 @@
 mod bad_input;
 #[path = "faults/hostile.rs"]
 mod hostile;
+#[path = "faults/revocation.rs"]
+mod revocation;
 #[path = "faults/support.rs"]
 mod support;
 
@@ -25,7 +27,7 @@ mod faults {
     use std::time::{Duration, Instant};
 
     use crate::support::*;
-    use crate::{bad_input, hostile};
+    use crate::{bad_input, hostile, revocation};
     use apikey::ApiKey;
     use reqwest::Method;
     use rig::base::wait::{Probe, wait_until};
@@ -679,6 +681,55 @@ mod faults {
             "through {}: every outcome as expected, 0 false accepts, 0 Vault reads",
             passed.join(", ")
         ));
+    }
+
+    /// 6a. Vault's audit stream down (nothing listens where its socket
+    /// device points): Vault serves, revocation lands within the positive
+    /// TTL, no false accept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_stream_down_revocation_lands_within_the_ttl() {
+        let mut case = fault_case("audit_stream_down_revocation_lands_within_the_ttl");
+        let Some(opts) = options_or_skip(&mut case) else {
+            return;
+        };
+        case.note(revocation::stream_down(opts).await.unwrap());
+    }
+
+    /// 6b. A key revoked through the audit stream, then Vault killed: the
+    /// revoked key is never allowed, another cached key is resurrected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revoked_key_is_not_resurrected_when_vault_dies() {
+        let mut case = fault_case("revoked_key_is_not_resurrected_when_vault_dies");
+        let Some(opts) = options_or_skip(&mut case) else {
+            return;
+        };
+        case.note(revocation::revoke_then_kill_vault(opts).await.unwrap());
+    }
+
+    /// 6c. Vault started while keygate's listener is down: it unseals and
+    /// serves (`skip_test`), then keygate catches up through the stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vault_started_without_keygate_serves_then_keygate_catches_up() {
+        let mut case = fault_case("vault_started_without_keygate_serves_then_keygate_catches_up");
+        let Some(opts) = options_or_skip(&mut case) else {
+            return;
+        };
+        case.note(
+            revocation::vault_starts_without_keygate(opts)
+                .await
+                .unwrap(),
+        );
+    }
+
+    /// 6d. keygate's policy withdrawn: 503 `vault-forbidden`, not an
+    /// outage, so the cached key is not resurrected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn withdrawn_policy_is_vault_forbidden_and_not_resurrected() {
+        let mut case = fault_case("withdrawn_policy_is_vault_forbidden_and_not_resurrected");
+        let Some(opts) = options_or_skip(&mut case) else {
+            return;
+        };
+        case.note(revocation::policy_withdrawn(opts).await.unwrap());
     }
 
     /// 7. Bad scenario input fails before anything starts (or at apply time for

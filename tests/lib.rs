@@ -553,6 +553,18 @@ pub fn cache_deadline() -> Duration {
     Duration::from_millis(env().cache.positive_ttl_ms) + Duration::from_secs(5)
 }
 
+/// How long a revocation (a deleted record) may take to reach the gateway.
+/// With Vault's audit stream feeding keygate's invalidation listener
+/// (env.json `cache.invalidation_addr`): a fifth of the positive TTL, far
+/// below it, so waiting out the cache fails the case. Without one: the
+/// cache deadline.
+pub fn revocation_deadline() -> Duration {
+    if keys_file_mode() || env().cache.invalidation_addr.is_none() {
+        return cache_deadline();
+    }
+    Duration::from_millis(env().cache.positive_ttl_ms / 5)
+}
+
 /// The owner the upstream sees for a key issued with `owner`: the keys file
 /// carries no owner, so in keys-file mode it is empty.
 pub fn expected_owner(owner: &str) -> &str {

@@ -229,8 +229,9 @@ async fn api_key_rotation_new_key_accepted_and_revoked_key_refused() {
 }
 
 /// Issues a replacement for `old`, waits until the gateway accepts it, then
-/// revokes `old` and waits until the gateway refuses it (within the cache
-/// TTL). Returns both propagation times.
+/// revokes `old` and waits until the gateway refuses it (within
+/// `revocation_deadline`: milliseconds with the audit stream, else the
+/// cache TTL). Returns both propagation times.
 async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, Duration)> {
     let new = apikey::ApiKey::generate();
     let record = apikey::KeyRecord::for_key(&new, "e2e-owner");
@@ -250,7 +251,7 @@ async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, D
     revoke_key(API_GROUP, old).await?;
     wait_until(
         "the revoked key to be refused",
-        cache_deadline(),
+        revocation_deadline(),
         async || {
             let reply = gateway_get(path, Some(old.expose())).await?;
             Ok(match (reply.status, reply.reason.as_deref()) {
@@ -260,7 +261,7 @@ async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, D
         },
     )
     .await?;
-    // Bounded by the wait's deadline (cache TTL plus slack); the measured
+    // Bounded by the wait's deadline; the measured
     // time is a result, not an assertion (timings belong to benchmarks).
     let revoked = deleted_at.elapsed();
     Ok((issued, revoked))

@@ -97,6 +97,13 @@ impl fmt::Debug for ApiKey {
 pub struct Selector(String);
 
 impl Selector {
+    /// A selector as it appears in a storage path: 32 lowercase hex
+    /// characters, the first half of a key.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == SELECTOR_LEN && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.to_owned()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -140,6 +147,21 @@ mod tests {
     use rstest::rstest;
 
     const DOC_EXAMPLE: &str = "57b81d89804a48128f3bf3e73307a3e6c2c90e8ed1b34cd7a3073f3198d406da";
+
+    #[rstest]
+    fn a_selector_parses_only_as_32_lowercase_hex() {
+        let key = ApiKey::parse(DOC_EXAMPLE).unwrap();
+        assert_eq!(Selector::parse(&DOC_EXAMPLE[..32]), Some(key.selector()));
+        for bad in [
+            "",
+            &DOC_EXAMPLE[..31],
+            DOC_EXAMPLE,
+            "57B81D89804A48128F3BF3E73307A3E6",
+            "57b81d89804a48128f3bf3e73307a3eg",
+        ] {
+            assert_eq!(Selector::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn splits_the_documented_example_in_half() {

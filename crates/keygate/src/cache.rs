@@ -12,8 +12,19 @@
 //! in use keep working through a short outage; once it lapses the caller
 //! gets the error (503). Only found records are resurrected, and a read that
 //! finds the record gone drops it, so a revoked key is never brought back.
+//! A 403 with a fresh token (the policy was withdrawn) is an answer, not an
+//! outage: it is never resurrected.
+//!
+//! Invalidation (`crate::invalidation`, from Vault's audit stream): every
+//! read is stamped from a counter when it starts. Dropping a key records a
+//! tombstone stamp for it; losing track of the stream (a reconnect, a dropped
+//! line) moves a global "stale before" stamp. A cached answer, positive,
+//! negative or resurrectable, counts only if its read started after both, so
+//! a read that was in flight while the key was written cannot put the old
+//! answer back. Invalidation only ever removes state.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use apikey::{KeyRecord, Selector};
@@ -47,19 +58,26 @@ impl RecordSource for Vault {
 type Key = (String, Selector);
 type Value = Option<KeyRecord>;
 
+/// A cached answer and the stamp of the read that produced it.
+#[derive(Debug, Clone)]
+struct Stamped<T> {
+    value: T,
+    read_at: u64,
+}
+
 struct TtlBySign {
     positive: Duration,
     negative: Duration,
 }
 
-impl Expiry<Key, Value> for TtlBySign {
+impl Expiry<Key, Stamped<Value>> for TtlBySign {
     fn expire_after_create(
         &self,
         _key: &Key,
-        value: &Value,
+        entry: &Stamped<Value>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(if value.is_some() {
+        Some(if entry.value.is_some() {
             self.positive
         } else {
             self.negative
@@ -71,14 +89,94 @@ impl Expiry<Key, Value> for TtlBySign {
 /// negative entry behind for the negative TTL.
 const MAX_ENTRIES: u64 = 100_000;
 
+/// The stamps that decide whether a cached answer still counts.
+struct Freshness {
+    /// Every read and every invalidation takes the next value.
+    clock: AtomicU64,
+    /// Answers read before this stamp are stale (the audit stream was lost
+    /// or a line dropped: some write may have gone unseen).
+    stale_before: AtomicU64,
+    /// Per key, the stamp of its last invalidation. Kept as long as any
+    /// answer it must outdate can live (positive TTL + resurrect window).
+    tombstones: Cache<Key, u64>,
+}
+
+impl Freshness {
+    fn new(longest_answer: Duration) -> Self {
+        Self {
+            // 0 is "never": the first read is stamped 1.
+            clock: AtomicU64::new(1),
+            stale_before: AtomicU64::new(0),
+            tombstones: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(longest_answer)
+                .build(),
+        }
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Whether an answer read at `read_at` may still be used for `key`.
+    async fn counts(&self, key: &Key, read_at: u64) -> bool {
+        read_at > self.stale_before.load(Ordering::SeqCst) && self.not_dropped(key, read_at).await
+    }
+
+    /// Whether `key` was not dropped after `read_at` (the resurrect store
+    /// ignores `stale_before`: a lost stream must not end resurrection).
+    async fn not_dropped(&self, key: &Key, read_at: u64) -> bool {
+        self.tombstones
+            .get(key)
+            .await
+            .is_none_or(|dropped| read_at > dropped)
+    }
+}
+
 pub struct RecordCache {
     source: Arc<dyn RecordSource>,
     /// `None`: every lookup goes to the source (keys files are in memory
     /// already; a cache would only delay a rendered change).
-    cache: Option<Cache<Key, Value>>,
+    cache: Option<Cache<Key, Stamped<Value>>>,
     /// Last found record per key, for outages; `None` when resurrection is off.
-    last_good: Option<Cache<Key, KeyRecord>>,
+    last_good: Option<Cache<Key, Stamped<KeyRecord>>>,
+    freshness: Arc<Freshness>,
     metrics: Arc<Metrics>,
+}
+
+/// A handle that drops cached state, for `crate::invalidation`. It can only
+/// remove: nothing it does can make a request allowed.
+#[derive(Clone)]
+pub struct Invalidator {
+    cache: Option<Cache<Key, Stamped<Value>>>,
+    last_good: Option<Cache<Key, Stamped<KeyRecord>>>,
+    freshness: Arc<Freshness>,
+}
+
+impl Invalidator {
+    /// Drops everything held for `(group, selector)`: its positive or
+    /// negative entry and its resurrectable record, including any a read in
+    /// flight now would store.
+    pub async fn drop_key(&self, group: &str, selector: &Selector) {
+        let key = (group.to_owned(), selector.clone());
+        let stamp = self.freshness.tick();
+        self.freshness.tombstones.insert(key.clone(), stamp).await;
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&key).await;
+        }
+        if let Some(last_good) = &self.last_good {
+            last_good.invalidate(&key).await;
+        }
+    }
+
+    /// Treats every answer read until now as stale (positive TTL's backstop
+    /// aside, they are read again on their next use).
+    pub fn all_stale(&self) {
+        let stamp = self.freshness.tick();
+        self.freshness
+            .stale_before
+            .fetch_max(stamp, Ordering::SeqCst);
+    }
 }
 
 impl RecordCache {
@@ -90,16 +188,20 @@ impl RecordCache {
                 negative: config.negative_ttl,
             })
             .build();
+        let longest = config.positive_ttl.saturating_add(config.resurrect_ttl);
         let last_good = (!config.resurrect_ttl.is_zero()).then(|| {
             Cache::builder()
                 .max_capacity(MAX_ENTRIES)
-                .time_to_live(config.positive_ttl.saturating_add(config.resurrect_ttl))
+                .time_to_live(longest)
                 .build()
         });
         Self {
             source,
             cache: Some(cache),
             last_good,
+            freshness: Arc::new(Freshness::new(
+                longest.max(config.negative_ttl).max(Duration::from_secs(1)),
+            )),
             metrics,
         }
     }
@@ -110,7 +212,17 @@ impl RecordCache {
             source,
             cache: None,
             last_good: None,
+            freshness: Arc::new(Freshness::new(Duration::from_secs(1))),
             metrics,
+        }
+    }
+
+    /// The handle `crate::invalidation` drops this cache's entries with.
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator {
+            cache: self.cache.clone(),
+            last_good: self.last_good.clone(),
+            freshness: self.freshness.clone(),
         }
     }
 
@@ -122,21 +234,33 @@ impl RecordCache {
             return self.source.read(group, selector).await.map_err(Arc::new);
         };
         let key = (group.to_owned(), selector.clone());
-        if let Some(value) = cache.get(&key).await {
-            self.metrics.cache_hit();
-            return Ok(value);
+        if let Some(entry) = cache.get(&key).await {
+            if self.freshness.counts(&key, entry.read_at).await {
+                self.metrics.cache_hit();
+                return Ok(entry.value);
+            }
+            cache.invalidate(&key).await;
         }
         self.metrics.cache_miss();
-        match self.read_through(cache, key.clone(), group, selector).await {
-            Ok(value) => {
+        match self.read_fresh(cache, &key).await {
+            Ok(entry) => {
                 if let Some(last_good) = &self.last_good {
-                    match &value {
-                        Some(record) => last_good.insert(key, record.clone()).await,
+                    match &entry.value {
+                        Some(record) if self.freshness.not_dropped(&key, entry.read_at).await => {
+                            let stamped = Stamped {
+                                value: record.clone(),
+                                read_at: entry.read_at,
+                            };
+                            last_good.insert(key, stamped).await;
+                        }
+                        Some(_) => {}
                         None => last_good.invalidate(&key).await,
                     }
                 }
-                Ok(value)
+                Ok(entry.value)
             }
+            // A 403 with a fresh token is Vault's answer, not an outage.
+            Err(err) if matches!(*err, VaultError::Forbidden { .. }) => Err(err),
             Err(err) => match self.resurrect(&key).await {
                 Some(record) => Ok(Some(record)),
                 None => Err(err),
@@ -144,34 +268,57 @@ impl RecordCache {
         }
     }
 
+    /// A read that counts: the shared (coalesced) read, and if that one
+    /// started before an invalidation of the key, one more; should that be
+    /// outdated too (the key is being written right now), a read of our own.
+    async fn read_fresh(
+        &self,
+        cache: &Cache<Key, Stamped<Value>>,
+        key: &Key,
+    ) -> Result<Stamped<Value>, Arc<VaultError>> {
+        for _ in 0..2 {
+            let entry = self.read_through(cache, key.clone()).await?;
+            if self.freshness.counts(key, entry.read_at).await {
+                return Ok(entry);
+            }
+            cache.invalidate(key).await;
+        }
+        self.read_stamped(key).await.map_err(Arc::new)
+    }
+
     /// The last good record of a key whose read just failed, if still in
-    /// its window.
+    /// its window and not dropped since.
     async fn resurrect(&self, key: &Key) -> Option<KeyRecord> {
-        let record = self.last_good.as_ref()?.get(key).await?;
+        let entry = self.last_good.as_ref()?.get(key).await?;
+        if !self.freshness.not_dropped(key, entry.read_at).await {
+            return None;
+        }
         self.metrics.cache_resurrected();
-        Some(record)
+        Some(entry.value)
     }
 
     async fn read_through(
         &self,
-        cache: &Cache<Key, Value>,
+        cache: &Cache<Key, Stamped<Value>>,
         key: Key,
-        group: &str,
-        selector: &Selector,
-    ) -> Result<Value, Arc<VaultError>> {
+    ) -> Result<Stamped<Value>, Arc<VaultError>> {
         cache
-            .try_get_with(key, async {
-                let started = Instant::now();
-                let result = self.source.read(group, selector).await;
-                let outcome = match &result {
-                    Ok(Some(_)) => ReadResult::Found,
-                    Ok(None) => ReadResult::Absent,
-                    Err(_) => ReadResult::Error,
-                };
-                self.metrics.vault_read(outcome, started.elapsed());
-                result
-            })
+            .try_get_with_by_ref(&key, self.read_stamped(&key))
             .await
+    }
+
+    /// One source read, stamped when it starts, counted in the metrics.
+    async fn read_stamped(&self, key: &Key) -> Result<Stamped<Value>, VaultError> {
+        let read_at = self.freshness.tick();
+        let started = Instant::now();
+        let result = self.source.read(&key.0, &key.1).await;
+        let outcome = match &result {
+            Ok(Some(_)) => ReadResult::Found,
+            Ok(None) => ReadResult::Absent,
+            Err(_) => ReadResult::Error,
+        };
+        self.metrics.vault_read(outcome, started.elapsed());
+        result.map(|value| Stamped { value, read_at })
     }
 }
 
@@ -190,6 +337,8 @@ pub(crate) mod tests {
         pub records: Mutex<HashMap<(String, Selector), KeyRecord>>,
         pub reads: AtomicUsize,
         pub down: AtomicBool,
+        /// Answer as Vault does to a fresh token without `read` (403).
+        pub forbidden: AtomicBool,
         pub delay: Duration,
     }
 
@@ -217,6 +366,11 @@ pub(crate) mod tests {
                     return Err(VaultError::Unreachable {
                         address: "fake".into(),
                         reason: "down".into(),
+                    });
+                }
+                if self.forbidden.load(Ordering::SeqCst) {
+                    return Err(VaultError::Forbidden {
+                        path: format!("fake/{group}/{selector}"),
                     });
                 }
                 Ok(self
@@ -344,5 +498,88 @@ pub(crate) mod tests {
         source.down.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(cache.get("g", &key.selector()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_403_with_a_fresh_token_is_not_resurrected() {
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let cache = cache_resurrecting(source.clone(), 30, 30, 60_000);
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        source.forbidden.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let err = cache.get("g", &key.selector()).await.unwrap_err();
+        assert!(matches!(*err, VaultError::Forbidden { .. }), "{err:?}");
+        // An outage after that still resurrects (the record was not dropped).
+        source.forbidden.store(false, Ordering::SeqCst);
+        source.down.store(true, Ordering::SeqCst);
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_key_is_read_again_and_never_resurrected() {
+        let source = Arc::new(FakeSource::default());
+        let (key, other) = (ApiKey::generate(), ApiKey::generate());
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        source.put("g", &other, KeyRecord::for_key(&other, "o"));
+        let cache = cache_resurrecting(source.clone(), 60_000, 60_000, 60_000);
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        assert!(cache.get("g", &other.selector()).await.unwrap().is_some());
+
+        source
+            .records
+            .lock()
+            .unwrap()
+            .remove(&("g".to_owned(), key.selector()));
+        cache.invalidator().drop_key("g", &key.selector()).await;
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
+        assert_eq!(source.reads.load(Ordering::SeqCst), 3);
+        // Vault goes down: the other key is resurrected, the dropped one not.
+        source.down.store(true, Ordering::SeqCst);
+        cache.invalidator().all_stale();
+        assert!(cache.get("g", &other.selector()).await.unwrap().is_some());
+        assert!(cache.get("g", &key.selector()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_read_in_flight_during_a_drop_does_not_put_the_old_record_back() {
+        let source = Arc::new(FakeSource {
+            delay: Duration::from_millis(100),
+            ..Default::default()
+        });
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let cache = Arc::new(cache_resurrecting(source.clone(), 60_000, 60_000, 60_000));
+        let in_flight = {
+            let (cache, selector) = (cache.clone(), key.selector());
+            tokio::spawn(async move { cache.get("g", &selector).await.map(|r| r.is_some()).ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Revoked while that read was on its way: its answer is outdated.
+        source.records.lock().unwrap().clear();
+        cache.invalidator().drop_key("g", &key.selector()).await;
+        assert_eq!(
+            in_flight.await.unwrap(),
+            Some(false),
+            "the read that raced the revocation allowed the key"
+        );
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
+        source.down.store(true, Ordering::SeqCst);
+        cache.invalidator().all_stale();
+        assert!(cache.get("g", &key.selector()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn all_stale_rereads_every_answer_once() {
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        let cache = cache(source.clone(), 60_000, 60_000);
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        cache.invalidator().all_stale();
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        assert_eq!(source.reads.load(Ordering::SeqCst), 2);
     }
 }

@@ -56,6 +56,37 @@ pub struct Config {
     pub keys: KeysConfig,
     /// `upstream_headers:` name -> value or secret reference, in name order.
     pub upstream_headers: Vec<UpstreamHeader>,
+    /// `invalidation:`: where Vault's socket audit device connects; `None`:
+    /// no audit stream, revocation lands with the positive TTL.
+    pub invalidation: Option<InvalidationConfig>,
+}
+
+/// Lines buffered between the audit socket and the parser before keygate
+/// drops them (and marks the cache stale) rather than slow Vault down.
+pub const DEFAULT_INVALIDATION_QUEUE: usize = 4096;
+
+/// `invalidation:`, see `crate::invalidation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidationConfig {
+    pub listen: AuditListen,
+    /// `invalidation.queue`: lines buffered for the parser.
+    pub queue: usize,
+}
+
+/// `invalidation.listen`: `127.0.0.1:9003` or `unix:/path/to/socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for AuditListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuditListen::Tcp(addr) => write!(f, "{addr}"),
+            AuditListen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// One `upstream_headers` entry: added to every allowed request.
@@ -259,6 +290,14 @@ struct RawConfig {
     keys: Option<RawKeys>,
     vaults: Option<std::collections::BTreeMap<String, RawRefVault>>,
     upstream_headers: Option<std::collections::BTreeMap<String, String>>,
+    invalidation: Option<RawInvalidation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInvalidation {
+    listen: Option<String>,
+    queue: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -476,6 +515,10 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     };
     let keys = keys(raw.keys, base)?;
     let upstream_headers = upstream_headers(raw.vaults, raw.upstream_headers)?;
+    let invalidation = match raw.invalidation {
+        None => None,
+        Some(raw) => Some(invalidation(raw, base, grpc, http)?),
+    };
 
     Ok(Config {
         file: PathBuf::new(),
@@ -493,7 +536,42 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         cache,
         keys,
         upstream_headers,
+        invalidation,
     })
+}
+
+fn invalidation(
+    raw: RawInvalidation,
+    base: &Path,
+    grpc: SocketAddr,
+    http: SocketAddr,
+) -> Result<InvalidationConfig, String> {
+    const EXAMPLE: &str = "127.0.0.1:9003 (or unix:/run/keygate/audit.sock)";
+    let listen = raw.listen.ok_or_else(|| {
+        format!("invalidation.listen is missing: set the address Vault's socket audit device connects to, e.g. {EXAMPLE}, or remove `invalidation:`")
+    })?;
+    let listen = match listen.trim().strip_prefix("unix:") {
+        Some(path) if path.trim().is_empty() => {
+            return Err(format!(
+                "invalidation.listen is `{listen}`, which names no socket file: write it like {EXAMPLE}"
+            ));
+        }
+        Some(path) => AuditListen::Unix(base.join(path.trim())),
+        None => {
+            let addr = socket_addr("invalidation.listen", Some(listen), EXAMPLE)?;
+            if addr == grpc || addr == http {
+                return Err(format!(
+                    "invalidation.listen is {addr}, which listen.grpc or listen.http uses already: give it a port of its own"
+                ));
+            }
+            AuditListen::Tcp(addr)
+        }
+    };
+    let queue = raw.queue.unwrap_or(DEFAULT_INVALIDATION_QUEUE);
+    if queue == 0 {
+        return Err("invalidation.queue is 0: set the number of audit lines to buffer, e.g. 4096 (the default)".into());
+    }
+    Ok(InvalidationConfig { listen, queue })
 }
 
 fn upstream_headers(
@@ -787,6 +865,49 @@ apis:
                 assert_eq!(secret_id_file.field, "vault.auth.approle.secret_id_file");
             }
             other => panic!("expected approle, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_invalidation_section_takes_a_tcp_or_unix_listener() {
+        assert_eq!(parse(VALID).unwrap().invalidation, None);
+        let tcp = parse(&format!("{VALID}invalidation:\n  listen: 127.0.0.1:9003\n")).unwrap();
+        assert_eq!(
+            tcp.invalidation,
+            Some(InvalidationConfig {
+                listen: AuditListen::Tcp("127.0.0.1:9003".parse().unwrap()),
+                queue: DEFAULT_INVALIDATION_QUEUE,
+            })
+        );
+        let unix = parse(&format!(
+            "{VALID}invalidation:\n  listen: unix:run/audit.sock\n  queue: 16\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            unix.invalidation,
+            Some(InvalidationConfig {
+                listen: AuditListen::Unix("conf/run/audit.sock".into()),
+                queue: 16,
+            })
+        );
+        for (section, expected) in [
+            ("invalidation: {}\n", "invalidation.listen is missing"),
+            (
+                "invalidation:\n  listen: 127.0.0.1:9002\n",
+                "give it a port of its own",
+            ),
+            (
+                "invalidation:\n  listen: here\n",
+                "not an IP address and port",
+            ),
+            ("invalidation:\n  listen: 'unix:'\n", "names no socket file"),
+            (
+                "invalidation:\n  listen: 127.0.0.1:9003\n  queue: 0\n",
+                "invalidation.queue is 0",
+            ),
+        ] {
+            let err = parse(&format!("{VALID}{section}")).unwrap_err();
+            assert!(err.message.contains(expected), "{section}: {err}");
         }
     }
 

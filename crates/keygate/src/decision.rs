@@ -115,6 +115,10 @@ impl Validator {
     async fn check(&self, group: &str, key: &ApiKey, selector: &Selector) -> Outcome {
         let record = match self.records.get(group, selector).await {
             Ok(record) => record,
+            Err(err) if matches!(*err, crate::vault::VaultError::Forbidden { .. }) => {
+                warn!(group, %selector, error = %err, "Vault refuses keygate the key record; denying");
+                return Outcome::Deny(Reason::VaultForbidden);
+            }
             Err(err) => {
                 warn!(group, %selector, error = %err, "cannot read the key record from Vault; denying");
                 return Outcome::Deny(Reason::VaultUnavailable);

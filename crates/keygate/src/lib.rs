@@ -8,6 +8,7 @@ pub mod config;
 pub mod decision;
 pub mod grpc;
 pub mod http;
+pub mod invalidation;
 pub mod keys_file;
 pub mod metrics;
 pub mod outcome;

@@ -18,6 +18,7 @@ use keygate::config::{Config, KeysConfig, UpstreamHeader};
 use keygate::decision::Validator;
 use keygate::grpc::ExtAuthz;
 use keygate::http;
+use keygate::invalidation::AuditListener;
 use keygate::keys_file::{FileModeReadiness, KeysFiles};
 use keygate::metrics::Metrics;
 use keygate::refs::{HeaderValue, UpstreamHeaders};
@@ -158,6 +159,29 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             )
         }
     };
+    // Bound before anything serves, so a taken port stops startup.
+    match (&config.invalidation, &config.keys) {
+        (Some(invalidation), KeysConfig::Vault) => {
+            let listener = AuditListener::bind(invalidation).await.with_context(|| {
+                format!(
+                    "cannot listen on {} (invalidation.listen): free it or change invalidation.listen",
+                    invalidation.listen
+                )
+            })?;
+            info!(listen = %invalidation.listen, "waiting for Vault's socket audit device (invalidation)");
+            tokio::spawn(listener.serve(
+                config.vault.kv_mount.clone(),
+                records.invalidator(),
+                metrics.clone(),
+            ));
+        }
+        (Some(_), KeysConfig::File { .. }) => {
+            warn!(
+                "invalidation is ignored with keys.source: file (nothing is cached; the files are the source)"
+            );
+        }
+        (None, _) => {}
+    }
     let mut validator = Validator::new(routes, records, metrics, config.vault.kv_mount.clone());
     if !config.upstream_headers.is_empty() {
         let headers = config

@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -48,6 +49,10 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_resurrected: Counter,
+    invalidations: Counter,
+    invalidation_connections: Gauge,
+    invalidation_lines_dropped: Counter,
+    invalidation_stale_marks: Counter,
 }
 
 impl Default for Metrics {
@@ -67,6 +72,10 @@ impl Metrics {
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
         let cache_resurrected = Counter::default();
+        let invalidations = Counter::default();
+        let invalidation_connections = Gauge::default();
+        let invalidation_lines_dropped = Counter::default();
+        let invalidation_stale_marks = Counter::default();
         // Counters get `_total` appended by the encoder.
         registry.register(
             "keygate_decisions",
@@ -98,6 +107,26 @@ impl Metrics {
             "Record lookups answered with the last good record because Vault could not be read",
             cache_resurrected.clone(),
         );
+        registry.register(
+            "keygate_invalidations",
+            "Keys dropped from the cache because Vault's audit stream showed a write to one of their paths",
+            invalidations.clone(),
+        );
+        registry.register(
+            "keygate_invalidation_stream_connected",
+            "Audit stream connections open now (Vault's socket audit device); 0: revocation waits for the positive TTL",
+            invalidation_connections.clone(),
+        );
+        registry.register(
+            "keygate_invalidation_lines_dropped",
+            "Audit lines dropped unread because they came faster than keygate parsed them (or were too long); each drop marks the cache stale",
+            invalidation_lines_dropped.clone(),
+        );
+        registry.register(
+            "keygate_invalidation_stale_marks",
+            "Times every cached answer was marked stale: an audit stream (re)connected or ended, or a line was dropped",
+            invalidation_stale_marks.clone(),
+        );
 
         // Every series exists from the start, so a rate() over a fresh
         // process sees 0 rather than nothing.
@@ -123,6 +152,10 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_resurrected,
+            invalidations,
+            invalidation_connections,
+            invalidation_lines_dropped,
+            invalidation_stale_marks,
         }
     }
 
@@ -157,6 +190,27 @@ impl Metrics {
         self.cache_resurrected.inc();
     }
 
+    pub fn invalidated(&self) {
+        self.invalidations.inc();
+    }
+
+    /// An audit stream connection opened (`true`) or ended.
+    pub fn invalidation_stream(&self, connected: bool) {
+        if connected {
+            self.invalidation_connections.inc();
+        } else {
+            self.invalidation_connections.dec();
+        }
+    }
+
+    pub fn invalidation_line_dropped(&self) {
+        self.invalidation_lines_dropped.inc();
+    }
+
+    pub fn invalidation_stale_mark(&self) {
+        self.invalidation_stale_marks.inc();
+    }
+
     /// The OpenMetrics text exposition, which Prometheus scrapes natively.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -187,6 +241,9 @@ mod tests {
             "keygate_vault_read_seconds_count 1",
             "keygate_cache_hits_total 1",
             "keygate_cache_misses_total 1",
+            "keygate_invalidations_total 0",
+            "keygate_invalidation_stream_connected 0",
+            "keygate_invalidation_lines_dropped_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

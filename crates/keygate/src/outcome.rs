@@ -18,10 +18,13 @@ pub enum Reason {
     NoRoute,
     VaultUnavailable,
     CorruptRecord,
+    /// Vault answered 403 to a fresh token: keygate's policy no longer
+    /// allows reading the key. Not an outage, so nothing is resurrected.
+    VaultForbidden,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::Unknown,
@@ -31,6 +34,7 @@ impl Reason {
         Reason::NoRoute,
         Reason::VaultUnavailable,
         Reason::CorruptRecord,
+        Reason::VaultForbidden,
     ];
 
     pub fn code(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Reason {
             Reason::NoRoute => "no-route",
             Reason::VaultUnavailable => "vault-unavailable",
             Reason::CorruptRecord => "corrupt-record",
+            Reason::VaultForbidden => "vault-forbidden",
         }
     }
 
@@ -52,7 +57,7 @@ impl Reason {
     pub fn http_status(self) -> u16 {
         match self {
             Reason::NoRoute | Reason::WrongGroup => 403,
-            Reason::VaultUnavailable => 503,
+            Reason::VaultUnavailable | Reason::VaultForbidden => 503,
             Reason::Missing
             | Reason::Malformed
             | Reason::Unknown
@@ -105,6 +110,7 @@ mod tests {
                 ("no-route", 403),
                 ("vault-unavailable", 503),
                 ("corrupt-record", 401),
+                ("vault-forbidden", 503),
             ]
         );
         assert_eq!(

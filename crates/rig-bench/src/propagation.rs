@@ -82,8 +82,12 @@ async fn until_status(
 }
 
 fn direct_intervals(env: &Environment) -> String {
+    let invalidation = match &env.cache.invalidation_addr {
+        Some(addr) => format!(", invalidation from Vault's socket audit device at {addr}"),
+        None => ", no invalidation stream".to_owned(),
+    };
     format!(
-        "keygate cache positive_ttl {} ms, negative_ttl {} ms; poll {} ms",
+        "keygate cache positive_ttl {} ms, negative_ttl {} ms{invalidation}; poll {} ms",
         env.cache.positive_ttl_ms,
         env.cache.negative_ttl_ms,
         POLL.as_millis()

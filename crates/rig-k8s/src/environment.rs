@@ -60,6 +60,8 @@ pub fn cache_settings(config: &keygate::config::Config) -> CacheSettings {
         positive_ttl_ms: ms(config.cache.positive_ttl),
         negative_ttl_ms: ms(config.cache.negative_ttl),
         resurrect_ttl_ms: ms(config.cache.resurrect_ttl),
+        // The k8s profiles' Vault declares no socket audit device.
+        invalidation_addr: None,
     }
 }
 
@@ -234,6 +236,7 @@ mod tests {
                     positive_ttl_ms: config.cache.positive_ttl.as_millis() as u64,
                     negative_ttl_ms: config.cache.negative_ttl.as_millis() as u64,
                     resurrect_ttl_ms: config.cache.resurrect_ttl.as_millis() as u64,
+                    invalidation_addr: None,
                 },
                 "{mode}"
             );

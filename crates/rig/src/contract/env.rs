@@ -208,6 +208,11 @@ pub struct CacheSettings {
     /// served after `positive_ttl` while Vault cannot be read (0: older env.json).
     #[serde(default)]
     pub resurrect_ttl_ms: u64,
+    /// keygate's `invalidation.listen`, where Vault's socket audit device
+    /// streams to it (revocation lands in milliseconds while connected);
+    /// absent when keygate runs without one (revocation waits for the TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalidation_addr: Option<std::net::SocketAddr>,
 }
 
 impl Environment {

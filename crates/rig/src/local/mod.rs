@@ -96,6 +96,10 @@ pub struct LocalOptions {
     /// most the role's `max_ttl`): the e2e suite rotates the TLS gateway's
     /// certificate faster than the shipped setup does.
     pub tls_cert_ttl: Option<Duration>,
+    /// keygate listens for Vault's socket audit device (`invalidation:`).
+    /// `false`: bao.hcl still declares the device, but nothing listens at
+    /// its address, as when keygate's listener is down (fault tests).
+    pub invalidation: bool,
 }
 
 impl LocalOptions {
@@ -117,6 +121,7 @@ impl LocalOptions {
             positive_ttl: POSITIVE_TTL,
             negative_ttl: NEGATIVE_TTL,
             tls_cert_ttl: None,
+            invalidation: true,
         }
     }
 }
@@ -136,6 +141,9 @@ struct Ports {
     echo: u16,
     keygate_grpc: u16,
     keygate_http: u16,
+    /// keygate's invalidation listener, which Vault's socket audit device
+    /// connects to.
+    keygate_audit: u16,
     /// (listener, admin) per gateway, in the order asked for.
     gateways: Vec<(u16, u16)>,
 }
@@ -149,6 +157,7 @@ impl Ports {
             echo: free_port()?,
             keygate_grpc: free_port()?,
             keygate_http: free_port()?,
+            keygate_audit: free_port()?,
             gateways: (0..gateways)
                 .map(|_| Ok((free_port()?, free_port()?)))
                 .collect::<Result<_>>()?,
@@ -175,6 +184,9 @@ struct KeygateContext<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     gateway_group_file: Option<&'a Path>,
     resurrect_ttl: String,
+    /// `invalidation.listen`; the keys-file keygate has none (it caches nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invalidation_addr: Option<String>,
 }
 
 /// What `up` starts from, all of it loaded and checked before any process
@@ -299,7 +311,10 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         crate::contract::modes::fill(&values.api_key.vault_url, &vault_addr, "", "");
     let references = crate::contract::references::ReferenceSettings::default();
     // Both keygates (Vault-direct and keys-file) share the delivered credentials.
-    let render_keygate = |grpc_addr: &str, http_addr: &str| -> Result<String> {
+    let render_keygate = |grpc_addr: &str,
+                          http_addr: &str,
+                          invalidation_addr: Option<SocketAddr>|
+     -> Result<String> {
         let base = crate::base::templates::render(
             &opts.env_dir.join("keygate/keygate.yaml.j2"),
             KeygateContext {
@@ -314,6 +329,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
                 negative_ttl: humantime::format_duration(opts.negative_ttl).to_string(),
                 resurrect_ttl: humantime::format_duration(opts.resurrect_ttl).to_string(),
                 gateway_group_file: Some(&secret_files.group),
+                invalidation_addr: invalidation_addr.map(|a| a.to_string()),
             },
         )?;
         Ok(format!("{base}\n{}", references.keygate_yaml()))
@@ -321,7 +337,10 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let keygate_config = render_keygate(
         &addr(ports.keygate_grpc).to_string(),
         &addr(ports.keygate_http).to_string(),
+        opts.invalidation.then(|| addr(ports.keygate_audit)),
     )?;
+    let render_keys_file_keygate =
+        |grpc_addr: &str, http_addr: &str| render_keygate(grpc_addr, http_addr, None);
     let keygate_config_file = run.path().join("keygate.yaml");
     std::fs::write(&keygate_config_file, keygate_config).context("writing keygate's config")?;
     let mut supervisor = Supervisor::new(&run).with_ready_timeout(opts.ready_timeout);
@@ -330,9 +349,15 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     // argv; dev mode prints it (and the unseal key) on stdout, so stdout goes
     // to a 0600 file under secrets/ and only stderr (the log) to logs/.
     // A file audit device from the start (diagnostics of a failed case
-    // include its entries); OpenBao only takes it from a config file.
-    let audit_config = crate::vault::audit::file_audit_config(
-        &run.logs_dir().join(crate::vault::audit::AUDIT_LOG),
+    // include its entries), and a socket device streaming to keygate's
+    // invalidation listener (skip_test: Vault starts before keygate does);
+    // OpenBao only takes them from a config file.
+    let audit_config = format!(
+        "{}{}",
+        crate::vault::audit::file_audit_config(
+            &run.logs_dir().join(crate::vault::audit::AUDIT_LOG),
+        ),
+        crate::vault::audit::socket_audit_config(addr(ports.keygate_audit)),
     );
     let (root_token, root_token_file, unseal_key_file) = match opts.vault_storage {
         VaultStorage::Dev => {
@@ -433,7 +458,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             agent_role: &setup.keygate_role,
             kv_mount: &setup.kv_mount,
             groups: &groups,
-            keygate_config: &render_keygate,
+            keygate_config: &render_keys_file_keygate,
             upstream_port: ports.echo,
         },
     )
@@ -497,6 +522,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             positive_ttl_ms: opts.positive_ttl.as_millis() as u64,
             negative_ttl_ms: opts.negative_ttl.as_millis() as u64,
             resurrect_ttl_ms: opts.resurrect_ttl.as_millis() as u64,
+            invalidation_addr: opts.invalidation.then(|| addr(ports.keygate_audit)),
         },
         envoy_admin_url,
         mode: Some(delivery.mode.clone()),
@@ -633,6 +659,7 @@ mod tests {
                 negative_ttl: "1s".into(),
                 gateway_group_file: Some(Path::new("/run/secret/gateway-group")),
                 resurrect_ttl: "30s".into(),
+                invalidation_addr: Some("127.0.0.1:4".into()),
             },
         )
         .unwrap();
@@ -644,6 +671,7 @@ mod tests {
         assert_eq!(doc["apis"][1].as_str(), Some("/x/b.yaml"));
         assert_eq!(doc["listen"]["grpc"].as_str(), Some("127.0.0.1:1"));
         assert_eq!(doc["cache"]["negative_ttl"].as_str(), Some("1s"));
+        assert_eq!(doc["invalidation"]["listen"].as_str(), Some("127.0.0.1:4"));
         assert_eq!(
             doc["gateway_group_file"].as_str(),
             Some("/run/secret/gateway-group")
@@ -659,6 +687,7 @@ mod tests {
             ports.echo,
             ports.keygate_grpc,
             ports.keygate_http,
+            ports.keygate_audit,
         ];
         all.extend(ports.gateways.iter().flat_map(|&(a, b)| [a, b]));
         let unique: std::collections::BTreeSet<_> = all.iter().collect();

@@ -23,6 +23,19 @@ pub fn file_audit_config(file: &Path) -> String {
     format!("audit \"file\" \"keyrig\" {{\n  options {{\n    file_path = {path}\n  }}\n}}\n")
 }
 
+/// A server config stanza declaring a socket audit device that streams
+/// every entry as a JSON line to keygate's invalidation listener at `addr`
+/// (`invalidation.listen`; see crates/keygate/README.md, "Invalidation").
+/// `skip_test = "true"` is what lets Vault start and unseal while keygate is
+/// down: without it OpenBao refuses to come up when the listener does not
+/// answer. Vault serves while any one audit device succeeds, so the file
+/// device stays beside it.
+pub fn socket_audit_config(addr: std::net::SocketAddr) -> String {
+    format!(
+        "audit \"socket\" \"keygate\" {{\n  options {{\n    address = \"{addr}\"\n    socket_type = \"tcp\"\n    skip_test = \"true\"\n  }}\n}}\n"
+    )
+}
+
 /// The audit log lines whose `time` falls in `[from, to]`. Lines that are
 /// not JSON or have no time are left out; a missing file gives none.
 pub fn entries_between(
@@ -52,6 +65,15 @@ mod tests {
     use super::*;
     use rstest::rstest;
     use time::macros::datetime;
+
+    #[rstest]
+    fn the_socket_device_skips_its_test_so_vault_starts_without_keygate() {
+        let stanza = socket_audit_config("127.0.0.1:9003".parse().unwrap());
+        assert_eq!(
+            stanza,
+            "audit \"socket\" \"keygate\" {\n  options {\n    address = \"127.0.0.1:9003\"\n    socket_type = \"tcp\"\n    skip_test = \"true\"\n  }\n}\n"
+        );
+    }
 
     #[rstest]
     fn keeps_the_entries_of_the_window() {

@@ -1,0 +1,680 @@
+//! Revocation in milliseconds: Vault's socket audit device streams every
+//! request and response to keygate as JSON lines, and any write to one of a
+//! key's paths drops everything the cache holds for that key.
+//!
+//! Only what OpenBao and HashiCorp Vault both write is read: `type`
+//! (`request` or `response`), `request.operation` and `request.path`, which
+//! audit devices log in plain text (values are HMAC-ed, and keygate needs
+//! none). Both entries of a write count: the request entry is written before
+//! Vault applies it and the response entry after, so a read that raced the
+//! first is outdated by the second.
+//!
+//! Vault must never wait for keygate (a socket audit device that blocks
+//! stalls all of Vault), so each connection is read as fast as it delivers
+//! into a bounded queue; a line that does not fit (or is absurdly long) is
+//! dropped and counted, and the whole cache is marked stale, since the
+//! dropped line may have been a revocation. A (re)connection or a connection
+//! ending marks it stale too: lines may have been lost in between. The
+//! positive TTL stays the backstop when no stream is connected at all.
+//!
+//! A line can only remove cached state (see `cache::Invalidator`): a forged
+//! one costs a Vault read, never an allowed request.
+
+use std::sync::Arc;
+
+use apikey::Selector;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::cache::Invalidator;
+use crate::config::{AuditListen, InvalidationConfig};
+use crate::metrics::Metrics;
+
+/// Longer lines are dropped (and count as lost): a KV write of an API key
+/// is a few KiB at most, and an unbounded line would be unbounded memory.
+pub const MAX_LINE: usize = 1 << 20;
+/// Vault opens one connection per socket device (HA standbys forward to
+/// the active node); more than this at once is not Vault.
+const MAX_CONNECTIONS: usize = 16;
+/// The KV v2 endpoints under which a key's path appears.
+const KEY_ENDPOINTS: [&str; 5] = ["data", "metadata", "delete", "undelete", "destroy"];
+/// Operations that change nothing; keygate's own reads are among them.
+const READ_ONLY: [&str; 7] = [
+    "read",
+    "list",
+    "scan",
+    "help",
+    "header",
+    "alias-lookahead",
+    "resolve-role",
+];
+
+/// What an audit line asks of the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A key's path was written: drop what is held for it.
+    DropKey {
+        group: String,
+        selector: Selector,
+    },
+    /// The mount or a policy changed: every cached answer may be wrong.
+    AllStale,
+    None,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    request: Option<Request>,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    operation: Option<String>,
+    path: Option<String>,
+}
+
+/// What `line` means for a cache of keys under `kv_mount`. Lines that are
+/// not audit entries mean nothing.
+pub fn effect(line: &[u8], kv_mount: &str) -> Effect {
+    let Ok(entry) = serde_json::from_slice::<Entry>(line) else {
+        return Effect::None;
+    };
+    if !matches!(entry.kind.as_deref(), Some("request" | "response")) {
+        return Effect::None;
+    }
+    let Some(Request {
+        operation: Some(operation),
+        path: Some(path),
+    }) = entry.request
+    else {
+        return Effect::None;
+    };
+    if READ_ONLY.contains(&operation.as_str()) {
+        return Effect::None;
+    }
+    let path = path.trim_start_matches('/');
+    if let Some(rest) = path
+        .strip_prefix(kv_mount)
+        .and_then(|rest| rest.strip_prefix('/'))
+    {
+        let mut parts = rest.split('/');
+        return match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(endpoint), Some(group), Some(selector), None)
+                if KEY_ENDPOINTS.contains(&endpoint) && !group.is_empty() =>
+            {
+                match Selector::parse(selector) {
+                    Some(selector) => Effect::DropKey {
+                        group: group.to_owned(),
+                        selector,
+                    },
+                    None => Effect::None,
+                }
+            }
+            _ => Effect::None,
+        };
+    }
+    // The mount itself disabled, moved or retuned, or a policy changed
+    // (keygate may have lost `read`): nothing cached can be trusted.
+    let mount_changed = path
+        .strip_prefix("sys/mounts/")
+        .is_some_and(|m| m.trim_end_matches('/').split("/tune").next() == Some(kv_mount))
+        || path == "sys/remount";
+    let policy_changed = path.starts_with("sys/policy/") || path.starts_with("sys/policies/acl/");
+    if mount_changed || policy_changed {
+        return Effect::AllStale;
+    }
+    Effect::None
+}
+
+/// The bound audit listener; [`AuditListener::serve`] runs it.
+pub struct AuditListener {
+    listener: Listener,
+    queue: usize,
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+impl AuditListener {
+    /// Binds `invalidation.listen`; a Unix socket file left by an earlier
+    /// run is replaced.
+    pub async fn bind(config: &InvalidationConfig) -> std::io::Result<Self> {
+        let listener = match &config.listen {
+            AuditListen::Tcp(addr) => Listener::Tcp(tokio::net::TcpListener::bind(addr).await?),
+            #[cfg(unix)]
+            AuditListen::Unix(path) => {
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                    std::fs::remove_file(path)?;
+                }
+                Listener::Unix(tokio::net::UnixListener::bind(path)?)
+            }
+            #[cfg(not(unix))]
+            AuditListen::Unix(_) => {
+                return Err(std::io::Error::other(
+                    "Unix sockets need a Unix system: use a loopback TCP address",
+                ));
+            }
+        };
+        Ok(Self {
+            listener,
+            queue: config.queue,
+        })
+    }
+
+    /// The TCP address bound (tests bind port 0).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.listener {
+            Listener::Tcp(listener) => listener.local_addr().ok(),
+            #[cfg(unix)]
+            Listener::Unix(_) => None,
+        }
+    }
+
+    /// Accepts Vault's connections and applies their lines to the cache,
+    /// forever.
+    pub async fn serve(self, kv_mount: String, invalidator: Invalidator, metrics: Arc<Metrics>) {
+        let (lines, mut queued) = mpsc::channel::<Vec<u8>>(self.queue);
+        let apply = {
+            let (invalidator, metrics) = (invalidator.clone(), metrics.clone());
+            async move {
+                while let Some(line) = queued.recv().await {
+                    match effect(&line, &kv_mount) {
+                        Effect::DropKey { group, selector } => {
+                            invalidator.drop_key(&group, &selector).await;
+                            metrics.invalidated();
+                            debug!(group, %selector, "audit stream: key written, cache entry dropped");
+                        }
+                        Effect::AllStale => {
+                            invalidator.all_stale();
+                            metrics.invalidation_stale_mark();
+                            info!(
+                                "audit stream: the key mount or a policy changed; every cached answer is stale"
+                            );
+                        }
+                        Effect::None => {}
+                    }
+                }
+            }
+        };
+        tokio::spawn(apply);
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let accepted: std::io::Result<(Box<dyn AsyncRead + Send + Unpin>, String)> =
+                match &self.listener {
+                    Listener::Tcp(listener) => listener
+                        .accept()
+                        .await
+                        .map(|(stream, peer)| (Box::new(stream) as _, peer.to_string())),
+                    #[cfg(unix)]
+                    Listener::Unix(listener) => listener
+                        .accept()
+                        .await
+                        .map(|(stream, _)| (Box::new(stream) as _, "unix socket".to_owned())),
+                };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    warn!(error = %err, "audit stream: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                warn!(%peer, max = MAX_CONNECTIONS, "audit stream: too many connections; closing this one");
+                continue;
+            };
+            let connection = Connection {
+                lines: lines.clone(),
+                invalidator: invalidator.clone(),
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(async move {
+                connection.run(stream, &peer).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// One audit stream connection, feeding the shared queue.
+struct Connection {
+    lines: mpsc::Sender<Vec<u8>>,
+    invalidator: Invalidator,
+    metrics: Arc<Metrics>,
+}
+
+impl Connection {
+    async fn run(&self, stream: impl AsyncRead + Unpin, peer: &str) {
+        // Writes made while no stream was connected went unseen.
+        self.stale("connected");
+        self.metrics.invalidation_stream(true);
+        info!(%peer, "audit stream connected: revocations now land in milliseconds");
+        let result = read_lines(stream, |line| self.offer(line)).await;
+        self.metrics.invalidation_stream(false);
+        // What Vault wrote into the dying connection may be lost.
+        self.stale("ended");
+        match result {
+            Ok(()) => {
+                info!(%peer, "audit stream ended; revocation waits for the positive TTL until Vault reconnects")
+            }
+            Err(err) => {
+                warn!(%peer, error = %err, "audit stream failed; revocation waits for the positive TTL until Vault reconnects")
+            }
+        }
+    }
+
+    /// Queues a line, or drops it when the queue is full: Vault is never
+    /// made to wait.
+    fn offer(&self, line: Option<Vec<u8>>) {
+        let queued = match line {
+            Some(line) => self.lines.try_send(line).is_ok(),
+            None => false,
+        };
+        if !queued {
+            self.metrics.invalidation_line_dropped();
+            self.stale("dropped a line");
+        }
+    }
+
+    fn stale(&self, why: &str) {
+        self.invalidator.all_stale();
+        self.metrics.invalidation_stale_mark();
+        debug!(why, "audit stream: every cached answer marked stale");
+    }
+}
+
+/// Calls `each` with every newline-terminated line of `input` as it
+/// arrives (without the newline; empty lines skipped), or with `None` for
+/// a line longer than [`MAX_LINE`], whose bytes are skipped unkept.
+pub async fn read_lines(
+    input: impl AsyncRead + Unpin,
+    mut each: impl FnMut(Option<Vec<u8>>),
+) -> std::io::Result<()> {
+    let mut input = BufReader::with_capacity(64 * 1024, input);
+    let mut line = Vec::new();
+    let mut overlong = false;
+    loop {
+        let buffer = input.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let (chunk, ends_line) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(at) => (&buffer[..at], true),
+            None => (buffer, false),
+        };
+        let used = chunk.len() + usize::from(ends_line);
+        if !overlong {
+            if line.len() + chunk.len() > MAX_LINE {
+                overlong = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        input.consume(used);
+        if ends_line {
+            if overlong {
+                each(None);
+            } else if !line.is_empty() {
+                each(Some(std::mem::take(&mut line)));
+            }
+            overlong = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use apikey::{ApiKey, KeyRecord};
+    use rstest::rstest;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::cache::RecordCache;
+    use crate::cache::tests::FakeSource;
+    use crate::config::CacheConfig;
+
+    const SELECTOR: &str = "57b81d89804a48128f3bf3e73307a3e6";
+
+    fn line(kind: &str, operation: &str, path: &str) -> Vec<u8> {
+        // Shaped like an OpenBao 2.7 entry: HMAC-ed values beside the
+        // plain operation and path.
+        serde_json::json!({
+            "time": "2026-12-02T05:00:00.123Z",
+            "type": kind,
+            "auth": {"client_token": "hmac-sha256:1f2e", "policies": ["portal"]},
+            "request": {
+                "id": "5d0c", "operation": operation, "mount_type": "kv",
+                "path": path, "data": {"data": {"key": "hmac-sha256:9a8b"}},
+                "remote_address": "127.0.0.1"
+            }
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn dropped(group: &str) -> Effect {
+        Effect::DropKey {
+            group: group.into(),
+            selector: Selector::parse(SELECTOR).unwrap(),
+        }
+    }
+
+    #[rstest]
+    #[case::create("request", "create", "api-portal-keys/data/billing-api/SEL")]
+    #[case::update_response("response", "update", "api-portal-keys/data/billing-api/SEL")]
+    #[case::metadata_delete("request", "delete", "api-portal-keys/metadata/billing-api/SEL")]
+    #[case::soft_delete("response", "delete", "api-portal-keys/data/billing-api/SEL")]
+    #[case::versions_delete("request", "update", "api-portal-keys/delete/billing-api/SEL")]
+    #[case::undelete("request", "update", "api-portal-keys/undelete/billing-api/SEL")]
+    #[case::destroy("request", "update", "api-portal-keys/destroy/billing-api/SEL")]
+    #[case::patch("request", "patch", "api-portal-keys/data/billing-api/SEL")]
+    fn a_write_to_a_key_path_drops_that_key(
+        #[case] kind: &str,
+        #[case] operation: &str,
+        #[case] path: &str,
+    ) {
+        let path = path.replace("SEL", SELECTOR);
+        assert_eq!(
+            effect(&line(kind, operation, &path), "api-portal-keys"),
+            dropped("billing-api")
+        );
+    }
+
+    #[rstest]
+    #[case::a_read("request", "read", "api-portal-keys/data/billing-api/SEL")]
+    #[case::a_list("request", "list", "api-portal-keys/metadata/billing-api/")]
+    #[case::another_mount("request", "delete", "secret/data/billing-api/SEL")]
+    #[case::a_mount_prefix("request", "delete", "api-portal-keys-old/data/billing-api/SEL")]
+    #[case::not_a_selector("request", "delete", "api-portal-keys/data/billing-api/SEL0")]
+    #[case::deeper("request", "delete", "api-portal-keys/data/billing-api/SEL/x")]
+    #[case::config("request", "update", "api-portal-keys/config")]
+    #[case::not_an_entry("audit-test", "update", "api-portal-keys/data/billing-api/SEL")]
+    fn other_lines_change_nothing(#[case] kind: &str, #[case] operation: &str, #[case] path: &str) {
+        let path = path.replace("SEL", SELECTOR);
+        assert_eq!(
+            effect(&line(kind, operation, &path), "api-portal-keys"),
+            Effect::None
+        );
+        for garbage in [&b"not json"[..], b"{}", b"[1,2]", b"{\"type\":\"request\"}"] {
+            assert_eq!(effect(garbage, "api-portal-keys"), Effect::None);
+        }
+    }
+
+    #[rstest]
+    #[case::mount_disabled("delete", "sys/mounts/api-portal-keys")]
+    #[case::mount_tuned("update", "sys/mounts/api-portal-keys/tune")]
+    #[case::remount("update", "sys/remount")]
+    #[case::policy("update", "sys/policies/acl/gateway-policy")]
+    #[case::old_policy_path("delete", "sys/policy/gateway-policy")]
+    fn a_mount_or_policy_change_makes_everything_stale(
+        #[case] operation: &str,
+        #[case] path: &str,
+    ) {
+        assert_eq!(
+            effect(&line("request", operation, path), "api-portal-keys"),
+            Effect::AllStale
+        );
+    }
+
+    #[test]
+    fn a_nested_mount_is_matched_whole() {
+        let path = format!("teams/keys/metadata/g/{SELECTOR}");
+        assert_eq!(
+            effect(&line("request", "delete", &path), "teams/keys"),
+            dropped("g")
+        );
+        assert_eq!(
+            effect(&line("request", "delete", &path), "teams"),
+            Effect::None
+        );
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_as_they_come_and_overlong_ones_skipped() {
+        let (mut writer, reader) = tokio::io::duplex(1024);
+        let reading = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            read_lines(reader, |line| seen.push(line)).await.unwrap();
+            seen
+        });
+        writer.write_all(b"one\n\ntw").await.unwrap();
+        writer.write_all(b"o\n").await.unwrap();
+        writer.write_all(&vec![b'x'; MAX_LINE + 1]).await.unwrap();
+        writer.write_all(b"\nthree\nunterminated").await.unwrap();
+        drop(writer);
+        let seen = reading.await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                Some(b"one".to_vec()),
+                Some(b"two".to_vec()),
+                None,
+                Some(b"three".to_vec())
+            ]
+        );
+    }
+
+    /// A cache with one cached key, and a listener on a free port feeding it.
+    async fn listening(
+        queue: usize,
+    ) -> (
+        Arc<FakeSource>,
+        RecordCache,
+        ApiKey,
+        std::net::SocketAddr,
+        Arc<Metrics>,
+    ) {
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let metrics = Arc::new(Metrics::new());
+        let config = CacheConfig {
+            positive_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(600),
+            resurrect_ttl: Duration::from_secs(600),
+        };
+        let cache = RecordCache::new(source.clone(), config, metrics.clone());
+        let listener = AuditListener::bind(&InvalidationConfig {
+            listen: AuditListen::Tcp("127.0.0.1:0".parse().unwrap()),
+            queue,
+        })
+        .await
+        .unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(listener.serve("kv".into(), cache.invalidator(), metrics.clone()));
+        (source, cache, key, addr, metrics)
+    }
+
+    /// Polls `cache` until it reads `key` from the source again (or 5 s).
+    async fn read_again(
+        cache: &RecordCache,
+        source: &FakeSource,
+        key: &ApiKey,
+        reads: usize,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            cache.get("g", &key.selector()).await.unwrap();
+            if source.reads.load(Ordering::SeqCst) > reads {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_deletion_on_the_stream_drops_the_cached_key() {
+        let (source, cache, key, addr, metrics) = listening(64).await;
+        let mut vault = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Connected: wait for the connect's stale mark, then cache the key.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !metrics
+            .encode()
+            .contains("keygate_invalidation_stream_connected 1")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                metrics.encode()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+
+        source.records.lock().unwrap().clear();
+        let path = format!("kv/metadata/g/{}", key.selector());
+        let mut text = line("request", "delete", &path);
+        text.push(b'\n');
+        vault.write_all(&text).await.unwrap();
+        assert!(
+            read_again(&cache, &source, &key, 1).await,
+            "the deletion never reached the cache"
+        );
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
+        // Vault down now, the absence stale: the revoked key is not resurrected.
+        source.down.store(true, Ordering::SeqCst);
+        cache.invalidator().all_stale();
+        assert!(cache.get("g", &key.selector()).await.is_err());
+        assert!(
+            metrics.encode().contains("keygate_invalidations_total 1"),
+            "{}",
+            metrics.encode()
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("keygate_invalidation_lines_dropped_total 0")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_makes_what_was_cached_stale() {
+        let (source, cache, key, addr, metrics) = listening(64).await;
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+        // A write may have been lost while no stream was connected.
+        let vault = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(
+            read_again(&cache, &source, &key, 1).await,
+            "connecting did not mark the cache stale"
+        );
+        let reads = source.reads.load(Ordering::SeqCst);
+        drop(vault);
+        assert!(
+            read_again(&cache, &source, &key, reads).await,
+            "disconnecting did not mark the cache stale"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("keygate_invalidation_stream_connected 0")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_that_does_not_fit_the_queue_is_dropped_counted_and_marks_stale() {
+        let (writer, reader) = tokio::io::duplex(64 * 1024);
+        let metrics = Arc::new(Metrics::new());
+        let source = Arc::new(FakeSource::default());
+        let config = CacheConfig {
+            positive_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(600),
+            resurrect_ttl: Duration::ZERO,
+        };
+        let cache = RecordCache::new(source.clone(), config, metrics.clone());
+        // Nobody drains this queue of one: the second line must be dropped
+        // at once, not wait.
+        let (lines, _queued) = mpsc::channel(1);
+        let connection = Connection {
+            lines,
+            invalidator: cache.invalidator(),
+            metrics: metrics.clone(),
+        };
+        let key = ApiKey::generate();
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
+        let mut writer = writer;
+        writer.write_all(b"{\"a\":1}\n{\"b\":2}\n").await.unwrap();
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(5), connection.run(reader, "test"))
+            .await
+            .expect("a full queue must not block the reader");
+        let text = metrics.encode();
+        assert!(
+            text.contains("keygate_invalidation_lines_dropped_total 1"),
+            "{text}"
+        );
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
+        assert_eq!(
+            source.reads.load(Ordering::SeqCst),
+            2,
+            "the negative entry was not marked stale"
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_unix_socket_listener_works_the_same_and_replaces_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sock");
+        // A socket file left by an earlier run.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let metrics = Arc::new(Metrics::new());
+        let config = CacheConfig {
+            positive_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(600),
+            resurrect_ttl: Duration::ZERO,
+        };
+        let cache = RecordCache::new(source.clone(), config, metrics.clone());
+        let listener = AuditListener::bind(&InvalidationConfig {
+            listen: AuditListen::Unix(path.clone()),
+            queue: 8,
+        })
+        .await
+        .unwrap();
+        tokio::spawn(listener.serve("kv".into(), cache.invalidator(), metrics.clone()));
+        let mut vault = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !metrics
+            .encode()
+            .contains("keygate_invalidation_stream_connected 1")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                metrics.encode()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        let mut text = line(
+            "response",
+            "delete",
+            &format!("kv/metadata/g/{}", key.selector()),
+        );
+        text.push(b'\n');
+        vault.write_all(&text).await.unwrap();
+        assert!(
+            read_again(&cache, &source, &key, 1).await,
+            "the deletion never reached the cache"
+        );
+    }
+}
