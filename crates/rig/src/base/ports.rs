@@ -7,6 +7,13 @@
 //! loop without keep-alive burns thousands of them), and tests running in
 //! one process start several environments at once. So ports come from below
 //! the ephemeral range, at random, and never twice from one process.
+//!
+//! And never twice from two processes on one machine: the e2e suite runs
+//! many test processes at once (three modes, every fault case starting an
+//! environment of its own), each picking its ports before binding them. A
+//! pick is reserved with an exclusive `flock` on `<tmp>/keyrig-ports-<uid>/
+//! <port>.lock`, held for the rest of the process's life; the kernel drops
+//! it when the process exits however it exits, so nothing goes stale.
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -34,6 +41,37 @@ fn pick_range() -> (u16, u16) {
 
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
+/// The reservations this process holds (see the module comment).
+static RESERVED: Mutex<Vec<nix::fcntl::Flock<std::fs::File>>> = Mutex::new(Vec::new());
+
+/// Reserves `port` for this process across processes; false if another
+/// process holds it. Without a usable lock directory, reservation is
+/// skipped (the bind check still applies).
+fn reserve(port: u16) -> bool {
+    let dir = std::env::temp_dir().join(format!("keyrig-ports-{}", nix::unistd::getuid()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{port}.lock")))
+    else {
+        return true;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            RESERVED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(lock);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// A loopback port nobody listens on now, not handed out before by this
 /// process, and outside the ephemeral range.
 pub fn free_port() -> Result<u16> {
@@ -45,7 +83,7 @@ pub fn free_port() -> Result<u16> {
         if handed_out.contains(&port) {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && reserve(port) {
             handed_out.insert(port);
             return Ok(port);
         }
@@ -65,7 +103,10 @@ pub fn free_port_pair() -> Result<u16> {
         };
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
         let handed_out = handed_out.get_or_insert_with(HashSet::new);
-        if !handed_out.contains(&next) && TcpListener::bind(("127.0.0.1", next)).is_ok() {
+        if !handed_out.contains(&next)
+            && TcpListener::bind(("127.0.0.1", next)).is_ok()
+            && reserve(next)
+        {
             handed_out.insert(next);
             return Ok(port);
         }
@@ -90,6 +131,34 @@ mod tests {
         for port in ports.iter().take(5) {
             TcpListener::bind(("127.0.0.1", *port)).expect("a picked port binds");
         }
+    }
+
+    fn lock_file(port: u16) -> std::fs::File {
+        let dir = std::env::temp_dir().join(format!("keyrig-ports-{}", nix::unistd::getuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_picked_port_is_reserved_against_other_processes_and_theirs_against_us() {
+        use nix::fcntl::{Flock, FlockArg};
+        // flock conflicts between open file descriptions, so a second open
+        // here stands for another process.
+        let ours = free_port().unwrap();
+        assert!(
+            Flock::lock(lock_file(ours), FlockArg::LockExclusiveNonblock).is_err(),
+            "port {ours} was handed out without a reservation"
+        );
+        let theirs = (20000..32767)
+            .find(|p| Flock::lock(lock_file(*p), FlockArg::LockExclusiveNonblock).is_ok())
+            .unwrap();
+        let _held = Flock::lock(lock_file(theirs), FlockArg::LockExclusiveNonblock).unwrap();
+        assert!(!reserve(theirs), "port {theirs} reserved twice");
     }
 
     #[test]
