@@ -137,6 +137,11 @@ gateway_matrix! {
             return;
         };
         let key = issue_key(API_GROUP, |r| r).await.unwrap();
+        // keygate tells `wrong-group` from records it already holds, never
+        // from extra Vault reads (one read per request): the key is used on
+        // its own API first, as its owner would.
+        let own = gw.get(&api_path(API_GROUP), Some(key.expose())).await.unwrap();
+        assert_eq!(own.status, 200, "{own:?}");
 
         let reply = gw
             .get(&api_path(OTHER_API_GROUP), Some(key.expose()))

@@ -11,6 +11,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::limits::{Limits, RawLimits};
+
 pub const DEFAULT_KV_MOUNT: &str = "api-portal-keys";
 pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,6 +58,8 @@ pub struct Config {
     pub keys: KeysConfig,
     /// `upstream_headers:` name -> value or secret reference, in name order.
     pub upstream_headers: Vec<UpstreamHeader>,
+    /// `limits:`, defaults filled in.
+    pub limits: Limits,
 }
 
 /// One `upstream_headers` entry: added to every allowed request.
@@ -259,6 +263,8 @@ struct RawConfig {
     keys: Option<RawKeys>,
     vaults: Option<std::collections::BTreeMap<String, RawRefVault>>,
     upstream_headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -476,6 +482,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
     };
     let keys = keys(raw.keys, base)?;
     let upstream_headers = upstream_headers(raw.vaults, raw.upstream_headers)?;
+    let limits = raw.limits.resolve()?;
 
     Ok(Config {
         file: PathBuf::new(),
@@ -493,6 +500,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         cache,
         keys,
         upstream_headers,
+        limits,
     })
 }
 

@@ -20,6 +20,7 @@ use keygate::grpc::ExtAuthz;
 use keygate::http;
 use keygate::keys_file::{FileModeReadiness, KeysFiles};
 use keygate::metrics::Metrics;
+use keygate::read_limit::LimitedSource;
 use keygate::refs::{HeaderValue, UpstreamHeaders};
 use keygate::routes::Routes;
 use keygate::vault::Vault;
@@ -138,10 +139,21 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     let groups = routes.groups().join(", ");
     let metrics = Arc::new(Metrics::new());
     let (records, readiness): (RecordCache, Arc<dyn http::ReadinessSource>) = match &config.keys {
-        KeysConfig::Vault => (
-            RecordCache::new(vault.clone(), config.cache, metrics.clone()),
-            vault.clone(),
-        ),
+        KeysConfig::Vault => {
+            // The read cap sits between the cache and Vault, so it counts
+            // only reads that would reach Vault.
+            let limited = LimitedSource::new(
+                vault.clone(),
+                config.limits.vault_reads,
+                config.limits.vault_read_queue,
+                config.vault.timeout,
+                metrics.clone(),
+            );
+            (
+                RecordCache::new(Arc::new(limited), config.cache, metrics.clone()),
+                vault.clone(),
+            )
+        }
         KeysConfig::File {
             files,
             poll_interval,

@@ -48,6 +48,7 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_resurrected: Counter,
+    vault_reads_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -67,6 +68,7 @@ impl Metrics {
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
         let cache_resurrected = Counter::default();
+        let vault_reads_refused = Counter::default();
         // Counters get `_total` appended by the encoder.
         registry.register(
             "keygate_decisions",
@@ -98,6 +100,12 @@ impl Metrics {
             "Record lookups answered with the last good record because Vault could not be read",
             cache_resurrected.clone(),
         );
+        registry.register(
+            "keygate_vault_reads_refused",
+            "Record reads not sent to Vault because limits.vault_reads were in flight and \
+             limits.vault_read_queue waiting (answered 503 vault-busy; also counted as result=error reads)",
+            vault_reads_refused.clone(),
+        );
 
         // Every series exists from the start, so a rate() over a fresh
         // process sees 0 rather than nothing.
@@ -123,6 +131,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_resurrected,
+            vault_reads_refused,
         }
     }
 
@@ -157,6 +166,10 @@ impl Metrics {
         self.cache_resurrected.inc();
     }
 
+    pub fn vault_read_refused(&self) {
+        self.vault_reads_refused.inc();
+    }
+
     /// The OpenMetrics text exposition, which Prometheus scrapes natively.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -187,6 +200,7 @@ mod tests {
             "keygate_vault_read_seconds_count 1",
             "keygate_cache_hits_total 1",
             "keygate_cache_misses_total 1",
+            "keygate_vault_reads_refused_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -17,11 +17,13 @@ pub enum Reason {
     WrongGroup,
     NoRoute,
     VaultUnavailable,
+    /// Too many Vault reads in flight and queued: refused, never allowed.
+    VaultBusy,
     CorruptRecord,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::Unknown,
@@ -30,6 +32,7 @@ impl Reason {
         Reason::WrongGroup,
         Reason::NoRoute,
         Reason::VaultUnavailable,
+        Reason::VaultBusy,
         Reason::CorruptRecord,
     ];
 
@@ -43,6 +46,7 @@ impl Reason {
             Reason::WrongGroup => "wrong-group",
             Reason::NoRoute => "no-route",
             Reason::VaultUnavailable => "vault-unavailable",
+            Reason::VaultBusy => "vault-busy",
             Reason::CorruptRecord => "corrupt-record",
         }
     }
@@ -52,7 +56,7 @@ impl Reason {
     pub fn http_status(self) -> u16 {
         match self {
             Reason::NoRoute | Reason::WrongGroup => 403,
-            Reason::VaultUnavailable => 503,
+            Reason::VaultUnavailable | Reason::VaultBusy => 503,
             Reason::Missing
             | Reason::Malformed
             | Reason::Unknown
@@ -104,6 +108,7 @@ mod tests {
                 ("wrong-group", 403),
                 ("no-route", 403),
                 ("vault-unavailable", 503),
+                ("vault-busy", 503),
                 ("corrupt-record", 401),
             ]
         );
