@@ -5,6 +5,7 @@
 pub mod boxed_future;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod decision;
 pub mod grpc;
 pub mod http;
