@@ -43,6 +43,9 @@ impl Default for Limits {
     }
 }
 
+/// The largest count accepted for a limit.
+const MAX_COUNT: usize = 1_000_000;
+
 /// `limits:` as written in YAML.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +69,10 @@ impl RawLimits {
             Some(0) => Err(format!(
                 "limits.{field} is 0, which would refuse everything: give a positive number or remove it for the default ({default})"
             )),
+            // Tokio's semaphores hold at most usize::MAX >> 3 permits.
+            Some(huge) if huge > MAX_COUNT => Err(format!(
+                "limits.{field} is {huge}, more than {MAX_COUNT}: that is no limit; give a smaller number"
+            )),
             value => Ok(value.unwrap_or(default)),
         };
         let time = |value: Option<Duration>, default: Duration, field: &str| match value {
@@ -77,7 +84,14 @@ impl RawLimits {
         Ok(Limits {
             vault_reads: count(self.vault_reads, d.vault_reads, "vault_reads")?,
             // An empty queue is fine: no waiting, refuse at once.
-            vault_read_queue: self.vault_read_queue.unwrap_or(d.vault_read_queue),
+            vault_read_queue: match self.vault_read_queue {
+                Some(huge) if huge > MAX_COUNT => {
+                    return Err(format!(
+                        "limits.vault_read_queue is {huge}, more than {MAX_COUNT}: give a smaller number"
+                    ));
+                }
+                value => value.unwrap_or(d.vault_read_queue),
+            },
             http_connections: count(
                 self.http_connections,
                 d.http_connections,
