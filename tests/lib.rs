@@ -543,6 +543,33 @@ pub async fn keygate_readyz() -> Result<Value> {
     Ok(body)
 }
 
+/// The sum of every series of counter `name` (e.g. `keygate_vault_reads_total`)
+/// on keygate's `/metrics`, whatever the labels.
+pub async fn keygate_counter(name: &str) -> Result<f64> {
+    let url = format!("{}/metrics", env().keygate_url);
+    let text = http()
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .text()
+        .await?;
+    let mut sum = 0.0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue; // another metric whose name starts the same
+        }
+        let value = rest.rsplit(' ').next().unwrap_or_default();
+        sum += value
+            .parse::<f64>()
+            .with_context(|| format!("{url}: `{line}` does not end in a number"))?;
+    }
+    Ok(sum)
+}
+
 /// How long a change in Vault may take to reach the gateway: the positive
 /// cache TTL plus slack for the poll.
 /// In keys-file mode, the render deadline instead.

@@ -286,6 +286,20 @@ impl RecordCache {
         self.read_stamped(key).await.map_err(Arc::new)
     }
 
+    /// The record held for `(group, selector)` now, without reading Vault
+    /// (`None` for nothing held or a cached absence): for answers that must
+    /// not cost a read, such as telling `wrong-group` from `unknown`. An
+    /// uncached source is in memory already (keys files), so it is asked.
+    pub async fn cached(&self, group: &str, selector: &Selector) -> Option<KeyRecord> {
+        match &self.cache {
+            Some(cache) => cache
+                .get(&(group.to_owned(), selector.clone()))
+                .await
+                .and_then(|entry| entry.value),
+            None => self.source.read(group, selector).await.ok().flatten(),
+        }
+    }
+
     /// The last good record of a key whose read just failed, if still in
     /// its window and not dropped since.
     async fn resurrect(&self, key: &Key) -> Option<KeyRecord> {

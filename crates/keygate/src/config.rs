@@ -11,6 +11,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::limits::{Limits, RawLimits};
+
 pub const DEFAULT_KV_MOUNT: &str = "api-portal-keys";
 pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,6 +58,8 @@ pub struct Config {
     pub keys: KeysConfig,
     /// `upstream_headers:` name -> value or secret reference, in name order.
     pub upstream_headers: Vec<UpstreamHeader>,
+    /// `limits:`, defaults filled in.
+    pub limits: Limits,
     /// `invalidation:`: where Vault's socket audit device connects; `None`:
     /// no audit stream, revocation lands with the positive TTL.
     pub invalidation: Option<InvalidationConfig>,
@@ -290,6 +294,8 @@ struct RawConfig {
     keys: Option<RawKeys>,
     vaults: Option<std::collections::BTreeMap<String, RawRefVault>>,
     upstream_headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    limits: RawLimits,
     invalidation: Option<RawInvalidation>,
 }
 
@@ -519,6 +525,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         None => None,
         Some(raw) => Some(invalidation(raw, base, grpc, http)?),
     };
+    let limits = raw.limits.resolve()?;
 
     Ok(Config {
         file: PathBuf::new(),
@@ -537,6 +544,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
         keys,
         upstream_headers,
         invalidation,
+        limits,
     })
 }
 

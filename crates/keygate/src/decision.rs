@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::outcome::{Outcome, Reason};
 use crate::protocol::Protocol;
 use crate::routes::Routes;
+use crate::vault::VaultError;
 
 /// The `x-api-key` header as the request carried it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,13 +120,17 @@ impl Validator {
                 warn!(group, %selector, error = %err, "Vault refuses keygate the key record; denying");
                 return Outcome::Deny(Reason::VaultForbidden);
             }
+            Err(err) if matches!(*err, VaultError::Busy { .. }) => {
+                debug!(group, %selector, error = %err, "Vault read refused by limits; denying");
+                return Outcome::Deny(Reason::VaultBusy);
+            }
             Err(err) => {
                 warn!(group, %selector, error = %err, "cannot read the key record from Vault; denying");
                 return Outcome::Deny(Reason::VaultUnavailable);
             }
         };
         let Some(record) = record else {
-            return Outcome::Deny(if self.valid_elsewhere(group, key, selector).await {
+            return Outcome::Deny(if self.cached_elsewhere(group, key, selector).await {
                 Reason::WrongGroup
             } else {
                 Reason::Unknown
@@ -158,18 +163,19 @@ impl Validator {
     }
 
     /// Whether the key is a real key of another configured group, so the
-    /// caller can be told `wrong-group` instead of `unknown`. This only
-    /// refines a denial; if Vault fails here, the answer stays `unknown`.
-    async fn valid_elsewhere(&self, group: &str, key: &ApiKey, selector: &Selector) -> bool {
+    /// caller can be told `wrong-group` instead of `unknown`. Only records
+    /// already held are looked at, never Vault: the request has had its one
+    /// read (its own group's), and reading every other group for each
+    /// unknown selector would let a keyless flood multiply Vault's load by
+    /// the number of groups. So a key is `wrong-group` once it has been
+    /// used on its own group within the positive TTL, else `unknown`; both
+    /// are denials, so the difference is only in what the caller is told.
+    async fn cached_elsewhere(&self, group: &str, key: &ApiKey, selector: &Selector) -> bool {
         for other in self.routes.groups().iter().filter(|g| *g != group) {
-            match self.records.get(other, selector).await {
-                Ok(Some(record)) if record.hash().is_ok_and(|hash| key.verify(&hash)) => {
-                    return true;
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    debug!(group = %other, %selector, error = %err, "wrong-group check failed")
-                }
+            if let Some(record) = self.records.cached(other, selector).await
+                && record.hash().is_ok_and(|hash| key.verify(&hash))
+            {
+                return true;
             }
         }
         false
@@ -286,6 +292,17 @@ mod tests {
             Stored::InOtherGroup => f.source.put("animals", &key, record),
             Stored::OtherKeyInOtherGroup => f.source.put("animals", &key, other_hash),
         }
+        if matches!(stored, Stored::InOtherGroup | Stored::OtherKeyInOtherGroup) {
+            // `wrong-group` comes from records already held: use the key
+            // on its own group first, as its owner would.
+            f.validator
+                .decide(
+                    Protocol::Http,
+                    "/animals/pets/1",
+                    Presented::One(key.expose()),
+                )
+                .await;
+        }
         let outcome = f
             .validator
             .decide(
@@ -325,6 +342,136 @@ mod tests {
         let outcome = runtime.block_on(f.validator.decide(Protocol::Grpc, path, presented));
         assert_eq!(outcome, Outcome::Deny(expected));
         assert_eq!(f.source.reads.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_key_of_another_group_never_used_there_is_unknown_after_one_read() {
+        let f = fixture();
+        let key = ApiKey::generate();
+        f.source.put("animals", &key, KeyRecord::for_key(&key, "o"));
+        let outcome = f
+            .validator
+            .decide(
+                Protocol::Http,
+                "/billing/invoices",
+                Presented::One(key.expose()),
+            )
+            .await;
+        assert_eq!(outcome, Outcome::Deny(Reason::Unknown));
+        assert_eq!(f.source.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_keyless_flood_costs_one_read_per_key_whatever_the_number_of_groups() {
+        // 20 groups, 10 random keys on each: 200 requests. The old
+        // `wrong-group` check read every other group: 200 x 20 reads.
+        let docs: Vec<(String, String)> = (0..20)
+            .map(|g| {
+                (
+                    format!("g{g}.yaml"),
+                    format!("groupId: g{g}\nservers: [{{url: /g{g}}}]\npaths: {{/things: {{}}}}\n"),
+                )
+            })
+            .collect();
+        let routes =
+            Routes::from_documents(docs.iter().map(|(n, t)| (n.as_str(), t.as_str(), false)))
+                .unwrap();
+        let source = Arc::new(FakeSource::default());
+        let metrics = Arc::new(Metrics::new());
+        let config = CacheConfig {
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            resurrect_ttl: Duration::ZERO,
+        };
+        let records = RecordCache::new(source.clone(), config, metrics.clone());
+        let validator = Validator::new(routes, records, metrics, "api-portal-keys");
+        let mut requests = 0;
+        for g in 0..20 {
+            for _ in 0..10 {
+                let key = ApiKey::generate();
+                let outcome = validator
+                    .decide(
+                        Protocol::Http,
+                        &format!("/g{g}/things"),
+                        Presented::One(key.expose()),
+                    )
+                    .await;
+                assert_eq!(outcome, Outcome::Deny(Reason::Unknown));
+                requests += 1;
+                assert_eq!(source.reads.load(Ordering::SeqCst), requests);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_reads_are_vault_busy_and_never_allow() {
+        let source = Arc::new(FakeSource {
+            delay: Duration::from_millis(300),
+            ..Default::default()
+        });
+        let key = ApiKey::generate();
+        source.put("billing", &key, KeyRecord::for_key(&key, "o"));
+        let metrics = Arc::new(Metrics::new());
+        // One read at a time, no queue.
+        let limited = Arc::new(crate::read_limit::LimitedSource::new(
+            source.clone(),
+            1,
+            0,
+            Duration::from_secs(5),
+            metrics.clone(),
+        ));
+        let config = CacheConfig {
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            resurrect_ttl: Duration::ZERO,
+        };
+        let records = RecordCache::new(limited, config, metrics.clone());
+        let validator = Arc::new(Validator::new(
+            Routes::from_documents(DOCS).unwrap(),
+            records,
+            metrics,
+            "api-portal-keys",
+        ));
+        // A slow read of another key holds the only slot.
+        let holder = {
+            let validator = validator.clone();
+            let other = ApiKey::generate();
+            tokio::spawn(async move {
+                validator
+                    .decide(
+                        Protocol::Http,
+                        "/billing/invoices",
+                        Presented::One(other.expose()),
+                    )
+                    .await
+            })
+        };
+        while source.reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let outcome = validator
+            .decide(
+                Protocol::Grpc,
+                "/billing/invoices",
+                Presented::One(key.expose()),
+            )
+            .await;
+        assert_eq!(outcome, Outcome::Deny(Reason::VaultBusy));
+        assert_eq!(holder.await.unwrap(), Outcome::Deny(Reason::Unknown));
+        // Once the slot is free, the same key is read and allowed.
+        let outcome = validator
+            .decide(
+                Protocol::Grpc,
+                "/billing/invoices",
+                Presented::One(key.expose()),
+            )
+            .await;
+        assert!(matches!(outcome, Outcome::Allow { .. }), "{outcome:?}");
+        let text = validator.metrics().encode();
+        assert!(
+            text.contains("keygate_decisions_total{outcome=\"vault-busy\",protocol=\"grpc\"} 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -15,12 +15,14 @@ use anyhow::Context;
 use clap::Parser;
 use keygate::cache::RecordCache;
 use keygate::config::{Config, KeysConfig, UpstreamHeader};
+use keygate::connections::{self, GuardedListener};
 use keygate::decision::Validator;
 use keygate::grpc::ExtAuthz;
 use keygate::http;
 use keygate::invalidation::AuditListener;
 use keygate::keys_file::{FileModeReadiness, KeysFiles};
 use keygate::metrics::Metrics;
+use keygate::read_limit::LimitedSource;
 use keygate::refs::{HeaderValue, UpstreamHeaders};
 use keygate::routes::Routes;
 use keygate::vault::Vault;
@@ -139,10 +141,21 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     let groups = routes.groups().join(", ");
     let metrics = Arc::new(Metrics::new());
     let (records, readiness): (RecordCache, Arc<dyn http::ReadinessSource>) = match &config.keys {
-        KeysConfig::Vault => (
-            RecordCache::new(vault.clone(), config.cache, metrics.clone()),
-            vault.clone(),
-        ),
+        KeysConfig::Vault => {
+            // The read cap sits between the cache and Vault, so it counts
+            // only reads that would reach Vault.
+            let limited = LimitedSource::new(
+                vault.clone(),
+                config.limits.vault_reads,
+                config.limits.vault_read_queue,
+                config.vault.timeout,
+                metrics.clone(),
+            );
+            (
+                RecordCache::new(Arc::new(limited), config.cache, metrics.clone()),
+                vault.clone(),
+            )
+        }
         KeysConfig::File {
             files,
             poll_interval,
@@ -229,28 +242,31 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
         "keygate is listening"
     );
 
+    let limits = config.limits;
     let (stop, stopped) = watch::channel(false);
+    let grpc_listener = GuardedListener::new(grpc_listener, limits.grpc_connections, None);
     let grpc = tonic::transport::Server::builder()
         .add_service(ExtAuthz::server(validator.clone()))
         .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY a Check answer (HEADERS, DATA, TRAILERS
-            // frames) can wait on Nagle for the ACK of its first write.
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            grpc_listener.into_incoming(),
             until_stopped(stopped.clone()),
         );
-    // Same reason as for gRPC: a forward-auth answer is not held for Nagle.
-    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "TCP_NODELAY not set");
-        }
-    });
-    let http = axum::serve(
+    let http_listener = GuardedListener::new(
+        http_listener,
+        limits.http_connections,
+        Some(limits.idle_timeout),
+    );
+    let http = connections::serve_http(
         http_listener,
         http::router_with_group(validator, readiness, config.gateway_group_file.clone()),
-    )
-    .with_graceful_shutdown(until_stopped(stopped));
+        limits.header_read_timeout,
+        until_stopped(stopped),
+    );
     let mut grpc = tokio::spawn(grpc);
-    let mut http = tokio::spawn(async move { http.await });
+    let mut http = tokio::spawn(async move {
+        http.await;
+        Ok::<(), std::convert::Infallible>(())
+    });
 
     tokio::select! {
         () = shutdown_signal() => info!("shutting down"),

@@ -53,6 +53,7 @@ pub struct Metrics {
     invalidation_connections: Gauge,
     invalidation_lines_dropped: Counter,
     invalidation_stale_marks: Counter,
+    vault_reads_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -76,6 +77,7 @@ impl Metrics {
         let invalidation_connections = Gauge::default();
         let invalidation_lines_dropped = Counter::default();
         let invalidation_stale_marks = Counter::default();
+        let vault_reads_refused = Counter::default();
         // Counters get `_total` appended by the encoder.
         registry.register(
             "keygate_decisions",
@@ -127,6 +129,12 @@ impl Metrics {
             "Times every cached answer was marked stale: an audit stream (re)connected or ended, or a line was dropped",
             invalidation_stale_marks.clone(),
         );
+        registry.register(
+            "keygate_vault_reads_refused",
+            "Record reads not sent to Vault because limits.vault_reads were in flight and \
+             limits.vault_read_queue waiting (answered 503 vault-busy; also counted as result=error reads)",
+            vault_reads_refused.clone(),
+        );
 
         // Every series exists from the start, so a rate() over a fresh
         // process sees 0 rather than nothing.
@@ -156,6 +164,7 @@ impl Metrics {
             invalidation_connections,
             invalidation_lines_dropped,
             invalidation_stale_marks,
+            vault_reads_refused,
         }
     }
 
@@ -211,6 +220,10 @@ impl Metrics {
         self.invalidation_stale_marks.inc();
     }
 
+    pub fn vault_read_refused(&self) {
+        self.vault_reads_refused.inc();
+    }
+
     /// The OpenMetrics text exposition, which Prometheus scrapes natively.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -244,6 +257,7 @@ mod tests {
             "keygate_invalidations_total 0",
             "keygate_invalidation_stream_connected 0",
             "keygate_invalidation_lines_dropped_total 0",
+            "keygate_vault_reads_refused_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

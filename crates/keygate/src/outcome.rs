@@ -17,6 +17,8 @@ pub enum Reason {
     WrongGroup,
     NoRoute,
     VaultUnavailable,
+    /// Too many Vault reads in flight and queued: refused, never allowed.
+    VaultBusy,
     CorruptRecord,
     /// Vault answered 403 to a fresh token: keygate's policy no longer
     /// allows reading the key. Not an outage, so nothing is resurrected.
@@ -24,7 +26,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::Unknown,
@@ -33,6 +35,7 @@ impl Reason {
         Reason::WrongGroup,
         Reason::NoRoute,
         Reason::VaultUnavailable,
+        Reason::VaultBusy,
         Reason::CorruptRecord,
         Reason::VaultForbidden,
     ];
@@ -47,6 +50,7 @@ impl Reason {
             Reason::WrongGroup => "wrong-group",
             Reason::NoRoute => "no-route",
             Reason::VaultUnavailable => "vault-unavailable",
+            Reason::VaultBusy => "vault-busy",
             Reason::CorruptRecord => "corrupt-record",
             Reason::VaultForbidden => "vault-forbidden",
         }
@@ -57,7 +61,7 @@ impl Reason {
     pub fn http_status(self) -> u16 {
         match self {
             Reason::NoRoute | Reason::WrongGroup => 403,
-            Reason::VaultUnavailable | Reason::VaultForbidden => 503,
+            Reason::VaultUnavailable | Reason::VaultForbidden | Reason::VaultBusy => 503,
             Reason::Missing
             | Reason::Malformed
             | Reason::Unknown
@@ -109,6 +113,7 @@ mod tests {
                 ("wrong-group", 403),
                 ("no-route", 403),
                 ("vault-unavailable", 503),
+                ("vault-busy", 503),
                 ("corrupt-record", 401),
                 ("vault-forbidden", 503),
             ]

@@ -3,15 +3,19 @@
 //! Each document contributes `servers[0].url`'s path as a base and every
 //! `paths` key as a template under it; its root `groupId` names the group.
 //! Only declared paths match: keygate would rather answer `no-route` than
-//! accept a key for a path whose owner it does not know.
+//! accept a key for a path whose owner it does not know. Templates of two
+//! groups that could match one path are refused at load, so a path has at
+//! most one owner and the order documents are listed in never decides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::config::{ApiFile, ConfigError, yaml_message};
+pub use crate::request_path::Unroutable;
+use crate::segment::Segment;
 
 /// All routes of all configured documents.
 #[derive(Debug, Clone)]
@@ -26,35 +30,9 @@ struct Route {
     segments: Vec<Segment>,
     /// Index into `Routes::groups`.
     group: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    /// `{id}`: any one non-empty segment.
-    Param,
-    /// Text and parameters within one segment, e.g. `{name}.json`.
-    Mixed(Vec<Part>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Param,
-}
-
-/// Why a request path was refused before matching. All of these answer
-/// `no-route`; the reason is for the debug log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unroutable {
-    NotAbsolute,
-    /// `.` or `..` segment.
-    DotSegment,
-    /// `%2f`, `%2e` or `%5c` (encoded `/`, `.`, `\`), or a raw `\`.
-    AmbiguousEncoding,
-    /// `//` or a trailing `/`.
-    EmptySegment,
-    NoMatch,
+    /// `base + template` and the document declaring it, for load errors.
+    template: String,
+    document: String,
 }
 
 /// The parts of an OpenAPI document keygate reads; everything else is ignored.
@@ -106,10 +84,11 @@ impl Routes {
     pub fn from_documents<'a>(
         docs: impl IntoIterator<Item = (&'a str, &'a str, bool)>,
     ) -> Result<Self, ConfigError> {
-        let mut routes = Vec::new();
+        let mut routes: Vec<Route> = Vec::new();
         let mut groups: Vec<String> = Vec::new();
-        // normalised template -> (group index, declaring document)
-        let mut seen: HashMap<String, (usize, String)> = HashMap::new();
+        // (group, template) pairs already routed: the same route declared
+        // twice for one group is kept once.
+        let mut seen: HashSet<(usize, Vec<Segment>)> = HashSet::new();
         for (name, text, json) in docs {
             let doc: OpenApiDoc = if json {
                 serde_json::from_str(text).map_err(|err| {
@@ -143,27 +122,31 @@ impl Routes {
             for template in paths.keys() {
                 let segments = parse_template(&base, template)
                     .map_err(|message| ConfigError::new(name, message))?;
-                let key = normalised(&segments);
-                match seen.get(&key) {
-                    Some((other, _)) if *other == group_index => continue,
-                    Some((other, doc)) => {
-                        return Err(ConfigError::new(
-                            name,
-                            format!(
-                                "path {base}{template} (group {group}) is also declared by {doc} for group {}: \
-                                 a route must belong to one group; remove it from one of the documents",
-                                groups[*other]
-                            ),
-                        ));
-                    }
-                    None => {
-                        seen.insert(key, (group_index, name.to_owned()));
-                    }
+                if !seen.insert((group_index, segments.clone())) {
+                    continue;
                 }
-                routes.push(Route {
+                let route = Route {
                     segments,
                     group: group_index,
-                });
+                    template: format!("{base}{template}"),
+                    document: name.to_owned(),
+                };
+                let overlap = routes
+                    .iter()
+                    .filter(|other| other.group != group_index)
+                    .find_map(|other| other.overlap(&route).map(|example| (other, example)));
+                if let Some((other, example)) = overlap {
+                    return Err(ConfigError::new(
+                        name,
+                        format!(
+                            "path {} (group {group}) can match the same requests as path {} in {} (group {}), \
+                             e.g. {example}: a request path must belong to one group; \
+                             change or remove one of the two",
+                            route.template, other.template, other.document, groups[other.group]
+                        ),
+                    ));
+                }
+                routes.push(route);
             }
         }
         Ok(Self { routes, groups })
@@ -184,49 +167,26 @@ impl Routes {
 
     /// The group owning `request_path` (query string and fragment ignored).
     ///
-    /// Paths with dot segments, empty segments or percent-encoded `/`, `.`
-    /// or `\` are refused rather than normalised: gateways and upstreams
-    /// normalise such paths differently (some decode `%2f`, some merge `//`,
-    /// some resolve `..` after routing), so any normalisation keygate picked
-    /// could authorise a key for one API while the gateway sends the request
-    /// to another. Refusing never grants access it should not.
+    /// The path is split and decoded by [`crate::request_path::segments`]:
+    /// unreserved escapes are decoded, as the upstream will; dot segments,
+    /// empty segments and escapes servers read differently are refused
+    /// rather than normalised, since any normalisation keygate picked could
+    /// authorise a key for one API while the gateway sends the request to
+    /// another. Refusing never grants access it should not.
     pub fn resolve(&self, request_path: &str) -> Result<&str, Unroutable> {
-        let path = request_path.split(['?', '#']).next().unwrap_or_default();
-        let rest = path.strip_prefix('/').ok_or(Unroutable::NotAbsolute)?;
-        let lower = path.to_ascii_lowercase();
-        if path.contains('\\') || ["%2f", "%2e", "%5c"].iter().any(|enc| lower.contains(enc)) {
-            return Err(Unroutable::AmbiguousEncoding);
-        }
-        let request: Vec<&str> = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.split('/').collect()
-        };
-        if request.iter().any(|s| *s == "." || *s == "..") {
-            return Err(Unroutable::DotSegment);
-        }
-        if request.iter().any(|s| s.is_empty()) {
-            return Err(Unroutable::EmptySegment);
-        }
-        // Several templates may match (`/a/{x}` and `/a/b`); like OpenAPI,
-        // prefer the most literal one, comparing segment by segment.
+        let request = crate::request_path::segments(request_path)?;
+        // Routes of different groups never overlap (checked at load), so
+        // the first match is the only owner.
         self.routes
             .iter()
-            .filter(|route| route.matches(&request))
-            .max_by_key(|route| {
-                route
-                    .segments
-                    .iter()
-                    .map(Segment::specificity)
-                    .collect::<Vec<_>>()
-            })
+            .find(|route| route.matches(&request))
             .map(|route| self.groups[route.group].as_str())
             .ok_or(Unroutable::NoMatch)
     }
 }
 
 impl Route {
-    fn matches(&self, request: &[&str]) -> bool {
+    fn matches(&self, request: &[String]) -> bool {
         self.segments.len() == request.len()
             && self
                 .segments
@@ -234,40 +194,19 @@ impl Route {
                 .zip(request)
                 .all(|(segment, actual)| segment.matches(actual))
     }
-}
 
-impl Segment {
-    fn matches(&self, actual: &str) -> bool {
-        match self {
-            Segment::Literal(text) => text == actual,
-            Segment::Param => !actual.is_empty(),
-            Segment::Mixed(parts) => parts_match(parts, actual),
+    /// A request path both routes match, if any: segment counts equal and
+    /// every pair of segments sharing a text.
+    fn overlap(&self, other: &Route) -> Option<String> {
+        if self.segments.len() != other.segments.len() {
+            return None;
         }
-    }
-
-    fn specificity(&self) -> u8 {
-        match self {
-            Segment::Literal(_) => 2,
-            Segment::Mixed(_) => 1,
-            Segment::Param => 0,
+        let mut path = String::new();
+        for (a, b) in self.segments.iter().zip(&other.segments) {
+            path.push('/');
+            path.push_str(&a.common_text(b)?);
         }
-    }
-}
-
-/// Text parts match exactly, each parameter at least one character.
-fn parts_match(parts: &[Part], actual: &str) -> bool {
-    match parts.split_first() {
-        None => actual.is_empty(),
-        Some((Part::Text(text), rest)) => actual
-            .strip_prefix(text.as_str())
-            .is_some_and(|tail| parts_match(rest, tail)),
-        Some((Part::Param, rest)) => actual
-            .char_indices()
-            .skip(1)
-            .map(|(i, _)| i)
-            .chain([actual.len()])
-            .filter(|&i| i > 0)
-            .any(|i| parts_match(rest, &actual[i..])),
+        Some(if path.is_empty() { "/".into() } else { path })
     }
 }
 
@@ -348,68 +287,14 @@ fn parse_template(base: &str, template: &str) -> Result<Vec<Segment>, String> {
                     "paths has `{template}`, which has an empty, `.` or `..` segment: keygate never routes such paths"
                 ));
             }
-            parse_segment(segment).ok_or_else(|| {
-                format!("paths has `{template}`, whose segment `{segment}` has unbalanced or empty `{{}}`: fix the template")
+            Segment::parse(segment).ok_or_else(|| {
+                format!(
+                    "paths has `{template}`, whose segment `{segment}` has unbalanced or empty `{{}}`, \
+                     two adjacent parameters, or a `%` escape keygate refuses in request paths: fix the template"
+                )
             })
         })
         .collect()
-}
-
-fn parse_segment(segment: &str) -> Option<Segment> {
-    if !segment.contains(['{', '}']) {
-        return Some(Segment::Literal(segment.to_owned()));
-    }
-    let mut parts = Vec::new();
-    let mut rest = segment;
-    while !rest.is_empty() {
-        if let Some(after_open) = rest.strip_prefix('{') {
-            let close = after_open.find('}')?;
-            let name = &after_open[..close];
-            if name.is_empty() || name.contains('{') {
-                return None;
-            }
-            // Two adjacent parameters cannot be told apart.
-            if parts.last() == Some(&Part::Param) {
-                return None;
-            }
-            parts.push(Part::Param);
-            rest = &after_open[close + 1..];
-        } else {
-            let end = rest.find(['{', '}']).unwrap_or(rest.len());
-            if end == 0 {
-                return None; // a stray `}`
-            }
-            parts.push(Part::Text(rest[..end].to_owned()));
-            rest = &rest[end..];
-        }
-    }
-    Some(if parts == [Part::Param] {
-        Segment::Param
-    } else {
-        Segment::Mixed(parts)
-    })
-}
-
-/// The template with parameter names erased, so `/a/{x}` and `/a/{y}` are
-/// recognised as one route.
-fn normalised(segments: &[Segment]) -> String {
-    let mut out = String::new();
-    for segment in segments {
-        out.push('/');
-        match segment {
-            Segment::Literal(text) => out.push_str(text),
-            Segment::Param => out.push_str("{}"),
-            Segment::Mixed(parts) => {
-                for part in parts {
-                    match part {
-                        Part::Text(text) => out.push_str(text),
-                        Part::Param => out.push_str("{}"),
-                    }
-                }
-            }
-        }
-    }
-    if out.is_empty() { "/".to_owned() } else { out }
 }
 
 #[cfg(test)]
@@ -534,7 +419,8 @@ paths:
     )]
     #[case::template_without_slash("groupId: g\npaths: {a: {}}\n", "paths has `a`")]
     #[case::unbalanced("groupId: g\npaths: {'/a/{id': {}}\n", "paths has `/a/{id`")]
-    #[case::adjacent_params("groupId: g\npaths: {'/a/{x}{y}': {}}\n", "unbalanced or empty")]
+    #[case::adjacent_params("groupId: g\npaths: {'/a/{x}{y}': {}}\n", "two adjacent parameters")]
+    #[case::encoded_slash("groupId: g\npaths: {'/a/b%2fc': {}}\n", "paths has `/a/b%2fc`")]
     #[case::malformed_yaml("groupId: [\n", "doc.yaml: line ")]
     fn document_errors_name_the_document(#[case] doc: &str, #[case] expected: &str) {
         let err = Routes::from_documents([("doc.yaml", doc, false)])
@@ -553,7 +439,98 @@ paths:
         ])
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("thief.yaml: path /billing/invoices/{other} (group thief) is also declared by billing.json"), "{err}");
+        assert!(
+            err.starts_with(
+                "thief.yaml: path /billing/invoices/{other} (group thief) can match the same requests \
+                 as path /billing/invoices/{invoiceId} in billing.json (group billing-api), e.g. /billing/invoices/"
+            ),
+            "{err}"
+        );
+    }
+
+    const SHOP: &str =
+        "groupId: shop\nservers: [{url: /shop}]\npaths: {'/items/{id}': {}, /cart: {}}\n";
+    const ADMIN: &str = "groupId: admin\nservers: [{url: /shop}]\npaths: {/items/special: {}}\n";
+
+    #[rstest]
+    #[case::param_vs_literal(
+        SHOP,
+        ADMIN,
+        "/shop/items/{id}",
+        "/shop/items/special",
+        "/shop/items/special"
+    )]
+    #[case::listed_the_other_way(
+        ADMIN,
+        SHOP,
+        "/shop/items/special",
+        "/shop/items/{id}",
+        "/shop/items/special"
+    )]
+    #[case::mixed_segments(
+        "groupId: a\npaths: {'/files/{name}.json': {}}\n",
+        "groupId: b\npaths: {'/files/report.{ext}': {}}\n",
+        "/files/{name}.json",
+        "/files/report.{ext}",
+        "/files/report.json"
+    )]
+    #[case::encoded_literal(
+        "groupId: a\npaths: {/items/special: {}}\n",
+        "groupId: b\npaths: {/items/%73pecial: {}}\n",
+        "/items/special",
+        "/items/%73pecial",
+        "/items/special"
+    )]
+    fn overlapping_documents_are_refused_naming_both(
+        #[case] first: &str,
+        #[case] second: &str,
+        #[case] first_path: &str,
+        #[case] second_path: &str,
+        #[case] example: &str,
+    ) {
+        let err =
+            Routes::from_documents([("first.yaml", first, false), ("second.yaml", second, false)])
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with(&format!("second.yaml: path {second_path} (group "))
+                && err.contains(&format!("as path {first_path} in first.yaml (group "))
+                && err.contains(&format!("e.g. {example}: ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn templates_that_cannot_match_one_path_coexist() {
+        let other = "groupId: other\nservers: [{url: /shop}]\n\
+                     paths: {'/items/{id}/reviews': {}, '/files/{name}.xml': {}, /carts: {}}\n";
+        let shop = "groupId: shop\nservers: [{url: /shop}]\npaths: {'/items/{id}': {}, '/files/{name}.json': {}}\n";
+        let routes =
+            Routes::from_documents([("shop", shop, false), ("other", other, false)]).unwrap();
+        assert_eq!(routes.resolve("/shop/items/1"), Ok("shop"));
+        assert_eq!(routes.resolve("/shop/items/1/reviews"), Ok("other"));
+        assert_eq!(routes.resolve("/shop/files/a.json"), Ok("shop"));
+        assert_eq!(routes.resolve("/shop/files/a.xml"), Ok("other"));
+    }
+
+    #[rstest]
+    #[case("/admin/special", Ok("admin"))]
+    #[case("/admin/%73pecial", Ok("admin"))]
+    #[case("/admin/%73%70%65%63%69%61%6C", Ok("admin"))]
+    #[case("/%61dmin/special", Ok("admin"))]
+    #[case("/shop/items/%73pecial", Ok("shop"))]
+    #[case("/admin/%2573pecial", Err(Unroutable::AmbiguousEncoding))]
+    #[case("/admin/%7", Err(Unroutable::InvalidEncoding))]
+    fn an_encoded_fixed_segment_resolves_to_the_group_owning_the_decoded_path(
+        #[case] path: &str,
+        #[case] want: Result<&str, Unroutable>,
+    ) {
+        let shop = "groupId: shop\nservers: [{url: /shop}]\npaths: {'/items/{id}': {}}\n";
+        let admin =
+            "groupId: admin\nservers: [{url: /admin}]\npaths: {/special: {}, '/{page}.html': {}}\n";
+        let routes =
+            Routes::from_documents([("shop", shop, false), ("admin", admin, false)]).unwrap();
+        assert_eq!(routes.resolve(path), want);
     }
 
     #[test]

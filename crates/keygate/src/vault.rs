@@ -72,6 +72,13 @@ pub enum VaultError {
         "cannot read the keys file {path} ({reason}): is the Vault Agent that renders it running?"
     )]
     KeysFile { path: String, reason: String },
+    /// `limits.vault_reads` reads in flight and `limits.vault_read_queue`
+    /// waiting: this read was not sent (`crate::read_limit`).
+    #[error(
+        "too many Vault reads at once ({in_flight} in flight, {queued} queued): not sending this one \
+         (limits.vault_reads, limits.vault_read_queue)"
+    )]
+    Busy { in_flight: usize, queued: usize },
 }
 
 impl VaultError {
