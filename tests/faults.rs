@@ -625,6 +625,39 @@ mod faults {
     )));
     }
 
+    /// Random keys across every API group: each costs at most one Vault read
+    /// (its own group's record), whatever the number of groups. This
+    /// environment is the test's alone, so every read counted is the
+    /// flood's.
+    async fn keyless_flood(env: &Owned, gateway: &str) -> anyhow::Result<String> {
+        let groups: Vec<String> = env.env().groups.keys().cloned().collect();
+        let before = env.vault_reads().await?;
+        let mut requests = 0u64;
+        for group in &groups {
+            for _ in 0..10 {
+                let reply = env
+                    .get_at(gateway, &env.api_path(group), Some(ApiKey::generate().expose()))
+                    .await;
+                anyhow::ensure!(
+                    (reply.status, reply.reason.as_deref()) == (401, Some("unknown")),
+                    "a random key for {group} got {}",
+                    reply.short()
+                );
+                requests += 1;
+            }
+        }
+        let reads = env.vault_reads().await? - before;
+        anyhow::ensure!(
+            reads <= requests,
+            "{reads} Vault reads for {requests} random keys across {} groups: more than one read per request",
+            groups.len()
+        );
+        Ok(format!(
+            "keyless flood: {requests} random keys across {} groups, {reads} Vault reads",
+            groups.len()
+        ))
+    }
+
     /// 5. Hostile requests through every gateway of the environment: refused
     /// (by keygate or by the gateway itself) or mapped to the right group, the
     /// exact outcome per gateway, and no Vault read. Recorded once per gateway
@@ -653,16 +686,23 @@ mod faults {
                 case.skip(keyrig_e2e::not_run_reason(env.env(), gateway));
                 continue;
             };
-            match hostile::run(&env, gateway, url).await {
-                Ok(outcome) => {
+            let checked = match hostile::run(&env, gateway, url).await {
+                Ok(outcome) => keyless_flood(&env, url)
+                    .await
+                    .map(|flood| (outcome, flood)),
+                Err(err) => Err(err),
+            };
+            match checked {
+                Ok((outcome, flood)) => {
                     let tally = Tally {
                         requests: outcome.requests,
                         ..Tally::default()
                     };
                     env.record_fault(NAME, "hostile requests", gateway, &tally);
-                    case.note(
-                        tally.message(&format!("Vault reads 0; {}", outcome.outcomes.join("; "))),
-                    );
+                    case.note(tally.message(&format!(
+                        "Vault reads 0; {}; {flood}",
+                        outcome.outcomes.join("; ")
+                    )));
                     passed.push(format!("{gateway} ({} requests)", outcome.requests));
                 }
                 Err(err) => {

@@ -201,6 +201,11 @@ impl Owned {
         gateway_get(&self.http, &self.env().gateway_url, path, key).await
     }
 
+    /// GET at `gateway` (a URL of env.json's `gateways`) with `x-api-key`.
+    pub async fn get_at(&self, gateway: &str, path: &str, key: Option<&str>) -> Reply {
+        gateway_get(&self.http, gateway, path, key).await
+    }
+
     /// `keygate_vault_reads_total`, summed over results.
     pub async fn vault_reads(&self) -> Result<u64> {
         self.metric_sum("keygate_vault_reads_total").await

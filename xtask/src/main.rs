@@ -111,7 +111,7 @@ enum Cmd {
         #[arg(long, value_enum)]
         mode: Vec<DeliveryMode>,
         /// How many e2e test binaries (one assertion group of one mode
-        /// each) run at once. Default: four per core, 4 to 16.
+        /// each) run at once. Default: three per core, 4 to 16.
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
         #[command(flatten)]

@@ -42,8 +42,8 @@ const ONE_PROCESS_PER_CASE: [&str; 1] = ["faults"];
 /// Groups that wait longest on real clocks start first, so the short ones
 /// fill the time beside them instead of after.
 const LONGEST_FIRST: [&str; 5] = [
-    "api_keys",
     "faults",
+    "api_keys",
     "rotation",
     "tls",
     "keys_file_rotation",
