@@ -636,7 +636,11 @@ mod faults {
         for group in &groups {
             for _ in 0..10 {
                 let reply = env
-                    .get_at(gateway, &env.api_path(group), Some(ApiKey::generate().expose()))
+                    .get_at(
+                        gateway,
+                        &env.api_path(group),
+                        Some(ApiKey::generate().expose()),
+                    )
                     .await;
                 anyhow::ensure!(
                     (reply.status, reply.reason.as_deref()) == (401, Some("unknown")),
@@ -687,9 +691,7 @@ mod faults {
                 continue;
             };
             let checked = match hostile::run(&env, gateway, url).await {
-                Ok(outcome) => keyless_flood(&env, url)
-                    .await
-                    .map(|flood| (outcome, flood)),
+                Ok(outcome) => keyless_flood(&env, url).await.map(|flood| (outcome, flood)),
                 Err(err) => Err(err),
             };
             match checked {

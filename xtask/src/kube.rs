@@ -105,7 +105,7 @@ fn run_tests(
         "environment up in {}; running the e2e tests",
         rig::base::progress::secs(up_time)
     );
-    let selection = crate::e2e::Selection::new(filter)?;
+    let selection = crate::selection::Selection::new(filter)?;
     let tests_started = Instant::now();
     let mut command = cargo();
     command

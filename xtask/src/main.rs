@@ -24,6 +24,7 @@ mod kube;
 mod runner;
 mod scan_uploads;
 mod scenarios;
+mod selection;
 mod selfcheck;
 mod status;
 mod suite;

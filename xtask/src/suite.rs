@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rig::say;
 
-use crate::e2e::Selection;
+use crate::selection::Selection;
 
 /// One e2e test binary (an assertion group).
 #[derive(Debug, Clone)]
