@@ -69,7 +69,7 @@ pub(crate) fn tools(profile: ToolsProfile) -> Result<()> {
     let needed: &[&str] = match profile {
         // kind and helm are not pinned (doctor says so, and how to get
         // them); `all` asks for what can be installed.
-        ToolsProfile::All => &["local", "gateways", "offline"],
+        ToolsProfile::All => pinned_profiles(ToolsProfile::All),
         other => &[other.name()],
     };
     let lacking: Vec<&str> = needed
