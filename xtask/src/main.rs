@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use rig::say;
 
 mod bench;
+mod build;
 mod down;
 mod e2e;
 mod e2e_report;

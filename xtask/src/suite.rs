@@ -52,64 +52,34 @@ const LONGEST_FIRST: [&str; 5] = [
 /// Builds the e2e crate's test binaries (those `selection` runs) in one
 /// cargo invocation, with cargo's progress on stderr, and lists them.
 pub(crate) fn build(selection: &Selection) -> Result<Vec<TestBinary>> {
-    let mut args = vec![
-        "test",
-        "-p",
-        "keyrig-e2e",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ];
+    let mut args = vec!["test", "-p", "keyrig-e2e", "--no-run"];
     let group_args = selection.cargo_args();
     args.extend(group_args.iter().map(String::as_str));
-    say!("building the e2e tests: cargo {}", args.join(" "));
-    let started = Instant::now();
-    let mut command = crate::runner::cargo();
-    crate::runner::plain_output_unless_interactive(&mut command);
-    let output = command
-        .args(&args)
-        .current_dir(rig::base::paths::workspace_root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo to build the e2e tests")?;
-    if !output.status.success() {
-        bail!("the e2e tests do not build: see cargo's output above");
-    }
-    let mut binaries = parse_artifacts(&String::from_utf8_lossy(&output.stdout))?;
+    let built = crate::build::cargo_build(&args, "building the e2e tests")?;
+    let mut binaries = test_binaries(&built)?;
     for binary in &mut binaries {
         if ONE_PROCESS_PER_CASE.contains(&binary.group.as_str()) {
             binary.cases = Some(list_cases(&binary.path)?);
         }
     }
-    say!(
-        "e2e tests built in {}: {} binaries",
-        rig::base::progress::secs(started.elapsed()),
-        binaries.len()
-    );
+    say!("e2e tests: {} binaries", binaries.len());
     Ok(binaries)
 }
 
-/// The test executables in cargo's JSON messages (`compiler-artifact`
-/// with a test profile and an executable).
-fn parse_artifacts(messages: &str) -> Result<Vec<TestBinary>> {
-    let mut binaries = Vec::new();
-    for line in messages.lines().filter(|l| l.starts_with('{')) {
-        let message: serde_json::Value =
-            serde_json::from_str(line).context("reading cargo's JSON messages")?;
-        if message["reason"] != "compiler-artifact" || message["profile"]["test"] != true {
-            continue;
-        }
-        let (Some(path), Some(name)) = (
-            message["executable"].as_str(),
-            message["target"]["name"].as_str(),
-        ) else {
-            continue;
-        };
-        binaries.push(TestBinary {
-            group: name.replace('-', "_"),
-            path: PathBuf::from(path),
-            cases: None,
-        });
-    }
+/// The e2e crate's test executables among a build's artifacts.
+fn test_binaries(built: &crate::build::Built) -> Result<Vec<TestBinary>> {
+    let binaries: Vec<TestBinary> = built
+        .artifacts
+        .iter()
+        .filter(|a| a.test && a.package == "keyrig-e2e")
+        .filter_map(|a| {
+            Some(TestBinary {
+                group: a.target.replace('-', "_"),
+                path: a.executable.clone()?,
+                cases: None,
+            })
+        })
+        .collect();
     if binaries.is_empty() {
         bail!("cargo built no e2e test binary: is tests/Cargo.toml's [[test]] list empty?");
     }
@@ -319,12 +289,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_executables_are_read_from_cargos_messages() {
-        let messages = r#"{"reason":"compiler-artifact","target":{"name":"api_keys","kind":["test"]},"profile":{"test":true},"executable":"/t/deps/api_keys-1"}
-{"reason":"compiler-artifact","target":{"name":"keyrig_e2e","kind":["lib"]},"profile":{"test":false},"executable":null}
-{"reason":"compiler-artifact","target":{"name":"tls","kind":["test"]},"profile":{"test":true},"executable":"/t/deps/tls-2"}
-{"reason":"build-finished","success":true}"#;
-        let binaries = parse_artifacts(messages).unwrap();
+    fn the_e2e_crates_test_executables_are_the_binaries() {
+        let id = "path+file:///w/tests#keyrig-e2e@0.1.0";
+        let messages = format!(
+            r#"{{"reason":"compiler-artifact","package_id":"{id}","target":{{"name":"api_keys","kind":["test"]}},"profile":{{"test":true}},"executable":"/t/deps/api_keys-1","fresh":true}}
+{{"reason":"compiler-artifact","package_id":"{id}","target":{{"name":"keyrig_e2e","kind":["lib"]}},"profile":{{"test":false}},"executable":null,"fresh":true}}
+{{"reason":"compiler-artifact","package_id":"path+file:///w/crates/rig#0.1.0","target":{{"name":"layers","kind":["test"]}},"profile":{{"test":true}},"executable":"/t/deps/layers-3","fresh":true}}
+{{"reason":"compiler-artifact","package_id":"{id}","target":{{"name":"tls","kind":["test"]}},"profile":{{"test":true}},"executable":"/t/deps/tls-2","fresh":false}}
+{{"reason":"build-finished","success":true}}"#
+        );
+        let built = crate::build::parse_messages(&messages).unwrap();
+        let binaries = test_binaries(&built).unwrap();
         assert!(binaries.iter().all(|b| b.cases.is_none()));
         let names: Vec<_> = binaries
             .iter()
@@ -334,7 +309,8 @@ mod tests {
             names,
             [("api_keys", "/t/deps/api_keys-1"), ("tls", "/t/deps/tls-2")]
         );
-        assert!(parse_artifacts("{\"reason\":\"build-finished\"}").is_err());
+        let none = crate::build::parse_messages("{\"reason\":\"build-finished\"}").unwrap();
+        assert!(test_binaries(&none).is_err());
     }
 
     #[test]

@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rig::say;
 
 use crate::flags::Profile;
-use crate::runner::{run_cargo, runtime, stop_on_interrupt, this_binary};
+use crate::runner::{runtime, stop_on_interrupt, this_binary};
 
 /// Builds keygate (unless `$KEYRIG_KEYGATE` names a binary) and says how
 /// to run the echo upstream: this very binary, hidden subcommand.
@@ -28,10 +28,18 @@ pub(crate) fn build_keygate() -> Result<PathBuf> {
                 PathBuf::from(path)
             }
             None => {
-                if !run_cargo(&["build", "-p", "keygate"], "building keygate")? {
-                    bail!("keygate does not build: see cargo's output above");
-                }
-                rig::base::paths::target_dir().join("debug/keygate")
+                // `-p xtask` beside keygate: the same package set as
+                // xtask's own build (and its workspace-hack), so keygate's
+                // dependencies are the ones already compiled for xtask
+                // rather than a second copy with keygate's own, narrower
+                // feature set. xtask itself is up to date (it is running).
+                let built = crate::build::cargo_build(
+                    &["build", "-p", "keygate", "-p", "xtask", "--bin", "keygate"],
+                    "building keygate",
+                )?;
+                built
+                    .bin("keygate", "keygate")
+                    .unwrap_or_else(|| rig::base::paths::target_dir().join("debug/keygate"))
             }
         },
     )

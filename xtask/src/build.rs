@@ -1,0 +1,186 @@
+//! Builds through cargo's JSON messages: the artifacts a run needs (the
+//! keygate binary, the e2e test executables) and what cargo had to compile
+//! to make them.
+//!
+//! Every build a run makes shares one feature set with the xtask build
+//! that started it (`crates/workspace-hack`, see docs/tools.md), so a
+//! dependency compiled again here means the feature sets drifted apart:
+//! the count is printed, so the drift shows in the first run after it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use rig::say;
+
+/// One `compiler-artifact` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Artifact {
+    /// The package's name (`package_id`'s `#name@version` part, or the
+    /// target's crate name when the id has none).
+    pub(crate) package: String,
+    /// The target's name (`keygate`, `api_keys`, ...).
+    pub(crate) target: String,
+    /// Built as a test harness (`cargo test`'s profile).
+    pub(crate) test: bool,
+    /// The executable, for bins and tests.
+    pub(crate) executable: Option<PathBuf>,
+    /// Up to date before this build (nothing compiled for it).
+    pub(crate) fresh: bool,
+    /// A workspace member (`path+file://` package id), not a dependency.
+    pub(crate) local: bool,
+}
+
+/// What one cargo invocation built.
+#[derive(Debug, Default)]
+pub(crate) struct Built {
+    pub(crate) artifacts: Vec<Artifact>,
+}
+
+impl Built {
+    /// Dependencies (not workspace members) this build compiled.
+    pub(crate) fn compiled_dependencies(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .artifacts
+            .iter()
+            .filter(|a| !a.fresh && !a.local)
+            .map(|a| a.package.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Every artifact this build compiled (members and dependencies).
+    pub(crate) fn compiled(&self) -> usize {
+        self.artifacts.iter().filter(|a| !a.fresh).count()
+    }
+
+    /// The executable of `package`'s bin target `target`.
+    pub(crate) fn bin(&self, package: &str, target: &str) -> Option<PathBuf> {
+        self.artifacts
+            .iter()
+            .find(|a| a.package == package && a.target == target && !a.test)
+            .and_then(|a| a.executable.clone())
+    }
+}
+
+/// Runs cargo (`args` without `--message-format`) in the workspace root,
+/// its diagnostics and progress on stderr as usual, and reads the
+/// artifacts from its JSON messages. Says what it builds, then how long it
+/// took and what it compiled.
+pub(crate) fn cargo_build(args: &[&str], what: &str) -> Result<Built> {
+    say!("{what}: cargo {}", args.join(" "));
+    let started = Instant::now();
+    let mut command = crate::runner::cargo();
+    crate::runner::plain_output_unless_interactive(&mut command);
+    let output = command
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(rig::base::paths::workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo for {what}"))?;
+    if !output.status.success() {
+        bail!("{what} failed: see cargo's output above");
+    }
+    let built = parse_messages(&String::from_utf8_lossy(&output.stdout))?;
+    let deps = built.compiled_dependencies();
+    let drift = if deps.is_empty() {
+        String::new()
+    } else {
+        // Not an error: the build is right, only slower than it should be.
+        format!(
+            "; {} dependencies compiled again with other features than xtask's build ({}): regenerate crates/workspace-hack (docs/tools.md)",
+            deps.len(),
+            deps.join(", ")
+        )
+    };
+    say!(
+        "{what}: done in {}, {} crates compiled{drift}",
+        rig::base::progress::secs(started.elapsed()),
+        built.compiled()
+    );
+    Ok(built)
+}
+
+/// The `compiler-artifact` messages of cargo's JSON output.
+pub(crate) fn parse_messages(messages: &str) -> Result<Built> {
+    let mut built = Built::default();
+    for line in messages.lines().filter(|l| l.starts_with('{')) {
+        let message: serde_json::Value =
+            serde_json::from_str(line).context("reading cargo's JSON messages")?;
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let id = message["package_id"].as_str().unwrap_or_default();
+        let target = message["target"]["name"].as_str().unwrap_or_default();
+        built.artifacts.push(Artifact {
+            package: package_name(id).unwrap_or(target).to_owned(),
+            target: target.to_owned(),
+            test: message["profile"]["test"] == true,
+            executable: message["executable"].as_str().map(PathBuf::from),
+            fresh: message["fresh"] == true,
+            local: id.starts_with("path+"),
+        });
+    }
+    Ok(built)
+}
+
+/// `registry+https://...#serde@1.0.1` -> `serde`;
+/// `path+file:///w/crates/keygate#0.1.0` -> `keygate` (the last path
+/// segment when the fragment holds only the version).
+fn package_name(id: &str) -> Option<&str> {
+    let (url, fragment) = id.rsplit_once('#')?;
+    match fragment.split_once('@') {
+        Some((name, _)) => Some(name),
+        None => url.rsplit('/').next(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESSAGES: &str = r#"{"reason":"compiler-artifact","package_id":"registry+https://github.com/rust-lang/crates.io-index#serde@1.0.229","target":{"name":"serde","kind":["lib"]},"profile":{"test":false},"executable":null,"fresh":true}
+{"reason":"compiler-artifact","package_id":"registry+https://github.com/rust-lang/crates.io-index#hyper@1.8.0","target":{"name":"hyper","kind":["lib"]},"profile":{"test":false},"executable":null,"fresh":false}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/keygate#0.1.0","target":{"name":"keygate","kind":["bin"]},"profile":{"test":false},"executable":"/w/target/debug/keygate","fresh":false}
+{"reason":"compiler-artifact","package_id":"path+file:///w/tests#keyrig-e2e@0.1.0","target":{"name":"api_keys","kind":["test"]},"profile":{"test":true},"executable":"/w/target/debug/deps/api_keys-1","fresh":true}
+{"reason":"build-finished","success":true}"#;
+
+    #[test]
+    fn artifacts_and_what_was_compiled_are_read_from_cargos_messages() {
+        let built = parse_messages(MESSAGES).unwrap();
+        assert_eq!(built.artifacts.len(), 4);
+        assert_eq!(built.compiled(), 2);
+        assert_eq!(built.compiled_dependencies(), vec!["hyper"]);
+        assert_eq!(
+            built.bin("keygate", "keygate"),
+            Some(PathBuf::from("/w/target/debug/keygate"))
+        );
+        assert_eq!(
+            built.bin("keyrig-e2e", "api_keys"),
+            None,
+            "a test is not a bin"
+        );
+        let test = &built.artifacts[3];
+        assert_eq!(
+            (test.package.as_str(), test.test, test.local),
+            ("keyrig-e2e", true, true)
+        );
+    }
+
+    #[test]
+    fn package_names_come_from_either_id_form() {
+        assert_eq!(
+            package_name("registry+https://x#serde_json@1.0.1"),
+            Some("serde_json")
+        );
+        assert_eq!(
+            package_name("path+file:///w/crates/keygate#0.1.0"),
+            Some("keygate")
+        );
+        assert_eq!(package_name("no fragment"), None);
+    }
+}
