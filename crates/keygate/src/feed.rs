@@ -93,7 +93,10 @@ mod tests {
             selector: "57b81d89804a48128f3bf3e73307a3e6".into(),
         };
         let parse = |line: String| {
-            assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line:?}");
+            assert!(
+                line.ends_with('\n') && line.matches('\n').count() == 1,
+                "{line:?}"
+            );
             serde_json::from_str::<serde_json::Value>(&line).unwrap()
         };
         assert_eq!(

@@ -446,8 +446,7 @@ mod tests {
     #[tokio::test]
     async fn the_invalidation_feed_starts_stale_then_streams_drops_stale_marks_and_pings() {
         let source = Arc::new(FakeSource::default());
-        let (base, invalidator) =
-            serve_with_ping(source, true, Duration::from_millis(200)).await;
+        let (base, invalidator) = serve_with_ping(source, true, Duration::from_millis(200)).await;
         let response = reqwest::get(format!("{base}/v1/invalidations"))
             .await
             .unwrap();
