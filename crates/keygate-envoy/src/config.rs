@@ -108,6 +108,17 @@ pub struct RouteConfig {
     /// The route's API group (`groupId` of its OpenAPI document): keys are
     /// looked up under it, and keygate must answer for the same group.
     pub group: String,
+    /// Fault injection, for tests of the module's panic guard: every
+    /// request on this route makes the request-headers hook panic (and so
+    /// is refused with 503 `module-error`). Never set it in production.
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    Panic,
 }
 
 impl RouteConfig {
@@ -169,10 +180,22 @@ mod tests {
         assert_eq!(
             RouteConfig::parse(br#"{"group":"billing-api"}"#).unwrap(),
             RouteConfig {
-                group: "billing-api".into()
+                group: "billing-api".into(),
+                fault: None,
             }
         );
-        for input in [&br#"{}"#[..], br#"{"group":""}"#, br#"{"group":"a/b"}"#] {
+        assert_eq!(
+            RouteConfig::parse(br#"{"group":"g","fault":"panic"}"#)
+                .unwrap()
+                .fault,
+            Some(Fault::Panic)
+        );
+        for input in [
+            &br#"{}"#[..],
+            br#"{"group":""}"#,
+            br#"{"group":"a/b"}"#,
+            br#"{"group":"g","fault":"crash"}"#,
+        ] {
             let err = RouteConfig::parse(input).unwrap_err();
             assert!(err.contains("filter_config"), "{err}");
         }

@@ -25,7 +25,7 @@ use apikey::ApiKey;
 use crate::abi::*;
 use crate::build_info;
 use crate::callout::{self, Answer};
-use crate::config::{FilterConfig, RouteConfig};
+use crate::config::{Fault, FilterConfig, RouteConfig};
 use crate::decide::{self, Deny, First, Presented, Verdict, reason};
 use crate::invalidations::{Follower, Level};
 use crate::table::Table;
@@ -179,7 +179,11 @@ impl Filter {
             return self.carry_out(fe, Verdict::Deny(Deny::new(403, "no-route")), false);
         }
         // SAFETY: see above.
-        let group = unsafe { &*route.cast::<RouteConfig>() }.group.clone();
+        let route = unsafe { &*route.cast::<RouteConfig>() };
+        if route.fault == Some(Fault::Panic) {
+            panic!("fault injection: this route's per-route config asks for a panic");
+        }
+        let group = route.group.clone();
         let presented = match request_header(fe, API_KEY_HEADER) {
             (_, 0) => Presented::Missing,
             (Some(value), 1) => Presented::One(value),

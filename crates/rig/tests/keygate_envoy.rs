@@ -269,9 +269,10 @@ invalidation:
 }
 
 /// Routes `/billing` and `/animal-rescue` to the upstream, each with its
-/// group in the module's per-route config; any other path has none.
+/// group in the module's per-route config, and `/panic` with the module's
+/// fault injection; any other path has none.
 fn envoy_yaml(listen: SocketAddr, admin: SocketAddr, keygate: SocketAddr, upstream: u16) -> String {
-    let route = |prefix: &str, group: &str| {
+    let route = |prefix: &str, config: &str| {
         format!(
             r#"
                         - match: {{ prefix: "{prefix}" }}
@@ -283,7 +284,7 @@ fn envoy_yaml(listen: SocketAddr, admin: SocketAddr, keygate: SocketAddr, upstre
                               filter_name: keygate
                               filter_config:
                                 "@type": type.googleapis.com/google.protobuf.StringValue
-                                value: '{{"group":"{group}"}}'"#,
+                                value: '{config}'"#,
             module = envoy_module::MODULE_NAME,
         )
     };
@@ -314,7 +315,7 @@ static_resources:
                   virtual_hosts:
                     - name: gateway
                       domains: ["*"]
-                      routes:{billing}{animals}
+                      routes:{billing}{animals}{panic}
                         - match: {{ prefix: "/" }}
                           route: {{ cluster: upstream }}
                 http_filters:
@@ -346,8 +347,13 @@ static_resources:
         admin_port = admin.port(),
         listen_port = listen.port(),
         keygate_port = keygate.port(),
-        billing = route("/billing", BILLING),
-        animals = route("/animal-rescue", ANIMALS),
+        billing = route("/billing", &format!(r#"{{"group":"{BILLING}"}}"#)),
+        animals = route("/animal-rescue", &format!(r#"{{"group":"{ANIMALS}"}}"#)),
+        // The module's fault injection: its request-headers hook panics.
+        panic = route(
+            "/panic",
+            &format!(r#"{{"group":"{BILLING}","fault":"panic"}}"#)
+        ),
         module = envoy_module::MODULE_NAME,
     )
 }
@@ -494,6 +500,22 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
         &ask(&gateway, "/elsewhere", Some(billing.expose()), &[]).await,
         403,
         "no-route",
+    );
+
+    // A panic in the module is a refusal, and Envoy goes on serving.
+    assert_denied(
+        &ask(&gateway, "/panic", Some(billing.expose()), &[]).await,
+        503,
+        "module-error",
+    );
+    let after_panic = ask(&gateway, "/billing/invoices", Some(billing.expose()), &[]).await;
+    assert_eq!(after_panic.status, 200, "{after_panic:?}");
+    assert!(
+        stack
+            .log("envoy-module")
+            .contains("the request headers hook panicked"),
+        "{}",
+        stack.log("envoy-module")
     );
 
     // Another group's key: valid on its own routes, refused on billing's.
