@@ -248,36 +248,43 @@ fn follow(
     }
 }
 
-/// Reads the status line and headers; `Ok(chunked)` for a 200.
+/// Reads the status line and headers (parsed by `httparse`); `Ok(chunked)`
+/// for a 200.
 fn response_head(reader: &mut impl BufRead) -> Result<bool, String> {
+    let mut head = Vec::new();
     let mut line = Vec::new();
-    let mut first = true;
-    let mut chunked = false;
     loop {
         if !read_line(reader, &mut line).map_err(|err| format!("reading the answer: {err}"))? {
             return Err("keygate closed the connection before answering".into());
         }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches('\r');
-        if first {
-            first = false;
-            let status = text.split(' ').nth(1).unwrap_or_default();
-            if !text.starts_with("HTTP/1.") || status != "200" {
-                return Err(format!(
-                    "keygate answered {text:?} to GET /v1/invalidations (a keygate with the invalidation feed answers 200)"
-                ));
-            }
-            continue;
+        head.extend_from_slice(&line);
+        head.push(b'\n');
+        if line.is_empty() || line.as_slice() == b"\r" {
+            break;
         }
-        if text.is_empty() {
-            return Ok(chunked);
-        }
-        if let Some((name, value)) = text.split_once(':')
-            && name.trim().eq_ignore_ascii_case("transfer-encoding")
-        {
-            chunked = value.to_ascii_lowercase().contains("chunked");
+        if head.len() > MAX_LINE {
+            return Err("keygate's answer has more than 64 KiB of headers".into());
         }
     }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err("keygate's answer is not HTTP/1.1".into()),
+    }
+    if response.code != Some(200) {
+        return Err(format!(
+            "keygate answered {} {} to GET /v1/invalidations (a keygate with the invalidation feed answers 200)",
+            response.code.unwrap_or_default(),
+            response.reason.unwrap_or_default()
+        ));
+    }
+    Ok(response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked")
+    }))
 }
 
 /// One line into `line` (without `\n`); `Ok(false)` at the end of input.
@@ -368,11 +375,13 @@ impl<R: BufRead> Read for Body<R> {
             if !read_line(&mut self.inner, &mut line)? {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            let text =
-                std::str::from_utf8(&line).map_err(|_| invalid("a chunk size is not text"))?;
-            let size = text.split(';').next().unwrap_or_default().trim();
-            self.left =
-                usize::from_str_radix(size, 16).map_err(|_| invalid("a chunk size is not hex"))?;
+            line.push(b'\n');
+            self.left = match httparse::parse_chunk_size(&line) {
+                Ok(httparse::Status::Complete((_, size))) => {
+                    usize::try_from(size).map_err(|_| invalid("a chunk too large"))?
+                }
+                _ => return Err(invalid("a chunk size line is not one")),
+            };
             if self.left == 0 {
                 self.done = true;
             }
@@ -480,7 +489,7 @@ mod tests {
     fn a_refusal_names_what_keygate_said() {
         let wire = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
         let err = response_head(&mut BufReader::new(&wire[..])).unwrap_err();
-        assert!(err.contains("\"HTTP/1.1 404 Not Found\""), "{err}");
+        assert!(err.contains("keygate answered 404 Not Found"), "{err}");
         let mut long = BufReader::new(std::io::repeat(b'x').take(MAX_LINE as u64 + 10));
         assert!(read_line(&mut long, &mut Vec::new()).is_err());
     }
