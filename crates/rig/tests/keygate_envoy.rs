@@ -61,21 +61,21 @@ fn free() -> SocketAddr {
     loopback(rig::base::ports::free_port().unwrap())
 }
 
-/// The pinned Envoy, or `None` with the case marked skipped.
+/// The pinned Envoy, or `None` with the case marked skipped when it is not
+/// installed. Any other problem (an override that does not run) fails.
 fn envoy_or_skip(case: &mut CaseGuard) -> Option<PathBuf> {
     let resolved = rig::process::tools::Tools::load_default()
         .unwrap()
         .resolve("envoy");
     match resolved {
         Ok(tool) => Some(tool.path),
-        Err(err) => {
-            let reason = format!(
-                "the pinned Envoy is not installed ({err}): `cargo xtask tools` installs it"
-            );
+        Err(err @ rig::process::tools::ToolError::Missing { .. }) => {
+            let reason = err.to_string();
             eprintln!("SKIPPED keygate_envoy: {reason}");
             case.skip(reason);
             None
         }
+        Err(err) => panic!("cannot use the pinned Envoy: {err:#}"),
     }
 }
 
