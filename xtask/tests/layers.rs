@@ -1,7 +1,8 @@
 //! The workspace's layering, as ARCHITECTURE.md states it, checked:
 //!
 //! - crates: keygate and apikey never depend on the harness (rig, rig-k8s,
-//!   rig-bench); rig never depends on rig-k8s or rig-bench; rig keeps the
+//!   rig-bench); keygate-envoy (the Envoy module) depends on neither keygate
+//!   nor the harness; rig never depends on rig-k8s or rig-bench; rig keeps the
 //!   workspace's `rust-version` (only rig-k8s and the e2e tests pay for
 //!   kube's);
 //! - files: no file imports a file that imports it back, directly or around
@@ -255,9 +256,10 @@ impl ModuleGraph {
     }
 }
 
-const CRATES: [&str; 8] = [
+const CRATES: [&str; 9] = [
     "crates/apikey/src",
     "crates/keygate/src",
+    "crates/keygate-envoy/src",
     "crates/manifests/src",
     "crates/rig/src",
     "crates/rig-k8s/src",
@@ -359,10 +361,14 @@ fn dependencies_of<'a>(packages: &'a [Value], name: &str) -> Vec<(&'a str, &'a s
 fn crates_depend_only_downwards() {
     let packages = packages();
     let harness = ["rig", "rig-k8s", "rig-bench"];
+    // The Envoy module runs inside Envoy: the key scheme, nothing of
+    // keygate's service (its runtime, its Vault client) and no harness.
+    let module = ["keygate", "rig", "rig-k8s", "rig-bench"];
     let mut wrong = Vec::new();
     for (name, forbidden) in [
         ("apikey", &harness[..]),
         ("keygate", &harness[..]),
+        ("keygate-envoy", &module[..]),
         ("rig", &harness[1..]),
     ] {
         for (dependency, kind) in dependencies_of(&packages, name) {

@@ -22,6 +22,11 @@
 //! negative or resurrectable, counts only if its read started after both, so
 //! a read that was in flight while the key was written cannot put the old
 //! answer back. Invalidation only ever removes state.
+//!
+//! Each invalidation is also published on the cache's invalidation feed
+//! (`crate::feed`), after keygate's own state is gone, so followers that
+//! cache keygate's answers (the Envoy module) drop theirs too, and their next
+//! question to keygate is answered from Vault.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +38,7 @@ use moka::future::Cache;
 
 use crate::boxed_future::BoxFuture;
 use crate::config::CacheConfig;
+use crate::feed::{Feed, FeedEvent};
 use crate::metrics::{Metrics, ReadResult};
 use crate::vault::{Vault, VaultError};
 
@@ -142,6 +148,8 @@ pub struct RecordCache {
     last_good: Option<Cache<Key, Stamped<KeyRecord>>>,
     freshness: Arc<Freshness>,
     metrics: Arc<Metrics>,
+    /// `None` for an uncached source: there is nothing to follow.
+    feed: Option<Feed>,
 }
 
 /// A handle that drops cached state, for `crate::invalidation`. It can only
@@ -151,6 +159,7 @@ pub struct Invalidator {
     cache: Option<Cache<Key, Stamped<Value>>>,
     last_good: Option<Cache<Key, Stamped<KeyRecord>>>,
     freshness: Arc<Freshness>,
+    feed: Option<Feed>,
 }
 
 impl Invalidator {
@@ -167,15 +176,26 @@ impl Invalidator {
         if let Some(last_good) = &self.last_good {
             last_good.invalidate(&key).await;
         }
+        if let Some(feed) = &self.feed {
+            let (group, selector) = key;
+            feed.publish(FeedEvent::Drop {
+                group,
+                selector: selector.as_str().to_owned(),
+            });
+        }
     }
 
     /// Treats every answer read until now as stale (positive TTL's backstop
-    /// aside, they are read again on their next use).
-    pub fn all_stale(&self) {
+    /// aside, they are read again on their next use); `why` reaches the
+    /// feed's followers, for their logs.
+    pub fn all_stale(&self, why: &'static str) {
         let stamp = self.freshness.tick();
         self.freshness
             .stale_before
             .fetch_max(stamp, Ordering::SeqCst);
+        if let Some(feed) = &self.feed {
+            feed.publish(FeedEvent::Stale { why });
+        }
     }
 }
 
@@ -203,6 +223,7 @@ impl RecordCache {
                 longest.max(config.negative_ttl).max(Duration::from_secs(1)),
             )),
             metrics,
+            feed: Some(Feed::new()),
         }
     }
 
@@ -214,7 +235,14 @@ impl RecordCache {
             last_good: None,
             freshness: Arc::new(Freshness::new(Duration::from_secs(1))),
             metrics,
+            feed: None,
         }
+    }
+
+    /// The feed this cache's invalidations are published on (`None` when
+    /// uncached: keys files are read fresh, nothing to follow).
+    pub fn feed(&self) -> Option<&Feed> {
+        self.feed.as_ref()
     }
 
     /// The handle `crate::invalidation` drops this cache's entries with.
@@ -223,6 +251,7 @@ impl RecordCache {
             cache: self.cache.clone(),
             last_good: self.last_good.clone(),
             freshness: self.freshness.clone(),
+            feed: self.feed.clone(),
         }
     }
 
@@ -551,7 +580,7 @@ pub(crate) mod tests {
         assert_eq!(source.reads.load(Ordering::SeqCst), 3);
         // Vault goes down: the other key is resurrected, the dropped one not.
         source.down.store(true, Ordering::SeqCst);
-        cache.invalidator().all_stale();
+        cache.invalidator().all_stale("test");
         assert!(cache.get("g", &other.selector()).await.unwrap().is_some());
         assert!(cache.get("g", &key.selector()).await.is_err());
     }
@@ -580,7 +609,7 @@ pub(crate) mod tests {
         );
         assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
         source.down.store(true, Ordering::SeqCst);
-        cache.invalidator().all_stale();
+        cache.invalidator().all_stale("test");
         assert!(cache.get("g", &key.selector()).await.is_err());
     }
 
@@ -591,7 +620,7 @@ pub(crate) mod tests {
         let cache = cache(source.clone(), 60_000, 60_000);
         assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
         source.put("g", &key, KeyRecord::for_key(&key, "o"));
-        cache.invalidator().all_stale();
+        cache.invalidator().all_stale("test");
         assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
         assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
         assert_eq!(source.reads.load(Ordering::SeqCst), 2);

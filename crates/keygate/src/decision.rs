@@ -66,6 +66,12 @@ impl Validator {
         &self.metrics
     }
 
+    /// Where the record cache publishes its invalidations (`None` in
+    /// keys-file mode, which caches nothing).
+    pub fn invalidation_feed(&self) -> Option<&crate::feed::Feed> {
+        self.records.feed()
+    }
+
     /// Decides one request, counts it and logs it (selector, never the key).
     pub async fn decide(
         &self,
@@ -149,6 +155,7 @@ impl Validator {
             Decision::Valid => Outcome::Allow {
                 owner: record.owner,
                 group: group.to_owned(),
+                expires: record.expires,
             },
             Decision::Mismatch => Outcome::Deny(Reason::Mismatch),
             Decision::Expired => Outcome::Deny(Reason::Expired),
@@ -315,6 +322,7 @@ mod tests {
             None => Outcome::Allow {
                 owner: "user-1".into(),
                 group: "billing".into(),
+                expires: None,
             },
             Some(reason) => Outcome::Deny(reason),
         };
@@ -520,7 +528,8 @@ mod tests {
             decide().await,
             Outcome::Allow {
                 owner: "o".into(),
-                group: "animals".into()
+                group: "animals".into(),
+                expires: None,
             }
         );
         assert_eq!(f.source.reads.load(Ordering::SeqCst), 1);

@@ -99,7 +99,7 @@ fn response(outcome: &Outcome) -> CheckResponse {
 /// `extra`: the configured upstream headers (only added on Allow).
 fn response_with(outcome: &Outcome, extra: &[(String, String)]) -> CheckResponse {
     match outcome {
-        Outcome::Allow { owner, group } => {
+        Outcome::Allow { owner, group, .. } => {
             let mut ok = OkHttpResponseBuilder::new();
             // Overwrite, so a client cannot smuggle its own value upstream;
             // keep empty values for the same reason (an empty owner must
@@ -188,6 +188,7 @@ mod tests {
         let response = response(&Outcome::Allow {
             owner: "u1".into(),
             group: "g".into(),
+            expires: None,
         });
         assert_eq!(response.status.unwrap().code, Code::Ok as i32);
         let Some(HttpResponse::OkResponse(ok)) = response.http_response else {

@@ -1,11 +1,15 @@
 //! The HTTP side: forward-auth for gateways that ask over plain HTTP
 //! (Traefik forwardAuth, nginx auth_request, Caddy forward_auth, APISIX
 //! forward-auth, Envoy HTTP ext_authz with `path_prefix: /auth`), plus
-//! `/healthz`, `/readyz` and `/metrics`.
+//! `/healthz`, `/readyz`, `/metrics` and `/v1/invalidations` (the
+//! invalidation feed, `crate::feed`, for the Envoy dynamic module).
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -16,6 +20,7 @@ use tracing::debug;
 
 use crate::boxed_future::BoxFuture;
 use crate::decision::{Presented, Validator};
+use crate::feed::{FeedEvent, PING_LINE};
 use crate::outcome::Outcome;
 use crate::protocol::Protocol;
 use crate::vault::{Readiness, Vault};
@@ -24,6 +29,16 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 pub const OWNER_HEADER: &str = "x-keyrig-owner";
 pub const GROUP_HEADER: &str = "x-keyrig-group";
 pub const REASON_HEADER: &str = "x-keyrig-reason";
+/// On an allowed forward-auth answer for a key whose record has `expires`:
+/// that moment, in Unix seconds, so a follower that caches the answer (the
+/// Envoy module) lets it lapse then. Gateways ignore it.
+pub const EXPIRES_HEADER: &str = "x-keyrig-expires";
+
+/// How often a follower of `/v1/invalidations` gets a ping line when
+/// nothing happens, unless the router is given another interval: well
+/// inside the HTTP port's default idle timeout (60 s), which would
+/// otherwise close a quiet feed.
+pub const FEED_PING: Duration = Duration::from_secs(10);
 
 /// Headers that carry the original request URI, in order of preference:
 /// Traefik, Caddy and APISIX send `X-Forwarded-Uri`; nginx configs
@@ -47,18 +62,23 @@ struct AppState {
     readiness: Arc<dyn ReadinessSource>,
     /// `gateway_group_file`: `/readyz` reports its content as `gateway_group`.
     group_file: Option<Arc<std::path::PathBuf>>,
+    /// Ping interval of `/v1/invalidations`.
+    feed_ping: Duration,
 }
 
 pub fn router(validator: Arc<Validator>, readiness: Arc<dyn ReadinessSource>) -> Router {
-    router_with_group(validator, readiness, None)
+    router_with_group(validator, readiness, None, FEED_PING)
 }
 
 /// The router, with `/readyz` also reporting the gateway group read from
-/// `group_file` (unreadable or empty: not ready, since the delivery broke).
+/// `group_file` (unreadable or empty: not ready, since the delivery broke),
+/// and `/v1/invalidations` pinging every `feed_ping` (keep it below
+/// `limits.idle_timeout`).
 pub fn router_with_group(
     validator: Arc<Validator>,
     readiness: Arc<dyn ReadinessSource>,
     group_file: Option<std::path::PathBuf>,
+    feed_ping: Duration,
 ) -> Router {
     Router::new()
         .route("/auth", any(forward_auth))
@@ -66,6 +86,7 @@ pub fn router_with_group(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/invalidations", get(invalidations))
         // `/auth/` (Envoy appending the root path) is not matched by the
         // wildcard route; it still deserves a decision rather than a 404.
         .fallback(fallback)
@@ -73,6 +94,7 @@ pub fn router_with_group(
             validator,
             readiness,
             group_file: group_file.map(Arc::new),
+            feed_ping,
         })
 }
 
@@ -95,7 +117,11 @@ async fn forward_auth(State(state): State<AppState>, uri: Uri, headers: HeaderMa
         Outcome::Deny(_) => Vec::new(),
     };
     match outcome {
-        Outcome::Allow { owner, group } => {
+        Outcome::Allow {
+            owner,
+            group,
+            expires,
+        } => {
             let mut response = StatusCode::OK.into_response();
             let headers = response.headers_mut();
             for (name, value) in extra {
@@ -117,6 +143,9 @@ async fn forward_auth(State(state): State<AppState>, uri: Uri, headers: HeaderMa
                 GROUP_HEADER,
                 HeaderValue::from_bytes(group.as_bytes()).unwrap_or(HeaderValue::from_static("")),
             );
+            if let Some(expires) = expires {
+                headers.insert(EXPIRES_HEADER, HeaderValue::from(expires.unix_timestamp()));
+            }
             response
         }
         Outcome::Deny(reason) => {
@@ -226,6 +255,84 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /v1/invalidations`: the invalidation feed (`crate::feed`), one JSON
+/// line per event, starting with a `stale` line (what happened before this
+/// follower connected went unseen), a `stale` line whenever it fell behind,
+/// and a ping every `feed_ping`. The response never ends on its own; the
+/// follower reconnects when it does (keygate restarting, the idle timeout).
+async fn invalidations(State(state): State<AppState>) -> Response {
+    let Some(feed) = state.validator.invalidation_feed() else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            json!({ "reason": "no invalidation feed: keygate caches nothing with keys.source: file" }),
+        );
+    };
+    let follower = Follower {
+        events: feed.subscribe(),
+        ping: tokio::time::interval_at(
+            tokio::time::Instant::now() + state.feed_ping,
+            state.feed_ping,
+        ),
+        first: true,
+        _count: FollowerCount::new(state.validator.clone()),
+    };
+    let lines = futures_util::stream::unfold(follower, |mut follower| async move {
+        let line = follower.next_line().await?;
+        Some((Ok::<_, Infallible>(line), follower))
+    });
+    (
+        [
+            (CONTENT_TYPE.as_str(), "application/x-ndjson"),
+            ("cache-control", "no-store"),
+        ],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// One connected follower of the feed.
+struct Follower {
+    events: tokio::sync::broadcast::Receiver<FeedEvent>,
+    ping: tokio::time::Interval,
+    first: bool,
+    _count: FollowerCount,
+}
+
+impl Follower {
+    /// The next line to send; `None` once the feed is gone (shutdown).
+    async fn next_line(&mut self) -> Option<String> {
+        use tokio::sync::broadcast::error::RecvError;
+        if std::mem::take(&mut self.first) {
+            return Some(FeedEvent::Stale { why: "connected" }.line());
+        }
+        tokio::select! {
+            event = self.events.recv() => match event {
+                Ok(event) => Some(event.line()),
+                // Lines were lost, any of them a revocation.
+                Err(RecvError::Lagged(_)) => Some(FeedEvent::Stale { why: "lagged" }.line()),
+                Err(RecvError::Closed) => None,
+            },
+            _ = self.ping.tick() => Some(PING_LINE.to_owned()),
+        }
+    }
+}
+
+/// Counts a follower in `keygate_invalidation_feed_followers` while alive.
+struct FollowerCount(Arc<Validator>);
+
+impl FollowerCount {
+    fn new(validator: Arc<Validator>) -> Self {
+        validator.metrics().invalidation_feed_follower(true);
+        Self(validator)
+    }
+}
+
+impl Drop for FollowerCount {
+    fn drop(&mut self) {
+        self.0.metrics().invalidation_feed_follower(false);
+    }
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -280,6 +387,15 @@ mod tests {
 
     /// Serves the router on an ephemeral port; returns its base URL.
     async fn serve(source: Arc<FakeSource>, ready: bool) -> String {
+        serve_with_ping(source, ready, FEED_PING).await.0
+    }
+
+    /// The same, with the feed's ping interval, and the cache's invalidator.
+    async fn serve_with_ping(
+        source: Arc<FakeSource>,
+        ready: bool,
+        feed_ping: Duration,
+    ) -> (String, crate::cache::Invalidator) {
         let doc = "groupId: billing\nservers: [{url: /billing}]\npaths: {/invoices: {}, /: {}}\n";
         let routes = Routes::from_documents([("b.yaml", doc, false)]).unwrap();
         let metrics = Arc::new(Metrics::new());
@@ -289,12 +405,144 @@ mod tests {
             resurrect_ttl: Duration::ZERO,
         };
         let records = RecordCache::new(source, config, metrics.clone());
+        let invalidator = records.invalidator();
         let validator = Arc::new(Validator::new(routes, records, metrics, "api-portal-keys"));
-        let app = router(validator, Arc::new(Ready(ready)));
+        let app = router_with_group(validator, Arc::new(Ready(ready)), None, feed_ping);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        base
+        (base, invalidator)
+    }
+
+    /// A streamed response read line by line.
+    struct Lines {
+        response: reqwest::Response,
+        text: String,
+    }
+
+    impl Lines {
+        /// The next `count` complete lines.
+        async fn next(&mut self, count: usize) -> Vec<String> {
+            while self.text.matches('\n').count() < count {
+                let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("no further line within 5 s; got so far: {:?}", self.text)
+                    })
+                    .unwrap()
+                    .expect("the feed ended");
+                self.text.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+            let mut lines = Vec::new();
+            for _ in 0..count {
+                let end = self.text.find('\n').unwrap();
+                lines.push(self.text[..end].to_owned());
+                self.text.drain(..=end);
+            }
+            lines
+        }
+    }
+
+    #[tokio::test]
+    async fn the_invalidation_feed_starts_stale_then_streams_drops_stale_marks_and_pings() {
+        let source = Arc::new(FakeSource::default());
+        let (base, invalidator) = serve_with_ping(source, true, Duration::from_millis(200)).await;
+        let response = reqwest::get(format!("{base}/v1/invalidations"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        let mut feed = Lines {
+            response,
+            text: String::new(),
+        };
+        assert_eq!(
+            feed.next(1).await,
+            [r#"{"type":"stale","why":"connected"}"#]
+        );
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("keygate_invalidation_feed_followers 1"),
+            "{metrics}"
+        );
+
+        let key = ApiKey::generate();
+        invalidator.drop_key("billing", &key.selector()).await;
+        invalidator.all_stale("audit stream ended");
+        let events: Vec<serde_json::Value> = feed
+            .next(2)
+            .await
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            events,
+            [
+                json!({"type": "drop", "group": "billing", "selector": key.selector().as_str()}),
+                json!({"type": "stale", "why": "audit stream ended"}),
+            ]
+        );
+        // Nothing more happens: pings keep the connection busy.
+        assert_eq!(feed.next(1).await, [r#"{"type":"ping"}"#]);
+
+        drop(feed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = reqwest::get(format!("{base}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.contains("keygate_invalidation_feed_followers 0") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the follower that hung up is still counted:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_allowed_key_with_an_expiry_carries_it_in_unix_seconds() {
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        let expires = time::OffsetDateTime::now_utc() + Duration::from_secs(3600);
+        source.put(
+            "billing",
+            &key,
+            KeyRecord::for_key(&key, "user-1").with_expiry(expires),
+        );
+        let lasting = ApiKey::generate();
+        source.put("billing", &lasting, KeyRecord::for_key(&lasting, "user-2"));
+        let base = serve(source, true).await;
+        let ask = |key: String| {
+            let base = base.clone();
+            async move {
+                reqwest::Client::new()
+                    .get(format!("{base}/auth/billing/invoices"))
+                    .header("x-api-key", key)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        let allowed = ask(key.expose().to_owned()).await;
+        assert_eq!(allowed.status(), 200);
+        assert_eq!(
+            allowed.headers()[EXPIRES_HEADER],
+            expires.unix_timestamp().to_string().as_str()
+        );
+        let allowed = ask(lasting.expose().to_owned()).await;
+        assert_eq!(allowed.status(), 200);
+        assert!(allowed.headers().get(EXPIRES_HEADER).is_none());
     }
 
     #[tokio::test]

@@ -193,7 +193,7 @@ impl AuditListener {
                             debug!(group, %selector, "audit stream: key written, cache entry dropped");
                         }
                         Effect::AllStale => {
-                            invalidator.all_stale();
+                            invalidator.all_stale("the key mount or a policy changed");
                             metrics.invalidation_stale_mark();
                             info!(
                                 "audit stream: the key mount or a policy changed; every cached answer is stale"
@@ -255,13 +255,13 @@ struct Connection {
 impl Connection {
     async fn run(&self, stream: impl AsyncRead + Unpin, peer: &str) {
         // Writes made while no stream was connected went unseen.
-        self.stale("connected");
+        self.stale("audit stream connected");
         self.metrics.invalidation_stream(true);
         info!(%peer, "audit stream connected: revocations now land in milliseconds");
         let result = read_lines(stream, |line| self.offer(line)).await;
         self.metrics.invalidation_stream(false);
         // What Vault wrote into the dying connection may be lost.
-        self.stale("ended");
+        self.stale("audit stream ended");
         match result {
             Ok(()) => {
                 info!(%peer, "audit stream ended; revocation waits for the positive TTL until Vault reconnects")
@@ -281,12 +281,12 @@ impl Connection {
         };
         if !queued {
             self.metrics.invalidation_line_dropped();
-            self.stale("dropped a line");
+            self.stale("audit line dropped");
         }
     }
 
-    fn stale(&self, why: &str) {
-        self.invalidator.all_stale();
+    fn stale(&self, why: &'static str) {
+        self.invalidator.all_stale(why);
         self.metrics.invalidation_stale_mark();
         debug!(why, "audit stream: every cached answer marked stale");
     }
@@ -549,7 +549,7 @@ mod tests {
         assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
         // Vault down now, the absence stale: the revoked key is not resurrected.
         source.down.store(true, Ordering::SeqCst);
-        cache.invalidator().all_stale();
+        cache.invalidator().all_stale("test");
         assert!(cache.get("g", &key.selector()).await.is_err());
         assert!(
             metrics.encode().contains("keygate_invalidations_total 1"),

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod connections;
 pub mod decision;
+pub mod feed;
 pub mod grpc;
 pub mod http;
 pub mod invalidation;

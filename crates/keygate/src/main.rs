@@ -258,7 +258,13 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     );
     let http = connections::serve_http(
         http_listener,
-        http::router_with_group(validator, readiness, config.gateway_group_file.clone()),
+        http::router_with_group(
+            validator,
+            readiness,
+            config.gateway_group_file.clone(),
+            // Well inside the idle timeout, which would close a quiet feed.
+            (limits.idle_timeout / 3).clamp(Duration::from_millis(100), http::FEED_PING),
+        ),
         limits.header_read_timeout,
         until_stopped(stopped),
     );

@@ -53,6 +53,7 @@ pub struct Metrics {
     invalidation_connections: Gauge,
     invalidation_lines_dropped: Counter,
     invalidation_stale_marks: Counter,
+    invalidation_feed_followers: Gauge,
     vault_reads_refused: Counter,
 }
 
@@ -77,6 +78,7 @@ impl Metrics {
         let invalidation_connections = Gauge::default();
         let invalidation_lines_dropped = Counter::default();
         let invalidation_stale_marks = Counter::default();
+        let invalidation_feed_followers = Gauge::default();
         let vault_reads_refused = Counter::default();
         // Counters get `_total` appended by the encoder.
         registry.register(
@@ -130,6 +132,11 @@ impl Metrics {
             invalidation_stale_marks.clone(),
         );
         registry.register(
+            "keygate_invalidation_feed_followers",
+            "Followers of GET /v1/invalidations connected now (Envoy dynamic modules caching keygate's answers)",
+            invalidation_feed_followers.clone(),
+        );
+        registry.register(
             "keygate_vault_reads_refused",
             "Record reads not sent to Vault because limits.vault_reads were in flight and \
              limits.vault_read_queue waiting (answered 503 vault-busy; also counted as result=error reads)",
@@ -164,6 +171,7 @@ impl Metrics {
             invalidation_connections,
             invalidation_lines_dropped,
             invalidation_stale_marks,
+            invalidation_feed_followers,
             vault_reads_refused,
         }
     }
@@ -220,6 +228,15 @@ impl Metrics {
         self.invalidation_stale_marks.inc();
     }
 
+    /// A follower of the invalidation feed connected (`true`) or left.
+    pub fn invalidation_feed_follower(&self, connected: bool) {
+        if connected {
+            self.invalidation_feed_followers.inc();
+        } else {
+            self.invalidation_feed_followers.dec();
+        }
+    }
+
     pub fn vault_read_refused(&self) {
         self.vault_reads_refused.inc();
     }
@@ -257,6 +274,7 @@ mod tests {
             "keygate_invalidations_total 0",
             "keygate_invalidation_stream_connected 0",
             "keygate_invalidation_lines_dropped_total 0",
+            "keygate_invalidation_feed_followers 0",
             "keygate_vault_reads_refused_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

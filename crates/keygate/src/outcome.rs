@@ -79,7 +79,13 @@ impl Reason {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Allow { owner: String, group: String },
+    Allow {
+        owner: String,
+        group: String,
+        /// The key record's `expires`, if it has one: a follower caching
+        /// this answer (the Envoy module) must not outlive it.
+        expires: Option<time::OffsetDateTime>,
+    },
     Deny(Reason),
 }
 

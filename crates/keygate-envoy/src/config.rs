@@ -1,0 +1,203 @@
+//! The filter's two configs, JSON strings in Envoy's config (a
+//! `google.protobuf.StringValue` as `filter_config`, which Envoy hands to
+//! the module as its raw value).
+//!
+//! The filter config (one per HTTP connection manager, shared by all
+//! workers):
+//!
+//! ```json
+//! {"cluster": "keygate_http", "invalidations": "127.0.0.1:9001",
+//!  "positive_ttl_ms": 60000, "resurrect_ttl_ms": 0, "callout_timeout_ms": 3000}
+//! ```
+//!
+//! The per-route config (one per route, naming the route's API group):
+//!
+//! ```json
+//! {"group": "animal-rescue-api"}
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `filter_config` of the `DynamicModuleFilter`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The Envoy cluster of keygate's HTTP port (forward-auth `/auth`).
+    pub cluster: String,
+    /// The `host` header of the callouts and of the feed request.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// keygate's HTTP port as `host:port`, for `GET /v1/invalidations`
+    /// (the module's own thread connects there; it cannot use Envoy's
+    /// cluster). Absent: no feed, a revoked key passes until its entry's
+    /// positive TTL ends.
+    #[serde(default)]
+    pub invalidations: Option<String>,
+    /// How long an answer keygate approved is used without asking again.
+    #[serde(default = "default_positive_ttl_ms")]
+    pub positive_ttl_ms: u64,
+    /// After the positive TTL, how long an approved answer still counts
+    /// when keygate cannot be reached (Kong's `resurrect_ttl`); 0: never.
+    #[serde(default)]
+    pub resurrect_ttl_ms: u64,
+    /// The callout's timeout; past it the request is answered as if keygate
+    /// were unreachable (503, or a resurrected answer).
+    #[serde(default = "default_callout_timeout_ms")]
+    pub callout_timeout_ms: u64,
+}
+
+fn default_authority() -> String {
+    "keygate".to_owned()
+}
+
+fn default_positive_ttl_ms() -> u64 {
+    60_000
+}
+
+fn default_callout_timeout_ms() -> u64 {
+    3_000
+}
+
+impl FilterConfig {
+    /// Parses and checks the filter config; the error names the field and
+    /// what to write instead.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let config: Self = serde_json::from_slice(bytes).map_err(|err| {
+            format!(
+                "keygate-envoy filter_config: {err}: expected a JSON object like \
+                 {{\"cluster\": \"keygate_http\", \"invalidations\": \"127.0.0.1:9001\"}}"
+            )
+        })?;
+        if config.cluster.is_empty() {
+            return Err(
+                "keygate-envoy filter_config.cluster is empty: name the Envoy cluster of keygate's HTTP port"
+                    .into(),
+            );
+        }
+        if config.authority.is_empty() {
+            return Err("keygate-envoy filter_config.authority is empty: leave it out (\"keygate\") or name keygate's host".into());
+        }
+        if config.callout_timeout_ms == 0 {
+            return Err("keygate-envoy filter_config.callout_timeout_ms is 0: give keygate a timeout in milliseconds (3000 by default)".into());
+        }
+        if config.invalidations.as_deref() == Some("") {
+            return Err("keygate-envoy filter_config.invalidations is empty: give keygate's HTTP port as host:port, or leave the field out".into());
+        }
+        Ok(config)
+    }
+
+    pub fn positive_ttl(&self) -> Duration {
+        Duration::from_millis(self.positive_ttl_ms)
+    }
+
+    pub fn resurrect_ttl(&self) -> Duration {
+        Duration::from_millis(self.resurrect_ttl_ms)
+    }
+
+    pub fn callout_timeout(&self) -> Duration {
+        Duration::from_millis(self.callout_timeout_ms)
+    }
+}
+
+/// `filter_config` of a route's `DynamicModuleFilterPerRoute`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The route's API group (`groupId` of its OpenAPI document): keys are
+    /// looked up under it, and keygate must answer for the same group.
+    pub group: String,
+    /// Fault injection, for tests of the module's panic guard: every
+    /// request on this route makes the request-headers hook panic (and so
+    /// is refused with 503 `module-error`). Never set it in production.
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    Panic,
+}
+
+impl RouteConfig {
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let config: Self = serde_json::from_slice(bytes).map_err(|err| {
+            format!(
+                "keygate-envoy per-route filter_config: {err}: expected {{\"group\": \"<groupId>\"}}"
+            )
+        })?;
+        if config.group.is_empty() || config.group.contains('/') {
+            return Err(format!(
+                "keygate-envoy per-route filter_config.group {:?} is not an API group: give the groupId of the route's OpenAPI document",
+                config.group
+            ));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_filter_config_takes_the_defaults() {
+        let config = FilterConfig::parse(br#"{"cluster":"keygate_http"}"#).unwrap();
+        assert_eq!(
+            config,
+            FilterConfig {
+                cluster: "keygate_http".into(),
+                authority: "keygate".into(),
+                invalidations: None,
+                positive_ttl_ms: 60_000,
+                resurrect_ttl_ms: 0,
+                callout_timeout_ms: 3_000,
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (input, expected) in [
+            (&br#"{}"#[..], "missing field `cluster`"),
+            (br#"{"cluster":""}"#, "filter_config.cluster is empty"),
+            (br#"{"cluster":"k","ttl":1}"#, "unknown field `ttl`"),
+            (
+                br#"{"cluster":"k","callout_timeout_ms":0}"#,
+                "callout_timeout_ms is 0",
+            ),
+            (
+                br#"{"cluster":"k","invalidations":""}"#,
+                "invalidations is empty",
+            ),
+            (b"not json", "expected a JSON object"),
+        ] {
+            let err = FilterConfig::parse(input).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        assert_eq!(
+            RouteConfig::parse(br#"{"group":"billing-api"}"#).unwrap(),
+            RouteConfig {
+                group: "billing-api".into(),
+                fault: None,
+            }
+        );
+        assert_eq!(
+            RouteConfig::parse(br#"{"group":"g","fault":"panic"}"#)
+                .unwrap()
+                .fault,
+            Some(Fault::Panic)
+        );
+        for input in [
+            &br#"{}"#[..],
+            br#"{"group":""}"#,
+            br#"{"group":"a/b"}"#,
+            br#"{"group":"g","fault":"crash"}"#,
+        ] {
+            let err = RouteConfig::parse(input).unwrap_err();
+            assert!(err.contains("filter_config"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,909 @@
+//! The hooks Envoy calls (`envoy_dynamic_module_on_*`), each body under
+//! [`guarded`]: a panic is caught, logged, answered with a 503
+//! (`module-error`) for the request it happened in, and never unwinds into
+//! Envoy.
+//!
+//! Threads: the filter config (its [`Shared`], with the table) is created
+//! on Envoy's main thread and used by every worker; a per-stream [`Filter`]
+//! lives on one worker, and its callout's done-hook runs on that same
+//! worker. The feed follower is the module's own thread (`invalidations`).
+//!
+//! One request: the request-headers hook removes client-sent identity
+//! headers, takes the route's group from the per-route config, and decides
+//! from the table (`decide::first`); on a question for keygate it starts an
+//! HTTP callout and stops the request (headers, body and trailers) until
+//! the callout's done-hook, which decides (`decide::answered`) and either
+//! continues the request or sends the denial.
+
+use std::ffi::c_char;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use apikey::ApiKey;
+
+use crate::abi::*;
+use crate::build_info;
+use crate::callout::{self, Answer};
+use crate::config::{Fault, FilterConfig, RouteConfig};
+use crate::decide::{self, Deny, First, Presented, Verdict, reason};
+use crate::invalidations::{Follower, Level};
+use crate::table::Table;
+
+const OWNER_HEADER: &[u8] = b"x-keyrig-owner";
+const GROUP_HEADER: &[u8] = b"x-keyrig-group";
+const API_KEY_HEADER: &[u8] = b"x-api-key";
+const REASON_HEADER: &[u8] = b"x-keyrig-reason";
+
+fn log(level: u32, message: &str) {
+    // SAFETY: a module buffer valid for the call.
+    unsafe { envoy_dynamic_module_callback_log(level, ModuleBuffer::of(message.as_bytes())) }
+}
+
+fn log_enabled(level: u32) -> bool {
+    // SAFETY: no pointers.
+    unsafe { envoy_dynamic_module_callback_log_enabled(level) }
+}
+
+/// The feed follower's log (its own thread; Envoy's logger is thread-safe).
+fn log_feed(level: Level, message: &str) {
+    let level = match level {
+        Level::Debug => LOG_DEBUG,
+        Level::Info => LOG_INFO,
+        Level::Warn => LOG_WARN,
+    };
+    if log_enabled(level) {
+        log(level, message);
+    }
+}
+
+/// Runs a hook's body; on a panic logs it, runs `on_panic` (itself
+/// guarded) and returns `fallback`. Nothing unwinds into Envoy.
+fn guarded<T>(hook: &str, fallback: T, on_panic: impl FnOnce(), body: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(value) => value,
+        Err(_) => {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                log(
+                    LOG_ERROR,
+                    &format!(
+                        "keygate-envoy: the {hook} hook panicked; its request, if any, is refused (503 module-error)"
+                    ),
+                );
+                on_panic();
+            }));
+            fallback
+        }
+    }
+}
+
+/// The filter config: one per HTTP connection manager's filter, shared by
+/// every worker thread's filters.
+struct Shared {
+    settings: FilterConfig,
+    table: Arc<Table>,
+    follower: Mutex<Option<Follower>>,
+}
+
+impl Shared {
+    fn start(settings: FilterConfig) -> Result<Self, String> {
+        let table = Arc::new(Table::new(
+            settings.positive_ttl(),
+            settings.resurrect_ttl(),
+            settings.callout_timeout(),
+        ));
+        // SAFETY: no pointers; called on the main thread (config load).
+        let validating = unsafe { envoy_dynamic_module_callback_is_validation_mode() };
+        let follower = match (&settings.invalidations, validating) {
+            (Some(addr), false) => Some(
+                Follower::start(
+                    addr.clone(),
+                    settings.authority.clone(),
+                    table.clone(),
+                    log_feed,
+                )
+                .map_err(|err| {
+                    format!("keygate-envoy: cannot start the invalidation feed thread: {err}")
+                })?,
+            ),
+            (None, false) => {
+                log(
+                    LOG_WARN,
+                    "keygate-envoy: filter_config.invalidations is not set: a revoked key passes until its entry's positive TTL ends",
+                );
+                None
+            }
+            (_, true) => None,
+        };
+        log(
+            LOG_INFO,
+            &format!(
+                "keygate-envoy: filter config loaded (ABI {}, built for Envoy {}): keygate cluster {:?}, invalidation feed {}, positive TTL {} ms, resurrect TTL {} ms",
+                build_info::ABI_VERSION,
+                build_info::ENVOY_SERIES,
+                settings.cluster,
+                settings.invalidations.as_deref().unwrap_or("off"),
+                settings.positive_ttl_ms,
+                settings.resurrect_ttl_ms,
+            ),
+        );
+        Ok(Self {
+            settings,
+            table,
+            follower: Mutex::new(follower),
+        })
+    }
+}
+
+/// A callout in flight.
+struct Asking {
+    /// Envoy's id, once `http_callout` returned it.
+    callout_id: Option<u64>,
+    group: String,
+    key: ApiKey,
+    /// The table's stamp when the callout started.
+    read_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    /// Identity headers set, the request continues.
+    Allowed,
+    /// A local reply was sent.
+    Denied,
+}
+
+/// One HTTP stream's filter.
+struct Filter {
+    shared: Arc<Shared>,
+    asking: Option<Asking>,
+    finished: Option<Finished>,
+    /// Inside the request-headers hook: a callout answered before
+    /// `http_callout` returned must not call `continue_decoding` (the
+    /// hook's own return value continues the request).
+    in_headers_hook: bool,
+}
+
+impl Filter {
+    fn on_request_headers(&mut self, fe: FilterEnvoyPtr) -> u32 {
+        // The upstream trusts these only from us.
+        set_request_header(fe, OWNER_HEADER, None);
+        set_request_header(fe, GROUP_HEADER, None);
+        // SAFETY: the per-route config pointer is ours (a Box from
+        // per_route_config_new) and lives while the route does, which
+        // outlasts this hook.
+        let route = unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(fe) };
+        if route.is_null() {
+            // A route without the module's per-route config: no API group
+            // serves it, as keygate says for a path it routes nowhere.
+            return self.carry_out(fe, Verdict::Deny(Deny::new(403, "no-route")), false);
+        }
+        // SAFETY: see above.
+        let route = unsafe { &*route.cast::<RouteConfig>() };
+        if route.fault == Some(Fault::Panic) {
+            panic!("fault injection: this route's per-route config asks for a panic");
+        }
+        let group = route.group.clone();
+        let presented = match request_header(fe, API_KEY_HEADER) {
+            (_, 0) => Presented::Missing,
+            (Some(value), 1) => Presented::One(value),
+            _ => Presented::Many,
+        };
+        let now = Instant::now();
+        match decide::first(&self.shared.table, &group, presented, now) {
+            First::Done(verdict) => {
+                debug_decision(&group, None, &verdict, "local");
+                self.carry_out(fe, verdict, false)
+            }
+            First::Ask(key) => self.ask(fe, group, key, now),
+        }
+    }
+
+    fn ask(&mut self, fe: FilterEnvoyPtr, group: String, key: ApiKey, now: Instant) -> u32 {
+        let path = request_header(fe, b":path").0.unwrap_or_default().to_vec();
+        let method = request_header(fe, b":method")
+            .0
+            .unwrap_or_default()
+            .to_vec();
+        let settings = &self.shared.settings;
+        let headers = callout::request_headers(&settings.authority, key.expose(), &path, &method);
+        let mut abi_headers: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(name, value)| ModuleHttpHeader::of(name, value))
+            .collect();
+        let cluster = settings.cluster.clone();
+        let timeout = settings.callout_timeout_ms;
+        // Stamped before the callout leaves: an invalidation from now on
+        // outdates its answer.
+        let read_at = self.shared.table.stamp();
+        self.asking = Some(Asking {
+            callout_id: None,
+            group: group.clone(),
+            key: key.clone(),
+            read_at,
+        });
+        let mut callout_id = 0u64;
+        self.in_headers_hook = true;
+        // SAFETY: every buffer outlives the call; Envoy copies them.
+        let init = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                fe,
+                &mut callout_id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                abi_headers.as_mut_ptr(),
+                abi_headers.len(),
+                ModuleBuffer::of(b""),
+                timeout,
+            )
+        };
+        self.in_headers_hook = false;
+        // Answered already (the done-hook ran inside `http_callout`).
+        if let Some(finished) = self.finished {
+            return match finished {
+                Finished::Allowed => REQUEST_HEADERS_CONTINUE,
+                Finished::Denied => REQUEST_HEADERS_STOP_ITERATION,
+            };
+        }
+        if init != CALLOUT_INIT_SUCCESS {
+            self.asking = None;
+            let what = match init {
+                CALLOUT_INIT_CLUSTER_NOT_FOUND => "no such cluster",
+                CALLOUT_INIT_CANNOT_CREATE_REQUEST => "no healthy host",
+                CALLOUT_INIT_MISSING_REQUIRED_HEADERS => "missing :method, :path or host",
+                CALLOUT_INIT_DUPLICATE_CALLOUT_ID => "duplicate callout id",
+                _ => "unknown result",
+            };
+            log(
+                LOG_WARN,
+                &format!(
+                    "keygate-envoy: cannot ask keygate through cluster {cluster:?} ({what}, result {init}): fix filter_config.cluster"
+                ),
+            );
+            let verdict = decide::resurrected(&self.shared.table, &group, &key, now)
+                .unwrap_or(Verdict::Deny(Deny::new(503, reason::KEYGATE_UNAVAILABLE)));
+            debug_decision(&group, Some(&key), &verdict, "callout not started");
+            return self.carry_out(fe, verdict, false);
+        }
+        if let Some(asking) = &mut self.asking {
+            asking.callout_id = Some(callout_id);
+        }
+        REQUEST_HEADERS_STOP_ALL_ITERATION_AND_WATERMARK
+    }
+
+    fn on_callout_done(
+        &mut self,
+        fe: FilterEnvoyPtr,
+        callout_id: u64,
+        result: u32,
+        headers: &[EnvoyHttpHeader],
+    ) {
+        let ours = self
+            .asking
+            .as_ref()
+            .is_some_and(|a| a.callout_id.is_none_or(|id| id == callout_id));
+        if !ours {
+            return;
+        }
+        let Some(asking) = self.asking.take() else {
+            return;
+        };
+        let answer = if result == CALLOUT_SUCCESS {
+            let pairs: Vec<(&[u8], &[u8])> = headers
+                .iter()
+                // SAFETY: Envoy's header buffers, valid for this hook.
+                .map(|h| unsafe {
+                    (
+                        EnvoyBuffer {
+                            ptr: h.key_ptr,
+                            length: h.key_length,
+                        }
+                        .bytes(),
+                        EnvoyBuffer {
+                            ptr: h.value_ptr,
+                            length: h.value_length,
+                        }
+                        .bytes(),
+                    )
+                })
+                .collect();
+            callout::interpret(Some(&pairs))
+        } else {
+            let what = match result {
+                CALLOUT_RESET => "reset (keygate unreachable, or the callout timed out)",
+                CALLOUT_EXCEED_RESPONSE_BUFFER_LIMIT => "answer too large",
+                _ => "failed",
+            };
+            Answer::Unreachable(format!("the callout to keygate {what}"))
+        };
+        let (verdict, warning) = decide::answered(
+            &self.shared.table,
+            &asking.group,
+            &asking.key,
+            asking.read_at,
+            &answer,
+            Instant::now(),
+            SystemTime::now(),
+        );
+        if let Some(warning) = warning {
+            log(
+                LOG_WARN,
+                &format!(
+                    "keygate-envoy: asking keygate about selector {} of group {}: {warning}",
+                    asking.key.selector(),
+                    asking.group
+                ),
+            );
+        }
+        debug_decision(&asking.group, Some(&asking.key), &verdict, "keygate");
+        let resume = !self.in_headers_hook;
+        self.carry_out(fe, verdict, resume);
+    }
+
+    /// Lets the request through with identity headers (continuing it if it
+    /// was stopped) or sends the denial.
+    fn carry_out(&mut self, fe: FilterEnvoyPtr, verdict: Verdict, resume: bool) -> u32 {
+        match verdict {
+            Verdict::Allow { owner, group } => {
+                set_request_header(fe, OWNER_HEADER, Some(owner.as_bytes()));
+                set_request_header(fe, GROUP_HEADER, Some(group.as_bytes()));
+                self.finished = Some(Finished::Allowed);
+                if resume {
+                    // SAFETY: the stream is alive (Envoy calls our hooks).
+                    unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(fe) };
+                }
+                REQUEST_HEADERS_CONTINUE
+            }
+            Verdict::Deny(deny) => {
+                self.finished = Some(Finished::Denied);
+                send_denial(fe, &deny);
+                REQUEST_HEADERS_STOP_ITERATION
+            }
+        }
+    }
+
+    /// After a caught panic: refuse the request unless it was answered.
+    fn refuse_after_panic(&mut self, fe: FilterEnvoyPtr) {
+        if self.finished.is_none() {
+            self.asking = None;
+            self.finished = Some(Finished::Denied);
+            send_denial(fe, &Deny::new(503, reason::MODULE_ERROR));
+        }
+    }
+}
+
+fn send_denial(fe: FilterEnvoyPtr, deny: &Deny) {
+    let body = deny.body();
+    let details = format!("keygate_{}", deny.reason.replace('-', "_"));
+    let mut headers = [
+        ModuleHttpHeader::of(REASON_HEADER, deny.reason.as_bytes()),
+        ModuleHttpHeader::of(b"content-type", b"application/json"),
+    ];
+    // SAFETY: every buffer outlives the call; Envoy copies them.
+    unsafe {
+        envoy_dynamic_module_callback_http_send_response(
+            fe,
+            u32::from(deny.status),
+            headers.as_mut_ptr(),
+            headers.len(),
+            ModuleBuffer::of(body.as_bytes()),
+            ModuleBuffer::of(details.as_bytes()),
+        );
+    }
+}
+
+/// The first value of request header `name` (valid until the end of the
+/// current hook) and how many values it has.
+fn request_header<'a>(fe: FilterEnvoyPtr, name: &[u8]) -> (Option<&'a [u8]>, usize) {
+    let mut value = EnvoyBuffer::NULL;
+    let mut count = 0usize;
+    // SAFETY: valid out-pointers; the name outlives the call.
+    let found = unsafe {
+        envoy_dynamic_module_callback_http_get_header(
+            fe,
+            HEADER_TYPE_REQUEST_HEADER,
+            ModuleBuffer::of(name),
+            &mut value,
+            0,
+            &mut count,
+        )
+    };
+    if !found || count == 0 || value.ptr.is_null() {
+        return (None, count);
+    }
+    // SAFETY: Envoy's buffer, valid until the end of this hook.
+    (Some(unsafe { value.bytes() }), count)
+}
+
+/// Sets request header `name` to `value`, replacing every value it had;
+/// `None` removes it.
+fn set_request_header(fe: FilterEnvoyPtr, name: &[u8], value: Option<&[u8]>) {
+    let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
+    // SAFETY: the buffers outlive the call; Envoy copies them.
+    unsafe {
+        envoy_dynamic_module_callback_http_set_header(
+            fe,
+            HEADER_TYPE_REQUEST_HEADER,
+            ModuleBuffer::of(name),
+            value,
+        );
+    }
+}
+
+/// One debug line per decision: group, selector (never the key), outcome.
+fn debug_decision(group: &str, key: Option<&ApiKey>, verdict: &Verdict, source: &str) {
+    if !log_enabled(LOG_DEBUG) {
+        return;
+    }
+    let outcome = match verdict {
+        Verdict::Allow { .. } => "allow",
+        Verdict::Deny(deny) => deny.reason.as_str(),
+    };
+    let selector = key.map(|k| k.selector().to_string());
+    log(
+        LOG_DEBUG,
+        &format!(
+            "keygate-envoy: decision group={group} selector={} outcome={outcome} by={source}",
+            selector.as_deref().unwrap_or("-")
+        ),
+    );
+}
+
+/// The filter behind a module pointer Envoy hands back.
+///
+/// # Safety
+/// `fm` must come from `on_http_filter_new` and not be destroyed yet;
+/// Envoy calls a stream's hooks one at a time, on its worker.
+unsafe fn filter<'a>(fm: FilterModulePtr) -> &'a mut Filter {
+    // SAFETY: the caller's contract.
+    unsafe { &mut *(fm as *mut Filter) }
+}
+
+// ------------------------------------------------------------------ hooks
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    build_info::ABI_VERSION_C.as_ptr()
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    _filter_config_envoy_ptr: FilterConfigEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> FilterConfigModulePtr {
+    guarded(
+        "filter config",
+        std::ptr::null(),
+        || {},
+        || {
+            // SAFETY: Envoy's buffer, valid for this hook.
+            let bytes = unsafe { config.bytes() };
+            match FilterConfig::parse(bytes).and_then(Shared::start) {
+                Ok(shared) => Arc::into_raw(Arc::new(shared)).cast(),
+                Err(err) => {
+                    log(LOG_ERROR, &err);
+                    std::ptr::null()
+                }
+            }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    filter_config_ptr: FilterConfigModulePtr,
+) {
+    guarded(
+        "filter config destroy",
+        (),
+        || {},
+        || {
+            // SAFETY: from Arc::into_raw in config_new; Envoy destroys it once.
+            let shared = unsafe { Arc::from_raw(filter_config_ptr.cast::<Shared>()) };
+            let follower = shared
+                .follower
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(follower) = follower {
+                follower.stop();
+            }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> PerRouteConfigModulePtr {
+    guarded(
+        "per-route config",
+        std::ptr::null(),
+        || {},
+        || {
+            // SAFETY: Envoy's buffer, valid for this hook.
+            let bytes = unsafe { config.bytes() };
+            match RouteConfig::parse(bytes) {
+                Ok(route) => Box::into_raw(Box::new(route)).cast_const().cast(),
+                Err(err) => {
+                    log(LOG_ERROR, &err);
+                    std::ptr::null()
+                }
+            }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    filter_config_ptr: PerRouteConfigModulePtr,
+) {
+    guarded(
+        "per-route config destroy",
+        (),
+        || {},
+        || {
+            // SAFETY: from Box::into_raw in per_route_config_new, destroyed once.
+            drop(unsafe { Box::from_raw(filter_config_ptr.cast::<RouteConfig>().cast_mut()) });
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    filter_config_ptr: FilterConfigModulePtr,
+    _filter_envoy_ptr: FilterEnvoyPtr,
+) -> FilterModulePtr {
+    guarded(
+        "filter new",
+        std::ptr::null(),
+        || {},
+        || {
+            let config = filter_config_ptr.cast::<Shared>();
+            // SAFETY: from Arc::into_raw in config_new, alive while Envoy
+            // creates filters from it; the filter holds its own reference.
+            let shared = unsafe {
+                Arc::increment_strong_count(config);
+                Arc::from_raw(config)
+            };
+            Box::into_raw(Box::new(Filter {
+                shared,
+                asking: None,
+                finished: None,
+                in_headers_hook: false,
+            }))
+            .cast_const()
+            .cast()
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    filter_module_ptr: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    guarded(
+        "request headers",
+        REQUEST_HEADERS_STOP_ITERATION,
+        // SAFETY: Envoy's filter pointers for this stream.
+        || unsafe { filter(filter_module_ptr) }.refuse_after_panic(filter_envoy_ptr),
+        // SAFETY: Envoy's filter pointers for this stream.
+        || unsafe { filter(filter_module_ptr) }.on_request_headers(filter_envoy_ptr),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    filter_module_ptr: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    guarded(
+        "request body",
+        REQUEST_BODY_STOP_ITERATION_NO_BUFFER,
+        || {},
+        || {
+            // SAFETY: Envoy's filter pointer for this stream.
+            let filter = unsafe { filter(filter_module_ptr) };
+            match (&filter.asking, filter.finished) {
+                // Still waiting for keygate: hold the body back.
+                (Some(_), _) => REQUEST_BODY_STOP_ITERATION_AND_WATERMARK,
+                (None, Some(Finished::Allowed)) => REQUEST_BODY_CONTINUE,
+                _ => REQUEST_BODY_STOP_ITERATION_NO_BUFFER,
+            }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    filter_module_ptr: FilterModulePtr,
+) -> u32 {
+    guarded(
+        "request trailers",
+        REQUEST_TRAILERS_STOP_ITERATION,
+        || {},
+        || {
+            // SAFETY: Envoy's filter pointer for this stream.
+            let filter = unsafe { filter(filter_module_ptr) };
+            match (&filter.asking, filter.finished) {
+                (None, Some(Finished::Allowed)) => REQUEST_TRAILERS_CONTINUE,
+                _ => REQUEST_TRAILERS_STOP_ITERATION,
+            }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    guarded(
+        "response headers",
+        RESPONSE_CONTINUE,
+        || {},
+        || RESPONSE_CONTINUE,
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    guarded(
+        "response body",
+        RESPONSE_CONTINUE,
+        || {},
+        || RESPONSE_CONTINUE,
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+) -> u32 {
+    guarded(
+        "response trailers",
+        RESPONSE_CONTINUE,
+        || {},
+        || RESPONSE_CONTINUE,
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+) {
+    guarded("stream complete", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module_ptr: FilterModulePtr) {
+    guarded(
+        "filter destroy",
+        (),
+        || {},
+        || {
+            // SAFETY: from Box::into_raw in filter_new; Envoy destroys it once.
+            drop(unsafe { Box::from_raw(filter_module_ptr as *mut Filter) });
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    filter_envoy_ptr: FilterEnvoyPtr,
+    filter_module_ptr: FilterModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *mut EnvoyHttpHeader,
+    headers_size: usize,
+    _body_chunks: *mut EnvoyBuffer,
+    _body_chunks_size: usize,
+) {
+    guarded(
+        "callout done",
+        (),
+        // SAFETY: Envoy's filter pointers for this stream.
+        || unsafe { filter(filter_module_ptr) }.refuse_after_panic(filter_envoy_ptr),
+        || {
+            let headers = if headers.is_null() || headers_size == 0 {
+                &[][..]
+            } else {
+                // SAFETY: Envoy's array of `headers_size`, valid for this hook.
+                unsafe { std::slice::from_raw_parts(headers, headers_size) }
+            };
+            // SAFETY: Envoy's filter pointers for this stream.
+            unsafe { filter(filter_module_ptr) }.on_callout_done(
+                filter_envoy_ptr,
+                callout_id,
+                result,
+                headers,
+            );
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _stream_id: u64,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+    guarded("http stream headers", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+    guarded("http stream data", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _stream_id: u64,
+    _trailers: *mut EnvoyHttpHeader,
+    _trailers_size: usize,
+) {
+    guarded("http stream trailers", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _stream_id: u64,
+) {
+    guarded("http stream complete", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _stream_id: u64,
+    _reason: u32,
+) {
+    guarded("http stream reset", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _event_id: u64,
+) {
+    guarded("scheduled", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _filter_config_envoy_ptr: FilterConfigEnvoyPtr,
+    _filter_config_ptr: FilterConfigModulePtr,
+    _event_id: u64,
+) {
+    guarded("config scheduled", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _filter_config_envoy_ptr: FilterConfigEnvoyPtr,
+    _filter_config_ptr: FilterConfigModulePtr,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _body_chunks: *mut EnvoyBuffer,
+    _body_chunks_size: usize,
+) {
+    guarded("config callout done", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    _filter_config_envoy_ptr: FilterConfigEnvoyPtr,
+    _filter_config_ptr: FilterConfigModulePtr,
+    _stream_id: u64,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+    guarded("config http stream headers", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    _filter_config_envoy_ptr: FilterConfigEnvoyPtr,
+    _filter_config_ptr: FilterConfigModulePtr,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+    guarded("config http stream data", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    _filter_config_envoy_ptr: FilterConfigEnvoyPtr,
+    _filter_config_ptr: FilterConfigModulePtr,
+    _stream_id: u64,
+    _trailers: *mut EnvoyHttpHeader,
+    _trailers_size: usize,
+) {
+    guarded("config http stream trailers", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    _filter_config_envoy_ptr: FilterConfigEnvoyPtr,
+    _filter_config_ptr: FilterConfigModulePtr,
+    _stream_id: u64,
+) {
+    guarded("config http stream complete", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    _filter_config_envoy_ptr: FilterConfigEnvoyPtr,
+    _filter_config_ptr: FilterConfigModulePtr,
+    _stream_id: u64,
+    _reason: u32,
+) {
+    guarded("config http stream reset", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+) {
+    guarded("above high watermark", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+) {
+    guarded("below low watermark", (), || {}, || {})
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
+    _filter_envoy_ptr: FilterEnvoyPtr,
+    _filter_module_ptr: FilterModulePtr,
+    _response_code: u32,
+    _details: EnvoyBuffer,
+    _reset_imminent: bool,
+) -> u32 {
+    guarded(
+        "local reply",
+        LOCAL_REPLY_CONTINUE,
+        || {},
+        || LOCAL_REPLY_CONTINUE,
+    )
+}

@@ -1,0 +1,496 @@
+//! Following keygate's invalidation feed (`GET /v1/invalidations`, see
+//! `keygate::feed`): one thread of the module's own per filter config,
+//! shared by all workers through the table, reading JSON lines from a
+//! plain `std::net::TcpStream` and applying each one to the table.
+//!
+//! A line can only remove state: `drop` forgets one key (and outdates any
+//! callout in flight for it), `stale` makes every entry ask keygate again,
+//! `ping` does nothing, and anything else (unparseable, unknown) counts as
+//! `stale`, since it might have been a removal. A forged line costs
+//! callouts to keygate, never an allowed request.
+//!
+//! Disconnected (keygate down or restarting), the thread reconnects with
+//! backoff; meanwhile entries live out their positive TTL, and keygate's
+//! first line after the reconnect (`stale`) makes everything held be asked
+//! again, since revocations may have been missed.
+//!
+//! Envoy's worker threads never wait for this thread: they only take the
+//! table's locks, which the thread holds for one insert or remove.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::table::Table;
+
+/// Longer lines are not keygate's (a drop line is ~120 bytes).
+const MAX_LINE: usize = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// keygate pings at least every 10 s; three missed pings and the
+/// connection is presumed dead (a half-open TCP connection sends nothing).
+const READ_TIMEOUT: Duration = Duration::from_secs(35);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where log lines go (Envoy's log from the module, stderr in tests).
+pub type Log = fn(level: Level, message: &str);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+}
+
+/// What one line did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Dropped,
+    Stale(String),
+    Ping,
+    /// Not a line of keygate's feed: treated as `stale`.
+    Unknown,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    #[serde(rename = "type")]
+    kind: String,
+    group: Option<String>,
+    selector: Option<String>,
+    why: Option<String>,
+}
+
+/// Applies one feed line to `table`.
+pub fn apply(line: &[u8], table: &Table) -> Applied {
+    let Ok(line) = serde_json::from_slice::<Line>(line) else {
+        table.all_stale();
+        return Applied::Unknown;
+    };
+    match (line.kind.as_str(), line.group, line.selector) {
+        ("drop", Some(group), Some(selector)) => {
+            table.drop_key(&group, &selector);
+            Applied::Dropped
+        }
+        ("stale", _, _) => {
+            table.all_stale();
+            Applied::Stale(line.why.unwrap_or_default())
+        }
+        ("ping", _, _) => Applied::Ping,
+        _ => {
+            table.all_stale();
+            Applied::Unknown
+        }
+    }
+}
+
+/// The running follower thread; [`Follower::stop`] ends it.
+pub struct Follower {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    /// Wakes the backoff sleep at once on stop.
+    wake: (Mutex<()>, Condvar),
+    /// The connection being read, so stop can shut it down under the read.
+    socket: Mutex<Option<TcpStream>>,
+}
+
+impl Follower {
+    /// Starts following `addr` (keygate's HTTP port, `host:port`).
+    pub fn start(addr: String, authority: String, table: Arc<Table>, log: Log) -> io::Result<Self> {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
+            socket: Mutex::new(None),
+        });
+        let thread = std::thread::Builder::new()
+            .name("keygate-feed".into())
+            .spawn({
+                let shared = shared.clone();
+                move || run(&shared, &addr, &authority, &table, log)
+            })?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the thread and waits for it (at most a connect timeout).
+    pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(socket) = lock(&self.shared.socket).take() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        self.shared.wake.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn run(shared: &Shared, addr: &str, authority: &str, table: &Table, log: Log) {
+    let mut backoff = MIN_BACKOFF;
+    let mut down_reported = false;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let mut followed = false;
+        let result = follow(shared, addr, authority, table, log, &mut followed);
+        *lock(&shared.socket) = None;
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if followed {
+            backoff = MIN_BACKOFF;
+            down_reported = false;
+        }
+        let why = match result {
+            Ok(()) => "keygate ended the feed".to_owned(),
+            Err(err) => err,
+        };
+        if !down_reported {
+            log(
+                Level::Warn,
+                &format!(
+                    "keygate-envoy: invalidation feed from {addr} lost ({why}); reconnecting, \
+                     cached keys expire at the positive TTL meanwhile"
+                ),
+            );
+            down_reported = true;
+        } else {
+            log(
+                Level::Debug,
+                &format!("keygate-envoy: invalidation feed from {addr}: {why}"),
+            );
+        }
+        let (mutex, wake) = &shared.wake;
+        let guard = lock(mutex);
+        let _ = wake
+            .wait_timeout_while(guard, backoff, |()| !shared.stop.load(Ordering::SeqCst))
+            .map(drop);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection: request the feed, apply its lines until it ends.
+fn follow(
+    shared: &Shared,
+    addr: &str,
+    authority: &str,
+    table: &Table,
+    log: Log,
+    followed: &mut bool,
+) -> Result<(), String> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {addr}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
+        .map_err(|err| format!("cannot connect: {err}"))?;
+    let io_err = |err: io::Error| err.to_string();
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .map_err(io_err)?;
+    stream.set_nodelay(true).map_err(io_err)?;
+    *lock(&shared.socket) = Some(stream.try_clone().map_err(io_err)?);
+    if shared.stop.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    write!(
+        stream,
+        "GET /v1/invalidations HTTP/1.1\r\nhost: {authority}\r\naccept: application/x-ndjson\r\n\r\n"
+    )
+    .map_err(|err| format!("cannot send the request: {err}"))?;
+    let mut reader = BufReader::new(stream);
+    let chunked = response_head(&mut reader)?;
+    let mut body = BufReader::new(Body::new(reader, chunked));
+    let mut line = Vec::new();
+    loop {
+        match read_line(&mut body, &mut line) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(err) => return Err(format!("reading the feed: {err}")),
+        }
+        let applied = apply(&line, table);
+        if !*followed {
+            *followed = true;
+            log(
+                Level::Info,
+                &format!(
+                    "keygate-envoy: following keygate's invalidation feed at {addr}: revoked keys are dropped as keygate drops them"
+                ),
+            );
+        }
+        match applied {
+            Applied::Dropped | Applied::Ping => {}
+            Applied::Stale(why) => log(
+                Level::Debug,
+                &format!("keygate-envoy: keygate marked every answer stale ({why})"),
+            ),
+            Applied::Unknown => log(
+                Level::Warn,
+                "keygate-envoy: a line of the invalidation feed is not keygate's; every cached key is asked again",
+            ),
+        }
+    }
+}
+
+/// Reads the status line and headers (parsed by `httparse`); `Ok(chunked)`
+/// for a 200.
+fn response_head(reader: &mut impl BufRead) -> Result<bool, String> {
+    let mut head = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        if !read_line(reader, &mut line).map_err(|err| format!("reading the answer: {err}"))? {
+            return Err("keygate closed the connection before answering".into());
+        }
+        head.extend_from_slice(&line);
+        head.push(b'\n');
+        if line.is_empty() || line.as_slice() == b"\r" {
+            break;
+        }
+        if head.len() > MAX_LINE {
+            return Err("keygate's answer has more than 64 KiB of headers".into());
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err("keygate's answer is not HTTP/1.1".into()),
+    }
+    if response.code != Some(200) {
+        return Err(format!(
+            "keygate answered {} {} to GET /v1/invalidations (a keygate with the invalidation feed answers 200)",
+            response.code.unwrap_or_default(),
+            response.reason.unwrap_or_default()
+        ));
+    }
+    Ok(response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked")
+    }))
+}
+
+/// One line into `line` (without `\n`); `Ok(false)` at the end of input.
+/// A line longer than [`MAX_LINE`] is an error: not keygate's.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+    line.clear();
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return if line.is_empty() {
+                Ok(false)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the feed ended inside a line",
+                ))
+            };
+        }
+        let (chunk, ends) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(at) => (&buffer[..at], true),
+            None => (buffer, false),
+        };
+        if line.len() + chunk.len() > MAX_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a line longer than {MAX_LINE} bytes"),
+            ));
+        }
+        line.extend_from_slice(chunk);
+        let used = chunk.len() + usize::from(ends);
+        reader.consume(used);
+        if ends {
+            return Ok(true);
+        }
+    }
+}
+
+/// A response body: as it comes, or decoded from chunked encoding (what
+/// keygate's HTTP/1.1 server sends for a body of unknown length).
+struct Body<R> {
+    inner: R,
+    chunked: bool,
+    /// Bytes left in the current chunk.
+    left: usize,
+    /// A chunk's data ended; its CRLF is next.
+    after_chunk: bool,
+    done: bool,
+}
+
+impl<R: BufRead> Body<R> {
+    fn new(inner: R, chunked: bool) -> Self {
+        Self {
+            inner,
+            chunked,
+            left: 0,
+            after_chunk: false,
+            done: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for Body<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.chunked {
+            return self.inner.read(out);
+        }
+        let mut line = Vec::new();
+        loop {
+            if self.done || out.is_empty() {
+                return Ok(0);
+            }
+            if self.left > 0 {
+                let want = out.len().min(self.left);
+                let got = self.inner.read(&mut out[..want])?;
+                if got == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.left -= got;
+                self.after_chunk = self.left == 0;
+                return Ok(got);
+            }
+            if std::mem::take(&mut self.after_chunk) {
+                read_line(&mut self.inner, &mut line)?;
+                if line.as_slice() != b"\r" && !line.is_empty() {
+                    return Err(invalid("no CRLF after a chunk"));
+                }
+            }
+            if !read_line(&mut self.inner, &mut line)? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            line.push(b'\n');
+            self.left = match httparse::parse_chunk_size(&line) {
+                Ok(httparse::Status::Complete((_, size))) => {
+                    usize::try_from(size).map_err(|_| invalid("a chunk too large"))?
+                }
+                _ => return Err(invalid("a chunk size line is not one")),
+            };
+            if self.left == 0 {
+                self.done = true;
+            }
+        }
+    }
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{Approved, Lookup};
+    use apikey::ApiKey;
+    use std::time::Instant;
+
+    fn table_with(key: &ApiKey) -> Table {
+        let table = Table::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_secs(3),
+        );
+        let approved = Approved {
+            hash: key.verifier_hash(),
+            owner: "o".into(),
+        };
+        table.insert(
+            "g",
+            key.selector().as_str(),
+            approved,
+            table.stamp(),
+            Instant::now(),
+            None,
+        );
+        table
+    }
+
+    fn held(table: &Table, key: &ApiKey) -> bool {
+        matches!(
+            table.lookup("g", key.selector().as_str(), Instant::now()),
+            Lookup::Fresh(_)
+        )
+    }
+
+    #[test]
+    fn lines_only_remove_state() {
+        let key = ApiKey::generate();
+        let table = table_with(&key);
+        assert_eq!(apply(br#"{"type":"ping"}"#, &table), Applied::Ping);
+        let other = format!(
+            r#"{{"type":"drop","group":"g","selector":"{}"}}"#,
+            "0".repeat(32)
+        );
+        assert_eq!(apply(other.as_bytes(), &table), Applied::Dropped);
+        assert!(held(&table, &key));
+        let this = format!(
+            r#"{{"type":"drop","group":"g","selector":"{}"}}"#,
+            key.selector()
+        );
+        assert_eq!(apply(this.as_bytes(), &table), Applied::Dropped);
+        assert!(!held(&table, &key));
+        assert!(
+            table
+                .resurrect("g", key.selector().as_str(), Instant::now())
+                .is_none()
+        );
+
+        for line in [
+            &br#"{"type":"stale","why":"connected"}"#[..],
+            br#"{"type":"allow","group":"g"}"#,
+            br#"{"type":"drop","group":"g"}"#,
+            b"garbage",
+        ] {
+            let table = table_with(&key);
+            assert_ne!(apply(line, &table), Applied::Ping);
+            assert!(!held(&table, &key), "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded_into_lines() {
+        let wire = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n\
+            23\r\n{\"type\":\"stale\",\"why\":\"connected\"}\n\r\n\
+            8\r\n{\"type\":\r\n8;ext=1\r\n\"ping\"}\n\r\n0\r\n\r\n";
+        let mut reader = BufReader::new(&wire[..]);
+        assert!(response_head(&mut reader).unwrap());
+        let mut body = BufReader::new(Body::new(reader, true));
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while read_line(&mut body, &mut line).unwrap() {
+            lines.push(String::from_utf8(line.clone()).unwrap());
+        }
+        assert_eq!(
+            lines,
+            [
+                r#"{"type":"stale","why":"connected"}"#,
+                r#"{"type":"ping"}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_what_keygate_said() {
+        let wire = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        let err = response_head(&mut BufReader::new(&wire[..])).unwrap_err();
+        assert!(err.contains("keygate answered 404 Not Found"), "{err}");
+        let mut long = BufReader::new(std::io::repeat(b'x').take(MAX_LINE as u64 + 10));
+        assert!(read_line(&mut long, &mut Vec::new()).is_err());
+    }
+}

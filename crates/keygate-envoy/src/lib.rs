@@ -1,0 +1,35 @@
+//! keygate inside Envoy: an HTTP filter for Envoy 1.40's dynamic modules
+//! (`DynamicModuleFilter`) that validates Tanzu API-portal keys on Envoy's
+//! worker threads from a table of what keygate approved, asks keygate (an
+//! HTTP callout to its forward-auth endpoint) on a miss, and follows
+//! keygate's invalidation feed so a revoked key is refused as soon as
+//! keygate drops it. keygate stays the only Vault client.
+//!
+//! See README.md for loading it into Envoy and what was learnt about the
+//! ABI. Modules, each over the ones before it:
+//!
+//! - `config`: the filter and per-route JSON configs;
+//! - `table`: (group, selector) -> approved verifier hash and owner;
+//! - `callout`: the forward-auth request and what keygate's answer means;
+//! - `decide`: the decision for one request, from the table or keygate;
+//! - `invalidations`: the feed follower thread;
+//! - `build_info`: the ABI / Envoy version the build is for;
+//! - `abi`: the raw `extern "C"` declarations;
+//! - `filter`: the hooks Envoy calls.
+//!
+//! `abi` and `filter` are left out of the unit tests: they reference
+//! callbacks only Envoy's process defines, so a test binary could not link.
+//! The integration test in `crates/rig/tests/keygate_envoy.rs` runs them
+//! inside the pinned Envoy.
+
+pub mod build_info;
+pub mod callout;
+pub mod config;
+pub mod decide;
+pub mod invalidations;
+pub mod table;
+
+#[cfg(not(test))]
+mod abi;
+#[cfg(not(test))]
+mod filter;

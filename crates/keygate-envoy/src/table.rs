@@ -1,0 +1,330 @@
+//! (group, selector) -> what keygate approved: the SHA-256 of the verifier
+//! of the key keygate answered 200 for, and its owner. Shared by every
+//! worker thread (the filter config owns it) and by the invalidation
+//! thread, so behind locks; lookups take a read lock only.
+//!
+//! Never Vault's record: the module caches keygate's answers, and an entry
+//! exists only because keygate answered 200 for a key whose verifier hashes
+//! to it. A request is allowed from the table only after its own verifier
+//! hashes to the same value (compared in constant time, `ApiKey::verify`).
+//!
+//! Freshness mirrors keygate's cache (`keygate::cache`): every callout is
+//! stamped from a counter when it starts; an invalidation of a key records a
+//! tombstone stamp, a `stale` line moves a global "stale before" stamp, and
+//! an answer is stored only if its callout started after both, so a callout
+//! in flight while the key was revoked cannot put the old answer back.
+//! Entries live for the positive TTL (and never past the key's `expires`),
+//! stale or not; after it, within the resurrect window, they answer only
+//! when keygate cannot be reached. Invalidations only ever remove state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use apikey::VerifierHash;
+
+/// Bounds memory: each approved key is one entry. Past this, answers are
+/// still given but not kept until expired entries make room.
+pub const MAX_ENTRIES: usize = 100_000;
+/// Tombstones beyond this many are pruned of those no callout can race.
+const TOMBSTONE_PRUNE_AT: usize = 4096;
+
+type Key = (String, String);
+
+#[derive(Debug, Clone)]
+struct Entry {
+    hash: VerifierHash,
+    owner: Arc<str>,
+    /// The stamp of the callout that produced it.
+    read_at: u64,
+    /// Used without asking keygate until then.
+    fresh_until: Instant,
+    /// Used when keygate cannot be reached until then.
+    resurrect_until: Instant,
+}
+
+/// What a key's approved verifier hash and owner are, as the table holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    pub hash: VerifierHash,
+    pub owner: Arc<str>,
+}
+
+/// A lookup's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Within its positive TTL and not stale: usable without keygate.
+    Fresh(Approved),
+    /// Nothing usable: ask keygate.
+    Ask,
+}
+
+pub struct Table {
+    entries: RwLock<HashMap<Key, Entry>>,
+    /// Every callout and every invalidation takes the next value; 0 is
+    /// "never", so the first callout is stamped 1.
+    clock: AtomicU64,
+    stale_before: AtomicU64,
+    /// Per key, the stamp and time of its last invalidation.
+    tombstones: Mutex<HashMap<Key, (u64, Instant)>>,
+    positive_ttl: Duration,
+    resurrect_ttl: Duration,
+    /// How long a tombstone must be kept: longer than any callout can take.
+    tombstone_life: Duration,
+}
+
+impl Table {
+    pub fn new(positive_ttl: Duration, resurrect_ttl: Duration, callout_timeout: Duration) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            clock: AtomicU64::new(1),
+            stale_before: AtomicU64::new(0),
+            tombstones: Mutex::new(HashMap::new()),
+            positive_ttl,
+            resurrect_ttl,
+            tombstone_life: callout_timeout + Duration::from_secs(1),
+        }
+    }
+
+    /// The stamp for a callout that starts now.
+    pub fn stamp(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub fn lookup(&self, group: &str, selector: &str, now: Instant) -> Lookup {
+        let entries = read(&self.entries);
+        let Some(entry) = entries.get(&(group.to_owned(), selector.to_owned())) else {
+            return Lookup::Ask;
+        };
+        if now < entry.fresh_until && entry.read_at > self.stale_before.load(Ordering::SeqCst) {
+            Lookup::Fresh(Approved {
+                hash: entry.hash.clone(),
+                owner: entry.owner.clone(),
+            })
+        } else {
+            Lookup::Ask
+        }
+    }
+
+    /// The approved answer for a key when keygate cannot be reached: any
+    /// entry still within its resurrect window, stale or not (a lost feed
+    /// must not end resurrection), unless invalidated, which removed it.
+    pub fn resurrect(&self, group: &str, selector: &str, now: Instant) -> Option<Approved> {
+        let entries = read(&self.entries);
+        let entry = entries.get(&(group.to_owned(), selector.to_owned()))?;
+        (now < entry.resurrect_until).then(|| Approved {
+            hash: entry.hash.clone(),
+            owner: entry.owner.clone(),
+        })
+    }
+
+    /// Stores what keygate approved for a callout stamped `read_at`, unless
+    /// an invalidation came after that stamp. `lasts` caps the entry's life
+    /// (the key's `expires`, from now); `None`: the TTLs alone.
+    pub fn insert(
+        &self,
+        group: &str,
+        selector: &str,
+        approved: Approved,
+        read_at: u64,
+        now: Instant,
+        lasts: Option<Duration>,
+    ) -> bool {
+        let key = (group.to_owned(), selector.to_owned());
+        if read_at <= self.stale_before.load(Ordering::SeqCst) {
+            return false;
+        }
+        let cap = |at: Instant| match lasts {
+            Some(lasts) => at.min(now + lasts),
+            None => at,
+        };
+        let entry = Entry {
+            hash: approved.hash,
+            owner: approved.owner,
+            read_at,
+            fresh_until: cap(now + self.positive_ttl),
+            resurrect_until: cap(now + self.positive_ttl + self.resurrect_ttl),
+        };
+        // The tombstone check and the insert under one lock order
+        // (tombstones, then entries), the same `drop_key` takes, so a drop
+        // cannot slip between them.
+        let tombstones = lock(&self.tombstones);
+        if tombstones
+            .get(&key)
+            .is_some_and(|(dropped, _)| read_at <= *dropped)
+        {
+            return false;
+        }
+        let mut entries = write(&self.entries);
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
+            entries.retain(|_, e| now < e.resurrect_until);
+            if entries.len() >= MAX_ENTRIES {
+                return false;
+            }
+        }
+        entries.insert(key, entry);
+        true
+    }
+
+    /// keygate dropped this key (revoked, rewritten): forget it, and refuse
+    /// any answer from a callout that started before now.
+    pub fn drop_key(&self, group: &str, selector: &str) {
+        let key = (group.to_owned(), selector.to_owned());
+        let now = Instant::now();
+        let mut tombstones = lock(&self.tombstones);
+        let stamp = self.stamp();
+        if tombstones.len() >= TOMBSTONE_PRUNE_AT {
+            let life = self.tombstone_life;
+            tombstones.retain(|_, (_, at)| now.duration_since(*at) < life);
+        }
+        tombstones.insert(key.clone(), (stamp, now));
+        write(&self.entries).remove(&key);
+    }
+
+    /// keygate denied this key: forget the entry (no tombstone: keygate's
+    /// answer is the newest there is).
+    pub fn forget(&self, group: &str, selector: &str) {
+        write(&self.entries).remove(&(group.to_owned(), selector.to_owned()));
+    }
+
+    /// Every entry held now must be confirmed by keygate before it is used
+    /// again (it may still be resurrected while keygate is unreachable).
+    pub fn all_stale(&self) {
+        let stamp = self.stamp();
+        self.stale_before.fetch_max(stamp, Ordering::SeqCst);
+    }
+
+    pub fn len(&self) -> usize {
+        read(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        read(&self.entries).is_empty()
+    }
+}
+
+// A panic while a lock is held (which `filter` catches) poisons it; the
+// data behind these locks is valid after any partial operation (single
+// inserts and removes), so the table keeps working instead of denying
+// every request from then on.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apikey::ApiKey;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn approved(key: &ApiKey) -> Approved {
+        Approved {
+            hash: key.verifier_hash(),
+            owner: "owner-1".into(),
+        }
+    }
+
+    fn fresh(key: &ApiKey) -> Lookup {
+        Lookup::Fresh(approved(key))
+    }
+
+    #[test]
+    fn an_approved_key_is_fresh_for_the_positive_ttl_then_resurrectable_then_gone() {
+        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let key = ApiKey::generate();
+        let sel = key.selector();
+        let now = Instant::now();
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Ask);
+        let stamp = table.stamp();
+        assert!(table.insert("g", sel.as_str(), approved(&key), stamp, now, None));
+        assert_eq!(table.lookup("g", sel.as_str(), now), fresh(&key));
+        assert_eq!(table.lookup("other", sel.as_str(), now), Lookup::Ask);
+        let later = now + MIN + Duration::from_secs(1);
+        assert_eq!(table.lookup("g", sel.as_str(), later), Lookup::Ask);
+        assert_eq!(
+            table.resurrect("g", sel.as_str(), later),
+            Some(approved(&key))
+        );
+        assert_eq!(table.resurrect("g", sel.as_str(), later + MIN), None);
+    }
+
+    #[test]
+    fn an_expiry_caps_both_windows() {
+        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let key = ApiKey::generate();
+        let sel = key.selector();
+        let now = Instant::now();
+        let stamp = table.stamp();
+        let lasts = Some(Duration::from_secs(5));
+        assert!(table.insert("g", sel.as_str(), approved(&key), stamp, now, lasts));
+        let after = now + Duration::from_secs(6);
+        assert_eq!(table.lookup("g", sel.as_str(), after), Lookup::Ask);
+        assert_eq!(table.resurrect("g", sel.as_str(), after), None);
+    }
+
+    #[test]
+    fn a_drop_removes_the_key_and_outdates_callouts_started_before_it() {
+        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let key = ApiKey::generate();
+        let sel = key.selector();
+        let now = Instant::now();
+        let before = table.stamp();
+        assert!(table.insert("g", sel.as_str(), approved(&key), before, now, None));
+        let in_flight = table.stamp();
+        table.drop_key("g", sel.as_str());
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Ask);
+        assert_eq!(table.resurrect("g", sel.as_str(), now), None);
+        // The callout that raced the revocation cannot bring it back...
+        assert!(!table.insert("g", sel.as_str(), approved(&key), in_flight, now, None));
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Ask);
+        // ...one that started after it can (keygate read Vault again).
+        let after = table.stamp();
+        assert!(table.insert("g", sel.as_str(), approved(&key), after, now, None));
+        assert_eq!(table.lookup("g", sel.as_str(), now), fresh(&key));
+    }
+
+    #[test]
+    fn stale_entries_are_asked_again_but_still_resurrectable() {
+        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let key = ApiKey::generate();
+        let sel = key.selector();
+        let now = Instant::now();
+        let before = table.stamp();
+        assert!(table.insert("g", sel.as_str(), approved(&key), before, now, None));
+        let in_flight = table.stamp();
+        table.all_stale();
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Ask);
+        assert_eq!(
+            table.resurrect("g", sel.as_str(), now),
+            Some(approved(&key))
+        );
+        assert!(!table.insert("g", sel.as_str(), approved(&key), in_flight, now, None));
+        let after = table.stamp();
+        assert!(table.insert("g", sel.as_str(), approved(&key), after, now, None));
+        assert_eq!(table.lookup("g", sel.as_str(), now), fresh(&key));
+    }
+
+    #[test]
+    fn forgetting_removes_without_outdating() {
+        let table = Table::new(MIN, Duration::ZERO, Duration::from_secs(3));
+        let key = ApiKey::generate();
+        let sel = key.selector();
+        let now = Instant::now();
+        let stamp = table.stamp();
+        assert!(table.insert("g", sel.as_str(), approved(&key), stamp, now, None));
+        table.forget("g", sel.as_str());
+        assert_eq!(table.len(), 0);
+        assert!(table.insert("g", sel.as_str(), approved(&key), stamp, now, None));
+    }
+}

@@ -1,0 +1,626 @@
+//! keygate inside Envoy, end to end with real components: a dev OpenBao
+//! (file and socket audit devices), keygate following its audit stream,
+//! and the pinned Envoy with the `keygate-envoy` dynamic module loaded
+//! (`rig::process::envoy_module`), one route per API group, in front of
+//! the echo upstream (which shows the headers the upstream received).
+//!
+//! The module library is `target/debug/libkeygate_envoy.so` (built here
+//! with `cargo build -p keygate-envoy` when missing) or
+//! `$KEYRIG_KEYGATE_ENVOY`; keygate is the `Keygate` component's binary.
+//! Without the pinned Envoy the case is recorded as skipped (`CaseGuard`)
+//! and says so on stderr; it never passes without having run. bao missing
+//! is a failure, as in the other tests here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apikey::{ApiKey, KeyRecord};
+use rig::base::run::RunDir;
+use rig::base::wait::{Probe, wait_until};
+use rig::contract::case::CaseGuard;
+use rig::process::components::{DevVault, Keygate};
+use rig::process::envoy_module;
+use rig::process::supervisor::{Readiness, StopMode, Supervisor};
+use rig::vault::client::VaultClient;
+
+const KV_MOUNT: &str = "api-portal-keys";
+const BILLING: &str = "billing-api";
+const ANIMALS: &str = "animal-rescue-api";
+/// Long, so that only an invalidation can explain a revoked key's refusal
+/// within the waits below (which are far shorter).
+const POSITIVE_TTL: Duration = Duration::from_secs(60);
+/// The revocation wait: keygate drops the key within milliseconds of
+/// Vault's audit entry; this only bounds a broken pipeline.
+const REVOCATION_DEADLINE: Duration = Duration::from_secs(10);
+
+const BILLING_API: &str = "\
+openapi: 3.0.1
+groupId: billing-api
+servers:
+  - url: /billing
+paths:
+  /invoices: {}
+  /invoices/{invoiceId}: {}
+";
+
+const ANIMALS_API: &str = "\
+openapi: 3.0.1
+groupId: animal-rescue-api
+servers:
+  - url: /animal-rescue
+paths:
+  /animals: {}
+";
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn free() -> SocketAddr {
+    loopback(rig::base::ports::free_port().unwrap())
+}
+
+/// The pinned Envoy, or `None` with the case marked skipped when it is not
+/// installed. Any other problem (an override that does not run) fails.
+fn envoy_or_skip(case: &mut CaseGuard) -> Option<PathBuf> {
+    let resolved = rig::process::tools::Tools::load_default()
+        .unwrap()
+        .resolve("envoy");
+    match resolved {
+        Ok(tool) => Some(tool.path),
+        Err(err @ rig::process::tools::ToolError::Missing { .. }) => {
+            let reason = err.to_string();
+            eprintln!("SKIPPED keygate_envoy: {reason}");
+            case.skip(reason);
+            None
+        }
+        Err(err) => panic!("cannot use the pinned Envoy: {err:#}"),
+    }
+}
+
+/// The module library: the override, or the workspace's debug build
+/// (built now when missing).
+fn module_library() -> PathBuf {
+    let module = envoy_module::default_module();
+    if !module.is_file() && std::env::var_os(envoy_module::MODULE_VAR).is_none() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "keygate-envoy"])
+            .current_dir(rig::base::paths::workspace_root())
+            .status()
+            .expect("running cargo build -p keygate-envoy");
+        assert!(status.success(), "cargo build -p keygate-envoy failed");
+    }
+    assert!(
+        module.is_file(),
+        "no module library at {}: build it with `cargo build -p keygate-envoy` or set {}",
+        module.display(),
+        envoy_module::MODULE_VAR
+    );
+    module
+}
+
+struct Stack {
+    run: RunDir,
+    supervisor: Supervisor,
+    root: VaultClient,
+    keygate: String,
+    gateway: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start(envoy: &Path, module: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create_in(dir.path()).unwrap();
+        let mut supervisor = Supervisor::new(&run);
+        let bao = rig::process::tools::pinned_for_tests("bao");
+
+        // Vault, with the file device beside the socket one (Vault serves
+        // while any audit device works, and keygate starts after Vault).
+        let audit = free();
+        let bao_config = run.path().join("bao.hcl");
+        std::fs::write(
+            &bao_config,
+            format!(
+                "{}{}",
+                rig::vault::audit::file_audit_config(&run.logs_dir().join("vault-audit.log")),
+                rig::vault::audit::socket_audit_config(audit)
+            ),
+        )
+        .unwrap();
+        let vault = DevVault::default()
+            .with_config_file(&bao_config)
+            .start(&bao, &run, &mut supervisor)
+            .await
+            .unwrap();
+        let root = vault.root.clone();
+        root.enable_kv2(KV_MOUNT).await.unwrap();
+        root.enable_auth("approle", "approle").await.unwrap();
+        root.put_policy(
+            "keygate-read",
+            &format!(r#"path "{KV_MOUNT}/data/*" {{ capabilities = ["read"] }}"#),
+        )
+        .await
+        .unwrap();
+        root.approle_write_role(
+            "keygate",
+            &["keygate-read".to_owned()],
+            Duration::from_secs(3600),
+            Duration::from_secs(7200),
+        )
+        .await
+        .unwrap();
+        let role_id = root.approle_role_id("keygate").await.unwrap();
+        let secret_id = root
+            .approle_new_secret_id("keygate")
+            .await
+            .unwrap()
+            .secret_id
+            .expose()
+            .to_owned();
+        rig::base::redact::register_in_run(run.path(), &secret_id).unwrap();
+        run.write_secret("role-id", &role_id).unwrap();
+        run.write_secret("secret-id", &secret_id).unwrap();
+        std::fs::write(run.path().join("billing.yaml"), BILLING_API).unwrap();
+        std::fs::write(run.path().join("animals.yaml"), ANIMALS_API).unwrap();
+
+        // keygate, following Vault's audit stream.
+        let http = free();
+        let keygate_config = run.path().join("keygate.yaml");
+        std::fs::write(
+            &keygate_config,
+            format!(
+                "\
+listen:
+  grpc: {grpc}
+  http: {http}
+vault:
+  address: {address}
+  kv_mount: {KV_MOUNT}
+  auth:
+    approle:
+      role_id_file: {secrets}/role-id
+      secret_id_file: {secrets}/secret-id
+apis:
+  - {apis}/billing.yaml
+  - {apis}/animals.yaml
+cache:
+  positive_ttl: 60s
+  negative_ttl: 1s
+  resurrect_ttl: 0s
+invalidation:
+  listen: {audit}
+",
+                grpc = free(),
+                address = vault.addr,
+                secrets = run.secrets_dir().display(),
+                apis = run.path().display(),
+            ),
+        )
+        .unwrap();
+        let keygate = Keygate::default()
+            .with_config(&keygate_config, http)
+            .start(&run, &mut supervisor)
+            .await
+            .unwrap();
+
+        // The upstream: echoes what it received.
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = upstream.local_addr().unwrap().port();
+        tokio::spawn(rig::process::echo::serve_on(upstream));
+
+        // Envoy with the module.
+        let listen = free();
+        let admin = free();
+        let envoy_config = run.path().join("envoy.yaml");
+        std::fs::write(
+            &envoy_config,
+            envoy_yaml(listen, admin, http, upstream_port),
+        )
+        .unwrap();
+        let component = envoy_module::command("envoy-module", envoy, &envoy_config, module, "info")
+            .unwrap()
+            .current_dir(run.path());
+        supervisor
+            .start(
+                component,
+                Readiness::http(format!("http://{admin}/ready"), 200),
+            )
+            .await
+            .unwrap();
+        Self {
+            run,
+            supervisor,
+            root,
+            keygate,
+            gateway: format!("http://{listen}"),
+            _dir: dir,
+        }
+    }
+
+    /// A key written into Vault the documented way, registered for redaction.
+    async fn issue(&self, group: &str, owner: &str) -> ApiKey {
+        let key = ApiKey::generate();
+        rig::base::redact::register_in_run(self.run.path(), key.expose()).unwrap();
+        let record = serde_json::to_value(KeyRecord::for_key(&key, owner)).unwrap();
+        self.root
+            .kv2_put(KV_MOUNT, &format!("{group}/{}", key.selector()), &record)
+            .await
+            .unwrap();
+        key
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.run.logs_dir().join(format!("{name}.log"))).unwrap()
+    }
+
+    async fn keygate_metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.keygate))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+}
+
+/// Routes `/billing` and `/animal-rescue` to the upstream, each with its
+/// group in the module's per-route config, and `/panic` with the module's
+/// fault injection; any other path has none.
+fn envoy_yaml(listen: SocketAddr, admin: SocketAddr, keygate: SocketAddr, upstream: u16) -> String {
+    let route = |prefix: &str, config: &str| {
+        format!(
+            r#"
+                        - match: {{ prefix: "{prefix}" }}
+                          route: {{ cluster: upstream }}
+                          typed_per_filter_config:
+                            keygate:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute
+                              dynamic_module_config: {{ name: {module}, do_not_close: true }}
+                              filter_name: keygate
+                              filter_config:
+                                "@type": type.googleapis.com/google.protobuf.StringValue
+                                value: '{config}'"#,
+            module = envoy_module::MODULE_NAME,
+        )
+    };
+    let filter_config = serde_json::json!({
+        "cluster": "keygate_http",
+        "invalidations": keygate.to_string(),
+        "positive_ttl_ms": POSITIVE_TTL.as_millis() as u64,
+        "callout_timeout_ms": 2000,
+    });
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+static_resources:
+  listeners:
+    - name: gateway
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: gateway
+                normalize_path: true
+                merge_slashes: true
+                path_with_escaped_slashes_action: REJECT_REQUEST
+                route_config:
+                  name: scenarios
+                  virtual_hosts:
+                    - name: gateway
+                      domains: ["*"]
+                      routes:{billing}{animals}{panic}
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: upstream }}
+                http_filters:
+                  - name: keygate
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+                      dynamic_module_config: {{ name: {module}, do_not_close: true }}
+                      filter_name: keygate
+                      filter_config:
+                        "@type": type.googleapis.com/google.protobuf.StringValue
+                        value: '{filter_config}'
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: keygate_http
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: keygate_http
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {keygate_port} }} }} }} }}] }}]
+    - name: upstream
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: upstream
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }} }}] }}]
+"#,
+        admin_port = admin.port(),
+        listen_port = listen.port(),
+        keygate_port = keygate.port(),
+        billing = route("/billing", &format!(r#"{{"group":"{BILLING}"}}"#)),
+        animals = route("/animal-rescue", &format!(r#"{{"group":"{ANIMALS}"}}"#)),
+        // The module's fault injection: its request-headers hook panics.
+        panic = route(
+            "/panic",
+            &format!(r#"{{"group":"{BILLING}","fault":"panic"}}"#)
+        ),
+        module = envoy_module::MODULE_NAME,
+    )
+}
+
+/// One request through Envoy: status, `x-keyrig-reason`, content type, body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    reason: Option<String>,
+    content_type: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    /// The headers the upstream received (the echo's JSON).
+    fn upstream_headers(&self) -> serde_json::Value {
+        let echo: serde_json::Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not the echo's answer ({err}): {}", self.body));
+        echo["headers"].clone()
+    }
+}
+
+async fn ask(gateway: &str, path: &str, key: Option<&str>, extra: &[(&str, &str)]) -> Answer {
+    let mut request = reqwest::Client::new().get(format!("{gateway}{path}"));
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    Answer {
+        status: response.status().as_u16(),
+        reason: header("x-keyrig-reason"),
+        content_type: header("content-type"),
+        body: response.text().await.unwrap(),
+    }
+}
+
+fn assert_denied(answer: &Answer, status: u16, reason: &str) {
+    assert_eq!(
+        (answer.status, answer.reason.as_deref()),
+        (status, Some(reason)),
+        "{answer:?}"
+    );
+    assert_eq!(answer.content_type.as_deref(), Some("application/json"));
+    assert_eq!(answer.body, format!(r#"{{"reason":"{reason}"}}"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_module_validates_from_its_table_follows_revocations_and_fails_closed() {
+    let mut case = CaseGuard::start("keygate-envoy", "module end to end");
+    let Some(envoy) = envoy_or_skip(&mut case) else {
+        return;
+    };
+    let module = module_library();
+    let build = envoy_module::check(&module, &envoy).unwrap();
+    assert_eq!(
+        (build.abi.as_str(), build.envoy.as_str()),
+        ("v0.2.0", "1.40")
+    );
+    let mut stack = Stack::start(&envoy, &module).await;
+    let envoy_log = stack.log("envoy-module");
+    assert!(
+        envoy_log.contains("Dynamic module ABI version v0.2.0 matched."),
+        "{envoy_log}"
+    );
+    assert!(!envoy_log.contains("is deprecated"), "{envoy_log}");
+
+    // The module's thread follows keygate's feed.
+    wait_until(
+        "keygate to count the module as a follower of its invalidation feed",
+        Duration::from_secs(15),
+        async || {
+            let followers = stack
+                .keygate_metric("keygate_invalidation_feed_followers")
+                .await;
+            anyhow::Ok(match followers {
+                Some(n) if n >= 1.0 => Probe::Ready(()),
+                other => Probe::seen(format!("followers: {other:?}")),
+            })
+        },
+    )
+    .await
+    .unwrap();
+
+    let billing = stack.issue(BILLING, "user-billing").await;
+    let animals = stack.issue(ANIMALS, "user-animals").await;
+    let gateway = stack.gateway.clone();
+
+    // A valid key: 200, with our identity headers, not the client's.
+    let forged = [("x-keyrig-owner", "mallory"), ("x-keyrig-group", "admin")];
+    let allowed = ask(
+        &gateway,
+        "/billing/invoices/7",
+        Some(billing.expose()),
+        &forged,
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    let upstream = allowed.upstream_headers();
+    assert_eq!(upstream["x-keyrig-owner"], "user-billing", "{upstream}");
+    assert_eq!(upstream["x-keyrig-group"], BILLING, "{upstream}");
+
+    // Served from the module's table now: keygate decides nothing more.
+    let decided = "keygate_decisions_total{outcome=\"allow\",protocol=\"http\"}";
+    let before = stack.keygate_metric(decided).await.unwrap();
+    for _ in 0..5 {
+        let again = ask(&gateway, "/billing/invoices", Some(billing.expose()), &[]).await;
+        assert_eq!(again.status, 200, "{again:?}");
+    }
+    assert_eq!(stack.keygate_metric(decided).await.unwrap(), before);
+
+    // Wrong keys: keygate's status, reason and body.
+    let wrong_verifier = format!("{}{}", billing.selector(), "0".repeat(32));
+    assert_denied(
+        &ask(&gateway, "/billing/invoices", Some(&wrong_verifier), &[]).await,
+        401,
+        "mismatch",
+    );
+    let unknown = ApiKey::generate();
+    assert_denied(
+        &ask(&gateway, "/billing/invoices", Some(unknown.expose()), &[]).await,
+        401,
+        "unknown",
+    );
+    assert_denied(
+        &ask(&gateway, "/billing/invoices", None, &[]).await,
+        401,
+        "missing",
+    );
+    assert_denied(
+        &ask(&gateway, "/billing/invoices", Some("not-a-key"), &[]).await,
+        401,
+        "malformed",
+    );
+    assert_denied(
+        &ask(&gateway, "/elsewhere", Some(billing.expose()), &[]).await,
+        403,
+        "no-route",
+    );
+
+    // A panic in the module is a refusal, and Envoy goes on serving.
+    assert_denied(
+        &ask(&gateway, "/panic", Some(billing.expose()), &[]).await,
+        503,
+        "module-error",
+    );
+    let after_panic = ask(&gateway, "/billing/invoices", Some(billing.expose()), &[]).await;
+    assert_eq!(after_panic.status, 200, "{after_panic:?}");
+    assert!(
+        stack
+            .log("envoy-module")
+            .contains("the request headers hook panicked"),
+        "{}",
+        stack.log("envoy-module")
+    );
+
+    // Another group's key: valid on its own routes, refused on billing's.
+    let own = ask(
+        &gateway,
+        "/animal-rescue/animals",
+        Some(animals.expose()),
+        &[],
+    )
+    .await;
+    assert_eq!(own.status, 200, "{own:?}");
+    assert_eq!(own.upstream_headers()["x-keyrig-group"], ANIMALS);
+    assert_denied(
+        &ask(&gateway, "/billing/invoices", Some(animals.expose()), &[]).await,
+        403,
+        "wrong-group",
+    );
+
+    // Revocation: the key is cached in the module for a minute, yet
+    // refused within seconds of its deletion in Vault, through Vault's
+    // audit stream -> keygate -> keygate's feed -> the module.
+    let revoked = stack.issue(BILLING, "user-revoked").await;
+    let first = ask(&gateway, "/billing/invoices", Some(revoked.expose()), &[]).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    stack
+        .root
+        .kv2_delete_metadata(KV_MOUNT, &format!("{BILLING}/{}", revoked.selector()))
+        .await
+        .unwrap();
+    let refused = wait_until(
+        "the revoked key to be refused through Envoy",
+        REVOCATION_DEADLINE,
+        async || {
+            let answer = ask(&gateway, "/billing/invoices", Some(revoked.expose()), &[]).await;
+            anyhow::Ok(if answer.status == 200 {
+                Probe::seen("200")
+            } else {
+                Probe::Ready(answer)
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_denied(&refused, 401, "unknown");
+
+    // keygate gone: what the module approved still passes, nothing else.
+    let never_used = stack.issue(BILLING, "user-never-used").await;
+    stack.supervisor.stop("keygate", StopMode::Kill).unwrap();
+    let cached = ask(&gateway, "/billing/invoices", Some(billing.expose()), &[]).await;
+    assert_eq!(cached.status, 200, "{cached:?}");
+    assert_eq!(cached.upstream_headers()["x-keyrig-owner"], "user-billing");
+    for key in [&never_used, &ApiKey::generate()] {
+        assert_denied(
+            &ask(&gateway, "/billing/invoices", Some(key.expose()), &[]).await,
+            503,
+            "keygate-unavailable",
+        );
+    }
+    // Still refused: the revoked key was dropped, not resurrected.
+    assert_denied(
+        &ask(&gateway, "/billing/invoices", Some(revoked.expose()), &[]).await,
+        503,
+        "keygate-unavailable",
+    );
+
+    // No key and no verifier in any log.
+    for name in ["envoy-module", "keygate"] {
+        let log = stack.log(name);
+        for key in [&billing, &animals, &revoked, &never_used] {
+            assert!(
+                !log.contains(key.verifier()),
+                "{name}'s log shows a verifier"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_module_for_another_envoy_is_refused_before_envoy_starts() {
+    let mut case = CaseGuard::start("keygate-envoy", "version check");
+    let Some(envoy) = envoy_or_skip(&mut case) else {
+        return;
+    };
+    // The real module's marker, with another series: what a module built
+    // against another Envoy's header carries.
+    let module = module_library();
+    let bytes = std::fs::read(&module).unwrap();
+    let marker = b"keygate-envoy-build abi=v0.2.0 envoy=1.40;";
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the module carries its build marker");
+    let mut other = bytes.clone();
+    other[at..at + marker.len()].copy_from_slice(b"keygate-envoy-build abi=v0.3.0 envoy=1.42;");
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("libkeygate_envoy.so");
+    std::fs::write(&foreign, other).unwrap();
+    let config = dir.path().join("envoy.yaml");
+    let Err(err) = envoy_module::command("envoy-module", &envoy, &config, &foreign, "info") else {
+        panic!("a module built for Envoy 1.42 must be refused");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("was built for Envoy 1.42 (dynamic-module ABI v0.3.0)")
+            && err.contains("is Envoy 1.40.0"),
+        "{err}"
+    );
+}
