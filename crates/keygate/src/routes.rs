@@ -520,6 +520,7 @@ paths:
     #[case("/%61dmin/special", Ok("admin"))]
     #[case("/shop/items/%73pecial", Ok("shop"))]
     #[case("/admin/%2573pecial", Err(Unroutable::AmbiguousEncoding))]
+    #[case("/admin/%25%37%33pecial", Err(Unroutable::AmbiguousEncoding))]
     #[case("/admin/%7", Err(Unroutable::InvalidEncoding))]
     fn an_encoded_fixed_segment_resolves_to_the_group_owning_the_decoded_path(
         #[case] path: &str,
