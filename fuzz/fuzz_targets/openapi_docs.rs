@@ -83,7 +83,7 @@ fn declared(doc: &Document) -> Option<(String, Vec<String>)> {
             None | Some(serde_json::Value::Null) => String::new(),
             Some(url) => {
                 let url = url.as_str()?;
-                if !url.is_empty() && !(url.starts_with('/') && plain(url)) {
+                if !(url.is_empty() || url.starts_with('/') && plain(url)) {
                     return None;
                 }
                 url.trim_end_matches('/').to_owned()

@@ -37,9 +37,12 @@ use keygate::routes::Routes;
 use libfuzzer_sys::fuzz_target;
 use regex::bytes::Regex;
 
-/// (group, base, templates as written in the document, and for each
-/// template the regular expression the decoded request path must match).
-const TABLE: [(&str, &str, &[(&str, &str)]); 3] = [
+/// A document's templates as written, each with the regular expression the
+/// decoded request path must match.
+type Templates = &'static [(&'static str, &'static str)];
+
+/// (group, base, templates) of each document.
+const TABLE: [(&str, &str, Templates); 3] = [
     (
         "shop",
         "/shop",
