@@ -8,24 +8,131 @@
 //! and writes new inputs only into the first corpus directory (and deletes
 //! only files it wrote there), so `fuzz/corpus/` is read, never written.
 //!
-//! cargo-fuzz needs nightly-only compiler flags (`-Z` options for the
-//! sanitizer-coverage passes). Only a stable toolchain is pinned here, so the
-//! build runs with `RUSTC_BOOTSTRAP=1`, which lets stable rustc accept them,
-//! and without a sanitizer (`-s none`): AddressSanitizer needs a std built
-//! for it, which stable does not ship. Rust code is memory-safe anyway; what
-//! this finds is panics, hangs and failed invariants.
+//! How it builds ([`Build`]): with AddressSanitizer on the nightly
+//! toolchain where rustup has one (`rustup run nightly cargo fuzz run -s
+//! address`); otherwise on the stable toolchain, which takes cargo-fuzz's
+//! nightly-only `-Z` flags only with `RUSTC_BOOTSTRAP=1`, and without a
+//! sanitizer (`-s none`): stable ships no sanitizer runtime. Safe Rust is
+//! memory-safe, but what the targets run is not all safe Rust: serde_yaml
+//! parses with unsafe-libyaml (a C parser translated to `unsafe` Rust),
+//! and only the sanitizer checks its memory accesses. Both builds find
+//! panics, hangs and failed invariants.
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 use rig::say;
 
-pub const TARGETS: [&str; 4] = [
-    "apikey_parse",
-    "keygate_config",
-    "scenario_loader",
-    "forward_auth_headers",
+/// A fuzz target and the features of the fuzz package it needs (its
+/// `required-features` in fuzz/Cargo.toml; the unit test below keeps the
+/// two in step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub name: &'static str,
+    pub features: &'static [&'static str],
+}
+
+pub const TARGETS: [Target; 6] = [
+    Target {
+        name: "apikey_parse",
+        features: &[],
+    },
+    Target {
+        name: "keygate_config",
+        features: &[],
+    },
+    // The only target that builds rig (the harness); the others' build
+    // leaves it out (see fuzz/Cargo.toml).
+    Target {
+        name: "scenario_loader",
+        features: &["rig"],
+    },
+    Target {
+        name: "forward_auth_headers",
+        features: &[],
+    },
+    Target {
+        name: "route_resolve",
+        features: &[],
+    },
+    Target {
+        name: "openapi_docs",
+        features: &[],
+    },
 ];
+
+fn names() -> Vec<&'static str> {
+    TARGETS.iter().map(|t| t.name).collect()
+}
+
+/// The toolchain and sanitizer the targets are built with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Build {
+    /// `rustup run nightly cargo fuzz run -s address`: release build with
+    /// debug assertions (cargo-fuzz's default), so overflows fail too.
+    AddressSanitizer,
+    /// The stable toolchain, `RUSTC_BOOTSTRAP=1`, `-s none -O`.
+    NoSanitizer,
+}
+
+impl Build {
+    /// AddressSanitizer where rustup has a nightly toolchain; says which
+    /// build it picked and why.
+    fn pick() -> Self {
+        let probe = Command::new("rustup")
+            .args(["run", "nightly", "rustc", "--version"])
+            // A missing nightly is a fallback, not something to download.
+            .env("RUSTUP_AUTO_INSTALL", "0")
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => {
+                say!(
+                    "fuzz: building with AddressSanitizer on {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                );
+                Self::AddressSanitizer
+            }
+            Ok(out) => {
+                say!(
+                    "fuzz: no nightly toolchain (rustup run nightly: {}): building without a sanitizer \
+                     on stable (RUSTC_BOOTSTRAP=1, -s none); `rustup toolchain install nightly` enables it",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Self::NoSanitizer
+            }
+            Err(err) => {
+                say!(
+                    "fuzz: no rustup ({err}), so no nightly toolchain: building without a sanitizer \
+                     on this toolchain (RUSTC_BOOTSTRAP=1, -s none)"
+                );
+                Self::NoSanitizer
+            }
+        }
+    }
+
+    /// `cargo fuzz run` for `target`, up to the corpus directories.
+    fn command(&self, target: &Target) -> Command {
+        let mut command = match self {
+            Self::AddressSanitizer => {
+                let mut command = crate::runner::cargo_on("nightly");
+                command.args(["fuzz", "run", "-s", "address"]);
+                command
+            }
+            Self::NoSanitizer => {
+                let mut command = crate::runner::cargo();
+                command
+                    .args(["fuzz", "run", "-s", "none", "-O"])
+                    .env("RUSTC_BOOTSTRAP", "1");
+                command
+            }
+        };
+        if !target.features.is_empty() {
+            command.args(["--features", &target.features.join(",")]);
+        }
+        command.arg(target.name);
+        command
+    }
+}
 
 fn cargo_fuzz_installed() -> bool {
     crate::runner::cargo()
@@ -44,10 +151,10 @@ pub enum NewInputs {
 }
 
 pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<ExitCode> {
-    if let Some(name) = only.filter(|n| !TARGETS.contains(n)) {
+    if let Some(name) = only.filter(|n| !names().contains(n)) {
         bail!(
             "no fuzz target {name:?}: pick one of {}",
-            TARGETS.join(", ")
+            names().join(", ")
         );
     }
     if !cargo_fuzz_installed() {
@@ -60,10 +167,12 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
             bail!("`cargo install cargo-fuzz --locked` failed: see cargo's output above");
         }
     }
+    let build = Build::pick();
     let dir = rig::base::paths::workspace_root().join("fuzz");
     let mut failed = Vec::new();
-    for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
-        let corpus = dir.join("corpus").join(target);
+    for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == t.name)) {
+        let name = target.name;
+        let corpus = dir.join("corpus").join(name);
         std::fs::create_dir_all(&corpus)
             .with_context(|| format!("creating {}", corpus.display()))?;
         // Held until the target's run ends, then removed.
@@ -71,7 +180,7 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
             NewInputs::GrowCorpus => None,
             NewInputs::Discard => Some(
                 tempfile::Builder::new()
-                    .prefix(&format!("keyrig-fuzz-{target}-"))
+                    .prefix(&format!("keyrig-fuzz-{name}-"))
                     .tempdir()
                     .context("creating a temporary directory for new fuzz inputs")?,
             ),
@@ -80,7 +189,7 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
         corpora.extend(scratch.as_ref().map(|dir| dir.path().to_owned()));
         corpora.push(corpus.clone());
         say!(
-            "fuzz {target}: {seconds} s, corpus {}{}",
+            "fuzz {name}: {seconds} s, corpus {}{}",
             corpus.display(),
             match &scratch {
                 Some(dir) => format!(
@@ -90,23 +199,22 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
                 None => " (new inputs added to it)".to_owned(),
             }
         );
-        let status = crate::runner::cargo()
-            .args(["fuzz", "run", "-s", "none", "-O", target])
+        let status = build
+            .command(target)
             .args(&corpora)
             .args([
                 "--",
                 &format!("-max_total_time={seconds}"),
                 "-rss_limit_mb=1024",
             ])
-            .env("RUSTC_BOOTSTRAP", "1")
             .current_dir(&dir)
             .status()
             .context("running cargo fuzz")?;
         if !status.success() {
             say!(
-                "fuzz {target}: FAILED ({status}); the crashing input is under fuzz/artifacts/{target}/"
+                "fuzz {name}: FAILED ({status}); the crashing input is under fuzz/artifacts/{name}/"
             );
-            failed.push(*target);
+            failed.push(name);
         }
     }
     if failed.is_empty() {
@@ -114,5 +222,75 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
     } else {
         say!("fuzz targets that failed: {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `[[bin]]` of fuzz/Cargo.toml is a target here, with its
+    /// `required-features` as the features xtask enables: a target left
+    /// out would never run, one without its features would not build.
+    #[test]
+    fn targets_are_the_fuzz_packages_bins_with_their_features() {
+        let file = rig::base::paths::workspace_root().join("fuzz/Cargo.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let manifest: toml::Table = toml::from_str(&text).unwrap();
+        let mut bins: Vec<(String, Vec<String>)> = manifest["bin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|bin| {
+                let features = bin
+                    .get("required-features")
+                    .and_then(|f| f.as_array())
+                    .map(|f| f.iter().map(|f| f.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default();
+                (bin["name"].as_str().unwrap().to_owned(), features)
+            })
+            .collect();
+        let mut targets: Vec<(String, Vec<String>)> = TARGETS
+            .iter()
+            .map(|t| {
+                (
+                    t.name.to_owned(),
+                    t.features.iter().map(|f| (*f).to_owned()).collect(),
+                )
+            })
+            .collect();
+        bins.sort();
+        targets.sort();
+        assert_eq!(bins, targets, "{}", file.display());
+    }
+
+    #[test]
+    fn only_the_target_needing_rig_enables_a_feature() {
+        let build = Build::NoSanitizer;
+        let args = |name: &str| -> Vec<String> {
+            let target = TARGETS.iter().find(|t| t.name == name).unwrap();
+            build
+                .command(target)
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            args("scenario_loader"),
+            [
+                "fuzz",
+                "run",
+                "-s",
+                "none",
+                "-O",
+                "--features",
+                "rig",
+                "scenario_loader"
+            ]
+        );
+        assert_eq!(
+            args("route_resolve"),
+            ["fuzz", "run", "-s", "none", "-O", "route_resolve"]
+        );
     }
 }

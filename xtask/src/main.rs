@@ -125,12 +125,14 @@ enum Cmd {
     Scenarios,
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
     Test,
-    /// Run each cargo-fuzz target in fuzz/ for a while (installs cargo-fuzz if missing).
+    /// Run each cargo-fuzz target in fuzz/ for a while, with AddressSanitizer
+    /// where a nightly toolchain is installed (installs cargo-fuzz if missing).
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// Only this target (apikey_parse, keygate_config, scenario_loader, forward_auth_headers).
+        /// Only this target (apikey_parse, keygate_config, scenario_loader,
+        /// forward_auth_headers, route_resolve, openapi_docs).
         #[arg(long)]
         target: Option<String>,
         /// Write new inputs to a temporary directory instead of adding them

@@ -90,6 +90,22 @@ const SET_BY_CARGO_RUN: [&str; 6] = [
 /// and `cargo test`.
 pub(crate) fn cargo() -> Command {
     let mut command = Command::new(cargo_program());
+    clear_cargo_run_env(&mut command);
+    command
+}
+
+/// [`cargo`] on another rustup toolchain (`rustup run <toolchain> cargo`):
+/// `CARGO` names this toolchain's cargo binary, which takes no `+nightly`.
+pub(crate) fn cargo_on(toolchain: &str) -> Command {
+    let mut command = Command::new("rustup");
+    command.args(["run", toolchain, "cargo"]);
+    clear_cargo_run_env(&mut command);
+    // The other toolchain's cargo sets it for what it starts (cargo-fuzz).
+    command.env_remove("CARGO");
+    command
+}
+
+fn clear_cargo_run_env(command: &mut Command) {
     for name in SET_BY_CARGO_RUN {
         command.env_remove(name);
     }
@@ -98,7 +114,6 @@ pub(crate) fn cargo() -> Command {
             command.env_remove(name);
         }
     }
-    command
 }
 
 /// Runs cargo with inherited output, in the workspace root.

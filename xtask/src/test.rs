@@ -36,7 +36,9 @@ pub(crate) fn test() -> Result<ExitCode> {
     let e2e_ok = e2e == ExitCode::SUCCESS;
     let selfcheck_ok = crate::selfcheck::run()?;
     // A few seconds per fuzz target: a smoke run; longer runs are in README.
-    // It leaves fuzz/corpus/ as committed (the work tree stays clean).
+    // It leaves fuzz/corpus/ as committed (the work tree stays clean), and
+    // uses AddressSanitizer where a nightly toolchain is installed (it says
+    // which build it picked).
     let fuzz_ok = crate::fuzz::run(5, None, crate::fuzz::NewInputs::Discard)? == ExitCode::SUCCESS;
     // The bench runs and writes bench.json; its timings are not judged here.
     let bench_ok = bench_smoke();

@@ -14,8 +14,9 @@
 //!   does not;
 //! - `%2e` (`.`): unreserved, but decoded it can form `.`/`..` segments that
 //!   some servers resolve after routing;
-//! - `%25` followed by two hex digits (`%252f`): a server that decodes twice
-//!   sees another path;
+//! - `%25` followed by two hex digits, written so (`%252f`) or once their
+//!   own escapes are decoded (`%25%32f`): a server that decodes twice sees
+//!   another path;
 //! - `%` not followed by two hex digits: servers disagree on what it is;
 //! - dot segments and empty segments (`//`, a trailing `/`).
 //!
@@ -78,13 +79,6 @@ pub fn decode_segment(segment: &str) -> Result<String, Unroutable> {
         let byte = escaped(bytes, at).ok_or(Unroutable::InvalidEncoding)?;
         match byte {
             b'/' | b'.' | b'\\' => return Err(Unroutable::AmbiguousEncoding),
-            // `%25` then two hex digits: `%XY` once decoded.
-            b'%' if bytes
-                .get(at + 3..at + 5)
-                .is_some_and(|pair| pair.iter().all(u8::is_ascii_hexdigit)) =>
-            {
-                return Err(Unroutable::AmbiguousEncoding);
-            }
             b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') => {
                 out.push(char::from(b));
             }
@@ -96,6 +90,18 @@ pub fn decode_segment(segment: &str) -> Result<String, Unroutable> {
         i = at + 3;
     }
     out.push_str(&segment[i..]);
+    // `%25` then two hex digits: `%XY` to a server that decodes again.
+    // Checked on the decoded text, since the digits may have been escaped
+    // themselves (`%25%37%33` decodes to `%2573`, then to `%73`, then `s`).
+    let decoded = out.as_bytes();
+    let double = out.match_indices("%25").any(|(at, _)| {
+        decoded
+            .get(at + 3..at + 5)
+            .is_some_and(|pair| pair.iter().all(u8::is_ascii_hexdigit))
+    });
+    if double {
+        return Err(Unroutable::AmbiguousEncoding);
+    }
     Ok(out)
 }
 
@@ -133,6 +139,10 @@ mod tests {
     #[case::encoded_backslash("/a/%5C", Unroutable::AmbiguousEncoding)]
     #[case::double_encoded_slash("/a/%252f", Unroutable::AmbiguousEncoding)]
     #[case::double_encoded_letter("/a/%2573pecial", Unroutable::AmbiguousEncoding)]
+    // Found by fuzz target route_resolve: the digits after `%25` escaped.
+    #[case::double_encoded_escaped_digits("/a/%25%625", Unroutable::AmbiguousEncoding)]
+    #[case::double_encoded_escaped_letter("/a/%25%37%33pecial", Unroutable::AmbiguousEncoding)]
+    #[case::double_encoded_escaped_slash("/a/%25%32f", Unroutable::AmbiguousEncoding)]
     #[case::truncated("/a/b%2", Unroutable::InvalidEncoding)]
     #[case::not_hex("/a/%zz", Unroutable::InvalidEncoding)]
     #[case::bare_percent("/a/%", Unroutable::InvalidEncoding)]

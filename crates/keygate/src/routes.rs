@@ -271,12 +271,13 @@ fn parse_template(base: &str, template: &str) -> Result<Vec<Segment>, String> {
         ));
     }
     let full = format!("{base}{template}");
-    let full = if full.len() > 1 {
-        full.trim_end_matches('/')
-    } else {
-        full.as_str()
-    };
-    let rest = &full[1..];
+    // Trailing slashes are dropped (`/a/` is `/a`), so a template of slashes
+    // alone (`//`) is the root, like `/`. `full` starts with `/`: the base
+    // is empty or does, and so does the template.
+    let rest = full
+        .trim_end_matches('/')
+        .strip_prefix('/')
+        .unwrap_or_default();
     if rest.is_empty() {
         return Ok(Vec::new());
     }
@@ -392,6 +393,19 @@ paths:
         let routes =
             Routes::from_documents([("b", BILLING, true), ("again", again, false)]).unwrap();
         assert_eq!(routes.resolve("/billing/invoices/1"), Ok("billing-api"));
+    }
+
+    /// Found by reading fuzz target openapi_docs' invariants (its seed
+    /// `slashes-only-template`): `//` panicked at load (an index past the
+    /// end once the trailing slashes were trimmed).
+    #[rstest]
+    #[case::no_base("groupId: g\npaths: {//: {}}\n", "/")]
+    #[case::three("groupId: g\npaths: {///: {}}\n", "/")]
+    #[case::under_a_base("groupId: g\nservers: [{url: /b}]\npaths: {//: {}}\n", "/b")]
+    fn a_template_of_slashes_alone_is_the_root(#[case] doc: &str, #[case] path: &str) {
+        let routes = Routes::from_documents([("d", doc, false)]).unwrap();
+        assert_eq!(routes.resolve(path), Ok("g"));
+        assert_eq!(routes.len(), 1);
     }
 
     #[test]
@@ -520,6 +534,7 @@ paths:
     #[case("/%61dmin/special", Ok("admin"))]
     #[case("/shop/items/%73pecial", Ok("shop"))]
     #[case("/admin/%2573pecial", Err(Unroutable::AmbiguousEncoding))]
+    #[case("/admin/%25%37%33pecial", Err(Unroutable::AmbiguousEncoding))]
     #[case("/admin/%7", Err(Unroutable::InvalidEncoding))]
     fn an_encoded_fixed_segment_resolves_to_the_group_owning_the_decoded_path(
         #[case] path: &str,
