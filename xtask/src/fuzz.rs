@@ -111,7 +111,7 @@ impl Build {
     }
 
     /// `cargo fuzz run` for `target`, up to the corpus directories.
-    fn command(&self, target: &Target) -> Command {
+    fn command(&self, target: &Target, profile: FuzzProfile) -> Command {
         let mut command = match self {
             Self::AddressSanitizer => {
                 let mut command = crate::runner::cargo_on("nightly");
@@ -121,11 +121,17 @@ impl Build {
             Self::NoSanitizer => {
                 let mut command = crate::runner::cargo();
                 command
-                    .args(["fuzz", "run", "-s", "none", "-O"])
+                    .args(["fuzz", "run", "-s", "none"])
                     .env("RUSTC_BOOTSTRAP", "1");
+                if profile == FuzzProfile::Release {
+                    command.arg("-O");
+                }
                 command
             }
         };
+        if profile == FuzzProfile::Dev {
+            command.arg("--dev");
+        }
         if !target.features.is_empty() {
             command.args(["--features", &target.features.join(",")]);
         }
@@ -141,6 +147,18 @@ fn cargo_fuzz_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// How the targets are compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuzzProfile {
+    /// Optimized (with debug assertions): the long runs, where executions
+    /// per second are what finds bugs.
+    Release,
+    /// Unoptimized (`--dev`): the seconds-long smoke run of `cargo xtask
+    /// test`, where a fresh machine's build time (every dependency of
+    /// keygate, instrumented) is most of the cost and speed per input is not.
+    Dev,
+}
+
 /// What happens to the inputs a run finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NewInputs {
@@ -150,7 +168,12 @@ pub enum NewInputs {
     Discard,
 }
 
-pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<ExitCode> {
+pub fn run(
+    seconds: u64,
+    only: Option<&str>,
+    new_inputs: NewInputs,
+    profile: FuzzProfile,
+) -> Result<ExitCode> {
     if let Some(name) = only.filter(|n| !names().contains(n)) {
         bail!(
             "no fuzz target {name:?}: pick one of {}",
@@ -200,7 +223,7 @@ pub fn run(seconds: u64, only: Option<&str>, new_inputs: NewInputs) -> Result<Ex
             }
         );
         let status = build
-            .command(target)
+            .command(target, profile)
             .args(&corpora)
             .args([
                 "--",
@@ -270,7 +293,7 @@ mod tests {
         let args = |name: &str| -> Vec<String> {
             let target = TARGETS.iter().find(|t| t.name == name).unwrap();
             build
-                .command(target)
+                .command(target, FuzzProfile::Release)
                 .get_args()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect()
@@ -292,5 +315,11 @@ mod tests {
             args("route_resolve"),
             ["fuzz", "run", "-s", "none", "-O", "route_resolve"]
         );
+        let smoke: Vec<String> = Build::AddressSanitizer
+            .command(&TARGETS[0], FuzzProfile::Dev)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(smoke.contains(&"--dev".to_owned()), "{smoke:?}");
     }
 }

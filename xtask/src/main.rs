@@ -274,6 +274,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             } else {
                 fuzz::NewInputs::GrowCorpus
             },
+            fuzz::FuzzProfile::Release,
         ),
         Cmd::Bench { quick } => bench(quick, true).map(|()| ExitCode::SUCCESS),
         Cmd::EchoUpstream { listen } => {

@@ -39,7 +39,12 @@ pub(crate) fn test() -> Result<ExitCode> {
     // It leaves fuzz/corpus/ as committed (the work tree stays clean), and
     // uses AddressSanitizer where a nightly toolchain is installed (it says
     // which build it picked).
-    let fuzz_ok = crate::fuzz::run(5, None, crate::fuzz::NewInputs::Discard)? == ExitCode::SUCCESS;
+    let fuzz_ok = crate::fuzz::run(
+        5,
+        None,
+        crate::fuzz::NewInputs::Discard,
+        crate::fuzz::FuzzProfile::Dev,
+    )? == ExitCode::SUCCESS;
     // The bench runs and writes bench.json; its timings are not judged here.
     let bench_ok = bench_smoke();
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
