@@ -31,6 +31,28 @@ pub enum ReadResult {
     Error,
 }
 
+/// How a Vault login went, for `keygate_vault_logins_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginResult {
+    Ok,
+    /// Vault refused the credentials (or the token is a root token).
+    Rejected,
+    /// Vault could not be reached, or a secret file could not be read.
+    Error,
+}
+
+impl LoginResult {
+    const ALL: [LoginResult; 3] = [LoginResult::Ok, LoginResult::Rejected, LoginResult::Error];
+
+    fn label(self) -> &'static str {
+        match self {
+            LoginResult::Ok => "ok",
+            LoginResult::Rejected => "rejected",
+            LoginResult::Error => "error",
+        }
+    }
+}
+
 impl ReadResult {
     fn label(self) -> &'static str {
         match self {
@@ -54,6 +76,7 @@ pub struct Metrics {
     invalidation_lines_dropped: Counter,
     invalidation_stale_marks: Counter,
     vault_reads_refused: Counter,
+    vault_logins: Family<ReadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,6 +101,7 @@ impl Metrics {
         let invalidation_lines_dropped = Counter::default();
         let invalidation_stale_marks = Counter::default();
         let vault_reads_refused = Counter::default();
+        let vault_logins = Family::<ReadLabels, Counter>::default();
         // Counters get `_total` appended by the encoder.
         registry.register(
             "keygate_decisions",
@@ -135,6 +159,13 @@ impl Metrics {
              limits.vault_read_queue waiting (answered 503 vault-busy; also counted as result=error reads)",
             vault_reads_refused.clone(),
         );
+        registry.register(
+            "keygate_vault_logins",
+            "Vault logins (AppRole, or adopting the token file) by result: at start, at two thirds \
+             of the token's TTL, after a 403, and when a credential file changes (failures retried \
+             with a backoff of up to a minute)",
+            vault_logins.clone(),
+        );
 
         // Every series exists from the start, so a rate() over a fresh
         // process sees 0 rather than nothing.
@@ -148,6 +179,11 @@ impl Metrics {
         }
         for result in [ReadResult::Found, ReadResult::Absent, ReadResult::Error] {
             let _ = vault_reads.get_or_create(&ReadLabels {
+                result: result.label(),
+            });
+        }
+        for result in LoginResult::ALL {
+            let _ = vault_logins.get_or_create(&ReadLabels {
                 result: result.label(),
             });
         }
@@ -165,6 +201,7 @@ impl Metrics {
             invalidation_lines_dropped,
             invalidation_stale_marks,
             vault_reads_refused,
+            vault_logins,
         }
     }
 
@@ -224,6 +261,14 @@ impl Metrics {
         self.vault_reads_refused.inc();
     }
 
+    pub fn vault_login(&self, result: LoginResult) {
+        self.vault_logins
+            .get_or_create(&ReadLabels {
+                result: result.label(),
+            })
+            .inc();
+    }
+
     /// The OpenMetrics text exposition, which Prometheus scrapes natively.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -258,6 +303,8 @@ mod tests {
             "keygate_invalidation_stream_connected 0",
             "keygate_invalidation_lines_dropped_total 0",
             "keygate_vault_reads_refused_total 0",
+            "keygate_vault_logins_total{result=\"ok\"} 0",
+            "keygate_vault_logins_total{result=\"rejected\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
