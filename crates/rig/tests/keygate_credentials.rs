@@ -182,7 +182,7 @@ apis:
             },
         )
         .await
-        .unwrap()
+        .unwrap_or_else(|err| panic!("{err}; keygate's log:\n{}", self.log()))
     }
 
     /// `keygate_vault_logins_total{result="<result>"}` from `/metrics`.
@@ -285,6 +285,22 @@ fn most_retries_within(elapsed: Duration) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_secret_id_is_retried_with_backoff_while_the_old_token_serves() {
     let mut fixture = Fixture::start().await;
+    // Vault's (and OpenBao's) user lockout: by default 5 failed AppRole
+    // logins within 15 minutes lock the role-id out for 15 minutes, the
+    // right secret-id included ("permission denied"). The backoff makes 5
+    // attempts in about 15 s, so without this the last step below would
+    // test Vault's lockout, not keygate. (What it means for an operator:
+    // crates/keygate/README.md, Credentials.)
+    fixture
+        .vault
+        .root
+        .call(
+            reqwest::Method::POST,
+            "sys/auth/approle/tune",
+            Some(&serde_json::json!({"user_lockout_config": {"lockout_disable": true}})),
+        )
+        .await
+        .unwrap();
     let old = fixture.accessor().await.unwrap();
     let ok_before = fixture.logins("ok").await;
 
