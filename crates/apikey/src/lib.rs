@@ -13,4 +13,4 @@ mod key;
 mod record;
 
 pub use key::{ApiKey, KEY_LEN, ParseError, SELECTOR_LEN, Selector, VerifierHash};
-pub use record::{Decision, KeyRecord, RecordError, storage_path};
+pub use record::{Decision, KeyRecord, RecordError, check_parts, storage_path};

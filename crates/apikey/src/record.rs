@@ -67,12 +67,24 @@ impl KeyRecord {
     /// The validation algorithm's last steps, given the record was found:
     /// compare hashes in constant time, then check expiry.
     pub fn check(&self, key: &ApiKey, now: OffsetDateTime) -> Decision {
-        match self.hash() {
-            Err(_) => Decision::CorruptRecord,
-            Ok(hash) if !key.verify(&hash) => Decision::Mismatch,
-            Ok(_) if self.expires.is_some_and(|at| at <= now) => Decision::Expired,
-            Ok(_) => Decision::Valid,
-        }
+        check_parts(self.hash().ok().as_ref(), self.expires, key, now)
+    }
+}
+
+/// [`KeyRecord::check`] on a record's parts, for holders that keep them in
+/// another shape (keygate's cache keeps the hash as bytes): `hash` is
+/// `None` when the stored `key` is not a SHA-256 in hex.
+pub fn check_parts(
+    hash: Option<&VerifierHash>,
+    expires: Option<OffsetDateTime>,
+    key: &ApiKey,
+    now: OffsetDateTime,
+) -> Decision {
+    match hash {
+        None => Decision::CorruptRecord,
+        Some(hash) if !key.verify(hash) => Decision::Mismatch,
+        Some(_) if expires.is_some_and(|at| at <= now) => Decision::Expired,
+        Some(_) => Decision::Valid,
     }
 }
 

@@ -27,14 +27,30 @@
 //! (`crate::feed`), after keygate's own state is gone, so followers that
 //! cache keygate's answers (the Envoy module) drop theirs too, and their next
 //! question to keygate is answered from Vault.
+//!
+//! Memory: one compact slot per key, about 170 bytes of RSS per cached key
+//! with the store's own overhead at 100 000 keys (`examples/cache_memory.rs`;
+//! about 1 360 before, and 1 378 in `cargo xtask bench`'s scale step). The hash is kept as its 32 bytes
+//! (not the record's hex `key` String), the selector as 16 bytes, group ids
+//! and owners as shared `Arc<str>` (one per distinct value, `Interner`);
+//! `name`, which keygate never uses, is not kept. The positive answer and
+//! the resurrectable record are one slot (a found record stays until
+//! `positive_ttl + resurrect_ttl`, served fresh for `positive_ttl`), in a
+//! `quick_cache` store: moka, which this used before, costs about 375 bytes
+//! per entry on its own (two entries per key, one per store), above the
+//! whole budget of 400. quick_cache has no TTLs, so expiry is checked on
+//! use and an expired slot waits for the capacity bound to evict it.
+//! Reads of one key are coalesced by `InFlight`.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use apikey::{KeyRecord, Selector};
-use moka::Expiry;
+use apikey::{ApiKey, Decision, KeyRecord, Selector, VerifierHash};
 use moka::future::Cache;
+use time::OffsetDateTime;
+use tokio::sync::OnceCell;
 
 use crate::boxed_future::BoxFuture;
 use crate::config::CacheConfig;
@@ -61,35 +77,131 @@ impl RecordSource for Vault {
     }
 }
 
-type Key = (String, Selector);
-type Value = Option<KeyRecord>;
-
-/// A cached answer and the stamp of the read that produced it.
-#[derive(Debug, Clone)]
-struct Stamped<T> {
-    value: T,
-    read_at: u64,
+/// A found key record as the cache keeps it: what a decision reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// `None`: the stored `key` is not a SHA-256 in hex (a corrupt record,
+    /// denied as such).
+    hash: Option<VerifierHash>,
+    /// Subject id of the key's creator, shared with every record of the
+    /// same owner.
+    pub owner: Arc<str>,
+    pub expires: Option<OffsetDateTime>,
 }
 
-struct TtlBySign {
-    positive: Duration,
-    negative: Duration,
-}
+impl Record {
+    fn new(record: KeyRecord, owners: &Interner) -> Self {
+        Self {
+            hash: record.hash().ok(),
+            owner: owners.intern(&record.owner),
+            expires: record.expires,
+        }
+    }
 
-impl Expiry<Key, Stamped<Value>> for TtlBySign {
-    fn expire_after_create(
-        &self,
-        _key: &Key,
-        entry: &Stamped<Value>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(if entry.value.is_some() {
-            self.positive
-        } else {
-            self.negative
-        })
+    /// The stored verifier hash, `None` if the record's is unusable.
+    pub fn hash(&self) -> Option<&VerifierHash> {
+        self.hash.as_ref()
+    }
+
+    /// `KeyRecord::check`: the hashes compared in constant time, then the
+    /// expiry.
+    pub fn check(&self, key: &ApiKey, now: OffsetDateTime) -> Decision {
+        apikey::check_parts(self.hash.as_ref(), self.expires, key, now)
     }
 }
+
+/// (group, selector), compactly: the group shared, the selector's 32 hex
+/// digits as their 16 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    group: Arc<str>,
+    selector: [u8; 16],
+}
+
+fn selector_bytes(selector: &Selector) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    // A Selector is 32 lowercase hex digits by construction.
+    hex::decode_to_slice(selector.as_str(), &mut bytes).expect("a Selector is 32 hex digits");
+    bytes
+}
+
+type Value = Option<Record>;
+
+/// One shared copy per distinct string, for values that many entries
+/// repeat (group ids: a handful; owners: often far fewer than keys). The
+/// copies no entry holds any more are let go whenever the set has doubled
+/// since the last sweep, so churning owners cannot grow it without bound.
+struct Interner {
+    inner: RwLock<Interned>,
+}
+
+struct Interned {
+    set: HashSet<Arc<str>>,
+    sweep_at: usize,
+}
+
+/// Below this many strings the set is never swept.
+const MIN_SWEEP: usize = 1024;
+
+impl Interner {
+    fn new() -> Self {
+        Self {
+            inner: RwLock::new(Interned {
+                set: HashSet::new(),
+                sweep_at: MIN_SWEEP,
+            }),
+        }
+    }
+
+    /// The shared copy of `text`, if there is one.
+    fn get(&self, text: &str) -> Option<Arc<str>> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .set
+            .get(text)
+            .cloned()
+    }
+
+    fn intern(&self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.get(text) {
+            return shared;
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = inner.set.get(text) {
+            return shared.clone();
+        }
+        if inner.set.len() >= inner.sweep_at {
+            // Held only here: no entry uses it any more.
+            inner.set.retain(|s| Arc::strong_count(s) > 1);
+            inner.sweep_at = (inner.set.len() * 2).max(MIN_SWEEP);
+        }
+        let shared: Arc<str> = Arc::from(text);
+        inner.set.insert(shared.clone());
+        shared
+    }
+}
+
+/// One key's answer: a found record or an absence, the stamp of the read
+/// that produced it, and how long it serves.
+#[derive(Debug, Clone)]
+struct Slot {
+    value: Value,
+    read_at: u64,
+    /// Served as is until then (`positive_ttl` / `negative_ttl`).
+    fresh_until: Instant,
+    /// A found record answers for an outage until then (`positive_ttl +
+    /// resurrect_ttl`); an absence never does (`fresh_until`).
+    keep_until: Instant,
+}
+
+type Store = quick_cache::sync::Cache<Key, Slot>;
+
+/// The read of each key in flight, so concurrent lookups of a key share
+/// one Vault read and its result, error included (a failed read is not
+/// repeated by every waiter in turn). If the task reading is cancelled,
+/// a waiter takes the read over (`OnceCell`).
+type InFlight = Mutex<HashMap<Key, Arc<OnceCell<Result<Slot, Arc<VaultError>>>>>>;
 
 /// Bounds memory when someone sprays random selectors: each one leaves a
 /// negative entry behind for the negative TTL.
@@ -139,14 +251,30 @@ impl Freshness {
     }
 }
 
+/// The shared strings of one cache, and what its invalidator needs of them.
+struct Shared {
+    groups: Interner,
+    owners: Interner,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            groups: Interner::new(),
+            owners: Interner::new(),
+        })
+    }
+}
+
 pub struct RecordCache {
     source: Arc<dyn RecordSource>,
     /// `None`: every lookup goes to the source (keys files are in memory
     /// already; a cache would only delay a rendered change).
-    cache: Option<Cache<Key, Stamped<Value>>>,
-    /// Last found record per key, for outages; `None` when resurrection is off.
-    last_good: Option<Cache<Key, Stamped<KeyRecord>>>,
+    store: Option<Arc<Store>>,
+    config: CacheConfig,
+    in_flight: InFlight,
     freshness: Arc<Freshness>,
+    shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     /// `None` for an uncached source: there is nothing to follow.
     feed: Option<Feed>,
@@ -156,30 +284,43 @@ pub struct RecordCache {
 /// remove: nothing it does can make a request allowed.
 #[derive(Clone)]
 pub struct Invalidator {
-    cache: Option<Cache<Key, Stamped<Value>>>,
-    last_good: Option<Cache<Key, Stamped<KeyRecord>>>,
+    store: Option<Arc<Store>>,
     freshness: Arc<Freshness>,
+    shared: Arc<Shared>,
     feed: Option<Feed>,
 }
 
 impl Invalidator {
     /// Drops everything held for `(group, selector)`: its positive or
-    /// negative entry and its resurrectable record, including any a read in
-    /// flight now would store.
+    /// negative answer and its resurrectable record, including any a read
+    /// in flight now would store.
     pub async fn drop_key(&self, group: &str, selector: &Selector) {
-        let key = (group.to_owned(), selector.clone());
+        // A group never looked up has nothing cached and no read in flight
+        // (a lookup shares the group before its read is stamped), so there
+        // is nothing to outdate; not sharing it here keeps audit lines for
+        // arbitrary groups from growing the set.
+        let Some(interned) = self.shared.groups.get(group) else {
+            // Followers are told anyway: removal is all they can do with it.
+            self.publish_drop(group, selector);
+            return;
+        };
+        let key = Key {
+            group: interned,
+            selector: selector_bytes(selector),
+        };
         let stamp = self.freshness.tick();
         self.freshness.tombstones.insert(key.clone(), stamp).await;
-        if let Some(cache) = &self.cache {
-            cache.invalidate(&key).await;
+        if let Some(store) = &self.store {
+            store.remove(&key);
         }
-        if let Some(last_good) = &self.last_good {
-            last_good.invalidate(&key).await;
-        }
+        self.publish_drop(group, selector);
+    }
+
+    /// Tells the feed's followers, after keygate's own state is gone.
+    fn publish_drop(&self, group: &str, selector: &Selector) {
         if let Some(feed) = &self.feed {
-            let (group, selector) = key;
             feed.publish(FeedEvent::Drop {
-                group,
+                group: group.to_owned(),
                 selector: selector.as_str().to_owned(),
             });
         }
@@ -201,27 +342,16 @@ impl Invalidator {
 
 impl RecordCache {
     pub fn new(source: Arc<dyn RecordSource>, config: CacheConfig, metrics: Arc<Metrics>) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(MAX_ENTRIES)
-            .expire_after(TtlBySign {
-                positive: config.positive_ttl,
-                negative: config.negative_ttl,
-            })
-            .build();
         let longest = config.positive_ttl.saturating_add(config.resurrect_ttl);
-        let last_good = (!config.resurrect_ttl.is_zero()).then(|| {
-            Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(longest)
-                .build()
-        });
         Self {
             source,
-            cache: Some(cache),
-            last_good,
+            store: Some(Arc::new(Store::new(MAX_ENTRIES as usize))),
+            config,
+            in_flight: Mutex::default(),
             freshness: Arc::new(Freshness::new(
                 longest.max(config.negative_ttl).max(Duration::from_secs(1)),
             )),
+            shared: Shared::new(),
             metrics,
             feed: Some(Feed::new()),
         }
@@ -231,9 +361,15 @@ impl RecordCache {
     pub fn uncached(source: Arc<dyn RecordSource>, metrics: Arc<Metrics>) -> Self {
         Self {
             source,
-            cache: None,
-            last_good: None,
+            store: None,
+            config: CacheConfig {
+                positive_ttl: Duration::ZERO,
+                negative_ttl: Duration::ZERO,
+                resurrect_ttl: Duration::ZERO,
+            },
+            in_flight: Mutex::default(),
             freshness: Arc::new(Freshness::new(Duration::from_secs(1))),
+            shared: Shared::new(),
             metrics,
             feed: None,
         }
@@ -248,49 +384,56 @@ impl RecordCache {
     /// The handle `crate::invalidation` drops this cache's entries with.
     pub fn invalidator(&self) -> Invalidator {
         Invalidator {
-            cache: self.cache.clone(),
-            last_good: self.last_good.clone(),
+            store: self.store.clone(),
             freshness: self.freshness.clone(),
+            shared: self.shared.clone(),
             feed: self.feed.clone(),
         }
+    }
+
+    fn key(&self, group: &str, selector: &Selector) -> Key {
+        Key {
+            group: self.shared.groups.intern(group),
+            selector: selector_bytes(selector),
+        }
+    }
+
+    /// A source's answer in the cache's shape.
+    fn compact(&self, found: Option<KeyRecord>) -> Value {
+        found.map(|record| Record::new(record, &self.shared.owners))
     }
 
     /// The record for `(group, selector)`, from the cache or Vault, or,
     /// when Vault cannot be read, the last good record within the resurrect
     /// window. Concurrent callers for one key share a single Vault read.
     pub async fn get(&self, group: &str, selector: &Selector) -> Result<Value, Arc<VaultError>> {
-        let Some(cache) = &self.cache else {
-            return self.source.read(group, selector).await.map_err(Arc::new);
+        let Some(store) = &self.store else {
+            return match self.source.read(group, selector).await {
+                Ok(found) => Ok(self.compact(found)),
+                Err(err) => Err(Arc::new(err)),
+            };
         };
-        let key = (group.to_owned(), selector.clone());
-        if let Some(entry) = cache.get(&key).await {
-            if self.freshness.counts(&key, entry.read_at).await {
-                self.metrics.cache_hit();
-                return Ok(entry.value);
-            }
-            cache.invalidate(&key).await;
+        let key = self.key(group, selector);
+        if let Some(slot) = store.get(&key)
+            && Instant::now() < slot.fresh_until
+            && self.freshness.counts(&key, slot.read_at).await
+        {
+            self.metrics.cache_hit();
+            return Ok(slot.value);
         }
         self.metrics.cache_miss();
-        match self.read_fresh(cache, &key).await {
-            Ok(entry) => {
-                if let Some(last_good) = &self.last_good {
-                    match &entry.value {
-                        Some(record) if self.freshness.not_dropped(&key, entry.read_at).await => {
-                            let stamped = Stamped {
-                                value: record.clone(),
-                                read_at: entry.read_at,
-                            };
-                            last_good.insert(key, stamped).await;
-                        }
-                        Some(_) => {}
-                        None => last_good.invalidate(&key).await,
-                    }
-                }
-                Ok(entry.value)
-            }
+        let lookup = Lookup {
+            key: &key,
+            group,
+            selector,
+        };
+        // A stale slot stays while Vault is asked: it is what an outage
+        // resurrects, for this caller and for those arriving meanwhile.
+        match self.read_fresh(store, &lookup).await {
+            Ok(slot) => Ok(slot.value),
             // A 403 with a fresh token is Vault's answer, not an outage.
             Err(err) if matches!(*err, VaultError::Forbidden { .. }) => Err(err),
-            Err(err) => match self.resurrect(&key).await {
+            Err(err) => match self.resurrect(store, &key).await {
                 Some(record) => Ok(Some(record)),
                 None => Err(err),
             },
@@ -302,67 +445,124 @@ impl RecordCache {
     /// outdated too (the key is being written right now), a read of our own.
     async fn read_fresh(
         &self,
-        cache: &Cache<Key, Stamped<Value>>,
-        key: &Key,
-    ) -> Result<Stamped<Value>, Arc<VaultError>> {
+        store: &Store,
+        lookup: &Lookup<'_>,
+    ) -> Result<Slot, Arc<VaultError>> {
         for _ in 0..2 {
-            let entry = self.read_through(cache, key.clone()).await?;
-            if self.freshness.counts(key, entry.read_at).await {
-                return Ok(entry);
+            let slot = self.read_through(store, lookup).await?;
+            if self.freshness.counts(lookup.key, slot.read_at).await {
+                return Ok(slot);
             }
-            cache.invalidate(key).await;
         }
-        self.read_stamped(key).await.map_err(Arc::new)
+        self.read_stamped(lookup).await.map_err(Arc::new)
     }
 
     /// The record held for `(group, selector)` now, without reading Vault
     /// (`None` for nothing held or a cached absence): for answers that must
     /// not cost a read, such as telling `wrong-group` from `unknown`. An
     /// uncached source is in memory already (keys files), so it is asked.
-    pub async fn cached(&self, group: &str, selector: &Selector) -> Option<KeyRecord> {
-        match &self.cache {
-            Some(cache) => cache
-                .get(&(group.to_owned(), selector.clone()))
-                .await
-                .and_then(|entry| entry.value),
-            None => self.source.read(group, selector).await.ok().flatten(),
+    pub async fn cached(&self, group: &str, selector: &Selector) -> Option<Record> {
+        match &self.store {
+            Some(store) => {
+                let key = Key {
+                    group: self.shared.groups.get(group)?,
+                    selector: selector_bytes(selector),
+                };
+                store
+                    .get(&key)
+                    .filter(|slot| Instant::now() < slot.fresh_until)
+                    .and_then(|slot| slot.value)
+            }
+            None => self.compact(self.source.read(group, selector).await.ok().flatten()),
         }
     }
 
     /// The last good record of a key whose read just failed, if still in
     /// its window and not dropped since.
-    async fn resurrect(&self, key: &Key) -> Option<KeyRecord> {
-        let entry = self.last_good.as_ref()?.get(key).await?;
-        if !self.freshness.not_dropped(key, entry.read_at).await {
+    async fn resurrect(&self, store: &Store, key: &Key) -> Option<Record> {
+        let slot = store.get(key)?;
+        let record = slot.value?;
+        if Instant::now() >= slot.keep_until || !self.freshness.not_dropped(key, slot.read_at).await
+        {
             return None;
         }
         self.metrics.cache_resurrected();
-        Some(entry.value)
+        Some(record)
     }
 
+    /// The key's shared read: joins the one in flight, or starts it. The
+    /// read stores its answer before anyone gets it.
     async fn read_through(
         &self,
-        cache: &Cache<Key, Stamped<Value>>,
-        key: Key,
-    ) -> Result<Stamped<Value>, Arc<VaultError>> {
-        cache
-            .try_get_with_by_ref(&key, self.read_stamped(&key))
+        store: &Store,
+        lookup: &Lookup<'_>,
+    ) -> Result<Slot, Arc<VaultError>> {
+        let cell = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(lookup.key.clone())
+            .or_default()
+            .clone();
+        let result = cell
+            .get_or_init(|| async {
+                let slot = self.read_stamped(lookup).await.map_err(Arc::new)?;
+                store.insert(lookup.key.clone(), slot.clone());
+                Ok(slot)
+            })
             .await
+            .clone();
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if in_flight
+            .get(lookup.key)
+            .is_some_and(|current| Arc::ptr_eq(current, &cell))
+        {
+            in_flight.remove(lookup.key);
+        }
+        result
     }
 
     /// One source read, stamped when it starts, counted in the metrics.
-    async fn read_stamped(&self, key: &Key) -> Result<Stamped<Value>, VaultError> {
+    async fn read_stamped(&self, lookup: &Lookup<'_>) -> Result<Slot, VaultError> {
         let read_at = self.freshness.tick();
         let started = Instant::now();
-        let result = self.source.read(&key.0, &key.1).await;
+        let result = self.source.read(lookup.group, lookup.selector).await;
         let outcome = match &result {
             Ok(Some(_)) => ReadResult::Found,
             Ok(None) => ReadResult::Absent,
             Err(_) => ReadResult::Error,
         };
         self.metrics.vault_read(outcome, started.elapsed());
-        result.map(|value| Stamped { value, read_at })
+        let found = result?;
+        let now = Instant::now();
+        let (fresh_for, keep_for) = match &found {
+            // resurrect_ttl 0 turns resurrection off altogether, also for
+            // a fresh answer outdated by `all_stale`.
+            Some(_) if self.config.resurrect_ttl.is_zero() => {
+                (self.config.positive_ttl, Duration::ZERO)
+            }
+            Some(_) => (
+                self.config.positive_ttl,
+                self.config
+                    .positive_ttl
+                    .saturating_add(self.config.resurrect_ttl),
+            ),
+            None => (self.config.negative_ttl, Duration::ZERO),
+        };
+        Ok(Slot {
+            value: self.compact(found),
+            read_at,
+            fresh_until: now + fresh_for,
+            keep_until: now + keep_for,
+        })
     }
+}
+
+/// One lookup: the cache's key and the names the source reads by.
+struct Lookup<'a> {
+    key: &'a Key,
+    group: &'a str,
+    selector: &'a Selector,
 }
 
 #[cfg(test)]
@@ -624,5 +824,140 @@ pub(crate) mod tests {
         assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
         assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
         assert_eq!(source.reads.load(Ordering::SeqCst), 2);
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use std::sync::atomic::Ordering;
+
+    use super::tests::FakeSource;
+    use super::*;
+
+    #[tokio::test]
+    async fn records_share_their_owner_and_keep_the_hash_as_bytes() {
+        let source = Arc::new(FakeSource::default());
+        let (a, b) = (ApiKey::generate(), ApiKey::generate());
+        source.put("g", &a, KeyRecord::for_key(&a, "alice"));
+        source.put("g", &b, KeyRecord::for_key(&b, "alice").with_name("ci"));
+        let config = CacheConfig {
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            resurrect_ttl: Duration::from_secs(60),
+        };
+        let cache = RecordCache::new(source, config, Arc::new(Metrics::new()));
+        let ra = cache.get("g", &a.selector()).await.unwrap().unwrap();
+        let rb = cache.get("g", &b.selector()).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&ra.owner, &rb.owner), "one shared owner");
+        assert_eq!(&*ra.owner, "alice");
+        assert_eq!(ra.hash(), Some(&a.verifier_hash()));
+        assert_eq!(ra.check(&a, OffsetDateTime::now_utc()), Decision::Valid);
+        assert_eq!(ra.check(&b, OffsetDateTime::now_utc()), Decision::Mismatch);
+        assert_eq!(std::mem::size_of::<Key>(), 32);
+    }
+
+    #[test]
+    fn a_record_whose_hash_is_not_hex_is_corrupt() {
+        let key = ApiKey::generate();
+        let record = Record::new(
+            KeyRecord {
+                key: "zz".into(),
+                ..KeyRecord::for_key(&key, "o")
+            },
+            &Interner::new(),
+        );
+        assert_eq!(record.hash(), None);
+        assert_eq!(
+            record.check(&key, OffsetDateTime::now_utc()),
+            Decision::CorruptRecord
+        );
+    }
+
+    #[test]
+    fn strings_no_entry_holds_are_let_go_as_the_set_grows() {
+        let interner = Interner::new();
+        let kept = interner.intern("kept");
+        assert!(Arc::ptr_eq(&kept, &interner.intern("kept")));
+        for n in 0..10 * MIN_SWEEP {
+            drop(interner.intern(&format!("owner-{n}")));
+        }
+        let inner = interner.inner.read().unwrap();
+        assert!(
+            inner.set.len() <= MIN_SWEEP + 1,
+            "{} strings held",
+            inner.set.len()
+        );
+        assert!(inner.set.contains("kept"));
+    }
+
+    #[tokio::test]
+    async fn a_drop_for_a_group_never_looked_up_shares_nothing() {
+        let source = Arc::new(FakeSource::default());
+        let cache = RecordCache::new(
+            source,
+            CacheConfig {
+                positive_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(60),
+                resurrect_ttl: Duration::ZERO,
+            },
+            Arc::new(Metrics::new()),
+        );
+        let key = ApiKey::generate();
+        cache
+            .invalidator()
+            .drop_key("nobody-reads-this", &key.selector())
+            .await;
+        assert!(cache.shared.groups.get("nobody-reads-this").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_shared_by_every_lookup_waiting_for_it() {
+        let source = Arc::new(FakeSource {
+            delay: Duration::from_millis(50),
+            ..Default::default()
+        });
+        source.down.store(true, Ordering::SeqCst);
+        let key = ApiKey::generate();
+        let cache = Arc::new(RecordCache::new(
+            source.clone(),
+            CacheConfig {
+                positive_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(60),
+                resurrect_ttl: Duration::from_secs(60),
+            },
+            Arc::new(Metrics::new()),
+        ));
+        let mut lookups = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (cache, selector) = (cache.clone(), key.selector());
+            lookups.spawn(async move { cache.get("g", &selector).await.is_err() });
+        }
+        while let Some(failed) = lookups.join_next().await {
+            assert!(failed.unwrap());
+        }
+        // One read, not one per waiter in turn (each would wait out
+        // Vault's timeout in an outage).
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+        assert!(cache.in_flight.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn with_resurrection_off_a_fresh_answer_made_stale_is_not_resurrected() {
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let cache = RecordCache::new(
+            source.clone(),
+            CacheConfig {
+                positive_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(60),
+                resurrect_ttl: Duration::ZERO,
+            },
+            Arc::new(Metrics::new()),
+        );
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        cache.invalidator().all_stale();
+        source.down.store(true, Ordering::SeqCst);
+        assert!(cache.get("g", &key.selector()).await.is_err());
     }
 }

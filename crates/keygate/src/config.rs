@@ -230,21 +230,28 @@ impl SecretFile {
     /// Reads and trims the file. Called at startup and again on each login,
     /// so a rotated secret-id is picked up without a restart.
     pub fn read(&self) -> Result<Secret, SecretFileError> {
-        let path = self.path.display().to_string();
-        let text =
-            std::fs::read_to_string(&self.path).map_err(|err| SecretFileError::Unreadable {
-                field: self.field,
-                path: path.clone(),
-                reason: err.to_string(),
-            })?;
+        let text = std::fs::read_to_string(&self.path).map_err(|err| self.unreadable(&err))?;
+        self.secret_of(&text)
+    }
+
+    /// This file's content as a secret: trimmed, and not empty.
+    pub(crate) fn secret_of(&self, text: &str) -> Result<Secret, SecretFileError> {
         let trimmed = text.trim();
         if trimmed.is_empty() {
             return Err(SecretFileError::Empty {
                 field: self.field,
-                path,
+                path: self.path.display().to_string(),
             });
         }
         Ok(Secret::new(trimmed))
+    }
+
+    pub(crate) fn unreadable(&self, err: &std::io::Error) -> SecretFileError {
+        SecretFileError::Unreadable {
+            field: self.field,
+            path: self.path.display().to_string(),
+            reason: err.to_string(),
+        }
     }
 }
 

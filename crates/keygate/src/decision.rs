@@ -153,7 +153,7 @@ impl Validator {
                 Outcome::Deny(Reason::CorruptRecord)
             }
             Decision::Valid => Outcome::Allow {
-                owner: record.owner,
+                owner: record.owner.to_string(),
                 group: group.to_owned(),
                 expires: record.expires,
             },
@@ -180,7 +180,7 @@ impl Validator {
     async fn cached_elsewhere(&self, group: &str, key: &ApiKey, selector: &Selector) -> bool {
         for other in self.routes.groups().iter().filter(|g| *g != group) {
             if let Some(record) = self.records.cached(other, selector).await
-                && record.hash().is_ok_and(|hash| key.verify(&hash))
+                && record.hash().is_some_and(|hash| key.verify(hash))
             {
                 return true;
             }

@@ -2,10 +2,12 @@
 //! ext_authz (gRPC) and HTTP forward-auth gateways. See ARCHITECTURE.md for
 //! where each concept lives.
 
+pub mod backoff;
 pub mod boxed_future;
 pub mod cache;
 pub mod config;
 pub mod connections;
+pub mod credentials;
 pub mod decision;
 pub mod feed;
 pub mod grpc;

@@ -117,7 +117,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
-    let vault = Arc::new(Vault::new(&config.vault)?);
+    let metrics = Arc::new(Metrics::new());
+    let vault = Arc::new(Vault::new(&config.vault)?.with_metrics(metrics.clone()));
     match vault.login().await {
         Ok(_) => {}
         Err(err) if err.is_permanent() => {
@@ -139,7 +140,6 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     ));
 
     let groups = routes.groups().join(", ");
-    let metrics = Arc::new(Metrics::new());
     let (records, readiness): (RecordCache, Arc<dyn http::ReadinessSource>) = match &config.keys {
         KeysConfig::Vault => {
             // The read cap sits between the cache and Vault, so it counts

@@ -31,6 +31,28 @@ pub enum ReadResult {
     Error,
 }
 
+/// How a Vault login went, for `keygate_vault_logins_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginResult {
+    Ok,
+    /// Vault refused the credentials (or the token is a root token).
+    Rejected,
+    /// Vault could not be reached, or a secret file could not be read.
+    Error,
+}
+
+impl LoginResult {
+    const ALL: [LoginResult; 3] = [LoginResult::Ok, LoginResult::Rejected, LoginResult::Error];
+
+    fn label(self) -> &'static str {
+        match self {
+            LoginResult::Ok => "ok",
+            LoginResult::Rejected => "rejected",
+            LoginResult::Error => "error",
+        }
+    }
+}
+
 impl ReadResult {
     fn label(self) -> &'static str {
         match self {
@@ -55,6 +77,7 @@ pub struct Metrics {
     invalidation_stale_marks: Counter,
     invalidation_feed_followers: Gauge,
     vault_reads_refused: Counter,
+    vault_logins: Family<ReadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +103,7 @@ impl Metrics {
         let invalidation_stale_marks = Counter::default();
         let invalidation_feed_followers = Gauge::default();
         let vault_reads_refused = Counter::default();
+        let vault_logins = Family::<ReadLabels, Counter>::default();
         // Counters get `_total` appended by the encoder.
         registry.register(
             "keygate_decisions",
@@ -142,6 +166,13 @@ impl Metrics {
              limits.vault_read_queue waiting (answered 503 vault-busy; also counted as result=error reads)",
             vault_reads_refused.clone(),
         );
+        registry.register(
+            "keygate_vault_logins",
+            "Vault logins (AppRole, or adopting the token file) by result: at start, at two thirds \
+             of the token's TTL, after a 403, and when a credential file changes (failures retried \
+             with a backoff of up to a minute)",
+            vault_logins.clone(),
+        );
 
         // Every series exists from the start, so a rate() over a fresh
         // process sees 0 rather than nothing.
@@ -155,6 +186,11 @@ impl Metrics {
         }
         for result in [ReadResult::Found, ReadResult::Absent, ReadResult::Error] {
             let _ = vault_reads.get_or_create(&ReadLabels {
+                result: result.label(),
+            });
+        }
+        for result in LoginResult::ALL {
+            let _ = vault_logins.get_or_create(&ReadLabels {
                 result: result.label(),
             });
         }
@@ -173,6 +209,7 @@ impl Metrics {
             invalidation_stale_marks,
             invalidation_feed_followers,
             vault_reads_refused,
+            vault_logins,
         }
     }
 
@@ -241,6 +278,14 @@ impl Metrics {
         self.vault_reads_refused.inc();
     }
 
+    pub fn vault_login(&self, result: LoginResult) {
+        self.vault_logins
+            .get_or_create(&ReadLabels {
+                result: result.label(),
+            })
+            .inc();
+    }
+
     /// The OpenMetrics text exposition, which Prometheus scrapes natively.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -276,6 +321,8 @@ mod tests {
             "keygate_invalidation_lines_dropped_total 0",
             "keygate_invalidation_feed_followers 0",
             "keygate_vault_reads_refused_total 0",
+            "keygate_vault_logins_total{result=\"ok\"} 0",
+            "keygate_vault_logins_total{result=\"rejected\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

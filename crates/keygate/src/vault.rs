@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::config::{Auth, Secret, SecretFileError, VaultConfig};
+use crate::metrics::{LoginResult, Metrics};
 
 /// How long a readiness answer is reused, so a busy `/readyz` does not turn
 /// into a stream of token lookups.
@@ -26,6 +27,9 @@ const MIN_RELOGIN_INTERVAL: Duration = Duration::from_secs(5);
 /// The maintenance loop wakes at least this often to notice sessions
 /// replaced by on-demand re-logins.
 const MAINTAIN_TICK: Duration = Duration::from_secs(30);
+/// The maintenance loop's login retries: short, since it retries only
+/// when keygate has no usable token (at start, or past two thirds of the
+/// TTL), where every second without one is a second of 503s.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -144,7 +148,15 @@ pub struct Vault {
     /// One login at a time; a caller of `relogin_after` that waited for it
     /// reuses the session the other caller obtained.
     login_lock: Mutex<()>,
+    /// The last login that failed, if the last login failed: an on-demand
+    /// re-login (after a 403) within `MIN_RELOGIN_INTERVAL` of it answers
+    /// its error instead of trying again, so requests carrying a revoked
+    /// token cannot turn a bad credential into a login per request.
+    /// Guarded by `login_lock` in practice; a `std` mutex, never held
+    /// across an await.
+    last_failure: std::sync::Mutex<Option<(Instant, VaultError)>>,
     probe: Mutex<Option<(Instant, Readiness)>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Vault {
@@ -175,8 +187,16 @@ impl Vault {
             session: RwLock::new(None),
             generation: AtomicU64::new(0),
             login_lock: Mutex::new(()),
+            last_failure: std::sync::Mutex::new(None),
             probe: Mutex::new(None),
+            metrics: None,
         })
+    }
+
+    /// Counts logins in `keygate_vault_logins_total`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn address(&self) -> &str {
@@ -202,6 +222,23 @@ impl Vault {
     }
 
     async fn login_locked(&self) -> Result<TokenInfo, VaultError> {
+        let result = self.login_once().await;
+        let counted = match &result {
+            Ok(_) => LoginResult::Ok,
+            Err(VaultError::LoginRejected { .. } | VaultError::RootToken) => LoginResult::Rejected,
+            Err(_) => LoginResult::Error,
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.vault_login(counted);
+        }
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = result
+            .as_ref()
+            .err()
+            .map(|err| (Instant::now(), err.clone()));
+        result
+    }
+
+    async fn login_once(&self) -> Result<TokenInfo, VaultError> {
         let (token, hint) = match &self.auth {
             Auth::AppRole {
                 mount,
@@ -213,8 +250,10 @@ impl Vault {
                     role_id_file.path.display(),
                     secret_id_file.path.display()
                 );
-                let role_id = role_id_file.read()?;
-                let secret_id = secret_id_file.read()?;
+                // One version of the pair, even while a Secret's `..data`
+                // swaps (crate::credentials).
+                let (role_id, secret_id) =
+                    crate::credentials::read_pair(role_id_file, secret_id_file)?;
                 (
                     self.approle_login(mount, &role_id, &secret_id, &hint)
                         .await?,
@@ -255,14 +294,49 @@ impl Vault {
             generation,
             obtained: Instant::now(),
         };
-        *self.session.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(session));
+        let previous = self
+            .session
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(Arc::new(session));
         info!(
             accessor = %info.accessor,
             policies = ?info.policies,
             ttl = ?info.ttl,
             "logged in to Vault"
         );
+        // The token this login replaces would otherwise stay valid until
+        // its TTL: one live token per rotation and per refresh, each able
+        // to read every key. Only tokens keygate obtained itself (AppRole);
+        // a token file's token belongs to whoever wrote the file. Requests
+        // still in flight with it get a 403 and retry with the new one
+        // (`relogin_after` sees the newer generation).
+        if let Some(previous) = previous
+            && matches!(self.auth, Auth::AppRole { .. })
+            && previous.info.accessor != info.accessor
+        {
+            self.revoke_previous(&previous).await;
+        }
         Ok(info)
+    }
+
+    /// Revokes a replaced session's token; a failure is logged (by
+    /// accessor, never the token) and changes nothing else: the new
+    /// session is in use either way.
+    async fn revoke_previous(&self, previous: &Session) {
+        match self.revoke_self(&previous.token).await {
+            Ok(()) => info!(accessor = %previous.info.accessor, "revoked the previous Vault token"),
+            // Expired or revoked already (often why keygate logged in again).
+            Err(VaultError::Status { status: 403, .. }) => debug!(
+                accessor = %previous.info.accessor,
+                "the previous Vault token was no longer valid; nothing to revoke"
+            ),
+            Err(err) => warn!(
+                accessor = %previous.info.accessor,
+                error = %err,
+                "revoking the previous Vault token failed; it stays valid until its TTL ends"
+            ),
+        }
     }
 
     /// Logs in again unless someone already replaced `stale`, or the current
@@ -275,6 +349,11 @@ impl Vault {
         {
             return Ok(());
         }
+        if let Some((at, err)) = &*self.last_failure.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < MIN_RELOGIN_INTERVAL
+        {
+            return Err(err.clone());
+        }
         debug!("Vault answered 403; logging in again");
         self.login_locked().await.map(drop)
     }
@@ -282,7 +361,7 @@ impl Vault {
     /// Runs forever: replaces the token at two thirds of its TTL and retries
     /// failed logins with a capped backoff.
     pub async fn maintain(self: Arc<Self>) {
-        let mut backoff = Duration::from_secs(1);
+        let mut failures = 0;
         loop {
             if let Some(session) = self.current() {
                 let wait = session.refresh_in();
@@ -292,11 +371,17 @@ impl Vault {
                 }
             }
             match self.login().await {
-                Ok(_) => backoff = Duration::from_secs(1),
+                Ok(_) => failures = 0,
                 Err(err) => {
+                    failures += 1;
+                    let backoff = crate::backoff::retry_delay(
+                        failures,
+                        Duration::from_secs(1),
+                        MAX_BACKOFF,
+                        crate::backoff::jitter(),
+                    );
                     warn!(error = %err, retry_in = ?backoff, "logging in to Vault failed");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

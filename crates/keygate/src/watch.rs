@@ -11,7 +11,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -65,33 +65,75 @@ impl FileSet {
     }
 }
 
+/// First retry of a changed credential that failed to log in, and the cap
+/// of the doubling (`crate::backoff`). A minute bounds how late a fixed
+/// credential is noticed when no new file version arrives; a new version
+/// is tried at once whatever the schedule.
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+pub const RETRY_CAP: Duration = Duration::from_secs(60);
+
+/// A changed version of the files that has not logged in yet.
+struct Pending {
+    version: Vec<Fingerprint>,
+    failures: u32,
+    next_try: Instant,
+}
+
 /// Runs forever: when a credential file changes, logs in with the new
-/// content. A failed login keeps the current session (a half-written
-/// credential must not take the gateway down) and is retried on the next
-/// poll, logging once per change.
+/// content. A failed login keeps the current session (a half-written or
+/// wrong credential must not take the gateway down; the old token serves
+/// while it is valid) and is retried with an exponential backoff (1 s
+/// doubling to a minute, jittered), not on every poll: a bad secret-id
+/// rolled out to every pod must not become a login per second per pod.
+/// The backoff restarts when the files change again or a login succeeds.
 pub async fn relogin_on_change(vault: Arc<Vault>, files: Vec<PathBuf>) {
     if files.is_empty() {
         return;
     }
     let mut set = FileSet::new(files);
-    let mut warned_for: Option<Vec<Fingerprint>> = None;
+    let mut pending: Option<Pending> = None;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
         let (now, changed) = set.check();
         if !changed {
+            // Back to the version in use: nothing left to log in with.
+            pending = None;
+            continue;
+        }
+        let attempt = match &mut pending {
+            Some(p) if p.version == now => p,
+            _ => pending.insert(Pending {
+                version: now.clone(),
+                failures: 0,
+                next_try: Instant::now(),
+            }),
+        };
+        if Instant::now() < attempt.next_try {
             continue;
         }
         match vault.login().await {
             Ok(info) => {
                 info!(accessor = %info.accessor, "a credential file changed; logged in with the new credentials");
                 set.accept(now);
-                warned_for = None;
+                pending = None;
             }
             Err(err) => {
-                if warned_for.as_ref() != Some(&now) {
-                    warn!(error = %err, "a credential file changed but logging in with it failed; keeping the current session and retrying");
-                    warned_for = Some(now);
-                }
+                attempt.failures += 1;
+                let retry_in = crate::backoff::retry_delay(
+                    attempt.failures,
+                    RETRY_BASE,
+                    RETRY_CAP,
+                    crate::backoff::jitter(),
+                );
+                attempt.next_try = Instant::now() + retry_in;
+                warn!(
+                    error = %err,
+                    failures = attempt.failures,
+                    retry_in = ?retry_in,
+                    "a credential file changed but logging in with it failed; keeping the current \
+                     session while its token is valid, next try in {retry_in:.1?} (or at once when \
+                     the file changes again)"
+                );
             }
         }
     }

@@ -135,3 +135,44 @@ fn missing_config_file_is_a_config_error() {
     assert_eq!(code, Some(2), "stderr: {stderr}");
     assert!(stderr.contains("cannot read the config file"), "{stderr}");
 }
+
+/// Two documents of different groups whose templates can match one request
+/// path without being identical: keygate must not start (nor pass
+/// `--check`), and the message names both files and a path they share, so
+/// the operator knows what to change. Through the binary, since a refusal
+/// that only `Routes::load` knows about would not stop a deployment.
+#[test]
+fn overlapping_documents_of_two_groups_stop_keygate_naming_both_files() {
+    let fixture = fixture();
+    common::write(
+        fixture.dir.path(),
+        "apis/shop-items.yaml",
+        "openapi: 3.0.1\ngroupId: shop-items\nservers:\n  - url: /shop\npaths:\n  /items/{id}: {}\n",
+    );
+    common::write(
+        fixture.dir.path(),
+        "apis/shop-special.yaml",
+        "openapi: 3.0.1\ngroupId: shop-special\nservers:\n  - url: /shop\npaths:\n  /items/special: {}\n",
+    );
+    let text = fixture.config_text("http://127.0.0.1:1").replace(
+        "  - apis/billing.yaml\n  - apis/animals.yaml\n",
+        "  - apis/shop-items.yaml\n  - apis/shop-special.yaml\n",
+    );
+    assert!(text.contains("apis/shop-special.yaml"), "{text}");
+    fixture.write_config(&text);
+    let items = fixture.path("apis/shop-items.yaml").display().to_string();
+    let special = fixture.path("apis/shop-special.yaml").display().to_string();
+    let expected = format!(
+        "{special}: path /shop/items/special (group shop-special) can match the same requests as \
+         path /shop/items/{{id}} in {items} (group shop-items), e.g. /shop/items/special: "
+    );
+    let (code, stdout, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stdout: {stdout}; stderr: {stderr}");
+    assert!(stderr.starts_with(&expected), "--check's stderr: {stderr}");
+    // A normal start: bounded, so a keygate that accepted the config and
+    // went on serving fails the test instead of hanging it.
+    let (code, stderr) = fixture.start().wait(std::time::Duration::from_secs(30));
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.starts_with(&expected), "stderr: {stderr}");
+    assert!(!stderr.contains("keygate is listening"), "{stderr}");
+}
