@@ -956,7 +956,7 @@ mod compact_tests {
             Arc::new(Metrics::new()),
         );
         assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
-        cache.invalidator().all_stale();
+        cache.invalidator().all_stale("test");
         source.down.store(true, Ordering::SeqCst);
         assert!(cache.get("g", &key.selector()).await.is_err());
     }
