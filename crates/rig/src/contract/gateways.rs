@@ -13,6 +13,10 @@ pub enum GatewayKind {
     EnvoyGrpc,
     /// Envoy with the HTTP ext_authz filter.
     EnvoyHttp,
+    /// Envoy with keygate inside it: the `keygate-envoy` dynamic module
+    /// (a table of keygate's answers, keygate asked over an HTTP callout on
+    /// a miss, its invalidation feed followed).
+    EnvoyModule,
     /// Traefik's forwardAuth middleware.
     Traefik,
     /// nginx's auth_request module.
@@ -22,9 +26,10 @@ pub enum GatewayKind {
 }
 
 impl GatewayKind {
-    pub const ALL: [GatewayKind; 5] = [
+    pub const ALL: [GatewayKind; 6] = [
         GatewayKind::EnvoyGrpc,
         GatewayKind::EnvoyHttp,
+        GatewayKind::EnvoyModule,
         GatewayKind::Traefik,
         GatewayKind::Nginx,
         GatewayKind::Caddy,
@@ -48,6 +53,7 @@ impl GatewayKind {
         match self {
             GatewayKind::EnvoyGrpc => "envoy-grpc",
             GatewayKind::EnvoyHttp => "envoy-http",
+            GatewayKind::EnvoyModule => "envoy-module",
             GatewayKind::Traefik => "traefik",
             GatewayKind::Nginx => "nginx",
             GatewayKind::Caddy => "caddy",
@@ -57,7 +63,7 @@ impl GatewayKind {
     /// The pinned tool (env/tools.toml) that runs it.
     pub fn tool(self) -> &'static str {
         match self {
-            GatewayKind::EnvoyGrpc | GatewayKind::EnvoyHttp => "envoy",
+            GatewayKind::EnvoyGrpc | GatewayKind::EnvoyHttp | GatewayKind::EnvoyModule => "envoy",
             GatewayKind::Traefik => "traefik",
             GatewayKind::Nginx => "nginx",
             GatewayKind::Caddy => "caddy",
