@@ -302,7 +302,7 @@ fn expected(gateway: &str, label: &str) -> Option<&'static str> {
     const NO_ROUTE: &str = "403 no-route";
     const GATEWAY_400: &str = "400 -";
     let (envoy, traefik, nginx, caddy) = (
-        matches!(gateway, "envoy-grpc" | "envoy-http"),
+        matches!(gateway, "envoy-grpc" | "envoy-http" | "envoy-module"),
         gateway == "traefik",
         gateway == "nginx",
         gateway == "caddy",
