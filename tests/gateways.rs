@@ -1,5 +1,5 @@
 //! Where the gateways of the conformance matrix differ, asserted per gateway.
-//! README's "Gateway compatibility" table states the same facts; change both
+//! docs/gateways.md's "Gateway compatibility" table states the same facts; change both
 //! together. Every case runs once per gateway, like `api_keys`.
 
 use keyrig_e2e::*;
@@ -10,7 +10,7 @@ const ASSERTION_GROUP: &str = "gateways";
 
 const API_GROUP: &str = "animal-rescue-api";
 
-/// What one gateway does, as README's compatibility table says.
+/// What one gateway does, as docs/gateways.md's compatibility table says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Expected {
     /// keygate's JSON body (`{"reason": ..}`) reaches the client on a denial

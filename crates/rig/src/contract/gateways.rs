@@ -86,3 +86,35 @@ impl fmt::Display for GatewayKind {
         f.write_str(self.name())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/gateways.md states, per gateway, what tests/gateways.rs and the
+    /// hostile-request case assert: a gateway added here needs its row in
+    /// the matrix table and its column in the compatibility table.
+    #[test]
+    fn the_gateway_docs_have_a_row_and_a_column_per_gateway() {
+        let file = crate::base::paths::workspace_root().join("docs/gateways.md");
+        let text = std::fs::read_to_string(&file).unwrap();
+        for kind in GatewayKind::ALL {
+            assert!(
+                text.contains(&format!("\n| `{}` |", kind.name())),
+                "{}: the gateway matrix table has no row for {kind}",
+                file.display()
+            );
+        }
+        let header = text
+            .lines()
+            .find(|l| l.starts_with("| behaviour |"))
+            .expect("docs/gateways.md has the compatibility table");
+        let columns: Vec<&str> = header
+            .split('|')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .skip(1)
+            .collect();
+        assert_eq!(columns, GatewayKind::ALL.map(GatewayKind::name));
+    }
+}
