@@ -754,12 +754,23 @@ mod tests {
         };
         let module = dir.path().join("libkeygate_envoy.so");
         let missing = envoy_module_missing(&module, &envoy).unwrap().unwrap();
-        assert!(missing.starts_with("no keygate Envoy module at"), "{missing}");
+        assert!(
+            missing.starts_with("no keygate Envoy module at"),
+            "{missing}"
+        );
 
-        std::fs::write(&module, b"\x7fELF keygate-envoy-build abi=v0.2.0 envoy=1.40;").unwrap();
+        std::fs::write(
+            &module,
+            b"\x7fELF keygate-envoy-build abi=v0.2.0 envoy=1.40;",
+        )
+        .unwrap();
         assert_eq!(envoy_module_missing(&module, &envoy).unwrap(), None);
 
-        std::fs::write(&module, b"\x7fELF keygate-envoy-build abi=v0.3.0 envoy=1.41;").unwrap();
+        std::fs::write(
+            &module,
+            b"\x7fELF keygate-envoy-build abi=v0.3.0 envoy=1.41;",
+        )
+        .unwrap();
         let err = format!("{:#}", envoy_module_missing(&module, &envoy).unwrap_err());
         assert!(
             err.starts_with("the envoy-module gateway cannot run: ")
@@ -770,7 +781,10 @@ mod tests {
 
         std::fs::write(&module, b"\x7fELF not a module").unwrap();
         let err = format!("{:#}", envoy_module_missing(&module, &envoy).unwrap_err());
-        assert!(err.contains("carries no keygate-envoy build marker"), "{err}");
+        assert!(
+            err.contains("carries no keygate-envoy build marker"),
+            "{err}"
+        );
     }
 
     #[rstest]
