@@ -272,6 +272,7 @@ gateway_matrix! {
         };
         let key = issue_key(API_GROUP, |r| r).await.unwrap();
         let undeclared = format!("{}no-such-operation", env().route(API_GROUP).unwrap());
+        let declared = api_path(API_GROUP);
 
         let first = gw.get(&undeclared, Some(key.expose())).await.unwrap();
         assert_eq!(
@@ -279,15 +280,44 @@ gateway_matrix! {
             NO_ROUTE,
             "{gateway}: GET {undeclared} with an unused {API_GROUP} key"
         );
-        let declared = gw.get(&api_path(API_GROUP), Some(key.expose())).await.unwrap();
-        assert_eq!(declared.status, 200, "a valid key was refused: {:?}", declared.reason);
 
-        let again = gw.get(&undeclared, Some(key.expose())).await.unwrap();
-
-        assert_eq!(
-            (again.status, again.reason.as_deref()),
-            expected(gateway).undeclared_path_after_use,
-            "{gateway}: GET {undeclared} with an {API_GROUP} key just used on its API"
-        );
+        let want = expected(gateway).undeclared_path_after_use;
+        // A gateway that caches nothing shows it with one use. The module
+        // may lose what it cached of the first use: the key's own issue
+        // reaches it as a drop through keygate's feed (Vault's audit entry
+        // of the write), which can land after that first answer. So the
+        // use and the undeclared path are repeated until the module holds
+        // the key, within a deadline; any answer but these two fails.
+        let deadline = if want == NO_ROUTE {
+            std::time::Duration::ZERO
+        } else {
+            cache_deadline()
+        };
+        rig::base::wait::wait_until(
+            "the undeclared path's answer once the key was used on its API",
+            deadline,
+            async || {
+                let used = gw.get(&declared, Some(key.expose())).await?;
+                anyhow::ensure!(
+                    used.status == 200,
+                    "{gateway}: a valid key was refused on {declared}: {}",
+                    used.short()
+                );
+                let again = gw.get(&undeclared, Some(key.expose())).await?;
+                let seen = (again.status, again.reason.as_deref());
+                Ok(if seen == want {
+                    rig::base::wait::Probe::Ready(())
+                } else if seen == NO_ROUTE {
+                    rig::base::wait::Probe::seen(format!("{} on {undeclared}", again.short()))
+                } else {
+                    anyhow::bail!(
+                        "{gateway}: GET {undeclared} with an {API_GROUP} key just used on its API: {}, expected {want:?}",
+                        again.short()
+                    )
+                })
+            },
+        )
+        .await
+        .unwrap();
     }
 }
