@@ -470,13 +470,51 @@ mod faults {
         assert_eq!(env.default_gateway(), gateway.name());
         let (group, _) = env.groups();
         let path = env.api_path(&group);
+        let invalidations = env.metric_sum("keygate_invalidations_total").await.unwrap();
         let cached = env.issue_key(&group).await.unwrap();
         // In Vault and valid, but never asked for: the module holds nothing.
         let never_seen = env.issue_key(&group).await.unwrap();
         let mut tally = Tally::default();
-        let warm = env.get(&path, Some(cached.expose())).await;
-        let approved_at = Instant::now();
-        assert_eq!(warm.status, 200, "before the kill: {}", warm.short());
+        // Each key's write reaches the module as a drop, through Vault's
+        // audit stream (a request and a response entry per write), keygate
+        // and its feed; one landing after the module cached the key would
+        // drop it again. So the outage starts only once keygate applied all
+        // four and the module then serves the key without asking keygate.
+        wait_until(
+            "keygate to apply the audit entries of the two keys' writes",
+            Duration::from_secs(10),
+            async || {
+                let now = env.metric_sum("keygate_invalidations_total").await?;
+                Ok(if now >= invalidations + 4 {
+                    Probe::Ready(())
+                } else {
+                    Probe::seen(format!(
+                        "keygate_invalidations_total {invalidations} -> {now}"
+                    ))
+                })
+            },
+        )
+        .await
+        .unwrap();
+        let mut approved_at = Instant::now();
+        wait_until(
+            "the module to serve the key from its table (keygate deciding nothing)",
+            Duration::from_secs(10),
+            async || {
+                let decided = env.metric_sum("keygate_decisions_total").await?;
+                let warm = env.get(&path, Some(cached.expose())).await;
+                anyhow::ensure!(warm.status == 200, "before the kill: {}", warm.short());
+                let again = env.metric_sum("keygate_decisions_total").await?;
+                Ok(if again == decided {
+                    Probe::Ready(())
+                } else {
+                    approved_at = Instant::now();
+                    Probe::seen("keygate was asked")
+                })
+            },
+        )
+        .await
+        .unwrap();
         let load = Load::start(&env, &path, &cached);
 
         env.run.supervisor.stop("keygate", StopMode::Kill).unwrap();
