@@ -1,5 +1,6 @@
 //! API keys through every gateway of the conformance matrix (Envoy gRPC and
-//! HTTP ext_authz, Traefik, nginx, Caddy -> keygate -> Vault): each case runs
+//! HTTP ext_authz, Envoy with keygate's module, Traefik, nginx, Caddy ->
+//! keygate -> Vault): each case runs
 //! once per gateway (`#[values]`) and is recorded as `case [gateway]`.
 //! Each case issues its own keys, so cases run in parallel without sharing state.
 

@@ -440,6 +440,173 @@ mod faults {
         case.note(tally.message(&format!("{in_gap} requests in the gap, all denied")));
     }
 
+    /// 4c. keygate killed (SIGKILL) under load behind `envoy-module`, and
+    /// restarted: keys the module approved before keep passing from its
+    /// table (fresh, then past their positive TTL from the resurrect
+    /// window, since keygate cannot be asked), every key it never approved
+    /// gets 503 `keygate-unavailable` (never 200, never 401: nobody could
+    /// tell), and once keygate is back a key new to the module passes
+    /// (the recovery recorded).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keygate_killed_behind_envoy_module_cached_keys_pass_others_get_503() {
+        const NAME: &str = "keygate_killed_behind_envoy_module_cached_keys_pass_others_get_503";
+        let mut case = fault_case(NAME);
+        let Some(mut opts) = options_or_skip(&mut case) else {
+            return;
+        };
+        if !opts.keygate_envoy_module.is_file() {
+            let reason = format!(
+                "no keygate Envoy module at {}: run the fault tests through `cargo xtask e2e`, which builds it",
+                opts.keygate_envoy_module.display()
+            );
+            eprintln!("skipped: {reason}");
+            case.skip(reason);
+            return;
+        }
+        let gateway = rig::contract::gateways::GatewayKind::EnvoyModule;
+        opts.gateways = vec![gateway];
+        let mut env = Owned::start(&opts).await.unwrap();
+        // The only gateway, so `get` and the load go through the module.
+        assert_eq!(env.default_gateway(), gateway.name());
+        let (group, _) = env.groups();
+        let path = env.api_path(&group);
+        let invalidations = env.metric_sum("keygate_invalidations_total").await.unwrap();
+        let cached = env.issue_key(&group).await.unwrap();
+        // In Vault and valid, but never asked for: the module holds nothing.
+        let never_seen = env.issue_key(&group).await.unwrap();
+        let mut tally = Tally::default();
+        // Each key's write reaches the module as a drop, through Vault's
+        // audit stream (a request and a response entry per write), keygate
+        // and its feed; one landing after the module cached the key would
+        // drop it again. So the outage starts only once keygate applied all
+        // four and the module then serves the key without asking keygate.
+        wait_until(
+            "keygate to apply the audit entries of the two keys' writes",
+            Duration::from_secs(10),
+            async || {
+                let now = env.metric_sum("keygate_invalidations_total").await?;
+                Ok(if now >= invalidations + 4 {
+                    Probe::Ready(())
+                } else {
+                    Probe::seen(format!(
+                        "keygate_invalidations_total {invalidations} -> {now}"
+                    ))
+                })
+            },
+        )
+        .await
+        .unwrap();
+        let mut approved_at = Instant::now();
+        wait_until(
+            "the module to serve the key from its table (keygate deciding nothing)",
+            Duration::from_secs(10),
+            async || {
+                let decided = env.metric_sum("keygate_decisions_total").await?;
+                let warm = env.get(&path, Some(cached.expose())).await;
+                anyhow::ensure!(warm.status == 200, "before the kill: {}", warm.short());
+                let again = env.metric_sum("keygate_decisions_total").await?;
+                Ok(if again == decided {
+                    Probe::Ready(())
+                } else {
+                    approved_at = Instant::now();
+                    Probe::seen("keygate was asked")
+                })
+            },
+        )
+        .await
+        .unwrap();
+        let load = Load::start(&env, &path, &cached);
+
+        env.run.supervisor.stop("keygate", StopMode::Kill).unwrap();
+        let killed = Instant::now();
+        // Past the module's positive TTL (keygate's, which the module
+        // follows), so the cached key's last rounds are served from the
+        // resurrect window; a window sized by the configuration, not a
+        // measured time.
+        let positive_ttl = Duration::from_millis(env.env().cache.positive_ttl_ms);
+        let window = positive_ttl + Duration::from_secs(1);
+        let (mut rounds, mut past_ttl) = (0u32, 0u32);
+        while killed.elapsed() < window {
+            let reply = env.get(&path, Some(cached.expose())).await;
+            tally.count(&reply, false);
+            assert_eq!(
+                reply.status,
+                200,
+                "the key the module approved was refused {} after keygate was killed: {}",
+                rig::base::progress::secs(killed.elapsed()),
+                reply.short()
+            );
+            if approved_at.elapsed() > positive_ttl {
+                past_ttl += 1;
+            }
+            for (name, key) in [
+                ("a valid key the module never saw", never_seen.expose()),
+                ("an unknown key", ApiKey::generate().expose()),
+            ] {
+                let reply = env.get(&path, Some(key)).await;
+                tally.count(&reply, true);
+                assert_eq!(
+                    (reply.status, reply.reason.as_deref()),
+                    (503, Some("keygate-unavailable")),
+                    "{name} while keygate is down must get 503 (never 200, never 401)"
+                );
+            }
+            rounds += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            past_ttl > 0,
+            "no round ran past the cached entry's positive TTL ({rounds} rounds in {})",
+            rig::base::progress::secs(window)
+        );
+
+        let restarted = Instant::now();
+        env.run.supervisor.restart("keygate").await.unwrap();
+        until_status(
+            &env,
+            &mut tally,
+            &path,
+            never_seen.expose(),
+            200,
+            Duration::from_secs(30),
+            false,
+        )
+        .await
+        .unwrap();
+        tally.recovery = Some(restarted.elapsed());
+        let after = env.get(&path, Some(ApiKey::generate().expose())).await;
+        tally.count(&after, true);
+        assert_eq!(
+            (after.status, after.reason.as_deref()),
+            (401, Some("unknown")),
+            "an unknown key once keygate is back"
+        );
+        let load = load.finish().await;
+        tally.add(&load.tally);
+        assert_eq!(
+            load.failed,
+            0,
+            "{} of {} load requests with the approved key failed across the kill and restart, first: {}",
+            load.failed,
+            load.tally.requests,
+            load.first_failure.as_deref().unwrap_or("-")
+        );
+        assert_eq!(tally.false_accepts, 0);
+        env.record_fault(
+            NAME,
+            &format!(
+                "keygate killed (SIGKILL) under load behind envoy-module for {}, then restarted",
+                rig::base::progress::secs(window)
+            ),
+            gateway.name(),
+            &tally,
+        );
+        case.note(tally.message(&format!(
+            "approved key served in all {rounds} rounds of the outage ({past_ttl} past its positive TTL of {} ms); recovery: keygate restart -> first 200 for a key new to the module",
+            positive_ttl.as_millis()
+        )));
+    }
+
     /// 4b. `bao agent` (external-secret mode) killed: the Secret keeps the last
     /// good data and keygate keeps validating; a secret-id written to Vault
     /// meanwhile is delivered once the agent is back, and keygate logs in with

@@ -1,5 +1,5 @@
 //! Where the gateways of the conformance matrix differ, asserted per gateway.
-//! README's "Gateway compatibility" table states the same facts; change both
+//! docs/gateways.md's "Gateway compatibility" table states the same facts; change both
 //! together. Every case runs once per gateway, like `api_keys`.
 
 use keyrig_e2e::*;
@@ -10,7 +10,7 @@ const ASSERTION_GROUP: &str = "gateways";
 
 const API_GROUP: &str = "animal-rescue-api";
 
-/// What one gateway does, as README's compatibility table says.
+/// What one gateway does, as docs/gateways.md's compatibility table says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Expected {
     /// keygate's JSON body (`{"reason": ..}`) reaches the client on a denial
@@ -22,7 +22,14 @@ struct Expected {
     /// animal-rescue key: the status the client gets, and the path the
     /// upstream sees when it gets through.
     dot_segments: (u16, Option<&'static str>),
+    /// A path under the group's route prefix that its OpenAPI document
+    /// does not declare, with a valid key of the group that was just used
+    /// on a declared path: status and `x-keyrig-reason`.
+    undeclared_path_after_use: (u16, Option<&'static str>),
 }
+
+/// keygate's answer for a path no API operation declares.
+const NO_ROUTE: (u16, Option<&str>) = (403, Some("no-route"));
 
 fn expected(gateway: &str) -> Expected {
     match gateway {
@@ -31,12 +38,29 @@ fn expected(gateway: &str) -> Expected {
             api_key_reaches_upstream: true,
             // normalize_path: keygate and the upstream both see the clean path.
             dot_segments: (200, Some("/animal-rescue/animals")),
+            // keygate decides every request on its path: no operation there.
+            undeclared_path_after_use: NO_ROUTE,
+        },
+        // The module's listener is the ext_authz gateways' (one template),
+        // and it answers denials with keygate's status, reason and body.
+        ENVOY_MODULE => Expected {
+            denial_body_is_keygates: true,
+            api_key_reaches_upstream: true,
+            dot_segments: (200, Some("/animal-rescue/animals")),
+            // A deviation: the module's routes are one per API group
+            // (prefix), and a key it holds is decided from its table by
+            // (group, selector) alone, without keygate's path templates. So
+            // once used, the key passes on any path under its group's
+            // prefix; only a key the module does not hold is asked about,
+            // and keygate answers 403 no-route for the path.
+            undeclared_path_after_use: (200, None),
         },
         TRAEFIK => Expected {
             denial_body_is_keygates: true,
             api_key_reaches_upstream: true,
             // The entry point sanitizes the path before forwardAuth.
             dot_segments: (200, Some("/animal-rescue/animals")),
+            undeclared_path_after_use: NO_ROUTE,
         },
         NGINX => Expected {
             // auth_request keeps only the status; nginx writes its own page.
@@ -45,12 +69,14 @@ fn expected(gateway: &str) -> Expected {
             // X-Original-URI is $request_uri, as sent: keygate routes no
             // dot segments, so 403 no-route (fails closed).
             dot_segments: (403, None),
+            undeclared_path_after_use: NO_ROUTE,
         },
         CADDY => Expected {
             denial_body_is_keygates: true,
             api_key_reaches_upstream: true,
             // X-Forwarded-Uri is the URI as sent: 403 no-route, as nginx.
             dot_segments: (403, None),
+            undeclared_path_after_use: NO_ROUTE,
         },
         other => panic!("no expectations for gateway {other}: add them to expected()"),
     }
@@ -226,5 +252,72 @@ gateway_matrix! {
             reply.status,
             reply.body
         );
+    }
+}
+
+gateway_matrix! {
+    /// A path under a group's route prefix that the group's OpenAPI
+    /// document does not declare: keygate refuses it (403 no-route) with a
+    /// valid key of the group. Asked first with the key unused (every
+    /// gateway asks keygate then), and again once the key passed on a
+    /// declared path (where a gateway that caches decisions may differ).
+    #[tokio::test]
+    async fn undeclared_path_under_a_groups_prefix(
+        gateway: &str,
+    ) {
+        let Some((_case, gw)) =
+            case_on(gateway, ASSERTION_GROUP, "undeclared_path_under_a_groups_prefix")
+        else {
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
+        let undeclared = format!("{}no-such-operation", env().route(API_GROUP).unwrap());
+        let declared = api_path(API_GROUP);
+
+        let first = gw.get(&undeclared, Some(key.expose())).await.unwrap();
+        assert_eq!(
+            (first.status, first.reason.as_deref()),
+            NO_ROUTE,
+            "{gateway}: GET {undeclared} with an unused {API_GROUP} key"
+        );
+
+        let want = expected(gateway).undeclared_path_after_use;
+        // A gateway that caches nothing shows it with one use. The module
+        // may lose what it cached of the first use: the key's own issue
+        // reaches it as a drop through keygate's feed (Vault's audit entry
+        // of the write), which can land after that first answer. So the
+        // use and the undeclared path are repeated until the module holds
+        // the key, within a deadline; any answer but these two fails.
+        let deadline = if want == NO_ROUTE {
+            std::time::Duration::ZERO
+        } else {
+            cache_deadline()
+        };
+        rig::base::wait::wait_until(
+            "the undeclared path's answer once the key was used on its API",
+            deadline,
+            async || {
+                let used = gw.get(&declared, Some(key.expose())).await?;
+                anyhow::ensure!(
+                    used.status == 200,
+                    "{gateway}: a valid key was refused on {declared}: {}",
+                    used.short()
+                );
+                let again = gw.get(&undeclared, Some(key.expose())).await?;
+                let seen = (again.status, again.reason.as_deref());
+                Ok(if seen == want {
+                    rig::base::wait::Probe::Ready(())
+                } else if seen == NO_ROUTE {
+                    rig::base::wait::Probe::seen(format!("{} on {undeclared}", again.short()))
+                } else {
+                    anyhow::bail!(
+                        "{gateway}: GET {undeclared} with an {API_GROUP} key just used on its API: {}, expected {want:?}",
+                        again.short()
+                    )
+                })
+            },
+        )
+        .await
+        .unwrap();
     }
 }

@@ -371,14 +371,14 @@ async fn get_at(base: &str, path: &str, headers: &[(&str, &str)]) -> Result<Gate
 /// A test of the gateway matrix: the function, whose first parameter is
 /// `<name>: &str`, runs once per gateway (an rstest value list, kept here
 /// only). Attributes (`#[case(..)]`, `#[tokio::test]`) go inside, as on the
-/// function; the caller imports the five names below (`use keyrig_e2e::*`).
+/// function; the caller imports the six names below (`use keyrig_e2e::*`).
 #[macro_export]
 macro_rules! gateway_matrix {
     ($(#[$attr:meta])* async fn $name:ident($gateway:ident: &str, $($params:tt)*) $body:block) => {
         #[rstest::rstest]
         $(#[$attr])*
         async fn $name(
-            #[values(ENVOY_GRPC, ENVOY_HTTP, TRAEFIK, NGINX, CADDY)] $gateway: &str,
+            #[values(ENVOY_GRPC, ENVOY_HTTP, ENVOY_MODULE, TRAEFIK, NGINX, CADDY)] $gateway: &str,
             $($params)*
         ) $body
     };
@@ -388,6 +388,8 @@ macro_rules! gateway_matrix {
 /// Names as in env.json's `gateways`.
 pub const ENVOY_GRPC: &str = "envoy-grpc";
 pub const ENVOY_HTTP: &str = "envoy-http";
+/// keygate inside Envoy (the `keygate-envoy` dynamic module).
+pub const ENVOY_MODULE: &str = "envoy-module";
 pub const TRAEFIK: &str = "traefik";
 pub const NGINX: &str = "nginx";
 pub const CADDY: &str = "caddy";

@@ -52,6 +52,12 @@ pub fn local_options() -> Result<LocalOptions, String> {
             args: vec!["echo-upstream".into()],
         },
     );
+    // keygate's Envoy module for the envoy-module gateway: absent, that
+    // gateway is skipped with the reason, like a gateway's missing binary.
+    opts.keygate_envoy_module = from_env(
+        rig::process::envoy_module::MODULE_VAR,
+        "debug/libkeygate_envoy.so",
+    );
     opts.runs_dir = runs_dir();
     // Other helpers' e2e runs share the machine's two cores.
     opts.ready_timeout = Duration::from_secs(90);

@@ -18,14 +18,21 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
     let mut local = local_options(rig::contract::modes::Mode::ExternalSecret)?;
     // Measure the keygate users deploy: an optimized build (the e2e suite
     // runs the debug one), unless KEYRIG_KEYGATE names a binary.
+    // Its Envoy module too, from the same invocation. (run_cargo, not
+    // build::cargo_build: a release build's dependencies are never the
+    // debug ones xtask compiled, so its "compiled again" count would only
+    // mislead.)
     if release && std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
         if !run_cargo(
-            &["build", "--release", "-p", "keygate"],
-            "building keygate (release) for the bench",
+            &crate::up::keygate_build_args(true),
+            "building keygate and its Envoy module (release) for the bench",
         )? {
             bail!("keygate does not build in release mode: see cargo's output above");
         }
         local.keygate_bin = rig::base::paths::target_dir().join("release/keygate");
+        if std::env::var_os(rig::process::envoy_module::MODULE_VAR).is_none_or(|v| v.is_empty()) {
+            local.keygate_envoy_module = rig::local::module_beside(&local.keygate_bin);
+        }
     }
     let out_dir = rig::base::paths::rig_dir().join("bench");
     let mut suite = cargo();

@@ -26,6 +26,8 @@ pub(crate) struct Artifact {
     pub(crate) test: bool,
     /// The executable, for bins and tests.
     pub(crate) executable: Option<PathBuf>,
+    /// Every file the target produced (a cdylib's `.so` is only here).
+    pub(crate) filenames: Vec<PathBuf>,
     /// Up to date before this build (nothing compiled for it).
     pub(crate) fresh: bool,
     /// A workspace member (`path+file://` package id), not a dependency.
@@ -55,6 +57,18 @@ impl Built {
     /// Every artifact this build compiled (members and dependencies).
     pub(crate) fn compiled(&self) -> usize {
         self.artifacts.iter().filter(|a| !a.fresh).count()
+    }
+
+    /// The shared library of `package`'s cdylib target `target`
+    /// (`lib<target>.so`).
+    pub(crate) fn cdylib(&self, package: &str, target: &str) -> Option<PathBuf> {
+        let file = format!("lib{target}.so");
+        self.artifacts
+            .iter()
+            .filter(|a| a.package == package && a.target == target && !a.test)
+            .flat_map(|a| &a.filenames)
+            .find(|f| f.file_name().is_some_and(|n| n == file.as_str()))
+            .cloned()
     }
 
     /// The executable of `package`'s bin target `target`.
@@ -121,6 +135,12 @@ pub(crate) fn parse_messages(messages: &str) -> Result<Built> {
             target: target.to_owned(),
             test: message["profile"]["test"] == true,
             executable: message["executable"].as_str().map(PathBuf::from),
+            filenames: message["filenames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(PathBuf::from))
+                .collect(),
             fresh: message["fresh"] == true,
             local: id.starts_with("path+"),
         });
@@ -147,12 +167,13 @@ mod tests {
 {"reason":"compiler-artifact","package_id":"registry+https://github.com/rust-lang/crates.io-index#hyper@1.8.0","target":{"name":"hyper","kind":["lib"]},"profile":{"test":false},"executable":null,"fresh":false}
 {"reason":"compiler-artifact","package_id":"path+file:///w/crates/keygate#0.1.0","target":{"name":"keygate","kind":["bin"]},"profile":{"test":false},"executable":"/w/target/debug/keygate","fresh":false}
 {"reason":"compiler-artifact","package_id":"path+file:///w/tests#keyrig-e2e@0.1.0","target":{"name":"api_keys","kind":["test"]},"profile":{"test":true},"executable":"/w/target/debug/deps/api_keys-1","fresh":true}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/keygate-envoy#0.1.0","target":{"name":"keygate_envoy","kind":["cdylib"]},"profile":{"test":false},"filenames":["/w/target/debug/libkeygate_envoy.so"],"executable":null,"fresh":true}
 {"reason":"build-finished","success":true}"#;
 
     #[test]
     fn artifacts_and_what_was_compiled_are_read_from_cargos_messages() {
         let built = parse_messages(MESSAGES).unwrap();
-        assert_eq!(built.artifacts.len(), 4);
+        assert_eq!(built.artifacts.len(), 5);
         assert_eq!(built.compiled(), 2);
         assert_eq!(built.compiled_dependencies(), vec!["hyper"]);
         assert_eq!(
@@ -164,6 +185,11 @@ mod tests {
             None,
             "a test is not a bin"
         );
+        assert_eq!(
+            built.cdylib("keygate-envoy", "keygate_envoy"),
+            Some(PathBuf::from("/w/target/debug/libkeygate_envoy.so"))
+        );
+        assert_eq!(built.cdylib("keygate", "keygate"), None);
         let test = &built.artifacts[3];
         assert_eq!(
             (test.package.as_str(), test.test, test.local),

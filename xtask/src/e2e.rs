@@ -86,7 +86,7 @@ pub(crate) fn e2e_modes(
     let rt = runtime()?;
     let mut pending = Vec::new();
     for &mode in modes {
-        let mut local = crate::up::local_options_with(mode, keygate.clone())?;
+        let mut local = crate::up::local_options_with(mode, &keygate)?;
         local.gateways = base.gateways.clone();
         local.tls_cert_ttl = Some(SUITE_TLS_CERT_TTL);
         pending.push((mode, local));
@@ -260,6 +260,10 @@ impl ModeRun {
                 ),
                 // Fault tests start environments of their own with these binaries.
                 ("KEYRIG_KEYGATE".to_owned(), self.local.keygate_bin.clone()),
+                (
+                    rig::process::envoy_module::MODULE_VAR.to_owned(),
+                    self.local.keygate_envoy_module.clone(),
+                ),
                 (
                     "KEYRIG_ECHO_PROGRAM".to_owned(),
                     self.local.echo.program.clone(),

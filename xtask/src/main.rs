@@ -104,8 +104,8 @@ enum Cmd {
         #[arg(long)]
         include_ignored: bool,
         /// Run the gateway matrix through this gateway only (repeatable):
-        /// envoy-grpc, envoy-http, traefik, nginx, caddy. Default: every
-        /// gateway whose binary is installed.
+        /// envoy-grpc, envoy-http, envoy-module, traefik, nginx, caddy.
+        /// Default: every gateway whose binary is installed.
         #[arg(long = "gateway", value_name = "NAME", value_parser = parse_gateway)]
         gateways: Vec<rig::contract::gateways::GatewayKind>,
         /// Credential delivery mode(s), each its own environment, all

@@ -12,52 +12,93 @@ use crate::runner::{runtime, stop_on_interrupt, this_binary};
 /// Builds keygate (unless `$KEYRIG_KEYGATE` names a binary) and says how
 /// to run the echo upstream: this very binary, hidden subcommand.
 pub(crate) fn local_options(mode: rig::contract::modes::Mode) -> Result<rig::local::LocalOptions> {
-    local_options_with(mode, build_keygate()?)
+    local_options_with(mode, &build_keygate()?)
 }
 
-/// The keygate binary runs use: `$KEYRIG_KEYGATE`, else the debug build,
-/// built now (cargo says what it compiles; a no-op when fresh).
-pub(crate) fn build_keygate() -> Result<PathBuf> {
-    Ok(
-        match std::env::var_os("KEYRIG_KEYGATE").filter(|v| !v.is_empty()) {
-            Some(path) => {
-                say!(
-                    "keygate: using KEYRIG_KEYGATE={}",
-                    Path::new(&path).display()
-                );
-                PathBuf::from(path)
-            }
-            None => {
-                // `-p xtask` beside keygate: the same package set as
-                // xtask's own build (and its workspace-hack), so keygate's
-                // dependencies are the ones already compiled for xtask
-                // rather than a second copy with keygate's own, narrower
-                // feature set. xtask itself is up to date (it is running).
-                let built = crate::build::cargo_build(
-                    &["build", "-p", "keygate", "-p", "xtask", "--bin", "keygate"],
-                    "building keygate",
-                )?;
-                built
-                    .bin("keygate", "keygate")
-                    .unwrap_or_else(|| rig::base::paths::target_dir().join("debug/keygate"))
-            }
-        },
-    )
+/// What runs take from the keygate build: the binary and keygate's Envoy
+/// module (the `envoy-module` gateway's `libkeygate_envoy.so`).
+#[derive(Debug, Clone)]
+pub(crate) struct KeygateBuild {
+    pub(crate) keygate: PathBuf,
+    pub(crate) module: PathBuf,
 }
 
-/// The local profile's options for `mode` with this keygate binary; the
+/// The cargo arguments of the one build that makes keygate and its Envoy
+/// module: `--bin keygate --lib` selects keygate's binary and the module's
+/// cdylib (`xtask` has no library, `keygate`'s is built for its binary
+/// anyway).
+///
+/// Debug (what runs use): `-p xtask` beside them, the same package set as
+/// xtask's own build (and its workspace-hack), so their dependencies are
+/// the ones already compiled for xtask rather than a second copy with a
+/// narrower feature set; xtask itself is up to date (it is running).
+/// Release (the bench): keygate and the module alone, as a user builds
+/// what they deploy.
+pub(crate) fn keygate_build_args(release: bool) -> Vec<&'static str> {
+    let mut args = vec!["build"];
+    if release {
+        args.push("--release");
+    }
+    args.extend(["-p", "keygate", "-p", "keygate-envoy"]);
+    if !release {
+        args.extend(["-p", "xtask"]);
+    }
+    args.extend(["--bin", "keygate", "--lib"]);
+    args
+}
+
+/// The keygate binary and module runs use: `$KEYRIG_KEYGATE` (and
+/// `$KEYRIG_KEYGATE_ENVOY`, else the module beside that binary), else the
+/// debug builds, made now by one cargo invocation (cargo says what it
+/// compiles; a no-op when fresh).
+pub(crate) fn build_keygate() -> Result<KeygateBuild> {
+    let module_var = rig::process::envoy_module::MODULE_VAR;
+    let module_override = std::env::var_os(module_var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    if let Some(path) = std::env::var_os("KEYRIG_KEYGATE").filter(|v| !v.is_empty()) {
+        say!(
+            "keygate: using KEYRIG_KEYGATE={}",
+            Path::new(&path).display()
+        );
+        let keygate = PathBuf::from(path);
+        let module = module_override.unwrap_or_else(|| rig::local::module_beside(&keygate));
+        return Ok(KeygateBuild { keygate, module });
+    }
+    let built = crate::build::cargo_build(&keygate_build_args(false), "building keygate")?;
+    let debug = rig::base::paths::target_dir().join("debug");
+    let keygate = built
+        .bin("keygate", "keygate")
+        .unwrap_or_else(|| debug.join("keygate"));
+    let module = match module_override {
+        Some(path) => {
+            say!(
+                "keygate's Envoy module: using {module_var}={}",
+                path.display()
+            );
+            path
+        }
+        None => built
+            .cdylib("keygate-envoy", rig::process::envoy_module::MODULE_NAME)
+            .unwrap_or_else(|| rig::local::module_beside(&keygate)),
+    };
+    Ok(KeygateBuild { keygate, module })
+}
+
+/// The local profile's options for `mode` with this keygate build; the
 /// echo upstream and the publish hook are this very binary's hidden
 /// subcommands.
 pub(crate) fn local_options_with(
     mode: rig::contract::modes::Mode,
-    keygate: PathBuf,
+    build: &KeygateBuild,
 ) -> Result<rig::local::LocalOptions> {
     let xtask = this_binary()?;
     let echo = rig::local::EchoCommand {
         program: xtask.clone(),
         args: vec!["echo-upstream".into()],
     };
-    let mut opts = rig::local::LocalOptions::new(keygate, echo);
+    let mut opts = rig::local::LocalOptions::new(build.keygate.clone(), echo);
+    opts.keygate_envoy_module = build.module.clone();
     opts.mode = mode;
     opts.publish = Some(rig::local::delivery::PublishCommand {
         program: xtask,

@@ -3,7 +3,8 @@
 //! same run on the same machine.
 //!
 //! - `variants`: the auth paths (no auth, Envoy's native api_key_auth,
-//!   keygate gRPC/HTTP warm, keygate cold) and the baseline Envoys;
+//!   keygate gRPC/HTTP warm, keygate cold, keygate's Envoy module warm and
+//!   cold) and the baseline Envoys;
 //! - `load`: the load generator (fixed keep-alive connections, bounded by
 //!   count and time, HDR histograms);
 //! - `keys`: many keys written to Vault concurrently;
@@ -125,10 +126,15 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let mut left_out = Vec::new();
 
     // 1. The environment: external-secret mode (so the Secret-dir rotation
-    // runs through bao agent), Envoy with gRPC and HTTP ext_authz.
+    // runs through bao agent), Envoy with gRPC and HTTP ext_authz, and
+    // Envoy with keygate's module.
     let mut local = opts.local.clone();
     local.mode = Mode::ExternalSecret;
-    local.gateways = vec![GatewayKind::EnvoyGrpc, GatewayKind::EnvoyHttp];
+    local.gateways = vec![
+        GatewayKind::EnvoyGrpc,
+        GatewayKind::EnvoyHttp,
+        GatewayKind::EnvoyModule,
+    ];
     local.runs_dir = opts.out_dir.join("runs");
     let up_started = Instant::now();
     let mut env_a = rig::local::up(&local)
@@ -217,12 +223,23 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     );
     let (cold, cold_took) =
         keys::write_keys(&root, &env.kv_mount, &group.group_id, plan.cold_pool).await?;
+    // The module's cold variant has a pool of its own: a key either cold
+    // variant used is cached by keygate, and would spare the module's
+    // callout its Vault read.
     say!(
-        "bench: keys written ({} in {}, {} in {})",
+        "bench: writing {} keys for the module's cold variant",
+        plan.cold_pool
+    );
+    let (module_cold, module_cold_took) =
+        keys::write_keys(&root, &env.kv_mount, &group.group_id, plan.cold_pool).await?;
+    say!(
+        "bench: keys written ({} in {}, {} in {}, {} in {})",
         native_keys.len(),
         rig::base::progress::secs(took),
         cold.len(),
-        rig::base::progress::secs(cold_took)
+        rig::base::progress::secs(cold_took),
+        module_cold.len(),
+        rig::base::progress::secs(module_cold_took)
     );
     let upstream: std::net::SocketAddr = env
         .upstream_url
@@ -266,17 +283,27 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             Variant::KeygateCold,
             format!("{}{path}", env.gateways[GatewayKind::EnvoyGrpc.name()]),
         ),
+        (
+            Variant::ModuleWarm,
+            format!("{}{path}", env.gateways[GatewayKind::EnvoyModule.name()]),
+        ),
+        (
+            Variant::ModuleCold,
+            format!("{}{path}", env.gateways[GatewayKind::EnvoyModule.name()]),
+        ),
     ]
     .into();
 
     // 4. Auth overhead, interleaved.
     let clients = load::clients(plan.connections)?;
-    // Warm-up: connections open, the warm key cached, Envoy's first-request costs paid.
+    // Warm-up: connections open, the warm key cached (by keygate, and in
+    // the module's table), Envoy's first-request costs paid.
     for variant in [
         Variant::NoAuth,
         Variant::Native,
         Variant::KeygateGrpc,
         Variant::KeygateHttp,
+        Variant::ModuleWarm,
     ] {
         load::run(
             Burst {
@@ -292,6 +319,8 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     }
     let cold_pool = Arc::new(cold);
     let cold_next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let module_cold_pool = Arc::new(module_cold);
+    let module_cold_next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut totals: BTreeMap<Variant, load::Outcome> = BTreeMap::new();
     let schedule = stats::interleave(&Variant::ALL, plan.rounds);
     say!(
@@ -307,6 +336,10 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             Variant::KeygateCold => Keys::Fresh {
                 pool: cold_pool.clone(),
                 next: cold_next.clone(),
+            },
+            Variant::ModuleCold => Keys::Fresh {
+                pool: module_cold_pool.clone(),
+                next: module_cold_next.clone(),
             },
             _ => Keys::One(warm.clone()),
         };
@@ -345,11 +378,17 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             }
         }
     }
-    if cold_next.load(std::sync::atomic::Ordering::Relaxed) >= cold_pool.len() {
-        left_out.push(format!(
-            "the cold-cache variant ran out of its {} fresh keys, so some of its rounds ended early (fewer requests than the others)",
-            cold_pool.len()
-        ));
+    for (variant, next, pool) in [
+        (Variant::KeygateCold, &cold_next, &cold_pool),
+        (Variant::ModuleCold, &module_cold_next, &module_cold_pool),
+    ] {
+        if next.load(std::sync::atomic::Ordering::Relaxed) >= pool.len() {
+            left_out.push(format!(
+                "{} ran out of its {} fresh keys, so some of its rounds ended early (fewer requests than the others)",
+                variant.name(),
+                pool.len()
+            ));
+        }
     }
     let variants = report::variant_results(&totals);
 

@@ -24,7 +24,8 @@ pub fn variant_results(totals: &BTreeMap<Variant, Outcome>) -> Vec<VariantResult
     let native_rps = base(Variant::Native).map(rps);
     let no_auth_rps = base(Variant::NoAuth).map(rps);
     let p99 = |o: &Outcome| o.latencies_us.value_at_quantile(0.99);
-    let native_p99 = base(Variant::Native).map(|o| p99(o) as f64);
+    let native_p99_us = base(Variant::Native).map(p99);
+    let native_p99 = native_p99_us.map(|p| p as f64);
     let no_auth_p99 = base(Variant::NoAuth).map(p99);
     Variant::ALL
         .iter()
@@ -46,6 +47,7 @@ pub fn variant_results(totals: &BTreeMap<Variant, Outcome>) -> Vec<VariantResult
                 p99_vs_native: ratio(latency.p99_us as f64, native_p99),
                 p99_vs_no_auth: ratio(latency.p99_us as f64, no_auth_p99.map(|p| p as f64)),
                 p99_added_us: no_auth_p99.map(|b| latency.p99_us as i64 - b as i64),
+                p99_added_vs_native_us: native_p99_us.map(|b| latency.p99_us as i64 - b as i64),
                 last_failure: o.last_failure.clone(),
                 distribution: PLOT_PERCENTILES
                     .iter()
@@ -127,6 +129,8 @@ pub fn render(r: &BenchReport) -> String {
                 x(v.rps_vs_no_auth),
                 v.p99_added_us
                     .map_or("-".into(), |us| format!("{:+.2}", us as f64 / 1000.0)),
+                v.p99_added_vs_native_us
+                    .map_or("-".into(), |us| format!("{:+.2}", us as f64 / 1000.0)),
             ]
         })
         .collect();
@@ -143,6 +147,7 @@ pub fn render(r: &BenchReport) -> String {
             "req/s vs native",
             "req/s vs no-auth",
             "p99 added ms",
+            "p99 vs native ms",
         ],
         &rows,
     ));
@@ -234,7 +239,7 @@ pub fn render(r: &BenchReport) -> String {
     let s = &r.suite;
     let _ = writeln!(
         out,
-        "\nsuite speed: environment up {} ms (external-secret mode: envoy-grpc, envoy-http, the keys-file side){}{}",
+        "\nsuite speed: environment up {} ms (external-secret mode: envoy-grpc, envoy-http, envoy-module, the keys-file side){}{}",
         s.up_ms,
         s.scale_up_ms.map_or(String::new(), |ms| format!(
             ", {ms} ms (inline mode, envoy-grpc, the keys-file side)"
@@ -311,6 +316,7 @@ mod tests {
         assert!((grpc.rps_vs_no_auth.unwrap() - 0.4).abs() < 1e-9);
         // 1500 µs vs 500 µs, within the histogram's 3 significant digits.
         assert!((grpc.p99_added_us.unwrap() - 1000).abs() <= 2);
+        assert!((grpc.p99_added_vs_native_us.unwrap() - 500).abs() <= 2);
         assert!((grpc.p99_vs_no_auth.unwrap() - 3.0).abs() < 0.01);
         assert_eq!(results[0].rps_vs_no_auth, Some(1.0));
     }

@@ -32,15 +32,26 @@ pub enum Variant {
     /// request: each one a Vault read.
     #[serde(rename = "keygate-grpc-cold")]
     KeygateCold,
+    /// Envoy with keygate's dynamic module, the key in the module's table:
+    /// decided inside Envoy, no round trip.
+    #[serde(rename = "keygate-envoy-module-warm")]
+    ModuleWarm,
+    /// Envoy with keygate's module, a key new to the module (and to
+    /// keygate) on every request: the module's callout to keygate, and
+    /// keygate's Vault read, as `keygate-grpc-cold` does over ext_authz.
+    #[serde(rename = "keygate-envoy-module-cold")]
+    ModuleCold,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 7] = [
         Variant::NoAuth,
         Variant::Native,
         Variant::KeygateGrpc,
         Variant::KeygateHttp,
         Variant::KeygateCold,
+        Variant::ModuleWarm,
+        Variant::ModuleCold,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +61,8 @@ impl Variant {
             Variant::KeygateGrpc => "keygate-grpc-warm",
             Variant::KeygateHttp => "keygate-http-warm",
             Variant::KeygateCold => "keygate-grpc-cold",
+            Variant::ModuleWarm => "keygate-envoy-module-warm",
+            Variant::ModuleCold => "keygate-envoy-module-cold",
         }
     }
 
@@ -61,6 +74,10 @@ impl Variant {
             Variant::KeygateHttp => "Envoy + keygate HTTP ext_authz, warm cache",
             Variant::KeygateCold => {
                 "Envoy + keygate gRPC ext_authz, cold cache (Vault read per request)"
+            }
+            Variant::ModuleWarm => "Envoy + keygate's dynamic module, key in the module's table",
+            Variant::ModuleCold => {
+                "Envoy + keygate's dynamic module, key new to it (callout to keygate, Vault read per request)"
             }
         }
     }

@@ -36,6 +36,7 @@ fn local_envoy() -> Value {
         upstream: addr(8080),
         dir: std::env::temp_dir(),
         env_dir: &env_dir,
+        envoy_module: None,
     };
     serde_yaml::from_str(&render(&ctx, ExtAuthz::Grpc).unwrap()).unwrap()
 }

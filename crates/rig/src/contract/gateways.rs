@@ -13,6 +13,10 @@ pub enum GatewayKind {
     EnvoyGrpc,
     /// Envoy with the HTTP ext_authz filter.
     EnvoyHttp,
+    /// Envoy with keygate inside it: the `keygate-envoy` dynamic module
+    /// (a table of keygate's answers, keygate asked over an HTTP callout on
+    /// a miss, its invalidation feed followed).
+    EnvoyModule,
     /// Traefik's forwardAuth middleware.
     Traefik,
     /// nginx's auth_request module.
@@ -22,9 +26,10 @@ pub enum GatewayKind {
 }
 
 impl GatewayKind {
-    pub const ALL: [GatewayKind; 5] = [
+    pub const ALL: [GatewayKind; 6] = [
         GatewayKind::EnvoyGrpc,
         GatewayKind::EnvoyHttp,
+        GatewayKind::EnvoyModule,
         GatewayKind::Traefik,
         GatewayKind::Nginx,
         GatewayKind::Caddy,
@@ -48,6 +53,7 @@ impl GatewayKind {
         match self {
             GatewayKind::EnvoyGrpc => "envoy-grpc",
             GatewayKind::EnvoyHttp => "envoy-http",
+            GatewayKind::EnvoyModule => "envoy-module",
             GatewayKind::Traefik => "traefik",
             GatewayKind::Nginx => "nginx",
             GatewayKind::Caddy => "caddy",
@@ -57,7 +63,7 @@ impl GatewayKind {
     /// The pinned tool (env/tools.toml) that runs it.
     pub fn tool(self) -> &'static str {
         match self {
-            GatewayKind::EnvoyGrpc | GatewayKind::EnvoyHttp => "envoy",
+            GatewayKind::EnvoyGrpc | GatewayKind::EnvoyHttp | GatewayKind::EnvoyModule => "envoy",
             GatewayKind::Traefik => "traefik",
             GatewayKind::Nginx => "nginx",
             GatewayKind::Caddy => "caddy",
@@ -78,5 +84,37 @@ impl GatewayKind {
 impl fmt::Display for GatewayKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/gateways.md states, per gateway, what tests/gateways.rs and the
+    /// hostile-request case assert: a gateway added here needs its row in
+    /// the matrix table and its column in the compatibility table.
+    #[test]
+    fn the_gateway_docs_have_a_row_and_a_column_per_gateway() {
+        let file = crate::base::paths::workspace_root().join("docs/gateways.md");
+        let text = std::fs::read_to_string(&file).unwrap();
+        for kind in GatewayKind::ALL {
+            assert!(
+                text.contains(&format!("\n| `{}` |", kind.name())),
+                "{}: the gateway matrix table has no row for {kind}",
+                file.display()
+            );
+        }
+        let header = text
+            .lines()
+            .find(|l| l.starts_with("| behaviour |"))
+            .expect("docs/gateways.md has the compatibility table");
+        let columns: Vec<&str> = header
+            .split('|')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .skip(1)
+            .collect();
+        assert_eq!(columns, GatewayKind::ALL.map(GatewayKind::name));
     }
 }

@@ -175,6 +175,7 @@ pub async fn start(
         upstream: addr(input.upstream_port),
         dir: run.path().join("gateways").join("envoy-keys-file"),
         env_dir: input.env_dir,
+        envoy_module: None,
     };
     let launch = crate::local::gateway::envoy::plan(
         &ctx,

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::base::run::RunDir;
 use crate::contract::env::{CacheSettings, Environment};
 use crate::contract::gateways::GatewayKind;
-use crate::local::gateway::context::GatewayContext;
+use crate::local::gateway::context::{EnvoyModuleSettings, GatewayContext};
 use crate::process::components::{DevVault, EchoUpstream, Keygate, RaftVault};
 use crate::process::supervisor::Supervisor;
 use crate::process::tools::Tools;
@@ -64,6 +64,10 @@ pub struct EchoCommand {
 pub struct LocalOptions {
     /// The keygate binary (xtask builds it first).
     pub keygate_bin: PathBuf,
+    /// keygate's Envoy module (`libkeygate_envoy.so`) for the
+    /// `envoy-module` gateway; by default beside the keygate binary, where
+    /// the build that makes keygate puts it.
+    pub keygate_envoy_module: PathBuf,
     pub echo: EchoCommand,
     /// Holds `apis/` and `vault/setup.yaml`.
     pub scenarios_dir: PathBuf,
@@ -106,6 +110,7 @@ impl LocalOptions {
     /// This workspace's scenarios and templates.
     pub fn new(keygate_bin: PathBuf, echo: EchoCommand) -> Self {
         Self {
+            keygate_envoy_module: module_beside(&keygate_bin),
             keygate_bin,
             echo,
             scenarios_dir: crate::base::paths::scenarios_dir(),
@@ -123,6 +128,16 @@ impl LocalOptions {
             tls_cert_ttl: None,
             invalidation: true,
         }
+    }
+}
+
+/// Where a build of keygate puts keygate's Envoy module: beside the
+/// binary (`target/<profile>/libkeygate_envoy.so`).
+pub fn module_beside(keygate_bin: &Path) -> PathBuf {
+    let file = format!("lib{}.so", crate::process::envoy_module::MODULE_NAME);
+    match keygate_bin.parent() {
+        Some(dir) => dir.join(file),
+        None => PathBuf::from(file),
     }
 }
 
@@ -220,7 +235,8 @@ impl Inputs {
         let bao = tool("bao")?;
         // The keys-file gateway is an Envoy whatever gateways the run asked for.
         let envoy = tool("envoy")?;
-        let (gateways, skipped_gateways) = select_gateways(&tools, &opts.gateways)?;
+        let (gateways, skipped_gateways) =
+            select_gateways(&tools, &opts.gateways, &opts.keygate_envoy_module)?;
         Keygate::check_binary(&opts.keygate_bin)?;
         let groups = crate::contract::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
         let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
@@ -418,6 +434,13 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
 
     // 7. The gateways, each in front of keygate and the echo upstream.
     let mut gateway_urls = std::collections::BTreeMap::new();
+    // The module's table keeps keygate's answers as long as keygate's own
+    // cache would.
+    let envoy_module = EnvoyModuleSettings {
+        library: opts.keygate_envoy_module.clone(),
+        positive_ttl: opts.positive_ttl,
+        resurrect_ttl: opts.resurrect_ttl,
+    };
     // The diagnostics read /stats and /clusters of the default gateway's Envoy.
     let mut envoy_admin_url = None;
     for ((kind, tool), (listen, admin)) in gateways.iter().zip(&ports.gateways) {
@@ -434,6 +457,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             upstream: addr(ports.echo),
             dir: run.path().join("gateways").join(kind.name()),
             env_dir: &opts.env_dir,
+            envoy_module: Some(&envoy_module),
         };
         let url = crate::local::gateway::start(&ctx, &tool.path, &mut supervisor).await?;
         gateway_urls.insert(kind.name().to_owned(), url);
@@ -485,6 +509,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
                     upstream: addr(ports.echo),
                     dir: run.path().join("gateways"),
                     env_dir: &opts.env_dir,
+                    envoy_module: None,
                 },
             };
             Some(crate::local::tls::start(start, &root, &run, &mut supervisor).await?)
@@ -558,7 +583,15 @@ type Skipped = std::collections::BTreeMap<String, String>;
 /// The gateways to start, each with its binary, and the ones skipped with
 /// the reason. Asked-for gateways are installed when missing (an error if
 /// that fails); by default every gateway whose binary is installed runs.
-fn select_gateways(tools: &Tools, asked: &[GatewayKind]) -> Result<(Vec<GatewayPick>, Skipped)> {
+/// `envoy-module` also needs keygate's module (`module`): absent, it is
+/// skipped like a missing binary (an error when asked for); built for
+/// another Envoy than the one resolved, it is an error either way, naming
+/// both versions, since that is a broken build rather than a missing part.
+fn select_gateways(
+    tools: &Tools,
+    asked: &[GatewayKind],
+    module: &Path,
+) -> Result<(Vec<GatewayPick>, Skipped)> {
     let mut running = Vec::new();
     let mut skipped = std::collections::BTreeMap::new();
     let kinds: Vec<GatewayKind> = if asked.is_empty() {
@@ -576,6 +609,15 @@ fn select_gateways(tools: &Tools, asked: &[GatewayKind]) -> Result<(Vec<GatewayP
                 tools.install(kind.tool())
             }
             Err(err) => Err(anyhow::Error::from(err)),
+        };
+        let resolved = match resolved {
+            Ok(tool) if kind == GatewayKind::EnvoyModule => {
+                match envoy_module_missing(module, &tool)? {
+                    Some(why) => Err(anyhow::anyhow!(why)),
+                    None => Ok(tool),
+                }
+            }
+            other => other,
         };
         match resolved {
             Ok(tool) => {
@@ -603,6 +645,28 @@ fn select_gateways(tools: &Tools, asked: &[GatewayKind]) -> Result<(Vec<GatewayP
         );
     }
     Ok((running, skipped))
+}
+
+/// Why the `envoy-module` gateway lacks its module (`Some`: skipped like a
+/// missing binary, or an error when asked for), or `None` when `module` is
+/// a keygate module built for `envoy`'s release series. A module for
+/// another series is an error naming both versions: a broken build, found
+/// before anything starts (`envoy_module::command` checks again at start).
+fn envoy_module_missing(
+    module: &Path,
+    envoy: &crate::process::tools::ResolvedTool,
+) -> Result<Option<String>> {
+    if !module.is_file() {
+        return Ok(Some(format!(
+            "no keygate Envoy module at {}: build it with `cargo build -p keygate-envoy` (`cargo xtask e2e` does), or point {} at one",
+            module.display(),
+            crate::process::envoy_module::MODULE_VAR
+        )));
+    }
+    let build = crate::process::envoy_module::read_build(module)?;
+    crate::process::envoy_module::supported(module, &build, &envoy.path, &envoy.version)
+        .context("the envoy-module gateway cannot run")?;
+    Ok(None)
 }
 
 /// Copies the dev server's unseal key from its stdout into
@@ -675,6 +739,51 @@ mod tests {
         assert_eq!(
             doc["gateway_group_file"].as_str(),
             Some("/run/secret/gateway-group")
+        );
+    }
+
+    #[rstest]
+    fn the_envoy_module_is_checked_against_the_envoy_that_will_load_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let envoy = crate::process::tools::ResolvedTool {
+            name: "envoy".into(),
+            path: PathBuf::from("/bin/envoy"),
+            version: "1.40.0".into(),
+            source: crate::process::tools::Source::Cache,
+            warnings: Vec::new(),
+        };
+        let module = dir.path().join("libkeygate_envoy.so");
+        let missing = envoy_module_missing(&module, &envoy).unwrap().unwrap();
+        assert!(
+            missing.starts_with("no keygate Envoy module at"),
+            "{missing}"
+        );
+
+        std::fs::write(
+            &module,
+            b"\x7fELF keygate-envoy-build abi=v0.2.0 envoy=1.40;",
+        )
+        .unwrap();
+        assert_eq!(envoy_module_missing(&module, &envoy).unwrap(), None);
+
+        std::fs::write(
+            &module,
+            b"\x7fELF keygate-envoy-build abi=v0.3.0 envoy=1.41;",
+        )
+        .unwrap();
+        let err = format!("{:#}", envoy_module_missing(&module, &envoy).unwrap_err());
+        assert!(
+            err.starts_with("the envoy-module gateway cannot run: ")
+                && err.contains("was built for Envoy 1.41 (dynamic-module ABI v0.3.0)")
+                && err.contains("/bin/envoy is Envoy 1.40.0"),
+            "{err}"
+        );
+
+        std::fs::write(&module, b"\x7fELF not a module").unwrap();
+        let err = format!("{:#}", envoy_module_missing(&module, &envoy).unwrap_err());
+        assert!(
+            err.contains("carries no keygate-envoy build marker"),
+            "{err}"
         );
     }
 

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -34,6 +35,22 @@ pub struct GatewayContext<'a> {
     pub dir: PathBuf,
     /// Holds the templates (`env/<gateway>/...`).
     pub env_dir: &'a Path,
+    /// What the `envoy-module` gateway needs besides Envoy; `None` where
+    /// no such gateway is planned (the keys-file and TLS Envoys).
+    pub envoy_module: Option<&'a EnvoyModuleSettings>,
+}
+
+/// The `envoy-module` gateway's own inputs: keygate's dynamic module and
+/// the cache settings of the run's keygate, which the module's table
+/// follows (an entry lives as long as keygate's cache would keep it).
+#[derive(Debug, Clone)]
+pub struct EnvoyModuleSettings {
+    /// `libkeygate_envoy.so` (built beside keygate).
+    pub library: PathBuf,
+    /// keygate's `cache.positive_ttl`.
+    pub positive_ttl: Duration,
+    /// keygate's `cache.resurrect_ttl`.
+    pub resurrect_ttl: Duration,
 }
 
 impl GatewayContext<'_> {
@@ -122,6 +139,11 @@ pub(crate) mod tests {
             upstream: addr(9003),
             dir: PathBuf::from("/tmp/run/gateways").join(kind.name()),
             env_dir: Box::leak(Box::new(crate::base::paths::env_dir())),
+            envoy_module: Some(Box::leak(Box::new(EnvoyModuleSettings {
+                library: PathBuf::from("/w/target/debug/libkeygate_envoy.so"),
+                positive_ttl: Duration::from_secs(5),
+                resurrect_ttl: Duration::from_secs(30),
+            }))),
         }
     }
 }

@@ -1,13 +1,17 @@
 //! Envoy 1.40 with the ext_authz filter, over gRPC (keygate's
-//! `Authorization/Check`) or HTTP (keygate's `/auth` forward-auth). One
-//! template, `env/envoy/envoy.yaml.j2`, for both.
+//! `Authorization/Check`) or HTTP (keygate's `/auth` forward-auth), or with
+//! keygate inside it (the `keygate-envoy` dynamic module, gateway
+//! `envoy-module`). One template, `env/envoy/envoy.yaml.j2`, for all three,
+//! so their listeners (path normalization above all) cannot drift apart.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::local::gateway::context::{GatewayContext, Launch, TemplateValues};
+use crate::local::gateway::context::{EnvoyModuleSettings, GatewayContext, Launch, TemplateValues};
 use crate::process::supervisor::Component;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +29,54 @@ struct Values<'a> {
     /// The listener serves TLS with a certificate from SDS (rig::local::tls).
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<&'a TlsListener>,
+    /// keygate's dynamic module instead of the ext_authz filter; the
+    /// `keygate` cluster is then the HTTP one (`ext_authz` Http), which the
+    /// module's callouts use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    module: Option<ModuleValues>,
+}
+
+/// The module's two configs as the JSON strings Envoy hands it
+/// (`keygate_envoy::config`).
+#[derive(Debug, Serialize)]
+struct ModuleValues {
+    /// `dynamic_module_config.name`: Envoy loads `lib<name>.so`.
+    name: &'static str,
+    filter_config: String,
+    /// API group -> its route's per-route config.
+    route_configs: BTreeMap<String, String>,
+}
+
+/// How long the module waits for keygate's answer: as Envoy's ext_authz
+/// timeout, above keygate's own 2 s Vault timeout, so a slow Vault read is
+/// keygate's answer (status and reason), not a `keygate-unavailable`.
+pub const MODULE_CALLOUT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl ModuleValues {
+    fn new(ctx: &GatewayContext, settings: &EnvoyModuleSettings) -> Result<Self> {
+        let filter_config = serde_json::json!({
+            "cluster": "keygate",
+            // keygate's HTTP port serves the feed; the module's own thread
+            // connects there (it cannot use Envoy's clusters).
+            "invalidations": ctx.keygate_http.to_string(),
+            "positive_ttl_ms": settings.positive_ttl.as_millis() as u64,
+            "resurrect_ttl_ms": settings.resurrect_ttl.as_millis() as u64,
+            "callout_timeout_ms": MODULE_CALLOUT_TIMEOUT.as_millis() as u64,
+        });
+        let route_configs = ctx
+            .groups
+            .iter()
+            .map(|g| {
+                let config = serde_json::json!({ "group": g.group_id });
+                (g.group_id.clone(), config.to_string())
+            })
+            .collect();
+        Ok(Self {
+            name: crate::process::envoy_module::MODULE_NAME,
+            filter_config: serde_json::to_string(&filter_config)?,
+            route_configs,
+        })
+    }
 }
 
 /// A TLS listener's certificate source: an SDS file (path_config_source)
@@ -54,6 +106,21 @@ pub fn render_with(
             common: ctx.template_values(),
             ext_authz,
             tls,
+            module: None,
+        },
+    )
+}
+
+/// Envoy's config for the `envoy-module` gateway: keygate's dynamic module
+/// with the run's cache settings, each group's route naming its group.
+pub fn render_module(ctx: &GatewayContext, settings: &EnvoyModuleSettings) -> Result<String> {
+    crate::base::templates::render(
+        &ctx.env_dir.join("envoy/envoy.yaml.j2"),
+        Values {
+            common: ctx.template_values(),
+            ext_authz: ExtAuthz::Http,
+            tls: None,
+            module: Some(ModuleValues::new(ctx, settings)?),
         },
     )
 }
@@ -76,6 +143,33 @@ pub fn plan(ctx: &GatewayContext, binary: &Path, ext_authz: ExtAuthz) -> Result<
     let component = command(ctx.kind.name(), binary, &config, "info").current_dir(&ctx.dir);
     Ok(Launch {
         files: vec![(config, render(ctx, ext_authz)?)],
+        component,
+        readiness: crate::local::gateway::context::readiness(ctx),
+    })
+}
+
+/// The `envoy-module` gateway: Envoy started with the module loadable,
+/// after the check of the module's build marker against this Envoy's
+/// version (`rig::process::envoy_module::command`: a module for another
+/// release series is refused there, naming both, before Envoy runs).
+pub fn plan_module(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
+    let settings = ctx.envoy_module.with_context(|| {
+        format!(
+            "the {} gateway needs keygate's Envoy module (GatewayContext::envoy_module)",
+            ctx.kind
+        )
+    })?;
+    let config = ctx.dir.join("envoy.yaml");
+    let component = crate::process::envoy_module::command(
+        ctx.kind.name(),
+        binary,
+        &config,
+        &settings.library,
+        "info",
+    )?
+    .current_dir(&ctx.dir);
+    Ok(Launch {
+        files: vec![(config, render_module(ctx, settings)?)],
         component,
         readiness: crate::local::gateway::context::readiness(ctx),
     })
@@ -168,5 +262,92 @@ mod tests {
                 .as_u64(),
             Some(9002)
         );
+    }
+
+    #[test]
+    fn module_mode_names_each_group_on_its_route_and_follows_keygates_cache() {
+        let groups = crate::contract::scenario::load_default_apis().unwrap();
+        let ctx = context(GatewayKind::EnvoyModule, &groups);
+        let settings = ctx.envoy_module.unwrap();
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&render_module(&ctx, settings).unwrap()).unwrap();
+        let hcm = hcm(&doc);
+        let filter = &hcm["http_filters"][0];
+        assert_eq!(filter["name"].as_str(), Some("keygate"));
+        let typed = &filter["typed_config"];
+        assert_eq!(
+            typed["dynamic_module_config"]["name"].as_str(),
+            Some("keygate_envoy")
+        );
+        let config: serde_json::Value =
+            serde_json::from_str(typed["filter_config"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            config,
+            serde_json::json!({
+                "cluster": "keygate",
+                "invalidations": "127.0.0.1:9002",
+                "positive_ttl_ms": 5000,
+                "resurrect_ttl_ms": 30000,
+                "callout_timeout_ms": 3000,
+            })
+        );
+        assert!(
+            !serde_yaml::to_string(hcm).unwrap().contains("ext_authz"),
+            "the module replaces ext_authz"
+        );
+        // One route per group, each naming its group; the catch-all none.
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            .as_sequence()
+            .unwrap();
+        let named: Vec<(&str, Option<String>)> = routes
+            .iter()
+            .map(|r| {
+                let value = r["typed_per_filter_config"]["keygate"]["filter_config"]["value"]
+                    .as_str()
+                    .map(|v| {
+                        let v: serde_json::Value = serde_json::from_str(v).unwrap();
+                        v["group"].as_str().unwrap().to_owned()
+                    });
+                (r["match"]["prefix"].as_str().unwrap(), value)
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("/animal-rescue/", Some("animal-rescue-api".to_owned())),
+                ("/billing/", Some("billing-api".to_owned())),
+                ("/", None),
+            ]
+        );
+        // The callouts' cluster: keygate's HTTP port, HTTP/1.1.
+        let keygate = &doc["static_resources"]["clusters"][0];
+        assert_eq!(keygate["name"].as_str(), Some("keygate"));
+        assert!(keygate["typed_extension_protocol_options"].is_null());
+        assert_eq!(
+            keygate["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"]
+                .as_u64(),
+            Some(9002)
+        );
+        // The listener's path handling is the ext_authz gateways'.
+        let grpc = self::doc(GatewayKind::EnvoyGrpc, ExtAuthz::Grpc);
+        for option in [
+            "normalize_path",
+            "merge_slashes",
+            "path_with_escaped_slashes_action",
+        ] {
+            assert_eq!(hcm[option], self::hcm(&grpc)[option], "{option}");
+        }
+    }
+
+    #[test]
+    fn the_module_gateway_is_not_planned_without_its_module() {
+        let groups = crate::contract::scenario::load_default_apis().unwrap();
+        let mut ctx = context(GatewayKind::EnvoyModule, &groups);
+        ctx.envoy_module = None;
+        let err = plan_module(&ctx, Path::new("/bin/envoy"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs keygate's Envoy module"), "{err}");
     }
 }

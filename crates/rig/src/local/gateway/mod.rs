@@ -26,6 +26,7 @@ pub fn plan(ctx: &GatewayContext, binary: &Path) -> Result<Launch> {
     match ctx.kind {
         GatewayKind::EnvoyGrpc => envoy::plan(ctx, binary, envoy::ExtAuthz::Grpc),
         GatewayKind::EnvoyHttp => envoy::plan(ctx, binary, envoy::ExtAuthz::Http),
+        GatewayKind::EnvoyModule => envoy::plan_module(ctx, binary),
         GatewayKind::Traefik => traefik::plan(ctx, binary),
         GatewayKind::Nginx => nginx::plan(ctx, binary),
         GatewayKind::Caddy => caddy::plan(ctx, binary),
@@ -65,7 +66,7 @@ pub(crate) mod tests {
         let err = GatewayKind::parse("haproxy").unwrap_err().to_string();
         assert_eq!(
             err,
-            "no gateway called \"haproxy\": choose one of envoy-grpc, envoy-http, traefik, nginx, caddy"
+            "no gateway called \"haproxy\": choose one of envoy-grpc, envoy-http, envoy-module, traefik, nginx, caddy"
         );
     }
 }
