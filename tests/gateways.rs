@@ -1,8 +1,14 @@
-//! Where the gateways of the conformance matrix differ, asserted per gateway.
-//! docs/gateways.md's "Gateway compatibility" table states the same facts; change both
-//! together. Every case runs once per gateway, like `api_keys`.
+//! Where the gateways of the matrix differ, asserted per gateway. What each
+//! gateway is expected to do differently is data: the `[deviations]` of its
+//! manifest (`env/gateways/<name>/gateway.toml`, in env.json as
+//! `gateway_deviations`); every other gateway is held to the strict
+//! expectations. docs/gateways.md's compatibility table is generated from
+//! the same manifests. A case that finds a gateway showing a deviation its
+//! manifest does not declare, or not showing one it declares, fails naming
+//! the gateway and the row. Every case runs once per gateway, like `api_keys`.
 
 use keyrig_e2e::*;
+use rig::contract::gateways::{Deviations, row};
 
 /// The assertion group these cases are recorded under: this file's name,
 /// and the word `cargo xtask e2e --filter` takes for them.
@@ -10,76 +16,29 @@ const ASSERTION_GROUP: &str = "gateways";
 
 const API_GROUP: &str = "animal-rescue-api";
 
-/// What one gateway does, as docs/gateways.md's compatibility table says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Expected {
-    /// keygate's JSON body (`{"reason": ..}`) reaches the client on a denial
-    /// (else the gateway answers with its own body).
-    denial_body_is_keygates: bool,
-    /// The client's `x-api-key` reaches the upstream.
-    api_key_reaches_upstream: bool,
-    /// A request for `/billing/../animal-rescue/animals` with an
-    /// animal-rescue key: the status the client gets, and the path the
-    /// upstream sees when it gets through.
-    dot_segments: (u16, Option<&'static str>),
-    /// A path under the group's route prefix that its OpenAPI document
-    /// does not declare, with a valid key of the group that was just used
-    /// on a declared path: status and `x-keyrig-reason`.
-    undeclared_path_after_use: (u16, Option<&'static str>),
-}
-
 /// keygate's answer for a path no API operation declares.
 const NO_ROUTE: (u16, Option<&str>) = (403, Some("no-route"));
 
-fn expected(gateway: &str) -> Expected {
-    match gateway {
-        ENVOY_GRPC | ENVOY_HTTP => Expected {
-            denial_body_is_keygates: true,
-            api_key_reaches_upstream: true,
-            // normalize_path: keygate and the upstream both see the clean path.
-            dot_segments: (200, Some("/animal-rescue/animals")),
-            // keygate decides every request on its path: no operation there.
-            undeclared_path_after_use: NO_ROUTE,
-        },
-        // The module's listener is the ext_authz gateways' (one template),
-        // and it answers denials with keygate's status, reason and body.
-        ENVOY_MODULE => Expected {
-            denial_body_is_keygates: true,
-            api_key_reaches_upstream: true,
-            dot_segments: (200, Some("/animal-rescue/animals")),
-            // A deviation: the module's routes are one per API group
-            // (prefix), and a key it holds is decided from its table by
-            // (group, selector) alone, without keygate's path templates. So
-            // once used, the key passes on any path under its group's
-            // prefix; only a key the module does not hold is asked about,
-            // and keygate answers 403 no-route for the path.
-            undeclared_path_after_use: (200, None),
-        },
-        TRAEFIK => Expected {
-            denial_body_is_keygates: true,
-            api_key_reaches_upstream: true,
-            // The entry point sanitizes the path before forwardAuth.
-            dot_segments: (200, Some("/animal-rescue/animals")),
-            undeclared_path_after_use: NO_ROUTE,
-        },
-        NGINX => Expected {
-            // auth_request keeps only the status; nginx writes its own page.
-            denial_body_is_keygates: false,
-            api_key_reaches_upstream: true,
-            // X-Original-URI is $request_uri, as sent: keygate routes no
-            // dot segments, so 403 no-route (fails closed).
-            dot_segments: (403, None),
-            undeclared_path_after_use: NO_ROUTE,
-        },
-        CADDY => Expected {
-            denial_body_is_keygates: true,
-            api_key_reaches_upstream: true,
-            // X-Forwarded-Uri is the URI as sent: 403 no-route, as nginx.
-            dot_segments: (403, None),
-            undeclared_path_after_use: NO_ROUTE,
-        },
-        other => panic!("no expectations for gateway {other}: add them to expected()"),
-    }
+/// The gateway's declared deviations (none: the strict expectations).
+fn deviations(gateway: &str) -> Deviations {
+    env()
+        .gateway_deviations
+        .get(gateway)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// What a failure says about one row: the gateway, the row, and what its
+/// manifest declares, so the fix (the gateway or the manifest) is clear.
+fn row_of(gateway: &str, row: &str, declared: bool) -> String {
+    format!(
+        "gateway {gateway}, row `{row}`: its manifest {} this deviation (env/gateways/{gateway}/gateway.toml `[deviations.{row}]`)",
+        if declared {
+            "declares"
+        } else {
+            "does not declare"
+        }
+    )
 }
 
 gateway_matrix! {
@@ -149,11 +108,13 @@ gateway_matrix! {
             (reply.status, reply.reason.as_deref()),
             (401, Some("mismatch"))
         );
-        let body_is_keygates = reply.body["reason"].as_str() == Some("mismatch");
+        let own_body = reply.body["reason"].as_str() != Some("mismatch");
+        let declared = deviations(gateway).own_denial_body.is_some();
         assert_eq!(
-            body_is_keygates,
-            expected(gateway).denial_body_is_keygates,
-            "{gateway}'s denial body: {}",
+            own_body,
+            declared,
+            "{}; the denial body: {}",
+            row_of(gateway, row::OWN_DENIAL_BODY, declared),
             reply.body
         );
     }
@@ -182,10 +143,12 @@ gateway_matrix! {
             "a valid key was refused: {:?}",
             reply.reason
         );
+        let declared = deviations(gateway).api_key_not_forwarded.is_some();
         assert_eq!(
-            reply.upstream_header("x-api-key").is_some(),
-            expected(gateway).api_key_reaches_upstream,
-            "{gateway}: headers at the upstream: {}",
+            reply.upstream_header("x-api-key").is_none(),
+            declared,
+            "{}; headers at the upstream: {}",
+            row_of(gateway, row::API_KEY_NOT_FORWARDED, declared),
             reply.body["headers"]
         );
     }
@@ -213,11 +176,21 @@ gateway_matrix! {
         let upstream_path = serde_json::from_str::<serde_json::Value>(&reply.body)
             .ok()
             .and_then(|echo| echo["path"].as_str().map(str::to_owned));
-        let (status, path) = expected(gateway).dot_segments;
+        // Strict: the gateway resolves the path, keygate and the upstream
+        // see the clean one. Path as sent: keygate routes no dot segments
+        // and refuses (fails closed).
+        let declared = deviations(gateway).path_as_sent.is_some();
+        let clean = api_path(API_GROUP);
+        let want = if declared {
+            (403, None)
+        } else {
+            (200, Some(clean.as_str()))
+        };
         assert_eq!(
             (reply.status, upstream_path.as_deref()),
-            (status, path),
-            "{gateway} for GET {target}: reason {:?}",
+            want,
+            "{}; GET {target}: reason {:?}",
+            row_of(gateway, row::PATH_AS_SENT, declared),
             reply.header("x-keyrig-reason")
         );
     }
@@ -281,7 +254,9 @@ gateway_matrix! {
             "{gateway}: GET {undeclared} with an unused {API_GROUP} key"
         );
 
-        let want = expected(gateway).undeclared_path_after_use;
+        let held_pass = deviations(gateway).held_keys_pass_undeclared_paths.is_some();
+        let want = if held_pass { (200, None) } else { NO_ROUTE };
+        let row = row_of(gateway, row::HELD_KEYS_PASS_UNDECLARED_PATHS, held_pass);
         // A gateway that caches nothing shows it with one use. The module
         // may lose what it cached of the first use: the key's own issue
         // reaches it as a drop through keygate's feed (Vault's audit entry
@@ -294,7 +269,7 @@ gateway_matrix! {
             cache_deadline()
         };
         rig::base::wait::wait_until(
-            "the undeclared path's answer once the key was used on its API",
+            &format!("the undeclared path's answer once the key was used on its API ({row})"),
             deadline,
             async || {
                 let used = gw.get(&declared, Some(key.expose())).await?;
@@ -311,7 +286,7 @@ gateway_matrix! {
                     rig::base::wait::Probe::seen(format!("{} on {undeclared}", again.short()))
                 } else {
                     anyhow::bail!(
-                        "{gateway}: GET {undeclared} with an {API_GROUP} key just used on its API: {}, expected {want:?}",
+                        "{row}; GET {undeclared} with an {API_GROUP} key just used on its API: {}, expected {want:?}",
                         again.short()
                     )
                 })
@@ -319,5 +294,43 @@ gateway_matrix! {
         )
         .await
         .unwrap();
+    }
+}
+
+gateway_matrix! {
+    /// keygate's other headers (its secret references' `upstream_headers`,
+    /// here the env reference's gateway name) reach the upstream where the
+    /// gateway passes every header of keygate's answer; where it copies
+    /// owner and group only, they do not (a declared deviation). The
+    /// rotation of a referenced value is `references`'s case.
+    #[tokio::test]
+    async fn keygates_other_headers_and_the_upstream(
+        gateway: &str,
+    ) {
+        let Some((mut case, gw)) =
+            case_on(gateway, ASSERTION_GROUP, "keygates_other_headers_and_the_upstream")
+        else {
+            return;
+        };
+        let Some(references) = env().references.as_ref() else {
+            case.skip("env.json has no references section: keygate adds no other header here");
+            return;
+        };
+        let key = issue_key(API_GROUP, |r| r).await.unwrap();
+
+        let reply = gw
+            .get(&api_path(API_GROUP), Some(key.expose()))
+            .await
+            .unwrap();
+
+        assert_eq!(reply.status, 200, "a valid key was refused: {:?}", reply.reason);
+        let declared = deviations(gateway).owner_and_group_only.is_some();
+        assert_eq!(
+            reply.upstream_header(&references.env_header).is_none(),
+            declared,
+            "{}; headers at the upstream: {}",
+            row_of(gateway, row::OWNER_AND_GROUP_ONLY, declared),
+            reply.body["headers"]
+        );
     }
 }

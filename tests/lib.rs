@@ -369,30 +369,82 @@ async fn get_at(base: &str, path: &str, headers: &[(&str, &str)]) -> Result<Gate
 }
 
 /// A test of the gateway matrix: the function, whose first parameter is
-/// `<name>: &str`, runs once per gateway (an rstest value list, kept here
-/// only). Attributes (`#[case(..)]`, `#[tokio::test]`) go inside, as on the
-/// function; the caller imports the six names below (`use keyrig_e2e::*`).
+/// `<name>: &str`, runs once per gateway of this run's environment (env.json
+/// `gateways` and `skipped_gateways`, so a gateway added to the catalog is in
+/// the matrix with no code change), all of them at once. Each gateway's run
+/// records its own case (`case_on`); the test fails when any of them
+/// panicked, naming them. Further parameters are rstest's (`#[case] ..`);
+/// attributes (`#[case(..)]`, `#[tokio::test]`) go inside, as on the
+/// function.
 #[macro_export]
 macro_rules! gateway_matrix {
-    ($(#[$attr:meta])* async fn $name:ident($gateway:ident: &str, $($params:tt)*) $body:block) => {
+    ($(#[$attr:meta])* async fn $name:ident($gateway:ident: &str $(, $($params:tt)*)?) $body:block) => {
         #[rstest::rstest]
         $(#[$attr])*
-        async fn $name(
-            #[values(ENVOY_GRPC, ENVOY_HTTP, ENVOY_MODULE, TRAEFIK, NGINX, CADDY)] $gateway: &str,
-            $($params)*
-        ) $body
+        async fn $name($($($params)*)?) {
+            $crate::for_each_gateway(stringify!($name), async |$gateway: &str| $body).await;
+        }
     };
 }
 
-/// The gateways of the conformance matrix, as [`gateway_matrix!`] takes them.
-/// Names as in env.json's `gateways`.
-pub const ENVOY_GRPC: &str = "envoy-grpc";
-pub const ENVOY_HTTP: &str = "envoy-http";
-/// keygate inside Envoy (the `keygate-envoy` dynamic module).
-pub const ENVOY_MODULE: &str = "envoy-module";
-pub const TRAEFIK: &str = "traefik";
-pub const NGINX: &str = "nginx";
-pub const CADDY: &str = "caddy";
+/// Every gateway this run's environment names, running or skipped, in the
+/// catalog's order (by name).
+pub fn matrix_gateways() -> Vec<String> {
+    let env = env();
+    let names: std::collections::BTreeSet<&String> = env
+        .gateways
+        .keys()
+        .chain(env.skipped_gateways.keys())
+        .collect();
+    names.into_iter().cloned().collect()
+}
+
+/// Runs `each` for every gateway of [`matrix_gateways`] at once, on this
+/// test's task, and fails naming each gateway whose run panicked. A panic
+/// is caught where that gateway's future is polled, so the others run on;
+/// it unwinds through the future first, so its case guard records it as
+/// failed with the panic's message (printed where it happened). Polled by
+/// hand rather than spawned: the cases borrow their rstest parameters.
+pub async fn for_each_gateway(test: &str, each: impl AsyncFn(&str)) {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    let gateways = matrix_gateways();
+    let mut running: Vec<(&str, Option<Pin<Box<dyn Future<Output = ()> + '_>>>)> = gateways
+        .iter()
+        .map(|g| {
+            let run: Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(each(g));
+            (g.as_str(), Some(run))
+        })
+        .collect();
+    let mut failed = Vec::new();
+    std::future::poll_fn(|cx| {
+        for (gateway, slot) in running.iter_mut() {
+            let Some(run) = slot else { continue };
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => {}
+                Ok(Poll::Ready(())) => *slot = None,
+                Err(_) => {
+                    failed.push(gateway.to_string());
+                    *slot = None;
+                }
+            }
+        }
+        if running.iter().all(|(_, slot)| slot.is_none()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    assert!(
+        failed.is_empty(),
+        "{test} failed through {} of {} gateways: {} (each one's panic is above)",
+        failed.len(),
+        gateways.len(),
+        failed.join(", ")
+    );
+}
 
 /// One gateway of this run.
 #[derive(Debug, Clone)]

@@ -17,13 +17,28 @@ const ASSERTION_GROUP: &str = "references";
 
 const API_GROUP: &str = "animal-rescue-api";
 
-/// keygate's `upstream_headers` reach the upstream through gRPC ext_authz
-/// only: Envoy sets every header keygate's OK answer carries there, while
-/// the HTTP forward-auth gateways are told to copy `x-keyrig-owner` and
-/// `x-keyrig-group` alone, and keygate's Envoy module caches only those two
-/// (docs/gateways.md). So the case goes through envoy-grpc, whatever the
-/// run's default gateway.
-const GATEWAY: &str = ENVOY_GRPC;
+/// The gateway the case goes through: the first of this run that passes
+/// every header of keygate's answer to the upstream (no
+/// `owner-and-group-only` deviation in its manifest; on the shipped catalog
+/// envoy-grpc, where Envoy sets every header keygate's gRPC OK answer
+/// carries). `tests/gateways.rs` asserts that row per gateway.
+fn gateway() -> Result<(String, String), String> {
+    let env = env();
+    env.gateways
+        .iter()
+        .find(|(name, _)| {
+            env.gateway_deviations
+                .get(*name)
+                .is_none_or(|d| d.owner_and_group_only.is_none())
+        })
+        .map(|(name, url)| (name.clone(), url.clone()))
+        .ok_or_else(|| {
+            format!(
+                "keygate's upstream headers reach the upstream only through a gateway without the `owner-and-group-only` deviation, and none of this run's ({}) is one",
+                env.gateways.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+}
 
 fn settings() -> &'static rig::contract::references::ReferenceSettings {
     env()
@@ -58,15 +73,16 @@ async fn referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl() 
     ) else {
         return;
     };
-    let Some(gateway) = env().gateways.get(GATEWAY) else {
-        let reason = format!(
-            "keygate's upstream headers reach the upstream through {GATEWAY} only: {}",
-            not_run_reason(env(), GATEWAY)
-        );
-        eprintln!("skipped: {reason}");
-        case.skip(reason);
-        return;
+    let (name, gateway) = match gateway() {
+        Ok(found) => found,
+        Err(reason) => {
+            eprintln!("skipped: {reason}");
+            case.skip(reason);
+            return;
+        }
     };
+    eprintln!("through gateway {name}");
+    let gateway = &gateway;
     let s = settings();
     let root = root_token();
     let key = issue_key(API_GROUP, |r| r).await.unwrap();

@@ -21,7 +21,8 @@ pub(crate) struct E2eOptions {
     pub(crate) keep: bool,
     pub(crate) report_dir: Option<PathBuf>,
     pub(crate) include_ignored: bool,
-    pub(crate) gateways: Vec<rig::contract::gateways::GatewayKind>,
+    /// Names of the gateway catalog (env/gateways); empty: all of them.
+    pub(crate) gateways: Vec<String>,
     /// How many test binaries run at once (each one assertion group of one
     /// mode's environment).
     pub(crate) jobs: usize,
@@ -42,8 +43,11 @@ pub(crate) fn default_jobs() -> usize {
     (cores * 3).clamp(4, 16)
 }
 
-pub(crate) fn parse_gateway(name: &str) -> Result<rig::contract::gateways::GatewayKind> {
-    rig::contract::gateways::GatewayKind::parse(name)
+/// A `--gateway` name: one of the catalog's (`env/gateways/<name>`, or
+/// `$KEYRIG_GATEWAYS_DIR`), checked before anything is built.
+pub(crate) fn parse_gateway(name: &str) -> Result<String> {
+    let catalog = rig::contract::gateways::Catalog::load_default()?;
+    Ok(catalog.get(name)?.name.clone())
 }
 
 pub(crate) fn modes_or_all(modes: &[DeliveryMode]) -> Vec<rig::contract::modes::Mode> {
@@ -453,11 +457,14 @@ pub(crate) fn print_gateway_matrix(
     cases: &[rig::contract::case::CaseRecord],
     env: &rig::contract::env::Environment,
 ) {
-    let order: Vec<&str> = rig::contract::gateways::GatewayKind::ALL
-        .iter()
-        .map(|k| k.name())
-        .filter(|name| env.gateways.contains_key(*name) || env.skipped_gateways.contains_key(*name))
+    // The catalog's order (by name): every gateway this run ran or skipped.
+    let names: std::collections::BTreeSet<&str> = env
+        .gateways
+        .keys()
+        .chain(env.skipped_gateways.keys())
+        .map(String::as_str)
         .collect();
+    let order: Vec<&str> = names.into_iter().collect();
     if let Some(matrix) = rig::contract::case::render_matrix(cases, &order) {
         println!();
         print!("{matrix}");

@@ -16,6 +16,7 @@ use rig::say;
 
 mod bench;
 mod build;
+mod docs;
 mod down;
 mod e2e;
 mod e2e_report;
@@ -104,10 +105,11 @@ enum Cmd {
         #[arg(long)]
         include_ignored: bool,
         /// Run the gateway matrix through this gateway only (repeatable):
-        /// envoy-grpc, envoy-http, envoy-module, traefik, nginx, caddy.
+        /// a directory name of the gateway catalog (env/gateways: envoy-grpc,
+        /// envoy-http, envoy-module, traefik, nginx, caddy).
         /// Default: every gateway whose binary is installed.
         #[arg(long = "gateway", value_name = "NAME", value_parser = parse_gateway)]
-        gateways: Vec<rig::contract::gateways::GatewayKind>,
+        gateways: Vec<String>,
         /// Credential delivery mode(s), each its own environment, all
         /// running at once (default: all three). Repeatable.
         #[arg(long, value_enum)]
@@ -123,6 +125,9 @@ enum Cmd {
     Status,
     /// The scenarios (API groups, Vault setup, Kubernetes overlays) and the e2e assertion groups.
     Scenarios,
+    /// Writes the docs generated from data: docs/gateways.md's gateway
+    /// tables, from env/gateways/*/gateway.toml.
+    Docs,
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
     Test,
     /// Run each cargo-fuzz target in fuzz/ for a while, with AddressSanitizer
@@ -261,6 +266,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
         ),
         Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
+        Cmd::Docs => docs::write().map(|()| ExitCode::SUCCESS),
         Cmd::Test => test(),
         Cmd::Fuzz {
             seconds,

@@ -34,7 +34,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use load::{Burst, Keys};
-use rig::contract::gateways::GatewayKind;
+/// The catalog's Envoy gateways the bench's variants go through (by their
+/// `env/gateways/<name>` directory): the bench compares keygate with
+/// Envoy's native key filter, so it measures keygate behind Envoy, over
+/// each of its contracts and as the dynamic module.
+const ENVOY_GRPC: &str = "envoy-grpc";
+const ENVOY_HTTP: &str = "envoy-http";
+const ENVOY_MODULE: &str = "envoy-module";
 use rig::contract::modes::Mode;
 use rig::local::LocalOptions;
 use rig::say;
@@ -130,11 +136,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     // Envoy with keygate's module.
     let mut local = opts.local.clone();
     local.mode = Mode::ExternalSecret;
-    local.gateways = vec![
-        GatewayKind::EnvoyGrpc,
-        GatewayKind::EnvoyHttp,
-        GatewayKind::EnvoyModule,
-    ];
+    local.gateways = [ENVOY_GRPC, ENVOY_HTTP, ENVOY_MODULE]
+        .map(String::from)
+        .to_vec();
     local.runs_dir = opts.out_dir.join("runs");
     let up_started = Instant::now();
     let mut env_a = rig::local::up(&local)
@@ -162,10 +166,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         "bench: propagation, direct mode: {} API keys issued and revoked",
         plan.revocations
     );
-    let direct = propagation::KeyPath::direct(
-        &env,
-        format!("{}{path}", env.gateways[GatewayKind::EnvoyGrpc.name()]),
-    );
+    let direct = propagation::KeyPath::direct(&env, format!("{}{path}", env.gateways[ENVOY_GRPC]));
     let mut propagation = propagation::api_keys(
         &direct,
         &root,
@@ -273,23 +274,23 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         (Variant::Native, format!("{native}{path}")),
         (
             Variant::KeygateGrpc,
-            format!("{}{path}", env.gateways[GatewayKind::EnvoyGrpc.name()]),
+            format!("{}{path}", env.gateways[ENVOY_GRPC]),
         ),
         (
             Variant::KeygateHttp,
-            format!("{}{path}", env.gateways[GatewayKind::EnvoyHttp.name()]),
+            format!("{}{path}", env.gateways[ENVOY_HTTP]),
         ),
         (
             Variant::KeygateCold,
-            format!("{}{path}", env.gateways[GatewayKind::EnvoyGrpc.name()]),
+            format!("{}{path}", env.gateways[ENVOY_GRPC]),
         ),
         (
             Variant::ModuleWarm,
-            format!("{}{path}", env.gateways[GatewayKind::EnvoyModule.name()]),
+            format!("{}{path}", env.gateways[ENVOY_MODULE]),
         ),
         (
             Variant::ModuleCold,
-            format!("{}{path}", env.gateways[GatewayKind::EnvoyModule.name()]),
+            format!("{}{path}", env.gateways[ENVOY_MODULE]),
         ),
     ]
     .into();
@@ -398,7 +399,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     // 5. Scale, in an environment whose cache keeps every key for the run.
     let mut scale_local = opts.local.clone();
     scale_local.mode = Mode::Inline;
-    scale_local.gateways = vec![GatewayKind::EnvoyGrpc];
+    scale_local.gateways = vec![ENVOY_GRPC.to_owned()];
     scale_local.runs_dir = opts.out_dir.join("runs");
     scale_local.positive_ttl = Duration::from_secs(3600);
     let scale_started = Instant::now();

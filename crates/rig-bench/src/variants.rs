@@ -146,7 +146,7 @@ pub async fn start_baseline_envoy(
     let ready_status = if auth == "none" { 200 } else { 401 };
     supervisor
         .start(
-            rig::local::gateway::envoy::command(name, envoy, &config, "warn").current_dir(&dir),
+            rig::local::envoy::command(name, envoy, &config, "warn").current_dir(&dir),
             Readiness::http(format!("{url}/healthz"), ready_status),
         )
         .await

@@ -15,11 +15,7 @@ use serde_json::Value;
 
 use super::{KubeProfile, Mode, names};
 use rig::contract::env::{CacheSettings, Environment, KubeEnvironment};
-use rig::contract::gateways::GatewayKind;
-
-/// The gateway every overlay of scenarios/k8s deploys (base/gateway.yaml:
-/// Envoy, ext_authz over gRPC to keygate), by its name in the matrix.
-pub const DEPLOYED_GATEWAY: GatewayKind = GatewayKind::EnvoyGrpc;
+use rig::contract::gateways::Catalog;
 
 /// Where keygate's config file is mounted in its pod (base/keygate.yaml);
 /// relative paths in it resolve against this file's directory.
@@ -66,16 +62,20 @@ pub fn cache_settings(config: &keygate::config::Config) -> CacheSettings {
 }
 
 /// The gateway matrix of a Kubernetes run: the deployed gateway -> its
-/// forwarded URL; every other gateway -> why it does not run here.
+/// forwarded URL; every other gateway of the catalog -> why it does not run
+/// here. Every overlay of scenarios/k8s deploys the catalog's default
+/// gateway (base/gateway.yaml: its Envoy config, which `parity` checks
+/// against the default gateway's rendered one).
 pub fn gateway_matrix(
+    catalog: &Catalog,
     profile: KubeProfile,
     gateway_url: &str,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let running = BTreeMap::from([(DEPLOYED_GATEWAY.name().to_owned(), gateway_url.to_owned())]);
-    let skipped = GatewayKind::all_but(DEPLOYED_GATEWAY, |kind| {
+    let deployed = &catalog.default_gateway().name;
+    let running = BTreeMap::from([(deployed.clone(), gateway_url.to_owned())]);
+    let skipped = catalog.all_but(deployed, |name| {
         format!(
-            "the {profile} profile deploys {} only (scenarios/k8s/base/gateway.yaml); {kind} runs on the local profile",
-            DEPLOYED_GATEWAY.name()
+            "the {profile} profile deploys {deployed} only (scenarios/k8s/base/gateway.yaml); {name} runs on the local profile"
         )
     });
     (running, skipped)
@@ -107,16 +107,25 @@ pub struct KubeEnvInputs<'a> {
     pub keygate_approle: &'a str,
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// The gateway catalog (env/gateways): the matrix's names.
+    pub catalog: &'a Catalog,
 }
 
 /// env.json of a Kubernetes run.
 pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
-    let (gateways, skipped_gateways) =
-        gateway_matrix(inputs.profile, &inputs.forwarded.gateway_url);
+    let (gateways, skipped_gateways) = gateway_matrix(
+        inputs.catalog,
+        inputs.profile,
+        &inputs.forwarded.gateway_url,
+    );
     Environment {
         profile: inputs.profile.name().into(),
         run_id: inputs.run_id.to_owned(),
         gateway_url: inputs.forwarded.gateway_url,
+        gateway_deviations: BTreeMap::from([(
+            inputs.catalog.default_gateway().name.clone(),
+            inputs.catalog.default_gateway().deviations.clone(),
+        )]),
         gateways,
         skipped_gateways,
         vault_addr: inputs.forwarded.vault_addr,
@@ -190,6 +199,7 @@ mod tests {
             keygate_approle: "gateway",
             kubeconfig: None,
             context: None,
+            catalog: Box::leak(Box::new(Catalog::load_default().unwrap())),
         }
     }
 
@@ -219,7 +229,8 @@ mod tests {
                 .map(String::as_str)
                 .collect();
             all.sort_unstable();
-            let mut expected: Vec<&str> = GatewayKind::ALL.iter().map(|k| k.name()).collect();
+            let catalog = Catalog::load_default().unwrap();
+            let mut expected: Vec<&str> = catalog.names();
             expected.sort_unstable();
             assert_eq!(
                 all, expected,

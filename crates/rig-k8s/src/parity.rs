@@ -9,9 +9,9 @@
 use serde::Deserialize as _;
 use serde_yaml::Value;
 
-use rig::contract::gateways::GatewayKind;
+use rig::contract::gateways::Contract;
+use rig::local::envoy::render;
 use rig::local::gateway::context::GatewayContext;
-use rig::local::gateway::envoy::{ExtAuthz, render};
 
 /// What the HTTP connection manager of the API listener decides on paths,
 /// and what ext_authz does when keygate fails.
@@ -27,7 +27,7 @@ fn local_envoy() -> Value {
     let env_dir = rig::base::paths::env_dir();
     let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let ctx = GatewayContext {
-        kind: GatewayKind::EnvoyGrpc,
+        name: "envoy",
         groups: &groups,
         listen: addr(10000),
         admin: addr(9901),
@@ -38,7 +38,7 @@ fn local_envoy() -> Value {
         env_dir: &env_dir,
         envoy_module: None,
     };
-    serde_yaml::from_str(&render(&ctx, ExtAuthz::Grpc).unwrap()).unwrap()
+    serde_yaml::from_str(&render(&ctx, Contract::Grpc).unwrap()).unwrap()
 }
 
 fn kind_envoy() -> Value {

@@ -105,6 +105,8 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     let scenarios = rig::base::paths::scenarios_dir();
     let pins = load_pins()?;
     let groups = rig::contract::scenario::load_default_apis()?;
+    // The matrix's names, checked before anything is created.
+    let catalog = rig::contract::gateways::Catalog::load_default()?;
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
     let setup = VaultSetup::load_default(&group_ids)?;
     let overlay = scenarios.join("k8s").join(opts.mode.as_str());
@@ -567,6 +569,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         keygate_approle: &setup.keygate_role,
         kubeconfig,
         context,
+        catalog: &catalog,
     });
     environment.save(&run.env_file())?;
     say!(

@@ -36,3 +36,11 @@ pub fn render(template: &Path, context: impl Serialize) -> Result<String> {
         .render(context)
         .with_context(|| format!("rendering {}", template.display()))
 }
+
+/// Renders one template string (a gateway manifest's argument, say) with
+/// `context`; `what` names it in the error.
+pub fn render_str(what: &str, source: &str, context: impl Serialize) -> Result<String> {
+    environment()
+        .render_str(source, context)
+        .with_context(|| format!("rendering {what} ({source:?})"))
+}

@@ -20,10 +20,15 @@ pub struct Environment {
     /// Where clients send API requests: the default gateway (envoy-grpc on
     /// the local profile, else the first gateway that runs).
     pub gateway_url: String,
-    /// Every gateway that runs, by name (`envoy-grpc`, `envoy-http`,
-    /// `traefik`, `nginx`, `caddy`) -> its URL.
+    /// Every gateway that runs, by name (the catalog's, env/gateways/<name>)
+    /// -> its URL.
     #[serde(default)]
     pub gateways: BTreeMap<String, String>,
+    /// Every gateway that runs -> how it deviates from the strict
+    /// expectations (its manifest's `[deviations]`), which the tests
+    /// assert; a gateway absent here is held to the strict ones.
+    #[serde(default)]
+    pub gateway_deviations: BTreeMap<String, crate::contract::gateways::Deviations>,
     /// Gateways of this run's selection that do not run, by name -> why
     /// (e.g. their binary is absent); their cases are skipped with that reason.
     #[serde(default)]
@@ -99,6 +104,9 @@ fn default_key_source() -> String {
 /// `bao agent` renders every `render_interval_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysFileSettings {
+    /// The gateway it runs a second instance of (the catalog's default):
+    /// the keys-file pass records its cases under this name.
+    pub gateway: String,
     pub gateway_url: String,
     pub keygate_url: String,
     /// The agent's `static_secret_render_interval`.
@@ -259,20 +267,34 @@ impl Environment {
         let side = self.keys_file.as_ref()?;
         // The keys-file pair has one gateway, an Envoy over gRPC; the other
         // gateways' cases of this pass are recorded as skipped, with why.
-        let own = crate::contract::gateways::GatewayKind::EnvoyGrpc;
-        let gateways = [(own.name().to_owned(), side.gateway_url.clone())].into();
-        let skipped_gateways = crate::contract::gateways::GatewayKind::all_but(own, |kind| {
-            format!(
-                "the keys-file pass runs through its own {} only; {kind} is tested in the main pass",
-                own.name()
-            )
-        });
+        let own = &side.gateway;
+        let gateways = [(own.clone(), side.gateway_url.clone())].into();
+        let skipped_gateways = self
+            .gateways
+            .keys()
+            .chain(self.skipped_gateways.keys())
+            .filter(|name| *name != own)
+            .map(|name| {
+                (
+                    name.clone(),
+                    format!(
+                        "the keys-file pass runs through its own {own} only; {name} is tested in the main pass"
+                    ),
+                )
+            })
+            .collect();
+        let gateway_deviations = self
+            .gateway_deviations
+            .get(own)
+            .map(|d| [(own.clone(), d.clone())].into())
+            .unwrap_or_default();
         Some(Self {
             gateway_url: side.gateway_url.clone(),
             keygate_url: side.keygate_url.clone(),
             key_source: KEY_SOURCE_FILE.into(),
             gateways,
             skipped_gateways,
+            gateway_deviations,
             ..self.clone()
         })
     }

@@ -8,6 +8,7 @@ pub mod case;
 pub mod env;
 pub mod environments;
 pub mod fault;
+pub mod gateway_docs;
 pub mod gateways;
 pub mod identity;
 pub mod modes;

@@ -36,7 +36,11 @@ pub struct KeysFileInputs<'a> {
     pub run: &'a RunDir,
     pub env_dir: &'a Path,
     pub bao: &'a Path,
-    pub envoy: &'a Path,
+    /// The gateway in front of the keys-file keygate: a second instance of
+    /// the catalog's default gateway, and `gateway_bin` its tool's binary.
+    /// Its cases are recorded under the default gateway's name.
+    pub gateway: &'a crate::contract::gateways::GatewayManifest,
+    pub gateway_bin: &'a Path,
     pub keygate_bin: &'a Path,
     pub vault_addr: &'a str,
     pub root: &'a VaultClient,
@@ -163,38 +167,32 @@ pub async fn start(
         .start(run, supervisor)
         .await?;
 
-    // 4. Its Envoy: the gRPC gateway's config, pointed at this keygate.
+    // 4. Its gateway: the default gateway's manifest, pointed at this keygate.
+    let component = format!("{}-keys-file", input.gateway.name);
     let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let ctx = crate::local::gateway::context::GatewayContext {
-        kind: crate::contract::gateways::GatewayKind::EnvoyGrpc,
+        name: &component,
         groups: input.groups,
         listen: addr(crate::base::ports::free_port()?),
         admin: addr(crate::base::ports::free_port()?),
         keygate_grpc: addr(grpc_port),
         keygate_http: addr(http_port),
         upstream: addr(input.upstream_port),
-        dir: run.path().join("gateways").join("envoy-keys-file"),
+        dir: run.path().join("gateways").join(&component),
         env_dir: input.env_dir,
         envoy_module: None,
     };
-    let launch = crate::local::gateway::envoy::plan(
-        &ctx,
-        input.envoy,
-        crate::local::gateway::envoy::ExtAuthz::Grpc,
-    )?;
+    let launch = crate::local::gateway::plan(&ctx, input.gateway, input.gateway_bin)?;
     std::fs::create_dir_all(&ctx.dir).with_context(|| format!("creating {}", ctx.dir.display()))?;
     for (path, text) in &launch.files {
-        std::fs::write(path, text)
-            .with_context(|| format!("writing the keys-file Envoy's config {}", path.display()))?;
+        std::fs::write(path, text).with_context(|| {
+            format!("writing the keys-file gateway's config {}", path.display())
+        })?;
     }
-    supervisor
-        .start(
-            launch.component.renamed("envoy-keys-file"),
-            launch.readiness,
-        )
-        .await?;
+    supervisor.start(launch.component, launch.readiness).await?;
 
     Ok(KeysFileSettings {
+        gateway: input.gateway.name.clone(),
         gateway_url: ctx.url(),
         keygate_url,
         render_interval_ms: RENDER_INTERVAL.as_millis() as u64,

@@ -9,6 +9,7 @@
 
 pub mod delivery;
 pub mod diagnostics;
+pub mod envoy;
 pub mod gateway;
 pub mod keys_file;
 pub mod secret_dir;
@@ -24,7 +25,7 @@ use serde::Serialize;
 
 use crate::base::run::RunDir;
 use crate::contract::env::{CacheSettings, Environment};
-use crate::contract::gateways::GatewayKind;
+use crate::contract::gateways::{Catalog, Extension, GatewayManifest};
 use crate::local::gateway::context::{EnvoyModuleSettings, GatewayContext};
 use crate::process::components::{DevVault, EchoUpstream, Keygate, RaftVault};
 use crate::process::supervisor::Supervisor;
@@ -71,14 +72,18 @@ pub struct LocalOptions {
     pub echo: EchoCommand,
     /// Holds `apis/` and `vault/setup.yaml`.
     pub scenarios_dir: PathBuf,
-    /// Holds `tools.toml`, `keygate/keygate.yaml.j2` and the gateway templates (`envoy/`, `traefik/`, `nginx/`, `caddy/`).
+    /// Holds `tools.toml`, `keygate/keygate.yaml.j2` and the harness's own
+    /// Envoy template (`envoy/`).
     pub env_dir: PathBuf,
+    /// The gateway catalog: one directory per gateway (`<name>/gateway.toml`
+    /// and its templates); default `env/gateways` (or `$KEYRIG_GATEWAYS_DIR`).
+    pub gateways_dir: PathBuf,
     /// Per component.
     pub ready_timeout: Duration,
     /// The gateways to start. Empty: every gateway whose binary is
     /// installed (the others are reported as skipped); named ones are
     /// installed when missing, and their absence is an error.
-    pub gateways: Vec<GatewayKind>,
+    pub gateways: Vec<String>,
     /// How keygate's credentials are delivered (`scenarios/modes/<mode>.yaml`).
     pub mode: crate::contract::modes::Mode,
     /// The hook `bao agent` runs to publish a render (external-secret mode).
@@ -115,6 +120,7 @@ impl LocalOptions {
             echo,
             scenarios_dir: crate::base::paths::scenarios_dir(),
             env_dir: crate::base::paths::env_dir(),
+            gateways_dir: Catalog::default_dir(),
             ready_timeout: crate::process::supervisor::DEFAULT_READY_TIMEOUT,
             gateways: Vec::new(),
             mode: crate::contract::modes::Mode::Inline,
@@ -211,6 +217,11 @@ struct KeygateContext<'a> {
 struct Inputs {
     bao: crate::process::tools::ResolvedTool,
     envoy: crate::process::tools::ResolvedTool,
+    /// The catalog's default gateway (it may not run).
+    default_gateway: String,
+    /// The default gateway and its binary, for the keys-file pass.
+    keys_file_gateway: GatewayManifest,
+    keys_file_gateway_bin: crate::process::tools::ResolvedTool,
     gateways: Vec<GatewayPick>,
     skipped_gateways: Skipped,
     groups: Vec<crate::contract::scenario::ApiGroup>,
@@ -233,10 +244,15 @@ impl Inputs {
             })
         };
         let bao = tool("bao")?;
-        // The keys-file gateway is an Envoy whatever gateways the run asked for.
+        // The TLS gateway is an Envoy whatever gateways the run asked for.
         let envoy = tool("envoy")?;
+        let catalog = Catalog::load(&opts.gateways_dir)?;
+        // The keys-file pass runs the default gateway whatever gateways the
+        // run asked for.
+        let keys_file_gateway = catalog.default_gateway().clone();
+        let keys_file_gateway_bin = tool(&keys_file_gateway.tool)?;
         let (gateways, skipped_gateways) =
-            select_gateways(&tools, &opts.gateways, &opts.keygate_envoy_module)?;
+            select_gateways(&tools, &catalog, &opts.gateways, &opts.keygate_envoy_module)?;
         Keygate::check_binary(&opts.keygate_bin)?;
         let groups = crate::contract::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
         let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
@@ -270,8 +286,8 @@ impl Inputs {
             bao.source,
             gateways
                 .iter()
-                .map(|(kind, tool)| format!(
-                    "{kind} ({} {}, {})",
+                .map(|(gateway, tool)| format!(
+                    "{gateway} ({} {}, {})",
                     tool.name, tool.version, tool.source
                 ))
                 .collect::<Vec<_>>()
@@ -285,6 +301,9 @@ impl Inputs {
         Ok(Self {
             bao,
             envoy,
+            default_gateway: catalog.default_gateway().name.clone(),
+            keys_file_gateway,
+            keys_file_gateway_bin,
             gateways,
             skipped_gateways,
             groups,
@@ -305,6 +324,9 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let Inputs {
         bao,
         envoy,
+        default_gateway,
+        keys_file_gateway,
+        keys_file_gateway_bin,
         gateways,
         skipped_gateways,
         groups,
@@ -441,29 +463,32 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         positive_ttl: opts.positive_ttl,
         resurrect_ttl: opts.resurrect_ttl,
     };
-    // The diagnostics read /stats and /clusters of the default gateway's Envoy.
+    // The diagnostics read the admin paths the default gateway declares
+    // (Envoy's /stats and /clusters).
     let mut envoy_admin_url = None;
-    for ((kind, tool), (listen, admin)) in gateways.iter().zip(&ports.gateways) {
-        if *kind == GatewayKind::EnvoyGrpc {
+    let mut gateway_deviations = std::collections::BTreeMap::new();
+    for ((gateway, tool), (listen, admin)) in gateways.iter().zip(&ports.gateways) {
+        if gateway.name == default_gateway && !gateway.diagnostics.admin.is_empty() {
             envoy_admin_url = Some(format!("http://{}", addr(*admin)));
         }
         let ctx = GatewayContext {
-            kind: *kind,
+            name: &gateway.name,
             groups: &groups,
             listen: addr(*listen),
             admin: addr(*admin),
             keygate_grpc: addr(ports.keygate_grpc),
             keygate_http: addr(ports.keygate_http),
             upstream: addr(ports.echo),
-            dir: run.path().join("gateways").join(kind.name()),
+            dir: run.path().join("gateways").join(&gateway.name),
             env_dir: &opts.env_dir,
             envoy_module: Some(&envoy_module),
         };
-        let url = crate::local::gateway::start(&ctx, &tool.path, &mut supervisor).await?;
-        gateway_urls.insert(kind.name().to_owned(), url);
+        let url = crate::local::gateway::start(&ctx, gateway, &tool.path, &mut supervisor).await?;
+        gateway_urls.insert(gateway.name.clone(), url);
+        gateway_deviations.insert(gateway.name.clone(), gateway.deviations.clone());
     }
-    let default_gateway = gateway_urls
-        .get(GatewayKind::EnvoyGrpc.name())
+    let default_gateway_url = gateway_urls
+        .get(&default_gateway)
         .or_else(|| gateway_urls.values().next())
         .cloned()
         .context("no gateway to start")?;
@@ -475,7 +500,8 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             run: &run,
             env_dir: &opts.env_dir,
             bao: &bao.path,
-            envoy: &envoy.path,
+            gateway: &keys_file_gateway,
+            gateway_bin: &keys_file_gateway_bin.path,
             keygate_bin: &opts.keygate_bin,
             vault_addr: &vault_addr,
             root: &root,
@@ -500,7 +526,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
                 publish,
                 env_dir: &opts.env_dir,
                 gateway: GatewayContext {
-                    kind: GatewayKind::EnvoyGrpc,
+                    name: crate::local::tls::ENVOY,
                     groups: &groups,
                     listen: addr(0),
                     admin: addr(0),
@@ -531,9 +557,10 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let environment = Environment {
         profile: "local".into(),
         run_id: run.id().to_owned(),
-        gateway_url: default_gateway,
+        gateway_url: default_gateway_url,
         gateways: gateway_urls,
         skipped_gateways,
+        gateway_deviations,
         vault_addr,
         kv_mount: setup.kv_mount.clone(),
         groups: crate::contract::env::group_routes(&groups),
@@ -576,43 +603,48 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
 }
 
 /// A gateway to start and the binary that runs it.
-type GatewayPick = (GatewayKind, crate::process::tools::ResolvedTool);
+type GatewayPick = (GatewayManifest, crate::process::tools::ResolvedTool);
 /// Gateway name -> why it does not run.
 type Skipped = std::collections::BTreeMap<String, String>;
 
 /// The gateways to start, each with its binary, and the ones skipped with
 /// the reason. Asked-for gateways are installed when missing (an error if
 /// that fails); by default every gateway whose binary is installed runs.
-/// `envoy-module` also needs keygate's module (`module`): absent, it is
-/// skipped like a missing binary (an error when asked for); built for
-/// another Envoy than the one resolved, it is an error either way, naming
-/// both versions, since that is a broken build rather than a missing part.
+/// A gateway that loads keygate's Envoy module (`module`) also needs it:
+/// absent, it is skipped like a missing binary (an error when asked for);
+/// built for another Envoy than the one resolved, it is an error either
+/// way, naming both versions, since that is a broken build rather than a
+/// missing part.
 fn select_gateways(
     tools: &Tools,
-    asked: &[GatewayKind],
+    catalog: &Catalog,
+    asked: &[String],
     module: &Path,
 ) -> Result<(Vec<GatewayPick>, Skipped)> {
     let mut running = Vec::new();
     let mut skipped = std::collections::BTreeMap::new();
-    let kinds: Vec<GatewayKind> = if asked.is_empty() {
-        GatewayKind::ALL.to_vec()
+    let picked: Vec<&GatewayManifest> = if asked.is_empty() {
+        catalog.iter().collect()
     } else {
-        let mut asked = asked.to_vec();
-        asked.sort();
-        asked.dedup();
-        asked
+        let mut names = asked.to_vec();
+        names.sort();
+        names.dedup();
+        names
+            .iter()
+            .map(|name| catalog.get(name))
+            .collect::<Result<_>>()?
     };
-    for kind in kinds {
-        let resolved = match tools.resolve(kind.tool()) {
+    for gateway in picked {
+        let resolved = match tools.resolve(&gateway.tool) {
             Ok(tool) => Ok(tool),
             Err(crate::process::tools::ToolError::Missing { .. }) if !asked.is_empty() => {
-                tools.install(kind.tool())
+                tools.install(&gateway.tool)
             }
             Err(err) => Err(anyhow::Error::from(err)),
         };
         let resolved = match resolved {
-            Ok(tool) if kind == GatewayKind::EnvoyModule => {
-                match envoy_module_missing(module, &tool)? {
+            Ok(tool) if gateway.loads(Extension::KeygateEnvoy) => {
+                match envoy_module_missing(&gateway.name, module, &tool)? {
                     Some(why) => Err(anyhow::anyhow!(why)),
                     None => Ok(tool),
                 }
@@ -624,13 +656,13 @@ fn select_gateways(
                 for warning in &tool.warnings {
                     say!("warning: {warning}");
                 }
-                running.push((kind, tool));
+                running.push((gateway.clone(), tool));
             }
             Err(err) if asked.is_empty() => {
-                skipped.insert(kind.name().to_owned(), format!("{err:#}"));
+                skipped.insert(gateway.name.clone(), format!("{err:#}"));
             }
             Err(err) => {
-                return Err(err.context(format!("the {kind} gateway cannot run")));
+                return Err(err.context(format!("the {gateway} gateway cannot run")));
             }
         }
     }
@@ -647,12 +679,13 @@ fn select_gateways(
     Ok((running, skipped))
 }
 
-/// Why the `envoy-module` gateway lacks its module (`Some`: skipped like a
+/// Why a gateway that loads keygate's Envoy module lacks it (`Some`: skipped like a
 /// missing binary, or an error when asked for), or `None` when `module` is
 /// a keygate module built for `envoy`'s release series. A module for
 /// another series is an error naming both versions: a broken build, found
 /// before anything starts (`envoy_module::command` checks again at start).
 fn envoy_module_missing(
+    gateway: &str,
     module: &Path,
     envoy: &crate::process::tools::ResolvedTool,
 ) -> Result<Option<String>> {
@@ -665,7 +698,7 @@ fn envoy_module_missing(
     }
     let build = crate::process::envoy_module::read_build(module)?;
     crate::process::envoy_module::supported(module, &build, &envoy.path, &envoy.version)
-        .context("the envoy-module gateway cannot run")?;
+        .with_context(|| format!("the {gateway} gateway cannot run"))?;
     Ok(None)
 }
 
@@ -753,7 +786,9 @@ mod tests {
             warnings: Vec::new(),
         };
         let module = dir.path().join("libkeygate_envoy.so");
-        let missing = envoy_module_missing(&module, &envoy).unwrap().unwrap();
+        let missing = envoy_module_missing("envoy-module", &module, &envoy)
+            .unwrap()
+            .unwrap();
         assert!(
             missing.starts_with("no keygate Envoy module at"),
             "{missing}"
@@ -764,14 +799,20 @@ mod tests {
             b"\x7fELF keygate-envoy-build abi=v0.2.0 envoy=1.40;",
         )
         .unwrap();
-        assert_eq!(envoy_module_missing(&module, &envoy).unwrap(), None);
+        assert_eq!(
+            envoy_module_missing("envoy-module", &module, &envoy).unwrap(),
+            None
+        );
 
         std::fs::write(
             &module,
             b"\x7fELF keygate-envoy-build abi=v0.3.0 envoy=1.41;",
         )
         .unwrap();
-        let err = format!("{:#}", envoy_module_missing(&module, &envoy).unwrap_err());
+        let err = format!(
+            "{:#}",
+            envoy_module_missing("envoy-module", &module, &envoy).unwrap_err()
+        );
         assert!(
             err.starts_with("the envoy-module gateway cannot run: ")
                 && err.contains("was built for Envoy 1.41 (dynamic-module ABI v0.3.0)")
@@ -780,7 +821,10 @@ mod tests {
         );
 
         std::fs::write(&module, b"\x7fELF not a module").unwrap();
-        let err = format!("{:#}", envoy_module_missing(&module, &envoy).unwrap_err());
+        let err = format!(
+            "{:#}",
+            envoy_module_missing("envoy-module", &module, &envoy).unwrap_err()
+        );
         assert!(
             err.contains("carries no keygate-envoy build marker"),
             "{err}"

@@ -28,9 +28,10 @@ use serde::Serialize;
 use crate::base::run::RunDir;
 use crate::base::wait::{Probe, wait_until};
 use crate::contract::env::TlsEnvironment;
+use crate::contract::gateways::Contract;
 use crate::local::delivery::PublishCommand;
+use crate::local::envoy::TlsListener;
 use crate::local::gateway::context::GatewayContext;
-use crate::local::gateway::envoy::{ExtAuthz, TlsListener};
 use crate::local::secret_dir::SecretDir;
 use crate::process::supervisor::{Readiness, Supervisor};
 use crate::say;
@@ -209,15 +210,14 @@ pub async fn start(
         sds_file: sds_dir.key_path(&sds_file_name),
         sds_dir: sds_dir.path().to_owned(),
     };
-    let envoy_config =
-        crate::local::gateway::envoy::render_with(&ctx, ExtAuthz::Grpc, Some(&listener))?;
+    let envoy_config = crate::local::envoy::render_with(&ctx, Contract::Grpc, Some(&listener))?;
     let envoy_config_file = gateway_dir.join("envoy.yaml");
     std::fs::write(&envoy_config_file, envoy_config)
         .with_context(|| format!("writing {}", envoy_config_file.display()))?;
     let admin_url = format!("http://{admin}");
     supervisor
         .start(
-            crate::local::gateway::envoy::command(ENVOY, opts.envoy, &envoy_config_file, "info")
+            crate::local::envoy::command(ENVOY, opts.envoy, &envoy_config_file, "info")
                 // SDS needs a node identity, which the plain Envoys lack.
                 .args(["--service-node", ENVOY, "--service-cluster", "keyrig"])
                 .current_dir(&gateway_dir),

@@ -123,10 +123,10 @@ pub fn check(module: &Path, envoy: &Path) -> Result<ModuleBuild> {
     Ok(build)
 }
 
-/// Envoy as component `name` on `config` with `module` loadable (its
-/// directory in [`SEARCH_PATH_VAR`]), after [`check`]. The command line is
-/// the gateways' (`local::gateway::envoy::command`): no hot restart, one
-/// worker, logs at `log_level` on stderr.
+/// Envoy as component `name` on `config` with `module` loadable, after
+/// [`check`]. The command line is the harness's Envoy's
+/// (`local::envoy::command`): no hot restart, one worker, logs at
+/// `log_level` on stderr.
 pub fn command(
     name: &str,
     envoy: &Path,
@@ -134,6 +134,18 @@ pub fn command(
     module: &Path,
     log_level: &str,
 ) -> Result<Component> {
+    let component = Component::new(name, envoy)
+        .arg("-c")
+        .arg(config)
+        .args(["--disable-hot-restart", "--concurrency", "1"])
+        .args(["--log-level", log_level]);
+    loadable(component, envoy, module)
+}
+
+/// `component` (an Envoy, `envoy` its binary) with `module` loadable: its
+/// directory in [`SEARCH_PATH_VAR`], after [`check`] and a check that the
+/// file has the name Envoy looks for.
+pub fn loadable(component: Component, envoy: &Path, module: &Path) -> Result<Component> {
     check(module, envoy)?;
     let file_name = format!("lib{MODULE_NAME}.so");
     if module.file_name().and_then(|n| n.to_str()) != Some(file_name.as_str()) {
@@ -145,12 +157,7 @@ pub fn command(
     let dir = module
         .parent()
         .with_context(|| format!("{} has no directory", module.display()))?;
-    Ok(Component::new(name, envoy)
-        .arg("-c")
-        .arg(config)
-        .args(["--disable-hot-restart", "--concurrency", "1"])
-        .args(["--log-level", log_level])
-        .env(SEARCH_PATH_VAR, dir))
+    Ok(component.env(SEARCH_PATH_VAR, dir))
 }
 
 #[cfg(test)]

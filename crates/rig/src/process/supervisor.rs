@@ -181,6 +181,25 @@ impl Component {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Program and arguments, space-separated, for messages and tests (the
+    /// command line never holds a secret: those go through [`Self::env`]).
+    pub fn describe(&self) -> String {
+        std::iter::once(self.program.as_os_str())
+            .chain(self.args.iter().map(OsString::as_os_str))
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The value this component sets for `key` (the last one set).
+    pub fn env_value(&self, key: &str) -> Option<&OsStr> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_os_str())
+    }
 }
 
 /// How to tell that a started component is ready.

@@ -8,21 +8,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
 use serde::Serialize;
 
-use crate::contract::gateways::GatewayKind;
 use crate::contract::scenario::ApiGroup;
 use crate::process::supervisor::{Component, Readiness};
 
-/// A path no API group serves: keygate answers 403 `no-route` for it, so a
-/// 403 there shows the gateway listens, routes and asks keygate.
-pub const READINESS_PATH: &str = "/keyrig-readiness-probe";
+pub use crate::contract::gateways::READINESS_PATH;
 
 /// Everything a gateway's config is rendered from.
 #[derive(Debug, Clone)]
 pub struct GatewayContext<'a> {
-    pub kind: GatewayKind,
+    /// The gateway's name (its catalog directory's), or the harness
+    /// component's (`envoy-tls`).
+    pub name: &'a str,
     pub groups: &'a [ApiGroup],
     /// Where clients connect.
     pub listen: SocketAddr,
@@ -33,7 +31,7 @@ pub struct GatewayContext<'a> {
     pub upstream: SocketAddr,
     /// `target/rig/<run>/gateways/<name>/`: config files and the gateway's state.
     pub dir: PathBuf,
-    /// Holds the templates (`env/<gateway>/...`).
+    /// `env/`: the harness's own templates (`envoy/envoy.yaml.j2`).
     pub env_dir: &'a Path,
     /// What the `envoy-module` gateway needs besides Envoy; `None` where
     /// no such gateway is planned (the keys-file and TLS Envoys).
@@ -65,7 +63,7 @@ impl GatewayContext<'_> {
         let mut groups: Vec<&ApiGroup> = self.groups.iter().collect();
         groups.sort_by_key(|g| std::cmp::Reverse(g.route_prefix.len()));
         TemplateValues {
-            gateway: self.kind.name(),
+            gateway: self.name,
             listen: self.listen.to_string(),
             listen_port: self.listen.port(),
             admin: self.admin.to_string(),
@@ -85,7 +83,7 @@ impl GatewayContext<'_> {
 
 #[derive(Debug, Serialize)]
 pub struct TemplateValues<'a> {
-    pub gateway: &'static str,
+    pub gateway: &'a str,
     pub listen: String,
     pub listen_port: u16,
     pub admin: String,
@@ -111,15 +109,10 @@ pub struct Launch {
     pub readiness: Readiness,
 }
 
-/// The probe every gateway shares: keygate's 403 for [`READINESS_PATH`]
-/// through the gateway's listener.
+/// The probe every gateway shares by default: keygate's 403 for
+/// [`READINESS_PATH`] through the gateway's listener.
 pub fn readiness(ctx: &GatewayContext) -> Readiness {
     Readiness::http(format!("{}{READINESS_PATH}", ctx.url()), 403)
-}
-
-/// Renders `env/<template>` with the context's values.
-pub fn render(ctx: &GatewayContext, template: &str) -> Result<String> {
-    crate::base::templates::render(&ctx.env_dir.join(template), ctx.template_values())
 }
 
 #[cfg(test)]
@@ -127,17 +120,17 @@ pub(crate) mod tests {
     use super::*;
 
     /// A context with fixed ports for the render tests of each gateway.
-    pub(crate) fn context(kind: GatewayKind, groups: &[ApiGroup]) -> GatewayContext<'_> {
+    pub(crate) fn context<'a>(name: &'a str, groups: &'a [ApiGroup]) -> GatewayContext<'a> {
         let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
         GatewayContext {
-            kind,
+            name,
             groups,
             listen: addr(10000),
             admin: addr(10001),
             keygate_grpc: addr(9001),
             keygate_http: addr(9002),
             upstream: addr(9003),
-            dir: PathBuf::from("/tmp/run/gateways").join(kind.name()),
+            dir: PathBuf::from("/tmp/run/gateways").join(name),
             env_dir: Box::leak(Box::new(crate::base::paths::env_dir())),
             envoy_module: Some(Box::leak(Box::new(EnvoyModuleSettings {
                 library: PathBuf::from("/w/target/debug/libkeygate_envoy.so"),
