@@ -32,7 +32,7 @@ fn deviations(gateway: &str) -> Deviations {
 /// manifest declares, so the fix (the gateway or the manifest) is clear.
 fn row_of(gateway: &str, row: &str, declared: bool) -> String {
     format!(
-        "gateway {gateway}, row `{row}`: its manifest {} this deviation (env/gateways/{gateway}/gateway.toml `[deviations.{row}]`)",
+        "gateway {gateway}, row `{row}`: its manifest {} this deviation (`[deviations.{row}]` of its gateway.toml)",
         if declared {
             "declares"
         } else {

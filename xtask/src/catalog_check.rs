@@ -9,7 +9,8 @@
 //!   (the matrix comes from env.json, not from code);
 //! - fail exactly the case of the falsely declared row, with a message that
 //!   names the gateway and the row;
-//! - pass the others: the rest of the manifest is true.
+//! - pass the others: the rest of the manifest is true;
+//! - write its conformance report, the false row shown as differing.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -194,6 +195,22 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
     }
     if !cases.iter().any(|c| c.name == FALSE_ROW_CASE) {
         problems.push(format!("no {FALSE_ROW_CASE} [{GATEWAY}] in report.json"));
+    }
+    let conformance = report_dir
+        .join(rig::contract::conformance::CONFORMANCE_DIR)
+        .join(format!("{GATEWAY}.md"));
+    match std::fs::read_to_string(&conformance) {
+        Ok(text) => {
+            if !text.contains(&format!("| `{FALSE_ROW}` | deviates: "))
+                || !text.contains("**differs**")
+            {
+                problems.push(format!(
+                    "{} does not show `{FALSE_ROW}` as declared and differing: {text}",
+                    conformance.display()
+                ));
+            }
+        }
+        Err(err) => problems.push(format!("no {}: {err}", conformance.display())),
     }
     if !output.contains(GATEWAY) {
         problems.push(format!("the run's output never names {GATEWAY}"));

@@ -429,6 +429,7 @@ fn finish_mode(
         tests: opts.tests,
         cases,
         runner_ok: opts.runner_ok,
+        gateway_deviations: &run.environment.gateway_deviations,
         report_dir: opts.report_dir.as_deref(),
     })?;
     if kept {

@@ -55,6 +55,9 @@ pub struct Finish<'a> {
     pub cases: Vec<CaseReport>,
     /// Whether `cargo test` itself succeeded.
     pub runner_ok: bool,
+    /// env.json's `gateway_deviations`: the gateways of the conformance report.
+    pub gateway_deviations:
+        &'a std::collections::BTreeMap<String, rig::contract::gateways::Deviations>,
     pub report_dir: Option<&'a Path>,
 }
 
@@ -87,7 +90,10 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
         faults: rig::contract::fault::read(run_dir)?,
         tools: rig::process::tools::tool_versions(f.profile),
         secret_scan: None,
+        conformance: Vec::new(),
     };
+    let records: Vec<_> = report.cases.iter().map(|c| c.record.clone()).collect();
+    report.conformance = rig::contract::conformance::assess(&records, f.gateway_deviations);
 
     // Reports first, so the scan covers them too; then again with the
     // scan's result, and a last scan of that final version.
@@ -150,7 +156,8 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
     Ok(report)
 }
 
-/// Copies junit.xml, report.json, summary.md and diagnostics/ into `dir`.
+/// Copies junit.xml, report.json, summary.md, conformance/ and
+/// diagnostics/ into `dir`.
 fn copy_reports(run_dir: &Path, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating --report-dir {}", dir.display()))?;
@@ -162,12 +169,13 @@ fn copy_reports(run_dir: &Path, dir: &Path) -> Result<()> {
         std::fs::copy(run_dir.join(name), dir.join(name))
             .with_context(|| format!("copying {name} to {}", dir.display()))?;
     }
-    let diagnostics = run_dir.join(rig::local::diagnostics::DIAGNOSTICS_DIR);
-    if diagnostics.is_dir() {
-        copy_tree(
-            &diagnostics,
-            &dir.join(rig::local::diagnostics::DIAGNOSTICS_DIR),
-        )?;
+    for tree in [
+        rig::local::diagnostics::DIAGNOSTICS_DIR,
+        rig::contract::conformance::CONFORMANCE_DIR,
+    ] {
+        if run_dir.join(tree).is_dir() {
+            copy_tree(&run_dir.join(tree), &dir.join(tree))?;
+        }
     }
     Ok(())
 }

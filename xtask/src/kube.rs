@@ -151,6 +151,7 @@ fn run_tests(
         tests: test_time,
         cases,
         runner_ok: status.success(),
+        gateway_deviations: &run.environment.gateway_deviations,
         report_dir,
     })?;
     Ok(if report.passed {

@@ -5,6 +5,7 @@
 //! anything.
 
 pub mod case;
+pub mod conformance;
 pub mod env;
 pub mod environments;
 pub mod fault;

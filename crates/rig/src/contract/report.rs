@@ -139,6 +139,10 @@ pub struct Report {
     pub tools: Vec<ToolVersion>,
     /// The final secret scan; `None` only while it has not run yet.
     pub secret_scan: Option<ScanResult>,
+    /// Each gateway that ran: its cases and its rows of the compatibility
+    /// table, as declared and as found (`crate::contract::conformance`).
+    #[serde(default)]
+    pub conformance: Vec<crate::contract::conformance::GatewayConformance>,
 }
 
 /// File names the reports have in the run directory (and `--report-dir`).
@@ -252,6 +256,12 @@ impl Report {
             }
             md.push('\n');
         }
+        if !self.conformance.is_empty() {
+            md.push_str("### Gateway conformance\n\n");
+            for gateway in &self.conformance {
+                md.push_str(&crate::contract::conformance::markdown(gateway));
+            }
+        }
         md.push_str(&crate::contract::fault::markdown(&self.faults));
         if !self.findings.is_empty() {
             md.push_str(
@@ -311,6 +321,19 @@ impl Report {
             crate::base::redact::redact(&serde_json::to_string_pretty(self)?),
         )?;
         write(SUMMARY_FILE, self.markdown(run_dir))?;
+        if !self.conformance.is_empty() {
+            let conformance = dir.join(crate::contract::conformance::CONFORMANCE_DIR);
+            std::fs::create_dir_all(&conformance)
+                .with_context(|| format!("creating {}", conformance.display()))?;
+            for gateway in &self.conformance {
+                let path = conformance.join(format!("{}.md", gateway.gateway));
+                std::fs::write(
+                    &path,
+                    crate::base::redact::redact(&crate::contract::conformance::markdown(gateway)),
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
         Ok(())
     }
 }
@@ -390,6 +413,7 @@ mod tests {
             faults: vec![],
             tools: vec![],
             secret_scan: Some(ScanResult::default()),
+            conformance: Vec::new(),
         }
     }
 
