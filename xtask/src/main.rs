@@ -21,6 +21,8 @@ mod docs;
 mod down;
 mod e2e;
 mod e2e_report;
+mod external;
+mod external_check;
 mod flags;
 mod fuzz;
 mod kube;
@@ -111,6 +113,16 @@ enum Cmd {
         /// Default: every gateway whose binary is installed.
         #[arg(long = "gateway", value_name = "NAME", value_parser = parse_gateway)]
         gateways: Vec<String>,
+        /// A gateway you run yourself, configured to call the keygate of
+        /// the running `cargo xtask up` (repeatable): the gateway-matrix
+        /// groups run through it alone, against that environment.
+        #[arg(long = "gateway-url", value_name = "NAME=URL", value_parser = external::parse_gateway_url)]
+        gateway_urls: Vec<(String, String)>,
+        /// What a --gateway-url gateway does differently: a file of
+        /// `[deviations.<row>]` tables (or its gateway.toml). Default: the
+        /// strict expectations.
+        #[arg(long = "expect", value_name = "NAME=FILE", value_parser = external::parse_expect, requires = "gateway_urls")]
+        expect: Vec<(String, PathBuf)>,
         /// Credential delivery mode(s), each its own environment, all
         /// running at once (default: all three). Repeatable.
         #[arg(long, value_enum)]
@@ -133,6 +145,10 @@ enum Cmd {
     /// added as data, with one deviation declared falsely.
     #[command(hide = true)]
     CatalogCheck,
+    /// The external gateway check of `cargo xtask test` alone: `up`, a
+    /// Caddy started by hand, `e2e --gateway-url`, `down`.
+    #[command(hide = true)]
+    ExternalCheck,
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
     Test,
     /// Run each cargo-fuzz target in fuzz/ for a while, with AddressSanitizer
@@ -248,6 +264,20 @@ fn run(command: Cmd) -> Result<ExitCode> {
             )
         }
         Cmd::E2e {
+            gateway_urls,
+            expect,
+            filter,
+            report_dir,
+            jobs,
+            ..
+        } if !gateway_urls.is_empty() => external::run(external::ExternalRun {
+            gateways: &gateway_urls,
+            expect: &expect,
+            filter: filter.as_deref(),
+            report_dir: report_dir.as_deref(),
+            jobs: jobs.unwrap_or_else(crate::e2e::default_jobs),
+        }),
+        Cmd::E2e {
             profile,
             filter,
             keep,
@@ -257,6 +287,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             mode,
             jobs,
             kube: _,
+            ..
         } => e2e_modes(
             &E2eOptions {
                 profile,
@@ -272,6 +303,11 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Status => status::print().map(|()| ExitCode::SUCCESS),
         Cmd::Scenarios => scenarios::print().map(|()| ExitCode::SUCCESS),
         Cmd::Docs => docs::write().map(|()| ExitCode::SUCCESS),
+        Cmd::ExternalCheck => Ok(if external_check::run()? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Cmd::CatalogCheck => Ok(if catalog_check::run()? {
             ExitCode::SUCCESS
         } else {

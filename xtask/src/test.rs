@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the test command (`.ci/run` runs exactly this): tools,
 //! unit and integration tests, the e2e suite in every mode, the harness
-//! self-check, the gateway catalog check, fuzz and `bench --quick`.
+//! self-check, the gateway catalog and external gateway checks, fuzz and `bench --quick`.
 
 use std::process::ExitCode;
 
@@ -37,6 +37,8 @@ pub(crate) fn test() -> Result<ExitCode> {
     let selfcheck_ok = crate::selfcheck::run()?;
     // A gateway added as data only, with one row declared falsely.
     let catalog_ok = crate::catalog_check::run()?;
+    // A gateway started by hand, tested through `e2e --gateway-url`.
+    let external_ok = crate::external_check::run()?;
     // A few seconds per fuzz target: a smoke run; longer runs are in README.
     // It leaves fuzz/corpus/ as committed (the work tree stays clean), and
     // uses AddressSanitizer where a nightly toolchain is installed (it says
@@ -51,16 +53,17 @@ pub(crate) fn test() -> Result<ExitCode> {
     let bench_ok = bench_smoke();
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
     say!(
-        "unit and integration tests: {}; e2e: {}; harness self-check: {}; gateway catalog check: {}; fuzz: {}; bench --quick: {}",
+        "unit and integration tests: {}; e2e: {}; harness self-check: {}; gateway catalog check: {}; external gateway check: {}; fuzz: {}; bench --quick: {}",
         word(unit_ok),
         word(e2e_ok),
         word(selfcheck_ok),
         word(catalog_ok),
+        word(external_ok),
         word(fuzz_ok),
         word(bench_ok)
     );
     Ok(
-        if unit_ok && e2e_ok && selfcheck_ok && catalog_ok && fuzz_ok && bench_ok {
+        if unit_ok && e2e_ok && selfcheck_ok && catalog_ok && external_ok && fuzz_ok && bench_ok {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

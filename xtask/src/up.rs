@@ -132,9 +132,12 @@ pub(crate) fn up(profile: Profile, mode: rig::contract::modes::Mode) -> Result<(
         env.root_token_file.display()
     );
     println!(
-        "  keygate   {}  (/readyz, /healthz, /metrics)",
+        "  keygate   {}  (/readyz, /healthz, /metrics; forward-auth at /auth)",
         env.keygate_url
     );
+    if let Some(grpc) = &env.keygate_grpc {
+        println!("  keygate   {grpc}  (gRPC: Envoy ext_authz Authorization/Check)");
+    }
     println!("  upstream  {}", env.upstream_url);
     if let Some(delivery) = &env.delivery {
         println!(
@@ -162,6 +165,9 @@ pub(crate) fn up(profile: Profile, mode: rig::contract::modes::Mode) -> Result<(
     }
     println!("  env.json  {}", run.run.env_file().display());
     println!("  logs      {}", env.logs_dir.display());
+    println!(
+        "your own gateway: point it at keygate above, then `cargo xtask e2e --gateway-url <name>=<its url>` (docs/gateways.md#a-gateway-you-run-yourself)"
+    );
     println!("stop with `cargo xtask down`");
     run.supervisor.detach();
     Ok(())

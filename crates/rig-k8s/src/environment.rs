@@ -136,6 +136,7 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
         unseal_key_file: None,
         logs_dir: inputs.logs_dir,
         keygate_url: inputs.forwarded.keygate_url,
+        keygate_grpc: None,
         upstream_url: inputs.forwarded.upstream_url,
         cache: cache_settings(inputs.keygate),
         // Envoy's admin listens on 127.0.0.1 in its pod and is not in the

@@ -52,6 +52,11 @@ pub struct Environment {
     pub logs_dir: PathBuf,
     /// keygate's HTTP listener: /healthz, /readyz, /metrics, /auth.
     pub keygate_url: String,
+    /// keygate's gRPC listener (`host:port`, Envoy ext_authz
+    /// `Authorization/Check`), for a gateway configured by hand; absent
+    /// where the harness cannot reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keygate_grpc: Option<String>,
     /// The upstream behind the gateway (echoes request headers as JSON).
     pub upstream_url: String,
     /// keygate's cache settings, so tests know how long a change may take to land.

@@ -569,6 +569,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         unseal_key_file,
         logs_dir: run.logs_dir(),
         keygate_url,
+        keygate_grpc: Some(addr(ports.keygate_grpc).to_string()),
         upstream_url,
         cache: CacheSettings {
             positive_ttl_ms: opts.positive_ttl.as_millis() as u64,
