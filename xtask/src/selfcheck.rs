@@ -22,8 +22,9 @@ use rig::say;
 /// The `#[ignore]`d case of `tests/selfcheck.rs`.
 const CASE: &str = "selfcheck_wrong_expected_value";
 const GROUP: &str = "selfcheck";
-/// Components of the local profile, each with a log in the bundle.
-const COMPONENTS: [&str; 4] = ["bao", "echo", "keygate", "envoy-grpc"];
+/// Components of the local profile, each with a log in the bundle (and
+/// the catalog's default gateway, whose Envoy admin the bundle reads).
+const COMPONENTS: [&str; 3] = ["bao", "echo", "keygate"];
 
 /// Runs the self-check; `Ok(false)` lists what was wrong.
 pub fn run() -> Result<bool> {
@@ -173,7 +174,10 @@ fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {
     let bundle = report_dir
         .join(rig::local::diagnostics::DIAGNOSTICS_DIR)
         .join(record.id());
-    for component in COMPONENTS {
+    let default_gateway = rig::contract::gateways::Catalog::load_default()
+        .map(|c| c.default_gateway().name.clone())
+        .unwrap_or_default();
+    for component in COMPONENTS.iter().copied().chain([default_gateway.as_str()]) {
         let log = bundle.join("logs").join(format!("{component}.log"));
         problems.expect(
             std::fs::metadata(&log).is_ok_and(|m| m.len() > 0),

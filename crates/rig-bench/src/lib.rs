@@ -34,13 +34,46 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use load::{Burst, Keys};
-/// The catalog's Envoy gateways the bench's variants go through (by their
-/// `env/gateways/<name>` directory): the bench compares keygate with
-/// Envoy's native key filter, so it measures keygate behind Envoy, over
-/// each of its contracts and as the dynamic module.
-const ENVOY_GRPC: &str = "envoy-grpc";
-const ENVOY_HTTP: &str = "envoy-http";
-const ENVOY_MODULE: &str = "envoy-module";
+/// The catalog's gateways the bench's variants go through, found by what
+/// they are rather than by name: the bench compares keygate with Envoy's
+/// native key filter, so it measures keygate behind Envoy over each
+/// contract (`tool = "envoy"`, nothing loaded) and as the dynamic module
+/// (`loads = ["keygate-envoy"]`).
+struct BenchGateways {
+    grpc: String,
+    http: String,
+    module: String,
+}
+
+impl BenchGateways {
+    fn find(catalog: &rig::contract::gateways::Catalog) -> Result<Self> {
+        use rig::contract::gateways::{Contract, Extension};
+        let find =
+            |what: &str, pick: &dyn Fn(&rig::contract::gateways::GatewayManifest) -> bool| {
+                catalog
+                    .iter()
+                    .find(|g| pick(g))
+                    .map(|g| g.name.clone())
+                    .with_context(|| {
+                        format!("the bench needs {what} in {}", catalog.dir().display())
+                    })
+            };
+        let plain = |g: &rig::contract::gateways::GatewayManifest, contract| {
+            g.tool == "envoy" && g.contract == contract && g.loads.is_empty()
+        };
+        Ok(Self {
+            grpc: find("an Envoy gateway over gRPC ext_authz", &|g| {
+                plain(g, Contract::Grpc)
+            })?,
+            http: find("an Envoy gateway over HTTP ext_authz", &|g| {
+                plain(g, Contract::Http)
+            })?,
+            module: find("a gateway that loads keygate-envoy", &|g| {
+                g.loads(Extension::KeygateEnvoy)
+            })?,
+        })
+    }
+}
 use rig::contract::modes::Mode;
 use rig::local::LocalOptions;
 use rig::say;
@@ -136,9 +169,10 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     // Envoy with keygate's module.
     let mut local = opts.local.clone();
     local.mode = Mode::ExternalSecret;
-    local.gateways = [ENVOY_GRPC, ENVOY_HTTP, ENVOY_MODULE]
-        .map(String::from)
-        .to_vec();
+    let gw = BenchGateways::find(&rig::contract::gateways::Catalog::load(
+        &local.gateways_dir,
+    )?)?;
+    local.gateways = vec![gw.grpc.clone(), gw.http.clone(), gw.module.clone()];
     local.runs_dir = opts.out_dir.join("runs");
     let up_started = Instant::now();
     let mut env_a = rig::local::up(&local)
@@ -166,7 +200,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         "bench: propagation, direct mode: {} API keys issued and revoked",
         plan.revocations
     );
-    let direct = propagation::KeyPath::direct(&env, format!("{}{path}", env.gateways[ENVOY_GRPC]));
+    let direct = propagation::KeyPath::direct(&env, format!("{}{path}", env.gateways[&gw.grpc]));
     let mut propagation = propagation::api_keys(
         &direct,
         &root,
@@ -274,23 +308,23 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         (Variant::Native, format!("{native}{path}")),
         (
             Variant::KeygateGrpc,
-            format!("{}{path}", env.gateways[ENVOY_GRPC]),
+            format!("{}{path}", env.gateways[&gw.grpc]),
         ),
         (
             Variant::KeygateHttp,
-            format!("{}{path}", env.gateways[ENVOY_HTTP]),
+            format!("{}{path}", env.gateways[&gw.http]),
         ),
         (
             Variant::KeygateCold,
-            format!("{}{path}", env.gateways[ENVOY_GRPC]),
+            format!("{}{path}", env.gateways[&gw.grpc]),
         ),
         (
             Variant::ModuleWarm,
-            format!("{}{path}", env.gateways[ENVOY_MODULE]),
+            format!("{}{path}", env.gateways[&gw.module]),
         ),
         (
             Variant::ModuleCold,
-            format!("{}{path}", env.gateways[ENVOY_MODULE]),
+            format!("{}{path}", env.gateways[&gw.module]),
         ),
     ]
     .into();
@@ -399,7 +433,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     // 5. Scale, in an environment whose cache keeps every key for the run.
     let mut scale_local = opts.local.clone();
     scale_local.mode = Mode::Inline;
-    scale_local.gateways = vec![ENVOY_GRPC.to_owned()];
+    scale_local.gateways = vec![gw.grpc.clone()];
     scale_local.runs_dir = opts.out_dir.join("runs");
     scale_local.positive_ttl = Duration::from_secs(3600);
     let scale_started = Instant::now();

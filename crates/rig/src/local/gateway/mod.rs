@@ -297,4 +297,91 @@ mod tests {
             "{err}"
         );
     }
+
+    fn hcm(doc: &serde_yaml::Value) -> &serde_yaml::Value {
+        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    }
+
+    /// The shipped gateway that loads the module: each group's route names
+    /// its group, the filter follows keygate's cache, and the listener is
+    /// the ext_authz gateways'.
+    #[test]
+    fn module_routes_name_their_group_and_the_filter_follows_keygates_cache() {
+        let catalog = Catalog::load(&crate::base::paths::env_dir().join("gateways")).unwrap();
+        let manifest = catalog
+            .iter()
+            .find(|g| g.loads(Extension::KeygateEnvoy))
+            .unwrap();
+        let groups = crate::contract::scenario::load_default_apis().unwrap();
+        let ctx = context(&manifest.name, &groups);
+        // Planning also checks the module file's build marker; rendering
+        // alone needs no module file.
+        let files = config_files(&ctx, manifest).unwrap();
+        let text = &files[0].1;
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let hcm = hcm(&doc);
+        let filter = &hcm["http_filters"][0];
+        assert_eq!(filter["name"].as_str(), Some("keygate"));
+        let typed = &filter["typed_config"];
+        assert_eq!(
+            typed["dynamic_module_config"]["name"].as_str(),
+            Some("keygate_envoy")
+        );
+        let config: serde_json::Value =
+            serde_json::from_str(typed["filter_config"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            config,
+            serde_json::json!({
+                "cluster": "keygate",
+                "invalidations": "127.0.0.1:9002",
+                "positive_ttl_ms": 5000,
+                "resurrect_ttl_ms": 30000,
+                "callout_timeout_ms": 3000,
+            })
+        );
+        assert!(
+            !serde_yaml::to_string(hcm).unwrap().contains("ext_authz"),
+            "the module replaces ext_authz"
+        );
+        // One route per group, each naming its group; the catch-all none.
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            .as_sequence()
+            .unwrap();
+        let named: Vec<(&str, Option<String>)> = routes
+            .iter()
+            .map(|r| {
+                let value = r["typed_per_filter_config"]["keygate"]["filter_config"]["value"]
+                    .as_str()
+                    .map(|v| {
+                        let v: serde_json::Value = serde_json::from_str(v).unwrap();
+                        v["group"].as_str().unwrap().to_owned()
+                    });
+                (r["match"]["prefix"].as_str().unwrap(), value)
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("/animal-rescue/", Some("animal-rescue-api".to_owned())),
+                ("/billing/", Some("billing-api".to_owned())),
+                ("/", None),
+            ]
+        );
+        // The callouts' cluster: keygate's HTTP port, HTTP/1.1.
+        let keygate = &doc["static_resources"]["clusters"][0];
+        assert_eq!(keygate["name"].as_str(), Some("keygate"));
+        assert!(keygate["typed_extension_protocol_options"].is_null());
+        // The listener's path handling is the ext_authz gateways'.
+        let grpc: serde_yaml::Value = serde_yaml::from_str(
+            &crate::local::envoy::render(&ctx, crate::contract::gateways::Contract::Grpc).unwrap(),
+        )
+        .unwrap();
+        for option in [
+            "normalize_path",
+            "merge_slashes",
+            "path_with_escaped_slashes_action",
+        ] {
+            assert_eq!(hcm[option], self::hcm(&grpc)[option], "{option}");
+        }
+    }
 }
