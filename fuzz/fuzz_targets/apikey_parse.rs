@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(key) = apikey::ApiKey::parse(text) {
         assert_eq!(key.expose().len(), 64);
-        assert!(key.expose().bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        assert!(
+            key.expose()
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        );
         assert_eq!(key.selector().as_str(), &key.expose()[..32]);
         assert!(key.verify(&key.verifier_hash()));
     }

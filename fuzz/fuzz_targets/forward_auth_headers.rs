@@ -3,7 +3,7 @@
 //! passes on is visible ASCII (or space, tab); repeated `x-api-key` is never one key.
 #![no_main]
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use keygate::decision::Presented;
+use keygate_config::forward_auth::Presented;
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 4] = ["x-api-key", "x-forwarded-uri", "x-original-uri", "x-other"];
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             headers.append(HeaderName::from_static(name), value);
         }
     }
-    let (_path, presented) = keygate::http::forward_auth_request(&headers, &uri);
+    let (_path, presented) = keygate_config::forward_auth::forward_auth_request(&headers, &uri);
     match presented {
         Presented::One(key) => {
             assert_eq!(keys, 1);

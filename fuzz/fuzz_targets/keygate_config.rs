@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let file = std::path::Path::new("fuzz/keygate.yaml");
-    if let Err(err) = keygate::config::Config::parse(file, text) {
+    if let Err(err) = keygate_config::config::Config::parse(file, text) {
         assert!(err.to_string().starts_with("fuzz/keygate.yaml: "), "{err}");
     }
 });

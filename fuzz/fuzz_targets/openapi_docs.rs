@@ -24,8 +24,8 @@
 #![no_main]
 use std::path::{Path, PathBuf};
 
-use keygate::config::ApiFile;
-use keygate::routes::Routes;
+use keygate_config::config::ApiFile;
+use keygate_config::routes::Routes;
 use libfuzzer_sys::fuzz_target;
 
 struct Document<'a> {
@@ -46,7 +46,7 @@ impl Document<'_> {
     }
 }
 
-fn load(docs: &[&Document]) -> Result<Routes, keygate::config::ConfigError> {
+fn load(docs: &[&Document]) -> Result<Routes, keygate_config::config::ConfigError> {
     let apis: Vec<ApiFile> = docs
         .iter()
         .enumerate()
@@ -55,7 +55,7 @@ fn load(docs: &[&Document]) -> Result<Routes, keygate::config::ConfigError> {
     Routes::load(Path::new("keygate.yaml"), &apis)
 }
 
-fn assert_names(err: &keygate::config::ConfigError, doc: &Document) {
+fn assert_names(err: &keygate_config::config::ConfigError, doc: &Document) {
     let name = doc.path.display().to_string();
     assert_eq!(err.file, name, "{err}");
     assert!(err.to_string().starts_with(&format!("{name}: ")), "{err}");
@@ -171,7 +171,7 @@ fuzz_target!(|data: &[u8]| {
                 "{request:?} -> {group}"
             );
             let segments =
-                keygate::request_path::segments(request).expect("a resolved path segments");
+                keygate_config::request_path::segments(request).expect("a resolved path segments");
             assert!(
                 segments
                     .iter()

@@ -32,8 +32,8 @@
 #![no_main]
 use std::sync::LazyLock;
 
-use keygate::request_path::{Unroutable, decode_segment, segments};
-use keygate::routes::Routes;
+use keygate_config::request_path::{Unroutable, decode_segment, segments};
+use keygate_config::routes::Routes;
 use libfuzzer_sys::fuzz_target;
 use regex::bytes::Regex;
 

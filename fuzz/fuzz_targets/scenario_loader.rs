@@ -23,6 +23,9 @@ fuzz_target!(|data: &[u8]| {
     .unwrap();
     if let Err(err) = rig::vault::setup::VaultSetup::load(&setup, &["a".into(), "b".into()]) {
         let message = format!("{err:#}");
-        assert!(message.contains("setup.yaml") || message.contains(".hcl"), "{message}");
+        assert!(
+            message.contains("setup.yaml") || message.contains(".hcl"),
+            "{message}"
+        );
     }
 });

@@ -52,9 +52,9 @@ fn read_pair_with(
     loop {
         attempt += 1;
         let payload = layout.payload().map_err(|err| first.unreadable(&err))?;
-        let a = first.read_from(&payload.join(&layout.first));
+        let a = read_from(first, &payload.join(&layout.first));
         between();
-        let b = second.read_from(&payload.join(&layout.second));
+        let b = read_from(second, &payload.join(&layout.second));
         match (a, b) {
             (Ok(a), Ok(b)) => return Ok((a, b)),
             (a, b) => {
@@ -135,13 +135,11 @@ impl ReadError {
     }
 }
 
-impl SecretFile {
-    /// Reads `actual` (this file's content, reached another way) with this
-    /// file's rules; errors name this file, never the content.
-    fn read_from(&self, actual: &Path) -> Result<Secret, ReadError> {
-        let text = std::fs::read_to_string(actual).map_err(|err| ReadError::Io(err.kind()))?;
-        self.secret_of(&text).map_err(ReadError::Other)
-    }
+/// Reads `actual` (`file`'s content, reached another way) with `file`'s
+/// rules; errors name `file`, never the content.
+fn read_from(file: &SecretFile, actual: &Path) -> Result<Secret, ReadError> {
+    let text = std::fs::read_to_string(actual).map_err(|err| ReadError::Io(err.kind()))?;
+    file.secret_of(&text).map_err(ReadError::Other)
 }
 
 #[cfg(test)]

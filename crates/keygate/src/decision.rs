@@ -14,15 +14,7 @@ use crate::protocol::Protocol;
 use crate::routes::Routes;
 use crate::vault::VaultError;
 
-/// The `x-api-key` header as the request carried it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Presented<'a> {
-    Missing,
-    One(&'a str),
-    /// More than one header: a gateway and an upstream might each pick a
-    /// different one, so this is refused as malformed.
-    Many,
-}
+pub use keygate_config::forward_auth::Presented;
 
 pub struct Validator {
     routes: Routes,

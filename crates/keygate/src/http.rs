@@ -16,16 +16,19 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
-use tracing::debug;
 
 use crate::boxed_future::BoxFuture;
-use crate::decision::{Presented, Validator};
+use crate::decision::Validator;
 use crate::feed::{FeedEvent, PING_LINE};
 use crate::outcome::Outcome;
 use crate::protocol::Protocol;
 use crate::vault::{Readiness, Vault};
 
-pub const API_KEY_HEADER: &str = "x-api-key";
+// The forward-auth request's parsing (original URI, presented key) is in
+// keygate-config, beside the routes it feeds: the fuzz targets build it
+// without keygate's server stack.
+pub use keygate_config::forward_auth::{API_KEY_HEADER, forward_auth_request};
+use keygate_config::forward_auth::{api_key, original_uri};
 pub const OWNER_HEADER: &str = "x-keyrig-owner";
 pub const GROUP_HEADER: &str = "x-keyrig-group";
 pub const REASON_HEADER: &str = "x-keyrig-reason";
@@ -39,11 +42,6 @@ pub const EXPIRES_HEADER: &str = "x-keyrig-expires";
 /// inside the HTTP port's default idle timeout (60 s), which would
 /// otherwise close a quiet feed.
 pub const FEED_PING: Duration = Duration::from_secs(10);
-
-/// Headers that carry the original request URI, in order of preference:
-/// Traefik, Caddy and APISIX send `X-Forwarded-Uri`; nginx configs
-/// conventionally set `X-Original-URI`.
-const ORIGINAL_URI_HEADERS: [&str; 2] = ["x-forwarded-uri", "x-original-uri"];
 
 /// What `/readyz` asks; Vault in production, a stub in tests.
 pub trait ReadinessSource: Send + Sync + 'static {
@@ -161,59 +159,6 @@ async fn forward_auth(State(state): State<AppState>, uri: Uri, headers: HeaderMa
             )
                 .into_response()
         }
-    }
-}
-
-/// The URI the client asked the gateway for: `X-Forwarded-Uri`, else
-/// `X-Original-URI`, else the request path after `/auth` (Envoy's HTTP
-/// ext_authz appends the original path to its `path_prefix`).
-///
-/// Gateways pass many client headers on to the auth request (nginx passes
-/// all of them), so a client could add the header its gateway does not set
-/// and point keygate at another API's route. Hence every source present
-/// must name the same path, or the answer is an empty string, which routes
-/// nowhere; so do repeated or non-ASCII header values.
-fn original_uri(headers: &HeaderMap, uri: &Uri) -> String {
-    let mut candidates = Vec::new();
-    for name in ORIGINAL_URI_HEADERS {
-        let mut values = headers.get_all(name).iter();
-        if let Some(first) = values.next() {
-            match (first.to_str(), values.next()) {
-                (Ok(value), None) => candidates.push(value.to_owned()),
-                _ => return String::new(),
-            }
-        }
-    }
-    let suffix = uri.path().strip_prefix("/auth").unwrap_or_default();
-    if !suffix.is_empty() {
-        candidates.push(suffix.to_owned());
-    }
-    let path_of = |uri: &str| uri.split(['?', '#']).next().unwrap_or_default().to_owned();
-    match candidates.split_first() {
-        None => String::new(),
-        Some((first, rest)) if rest.iter().all(|other| path_of(other) == path_of(first)) => {
-            first.clone()
-        }
-        Some(_) => {
-            debug!(candidates = ?candidates, "the original-URI headers and path disagree; refusing to pick one");
-            String::new()
-        }
-    }
-}
-
-/// What a forward-auth request asks: the original path to validate and
-/// the key it presents (public for the fuzz target in `fuzz/`).
-pub fn forward_auth_request<'h>(headers: &'h HeaderMap, uri: &Uri) -> (String, Presented<'h>) {
-    (original_uri(headers, uri), api_key(headers))
-}
-
-fn api_key(headers: &HeaderMap) -> Presented<'_> {
-    let mut values = headers.get_all(API_KEY_HEADER).iter();
-    match (values.next(), values.next()) {
-        (None, _) => Presented::Missing,
-        // Not visible ASCII cannot be a key; "" parses as malformed.
-        (Some(value), None) => Presented::One(value.to_str().unwrap_or_default()),
-        (Some(_), Some(_)) => Presented::Many,
     }
 }
 

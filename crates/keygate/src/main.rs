@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let loaded = Config::load(&args.config)
+    let loaded = keygate::config::load(&args.config)
         .and_then(|config| Routes::load(&config.file, &config.apis).map(|routes| (config, routes)));
     let (config, routes) = match loaded {
         Ok(loaded) => loaded,
