@@ -126,6 +126,8 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
             inputs.catalog.default_gateway().name.clone(),
             inputs.catalog.default_gateway().deviations.clone(),
         )]),
+        // Envoy's admin is not reachable from outside its pod (below).
+        gateway_admin: BTreeMap::new(),
         gateways,
         skipped_gateways,
         vault_addr: inputs.forwarded.vault_addr,

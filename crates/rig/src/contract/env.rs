@@ -29,6 +29,11 @@ pub struct Environment {
     /// assert; a gateway absent here is held to the strict ones.
     #[serde(default)]
     pub gateway_deviations: BTreeMap<String, crate::contract::gateways::Deviations>,
+    /// Gateways whose manifest lists admin paths for diagnostics
+    /// (`[diagnostics] admin`) -> their admin listener and those paths: a
+    /// failed case through one gets them in its bundle.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gateway_admin: BTreeMap<String, GatewayAdmin>,
     /// Gateways of this run's selection that do not run, by name -> why
     /// (e.g. their binary is absent); their cases are skipped with that reason.
     #[serde(default)]
@@ -144,6 +149,13 @@ pub struct TlsEnvironment {
     /// The directory the agent publishes `tls.crt`, `tls.key` (0600),
     /// `ca.crt` into (kubelet-style `..data` swap), which Envoy watches.
     pub cert_dir: PathBuf,
+}
+
+/// A gateway's admin listener and the paths a diagnostics bundle saves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayAdmin {
+    pub url: String,
+    pub paths: Vec<String>,
 }
 
 /// The delivery of keygate's credentials in this run (`rig::contract::modes`).

@@ -125,6 +125,27 @@ pub async fn collect(run_dir: &Path, env: &Environment, case: &CaseRecord) -> Re
             "# env.json names no envoy_admin_url: this profile exposes no Envoy admin\n",
         )?,
     }
+    // The admin paths the case's own gateway declares (its manifest's
+    // `[diagnostics] admin`), when it is not the default one above.
+    if let Some(admin) = case
+        .gateway
+        .as_ref()
+        .and_then(|g| env.gateway_admin.get(g).map(|a| (g, a)))
+        .filter(|(_, a)| Some(&a.url) != env.envoy_admin_url.as_ref())
+    {
+        let (gateway, admin) = admin;
+        for path in &admin.paths {
+            let name: String = path
+                .trim_start_matches('/')
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            write_redacted(
+                &dir.join(format!("{gateway}-admin-{name}.txt")),
+                &fetch(&http, &format!("{}{path}", admin.url)).await,
+            )?;
+        }
+    }
     write_redacted(
         &dir.join("keygate-metrics.txt"),
         &fetch(&http, &format!("{}/metrics", env.keygate_url)).await,

@@ -467,6 +467,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     // (Envoy's /stats and /clusters).
     let mut envoy_admin_url = None;
     let mut gateway_deviations = std::collections::BTreeMap::new();
+    let mut gateway_admin = std::collections::BTreeMap::new();
     for ((gateway, tool), (listen, admin)) in gateways.iter().zip(&ports.gateways) {
         if gateway.name == default_gateway && !gateway.diagnostics.admin.is_empty() {
             envoy_admin_url = Some(format!("http://{}", addr(*admin)));
@@ -486,6 +487,15 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         let url = crate::local::gateway::start(&ctx, gateway, &tool.path, &mut supervisor).await?;
         gateway_urls.insert(gateway.name.clone(), url);
         gateway_deviations.insert(gateway.name.clone(), gateway.deviations.clone());
+        if !gateway.diagnostics.admin.is_empty() {
+            gateway_admin.insert(
+                gateway.name.clone(),
+                crate::contract::env::GatewayAdmin {
+                    url: format!("http://{}", addr(*admin)),
+                    paths: gateway.diagnostics.admin.clone(),
+                },
+            );
+        }
     }
     let default_gateway_url = gateway_urls
         .get(&default_gateway)
@@ -561,6 +571,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         gateways: gateway_urls,
         skipped_gateways,
         gateway_deviations,
+        gateway_admin,
         vault_addr,
         kv_mount: setup.kv_mount.clone(),
         groups: crate::contract::env::group_routes(&groups),
