@@ -13,7 +13,6 @@
 //! - write its conformance report, the false row shown as differing.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 use rig::contract::case::Status;
@@ -102,41 +101,34 @@ pub fn run() -> Result<bool> {
         manifest(),
     )?;
     let report_dir = work.join("reports");
-    let output = Command::new(crate::runner::this_binary()?)
-        .args([
-            "e2e",
-            "--mode",
-            "inline",
-            "--gateway",
-            GATEWAY,
-            "--filter",
-            GROUP,
-        ])
-        .arg("--report-dir")
-        .arg(&report_dir)
-        .env(
-            rig::contract::gateways::GATEWAYS_DIR_VAR,
-            env_copy.join("gateways"),
-        )
-        .env_remove("GITHUB_STEP_SUMMARY")
-        .stdin(Stdio::null())
-        .output()
-        .context("running the catalog check's e2e run")?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    let problems = check(output.status.success(), &text, &report_dir);
-    if problems.is_empty() {
-        say!(
-            "gateway catalog check passed: {GATEWAY} ran every `{GROUP}` case from its directory alone; only `{FALSE_ROW}` failed, naming the gateway and the row"
-        );
-        return Ok(true);
-    }
-    say!("gateway catalog check FAILED; the run's output was:");
-    eprintln!("{text}");
-    for problem in &problems {
-        say!("catalog check: {problem}");
-    }
-    Ok(false)
+    let run = crate::runner::run_nested("the catalog check's e2e run", |command| {
+        command
+            .args([
+                "e2e",
+                "--mode",
+                "inline",
+                "--gateway",
+                GATEWAY,
+                "--filter",
+                GROUP,
+            ])
+            .arg("--report-dir")
+            .arg(&report_dir)
+            .env(
+                rig::contract::gateways::GATEWAYS_DIR_VAR,
+                env_copy.join("gateways"),
+            )
+            .env_remove("GITHUB_STEP_SUMMARY");
+    })?;
+    let problems = check(run.ok, &run.text, &report_dir);
+    Ok(crate::runner::verdict(
+        "gateway catalog check",
+        &format!(
+            "{GATEWAY} ran every `{GROUP}` case from its directory alone; only `{FALSE_ROW}` failed, naming the gateway and the row"
+        ),
+        &run.text,
+        &problems,
+    ))
 }
 
 fn check(succeeded: bool, output: &str, report_dir: &Path) -> Vec<String> {

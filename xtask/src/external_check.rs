@@ -5,7 +5,6 @@
 //! --gateway-url handmade=<its url> --expect handmade=<file>`, which must
 //! run the gateway-matrix groups through it and pass; then `down`.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -43,53 +42,41 @@ pub fn run() -> Result<bool> {
     say!(
         "external gateway check: a Caddy started and configured by hand, tested with `e2e --gateway-url`"
     );
-    let xtask = crate::runner::this_binary()?;
-    let up = Command::new(&xtask)
-        .arg("up")
-        .stdin(Stdio::null())
-        .output()
-        .context("running `cargo xtask up`")?;
-    if !up.status.success() {
-        say!(
-            "external gateway check FAILED: `cargo xtask up` failed:\n{}{}",
-            String::from_utf8_lossy(&up.stdout),
-            String::from_utf8_lossy(&up.stderr)
-        );
-        return Ok(false);
+    let up = crate::runner::run_nested("`cargo xtask up`", |command| {
+        command.arg("up");
+    })?;
+    if !up.ok {
+        return Ok(crate::runner::verdict(
+            "external gateway check",
+            "",
+            &up.text,
+            &["`cargo xtask up` failed".to_owned()],
+        ));
     }
-    let checked = check(&xtask);
-    let down = Command::new(&xtask)
-        .arg("down")
-        .stdin(Stdio::null())
-        .output()
-        .context("running `cargo xtask down`")?;
-    if !down.status.success() {
+    let checked = check();
+    let down = crate::runner::run_nested("`cargo xtask down`", |command| {
+        command.arg("down");
+    })?;
+    if !down.ok {
         say!(
             "external gateway check: `cargo xtask down` failed: {}",
-            String::from_utf8_lossy(&down.stderr)
+            down.text
         );
     }
-    match checked {
-        Ok(problems) if problems.is_empty() => {
-            say!(
-                "external gateway check passed: every api_keys and gateways case ran through {GATEWAY} and passed"
-            );
-            Ok(true)
-        }
-        Ok(problems) => {
-            for problem in &problems {
-                say!("external gateway check: {problem}");
-            }
-            Ok(false)
-        }
-        Err(err) => {
-            say!("external gateway check FAILED: {err:#}");
-            Ok(false)
-        }
-    }
+    let (output, problems) = match checked {
+        Ok(found) => found,
+        Err(err) => (String::new(), vec![format!("{err:#}")]),
+    };
+    Ok(crate::runner::verdict(
+        "external gateway check",
+        &format!("every api_keys and gateways case ran through {GATEWAY} and passed"),
+        &output,
+        &problems,
+    ))
 }
 
-fn check(xtask: &Path) -> Result<Vec<String>> {
+/// The e2e run's output and what was wrong with its results.
+fn check() -> Result<(String, Vec<String>)> {
     let env_file = rig::base::paths::rig_dir().join("latest").join("env.json");
     let env = rig::contract::env::Environment::load(&env_file)?;
     let dir = rig::base::paths::rig_dir().join("external-check");
@@ -132,24 +119,19 @@ fn check(xtask: &Path) -> Result<Vec<String>> {
     wait_for(&format!("{url}{}", rig::contract::gateways::READINESS_PATH))?;
 
     let report_dir = dir.join("reports");
-    let output = Command::new(xtask)
-        .args(["e2e", "--gateway-url"])
-        .arg(format!("{GATEWAY}={url}"))
-        .arg("--expect")
-        .arg(format!("{GATEWAY}={}", expectations.display()))
-        .arg("--report-dir")
-        .arg(&report_dir)
-        .env_remove("GITHUB_STEP_SUMMARY")
-        .stdin(Stdio::null())
-        .output()
-        .context("running `cargo xtask e2e --gateway-url`")?;
+    let run = crate::runner::run_nested("`cargo xtask e2e --gateway-url`", |command| {
+        command
+            .args(["e2e", "--gateway-url"])
+            .arg(format!("{GATEWAY}={url}"))
+            .arg("--expect")
+            .arg(format!("{GATEWAY}={}", expectations.display()))
+            .arg("--report-dir")
+            .arg(&report_dir)
+            .env_remove("GITHUB_STEP_SUMMARY");
+    })?;
     let mut problems = Vec::new();
-    if !output.status.success() {
-        problems.push(format!(
-            "`e2e --gateway-url` failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
+    if !run.ok {
+        problems.push("`e2e --gateway-url` failed: its output is above".to_owned());
     }
     let report: Report = serde_json::from_str(
         &std::fs::read_to_string(report_dir.join(rig::contract::report::REPORT_FILE))
@@ -192,7 +174,7 @@ fn check(xtask: &Path) -> Result<Vec<String>> {
     if !conformance.is_file() {
         problems.push(format!("no conformance report {}", conformance.display()));
     }
-    Ok(problems)
+    Ok((run.text, problems))
 }
 
 /// Polls the hand-started gateway's readiness path: keygate's 403.

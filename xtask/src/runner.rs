@@ -149,3 +149,42 @@ pub(crate) fn this_binary() -> Result<PathBuf> {
         _ => exe,
     })
 }
+
+/// A nested run of this xtask binary (the self-checks of `cargo xtask
+/// test`): whether it succeeded, and what it printed, stdout then stderr.
+pub(crate) struct Nested {
+    pub(crate) ok: bool,
+    pub(crate) text: String,
+}
+
+/// Runs this xtask binary with what `setup` adds (arguments, variables),
+/// stdin closed and output captured; `what` names the run in an error.
+pub(crate) fn run_nested(what: &str, setup: impl FnOnce(&mut Command)) -> Result<Nested> {
+    let mut command = Command::new(this_binary()?);
+    command.stdin(std::process::Stdio::null());
+    setup(&mut command);
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok(Nested {
+        ok: output.status.success(),
+        text,
+    })
+}
+
+/// A self-check's verdict: `passed` when nothing was wrong, else the run's
+/// output and each problem, each line prefixed with `name`.
+pub(crate) fn verdict(name: &str, passed: &str, output: &str, problems: &[String]) -> bool {
+    if problems.is_empty() {
+        say!("{name} passed: {passed}");
+        return true;
+    }
+    say!("{name} FAILED; the run's output was:");
+    eprintln!("{output}");
+    for problem in problems {
+        say!("{name}: {problem}");
+    }
+    false
+}

@@ -13,7 +13,6 @@
 //! - the captured output holds no control characters (no spinner, no colour).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 use rig::contract::report::Report;
@@ -34,39 +33,29 @@ pub fn run() -> Result<bool> {
         std::fs::remove_dir_all(&report_dir)
             .with_context(|| format!("clearing {}", report_dir.display()))?;
     }
-    let output = Command::new(crate::runner::this_binary()?)
-        .args([
-            "e2e",
-            "--mode",
-            "inline",
-            "--filter",
-            CASE,
-            "--include-ignored",
-            "--report-dir",
-        ])
-        .arg(&report_dir)
-        // Only non-terminal detection counts here: `CI` must not mask it.
-        .env_remove("CI")
-        .env_remove("GITHUB_STEP_SUMMARY")
-        .stdin(Stdio::null())
-        .output()
-        .context("running the self-check's e2e run")?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-
-    let problems = check(output.status.success(), &text, &report_dir);
-    if problems.is_empty() {
-        say!(
-            "harness self-check passed: failure reported with expected/last seen, bundle complete, 0 secrets found, plain output"
-        );
-        return Ok(true);
-    }
-    say!("harness self-check FAILED; the run's output was:");
-    eprintln!("{text}");
-    for problem in &problems {
-        say!("self-check: {problem}");
-    }
-    Ok(false)
+    let run = crate::runner::run_nested("the self-check's e2e run", |command| {
+        command
+            .args([
+                "e2e",
+                "--mode",
+                "inline",
+                "--filter",
+                CASE,
+                "--include-ignored",
+                "--report-dir",
+            ])
+            .arg(&report_dir)
+            // Only non-terminal detection counts here: `CI` must not mask it.
+            .env_remove("CI")
+            .env_remove("GITHUB_STEP_SUMMARY");
+    })?;
+    let problems = check(run.ok, &run.text, &report_dir);
+    Ok(crate::runner::verdict(
+        "harness self-check",
+        "failure reported with expected/last seen, bundle complete, 0 secrets found, plain output",
+        &run.text,
+        &problems,
+    ))
 }
 
 fn read(path: &Path) -> Result<String, String> {
