@@ -296,6 +296,12 @@ async fn tls_rotated_certificates_are_served_without_restart_under_load() {
     let path = api_path(API_GROUP);
     let key = issue_key(API_GROUP, |r| r).await.unwrap();
     let probe = probe(tls);
+    // Read before the first served serial: each rotation after that serial
+    // is an SDS update after this reading. (Read after it, a rotation
+    // landing in between was counted here and missed below.)
+    let sds_updates_before = envoy_counter(&tls.admin_url, "ssl_context_update_by_sds")
+        .await
+        .unwrap();
     let first = probe.served_certificate().await.unwrap();
     let reply = probe
         .get(&path, &[("x-api-key", key.expose())])
@@ -305,9 +311,6 @@ async fn tls_rotated_certificates_are_served_without_restart_under_load() {
 
     let uptime_before = envoy_uptime(&tls.admin_url).await.unwrap();
     let watched_from = Instant::now();
-    let sds_updates_before = envoy_counter(&tls.admin_url, "ssl_context_update_by_sds")
-        .await
-        .unwrap();
 
     let sampler = Sampler::start(tls, first.clone());
     let load = tls_load(tls, path.clone(), key.expose().to_owned());
