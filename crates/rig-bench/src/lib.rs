@@ -193,12 +193,12 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
 
     // 2. Propagation first, while Vault holds few keys: the keys-file
     // side's bao agent renders every key of the group each interval.
-    let quick_note = plan
-        .quick
-        .then(|| "--quick: fewer events than the 20 of a full run".to_owned());
+    let quick_note = plan.quick.then(|| {
+        "--quick: fewer events than a full run (200 direct, 20 through agents)".to_owned()
+    });
     say!(
         "bench: propagation, direct mode: {} API keys issued and revoked",
-        plan.revocations
+        plan.direct_revocations
     );
     let direct = propagation::KeyPath::direct(&env, format!("{}{path}", env.gateways[&gw.grpc]));
     let mut propagation = propagation::api_keys(
@@ -206,7 +206,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         &root,
         &env.kv_mount,
         &group.group_id,
-        plan.revocations,
+        plan.direct_revocations,
         quick_note.clone(),
     )
     .await?;

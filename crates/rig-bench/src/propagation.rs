@@ -22,8 +22,13 @@ use rig::contract::env::Environment;
 use rig::vault::client::VaultClient;
 
 /// How often a waiting event asks the gateway or keygate: the resolution of
-/// every measured time.
+/// every measured time where changes take a second or more (renders, file
+/// polls).
 pub const POLL: Duration = Duration::from_millis(20);
+/// The same for keygate reading Vault directly, whose changes land in
+/// milliseconds (its targets are 10 and 50 ms): one request is ~2 ms, so
+/// this is about back to back.
+pub const DIRECT_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PropagationResult {
@@ -66,6 +71,7 @@ async fn until_status(
     want: u16,
     since: Instant,
     deadline: Duration,
+    poll: Duration,
 ) -> Result<Duration> {
     let mut last = 0;
     while since.elapsed() < deadline {
@@ -73,7 +79,7 @@ async fn until_status(
         if last == want {
             return Ok(since.elapsed());
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
     }
     bail!(
         "no {want} from {url} within {} of the Vault write; last answer {last}",
@@ -90,7 +96,7 @@ fn direct_intervals(env: &Environment) -> String {
         "keygate cache positive_ttl {} ms, negative_ttl {} ms{invalidation}; poll {} ms",
         env.cache.positive_ttl_ms,
         env.cache.negative_ttl_ms,
-        POLL.as_millis()
+        DIRECT_POLL.as_millis()
     )
 }
 
@@ -104,6 +110,8 @@ pub struct KeyPath {
     /// How long a cached answer may outlive the change (the cache TTL, the
     /// render interval): revocations are spread over it.
     pub spread: Duration,
+    /// How often a waiting event asks (the resolution of its times).
+    pub poll: Duration,
 }
 
 impl KeyPath {
@@ -114,6 +122,7 @@ impl KeyPath {
             url,
             intervals: direct_intervals(env),
             spread: Duration::from_millis(env.cache.positive_ttl_ms),
+            poll: DIRECT_POLL,
         }
     }
 
@@ -131,6 +140,7 @@ impl KeyPath {
                 POLL.as_millis()
             ),
             spread: Duration::from_millis(side.render_interval_ms + side.poll_interval_ms),
+            poll: POLL,
         })
     }
 }
@@ -147,6 +157,7 @@ pub async fn api_keys(
     note: Option<String>,
 ) -> Result<Vec<PropagationResult>> {
     let http = http()?;
+    let poll = at.poll;
     let url = at.url.as_str();
     let deadline = at.spread + Duration::from_secs(10);
     let mut keys = Vec::new();
@@ -157,7 +168,7 @@ pub async fn api_keys(
         // write_keys timed the write; the effect is timed from its end, a
         // slight undercount of the write's own latency.
         let at = Instant::now();
-        let took = until_status(&http, url, &key, 200, at, deadline).await?;
+        let took = until_status(&http, url, &key, 200, at, deadline, poll).await?;
         issued.push(took.as_millis() as u64);
         keys.push(key);
     }
@@ -173,7 +184,7 @@ pub async fn api_keys(
             let at = Instant::now();
             root.kv2_delete_metadata(&mount, &format!("{group}/{selector}"))
                 .await?;
-            let took = until_status(&http, &url, &key, 401, at, deadline).await?;
+            let took = until_status(&http, &url, &key, 401, at, deadline, poll).await?;
             anyhow::Ok(took.as_millis() as u64)
         });
     }

@@ -21,7 +21,12 @@ pub struct Plan {
     pub connections: usize,
     /// Fresh keys for each cold variant (each used once).
     pub cold_pool: usize,
+    /// API keys issued and revoked through the keys-file side (each waits
+    /// for a render: about a second).
     pub revocations: usize,
+    /// API keys issued and revoked directly (milliseconds each): more of
+    /// them, so that p99 is not simply the slowest of twenty.
+    pub direct_revocations: usize,
     pub secret_id_rotations: usize,
     pub scale_sizes: &'static [usize],
     pub scale_window: Duration,
@@ -38,6 +43,7 @@ impl Plan {
             connections: 8,
             cold_pool: 20_000,
             revocations: 20,
+            direct_revocations: 200,
             secret_id_rotations: 20,
             scale_sizes: &[100, 10_000, 100_000],
             scale_window: Duration::from_secs(3),
@@ -55,6 +61,7 @@ impl Plan {
             connections: 8,
             cold_pool: 2_000,
             revocations: 6,
+            direct_revocations: 20,
             secret_id_rotations: 3,
             scale_sizes: &[100, 1_000],
             scale_window: Duration::from_millis(800),
