@@ -70,6 +70,33 @@ pub fn keys_file_mode() -> bool {
     env().key_source == rig::contract::env::KEY_SOURCE_FILE
 }
 
+/// What the validator the user runs does (env.json `validator`), when no
+/// keygate runs (`cargo xtask up --no-keygate`, then `e2e --gateway-url`):
+/// its declared propagation time, whether it forwards the owner, whether
+/// it knows expiry. `None`: keygate is the validator.
+pub fn external_validator() -> Option<rig::contract::env::ValidatorTraits> {
+    let env = env();
+    if env.key_source != rig::contract::env::KEY_SOURCE_EXTERNAL {
+        return None;
+    }
+    Some(env.validator.unwrap_or_default())
+}
+
+/// The validator behind the gateway knows a key's expiry (keygate reading
+/// Vault does; the keys file holds none; a validator the user runs says).
+pub fn enforces_expiry() -> bool {
+    match external_validator() {
+        Some(traits) => traits.enforces_expiry,
+        None => !keys_file_mode(),
+    }
+}
+
+/// How long a change in Vault may take to reach a validator the user
+/// runs: what it declares, plus slack for the request that shows it.
+fn external_deadline(traits: rig::contract::env::ValidatorTraits) -> Duration {
+    Duration::from_millis(traits.propagation_ms) + Duration::from_secs(2)
+}
+
 /// The longest a rendered change may take to reach the keys-file gateway:
 /// render interval + keygate's poll + slack for the agent's own work.
 pub fn render_deadline() -> Duration {
@@ -84,28 +111,33 @@ pub fn render_deadline() -> Duration {
 /// the agent rendered it: wait until the gateway stops calling it `unknown`.
 /// In Vault mode, the negative cache is the only delay and a fresh selector
 /// has never been looked up, so there is nothing to wait for.
+/// A validator the user runs may also take time to see a new key: the
+/// same wait, within its declared propagation time.
 pub async fn await_delivery(group: &str, key: &str) -> Result<()> {
-    if !keys_file_mode() {
-        return Ok(());
-    }
+    let (what, deadline) = match external_validator() {
+        Some(traits) => (
+            "your validator to see the new key",
+            external_deadline(traits),
+        ),
+        // A precondition of the case, not what it asserts (how fast a
+        // render lands is keys_file_rotation's and the bench's): three
+        // render deadlines, since with every mode's suite running at once
+        // the agent's renders of a keys file that grows with each case
+        // fall behind.
+        None if keys_file_mode() => (
+            "the agent to render the new key into the keys file",
+            render_deadline() * 3,
+        ),
+        None => return Ok(()),
+    };
     let path = api_path(group);
-    // A precondition of the case, not what it asserts (how fast a render
-    // lands is keys_file_rotation's and the bench's): three render
-    // deadlines, since with every mode's suite running at once the agent's
-    // renders of a keys file that grows with each case fall behind.
-    rig::base::wait::wait_until(
-        "the agent to render the new key into the keys file",
-        render_deadline() * 3,
-        async || {
-            let reply = gateway_get(&path, Some(key)).await?;
-            Ok(match reply.reason.as_deref() {
-                Some("unknown") => {
-                    rig::base::wait::Probe::seen(format!("{} unknown", reply.status))
-                }
-                _ => rig::base::wait::Probe::Ready(()),
-            })
-        },
-    )
+    rig::base::wait::wait_until(what, deadline, async || {
+        let reply = gateway_get(&path, Some(key)).await?;
+        Ok(match reply.reason.as_deref() {
+            Some("unknown") => rig::base::wait::Probe::seen(format!("{} unknown", reply.status)),
+            _ => rig::base::wait::Probe::Ready(()),
+        })
+    })
     .await
 }
 
@@ -641,7 +673,11 @@ pub async fn keygate_counter(name: &str) -> Result<f64> {
 /// How long a change in Vault may take to reach the gateway: the positive
 /// cache TTL plus slack for the poll.
 /// In keys-file mode, the render deadline instead.
+/// For a validator the user runs, its declared propagation time.
 pub fn cache_deadline() -> Duration {
+    if let Some(traits) = external_validator() {
+        return external_deadline(traits);
+    }
     if keys_file_mode() {
         return render_deadline();
     }
@@ -654,16 +690,22 @@ pub fn cache_deadline() -> Duration {
 /// below it, so waiting out the cache fails the case. Without one: the
 /// cache deadline.
 pub fn revocation_deadline() -> Duration {
-    if keys_file_mode() || env().cache.invalidation_addr.is_none() {
+    if external_validator().is_some() || keys_file_mode() || env().cache.invalidation_addr.is_none()
+    {
         return cache_deadline();
     }
     Duration::from_millis(env().cache.positive_ttl_ms / 5)
 }
 
 /// The owner the upstream sees for a key issued with `owner`: the keys file
-/// carries no owner, so in keys-file mode it is empty.
+/// carries no owner, so in keys-file mode it is empty; a validator the
+/// user runs says whether it forwards it.
 pub fn expected_owner(owner: &str) -> &str {
-    if keys_file_mode() { "" } else { owner }
+    let forwarded = match external_validator() {
+        Some(traits) => traits.forwards_owner,
+        None => !keys_file_mode(),
+    };
+    if forwarded { owner } else { "" }
 }
 
 /// Valid requests in `workers` loops against the gateway at `base` until

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use rig::contract::env::Environment;
+use rig::contract::env::{Environment, ValidatorTraits};
 use rig::contract::gateways::Deviations;
 use rig::say;
 
@@ -56,9 +56,19 @@ pub(crate) fn parse_expect(arg: &str) -> Result<(String, PathBuf)> {
     Ok((name.to_owned(), PathBuf::from(file)))
 }
 
-/// The deviations in `file`: a gateway.toml (its `deviations`) or a file
-/// of `[deviations.<row>]` tables alone.
-pub(crate) fn load_expectations(file: &Path) -> Result<Deviations> {
+/// What an expectations file says of one external gateway.
+#[derive(Debug, Default)]
+pub(crate) struct Expectations {
+    pub(crate) deviations: Deviations,
+    /// `[validator]`: what the validator behind it does (only against an
+    /// environment without keygate, `up --no-keygate`).
+    pub(crate) validator: Option<ValidatorTraits>,
+}
+
+/// The expectations in `file`: a gateway.toml (its `deviations`) or a file
+/// of `[deviations.<row>]` tables alone; either may add a `[validator]`
+/// table.
+pub(crate) fn load_expectations(file: &Path) -> Result<Expectations> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading the expectations file {}", file.display()))?;
     #[derive(serde::Deserialize)]
@@ -66,8 +76,19 @@ pub(crate) fn load_expectations(file: &Path) -> Result<Deviations> {
         #[serde(default)]
         deviations: Deviations,
     }
-    let table: toml::Table =
+    let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{} is not TOML", file.display()))?;
+    let validator = table
+        .remove("validator")
+        .map(|v| {
+            v.try_into::<ValidatorTraits>().with_context(|| {
+                format!(
+                    "{}: [validator] is not valid (propagation-ms, forwards-owner, enforces-expiry: docs/gateways.md#a-validator-you-run-yourself)",
+                    file.display()
+                )
+            })
+        })
+        .transpose()?;
     let parsed: WithDeviations = if table.contains_key("deviations") {
         // The rest of a gateway.toml is not needed here.
         let only = toml::Table::from_iter(table.get_key_value("deviations").map(|(k, v)| (k.clone(), v.clone())));
@@ -81,7 +102,44 @@ pub(crate) fn load_expectations(file: &Path) -> Result<Deviations> {
             file.display()
         )
     })?;
-    Ok(parsed.deviations)
+    Ok(Expectations {
+        deviations: parsed.deviations,
+        validator,
+    })
+}
+
+/// The traits of the validator behind the external gateways: the one
+/// their expectations files declare (they must agree: one environment, one
+/// validator), else the strict defaults. Only an environment without
+/// keygate has such a validator; against keygate a `[validator]` table is
+/// a mistake, said so.
+fn validator_traits(
+    env: &Environment,
+    declared: &[(&Path, ValidatorTraits)],
+) -> Result<Option<ValidatorTraits>> {
+    let external = env.key_source == rig::contract::env::KEY_SOURCE_EXTERNAL;
+    if !external {
+        if let Some((file, _)) = declared.first() {
+            bail!(
+                "{}: [validator] describes a validator you run, but {} runs keygate as the validator; start the environment with `cargo xtask up --no-keygate`, or drop the table",
+                file.display(),
+                env.run_id
+            );
+        }
+        return Ok(None);
+    }
+    if let Some(((a, ta), (b, _))) = declared
+        .iter()
+        .zip(declared.iter().skip(1))
+        .find(|((_, ta), (_, tb))| ta != tb)
+    {
+        bail!(
+            "{} and {} declare different [validator] tables ({ta:?} ...): the gateways of one run ask one validator",
+            a.display(),
+            b.display()
+        );
+    }
+    Ok(Some(declared.first().map(|(_, t)| *t).unwrap_or_default()))
 }
 
 pub(crate) struct ExternalRun<'a> {
@@ -100,11 +158,16 @@ pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
         .iter()
         .map(|(name, _)| (name.clone(), Deviations::default()))
         .collect();
+    let mut declared = Vec::new();
     for (name, file) in opts.expect {
         let Some(slot) = deviations.get_mut(name) else {
             bail!("--expect {name}=...: no --gateway-url {name}=<url> to expect it of");
         };
-        *slot = load_expectations(file)?;
+        let expectations = load_expectations(file)?;
+        *slot = expectations.deviations;
+        if let Some(traits) = expectations.validator {
+            declared.push((file.as_path(), traits));
+        }
     }
     let env_file = rig::base::paths::rig_dir().join("latest").join("env.json");
     let env = Environment::load(&env_file).with_context(|| {
@@ -113,6 +176,7 @@ pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
             env_file.display()
         )
     })?;
+    let validator = validator_traits(&env, &declared)?;
     let rt = crate::runner::runtime()?;
     rt.block_on(check_running(&env, opts.gateways))?;
 
@@ -144,17 +208,34 @@ pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
     view.gateway_deviations = deviations.clone();
     // The keys-file pair is the harness's own, not under test here.
     view.keys_file = None;
+    view.validator = validator;
     let view_file = run_dir.join("env.json");
     view.save(&view_file)?;
     say!(
-        "testing {} against {} (keygate {}); records in {}",
+        "testing {} against {} ({}); records in {}",
         opts.gateways
             .iter()
             .map(|(name, url)| format!("{name} ({url})"))
             .collect::<Vec<_>>()
             .join(", "),
         env.run_id,
-        env.keygate_url,
+        match &validator {
+            Some(traits) => format!(
+                "your validator: changes land within {} ms, owner {}, expiry {}",
+                traits.propagation_ms,
+                if traits.forwards_owner {
+                    "forwarded"
+                } else {
+                    "not forwarded"
+                },
+                if traits.enforces_expiry {
+                    "enforced"
+                } else {
+                    "not enforced"
+                },
+            ),
+            None => format!("keygate {}", env.keygate_url),
+        },
         run_dir.display()
     );
 
@@ -223,6 +304,24 @@ async fn check_running(env: &Environment, gateways: &[(String, String)]) -> Resu
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()?;
+    if env.key_source == rig::contract::env::KEY_SOURCE_EXTERNAL {
+        // No keygate: the gateways ask the user's validator.
+        for (name, url) in gateways {
+            let probe = format!("{url}{}", rig::contract::gateways::READINESS_PATH);
+            if let Err(err) = http.get(&probe).send().await {
+                bail!(
+                    "the gateway {name} does not answer at {url} ({}): start it, configured to ask your validator, which reads Vault at {} (token in {})",
+                    rig::process::supervisor::describe_request_error(&err),
+                    env.vault_addr,
+                    env.validator_token_file
+                        .as_deref()
+                        .map(|f| f.display().to_string())
+                        .unwrap_or_else(|| "secrets/validator-token".into())
+                );
+            }
+        }
+        return Ok(());
+    }
     let readyz = format!("{}/readyz", env.keygate_url);
     match http.get(&readyz).send().await {
         Ok(reply) if reply.status().is_success() => {}
@@ -282,6 +381,50 @@ mod tests {
         );
     }
 
+    fn environment(key_source: &str) -> Environment {
+        serde_json::from_value(serde_json::json!({
+            "profile": "local", "run_id": "r1", "gateway_url": "", "vault_addr": "http://127.0.0.1:1",
+            "kv_mount": "api-portal-keys", "groups": {}, "root_token_file": "/x", "logs_dir": "/x",
+            "keygate_url": "", "upstream_url": "http://127.0.0.1:2",
+            "cache": {"positive_ttl_ms": 5000, "negative_ttl_ms": 1000},
+            "key_source": key_source,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn one_validator_per_run_and_only_where_no_keygate_runs() {
+        let external = environment(rig::contract::env::KEY_SOURCE_EXTERNAL);
+        let keygate = environment(rig::contract::env::KEY_SOURCE_VAULT);
+        let (a, b) = (Path::new("a.toml"), Path::new("b.toml"));
+        let quick = ValidatorTraits {
+            propagation_ms: 1000,
+            ..ValidatorTraits::default()
+        };
+        // Nothing declared: keygate needs none, a validator you run gets
+        // the strict defaults.
+        assert_eq!(validator_traits(&keygate, &[]).unwrap(), None);
+        assert_eq!(
+            validator_traits(&external, &[]).unwrap(),
+            Some(ValidatorTraits::default())
+        );
+        assert_eq!(
+            validator_traits(&external, &[(a, quick), (b, quick)]).unwrap(),
+            Some(quick)
+        );
+        let err = validator_traits(&external, &[(a, quick), (b, ValidatorTraits::default())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a.toml and b.toml declare different"), "{err}");
+        let err = validator_traits(&keygate, &[(a, quick)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runs keygate") && err.contains("--no-keygate"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn expectations_come_from_a_manifest_or_bare_tables() {
         let dir = tempfile::tempdir().unwrap();
@@ -293,8 +436,42 @@ mod tests {
         .unwrap();
         let bare = dir.path().join("expect.toml");
         std::fs::write(&bare, "[own-denial-body]\nwhy = \"page\"\n").unwrap();
-        assert!(load_expectations(&manifest).unwrap().path_as_sent.is_some());
-        assert!(load_expectations(&bare).unwrap().own_denial_body.is_some());
+        assert!(
+            load_expectations(&manifest)
+                .unwrap()
+                .deviations
+                .path_as_sent
+                .is_some()
+        );
+        assert!(
+            load_expectations(&bare)
+                .unwrap()
+                .deviations
+                .own_denial_body
+                .is_some()
+        );
+        // A [validator] table beside the rows, in either form.
+        std::fs::write(
+            &bare,
+            "[own-denial-body]\nwhy = \"page\"\n[validator]\npropagation-ms = 2500\nforwards-owner = false\n",
+        )
+        .unwrap();
+        let read = load_expectations(&bare).unwrap();
+        assert!(read.deviations.own_denial_body.is_some());
+        assert_eq!(
+            read.validator,
+            Some(ValidatorTraits {
+                propagation_ms: 2500,
+                forwards_owner: false,
+                enforces_expiry: true,
+            })
+        );
+        std::fs::write(&bare, "[validator]\npropagation = 1\n").unwrap();
+        let err = format!("{:#}", load_expectations(&bare).unwrap_err());
+        assert!(
+            err.contains("[validator] is not valid") && err.contains("propagation"),
+            "{err}"
+        );
         std::fs::write(&bare, "[raw-uri]\nwhy = \"x\"\n").unwrap();
         let err = format!("{:#}", load_expectations(&bare).unwrap_err());
         assert!(

@@ -80,6 +80,12 @@ enum Cmd {
         /// How keygate's credentials are delivered (scenarios/modes/<mode>.yaml).
         #[arg(long, value_enum, default_value_t = DeliveryMode::Inline)]
         mode: DeliveryMode,
+        /// Start Vault (with its setup, the delivered Secret and the
+        /// upstream) but no keygate and no gateway: for putting your own
+        /// validator under test with `cargo xtask e2e --gateway-url`; a
+        /// read-only token for it is written to a 0600 file (local profile).
+        #[arg(long)]
+        no_keygate: bool,
         #[command(flatten)]
         kube: KubeArgs,
     },
@@ -225,10 +231,16 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Up {
             profile,
             mode,
+            no_keygate,
             kube,
         } => match profile.kube() {
+            Some(_) if no_keygate => {
+                anyhow::bail!(
+                    "--no-keygate is for the local profile: the kind and cluster profiles deploy keygate as the gateway's validator"
+                )
+            }
             Some(which) => kube::up(which, mode.mode(), kube).map(|()| ExitCode::SUCCESS),
-            None => up(profile, mode.mode()).map(|()| ExitCode::SUCCESS),
+            None => up(profile, mode.mode(), !no_keygate).map(|()| ExitCode::SUCCESS),
         },
         Cmd::Down { profile } => {
             down()?;

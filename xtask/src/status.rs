@@ -30,9 +30,17 @@ pub fn print() -> Result<()> {
         let env = rig::contract::env::Environment::load(&run.join("env.json")).ok();
         if let Some(env) = &env {
             println!("  profile   {}", env.profile);
-            println!("  gateway   {}", env.gateway_url);
+            if env.keygate_url.is_empty() {
+                println!("  gateway   none, no keygate (--no-keygate: for your validator)");
+            } else {
+                println!("  gateway   {}", env.gateway_url);
+            }
             println!("  vault     {}", env.vault_addr);
-            println!("  keygate   {}", env.keygate_url);
+            if let Some(token) = &env.validator_token_file {
+                println!("  validator token in {}", token.display());
+            } else {
+                println!("  keygate   {}", env.keygate_url);
+            }
             if let Some(admin) = &env.envoy_admin_url {
                 println!("  envoy     {admin} (admin)");
             }

@@ -107,10 +107,22 @@ pub(crate) fn local_options_with(
     Ok(opts)
 }
 
-pub(crate) fn up(profile: Profile, mode: rig::contract::modes::Mode) -> Result<()> {
+pub(crate) fn up(profile: Profile, mode: rig::contract::modes::Mode, keygate: bool) -> Result<()> {
     profile.require_local()?;
     stop_on_interrupt()?;
-    let opts = local_options(mode)?;
+    let mut opts = if keygate {
+        local_options(mode)?
+    } else {
+        // No keygate to build: the binary is never started.
+        local_options_with(
+            mode,
+            &KeygateBuild {
+                keygate: PathBuf::from("keygate"),
+                module: PathBuf::from("libkeygate_envoy.so"),
+            },
+        )?
+    };
+    opts.keygate = keygate;
     let started = Instant::now();
     // On error, `local::up` has already stopped what it started.
     let run = runtime()?
@@ -122,7 +134,11 @@ pub(crate) fn up(profile: Profile, mode: rig::contract::modes::Mode) -> Result<(
         env.run_id,
         rig::base::progress::secs(started.elapsed())
     );
-    println!("  gateway   {}", env.gateway_url);
+    if keygate {
+        println!("  gateway   {}", env.gateway_url);
+    } else {
+        println!("  gateway   none: yours, asking your validator (--no-keygate)");
+    }
     for (group, prefix) in &env.groups {
         println!("              {prefix}  ({group})");
     }
@@ -131,10 +147,22 @@ pub(crate) fn up(profile: Profile, mode: rig::contract::modes::Mode) -> Result<(
         env.vault_addr,
         env.root_token_file.display()
     );
-    println!(
-        "  keygate   {}  (/readyz, /healthz, /metrics; forward-auth at /auth)",
-        env.keygate_url
-    );
+    if let Some(token) = &env.validator_token_file {
+        println!(
+            "  validator token in {} (read-only: the gateway role's policies); keys at {}/data/<groupId>/<selector>, field `key`",
+            token.display(),
+            env.kv_mount
+        );
+        println!(
+            "  openapi   {}  (the groups' documents)",
+            rig::base::paths::scenarios_dir().join("apis").display()
+        );
+    } else {
+        println!(
+            "  keygate   {}  (/readyz, /healthz, /metrics; forward-auth at /auth)",
+            env.keygate_url
+        );
+    }
     if let Some(grpc) = &env.keygate_grpc {
         println!("  keygate   {grpc}  (gRPC: Envoy ext_authz Authorization/Check)");
     }
@@ -165,9 +193,15 @@ pub(crate) fn up(profile: Profile, mode: rig::contract::modes::Mode) -> Result<(
     }
     println!("  env.json  {}", run.run.env_file().display());
     println!("  logs      {}", env.logs_dir.display());
-    println!(
-        "your own gateway: point it at keygate above, then `cargo xtask e2e --gateway-url <name>=<its url>` (docs/gateways.md#a-gateway-you-run-yourself)"
-    );
+    if keygate {
+        println!(
+            "your own gateway: point it at keygate above, then `cargo xtask e2e --gateway-url <name>=<its url>` (docs/gateways.md#a-gateway-you-run-yourself)"
+        );
+    } else {
+        println!(
+            "your own validator: point it at Vault above, your gateway at it, then `cargo xtask e2e --gateway-url <name>=<its url> --expect <name>=<file>` (docs/gateways.md#a-validator-you-run-yourself)"
+        );
+    }
     println!("stop with `cargo xtask down`");
     run.supervisor.detach();
     Ok(())

@@ -149,6 +149,8 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
         // The cluster profiles run the Vault-direct keygate only; the
         // tests of the local-only pieces skip on `None`.
         key_source: rig::contract::env::KEY_SOURCE_VAULT.into(),
+        validator: None,
+        validator_token_file: None,
         keys_file: None,
         workload_identity: None,
         environments: None,

@@ -82,9 +82,23 @@ pub struct Environment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube: Option<KubeEnvironment>,
     /// How the keygate behind `gateway_url` gets key records: `vault` (reads
-    /// each key from Vault) or `file` (keys files rendered by a Vault Agent).
+    /// each key from Vault) or `file` (keys files rendered by a Vault Agent);
+    /// `external` when no keygate runs (`cargo xtask up --no-keygate`): the
+    /// gateways under test ask a validator the user runs, which reads this
+    /// Vault itself.
     #[serde(default = "default_key_source")]
     pub key_source: String,
+    /// With `key_source: external`: what that validator does, as the
+    /// tests need to know it (`[validator]` of an expectations file, else
+    /// the strict defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<ValidatorTraits>,
+    /// With `key_source: external`: a 0600 file holding a Vault token with
+    /// the read-only policy of the gateway's role, for the user's
+    /// validator (the delivered Secret holds that role's AppRole
+    /// credentials too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_token_file: Option<PathBuf>,
     /// The keys-file gateway of the same environment, when the profile runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys_file: Option<KeysFileSettings>,
@@ -105,6 +119,50 @@ pub struct Environment {
 
 pub const KEY_SOURCE_VAULT: &str = "vault";
 pub const KEY_SOURCE_FILE: &str = "file";
+pub const KEY_SOURCE_EXTERNAL: &str = "external";
+
+/// What a validator the user runs (not keygate) does where validators
+/// may reasonably differ; everything else (statuses, `x-keyrig-reason`,
+/// the storage format) is the contract and is held strictly. The
+/// defaults are the strict expectations with a generous propagation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ValidatorTraits {
+    /// The longest a change in Vault (a new key, a deleted one) may take
+    /// to reach the validator's answers: its cache TTL, or its render
+    /// interval plus poll for a keys-file validator.
+    #[serde(default = "ValidatorTraits::default_propagation_ms")]
+    pub propagation_ms: u64,
+    /// The upstream gets the key's owner (the record's `owner`) in
+    /// `x-keyrig-owner`; `false`: it is empty or absent (a keys file holds
+    /// no owner).
+    #[serde(default = "yes")]
+    pub forwards_owner: bool,
+    /// A key whose `expires_at` has passed is refused (401 `expired`);
+    /// `false`: it passes until it is deleted (a keys file holds no expiry).
+    #[serde(default = "yes")]
+    pub enforces_expiry: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ValidatorTraits {
+    fn default_propagation_ms() -> u64 {
+        10_000
+    }
+}
+
+impl Default for ValidatorTraits {
+    fn default() -> Self {
+        Self {
+            propagation_ms: Self::default_propagation_ms(),
+            forwards_owner: true,
+            enforces_expiry: true,
+        }
+    }
+}
 
 fn default_key_source() -> String {
     KEY_SOURCE_VAULT.into()

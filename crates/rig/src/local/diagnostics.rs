@@ -146,10 +146,14 @@ pub async fn collect(run_dir: &Path, env: &Environment, case: &CaseRecord) -> Re
             )?;
         }
     }
-    write_redacted(
-        &dir.join("keygate-metrics.txt"),
-        &fetch(&http, &format!("{}/metrics", env.keygate_url)).await,
-    )?;
+    // No keygate (`up --no-keygate`): the user's validator has no
+    // metrics we know of.
+    if !env.keygate_url.is_empty() {
+        write_redacted(
+            &dir.join("keygate-metrics.txt"),
+            &fetch(&http, &format!("{}/metrics", env.keygate_url)).await,
+        )?;
+    }
     Ok(relative)
 }
 

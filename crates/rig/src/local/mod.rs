@@ -109,6 +109,12 @@ pub struct LocalOptions {
     /// `false`: bao.hcl still declares the device, but nothing listens at
     /// its address, as when keygate's listener is down (fault tests).
     pub invalidation: bool,
+    /// Start keygate and what runs in front of it (the gateways, the
+    /// keys-file pair, the TLS gateway). `false` (`cargo xtask up
+    /// --no-keygate`): Vault with its setup, the delivered Secret and the
+    /// upstream only, for a validator the user runs; env.json then says
+    /// `key_source: external` and names a read-only token file for it.
+    pub keygate: bool,
 }
 
 impl LocalOptions {
@@ -133,6 +139,7 @@ impl LocalOptions {
             negative_ttl: NEGATIVE_TTL,
             tls_cert_ttl: None,
             invalidation: true,
+            keygate: true,
         }
     }
 }
@@ -251,9 +258,13 @@ impl Inputs {
         // run asked for.
         let keys_file_gateway = catalog.default_gateway().clone();
         let keys_file_gateway_bin = tool(&keys_file_gateway.tool)?;
-        let (gateways, skipped_gateways) =
-            select_gateways(&tools, &catalog, &opts.gateways, &opts.keygate_envoy_module)?;
-        Keygate::check_binary(&opts.keygate_bin)?;
+        let (gateways, skipped_gateways) = if opts.keygate {
+            Keygate::check_binary(&opts.keygate_bin)?;
+            select_gateways(&tools, &catalog, &opts.gateways, &opts.keygate_envoy_module)?
+        } else {
+            // The user's gateways and validator are what is under test.
+            (Vec::new(), Skipped::new())
+        };
         let groups = crate::contract::scenario::load_apis(&opts.scenarios_dir.join("apis"))?;
         let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
         let mut setup = VaultSetup::load(&opts.scenarios_dir.join("vault/setup.yaml"), &group_ids)?;
@@ -380,7 +391,9 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let render_keys_file_keygate =
         |grpc_addr: &str, http_addr: &str| render_keygate(grpc_addr, http_addr, None);
     let keygate_config_file = run.path().join("keygate.yaml");
-    std::fs::write(&keygate_config_file, keygate_config).context("writing keygate's config")?;
+    if opts.keygate {
+        std::fs::write(&keygate_config_file, keygate_config).context("writing keygate's config")?;
+    }
     let mut supervisor = Supervisor::new(&run).with_ready_timeout(opts.ready_timeout);
 
     // 3. Vault. The root token reaches bao through its environment, never
@@ -395,7 +408,11 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         crate::vault::audit::file_audit_config(
             &run.logs_dir().join(crate::vault::audit::AUDIT_LOG),
         ),
-        crate::vault::audit::socket_audit_config(addr(ports.keygate_audit)),
+        if opts.keygate {
+            crate::vault::audit::socket_audit_config(addr(ports.keygate_audit))
+        } else {
+            String::new()
+        },
     );
     let (root_token, root_token_file, unseal_key_file) = match opts.vault_storage {
         VaultStorage::Dev => {
@@ -447,119 +464,143 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         .start(&run, &mut supervisor)
         .await?;
 
-    // 6. keygate.
-    let keygate_url = Keygate::default()
-        .with_binary(&opts.keygate_bin)
-        .with_config(&keygate_config_file, addr(ports.keygate_http))
-        .start(&run, &mut supervisor)
-        .await?;
-
-    // 7. The gateways, each in front of keygate and the echo upstream.
-    let mut gateway_urls = std::collections::BTreeMap::new();
-    // The module's table keeps keygate's answers as long as keygate's own
-    // cache would.
-    let envoy_module = EnvoyModuleSettings {
-        library: opts.keygate_envoy_module.clone(),
-        positive_ttl: opts.positive_ttl,
-        resurrect_ttl: opts.resurrect_ttl,
-    };
-    // The diagnostics read the admin paths the default gateway declares
-    // (Envoy's /stats and /clusters).
-    let mut envoy_admin_url = None;
-    let mut gateway_deviations = std::collections::BTreeMap::new();
-    let mut gateway_admin = std::collections::BTreeMap::new();
-    for ((gateway, tool), (listen, admin)) in gateways.iter().zip(&ports.gateways) {
-        if gateway.name == default_gateway && !gateway.diagnostics.admin.is_empty() {
-            envoy_admin_url = Some(format!("http://{}", addr(*admin)));
+    // 6.-8. keygate and what runs in front of it; with --no-keygate, a
+    // token for the user's validator instead.
+    let served = if !opts.keygate {
+        Served {
+            validator_token_file: Some(
+                validator_token(&root, &setup, &values.api_key.role, &run).await?,
+            ),
+            ..Served::default()
         }
-        let ctx = GatewayContext {
-            name: &gateway.name,
-            groups: &groups,
-            listen: addr(*listen),
-            admin: addr(*admin),
-            keygate_grpc: addr(ports.keygate_grpc),
-            keygate_http: addr(ports.keygate_http),
-            upstream: addr(ports.echo),
-            dir: run.path().join("gateways").join(&gateway.name),
-            env_dir: &opts.env_dir,
-            envoy_module: Some(&envoy_module),
+    } else {
+        // 6. keygate.
+        let keygate_url = Keygate::default()
+            .with_binary(&opts.keygate_bin)
+            .with_config(&keygate_config_file, addr(ports.keygate_http))
+            .start(&run, &mut supervisor)
+            .await?;
+
+        // 7. The gateways, each in front of keygate and the echo upstream.
+        let mut gateway_urls = std::collections::BTreeMap::new();
+        // The module's table keeps keygate's answers as long as keygate's own
+        // cache would.
+        let envoy_module = EnvoyModuleSettings {
+            library: opts.keygate_envoy_module.clone(),
+            positive_ttl: opts.positive_ttl,
+            resurrect_ttl: opts.resurrect_ttl,
         };
-        let url = crate::local::gateway::start(&ctx, gateway, &tool.path, &mut supervisor).await?;
-        gateway_urls.insert(gateway.name.clone(), url);
-        gateway_deviations.insert(gateway.name.clone(), gateway.deviations.clone());
-        if !gateway.diagnostics.admin.is_empty() {
-            gateway_admin.insert(
-                gateway.name.clone(),
-                crate::contract::env::GatewayAdmin {
-                    url: format!("http://{}", addr(*admin)),
-                    paths: gateway.diagnostics.admin.clone(),
-                },
-            );
-        }
-    }
-    let default_gateway_url = gateway_urls
-        .get(&default_gateway)
-        .or_else(|| gateway_urls.values().next())
-        .cloned()
-        .context("no gateway to start")?;
-
-    // 8. The keys-file gateway: bao agent -> keys files -> keygate -> Envoy.
-    let keys_file = crate::local::keys_file::start(
-        &mut supervisor,
-        crate::local::keys_file::KeysFileInputs {
-            run: &run,
-            env_dir: &opts.env_dir,
-            bao: &bao.path,
-            gateway: &keys_file_gateway,
-            gateway_bin: &keys_file_gateway_bin.path,
-            keygate_bin: &opts.keygate_bin,
-            vault_addr: &vault_addr,
-            root: &root,
-            agent_role: &setup.keygate_role,
-            kv_mount: &setup.kv_mount,
-            groups: &groups,
-            keygate_config: &render_keys_file_keygate,
-            upstream_port: ports.echo,
-        },
-    )
-    .await
-    .context("starting the keys-file gateway")?;
-    // 8. The TLS listener with the Vault-issued, rotating serving
-    // certificate (rig::local::tls), when the setup has a pki section and there is
-    // a hook to publish the agent's renders.
-    let tls = match (&setup.pki, &opts.publish) {
-        (Some(pki), Some(publish)) => {
-            let start = crate::local::tls::TlsStart {
-                pki,
-                bao: &bao.path,
-                envoy: &envoy.path,
-                publish,
+        // The diagnostics read the admin paths the default gateway declares
+        // (Envoy's /stats and /clusters).
+        let mut envoy_admin_url = None;
+        let mut gateway_deviations = std::collections::BTreeMap::new();
+        let mut gateway_admin = std::collections::BTreeMap::new();
+        for ((gateway, tool), (listen, admin)) in gateways.iter().zip(&ports.gateways) {
+            if gateway.name == default_gateway && !gateway.diagnostics.admin.is_empty() {
+                envoy_admin_url = Some(format!("http://{}", addr(*admin)));
+            }
+            let ctx = GatewayContext {
+                name: &gateway.name,
+                groups: &groups,
+                listen: addr(*listen),
+                admin: addr(*admin),
+                keygate_grpc: addr(ports.keygate_grpc),
+                keygate_http: addr(ports.keygate_http),
+                upstream: addr(ports.echo),
+                dir: run.path().join("gateways").join(&gateway.name),
                 env_dir: &opts.env_dir,
-                gateway: GatewayContext {
-                    name: crate::local::tls::ENVOY,
-                    groups: &groups,
-                    listen: addr(0),
-                    admin: addr(0),
-                    keygate_grpc: addr(ports.keygate_grpc),
-                    keygate_http: addr(ports.keygate_http),
-                    upstream: addr(ports.echo),
-                    dir: run.path().join("gateways"),
-                    env_dir: &opts.env_dir,
-                    envoy_module: None,
-                },
+                envoy_module: Some(&envoy_module),
             };
-            Some(crate::local::tls::start(start, &root, &run, &mut supervisor).await?)
+            let url =
+                crate::local::gateway::start(&ctx, gateway, &tool.path, &mut supervisor).await?;
+            gateway_urls.insert(gateway.name.clone(), url);
+            gateway_deviations.insert(gateway.name.clone(), gateway.deviations.clone());
+            if !gateway.diagnostics.admin.is_empty() {
+                gateway_admin.insert(
+                    gateway.name.clone(),
+                    crate::contract::env::GatewayAdmin {
+                        url: format!("http://{}", addr(*admin)),
+                        paths: gateway.diagnostics.admin.clone(),
+                    },
+                );
+            }
         }
-        (None, _) => {
-            say!(
-                "tls: not served: {} has no pki section",
-                setup.file.display()
-            );
-            None
-        }
-        (_, None) => {
-            say!("tls: not served: no publish hook for the TLS agent (LocalOptions::publish)");
-            None
+        let default_gateway_url = gateway_urls
+            .get(&default_gateway)
+            .or_else(|| gateway_urls.values().next())
+            .cloned()
+            .context("no gateway to start")?;
+
+        // 8. The keys-file gateway: bao agent -> keys files -> keygate -> Envoy.
+        let keys_file = crate::local::keys_file::start(
+            &mut supervisor,
+            crate::local::keys_file::KeysFileInputs {
+                run: &run,
+                env_dir: &opts.env_dir,
+                bao: &bao.path,
+                gateway: &keys_file_gateway,
+                gateway_bin: &keys_file_gateway_bin.path,
+                keygate_bin: &opts.keygate_bin,
+                vault_addr: &vault_addr,
+                root: &root,
+                agent_role: &setup.keygate_role,
+                kv_mount: &setup.kv_mount,
+                groups: &groups,
+                keygate_config: &render_keys_file_keygate,
+                upstream_port: ports.echo,
+            },
+        )
+        .await
+        .context("starting the keys-file gateway")?;
+        // 8. The TLS listener with the Vault-issued, rotating serving
+        // certificate (rig::local::tls), when the setup has a pki section and there is
+        // a hook to publish the agent's renders.
+        let tls = match (&setup.pki, &opts.publish) {
+            (Some(pki), Some(publish)) => {
+                let start = crate::local::tls::TlsStart {
+                    pki,
+                    bao: &bao.path,
+                    envoy: &envoy.path,
+                    publish,
+                    env_dir: &opts.env_dir,
+                    gateway: GatewayContext {
+                        name: crate::local::tls::ENVOY,
+                        groups: &groups,
+                        listen: addr(0),
+                        admin: addr(0),
+                        keygate_grpc: addr(ports.keygate_grpc),
+                        keygate_http: addr(ports.keygate_http),
+                        upstream: addr(ports.echo),
+                        dir: run.path().join("gateways"),
+                        env_dir: &opts.env_dir,
+                        envoy_module: None,
+                    },
+                };
+                Some(crate::local::tls::start(start, &root, &run, &mut supervisor).await?)
+            }
+            (None, _) => {
+                say!(
+                    "tls: not served: {} has no pki section",
+                    setup.file.display()
+                );
+                None
+            }
+            (_, None) => {
+                say!("tls: not served: no publish hook for the TLS agent (LocalOptions::publish)");
+                None
+            }
+        };
+
+        Served {
+            keygate_url,
+            gateway_url: default_gateway_url,
+            gateways: gateway_urls,
+            gateway_deviations,
+            gateway_admin,
+            envoy_admin_url,
+            keys_file: Some(keys_file),
+            tls,
+            validator_token_file: None,
         }
     };
 
@@ -567,11 +608,11 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     let environment = Environment {
         profile: "local".into(),
         run_id: run.id().to_owned(),
-        gateway_url: default_gateway_url,
-        gateways: gateway_urls,
+        gateway_url: served.gateway_url,
+        gateways: served.gateways,
         skipped_gateways,
-        gateway_deviations,
-        gateway_admin,
+        gateway_deviations: served.gateway_deviations,
+        gateway_admin: served.gateway_admin,
         vault_addr,
         kv_mount: setup.kv_mount.clone(),
         groups: crate::contract::env::group_routes(&groups),
@@ -579,25 +620,36 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         root_token_file,
         unseal_key_file,
         logs_dir: run.logs_dir(),
-        keygate_url,
-        keygate_grpc: Some(addr(ports.keygate_grpc).to_string()),
+        keygate_grpc: (!served.keygate_url.is_empty())
+            .then(|| addr(ports.keygate_grpc).to_string()),
+        keygate_url: served.keygate_url,
         upstream_url,
         cache: CacheSettings {
             positive_ttl_ms: opts.positive_ttl.as_millis() as u64,
             negative_ttl_ms: opts.negative_ttl.as_millis() as u64,
             resurrect_ttl_ms: opts.resurrect_ttl.as_millis() as u64,
-            invalidation_addr: opts.invalidation.then(|| addr(ports.keygate_audit)),
+            invalidation_addr: (opts.invalidation && opts.keygate)
+                .then(|| addr(ports.keygate_audit)),
         },
-        envoy_admin_url,
+        envoy_admin_url: served.envoy_admin_url,
         mode: Some(delivery.mode.clone()),
         delivery: Some(delivery),
         kube: None,
-        key_source: crate::contract::env::KEY_SOURCE_VAULT.into(),
-        keys_file: Some(keys_file),
+        key_source: if opts.keygate {
+            crate::contract::env::KEY_SOURCE_VAULT
+        } else {
+            crate::contract::env::KEY_SOURCE_EXTERNAL
+        }
+        .into(),
+        // The traits of the user's validator come with the run that tests
+        // it (`e2e --gateway-url ... --expect`).
+        validator: None,
+        validator_token_file: served.validator_token_file,
+        keys_file: served.keys_file,
         workload_identity: Some(identity),
         environments: Some(environments),
         references: Some(references),
-        tls,
+        tls: served.tls,
     };
     environment.save(&run.env_file())?;
     if let Some(view) = environment.as_keys_file() {
@@ -612,6 +664,60 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         environment,
         run,
     })
+}
+
+/// What runs in front of Vault: keygate, the gateways, the keys-file pair
+/// and the TLS gateway (all empty with `--no-keygate`), or the token of the
+/// user's validator.
+#[derive(Default)]
+struct Served {
+    keygate_url: String,
+    gateway_url: String,
+    gateways: std::collections::BTreeMap<String, String>,
+    gateway_deviations: std::collections::BTreeMap<String, crate::contract::gateways::Deviations>,
+    gateway_admin: std::collections::BTreeMap<String, crate::contract::env::GatewayAdmin>,
+    envoy_admin_url: Option<String>,
+    keys_file: Option<crate::contract::env::KeysFileSettings>,
+    tls: Option<crate::contract::env::TlsEnvironment>,
+    validator_token_file: Option<PathBuf>,
+}
+
+/// How long the token of the user's validator lives: a working day of
+/// tries against one environment (`cargo xtask up` again gives a new one).
+const VALIDATOR_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A token with the policies of `role` (the gateway's read-only AppRole),
+/// in `secrets/validator-token` (0600, redacted from the run's logs), for a
+/// validator the user runs against this Vault.
+async fn validator_token(
+    root: &VaultClient,
+    setup: &VaultSetup,
+    role: &str,
+    run: &RunDir,
+) -> Result<PathBuf> {
+    let policies = &setup
+        .roles
+        .iter()
+        .find(|r| r.name == role)
+        .with_context(|| {
+            format!(
+                "{}: no AppRole role {role:?} for the validator's token (the mode's api_key.role)",
+                setup.file.display()
+            )
+        })?
+        .policies;
+    let token = root
+        .token_create(policies, VALIDATOR_TOKEN_TTL)
+        .await
+        .context("creating the validator's token")?;
+    crate::base::redact::register_in_run(run.path(), token.expose())?;
+    let file = run.write_secret("validator-token", token.expose())?;
+    say!(
+        "no keygate: a token with the policies {} of role {role} for your validator is in {}",
+        policies.join(", "),
+        file.display()
+    );
+    Ok(file)
 }
 
 /// A gateway to start and the binary that runs it.

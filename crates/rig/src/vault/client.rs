@@ -489,6 +489,29 @@ impl VaultClient {
         Self::string_field(Method::GET, &path, &body, "/data/role_id")
     }
 
+    /// A new token with `policies` only (no default policy), renewable, for
+    /// `ttl`; a child of this client's token. Never print it.
+    pub async fn token_create(
+        &self,
+        policies: &[String],
+        ttl: Duration,
+    ) -> Result<Secret, VaultError> {
+        let path = "auth/token/create";
+        let body = serde_json::json!({
+            "policies": policies,
+            "no_default_policy": true,
+            "ttl": format!("{}s", ttl.as_secs()),
+            "renewable": true,
+        });
+        let reply = self.call(Method::POST, path, Some(&body)).await?;
+        Ok(Secret::new(Self::string_field(
+            Method::POST,
+            path,
+            &reply,
+            "/auth/client_token",
+        )?))
+    }
+
     pub async fn approle_new_secret_id(&self, role: &str) -> Result<NewSecretId, VaultError> {
         let path = format!("auth/approle/role/{role}/secret-id");
         let body = self.call(Method::POST, &path, None).await?;
