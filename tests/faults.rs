@@ -10,8 +10,6 @@
 
 #[path = "faults/bad_input.rs"]
 mod bad_input;
-#[path = "faults/hostile.rs"]
-mod hostile;
 #[path = "faults/revocation.rs"]
 mod revocation;
 #[path = "faults/support.rs"]
@@ -27,8 +25,9 @@ mod faults {
     use std::time::{Duration, Instant};
 
     use crate::support::*;
-    use crate::{bad_input, hostile, revocation};
+    use crate::{bad_input, revocation};
     use apikey::ApiKey;
+    use keyrig_e2e::hostile;
     use reqwest::Method;
     use rig::base::wait::{Probe, wait_until};
     use rig::contract::case::CaseGuard;

@@ -340,3 +340,53 @@ gateway_matrix! {
         );
     }
 }
+
+/// The environment as the hostile requests see it through a gateway the
+/// user runs: keys issued like every case's (and awaited where the
+/// validator declares a propagation time); Vault reads not counted (the
+/// validator may not be keygate, and the shared environment's cache TTL
+/// does not outlast the run).
+struct Shared;
+
+impl hostile::HostileTarget for Shared {
+    fn env(&self) -> &rig::contract::env::Environment {
+        env()
+    }
+
+    async fn issue_key(&self, group: &str) -> anyhow::Result<apikey::ApiKey> {
+        issue_key(group, |r| r).await
+    }
+
+    async fn vault_reads(&self) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
+}
+
+gateway_matrix! {
+    /// The hostile requests of `faults` (header and path tricks, written
+    /// byte by byte) through a gateway the user runs (`e2e --gateway-url`):
+    /// each is refused or passes under the group that owns the path the
+    /// upstream saw, with exactly the outcome the gateway's declared
+    /// deviations give. The harness's own gateways get them in `faults`,
+    /// where keygate's Vault reads are counted too.
+    #[tokio::test]
+    async fn hostile_requests_through_a_gateway_you_run(
+        gateway: &str,
+    ) {
+        let Some((mut case, gw)) =
+            case_on(gateway, ASSERTION_GROUP, "hostile_requests_through_a_gateway_you_run")
+        else {
+            return;
+        };
+        if !env().user_gateways {
+            case.skip("the harness's own gateways get the hostile requests in faults (hostile_requests_are_refused_without_a_vault_read, with keygate's Vault reads counted)");
+            return;
+        }
+        let outcome = hostile::run(&Shared, gateway, &gw.url).await.unwrap();
+        case.note(format!(
+            "{} hostile requests, every outcome as declared (Vault reads not counted through a gateway you run): {}",
+            outcome.requests,
+            outcome.outcomes.join("; ")
+        ));
+    }
+}

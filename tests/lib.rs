@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 
 pub use rig::contract::case::CaseGuard;
 
+#[path = "shared/hostile.rs"]
+pub mod hostile;
+
 /// The running environment, from `$KEYRIG_ENV` or `target/rig/latest/env.json`.
 pub fn env() -> &'static Environment {
     static ENV: OnceLock<Environment> = OnceLock::new();

@@ -378,3 +378,20 @@ pub async fn gateway_get(
         },
     }
 }
+
+/// The hostile requests through the harness's own gateways: keys written
+/// with the root token, keygate's Vault reads counted (the case sets TTLs
+/// that outlast it).
+impl keyrig_e2e::hostile::HostileTarget for Owned {
+    fn env(&self) -> &Environment {
+        Owned::env(self)
+    }
+
+    async fn issue_key(&self, group: &str) -> Result<ApiKey> {
+        Owned::issue_key(self, group).await
+    }
+
+    async fn vault_reads(&self) -> Result<Option<u64>> {
+        Owned::vault_reads(self).await.map(Some)
+    }
+}

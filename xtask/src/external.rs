@@ -209,6 +209,7 @@ pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
     // The keys-file pair is the harness's own, not under test here.
     view.keys_file = None;
     view.validator = validator;
+    view.user_gateways = true;
     let view_file = run_dir.join("env.json");
     view.save(&view_file)?;
     say!(

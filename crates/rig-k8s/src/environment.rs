@@ -151,6 +151,7 @@ pub fn kube_environment(inputs: KubeEnvInputs<'_>) -> Environment {
         key_source: rig::contract::env::KEY_SOURCE_VAULT.into(),
         validator: None,
         validator_token_file: None,
+        user_gateways: false,
         keys_file: None,
         workload_identity: None,
         environments: None,

@@ -99,6 +99,11 @@ pub struct Environment {
     /// credentials too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator_token_file: Option<PathBuf>,
+    /// Set in the view `e2e --gateway-url` writes: the gateways are ones
+    /// the user runs. Cases the harness runs elsewhere for its own
+    /// gateways (the hostile requests, in `faults`) run through these here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub user_gateways: bool,
     /// The keys-file gateway of the same environment, when the profile runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys_file: Option<KeysFileSettings>,

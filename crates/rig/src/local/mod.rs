@@ -645,6 +645,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         // it (`e2e --gateway-url ... --expect`).
         validator: None,
         validator_token_file: served.validator_token_file,
+        user_gateways: false,
         keys_file: served.keys_file,
         workload_identity: Some(identity),
         environments: Some(environments),

@@ -1,18 +1,58 @@
 //! Hostile requests, written byte by byte (an HTTP client would normalize
 //! paths and refuse odd header bytes). The invariant: a request is refused,
 //! or it reaches the upstream under the group that owns the path the
-//! upstream saw, with a key of that group; and none of them costs a Vault
-//! read (keygate's `keygate_vault_reads_total` does not move).
+//! upstream saw, with a key of that group; and, where keygate's reads are
+//! counted, none of them costs a Vault read (`keygate_vault_reads_total`
+//! does not move).
+//!
+//! Shared by `faults` (the harness's gateways, each environment its own,
+//! reads counted) and `gateways` (gateways the user runs, `e2e
+//! --gateway-url`), through [`HostileTarget`].
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use apikey::ApiKey;
+use rig::contract::env::Environment;
 use serde_json::Value;
 
 use rig::contract::gateways::{Deviations, EncodedSlashHandling, row};
 
-use crate::support::{Owned, Reply, gateway_get};
+use crate::GatewayReply as Reply;
+
+/// The environment the hostile requests run in.
+pub trait HostileTarget {
+    fn env(&self) -> &Environment;
+    /// A fresh key of `group`, written to Vault (and delivered where the
+    /// validator needs time to see it).
+    fn issue_key(&self, group: &str) -> impl Future<Output = Result<ApiKey>>;
+    /// keygate's Vault reads so far; `None` where they are not counted
+    /// (a validator the user runs, or a cache TTL too short to hold the
+    /// warmed keys through the run).
+    fn vault_reads(&self) -> impl Future<Output = Result<Option<u64>>>;
+}
+
+/// The first two API groups (sorted), for "group A" and "group B".
+fn two_groups(env: &Environment) -> Result<(String, String)> {
+    let mut names = env.groups.keys().cloned();
+    match (names.next(), names.next()) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => bail!(
+            "the hostile requests need two API groups; env.json has {:?}",
+            env.groups.keys().collect::<Vec<_>>()
+        ),
+    }
+}
+
+/// A path the group's OpenAPI document declares.
+fn declared_path(env: &Environment, group: &str) -> Result<String> {
+    env.route(group)?;
+    env.api_paths.get(group).cloned().with_context(|| {
+        format!("env.json has no api_paths entry for {group}: give its OpenAPI document a GET path without parameters")
+    })
+}
 
 /// Header lines of a raw request: name, value bytes.
 type Headers<'a> = Vec<(&'a str, Vec<u8>)>;
@@ -98,7 +138,7 @@ fn normalize(path: &str) -> String {
 /// Checks the invariant for one reply and says what happened: the
 /// status and `x-keyrig-reason` of a refusal (`-` when the gateway refused
 /// it itself), or `200 as <group>`.
-fn judge(env: &Owned, what: &str, key_group: &str, reply: &Reply) -> Result<String> {
+fn judge(env: &Environment, what: &str, key_group: &str, reply: &Reply) -> Result<String> {
     if !reply.allowed() {
         ensure!(
             matches!(reply.status, 400 | 401 | 403 | 404 | 431 | 494),
@@ -117,7 +157,7 @@ fn judge(env: &Owned, what: &str, key_group: &str, reply: &Reply) -> Result<Stri
     let seen = reply.body["path"]
         .as_str()
         .with_context(|| format!("{what}: the upstream echo has no path"))?;
-    let prefix = env.env().route(granted)?;
+    let prefix = env.route(granted)?;
     ensure!(
         normalize(seen).starts_with(prefix),
         "{what}: passed as {granted} but the upstream got {seen:?}, which is not under {prefix}"
@@ -137,6 +177,8 @@ struct Hostile<'a> {
 /// What the hostile requests through one gateway came to.
 pub struct GatewayOutcome {
     pub requests: u64,
+    /// Whether the Vault reads were counted (and found 0).
+    pub reads_counted: bool,
     /// `label: outcome` per request, for the case message and the log.
     pub outcomes: Vec<String>,
 }
@@ -144,22 +186,19 @@ pub struct GatewayOutcome {
 /// Sends every hostile request through the gateway at `base`: each must
 /// keep the invariant (refused, or passed under the right group), give
 /// exactly the outcome `expected` names for this gateway, and none may
-/// cost a Vault read.
-pub async fn run(env: &Owned, gateway: &str, base: &str) -> Result<GatewayOutcome> {
-    let (a, b) = env.groups();
-    let (path_a, path_b) = (env.api_path(&a), env.api_path(&b));
-    let (prefix_a, prefix_b) = (
-        env.env().route(&a)?.to_owned(),
-        env.env().route(&b)?.to_owned(),
-    );
+/// cost a Vault read (where they are counted).
+pub async fn run(target: &impl HostileTarget, gateway: &str, base: &str) -> Result<GatewayOutcome> {
+    let env = target.env();
+    let (a, b) = two_groups(env)?;
+    let (path_a, path_b) = (declared_path(env, &a)?, declared_path(env, &b)?);
+    let (prefix_a, prefix_b) = (env.route(&a)?.to_owned(), env.route(&b)?.to_owned());
     let deviations = env
-        .env()
         .gateway_deviations
         .get(gateway)
         .cloned()
         .unwrap_or_default();
-    let key_a = env.issue_key(&a).await?;
-    let key_b = env.issue_key(&b).await?;
+    let key_a = target.issue_key(&a).await?;
+    let key_b = target.issue_key(&b).await?;
 
     // Warm every (group, selector) pair: right group, and the wrong-group
     // lookup that reads the other group's record.
@@ -169,14 +208,19 @@ pub async fn run(env: &Owned, gateway: &str, base: &str) -> Result<GatewayOutcom
         (&key_b, &path_b, 200),
         (&key_b, &path_a, 403),
     ] {
-        let reply = gateway_get(&env.http, base, path, Some(key.expose())).await;
+        let reply = raw_get(
+            base,
+            path,
+            &[("x-api-key", key.expose().as_bytes().to_vec())],
+        )
+        .await?;
         ensure!(
             reply.status == want,
             "warming up {path} through {gateway}: expected {want}, got {}",
             reply.short()
         );
     }
-    let reads_before = env.vault_reads().await?;
+    let reads_before = target.vault_reads().await?;
 
     let ka = key_a.expose().as_bytes().to_vec();
     let kb = key_b.expose().as_bytes().to_vec();
@@ -296,16 +340,19 @@ pub async fn run(env: &Owned, gateway: &str, base: &str) -> Result<GatewayOutcom
             wrong.join("; ")
         );
     }
-    let reads_after = env.vault_reads().await?;
-    if reads_after != reads_before {
+    let reads_after = target.vault_reads().await?;
+    if let (Some(before), Some(after)) = (reads_before, reads_after)
+        && after != before
+    {
         bail!(
-            "hostile requests through {gateway} caused {} Vault reads (keygate_vault_reads_total {reads_before} -> {reads_after}); outcomes: {}",
-            reads_after - reads_before,
+            "hostile requests through {gateway} caused {} Vault reads (keygate_vault_reads_total {before} -> {after}); outcomes: {}",
+            after - before,
             outcomes.join("; ")
         );
     }
     Ok(GatewayOutcome {
         requests: requests.len() as u64,
+        reads_counted: reads_before.is_some() && reads_after.is_some(),
         outcomes,
     })
 }
