@@ -1,5 +1,5 @@
 //! The scenario loaders on arbitrary files: an OpenAPI document
-//! (`rig::contract::scenario::load_api`) and the Vault setup (`VaultSetup::load`,
+//! (`keyrig_scenario::apis::load_api`) and the Vault setup (`VaultSetup::load`,
 //! with a policy file beside it). Never panic; errors name the file.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let api = dir.path().join("api.yaml");
     std::fs::write(&api, text).unwrap();
-    if let Err(err) = rig::contract::scenario::load_api(&api) {
+    if let Err(err) = keyrig_scenario::apis::load_api(&api) {
         assert!(format!("{err:#}").contains("api.yaml"), "{err:#}");
     }
     let setup = dir.path().join("setup.yaml");
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         "path \"{{ mount }}/data/*\" { capabilities = [\"read\"] }",
     )
     .unwrap();
-    if let Err(err) = rig::vault::setup::VaultSetup::load(&setup, &["a".into(), "b".into()]) {
+    if let Err(err) = keyrig_scenario::setup::VaultSetup::load(&setup, &["a".into(), "b".into()]) {
         let message = format!("{err:#}");
         assert!(
             message.contains("setup.yaml") || message.contains(".hcl"),

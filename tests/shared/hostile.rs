@@ -165,6 +165,9 @@ fn judge(env: &Environment, what: &str, key_group: &str, reply: &Reply) -> Resul
     Ok(format!("200 as {granted}"))
 }
 
+/// An answer slower than this is named in the outcome.
+const SLOW: Duration = Duration::from_millis(500);
+
 /// One hostile request: a stable label (the key of the expectation
 /// table), the path, the header lines, and the group of the key it carries.
 struct Hostile<'a> {
@@ -306,7 +309,9 @@ pub async fn run(target: &impl HostileTarget, gateway: &str, base: &str) -> Resu
     let mut wrong = Vec::new();
     for request in &requests {
         let what = format!("{} ({})", request.label, request.path);
+        let sent = std::time::Instant::now();
         let reply = raw_get(base, &request.path, &request.headers).await?;
+        let took = sent.elapsed();
         let outcome = judge(env, &what, &request.key_group, &reply)?;
         let want = expected(&deviations, &request.label);
         if want != Some(outcome.as_str()) {
@@ -326,7 +331,14 @@ pub async fn run(target: &impl HostileTarget, gateway: &str, base: &str) -> Resu
                 want.unwrap_or("no expectation")
             ));
         }
-        outcomes.push(format!("{}: {outcome}", request.label));
+        // A slow answer is not a failure, but worth seeing (a gateway
+        // holding a refused connection open until a timeout of its own).
+        let slow = if took >= SLOW {
+            format!(" (answered in {})", rig::base::progress::secs(took))
+        } else {
+            String::new()
+        };
+        outcomes.push(format!("{}: {outcome}{slow}", request.label));
     }
     eprintln!(
         "hostile requests through {gateway}:\n  {}",

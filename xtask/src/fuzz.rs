@@ -23,46 +23,20 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use rig::say;
 
-/// A fuzz target and the features of the fuzz package it needs (its
-/// `required-features` in fuzz/Cargo.toml; the unit test below keeps the
-/// two in step).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target {
-    pub name: &'static str,
-    pub features: &'static [&'static str],
-}
-
-pub const TARGETS: [Target; 6] = [
-    Target {
-        name: "apikey_parse",
-        features: &[],
-    },
-    Target {
-        name: "keygate_config",
-        features: &[],
-    },
-    // The only target that builds rig (the harness); the others' build
-    // leaves it out (see fuzz/Cargo.toml).
-    Target {
-        name: "scenario_loader",
-        features: &["rig"],
-    },
-    Target {
-        name: "forward_auth_headers",
-        features: &[],
-    },
-    Target {
-        name: "route_resolve",
-        features: &[],
-    },
-    Target {
-        name: "openapi_docs",
-        features: &[],
-    },
+/// The fuzz targets: every `[[bin]]` of fuzz/Cargo.toml (the unit test
+/// below keeps the two in step). None builds rig: the scenario loaders are
+/// `keyrig-scenario`'s, keygate's parsing is `keygate-config`'s.
+pub const TARGETS: [&str; 6] = [
+    "apikey_parse",
+    "keygate_config",
+    "scenario_loader",
+    "forward_auth_headers",
+    "route_resolve",
+    "openapi_docs",
 ];
 
 fn names() -> Vec<&'static str> {
-    TARGETS.iter().map(|t| t.name).collect()
+    TARGETS.to_vec()
 }
 
 /// The toolchain and sanitizer the targets are built with.
@@ -111,7 +85,7 @@ impl Build {
     }
 
     /// `cargo fuzz run` for `target`, up to the corpus directories.
-    fn command(&self, target: &Target, profile: FuzzProfile) -> Command {
+    fn command(&self, target: &str, profile: FuzzProfile) -> Command {
         let mut command = match self {
             Self::AddressSanitizer => {
                 let mut command = crate::runner::cargo_on("nightly");
@@ -132,10 +106,7 @@ impl Build {
         if profile == FuzzProfile::Dev {
             command.arg("--dev");
         }
-        if !target.features.is_empty() {
-            command.args(["--features", &target.features.join(",")]);
-        }
-        command.arg(target.name);
+        command.arg(target);
         command
     }
 }
@@ -193,8 +164,8 @@ pub fn run(
     let build = Build::pick();
     let dir = rig::base::paths::workspace_root().join("fuzz");
     let mut failed = Vec::new();
-    for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == t.name)) {
-        let name = target.name;
+    for &target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
+        let name = target;
         let corpus = dir.join("corpus").join(name);
         std::fs::create_dir_all(&corpus)
             .with_context(|| format!("creating {}", corpus.display()))?;
@@ -252,71 +223,53 @@ pub fn run(
 mod tests {
     use super::*;
 
-    /// Every `[[bin]]` of fuzz/Cargo.toml is a target here, with its
-    /// `required-features` as the features xtask enables: a target left
-    /// out would never run, one without its features would not build.
+    /// Every `[[bin]]` of fuzz/Cargo.toml is a target here, and none needs
+    /// a feature (a target left out would never run; one behind a feature
+    /// would not build from these commands).
     #[test]
-    fn targets_are_the_fuzz_packages_bins_with_their_features() {
+    fn targets_are_the_fuzz_packages_bins() {
         let file = rig::base::paths::workspace_root().join("fuzz/Cargo.toml");
         let text = std::fs::read_to_string(&file).unwrap();
         let manifest: toml::Table = toml::from_str(&text).unwrap();
-        let mut bins: Vec<(String, Vec<String>)> = manifest["bin"]
+        let mut bins: Vec<&str> = manifest["bin"]
             .as_array()
             .unwrap()
             .iter()
             .map(|bin| {
-                let features = bin
-                    .get("required-features")
-                    .and_then(|f| f.as_array())
-                    .map(|f| f.iter().map(|f| f.as_str().unwrap().to_owned()).collect())
-                    .unwrap_or_default();
-                (bin["name"].as_str().unwrap().to_owned(), features)
+                assert!(
+                    bin.get("required-features").is_none(),
+                    "{}: {bin:?} needs features",
+                    file.display()
+                );
+                bin["name"].as_str().unwrap()
             })
             .collect();
-        let mut targets: Vec<(String, Vec<String>)> = TARGETS
-            .iter()
-            .map(|t| {
-                (
-                    t.name.to_owned(),
-                    t.features.iter().map(|f| (*f).to_owned()).collect(),
-                )
-            })
-            .collect();
+        let mut targets = TARGETS.to_vec();
         bins.sort();
         targets.sort();
         assert_eq!(bins, targets, "{}", file.display());
+        assert!(
+            manifest.get("features").is_none(),
+            "{}: the fuzz package has features again",
+            file.display()
+        );
     }
 
     #[test]
-    fn only_the_target_needing_rig_enables_a_feature() {
-        let build = Build::NoSanitizer;
-        let args = |name: &str| -> Vec<String> {
-            let target = TARGETS.iter().find(|t| t.name == name).unwrap();
+    fn commands_name_the_target_and_the_build() {
+        let args = |build: Build, name: &str, profile| -> Vec<String> {
             build
-                .command(target, FuzzProfile::Release)
+                .command(name, profile)
                 .get_args()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect()
         };
         assert_eq!(
-            args("scenario_loader"),
-            [
-                "fuzz",
-                "run",
-                "-s",
-                "none",
-                "-O",
-                "--features",
-                "rig",
-                "scenario_loader"
-            ]
-        );
-        assert_eq!(
-            args("route_resolve"),
+            args(Build::NoSanitizer, "route_resolve", FuzzProfile::Release),
             ["fuzz", "run", "-s", "none", "-O", "route_resolve"]
         );
         let smoke: Vec<String> = Build::AddressSanitizer
-            .command(&TARGETS[0], FuzzProfile::Dev)
+            .command(TARGETS[0], FuzzProfile::Dev)
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();

@@ -22,7 +22,7 @@ pub fn print() -> Result<()> {
     }
 
     let ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
-    let setup = rig::vault::setup::VaultSetup::load_default(&ids)?;
+    let setup = rig::vault::setup::load_default(&ids)?;
     println!("\nVault setup ({}):", relative(&setup.file));
     println!("  kv-v2 mount   {}", setup.kv_mount);
     println!("  keygate role  {}", setup.keygate_role);

@@ -28,7 +28,6 @@ use rig::process::supervisor::{Component, Readiness, Supervisor};
 use rig::process::tools::{ToolEnv, Tools};
 use rig::say;
 use rig::vault::client::{Secret, VaultClient};
-use rig::vault::setup::VaultSetup;
 
 /// The field manager of keyrig's server-side applies.
 const FIELD_MANAGER: &str = "keyrig";
@@ -108,7 +107,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     // The matrix's names, checked before anything is created.
     let catalog = rig::contract::gateways::Catalog::load_default()?;
     let group_ids: Vec<String> = groups.iter().map(|g| g.group_id.clone()).collect();
-    let setup = VaultSetup::load_default(&group_ids)?;
+    let setup = rig::vault::setup::load_default(&group_ids)?;
     let overlay = scenarios.join("k8s").join(opts.mode.as_str());
     let kubectl = tools.kubectl.as_path();
     let helm = tools.helm.as_path();
@@ -324,7 +323,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         KubeProfile::Cluster => VaultClient::from_env_addr(&vault_addr)?,
     }
     .with_token(root_token);
-    setup.apply(&root).await?;
+    rig::vault::setup::apply(&setup, &root).await?;
 
     // 4. The namespace and the ConfigMap of API documents (kustomize may
     // not read scenarios/apis), by server-side apply; then Vault's

@@ -24,7 +24,6 @@ use rig::base::run::RunDir;
 use rig::process::components::DevVault;
 use rig::process::supervisor::Supervisor;
 use rig::vault::client::{Secret, VaultClient};
-use rig::vault::setup::VaultSetup;
 
 /// A dev server of the pinned OpenBao (rig's `DevVault` component),
 /// stopped when the test ends.
@@ -135,11 +134,10 @@ async fn cluster_vault_side_leaves_other_mounts_alone_and_owns_its_own() {
     // Absent: created and marked. Without a pod's CA and token to fall back
     // on, this Vault (like any outside the cluster) needs the reviewer
     // settings, and the error says which variable gives them.
-    VaultSetup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
-        .unwrap()
-        .apply(root)
-        .await
-        .unwrap();
+    let setup =
+        rig::vault::setup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
+            .unwrap();
+    rig::vault::setup::apply(&setup, root).await.unwrap();
     assert_eq!(
         vault_auth::mount_owner(root, &mount).await.unwrap(),
         MountOwner::Absent
@@ -186,8 +184,9 @@ async fn committed_dev_credentials_are_refused_on_cluster_only() {
     let vault = dev_vault().await;
     let root = &vault.root;
     let setup =
-        VaultSetup::load_default(&["animal-rescue-api".into(), "billing-api".into()]).unwrap();
-    setup.apply(root).await.unwrap();
+        rig::vault::setup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
+            .unwrap();
+    rig::vault::setup::apply(&setup, root).await.unwrap();
     let role = &setup.keygate_role;
     let committed = committed_credentials(None).unwrap();
     let dev = &committed[0];
@@ -321,11 +320,10 @@ async fn cluster_vault_side_works_over_https_with_a_ca_file() {
             .unwrap();
     assert!(tls.addr.starts_with("https://"), "{}", tls.addr);
     let root = &tls.root;
-    VaultSetup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
-        .unwrap()
-        .apply(root)
-        .await
-        .unwrap();
+    let setup =
+        rig::vault::setup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
+            .unwrap();
+    rig::vault::setup::apply(&setup, root).await.unwrap();
     let outside = OutsideCluster {
         kubernetes_host: "https://192.0.2.10:6443".into(),
         kubernetes_ca_cert: some_ca(root).await,

@@ -435,7 +435,7 @@ mod tests {
 
     #[rstest]
     fn the_shipped_modes_fit_the_shipped_vault_setup() {
-        let setup = VaultSetup::load_default(&["animal-rescue-api".into()]).unwrap();
+        let setup = crate::vault::setup::load_default(&["animal-rescue-api".into()]).unwrap();
         for mode in Mode::ALL {
             let values = ModeValues::load_mode(&crate::base::paths::scenarios_dir(), mode).unwrap();
             check_against_setup(&values, &setup).unwrap();
@@ -444,7 +444,7 @@ mod tests {
 
     #[rstest]
     fn an_unknown_role_is_named_with_the_field() {
-        let setup = VaultSetup::load_default(&["animal-rescue-api".into()]).unwrap();
+        let setup = crate::vault::setup::load_default(&["animal-rescue-api".into()]).unwrap();
         let mut values =
             ModeValues::load_mode(&crate::base::paths::scenarios_dir(), Mode::Inline).unwrap();
         values.api_key.role = "nobody".into();

@@ -443,7 +443,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     // 4. Vault setup, and keygate's AppRole credentials delivered into its
     // Secret the way the mode says (external-secret: by a bao agent).
     let root = VaultClient::new(&vault_addr)?.with_token(root_token);
-    setup.apply(&root).await?;
+    crate::vault::setup::apply(&setup, &root).await?;
     let delivery = crate::local::delivery::deliver(
         &values,
         &secret_files,

@@ -36,7 +36,7 @@ use crate::local::secret_dir::SecretDir;
 use crate::process::supervisor::{Readiness, Supervisor};
 use crate::say;
 use crate::vault::client::VaultClient;
-use crate::vault::pki::PkiSetup;
+use crate::vault::pki::{PkiSetup, PkiVault};
 
 /// The SDS secret's name and the certificate Secret's name.
 pub const SECRET_NAME: &str = "gateway-tls";
@@ -328,8 +328,7 @@ mod tests {
 
     #[rstest]
     fn the_agent_issues_once_and_renders_one_json_object() {
-        let setup =
-            crate::vault::setup::VaultSetup::load_default(&["animal-rescue-api".into()]).unwrap();
+        let setup = crate::vault::setup::load_default(&["animal-rescue-api".into()]).unwrap();
         let pki = setup.pki.expect("the shipped setup has a pki section");
         let template = agent_template(&pki);
         assert_eq!(template.matches("with secret").count(), 1, "{template}");
@@ -347,8 +346,7 @@ mod tests {
 
     #[rstest]
     fn the_agent_config_is_rendered_with_the_hook_and_no_secret() {
-        let setup =
-            crate::vault::setup::VaultSetup::load_default(&["animal-rescue-api".into()]).unwrap();
+        let setup = crate::vault::setup::load_default(&["animal-rescue-api".into()]).unwrap();
         let pki = setup.pki.unwrap();
         let text = crate::base::templates::render(
             &crate::base::paths::env_dir().join("bao-agent/tls-agent.hcl.j2"),

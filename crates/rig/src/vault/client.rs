@@ -633,24 +633,7 @@ impl VaultClient {
     }
 }
 
-/// A policy ready to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub name: String,
-    /// The rendered HCL.
-    pub hcl: String,
-    /// The template it came from, so Vault's rejection names the file to fix.
-    pub file: PathBuf,
-}
-
-/// An AppRole role ready to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Role {
-    pub name: String,
-    pub policies: Vec<String>,
-    pub token_ttl: Duration,
-    pub token_max_ttl: Duration,
-}
+pub use keyrig_scenario::setup::{Policy, Role};
 
 /// HTTP(S) for [`VaultClient`]: hyper over rustls with ring, chosen per
 /// client and never from process-wide state. hyper reads no proxy variables
