@@ -559,7 +559,7 @@ impl Gateway {
     /// what an HTTP client would change first: header-name case, dot
     /// segments. `target` goes into the request line as is.
     pub async fn raw_get(&self, target: &str, headers: &[(&str, &str)]) -> Result<RawReply> {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let authority = self.authority().to_owned();
         let mut request = format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\n");
         for (name, value) in headers {
@@ -571,12 +571,50 @@ impl Gateway {
                 .with_context(|| format!("connecting to the gateway at {authority}"))?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
             stream.write_all(request.as_bytes())?;
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response)?;
+            let response = read_response(&mut stream)?;
             Ok(String::from_utf8_lossy(&response).into_owned())
         })
         .await??;
         RawReply::parse(&text)
+    }
+}
+
+/// One HTTP/1.1 response, read until it is complete: its head, then the
+/// `Content-Length` bytes of its body, or its chunks to the last one, or
+/// (neither) to the end of the stream. Not to the end in every case: after
+/// a local reply, Envoy holds the closing connection open for its
+/// `delayed_close_timeout` (1 s), which a client reading to the end waits
+/// out on every denial.
+pub fn read_response(stream: &mut impl std::io::Read) -> Result<Vec<u8>> {
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    let complete = |response: &[u8]| -> bool {
+        let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+        let body = &response[end + 4..];
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+        };
+        if let Some(length) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+            return body.len() >= length;
+        }
+        if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+        false
+    };
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(response);
+        }
+        response.extend_from_slice(&buf[..n]);
+        if complete(&response) {
+            return Ok(response);
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! --gateway-url`), through [`HostileTarget`].
 
 use std::future::Future;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -72,9 +72,7 @@ async fn raw_get(base: &str, path: &str, headers: &[(&str, Vec<u8>)]) -> Result<
         let mut stream = std::net::TcpStream::connect(&host)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.write_all(&request)?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
-        Ok(response)
+        crate::read_response(&mut stream)
     })
     .await??;
     let text = String::from_utf8_lossy(&response);
