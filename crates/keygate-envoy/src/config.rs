@@ -108,6 +108,13 @@ pub struct RouteConfig {
     /// The route's API group (`groupId` of its OpenAPI document): keys are
     /// looked up under it, and keygate must answer for the same group.
     pub group: String,
+    /// Whether keys may be answered from the table of keygate's answers on
+    /// this route (default). `false`: every request asks keygate and its
+    /// answer is not kept, nor resurrected: for the part of a group's
+    /// prefix its OpenAPI documents may not declare, where keygate answers
+    /// 403 `no-route` whatever the key (the table holds keys, not paths).
+    #[serde(default = "yes")]
+    pub table: bool,
     /// Fault injection, for tests of the module's panic guard: every
     /// request on this route makes the request-headers hook panic (and so
     /// is refused with 503 `module-error`). Never set it in production.
@@ -119,6 +126,10 @@ pub struct RouteConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Fault {
     Panic,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl RouteConfig {
@@ -181,8 +192,14 @@ mod tests {
             RouteConfig::parse(br#"{"group":"billing-api"}"#).unwrap(),
             RouteConfig {
                 group: "billing-api".into(),
+                table: true,
                 fault: None,
             }
+        );
+        assert!(
+            !RouteConfig::parse(br#"{"group":"g","table":false}"#)
+                .unwrap()
+                .table
         );
         assert_eq!(
             RouteConfig::parse(br#"{"group":"g","fault":"panic"}"#)

@@ -76,7 +76,9 @@ pub enum First {
     Ask(ApiKey),
 }
 
-pub fn first(table: &Table, group: &str, presented: Presented<'_>, now: Instant) -> First {
+/// `table`: the table of keygate's answers, or `None` on a route that
+/// does not use it (every key asks keygate).
+pub fn first(table: Option<&Table>, group: &str, presented: Presented<'_>, now: Instant) -> First {
     let text = match presented {
         Presented::Missing => return First::Done(Verdict::Deny(Deny::new(401, "missing"))),
         Presented::Many => return First::Done(Verdict::Deny(Deny::new(401, "malformed"))),
@@ -88,6 +90,9 @@ pub fn first(table: &Table, group: &str, presented: Presented<'_>, now: Instant)
         .and_then(|text| ApiKey::parse(text).map_err(drop))
     else {
         return First::Done(Verdict::Deny(Deny::new(401, "malformed")));
+    };
+    let Some(table) = table else {
+        return First::Ask(key);
     };
     match table.lookup(group, key.selector().as_str(), now) {
         Lookup::Fresh(approved) if key.verify(&approved.hash) => First::Done(Verdict::Allow {
@@ -102,9 +107,14 @@ pub fn first(table: &Table, group: &str, presented: Presented<'_>, now: Instant)
 }
 
 /// keygate's `answer` to a callout stamped `read_at` for `key` on a route
-/// of `group`. The second value is a warning for the log, if any.
+/// of `group`. The second value is a warning for the log, if any. `keep`:
+/// the route uses the table, so the answer is kept there (and an outage
+/// may be answered from it); on a route that does not, keygate's answer is
+/// the whole answer and an outage a 503.
+#[allow(clippy::too_many_arguments)]
 pub fn answered(
     table: &Table,
+    keep: bool,
     group: &str,
     key: &ApiKey,
     read_at: u64,
@@ -112,6 +122,9 @@ pub fn answered(
     now: Instant,
     wall_now: SystemTime,
 ) -> (Verdict, Option<String>) {
+    if !keep {
+        return answered_alone(group, answer);
+    }
     let selector = key.selector();
     let selector = selector.as_str();
     match answer {
@@ -180,6 +193,44 @@ pub fn answered(
     }
 }
 
+/// keygate's answer on a route that does not use the table: nothing kept,
+/// nothing forgotten, nothing resurrected.
+fn answered_alone(group: &str, answer: &Answer) -> (Verdict, Option<String>) {
+    match answer {
+        Answer::Allow {
+            group: keygate_group,
+            ..
+        } if keygate_group != group => (
+            Verdict::Deny(Deny::new(403, "no-route")),
+            Some(format!(
+                "keygate answered for API group {keygate_group:?} on a route of group {group:?}: \
+                 render Envoy's routes and keygate's apis from the same OpenAPI documents"
+            )),
+        ),
+        Answer::Allow { owner, .. } if owner.chars().any(char::is_control) => {
+            (Verdict::Deny(Deny::new(401, "corrupt-record")), None)
+        }
+        Answer::Allow { owner, .. } => (
+            Verdict::Allow {
+                owner: owner.as_str().into(),
+                group: group.to_owned(),
+            },
+            None,
+        ),
+        Answer::Unreachable(why) => (
+            Verdict::Deny(Deny::new(503, reason::KEYGATE_UNAVAILABLE)),
+            Some(why.clone()),
+        ),
+        Answer::Deny { status, reason } => (
+            Verdict::Deny(Deny {
+                status: *status,
+                reason: reason.clone(),
+            }),
+            None,
+        ),
+    }
+}
+
 /// keygate cannot be reached: the approved entry if it is still in its
 /// resurrect window and this key's verifier matches it.
 pub fn resurrected(table: &Table, group: &str, key: &ApiKey, now: Instant) -> Option<Verdict> {
@@ -222,14 +273,14 @@ mod tests {
     }
 
     fn ask(table: &Table, group: &str, key: &str, now: Instant) -> ApiKey {
-        match first(table, group, Presented::One(key.as_bytes()), now) {
+        match first(Some(table), group, Presented::One(key.as_bytes()), now) {
             First::Ask(key) => key,
             First::Done(verdict) => panic!("decided without keygate: {verdict:?}"),
         }
     }
 
     fn done(table: &Table, group: &str, presented: Presented<'_>, now: Instant) -> Verdict {
-        match first(table, group, presented, now) {
+        match first(Some(table), group, presented, now) {
             First::Done(verdict) => verdict,
             First::Ask(key) => panic!("asked keygate about {key:?}"),
         }
@@ -255,6 +306,93 @@ mod tests {
         }
     }
 
+    /// A route without the table (the part of a group's prefix no
+    /// operation declares): a key the table holds still asks keygate,
+    /// keygate's answer is given as is and not kept, and an outage is a
+    /// 503, never the held answer.
+    #[test]
+    fn a_route_without_the_table_asks_keygate_and_keeps_nothing() {
+        let table = table();
+        let now = Instant::now();
+        let key = ApiKey::generate();
+        let asked = ask(&table, "g", key.expose(), now);
+        let wall = SystemTime::now();
+        answered(
+            &table,
+            true,
+            "g",
+            &asked,
+            table.stamp(),
+            &allow("u", "g"),
+            now,
+            wall,
+        );
+        assert!(matches!(
+            done(&table, "g", Presented::One(key.expose().as_bytes()), now),
+            Verdict::Allow { .. }
+        ));
+
+        let First::Ask(asked) = first(None, "g", Presented::One(key.expose().as_bytes()), now)
+        else {
+            panic!("a route without the table decided without keygate");
+        };
+        let (verdict, _) = answered(
+            &table,
+            false,
+            "g",
+            &asked,
+            table.stamp(),
+            &Answer::Deny {
+                status: 403,
+                reason: "no-route".into(),
+            },
+            now,
+            wall,
+        );
+        assert_eq!(verdict, deny(403, "no-route"));
+        let (verdict, _) = answered(
+            &table,
+            false,
+            "g",
+            &asked,
+            table.stamp(),
+            &Answer::Unreachable("down".into()),
+            now,
+            wall,
+        );
+        assert_eq!(verdict, deny(503, reason::KEYGATE_UNAVAILABLE));
+        // Nothing forgotten either: the group's declared routes still hold it.
+        assert!(matches!(
+            done(&table, "g", Presented::One(key.expose().as_bytes()), now),
+            Verdict::Allow { .. }
+        ));
+
+        let other = ApiKey::generate();
+        let (verdict, _) = answered(
+            &table,
+            false,
+            "g",
+            &other,
+            table.stamp(),
+            &allow("v", "g"),
+            now,
+            wall,
+        );
+        assert!(matches!(verdict, Verdict::Allow { .. }));
+        assert!(
+            matches!(
+                first(
+                    Some(&table),
+                    "g",
+                    Presented::One(other.expose().as_bytes()),
+                    now
+                ),
+                First::Ask(_)
+            ),
+            "kept an answer of a route without the table"
+        );
+    }
+
     #[test]
     fn an_approved_key_is_cached_and_then_decided_locally() {
         let table = table();
@@ -264,6 +402,7 @@ mod tests {
         let stamp = table.stamp();
         let (verdict, warning) = answered(
             &table,
+            true,
             "g",
             &asked,
             stamp,
@@ -299,6 +438,7 @@ mod tests {
         let stamp = table.stamp();
         answered(
             &table,
+            true,
             "g",
             &key,
             stamp,
@@ -314,6 +454,7 @@ mod tests {
         };
         let (verdict, _) = answered(
             &table,
+            true,
             "g",
             &asked,
             table.stamp(),
@@ -325,6 +466,7 @@ mod tests {
         // Gone: keygate unreachable now resurrects nothing.
         let (verdict, warning) = answered(
             &table,
+            true,
             "g",
             &asked,
             table.stamp(),
@@ -343,6 +485,7 @@ mod tests {
         let key = ApiKey::generate();
         answered(
             &table,
+            true,
             "g",
             &key,
             table.stamp(),
@@ -358,6 +501,7 @@ mod tests {
         };
         let (verdict, _) = answered(
             &table,
+            true,
             "g",
             &asked,
             table.stamp(),
@@ -369,6 +513,7 @@ mod tests {
         let stranger = ApiKey::generate();
         let (verdict, _) = answered(
             &table,
+            true,
             "g",
             &stranger,
             table.stamp(),
@@ -383,6 +528,7 @@ mod tests {
         };
         let (verdict, _) = answered(
             &table,
+            true,
             "g",
             &asked,
             table.stamp(),
@@ -400,6 +546,7 @@ mod tests {
         let key = ApiKey::generate();
         let (verdict, warning) = answered(
             &table,
+            true,
             "g",
             &key,
             table.stamp(),
@@ -424,10 +571,15 @@ mod tests {
             group: "g".into(),
             expires: Some(unix + 5),
         };
-        let (verdict, _) = answered(&table, "g", &key, table.stamp(), &soon, now, wall);
+        let (verdict, _) = answered(&table, true, "g", &key, table.stamp(), &soon, now, wall);
         assert!(matches!(verdict, Verdict::Allow { .. }));
         assert!(matches!(
-            first(&table, "g", Presented::One(key.expose().as_bytes()), now),
+            first(
+                Some(&table),
+                "g",
+                Presented::One(key.expose().as_bytes()),
+                now
+            ),
             First::Done(Verdict::Allow { .. })
         ));
         ask(&table, "g", key.expose(), now + Duration::from_secs(6));
@@ -437,7 +589,7 @@ mod tests {
             group: "g".into(),
             expires: Some(unix - 1),
         };
-        answered(&table, "g", &gone, table.stamp(), &past, now, wall);
+        answered(&table, true, "g", &gone, table.stamp(), &past, now, wall);
         ask(&table, "g", gone.expose(), now);
     }
 

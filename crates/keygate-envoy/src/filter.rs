@@ -143,6 +143,8 @@ struct Asking {
     key: ApiKey,
     /// The table's stamp when the callout started.
     read_at: u64,
+    /// The route uses the table: keygate's answer is kept there.
+    keep: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,22 +186,31 @@ impl Filter {
             panic!("fault injection: this route's per-route config asks for a panic");
         }
         let group = route.group.clone();
+        let keep = route.table;
         let presented = match request_header(fe, API_KEY_HEADER) {
             (_, 0) => Presented::Missing,
             (Some(value), 1) => Presented::One(value),
             _ => Presented::Many,
         };
         let now = Instant::now();
-        match decide::first(&self.shared.table, &group, presented, now) {
+        let table = keep.then_some(&*self.shared.table);
+        match decide::first(table, &group, presented, now) {
             First::Done(verdict) => {
                 debug_decision(&group, None, &verdict, "local");
                 self.carry_out(fe, verdict, false)
             }
-            First::Ask(key) => self.ask(fe, group, key, now),
+            First::Ask(key) => self.ask(fe, group, key, keep, now),
         }
     }
 
-    fn ask(&mut self, fe: FilterEnvoyPtr, group: String, key: ApiKey, now: Instant) -> u32 {
+    fn ask(
+        &mut self,
+        fe: FilterEnvoyPtr,
+        group: String,
+        key: ApiKey,
+        keep: bool,
+        now: Instant,
+    ) -> u32 {
         let path = request_header(fe, b":path").0.unwrap_or_default().to_vec();
         let method = request_header(fe, b":method")
             .0
@@ -221,6 +232,7 @@ impl Filter {
             group: group.clone(),
             key: key.clone(),
             read_at,
+            keep,
         });
         let mut callout_id = 0u64;
         self.in_headers_hook = true;
@@ -259,7 +271,9 @@ impl Filter {
                     "keygate-envoy: cannot ask keygate through cluster {cluster:?} ({what}, result {init}): fix filter_config.cluster"
                 ),
             );
-            let verdict = decide::resurrected(&self.shared.table, &group, &key, now)
+            let verdict = keep
+                .then(|| decide::resurrected(&self.shared.table, &group, &key, now))
+                .flatten()
                 .unwrap_or(Verdict::Deny(Deny::new(503, reason::KEYGATE_UNAVAILABLE)));
             debug_decision(&group, Some(&key), &verdict, "callout not started");
             return self.carry_out(fe, verdict, false);
@@ -317,6 +331,7 @@ impl Filter {
         };
         let (verdict, warning) = decide::answered(
             &self.shared.table,
+            asking.keep,
             &asking.group,
             &asking.key,
             asking.read_at,

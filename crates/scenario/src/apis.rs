@@ -19,6 +19,10 @@ pub struct ApiGroup {
     /// the base path (`/billing/invoices`): what tests request to reach the
     /// group's API. `None` when the document declares none.
     pub sample_get_path: Option<String>,
+    /// Every path template of `paths:`, under the base path
+    /// (`/billing/invoices/{id}`), in document order: what the group's
+    /// OpenAPI document declares, for gateways that route per operation.
+    pub path_templates: Vec<String>,
     pub file: PathBuf,
 }
 
@@ -120,8 +124,16 @@ pub fn load_api(file: &Path) -> Result<ApiGroup> {
         .filter_map(|(path, _)| path.as_str())
         .find(|path| path.starts_with('/') && !path.contains('{'))
         .map(|path| format!("{base_path}{path}"));
+    let path_templates = doc
+        .paths
+        .iter()
+        .filter_map(|(path, _)| path.as_str())
+        .filter(|path| path.starts_with('/'))
+        .map(|path| format!("{base_path}{path}"))
+        .collect();
     Ok(ApiGroup {
         group_id,
+        path_templates,
         base_path,
         route_prefix,
         sample_get_path,
@@ -169,6 +181,10 @@ mod tests {
         assert_eq!(
             load_api(&file).unwrap().sample_get_path.as_deref(),
             Some("/g/c")
+        );
+        assert_eq!(
+            load_api(&file).unwrap().path_templates,
+            ["/g/a/{id}", "/g/b", "/g/c"]
         );
         std::fs::write(&file, "groupId: g\nservers: [{url: /g}]\n").unwrap();
         assert_eq!(load_api(&file).unwrap().sample_get_path, None);

@@ -20,8 +20,45 @@ pub struct ModuleValues {
     /// `dynamic_module_config.name`: Envoy loads `lib<name>.so`.
     name: &'static str,
     filter_config: String,
-    /// API group -> its route's per-route config.
+    /// API group -> the per-route config of its operations' routes (the
+    /// table of keygate's answers in use).
     route_configs: BTreeMap<String, String>,
+    /// API group -> the per-route config of the rest of its prefix (every
+    /// request asks keygate, which answers `no-route` for a path the
+    /// group's documents do not declare; nothing kept).
+    prefix_route_configs: BTreeMap<String, String>,
+    /// API group -> one RE2 regex per declared path template, matched on
+    /// Envoy's normalized path: the routes where a held key is answered
+    /// from the table.
+    operation_routes: BTreeMap<String, Vec<String>>,
+}
+
+/// A path template (`/shop/items/{id}`) as an RE2 regex of the plain paths
+/// it declares: its text literally, a parameter as one or more characters
+/// other than `/`, `%` and `\`. Deliberately narrower than keygate's
+/// matching (which decodes escapes first): a path it misses is answered on
+/// the group's prefix route, by keygate; a path it matches, keygate routes
+/// to the same group. `None` for a template whose text holds an escape
+/// (no fast path for it).
+pub fn template_regex(template: &str) -> Option<String> {
+    let mut regex = String::new();
+    let mut rest = template;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('{') {
+            let close = after.find('}')?;
+            regex.push_str(r"[^/%\\]+");
+            rest = &after[close + 1..];
+        } else {
+            let end = rest.find('{').unwrap_or(rest.len());
+            let text = &rest[..end];
+            if text.contains(['%', '\\', '}']) {
+                return None;
+            }
+            regex.push_str(&regex::escape(text));
+            rest = &rest[end..];
+        }
+    }
+    Some(regex)
 }
 
 /// How long the module waits for keygate's answer: as Envoy's ext_authz
@@ -40,18 +77,33 @@ impl ModuleValues {
             "resurrect_ttl_ms": settings.resurrect_ttl.as_millis() as u64,
             "callout_timeout_ms": MODULE_CALLOUT_TIMEOUT.as_millis() as u64,
         });
-        let route_configs = ctx
+        let per_group = |table: bool| -> BTreeMap<String, String> {
+            ctx.groups
+                .iter()
+                .map(|g| {
+                    let config = serde_json::json!({ "group": g.group_id, "table": table });
+                    (g.group_id.clone(), config.to_string())
+                })
+                .collect()
+        };
+        let operation_routes = ctx
             .groups
             .iter()
             .map(|g| {
-                let config = serde_json::json!({ "group": g.group_id });
-                (g.group_id.clone(), config.to_string())
+                let regexes = g
+                    .path_templates
+                    .iter()
+                    .filter_map(|t| template_regex(t))
+                    .collect();
+                (g.group_id.clone(), regexes)
             })
             .collect();
         Ok(Self {
             name: crate::process::envoy_module::MODULE_NAME,
             filter_config: serde_json::to_string(&filter_config)?,
-            route_configs,
+            route_configs: per_group(true),
+            prefix_route_configs: per_group(false),
+            operation_routes,
         })
     }
 }
@@ -82,5 +134,41 @@ mod tests {
             err.contains("carries no keygate-envoy build marker"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod template_regex_tests {
+    use super::template_regex;
+
+    /// The regex matches the plain paths of its template and nothing
+    /// keygate could route elsewhere or refuse: no `/`, `%` or `\` inside a
+    /// parameter, the literal text exactly.
+    #[test]
+    fn a_template_becomes_a_regex_of_its_plain_paths() {
+        let full = |template: &str| {
+            regex::Regex::new(&format!("^(?:{})$", template_regex(template).unwrap())).unwrap()
+        };
+        let items = full("/shop/items/{id}");
+        assert!(items.is_match("/shop/items/42"));
+        for other in [
+            "/shop/items/",
+            "/shop/items/4/2",
+            "/shop/items/%73pecial",
+            "/shop/items/a\\b",
+            "/shop/itemsX42",
+            "/shop/items/42/",
+        ] {
+            assert!(!items.is_match(other), "{other}");
+        }
+        let dotted = full("/files/{name}.{ext}.json");
+        assert!(dotted.is_match("/files/a.b.json"));
+        assert!(
+            !dotted.is_match("/files/aXbXjson"),
+            "a literal dot is a dot"
+        );
+        assert!(full("/v1+2/(x)").is_match("/v1+2/(x)"));
+        assert_eq!(template_regex("/a/%73pecial"), None);
+        assert_eq!(template_regex("/a/{unclosed"), None);
     }
 }
