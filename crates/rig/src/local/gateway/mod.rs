@@ -343,29 +343,57 @@ mod tests {
             !serde_yaml::to_string(hcm).unwrap().contains("ext_authz"),
             "the module replaces ext_authz"
         );
-        // One route per group, each naming its group; the catch-all none.
+        // Per group: a route per declared operation (a regex, the table in
+        // use), then the group's prefix (keygate decides, "table": false);
+        // last the catch-all, with no per-route config (403 no-route).
         let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
             .as_sequence()
             .unwrap();
-        let named: Vec<(&str, Option<String>)> = routes
+        let named: Vec<(String, Option<(String, bool)>)> = routes
             .iter()
             .map(|r| {
                 let value = r["typed_per_filter_config"]["keygate"]["filter_config"]["value"]
                     .as_str()
                     .map(|v| {
                         let v: serde_json::Value = serde_json::from_str(v).unwrap();
-                        v["group"].as_str().unwrap().to_owned()
+                        (
+                            v["group"].as_str().unwrap().to_owned(),
+                            v["table"].as_bool().unwrap(),
+                        )
                     });
-                (r["match"]["prefix"].as_str().unwrap(), value)
+                let matched = match r["match"]["prefix"].as_str() {
+                    Some(prefix) => format!("prefix {prefix}"),
+                    None => format!(
+                        "regex {}",
+                        r["match"]["safe_regex"]["regex"].as_str().unwrap()
+                    ),
+                };
+                (matched, value)
             })
             .collect();
-        assert_eq!(
-            named,
-            [
-                ("/animal-rescue/", Some("animal-rescue-api".to_owned())),
-                ("/billing/", Some("billing-api".to_owned())),
-                ("/", None),
-            ]
+        let mut want = Vec::new();
+        for group in ctx.groups {
+            for template in &group.path_templates {
+                want.push((
+                    format!(
+                        "regex {}",
+                        super::keygate_envoy::template_regex(template).unwrap()
+                    ),
+                    Some((group.group_id.clone(), true)),
+                ));
+            }
+            want.push((
+                format!("prefix {}", group.route_prefix),
+                Some((group.group_id.clone(), false)),
+            ));
+        }
+        want.push(("prefix /".to_owned(), None));
+        assert_eq!(named, want);
+        assert!(
+            named
+                .iter()
+                .any(|(m, _)| m == r"regex /animal\-rescue/animals/[^/%\\]+"),
+            "{named:?}"
         );
         // The callouts' cluster: keygate's HTTP port, HTTP/1.1.
         let keygate = &doc["static_resources"]["clusters"][0];
