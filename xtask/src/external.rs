@@ -305,24 +305,42 @@ async fn check_running(env: &Environment, gateways: &[(String, String)]) -> Resu
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()?;
-    if env.key_source == rig::contract::env::KEY_SOURCE_EXTERNAL {
+    // What each gateway must have been configured to ask.
+    let validator = if env.key_source == rig::contract::env::KEY_SOURCE_EXTERNAL {
         // No keygate: the gateways ask the user's validator.
-        for (name, url) in gateways {
-            let probe = format!("{url}{}", rig::contract::gateways::READINESS_PATH);
-            if let Err(err) = http.get(&probe).send().await {
-                bail!(
-                    "the gateway {name} does not answer at {url} ({}): start it, configured to ask your validator, which reads Vault at {} (token in {})",
-                    rig::process::supervisor::describe_request_error(&err),
-                    env.vault_addr,
-                    env.validator_token_file
-                        .as_deref()
-                        .map(|f| f.display().to_string())
-                        .unwrap_or_else(|| "secrets/validator-token".into())
-                );
-            }
+        format!(
+            "your validator, which reads Vault at {} (token in {})",
+            env.vault_addr,
+            env.validator_token_file
+                .as_deref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_else(|| "secrets/validator-token".into())
+        )
+    } else {
+        check_keygate(env, &http).await?;
+        format!(
+            "keygate at {} (HTTP forward-auth /auth){}",
+            env.keygate_url,
+            env.keygate_grpc
+                .as_deref()
+                .map(|g| format!(" or {g} (gRPC ext_authz)"))
+                .unwrap_or_default()
+        )
+    };
+    for (name, url) in gateways {
+        let probe = format!("{url}{}", rig::contract::gateways::READINESS_PATH);
+        if let Err(err) = http.get(&probe).send().await {
+            bail!(
+                "the gateway {name} does not answer at {url} ({}): start it, configured to ask {validator}",
+                rig::process::supervisor::describe_request_error(&err),
+            );
         }
-        return Ok(());
     }
+    Ok(())
+}
+
+/// keygate of the environment answers `/readyz` with a success.
+async fn check_keygate(env: &Environment, http: &reqwest::Client) -> Result<()> {
     let readyz = format!("{}/readyz", env.keygate_url);
     match http.get(&readyz).send().await {
         Ok(reply) if reply.status().is_success() => {}
@@ -337,20 +355,6 @@ async fn check_running(env: &Environment, gateways: &[(String, String)]) -> Resu
             env.run_id,
             rig::process::supervisor::describe_request_error(&err)
         ),
-    }
-    for (name, url) in gateways {
-        let probe = format!("{url}{}", rig::contract::gateways::READINESS_PATH);
-        if let Err(err) = http.get(&probe).send().await {
-            bail!(
-                "the gateway {name} does not answer at {url} ({}): start it, configured to ask keygate at {} (HTTP forward-auth /auth){}",
-                rig::process::supervisor::describe_request_error(&err),
-                env.keygate_url,
-                env.keygate_grpc
-                    .as_deref()
-                    .map(|g| format!(" or {g} (gRPC ext_authz)"))
-                    .unwrap_or_default()
-            );
-        }
     }
     Ok(())
 }
