@@ -122,11 +122,15 @@ pub fn answered(
     now: Instant,
     wall_now: SystemTime,
 ) -> (Verdict, Option<String>) {
-    if !keep {
-        return answered_alone(group, answer);
-    }
     let selector = key.selector();
     let selector = selector.as_str();
+    // A route without the table keeps, forgets and resurrects nothing.
+    let forget = || {
+        if keep {
+            table.forget(group, selector);
+        }
+    };
+    let resurrect = || keep.then(|| resurrected(table, group, key, now)).flatten();
     match answer {
         Answer::Allow {
             owner,
@@ -137,7 +141,7 @@ pub fn answered(
                 // keygate routes this path to another group than Envoy's
                 // route says: the two configs disagree, and neither answer
                 // can be trusted for this route.
-                table.forget(group, selector);
+                forget();
                 return (
                     Verdict::Deny(Deny::new(403, "no-route")),
                     Some(format!(
@@ -147,12 +151,12 @@ pub fn answered(
                 );
             }
             if owner.chars().any(char::is_control) {
-                table.forget(group, selector);
+                forget();
                 return (Verdict::Deny(Deny::new(401, "corrupt-record")), None);
             }
             let owner: Arc<str> = owner.as_str().into();
             let lasts = expires.map(|at| remaining(at, wall_now));
-            if lasts != Some(Duration::ZERO) {
+            if keep && lasts != Some(Duration::ZERO) {
                 let approved = Approved {
                     hash: key.verifier_hash(),
                     owner: owner.clone(),
@@ -168,20 +172,19 @@ pub fn answered(
             )
         }
         Answer::Unreachable(why) => (
-            resurrected(table, group, key, now)
-                .unwrap_or(Verdict::Deny(Deny::new(503, reason::KEYGATE_UNAVAILABLE))),
+            resurrect().unwrap_or(Verdict::Deny(Deny::new(503, reason::KEYGATE_UNAVAILABLE))),
             Some(why.clone()),
         ),
         // Vault unreachable or busy behind keygate: keygate could not tell.
         Answer::Deny { status, reason } if answer.is_outage() => (
-            resurrected(table, group, key, now).unwrap_or(Verdict::Deny(Deny {
+            resurrect().unwrap_or(Verdict::Deny(Deny {
                 status: *status,
                 reason: reason.clone(),
             })),
             None,
         ),
         Answer::Deny { status, reason } => {
-            table.forget(group, selector);
+            forget();
             (
                 Verdict::Deny(Deny {
                     status: *status,
@@ -190,44 +193,6 @@ pub fn answered(
                 None,
             )
         }
-    }
-}
-
-/// keygate's answer on a route that does not use the table: nothing kept,
-/// nothing forgotten, nothing resurrected.
-fn answered_alone(group: &str, answer: &Answer) -> (Verdict, Option<String>) {
-    match answer {
-        Answer::Allow {
-            group: keygate_group,
-            ..
-        } if keygate_group != group => (
-            Verdict::Deny(Deny::new(403, "no-route")),
-            Some(format!(
-                "keygate answered for API group {keygate_group:?} on a route of group {group:?}: \
-                 render Envoy's routes and keygate's apis from the same OpenAPI documents"
-            )),
-        ),
-        Answer::Allow { owner, .. } if owner.chars().any(char::is_control) => {
-            (Verdict::Deny(Deny::new(401, "corrupt-record")), None)
-        }
-        Answer::Allow { owner, .. } => (
-            Verdict::Allow {
-                owner: owner.as_str().into(),
-                group: group.to_owned(),
-            },
-            None,
-        ),
-        Answer::Unreachable(why) => (
-            Verdict::Deny(Deny::new(503, reason::KEYGATE_UNAVAILABLE)),
-            Some(why.clone()),
-        ),
-        Answer::Deny { status, reason } => (
-            Verdict::Deny(Deny {
-                status: *status,
-                reason: reason.clone(),
-            }),
-            None,
-        ),
     }
 }
 
