@@ -32,6 +32,55 @@ const TOMBSTONE_PRUNE_AT: usize = 4096;
 
 type Key = (String, String);
 
+/// Entries by group, then selector: a lookup borrows the request's `&str`s
+/// (`Box<str>: Borrow<str>`), so the hot path allocates nothing; a map keyed
+/// by `(String, String)` would need both copied to build the probe key.
+#[derive(Default)]
+struct Entries {
+    by_group: HashMap<Box<str>, HashMap<Box<str>, Entry>>,
+    len: usize,
+}
+
+impl Entries {
+    fn get(&self, group: &str, selector: &str) -> Option<&Entry> {
+        self.by_group.get(group)?.get(selector)
+    }
+
+    fn contains(&self, group: &str, selector: &str) -> bool {
+        self.get(group, selector).is_some()
+    }
+
+    fn insert(&mut self, group: &str, selector: &str, entry: Entry) {
+        let selectors = match self.by_group.get_mut(group) {
+            Some(selectors) => selectors,
+            None => self.by_group.entry(group.into()).or_default(),
+        };
+        if selectors.insert(selector.into(), entry).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, group: &str, selector: &str) {
+        let Some(selectors) = self.by_group.get_mut(group) else {
+            return;
+        };
+        if selectors.remove(selector).is_some() {
+            self.len -= 1;
+        }
+        if selectors.is_empty() {
+            self.by_group.remove(group);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        for selectors in self.by_group.values_mut() {
+            selectors.retain(|_, entry| keep(entry));
+        }
+        self.by_group.retain(|_, selectors| !selectors.is_empty());
+        self.len = self.by_group.values().map(HashMap::len).sum();
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     hash: VerifierHash,
@@ -61,7 +110,7 @@ pub enum Lookup {
 }
 
 pub struct Table {
-    entries: RwLock<HashMap<Key, Entry>>,
+    entries: RwLock<Entries>,
     /// Every callout and every invalidation takes the next value; 0 is
     /// "never", so the first callout is stamped 1.
     clock: AtomicU64,
@@ -77,7 +126,7 @@ pub struct Table {
 impl Table {
     pub fn new(positive_ttl: Duration, resurrect_ttl: Duration, callout_timeout: Duration) -> Self {
         Self {
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             clock: AtomicU64::new(1),
             stale_before: AtomicU64::new(0),
             tombstones: Mutex::new(HashMap::new()),
@@ -94,7 +143,7 @@ impl Table {
 
     pub fn lookup(&self, group: &str, selector: &str, now: Instant) -> Lookup {
         let entries = read(&self.entries);
-        let Some(entry) = entries.get(&(group.to_owned(), selector.to_owned())) else {
+        let Some(entry) = entries.get(group, selector) else {
             return Lookup::Ask;
         };
         if now < entry.fresh_until && entry.read_at > self.stale_before.load(Ordering::SeqCst) {
@@ -112,7 +161,7 @@ impl Table {
     /// must not end resurrection), unless invalidated, which removed it.
     pub fn resurrect(&self, group: &str, selector: &str, now: Instant) -> Option<Approved> {
         let entries = read(&self.entries);
-        let entry = entries.get(&(group.to_owned(), selector.to_owned()))?;
+        let entry = entries.get(group, selector)?;
         (now < entry.resurrect_until).then(|| Approved {
             hash: entry.hash.clone(),
             owner: entry.owner.clone(),
@@ -131,7 +180,6 @@ impl Table {
         now: Instant,
         lasts: Option<Duration>,
     ) -> bool {
-        let key = (group.to_owned(), selector.to_owned());
         if read_at <= self.stale_before.load(Ordering::SeqCst) {
             return false;
         }
@@ -151,19 +199,19 @@ impl Table {
         // cannot slip between them.
         let tombstones = lock(&self.tombstones);
         if tombstones
-            .get(&key)
+            .get(&(group.to_owned(), selector.to_owned()))
             .is_some_and(|(dropped, _)| read_at <= *dropped)
         {
             return false;
         }
         let mut entries = write(&self.entries);
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
-            entries.retain(|_, e| now < e.resurrect_until);
-            if entries.len() >= MAX_ENTRIES {
+        if entries.len >= MAX_ENTRIES && !entries.contains(group, selector) {
+            entries.retain(|e| now < e.resurrect_until);
+            if entries.len >= MAX_ENTRIES {
                 return false;
             }
         }
-        entries.insert(key, entry);
+        entries.insert(group, selector, entry);
         true
     }
 
@@ -178,14 +226,14 @@ impl Table {
             let life = self.tombstone_life;
             tombstones.retain(|_, (_, at)| now.duration_since(*at) < life);
         }
-        tombstones.insert(key.clone(), (stamp, now));
-        write(&self.entries).remove(&key);
+        tombstones.insert(key, (stamp, now));
+        write(&self.entries).remove(group, selector);
     }
 
     /// keygate denied this key: forget the entry (no tombstone: keygate's
     /// answer is the newest there is).
     pub fn forget(&self, group: &str, selector: &str) {
-        write(&self.entries).remove(&(group.to_owned(), selector.to_owned()));
+        write(&self.entries).remove(group, selector);
     }
 
     /// Every entry held now must be confirmed by keygate before it is used
@@ -196,11 +244,11 @@ impl Table {
     }
 
     pub fn len(&self) -> usize {
-        read(&self.entries).len()
+        read(&self.entries).len
     }
 
     pub fn is_empty(&self) -> bool {
-        read(&self.entries).is_empty()
+        self.len() == 0
     }
 }
 
@@ -326,5 +374,32 @@ mod tests {
         table.forget("g", sel.as_str());
         assert_eq!(table.len(), 0);
         assert!(table.insert("g", sel.as_str(), approved(&key), stamp, now, None));
+    }
+
+    #[test]
+    fn entries_are_counted_per_group_and_selector() {
+        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let key = ApiKey::generate();
+        let sel = key.selector();
+        let now = Instant::now();
+        let stamp = table.stamp();
+        assert!(table.insert("g", sel.as_str(), approved(&key), stamp, now, None));
+        assert!(table.insert("g", sel.as_str(), approved(&key), stamp, now, None));
+        assert_eq!(
+            table.len(),
+            1,
+            "a second answer for a key replaces the first"
+        );
+        assert!(table.insert("h", sel.as_str(), approved(&key), stamp, now, None));
+        assert_eq!(
+            table.len(),
+            2,
+            "the same selector in another group is another key"
+        );
+        table.drop_key("g", sel.as_str());
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Ask);
+        assert_eq!(table.lookup("h", sel.as_str(), now), fresh(&key));
+        table.forget("h", sel.as_str());
+        assert!(table.is_empty());
     }
 }
