@@ -278,8 +278,37 @@ pub async fn issue_key(group: &str, record: impl FnOnce(KeyRecord) -> KeyRecord)
     rig::base::redact::register_secret(key.expose());
     let record = record(KeyRecord::for_key(&key, "e2e-owner"));
     store_record(group, &key, &record).await?;
+    // Inside a matrix case: deleted when the case ends (`for_each_gateway`).
+    let _outside_a_matrix_case = ISSUED.try_with(|issued| {
+        issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((group.to_owned(), key.selector().as_str().to_owned()));
+    });
     await_delivery(group, key.expose()).await?;
     Ok(key)
+}
+
+tokio::task_local! {
+    /// The (group, selector) of every key a matrix case issued, so the
+    /// case deletes them when it ends: a keys-file bao agent re-reads every
+    /// key of its groups at each render (once a second here), so keys left
+    /// behind made each render longer for the rest of the run (about 80 %
+    /// of Vault's requests in a run were those re-reads), and on the
+    /// cluster profile they would be left in your Vault.
+    static ISSUED: Arc<std::sync::Mutex<Vec<(String, String)>>>;
+}
+
+/// Deletes the records of the keys a case issued (already revoked ones
+/// answer 204 too). A failure is printed, not asserted: the case's own
+/// verdict is already recorded, and the environment's teardown removes
+/// the rest.
+async fn delete_issued(issued: Vec<(String, String)>) {
+    for (group, selector) in issued {
+        if let Err(err) = delete_record(&group, &selector).await {
+            eprintln!("cleanup: the record of selector {selector} in {group} stays: {err:#}");
+        }
+    }
 }
 
 pub async fn store_record(group: &str, key: &ApiKey, record: &KeyRecord) -> Result<()> {
@@ -314,18 +343,21 @@ pub async fn portal_token() -> Result<Token> {
 /// Revokes a key the way the portal does: deletes its record, all versions,
 /// with the portal's token.
 pub async fn revoke_key(group: &str, key: &ApiKey) -> Result<()> {
+    delete_record(group, key.selector().as_str()).await
+}
+
+async fn delete_record(group: &str, selector: &str) -> Result<()> {
     let portal = portal_token().await?;
     let deleted = vault(
         "DELETE",
-        &kv_path("metadata", group, key.selector().as_str()),
+        &kv_path("metadata", group, selector),
         &portal,
         None,
     )
     .await?;
     if deleted.status != 204 {
         bail!(
-            "deleting the record of selector {} answered {}: {}",
-            key.selector().as_str(),
+            "deleting the record of selector {selector} answered {}: {}",
             deleted.status,
             deleted.body
         );
@@ -455,7 +487,8 @@ pub async fn for_each_gateway(test: &str, each: impl AsyncFn(&str)) {
         each(NO_GATEWAY).await;
         return;
     }
-    let mut running: Vec<(&str, Option<Pin<Box<dyn Future<Output = ()> + '_>>>)> = gateways
+    type Running<'a> = Option<Pin<Box<dyn Future<Output = ()> + 'a>>>;
+    let mut running: Vec<(&str, Running<'_>)> = gateways
         .iter()
         .map(|g| {
             let run: Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(each(g));
@@ -463,25 +496,35 @@ pub async fn for_each_gateway(test: &str, each: impl AsyncFn(&str)) {
         })
         .collect();
     let mut failed = Vec::new();
-    std::future::poll_fn(|cx| {
-        for (gateway, slot) in running.iter_mut() {
-            let Some(run) = slot else { continue };
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.as_mut().poll(cx))) {
-                Ok(Poll::Pending) => {}
-                Ok(Poll::Ready(())) => *slot = None,
-                Err(_) => {
-                    failed.push(gateway.to_string());
-                    *slot = None;
+    let issued = Arc::new(std::sync::Mutex::new(Vec::new()));
+    ISSUED
+        .scope(
+            issued.clone(),
+            std::future::poll_fn(|cx| {
+                for (gateway, slot) in running.iter_mut() {
+                    let Some(run) = slot else { continue };
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run.as_mut().poll(cx)
+                    })) {
+                        Ok(Poll::Pending) => {}
+                        Ok(Poll::Ready(())) => *slot = None,
+                        Err(_) => {
+                            failed.push(gateway.to_string());
+                            *slot = None;
+                        }
+                    }
                 }
-            }
-        }
-        if running.iter().all(|(_, slot)| slot.is_none()) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
+                if running.iter().all(|(_, slot)| slot.is_none()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }),
+        )
+        .await;
+    drop(running);
+    let issued = std::mem::take(&mut *issued.lock().unwrap_or_else(|p| p.into_inner()));
+    delete_issued(issued).await;
     assert!(
         failed.is_empty(),
         "{test} failed through {} of {} gateways: {} (each one's panic is above)",
