@@ -6,8 +6,12 @@
 //! that started it (`crates/workspace-hack`, see docs/tools.md), so a
 //! dependency compiled again here means the feature sets drifted apart:
 //! the count is printed, so the drift shows in the first run after it.
+//! "Again" is judged by cargo's fingerprint directory: a dependency that
+//! had none before this build (envoy-types, which only keygate uses, on a
+//! cold machine) is compiled for the first time, not again.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -41,6 +45,16 @@ pub(crate) struct Built {
 }
 
 impl Built {
+    /// Dependencies this build compiled that had been compiled before,
+    /// by `known` (the crate names in the fingerprint directory before
+    /// this build): the feature-set drift.
+    pub(crate) fn compiled_again<'a>(&'a self, known: &BTreeSet<String>) -> Vec<&'a str> {
+        self.compiled_dependencies()
+            .into_iter()
+            .filter(|name| known.contains(*name))
+            .collect()
+    }
+
     /// Dependencies (not workspace members) this build compiled.
     pub(crate) fn compiled_dependencies(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self
@@ -86,6 +100,16 @@ impl Built {
 /// took and what it compiled.
 pub(crate) fn cargo_build(args: &[&str], what: &str) -> Result<Built> {
     say!("{what}: cargo {}", args.join(" "));
+    let profile_dir = if args.contains(&"--release") {
+        "release"
+    } else {
+        "debug"
+    };
+    let known = fingerprinted(
+        &rig::base::paths::target_dir()
+            .join(profile_dir)
+            .join(".fingerprint"),
+    );
     let started = Instant::now();
     let mut command = crate::runner::cargo();
     crate::runner::plain_output_unless_interactive(&mut command);
@@ -100,23 +124,43 @@ pub(crate) fn cargo_build(args: &[&str], what: &str) -> Result<Built> {
         bail!("{what} failed: see cargo's output above");
     }
     let built = parse_messages(&String::from_utf8_lossy(&output.stdout))?;
-    let deps = built.compiled_dependencies();
-    let drift = if deps.is_empty() {
+    let deps = built.compiled_again(&known);
+    let first_time = built.compiled_dependencies().len() - deps.len();
+    let mut drift = if first_time == 0 {
         String::new()
     } else {
+        format!(" ({first_time} dependencies for the first time)")
+    };
+    if !deps.is_empty() {
         // Not an error: the build is right, only slower than it should be.
-        format!(
+        drift += &format!(
             "; {} dependencies compiled again with other features than xtask's build ({}): regenerate crates/workspace-hack (docs/tools.md)",
             deps.len(),
             deps.join(", ")
-        )
-    };
+        );
+    }
     say!(
         "{what}: done in {}, {} crates compiled{drift}",
         rig::base::progress::secs(started.elapsed()),
         built.compiled()
     );
     Ok(built)
+}
+
+/// The crate names cargo holds fingerprints for in `dir`
+/// (`<target>/<profile>/.fingerprint/<name>-<hash>`); empty when there is
+/// no such directory yet (a cold build).
+fn fingerprinted(dir: &Path) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let (crate_name, _hash) = name.rsplit_once('-')?;
+            Some(crate_name.to_owned())
+        })
+        .collect()
 }
 
 /// The `compiler-artifact` messages of cargo's JSON output.
@@ -176,6 +220,12 @@ mod tests {
         assert_eq!(built.artifacts.len(), 5);
         assert_eq!(built.compiled(), 2);
         assert_eq!(built.compiled_dependencies(), vec!["hyper"]);
+        let before: BTreeSet<String> = ["hyper".to_owned()].into();
+        assert_eq!(built.compiled_again(&before), vec!["hyper"]);
+        assert!(
+            built.compiled_again(&BTreeSet::new()).is_empty(),
+            "a dependency never compiled before is not drift"
+        );
         assert_eq!(
             built.bin("keygate", "keygate"),
             Some(PathBuf::from("/w/target/debug/keygate"))
@@ -208,5 +258,19 @@ mod tests {
             Some("keygate")
         );
         assert_eq!(package_name("no fragment"), None);
+    }
+
+    #[test]
+    fn fingerprints_name_crates_without_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["tokio-macros-0123456789abcdef", "serde-fedcba9876543210"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        let names = fingerprinted(dir.path());
+        assert_eq!(
+            names,
+            ["serde".to_owned(), "tokio-macros".to_owned()].into()
+        );
+        assert!(fingerprinted(&dir.path().join("absent")).is_empty());
     }
 }
