@@ -287,7 +287,6 @@ impl ModeRun {
             let Some(cases) = &binary.cases else {
                 jobs.push(crate::suite::Job {
                     label: format!("{}/{}", self.mode, binary.group),
-                    group: binary.group.clone(),
                     binary: binary.path.clone(),
                     args: args.clone(),
                     env: env(self.run.run.env_file()),
@@ -306,7 +305,6 @@ impl ModeRun {
                 let short = case.rsplit("::").next().unwrap_or(case);
                 jobs.push(crate::suite::Job {
                     label: format!("{}/{}::{short}", self.mode, binary.group),
-                    group: binary.group.clone(),
                     binary: binary.path.clone(),
                     args: case_args,
                     env: env(self.run.run.env_file()),
@@ -320,7 +318,6 @@ impl ModeRun {
         {
             jobs.push(crate::suite::Job {
                 label: format!("{}/api_keys@keys-file", self.mode),
-                group: api_keys.group.clone(),
                 binary: api_keys.path.clone(),
                 args,
                 env: env(view),

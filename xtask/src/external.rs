@@ -245,7 +245,6 @@ pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
         .iter()
         .map(|binary| crate::suite::Job {
             label: format!("external/{}", binary.group),
-            group: binary.group.clone(),
             binary: binary.path.clone(),
             args: args.clone(),
             env: vec![

@@ -39,14 +39,28 @@ pub(crate) struct TestBinary {
 /// harness's threads on two cores).
 const ONE_PROCESS_PER_CASE: [&str; 1] = ["faults"];
 
-/// Groups that wait longest on real clocks start first, so the short ones
-/// fill the time beside them instead of after.
-const LONGEST_FIRST: [&str; 5] = [
-    "faults",
-    "api_keys",
-    "rotation",
+/// Jobs that wait longest on real clocks start first, so the short ones
+/// fill the time beside them instead of after (longest processing time
+/// first: with six jobs at a time the run is as long as its slots' sums).
+/// An entry names a job by what follows `<mode>/` in its label: a group,
+/// a case of a one-process-per-case group (`faults::<case>`), or the
+/// keys-file pass (`api_keys@keys-file`); the first that matches ranks it.
+/// Measured on two cores (`[at ...]` lines of `cargo xtask e2e`): the five
+/// faults cases 23-37 s each, tls 20-22 s (three certificate lifetimes),
+/// the keys-file passes 11-20 s, the other faults cases 1-16 s,
+/// keys_file_rotation and rotation 6-10 s, api_keys 5-9 s.
+const START_ORDER: [&str; 11] = [
+    "faults::vault_outage_fails_closed_resurrects_then_recovers",
+    "faults::bao_agent_restart_keeps_last_good_data_and_catches_up",
+    "faults::vault_started_without_keygate_serves_then_keygate_catches_up",
+    "faults::token_expiry_three_times_loses_no_request",
+    "faults::revoked_key_is_not_resurrected_when_vault_dies",
     "tls",
+    "api_keys@keys-file",
+    "faults",
     "keys_file_rotation",
+    "rotation",
+    "api_keys",
 ];
 
 /// Builds the e2e crate's test binaries (those `selection` runs) in one
@@ -117,7 +131,6 @@ pub(crate) struct Job {
     /// `<mode>/<group>` (and `@keys-file` for that pass, `::<case>` for a
     /// case of its own).
     pub(crate) label: String,
-    pub(crate) group: String,
     pub(crate) binary: PathBuf,
     pub(crate) args: Vec<String>,
     pub(crate) env: Vec<(String, PathBuf)>,
@@ -133,17 +146,24 @@ pub(crate) struct JobResult {
     pub(crate) log: PathBuf,
 }
 
-fn rank(group: &str) -> usize {
-    LONGEST_FIRST
+/// Where a job starts in the queue ([`START_ORDER`]; the rest after).
+fn rank(label: &str) -> usize {
+    let job = label.split_once('/').map_or(label, |(_, job)| job);
+    START_ORDER
         .iter()
-        .position(|g| *g == group)
-        .unwrap_or(LONGEST_FIRST.len())
+        .position(|entry| {
+            job == *entry
+                || job
+                    .strip_prefix(entry)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        })
+        .unwrap_or(START_ORDER.len())
 }
 
 /// Runs every job, at most `parallel` at a time, the longest-waiting
 /// groups of every mode first; returns when all have ended.
 pub(crate) fn run(mut jobs: Vec<Job>, parallel: usize) -> Result<Vec<JobResult>> {
-    jobs.sort_by_key(|job| rank(&job.group));
+    jobs.sort_by_key(|job| rank(&job.label));
     let total = jobs.len();
     let queue = Mutex::new(jobs.into_iter().collect::<std::collections::VecDeque<_>>());
     let results = Mutex::new(Vec::new());
@@ -287,6 +307,44 @@ pub(crate) fn log_path(run_dir: &Path, group: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_order_names_cases_that_exist() {
+        // A renamed case would silently lose its place in the queue.
+        let faults = include_str!("../../tests/faults.rs");
+        for entry in START_ORDER {
+            if let Some(case) = entry.strip_prefix("faults::") {
+                assert!(
+                    faults.contains(&format!("fn {case}(")),
+                    "START_ORDER names {case}, which tests/faults.rs does not define"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_waits_start_first() {
+        let mut labels = vec![
+            "inline/api_keys",
+            "inline/faults::bad_scenario_input_fails_early_and_leaves_nothing_running",
+            "inline/api_keys@keys-file",
+            "inline/references",
+            "external-secret/tls",
+            "inline/faults::vault_outage_fails_closed_resurrects_then_recovers",
+        ];
+        labels.sort_by_key(|l| rank(l));
+        assert_eq!(
+            labels,
+            vec![
+                "inline/faults::vault_outage_fails_closed_resurrects_then_recovers",
+                "external-secret/tls",
+                "inline/api_keys@keys-file",
+                "inline/faults::bad_scenario_input_fails_early_and_leaves_nothing_running",
+                "inline/api_keys",
+                "inline/references",
+            ]
+        );
+    }
 
     #[test]
     fn the_e2e_crates_test_executables_are_the_binaries() {
