@@ -115,6 +115,14 @@ pub struct LocalOptions {
     /// upstream only, for a validator the user runs; env.json then says
     /// `key_source: external` and names a read-only token file for it.
     pub keygate: bool,
+    /// Start the keys-file gateway (bao agent -> keys files -> keygate ->
+    /// Envoy). `false`: not started, and env.json has no `keys_file`
+    /// section (a fault test that owns its environment and never uses it).
+    pub keys_file: bool,
+    /// Start the TLS gateway with the Vault-issued serving certificate
+    /// (when the setup has a pki section). `false`: not started, as for
+    /// `keys_file`.
+    pub tls: bool,
 }
 
 impl LocalOptions {
@@ -140,6 +148,8 @@ impl LocalOptions {
             tls_cert_ttl: None,
             invalidation: true,
             keygate: true,
+            keys_file: true,
+            tls: true,
         }
     }
 }
@@ -532,30 +542,41 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             .context("no gateway to start")?;
 
         // 8. The keys-file gateway: bao agent -> keys files -> keygate -> Envoy.
-        let keys_file = crate::local::keys_file::start(
-            &mut supervisor,
-            crate::local::keys_file::KeysFileInputs {
-                run: &run,
-                env_dir: &opts.env_dir,
-                bao: &bao.path,
-                gateway: &keys_file_gateway,
-                gateway_bin: &keys_file_gateway_bin.path,
-                keygate_bin: &opts.keygate_bin,
-                vault_addr: &vault_addr,
-                root: &root,
-                agent_role: &setup.keygate_role,
-                kv_mount: &setup.kv_mount,
-                groups: &groups,
-                keygate_config: &render_keys_file_keygate,
-                upstream_port: ports.echo,
-            },
-        )
-        .await
-        .context("starting the keys-file gateway")?;
+        let keys_file = if !opts.keys_file {
+            say!("keys-file gateway: not started (LocalOptions::keys_file)");
+            None
+        } else {
+            Some(
+                crate::local::keys_file::start(
+                    &mut supervisor,
+                    crate::local::keys_file::KeysFileInputs {
+                        run: &run,
+                        env_dir: &opts.env_dir,
+                        bao: &bao.path,
+                        gateway: &keys_file_gateway,
+                        gateway_bin: &keys_file_gateway_bin.path,
+                        keygate_bin: &opts.keygate_bin,
+                        vault_addr: &vault_addr,
+                        root: &root,
+                        agent_role: &setup.keygate_role,
+                        kv_mount: &setup.kv_mount,
+                        groups: &groups,
+                        keygate_config: &render_keys_file_keygate,
+                        upstream_port: ports.echo,
+                    },
+                )
+                .await
+                .context("starting the keys-file gateway")?,
+            )
+        };
         // 8. The TLS listener with the Vault-issued, rotating serving
         // certificate (rig::local::tls), when the setup has a pki section and there is
         // a hook to publish the agent's renders.
         let tls = match (&setup.pki, &opts.publish) {
+            _ if !opts.tls => {
+                say!("tls: not served (LocalOptions::tls)");
+                None
+            }
             (Some(pki), Some(publish)) => {
                 let start = crate::local::tls::TlsStart {
                     pki,
@@ -598,7 +619,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
             gateway_deviations,
             gateway_admin,
             envoy_admin_url,
-            keys_file: Some(keys_file),
+            keys_file,
             tls,
             validator_token_file: None,
         }

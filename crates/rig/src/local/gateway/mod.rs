@@ -318,7 +318,7 @@ mod tests {
         // alone needs no module file.
         let files = config_files(&ctx, manifest).unwrap();
         let text = &files[0].1;
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
         let hcm = hcm(&doc);
         let filter = &hcm["http_filters"][0];
         assert_eq!(filter["name"].as_str(), Some("keygate"));
