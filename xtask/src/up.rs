@@ -28,10 +28,14 @@ pub(crate) struct KeygateBuild {
 /// cdylib (`xtask` has no library, `keygate`'s is built for its binary
 /// anyway).
 ///
-/// Debug (what runs use): `-p xtask` beside them, the same package set as
-/// xtask's own build (and its workspace-hack), so their dependencies are
-/// the ones already compiled for xtask rather than a second copy with a
-/// narrower feature set; xtask itself is up to date (it is running).
+/// Debug (what runs use): `-p xtask --bin xtask` beside them, the same
+/// package set and targets as xtask's own build (and its workspace-hack),
+/// so their dependencies are the ones already compiled for xtask rather
+/// than a second copy; xtask itself is up to date (it is running). Without
+/// xtask's binary among the targets, cargo built the host copy of
+/// `either` apart from the target one, and with it itertools, prost-derive,
+/// prost, tonic-prost and envoy-types a second time on a cold machine
+/// (envoy-types alone is 44 s of CPU unoptimized).
 /// Release (the bench): keygate and the module alone, as a user builds
 /// what they deploy.
 pub(crate) fn keygate_build_args(release: bool) -> Vec<&'static str> {
@@ -41,7 +45,7 @@ pub(crate) fn keygate_build_args(release: bool) -> Vec<&'static str> {
     }
     args.extend(["-p", "keygate", "-p", "keygate-envoy"]);
     if !release {
-        args.extend(["-p", "xtask"]);
+        args.extend(["-p", "xtask", "--bin", "xtask"]);
     }
     args.extend(["--bin", "keygate", "--lib"]);
     args
