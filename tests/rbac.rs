@@ -184,16 +184,39 @@ async fn keygate_token_carries_only_the_gateway_policy() {
         ASSERTION_GROUP,
         "keygate_token_carries_only_the_gateway_policy",
     );
-    let ready = keygate_readyz().await.unwrap();
-    let accessor = ready["vault_token_accessor"]
-        .as_str()
-        .expect("keygate's /readyz names its token accessor");
-
-    let lookup = vault(
-        "POST",
-        "auth/token/lookup-accessor",
-        &root_token(),
-        Some(json!({"accessor": accessor})),
+    // Another group of the same environment may rotate keygate's secret-id
+    // meanwhile (rotation, external-secret mode); keygate then logs in again
+    // and revokes its previous token, so an accessor read before that
+    // lookup is "invalid accessor". Look up the accessor keygate reports
+    // now, until a lookup answers for the token keygate still holds.
+    let lookup = rig::base::wait::wait_until(
+        "Vault's answer for the token keygate's /readyz reports",
+        std::time::Duration::from_secs(10),
+        async || {
+            let ready = keygate_readyz().await?;
+            let accessor = ready["vault_token_accessor"]
+                .as_str()
+                .expect("keygate's /readyz names its token accessor")
+                .to_owned();
+            let lookup = vault(
+                "POST",
+                "auth/token/lookup-accessor",
+                &root_token(),
+                Some(json!({"accessor": accessor})),
+            )
+            .await?;
+            let now = keygate_readyz().await?;
+            Ok(
+                if lookup.status == 200 || now["vault_token_accessor"] == accessor.as_str() {
+                    rig::base::wait::Probe::Ready(lookup)
+                } else {
+                    rig::base::wait::Probe::Pending(format!(
+                        "keygate rotated its token during the lookup (Vault answered {})",
+                        lookup.status
+                    ))
+                },
+            )
+        },
     )
     .await
     .unwrap();
