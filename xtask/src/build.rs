@@ -6,9 +6,11 @@
 //! that started it (`crates/workspace-hack`, see docs/tools.md), so a
 //! dependency compiled again here means the feature sets drifted apart:
 //! the count is printed, so the drift shows in the first run after it.
-//! "Again" is judged by cargo's fingerprint directory: a dependency that
-//! had none before this build (envoy-types, which only keygate uses, on a
-//! cold machine) is compiled for the first time, not again.
+//! "Again" is judged by what cargo had compiled before this build: a
+//! package version with no unit in `deps/` yet (on a cold machine, what
+//! only the e2e tests use) is compiled for the first time, not again. By
+//! name and version: the e2e tests' pem 3 (jsonwebtoken's) is not drift
+//! from xtask's pem 4 (kube's).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ pub(crate) struct Artifact {
     /// The package's name (`package_id`'s `#name@version` part, or the
     /// target's crate name when the id has none).
     pub(crate) package: String,
+    /// The package's version, where the id names it.
+    pub(crate) version: Option<String>,
     /// The target's name (`keygate`, `api_keys`, ...).
     pub(crate) target: String,
     /// Built as a test harness (`cargo test`'s profile).
@@ -46,13 +50,23 @@ pub(crate) struct Built {
 
 impl Built {
     /// Dependencies this build compiled that had been compiled before,
-    /// by `known` (the crate names in the fingerprint directory before
-    /// this build): the feature-set drift.
+    /// by `known` (the `<name>-<version>` of every registry package with a
+    /// unit in `deps/` before this build): the feature-set drift.
     pub(crate) fn compiled_again<'a>(&'a self, known: &BTreeSet<String>) -> Vec<&'a str> {
-        self.compiled_dependencies()
-            .into_iter()
-            .filter(|name| known.contains(*name))
-            .collect()
+        let mut names: Vec<&str> = self
+            .artifacts
+            .iter()
+            .filter(|a| !a.fresh && !a.local)
+            .filter(|a| {
+                a.version
+                    .as_ref()
+                    .is_some_and(|v| known.contains(&format!("{}-{v}", a.package)))
+            })
+            .map(|a| a.package.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Dependencies (not workspace members) this build compiled.
@@ -105,10 +119,10 @@ pub(crate) fn cargo_build(args: &[&str], what: &str) -> Result<Built> {
     } else {
         "debug"
     };
-    let known = fingerprinted(
+    let known = compiled_before(
         &rig::base::paths::target_dir()
             .join(profile_dir)
-            .join(".fingerprint"),
+            .join("deps"),
     );
     let started = Instant::now();
     let mut command = crate::runner::cargo();
@@ -147,20 +161,36 @@ pub(crate) fn cargo_build(args: &[&str], what: &str) -> Result<Built> {
     Ok(built)
 }
 
-/// The crate names cargo holds fingerprints for in `dir`
-/// (`<target>/<profile>/.fingerprint/<name>-<hash>`); empty when there is
+/// The registry packages cargo has compiled units of in `deps` (its
+/// `<target>/<profile>/deps/`), as `<name>-<version>`: the directory each
+/// unit's dep-info file (`<crate>-<hash>.d`) names its first source under
+/// (`.../registry/src/<index>/pem-4.0.0/src/lib.rs`). Empty when there is
 /// no such directory yet (a cold build).
-fn fingerprinted(dir: &Path) -> BTreeSet<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+fn compiled_before(deps: &Path) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(deps) else {
         return BTreeSet::new();
     };
     entries
         .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            let (crate_name, _hash) = name.rsplit_once('-')?;
-            Some(crate_name.to_owned())
+            let path = entry.ok()?.path();
+            if path.extension()? != "d" {
+                return None;
+            }
+            let text = std::fs::read_to_string(&path).ok()?;
+            registry_package(text.lines().next()?).map(str::to_owned)
         })
         .collect()
+}
+
+/// `<out>.d: /h/.cargo/registry/src/index.crates.io-x/pem-4.0.0/src/lib.rs ...`
+/// -> `pem-4.0.0`; `None` for a workspace or git source.
+fn registry_package(dep_info_line: &str) -> Option<&str> {
+    let (_, sources) = dep_info_line.split_once(": ")?;
+    let first = sources.split(' ').next()?;
+    let (_, below) = first.split_once("/registry/src/")?;
+    let mut parts = below.split('/');
+    let _index = parts.next()?;
+    parts.next()
 }
 
 /// The `compiler-artifact` messages of cargo's JSON output.
@@ -176,6 +206,10 @@ pub(crate) fn parse_messages(messages: &str) -> Result<Built> {
         let target = message["target"]["name"].as_str().unwrap_or_default();
         built.artifacts.push(Artifact {
             package: package_name(id).unwrap_or(target).to_owned(),
+            version: id
+                .rsplit_once('#')
+                .and_then(|(_, fragment)| fragment.split_once('@'))
+                .map(|(_, version)| version.to_owned()),
             target: target.to_owned(),
             test: message["profile"]["test"] == true,
             executable: message["executable"].as_str().map(PathBuf::from),
@@ -220,7 +254,7 @@ mod tests {
         assert_eq!(built.artifacts.len(), 5);
         assert_eq!(built.compiled(), 2);
         assert_eq!(built.compiled_dependencies(), vec!["hyper"]);
-        let before: BTreeSet<String> = ["hyper".to_owned()].into();
+        let before: BTreeSet<String> = ["hyper-1.8.0".to_owned()].into();
         assert_eq!(built.compiled_again(&before), vec!["hyper"]);
         assert!(
             built.compiled_again(&BTreeSet::new()).is_empty(),
@@ -261,16 +295,44 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_name_crates_without_their_hash() {
+    fn compiled_packages_are_named_with_their_version() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["tokio-macros-0123456789abcdef", "serde-fedcba9876543210"] {
-            std::fs::create_dir(dir.path().join(name)).unwrap();
-        }
-        let names = fingerprinted(dir.path());
-        assert_eq!(
-            names,
-            ["serde".to_owned(), "tokio-macros".to_owned()].into()
+        let unit = |file: &str, source: &str| {
+            std::fs::write(
+                dir.path().join(file),
+                format!("{}/{file}: {source} /x/other.rs\n\n", dir.path().display()),
+            )
+            .unwrap();
+        };
+        unit(
+            "pem-01.d",
+            "/h/.cargo/registry/src/index.crates.io-1949/pem-4.0.0/src/lib.rs",
         );
-        assert!(fingerprinted(&dir.path().join("absent")).is_empty());
+        unit(
+            "tokio_macros-02.d",
+            "/h/.cargo/registry/src/index.crates.io-1949/tokio-macros-2.6.0/src/lib.rs",
+        );
+        unit("keygate-03.d", "/w/crates/keygate/src/lib.rs");
+        std::fs::write(dir.path().join("libpem-01.rlib"), "").unwrap();
+        assert_eq!(
+            compiled_before(dir.path()),
+            ["pem-4.0.0".to_owned(), "tokio-macros-2.6.0".to_owned()].into()
+        );
+        assert!(compiled_before(&dir.path().join("absent")).is_empty());
+    }
+
+    #[test]
+    fn another_version_of_a_compiled_package_is_not_drift() {
+        let messages = r#"{"reason":"compiler-artifact","package_id":"registry+https://github.com/rust-lang/crates.io-index#pem@3.0.6","target":{"name":"pem","kind":["lib"]},"profile":{"test":false},"executable":null,"fresh":false}"#;
+        let built = parse_messages(messages).unwrap();
+        assert!(
+            built
+                .compiled_again(&["pem-4.0.0".to_owned()].into())
+                .is_empty()
+        );
+        assert_eq!(
+            built.compiled_again(&["pem-3.0.6".to_owned()].into()),
+            vec!["pem"]
+        );
     }
 }
