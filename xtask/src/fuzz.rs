@@ -23,6 +23,8 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use rig::say;
 
+use crate::background::Background;
+
 /// The fuzz targets: every `[[bin]]` of fuzz/Cargo.toml (the unit test
 /// below keeps the two in step). None builds rig: the scenario loaders are
 /// `keyrig-scenario`'s, keygate's parsing is `keygate-config`'s.
@@ -86,16 +88,28 @@ impl Build {
 
     /// `cargo fuzz run` for `target`, up to the corpus directories.
     fn command(&self, target: &str, profile: FuzzProfile) -> Command {
+        let mut command = self.cargo_fuzz("run", profile);
+        command.arg(target);
+        command
+    }
+
+    /// `cargo fuzz build` of every target, with the flags `run` takes, so
+    /// a `run` after it compiles nothing.
+    fn build_all(&self, profile: FuzzProfile) -> Command {
+        self.cargo_fuzz("build", profile)
+    }
+
+    fn cargo_fuzz(&self, verb: &str, profile: FuzzProfile) -> Command {
         let mut command = match self {
             Self::AddressSanitizer => {
                 let mut command = crate::runner::cargo_on("nightly");
-                command.args(["fuzz", "run", "-s", "address"]);
+                command.args(["fuzz", verb, "-s", "address"]);
                 command
             }
             Self::NoSanitizer => {
                 let mut command = crate::runner::cargo();
                 command
-                    .args(["fuzz", "run", "-s", "none"])
+                    .args(["fuzz", verb, "-s", "none"])
                     .env("RUSTC_BOOTSTRAP", "1");
                 if profile == FuzzProfile::Release {
                     command.arg("-O");
@@ -106,9 +120,38 @@ impl Build {
         if profile == FuzzProfile::Dev {
             command.arg("--dev");
         }
-        command.arg(target);
+        command.current_dir(fuzz_dir());
         command
     }
+}
+
+fn fuzz_dir() -> std::path::PathBuf {
+    rig::base::paths::workspace_root().join("fuzz")
+}
+
+fn install_cargo_fuzz() -> Command {
+    let mut command = crate::runner::cargo();
+    command.args(["install", "cargo-fuzz", "--locked"]);
+    command
+}
+
+/// Installs cargo-fuzz where it is missing and builds every target as
+/// [`run`] will, in the background at the lowest priority ([`Background`]):
+/// on a fresh machine that is a minute of cargo-fuzz's own build and a
+/// minute and a half of instrumented dependencies, which `cargo xtask test`
+/// overlaps with its other stages. Wait for it before [`run`].
+pub(crate) fn prebuild(profile: FuzzProfile) -> Result<Background> {
+    let mut steps = Vec::new();
+    if !cargo_fuzz_installed() {
+        say!("cargo-fuzz is missing: installing it from crates.io (in the background, once)");
+        steps.push(install_cargo_fuzz());
+    }
+    steps.push(Build::pick().build_all(profile));
+    Background::spawn(
+        "fuzz build",
+        &rig::base::paths::rig_dir().join("fuzz-build.log"),
+        steps,
+    )
 }
 
 fn cargo_fuzz_installed() -> bool {
@@ -153,8 +196,7 @@ pub fn run(
     }
     if !cargo_fuzz_installed() {
         say!("cargo-fuzz is missing: installing it from crates.io (takes minutes, once)");
-        let status = crate::runner::cargo()
-            .args(["install", "cargo-fuzz", "--locked"])
+        let status = install_cargo_fuzz()
             .status()
             .context("running cargo install cargo-fuzz")?;
         if !status.success() {
@@ -162,7 +204,7 @@ pub fn run(
         }
     }
     let build = Build::pick();
-    let dir = rig::base::paths::workspace_root().join("fuzz");
+    let dir = fuzz_dir();
     let mut failed = Vec::new();
     for &target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         let name = target;
@@ -201,7 +243,6 @@ pub fn run(
                 &format!("-max_total_time={seconds}"),
                 "-rss_limit_mb=1024",
             ])
-            .current_dir(&dir)
             .status()
             .context("running cargo fuzz")?;
         if !status.success() {
@@ -274,5 +315,20 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert!(smoke.contains(&"--dev".to_owned()), "{smoke:?}");
+        // The background build compiles exactly what `run` then runs.
+        for build in [Build::AddressSanitizer, Build::NoSanitizer] {
+            for profile in [FuzzProfile::Dev, FuzzProfile::Release] {
+                let mut run = args(build.clone(), "route_resolve", profile);
+                assert_eq!(run.pop().as_deref(), Some("route_resolve"));
+                let verb = run.iter().position(|a| a == "fuzz").unwrap() + 1;
+                run[verb] = "build".to_owned();
+                let built: Vec<String> = build
+                    .build_all(profile)
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                assert_eq!(built, run, "{build:?} {profile:?}");
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use rig::say;
 
+mod background;
 mod bench;
 mod build;
 mod catalog_check;

@@ -41,6 +41,26 @@ pub(crate) fn wait_for_test(
     status
 }
 
+/// Process groups of background work ([`crate::background`]), stopped
+/// whole on a termination signal: they run in groups of their own, so a
+/// terminal's Ctrl-C does not reach them, and signalling only the cargo at
+/// their head would leave its compilers running.
+static BACKGROUND_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+pub(crate) fn register_group(group: i32) {
+    BACKGROUND_GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(group);
+}
+
+pub(crate) fn unregister_group(group: i32) {
+    BACKGROUND_GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|g| *g != group);
+}
+
 /// On SIGINT/SIGTERM: stop every component this process started, and exit
 /// 130. Components run in their own process groups, so they never see the
 /// terminal's Ctrl-C themselves and are stopped in order here.
@@ -56,6 +76,16 @@ pub(crate) fn stop_on_interrupt() -> Result<()> {
         for pid in pids {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let groups = BACKGROUND_GROUPS
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default();
+        for group in groups {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(group),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }

@@ -3,6 +3,7 @@
 //! self-check, the gateway catalog and external gateway checks, fuzz and `bench --quick`.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rig::say;
@@ -14,59 +15,159 @@ use crate::runner::run_cargo;
 use crate::tools::tools;
 
 pub(crate) fn test() -> Result<ExitCode> {
+    let started = Instant::now();
+    // cargo-fuzz's install (where missing) and the fuzz targets' sanitizer
+    // build run beside the stages below at the lowest priority: about two
+    // and a half minutes of compiling on a fresh machine, overlapped with
+    // the stages' idle CPU instead of added after them.
+    let fuzz_build = crate::fuzz::prebuild(crate::fuzz::FuzzProfile::Dev)?;
+    let mut stages = Stages::new(started);
     // The local profile's tools, every gateway's, and the offline checks'
     // (the kind profile's manifests render with the pinned kubectl).
-    tools(ToolsProfile::All)?;
-    let unit_ok = run_cargo(
-        &["test", "--workspace", "--exclude", "keyrig-e2e"],
-        "unit and integration tests",
-    )?;
-    let e2e = e2e_modes(
-        &E2eOptions {
-            profile: Profile::Local,
-            filter: None,
-            keep: false,
-            report_dir: None,
-            include_ignored: false,
-            gateways: Vec::new(),
-            jobs: crate::e2e::default_jobs(),
-        },
-        &rig::contract::modes::Mode::ALL,
-    )?;
-    let e2e_ok = e2e == ExitCode::SUCCESS;
-    let selfcheck_ok = crate::selfcheck::run()?;
+    stages.run("tools", || tools(ToolsProfile::All).map(|()| true))?;
+    stages.run("unit and integration tests", || {
+        // rig's module tests (crates/rig/tests/keygate_envoy.rs) load the
+        // debug module: built here as e2e builds it, reusing xtask's units.
+        // Left to the tests, `cargo build -p keygate-envoy` alone compiled
+        // its dependencies again with their own features (16 s, twice at
+        // once, on a fresh machine).
+        crate::up::build_keygate()?;
+        unit_tests()
+    })?;
+    stages.run("e2e", || {
+        let e2e = e2e_modes(
+            &E2eOptions {
+                profile: Profile::Local,
+                filter: None,
+                keep: false,
+                report_dir: None,
+                include_ignored: false,
+                gateways: Vec::new(),
+                jobs: crate::e2e::default_jobs(),
+            },
+            &rig::contract::modes::Mode::ALL,
+        )?;
+        Ok(e2e == ExitCode::SUCCESS)
+    })?;
+    stages.run("harness self-check", crate::selfcheck::run)?;
     // A gateway added as data only, with one row declared falsely.
-    let catalog_ok = crate::catalog_check::run()?;
+    stages.run("gateway catalog check", crate::catalog_check::run)?;
     // A gateway started by hand, tested through `e2e --gateway-url`.
-    let external_ok = crate::external_check::run()?;
+    stages.run("external gateway check", crate::external_check::run)?;
     // A few seconds per fuzz target: a smoke run; longer runs are in README.
     // It leaves fuzz/corpus/ as committed (the work tree stays clean), and
     // uses AddressSanitizer where a nightly toolchain is installed (it says
     // which build it picked).
-    let fuzz_ok = crate::fuzz::run(
-        5,
-        None,
-        crate::fuzz::NewInputs::Discard,
-        crate::fuzz::FuzzProfile::Dev,
-    )? == ExitCode::SUCCESS;
+    stages.run("fuzz", || {
+        if let Err(err) = fuzz_build.wait() {
+            say!("{err:#}");
+            return Ok(false);
+        }
+        Ok(crate::fuzz::run(
+            5,
+            None,
+            crate::fuzz::NewInputs::Discard,
+            crate::fuzz::FuzzProfile::Dev,
+        )? == ExitCode::SUCCESS)
+    })?;
     // The bench runs and writes bench.json; its timings are not judged here.
-    let bench_ok = bench_smoke();
-    let word = |ok: bool| if ok { "passed" } else { "FAILED" };
-    say!(
-        "unit and integration tests: {}; e2e: {}; harness self-check: {}; gateway catalog check: {}; external gateway check: {}; fuzz: {}; bench --quick: {}",
-        word(unit_ok),
-        word(e2e_ok),
-        word(selfcheck_ok),
-        word(catalog_ok),
-        word(external_ok),
-        word(fuzz_ok),
-        word(bench_ok)
-    );
-    Ok(
-        if unit_ok && e2e_ok && selfcheck_ok && catalog_ok && external_ok && fuzz_ok && bench_ok {
+    stages.run("bench --quick", || Ok(bench_smoke()))?;
+    Ok(stages.finish())
+}
+
+/// The workspace's unit and integration tests (all but the e2e crate's).
+/// With cargo-nextest where it is installed (these machines have it):
+/// every test in a process of its own and the test binaries side by side,
+/// so the few that wait on real processes (Vault, Envoy, a backoff) no
+/// longer run one binary after another; then the doc tests, which nextest
+/// does not run. Without it, `cargo test`, which runs the same tests one
+/// binary at a time.
+fn unit_tests() -> Result<bool> {
+    let excluded = ["--workspace", "--exclude", "keyrig-e2e"];
+    if !nextest_installed() {
+        say!(
+            "unit and integration tests: cargo-nextest is not installed, so `cargo test` runs the test binaries one after another"
+        );
+        return run_cargo(
+            &[&["test"][..], &excluded].concat(),
+            "unit and integration tests",
+        );
+    }
+    // Four at a time on two cores: most of these tests wait on a process
+    // they started rather than compute.
+    let tests = run_cargo(
+        &[
+            &["nextest", "run"][..],
+            &excluded,
+            &["--no-fail-fast", "--test-threads", "4"],
+        ]
+        .concat(),
+        "unit and integration tests",
+    )?;
+    let doc = run_cargo(&[&["test", "--doc"][..], &excluded].concat(), "doc tests")?;
+    Ok(tests && doc)
+}
+
+fn nextest_installed() -> bool {
+    crate::runner::cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The stages' verdicts and times, for the closing summary.
+struct Stages {
+    started: Instant,
+    done: Vec<(&'static str, bool, Duration)>,
+}
+
+impl Stages {
+    fn new(started: Instant) -> Self {
+        Self {
+            started,
+            done: Vec::new(),
+        }
+    }
+
+    /// Runs one stage (every stage runs, whatever the ones before found)
+    /// and says its verdict, its time and the time since `test` started.
+    fn run(&mut self, name: &'static str, stage: impl FnOnce() -> Result<bool>) -> Result<()> {
+        let started = Instant::now();
+        let ok = stage()?;
+        let took = started.elapsed();
+        say!(
+            "test: {name} {} in {} [at {}]",
+            word(ok),
+            secs(took),
+            secs(self.started.elapsed())
+        );
+        self.done.push((name, ok, took));
+        Ok(())
+    }
+
+    fn finish(self) -> ExitCode {
+        let summary: Vec<String> = self
+            .done
+            .iter()
+            .map(|(name, ok, took)| format!("{name}: {} ({})", word(*ok), secs(*took)))
+            .collect();
+        say!(
+            "{}; {} in all",
+            summary.join("; "),
+            secs(self.started.elapsed())
+        );
+        if self.done.iter().all(|(_, ok, _)| *ok) {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
-        },
-    )
+        }
+    }
+}
+
+fn word(ok: bool) -> &'static str {
+    if ok { "passed" } else { "FAILED" }
+}
+
+fn secs(d: Duration) -> String {
+    rig::base::progress::secs(d)
 }
