@@ -34,8 +34,8 @@ pub(crate) struct KeygateBuild {
 /// than a second copy; xtask itself is up to date (it is running). Without
 /// xtask's binary among the targets, cargo built the host copy of
 /// `either` apart from the target one, and with it itertools, prost-derive,
-/// prost, tonic-prost and envoy-types a second time on a cold machine
-/// (envoy-types alone is 44 s of CPU unoptimized).
+/// prost and tonic-prost (then also envoy-types, since replaced by
+/// keygate's own ext_authz messages) a second time on a cold machine.
 /// Release (the bench): keygate and the module alone, as a user builds
 /// what they deploy.
 pub(crate) fn keygate_build_args(release: bool) -> Vec<&'static str> {

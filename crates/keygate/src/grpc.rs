@@ -2,16 +2,14 @@
 
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
-    HttpStatusCode,
-};
-use envoy_types::ext_authz::v3::{
-    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
-};
 use tonic::{Code, Request, Response, Status};
 
 use crate::decision::{Presented, Validator};
+use crate::ext_authz::check_response::HttpResponse;
+use crate::ext_authz::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HttpStatus, OkHttpResponse, RpcStatus, overwrite,
+};
 use crate::http::{API_KEY_HEADER, GROUP_HEADER, OWNER_HEADER, REASON_HEADER};
 use crate::outcome::{Outcome, Reason};
 use crate::protocol::Protocol;
@@ -26,7 +24,6 @@ impl ExtAuthz {
     }
 }
 
-#[tonic::async_trait]
 impl Authorization for ExtAuthz {
     async fn check(
         &self,
@@ -55,7 +52,7 @@ impl Authorization for ExtAuthz {
     }
 }
 
-type HttpRequest = envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+type HttpRequest = crate::ext_authz::attribute_context::HttpRequest;
 
 /// The key from `headers` (Envoy lowercases names and joins repeated
 /// headers with `,`, which then fails to parse) or, when Envoy is set to
@@ -100,43 +97,52 @@ fn response(outcome: &Outcome) -> CheckResponse {
 fn response_with(outcome: &Outcome, extra: &[(String, String)]) -> CheckResponse {
     match outcome {
         Outcome::Allow { owner, group, .. } => {
-            let mut ok = OkHttpResponseBuilder::new();
             // Overwrite, so a client cannot smuggle its own value upstream;
             // keep empty values for the same reason (an empty owner must
             // still replace whatever the client sent).
-            let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
-            ok.add_header(OWNER_HEADER, owner, overwrite, true);
-            ok.add_header(GROUP_HEADER, group, overwrite, true);
-            for (name, value) in extra {
-                ok.add_header(name, value, overwrite, true);
+            let mut headers = vec![
+                overwrite(OWNER_HEADER, owner, true),
+                overwrite(GROUP_HEADER, group, true),
+            ];
+            headers.extend(
+                extra
+                    .iter()
+                    .map(|(name, value)| overwrite(name, value, true)),
+            );
+            CheckResponse {
+                status: Some(RpcStatus::from(&Status::ok(""))),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers,
+                    headers_to_remove: Vec::new(),
+                })),
             }
-            let mut response = CheckResponse::with_status(Status::ok(""));
-            response.set_http_response(ok);
-            response
         }
         Outcome::Deny(reason) => {
-            let (code, http_status) = match reason.http_status() {
-                403 => (Code::PermissionDenied, HttpStatusCode::Forbidden),
-                503 => (Code::Unavailable, HttpStatusCode::ServiceUnavailable),
-                _ => (Code::Unauthenticated, HttpStatusCode::Unauthorized),
+            let code = match reason.http_status() {
+                403 => Code::PermissionDenied,
+                503 => Code::Unavailable,
+                _ => Code::Unauthenticated,
             };
-            let mut denied = DeniedHttpResponseBuilder::new();
-            denied.set_http_status(http_status);
-            let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
-            denied.add_header(REASON_HEADER, reason.code(), overwrite, false);
-            denied.add_header("content-type", "application/json", overwrite, false);
-            denied.set_body(reason.json_body());
-            let mut response = CheckResponse::with_status(Status::new(code, reason.code()));
-            response.set_http_response(denied);
-            response
+            CheckResponse {
+                status: Some(RpcStatus::from(&Status::new(code, reason.code()))),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(reason.http_status()),
+                    }),
+                    headers: vec![
+                        overwrite(REASON_HEADER, reason.code(), false),
+                        overwrite("content-type", "application/json", false),
+                    ],
+                    body: reason.json_body(),
+                })),
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::ext_authz::v3::pb::HttpResponse;
-    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use crate::ext_authz::{HeaderAppendAction, HeaderMap, HeaderValue};
 
     use super::*;
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod credentials;
 pub mod decision;
+pub mod ext_authz;
 pub mod feed;
 pub mod grpc;
 pub mod http;

@@ -98,8 +98,7 @@ async fn http_connections_beyond_the_limit_wait_for_a_free_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_connections_beyond_the_limit_wait_for_a_free_slot() {
-    use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use keygate::ext_authz::{AuthorizationClient, CheckRequest};
 
     let vault = FakeVault::start().await;
     let (fixture, _keygate) = started_with_limits(&vault, "  grpc_connections: 1\n").await;

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use apikey::{ApiKey, KeyRecord};
 use common::{FakeVault, Fixture, wait_for_status};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use keygate::ext_authz::attribute_context::{HttpRequest, Request};
+use keygate::ext_authz::check_response::HttpResponse;
+use keygate::ext_authz::{AttributeContext, AuthorizationClient, CheckRequest, CheckResponse};
 
 async fn forward_auth(fixture: &Fixture, uri: &str, key: &str) -> reqwest::Response {
     reqwest::Client::new()
@@ -35,11 +34,7 @@ async fn grpc_check(fixture: &Fixture, path: &str, key: &str) -> CheckResponse {
     };
     let request = CheckRequest {
         attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(http),
-                ..Default::default()
-            }),
-            ..Default::default()
+            request: Some(Request { http: Some(http) }),
         }),
     };
     client.check(request).await.unwrap().into_inner()
