@@ -205,9 +205,8 @@ pub fn run(
     }
     let build = Build::pick();
     let dir = fuzz_dir();
-    let mut failed = Vec::new();
-    for &target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
-        let name = target;
+    let mut runs = Vec::new();
+    for &name in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         let corpus = dir.join("corpus").join(name);
         std::fs::create_dir_all(&corpus)
             .with_context(|| format!("creating {}", corpus.display()))?;
@@ -235,29 +234,106 @@ pub fn run(
                 None => " (new inputs added to it)".to_owned(),
             }
         );
-        let status = build
-            .command(target, profile)
-            .args(&corpora)
-            .args([
-                "--",
-                &format!("-max_total_time={seconds}"),
-                "-rss_limit_mb=1024",
-            ])
-            .status()
-            .context("running cargo fuzz")?;
-        if !status.success() {
-            say!(
-                "fuzz {name}: FAILED ({status}); the crashing input is under fuzz/artifacts/{name}/"
-            );
-            failed.push(name);
-        }
+        let mut command = build.command(name, profile);
+        command.args(&corpora).args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=1024",
+        ]);
+        runs.push(TargetRun {
+            name,
+            command,
+            _scratch: scratch,
+        });
     }
+    let failed = match new_inputs {
+        // The long runs: one after another, libFuzzer's output as it comes.
+        NewInputs::GrowCorpus => one_after_another(runs)?,
+        NewInputs::Discard => side_by_side(runs)?,
+    };
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         say!("fuzz targets that failed: {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// One target's `cargo fuzz run`, with its scratch corpus (removed on drop).
+struct TargetRun {
+    name: &'static str,
+    command: Command,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+fn one_after_another(runs: Vec<TargetRun>) -> Result<Vec<&'static str>> {
+    let mut failed = Vec::new();
+    for mut run in runs {
+        let status = run.command.status().context("running cargo fuzz")?;
+        if !status.success() {
+            say!(
+                "fuzz {}: FAILED ({status}); the crashing input is under fuzz/artifacts/{}/",
+                run.name,
+                run.name
+            );
+            failed.push(run.name);
+        }
+    }
+    Ok(failed)
+}
+
+/// The smoke run: as many targets at once as there are cores (libFuzzer
+/// runs one thread, so each still has a core for its seconds), each one's
+/// output in `target/rig/fuzz/<target>.log`; a line per target, and the
+/// log's end for one that failed.
+fn side_by_side(runs: Vec<TargetRun>) -> Result<Vec<&'static str>> {
+    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let logs = rig::base::paths::rig_dir().join("fuzz");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let mut failed = Vec::new();
+    let mut runs = runs.into_iter().peekable();
+    while runs.peek().is_some() {
+        let wave: Vec<TargetRun> = runs.by_ref().take(at_once).collect();
+        let mut started = Vec::new();
+        for mut run in wave {
+            let log = logs.join(format!("{}.log", run.name));
+            let out = std::fs::File::create(&log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            let child = run
+                .command
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()
+                .context("running cargo fuzz")?;
+            started.push((run, child, log));
+        }
+        for (run, mut child, log) in started {
+            let status =
+                crate::runner::wait_for_test(&mut child).context("waiting for cargo fuzz")?;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if status.success() {
+                // libFuzzer's last line: "Done 5348 runs in 5 second(s)".
+                let done = text
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("Done "))
+                    .unwrap_or("no summary line");
+                say!("fuzz {}: passed: {done} (log {})", run.name, log.display());
+            } else {
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+                say!(
+                    "fuzz {}: FAILED ({status}); the crashing input is under fuzz/artifacts/{}/, the whole output in {}",
+                    run.name,
+                    run.name,
+                    log.display()
+                );
+                failed.push(run.name);
+            }
+        }
+    }
+    Ok(failed)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the test command (`.ci/run` runs exactly this): tools,
 //! unit and integration tests, the e2e suite in every mode, the harness
-//! self-check, the gateway catalog and external gateway checks, fuzz and `bench --quick`.
+//! self-check, the gateway catalog and external gateway checks, `bench --quick`
+//! and fuzz, each stage timed.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -54,7 +55,11 @@ pub(crate) fn test() -> Result<ExitCode> {
     stages.run("gateway catalog check", crate::catalog_check::run)?;
     // A gateway started by hand, tested through `e2e --gateway-url`.
     stages.run("external gateway check", crate::external_check::run)?;
-    // A few seconds per fuzz target: a smoke run; longer runs are in README.
+    // The bench runs and writes bench.json; its timings are not judged here.
+    stages.run("bench --quick", || Ok(bench_smoke()))?;
+    // Last, so its background build has had every stage's idle CPU.
+    // A few seconds per fuzz target, two at a time: a smoke run; longer
+    // runs are in README.
     // It leaves fuzz/corpus/ as committed (the work tree stays clean), and
     // uses AddressSanitizer where a nightly toolchain is installed (it says
     // which build it picked).
@@ -70,8 +75,6 @@ pub(crate) fn test() -> Result<ExitCode> {
             crate::fuzz::FuzzProfile::Dev,
         )? == ExitCode::SUCCESS)
     })?;
-    // The bench runs and writes bench.json; its timings are not judged here.
-    stages.run("bench --quick", || Ok(bench_smoke()))?;
     Ok(stages.finish())
 }
 
