@@ -17,23 +17,33 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
     stop_on_interrupt()?;
     let mut local = local_options(rig::contract::modes::Mode::ExternalSecret)?;
     // Measure the keygate users deploy: an optimized build (the e2e suite
-    // runs the debug one), unless KEYRIG_KEYGATE names a binary.
-    // Its Envoy module too, from the same invocation. (run_cargo, not
+    // runs the debug one), unless KEYRIG_KEYGATE names a binary; its Envoy
+    // module and the bench's load generator and upstream from the same
+    // invocation (crates/bench-peer: always optimized in a release run, so
+    // the peers of what is measured cost little). (run_cargo, not
     // build::cargo_build: a release build's dependencies are never the
     // debug ones xtask compiled, so its "compiled again" count would only
     // mislead.)
-    if release && std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
+    let peer = if release {
         if !run_cargo(
             &crate::up::keygate_build_args(true),
-            "building keygate and its Envoy module (release) for the bench",
+            "building keygate, its Envoy module and the bench's load generator and upstream (release)",
         )? {
-            bail!("keygate does not build in release mode: see cargo's output above");
+            bail!(
+                "keygate or the bench peer does not build in release mode: see cargo's output above"
+            );
         }
-        local.keygate_bin = rig::base::paths::target_dir().join("release/keygate");
-        if std::env::var_os(rig::process::envoy_module::MODULE_VAR).is_none_or(|v| v.is_empty()) {
-            local.keygate_envoy_module = rig::local::module_beside(&local.keygate_bin);
+        if std::env::var_os("KEYRIG_KEYGATE").is_none_or(|v| v.is_empty()) {
+            local.keygate_bin = rig::base::paths::target_dir().join("release/keygate");
+            if std::env::var_os(rig::process::envoy_module::MODULE_VAR).is_none_or(|v| v.is_empty())
+            {
+                local.keygate_envoy_module = rig::local::module_beside(&local.keygate_bin);
+            }
         }
-    }
+        rig::base::paths::target_dir().join("release/keyrig-bench-peer")
+    } else {
+        crate::up::bench_peer_debug_build()?
+    };
     let out_dir = rig::base::paths::rig_dir().join("bench");
     let mut suite = cargo();
     suite
@@ -47,6 +57,7 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
             rig_bench::Plan::full()
         },
         local,
+        peer,
         suite_command: Some(suite),
         out_dir: out_dir.clone(),
     }))?;

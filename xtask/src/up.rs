@@ -44,11 +44,38 @@ pub(crate) fn keygate_build_args(release: bool) -> Vec<&'static str> {
         args.push("--release");
     }
     args.extend(["-p", "keygate", "-p", "keygate-envoy"]);
-    if !release {
+    if release {
+        // The bench's load generator and upstream, built like what they
+        // measure (crates/bench-peer).
+        args.extend(["-p", "keyrig-bench-peer", "--bin", "keyrig-bench-peer"]);
+    } else {
         args.extend(["-p", "xtask", "--bin", "xtask"]);
     }
     args.extend(["--bin", "keygate", "--lib"]);
     args
+}
+
+/// The bench peer's debug build (`bench --quick` in `cargo xtask test`):
+/// its library is already in xtask's build (rig-bench uses its protocol),
+/// so with xtask's binary among the targets this links one binary.
+pub(crate) fn bench_peer_debug_build() -> Result<PathBuf> {
+    let built = crate::build::cargo_build(
+        &[
+            "build",
+            "-p",
+            "keyrig-bench-peer",
+            "-p",
+            "xtask",
+            "--bin",
+            "xtask",
+            "--bin",
+            "keyrig-bench-peer",
+        ],
+        "building the bench's load generator and upstream",
+    )?;
+    Ok(built
+        .bin("keyrig-bench-peer", "keyrig-bench-peer")
+        .unwrap_or_else(|| rig::base::paths::target_dir().join("debug/keyrig-bench-peer")))
 }
 
 /// The keygate binary and module runs use: `$KEYRIG_KEYGATE` (and

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use load::{Burst, Keys};
+use load::{Burst, Keys, LoadGenerator};
 /// The catalog's gateways the bench's variants go through, found by what
 /// they are rather than by name: the bench compares keygate with Envoy's
 /// native key filter, so it measures keygate behind Envoy over each
@@ -87,10 +87,22 @@ pub use results::{BenchReport, Machine, Plan, SuiteSpeed, VariantResult};
 pub struct BenchOptions {
     pub plan: Plan,
     pub local: LocalOptions,
+    /// `keyrig-bench-peer` (crates/bench-peer): the load generator and the
+    /// upstream every variant reaches, built like the keygate measured.
+    pub peer: PathBuf,
     /// `cargo xtask e2e --mode inline` (or nothing: not measured).
     pub suite_command: Option<std::process::Command>,
     /// `target/rig/bench/`: bench.json, latency.svg, the runs.
     pub out_dir: PathBuf,
+}
+
+/// The bench peer's upstream, in place of xtask's echo: cheap, optimized,
+/// the same for every variant.
+fn peer_upstream(peer: &std::path::Path) -> rig::local::EchoCommand {
+    rig::local::EchoCommand {
+        program: peer.to_owned(),
+        args: vec!["upstream".into()],
+    }
 }
 
 /// The first literal path of a group's OpenAPI document, under its route
@@ -168,6 +180,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     // runs through bao agent), Envoy with gRPC and HTTP ext_authz, and
     // Envoy with keygate's module.
     let mut local = opts.local.clone();
+    local.echo = peer_upstream(&opts.peer);
     local.mode = Mode::ExternalSecret;
     let gw = BenchGateways::find(&rig::contract::gateways::Catalog::load(
         &local.gateways_dir,
@@ -330,7 +343,14 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     .into();
 
     // 4. Auth overhead, interleaved.
-    let clients = load::clients(plan.connections)?;
+    let generator = LoadGenerator::start(
+        "load-generator",
+        &opts.peer,
+        std::net::SocketAddr::from(([127, 0, 0, 1], rig::base::ports::free_port()?)),
+        &env_a.run,
+        &mut env_a.supervisor,
+    )
+    .await?;
     // Warm-up: connections open, the warm key cached (by keygate, and in
     // the module's table), Envoy's first-request costs paid.
     for variant in [
@@ -340,17 +360,15 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         Variant::KeygateHttp,
         Variant::ModuleWarm,
     ] {
-        load::run(
-            Burst {
+        generator
+            .run(Burst {
                 url: &urls[&variant],
                 keys: Keys::One(warm.clone()),
                 connections: plan.connections,
                 max_requests: 200,
                 max_time: Duration::from_secs(2),
-            },
-            &clients,
-        )
-        .await?;
+            })
+            .await?;
     }
     let cold_pool = Arc::new(cold);
     let cold_next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -378,17 +396,15 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             },
             _ => Keys::One(warm.clone()),
         };
-        let outcome = load::run(
-            Burst {
+        let outcome = generator
+            .run(Burst {
                 url: &urls[&variant],
                 keys,
                 connections: plan.connections,
                 max_requests: plan.requests_per_round,
                 max_time: plan.window,
-            },
-            &clients,
-        )
-        .await?;
+            })
+            .await?;
         say!(
             "bench: round {} {}: {} requests in {} ({:.0}/s), {} failed",
             round + 1,
@@ -432,6 +448,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
 
     // 5. Scale, in an environment whose cache keeps every key for the run.
     let mut scale_local = opts.local.clone();
+    scale_local.echo = peer_upstream(&opts.peer);
     scale_local.mode = Mode::Inline;
     scale_local.gateways = vec![gw.grpc.clone()];
     scale_local.runs_dir = opts.out_dir.join("runs");
@@ -456,6 +473,14 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         .supervisor
         .pid("keygate")
         .context("keygate is not running in the scale environment")?;
+    let scale_generator = LoadGenerator::start(
+        "load-generator",
+        &opts.peer,
+        std::net::SocketAddr::from(([127, 0, 0, 1], rig::base::ports::free_port()?)),
+        &env_b.run,
+        &mut env_b.supervisor,
+    )
+    .await?;
     let scale = scale::run(
         &scale::ScaleSetup {
             root: &root_b,
@@ -464,6 +489,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             fill_url: &format!("{}/auth{path}", env_b.environment.keygate_url),
             gateway_url: &format!("{}{path}", env_b.environment.gateway_url),
             keygate_pid,
+            generator: &scale_generator,
             connections: plan.connections,
             window: plan.scale_window,
         },

@@ -1,19 +1,24 @@
-//! The load generator: a fixed number of HTTP/1.1 keep-alive connections
-//! (one reqwest client with a one-connection pool per connection, one
-//! request in flight on each), bounded by a request count AND a duration,
-//! latencies into an HDR histogram.
+//! Load through the bench peer's load generator (`crates/bench-peer`,
+//! `keyrig-bench-peer load-generator`): a process of its own, built like the
+//! keygate it measures, started under the run's Supervisor. Here: the
+//! bench's side of it, bursts described as before (a request count AND a
+//! duration, which key each request carries) and posted to it one at a
+//! time; what it measured comes back as an HDR histogram.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use bench_peer::protocol::{BurstReport, BurstSpec, KeySpec};
 use hdrhistogram::Histogram;
+use rig::base::run::RunDir;
+use rig::process::supervisor::{Component, Readiness, Supervisor};
 
 /// How the client is described in the output.
-// The value bench.json has always recorded (it names the load generator,
-// now crate rig-bench, module load); kept so reports stay comparable.
-pub const CLIENT: &str = "rig::bench::load (reqwest 0.13 over hyper, HTTP/1.1 keep-alive, one request in flight per connection)";
+pub const CLIENT: &str = bench_peer::load::CLIENT;
 
 /// Which API key each request carries.
 #[derive(Clone)]
@@ -57,97 +62,97 @@ impl Outcome {
     }
 }
 
-/// One client per connection, so the connection count is exact.
-pub fn clients(connections: usize) -> Result<Vec<reqwest::Client>> {
-    (0..connections)
-        .map(|_| {
-            reqwest::Client::builder()
-                .no_proxy()
-                .http1_only()
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(10))
-                .build()
-                .context("building the load generator's HTTP client")
-        })
-        .collect()
+/// The running load generator.
+pub struct LoadGenerator {
+    url: String,
+    http: reqwest::Client,
 }
 
-pub async fn run(burst: Burst<'_>, clients: &[reqwest::Client]) -> Result<Outcome> {
-    let started = Instant::now();
-    let deadline = started + burst.max_time;
-    let issued = Arc::new(AtomicU64::new(0));
-    let cycle = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for client in clients.iter().take(burst.connections) {
-        let client = client.clone();
-        let (url, keys, issued, cycle) = (
-            burst.url.to_owned(),
-            burst.keys.clone(),
-            issued.clone(),
-            cycle.clone(),
-        );
-        let max_requests = burst.max_requests;
-        tasks.spawn(async move {
-            let mut h = super::stats::latency_histogram();
-            let (mut ok, mut failed, mut last_failure) = (0u64, 0u64, None);
-            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max_requests
-            {
-                let key: &str = match &keys {
-                    Keys::One(key) => key,
-                    Keys::Fresh { pool, next } => {
-                        match pool.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            Some(key) => key,
-                            None => break,
-                        }
-                    }
-                    Keys::Cycle(pool) => &pool[cycle.fetch_add(1, Ordering::Relaxed) % pool.len()],
-                };
-                let sent = Instant::now();
-                let answer = client.get(&url).header("x-api-key", key).send().await;
-                let status = match answer {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        // Read the body so the connection is reused.
-                        let _ = response.bytes().await;
-                        Ok(status)
-                    }
-                    Err(err) => Err(rig::process::supervisor::describe_request_error(&err)),
-                };
-                let us = sent.elapsed().as_micros().max(1) as u64;
-                let _ = h.record(us.min(h.high()));
-                match status {
-                    Ok(200) => ok += 1,
-                    Ok(other) => {
-                        failed += 1;
-                        last_failure = Some(format!("HTTP {other}"));
-                    }
-                    Err(err) => {
-                        failed += 1;
-                        last_failure = Some(err);
-                    }
-                }
+impl LoadGenerator {
+    /// Starts `peer load-generator --listen <listen>` as component `name`
+    /// (readiness `GET /healthz`, its log under the run).
+    pub async fn start(
+        name: &str,
+        peer: &Path,
+        listen: SocketAddr,
+        run: &RunDir,
+        supervisor: &mut Supervisor,
+    ) -> Result<Self> {
+        let url = format!("http://{listen}");
+        supervisor
+            .start(
+                Component::new(name, peer)
+                    .args(["load-generator", "--listen", &listen.to_string()])
+                    .current_dir(run.path()),
+                Readiness::http(format!("{url}/healthz"), 200),
+            )
+            .await?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("building the client for the load generator")?;
+        Ok(Self { url, http })
+    }
+
+    /// Runs one burst and waits for what it measured.
+    pub async fn run(&self, burst: Burst<'_>) -> Result<Outcome> {
+        let (keys, fresh) = match &burst.keys {
+            Keys::One(key) => (KeySpec::One(key.to_string()), None),
+            Keys::Cycle(pool) => (KeySpec::Cycle(pool.to_vec()), None),
+            Keys::Fresh { pool, next } => {
+                // No more than the burst can take: the rest stay unused
+                // for the rounds after it.
+                let from = next.load(Ordering::Relaxed).min(pool.len());
+                let to = from
+                    .saturating_add(usize::try_from(burst.max_requests).unwrap_or(usize::MAX))
+                    .min(pool.len());
+                (KeySpec::Fresh(pool[from..to].to_vec()), Some(next))
             }
-            (h, ok, failed, last_failure)
-        });
-    }
-    let mut out = Outcome {
-        latencies_us: super::stats::latency_histogram(),
-        ok: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
-        last_failure: None,
-    };
-    while let Some(joined) = tasks.join_next().await {
-        let (h, ok, failed, last) = joined.context("a load generator task panicked")?;
-        out.latencies_us
-            .add(&h)
-            .context("merging latency histograms")?;
-        out.ok += ok;
-        out.failed += failed;
-        if last.is_some() {
-            out.last_failure = last;
+        };
+        let spec = BurstSpec {
+            url: burst.url.to_owned(),
+            keys,
+            connections: burst.connections,
+            max_requests: burst.max_requests,
+            max_time_ms: burst.max_time.as_millis() as u64,
+        };
+        if matches!(&spec.keys, KeySpec::Fresh(k) if k.is_empty()) {
+            // The pool is spent: nothing to send, as the in-process
+            // generator's tasks stopped at once.
+            return Ok(Outcome {
+                latencies_us: bench_peer::protocol::latency_histogram(),
+                ok: 0,
+                failed: 0,
+                elapsed: Duration::ZERO,
+                last_failure: None,
+            });
         }
+        let response = self
+            .http
+            .post(format!("{}/burst", self.url))
+            .json(&spec)
+            .timeout(burst.max_time + Duration::from_secs(60))
+            .send()
+            .await
+            .with_context(|| format!("posting a burst to the load generator at {}", self.url))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            bail!("the load generator answered {status}: {text}");
+        }
+        let report: BurstReport = response
+            .json()
+            .await
+            .context("reading the load generator's report")?;
+        if let Some(next) = fresh {
+            next.fetch_add(report.keys_used, Ordering::Relaxed);
+        }
+        Ok(Outcome {
+            latencies_us: report.latencies()?,
+            ok: report.ok,
+            failed: report.failed,
+            elapsed: report.elapsed(),
+            last_failure: report.last_failure,
+        })
     }
-    out.elapsed = started.elapsed();
-    Ok(out)
 }

@@ -110,7 +110,7 @@ pub fn render(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "\nauth overhead: GET {} through each variant to the same echo upstream; {} rounds interleaved; load generator {}, {} connections",
+        "\nauth overhead: GET {} through each variant to the same upstream (keyrig-bench-peer); {} rounds interleaved; load generator {}, {} connections",
         r.path, r.plan.rounds, r.load_generator, r.connections
     );
     let rows: Vec<Vec<String>> = r

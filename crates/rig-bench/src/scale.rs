@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::load::{self, Burst, Keys};
+use super::load::{Burst, Keys, LoadGenerator};
 use rig::vault::client::VaultClient;
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,12 +53,12 @@ pub struct ScaleSetup<'a> {
     /// The gateway URL of the group's path (Envoy + keygate gRPC).
     pub gateway_url: &'a str,
     pub keygate_pid: i32,
+    pub generator: &'a LoadGenerator,
     pub connections: usize,
     pub window: Duration,
 }
 
 pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleResult>> {
-    let clients = load::clients(setup.connections)?;
     let baseline = rss_kib(setup.keygate_pid)?;
     let mut all: Vec<String> = Vec::new();
     let mut out = Vec::new();
@@ -72,8 +72,9 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
             rig::base::progress::secs(took)
         );
         let pool = std::sync::Arc::new(new.clone());
-        let fill = load::run(
-            Burst {
+        let fill = setup
+            .generator
+            .run(Burst {
                 url: setup.fill_url,
                 keys: Keys::Fresh {
                     pool: pool.clone(),
@@ -82,10 +83,8 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
                 connections: setup.connections,
                 max_requests: new.len() as u64,
                 max_time: Duration::from_secs(600),
-            },
-            &clients,
-        )
-        .await?;
+            })
+            .await?;
         if fill.failed > 0 {
             rig::say!(
                 "bench: scale {size}: {} of {} cache-filling requests failed (last: {:?})",
@@ -96,17 +95,16 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
         }
         all.extend(new);
         let rss = rss_kib(setup.keygate_pid)?;
-        let warm = load::run(
-            Burst {
+        let warm = setup
+            .generator
+            .run(Burst {
                 url: setup.gateway_url,
                 keys: Keys::Cycle(std::sync::Arc::new(all.clone())),
                 connections: setup.connections,
                 max_requests: u64::MAX,
                 max_time: setup.window,
-            },
-            &clients,
-        )
-        .await?;
+            })
+            .await?;
         out.push(ScaleResult {
             keys: size,
             written: missing,

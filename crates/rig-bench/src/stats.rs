@@ -38,10 +38,9 @@ impl Distribution {
     }
 }
 
-/// Latencies in microseconds, 3 significant digits, up to 60 s.
-pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
+/// Latencies in microseconds, 3 significant digits, up to 60 s: the
+/// load generator's own bounds.
+pub use bench_peer::protocol::latency_histogram;
 
 /// A variant's latency summary (µs) from its histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

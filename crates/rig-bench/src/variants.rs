@@ -12,7 +12,7 @@ use serde::Serialize;
 use rig::base::run::RunDir;
 use rig::process::supervisor::{Readiness, Supervisor};
 
-/// One auth path through a gateway to the same echo upstream.
+/// One auth path through a gateway to the same upstream.
 /// Serialized under the names the table prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Variant {
