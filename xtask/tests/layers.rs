@@ -257,7 +257,7 @@ impl ModuleGraph {
     }
 }
 
-const CRATES: [&str; 10] = [
+const CRATES: [&str; 11] = [
     "crates/apikey/src",
     "crates/keygate/src",
     "crates/keygate-config/src",
@@ -266,6 +266,7 @@ const CRATES: [&str; 10] = [
     "crates/rig/src",
     "crates/rig-k8s/src",
     "crates/rig-bench/src",
+    "crates/bench-peer/src",
     "xtask/src",
     "fuzz/fuzz_targets",
 ];
@@ -366,6 +367,17 @@ fn crates_depend_only_downwards() {
     // The Envoy module runs inside Envoy: the key scheme, nothing of
     // keygate's service (its runtime, its Vault client) and no harness.
     let module = ["keygate", "rig", "rig-k8s", "rig-bench"];
+    let workspace_crates = [
+        "apikey",
+        "keygate",
+        "keygate-config",
+        "keygate-envoy",
+        "keyrig-scenario",
+        "manifests",
+        "rig",
+        "rig-k8s",
+        "rig-bench",
+    ];
     let mut wrong = Vec::new();
     for (name, forbidden) in [
         ("apikey", &harness[..]),
@@ -374,6 +386,9 @@ fn crates_depend_only_downwards() {
         ("keygate-config", &module[..]),
         ("keygate-envoy", &module[..]),
         ("rig", &harness[1..]),
+        // The bench's load generator and upstream, built optimized beside
+        // the keygate it measures: no workspace crate at all.
+        ("keyrig-bench-peer", &workspace_crates[..]),
     ] {
         for (dependency, kind) in dependencies_of(&packages, name) {
             if !forbidden.contains(&dependency) {
