@@ -152,6 +152,9 @@ fn describe(err: &reqwest::Error) -> String {
     deepest.to_lowercase()
 }
 
+/// The largest burst description accepted.
+const MAX_BURST_BYTES: usize = 256 << 20;
+
 /// Serves `POST /burst` (one burst at a time: the bench runs them in
 /// turn) and `GET /healthz`.
 pub async fn serve(listen: SocketAddr) -> Result<()> {
@@ -163,6 +166,9 @@ pub async fn serve(listen: SocketAddr) -> Result<()> {
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(async || "ok"))
         .route("/burst", axum::routing::post(burst))
+        // A burst may carry every key of the bench's scale step (100 000
+        // keys, ~7 MB of JSON); axum's default limit is 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BURST_BYTES))
         .with_state(generator);
     axum::serve(listener, app)
         .await

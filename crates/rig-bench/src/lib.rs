@@ -405,15 +405,23 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 max_time: plan.window,
             })
             .await?;
-        say!(
-            "bench: round {} {}: {} requests in {} ({:.0}/s), {} failed",
-            round + 1,
-            variant.name(),
-            outcome.requests(),
-            rig::base::progress::secs(outcome.elapsed),
-            outcome.requests() as f64 / outcome.elapsed.as_secs_f64(),
-            outcome.failed
-        );
+        if outcome.requests() == 0 {
+            say!(
+                "bench: round {} {}: no request: its pool of fresh keys is spent",
+                round + 1,
+                variant.name()
+            );
+        } else {
+            say!(
+                "bench: round {} {}: {} requests in {} ({:.0}/s), {} failed",
+                round + 1,
+                variant.name(),
+                outcome.requests(),
+                rig::base::progress::secs(outcome.elapsed),
+                outcome.requests() as f64 / outcome.elapsed.as_secs_f64(),
+                outcome.failed
+            );
+        }
         match totals.get_mut(&variant) {
             Some(total) => {
                 total.latencies_us.add(&outcome.latencies_us)?;
