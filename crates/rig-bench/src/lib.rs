@@ -96,6 +96,9 @@ pub struct BenchOptions {
     pub out_dir: PathBuf,
 }
 
+/// The pause before each turn of the auth-overhead rounds.
+const SETTLE: Duration = Duration::from_millis(250);
+
 /// The bench peer's upstream, in place of xtask's echo: cheap, optimized,
 /// the same for every variant.
 fn peer_upstream(peer: &std::path::Path) -> rig::local::EchoCommand {
@@ -396,6 +399,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             },
             _ => Keys::One(warm.clone()),
         };
+        // A moment between turns, for what the last one left behind
+        // (Vault's audit writes after a cold turn, keygate's cache inserts).
+        tokio::time::sleep(SETTLE).await;
         let outcome = generator
             .run(Burst {
                 url: &urls[&variant],

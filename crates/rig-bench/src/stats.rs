@@ -72,13 +72,31 @@ pub fn ratio(value: f64, baseline: Option<f64>) -> Option<f64> {
     }
 }
 
-/// The order in which variants run: `rounds` rounds, each every variant
-/// once in the same order (A B C A B C ...), so a variant's samples are
-/// spread over the whole run instead of bunched at its start or end.
+/// The order in which variants run: `rounds` rounds, each running every
+/// variant once, so a variant's samples are spread over the whole run
+/// instead of bunched at its start or end. Round `r` starts at variant `r`
+/// and steps through them by a stride coprime to their count (1, 2, 3, ...
+/// in turn), so the variant just before another changes from round to
+/// round: with 7 variants, 6 rounds put each variant after each other one
+/// exactly once. One fixed order (A B C A B C ...) ran the module's warm
+/// variant right after keygate's cold one in every round, into whatever
+/// Vault and keygate were still finishing.
 pub fn interleave<T: Copy>(variants: &[T], rounds: usize) -> Vec<(usize, T)> {
+    let n = variants.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let strides: Vec<usize> = (1..n.max(2)).filter(|&k| gcd(k, n) == 1).collect();
     (0..rounds)
-        .flat_map(|round| variants.iter().map(move |v| (round, *v)))
+        .flat_map(|round| {
+            let stride = strides[round % strides.len()];
+            (0..n).map(move |i| (round, variants[(round + i * stride) % n]))
+        })
         .collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 #[cfg(test)]
@@ -136,14 +154,39 @@ mod tests {
     }
 
     #[test]
-    fn interleaving_runs_each_variant_once_per_round_in_order() {
+    fn interleaving_runs_each_variant_once_per_round() {
         let schedule = interleave(&['A', 'B', 'C'], 3);
         let order: String = schedule.iter().map(|(_, v)| *v).collect();
-        assert_eq!(order, "ABCABCABC");
+        // Strides 1, 2, 1 (2 is coprime to 3), starting at A, B, C.
+        assert_eq!(order, "ABCBACCAB");
         assert_eq!(
             schedule.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
             [0, 0, 0, 1, 1, 1, 2, 2, 2]
         );
         assert!(interleave::<char>(&[], 3).is_empty());
+        assert_eq!(interleave(&['A'], 2), [(0, 'A'), (1, 'A')]);
+        for n in 1..=9 {
+            let variants: Vec<usize> = (0..n).collect();
+            for (round, chunk) in interleave(&variants, 8).chunks(n).enumerate() {
+                let mut seen: Vec<usize> = chunk.iter().map(|(_, v)| *v).collect();
+                seen.sort_unstable();
+                assert_eq!(seen, variants, "{n} variants, round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn with_seven_variants_each_follows_each_other_once_in_six_rounds() {
+        let variants: Vec<usize> = (0..7).collect();
+        let schedule = interleave(&variants, 6);
+        let mut after = std::collections::BTreeMap::new();
+        for round in schedule.chunks(7) {
+            for pair in round.windows(2) {
+                *after.entry((pair[0].1, pair[1].1)).or_insert(0) += 1;
+            }
+        }
+        // 6 rounds x 6 neighbours: 36 ordered pairs, each once.
+        assert_eq!(after.len(), 36);
+        assert!(after.values().all(|&count| count == 1), "{after:?}");
     }
 }
