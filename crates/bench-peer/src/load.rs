@@ -138,7 +138,9 @@ async fn run(burst: &BurstSpec, clients: &[reqwest::Client]) -> Result<BurstRepo
 }
 
 /// A transport error as one line: the innermost cause (reqwest's own text
-/// names only the URL, which carries no key).
+/// names only the URL, which carries no key). The same as rig's
+/// `describe_request_error`, which this crate cannot use: it builds
+/// without any workspace crate.
 fn describe(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         return "no answer (timeout)".into();

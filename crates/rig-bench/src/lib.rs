@@ -96,6 +96,16 @@ pub struct BenchOptions {
     pub out_dir: PathBuf,
 }
 
+/// The load generator of an environment, under its Supervisor.
+async fn start_generator(
+    peer: &std::path::Path,
+    run: &rig::base::run::RunDir,
+    supervisor: &mut rig::process::supervisor::Supervisor,
+) -> Result<LoadGenerator> {
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], rig::base::ports::free_port()?));
+    LoadGenerator::start("load-generator", peer, listen, run, supervisor).await
+}
+
 /// The pause before each turn of the auth-overhead rounds.
 const SETTLE: Duration = Duration::from_millis(250);
 
@@ -346,14 +356,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     .into();
 
     // 4. Auth overhead, interleaved.
-    let generator = LoadGenerator::start(
-        "load-generator",
-        &opts.peer,
-        std::net::SocketAddr::from(([127, 0, 0, 1], rig::base::ports::free_port()?)),
-        &env_a.run,
-        &mut env_a.supervisor,
-    )
-    .await?;
+    let generator = start_generator(&opts.peer, &env_a.run, &mut env_a.supervisor).await?;
     // Warm-up: connections open, the warm key cached (by keygate, and in
     // the module's table), Envoy's first-request costs paid.
     for variant in [
@@ -487,14 +490,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         .supervisor
         .pid("keygate")
         .context("keygate is not running in the scale environment")?;
-    let scale_generator = LoadGenerator::start(
-        "load-generator",
-        &opts.peer,
-        std::net::SocketAddr::from(([127, 0, 0, 1], rig::base::ports::free_port()?)),
-        &env_b.run,
-        &mut env_b.supervisor,
-    )
-    .await?;
+    let scale_generator = start_generator(&opts.peer, &env_b.run, &mut env_b.supervisor).await?;
     let scale = scale::run(
         &scale::ScaleSetup {
             root: &root_b,
