@@ -155,6 +155,14 @@ fn run_steps(
         let group = child.id() as i32;
         *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(group);
         crate::runner::register_group(group);
+        // Stopped between the check above and the spawn: the drop saw no
+        // running step to stop, so this one is stopped here.
+        if stopped.load(Ordering::SeqCst) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(group),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
         let status = child.wait();
         crate::runner::unregister_group(group);
         *running.lock().unwrap_or_else(|p| p.into_inner()) = None;
