@@ -17,6 +17,10 @@ use crate::tools::tools;
 
 pub(crate) fn test() -> Result<ExitCode> {
     let started = Instant::now();
+    // Before the background build starts: it runs in a process group of
+    // its own, which a terminal's Ctrl-C does not reach, so the handler
+    // must be there to stop it.
+    crate::runner::stop_on_interrupt()?;
     // cargo-fuzz's install (where missing) and the fuzz targets' sanitizer
     // build run beside the stages below at the lowest priority: about two
     // and a half minutes of compiling on a fresh machine, overlapped with
