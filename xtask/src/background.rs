@@ -110,10 +110,7 @@ impl Drop for Background {
         };
         self.stopped.store(true, Ordering::SeqCst);
         if let Some(group) = *self.running.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(group),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            crate::runner::stop_group(group);
         }
         let _ = thread.join();
     }
@@ -158,10 +155,7 @@ fn run_steps(
         // Stopped between the check above and the spawn: the drop saw no
         // running step to stop, so this one is stopped here.
         if stopped.load(Ordering::SeqCst) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(group),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            crate::runner::stop_group(group);
         }
         let status = child.wait();
         crate::runner::unregister_group(group);

@@ -54,6 +54,15 @@ pub(crate) fn register_group(group: i32) {
         .push(group);
 }
 
+/// SIGTERM to every process of `group` (the cargo at its head and the
+/// compilers under it); one already gone is no error.
+pub(crate) fn stop_group(group: i32) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(group),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}
+
 pub(crate) fn unregister_group(group: i32) {
     BACKGROUND_GROUPS
         .lock()
@@ -84,10 +93,7 @@ pub(crate) fn stop_on_interrupt() -> Result<()> {
             .map(|g| g.clone())
             .unwrap_or_default();
         for group in groups {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(group),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            stop_group(group);
         }
         rig::process::supervisor::stop_all_registered();
         std::process::exit(130);
