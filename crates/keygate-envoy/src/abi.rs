@@ -119,6 +119,38 @@ pub struct EnvoyHttpHeader {
     pub value_length: usize,
 }
 
+impl EnvoyHttpHeader {
+    pub const EMPTY: EnvoyHttpHeader = EnvoyHttpHeader {
+        key_ptr: std::ptr::null(),
+        key_length: 0,
+        value_ptr: std::ptr::null(),
+        value_length: 0,
+    };
+
+    /// The name and value.
+    ///
+    /// # Safety
+    /// Both buffers must be readable for as long as Envoy says (the hook
+    /// that handed them out, up to the next setter callback).
+    pub unsafe fn pair<'a>(self) -> (&'a [u8], &'a [u8]) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            (
+                EnvoyBuffer {
+                    ptr: self.key_ptr,
+                    length: self.key_length,
+                }
+                .bytes(),
+                EnvoyBuffer {
+                    ptr: self.value_ptr,
+                    length: self.value_length,
+                }
+                .bytes(),
+            )
+        }
+    }
+}
+
 // envoy_dynamic_module_type_http_header_type
 pub const HEADER_TYPE_REQUEST_HEADER: u32 = 0;
 
@@ -183,6 +215,32 @@ unsafe extern "C" {
         result: *mut EnvoyBuffer,
         index: usize,
         optional_size: *mut usize,
+    ) -> bool;
+
+    /// How many entries the header map holds (a header with two values
+    /// counts twice).
+    pub fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter_envoy_ptr: FilterEnvoyPtr,
+        header_type: u32,
+    ) -> usize;
+
+    /// Every entry of the header map into `result_headers`, which must hold
+    /// `get_headers_size` of them. The bytes stay valid until the end of the
+    /// current hook or the next setter callback, whichever comes first.
+    pub fn envoy_dynamic_module_callback_http_get_headers(
+        filter_envoy_ptr: FilterEnvoyPtr,
+        header_type: u32,
+        result_headers: *mut EnvoyHttpHeader,
+    ) -> bool;
+
+    /// Appends a value of `key` (Envoy's `addCopy`: no look-up of the
+    /// values it already has); false, and nothing added, for an empty or
+    /// null `value`.
+    pub fn envoy_dynamic_module_callback_http_add_header(
+        filter_envoy_ptr: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
     ) -> bool;
 
     /// Replaces every value of `key` with `value`; a null `value` removes

@@ -168,9 +168,6 @@ struct Filter {
 
 impl Filter {
     fn on_request_headers(&mut self, fe: FilterEnvoyPtr) -> u32 {
-        // The upstream trusts these only from us.
-        set_request_header(fe, OWNER_HEADER, None);
-        set_request_header(fe, GROUP_HEADER, None);
         // SAFETY: the per-route config pointer is ours (a Box from
         // per_route_config_new) and lives while the route does, which
         // outlasts this hook.
@@ -185,21 +182,25 @@ impl Filter {
         if route.fault == Some(Fault::Panic) {
             panic!("fault injection: this route's per-route config asks for a panic");
         }
-        let group = route.group.clone();
         let keep = route.table;
-        let presented = match request_header(fe, API_KEY_HEADER) {
-            (_, 0) => Presented::Missing,
-            (Some(value), 1) => Presented::One(value),
-            _ => Presented::Many,
-        };
         let now = Instant::now();
         let table = keep.then_some(&*self.shared.table);
-        match decide::first(table, &group, presented, now) {
+        // One pass over the request's headers (two ABI calls) instead of a
+        // look-up per name: the key, and whether the client sent identity
+        // headers of its own. The bytes are Envoy's, valid until the first
+        // setter below, so the first decision is taken before any.
+        let (first, sent) = with_request_headers(fe, |headers| {
+            let (presented, sent) = scan_request_headers(headers);
+            (decide::first(table, &route.group, presented, now), sent)
+        });
+        // The upstream trusts these only from us.
+        remove_identity_headers(fe, sent);
+        match first {
             First::Done(verdict) => {
-                debug_decision(&group, None, &verdict, "local");
+                debug_decision(&route.group, None, &verdict, "local");
                 self.carry_out(fe, verdict, false)
             }
-            First::Ask(key) => self.ask(fe, group, key, keep, now),
+            First::Ask(key) => self.ask(fe, route.group.clone(), key, keep, now),
         }
     }
 
@@ -359,8 +360,10 @@ impl Filter {
     fn carry_out(&mut self, fe: FilterEnvoyPtr, verdict: Verdict, resume: bool) -> u32 {
         match verdict {
             Verdict::Allow { owner, group } => {
-                set_request_header(fe, OWNER_HEADER, Some(owner.as_bytes()));
-                set_request_header(fe, GROUP_HEADER, Some(group.as_bytes()));
+                // Client-sent copies are gone (on_request_headers), so an
+                // append is enough and skips Envoy's look-up of the name.
+                add_request_header(fe, OWNER_HEADER, owner.as_bytes());
+                add_request_header(fe, GROUP_HEADER, group.as_bytes());
                 self.finished = Some(Finished::Allowed);
                 if resume {
                     // SAFETY: the stream is alive (Envoy calls our hooks).
@@ -427,6 +430,114 @@ fn request_header<'a>(fe: FilterEnvoyPtr, name: &[u8]) -> (Option<&'a [u8]>, usi
     }
     // SAFETY: Envoy's buffer, valid until the end of this hook.
     (Some(unsafe { value.bytes() }), count)
+}
+
+/// Which identity headers a request came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdentityHeaders {
+    owner: bool,
+    group: bool,
+}
+
+/// How many headers fit on the stack for one pass; a request with more
+/// takes a heap vector.
+const HEADERS_ON_STACK: usize = 32;
+
+/// Runs `read` over every request header (Envoy's buffers, valid only
+/// inside `read`).
+fn with_request_headers<T>(fe: FilterEnvoyPtr, read: impl FnOnce(&[(&[u8], &[u8])]) -> T) -> T {
+    // SAFETY: no out-pointers.
+    let count = unsafe {
+        envoy_dynamic_module_callback_http_get_headers_size(fe, HEADER_TYPE_REQUEST_HEADER)
+    };
+    let mut stack = [EnvoyHttpHeader::EMPTY; HEADERS_ON_STACK];
+    let mut heap = Vec::new();
+    let raw: &mut [EnvoyHttpHeader] = if count <= HEADERS_ON_STACK {
+        &mut stack[..count]
+    } else {
+        heap.resize(count, EnvoyHttpHeader::EMPTY);
+        &mut heap
+    };
+    // SAFETY: `raw` holds `count` entries, as many as Envoy writes.
+    let filled = count > 0
+        && unsafe {
+            envoy_dynamic_module_callback_http_get_headers(
+                fe,
+                HEADER_TYPE_REQUEST_HEADER,
+                raw.as_mut_ptr(),
+            )
+        };
+    let mut pairs: [(&[u8], &[u8]); HEADERS_ON_STACK] = [(&[], &[]); HEADERS_ON_STACK];
+    let mut more = Vec::new();
+    let pairs: &[(&[u8], &[u8])] = if !filled {
+        &[]
+    } else if count <= HEADERS_ON_STACK {
+        for (pair, header) in pairs.iter_mut().zip(raw.iter()) {
+            // SAFETY: Envoy's buffers, valid until the end of this hook and
+            // no setter runs before `read` returns.
+            *pair = unsafe { header.pair() };
+        }
+        &pairs[..count]
+    } else {
+        // SAFETY: as above.
+        more.extend(raw.iter().map(|header| unsafe { header.pair() }));
+        &more
+    };
+    read(pairs)
+}
+
+/// The key a request presents, and the identity headers it carries.
+/// Envoy keeps names lower case; compared without case all the same.
+fn scan_request_headers<'a>(headers: &[(&'a [u8], &'a [u8])]) -> (Presented<'a>, IdentityHeaders) {
+    let mut key = None;
+    let mut keys = 0usize;
+    let mut sent = IdentityHeaders {
+        owner: false,
+        group: false,
+    };
+    for &(name, value) in headers {
+        if name.eq_ignore_ascii_case(API_KEY_HEADER) {
+            keys += 1;
+            key.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case(OWNER_HEADER) {
+            sent.owner = true;
+        } else if name.eq_ignore_ascii_case(GROUP_HEADER) {
+            sent.group = true;
+        }
+    }
+    let presented = match (keys, key) {
+        (0, _) => Presented::Missing,
+        (1, Some(value)) => Presented::One(value),
+        _ => Presented::Many,
+    };
+    (presented, sent)
+}
+
+fn remove_identity_headers(fe: FilterEnvoyPtr, sent: IdentityHeaders) {
+    if sent.owner {
+        set_request_header(fe, OWNER_HEADER, None);
+    }
+    if sent.group {
+        set_request_header(fe, GROUP_HEADER, None);
+    }
+}
+
+/// Appends a value of request header `name` (set instead for an empty
+/// value, which `add_header` refuses).
+fn add_request_header(fe: FilterEnvoyPtr, name: &[u8], value: &[u8]) {
+    // SAFETY: the buffers outlive the call; Envoy copies them.
+    let added = !value.is_empty()
+        && unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                fe,
+                HEADER_TYPE_REQUEST_HEADER,
+                ModuleBuffer::of(name),
+                ModuleBuffer::of(value),
+            )
+        };
+    if !added {
+        set_request_header(fe, name, Some(value));
+    }
 }
 
 /// Sets request header `name` to `value`, replacing every value it had;
