@@ -11,11 +11,13 @@
 //! - `propagation`: Vault write -> first effect at the gateway, per mode;
 //! - `scale`: keygate's memory and throughput with 100 .. 100 000 cached keys;
 //! - `stats`: percentiles, ratios, the interleaved schedule;
+//! - `cpu`: a process's CPU time, for the CPU each variant costs per request;
 //! - `report`: the table and `bench.json`; `plot`: the latency SVG.
 //!
 //! Every process runs under a `Supervisor` (the local profile's), so all of
 //! it stops when the bench ends, fails, panics or is interrupted.
 
+pub mod cpu;
 pub mod keys;
 pub mod load;
 pub mod plot;
@@ -381,6 +383,38 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let module_cold_pool = Arc::new(module_cold);
     let module_cold_next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut totals: BTreeMap<Variant, load::Outcome> = BTreeMap::new();
+    // Whose CPU each variant costs: its Envoy's, and keygate's when the
+    // variant goes through keygate.
+    let pid_of = |name: &str| {
+        env_a
+            .supervisor
+            .pid(name)
+            .with_context(|| format!("the bench's {name} is not running"))
+    };
+    let keygate_pid = pid_of("keygate")?;
+    let mut processes: BTreeMap<Variant, (i32, Option<i32>)> = BTreeMap::new();
+    for (variant, envoy, through_keygate) in [
+        (Variant::NoAuth, "bench-envoy-no-auth", false),
+        (Variant::Native, "bench-envoy-api-key-auth", false),
+        (Variant::KeygateGrpc, gw.grpc.as_str(), true),
+        (Variant::KeygateHttp, gw.http.as_str(), true),
+        (Variant::KeygateCold, gw.grpc.as_str(), true),
+        (Variant::ModuleWarm, gw.module.as_str(), true),
+        (Variant::ModuleCold, gw.module.as_str(), true),
+    ] {
+        processes.insert(
+            variant,
+            (pid_of(envoy)?, through_keygate.then_some(keygate_pid)),
+        );
+    }
+    let cpu_now = |variant: Variant| -> Result<cpu::CpuUse> {
+        let (envoy, keygate) = processes[&variant];
+        Ok(cpu::CpuUse {
+            envoy: cpu::process_cpu(envoy)?,
+            keygate: keygate.map(cpu::process_cpu).transpose()?,
+        })
+    };
+    let mut cpu_totals: BTreeMap<Variant, cpu::CpuUse> = BTreeMap::new();
     let schedule = stats::interleave(&Variant::ALL, plan.rounds);
     say!(
         "bench: auth overhead, {} rounds of {} variants, each at most {} requests or {} per round, {} connections",
@@ -405,6 +439,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         // A moment between turns, for what the last one left behind
         // (Vault's audit writes after a cold turn, keygate's cache inserts).
         tokio::time::sleep(SETTLE).await;
+        let cpu_before = cpu_now(variant)?;
         let outcome = generator
             .run(Burst {
                 url: &urls[&variant],
@@ -414,6 +449,14 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 max_time: plan.window,
             })
             .await?;
+        let cpu_after = cpu_now(variant)?;
+        cpu_totals.entry(variant).or_default().add(cpu::CpuUse {
+            envoy: cpu_after.envoy.saturating_sub(cpu_before.envoy),
+            keygate: cpu_after
+                .keygate
+                .zip(cpu_before.keygate)
+                .map(|(after, before)| after.saturating_sub(before)),
+        });
         if outcome.requests() == 0 {
             say!(
                 "bench: round {} {}: no request: its pool of fresh keys is spent",
@@ -458,7 +501,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             ));
         }
     }
-    let variants = report::variant_results(&totals);
+    let variants = report::variant_results(&totals, &cpu_totals);
 
     env_a.supervisor.stop_all();
     drop(env_a);

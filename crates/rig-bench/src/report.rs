@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::cpu::CpuUse;
 use super::load::Outcome;
 use super::stats::{Latency, ratio};
 use super::variants::Variant;
@@ -18,8 +20,21 @@ const PLOT_PERCENTILES: [f64; 12] = [
 
 /// One result per variant, in the order of `Variant::ALL`, with ratios to
 /// the native filter and to no auth.
-pub fn variant_results(totals: &BTreeMap<Variant, Outcome>) -> Vec<VariantResult> {
+pub fn variant_results(
+    totals: &BTreeMap<Variant, Outcome>,
+    cpu: &BTreeMap<Variant, CpuUse>,
+) -> Vec<VariantResult> {
     let rps = |o: &Outcome| o.requests() as f64 / o.elapsed.as_secs_f64().max(1e-9);
+    let per_request = |time: Option<Duration>, o: &Outcome| {
+        let requests = o.requests();
+        time.filter(|_| requests > 0)
+            .map(|t| t.as_secs_f64() * 1e6 / requests as f64)
+    };
+    let envoy_cpu = |v: Variant| {
+        let o = totals.get(&v)?;
+        per_request(cpu.get(&v).map(|c| c.envoy), o)
+    };
+    let native_envoy_cpu = envoy_cpu(Variant::Native);
     let base = |v: Variant| totals.get(&v);
     let native_rps = base(Variant::Native).map(rps);
     let no_auth_rps = base(Variant::NoAuth).map(rps);
@@ -48,6 +63,12 @@ pub fn variant_results(totals: &BTreeMap<Variant, Outcome>) -> Vec<VariantResult
                 p99_vs_no_auth: ratio(latency.p99_us as f64, no_auth_p99.map(|p| p as f64)),
                 p99_added_us: no_auth_p99.map(|b| latency.p99_us as i64 - b as i64),
                 p99_added_vs_native_us: native_p99_us.map(|b| latency.p99_us as i64 - b as i64),
+                envoy_cpu_us_per_request: envoy_cpu(variant),
+                envoy_cpu_vs_native: envoy_cpu(variant).and_then(|c| ratio(c, native_envoy_cpu)),
+                keygate_cpu_us_per_request: per_request(
+                    cpu.get(&variant).and_then(|c| c.keygate),
+                    o,
+                ),
                 last_failure: o.last_failure.clone(),
                 distribution: PLOT_PERCENTILES
                     .iter()
@@ -131,6 +152,11 @@ pub fn render(r: &BenchReport) -> String {
                     .map_or("-".into(), |us| format!("{:+.2}", us as f64 / 1000.0)),
                 v.p99_added_vs_native_us
                     .map_or("-".into(), |us| format!("{:+.2}", us as f64 / 1000.0)),
+                v.envoy_cpu_us_per_request
+                    .map_or("-".into(), |us| format!("{us:.1}")),
+                x(v.envoy_cpu_vs_native),
+                v.keygate_cpu_us_per_request
+                    .map_or("-".into(), |us| format!("{us:.1}")),
             ]
         })
         .collect();
@@ -148,6 +174,9 @@ pub fn render(r: &BenchReport) -> String {
             "req/s vs no-auth",
             "p99 added ms",
             "p99 vs native ms",
+            "Envoy CPU us/req",
+            "Envoy CPU vs native",
+            "keygate CPU us/req",
         ],
         &rows,
     ));
@@ -281,7 +310,6 @@ pub fn save_json(r: &BenchReport, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn outcome(requests: u64, secs: u64, latency_us: u64) -> Outcome {
         let mut h = crate::stats::latency_histogram();
@@ -305,7 +333,24 @@ mod tests {
             (Variant::KeygateGrpc, outcome(800, 1, 1500)),
         ]
         .into();
-        let results = variant_results(&totals);
+        let cpu: BTreeMap<Variant, CpuUse> = [
+            (
+                Variant::Native,
+                CpuUse {
+                    envoy: Duration::from_millis(100),
+                    keygate: None,
+                },
+            ),
+            (
+                Variant::KeygateGrpc,
+                CpuUse {
+                    envoy: Duration::from_millis(120),
+                    keygate: Some(Duration::from_millis(40)),
+                },
+            ),
+        ]
+        .into();
+        let results = variant_results(&totals, &cpu);
         assert_eq!(
             results.iter().map(|r| r.variant).collect::<Vec<_>>(),
             [Variant::NoAuth, Variant::Native, Variant::KeygateGrpc]
@@ -319,13 +364,22 @@ mod tests {
         assert!((grpc.p99_added_vs_native_us.unwrap() - 500).abs() <= 2);
         assert!((grpc.p99_vs_no_auth.unwrap() - 3.0).abs() < 0.01);
         assert_eq!(results[0].rps_vs_no_auth, Some(1.0));
+        // 100 ms over 1000 requests; 120 ms and 40 ms over 800.
+        assert!((results[1].envoy_cpu_us_per_request.unwrap() - 100.0).abs() < 1e-9);
+        assert!((grpc.envoy_cpu_us_per_request.unwrap() - 150.0).abs() < 1e-9);
+        assert!((grpc.envoy_cpu_vs_native.unwrap() - 1.5).abs() < 1e-9);
+        assert!((grpc.keygate_cpu_us_per_request.unwrap() - 50.0).abs() < 1e-9);
+        assert_eq!(results[1].keygate_cpu_us_per_request, None);
+        // No CPU read for no-auth: no column, no ratio.
+        assert_eq!(results[0].envoy_cpu_us_per_request, None);
+        assert_eq!(results[0].envoy_cpu_vs_native, None);
     }
 
     #[test]
     fn no_baseline_no_ratio() {
         let totals: BTreeMap<Variant, Outcome> =
             [(Variant::KeygateGrpc, outcome(10, 1, 100))].into();
-        let results = variant_results(&totals);
+        let results = variant_results(&totals, &BTreeMap::new());
         assert_eq!(results[0].rps_vs_native, None);
         assert_eq!(results[0].p99_added_us, None);
     }
