@@ -7,7 +7,8 @@
 //!
 //! ```json
 //! {"cluster": "keygate_http", "invalidations": "127.0.0.1:9001",
-//!  "positive_ttl_ms": 60000, "resurrect_ttl_ms": 0, "callout_timeout_ms": 3000}
+//!  "positive_ttl_ms": 60000, "negative_ttl_ms": 1000, "resurrect_ttl_ms": 0,
+//!  "callout_timeout_ms": 3000}
 //! ```
 //!
 //! The per-route config (one per route, naming the route's API group):
@@ -38,6 +39,11 @@ pub struct FilterConfig {
     /// How long an answer keygate approved is used without asking again.
     #[serde(default = "default_positive_ttl_ms")]
     pub positive_ttl_ms: u64,
+    /// How long keygate's `unknown` (no such key) is answered without
+    /// asking again; 0: never kept. The feed drops it at once when the key
+    /// is issued; without the feed a new key may wait this long.
+    #[serde(default = "default_negative_ttl_ms")]
+    pub negative_ttl_ms: u64,
     /// After the positive TTL, how long an approved answer still counts
     /// when keygate cannot be reached (Kong's `resurrect_ttl`); 0: never.
     #[serde(default)]
@@ -54,6 +60,11 @@ fn default_authority() -> String {
 
 fn default_positive_ttl_ms() -> u64 {
     60_000
+}
+
+/// keygate's own default (`cache.negative_ttl`).
+fn default_negative_ttl_ms() -> u64 {
+    1_000
 }
 
 fn default_callout_timeout_ms() -> u64 {
@@ -88,17 +99,30 @@ impl FilterConfig {
         Ok(config)
     }
 
-    pub fn positive_ttl(&self) -> Duration {
-        Duration::from_millis(self.positive_ttl_ms)
-    }
-
-    pub fn resurrect_ttl(&self) -> Duration {
-        Duration::from_millis(self.resurrect_ttl_ms)
+    /// The table's lifetimes.
+    pub fn ttls(&self) -> Ttls {
+        Ttls {
+            positive: Duration::from_millis(self.positive_ttl_ms),
+            negative: Duration::from_millis(self.negative_ttl_ms),
+            resurrect: Duration::from_millis(self.resurrect_ttl_ms),
+        }
     }
 
     pub fn callout_timeout(&self) -> Duration {
         Duration::from_millis(self.callout_timeout_ms)
     }
+}
+
+/// The lifetimes of what the table (`crate::table`) keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttls {
+    /// An approved answer, used without asking keygate.
+    pub positive: Duration,
+    /// keygate's `unknown`, answered without asking; zero: not kept.
+    pub negative: Duration,
+    /// After `positive`, an approved answer that still counts while
+    /// keygate cannot be reached.
+    pub resurrect: Duration,
 }
 
 /// `filter_config` of a route's `DynamicModuleFilterPerRoute`.
@@ -163,6 +187,7 @@ mod tests {
                 authority: "keygate".into(),
                 invalidations: None,
                 positive_ttl_ms: 60_000,
+                negative_ttl_ms: 1_000,
                 resurrect_ttl_ms: 0,
                 callout_timeout_ms: 3_000,
             }

@@ -52,6 +52,8 @@ impl Deny {
 
 /// Reasons of the module's own (keygate's are passed on as they come).
 pub mod reason {
+    /// keygate's: no record for the group and selector.
+    pub const UNKNOWN: &str = "unknown";
     /// keygate could not be reached and nothing approved is left to use.
     pub const KEYGATE_UNAVAILABLE: &str = "keygate-unavailable";
     /// The module failed (a caught panic, a callout it could not start).
@@ -102,6 +104,8 @@ pub fn first(table: Option<&Table>, group: &str, presented: Presented<'_>, now: 
         // keygate approved another verifier for this selector: this key is
         // wrong, as keygate would say from its own cache.
         Lookup::Fresh(_) => First::Done(Verdict::Deny(Deny::new(401, "mismatch"))),
+        // keygate found no record for this selector a moment ago.
+        Lookup::Absent => First::Done(Verdict::Deny(Deny::new(401, reason::UNKNOWN))),
         Lookup::Ask => First::Ask(key),
     }
 }
@@ -185,6 +189,10 @@ pub fn answered(
         ),
         Answer::Deny { status, reason } => {
             forget();
+            // No record, whatever the verifier: kept for the negative TTL.
+            if keep && *status == 401 && reason == reason::UNKNOWN {
+                table.insert_absent(group, selector, read_at, now);
+            }
             (
                 Verdict::Deny(Deny {
                     status: *status,
@@ -218,11 +226,20 @@ fn remaining(at: i64, wall_now: SystemTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::Ttls;
 
     const MIN: Duration = Duration::from_secs(60);
+    const NEGATIVE: Duration = Duration::from_secs(1);
 
     fn table() -> Table {
-        Table::new(MIN, MIN, Duration::from_secs(3))
+        Table::new(
+            Ttls {
+                positive: MIN,
+                negative: NEGATIVE,
+                resurrect: MIN,
+            },
+            Duration::from_secs(3),
+        )
     }
 
     fn allow(owner: &str, group: &str) -> Answer {
@@ -441,6 +458,72 @@ mod tests {
         );
         assert_eq!(verdict, deny(503, reason::KEYGATE_UNAVAILABLE));
         assert_eq!(warning.as_deref(), Some("reset"));
+    }
+
+    #[test]
+    fn unknown_is_answered_locally_for_the_negative_ttl_on_table_routes_only() {
+        let table = table();
+        let now = Instant::now();
+        let key = ApiKey::generate();
+        let unknown = Answer::Deny {
+            status: 401,
+            reason: "unknown".into(),
+        };
+        // A route without the table keeps no absence either.
+        let asked = ask(&table, "g", key.expose(), now);
+        answered(
+            &table,
+            false,
+            "g",
+            &asked,
+            table.stamp(),
+            &unknown,
+            now,
+            SystemTime::now(),
+        );
+        ask(&table, "g", key.expose(), now);
+        let (verdict, _) = answered(
+            &table,
+            true,
+            "g",
+            &asked,
+            table.stamp(),
+            &unknown,
+            now,
+            SystemTime::now(),
+        );
+        assert_eq!(verdict, deny(401, "unknown"));
+        // Any verifier for that selector: the same answer, without keygate.
+        let other = ApiKey::parse(&format!("{}{}", key.selector(), "0".repeat(32))).unwrap();
+        for presented in [key.expose(), other.expose()] {
+            assert_eq!(
+                done(&table, "g", Presented::One(presented.as_bytes()), now),
+                deny(401, "unknown")
+            );
+        }
+        // Only in its group, and only for the negative TTL.
+        ask(&table, "h", key.expose(), now);
+        ask(&table, "g", key.expose(), now + NEGATIVE);
+        // Other denials depend on the verifier or the path: never kept.
+        for (status, reason) in [(401, "mismatch"), (401, "expired"), (403, "wrong-group")] {
+            let fresh = ApiKey::generate();
+            let asked = ask(&table, "g", fresh.expose(), now);
+            let denial = Answer::Deny {
+                status,
+                reason: reason.into(),
+            };
+            answered(
+                &table,
+                true,
+                "g",
+                &asked,
+                table.stamp(),
+                &denial,
+                now,
+                SystemTime::now(),
+            );
+            ask(&table, "g", fresh.expose(), now);
+        }
     }
 
     #[test]

@@ -87,11 +87,7 @@ struct Shared {
 
 impl Shared {
     fn start(settings: FilterConfig) -> Result<Self, String> {
-        let table = Arc::new(Table::new(
-            settings.positive_ttl(),
-            settings.resurrect_ttl(),
-            settings.callout_timeout(),
-        ));
+        let table = Arc::new(Table::new(settings.ttls(), settings.callout_timeout()));
         // SAFETY: no pointers; called on the main thread (config load).
         let validating = unsafe { envoy_dynamic_module_callback_is_validation_mode() };
         let follower = match (&settings.invalidations, validating) {
@@ -118,12 +114,13 @@ impl Shared {
         log(
             LOG_INFO,
             &format!(
-                "keygate-envoy: filter config loaded (ABI {}, built for Envoy {}): keygate cluster {:?}, invalidation feed {}, positive TTL {} ms, resurrect TTL {} ms",
+                "keygate-envoy: filter config loaded (ABI {}, built for Envoy {}): keygate cluster {:?}, invalidation feed {}, positive TTL {} ms, negative TTL {} ms, resurrect TTL {} ms",
                 build_info::ABI_VERSION,
                 build_info::ENVOY_SERIES,
                 settings.cluster,
                 settings.invalidations.as_deref().unwrap_or("off"),
                 settings.positive_ttl_ms,
+                settings.negative_ttl_ms,
                 settings.resurrect_ttl_ms,
             ),
         );

@@ -396,14 +396,17 @@ fn invalid(what: &'static str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{Approved, Lookup};
+    use crate::table::{Approved, Lookup, Ttls};
     use apikey::ApiKey;
     use std::time::Instant;
 
     fn table_with(key: &ApiKey) -> Table {
         let table = Table::new(
-            Duration::from_secs(60),
-            Duration::from_secs(60),
+            Ttls {
+                positive: Duration::from_secs(60),
+                negative: Duration::from_secs(1),
+                resurrect: Duration::from_secs(60),
+            },
             Duration::from_secs(3),
         );
         let approved = Approved {

@@ -16,6 +16,14 @@
 //! Entries live for the positive TTL (and never past the key's `expires`),
 //! stale or not; after it, within the resurrect window, they answer only
 //! when keygate cannot be reached. Invalidations only ever remove state.
+//!
+//! Absences: keygate's `unknown` (no record for the group and selector,
+//! whatever the verifier) is kept for the negative TTL under the same rules
+//! (stamped, outdated by a drop or a `stale` line), so a client retrying a
+//! key that does not exist costs one callout per TTL, not one per request.
+//! Issuing the key is a write keygate's feed reports, which drops the
+//! absence at once; without the feed it lapses with the negative TTL, as
+//! in keygate's own cache. Absences are never resurrected.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +32,14 @@ use std::time::{Duration, Instant};
 
 use apikey::VerifierHash;
 
+pub use crate::config::Ttls;
+
 /// Bounds memory: each approved key is one entry. Past this, answers are
 /// still given but not kept until expired entries make room.
 pub const MAX_ENTRIES: usize = 100_000;
+/// Bounds the absences: a flood of made-up selectors fills it, and then
+/// costs callouts (as without the table), never memory.
+pub const MAX_ABSENT: usize = 10_000;
 /// Tombstones beyond this many are pruned of those no callout can race.
 const TOMBSTONE_PRUNE_AT: usize = 4096;
 
@@ -35,14 +48,22 @@ type Key = (String, String);
 /// Entries by group, then selector: a lookup borrows the request's `&str`s
 /// (`Box<str>: Borrow<str>`), so the hot path allocates nothing; a map keyed
 /// by `(String, String)` would need both copied to build the probe key.
-#[derive(Default)]
-struct Entries {
-    by_group: HashMap<Box<str>, HashMap<Box<str>, Entry>>,
+struct Entries<V> {
+    by_group: HashMap<Box<str>, HashMap<Box<str>, V>>,
     len: usize,
 }
 
-impl Entries {
-    fn get(&self, group: &str, selector: &str) -> Option<&Entry> {
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Self {
+            by_group: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> Entries<V> {
+    fn get(&self, group: &str, selector: &str) -> Option<&V> {
         self.by_group.get(group)?.get(selector)
     }
 
@@ -50,7 +71,7 @@ impl Entries {
         self.get(group, selector).is_some()
     }
 
-    fn insert(&mut self, group: &str, selector: &str, entry: Entry) {
+    fn insert(&mut self, group: &str, selector: &str, entry: V) {
         let selectors = match self.by_group.get_mut(group) {
             Some(selectors) => selectors,
             None => self.by_group.entry(group.into()).or_default(),
@@ -72,7 +93,7 @@ impl Entries {
         }
     }
 
-    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
         for selectors in self.by_group.values_mut() {
             selectors.retain(|_, entry| keep(entry));
         }
@@ -93,6 +114,15 @@ struct Entry {
     resurrect_until: Instant,
 }
 
+/// keygate answered `unknown` for a (group, selector).
+#[derive(Debug, Clone, Copy)]
+struct Absent {
+    /// The stamp of the callout that produced it.
+    read_at: u64,
+    /// Answered without asking keygate until then.
+    until: Instant,
+}
+
 /// What a key's approved verifier hash and owner are, as the table holds them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approved {
@@ -105,12 +135,16 @@ pub struct Approved {
 pub enum Lookup {
     /// Within its positive TTL and not stale: usable without keygate.
     Fresh(Approved),
+    /// keygate said no record exists, within the negative TTL and not
+    /// stale: `unknown` without asking.
+    Absent,
     /// Nothing usable: ask keygate.
     Ask,
 }
 
 pub struct Table {
-    entries: RwLock<Entries>,
+    entries: RwLock<Entries<Entry>>,
+    absent: RwLock<Entries<Absent>>,
     /// Every callout and every invalidation takes the next value; 0 is
     /// "never", so the first callout is stamped 1.
     clock: AtomicU64,
@@ -118,20 +152,23 @@ pub struct Table {
     /// Per key, the stamp and time of its last invalidation.
     tombstones: Mutex<HashMap<Key, (u64, Instant)>>,
     positive_ttl: Duration,
+    negative_ttl: Duration,
     resurrect_ttl: Duration,
     /// How long a tombstone must be kept: longer than any callout can take.
     tombstone_life: Duration,
 }
 
 impl Table {
-    pub fn new(positive_ttl: Duration, resurrect_ttl: Duration, callout_timeout: Duration) -> Self {
+    pub fn new(ttls: Ttls, callout_timeout: Duration) -> Self {
         Self {
             entries: RwLock::new(Entries::default()),
+            absent: RwLock::new(Entries::default()),
             clock: AtomicU64::new(1),
             stale_before: AtomicU64::new(0),
             tombstones: Mutex::new(HashMap::new()),
-            positive_ttl,
-            resurrect_ttl,
+            positive_ttl: ttls.positive,
+            negative_ttl: ttls.negative,
+            resurrect_ttl: ttls.resurrect,
             tombstone_life: callout_timeout + Duration::from_secs(1),
         }
     }
@@ -142,17 +179,20 @@ impl Table {
     }
 
     pub fn lookup(&self, group: &str, selector: &str, now: Instant) -> Lookup {
-        let entries = read(&self.entries);
-        let Some(entry) = entries.get(group, selector) else {
-            return Lookup::Ask;
-        };
-        if now < entry.fresh_until && entry.read_at > self.stale_before.load(Ordering::SeqCst) {
-            Lookup::Fresh(Approved {
-                hash: entry.hash.clone(),
-                owner: entry.owner.clone(),
-            })
-        } else {
-            Lookup::Ask
+        let stale_before = self.stale_before.load(Ordering::SeqCst);
+        if let Some(entry) = read(&self.entries).get(group, selector) {
+            return if now < entry.fresh_until && entry.read_at > stale_before {
+                Lookup::Fresh(Approved {
+                    hash: entry.hash.clone(),
+                    owner: entry.owner.clone(),
+                })
+            } else {
+                Lookup::Ask
+            };
+        }
+        match read(&self.absent).get(group, selector) {
+            Some(absent) if now < absent.until && absent.read_at > stale_before => Lookup::Absent,
+            _ => Lookup::Ask,
         }
     }
 
@@ -212,6 +252,38 @@ impl Table {
             }
         }
         entries.insert(group, selector, entry);
+        drop(entries);
+        write(&self.absent).remove(group, selector);
+        true
+    }
+
+    /// Keeps keygate's `unknown` for a callout stamped `read_at` for the
+    /// negative TTL, unless an invalidation came after that stamp (the key
+    /// may have been issued meanwhile) or the negative TTL is zero.
+    pub fn insert_absent(&self, group: &str, selector: &str, read_at: u64, now: Instant) -> bool {
+        if self.negative_ttl.is_zero() || read_at <= self.stale_before.load(Ordering::SeqCst) {
+            return false;
+        }
+        let absent = Absent {
+            read_at,
+            until: now + self.negative_ttl,
+        };
+        // Same lock order as `insert` and `drop_key`.
+        let tombstones = lock(&self.tombstones);
+        if tombstones
+            .get(&(group.to_owned(), selector.to_owned()))
+            .is_some_and(|(dropped, _)| read_at <= *dropped)
+        {
+            return false;
+        }
+        let mut entries = write(&self.absent);
+        if entries.len >= MAX_ABSENT && !entries.contains(group, selector) {
+            entries.retain(|a| now < a.until);
+            if entries.len >= MAX_ABSENT {
+                return false;
+            }
+        }
+        entries.insert(group, selector, absent);
         true
     }
 
@@ -228,6 +300,7 @@ impl Table {
         }
         tombstones.insert(key, (stamp, now));
         write(&self.entries).remove(group, selector);
+        write(&self.absent).remove(group, selector);
     }
 
     /// keygate denied this key: forget the entry (no tombstone: keygate's
@@ -249,6 +322,11 @@ impl Table {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many absences are held (expired ones included until swept).
+    pub fn absent_len(&self) -> usize {
+        read(&self.absent).len
     }
 }
 
@@ -275,6 +353,15 @@ mod tests {
     use apikey::ApiKey;
 
     const MIN: Duration = Duration::from_secs(60);
+    const NEGATIVE: Duration = Duration::from_secs(1);
+
+    fn ttls(positive: Duration, resurrect: Duration) -> Ttls {
+        Ttls {
+            positive,
+            negative: NEGATIVE,
+            resurrect,
+        }
+    }
 
     fn approved(key: &ApiKey) -> Approved {
         Approved {
@@ -289,7 +376,7 @@ mod tests {
 
     #[test]
     fn an_approved_key_is_fresh_for_the_positive_ttl_then_resurrectable_then_gone() {
-        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
         let key = ApiKey::generate();
         let sel = key.selector();
         let now = Instant::now();
@@ -309,7 +396,7 @@ mod tests {
 
     #[test]
     fn an_expiry_caps_both_windows() {
-        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
         let key = ApiKey::generate();
         let sel = key.selector();
         let now = Instant::now();
@@ -323,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_drop_removes_the_key_and_outdates_callouts_started_before_it() {
-        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
         let key = ApiKey::generate();
         let sel = key.selector();
         let now = Instant::now();
@@ -344,7 +431,7 @@ mod tests {
 
     #[test]
     fn stale_entries_are_asked_again_but_still_resurrectable() {
-        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
         let key = ApiKey::generate();
         let sel = key.selector();
         let now = Instant::now();
@@ -365,7 +452,7 @@ mod tests {
 
     #[test]
     fn forgetting_removes_without_outdating() {
-        let table = Table::new(MIN, Duration::ZERO, Duration::from_secs(3));
+        let table = Table::new(ttls(MIN, Duration::ZERO), Duration::from_secs(3));
         let key = ApiKey::generate();
         let sel = key.selector();
         let now = Instant::now();
@@ -378,7 +465,7 @@ mod tests {
 
     #[test]
     fn entries_are_counted_per_group_and_selector() {
-        let table = Table::new(MIN, MIN, Duration::from_secs(3));
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
         let key = ApiKey::generate();
         let sel = key.selector();
         let now = Instant::now();
@@ -401,5 +488,93 @@ mod tests {
         assert_eq!(table.lookup("h", sel.as_str(), now), fresh(&key));
         table.forget("h", sel.as_str());
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn an_absence_answers_for_the_negative_ttl_only() {
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
+        let key = ApiKey::generate();
+        let sel = key.selector();
+        let now = Instant::now();
+        let stamp = table.stamp();
+        assert!(table.insert_absent("g", sel.as_str(), stamp, now));
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Absent);
+        assert_eq!(table.lookup("h", sel.as_str(), now), Lookup::Ask);
+        assert_eq!(table.lookup("g", sel.as_str(), now + NEGATIVE), Lookup::Ask);
+        // Never resurrected, and not an approved entry.
+        assert_eq!(table.resurrect("g", sel.as_str(), now), None);
+        assert_eq!((table.len(), table.absent_len()), (0, 1));
+    }
+
+    #[test]
+    fn issuing_the_key_ends_its_absence_at_once() {
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
+        let key = ApiKey::generate();
+        let sel = key.selector();
+        let now = Instant::now();
+        let asked = table.stamp();
+        // The key is written while keygate's `unknown` is on its way back:
+        // the feed's drop outdates the answer.
+        let racing = table.stamp();
+        table.drop_key("g", sel.as_str());
+        assert!(!table.insert_absent("g", sel.as_str(), racing, now));
+        assert!(!table.insert_absent("g", sel.as_str(), asked, now));
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Ask);
+        // Held, then the feed reports the write.
+        let later = table.stamp();
+        assert!(table.insert_absent("g", sel.as_str(), later, now));
+        table.drop_key("g", sel.as_str());
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Ask);
+        // Held, then keygate approves it (no feed): the approval replaces it.
+        let again = table.stamp();
+        assert!(table.insert_absent("g", sel.as_str(), again, now));
+        let approved_at = table.stamp();
+        assert!(table.insert("g", sel.as_str(), approved(&key), approved_at, now, None));
+        assert_eq!(table.lookup("g", sel.as_str(), now), fresh(&key));
+        assert_eq!(table.absent_len(), 0);
+    }
+
+    #[test]
+    fn a_stale_line_ends_absences_too() {
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
+        let sel = ApiKey::generate().selector();
+        let now = Instant::now();
+        let stamp = table.stamp();
+        assert!(table.insert_absent("g", sel.as_str(), stamp, now));
+        table.all_stale();
+        assert_eq!(table.lookup("g", sel.as_str(), now), Lookup::Ask);
+        assert!(!table.insert_absent("g", sel.as_str(), stamp, now));
+    }
+
+    #[test]
+    fn a_zero_negative_ttl_keeps_no_absence() {
+        let table = Table::new(
+            Ttls {
+                positive: MIN,
+                negative: Duration::ZERO,
+                resurrect: MIN,
+            },
+            Duration::from_secs(3),
+        );
+        let sel = ApiKey::generate().selector();
+        let stamp = table.stamp();
+        assert!(!table.insert_absent("g", sel.as_str(), stamp, Instant::now()));
+        assert_eq!(table.absent_len(), 0);
+    }
+
+    #[test]
+    fn absences_are_bounded_and_expired_ones_make_room() {
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
+        let now = Instant::now();
+        let stamp = table.stamp();
+        for n in 0..MAX_ABSENT {
+            assert!(table.insert_absent("g", &format!("{n:032x}"), stamp, now));
+        }
+        let one_more = format!("{:032x}", MAX_ABSENT);
+        assert!(!table.insert_absent("g", &one_more, stamp, now));
+        assert_eq!(table.lookup("g", &one_more, now), Lookup::Ask);
+        // Once they expired, the next insert sweeps them.
+        assert!(table.insert_absent("g", &one_more, stamp, now + NEGATIVE));
+        assert_eq!(table.absent_len(), 1);
     }
 }

@@ -30,6 +30,10 @@ const ANIMALS: &str = "animal-rescue-api";
 /// Long, so that only an invalidation can explain a revoked key's refusal
 /// within the waits below (which are far shorter).
 const POSITIVE_TTL: Duration = Duration::from_secs(60);
+/// The module keeps keygate's `unknown` this long: far past the case, so
+/// an unknown key that passes soon after it is issued shows the feed at
+/// work, not the TTL ending.
+const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 /// The revocation wait: keygate drops the key within milliseconds of
 /// Vault's audit entry; this only bounds a broken pipeline.
 const REVOCATION_DEADLINE: Duration = Duration::from_secs(10);
@@ -243,13 +247,18 @@ invalidation:
     /// A key written into Vault the documented way, registered for redaction.
     async fn issue(&self, group: &str, owner: &str) -> ApiKey {
         let key = ApiKey::generate();
+        self.issue_key(group, &key, owner).await;
+        key
+    }
+
+    /// `key` written into Vault the documented way, registered for redaction.
+    async fn issue_key(&self, group: &str, key: &ApiKey, owner: &str) {
         rig::base::redact::register_in_run(self.run.path(), key.expose()).unwrap();
-        let record = serde_json::to_value(KeyRecord::for_key(&key, owner)).unwrap();
+        let record = serde_json::to_value(KeyRecord::for_key(key, owner)).unwrap();
         self.root
             .kv2_put(KV_MOUNT, &format!("{group}/{}", key.selector()), &record)
             .await
             .unwrap();
-        key
     }
 
     fn log(&self, name: &str) -> String {
@@ -292,6 +301,7 @@ fn envoy_yaml(listen: SocketAddr, admin: SocketAddr, keygate: SocketAddr, upstre
         "cluster": "keygate_http",
         "invalidations": keygate.to_string(),
         "positive_ttl_ms": POSITIVE_TTL.as_millis() as u64,
+        "negative_ttl_ms": NEGATIVE_TTL.as_millis() as u64,
         "callout_timeout_ms": 2000,
     });
     format!(
@@ -481,10 +491,26 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
         "mismatch",
     );
     let unknown = ApiKey::generate();
+    rig::base::redact::register_in_run(stack.run.path(), unknown.expose()).unwrap();
+    let unknown_decided = "keygate_decisions_total{outcome=\"unknown\",protocol=\"http\"}";
+    let asked_before = stack.keygate_metric(unknown_decided).await.unwrap();
     assert_denied(
         &ask(&gateway, "/billing/invoices", Some(unknown.expose()), &[]).await,
         401,
         "unknown",
+    );
+    // keygate's `unknown` is kept: asking again costs keygate nothing...
+    for _ in 0..3 {
+        assert_denied(
+            &ask(&gateway, "/billing/invoices/9", Some(unknown.expose()), &[]).await,
+            401,
+            "unknown",
+        );
+    }
+    assert_eq!(
+        stack.keygate_metric(unknown_decided).await.unwrap(),
+        asked_before + 1.0,
+        "keygate was asked about the unknown key more than once"
     );
     assert_denied(
         &ask(&gateway, "/billing/invoices", None, &[]).await,
@@ -561,6 +587,25 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
     .unwrap();
     assert_denied(&refused, 401, "unknown");
 
+    // ...and issuing the unknown key ends its absence at once, through the
+    // feed (its negative TTL would take a minute).
+    stack.issue_key(BILLING, &unknown, "user-late").await;
+    let issued = wait_until(
+        "the key issued after it was unknown to pass through Envoy",
+        REVOCATION_DEADLINE,
+        async || {
+            let answer = ask(&gateway, "/billing/invoices", Some(unknown.expose()), &[]).await;
+            anyhow::Ok(if answer.status == 200 {
+                Probe::Ready(answer)
+            } else {
+                Probe::seen(format!("{} {:?}", answer.status, answer.reason))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(issued.upstream_headers()["x-keyrig-owner"], "user-late");
+
     // keygate gone: what the module approved still passes, nothing else.
     let never_used = stack.issue(BILLING, "user-never-used").await;
     stack.supervisor.stop("keygate", StopMode::Kill).unwrap();
@@ -574,17 +619,18 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
             "keygate-unavailable",
         );
     }
-    // Still refused: the revoked key was dropped, not resurrected.
+    // Still refused: the revoked key was dropped, not resurrected; keygate
+    // said `unknown` for it since, which the module keeps.
     assert_denied(
         &ask(&gateway, "/billing/invoices", Some(revoked.expose()), &[]).await,
-        503,
-        "keygate-unavailable",
+        401,
+        "unknown",
     );
 
     // No key and no verifier in any log.
     for name in ["envoy-module", "keygate"] {
         let log = stack.log(name);
-        for key in [&billing, &animals, &revoked, &never_used] {
+        for key in [&billing, &animals, &revoked, &never_used, &unknown] {
             assert!(
                 !log.contains(key.verifier()),
                 "{name}'s log shows a verifier"

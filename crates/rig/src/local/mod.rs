@@ -498,6 +498,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
         let envoy_module = EnvoyModuleSettings {
             library: opts.keygate_envoy_module.clone(),
             positive_ttl: opts.positive_ttl,
+            negative_ttl: opts.negative_ttl,
             resurrect_ttl: opts.resurrect_ttl,
         };
         // The diagnostics read the admin paths the default gateway declares

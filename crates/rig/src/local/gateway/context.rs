@@ -47,6 +47,8 @@ pub struct EnvoyModuleSettings {
     pub library: PathBuf,
     /// keygate's `cache.positive_ttl`.
     pub positive_ttl: Duration,
+    /// keygate's `cache.negative_ttl`.
+    pub negative_ttl: Duration,
     /// keygate's `cache.resurrect_ttl`.
     pub resurrect_ttl: Duration,
 }
@@ -135,6 +137,7 @@ pub(crate) mod tests {
             envoy_module: Some(Box::leak(Box::new(EnvoyModuleSettings {
                 library: PathBuf::from("/w/target/debug/libkeygate_envoy.so"),
                 positive_ttl: Duration::from_secs(5),
+                negative_ttl: Duration::from_secs(1),
                 resurrect_ttl: Duration::from_secs(30),
             }))),
         }

@@ -74,6 +74,7 @@ impl ModuleValues {
             // connects there (it cannot use Envoy's clusters).
             "invalidations": ctx.keygate_http.to_string(),
             "positive_ttl_ms": settings.positive_ttl.as_millis() as u64,
+            "negative_ttl_ms": settings.negative_ttl.as_millis() as u64,
             "resurrect_ttl_ms": settings.resurrect_ttl.as_millis() as u64,
             "callout_timeout_ms": MODULE_CALLOUT_TIMEOUT.as_millis() as u64,
         });

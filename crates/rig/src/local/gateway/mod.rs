@@ -335,6 +335,7 @@ mod tests {
                 "cluster": "keygate",
                 "invalidations": "127.0.0.1:9002",
                 "positive_ttl_ms": 5000,
+                "negative_ttl_ms": 1000,
                 "resurrect_ttl_ms": 30000,
                 "callout_timeout_ms": 3000,
             })
