@@ -24,7 +24,7 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
     // build::cargo_build: a release build's dependencies are never the
     // debug ones xtask compiled, so its "compiled again" count would only
     // mislead.)
-    let peer = if release {
+    let bench_build = if release {
         if !run_cargo(
             &crate::up::keygate_build_args(true),
             "building keygate, its Envoy module and the bench's load generator and upstream (release)",
@@ -40,9 +40,13 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
                 local.keygate_envoy_module = rig::local::module_beside(&local.keygate_bin);
             }
         }
-        rig::base::paths::target_dir().join("release/keyrig-bench-peer")
+        let release = rig::base::paths::target_dir().join("release");
+        crate::up::BenchBuild {
+            peer: release.join("keyrig-bench-peer"),
+            passthrough_module: release.join(crate::up::BENCH_MODULE_FILE),
+        }
     } else {
-        crate::up::bench_peer_debug_build()?
+        crate::up::bench_debug_build()?
     };
     let out_dir = rig::base::paths::rig_dir().join("bench");
     let mut suite = cargo();
@@ -57,7 +61,8 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
             rig_bench::Plan::full()
         },
         local,
-        peer,
+        peer: bench_build.peer,
+        passthrough_module: bench_build.passthrough_module,
         suite_command: Some(suite),
         out_dir: out_dir.clone(),
     }))?;

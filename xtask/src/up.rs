@@ -46,8 +46,16 @@ pub(crate) fn keygate_build_args(release: bool) -> Vec<&'static str> {
     args.extend(["-p", "keygate", "-p", "keygate-envoy"]);
     if release {
         // The bench's load generator and upstream, built like what they
-        // measure (crates/bench-peer).
-        args.extend(["-p", "keyrig-bench-peer", "--bin", "keyrig-bench-peer"]);
+        // measure (crates/bench-peer), and its pass-through module, the
+        // floor under keygate's (crates/bench-module; `--lib` builds it).
+        args.extend([
+            "-p",
+            "keyrig-bench-peer",
+            "--bin",
+            "keyrig-bench-peer",
+            "-p",
+            "keyrig-bench-module",
+        ]);
     } else {
         args.extend(["-p", "xtask", "--bin", "xtask"]);
     }
@@ -55,27 +63,48 @@ pub(crate) fn keygate_build_args(release: bool) -> Vec<&'static str> {
     args
 }
 
-/// The bench peer's debug build (`bench --quick` in `cargo xtask test`):
-/// its library is already in xtask's build (rig-bench uses its protocol),
-/// so with xtask's binary among the targets this links one binary.
-pub(crate) fn bench_peer_debug_build() -> Result<PathBuf> {
+/// The bench's own builds, debug (`bench --quick` in `cargo xtask test`):
+/// the peer (its library is already in xtask's build, rig-bench uses its
+/// protocol, so with xtask's binary among the targets this links one
+/// binary) and the pass-through module (no dependencies).
+pub(crate) fn bench_debug_build() -> Result<BenchBuild> {
     let built = crate::build::cargo_build(
         &[
             "build",
             "-p",
             "keyrig-bench-peer",
             "-p",
+            "keyrig-bench-module",
+            "-p",
             "xtask",
             "--bin",
             "xtask",
             "--bin",
             "keyrig-bench-peer",
+            "--lib",
         ],
-        "building the bench's load generator and upstream",
+        "building the bench's load generator, upstream and pass-through module",
     )?;
-    Ok(built
-        .bin("keyrig-bench-peer", "keyrig-bench-peer")
-        .unwrap_or_else(|| rig::base::paths::target_dir().join("debug/keyrig-bench-peer")))
+    let debug = rig::base::paths::target_dir().join("debug");
+    Ok(BenchBuild {
+        peer: built
+            .bin("keyrig-bench-peer", "keyrig-bench-peer")
+            .unwrap_or_else(|| debug.join("keyrig-bench-peer")),
+        passthrough_module: built
+            .cdylib("keyrig-bench-module", "keyrig_bench_module")
+            .unwrap_or_else(|| debug.join(BENCH_MODULE_FILE)),
+    })
+}
+
+/// The pass-through module's file (crates/bench-module).
+pub(crate) const BENCH_MODULE_FILE: &str = "libkeyrig_bench_module.so";
+
+/// What the bench runs beside keygate: its load generator and upstream,
+/// and its pass-through Envoy module.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchBuild {
+    pub(crate) peer: PathBuf,
+    pub(crate) passthrough_module: PathBuf,
 }
 
 /// The keygate binary and module runs use: `$KEYRIG_KEYGATE` (and

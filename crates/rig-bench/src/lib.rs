@@ -92,6 +92,9 @@ pub struct BenchOptions {
     /// `keyrig-bench-peer` (crates/bench-peer): the load generator and the
     /// upstream every variant reaches, built like the keygate measured.
     pub peer: PathBuf,
+    /// `libkeyrig_bench_module.so` (crates/bench-module): the pass-through
+    /// dynamic module of the `envoy-module-passthrough` baseline.
+    pub passthrough_module: PathBuf,
     /// `cargo xtask e2e --mode inline` (or nothing: not measured).
     pub suite_command: Option<std::process::Command>,
     /// `target/rig/bench/`: bench.json, latency.svg, the runs.
@@ -311,8 +314,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         .context("env.json's upstream_url is not http://host:port")?;
     let no_auth = variants::start_baseline_envoy(
         "bench-envoy-no-auth",
-        "none",
-        &[],
+        variants::BaselineAuth::None,
         upstream,
         &envoy.path,
         &local.env_dir,
@@ -322,8 +324,17 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     .await?;
     let native = variants::start_baseline_envoy(
         "bench-envoy-api-key-auth",
-        "api_key_auth",
-        &native_keys,
+        variants::BaselineAuth::ApiKeyAuth(&native_keys),
+        upstream,
+        &envoy.path,
+        &local.env_dir,
+        &env_a.run,
+        &mut env_a.supervisor,
+    )
+    .await?;
+    let module_floor = variants::start_baseline_envoy(
+        "bench-envoy-module-passthrough",
+        variants::BaselineAuth::PassthroughModule(&opts.passthrough_module),
         upstream,
         &envoy.path,
         &local.env_dir,
@@ -334,6 +345,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let urls: BTreeMap<Variant, String> = [
         (Variant::NoAuth, format!("{no_auth}{path}")),
         (Variant::Native, format!("{native}{path}")),
+        (Variant::ModuleFloor, format!("{module_floor}{path}")),
         (
             Variant::KeygateGrpc,
             format!("{}{path}", env.gateways[&gw.grpc]),
@@ -364,6 +376,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     for variant in [
         Variant::NoAuth,
         Variant::Native,
+        Variant::ModuleFloor,
         Variant::KeygateGrpc,
         Variant::KeygateHttp,
         Variant::ModuleWarm,
@@ -396,6 +409,11 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     for (variant, envoy, through_keygate) in [
         (Variant::NoAuth, "bench-envoy-no-auth", false),
         (Variant::Native, "bench-envoy-api-key-auth", false),
+        (
+            Variant::ModuleFloor,
+            "bench-envoy-module-passthrough",
+            false,
+        ),
         (Variant::KeygateGrpc, gw.grpc.as_str(), true),
         (Variant::KeygateHttp, gw.http.as_str(), true),
         (Variant::KeygateCold, gw.grpc.as_str(), true),

@@ -1,5 +1,6 @@
-//! The auth paths compared, and the two baseline Envoys the local profile
-//! does not start (no auth; Envoy's native `api_key_auth` filter). They run
+//! The auth paths compared, and the three baseline Envoys the local profile
+//! does not start (no auth; Envoy's native `api_key_auth` filter; the
+//! pass-through dynamic module, `crates/bench-module`). They run
 //! under the run's `Supervisor` like every component: readiness probe, log
 //! in `logs/<name>.log`, stopped on teardown, Ctrl-C and panic.
 
@@ -22,6 +23,11 @@ pub enum Variant {
     /// Envoy's `envoy.filters.http.api_key_auth`, keys in static config.
     #[serde(rename = "envoy-api-key-auth")]
     Native,
+    /// Envoy with a dynamic module that lets every request through
+    /// (`crates/bench-module`): what any module costs before it decides
+    /// anything, the floor under keygate's.
+    #[serde(rename = "envoy-module-passthrough")]
+    ModuleFloor,
     /// Envoy + keygate over gRPC ext_authz, the key cached.
     #[serde(rename = "keygate-grpc-warm")]
     KeygateGrpc,
@@ -44,9 +50,10 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 8] = [
         Variant::NoAuth,
         Variant::Native,
+        Variant::ModuleFloor,
         Variant::KeygateGrpc,
         Variant::KeygateHttp,
         Variant::KeygateCold,
@@ -58,6 +65,7 @@ impl Variant {
         match self {
             Variant::NoAuth => "envoy-no-auth",
             Variant::Native => "envoy-api-key-auth",
+            Variant::ModuleFloor => "envoy-module-passthrough",
             Variant::KeygateGrpc => "keygate-grpc-warm",
             Variant::KeygateHttp => "keygate-http-warm",
             Variant::KeygateCold => "keygate-grpc-cold",
@@ -70,6 +78,9 @@ impl Variant {
         match self {
             Variant::NoAuth => "Envoy, no auth filter (ceiling)",
             Variant::Native => "Envoy native api_key_auth, keys in static config",
+            Variant::ModuleFloor => {
+                "Envoy + a dynamic module that lets everything through (the floor under any module)"
+            }
             Variant::KeygateGrpc => "Envoy + keygate gRPC ext_authz, warm cache",
             Variant::KeygateHttp => "Envoy + keygate HTTP ext_authz, warm cache",
             Variant::KeygateCold => {
@@ -92,6 +103,7 @@ struct Credential<'a> {
 #[derive(Serialize)]
 struct Values<'a> {
     auth: &'a str,
+    module_name: &'a str,
     listen_port: u16,
     admin_port: u16,
     upstream_port: u16,
@@ -105,13 +117,25 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// Starts a baseline Envoy (`auth`: `none` or `api_key_auth` with `keys`)
-/// in front of `upstream`; returns its URL once ready.
+/// The auth of a baseline Envoy.
+pub enum BaselineAuth<'a> {
+    /// No auth filter.
+    None,
+    /// `api_key_auth` with these keys.
+    ApiKeyAuth(&'a [String]),
+    /// The pass-through dynamic module, this `libkeyrig_bench_module.so`.
+    PassthroughModule(&'a Path),
+}
+
+/// The module's name in Envoy's config, found as `lib<name>.so`.
+const PASSTHROUGH_MODULE_NAME: &str = "keyrig_bench_module";
+
+/// Starts a baseline Envoy in front of `upstream`; returns its URL once
+/// ready.
 #[allow(clippy::too_many_arguments)]
 pub async fn start_baseline_envoy(
     name: &str,
-    auth: &str,
-    keys: &[String],
+    auth: BaselineAuth<'_>,
     upstream: SocketAddr,
     envoy: &Path,
     env_dir: &Path,
@@ -119,10 +143,16 @@ pub async fn start_baseline_envoy(
     supervisor: &mut Supervisor,
 ) -> Result<String> {
     let (listen_port, admin_port) = (free_port()?, free_port()?);
+    let (auth_name, keys, module) = match auth {
+        BaselineAuth::None => ("none", &[][..], None),
+        BaselineAuth::ApiKeyAuth(keys) => ("api_key_auth", keys, None),
+        BaselineAuth::PassthroughModule(module) => ("module_passthrough", &[][..], Some(module)),
+    };
     let text = rig::base::templates::render(
         &env_dir.join("bench/envoy.yaml.j2"),
         Values {
-            auth,
+            auth: auth_name,
+            module_name: PASSTHROUGH_MODULE_NAME,
             listen_port,
             admin_port,
             upstream_port: upstream.port(),
@@ -142,11 +172,37 @@ pub async fn start_baseline_envoy(
     let dir = run.path().join("gateways").join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let url = format!("http://127.0.0.1:{listen_port}");
-    // No auth: the upstream's 200; api_key_auth: its 401 for a request without a key.
-    let ready_status = if auth == "none" { 200 } else { 401 };
+    // No auth and the pass-through: the upstream's 200; api_key_auth: its
+    // 401 for a request without a key.
+    let ready_status = if auth_name == "api_key_auth" {
+        401
+    } else {
+        200
+    };
+    let mut component = rig::local::envoy::command(name, envoy, &config, "warn").current_dir(&dir);
+    if let Some(module) = module {
+        let expected = format!("lib{PASSTHROUGH_MODULE_NAME}.so");
+        let dir = module
+            .parent()
+            .filter(|_| module.file_name().and_then(|n| n.to_str()) == Some(expected.as_str()))
+            .with_context(|| {
+                format!(
+                    "{}: Envoy finds the bench's pass-through module as {expected} in {}; build it with `cargo build -p keyrig-bench-module`",
+                    module.display(),
+                    rig::process::envoy_module::SEARCH_PATH_VAR
+                )
+            })?;
+        if !module.is_file() {
+            anyhow::bail!(
+                "{} is missing: build it with `cargo build -p keyrig-bench-module`",
+                module.display()
+            );
+        }
+        component = component.env(rig::process::envoy_module::SEARCH_PATH_VAR, dir);
+    }
     supervisor
         .start(
-            rig::local::envoy::command(name, envoy, &config, "warn").current_dir(&dir),
+            component,
             Readiness::http(format!("{url}/healthz"), ready_status),
         )
         .await
@@ -172,6 +228,7 @@ mod tests {
             &rig::base::paths::env_dir().join("bench/envoy.yaml.j2"),
             Values {
                 auth: "api_key_auth",
+                module_name: PASSTHROUGH_MODULE_NAME,
                 listen_port: 1,
                 admin_port: 2,
                 upstream_port: 3,
@@ -195,5 +252,39 @@ mod tests {
             filters[1]["name"].as_str(),
             Some("envoy.filters.http.router")
         );
+    }
+
+    #[test]
+    fn the_passthrough_baseline_loads_the_bench_module_and_nothing_else() {
+        let text = rig::base::templates::render(
+            &rig::base::paths::env_dir().join("bench/envoy.yaml.j2"),
+            Values {
+                auth: "module_passthrough",
+                module_name: PASSTHROUGH_MODULE_NAME,
+                listen_port: 1,
+                admin_port: 2,
+                upstream_port: 3,
+                credentials: vec![],
+            },
+        )
+        .unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let filters = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"]
+            .as_sequence()
+            .unwrap();
+        assert_eq!(filters.len(), 2);
+        let module = &filters[0]["typed_config"];
+        assert_eq!(
+            module["@type"].as_str(),
+            Some(
+                "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+            )
+        );
+        assert_eq!(
+            module["dynamic_module_config"]["name"].as_str(),
+            Some("keyrig_bench_module")
+        );
+        assert!(!text.contains("keygate"), "{text}");
     }
 }
