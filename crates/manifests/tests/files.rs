@@ -159,12 +159,11 @@ fn pins_agree_with_the_local_profile() {
     "nodes has no control-plane node"
 )]
 fn a_bad_kind_config_is_named_with_its_field(#[case] text: &str, #[case] expected: &str) {
-    let dir = std::env::temp_dir().join(format!("keyrig-manifests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("cluster-{:x}.yaml", text.len()));
+    // Removed when dropped, also when an assertion fails.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("cluster-{:x}.yaml", text.len()));
     std::fs::write(&path, text).unwrap();
     let err = KindCluster::load(&path).unwrap_err().to_string();
-    std::fs::remove_file(&path).unwrap();
     assert!(err.starts_with(&format!("{}: ", path.display())), "{err}");
     assert!(err.contains(expected), "{err}");
 }
@@ -219,7 +218,8 @@ fn kind_json6902_patch_fields_use_kinds_spelling() {
              nodes: [{{role: control-plane, {field}: [{patch}]}}]\n"
         )
     };
-    let dir = tempfile_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
     let good = dir.join("json6902.yaml");
     std::fs::write(&good, config("kubeadmConfigPatchesJSON6902")).unwrap();
     let cluster = KindCluster::load(&good).unwrap_or_else(|err| panic!("{err}"));
@@ -238,14 +238,6 @@ fn kind_json6902_patch_fields_use_kinds_spelling() {
         err.contains("unknown field `kubeadmConfigPatchesJson6902`"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("keyrig-manifests-json6902-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[rstest]

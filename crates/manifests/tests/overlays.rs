@@ -709,9 +709,8 @@ spec:
 fn the_gateway_envoy_config_is_valid() {
     let config_map =
         find(render("inline"), "ConfigMap", "gateway-envoy").expect("the gateway-envoy ConfigMap");
-    let dir = std::env::temp_dir().join(format!("keyrig-manifests-envoy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("envoy.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, str_at(config_map, "/data/envoy.yaml")).unwrap();
     let output = std::process::Command::new(tool("envoy"))
         .args(["--mode", "validate", "--log-level", "warn", "-c"])
@@ -719,7 +718,6 @@ fn the_gateway_envoy_config_is_valid() {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("envoy runs");
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         output.status.success(),
         "envoy rejects scenarios/k8s/base/config/envoy.yaml:\n{}{}",
