@@ -234,27 +234,18 @@ impl Table {
             fresh_until: cap(now + self.positive_ttl),
             resurrect_until: cap(now + self.positive_ttl + self.resurrect_ttl),
         };
-        // The tombstone check and the insert under one lock order
-        // (tombstones, then entries), the same `drop_key` takes, so a drop
-        // cannot slip between them.
-        let tombstones = lock(&self.tombstones);
-        if tombstones
-            .get(&(group.to_owned(), selector.to_owned()))
-            .is_some_and(|(dropped, _)| read_at <= *dropped)
-        {
-            return false;
+        let stored = self.store_unless_dropped(
+            &self.entries,
+            MAX_ENTRIES,
+            (group, selector),
+            read_at,
+            entry,
+            |e| now < e.resurrect_until,
+        );
+        if stored {
+            write(&self.absent).remove(group, selector);
         }
-        let mut entries = write(&self.entries);
-        if entries.len >= MAX_ENTRIES && !entries.contains(group, selector) {
-            entries.retain(|e| now < e.resurrect_until);
-            if entries.len >= MAX_ENTRIES {
-                return false;
-            }
-        }
-        entries.insert(group, selector, entry);
-        drop(entries);
-        write(&self.absent).remove(group, selector);
-        true
+        stored
     }
 
     /// Keeps keygate's `unknown` for a callout stamped `read_at` for the
@@ -268,7 +259,30 @@ impl Table {
             read_at,
             until: now + self.negative_ttl,
         };
-        // Same lock order as `insert` and `drop_key`.
+        self.store_unless_dropped(
+            &self.absent,
+            MAX_ABSENT,
+            (group, selector),
+            read_at,
+            absent,
+            |a| now < a.until,
+        )
+    }
+
+    /// Stores `value` for a key in `map` unless the key was dropped at or
+    /// after `read_at`. The tombstone check and the insert under one lock
+    /// order (tombstones, then the map), the one `drop_key` takes, so a drop
+    /// cannot slip between them. A full map is first swept of what `live`
+    /// says is over; still full, nothing is stored.
+    fn store_unless_dropped<V>(
+        &self,
+        map: &RwLock<Entries<V>>,
+        capacity: usize,
+        (group, selector): (&str, &str),
+        read_at: u64,
+        value: V,
+        live: impl FnMut(&V) -> bool,
+    ) -> bool {
         let tombstones = lock(&self.tombstones);
         if tombstones
             .get(&(group.to_owned(), selector.to_owned()))
@@ -276,14 +290,14 @@ impl Table {
         {
             return false;
         }
-        let mut entries = write(&self.absent);
-        if entries.len >= MAX_ABSENT && !entries.contains(group, selector) {
-            entries.retain(|a| now < a.until);
-            if entries.len >= MAX_ABSENT {
+        let mut entries = write(map);
+        if entries.len >= capacity && !entries.contains(group, selector) {
+            entries.retain(live);
+            if entries.len >= capacity {
                 return false;
             }
         }
-        entries.insert(group, selector, absent);
+        entries.insert(group, selector, value);
         true
     }
 

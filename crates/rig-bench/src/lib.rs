@@ -312,36 +312,35 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         .trim_start_matches("http://")
         .parse()
         .context("env.json's upstream_url is not http://host:port")?;
-    let no_auth = variants::start_baseline_envoy(
-        "bench-envoy-no-auth",
-        variants::BaselineAuth::None,
-        upstream,
-        &envoy.path,
-        &local.env_dir,
-        &env_a.run,
-        &mut env_a.supervisor,
-    )
-    .await?;
-    let native = variants::start_baseline_envoy(
-        "bench-envoy-api-key-auth",
-        variants::BaselineAuth::ApiKeyAuth(&native_keys),
-        upstream,
-        &envoy.path,
-        &local.env_dir,
-        &env_a.run,
-        &mut env_a.supervisor,
-    )
-    .await?;
-    let module_floor = variants::start_baseline_envoy(
-        "bench-envoy-module-passthrough",
-        variants::BaselineAuth::PassthroughModule(&opts.passthrough_module),
-        upstream,
-        &envoy.path,
-        &local.env_dir,
-        &env_a.run,
-        &mut env_a.supervisor,
-    )
-    .await?;
+    let mut baselines = Vec::new();
+    for (name, auth) in [
+        ("bench-envoy-no-auth", variants::BaselineAuth::None),
+        (
+            "bench-envoy-api-key-auth",
+            variants::BaselineAuth::ApiKeyAuth(&native_keys),
+        ),
+        (
+            "bench-envoy-module-passthrough",
+            variants::BaselineAuth::PassthroughModule(&opts.passthrough_module),
+        ),
+    ] {
+        baselines.push(
+            variants::start_baseline_envoy(
+                name,
+                auth,
+                upstream,
+                &envoy.path,
+                &local.env_dir,
+                &env_a.run,
+                &mut env_a.supervisor,
+            )
+            .await?,
+        );
+    }
+    let [no_auth, native, module_floor]: [String; 3] =
+        baselines.try_into().map_err(|started: Vec<String>| {
+            anyhow::anyhow!("{} baselines started, not 3", started.len())
+        })?;
     let urls: BTreeMap<Variant, String> = [
         (Variant::NoAuth, format!("{no_auth}{path}")),
         (Variant::Native, format!("{native}{path}")),
