@@ -111,6 +111,36 @@ async fn start_generator(
     LoadGenerator::start("load-generator", peer, listen, run, supervisor).await
 }
 
+/// A short burst with the warm key through every variant that uses it:
+/// connections open, the key cached (by keygate, and in the module's
+/// table), Envoy's first-request costs paid.
+async fn warm_up(
+    generator: &LoadGenerator,
+    urls: &BTreeMap<Variant, String>,
+    warm: &Arc<str>,
+    connections: usize,
+) -> Result<()> {
+    for variant in [
+        Variant::NoAuth,
+        Variant::Native,
+        Variant::ModuleFloor,
+        Variant::KeygateGrpc,
+        Variant::KeygateHttp,
+        Variant::ModuleWarm,
+    ] {
+        generator
+            .run(Burst {
+                url: &urls[&variant],
+                keys: Keys::One(warm.clone()),
+                connections,
+                max_requests: 200,
+                max_time: Duration::from_secs(2),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// The pause before each turn of the auth-overhead rounds.
 const SETTLE: Duration = Duration::from_millis(250);
 
@@ -372,24 +402,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let generator = start_generator(&opts.peer, &env_a.run, &mut env_a.supervisor).await?;
     // Warm-up: connections open, the warm key cached (by keygate, and in
     // the module's table), Envoy's first-request costs paid.
-    for variant in [
-        Variant::NoAuth,
-        Variant::Native,
-        Variant::ModuleFloor,
-        Variant::KeygateGrpc,
-        Variant::KeygateHttp,
-        Variant::ModuleWarm,
-    ] {
-        generator
-            .run(Burst {
-                url: &urls[&variant],
-                keys: Keys::One(warm.clone()),
-                connections: plan.connections,
-                max_requests: 200,
-                max_time: Duration::from_secs(2),
-            })
-            .await?;
-    }
+    warm_up(&generator, &urls, &warm, plan.connections).await?;
     let cold_pool = Arc::new(cold);
     let cold_next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let module_cold_pool = Arc::new(module_cold);
@@ -397,40 +410,44 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let mut totals: BTreeMap<Variant, load::Outcome> = BTreeMap::new();
     // Whose CPU each variant costs: its Envoy's, and keygate's when the
     // variant goes through keygate.
-    let pid_of = |name: &str| {
-        env_a
-            .supervisor
-            .pid(name)
-            .with_context(|| format!("the bench's {name} is not running"))
-    };
-    let keygate_pid = pid_of("keygate")?;
-    let mut processes: BTreeMap<Variant, (i32, Option<i32>)> = BTreeMap::new();
-    for (variant, envoy, through_keygate) in [
-        (Variant::NoAuth, "bench-envoy-no-auth", false),
-        (Variant::Native, "bench-envoy-api-key-auth", false),
+    let envoys: BTreeMap<Variant, (&str, bool)> = [
+        (Variant::NoAuth, ("bench-envoy-no-auth", false)),
+        (Variant::Native, ("bench-envoy-api-key-auth", false)),
         (
             Variant::ModuleFloor,
-            "bench-envoy-module-passthrough",
-            false,
+            ("bench-envoy-module-passthrough", false),
         ),
-        (Variant::KeygateGrpc, gw.grpc.as_str(), true),
-        (Variant::KeygateHttp, gw.http.as_str(), true),
-        (Variant::KeygateCold, gw.grpc.as_str(), true),
-        (Variant::ModuleWarm, gw.module.as_str(), true),
-        (Variant::ModuleCold, gw.module.as_str(), true),
-    ] {
-        processes.insert(
-            variant,
-            (pid_of(envoy)?, through_keygate.then_some(keygate_pid)),
-        );
-    }
-    let cpu_now = |variant: Variant| -> Result<cpu::CpuUse> {
-        let (envoy, keygate) = processes[&variant];
+        (Variant::KeygateGrpc, (gw.grpc.as_str(), true)),
+        (Variant::KeygateHttp, (gw.http.as_str(), true)),
+        (Variant::KeygateCold, (gw.grpc.as_str(), true)),
+        (Variant::ModuleWarm, (gw.module.as_str(), true)),
+        (Variant::ModuleCold, (gw.module.as_str(), true)),
+    ]
+    .into();
+    let cpu_now = |supervisor: &rig::process::supervisor::Supervisor,
+                   variant: Variant|
+     -> Result<cpu::CpuUse> {
+        let pid_of = |name: &str| {
+            supervisor
+                .pid(name)
+                .with_context(|| format!("the bench's {name} is not running"))
+        };
+        let (envoy, through_keygate) = envoys[&variant];
         Ok(cpu::CpuUse {
-            envoy: cpu::process_cpu(envoy)?,
-            keygate: keygate.map(cpu::process_cpu).transpose()?,
+            envoy: cpu::process_cpu(pid_of(envoy)?)?,
+            keygate: through_keygate
+                .then(|| pid_of("keygate").and_then(cpu::process_cpu))
+                .transpose()?,
         })
     };
+    // Every Envoy starts again before each round after the first: one
+    // process per variant for the whole run would carry that process's own
+    // offset (two Envoys of one config measured up to 5 % apart in CPU per
+    // request, once 15 %) into every ratio, and rounds do not average it.
+    let mut restart_names: Vec<&str> = envoys.values().map(|(name, _)| *name).collect();
+    restart_names.sort_unstable();
+    restart_names.dedup();
+    let mut restarted_for = 0;
     let mut cpu_totals: BTreeMap<Variant, cpu::CpuUse> = BTreeMap::new();
     let schedule = stats::interleave(&Variant::ALL, plan.rounds);
     say!(
@@ -442,6 +459,17 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         plan.connections
     );
     for (round, variant) in schedule {
+        if round > restarted_for {
+            restarted_for = round;
+            for name in &restart_names {
+                env_a
+                    .supervisor
+                    .restart(name)
+                    .await
+                    .with_context(|| format!("restarting {name} before round {}", round + 1))?;
+            }
+            warm_up(&generator, &urls, &warm, plan.connections).await?;
+        }
         let keys = match variant {
             Variant::KeygateCold => Keys::Fresh {
                 pool: cold_pool.clone(),
@@ -456,7 +484,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         // A moment between turns, for what the last one left behind
         // (Vault's audit writes after a cold turn, keygate's cache inserts).
         tokio::time::sleep(SETTLE).await;
-        let cpu_before = cpu_now(variant)?;
+        let cpu_before = cpu_now(&env_a.supervisor, variant)?;
         let outcome = generator
             .run(Burst {
                 url: &urls[&variant],
@@ -466,7 +494,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 max_time: plan.window,
             })
             .await?;
-        let cpu_after = cpu_now(variant)?;
+        let cpu_after = cpu_now(&env_a.supervisor, variant)?;
         cpu_totals.entry(variant).or_default().add(cpu::CpuUse {
             envoy: cpu_after.envoy.saturating_sub(cpu_before.envoy),
             keygate: cpu_after
