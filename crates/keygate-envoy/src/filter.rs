@@ -303,20 +303,7 @@ impl Filter {
             let pairs: Vec<(&[u8], &[u8])> = headers
                 .iter()
                 // SAFETY: Envoy's header buffers, valid for this hook.
-                .map(|h| unsafe {
-                    (
-                        EnvoyBuffer {
-                            ptr: h.key_ptr,
-                            length: h.key_length,
-                        }
-                        .bytes(),
-                        EnvoyBuffer {
-                            ptr: h.value_ptr,
-                            length: h.value_length,
-                        }
-                        .bytes(),
-                    )
-                })
+                .map(|h| unsafe { h.pair() })
                 .collect();
             callout::interpret(Some(&pairs))
         } else {
