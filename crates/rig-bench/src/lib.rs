@@ -141,6 +141,11 @@ async fn warm_up(
     Ok(())
 }
 
+/// The baseline Envoys' component names (logs, pids, restarts).
+const NO_AUTH_ENVOY: &str = "bench-envoy-no-auth";
+const NATIVE_ENVOY: &str = "bench-envoy-api-key-auth";
+const MODULE_FLOOR_ENVOY: &str = "bench-envoy-module-passthrough";
+
 /// The pause before each turn of the auth-overhead rounds.
 const SETTLE: Duration = Duration::from_millis(250);
 
@@ -344,13 +349,13 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         .context("env.json's upstream_url is not http://host:port")?;
     let mut baselines = Vec::new();
     for (name, auth) in [
-        ("bench-envoy-no-auth", variants::BaselineAuth::None),
+        (NO_AUTH_ENVOY, variants::BaselineAuth::None),
         (
-            "bench-envoy-api-key-auth",
+            NATIVE_ENVOY,
             variants::BaselineAuth::ApiKeyAuth(&native_keys),
         ),
         (
-            "bench-envoy-module-passthrough",
+            MODULE_FLOOR_ENVOY,
             variants::BaselineAuth::PassthroughModule(&opts.passthrough_module),
         ),
     ] {
@@ -411,12 +416,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     // Whose CPU each variant costs: its Envoy's, and keygate's when the
     // variant goes through keygate.
     let envoys: BTreeMap<Variant, (&str, bool)> = [
-        (Variant::NoAuth, ("bench-envoy-no-auth", false)),
-        (Variant::Native, ("bench-envoy-api-key-auth", false)),
-        (
-            Variant::ModuleFloor,
-            ("bench-envoy-module-passthrough", false),
-        ),
+        (Variant::NoAuth, (NO_AUTH_ENVOY, false)),
+        (Variant::Native, (NATIVE_ENVOY, false)),
+        (Variant::ModuleFloor, (MODULE_FLOOR_ENVOY, false)),
         (Variant::KeygateGrpc, (gw.grpc.as_str(), true)),
         (Variant::KeygateHttp, (gw.http.as_str(), true)),
         (Variant::KeygateCold, (gw.grpc.as_str(), true)),
