@@ -62,10 +62,11 @@ pub mod reason {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Let the request through with these identity headers.
+    /// Let the request through as `owner`'s: `x-keyrig-owner` is the
+    /// owner, `x-keyrig-group` the route's group (an answer keygate gave
+    /// for another group is refused, so the two never differ).
     Allow {
         owner: Arc<str>,
-        group: String,
     },
     Deny(Deny),
 }
@@ -96,10 +97,10 @@ pub fn first(table: Option<&Table>, group: &str, presented: Presented<'_>, now: 
     let Some(table) = table else {
         return First::Ask(key);
     };
-    match table.lookup(group, key.selector().as_str(), now) {
+    // Borrowed, not allocated: this runs on every request.
+    match table.lookup(group, key.selector_str(), now) {
         Lookup::Fresh(approved) if key.verify(&approved.hash) => First::Done(Verdict::Allow {
             owner: approved.owner,
-            group: group.to_owned(),
         }),
         // keygate approved another verifier for this selector: this key is
         // wrong, as keygate would say from its own cache.
@@ -126,8 +127,7 @@ pub fn answered(
     now: Instant,
     wall_now: SystemTime,
 ) -> (Verdict, Option<String>) {
-    let selector = key.selector();
-    let selector = selector.as_str();
+    let selector = key.selector_str();
     // A route without the table keeps, forgets and resurrects nothing.
     let forget = || {
         if keep {
@@ -167,13 +167,7 @@ pub fn answered(
                 };
                 table.insert(group, selector, approved, read_at, now, lasts);
             }
-            (
-                Verdict::Allow {
-                    owner,
-                    group: group.to_owned(),
-                },
-                None,
-            )
+            (Verdict::Allow { owner }, None)
         }
         Answer::Unreachable(why) => (
             resurrect().unwrap_or(Verdict::Deny(Deny::new(503, reason::KEYGATE_UNAVAILABLE))),
@@ -207,10 +201,9 @@ pub fn answered(
 /// keygate cannot be reached: the approved entry if it is still in its
 /// resurrect window and this key's verifier matches it.
 pub fn resurrected(table: &Table, group: &str, key: &ApiKey, now: Instant) -> Option<Verdict> {
-    let approved = table.resurrect(group, key.selector().as_str(), now)?;
-    key.verify(&approved.hash).then(|| Verdict::Allow {
+    let approved = table.resurrect(group, key.selector_str(), now)?;
+    key.verify(&approved.hash).then_some(Verdict::Allow {
         owner: approved.owner,
-        group: group.to_owned(),
     })
 }
 
@@ -395,7 +388,6 @@ mod tests {
         assert_eq!(warning, None);
         let allowed = Verdict::Allow {
             owner: "user-1".into(),
-            group: "g".into(),
         };
         assert_eq!(verdict, allowed);
         assert_eq!(

@@ -154,7 +154,13 @@ enum Finished {
 
 /// One HTTP stream's filter.
 struct Filter {
-    shared: Arc<Shared>,
+    /// The filter config this filter was made from. Not reference-counted:
+    /// Envoy's filter holds the config (a shared pointer, whose destructor
+    /// calls `on_http_filter_config_destroy`) until after this filter is
+    /// destroyed, so it outlives the filter; a count would cost an atomic
+    /// add and sub per stream on a cache line every worker writes. Not
+    /// truly `'static`: never keep it past the filter.
+    shared: &'static Shared,
     asking: Option<Asking>,
     finished: Option<Finished>,
     /// Inside the request-headers hook: a callout answered before
@@ -172,7 +178,7 @@ impl Filter {
         if route.is_null() {
             // A route without the module's per-route config: no API group
             // serves it, as keygate says for a path it routes nowhere.
-            return self.carry_out(fe, Verdict::Deny(Deny::new(403, "no-route")), false);
+            return self.carry_out(fe, Verdict::Deny(Deny::new(403, "no-route")), "", false);
         }
         // SAFETY: see above.
         let route = unsafe { &*route.cast::<RouteConfig>() };
@@ -187,7 +193,10 @@ impl Filter {
         // headers of its own. The bytes are Envoy's, valid until the first
         // setter below, so the first decision is taken before any.
         let (first, sent) = with_request_headers(fe, |headers| {
-            let (presented, sent) = scan_request_headers(headers);
+            // SAFETY: Envoy's buffers, valid until the end of this hook,
+            // and no setter runs before this closure returns.
+            let pairs = headers.iter().map(|header| unsafe { header.pair() });
+            let (presented, sent) = scan_request_headers(pairs);
             (decide::first(table, &route.group, presented, now), sent)
         });
         // The upstream trusts these only from us.
@@ -195,7 +204,7 @@ impl Filter {
         match first {
             First::Done(verdict) => {
                 debug_decision(&route.group, None, &verdict, "local");
-                self.carry_out(fe, verdict, false)
+                self.carry_out(fe, verdict, &route.group, false)
             }
             First::Ask(key) => self.ask(fe, route.group.clone(), key, keep, now),
         }
@@ -274,7 +283,7 @@ impl Filter {
                 .flatten()
                 .unwrap_or(Verdict::Deny(Deny::new(503, reason::KEYGATE_UNAVAILABLE)));
             debug_decision(&group, Some(&key), &verdict, "callout not started");
-            return self.carry_out(fe, verdict, false);
+            return self.carry_out(fe, verdict, &group, false);
         }
         if let Some(asking) = &mut self.asking {
             asking.callout_id = Some(callout_id);
@@ -336,14 +345,20 @@ impl Filter {
         }
         debug_decision(&asking.group, Some(&asking.key), &verdict, "keygate");
         let resume = !self.in_headers_hook;
-        self.carry_out(fe, verdict, resume);
+        self.carry_out(fe, verdict, &asking.group, resume);
     }
 
     /// Lets the request through with identity headers (continuing it if it
-    /// was stopped) or sends the denial.
-    fn carry_out(&mut self, fe: FilterEnvoyPtr, verdict: Verdict, resume: bool) -> u32 {
+    /// was stopped) or sends the denial. `group`: the route's.
+    fn carry_out(
+        &mut self,
+        fe: FilterEnvoyPtr,
+        verdict: Verdict,
+        group: &str,
+        resume: bool,
+    ) -> u32 {
         match verdict {
-            Verdict::Allow { owner, group } => {
+            Verdict::Allow { owner } => {
                 // Client-sent copies are gone (on_request_headers), so an
                 // append is enough and skips Envoy's look-up of the name.
                 add_request_header(fe, OWNER_HEADER, owner.as_bytes());
@@ -428,8 +443,8 @@ struct IdentityHeaders {
 const HEADERS_ON_STACK: usize = 32;
 
 /// Runs `read` over every request header (Envoy's buffers, valid only
-/// inside `read`).
-fn with_request_headers<T>(fe: FilterEnvoyPtr, read: impl FnOnce(&[(&[u8], &[u8])]) -> T) -> T {
+/// inside `read`, and only until the first setter).
+fn with_request_headers<T>(fe: FilterEnvoyPtr, read: impl FnOnce(&[EnvoyHttpHeader]) -> T) -> T {
     // SAFETY: no out-pointers.
     let count = unsafe {
         envoy_dynamic_module_callback_http_get_headers_size(fe, HEADER_TYPE_REQUEST_HEADER)
@@ -451,35 +466,21 @@ fn with_request_headers<T>(fe: FilterEnvoyPtr, read: impl FnOnce(&[(&[u8], &[u8]
                 raw.as_mut_ptr(),
             )
         };
-    let mut pairs: [(&[u8], &[u8]); HEADERS_ON_STACK] = [(&[], &[]); HEADERS_ON_STACK];
-    let mut more = Vec::new();
-    let pairs: &[(&[u8], &[u8])] = if !filled {
-        &[]
-    } else if count <= HEADERS_ON_STACK {
-        for (pair, header) in pairs.iter_mut().zip(raw.iter()) {
-            // SAFETY: Envoy's buffers, valid until the end of this hook and
-            // no setter runs before `read` returns.
-            *pair = unsafe { header.pair() };
-        }
-        &pairs[..count]
-    } else {
-        // SAFETY: as above.
-        more.extend(raw.iter().map(|header| unsafe { header.pair() }));
-        &more
-    };
-    read(pairs)
+    read(if filled { raw } else { &[] })
 }
 
 /// The key a request presents, and the identity headers it carries.
 /// Envoy keeps names lower case; compared without case all the same.
-fn scan_request_headers<'a>(headers: &[(&'a [u8], &'a [u8])]) -> (Presented<'a>, IdentityHeaders) {
+fn scan_request_headers<'a>(
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> (Presented<'a>, IdentityHeaders) {
     let mut key = None;
     let mut keys = 0usize;
     let mut sent = IdentityHeaders {
         owner: false,
         group: false,
     };
-    for &(name, value) in headers {
+    for (name, value) in headers {
         if name.eq_ignore_ascii_case(API_KEY_HEADER) {
             keys += 1;
             key.get_or_insert(value);
@@ -670,13 +671,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
         std::ptr::null(),
         || {},
         || {
-            let config = filter_config_ptr.cast::<Shared>();
-            // SAFETY: from Arc::into_raw in config_new, alive while Envoy
-            // creates filters from it; the filter holds its own reference.
-            let shared = unsafe {
-                Arc::increment_strong_count(config);
-                Arc::from_raw(config)
-            };
+            // SAFETY: from Arc::into_raw in config_new; Envoy keeps the
+            // config until after this filter is destroyed (see
+            // `Filter::shared`).
+            let shared = unsafe { &*filter_config_ptr.cast::<Shared>() };
             Box::into_raw(Box::new(Filter {
                 shared,
                 asking: None,
