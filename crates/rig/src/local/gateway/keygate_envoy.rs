@@ -27,10 +27,35 @@ pub struct ModuleValues {
     /// request asks keygate, which answers `no-route` for a path the
     /// group's documents do not declare; nothing kept).
     prefix_route_configs: BTreeMap<String, String>,
-    /// API group -> one RE2 regex per declared path template, matched on
-    /// Envoy's normalized path: the routes where a held key is answered
-    /// from the table.
-    operation_routes: BTreeMap<String, Vec<String>>,
+    /// API group -> how each declared path template is matched on Envoy's
+    /// normalized path: the routes where a held key is answered from the
+    /// table.
+    operation_routes: BTreeMap<String, Vec<OperationMatch>>,
+}
+
+/// The `match` of one declared operation's route (serialized for the
+/// template as `{"path": ...}` or `{"safe_regex": ...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationMatch {
+    /// A template without parameters: its text, exactly (Envoy compares
+    /// strings; an RE2 match per request cost more than the module's own
+    /// table look-up).
+    Path(String),
+    /// A template with parameters: [`template_regex`].
+    SafeRegex(String),
+}
+
+/// How a declared path template's route matches; `None` for a template
+/// with no fast path (see [`template_regex`]).
+pub fn operation_match(template: &str) -> Option<OperationMatch> {
+    let regex = template_regex(template)?;
+    Some(if template.contains('{') {
+        OperationMatch::SafeRegex(regex)
+    } else {
+        // No parameter, and template_regex found no escape in the text.
+        OperationMatch::Path(template.to_owned())
+    })
 }
 
 /// A path template (`/shop/items/{id}`) as an RE2 regex of the plain paths
@@ -91,12 +116,12 @@ impl ModuleValues {
             .groups
             .iter()
             .map(|g| {
-                let regexes = g
+                let matches = g
                     .path_templates
                     .iter()
-                    .filter_map(|t| template_regex(t))
+                    .filter_map(|t| operation_match(t))
                     .collect();
-                (g.group_id.clone(), regexes)
+                (g.group_id.clone(), matches)
             })
             .collect();
         Ok(Self {
@@ -171,5 +196,25 @@ mod template_regex_tests {
         assert!(full("/v1+2/(x)").is_match("/v1+2/(x)"));
         assert_eq!(template_regex("/a/%73pecial"), None);
         assert_eq!(template_regex("/a/{unclosed"), None);
+    }
+
+    /// A template without parameters is matched as a string; one with
+    /// parameters by its regex; one with an escape not at all (keygate
+    /// decides on the group's prefix route).
+    #[test]
+    fn a_template_without_parameters_is_matched_exactly() {
+        use super::{OperationMatch, operation_match};
+        assert_eq!(
+            operation_match("/shop/items"),
+            Some(OperationMatch::Path("/shop/items".into()))
+        );
+        assert_eq!(
+            operation_match("/shop/items/{id}"),
+            Some(OperationMatch::SafeRegex(
+                template_regex("/shop/items/{id}").unwrap()
+            ))
+        );
+        assert_eq!(operation_match("/a/%73pecial"), None);
+        assert_eq!(operation_match("/a/b}"), None);
     }
 }

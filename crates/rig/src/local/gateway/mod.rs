@@ -344,8 +344,8 @@ mod tests {
             !serde_yaml::to_string(hcm).unwrap().contains("ext_authz"),
             "the module replaces ext_authz"
         );
-        // Per group: a route per declared operation (a regex, the table in
-        // use), then the group's prefix (keygate decides, "table": false);
+        // Per group: a route per declared operation (its path exactly, or a
+        // regex for a template with parameters; the table in use), then the group's prefix (keygate decides, "table": false);
         // last the catch-all, with no per-route config (403 no-route).
         let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
             .as_sequence()
@@ -362,9 +362,10 @@ mod tests {
                             v["table"].as_bool().unwrap(),
                         )
                     });
-                let matched = match r["match"]["prefix"].as_str() {
-                    Some(prefix) => format!("prefix {prefix}"),
-                    None => format!(
+                let matched = match (r["match"]["prefix"].as_str(), r["match"]["path"].as_str()) {
+                    (Some(prefix), _) => format!("prefix {prefix}"),
+                    (None, Some(path)) => format!("path {path}"),
+                    (None, None) => format!(
                         "regex {}",
                         r["match"]["safe_regex"]["regex"].as_str().unwrap()
                     ),
@@ -375,13 +376,13 @@ mod tests {
         let mut want = Vec::new();
         for group in ctx.groups {
             for template in &group.path_templates {
-                want.push((
-                    format!(
-                        "regex {}",
-                        super::keygate_envoy::template_regex(template).unwrap()
-                    ),
-                    Some((group.group_id.clone(), true)),
-                ));
+                let matched = match super::keygate_envoy::operation_match(template).unwrap() {
+                    super::keygate_envoy::OperationMatch::Path(path) => format!("path {path}"),
+                    super::keygate_envoy::OperationMatch::SafeRegex(regex) => {
+                        format!("regex {regex}")
+                    }
+                };
+                want.push((matched, Some((group.group_id.clone(), true))));
             }
             want.push((
                 format!("prefix {}", group.route_prefix),
@@ -394,6 +395,12 @@ mod tests {
             named
                 .iter()
                 .any(|(m, _)| m == r"regex /animal\-rescue/animals/[^/%\\]+"),
+            "{named:?}"
+        );
+        assert!(
+            named
+                .iter()
+                .any(|(m, _)| m == "path /animal-rescue/animals"),
             "{named:?}"
         );
         // The callouts' cluster: keygate's HTTP port, HTTP/1.1.
