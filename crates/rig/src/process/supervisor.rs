@@ -182,6 +182,24 @@ impl Component {
         &self.name
     }
 
+    /// This process run under `wrapper` (valgrind, a profiler): the
+    /// wrapper's arguments, then this component's program and arguments;
+    /// environment and directory unchanged.
+    pub fn wrapped<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
+        mut self,
+        wrapper: impl Into<PathBuf>,
+        wrapper_args: I,
+    ) -> Self {
+        let mut args: Vec<OsString> = wrapper_args
+            .into_iter()
+            .map(|a| a.as_ref().to_owned())
+            .collect();
+        args.push(std::mem::replace(&mut self.program, wrapper.into()).into_os_string());
+        args.append(&mut self.args);
+        self.args = args;
+        self
+    }
+
     /// Program and arguments, space-separated, for messages and tests (the
     /// command line never holds a secret: those go through [`Self::env`]).
     pub fn describe(&self) -> String {
@@ -630,6 +648,26 @@ impl Supervisor {
         self.start(component, ready).await
     }
 
+    /// How a component stopped by [`Supervisor::stop`] was started, to
+    /// start a changed copy of it (e.g. under a profiler, renamed).
+    pub fn stopped_spec(&self, name: &str) -> Option<(Component, Readiness)> {
+        self.stopped.get(name).cloned()
+    }
+
+    /// [`Supervisor::start`] with another readiness deadline for this one
+    /// component (a process under valgrind starts tens of times slower).
+    pub async fn start_with_ready_timeout(
+        &mut self,
+        component: Component,
+        ready: Readiness,
+        timeout: Duration,
+    ) -> Result<i32> {
+        let usual = std::mem::replace(&mut self.ready_timeout, timeout);
+        let started = self.start(component, ready).await;
+        self.ready_timeout = usual;
+        started
+    }
+
     /// The pid of a running component.
     pub fn pid(&self, name: &str) -> Option<i32> {
         self.running
@@ -875,6 +913,40 @@ mod tests {
 
     fn sleeper(name: &str) -> Component {
         Component::new(name, "/bin/sh").args(["-c", "echo started; exec sleep 30"])
+    }
+
+    /// A stopped component's spec starts again under a wrapper (here
+    /// `env`, which runs the rest of its command line), renamed: the
+    /// wrapper leads, the original command follows, readiness is kept.
+    #[rstest]
+    #[tokio::test]
+    async fn a_stopped_component_starts_again_under_a_wrapper() {
+        let (_base, run) = run_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut supervisor = Supervisor::new(&run);
+        supervisor
+            .start(sleeper("plain"), Readiness::Tcp(addr))
+            .await
+            .unwrap();
+        supervisor.stop("plain", StopMode::Graceful).unwrap();
+        assert!(supervisor.stopped_spec("absent").is_none());
+        let (component, ready) = supervisor.stopped_spec("plain").unwrap();
+        let wrapped = component
+            .wrapped("/usr/bin/env", ["KEYRIG_WRAPPED=1"])
+            .renamed("wrapped");
+        assert_eq!(
+            wrapped.describe(),
+            "/usr/bin/env KEYRIG_WRAPPED=1 /bin/sh -c echo started; exec sleep 30"
+        );
+        let pid = supervisor
+            .start_with_ready_timeout(wrapped, ready, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(supervisor.pid("wrapped"), Some(pid));
+        assert_eq!(supervisor.pid("plain"), None);
+        supervisor.stop_all();
+        assert!(!is_alive(pid));
     }
 
     fn read_pids(run: &RunDir) -> PidFile {
