@@ -12,12 +12,14 @@
 //! - `scale`: keygate's memory and throughput with 100 .. 100 000 cached keys;
 //! - `stats`: percentiles, ratios, the interleaved schedule;
 //! - `cpu`: a process's CPU time, for the CPU each variant costs per request;
+//! - `instructions`: Envoy's instructions per request under callgrind;
 //! - `report`: the table and `bench.json`; `plot`: the latency SVG.
 //!
 //! Every process runs under a `Supervisor` (the local profile's), so all of
 //! it stops when the bench ends, fails, panics or is interrupted.
 
 pub mod cpu;
+pub mod instructions;
 pub mod keys;
 pub mod load;
 pub mod plot;
@@ -550,6 +552,41 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     }
     let variants = report::variant_results(&totals, &cpu_totals);
 
+    // 4b. Envoy's instructions per request under callgrind: the same
+    // Envoys, each started again under valgrind (`--quick`: the native
+    // filter and the module only, fewer requests).
+    let mut counted_envoys = vec![
+        (Variant::Native, NATIVE_ENVOY),
+        (Variant::ModuleWarm, gw.module.as_str()),
+    ];
+    if !plan.quick {
+        counted_envoys.splice(
+            0..0,
+            [
+                (Variant::NoAuth, NO_AUTH_ENVOY),
+                (Variant::ModuleFloor, MODULE_FLOOR_ENVOY),
+            ],
+        );
+    }
+    let counted: Vec<instructions::Counted> = counted_envoys
+        .into_iter()
+        .map(|(variant, envoy)| instructions::Counted {
+            variant,
+            envoy,
+            url: &urls[&variant],
+            key: warm.clone(),
+            requests: plan.instruction_requests,
+        })
+        .collect();
+    let instructions = instructions::count_each(
+        &counted,
+        &mut env_a.supervisor,
+        &generator,
+        &env_a.run.path().join("callgrind"),
+        &mut left_out,
+    )
+    .await;
+
     env_a.supervisor.stop_all();
     drop(env_a);
 
@@ -676,6 +713,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         path,
         native_keys: native_keys.len(),
         variants,
+        instructions,
         propagation,
         scale,
         suite,

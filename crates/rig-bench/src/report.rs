@@ -186,6 +186,30 @@ pub fn render(r: &BenchReport) -> String {
         }
     }
 
+    if !r.instructions.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nEnvoy's instructions per request under callgrind (user space, every thread; {} requests each after a warm-up; valgrind hides SHA-NI, so the module's SHA-256 counts ~3.5k instructions it does not take on this CPU):",
+            r.plan.instruction_requests
+        );
+        let rows: Vec<Vec<String>> = r
+            .instructions
+            .iter()
+            .map(|c| {
+                vec![
+                    c.variant.name().to_owned(),
+                    format!("{:.0}", c.instructions_per_request),
+                    x(c.vs_native),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            1,
+            &["variant", "instructions/req", "vs native"],
+            &rows,
+        ));
+    }
+
     let _ = writeln!(
         out,
         "\npropagation (Vault write -> first effect observed at the gateway / keygate):"

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::variants::Variant;
-use crate::{propagation, scale, stats};
+use crate::{instructions, propagation, scale, stats};
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -31,6 +31,8 @@ pub struct Plan {
     pub scale_sizes: &'static [usize],
     pub scale_window: Duration,
     pub suite: bool,
+    /// Requests counted under callgrind per Envoy (`instructions`).
+    pub instruction_requests: u64,
 }
 
 impl Plan {
@@ -50,6 +52,7 @@ impl Plan {
             scale_sizes: &[100, 10_000, 100_000],
             scale_window: Duration::from_secs(3),
             suite: true,
+            instruction_requests: 2_000,
         }
     }
 
@@ -68,6 +71,8 @@ impl Plan {
             scale_sizes: &[100, 1_000],
             scale_window: Duration::from_millis(800),
             suite: false,
+            // A smoke run of the count (native filter and module only).
+            instruction_requests: 300,
         }
     }
 }
@@ -146,6 +151,9 @@ pub struct BenchReport {
     pub path: String,
     pub native_keys: usize,
     pub variants: Vec<VariantResult>,
+    /// Envoy's instructions per request under callgrind (full runs, with
+    /// valgrind on PATH; else `left_out` says why).
+    pub instructions: Vec<instructions::InstructionCount>,
     pub propagation: Vec<propagation::PropagationResult>,
     pub scale: Vec<scale::ScaleResult>,
     pub suite: SuiteSpeed,
