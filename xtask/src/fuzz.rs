@@ -306,6 +306,9 @@ fn side_by_side(runs: Vec<TargetRun>) -> Result<Vec<&'static str>> {
                 .stderr(out)
                 .spawn()
                 .context("running cargo fuzz")?;
+            // Tracked from the start: the wave's others run while the
+            // first is waited for, and a SIGTERM must reach them too.
+            crate::runner::track_test(&child);
             started.push((run, child, log));
         }
         for (run, mut child, log) in started {

@@ -24,15 +24,23 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Ctrl-C does anyway; `kill` or a CI timeout does not).
 static TEST_PIDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
+/// Lets a termination signal reach a test process from now until
+/// [`wait_for_test`] has waited for it: for processes started side by
+/// side, where one is waited for while the others run.
+pub(crate) fn track_test(child: &std::process::Child) {
+    let pid = child.id() as i32;
+    let mut pids = TEST_PIDS.lock().unwrap_or_else(|p| p.into_inner());
+    if !pids.contains(&pid) {
+        pids.push(pid);
+    }
+}
+
 /// Waits for a test process, which Ctrl-C stops meanwhile.
 pub(crate) fn wait_for_test(
     child: &mut std::process::Child,
 ) -> std::io::Result<std::process::ExitStatus> {
     let pid = child.id() as i32;
-    TEST_PIDS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(pid);
+    track_test(child);
     let status = child.wait();
     TEST_PIDS
         .lock()
@@ -223,4 +231,39 @@ pub(crate) fn verdict(name: &str, passed: &str, output: &str, problems: &[String
         say!("{name}: {problem}");
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(pid: i32) -> bool {
+        TEST_PIDS.lock().unwrap().contains(&pid)
+    }
+
+    /// A test process started side by side is reachable by a termination
+    /// signal from when it is tracked until it has been waited for, once.
+    #[test]
+    fn a_tracked_test_process_is_signalled_until_waited_for() {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(!tracked(pid));
+        track_test(&child);
+        track_test(&child);
+        assert_eq!(
+            TEST_PIDS
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| **p == pid)
+                .count(),
+            1
+        );
+        let status = wait_for_test(&mut child).unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(!tracked(pid));
+    }
 }
