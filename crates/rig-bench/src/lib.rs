@@ -453,6 +453,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     restart_names.dedup();
     let mut restarted_for = 0;
     let mut cpu_totals: BTreeMap<Variant, cpu::CpuUse> = BTreeMap::new();
+    let mut round_rps: BTreeMap<(usize, Variant), f64> = BTreeMap::new();
     let schedule = stats::interleave(&Variant::ALL, plan.rounds);
     say!(
         "bench: auth overhead, {} rounds of {} variants, each at most {} requests or {} per round, {} connections",
@@ -523,6 +524,12 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 outcome.failed
             );
         }
+        if outcome.requests() > 0 {
+            round_rps.insert(
+                (round, variant),
+                outcome.requests() as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
+            );
+        }
         match totals.get_mut(&variant) {
             Some(total) => {
                 total.latencies_us.add(&outcome.latencies_us)?;
@@ -550,7 +557,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             ));
         }
     }
-    let variants = report::variant_results(&totals, &cpu_totals);
+    let variants = report::variant_results(&totals, &cpu_totals, &round_rps);
 
     // 4b. Envoy's instructions per request under callgrind: the same
     // Envoys, each started again under valgrind (`--quick`: the native

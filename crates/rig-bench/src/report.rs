@@ -20,10 +20,22 @@ const PLOT_PERCENTILES: [f64; 12] = [
 
 /// One result per variant, in the order of `Variant::ALL`, with ratios to
 /// the native filter and to no auth.
+/// `round_rps`: each variant's req/s in each round (by round index).
 pub fn variant_results(
     totals: &BTreeMap<Variant, Outcome>,
     cpu: &BTreeMap<Variant, CpuUse>,
+    round_rps: &BTreeMap<(usize, Variant), f64>,
 ) -> Vec<VariantResult> {
+    let round_median_vs_native = |variant: Variant| {
+        let pairs = round_rps
+            .iter()
+            .filter(|((_, v), _)| *v == variant)
+            .filter_map(|((round, _), rps)| {
+                let native = round_rps.get(&(*round, Variant::Native))?;
+                Some((*rps, *native))
+            });
+        crate::stats::median_of_ratios(pairs)
+    };
     let rps = |o: &Outcome| o.requests() as f64 / o.elapsed.as_secs_f64().max(1e-9);
     let per_request = |time: Option<Duration>, o: &Outcome| {
         let requests = o.requests();
@@ -58,6 +70,7 @@ pub fn variant_results(
                 rps: r,
                 latency,
                 rps_vs_native: ratio(r, native_rps),
+                rps_vs_native_round_median: round_median_vs_native(variant),
                 rps_vs_no_auth: ratio(r, no_auth_rps),
                 p99_vs_native: ratio(latency.p99_us as f64, native_p99),
                 p99_vs_no_auth: ratio(latency.p99_us as f64, no_auth_p99.map(|p| p as f64)),
@@ -147,6 +160,7 @@ pub fn render(r: &BenchReport) -> String {
                 ms(v.latency.p99_us),
                 ms(v.latency.p999_us),
                 x(v.rps_vs_native),
+                x(v.rps_vs_native_round_median),
                 x(v.rps_vs_no_auth),
                 v.p99_added_us
                     .map_or("-".into(), |us| format!("{:+.2}", us as f64 / 1000.0)),
@@ -171,6 +185,7 @@ pub fn render(r: &BenchReport) -> String {
             "p99 ms",
             "p99.9 ms",
             "req/s vs native",
+            "round median vs native",
             "req/s vs no-auth",
             "p99 added ms",
             "p99 vs native ms",
@@ -374,7 +389,22 @@ mod tests {
             ),
         ]
         .into();
-        let results = variant_results(&totals, &cpu);
+        // Per round: gRPC at 0.8x, 0.9x and (a starved turn) 0.3x the
+        // native filter; round 3 has no native turn, so it pairs nothing.
+        let round_rps: BTreeMap<(usize, Variant), f64> = [
+            ((0, Variant::Native), 1000.0),
+            ((0, Variant::KeygateGrpc), 800.0),
+            ((1, Variant::Native), 1000.0),
+            ((1, Variant::KeygateGrpc), 900.0),
+            ((2, Variant::Native), 1000.0),
+            ((2, Variant::KeygateGrpc), 300.0),
+            ((3, Variant::KeygateGrpc), 5.0),
+        ]
+        .into();
+        let results = variant_results(&totals, &cpu, &round_rps);
+        assert!((results[2].rps_vs_native_round_median.unwrap() - 0.8).abs() < 1e-9);
+        assert_eq!(results[1].rps_vs_native_round_median, Some(1.0));
+        assert_eq!(results[0].rps_vs_native_round_median, None);
         assert_eq!(
             results.iter().map(|r| r.variant).collect::<Vec<_>>(),
             [Variant::NoAuth, Variant::Native, Variant::KeygateGrpc]
@@ -403,7 +433,7 @@ mod tests {
     fn no_baseline_no_ratio() {
         let totals: BTreeMap<Variant, Outcome> =
             [(Variant::KeygateGrpc, outcome(10, 1, 100))].into();
-        let results = variant_results(&totals, &BTreeMap::new());
+        let results = variant_results(&totals, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(results[0].rps_vs_native, None);
         assert_eq!(results[0].p99_added_us, None);
     }

@@ -99,6 +99,9 @@ pub struct VariantResult {
     pub rps: f64,
     pub latency: stats::Latency,
     pub rps_vs_native: Option<f64>,
+    /// The median over rounds of this variant's req/s over the native
+    /// filter's in the same round (`stats::median_of_ratios`).
+    pub rps_vs_native_round_median: Option<f64>,
     pub rps_vs_no_auth: Option<f64>,
     pub p99_vs_native: Option<f64>,
     pub p99_vs_no_auth: Option<f64>,

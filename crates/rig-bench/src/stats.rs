@@ -72,6 +72,30 @@ pub fn ratio(value: f64, baseline: Option<f64>) -> Option<f64> {
     }
 }
 
+/// The median over rounds of `value / baseline` taken within each round
+/// (pairs with a zero on either side skipped); the mean of the middle two
+/// for an even count. Paired by round, so a stretch of the run where the
+/// whole machine was slower (another tenant, the host's steal) moves both
+/// sides of a pair alike, and one such round cannot pull the result as it
+/// pulls a ratio of totals.
+pub fn median_of_ratios(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<f64> {
+    let mut ratios: Vec<f64> = pairs
+        .into_iter()
+        .filter(|(value, baseline)| *value > 0.0 && *baseline > 0.0)
+        .map(|(value, baseline)| value / baseline)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    Some(if ratios.len() % 2 == 1 {
+        ratios[mid]
+    } else {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    })
+}
+
 /// The order in which variants run: `rounds` rounds, each running every
 /// variant once, so a variant's samples are spread over the whole run
 /// instead of bunched at its start or end. Round `r` starts at variant `r`
@@ -102,6 +126,22 @@ fn gcd(a: usize, b: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_of_per_round_ratios_resists_one_bad_round() {
+        // Four rounds at 0.95, one where the module's turn was starved.
+        let pairs = [
+            (95.0, 100.0),
+            (190.0, 200.0),
+            (30.0, 100.0),
+            (95.0, 100.0),
+            (95.0, 100.0),
+        ];
+        assert_eq!(median_of_ratios(pairs), Some(0.95));
+        assert_eq!(median_of_ratios([(1.0, 2.0), (3.0, 2.0)]), Some(1.0));
+        assert_eq!(median_of_ratios([(1.0, 0.0), (0.0, 1.0)]), None);
+        assert_eq!(median_of_ratios([]), None);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
