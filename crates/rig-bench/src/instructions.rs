@@ -3,7 +3,7 @@
 //! run to run. Requests/s and CPU time on two shared cores swing by more
 //! than the differences they are asked about (one round's ratio of the
 //! module's warm variant to the native filter ranged 0.72-1.16 in one run);
-//! a count under callgrind repeats within ~0.2 %.
+//! a count under callgrind repeats within ~0.3 %.
 //!
 //! Per variant, after the auth-overhead rounds: its Envoy is stopped and
 //! started again under `valgrind --tool=callgrind --instr-atstart=no` (same
