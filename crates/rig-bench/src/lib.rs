@@ -520,15 +520,12 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 variant.name(),
                 outcome.requests(),
                 rig::base::progress::secs(outcome.elapsed),
-                outcome.requests() as f64 / outcome.elapsed.as_secs_f64(),
+                outcome.rps(),
                 outcome.failed
             );
         }
         if outcome.requests() > 0 {
-            round_rps.insert(
-                (round, variant),
-                outcome.requests() as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
-            );
+            round_rps.insert((round, variant), outcome.rps());
         }
         match totals.get_mut(&variant) {
             Some(total) => {
@@ -562,29 +559,22 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     // 4b. Envoy's instructions per request under callgrind: the same
     // Envoys, each started again under valgrind (`--quick`: the native
     // filter and the module only, fewer requests).
-    let mut counted_envoys = vec![
-        (Variant::Native, NATIVE_ENVOY),
-        (Variant::ModuleWarm, gw.module.as_str()),
-    ];
-    if !plan.quick {
-        counted_envoys.splice(
-            0..0,
-            [
-                (Variant::NoAuth, NO_AUTH_ENVOY),
-                (Variant::ModuleFloor, MODULE_FLOOR_ENVOY),
-            ],
-        );
-    }
-    let counted: Vec<instructions::Counted> = counted_envoys
-        .into_iter()
-        .map(|(variant, envoy)| instructions::Counted {
-            variant,
-            envoy,
-            url: &urls[&variant],
-            key: warm.clone(),
-            requests: plan.instruction_requests,
-        })
-        .collect();
+    let counted: Vec<instructions::Counted> = [
+        Variant::NoAuth,
+        Variant::Native,
+        Variant::ModuleFloor,
+        Variant::ModuleWarm,
+    ]
+    .into_iter()
+    .filter(|v| !plan.quick || matches!(v, Variant::Native | Variant::ModuleWarm))
+    .map(|variant| instructions::Counted {
+        variant,
+        envoy: envoys[&variant].0,
+        url: &urls[&variant],
+        key: warm.clone(),
+        requests: plan.instruction_requests,
+    })
+    .collect();
     let instructions = instructions::count_each(
         &counted,
         &mut env_a.supervisor,

@@ -60,6 +60,11 @@ impl Outcome {
     pub fn requests(&self) -> u64 {
         self.ok + self.failed
     }
+
+    /// Requests per second over the burst's time.
+    pub fn rps(&self) -> f64 {
+        self.requests() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
 }
 
 /// The running load generator.

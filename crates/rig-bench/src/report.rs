@@ -36,7 +36,7 @@ pub fn variant_results(
             });
         crate::stats::median_of_ratios(pairs)
     };
-    let rps = |o: &Outcome| o.requests() as f64 / o.elapsed.as_secs_f64().max(1e-9);
+    let rps = Outcome::rps;
     let per_request = |time: Option<Duration>, o: &Outcome| {
         let requests = o.requests();
         time.filter(|_| requests > 0)

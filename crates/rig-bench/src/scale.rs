@@ -114,7 +114,7 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
             rss_kib: rss,
             baseline_rss_kib: baseline,
             bytes_per_key: (rss.saturating_sub(baseline) * 1024) as f64 / size as f64,
-            warm_rps: warm.requests() as f64 / warm.elapsed.as_secs_f64(),
+            warm_rps: warm.rps(),
             warm: super::stats::Latency::of(&warm.latencies_us),
             failed: warm.failed,
         });
