@@ -605,6 +605,17 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
     .await
     .unwrap();
     assert_eq!(issued.upstream_headers()["x-keyrig-owner"], "user-late");
+    // The revoked key's delete reaches the feed twice (Vault's request
+    // and response audit entries), and the second drop takes whatever the
+    // module holds for it, `unknown` included, if it lands after the
+    // module's read. Both landed before the late key's lines (one ordered
+    // stream), which the module has applied by now: asked once more, it
+    // holds keygate's `unknown` read after every drop.
+    assert_denied(
+        &ask(&gateway, "/billing/invoices", Some(revoked.expose()), &[]).await,
+        401,
+        "unknown",
+    );
 
     // keygate gone: what the module approved still passes, nothing else.
     let never_used = stack.issue(BILLING, "user-never-used").await;
