@@ -454,7 +454,8 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let mut restarted_for = 0;
     let mut cpu_totals: BTreeMap<Variant, cpu::CpuUse> = BTreeMap::new();
     let mut round_rps: BTreeMap<(usize, Variant), f64> = BTreeMap::new();
-    let schedule = stats::interleave(&Variant::ALL, plan.rounds);
+    let mut rounds: Vec<results::RoundResult> = Vec::new();
+    let schedule = stats::interleave_paired(&Variant::ALL, &Variant::PAIRED, plan.rounds);
     say!(
         "bench: auth overhead, {} rounds of {} variants, each at most {} requests or {} per round, {} connections",
         plan.rounds,
@@ -490,6 +491,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         // (Vault's audit writes after a cold turn, keygate's cache inserts).
         tokio::time::sleep(SETTLE).await;
         let cpu_before = cpu_now(&env_a.supervisor, variant)?;
+        // The machine's ticks are a reading for the report, not a
+        // precondition: a /proc without them loses the steal column only.
+        let ticks_before = cpu::MachineTicks::now().ok();
         let outcome = generator
             .run(Burst {
                 url: &urls[&variant],
@@ -500,6 +504,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             })
             .await?;
         let cpu_after = cpu_now(&env_a.supervisor, variant)?;
+        let steal_share = ticks_before
+            .zip(cpu::MachineTicks::now().ok())
+            .and_then(|(before, after)| after.steal_share_since(before));
         cpu_totals.entry(variant).or_default().add(cpu::CpuUse {
             envoy: cpu_after.envoy.saturating_sub(cpu_before.envoy),
             keygate: cpu_after
@@ -526,6 +533,12 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         }
         if outcome.requests() > 0 {
             round_rps.insert((round, variant), outcome.rps());
+            rounds.push(results::RoundResult {
+                round: round + 1,
+                variant,
+                rps: outcome.rps(),
+                steal_share,
+            });
         }
         match totals.get_mut(&variant) {
             Some(total) => {
@@ -710,6 +723,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         path,
         native_keys: native_keys.len(),
         variants,
+        rounds,
         instructions,
         propagation,
         scale,

@@ -11,7 +11,7 @@ use super::cpu::CpuUse;
 use super::load::Outcome;
 use super::stats::{Latency, ratio};
 use super::variants::Variant;
-use crate::results::{BenchReport, VariantResult};
+use crate::results::{BenchReport, RoundResult, VariantResult};
 
 /// The percentiles the plot draws (and bench.json keeps) per variant.
 const PLOT_PERCENTILES: [f64; 12] = [
@@ -91,6 +91,77 @@ pub fn variant_results(
         })
         .collect()
 }
+
+/// Under the table: each round's ratio of the paired variants to the
+/// native filter (they ran back to back), and the host's steal during the
+/// bursts, so a reader can tell a slow machine from a slow filter.
+fn rounds_summary(rounds: &[RoundResult]) -> String {
+    let mut out = String::new();
+    if rounds.is_empty() {
+        return out;
+    }
+    let in_round = |round: usize, variant: Variant| {
+        rounds
+            .iter()
+            .find(|r| r.round == round && r.variant == variant)
+            .map(|r| r.rps)
+    };
+    let mut numbers: Vec<usize> = rounds.iter().map(|r| r.round).collect();
+    numbers.dedup();
+    let paired: Vec<&str> = Variant::PAIRED.iter().map(|v| v.name()).collect();
+    let _ = writeln!(
+        out,
+        "per round ({} back to back in each round, their order turning):",
+        paired.join(", ")
+    );
+    for variant in Variant::PAIRED.iter().filter(|v| **v != Variant::Native) {
+        let pairs: Vec<(f64, f64)> = numbers
+            .iter()
+            .filter_map(|&n| Some((in_round(n, *variant)?, in_round(n, Variant::Native)?)))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let each: Vec<String> = pairs.iter().map(|(v, b)| format!("{:.2}", v / b)).collect();
+        let _ = writeln!(
+            out,
+            "  {} / {}: {} (median {})",
+            variant.name(),
+            Variant::Native.name(),
+            each.join(" "),
+            x(crate::stats::median_of_ratios(pairs.iter().copied()))
+        );
+    }
+    let stolen: Vec<(&RoundResult, f64)> = rounds
+        .iter()
+        .filter_map(|r| r.steal_share.map(|s| (r, s)))
+        .collect();
+    match stolen.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        None => {
+            let _ = writeln!(out, "host steal during the bursts: not read (/proc/stat)");
+        }
+        Some((worst, max)) => {
+            let mean = stolen.iter().map(|(_, s)| s).sum::<f64>() / stolen.len() as f64;
+            let _ = writeln!(
+                out,
+                "host steal during the bursts: {:.1} % of the machine's CPU time on average, at most {:.1} % (round {}, {}){}",
+                mean * 100.0,
+                max * 100.0,
+                worst.round,
+                worst.variant.name(),
+                if *max > STEAL_WORTH_SAYING {
+                    ": the host ran other work on these CPUs, and every variant's burst in such a stretch is slower for it"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    out
+}
+
+/// Steal above this share in any burst is called out under the table.
+const STEAL_WORTH_SAYING: f64 = 0.05;
 
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
@@ -200,6 +271,7 @@ pub fn render(r: &BenchReport) -> String {
             let _ = writeln!(out, "  {}: last failure {last}", v.variant.name());
         }
     }
+    out.push_str(&rounds_summary(&r.rounds));
 
     if !r.instructions.is_empty() {
         let _ = writeln!(
@@ -362,6 +434,47 @@ mod tests {
             elapsed: Duration::from_secs(secs),
             last_failure: None,
         }
+    }
+
+    #[test]
+    fn rounds_show_the_paired_ratios_and_the_hosts_steal() {
+        let burst = |round, variant, rps, steal| RoundResult {
+            round,
+            variant,
+            rps,
+            steal_share: steal,
+        };
+        let rounds = [
+            burst(1, Variant::NoAuth, 1100.0, Some(0.0)),
+            burst(1, Variant::Native, 1000.0, Some(0.01)),
+            burst(1, Variant::ModuleWarm, 950.0, Some(0.02)),
+            burst(1, Variant::ModuleFloor, 1010.0, Some(0.0)),
+            burst(2, Variant::ModuleWarm, 480.0, Some(0.30)),
+            burst(2, Variant::Native, 500.0, Some(0.25)),
+            burst(2, Variant::ModuleFloor, 500.0, None),
+        ];
+        let text = rounds_summary(&rounds);
+        assert!(
+            text.contains(
+                "keygate-envoy-module-warm / envoy-api-key-auth: 0.95 0.96 (median 0.95x)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("envoy-module-passthrough / envoy-api-key-auth: 1.01 1.00"),
+            "{text}"
+        );
+        // Mean over the bursts read (six), the worst named and explained.
+        assert!(
+            text.contains("9.7 % of the machine's CPU time on average, at most 30.0 % (round 2, keygate-envoy-module-warm): the host ran"),
+            "{text}"
+        );
+        let quiet = rounds_summary(&rounds[..4]);
+        assert!(
+            quiet.contains("at most 2.0 % (round 1, keygate-envoy-module-warm)\n"),
+            "{quiet}"
+        );
+        assert!(rounds_summary(&[]).is_empty());
     }
 
     #[test]

@@ -124,6 +124,18 @@ pub struct VariantResult {
     pub distribution: Vec<(f64, u64)>,
 }
 
+/// One variant's burst in one round of the auth-overhead step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoundResult {
+    /// From 1, as the progress lines count.
+    pub round: usize,
+    pub variant: Variant,
+    pub rps: f64,
+    /// The share of the machine's CPU time the host stole during the burst
+    /// (`cpu::MachineTicks`); `None` when it could not be read.
+    pub steal_share: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SuiteSpeed {
     /// The environment of this bench (external-secret mode, gateways
@@ -154,6 +166,8 @@ pub struct BenchReport {
     pub path: String,
     pub native_keys: usize,
     pub variants: Vec<VariantResult>,
+    /// Every burst of the auth-overhead step, in the order run.
+    pub rounds: Vec<RoundResult>,
     /// Envoy's instructions per request under callgrind (full runs, with
     /// valgrind on PATH; else `left_out` says why).
     pub instructions: Vec<instructions::InstructionCount>,

@@ -119,6 +119,55 @@ pub fn interleave<T: Copy>(variants: &[T], rounds: usize) -> Vec<(usize, T)> {
         .collect()
 }
 
+/// [`interleave`], with the variants of `block` back to back in every
+/// round: the others and the block (as one slot) are interleaved, and the
+/// block's own order turns from round to round (each rotation, then each
+/// reversed), so no member always goes first or follows the same variant.
+///
+/// Why: the variants a target compares (the module against the native
+/// filter) were up to seven turns (~23 s) apart in a round, and on a shared
+/// VM the machine's speed drifts over that (the host's steal, neighbours),
+/// so one round's ratio ranged 0.68-1.27. Back to back they see the same
+/// machine, and the per-round ratio measures the filters, not the drift.
+/// Members of `block` missing from `variants` are ignored.
+pub fn interleave_paired<T: Copy + PartialEq>(
+    variants: &[T],
+    block: &[T],
+    rounds: usize,
+) -> Vec<(usize, T)> {
+    let block: Vec<T> = block
+        .iter()
+        .copied()
+        .filter(|b| variants.contains(b))
+        .collect();
+    if block.is_empty() {
+        return interleave(variants, rounds);
+    }
+    // `None` is the block's slot.
+    let mut slots: Vec<Option<T>> = variants
+        .iter()
+        .copied()
+        .filter(|v| !block.contains(v))
+        .map(Some)
+        .collect();
+    slots.insert(0, None);
+    let k = block.len();
+    interleave(&slots, rounds)
+        .into_iter()
+        .flat_map(|(round, slot)| match slot {
+            Some(v) => vec![(round, v)],
+            None => {
+                let start = round % k;
+                let mut order: Vec<T> = (0..k).map(|i| block[(start + i) % k]).collect();
+                if (round / k) % 2 == 1 {
+                    order.reverse();
+                }
+                order.into_iter().map(|v| (round, v)).collect()
+            }
+        })
+        .collect()
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -191,6 +240,53 @@ mod tests {
         assert_eq!(ratio(800.0, Some(1000.0)), Some(0.8));
         assert_eq!(ratio(800.0, Some(0.0)), None);
         assert_eq!(ratio(800.0, None), None);
+    }
+
+    #[test]
+    fn paired_interleaving_keeps_the_block_together_and_turns_its_order() {
+        let variants = ['A', 'N', 'B', 'M', 'C', 'P'];
+        let block = ['N', 'P', 'M'];
+        let schedule = interleave_paired(&variants, &block, 6);
+        let mut orders = std::collections::BTreeSet::new();
+        let mut block_starts = std::collections::BTreeSet::new();
+        for round in 0..6 {
+            let order: String = schedule
+                .iter()
+                .filter(|(r, _)| *r == round)
+                .map(|(_, v)| *v)
+                .collect();
+            // Every variant once per round.
+            let mut sorted: Vec<char> = order.chars().collect();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted,
+                ['A', 'B', 'C', 'M', 'N', 'P'],
+                "round {round}: {order}"
+            );
+            // The block's three back to back.
+            let at = order.find(|c| block.contains(&c)).expect("the block runs");
+            let run = &order[at..at + 3];
+            assert!(
+                run.chars().all(|c| block.contains(&c)),
+                "round {round}: {order}"
+            );
+            orders.insert(run.to_owned());
+            block_starts.insert(at);
+        }
+        // Six rounds: each of the block's six orders once.
+        assert_eq!(orders.len(), 6, "{orders:?}");
+        // And the block does not sit at one place in the round.
+        assert!(block_starts.len() > 1, "{block_starts:?}");
+        // Members not among the variants are left out; no block: interleave.
+        assert_eq!(
+            interleave_paired(&['A', 'B'], &['Z'], 2),
+            interleave(&['A', 'B'], 2)
+        );
+        let partial: String = interleave_paired(&['A', 'N', 'B'], &['N', 'Z'], 1)
+            .iter()
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(partial, "NAB");
     }
 
     #[test]

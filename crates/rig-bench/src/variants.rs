@@ -61,6 +61,12 @@ impl Variant {
         Variant::ModuleCold,
     ];
 
+    /// The variants the module's targets compare (the native filter, the
+    /// pass-through floor, the module warm): run back to back in every
+    /// round (`stats::interleave_paired`), so each round's ratios between
+    /// them are taken on the same machine minute.
+    pub const PAIRED: [Variant; 3] = [Variant::Native, Variant::ModuleFloor, Variant::ModuleWarm];
+
     pub fn name(self) -> &'static str {
         match self {
             Variant::NoAuth => "envoy-no-auth",
