@@ -143,10 +143,56 @@ async fn warm_up(
     Ok(())
 }
 
-/// The baseline Envoys' component names (logs, pids, restarts).
+/// Round `round`'s keys of the miss variant's pool: each used in one round
+/// only, so every one is new to the module.
+fn miss_chunk(pool: &[String], round: usize, chunk: usize) -> Arc<Vec<String>> {
+    let start = (round * chunk).min(pool.len());
+    let end = (start + chunk).min(pool.len());
+    Arc::new(pool[start..end].to_vec())
+}
+
+/// Asks keygate itself (its forward-auth endpoint) once about each key, so
+/// keygate caches them and the module has never seen them. Every answer
+/// must be 200: a key keygate refused would make the variant measure
+/// denials.
+async fn cache_in_keygate(
+    generator: &LoadGenerator,
+    keygate_auth_url: &str,
+    keys: &Arc<Vec<String>>,
+    connections: usize,
+) -> Result<()> {
+    let outcome = generator
+        .run(Burst {
+            url: keygate_auth_url,
+            keys: Keys::Fresh {
+                pool: keys.clone(),
+                next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            },
+            connections,
+            max_requests: keys.len() as u64,
+            max_time: Duration::from_secs(30),
+        })
+        .await?;
+    if outcome.failed > 0 || outcome.ok < keys.len() as u64 {
+        anyhow::bail!(
+            "keygate answered 200 for {} of {} keys ({} failed; last failure: {}); see keygate's log under the run",
+            outcome.ok,
+            keys.len(),
+            outcome.failed,
+            outcome.last_failure.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(())
+}
+
+/// The baseline Envoys' component names (logs, pids, restarts)./// The baseline Envoys' component names (logs, pids, restarts).
 const NO_AUTH_ENVOY: &str = "bench-envoy-no-auth";
 const NATIVE_ENVOY: &str = "bench-envoy-api-key-auth";
 const MODULE_FLOOR_ENVOY: &str = "bench-envoy-module-passthrough";
+
+/// The extra pause after the miss variant's keys went through keygate
+/// (~3 000 audit entries for its feed), within keygate's 5 s positive TTL.
+const MISS_SETTLE: Duration = Duration::from_millis(500);
 
 /// The pause before each turn of the auth-overhead rounds.
 const SETTLE: Duration = Duration::from_millis(250);
@@ -335,15 +381,26 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     );
     let (module_cold, module_cold_took) =
         keys::write_keys(&root, &env.kv_mount, &group.group_id, plan.cold_pool).await?;
+    // And the module-miss variant's: a chunk per round, put in keygate's
+    // cache right before its turn.
+    let miss_pool_size = plan.miss_chunk * plan.rounds;
+    say!("bench: writing {miss_pool_size} keys for the module's miss variant");
+    let (module_miss, module_miss_took) =
+        keys::write_keys(&root, &env.kv_mount, &group.group_id, miss_pool_size).await?;
     say!(
-        "bench: keys written ({} in {}, {} in {}, {} in {})",
+        "bench: keys written ({} in {}, {} in {}, {} in {}, {} in {})",
         native_keys.len(),
         rig::base::progress::secs(took),
         cold.len(),
         rig::base::progress::secs(cold_took),
         module_cold.len(),
-        rig::base::progress::secs(module_cold_took)
+        rig::base::progress::secs(module_cold_took),
+        module_miss.len(),
+        rig::base::progress::secs(module_miss_took)
     );
+    // keygate's own forward-auth endpoint, to cache the miss variant's keys
+    // without the module seeing them.
+    let keygate_auth_url = format!("{}/auth{path}", env.keygate_url);
     let upstream: std::net::SocketAddr = env
         .upstream_url
         .trim_start_matches("http://")
@@ -399,6 +456,10 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             format!("{}{path}", env.gateways[&gw.module]),
         ),
         (
+            Variant::ModuleMiss,
+            format!("{}{path}", env.gateways[&gw.module]),
+        ),
+        (
             Variant::ModuleCold,
             format!("{}{path}", env.gateways[&gw.module]),
         ),
@@ -425,6 +486,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         (Variant::KeygateHttp, (gw.http.as_str(), true)),
         (Variant::KeygateCold, (gw.grpc.as_str(), true)),
         (Variant::ModuleWarm, (gw.module.as_str(), true)),
+        (Variant::ModuleMiss, (gw.module.as_str(), true)),
         (Variant::ModuleCold, (gw.module.as_str(), true)),
     ]
     .into();
@@ -485,6 +547,25 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 pool: module_cold_pool.clone(),
                 next: module_cold_next.clone(),
             },
+            Variant::ModuleMiss => {
+                let chunk = miss_chunk(&module_miss, round, plan.miss_chunk);
+                cache_in_keygate(&generator, &keygate_auth_url, &chunk, plan.connections)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "round {}: putting the {} variant's keys in keygate's cache",
+                            round + 1,
+                            variant.name()
+                        )
+                    })?;
+                // For Vault's audit entries of those reads to pass through
+                // keygate's feed before the burst's CPU is read.
+                tokio::time::sleep(MISS_SETTLE).await;
+                Keys::Fresh {
+                    pool: chunk,
+                    next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                }
+            }
             _ => Keys::One(warm.clone()),
         };
         // A moment between turns, for what the last one left behind
@@ -730,4 +811,19 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         suite,
         left_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_round_of_the_miss_variant_takes_keys_of_its_own() {
+        let pool: Vec<String> = (0..7).map(|n| n.to_string()).collect();
+        assert_eq!(*miss_chunk(&pool, 0, 3), ["0", "1", "2"]);
+        assert_eq!(*miss_chunk(&pool, 1, 3), ["3", "4", "5"]);
+        // A short pool: the last round gets what is left, then nothing.
+        assert_eq!(*miss_chunk(&pool, 2, 3), ["6"]);
+        assert!(miss_chunk(&pool, 3, 3).is_empty());
+    }
 }

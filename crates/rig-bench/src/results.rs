@@ -21,6 +21,10 @@ pub struct Plan {
     pub connections: usize,
     /// Fresh keys for each cold variant (each used once).
     pub cold_pool: usize,
+    /// Keys per round for the module-miss variant, put in keygate's cache
+    /// just before its turn (they must be used within keygate's positive
+    /// TTL, 5 s here).
+    pub miss_chunk: usize,
     /// API keys issued and revoked through the keys-file side (each waits
     /// for a render: about a second).
     pub revocations: usize,
@@ -46,6 +50,8 @@ impl Plan {
             // Enough for 8 rounds of 3 s at ~1 200 req/s (the optimized
             // load generator's cold rate on 2 cores), with room.
             cold_pool: 32_000,
+            // ~1.4 s to put in keygate's cache at its cold rate.
+            miss_chunk: 1_500,
             revocations: 20,
             direct_revocations: 200,
             secret_id_rotations: 20,
@@ -65,6 +71,7 @@ impl Plan {
             window: Duration::from_millis(800),
             connections: 8,
             cold_pool: 3_000,
+            miss_chunk: 300,
             revocations: 6,
             direct_revocations: 20,
             secret_id_rotations: 3,

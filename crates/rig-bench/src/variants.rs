@@ -42,6 +42,12 @@ pub enum Variant {
     /// decided inside Envoy, no round trip.
     #[serde(rename = "keygate-envoy-module-warm")]
     ModuleWarm,
+    /// Envoy with keygate's module, a key new to the module but in
+    /// keygate's cache, as for a second Envoy replica behind one keygate
+    /// (or an Envoy just restarted): the module's callout, answered from
+    /// keygate's cache without a Vault read.
+    #[serde(rename = "keygate-envoy-module-miss")]
+    ModuleMiss,
     /// Envoy with keygate's module, a key new to the module (and to
     /// keygate) on every request: the module's callout to keygate, and
     /// keygate's Vault read, as `keygate-grpc-cold` does over ext_authz.
@@ -50,7 +56,7 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::NoAuth,
         Variant::Native,
         Variant::ModuleFloor,
@@ -58,6 +64,7 @@ impl Variant {
         Variant::KeygateHttp,
         Variant::KeygateCold,
         Variant::ModuleWarm,
+        Variant::ModuleMiss,
         Variant::ModuleCold,
     ];
 
@@ -76,6 +83,7 @@ impl Variant {
             Variant::KeygateHttp => "keygate-http-warm",
             Variant::KeygateCold => "keygate-grpc-cold",
             Variant::ModuleWarm => "keygate-envoy-module-warm",
+            Variant::ModuleMiss => "keygate-envoy-module-miss",
             Variant::ModuleCold => "keygate-envoy-module-cold",
         }
     }
@@ -93,6 +101,9 @@ impl Variant {
                 "Envoy + keygate gRPC ext_authz, cold cache (Vault read per request)"
             }
             Variant::ModuleWarm => "Envoy + keygate's dynamic module, key in the module's table",
+            Variant::ModuleMiss => {
+                "Envoy + keygate's dynamic module, key new to it but cached by keygate (callout, no Vault read)"
+            }
             Variant::ModuleCold => {
                 "Envoy + keygate's dynamic module, key new to it (callout to keygate, Vault read per request)"
             }
