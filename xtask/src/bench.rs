@@ -13,7 +13,8 @@ use crate::up::local_options;
 /// says how to run the suite as a child, and writes the outputs.
 /// `release`: measure an optimized keygate (`test`'s smoke run uses the
 /// debug build the e2e suite already made).
-pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
+/// `rounds`: the auth-overhead step's rounds instead of the plan's.
+pub(crate) fn bench(quick: bool, rounds: Option<usize>, release: bool) -> Result<()> {
     stop_on_interrupt()?;
     let mut local = local_options(rig::contract::modes::Mode::ExternalSecret)?;
     // Measure the keygate users deploy: an optimized build (the e2e suite
@@ -55,10 +56,16 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
         .current_dir(rig::base::paths::workspace_root());
     plain_output_unless_interactive(&mut suite);
     let report = runtime()?.block_on(rig_bench::run(rig_bench::BenchOptions {
-        plan: if quick {
-            rig_bench::Plan::quick()
-        } else {
-            rig_bench::Plan::full()
+        plan: {
+            let plan = if quick {
+                rig_bench::Plan::quick()
+            } else {
+                rig_bench::Plan::full()
+            };
+            match rounds {
+                Some(rounds) => plan.with_rounds(rounds),
+                None => plan,
+            }
         },
         local,
         peer: bench_build.peer,
@@ -81,7 +88,7 @@ pub(crate) fn bench(quick: bool, release: bool) -> Result<()> {
 pub(crate) fn bench_smoke() -> bool {
     let json = rig::base::paths::rig_dir().join("bench/bench.json");
     let _ = std::fs::remove_file(&json);
-    let checked = bench(true, false).and_then(|()| {
+    let checked = bench(true, None, false).and_then(|()| {
         let text = std::fs::read_to_string(&json)
             .with_context(|| format!("bench --quick wrote no {}", json.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text)

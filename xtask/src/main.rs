@@ -180,6 +180,11 @@ enum Cmd {
         /// A short run (under a minute): fewer rounds, events and keys.
         #[arg(long)]
         quick: bool,
+        /// Rounds of the auth-overhead step (8 in a full run, 3 with
+        /// --quick; each ~30 s in a full run): more rounds narrow the
+        /// interval printed for each per-round ratio.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=200))]
+        rounds: Option<u16>,
     },
     /// The echo upstream the local profile puts behind the gateway.
     #[command(hide = true)]
@@ -341,7 +346,9 @@ fn run(command: Cmd) -> Result<ExitCode> {
             },
             fuzz::FuzzProfile::Release,
         ),
-        Cmd::Bench { quick } => bench(quick, true).map(|()| ExitCode::SUCCESS),
+        Cmd::Bench { quick, rounds } => {
+            bench(quick, rounds.map(usize::from), true).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::EchoUpstream { listen } => {
             runtime()?.block_on(rig::process::echo::serve(listen))?;
             Ok(ExitCode::SUCCESS)

@@ -26,15 +26,22 @@ pub fn variant_results(
     cpu: &BTreeMap<Variant, CpuUse>,
     round_rps: &BTreeMap<(usize, Variant), f64>,
 ) -> Vec<VariantResult> {
-    let round_median_vs_native = |variant: Variant| {
-        let pairs = round_rps
+    let round_pairs = |variant: Variant| -> Vec<(f64, f64)> {
+        round_rps
             .iter()
             .filter(|((_, v), _)| *v == variant)
             .filter_map(|((round, _), rps)| {
                 let native = round_rps.get(&(*round, Variant::Native))?;
                 Some((*rps, *native))
-            });
-        crate::stats::median_of_ratios(pairs)
+            })
+            .filter(|(value, native)| *value > 0.0 && *native > 0.0)
+            .collect()
+    };
+    let round_median_vs_native =
+        |variant: Variant| crate::stats::median_of_ratios(round_pairs(variant));
+    let round_interval_vs_native = |variant: Variant| {
+        let ratios: Vec<f64> = round_pairs(variant).iter().map(|(v, n)| v / n).collect();
+        crate::stats::median_interval(&ratios)
     };
     let rps = Outcome::rps;
     let per_request = |time: Option<Duration>, o: &Outcome| {
@@ -71,6 +78,7 @@ pub fn variant_results(
                 latency,
                 rps_vs_native: ratio(r, native_rps),
                 rps_vs_native_round_median: round_median_vs_native(variant),
+                rps_vs_native_round_interval: round_interval_vs_native(variant),
                 rps_vs_no_auth: ratio(r, no_auth_rps),
                 p99_vs_native: ratio(latency.p99_us as f64, native_p99),
                 p99_vs_no_auth: ratio(latency.p99_us as f64, no_auth_p99.map(|p| p as f64)),
@@ -122,10 +130,19 @@ fn rounds_summary(rounds: &[RoundResult]) -> String {
         if pairs.is_empty() {
             continue;
         }
-        let each: Vec<String> = pairs.iter().map(|(v, b)| format!("{:.2}", v / b)).collect();
+        let ratios: Vec<f64> = pairs.iter().map(|(v, b)| v / b).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        let interval = crate::stats::median_interval(&ratios).map_or(String::new(), |i| {
+            format!(
+                "; between {} and {} with {:.0} % confidence",
+                x(Some(i.low)),
+                x(Some(i.high)),
+                i.confidence * 100.0
+            )
+        });
         let _ = writeln!(
             out,
-            "  {} / {}: {} (median {})",
+            "  {} / {}: {} (median {}{interval})",
             variant.name(),
             Variant::Native.name(),
             each.join(" "),
@@ -456,7 +473,7 @@ mod tests {
         let text = rounds_summary(&rounds);
         assert!(
             text.contains(
-                "keygate-envoy-module-warm / envoy-api-key-auth: 0.95 0.96 (median 0.95x)"
+                "keygate-envoy-module-warm / envoy-api-key-auth: 0.95 0.96 (median 0.95x; between 0.95x and 0.96x with 50 % confidence)"
             ),
             "{text}"
         );

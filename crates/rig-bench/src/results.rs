@@ -62,6 +62,18 @@ impl Plan {
         }
     }
 
+    /// The same plan with `rounds` rounds of the auth-overhead step; the
+    /// cold variants' pools of fresh keys grow or shrink with them, so
+    /// more rounds do not run them dry.
+    pub fn with_rounds(self, rounds: usize) -> Self {
+        let rounds = rounds.max(1);
+        Self {
+            rounds,
+            cold_pool: (self.cold_pool * rounds).div_ceil(self.rounds.max(1)),
+            ..self
+        }
+    }
+
     /// Under a minute on 2 cores once built.
     pub fn quick() -> Self {
         Self {
@@ -109,6 +121,9 @@ pub struct VariantResult {
     /// The median over rounds of this variant's req/s over the native
     /// filter's in the same round (`stats::median_of_ratios`).
     pub rps_vs_native_round_median: Option<f64>,
+    /// Where that median lies, from the rounds' order statistics
+    /// (`stats::median_interval`): eight rounds pin it only so far.
+    pub rps_vs_native_round_interval: Option<stats::MedianInterval>,
     pub rps_vs_no_auth: Option<f64>,
     pub p99_vs_native: Option<f64>,
     pub p99_vs_no_auth: Option<f64>,
@@ -183,4 +198,23 @@ pub struct BenchReport {
     pub suite: SuiteSpeed,
     /// What was not measured and why.
     pub left_out: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_rounds_bring_more_fresh_keys() {
+        let full = Plan::full();
+        let twenty = full.with_rounds(20);
+        assert_eq!(twenty.rounds, 20);
+        assert_eq!(twenty.cold_pool, full.cold_pool * 20 / full.rounds);
+        // The miss variant's pool is a chunk per round already.
+        assert_eq!(twenty.miss_chunk, full.miss_chunk);
+        assert_eq!(twenty.requests_per_round, full.requests_per_round);
+        let one = Plan::quick().with_rounds(1);
+        assert_eq!((one.rounds, one.cold_pool), (1, 1_000));
+        assert_eq!(Plan::quick().with_rounds(0).rounds, 1);
+    }
 }

@@ -96,6 +96,54 @@ pub fn median_of_ratios(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<f
     })
 }
 
+/// Where the median of the population behind some samples lies, from the
+/// samples' order statistics alone (no assumption about their
+/// distribution): between the k-th smallest and the k-th largest sample,
+/// with `confidence` the chance that holds (each sample falls either side
+/// of the true median with probability 1/2, so the count below it is
+/// Binomial(n, 1/2)).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MedianInterval {
+    pub low: f64,
+    pub high: f64,
+    pub confidence: f64,
+}
+
+/// The narrowest such interval with at least 90 % confidence; with too few
+/// samples for that (under 5), the widest one (smallest to largest) and
+/// the confidence it has. `None` without samples. Used on the per-round
+/// ratios, so a reader sees how far eight rounds pin the ratio down.
+pub fn median_interval(samples: &[f64]) -> Option<MedianInterval> {
+    const WANTED: f64 = 0.90;
+    let n = samples.len();
+    if n == 0 || n > 1000 {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    // P(B <= i) for B ~ Binomial(n, 1/2), i = 0..n.
+    let mut below = Vec::with_capacity(n + 1);
+    let mut p = 0.5f64.powi(n as i32);
+    let mut sum = 0.0;
+    for i in 0..=n {
+        sum += p;
+        below.push(sum);
+        p *= (n - i) as f64 / (i + 1) as f64;
+    }
+    // Between the k-th smallest and k-th largest (k from 1): the median is
+    // outside when k-1 or fewer samples fall below it, or above it.
+    let confidence = |k: usize| 1.0 - 2.0 * below[k - 1];
+    let k = (1..=n.div_ceil(2))
+        .rev()
+        .find(|&k| confidence(k) >= WANTED)
+        .unwrap_or(1);
+    Some(MedianInterval {
+        low: sorted[k - 1],
+        high: sorted[n - k],
+        confidence: confidence(k).max(0.0),
+    })
+}
+
 /// The order in which variants run: `rounds` rounds, each running every
 /// variant once, so a variant's samples are spread over the whole run
 /// instead of bunched at its start or end. Round `r` starts at variant `r`
@@ -190,6 +238,26 @@ mod tests {
         assert_eq!(median_of_ratios([(1.0, 2.0), (3.0, 2.0)]), Some(1.0));
         assert_eq!(median_of_ratios([(1.0, 0.0), (0.0, 1.0)]), None);
         assert_eq!(median_of_ratios([]), None);
+    }
+
+    #[test]
+    fn the_medians_interval_comes_from_order_statistics() {
+        // Eight rounds: the 2nd smallest to the 2nd largest, 1 - 2 * 9/256.
+        let eight = [1.11, 0.95, 0.89, 0.93, 1.02, 0.91, 1.06, 0.98];
+        let i = median_interval(&eight).unwrap();
+        assert_eq!((i.low, i.high), (0.91, 1.06));
+        assert!((i.confidence - (1.0 - 18.0 / 256.0)).abs() < 1e-12, "{i:?}");
+        // Twenty: the 6th from each end, 95.9 %.
+        let twenty: Vec<f64> = (1..=20).map(f64::from).collect();
+        let i = median_interval(&twenty).unwrap();
+        assert_eq!((i.low, i.high), (6.0, 15.0));
+        assert!((i.confidence - 0.9586).abs() < 1e-4, "{i:?}");
+        // Three rounds cannot reach 90 %: smallest to largest, 75 %.
+        let i = median_interval(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((i.low, i.high, i.confidence), (1.0, 3.0, 0.75));
+        let i = median_interval(&[2.0]).unwrap();
+        assert_eq!((i.low, i.high, i.confidence), (2.0, 2.0, 0.0));
+        assert_eq!(median_interval(&[]), None);
     }
 
     #[test]
