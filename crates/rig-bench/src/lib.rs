@@ -517,6 +517,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let mut cpu_totals: BTreeMap<Variant, cpu::CpuUse> = BTreeMap::new();
     let mut round_rps: BTreeMap<(usize, Variant), f64> = BTreeMap::new();
     let mut rounds: Vec<results::RoundResult> = Vec::new();
+    let mut miss_slow_noted = false;
     let schedule = stats::interleave_paired(&Variant::ALL, &Variant::PAIRED, plan.rounds);
     say!(
         "bench: auth overhead, {} rounds of {} variants, each at most {} requests or {} per round, {} connections",
@@ -549,6 +550,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             },
             Variant::ModuleMiss => {
                 let chunk = miss_chunk(&module_miss, round, plan.miss_chunk);
+                let caching = Instant::now();
                 cache_in_keygate(&generator, &keygate_auth_url, &chunk, plan.connections)
                     .await
                     .with_context(|| {
@@ -561,6 +563,20 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 // For Vault's audit entries of those reads to pass through
                 // keygate's feed before the burst's CPU is read.
                 tokio::time::sleep(MISS_SETTLE).await;
+                // The first keys cached must still be in keygate's cache
+                // when the module asks, or the variant measures Vault
+                // reads: say so when a slow machine ate half the TTL.
+                let took = caching.elapsed();
+                if took > local.positive_ttl / 2 && !miss_slow_noted {
+                    miss_slow_noted = true;
+                    left_out.push(format!(
+                        "{}: round {}'s keys took {} to put in keygate's cache (positive TTL {}), so some may have expired there before the module asked, and cost a Vault read",
+                        variant.name(),
+                        round + 1,
+                        rig::base::progress::secs(took),
+                        rig::base::progress::secs(local.positive_ttl)
+                    ));
+                }
                 Keys::Fresh {
                     pool: chunk,
                     next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
