@@ -185,7 +185,7 @@ async fn cache_in_keygate(
     Ok(())
 }
 
-/// The baseline Envoys' component names (logs, pids, restarts)./// The baseline Envoys' component names (logs, pids, restarts).
+/// The baseline Envoys' component names (logs, pids, restarts).
 const NO_AUTH_ENVOY: &str = "bench-envoy-no-auth";
 const NATIVE_ENVOY: &str = "bench-envoy-api-key-auth";
 const MODULE_FLOOR_ENVOY: &str = "bench-envoy-module-passthrough";
@@ -515,7 +515,6 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     restart_names.dedup();
     let mut restarted_for = 0;
     let mut cpu_totals: BTreeMap<Variant, cpu::CpuUse> = BTreeMap::new();
-    let mut round_rps: BTreeMap<(usize, Variant), f64> = BTreeMap::new();
     let mut rounds: Vec<results::RoundResult> = Vec::new();
     let mut miss_slow_noted = false;
     let schedule = stats::interleave_paired(&Variant::ALL, &Variant::PAIRED, plan.rounds);
@@ -629,7 +628,6 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             );
         }
         if outcome.requests() > 0 {
-            round_rps.insert((round, variant), outcome.rps());
             rounds.push(results::RoundResult {
                 round: round + 1,
                 variant,
@@ -664,6 +662,10 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             ));
         }
     }
+    let round_rps: BTreeMap<(usize, Variant), f64> = rounds
+        .iter()
+        .map(|r| ((r.round, r.variant), r.rps))
+        .collect();
     let variants = report::variant_results(&totals, &cpu_totals, &round_rps);
 
     // 4b. Envoy's instructions per request under callgrind: the same
