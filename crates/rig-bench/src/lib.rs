@@ -125,6 +125,7 @@ async fn warm_up(
     for variant in [
         Variant::NoAuth,
         Variant::Native,
+        Variant::NativeForwarding,
         Variant::ModuleFloor,
         Variant::KeygateGrpc,
         Variant::KeygateHttp,
@@ -188,6 +189,10 @@ async fn cache_in_keygate(
 /// The baseline Envoys' component names (logs, pids, restarts).
 const NO_AUTH_ENVOY: &str = "bench-envoy-no-auth";
 const NATIVE_ENVOY: &str = "bench-envoy-api-key-auth";
+const NATIVE_FORWARDING_ENVOY: &str = "bench-envoy-api-key-auth-forwarding";
+/// The header the forwarding baseline puts the key's client in: the one
+/// keygate's module sets to the key's owner.
+const FORWARDED_OWNER_HEADER: &str = "x-keyrig-owner";
 const MODULE_FLOOR_ENVOY: &str = "bench-envoy-module-passthrough";
 
 /// The extra pause after the miss variant's keys went through keygate
@@ -411,7 +416,17 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         (NO_AUTH_ENVOY, variants::BaselineAuth::None),
         (
             NATIVE_ENVOY,
-            variants::BaselineAuth::ApiKeyAuth(&native_keys),
+            variants::BaselineAuth::ApiKeyAuth {
+                keys: &native_keys,
+                forward_header: None,
+            },
+        ),
+        (
+            NATIVE_FORWARDING_ENVOY,
+            variants::BaselineAuth::ApiKeyAuth {
+                keys: &native_keys,
+                forward_header: Some(FORWARDED_OWNER_HEADER),
+            },
         ),
         (
             MODULE_FLOOR_ENVOY,
@@ -431,13 +446,17 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             .await?,
         );
     }
-    let [no_auth, native, module_floor]: [String; 3] =
+    let [no_auth, native, native_forwarding, module_floor]: [String; 4] =
         baselines.try_into().map_err(|started: Vec<String>| {
-            anyhow::anyhow!("{} baselines started, not 3", started.len())
+            anyhow::anyhow!("{} baselines started, not 4", started.len())
         })?;
     let urls: BTreeMap<Variant, String> = [
         (Variant::NoAuth, format!("{no_auth}{path}")),
         (Variant::Native, format!("{native}{path}")),
+        (
+            Variant::NativeForwarding,
+            format!("{native_forwarding}{path}"),
+        ),
         (Variant::ModuleFloor, format!("{module_floor}{path}")),
         (
             Variant::KeygateGrpc,
@@ -481,6 +500,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let envoys: BTreeMap<Variant, (&str, bool)> = [
         (Variant::NoAuth, (NO_AUTH_ENVOY, false)),
         (Variant::Native, (NATIVE_ENVOY, false)),
+        (Variant::NativeForwarding, (NATIVE_FORWARDING_ENVOY, false)),
         (Variant::ModuleFloor, (MODULE_FLOOR_ENVOY, false)),
         (Variant::KeygateGrpc, (gw.grpc.as_str(), true)),
         (Variant::KeygateHttp, (gw.http.as_str(), true)),
@@ -674,6 +694,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let counted: Vec<instructions::Counted> = [
         Variant::NoAuth,
         Variant::Native,
+        Variant::NativeForwarding,
         Variant::ModuleFloor,
         Variant::ModuleWarm,
     ]

@@ -122,10 +122,17 @@ fn rounds_summary(rounds: &[RoundResult]) -> String {
         "per round ({} back to back in each round, their order turning):",
         paired.join(", ")
     );
-    for variant in Variant::PAIRED.iter().filter(|v| **v != Variant::Native) {
+    // Each against the native filter, and the module against the native
+    // filter doing part of its work (forwarding one identity header).
+    let comparisons = Variant::PAIRED
+        .iter()
+        .filter(|v| **v != Variant::Native)
+        .map(|v| (*v, Variant::Native))
+        .chain([(Variant::ModuleWarm, Variant::NativeForwarding)]);
+    for (variant, baseline) in comparisons {
         let pairs: Vec<(f64, f64)> = numbers
             .iter()
-            .filter_map(|&n| Some((in_round(n, *variant)?, in_round(n, Variant::Native)?)))
+            .filter_map(|&n| Some((in_round(n, variant)?, in_round(n, baseline)?)))
             .collect();
         if pairs.is_empty() {
             continue;
@@ -144,7 +151,7 @@ fn rounds_summary(rounds: &[RoundResult]) -> String {
             out,
             "  {} / {}: {} (median {}{interval})",
             variant.name(),
-            Variant::Native.name(),
+            baseline.name(),
             each.join(" "),
             x(crate::stats::median_of_ratios(pairs.iter().copied()))
         );
@@ -466,6 +473,7 @@ mod tests {
             burst(1, Variant::Native, 1000.0, Some(0.01)),
             burst(1, Variant::ModuleWarm, 950.0, Some(0.02)),
             burst(1, Variant::ModuleFloor, 1010.0, Some(0.0)),
+            burst(1, Variant::NativeForwarding, 990.0, Some(0.0)),
             burst(2, Variant::ModuleWarm, 480.0, Some(0.30)),
             burst(2, Variant::Native, 500.0, Some(0.25)),
             burst(2, Variant::ModuleFloor, 500.0, None),
@@ -481,9 +489,20 @@ mod tests {
             text.contains("envoy-module-passthrough / envoy-api-key-auth: 1.01 1.00"),
             "{text}"
         );
-        // Mean over the bursts read (six), the worst named and explained.
+        // A baseline missing from a round leaves that round out.
         assert!(
-            text.contains("9.7 % of the machine's CPU time on average, at most 30.0 % (round 2, keygate-envoy-module-warm): the host ran"),
+            text.contains("envoy-api-key-auth-forwarding / envoy-api-key-auth: 0.99 (median 0.99x"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "keygate-envoy-module-warm / envoy-api-key-auth-forwarding: 0.96 (median 0.96x"
+            ),
+            "{text}"
+        );
+        // Mean over the bursts read (seven), the worst named and explained.
+        assert!(
+            text.contains("8.3 % of the machine's CPU time on average, at most 30.0 % (round 2, keygate-envoy-module-warm): the host ran"),
             "{text}"
         );
         let quiet = rounds_summary(&rounds[..4]);

@@ -23,6 +23,12 @@ pub enum Variant {
     /// Envoy's `envoy.filters.http.api_key_auth`, keys in static config.
     #[serde(rename = "envoy-api-key-auth")]
     Native,
+    /// The same filter forwarding the key's client upstream in one header
+    /// (`forwarding`): part of what keygate's module does on every allowed
+    /// request (it adds owner and group), so the two compare on more
+    /// similar work.
+    #[serde(rename = "envoy-api-key-auth-forwarding")]
+    NativeForwarding,
     /// Envoy with a dynamic module that lets every request through
     /// (`crates/bench-module`): what any module costs before it decides
     /// anything, the floor under keygate's.
@@ -56,9 +62,10 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 9] = [
+    pub const ALL: [Variant; 10] = [
         Variant::NoAuth,
         Variant::Native,
+        Variant::NativeForwarding,
         Variant::ModuleFloor,
         Variant::KeygateGrpc,
         Variant::KeygateHttp,
@@ -72,12 +79,18 @@ impl Variant {
     /// pass-through floor, the module warm): run back to back in every
     /// round (`stats::interleave_paired`), so each round's ratios between
     /// them are taken on the same machine minute.
-    pub const PAIRED: [Variant; 3] = [Variant::Native, Variant::ModuleFloor, Variant::ModuleWarm];
+    pub const PAIRED: [Variant; 4] = [
+        Variant::Native,
+        Variant::NativeForwarding,
+        Variant::ModuleFloor,
+        Variant::ModuleWarm,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::NoAuth => "envoy-no-auth",
             Variant::Native => "envoy-api-key-auth",
+            Variant::NativeForwarding => "envoy-api-key-auth-forwarding",
             Variant::ModuleFloor => "envoy-module-passthrough",
             Variant::KeygateGrpc => "keygate-grpc-warm",
             Variant::KeygateHttp => "keygate-http-warm",
@@ -92,6 +105,9 @@ impl Variant {
         match self {
             Variant::NoAuth => "Envoy, no auth filter (ceiling)",
             Variant::Native => "Envoy native api_key_auth, keys in static config",
+            Variant::NativeForwarding => {
+                "Envoy native api_key_auth forwarding the key's client upstream in x-keyrig-owner"
+            }
             Variant::ModuleFloor => {
                 "Envoy + a dynamic module that lets everything through (the floor under any module)"
             }
@@ -125,6 +141,8 @@ struct Values<'a> {
     admin_port: u16,
     upstream_port: u16,
     credentials: Vec<Credential<'a>>,
+    /// `api_key_auth` only: forward the client in this header.
+    forward_header: Option<&'a str>,
 }
 
 fn free_port() -> Result<u16> {
@@ -138,8 +156,12 @@ fn free_port() -> Result<u16> {
 pub enum BaselineAuth<'a> {
     /// No auth filter.
     None,
-    /// `api_key_auth` with these keys.
-    ApiKeyAuth(&'a [String]),
+    /// `api_key_auth` with these keys, forwarding the client upstream in
+    /// `forward_header` when set.
+    ApiKeyAuth {
+        keys: &'a [String],
+        forward_header: Option<&'a str>,
+    },
     /// The pass-through dynamic module, this `libkeyrig_bench_module.so`.
     PassthroughModule(&'a Path),
 }
@@ -160,10 +182,15 @@ pub async fn start_baseline_envoy(
     supervisor: &mut Supervisor,
 ) -> Result<String> {
     let (listen_port, admin_port) = (free_port()?, free_port()?);
-    let (auth_name, keys, module) = match auth {
-        BaselineAuth::None => ("none", &[][..], None),
-        BaselineAuth::ApiKeyAuth(keys) => ("api_key_auth", keys, None),
-        BaselineAuth::PassthroughModule(module) => ("module_passthrough", &[][..], Some(module)),
+    let (auth_name, keys, module, forward_header) = match auth {
+        BaselineAuth::None => ("none", &[][..], None, None),
+        BaselineAuth::ApiKeyAuth {
+            keys,
+            forward_header,
+        } => ("api_key_auth", keys, None, forward_header),
+        BaselineAuth::PassthroughModule(module) => {
+            ("module_passthrough", &[][..], Some(module), None)
+        }
     };
     let text = rig::base::templates::render(
         &env_dir.join("bench/envoy.yaml.j2"),
@@ -181,6 +208,7 @@ pub async fn start_baseline_envoy(
                     client: format!("bench-client-{n}"),
                 })
                 .collect(),
+            forward_header,
         },
     )?;
     // The api_key_auth config holds keys: a 0600 file under secrets/.
@@ -238,8 +266,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn native_filter_config_lists_every_key_under_the_header() {
+    /// The native filter's config as rendered for the bench.
+    fn native_filter(forward_header: Option<&str>) -> serde_yaml::Value {
         let keys = ["a".repeat(64), "b".repeat(64)];
         let text = rig::base::templates::render(
             &rig::base::paths::env_dir().join("bench/envoy.yaml.j2"),
@@ -256,19 +284,36 @@ mod tests {
                         client: "c".into(),
                     })
                     .collect(),
+                forward_header,
             },
         )
         .unwrap();
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let filters = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             ["http_filters"];
-        let auth = &filters[0]["typed_config"];
-        assert_eq!(auth["key_sources"][0]["header"].as_str(), Some("x-api-key"));
-        assert_eq!(auth["credentials"].as_sequence().unwrap().len(), 2);
         assert_eq!(
             filters[1]["name"].as_str(),
             Some("envoy.filters.http.router")
         );
+        filters[0]["typed_config"].clone()
+    }
+
+    #[test]
+    fn native_filter_config_lists_every_key_under_the_header() {
+        let auth = native_filter(None);
+        assert_eq!(auth["key_sources"][0]["header"].as_str(), Some("x-api-key"));
+        assert_eq!(auth["credentials"].as_sequence().unwrap().len(), 2);
+        assert!(auth.get("forwarding").is_none(), "{auth:?}");
+    }
+
+    #[test]
+    fn the_forwarding_baseline_forwards_the_client_in_the_owner_header() {
+        let auth = native_filter(Some("x-keyrig-owner"));
+        assert_eq!(
+            auth["forwarding"]["header"].as_str(),
+            Some("x-keyrig-owner")
+        );
+        assert_eq!(auth["credentials"].as_sequence().unwrap().len(), 2);
     }
 
     #[test]
@@ -282,6 +327,7 @@ mod tests {
                 admin_port: 2,
                 upstream_port: 3,
                 credentials: vec![],
+                forward_header: None,
             },
         )
         .unwrap();
