@@ -682,11 +682,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
             ));
         }
     }
-    let round_rps: BTreeMap<(usize, Variant), f64> = rounds
-        .iter()
-        .map(|r| ((r.round, r.variant), r.rps))
-        .collect();
-    let variants = report::variant_results(&totals, &cpu_totals, &round_rps);
+    let variants = report::variant_results(&totals, &cpu_totals, &rounds);
 
     // 4b. Envoy's instructions per request under callgrind: the same
     // Envoys, each started again under valgrind (`--quick`: the native

@@ -20,27 +20,20 @@ const PLOT_PERCENTILES: [f64; 12] = [
 
 /// One result per variant, in the order of `Variant::ALL`, with ratios to
 /// the native filter and to no auth.
-/// `round_rps`: each variant's req/s in each round (by round index).
+/// `rounds`: every burst, for the per-round ratios.
 pub fn variant_results(
     totals: &BTreeMap<Variant, Outcome>,
     cpu: &BTreeMap<Variant, CpuUse>,
-    round_rps: &BTreeMap<(usize, Variant), f64>,
+    rounds: &[RoundResult],
 ) -> Vec<VariantResult> {
-    let round_pairs = |variant: Variant| -> Vec<(f64, f64)> {
-        round_rps
-            .iter()
-            .filter(|((_, v), _)| *v == variant)
-            .filter_map(|((round, _), rps)| {
-                let native = round_rps.get(&(*round, Variant::Native))?;
-                Some((*rps, *native))
-            })
-            .filter(|(value, native)| *value > 0.0 && *native > 0.0)
-            .collect()
+    let round_median_vs_native = |variant: Variant| {
+        crate::stats::median_of_ratios(paired_by_round(rounds, variant, Variant::Native))
     };
-    let round_median_vs_native =
-        |variant: Variant| crate::stats::median_of_ratios(round_pairs(variant));
     let round_interval_vs_native = |variant: Variant| {
-        let ratios: Vec<f64> = round_pairs(variant).iter().map(|(v, n)| v / n).collect();
+        let ratios: Vec<f64> = paired_by_round(rounds, variant, Variant::Native)
+            .iter()
+            .map(|(v, n)| v / n)
+            .collect();
         crate::stats::median_interval(&ratios)
     };
     let rps = Outcome::rps;
@@ -100,6 +93,22 @@ pub fn variant_results(
         .collect()
 }
 
+/// (`variant`'s req/s, `baseline`'s) in each round where both ran and
+/// neither is zero.
+fn paired_by_round(rounds: &[RoundResult], variant: Variant, baseline: Variant) -> Vec<(f64, f64)> {
+    rounds
+        .iter()
+        .filter(|r| r.variant == variant)
+        .filter_map(|r| {
+            let base = rounds
+                .iter()
+                .find(|o| o.round == r.round && o.variant == baseline)?;
+            Some((r.rps, base.rps))
+        })
+        .filter(|(value, base)| *value > 0.0 && *base > 0.0)
+        .collect()
+}
+
 /// Under the table: each round's ratio of the paired variants to the
 /// native filter (they ran back to back), and the host's steal during the
 /// bursts, so a reader can tell a slow machine from a slow filter.
@@ -108,14 +117,6 @@ fn rounds_summary(rounds: &[RoundResult]) -> String {
     if rounds.is_empty() {
         return out;
     }
-    let in_round = |round: usize, variant: Variant| {
-        rounds
-            .iter()
-            .find(|r| r.round == round && r.variant == variant)
-            .map(|r| r.rps)
-    };
-    let mut numbers: Vec<usize> = rounds.iter().map(|r| r.round).collect();
-    numbers.dedup();
     let paired: Vec<&str> = Variant::PAIRED.iter().map(|v| v.name()).collect();
     let _ = writeln!(
         out,
@@ -130,10 +131,7 @@ fn rounds_summary(rounds: &[RoundResult]) -> String {
         .map(|v| (*v, Variant::Native))
         .chain([(Variant::ModuleWarm, Variant::NativeForwarding)]);
     for (variant, baseline) in comparisons {
-        let pairs: Vec<(f64, f64)> = numbers
-            .iter()
-            .filter_map(|&n| Some((in_round(n, variant)?, in_round(n, baseline)?)))
-            .collect();
+        let pairs = paired_by_round(rounds, variant, baseline);
         if pairs.is_empty() {
             continue;
         }
@@ -540,17 +538,24 @@ mod tests {
         .into();
         // Per round: gRPC at 0.8x, 0.9x and (a starved turn) 0.3x the
         // native filter; round 3 has no native turn, so it pairs nothing.
-        let round_rps: BTreeMap<(usize, Variant), f64> = [
-            ((0, Variant::Native), 1000.0),
-            ((0, Variant::KeygateGrpc), 800.0),
-            ((1, Variant::Native), 1000.0),
-            ((1, Variant::KeygateGrpc), 900.0),
-            ((2, Variant::Native), 1000.0),
-            ((2, Variant::KeygateGrpc), 300.0),
-            ((3, Variant::KeygateGrpc), 5.0),
+        let rounds: Vec<RoundResult> = [
+            (1, Variant::Native, 1000.0),
+            (1, Variant::KeygateGrpc, 800.0),
+            (2, Variant::Native, 1000.0),
+            (2, Variant::KeygateGrpc, 900.0),
+            (3, Variant::Native, 1000.0),
+            (3, Variant::KeygateGrpc, 300.0),
+            (4, Variant::KeygateGrpc, 5.0),
         ]
-        .into();
-        let results = variant_results(&totals, &cpu, &round_rps);
+        .into_iter()
+        .map(|(round, variant, rps)| RoundResult {
+            round,
+            variant,
+            rps,
+            steal_share: None,
+        })
+        .collect();
+        let results = variant_results(&totals, &cpu, &rounds);
         assert!((results[2].rps_vs_native_round_median.unwrap() - 0.8).abs() < 1e-9);
         assert_eq!(results[1].rps_vs_native_round_median, Some(1.0));
         assert_eq!(results[0].rps_vs_native_round_median, None);
@@ -582,7 +587,7 @@ mod tests {
     fn no_baseline_no_ratio() {
         let totals: BTreeMap<Variant, Outcome> =
             [(Variant::KeygateGrpc, outcome(10, 1, 100))].into();
-        let results = variant_results(&totals, &BTreeMap::new(), &BTreeMap::new());
+        let results = variant_results(&totals, &BTreeMap::new(), &[]);
         assert_eq!(results[0].rps_vs_native, None);
         assert_eq!(results[0].p99_added_us, None);
     }
