@@ -4,7 +4,7 @@
 //! under the run's `Supervisor` like every component: readiness probe, log
 //! in `logs/<name>.log`, stopped on teardown, Ctrl-C and panic.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -145,13 +145,6 @@ struct Values<'a> {
     forward_header: Option<&'a str>,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .context("binding a loopback port")?
-        .local_addr()?
-        .port())
-}
-
 /// The auth of a baseline Envoy.
 pub enum BaselineAuth<'a> {
     /// No auth filter.
@@ -181,7 +174,12 @@ pub async fn start_baseline_envoy(
     run: &RunDir,
     supervisor: &mut Supervisor,
 ) -> Result<String> {
-    let (listen_port, admin_port) = (free_port()?, free_port()?);
+    // rig's ports: never the same one twice in this process, outside the
+    // ephemeral range the kernel hands out.
+    let (listen_port, admin_port) = (
+        rig::base::ports::free_port()?,
+        rig::base::ports::free_port()?,
+    );
     let (auth_name, keys, module, forward_header) = match auth {
         BaselineAuth::None => ("none", &[][..], None, None),
         BaselineAuth::ApiKeyAuth {

@@ -61,11 +61,8 @@ impl Fixture {
             format!("{SECRET_ID}\n"),
         )
         .unwrap();
-        let fixture = Self {
-            dir,
-            grpc: free_port(),
-            http: free_port(),
-        };
+        let [grpc, http] = free_ports();
+        let fixture = Self { dir, grpc, http };
         fixture.write_config(&fixture.config_text(vault_address));
         fixture
     }
@@ -176,10 +173,17 @@ impl Drop for Running {
 
 /// A port nothing listens on (at the moment of asking).
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` different ports nothing listens on (at the moment of asking): all
+/// bound at once before any is let go, so the kernel cannot hand the same
+/// one out twice (a CI run got grpc and http on one port that way).
+pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let listeners: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|listener| listener.local_addr().unwrap())
 }
 
 /// Polls `url` until it answers `status`, or panics with what it last saw.
