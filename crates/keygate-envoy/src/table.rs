@@ -42,6 +42,11 @@ pub const MAX_ENTRIES: usize = 100_000;
 pub const MAX_ABSENT: usize = 10_000;
 /// Tombstones beyond this many are pruned of those no callout can race.
 const TOMBSTONE_PRUNE_AT: usize = 4096;
+/// A full map is swept of expired values at most this often: a sweep
+/// walks the whole map under its write lock, on an Envoy worker, so a
+/// flood of made-up selectors keeping the absences full must not buy one
+/// per request.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 type Key = (String, String);
 
@@ -51,6 +56,8 @@ type Key = (String, String);
 struct Entries<V> {
     by_group: HashMap<Box<str>, HashMap<Box<str>, V>>,
     len: usize,
+    /// When the map, full, was last swept of expired values.
+    swept_at: Option<Instant>,
 }
 
 impl<V> Default for Entries<V> {
@@ -58,6 +65,7 @@ impl<V> Default for Entries<V> {
         Self {
             by_group: HashMap::new(),
             len: 0,
+            swept_at: None,
         }
     }
 }
@@ -240,6 +248,7 @@ impl Table {
             (group, selector),
             read_at,
             entry,
+            now,
             |e| now < e.resurrect_until,
         );
         if stored {
@@ -265,6 +274,7 @@ impl Table {
             (group, selector),
             read_at,
             absent,
+            now,
             |a| now < a.until,
         )
     }
@@ -273,7 +283,9 @@ impl Table {
     /// after `read_at`. The tombstone check and the insert under one lock
     /// order (tombstones, then the map), the one `drop_key` takes, so a drop
     /// cannot slip between them. A full map is first swept of what `live`
-    /// says is over; still full, nothing is stored.
+    /// says is over (at most once per `SWEEP_EVERY`); still full, nothing
+    /// is stored.
+    #[allow(clippy::too_many_arguments)]
     fn store_unless_dropped<V>(
         &self,
         map: &RwLock<Entries<V>>,
@@ -281,6 +293,7 @@ impl Table {
         (group, selector): (&str, &str),
         read_at: u64,
         value: V,
+        now: Instant,
         live: impl FnMut(&V) -> bool,
     ) -> bool {
         let tombstones = lock(&self.tombstones);
@@ -292,7 +305,13 @@ impl Table {
         }
         let mut entries = write(map);
         if entries.len >= capacity && !entries.contains(group, selector) {
-            entries.retain(live);
+            let due = entries
+                .swept_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY);
+            if due {
+                entries.retain(live);
+                entries.swept_at = Some(now);
+            }
             if entries.len >= capacity {
                 return false;
             }
@@ -589,6 +608,27 @@ mod tests {
         assert_eq!(table.lookup("g", &one_more, now), Lookup::Ask);
         // Once they expired, the next insert sweeps them.
         assert!(table.insert_absent("g", &one_more, stamp, now + NEGATIVE));
+        assert_eq!(table.absent_len(), 1);
+    }
+
+    #[test]
+    fn a_full_map_is_swept_at_most_once_per_interval() {
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
+        let now = Instant::now();
+        let stamp = table.stamp();
+        for n in 0..MAX_ABSENT {
+            assert!(table.insert_absent("g", &format!("{n:032x}"), stamp, now));
+        }
+        let extra = |n: usize| format!("{:032x}", MAX_ABSENT + n);
+        // Just before they expire: a sweep, which frees nothing.
+        let swept = now + NEGATIVE - Duration::from_millis(1);
+        assert!(!table.insert_absent("g", &extra(1), stamp, swept));
+        // Expired now, but the last sweep was a moment ago: none yet, so
+        // a flood of new selectors does not walk the map per request.
+        assert!(!table.insert_absent("g", &extra(2), stamp, now + NEGATIVE));
+        assert_eq!(table.absent_len(), MAX_ABSENT);
+        // One interval after the last sweep: the next one frees them.
+        assert!(table.insert_absent("g", &extra(3), stamp, swept + SWEEP_EVERY));
         assert_eq!(table.absent_len(), 1);
     }
 }
