@@ -243,8 +243,8 @@ unsafe extern "C" {
         value: ModuleBuffer,
     ) -> bool;
 
-    /// Replaces every value of `key` with `value`; a null `value` removes
-    /// the header.
+    /// Replaces every value of `key` with `value`; a null or empty `value`
+    /// removes the header.
     pub fn envoy_dynamic_module_callback_http_set_header(
         filter_envoy_ptr: FilterEnvoyPtr,
         header_type: u32,

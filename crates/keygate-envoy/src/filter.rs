@@ -15,8 +15,10 @@
 //! the callout's done-hook, which decides (`decide::answered`) and either
 //! continues the request or sends the denial.
 
+use std::cell::{Cell, RefCell};
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -161,16 +163,91 @@ struct Filter {
     /// add and sub per stream on a cache line every worker writes. Not
     /// truly `'static`: never keep it past the filter.
     shared: &'static Shared,
-    asking: Option<Asking>,
-    finished: Option<Finished>,
+    asking: RefCell<Option<Asking>>,
+    finished: Cell<Option<Finished>>,
     /// Inside the request-headers hook: a callout answered before
     /// `http_callout` returned must not call `continue_decoding` (the
     /// hook's own return value continues the request).
-    in_headers_hook: bool,
+    in_headers_hook: Cell<bool>,
+    /// How many hooks are inside this filter now: more than one when
+    /// Envoy calls back into the module from a callback (see [`Entered`]).
+    entered: Cell<u32>,
+    /// Envoy destroyed the stream while a hook was inside the filter: its
+    /// stream pointer must not be used again, and the last hook out frees
+    /// the filter.
+    destroyed: Cell<bool>,
 }
 
 impl Filter {
-    fn on_request_headers(&mut self, fe: FilterEnvoyPtr) -> u32 {
+    fn new(shared: &'static Shared) -> Self {
+        Self {
+            shared,
+            asking: RefCell::new(None),
+            finished: Cell::new(None),
+            in_headers_hook: Cell::new(false),
+            entered: Cell::new(0),
+            destroyed: Cell::new(false),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Drop for Filter {
+    fn drop(&mut self) {
+        tests::filter_freed();
+    }
+}
+
+/// A hook's hold on its stream's filter.
+///
+/// Envoy calls back into the module from inside its own callbacks:
+/// `continue_decoding` runs the body and trailers hooks, and Envoy's code
+/// lets a callout its async client completes inside `send` run the
+/// done-hook inside `http_callout`, and a local reply that ends the stream
+/// run the destroy hook inside `send_response` (the pinned 1.40.0 was not
+/// seen doing these two, and nothing promises it never will). So
+/// hooks share the filter (`&Filter`, its state in cells, never a `&mut`
+/// across a call into Envoy), and a filter destroyed while a hook is inside
+/// it is freed by the last hold to go, not under the hooks still using it.
+struct Entered(NonNull<Filter>);
+
+impl Entered {
+    /// `None` for a null pointer (a filter `on_http_filter_new` failed to
+    /// make; Envoy does not check).
+    ///
+    /// # Safety
+    /// `fm` is null or comes from `on_http_filter_new` and Envoy has not
+    /// destroyed it before this hook began; Envoy calls a stream's hooks on
+    /// its worker thread only.
+    unsafe fn new(fm: FilterModulePtr) -> Option<Self> {
+        let ptr = NonNull::new(fm.cast_mut().cast::<Filter>())?;
+        // SAFETY: the caller's contract: a live filter.
+        let filter = unsafe { ptr.as_ref() };
+        filter.entered.set(filter.entered.get() + 1);
+        Some(Self(ptr))
+    }
+
+    fn filter(&self) -> &Filter {
+        // SAFETY: live while any hold on it is (see `drop`).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let filter = self.filter();
+        let inside = filter.entered.get() - 1;
+        filter.entered.set(inside);
+        if inside == 0 && filter.destroyed.get() {
+            // SAFETY: Envoy destroyed the filter (it calls none of its hooks
+            // again) and this was the last hook inside it.
+            drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        }
+    }
+}
+
+impl Filter {
+    fn on_request_headers(&self, fe: FilterEnvoyPtr) -> u32 {
         // SAFETY: the per-route config pointer is ours (a Box from
         // per_route_config_new) and lives while the route does, which
         // outlasts this hook.
@@ -210,14 +287,7 @@ impl Filter {
         }
     }
 
-    fn ask(
-        &mut self,
-        fe: FilterEnvoyPtr,
-        group: String,
-        key: ApiKey,
-        keep: bool,
-        now: Instant,
-    ) -> u32 {
+    fn ask(&self, fe: FilterEnvoyPtr, group: String, key: ApiKey, keep: bool, now: Instant) -> u32 {
         let path = request_header(fe, b":path").0.unwrap_or_default().to_vec();
         let method = request_header(fe, b":method")
             .0
@@ -234,15 +304,15 @@ impl Filter {
         // Stamped before the callout leaves: an invalidation from now on
         // outdates its answer.
         let read_at = self.shared.table.stamp();
-        self.asking = Some(Asking {
+        self.asking.replace(Some(Asking {
             callout_id: None,
             group: group.clone(),
             key: key.clone(),
             read_at,
             keep,
-        });
+        }));
         let mut callout_id = 0u64;
-        self.in_headers_hook = true;
+        self.in_headers_hook.set(true);
         // SAFETY: every buffer outlives the call; Envoy copies them.
         let init = unsafe {
             envoy_dynamic_module_callback_http_filter_http_callout(
@@ -255,27 +325,41 @@ impl Filter {
                 timeout,
             )
         };
-        self.in_headers_hook = false;
-        // Answered already (the done-hook ran inside `http_callout`).
-        if let Some(finished) = self.finished {
+        self.in_headers_hook.set(false);
+        // Answered already: the done-hook ran inside `http_callout` (Envoy's
+        // async client completed the callout inside `send`), and its denial
+        // may have ended the stream: the filter outlives that (see
+        // `Entered`), Envoy's stream pointer does not, so nothing below
+        // runs.
+        if let Some(finished) = self.finished.get() {
             return match finished {
                 Finished::Allowed => REQUEST_HEADERS_CONTINUE,
                 Finished::Denied => REQUEST_HEADERS_STOP_ITERATION,
             };
         }
+        if self.destroyed.get() {
+            return REQUEST_HEADERS_STOP_ITERATION;
+        }
         if init != CALLOUT_INIT_SUCCESS {
-            self.asking = None;
-            let what = match init {
-                CALLOUT_INIT_CLUSTER_NOT_FOUND => "no such cluster",
-                CALLOUT_INIT_CANNOT_CREATE_REQUEST => "no healthy host",
-                CALLOUT_INIT_MISSING_REQUIRED_HEADERS => "missing :method, :path or host",
-                CALLOUT_INIT_DUPLICATE_CALLOUT_ID => "duplicate callout id",
-                _ => "unknown result",
+            self.asking.replace(None);
+            let (what, fix) = match init {
+                CALLOUT_INIT_CLUSTER_NOT_FOUND => ("no such cluster", "fix filter_config.cluster"),
+                CALLOUT_INIT_CANNOT_CREATE_REQUEST => (
+                    "no healthy host",
+                    "is keygate up, and do the cluster's hosts and health checks point at its HTTP port?",
+                ),
+                CALLOUT_INIT_MISSING_REQUIRED_HEADERS => {
+                    ("missing :method, :path or host", "a bug in the module")
+                }
+                CALLOUT_INIT_DUPLICATE_CALLOUT_ID => {
+                    ("duplicate callout id", "a bug in the module")
+                }
+                _ => ("unknown result", "an Envoy this module was not built for?"),
             };
             log(
                 LOG_WARN,
                 &format!(
-                    "keygate-envoy: cannot ask keygate through cluster {cluster:?} ({what}, result {init}): fix filter_config.cluster"
+                    "keygate-envoy: cannot ask keygate through cluster {cluster:?} ({what}, result {init}): {fix}"
                 ),
             );
             let verdict = keep
@@ -285,14 +369,14 @@ impl Filter {
             debug_decision(&group, Some(&key), &verdict, "callout not started");
             return self.carry_out(fe, verdict, &group, false);
         }
-        if let Some(asking) = &mut self.asking {
+        if let Some(asking) = self.asking.borrow_mut().as_mut() {
             asking.callout_id = Some(callout_id);
         }
         REQUEST_HEADERS_STOP_ALL_ITERATION_AND_WATERMARK
     }
 
     fn on_callout_done(
-        &mut self,
+        &self,
         fe: FilterEnvoyPtr,
         callout_id: u64,
         result: u32,
@@ -300,6 +384,7 @@ impl Filter {
     ) {
         let ours = self
             .asking
+            .borrow()
             .as_ref()
             .is_some_and(|a| a.callout_id.is_none_or(|id| id == callout_id));
         if !ours {
@@ -344,26 +429,20 @@ impl Filter {
             );
         }
         debug_decision(&asking.group, Some(&asking.key), &verdict, "keygate");
-        let resume = !self.in_headers_hook;
+        let resume = !self.in_headers_hook.get();
         self.carry_out(fe, verdict, &asking.group, resume);
     }
 
     /// Lets the request through with identity headers (continuing it if it
     /// was stopped) or sends the denial. `group`: the route's.
-    fn carry_out(
-        &mut self,
-        fe: FilterEnvoyPtr,
-        verdict: Verdict,
-        group: &str,
-        resume: bool,
-    ) -> u32 {
+    fn carry_out(&self, fe: FilterEnvoyPtr, verdict: Verdict, group: &str, resume: bool) -> u32 {
         match verdict {
             Verdict::Allow { owner } => {
                 // Client-sent copies are gone (on_request_headers), so an
                 // append is enough and skips Envoy's look-up of the name.
                 add_request_header(fe, OWNER_HEADER, owner.as_bytes());
                 add_request_header(fe, GROUP_HEADER, group.as_bytes());
-                self.finished = Some(Finished::Allowed);
+                self.finished.set(Some(Finished::Allowed));
                 if resume {
                     // SAFETY: the stream is alive (Envoy calls our hooks).
                     unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(fe) };
@@ -371,7 +450,8 @@ impl Filter {
                 REQUEST_HEADERS_CONTINUE
             }
             Verdict::Deny(deny) => {
-                self.finished = Some(Finished::Denied);
+                self.finished.set(Some(Finished::Denied));
+                // May end the stream, and destroy the filter, inside.
                 send_denial(fe, &deny);
                 REQUEST_HEADERS_STOP_ITERATION
             }
@@ -379,10 +459,10 @@ impl Filter {
     }
 
     /// After a caught panic: refuse the request unless it was answered.
-    fn refuse_after_panic(&mut self, fe: FilterEnvoyPtr) {
-        if self.finished.is_none() {
-            self.asking = None;
-            self.finished = Some(Finished::Denied);
+    fn refuse_after_panic(&self, fe: FilterEnvoyPtr) {
+        if self.finished.get().is_none() && !self.destroyed.get() {
+            self.asking.replace(None);
+            self.finished.set(Some(Finished::Denied));
             send_denial(fe, &Deny::new(503, reason::MODULE_ERROR));
         }
     }
@@ -500,42 +580,43 @@ fn scan_request_headers<'a>(
 
 fn remove_identity_headers(fe: FilterEnvoyPtr, sent: IdentityHeaders) {
     if sent.owner {
-        set_request_header(fe, OWNER_HEADER, None);
+        remove_request_header(fe, OWNER_HEADER);
     }
     if sent.group {
-        set_request_header(fe, GROUP_HEADER, None);
+        remove_request_header(fe, GROUP_HEADER);
     }
 }
 
-/// Appends a value of request header `name` (set instead for an empty
-/// value, which `add_header` refuses).
+/// Appends a value of request header `name`. An empty value is left
+/// out: Envoy 1.40's ABI cannot set one (`add_header` refuses it and
+/// `set_header` removes the header for it), so a key whose record has no
+/// owner reaches the upstream without `x-keyrig-owner` (client-sent copies
+/// are gone all the same), where keygate's own answer carries it empty.
 fn add_request_header(fe: FilterEnvoyPtr, name: &[u8], value: &[u8]) {
+    if value.is_empty() {
+        return;
+    }
     // SAFETY: the buffers outlive the call; Envoy copies them.
-    let added = !value.is_empty()
-        && unsafe {
-            envoy_dynamic_module_callback_http_add_header(
-                fe,
-                HEADER_TYPE_REQUEST_HEADER,
-                ModuleBuffer::of(name),
-                ModuleBuffer::of(value),
-            )
-        };
-    if !added {
-        set_request_header(fe, name, Some(value));
+    unsafe {
+        envoy_dynamic_module_callback_http_add_header(
+            fe,
+            HEADER_TYPE_REQUEST_HEADER,
+            ModuleBuffer::of(name),
+            ModuleBuffer::of(value),
+        );
     }
 }
 
-/// Sets request header `name` to `value`, replacing every value it had;
-/// `None` removes it.
-fn set_request_header(fe: FilterEnvoyPtr, name: &[u8], value: Option<&[u8]>) {
-    let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
-    // SAFETY: the buffers outlive the call; Envoy copies them.
+/// Removes every value of request header `name` (`set_header` with a null
+/// value).
+fn remove_request_header(fe: FilterEnvoyPtr, name: &[u8]) {
+    // SAFETY: the name outlives the call.
     unsafe {
         envoy_dynamic_module_callback_http_set_header(
             fe,
             HEADER_TYPE_REQUEST_HEADER,
             ModuleBuffer::of(name),
-            value,
+            ModuleBuffer::NULL,
         );
     }
 }
@@ -557,16 +638,6 @@ fn debug_decision(group: &str, key: Option<&ApiKey>, verdict: &Verdict, source: 
             selector.as_deref().unwrap_or("-")
         ),
     );
-}
-
-/// The filter behind a module pointer Envoy hands back.
-///
-/// # Safety
-/// `fm` must come from `on_http_filter_new` and not be destroyed yet;
-/// Envoy calls a stream's hooks one at a time, on its worker.
-unsafe fn filter<'a>(fm: FilterModulePtr) -> &'a mut Filter {
-    // SAFETY: the caller's contract.
-    unsafe { &mut *(fm as *mut Filter) }
 }
 
 // ------------------------------------------------------------------ hooks
@@ -617,7 +688,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take();
             if let Some(follower) = follower {
-                follower.stop();
+                // Not joined: this hook may run on a worker thread.
+                drop(follower.stop());
             }
         },
     )
@@ -675,14 +747,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
             // config until after this filter is destroyed (see
             // `Filter::shared`).
             let shared = unsafe { &*filter_config_ptr.cast::<Shared>() };
-            Box::into_raw(Box::new(Filter {
-                shared,
-                asking: None,
-                finished: None,
-                in_headers_hook: false,
-            }))
-            .cast_const()
-            .cast()
+            Box::into_raw(Box::new(Filter::new(shared)))
+                .cast_const()
+                .cast()
         },
     )
 }
@@ -693,13 +760,18 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_module_ptr: FilterModulePtr,
     _end_of_stream: bool,
 ) -> u32 {
+    // SAFETY: Envoy's filter pointer for this stream.
+    let Some(entered) = (unsafe { Entered::new(filter_module_ptr) }) else {
+        // No filter to decide with (`filter_new` failed): refuse.
+        send_denial(filter_envoy_ptr, &Deny::new(503, reason::MODULE_ERROR));
+        return REQUEST_HEADERS_STOP_ITERATION;
+    };
+    let filter = entered.filter();
     guarded(
         "request headers",
         REQUEST_HEADERS_STOP_ITERATION,
-        // SAFETY: Envoy's filter pointers for this stream.
-        || unsafe { filter(filter_module_ptr) }.refuse_after_panic(filter_envoy_ptr),
-        // SAFETY: Envoy's filter pointers for this stream.
-        || unsafe { filter(filter_module_ptr) }.on_request_headers(filter_envoy_ptr),
+        || filter.refuse_after_panic(filter_envoy_ptr),
+        || filter.on_request_headers(filter_envoy_ptr),
     )
 }
 
@@ -715,11 +787,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
         || {},
         || {
             // SAFETY: Envoy's filter pointer for this stream.
-            let filter = unsafe { filter(filter_module_ptr) };
-            match (&filter.asking, filter.finished) {
+            let Some(entered) = (unsafe { Entered::new(filter_module_ptr) }) else {
+                return REQUEST_BODY_STOP_ITERATION_NO_BUFFER;
+            };
+            let filter = entered.filter();
+            let asking = filter.asking.borrow().is_some();
+            match (asking, filter.finished.get()) {
                 // Still waiting for keygate: hold the body back.
-                (Some(_), _) => REQUEST_BODY_STOP_ITERATION_AND_WATERMARK,
-                (None, Some(Finished::Allowed)) => REQUEST_BODY_CONTINUE,
+                (true, _) => REQUEST_BODY_STOP_ITERATION_AND_WATERMARK,
+                (false, Some(Finished::Allowed)) => REQUEST_BODY_CONTINUE,
                 _ => REQUEST_BODY_STOP_ITERATION_NO_BUFFER,
             }
         },
@@ -737,9 +813,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
         || {},
         || {
             // SAFETY: Envoy's filter pointer for this stream.
-            let filter = unsafe { filter(filter_module_ptr) };
-            match (&filter.asking, filter.finished) {
-                (None, Some(Finished::Allowed)) => REQUEST_TRAILERS_CONTINUE,
+            let Some(entered) = (unsafe { Entered::new(filter_module_ptr) }) else {
+                return REQUEST_TRAILERS_STOP_ITERATION;
+            };
+            let filter = entered.filter();
+            let asking = filter.asking.borrow().is_some();
+            match (asking, filter.finished.get()) {
+                (false, Some(Finished::Allowed)) => REQUEST_TRAILERS_CONTINUE,
                 _ => REQUEST_TRAILERS_STOP_ITERATION,
             }
         },
@@ -802,8 +882,26 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module_ptr:
         (),
         || {},
         || {
-            // SAFETY: from Box::into_raw in filter_new; Envoy destroys it once.
-            drop(unsafe { Box::from_raw(filter_module_ptr as *mut Filter) });
+            let Some(ptr) = NonNull::new(filter_module_ptr.cast_mut().cast::<Filter>()) else {
+                return;
+            };
+            // SAFETY: from Box::into_raw in filter_new; Envoy destroys it
+            // once, and a hook inside it holds it alive (`Entered`).
+            let filter = unsafe { ptr.as_ref() };
+            if filter.entered.get() > 0 {
+                // Inside `send_response` of one of its own hooks: the last
+                // hook out frees it.
+                filter.destroyed.set(true);
+                if log_enabled(LOG_DEBUG) {
+                    log(
+                        LOG_DEBUG,
+                        "keygate-envoy: a stream ended inside one of its filter's hooks (a local reply); the filter is freed when the hook returns",
+                    );
+                }
+            } else {
+                // SAFETY: as above, and no hook is inside it.
+                drop(unsafe { Box::from_raw(ptr.as_ptr()) });
+            }
         },
     )
 }
@@ -820,11 +918,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     _body_chunks: *mut EnvoyBuffer,
     _body_chunks_size: usize,
 ) {
+    // SAFETY: Envoy's filter pointer for this stream.
+    let Some(entered) = (unsafe { Entered::new(filter_module_ptr) }) else {
+        return;
+    };
+    let filter = entered.filter();
     guarded(
         "callout done",
         (),
-        // SAFETY: Envoy's filter pointers for this stream.
-        || unsafe { filter(filter_module_ptr) }.refuse_after_panic(filter_envoy_ptr),
+        || filter.refuse_after_panic(filter_envoy_ptr),
         || {
             let headers = if headers.is_null() || headers_size == 0 {
                 &[][..]
@@ -832,13 +934,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
                 // SAFETY: Envoy's array of `headers_size`, valid for this hook.
                 unsafe { std::slice::from_raw_parts(headers, headers_size) }
             };
-            // SAFETY: Envoy's filter pointers for this stream.
-            unsafe { filter(filter_module_ptr) }.on_callout_done(
-                filter_envoy_ptr,
-                callout_id,
-                result,
-                headers,
-            );
+            filter.on_callout_done(filter_envoy_ptr, callout_id, result, headers);
         },
     )
 }
@@ -1015,3 +1111,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
         || LOCAL_REPLY_CONTINUE,
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -123,16 +123,27 @@ impl Follower {
         })
     }
 
-    /// Ends the thread and waits for it (at most a connect timeout).
-    pub fn stop(mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+    /// Tells the thread to end, and returns without waiting for it: the
+    /// filter config's destroy hook calls this, and Envoy may run that hook
+    /// on a worker thread, whose requests must not wait out a connect
+    /// (`CONNECT_TIMEOUT`) or a backoff. The thread holds only the table
+    /// and its own state, and the module stays loaded (`do_not_close`), so
+    /// it may outlive the filter config by that long. The handle is for
+    /// tests, which wait for it.
+    pub fn stop(mut self) -> Option<JoinHandle<()>> {
+        {
+            // Under the backoff's mutex: the thread checks `stop` and starts
+            // waiting under it too, so the notification below cannot fall
+            // between the two and be lost (a lost one waited out the
+            // backoff, up to MAX_BACKOFF).
+            let _wait = lock(&self.shared.wake.0);
+            self.shared.stop.store(true, Ordering::SeqCst);
+        }
         if let Some(socket) = lock(&self.shared.socket).take() {
             let _ = socket.shutdown(Shutdown::Both);
         }
         self.shared.wake.1.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread.take()
     }
 }
 
