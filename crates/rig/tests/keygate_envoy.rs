@@ -111,6 +111,8 @@ struct Stack {
     root: VaultClient,
     keygate: String,
     gateway: String,
+    /// The same routes, the module asking a cluster with no host.
+    gateway_nowhere: String,
     _dir: tempfile::TempDir,
 }
 
@@ -217,15 +219,19 @@ invalidation:
 
         // Envoy with the module.
         let listen = free();
+        let listen_nowhere = free();
         let admin = free();
         let envoy_config = run.path().join("envoy.yaml");
         std::fs::write(
             &envoy_config,
-            envoy_yaml(listen, admin, http, upstream_port),
+            envoy_yaml(listen, listen_nowhere, admin, http, upstream_port),
         )
         .unwrap();
+        // The module's debug lines too (a decision per request, by
+        // selector; a stream Envoy ends inside one of the filter's hooks).
         let component = envoy_module::command("envoy-module", envoy, &envoy_config, module, "info")
             .unwrap()
+            .args(["--component-log-level", "dynamic_modules:debug"])
             .current_dir(run.path());
         supervisor
             .start(
@@ -240,6 +246,7 @@ invalidation:
             root,
             keygate,
             gateway: format!("http://{listen}"),
+            gateway_nowhere: format!("http://{listen_nowhere}"),
             _dir: dir,
         }
     }
@@ -280,7 +287,13 @@ invalidation:
 /// Routes `/billing` and `/animal-rescue` to the upstream, each with its
 /// group in the module's per-route config, and `/panic` with the module's
 /// fault injection; any other path has none.
-fn envoy_yaml(listen: SocketAddr, admin: SocketAddr, keygate: SocketAddr, upstream: u16) -> String {
+fn envoy_yaml(
+    listen: SocketAddr,
+    listen_nowhere: SocketAddr,
+    admin: SocketAddr,
+    keygate: SocketAddr,
+    upstream: u16,
+) -> String {
     let route = |prefix: &str, config: &str| {
         format!(
             r#"
@@ -297,26 +310,27 @@ fn envoy_yaml(listen: SocketAddr, admin: SocketAddr, keygate: SocketAddr, upstre
             module = envoy_module::MODULE_NAME,
         )
     };
-    let filter_config = serde_json::json!({
-        "cluster": "keygate_http",
-        "invalidations": keygate.to_string(),
-        "positive_ttl_ms": POSITIVE_TTL.as_millis() as u64,
-        "negative_ttl_ms": NEGATIVE_TTL.as_millis() as u64,
-        "callout_timeout_ms": 2000,
-    });
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
-static_resources:
-  listeners:
-    - name: gateway
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }} }}
+    let routes = format!(
+        "{}{}{}",
+        route("/billing", &format!(r#"{{"group":"{BILLING}"}}"#)),
+        route("/animal-rescue", &format!(r#"{{"group":"{ANIMALS}"}}"#)),
+        // The module's fault injection: its request-headers hook panics.
+        route(
+            "/panic",
+            &format!(r#"{{"group":"{BILLING}","fault":"panic"}}"#)
+        ),
+    );
+    let listener = |name: &str, port: u16, filter_config: serde_json::Value| {
+        format!(
+            r#"
+    - name: {name}
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
       filter_chains:
         - filters:
             - name: envoy.filters.network.http_connection_manager
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: gateway
+                stat_prefix: {name}
                 normalize_path: true
                 merge_slashes: true
                 path_with_escaped_slashes_action: REJECT_REQUEST
@@ -325,7 +339,7 @@ static_resources:
                   virtual_hosts:
                     - name: gateway
                       domains: ["*"]
-                      routes:{billing}{animals}{panic}
+                      routes:{routes}
                         - match: {{ prefix: "/" }}
                           route: {{ cluster: upstream }}
                 http_filters:
@@ -339,7 +353,34 @@ static_resources:
                         value: '{filter_config}'
                   - name: envoy.filters.http.router
                     typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#,
+            module = envoy_module::MODULE_NAME,
+        )
+    };
+    let gateway = listener(
+        "gateway",
+        listen.port(),
+        serde_json::json!({
+            "cluster": "keygate_http",
+            "invalidations": keygate.to_string(),
+            "positive_ttl_ms": POSITIVE_TTL.as_millis() as u64,
+            "negative_ttl_ms": NEGATIVE_TTL.as_millis() as u64,
+            "callout_timeout_ms": 2000,
+        }),
+    );
+    // The module asking through a cluster with no host at all (as for a
+    // keygate every health check marked down): Envoy 1.40 refuses to start
+    // the callout ("cannot create request").
+    let nowhere = listener(
+        "nowhere",
+        listen_nowhere.port(),
+        serde_json::json!({ "cluster": "keygate_nowhere", "callout_timeout_ms": 2000 }),
+    );
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+static_resources:
+  listeners:{gateway}{nowhere}
   clusters:
     - name: keygate_http
       type: STATIC
@@ -347,6 +388,12 @@ static_resources:
       load_assignment:
         cluster_name: keygate_http
         endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {keygate_port} }} }} }} }}] }}]
+    - name: keygate_nowhere
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: keygate_nowhere
+        endpoints: []
     - name: upstream
       type: STATIC
       connect_timeout: 1s
@@ -355,16 +402,7 @@ static_resources:
         endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }} }}] }}]
 "#,
         admin_port = admin.port(),
-        listen_port = listen.port(),
         keygate_port = keygate.port(),
-        billing = route("/billing", &format!(r#"{{"group":"{BILLING}"}}"#)),
-        animals = route("/animal-rescue", &format!(r#"{{"group":"{ANIMALS}"}}"#)),
-        // The module's fault injection: its request-headers hook panics.
-        panic = route(
-            "/panic",
-            &format!(r#"{{"group":"{BILLING}","fault":"panic"}}"#)
-        ),
-        module = envoy_module::MODULE_NAME,
     )
 }
 
@@ -541,6 +579,36 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
             .log("envoy-module")
             .contains("the request headers hook panicked"),
         "{}",
+        stack.log("envoy-module")
+    );
+
+    // keygate's cluster without a host: `http_callout` refuses to start
+    // (Envoy 1.40 answers "cannot create request" without calling the
+    // done-hook), every request is refused, the valid key's too (this
+    // listener's module never asked keygate), and Envoy goes on serving
+    // both listeners.
+    let nowhere = &stack.gateway_nowhere;
+    for n in 0..50 {
+        let key = if n % 2 == 0 {
+            billing.expose().to_owned()
+        } else {
+            ApiKey::generate().expose().to_owned()
+        };
+        let path = if n % 3 == 0 {
+            "/animal-rescue/animals"
+        } else {
+            "/billing/invoices"
+        };
+        let answer = ask(nowhere, path, Some(&key), &[]).await;
+        assert_denied(&answer, 503, "keygate-unavailable");
+    }
+    let after_nowhere = ask(&gateway, "/billing/invoices", Some(billing.expose()), &[]).await;
+    assert_eq!(after_nowhere.status, 200, "{after_nowhere:?}");
+    assert!(
+        stack
+            .log("envoy-module")
+            .contains("cannot ask keygate through cluster \"keygate_nowhere\" (no healthy host"),
+        "the module did not say why it refused: {}",
         stack.log("envoy-module")
     );
 
