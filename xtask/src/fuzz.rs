@@ -55,31 +55,18 @@ impl Build {
     /// AddressSanitizer where rustup has a nightly toolchain; says which
     /// build it picked and why.
     fn pick() -> Self {
-        let probe = Command::new("rustup")
-            .args(["run", "nightly", "rustc", "--version"])
-            // A missing nightly is a fallback, not something to download.
-            .env("RUSTUP_AUTO_INSTALL", "0")
-            .output();
-        match probe {
-            Ok(out) if out.status.success() => {
+        match nightly() {
+            Ok(nightly) => {
                 say!(
                     "fuzz: building with AddressSanitizer on {}",
-                    String::from_utf8_lossy(&out.stdout).trim()
+                    nightly.version
                 );
                 Self::AddressSanitizer
             }
-            Ok(out) => {
+            Err(why) => {
                 say!(
-                    "fuzz: no nightly toolchain (rustup run nightly: {}): building without a sanitizer \
-                     on stable (RUSTC_BOOTSTRAP=1, -s none); `rustup toolchain install nightly` enables it",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                Self::NoSanitizer
-            }
-            Err(err) => {
-                say!(
-                    "fuzz: no rustup ({err}), so no nightly toolchain: building without a sanitizer \
-                     on this toolchain (RUSTC_BOOTSTRAP=1, -s none)"
+                    "fuzz: {why}: building without a sanitizer on this toolchain \
+                     (RUSTC_BOOTSTRAP=1, -s none); `rustup toolchain install nightly` enables it"
                 );
                 Self::NoSanitizer
             }
@@ -123,6 +110,92 @@ impl Build {
         command.current_dir(fuzz_dir());
         command
     }
+}
+
+/// The nightly toolchain rustup has, which alone ships the sanitizer
+/// runtimes.
+struct Nightly {
+    /// `rustc --version`.
+    version: String,
+    /// The host's target triple (`-Zsanitizer` needs an explicit
+    /// `--target`, so build scripts and proc macros are built without it).
+    host: String,
+}
+
+/// The nightly toolchain, or why there is none (never downloads one).
+fn nightly() -> std::result::Result<Nightly, String> {
+    let out = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "-vV"])
+        // A missing nightly is a fallback, not something to download.
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .output()
+        .map_err(|err| format!("no rustup ({err}), so no nightly toolchain"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "no nightly toolchain (rustup run nightly: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Nightly::from_verbose_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+impl Nightly {
+    /// From `rustc -vV`: the version line, then `key: value` lines.
+    fn from_verbose_version(text: &str) -> std::result::Result<Self, String> {
+        let version = text.lines().next().unwrap_or_default().trim().to_owned();
+        let host = text
+            .lines()
+            .find_map(|line| line.strip_prefix("host: "))
+            .map(str::trim)
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| format!("rustc -vV on nightly names no host: {text}"))?
+            .to_owned();
+        Ok(Self { version, host })
+    }
+}
+
+/// keygate-envoy's unit tests under AddressSanitizer: its hooks are
+/// `unsafe` FFI code that runs inside Envoy's process, and its tests drive
+/// them through a scripted host that calls back into them as Envoy does
+/// (`crates/keygate-envoy/src/filter/tests.rs`), so a use after free there
+/// is a sanitizer report here. `None`: skipped, with the reason said (no
+/// nightly toolchain: stable ships no sanitizer runtime). Built into
+/// `target/asan`, apart from the ordinary builds.
+pub(crate) fn module_tests_under_asan() -> Result<Option<bool>> {
+    let nightly = match nightly() {
+        Ok(nightly) => nightly,
+        Err(why) => {
+            say!(
+                "keygate-envoy under AddressSanitizer: skipped: {why}; `rustup toolchain install nightly` enables it"
+            );
+            return Ok(None);
+        }
+    };
+    let args = [
+        "test",
+        "-p",
+        "keygate-envoy",
+        "--lib",
+        "--target",
+        nightly.host.as_str(),
+    ];
+    say!(
+        "keygate-envoy under AddressSanitizer ({}): cargo {}",
+        nightly.version,
+        args.join(" ")
+    );
+    let root = rig::base::paths::workspace_root();
+    let mut command = crate::runner::cargo_on("nightly");
+    crate::runner::plain_output_unless_interactive(&mut command);
+    let status = command
+        .args(args)
+        .env("RUSTFLAGS", "-Zsanitizer=address")
+        .env("RUSTDOCFLAGS", "-Zsanitizer=address")
+        .env("CARGO_TARGET_DIR", root.join("target").join("asan"))
+        .current_dir(&root)
+        .status()
+        .context("running keygate-envoy's unit tests under AddressSanitizer")?;
+    Ok(Some(status.success()))
 }
 
 fn fuzz_dir() -> std::path::PathBuf {
@@ -342,6 +415,23 @@ fn side_by_side(runs: Vec<TargetRun>) -> Result<Vec<&'static str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nightly_host_comes_from_rustc_verbose_version() {
+        let text = "rustc 1.94.0-nightly (e50aa6fba 2026-11-30)\nbinary: rustc\n\
+                    commit-hash: e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a\n\
+                    host: x86_64-unknown-linux-gnu\nrelease: 1.94.0-nightly\nLLVM version: 21.1.5\n";
+        let nightly = Nightly::from_verbose_version(text).unwrap();
+        assert_eq!(
+            nightly.version,
+            "rustc 1.94.0-nightly (e50aa6fba 2026-11-30)"
+        );
+        assert_eq!(nightly.host, "x86_64-unknown-linux-gnu");
+        let err = Nightly::from_verbose_version("rustc 1.94.0-nightly\nhost: \n")
+            .err()
+            .unwrap();
+        assert!(err.contains("names no host"), "{err}");
+    }
 
     /// Every `[[bin]]` of fuzz/Cargo.toml is a target here, and none needs
     /// a feature (a target left out would never run; one behind a feature

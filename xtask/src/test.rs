@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the test command (`.ci/run` runs exactly this): tools,
 //! unit and integration tests, the e2e suite in every mode, the harness
-//! self-check, the gateway catalog and external gateway checks, `bench --quick`
-//! and fuzz, each stage timed.
+//! self-check, the gateway catalog and external gateway checks, `bench --quick`,
+//! the Envoy module's unit tests under AddressSanitizer and fuzz, each stage
+//! timed.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -61,6 +62,11 @@ pub(crate) fn test() -> Result<ExitCode> {
     stages.run("external gateway check", crate::external_check::run)?;
     // The bench runs and writes bench.json; its timings are not judged here.
     stages.run("bench --quick", || Ok(bench_smoke()))?;
+    // The Envoy module's FFI layer, where a memory error is Envoy's crash.
+    stages.run_or_skip(
+        "keygate-envoy under AddressSanitizer",
+        crate::fuzz::module_tests_under_asan,
+    )?;
     // Last, so its background build has had every stage's idle CPU.
     // A few seconds per fuzz target, two at a time: a smoke run; longer
     // runs are in README.
@@ -125,7 +131,15 @@ fn nextest_installed() -> bool {
 /// The stages' verdicts and times, for the closing summary.
 struct Stages {
     started: Instant,
-    done: Vec<(&'static str, bool, Duration)>,
+    done: Vec<(&'static str, Verdict, Duration)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Passed,
+    Failed,
+    /// Could not run here; the stage said why.
+    Skipped,
 }
 
 impl Stages {
@@ -139,16 +153,30 @@ impl Stages {
     /// Runs one stage (every stage runs, whatever the ones before found)
     /// and says its verdict, its time and the time since `test` started.
     fn run(&mut self, name: &'static str, stage: impl FnOnce() -> Result<bool>) -> Result<()> {
+        self.run_or_skip(name, || stage().map(Some))
+    }
+
+    /// [`Stages::run`] for a stage that may not be able to run here
+    /// (`None`: it said why): recorded as skipped, never as passed.
+    fn run_or_skip(
+        &mut self,
+        name: &'static str,
+        stage: impl FnOnce() -> Result<Option<bool>>,
+    ) -> Result<()> {
         let started = Instant::now();
-        let ok = stage()?;
+        let verdict = match stage()? {
+            Some(true) => Verdict::Passed,
+            Some(false) => Verdict::Failed,
+            None => Verdict::Skipped,
+        };
         let took = started.elapsed();
         say!(
             "test: {name} {} in {} [at {}]",
-            word(ok),
+            word(verdict),
             secs(took),
             secs(self.started.elapsed())
         );
-        self.done.push((name, ok, took));
+        self.done.push((name, verdict, took));
         Ok(())
     }
 
@@ -156,14 +184,18 @@ impl Stages {
         let summary: Vec<String> = self
             .done
             .iter()
-            .map(|(name, ok, took)| format!("{name}: {} ({})", word(*ok), secs(*took)))
+            .map(|(name, verdict, took)| format!("{name}: {} ({})", word(*verdict), secs(*took)))
             .collect();
         say!(
             "{}; {} in all",
             summary.join("; "),
             secs(self.started.elapsed())
         );
-        if self.done.iter().all(|(_, ok, _)| *ok) {
+        if self
+            .done
+            .iter()
+            .all(|(_, verdict, _)| *verdict != Verdict::Failed)
+        {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -171,8 +203,12 @@ impl Stages {
     }
 }
 
-fn word(ok: bool) -> &'static str {
-    if ok { "passed" } else { "FAILED" }
+fn word(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Passed => "passed",
+        Verdict::Failed => "FAILED",
+        Verdict::Skipped => "skipped",
+    }
 }
 
 fn secs(d: Duration) -> String {
