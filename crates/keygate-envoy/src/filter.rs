@@ -31,6 +31,7 @@ use crate::config::{Fault, FilterConfig, RouteConfig};
 use crate::decide::{self, Deny, First, Presented, Verdict, reason};
 use crate::invalidations::{Follower, Level};
 use crate::table::Table;
+use crate::warnings::Warnings;
 
 const OWNER_HEADER: &[u8] = b"x-keyrig-owner";
 const GROUP_HEADER: &[u8] = b"x-keyrig-group";
@@ -85,6 +86,17 @@ struct Shared {
     settings: FilterConfig,
     table: Arc<Table>,
     follower: Mutex<Option<Follower>>,
+    /// Per-request warnings, at most one line per interval.
+    warnings: Warnings,
+}
+
+impl Shared {
+    /// A warning that can come once per request (see `warnings`).
+    fn warn(&self, now: Instant, message: impl FnOnce() -> String) {
+        if let Some(line) = self.warnings.line(now, message) {
+            log(LOG_WARN, &line);
+        }
+    }
 }
 
 impl Shared {
@@ -130,6 +142,7 @@ impl Shared {
             settings,
             table,
             follower: Mutex::new(follower),
+            warnings: Warnings::default(),
         })
     }
 }
@@ -356,12 +369,11 @@ impl Filter {
                 }
                 _ => ("unknown result", "an Envoy this module was not built for?"),
             };
-            log(
-                LOG_WARN,
-                &format!(
+            self.shared.warn(now, || {
+                format!(
                     "keygate-envoy: cannot ask keygate through cluster {cluster:?} ({what}, result {init}): {fix}"
-                ),
-            );
+                )
+            });
             let verdict = keep
                 .then(|| decide::resurrected(&self.shared.table, &group, &key, now))
                 .flatten()
@@ -408,6 +420,7 @@ impl Filter {
             };
             Answer::Unreachable(format!("the callout to keygate {what}"))
         };
+        let now = Instant::now();
         let (verdict, warning) = decide::answered(
             &self.shared.table,
             asking.keep,
@@ -415,18 +428,17 @@ impl Filter {
             &asking.key,
             asking.read_at,
             &answer,
-            Instant::now(),
+            now,
             SystemTime::now(),
         );
         if let Some(warning) = warning {
-            log(
-                LOG_WARN,
-                &format!(
+            self.shared.warn(now, || {
+                format!(
                     "keygate-envoy: asking keygate about selector {} of group {}: {warning}",
                     asking.key.selector(),
                     asking.group
-                ),
-            );
+                )
+            });
         }
         debug_decision(&asking.group, Some(&asking.key), &verdict, "keygate");
         let resume = !self.in_headers_hook.get();
