@@ -21,15 +21,7 @@ use apikey::ApiKey;
 
 use super::*;
 
-thread_local! {
-    /// Filters freed on this test's thread (`Filter`'s test-only `Drop`).
-    static FREED: Cell<usize> = const { Cell::new(0) };
-}
-
-pub(super) fn filter_freed() {
-    FREED.with(|freed| freed.set(freed.get() + 1));
-}
-
+/// Filters freed on this test's thread (`Filter`'s test-only `Drop`).
 fn freed() -> usize {
     FREED.with(Cell::get)
 }
