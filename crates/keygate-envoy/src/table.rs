@@ -595,14 +595,21 @@ mod tests {
         assert_eq!(table.absent_len(), 0);
     }
 
-    #[test]
-    fn absences_are_bounded_and_expired_ones_make_room() {
+    /// A table holding `MAX_ABSENT` absences, all kept at the returned
+    /// time under the returned stamp.
+    fn full_of_absences() -> (Table, u64, Instant) {
         let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
         let now = Instant::now();
         let stamp = table.stamp();
         for n in 0..MAX_ABSENT {
             assert!(table.insert_absent("g", &format!("{n:032x}"), stamp, now));
         }
+        (table, stamp, now)
+    }
+
+    #[test]
+    fn absences_are_bounded_and_expired_ones_make_room() {
+        let (table, stamp, now) = full_of_absences();
         let one_more = format!("{:032x}", MAX_ABSENT);
         assert!(!table.insert_absent("g", &one_more, stamp, now));
         assert_eq!(table.lookup("g", &one_more, now), Lookup::Ask);
@@ -613,12 +620,7 @@ mod tests {
 
     #[test]
     fn a_full_map_is_swept_at_most_once_per_interval() {
-        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
-        let now = Instant::now();
-        let stamp = table.stamp();
-        for n in 0..MAX_ABSENT {
-            assert!(table.insert_absent("g", &format!("{n:032x}"), stamp, now));
-        }
+        let (table, stamp, now) = full_of_absences();
         let extra = |n: usize| format!("{:032x}", MAX_ABSENT + n);
         // Just before they expire: a sweep, which frees nothing.
         let swept = now + NEGATIVE - Duration::from_millis(1);
