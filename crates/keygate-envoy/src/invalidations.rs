@@ -12,13 +12,16 @@
 //! Disconnected (keygate down or restarting), the thread reconnects with
 //! backoff; meanwhile entries live out their positive TTL, and keygate's
 //! first line after the reconnect (`stale`) makes everything held be asked
-//! again, since revocations may have been missed.
+//! again, since revocations may have been missed. A panic in the thread's
+//! own code counts as a lost feed too (everything held is asked again at
+//! once), never as the end of following it.
 //!
 //! Envoy's worker threads never wait for this thread: they only take the
 //! table's locks, which the thread holds for one insert or remove.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -115,7 +118,11 @@ impl Follower {
             .name("keygate-feed".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&shared, &addr, &authority, &table, log)
+                move || {
+                    run(&shared, &addr, &table, log, |followed| {
+                        follow(&shared, &addr, &authority, &table, log, followed)
+                    })
+                }
             })?;
         Ok(Self {
             shared,
@@ -153,12 +160,27 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn run(shared: &Shared, addr: &str, authority: &str, table: &Table, log: Log) {
+/// Follows the feed (`follow_once`: one connection) until stopped,
+/// reconnecting with backoff.
+fn run(
+    shared: &Shared,
+    addr: &str,
+    table: &Table,
+    log: Log,
+    mut follow_once: impl FnMut(&mut bool) -> Result<(), String>,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut down_reported = false;
     while !shared.stop.load(Ordering::SeqCst) {
         let mut followed = false;
-        let result = follow(shared, addr, authority, table, log, &mut followed);
+        let result = catch_unwind(AssertUnwindSafe(|| follow_once(&mut followed)))
+            .unwrap_or_else(|_| {
+                // A bug in this thread's code must not end the following
+                // for good, silently: counted as a lost feed, and what it
+                // may have missed is asked of keygate again.
+                table.all_stale();
+                Err("the feed thread panicked (a bug in keygate-envoy); every entry held is asked again".into())
+            });
         *lock(&shared.socket) = None;
         if shared.stop.load(Ordering::SeqCst) {
             break;
@@ -475,6 +497,32 @@ mod tests {
             assert_ne!(apply(line, &table), Applied::Ping);
             assert!(!held(&table, &key), "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    #[test]
+    fn a_panic_while_following_is_a_lost_feed_not_the_end_of_it() {
+        let key = ApiKey::generate();
+        let table = table_with(&key);
+        let shared = Shared {
+            stop: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
+            socket: Mutex::new(None),
+        };
+        fn quiet(_: Level, _: &str) {}
+        let mut connections = 0;
+        run(&shared, "127.0.0.1:9", &table, quiet, |_followed| {
+            connections += 1;
+            if connections == 1 {
+                panic!("injected: a bug while following the feed");
+            }
+            shared.stop.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        assert_eq!(connections, 2, "the thread reconnected after the panic");
+        assert!(
+            !held(&table, &key),
+            "what the panic may have missed is asked of keygate again"
+        );
     }
 
     #[test]
