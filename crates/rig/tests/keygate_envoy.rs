@@ -493,6 +493,29 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
     )
     .await
     .unwrap();
+    // ...and has applied the feed's first line (`stale`), which it logs
+    // right after: one applied after the first answer below would make
+    // that answer stale and cost keygate a second decision (seen with
+    // Envoy under valgrind, where the module's thread is slow).
+    wait_until(
+        "the module to apply the first line of keygate's invalidation feed",
+        Duration::from_secs(15),
+        async || {
+            let log = stack.log("envoy-module");
+            anyhow::Ok(
+                if log.contains("keygate-envoy: following keygate's invalidation feed") {
+                    Probe::Ready(())
+                } else {
+                    Probe::seen(format!(
+                        "no 'following' line in the module's log yet ({} lines)",
+                        log.lines().count()
+                    ))
+                },
+            )
+        },
+    )
+    .await
+    .unwrap();
 
     let billing = stack.issue(BILLING, "user-billing").await;
     let animals = stack.issue(ANIMALS, "user-animals").await;
