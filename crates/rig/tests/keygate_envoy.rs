@@ -535,14 +535,33 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
     assert_eq!(upstream["x-keyrig-owner"], "user-billing", "{upstream}");
     assert_eq!(upstream["x-keyrig-group"], BILLING, "{upstream}");
 
-    // Served from the module's table now: keygate decides nothing more.
+    // Served from the module's table now: keygate decides nothing more,
+    // five requests in a row. Polled: the feed's drop lines for the key's
+    // own write (Vault's request and response audit entries) may reach the
+    // module after that first answer and make it ask once more (seen with
+    // Envoy under valgrind, where the module's thread is slow), which is
+    // the module doing its job, not a miss.
     let decided = "keygate_decisions_total{outcome=\"allow\",protocol=\"http\"}";
-    let before = stack.keygate_metric(decided).await.unwrap();
-    for _ in 0..5 {
-        let again = ask(&gateway, "/billing/invoices", Some(billing.expose()), &[]).await;
-        assert_eq!(again.status, 200, "{again:?}");
-    }
-    assert_eq!(stack.keygate_metric(decided).await.unwrap(), before);
+    wait_until(
+        "five requests in a row served from the module's table",
+        Duration::from_secs(15),
+        async || {
+            let before = stack.keygate_metric(decided).await;
+            for _ in 0..5 {
+                let again = ask(&gateway, "/billing/invoices", Some(billing.expose()), &[]).await;
+                assert_eq!(again.status, 200, "{again:?}");
+            }
+            let after = stack.keygate_metric(decided).await;
+            anyhow::Ok(match (before, after) {
+                (Some(before), Some(after)) if before == after => Probe::Ready(()),
+                other => Probe::seen(format!(
+                    "keygate's allow decisions before and after: {other:?}"
+                )),
+            })
+        },
+    )
+    .await
+    .unwrap();
 
     // Wrong keys: keygate's status, reason and body.
     let wrong_verifier = format!("{}{}", billing.selector(), "0".repeat(32));
