@@ -27,6 +27,7 @@ mod external_check;
 mod flags;
 mod fuzz;
 mod kube;
+mod memcheck;
 mod runner;
 mod scan_uploads;
 mod scenarios;

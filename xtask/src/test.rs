@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the test command (`.ci/run` runs exactly this): tools,
 //! unit and integration tests, the e2e suite in every mode, the harness
 //! self-check, the gateway catalog and external gateway checks, `bench --quick`,
-//! the Envoy module's unit tests under AddressSanitizer and fuzz, each stage
-//! timed.
+//! the Envoy module's unit tests under AddressSanitizer and its integration
+//! test with Envoy under memcheck, and fuzz, each stage timed.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -66,6 +66,11 @@ pub(crate) fn test() -> Result<ExitCode> {
     stages.run_or_skip(
         "keygate-envoy under AddressSanitizer",
         crate::fuzz::module_tests_under_asan,
+    )?;
+    // The same module inside the real Envoy, Envoy under valgrind.
+    stages.run_or_skip(
+        "keygate-envoy inside Envoy under memcheck",
+        crate::memcheck::module_in_envoy_under_memcheck,
     )?;
     // Last, so its background build has had every stage's idle CPU.
     // A few seconds per fuzz target, two at a time: a smoke run; longer
