@@ -127,7 +127,9 @@ pub(crate) fn module_in_envoy_under_memcheck() -> Result<Option<bool>> {
     let mut command = crate::runner::cargo();
     crate::runner::plain_output_unless_interactive(&mut command);
     let tests = command
-        .args(["test", "-p", "rig", "--test", "keygate_envoy"])
+        .arg("test")
+        .args(crate::runner::WORKSPACE_TESTS)
+        .args(["--test", "keygate_envoy"])
         .env("KEYRIG_ENVOY", &wrapper)
         .current_dir(&root)
         .status()

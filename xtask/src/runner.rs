@@ -161,6 +161,14 @@ fn clear_cargo_run_env(command: &mut Command) {
 }
 
 /// Runs cargo with inherited output, in the workspace root.
+/// The packages `cargo xtask test`'s unit and integration tests build
+/// (all but the e2e crate, whose tests need a running environment). A
+/// later cargo over a part of them passes these too, so features resolve
+/// the same way and it reuses those builds (`-p rig` alone resolves
+/// another feature set, and compiled rig and its dependencies again:
+/// 88 s in a CI run).
+pub(crate) const WORKSPACE_TESTS: [&str; 3] = ["--workspace", "--exclude", "keyrig-e2e"];
+
 pub(crate) fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
     say!("{what}: cargo {}", args.join(" "));
     let mut command = cargo();

@@ -101,7 +101,7 @@ pub(crate) fn test() -> Result<ExitCode> {
 /// does not run. Without it, `cargo test`, which runs the same tests one
 /// binary at a time.
 fn unit_tests() -> Result<bool> {
-    let excluded = ["--workspace", "--exclude", "keyrig-e2e"];
+    let excluded = crate::runner::WORKSPACE_TESTS;
     if !nextest_installed() {
         say!(
             "unit and integration tests: cargo-nextest is not installed, so `cargo test` runs the test binaries one after another"
