@@ -190,7 +190,6 @@ pub(crate) fn module_tests_under_asan() -> Result<Option<bool>> {
     let status = command
         .args(args)
         .env("RUSTFLAGS", "-Zsanitizer=address")
-        .env("RUSTDOCFLAGS", "-Zsanitizer=address")
         .env("CARGO_TARGET_DIR", root.join("target").join("asan"))
         .current_dir(&root)
         .status()

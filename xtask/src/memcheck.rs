@@ -56,18 +56,14 @@ fn reports(log: &str) -> Vec<Report> {
     let mut found = Vec::new();
     let mut current: Option<Report> = None;
     for line in log.lines() {
-        let Some(rest) = line
+        // `==<pid>== <text>`; a blank text ends a report.
+        let Some((_, rest)) = line
             .strip_prefix("==")
-            .and_then(|rest| rest.split_once("== "))
-            .map(|(_, rest)| rest)
-            .or_else(|| {
-                line.strip_prefix("==")
-                    .and_then(|rest| rest.strip_suffix("=="))
-                    .map(|_| "")
-            })
+            .and_then(|rest| rest.split_once("=="))
         else {
             continue;
         };
+        let rest = rest.strip_prefix(' ').unwrap_or(rest);
         if rest.trim().is_empty() {
             found.extend(current.take());
             continue;
