@@ -3,7 +3,8 @@
 //! - crates: keygate and apikey never depend on the harness (rig, rig-k8s,
 //!   rig-bench); keygate-config (its config and routes, no server stack)
 //!   depends on neither keygate nor the harness; keygate-envoy (the Envoy
-//!   module) depends on neither keygate nor the harness; rig never depends on rig-k8s or rig-bench; rig keeps the
+//!   module) depends on neither keygate nor the harness; log-throttle on no
+//!   workspace crate; rig never depends on rig-k8s or rig-bench; rig keeps the
 //!   workspace's `rust-version` (only rig-k8s and the e2e tests pay for
 //!   kube's);
 //! - files: no file imports a file that imports it back, directly or around
@@ -257,8 +258,9 @@ impl ModuleGraph {
     }
 }
 
-const CRATES: [&str; 12] = [
+const CRATES: [&str; 13] = [
     "crates/apikey/src",
+    "crates/log-throttle/src",
     "crates/keygate/src",
     "crates/keygate-config/src",
     "crates/keygate-envoy/src",
@@ -374,6 +376,7 @@ fn crates_depend_only_downwards() {
         "keygate-config",
         "keygate-envoy",
         "keyrig-scenario",
+        "log-throttle",
         "manifests",
         "rig",
         "rig-k8s",
@@ -386,6 +389,8 @@ fn crates_depend_only_downwards() {
         // Below keygate: what the fuzz targets build.
         ("keygate-config", &module[..]),
         ("keygate-envoy", &module[..]),
+        // Under keygate and the module, std only: no workspace crate.
+        ("log-throttle", &workspace_crates[..]),
         ("rig", &harness[1..]),
         // The bench's load generator and upstream, built optimized beside
         // the keygate it measures: no workspace crate at all.

@@ -20,7 +20,9 @@ use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use log_throttle::{Admit, Throttle};
 
 use apikey::ApiKey;
 
@@ -31,7 +33,10 @@ use crate::config::{Fault, FilterConfig, RouteConfig};
 use crate::decide::{self, Deny, First, Presented, Verdict, reason};
 use crate::invalidations::{Follower, Level};
 use crate::table::Table;
-use crate::warnings::Warnings;
+
+/// At most one line per this long for each per-request warning (per
+/// filter config).
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 const OWNER_HEADER: &[u8] = b"x-keyrig-owner";
 const GROUP_HEADER: &[u8] = b"x-keyrig-group";
@@ -86,14 +91,19 @@ struct Shared {
     settings: FilterConfig,
     table: Arc<Table>,
     follower: Mutex<Option<Follower>>,
-    /// Per-request warnings, at most one line per interval.
-    warnings: Warnings,
+    /// Per-request warnings: at most one line per `WARN_EVERY`.
+    warnings: Throttle,
 }
 
 impl Shared {
-    /// A warning that can come once per request (see `warnings`).
+    /// A warning that can come once per request (keygate unreachable, a
+    /// callout that cannot start, keygate naming another group): an outage
+    /// under load would otherwise put a line per request into Envoy's log.
+    /// `message` runs only for a line that is written.
     fn warn(&self, now: Instant, message: impl FnOnce() -> String) {
-        if let Some(line) = self.warnings.line(now, message) {
+        if let Admit::Write { left_out } = self.warnings.admit(now) {
+            let mut line = message();
+            line.push_str(&self.warnings.left_out_note(left_out));
             log(LOG_WARN, &line);
         }
     }
@@ -142,7 +152,7 @@ impl Shared {
             settings,
             table,
             follower: Mutex::new(follower),
-            warnings: Warnings::default(),
+            warnings: Throttle::new(WARN_EVERY),
         })
     }
 }

@@ -13,7 +13,6 @@
 //! - `callout`: the forward-auth request and what keygate's answer means;
 //! - `decide`: the decision for one request, from the table or keygate;
 //! - `invalidations`: the feed follower thread;
-//! - `warnings`: per-request warnings, at most one line per interval;
 //! - `build_info`: the ABI / Envoy version the build is for;
 //! - `abi`: the raw `extern "C"` declarations;
 //! - `filter`: the hooks Envoy calls.
@@ -29,7 +28,6 @@ pub mod config;
 pub mod decide;
 pub mod invalidations;
 pub mod table;
-pub mod warnings;
 
 mod abi;
 mod filter;
