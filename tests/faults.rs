@@ -90,6 +90,7 @@ mod faults {
             &ApiKey::generate().expose()[32..]
         );
         let mut tally = Tally::default();
+        let mut unavailable = 0_usize;
         let warm = env.get(&path, Some(cached.expose())).await;
         assert_eq!(warm.status, 200, "before the outage: {}", warm.short());
         let resurrected_before = env
@@ -134,6 +135,7 @@ mod faults {
                     (503, Some("vault-unavailable")),
                     "{name} during the outage must get 503 (never 401, never 200)"
                 );
+                unavailable += 1;
             }
             let reply = env.get(&path, Some(&mismatch)).await;
             tally.count(&reply, true);
@@ -155,6 +157,15 @@ mod faults {
         assert!(
             resurrected > 0,
             "keygate never answered from the resurrect window (keygate_cache_resurrected_total did not move)"
+        );
+        // Every uncached request failed its Vault read; keygate's log says so
+        // at most once per 10 s (with a count), not once per request.
+        let outage_lines = read_failure_lines(&env);
+        let allowed = 2 + outage.elapsed().as_secs() as usize / 10;
+        assert!(
+            (1..=allowed).contains(&outage_lines),
+            "keygate wrote {outage_lines} 'cannot read the key record' lines for at least {unavailable} failed reads in {}: expected at least one and at most {allowed} (one per 10 s)",
+            rig::base::progress::secs(outage.elapsed())
         );
 
         env.run.supervisor.restart("bao").await.unwrap();
@@ -194,6 +205,16 @@ mod faults {
         cache.positive_ttl_ms,
         cache.resurrect_ttl_ms
     )));
+    }
+
+    /// Lines of keygate's log saying that a key record could not be read.
+    fn read_failure_lines(env: &Owned) -> usize {
+        let log = env.run.run.logs_dir().join("keygate.log");
+        std::fs::read_to_string(&log)
+            .unwrap_or_else(|err| panic!("reading {}: {err}", log.display()))
+            .lines()
+            .filter(|line| line.contains("cannot read the key record from Vault"))
+            .count()
     }
 
     /// 2. Seal -> 503 for what is not cached; unseal -> recovers, nothing lost.

@@ -2,8 +2,10 @@
 //! protocol. `grpc` and `http` only translate requests in and outcomes out.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use apikey::{ApiKey, Decision, Selector, storage_path};
+use log_throttle::{Admit, Throttle};
 use time::OffsetDateTime;
 use tracing::{debug, warn};
 
@@ -22,6 +24,40 @@ pub struct Validator {
     metrics: Arc<Metrics>,
     kv_mount: String,
     upstream_headers: Option<Arc<crate::refs::UpstreamHeaders>>,
+    warnings: RequestWarnings,
+}
+
+/// At most one line per this long for each warning that can come once per
+/// request.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Warnings a request can cause, each kind throttled on its own: during a
+/// Vault outage every request that misses the cache fails its read, and a
+/// line each would flood the log (and whatever ships it) at the request
+/// rate. The written line carries `left_out`, the count since the one
+/// before; `keygate_decisions_total` counts every outcome.
+struct RequestWarnings {
+    vault_forbidden: Throttle,
+    vault_unavailable: Throttle,
+    corrupt_record: Throttle,
+}
+
+impl Default for RequestWarnings {
+    fn default() -> Self {
+        Self {
+            vault_forbidden: Throttle::new(WARN_EVERY),
+            vault_unavailable: Throttle::new(WARN_EVERY),
+            corrupt_record: Throttle::new(WARN_EVERY),
+        }
+    }
+}
+
+/// The count of warnings left out before this one, if it gets its line.
+fn admitted(throttle: &Throttle) -> Option<u64> {
+    match throttle.admit(Instant::now()) {
+        Admit::Write { left_out } => Some(left_out),
+        Admit::Skip => None,
+    }
 }
 
 impl Validator {
@@ -37,6 +73,7 @@ impl Validator {
             metrics,
             kv_mount: kv_mount.into(),
             upstream_headers: None,
+            warnings: RequestWarnings::default(),
         }
     }
 
@@ -115,7 +152,11 @@ impl Validator {
         let record = match self.records.get(group, selector).await {
             Ok(record) => record,
             Err(err) if matches!(*err, crate::vault::VaultError::Forbidden { .. }) => {
-                warn!(group, %selector, error = %err, "Vault refuses keygate the key record; denying");
+                if let Some(left_out) = admitted(&self.warnings.vault_forbidden) {
+                    warn!(group, %selector, error = %err, left_out,
+                        "Vault refuses keygate the key record; denying (at most one line per {} s, left_out says how many were not written)",
+                        WARN_EVERY.as_secs());
+                }
                 return Outcome::Deny(Reason::VaultForbidden);
             }
             Err(err) if matches!(*err, VaultError::Busy { .. }) => {
@@ -123,7 +164,11 @@ impl Validator {
                 return Outcome::Deny(Reason::VaultBusy);
             }
             Err(err) => {
-                warn!(group, %selector, error = %err, "cannot read the key record from Vault; denying");
+                if let Some(left_out) = admitted(&self.warnings.vault_unavailable) {
+                    warn!(group, %selector, error = %err, left_out,
+                        "cannot read the key record from Vault; denying (at most one line per {} s, left_out says how many were not written)",
+                        WARN_EVERY.as_secs());
+                }
                 return Outcome::Deny(Reason::VaultUnavailable);
             }
         };
@@ -138,10 +183,13 @@ impl Validator {
             // The owner is passed upstream in a header, where control
             // characters could split or forge headers.
             Decision::Valid if record.owner.chars().any(char::is_control) => {
-                warn!(
-                    path = %storage_path(&self.kv_mount, group, selector),
-                    "the key record in Vault is corrupt (its `owner` holds control characters); fix it"
-                );
+                if let Some(left_out) = admitted(&self.warnings.corrupt_record) {
+                    warn!(
+                        path = %storage_path(&self.kv_mount, group, selector),
+                        left_out,
+                        "the key record in Vault is corrupt (its `owner` holds control characters); fix it"
+                    );
+                }
                 Outcome::Deny(Reason::CorruptRecord)
             }
             Decision::Valid => Outcome::Allow {
@@ -152,10 +200,13 @@ impl Validator {
             Decision::Mismatch => Outcome::Deny(Reason::Mismatch),
             Decision::Expired => Outcome::Deny(Reason::Expired),
             Decision::CorruptRecord => {
-                warn!(
-                    path = %storage_path(&self.kv_mount, group, selector),
-                    "the key record in Vault is corrupt (no `key`, or not a SHA-256 in hex); fix or delete it"
-                );
+                if let Some(left_out) = admitted(&self.warnings.corrupt_record) {
+                    warn!(
+                        path = %storage_path(&self.kv_mount, group, selector),
+                        left_out,
+                        "the key record in Vault is corrupt (no `key`, or not a SHA-256 in hex); fix or delete it"
+                    );
+                }
                 Outcome::Deny(Reason::CorruptRecord)
             }
         }
