@@ -27,14 +27,16 @@ use crate::background::Background;
 
 /// The fuzz targets: every `[[bin]]` of fuzz/Cargo.toml (the unit test
 /// below keeps the two in step). None builds rig: the scenario loaders are
-/// `keyrig-scenario`'s, keygate's parsing is `keygate-config`'s.
-pub const TARGETS: [&str; 6] = [
+/// `keyrig-scenario`'s, keygate's parsing is `keygate-config`'s, the Envoy
+/// module's feed reader is keygate-envoy's rlib.
+pub const TARGETS: [&str; 7] = [
     "apikey_parse",
     "keygate_config",
     "scenario_loader",
     "forward_auth_headers",
     "route_resolve",
     "openapi_docs",
+    "module_feed",
 ];
 
 fn names() -> Vec<&'static str> {

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use crate::table::Table;
 
 /// Longer lines are not keygate's (a drop line is ~120 bytes).
-const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// keygate pings at least every 10 s; three missed pings and the
 /// connection is presumed dead (a half-open TCP connection sends nothing).
@@ -247,17 +247,7 @@ fn follow(
         "GET /v1/invalidations HTTP/1.1\r\nhost: {authority}\r\naccept: application/x-ndjson\r\n\r\n"
     )
     .map_err(|err| format!("cannot send the request: {err}"))?;
-    let mut reader = BufReader::new(stream);
-    let chunked = response_head(&mut reader)?;
-    let mut body = BufReader::new(Body::new(reader, chunked));
-    let mut line = Vec::new();
-    loop {
-        match read_line(&mut body, &mut line) {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(err) => return Err(format!("reading the feed: {err}")),
-        }
-        let applied = apply(&line, table);
+    read_feed(BufReader::new(stream), table, |_, applied| {
         if !*followed {
             *followed = true;
             log(
@@ -278,6 +268,31 @@ fn follow(
                 "keygate-envoy: a line of the invalidation feed is not keygate's; every cached key is asked again",
             ),
         }
+    })
+}
+
+/// Reads keygate's answer to `GET /v1/invalidations` from `reader` (status
+/// line, headers, then the body as it comes or chunked) and applies each
+/// line to `table`, handing `on_line` the line and what it did. `Ok(())`
+/// when the answer ends; an error says what was wrong with it. `follow`
+/// runs it on keygate's connection; the fuzz target `module_feed` on
+/// arbitrary bytes and on any chunking of known lines.
+pub fn read_feed(
+    mut reader: impl BufRead,
+    table: &Table,
+    mut on_line: impl FnMut(&[u8], Applied),
+) -> Result<(), String> {
+    let chunked = response_head(&mut reader)?;
+    let mut body = BufReader::new(Body::new(reader, chunked));
+    let mut line = Vec::new();
+    loop {
+        match read_line(&mut body, &mut line) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(err) => return Err(format!("reading the feed: {err}")),
+        }
+        let applied = apply(&line, table);
+        on_line(&line, applied);
     }
 }
 
