@@ -23,6 +23,7 @@ pub mod outcome;
 pub mod protocol;
 pub mod read_limit;
 pub mod refs;
+pub mod rejected;
 pub mod vault;
 pub mod vault_http;
 pub mod watch;

@@ -124,6 +124,13 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
         Err(err) if err.is_permanent() => {
             anyhow::bail!("cannot start: {err}");
         }
+        // Fixed by new credential files, which the watcher below tries at
+        // once; meanwhile unready (503), the same pair never sent again
+        // within Vault's lockout window (`keygate::rejected`).
+        Err(err) if err.is_rejected_credentials() => warn!(
+            error = %err,
+            "Vault rejected keygate's credentials; answering 503 (not ready) until the credential files change"
+        ),
         // Vault may simply not be up yet: serve (503) and keep trying.
         Err(err) => warn!(error = %err, "Vault is not available yet; answering 503 until it is"),
     }

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Auth, Secret, SecretFileError, VaultConfig};
 use crate::metrics::{LoginResult, Metrics};
+use crate::rejected::{CredentialDigest, RETRY_REJECTED_AFTER, RejectedCredentials};
 
 /// How long a readiness answer is reused, so a busy `/readyz` does not turn
 /// into a stream of token lookups.
@@ -57,6 +58,18 @@ pub enum VaultError {
     BadResponse { what: String, reason: String },
     #[error("Vault rejected keygate's login{detail}: check {hint}")]
     LoginRejected { detail: String, hint: String },
+    /// Not sent: Vault rejected these same credentials `ago` ago
+    /// (`crate::rejected`).
+    #[error(
+        "Vault rejected these credentials {ago} ago: check {hint}. keygate sends them again only \
+         when the files change, or {retry} after the rejection, because Vault's user lockout counts \
+         each rejected login and after 5 refuses the role-id for 15 minutes, the right secret-id included"
+    )]
+    LoginHeldBack {
+        ago: String,
+        retry: String,
+        hint: String,
+    },
     #[error(
         "the Vault token keygate got carries the root policy; keygate refuses to run with a root token: \
          give it an AppRole or token whose policy only reads the key mount (e.g. gateway-policy)"
@@ -89,9 +102,18 @@ impl VaultError {
     /// Errors that waiting will not fix: keygate stops at startup on these
     /// instead of retrying forever.
     pub fn is_permanent(&self) -> bool {
+        matches!(self, VaultError::RootToken | VaultError::SecretFile(_))
+    }
+
+    /// Vault refused the credentials, now or before (held back): a fixed
+    /// Secret fixes it, so keygate keeps running, unready, and logs in as
+    /// soon as the files change. Exiting instead would have the pod
+    /// restarted with the same credentials, each restart a rejected login
+    /// towards Vault's lockout.
+    pub fn is_rejected_credentials(&self) -> bool {
         matches!(
             self,
-            VaultError::LoginRejected { .. } | VaultError::RootToken | VaultError::SecretFile(_)
+            VaultError::LoginRejected { .. } | VaultError::LoginHeldBack { .. }
         )
     }
 }
@@ -155,6 +177,9 @@ pub struct Vault {
     /// Guarded by `login_lock` in practice; a `std` mutex, never held
     /// across an await.
     last_failure: std::sync::Mutex<Option<(Instant, VaultError)>>,
+    /// AppRole credentials Vault rejected: not sent again until they
+    /// change or a while has passed (`crate::rejected`).
+    rejected: RejectedCredentials,
     probe: Mutex<Option<(Instant, Readiness)>>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -188,6 +213,7 @@ impl Vault {
             generation: AtomicU64::new(0),
             login_lock: Mutex::new(()),
             last_failure: std::sync::Mutex::new(None),
+            rejected: RejectedCredentials::default(),
             probe: Mutex::new(None),
             metrics: None,
         })
@@ -224,11 +250,17 @@ impl Vault {
     async fn login_locked(&self) -> Result<TokenInfo, VaultError> {
         let result = self.login_once().await;
         let counted = match &result {
-            Ok(_) => LoginResult::Ok,
-            Err(VaultError::LoginRejected { .. } | VaultError::RootToken) => LoginResult::Rejected,
-            Err(_) => LoginResult::Error,
+            Ok(_) => Some(LoginResult::Ok),
+            Err(VaultError::LoginRejected { .. } | VaultError::RootToken) => {
+                Some(LoginResult::Rejected)
+            }
+            // Not sent to Vault: not a login.
+            Err(VaultError::LoginHeldBack { .. }) => None,
+            Err(_) => Some(LoginResult::Error),
         };
-        if let Some(metrics) = &self.metrics {
+        if let Some(metrics) = &self.metrics
+            && let Some(counted) = counted
+        {
             metrics.vault_login(counted);
         }
         *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = result
@@ -254,11 +286,26 @@ impl Vault {
                 // swaps (crate::credentials).
                 let (role_id, secret_id) =
                     crate::credentials::read_pair(role_id_file, secret_id_file)?;
-                (
-                    self.approle_login(mount, &role_id, &secret_id, &hint)
-                        .await?,
-                    hint,
-                )
+                let credentials = CredentialDigest::of(role_id.expose(), secret_id.expose());
+                if let Some(ago) = self.rejected.held_back(credentials, Instant::now()) {
+                    return Err(VaultError::LoginHeldBack {
+                        ago: minutes_or_seconds(ago),
+                        retry: minutes_or_seconds(RETRY_REJECTED_AFTER),
+                        hint,
+                    });
+                }
+                match self.approle_login(mount, &role_id, &secret_id, &hint).await {
+                    Ok(token) => {
+                        self.rejected.accepted();
+                        (token, hint)
+                    }
+                    Err(err) => {
+                        if matches!(err, VaultError::LoginRejected { .. }) {
+                            self.rejected.rejected(credentials, Instant::now());
+                        }
+                        return Err(err);
+                    }
+                }
             }
             Auth::TokenFile(file) => (
                 file.read()?,
@@ -380,7 +427,13 @@ impl Vault {
                         MAX_BACKOFF,
                         crate::backoff::jitter(),
                     );
-                    warn!(error = %err, retry_in = ?backoff, "logging in to Vault failed");
+                    // Held back: nothing was sent, and the rejection was
+                    // logged when it happened.
+                    if matches!(err, VaultError::LoginHeldBack { .. }) {
+                        debug!(error = %err, retry_in = ?backoff, "not logging in to Vault");
+                    } else {
+                        warn!(error = %err, retry_in = ?backoff, "logging in to Vault failed");
+                    }
                     tokio::time::sleep(backoff).await;
                 }
             }
@@ -733,6 +786,16 @@ fn status_error(what: &str, status: StatusCode, body: &str) -> VaultError {
         what: what.to_owned(),
         status: status.as_u16(),
         detail: vault_errors(body),
+    }
+}
+
+/// `42 s` under two minutes, else whole minutes (`16 min`).
+fn minutes_or_seconds(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs < 120 {
+        format!("{secs} s")
+    } else {
+        format!("{} min", secs / 60)
     }
 }
 

@@ -82,10 +82,13 @@ struct Pending {
 /// Runs forever: when a credential file changes, logs in with the new
 /// content. A failed login keeps the current session (a half-written or
 /// wrong credential must not take the gateway down; the old token serves
-/// while it is valid) and is retried with an exponential backoff (1 s
-/// doubling to a minute, jittered), not on every poll: a bad secret-id
-/// rolled out to every pod must not become a login per second per pod.
-/// The backoff restarts when the files change again or a login succeeds.
+/// while it is valid). A login Vault could not answer is retried with an
+/// exponential backoff (1 s doubling to a minute, jittered), not on every
+/// poll: a bad secret-id rolled out to every pod must not become a login
+/// per second per pod. Credentials Vault rejected are not sent again until
+/// the files change or 16 minutes pass (`crate::rejected`: Vault's user
+/// lockout). The backoff restarts when the files change again or a login
+/// succeeds.
 pub async fn relogin_on_change(vault: Arc<Vault>, files: Vec<PathBuf>) {
     if files.is_empty() {
         return;
@@ -117,6 +120,12 @@ pub async fn relogin_on_change(vault: Arc<Vault>, files: Vec<PathBuf>) {
                 set.accept(now);
                 pending = None;
             }
+            // Nothing sent: these files were rejected already, and said so.
+            Err(err @ crate::vault::VaultError::LoginHeldBack { .. }) => {
+                attempt.failures += 1;
+                attempt.next_try = Instant::now() + RETRY_CAP;
+                tracing::debug!(error = %err, "not logging in with the changed credential files");
+            }
             Err(err) => {
                 attempt.failures += 1;
                 let retry_in = crate::backoff::retry_delay(
@@ -126,6 +135,15 @@ pub async fn relogin_on_change(vault: Arc<Vault>, files: Vec<PathBuf>) {
                     crate::backoff::jitter(),
                 );
                 attempt.next_try = Instant::now() + retry_in;
+                if err.is_rejected_credentials() {
+                    warn!(
+                        error = %err,
+                        "Vault rejected the changed credential files; keeping the current session \
+                         while its token is valid. They are sent again only when the files change \
+                         (or after 16 minutes: Vault's user lockout counts every rejected login)"
+                    );
+                    continue;
+                }
                 warn!(
                     error = %err,
                     failures = attempt.failures,

@@ -190,8 +190,13 @@ async fn refuses_to_start_with_a_root_token() {
     );
 }
 
+/// A rejected secret-id at startup: keygate stays up but unready (exiting
+/// would have the pod restarted with the same credentials, each restart a
+/// rejected login towards Vault's user lockout), never sends that pair
+/// again while its retry loops run, and logs in as soon as the file is
+/// fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_login_stops_startup_naming_the_secret_files() {
+async fn a_rejected_login_at_startup_stays_unready_and_is_not_sent_again() {
     let vault = FakeVault::start().await;
     let fixture = Fixture::new(&vault.address);
     std::fs::write(
@@ -200,11 +205,23 @@ async fn rejected_login_stops_startup_naming_the_secret_files() {
     )
     .unwrap();
     let secret_id_file = fixture.path("secrets/secret-id").display().to_string();
-    let (code, stderr) =
-        tokio::task::spawn_blocking(move || fixture.start().wait(Duration::from_secs(20)))
-            .await
-            .unwrap();
-    assert_eq!(code, Some(1), "{stderr}");
+    let keygate = fixture.start();
+    wait_for_status(&fixture.url("/readyz"), 503).await;
+    let denied = forward_auth(&fixture, "/billing/invoices", ApiKey::generate().expose()).await;
+    assert_eq!(denied.status(), 503);
+    // keygate's login retries (every few seconds without a token) would
+    // have sent the pair two or three times more by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(vault.state.lock().unwrap().rejected_logins, 1);
+
+    std::fs::write(
+        fixture.path("secrets/secret-id"),
+        format!("{}\n", common::SECRET_ID),
+    )
+    .unwrap();
+    wait_for_status(&fixture.url("/readyz"), 200).await;
+    assert_eq!(vault.state.lock().unwrap().rejected_logins, 1);
+    let stderr = keygate.stop();
     assert!(
         stderr.contains("Vault rejected keygate's login: invalid role or secret ID"),
         "{stderr}"
@@ -212,6 +229,6 @@ async fn rejected_login_stops_startup_naming_the_secret_files() {
     assert!(stderr.contains(&secret_id_file), "{stderr}");
     assert!(
         !stderr.contains("not-the-secret-id-7f3a"),
-        "the secret-id leaked into the message: {stderr}"
+        "the secret-id leaked into the log: {stderr}"
     );
 }

@@ -209,6 +209,8 @@ pub struct FakeVaultState {
     pub records: HashMap<String, Value>,
     pub root_policy: bool,
     pub logins: usize,
+    /// Logins refused for their credentials.
+    pub rejected_logins: usize,
 }
 
 #[derive(Clone)]
@@ -261,6 +263,7 @@ fn authorised(state: &FakeVaultState, headers: &HeaderMap) -> bool {
 async fn login(State(state): Shared, Json(body): Json<Value>) -> Response {
     let mut state = state.lock().unwrap();
     if body["role_id"] != ROLE_ID || body["secret_id"] != SECRET_ID {
+        state.rejected_logins += 1;
         return errors(StatusCode::BAD_REQUEST, "invalid role or secret ID");
     }
     state.logins += 1;
