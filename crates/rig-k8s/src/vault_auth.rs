@@ -21,8 +21,9 @@ use rig::say;
 use rig::vault::client::{Secret, VaultClient};
 
 /// In the description of every auth mount keyrig creates; the only mounts
-/// it ever configures carry it.
-pub const OWNER_MARK: &str = "managed by keyrig";
+/// it ever configures carry it (the same mark as its policies and secrets
+/// mounts: `rig::vault::ownership`).
+pub use rig::vault::ownership::OWNER_MARK;
 
 /// The mount other tools and Vault's docs use by default: never keyrig's.
 const DEFAULT_KUBERNETES_MOUNT: &str = "kubernetes";
@@ -155,9 +156,13 @@ pub async fn apply(
         let hcl = auth
             .policy_text(file, &policy.name)
             .map_err(|err| anyhow::anyhow!("{err}"))?;
-        root.put_policy(&policy.name, &hcl)
-            .await
-            .with_context(|| format!("{}: policy {}", file.display(), policy.name))?;
+        rig::vault::ownership::put_managed_policy(
+            root,
+            &policy.name,
+            &hcl,
+            &format!("{} (policies[{}])", file.display(), policy.name),
+        )
+        .await?;
     }
     for role in &auth.roles {
         root.call(

@@ -6,7 +6,10 @@
 //! - a mount of that name keyrig did not create is refused and untouched;
 //! - a Vault outside the cluster gets the CA and a reviewer JWT;
 //! - the committed dev credentials are refused on `cluster`, accepted on
-//!   `kind`, and per-run credentials log in.
+//!   `kind`, and per-run credentials log in;
+//! - scenarios/vault/setup.yaml writes only what keyrig made: someone's
+//!   KV mount, policy, AppRole role or pki mount of the same name is
+//!   refused and untouched.
 
 #![cfg(test)]
 
@@ -177,6 +180,145 @@ async fn cluster_vault_side_leaves_other_mounts_alone_and_owns_its_own() {
 
     // Through all of it, the other mount is byte-identical.
     assert_eq!(mount_state(root, "kubernetes").await, theirs_before);
+}
+
+/// scenarios/vault/setup.yaml (what `up` applies first) against a Vault
+/// that already holds a KV mount, a policy, an AppRole role and a pki mount
+/// of the names it uses, made by someone else: each is refused with what
+/// to do and left as it was. Then, with those gone, everything is created
+/// marked, and a second run reuses its own.
+#[tokio::test]
+async fn cluster_vault_setup_writes_only_what_keyrig_made() {
+    let vault = dev_vault().await;
+    let root = &vault.root;
+    let setup =
+        rig::vault::setup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
+            .unwrap();
+    let refusal = async || {
+        format!(
+            "{:#}",
+            rig::vault::setup::apply(&setup, root).await.unwrap_err()
+        )
+    };
+
+    // Someone's KV mount of that name.
+    let kv = format!("sys/mounts/{}", setup.kv_mount);
+    root.call(
+        Method::POST,
+        &kv,
+        Some(&json!({"type": "kv", "options": {"version": "2"}})),
+    )
+    .await
+    .unwrap();
+    root.kv2_put(&setup.kv_mount, "prod/key", &json!({"key": "theirs"}))
+        .await
+        .unwrap();
+    let message = refusal().await;
+    assert!(
+        message.contains(&format!("{}/ is already mounted", setup.kv_mount)),
+        "{message}"
+    );
+    assert!(message.contains("kv_mount in"), "{message}");
+    assert_eq!(
+        get(root, &format!("{}/data/prod/key", setup.kv_mount)).await["data"]["data"]["key"],
+        "theirs"
+    );
+    root.call(Method::DELETE, &kv, None).await.unwrap();
+
+    // Someone's policy named like keyrig's.
+    let theirs = "path \"prod/*\" { capabilities = [\"read\"] }\n";
+    root.put_policy("gateway-policy", theirs).await.unwrap();
+    let message = refusal().await;
+    assert!(
+        message.contains("a policy named \"gateway-policy\""),
+        "{message}"
+    );
+    assert!(message.contains("does not overwrite"), "{message}");
+    assert_eq!(
+        get(root, "sys/policies/acl/gateway-policy").await["data"]["policy"],
+        theirs
+    );
+    root.call(Method::DELETE, "sys/policies/acl/gateway-policy", None)
+        .await
+        .unwrap();
+
+    // Someone's AppRole role named like keyrig's, granting their policy.
+    root.call(
+        Method::POST,
+        &format!("auth/approle/role/{}", setup.keygate_role),
+        Some(&json!({"token_policies": ["prod-read"]})),
+    )
+    .await
+    .unwrap();
+    let message = refusal().await;
+    assert!(
+        message.contains(&format!("an AppRole role named {:?}", setup.keygate_role)),
+        "{message}"
+    );
+    assert!(message.contains("prod-read"), "{message}");
+    assert_eq!(
+        get(root, &format!("auth/approle/role/{}", setup.keygate_role)).await["data"]["token_policies"],
+        json!(["prod-read"])
+    );
+    root.call(
+        Method::DELETE,
+        &format!("auth/approle/role/{}", setup.keygate_role),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // Someone's pki mount with their CA.
+    let pki = setup.pki.as_ref().expect("setup.yaml has a pki section");
+    root.call(
+        Method::POST,
+        &format!("sys/mounts/{}", pki.mount),
+        Some(&json!({"type": "pki", "description": "the company CA"})),
+    )
+    .await
+    .unwrap();
+    let message = refusal().await;
+    assert!(
+        message.contains(&format!("{}/ is already mounted", pki.mount)),
+        "{message}"
+    );
+    let roles = root
+        .request(
+            Method::from_bytes(b"LIST").unwrap(),
+            &format!("{}/roles", pki.mount),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        roles.0,
+        reqwest::StatusCode::NOT_FOUND,
+        "no role was written: {roles:?}"
+    );
+    root.call(Method::DELETE, &format!("sys/mounts/{}", pki.mount), None)
+        .await
+        .unwrap();
+
+    // Nothing of someone else's left: all created and marked; a second run
+    // takes them as keyrig's.
+    rig::vault::setup::apply(&setup, root).await.unwrap();
+    rig::vault::setup::apply(&setup, root).await.unwrap();
+    let policy = get(root, "sys/policies/acl/gateway-policy").await;
+    assert!(
+        policy["data"]["policy"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("# {}", rig::vault::ownership::OWNER_MARK)),
+        "{policy}"
+    );
+    let mounts = get(root, "sys/mounts").await;
+    for mount in [&setup.kv_mount, &pki.mount] {
+        let description = mounts["data"][format!("{mount}/")]["description"].as_str();
+        assert!(
+            description.is_some_and(|d| d.contains(rig::vault::ownership::OWNER_MARK)),
+            "{mount}: {description:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -6,13 +6,30 @@ use serde_json::json;
 
 use crate::contract::environments::Environments;
 use crate::vault::client::VaultClient;
+use crate::vault::ownership;
 
 /// Enables the mount and writes each environment's policy and role.
 pub async fn apply(environments: &Environments, root: &VaultClient) -> Result<()> {
+    // The dev server's own `secret/` (local profile only): used as it is,
+    // not claimed. The policies and roles are checked like setup.yaml's.
     root.enable_kv2(&environments.kv_mount).await?;
     for env in &environments.names {
         let role = environments.role(env);
-        root.put_policy(&role, &environments.policy(env)?).await?;
+        ownership::put_managed_policy(
+            root,
+            &role,
+            &environments.policy(env)?,
+            "rig::contract::environments",
+        )
+        .await?;
+        let managed = std::collections::BTreeSet::from([role.clone()]);
+        if let ownership::Owner::Other(what) =
+            ownership::approle_role_owner(root, "approle", &role, &managed).await?
+        {
+            anyhow::bail!(
+                "Vault already has an AppRole role named {role:?} on auth/approle ({what}); keyrig does not overwrite it"
+            );
+        }
         root.approle_write_role(
             &role,
             std::slice::from_ref(&role),

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -34,31 +34,14 @@ impl PkiVault for PkiSetup {
     /// Mounts the engine, generates the root CA once, writes the role.
     /// Idempotent: an existing CA is kept.
     async fn apply(&self, root: &VaultClient) -> Result<()> {
-        let mounts = root.call(Method::GET, "sys/mounts", None).await?;
-        let key = format!("{}/", self.mount);
-        match mounts.get("data").unwrap_or(&mounts).get(&key) {
-            Some(found) => {
-                let kind = found.get("type").and_then(Value::as_str).unwrap_or("?");
-                if kind != "pki" {
-                    bail!(
-                        "{}/ is already mounted as {kind}, not pki: choose another pki.mount",
-                        self.mount
-                    );
-                }
-            }
-            None => {
-                let body = json!({
-                    "type": "pki",
-                    "config": {"max_lease_ttl": format!("{}s", self.root_ttl.as_secs())},
-                });
-                root.call(
-                    Method::POST,
-                    &format!("sys/mounts/{}", self.mount),
-                    Some(&body),
-                )
-                .await?;
-            }
-        }
+        crate::vault::ownership::claim_secrets_mount(
+            root,
+            &self.mount,
+            "pki",
+            json!({"config": {"max_lease_ttl": format!("{}s", self.root_ttl.as_secs())}}),
+            "pki.mount in scenarios/vault/setup.yaml",
+        )
+        .await?;
         if self.ca_pem(root).await?.is_none() {
             let body = json!({
                 "common_name": self.root_common_name,

@@ -2,12 +2,16 @@
 //! checked by `keyrig-scenario`, which the fuzz targets build without rig)
 //! to a Vault.
 
-use anyhow::{Context, Result};
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
 
 pub use keyrig_scenario::setup::*;
 
 use crate::say;
 use crate::vault::client::VaultClient;
+use crate::vault::ownership::{self, Owner};
 use crate::vault::pki::PkiVault;
 
 /// `scenarios/vault/setup.yaml` of this workspace, expanded for `groups`.
@@ -19,7 +23,9 @@ pub fn load_default(groups: &[String]) -> Result<VaultSetup> {
 }
 
 /// Mounts KV v2, enables AppRole, writes the policies and roles.
-/// Idempotent: applying twice changes nothing.
+/// Idempotent: applying twice changes nothing. **Writes only what keyrig
+/// made** (`ownership`): a policy, role or mount of the same name that is
+/// someone else's is refused, untouched.
 pub async fn apply(setup: &VaultSetup, root: &VaultClient) -> Result<()> {
     say!(
         "vault: applying {}: kv-v2 at {}/, AppRole, {} policies, {} roles",
@@ -28,21 +34,38 @@ pub async fn apply(setup: &VaultSetup, root: &VaultClient) -> Result<()> {
         setup.policies.len(),
         setup.roles.len()
     );
+    let source = setup.file.display().to_string();
+    ownership::claim_secrets_mount(
+        root,
+        &setup.kv_mount,
+        "kv",
+        json!({"options": {"version": "2"}}),
+        &format!("kv_mount in {source}"),
+    )
+    .await?;
     root.enable_kv2(&setup.kv_mount).await?;
     root.enable_auth("approle", "approle").await?;
     for policy in &setup.policies {
-        root.put_policy(&policy.name, &policy.hcl)
-            .await
-            .with_context(|| {
-                format!(
-                    "Vault rejected policy {:?} from {} (policies[].file in {}): fix the HCL in that file",
-                    policy.name,
-                    policy.file.display(),
-                    setup.file.display()
-                )
-            })?;
+        ownership::put_managed_policy(
+            root,
+            &policy.name,
+            &policy.hcl,
+            &format!("{} (policies[].file in {source})", policy.file.display()),
+        )
+        .await?;
     }
+    let managed: BTreeSet<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
     for role in &setup.roles {
+        if let Owner::Other(what) =
+            ownership::approle_role_owner(root, "approle", &role.name, &managed).await?
+        {
+            bail!(
+                "Vault already has an AppRole role named {:?} on auth/approle ({what}); keyrig does \
+                 not overwrite it. Rename keyrig's role in {source} (approle_roles[].name) or, if \
+                 this Vault is a throwaway one, delete that role",
+                role.name
+            );
+        }
         root.approle_write_role(
             &role.name,
             &role.policies,
