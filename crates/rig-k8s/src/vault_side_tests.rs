@@ -308,7 +308,10 @@ async fn cluster_vault_setup_writes_only_what_keyrig_made() {
         policy["data"]["policy"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("# {}", rig::vault::ownership::OWNER_MARK)),
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("# {}", rig::vault::ownership::OWNER_MARK))),
         "{policy}"
     );
     let mounts = get(root, "sys/mounts").await;

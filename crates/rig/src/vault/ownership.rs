@@ -32,10 +32,16 @@ pub enum Owner {
     Other(String),
 }
 
-/// The policy text keyrig writes: a first comment line with the mark and
-/// where the policy comes from, then `hcl`.
+/// The policy text keyrig writes: `hcl`, then a last comment line with the
+/// mark and where the policy comes from (last, so the line numbers of
+/// Vault's parse errors are the file's).
 pub fn marked_policy(hcl: &str, source: &str) -> String {
-    format!("# {OWNER_MARK}: {source}\n{hcl}")
+    let separator = if hcl.is_empty() || hcl.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{hcl}{separator}# {OWNER_MARK}: {source}\n")
 }
 
 /// Who owns ACL policy `name`.
@@ -55,7 +61,8 @@ fn policy_owner_in(body: &Value) -> Owner {
         .or_else(|| body.get("policy"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    if text.lines().next().is_some_and(|l| l.contains(OWNER_MARK)) {
+    let last = text.lines().rev().find(|l| !l.trim().is_empty());
+    if last.is_some_and(|l| l.starts_with(&format!("# {OWNER_MARK}"))) {
         Owner::Keyrig
     } else {
         Owner::Other("a policy keyrig did not write".into())
@@ -73,14 +80,16 @@ pub async fn put_managed_policy(
 ) -> Result<()> {
     if let Owner::Other(what) = policy_owner(root, name).await? {
         bail!(
-            "Vault already has a policy named {name:?} ({what}: its text does not start with \
-             \"# {OWNER_MARK}\"); keyrig does not overwrite it. Rename keyrig's policy in {source} \
+            "Vault already has a policy named {name:?} ({what}: its last line is not \
+             \"# {OWNER_MARK}: ...\"); keyrig does not overwrite it. Rename keyrig's policy in {source} \
              or, if this Vault is a throwaway one, delete that policy"
         );
     }
     root.put_policy(name, &marked_policy(hcl, source))
         .await
-        .with_context(|| format!("Vault rejected policy {name:?} from {source}: fix its HCL"))
+        .with_context(|| {
+            format!("Vault rejected policy {name:?} from {source}: fix the HCL in that file")
+        })
 }
 
 /// Who owns AppRole role `name` on `auth/<mount>`: keyrig's when every
@@ -186,13 +195,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_policy_whose_first_line_carries_the_mark_is_keyrigs() {
-        let ours = marked_policy("path \"x/*\" { capabilities = [\"read\"] }", "setup.yaml");
+    fn only_a_policy_whose_last_line_carries_the_mark_is_keyrigs() {
+        let hcl = "path \"x/*\" { capabilities = [\"read\"] }";
+        let ours = marked_policy(hcl, "setup.yaml");
+        assert!(ours.starts_with(hcl), "the file's lines keep their numbers");
         assert_eq!(
             policy_owner_in(&json!({"data": {"policy": ours}})),
             Owner::Keyrig
         );
-        let theirs = "path \"x/*\" { capabilities = [\"read\"] }\n# managed by keyrig\n";
+        assert_eq!(
+            policy_owner_in(&json!({"data": {"policy": marked_policy(&format!("{hcl}\n"), "f")}})),
+            Owner::Keyrig
+        );
+        let theirs = "# managed by keyrig\npath \"x/*\" { capabilities = [\"read\"] }\n";
         assert!(matches!(
             policy_owner_in(&json!({"data": {"policy": theirs}})),
             Owner::Other(_)
