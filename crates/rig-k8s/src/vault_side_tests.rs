@@ -233,7 +233,14 @@ async fn cluster_vault_setup_writes_only_what_keyrig_made() {
         message.contains("a policy named \"gateway-policy\""),
         "{message}"
     );
-    assert!(message.contains("does not overwrite"), "{message}");
+    assert!(message.contains("nothing was written"), "{message}");
+    // Looked at first, so not even the (absent) KV mount was made.
+    assert!(
+        get(root, "sys/mounts").await["data"]
+            .get(format!("{}/", setup.kv_mount))
+            .is_none(),
+        "a refused setup wrote a mount"
+    );
     assert_eq!(
         get(root, "sys/policies/acl/gateway-policy").await["data"]["policy"],
         theirs
@@ -243,6 +250,7 @@ async fn cluster_vault_setup_writes_only_what_keyrig_made() {
         .unwrap();
 
     // Someone's AppRole role named like keyrig's, granting their policy.
+    root.enable_auth("approle", "approle").await.unwrap();
     root.call(
         Method::POST,
         &format!("auth/approle/role/{}", setup.keygate_role),
@@ -313,6 +321,32 @@ async fn cluster_vault_setup_writes_only_what_keyrig_made() {
             .last()
             .is_some_and(|l| l.starts_with(&format!("# {}", rig::vault::ownership::OWNER_MARK))),
         "{policy}"
+    );
+    // A role an earlier setup made, granting a policy keyrig wrote that
+    // this setup no longer names, is still keyrig's to rewrite.
+    rig::vault::ownership::put_managed_policy(
+        root,
+        "retired-policy",
+        "path \"nothing/*\" { capabilities = [\"deny\"] }\n",
+        "an older setup.yaml",
+    )
+    .await
+    .unwrap();
+    root.approle_write_role(
+        &setup.keygate_role,
+        &["gateway-policy".to_owned(), "Retired-Policy".to_owned()],
+        std::time::Duration::from_secs(600),
+        std::time::Duration::from_secs(1200),
+    )
+    .await
+    .unwrap();
+    rig::vault::setup::apply(&setup, root).await.unwrap();
+    let role = get(root, &format!("auth/approle/role/{}", setup.keygate_role)).await;
+    assert!(
+        !role["data"]["token_policies"]
+            .to_string()
+            .contains("retired-policy"),
+        "{role}"
     );
     let mounts = get(root, "sys/mounts").await;
     for mount in [&setup.kv_mount, &pki.mount] {

@@ -23,12 +23,16 @@ pub async fn apply(environments: &Environments, root: &VaultClient) -> Result<()
         )
         .await?;
         let managed = std::collections::BTreeSet::from([role.clone()]);
-        if let ownership::Owner::Other(what) =
-            ownership::approle_role_owner(root, "approle", &role, &managed).await?
+        if let Some(conflict) = ownership::role_conflict(
+            root,
+            "approle",
+            &role,
+            &managed,
+            "rig::contract::environments (the environment names)",
+        )
+        .await?
         {
-            anyhow::bail!(
-                "Vault already has an AppRole role named {role:?} on auth/approle ({what}); keyrig does not overwrite it"
-            );
+            anyhow::bail!("{conflict}; keyrig does not overwrite it");
         }
         root.approle_write_role(
             &role,

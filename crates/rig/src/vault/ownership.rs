@@ -4,14 +4,17 @@
 //! named `gateway-policy`, an AppRole role named `gateway`, a `pki/` or an
 //! `api-portal-keys/` mount may already serve something else (those are
 //! the names vendors' docs use). **keyrig writes only what it made:**
-//! every policy it writes starts with a comment carrying [`OWNER_MARK`],
+//! every policy it writes ends with a comment line carrying [`OWNER_MARK`],
 //! every mount it creates has the mark in its description, and an AppRole
-//! role counts as keyrig's only when every policy it grants is one keyrig
-//! manages. Anything of the same name without that is refused, untouched,
-//! with what to do. The local and kind profiles start from an empty Vault,
-//! so there the checks find nothing and cost a read each.
+//! role counts as keyrig's only when every policy it grants (but
+//! `default`) is one keyrig manages. Anything of the same name without
+//! that is refused, untouched, with what to do; `setup::apply` looks at
+//! everything first, so a refusal leaves nothing half-written. The local
+//! and kind profiles start from an empty Vault, so there the checks find
+//! nothing and cost a read each.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use reqwest::{Method, StatusCode};
@@ -30,6 +33,16 @@ pub enum Owner {
     Keyrig,
     /// Someone else's: never modified. What it is, for the message.
     Other(String),
+}
+
+/// `path` as the mark and messages name it: relative to the workspace when
+/// inside it, so no checkout path (a user name) goes into a shared Vault.
+pub fn source_name(path: &Path) -> String {
+    let root = crate::base::paths::workspace_root();
+    path.strip_prefix(&root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// The policy text keyrig writes: `hcl`, then a last comment line with the
@@ -69,6 +82,22 @@ fn policy_owner_in(body: &Value) -> Owner {
     }
 }
 
+/// Why keyrig may not write policy `name` (from `source`), if it may not.
+pub async fn policy_conflict(
+    root: &VaultClient,
+    name: &str,
+    source: &str,
+) -> Result<Option<String>> {
+    Ok(match policy_owner(root, name).await? {
+        Owner::Other(what) => Some(format!(
+            "Vault already has a policy named {name:?} ({what}: its last line is not \
+             \"# {OWNER_MARK}: ...\"). Rename keyrig's policy in {source} or, if this Vault is a \
+             throwaway one, delete that policy"
+        )),
+        Owner::Absent | Owner::Keyrig => None,
+    })
+}
+
 /// Writes policy `name` (marked) unless a policy of that name is someone
 /// else's. `source` names the file it comes from, for the mark and the
 /// message.
@@ -78,12 +107,8 @@ pub async fn put_managed_policy(
     hcl: &str,
     source: &str,
 ) -> Result<()> {
-    if let Owner::Other(what) = policy_owner(root, name).await? {
-        bail!(
-            "Vault already has a policy named {name:?} ({what}: its last line is not \
-             \"# {OWNER_MARK}: ...\"); keyrig does not overwrite it. Rename keyrig's policy in {source} \
-             or, if this Vault is a throwaway one, delete that policy"
-        );
+    if let Some(conflict) = policy_conflict(root, name, source).await? {
+        bail!("{conflict}; keyrig does not overwrite it");
     }
     root.put_policy(name, &marked_policy(hcl, source))
         .await
@@ -92,9 +117,11 @@ pub async fn put_managed_policy(
         })
 }
 
-/// Who owns AppRole role `name` on `auth/<mount>`: keyrig's when every
-/// policy it grants is one of `managed` (AppRole roles carry no
-/// description to mark).
+/// Who owns AppRole role `name` on `auth/<mount>`: keyrig's when it grants
+/// at least one policy besides `default` and every one of those is in
+/// `managed` or is a policy keyrig wrote (a role an earlier setup made).
+/// AppRole roles carry no description to mark. Vault keeps policy names
+/// in lower case, so they are compared so.
 pub async fn approle_role_owner(
     root: &VaultClient,
     mount: &str,
@@ -103,35 +130,74 @@ pub async fn approle_role_owner(
 ) -> Result<Owner> {
     let path = format!("auth/{mount}/role/{name}");
     let (status, body) = root.request(Method::GET, &path, None).await?;
-    match status {
-        StatusCode::NOT_FOUND => Ok(Owner::Absent),
-        status if status.is_success() => Ok(role_owner_in(&body, managed)),
+    let granted = match status {
+        StatusCode::NOT_FOUND => return Ok(Owner::Absent),
+        status if status.is_success() => granted_policies(&body),
         status => bail!("reading {path}: Vault answered {status}"),
+    };
+    let mut unmanaged = Vec::new();
+    for policy in unmanaged_policies(&granted, managed) {
+        if policy == "default" || policy_owner(root, &policy).await? != Owner::Keyrig {
+            unmanaged.push(policy);
+        }
     }
+    Ok(if unmanaged.is_empty() {
+        Owner::Keyrig
+    } else {
+        Owner::Other(format!(
+            "a role granting [{}], not only policies keyrig manages",
+            granted.iter().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })
 }
 
-fn role_owner_in(body: &Value, managed: &BTreeSet<String>) -> Owner {
+/// The policies a role grants, lower case, without `default`.
+fn granted_policies(body: &Value) -> BTreeSet<String> {
     let data = body.get("data").unwrap_or(body);
-    let granted: BTreeSet<String> = ["token_policies", "policies"]
+    ["token_policies", "policies"]
         .iter()
         .filter_map(|field| data.get(field).and_then(Value::as_array))
         .flatten()
         .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect();
-    if !granted.is_empty() && granted.is_subset(managed) {
-        Owner::Keyrig
-    } else {
-        let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
-        Owner::Other(format!(
-            "a role granting [{}], not only policies keyrig manages",
-            granted.join(", ")
-        ))
-    }
+        .map(str::to_lowercase)
+        .filter(|p| p != "default")
+        .collect()
 }
 
-/// Who owns secrets-engine mount `path`, from `GET sys/mounts`.
-pub async fn secrets_mount_owner(root: &VaultClient, path: &str) -> Result<Owner> {
+/// Of `granted`, those not in `managed`. A role granting nothing but
+/// `default` is not keyrig's (it never writes such a role): `default` is
+/// then reported as the one unmanaged policy.
+fn unmanaged_policies(granted: &BTreeSet<String>, managed: &BTreeSet<String>) -> Vec<String> {
+    if granted.is_empty() {
+        return vec!["default".into()];
+    }
+    let managed: BTreeSet<String> = managed.iter().map(|p| p.to_lowercase()).collect();
+    granted.difference(&managed).cloned().collect()
+}
+
+/// Why keyrig may not write AppRole role `name` (from `source`), if it may
+/// not.
+pub async fn role_conflict(
+    root: &VaultClient,
+    mount: &str,
+    name: &str,
+    managed: &BTreeSet<String>,
+    source: &str,
+) -> Result<Option<String>> {
+    Ok(
+        match approle_role_owner(root, mount, name, managed).await? {
+            Owner::Other(what) => Some(format!(
+                "Vault already has an AppRole role named {name:?} on auth/{mount} ({what}). Rename \
+             keyrig's role in {source} or, if this Vault is a throwaway one, delete that role"
+            )),
+            Owner::Absent | Owner::Keyrig => None,
+        },
+    )
+}
+
+/// Who owns secrets-engine mount `path` and what type it is, from `GET
+/// sys/mounts`.
+async fn secrets_mount(root: &VaultClient, path: &str) -> Result<(Owner, String)> {
     let mounts = root
         .call(Method::GET, "sys/mounts", None)
         .await
@@ -139,18 +205,41 @@ pub async fn secrets_mount_owner(root: &VaultClient, path: &str) -> Result<Owner
     Ok(mount_owner_in(&mounts, path))
 }
 
-fn mount_owner_in(mounts: &Value, path: &str) -> Owner {
+fn mount_owner_in(mounts: &Value, path: &str) -> (Owner, String) {
     let key = format!("{}/", path.trim_end_matches('/'));
     let Some(found) = mounts.get("data").unwrap_or(mounts).get(&key) else {
-        return Owner::Absent;
+        return (Owner::Absent, String::new());
     };
+    let kind = found["type"].as_str().unwrap_or("?").to_owned();
     let description = found["description"].as_str().unwrap_or("");
     if description.contains(OWNER_MARK) {
-        Owner::Keyrig
+        (Owner::Keyrig, kind)
     } else {
-        let kind = found["type"].as_str().unwrap_or("?");
-        Owner::Other(format!("a {kind} mount keyrig did not create"))
+        let what = format!("a {kind} mount keyrig did not create");
+        (Owner::Other(what), kind)
     }
+}
+
+/// Why keyrig may not use `path` as a `kind` mount (`field` chose the
+/// path), if it may not: someone else's mount, or keyrig's of another type.
+pub async fn mount_conflict(
+    root: &VaultClient,
+    path: &str,
+    kind: &str,
+    field: &str,
+) -> Result<Option<String>> {
+    Ok(match secrets_mount(root, path).await? {
+        (Owner::Absent, _) => None,
+        (Owner::Keyrig, found) if found == kind => None,
+        (Owner::Keyrig, found) => Some(format!(
+            "{path}/ is keyrig's {found} mount, not {kind}: set {field} to another path"
+        )),
+        (Owner::Other(what), _) => Some(format!(
+            "{path}/ is already mounted in this Vault ({what}: its description lacks \
+             \"{OWNER_MARK}\"); keyrig does not write into it. Set {field} to a path of keyrig's \
+             own (e.g. keyrig-{path}) or, if this Vault is a throwaway one, unmount it"
+        )),
+    })
 }
 
 /// Mounts secrets engine `kind` at `path` with the mark, or accepts it when
@@ -163,26 +252,34 @@ pub async fn claim_secrets_mount(
     options: Value,
     field: &str,
 ) -> Result<()> {
-    match secrets_mount_owner(root, path).await? {
-        Owner::Keyrig => Ok(()),
-        Owner::Other(what) => bail!(
-            "{path}/ is already mounted in this Vault ({what}: its description lacks \
-             \"{OWNER_MARK}\"); keyrig does not write into it. Set {field} to a path of keyrig's \
-             own (e.g. keyrig-{path}) or, if this Vault is a throwaway one, unmount it"
+    if let Some(conflict) = mount_conflict(root, path, kind, field).await? {
+        bail!("{conflict}");
+    }
+    if secrets_mount(root, path).await?.0 == Owner::Keyrig {
+        return Ok(());
+    }
+    let mut body = json!({
+        "type": kind,
+        "description": format!("{OWNER_MARK}: {field}"),
+    });
+    if let (Some(body), Some(options)) = (body.as_object_mut(), options.as_object()) {
+        body.extend(options.clone());
+    }
+    root.call(Method::POST, &format!("sys/mounts/{path}"), Some(&body))
+        .await
+        .with_context(|| format!("mounting {kind} at {path}/ ({field})"))?;
+    Ok(())
+}
+
+/// Fails with every conflict found, one per line, when there are any.
+pub fn refuse(conflicts: Vec<String>) -> Result<()> {
+    match conflicts.len() {
+        0 => Ok(()),
+        1 => bail!("{}; nothing was written", conflicts[0]),
+        n => bail!(
+            "{n} objects of this Vault are not keyrig's to write; nothing was written:\n- {}",
+            conflicts.join("\n- ")
         ),
-        Owner::Absent => {
-            let mut body = json!({
-                "type": kind,
-                "description": format!("{OWNER_MARK}: {field}"),
-            });
-            if let (Some(body), Some(options)) = (body.as_object_mut(), options.as_object()) {
-                body.extend(options.clone());
-            }
-            root.call(Method::POST, &format!("sys/mounts/{path}"), Some(&body))
-                .await
-                .with_context(|| format!("mounting {kind} at {path}/ ({field})"))?;
-            Ok(())
-        }
     }
 }
 
@@ -216,32 +313,30 @@ mod tests {
     }
 
     #[test]
-    fn a_role_is_keyrigs_only_when_it_grants_only_managed_policies() {
-        let ours = managed(&["gateway-policy", "keygate-references"]);
-        let role = |policies: Value| json!({"data": {"token_policies": policies}});
+    fn a_role_grants_what_it_lists_in_lower_case_but_default() {
+        let granted = granted_policies(&json!({"data": {
+            "token_policies": ["Gateway-Policy", "default"],
+            "policies": ["prod-read"],
+        }}));
+        assert_eq!(granted, managed(&["gateway-policy", "prod-read"]));
+    }
+
+    #[test]
+    fn only_policies_outside_the_managed_ones_are_looked_at() {
+        let ours = managed(&["gateway-policy", "Gateway-Policy-Billing"]);
         assert_eq!(
-            role_owner_in(&role(json!(["gateway-policy"])), &ours),
-            Owner::Keyrig
+            unmanaged_policies(&managed(&["gateway-policy-billing"]), &ours),
+            Vec::<String>::new()
         );
         assert_eq!(
-            role_owner_in(&role(json!(["gateway-policy", "prod-secrets"])), &ours),
-            Owner::Other(
-                "a role granting [gateway-policy, prod-secrets], not only policies keyrig manages"
-                    .into()
-            )
+            unmanaged_policies(&managed(&["gateway-policy", "prod-read"]), &ours),
+            vec!["prod-read".to_owned()]
         );
-        assert!(matches!(
-            role_owner_in(&role(json!([])), &ours),
-            Owner::Other(_)
-        ));
-        // The deprecated `policies` field counts too.
-        assert!(matches!(
-            role_owner_in(
-                &json!({"data": {"token_policies": ["gateway-policy"], "policies": ["admin"]}}),
-                &ours
-            ),
-            Owner::Other(_)
-        ));
+        // Nothing but `default`: never a role keyrig wrote.
+        assert_eq!(
+            unmanaged_policies(&BTreeSet::new(), &ours),
+            vec!["default".to_owned()]
+        );
     }
 
     #[test]
@@ -250,11 +345,17 @@ mod tests {
             "api-portal-keys/": {"type": "kv", "description": "managed by keyrig: kv_mount"},
             "pki/": {"type": "pki", "description": "the company CA"},
         }});
-        assert_eq!(mount_owner_in(&mounts, "api-portal-keys"), Owner::Keyrig);
+        assert_eq!(
+            mount_owner_in(&mounts, "api-portal-keys"),
+            (Owner::Keyrig, "kv".into())
+        );
         assert_eq!(
             mount_owner_in(&mounts, "pki"),
-            Owner::Other("a pki mount keyrig did not create".into())
+            (
+                Owner::Other("a pki mount keyrig did not create".into()),
+                "pki".into()
+            )
         );
-        assert_eq!(mount_owner_in(&mounts, "secret"), Owner::Absent);
+        assert_eq!(mount_owner_in(&mounts, "secret").0, Owner::Absent);
     }
 }

@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 pub use keyrig_scenario::setup::*;
 
 use crate::say;
 use crate::vault::client::VaultClient;
-use crate::vault::ownership::{self, Owner};
+use crate::vault::ownership;
 use crate::vault::pki::PkiVault;
 
 /// `scenarios/vault/setup.yaml` of this workspace, expanded for `groups`.
@@ -24,8 +24,9 @@ pub fn load_default(groups: &[String]) -> Result<VaultSetup> {
 
 /// Mounts KV v2, enables AppRole, writes the policies and roles.
 /// Idempotent: applying twice changes nothing. **Writes only what keyrig
-/// made** (`ownership`): a policy, role or mount of the same name that is
-/// someone else's is refused, untouched.
+/// made** (`ownership`): every policy, role and mount of the same name is
+/// looked at first, and if any is someone else's, all of those are named
+/// and nothing is written.
 pub async fn apply(setup: &VaultSetup, root: &VaultClient) -> Result<()> {
     say!(
         "vault: applying {}: kv-v2 at {}/, AppRole, {} policies, {} roles",
@@ -34,13 +35,40 @@ pub async fn apply(setup: &VaultSetup, root: &VaultClient) -> Result<()> {
         setup.policies.len(),
         setup.roles.len()
     );
-    let source = setup.file.display().to_string();
+    let source = ownership::source_name(&setup.file);
+    let policy_source = |file: &std::path::Path| {
+        format!(
+            "{} (policies[].file in {source})",
+            ownership::source_name(file)
+        )
+    };
+    let managed: BTreeSet<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
+    let kv_field = format!("kv_mount in {source}");
+    let mut conflicts = Vec::new();
+    conflicts.extend(ownership::mount_conflict(root, &setup.kv_mount, "kv", &kv_field).await?);
+    for policy in &setup.policies {
+        conflicts.extend(
+            ownership::policy_conflict(root, &policy.name, &policy_source(&policy.file)).await?,
+        );
+    }
+    for role in &setup.roles {
+        let role_source = format!("{source} (approle_roles[].name)");
+        conflicts.extend(
+            ownership::role_conflict(root, "approle", &role.name, &managed, &role_source).await?,
+        );
+    }
+    if let Some(pki) = &setup.pki {
+        let field = format!("pki.mount in {source}");
+        conflicts.extend(ownership::mount_conflict(root, &pki.mount, "pki", &field).await?);
+    }
+    ownership::refuse(conflicts)?;
+
     ownership::claim_secrets_mount(
         root,
         &setup.kv_mount,
         "kv",
         json!({"options": {"version": "2"}}),
-        &format!("kv_mount in {source}"),
+        &kv_field,
     )
     .await?;
     root.enable_kv2(&setup.kv_mount).await?;
@@ -50,22 +78,11 @@ pub async fn apply(setup: &VaultSetup, root: &VaultClient) -> Result<()> {
             root,
             &policy.name,
             &policy.hcl,
-            &format!("{} (policies[].file in {source})", policy.file.display()),
+            &policy_source(&policy.file),
         )
         .await?;
     }
-    let managed: BTreeSet<String> = setup.policies.iter().map(|p| p.name.clone()).collect();
     for role in &setup.roles {
-        if let Owner::Other(what) =
-            ownership::approle_role_owner(root, "approle", &role.name, &managed).await?
-        {
-            bail!(
-                "Vault already has an AppRole role named {:?} on auth/approle ({what}); keyrig does \
-                 not overwrite it. Rename keyrig's role in {source} (approle_roles[].name) or, if \
-                 this Vault is a throwaway one, delete that role",
-                role.name
-            );
-        }
         root.approle_write_role(
             &role.name,
             &role.policies,
