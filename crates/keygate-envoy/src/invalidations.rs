@@ -71,7 +71,13 @@ struct Line {
 
 /// Applies one feed line to `table`.
 pub fn apply(line: &[u8], table: &Table) -> Applied {
-    let Ok(line) = serde_json::from_slice::<Line>(line) else {
+    // keygate writes each line as a JSON object; serde would also take an
+    // array for `Line`, which keygate never sends.
+    let object = line.trim_ascii_start().starts_with(b"{");
+    let Some(line) = object
+        .then(|| serde_json::from_slice::<Line>(line).ok())
+        .flatten()
+    else {
         table.all_stale();
         return Applied::Unknown;
     };
@@ -507,6 +513,9 @@ mod tests {
             br#"{"type":"allow","group":"g"}"#,
             br#"{"type":"drop","group":"g"}"#,
             b"garbage",
+            // serde would read `Line` from an array too; keygate never
+            // sends one (found by the fuzz target's oracle).
+            br#"["drop","g","00000000000000000000000000000000",null]"#,
         ] {
             let table = table_with(&key);
             assert_ne!(apply(line, &table), Applied::Ping);
