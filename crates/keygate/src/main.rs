@@ -129,7 +129,8 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
         // within Vault's lockout window (`keygate::rejected`).
         Err(err) if err.is_rejected_credentials() => warn!(
             error = %err,
-            "Vault rejected keygate's credentials; answering 503 (not ready) until the credential files change"
+            "Vault rejected keygate's credentials; answering 503 (not ready) until the credential files change \
+             (or, for AppRole, until the same pair is tried again 16 minutes after its rejection)"
         ),
         // Vault may simply not be up yet: serve (503) and keep trying.
         Err(err) => warn!(error = %err, "Vault is not available yet; answering 503 until it is"),
