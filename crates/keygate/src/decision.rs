@@ -1,6 +1,7 @@
 //! The validation algorithm: one [`Outcome`] per request, whatever the
 //! protocol. `grpc` and `http` only translate requests in and outcomes out.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,32 +32,40 @@ pub struct Validator {
 /// request.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Warnings a request can cause, each kind throttled on its own: during a
-/// Vault outage every request that misses the cache fails its read, and a
-/// line each would flood the log (and whatever ships it) at the request
-/// rate. The written line carries `left_out`, the count since the one
-/// before; `keygate_decisions_total` counts every outcome.
+/// Warnings a request can cause, throttled per kind and API group: during
+/// a Vault outage every request that misses the cache fails its read, and
+/// a line each would flood the log (and whatever ships it) at the request
+/// rate. Per group, so a busy group's warnings never hide another group's.
+/// Groups come from the configured routes, so the map stays small. The
+/// written line carries `left_out`, the count since the one before;
+/// `keygate_decisions_total` counts every outcome.
+#[derive(Default)]
 struct RequestWarnings {
-    vault_forbidden: Throttle,
-    vault_unavailable: Throttle,
-    corrupt_record: Throttle,
+    throttles: std::sync::Mutex<HashMap<(Warning, String), Arc<Throttle>>>,
 }
 
-impl Default for RequestWarnings {
-    fn default() -> Self {
-        Self {
-            vault_forbidden: Throttle::new(WARN_EVERY),
-            vault_unavailable: Throttle::new(WARN_EVERY),
-            corrupt_record: Throttle::new(WARN_EVERY),
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Warning {
+    VaultForbidden,
+    VaultUnavailable,
+    CorruptRecord,
+}
+
+impl RequestWarnings {
+    /// The count of warnings left out before this one, if a warning of
+    /// `kind` for `group` gets its line now.
+    fn admitted(&self, kind: Warning, group: &str) -> Option<u64> {
+        let throttle = self
+            .throttles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((kind, group.to_owned()))
+            .or_insert_with(|| Arc::new(Throttle::new(WARN_EVERY)))
+            .clone();
+        match throttle.admit(Instant::now()) {
+            Admit::Write { left_out } => Some(left_out),
+            Admit::Skip => None,
         }
-    }
-}
-
-/// The count of warnings left out before this one, if it gets its line.
-fn admitted(throttle: &Throttle) -> Option<u64> {
-    match throttle.admit(Instant::now()) {
-        Admit::Write { left_out } => Some(left_out),
-        Admit::Skip => None,
     }
 }
 
@@ -152,7 +161,7 @@ impl Validator {
         let record = match self.records.get(group, selector).await {
             Ok(record) => record,
             Err(err) if matches!(*err, crate::vault::VaultError::Forbidden { .. }) => {
-                if let Some(left_out) = admitted(&self.warnings.vault_forbidden) {
+                if let Some(left_out) = self.warnings.admitted(Warning::VaultForbidden, group) {
                     warn!(group, %selector, error = %err, left_out,
                         "Vault refuses keygate the key record; denying (at most one line per {} s, left_out says how many were not written)",
                         WARN_EVERY.as_secs());
@@ -164,7 +173,7 @@ impl Validator {
                 return Outcome::Deny(Reason::VaultBusy);
             }
             Err(err) => {
-                if let Some(left_out) = admitted(&self.warnings.vault_unavailable) {
+                if let Some(left_out) = self.warnings.admitted(Warning::VaultUnavailable, group) {
                     warn!(group, %selector, error = %err, left_out,
                         "cannot read the key record from Vault; denying (at most one line per {} s, left_out says how many were not written)",
                         WARN_EVERY.as_secs());
@@ -183,7 +192,7 @@ impl Validator {
             // The owner is passed upstream in a header, where control
             // characters could split or forge headers.
             Decision::Valid if record.owner.chars().any(char::is_control) => {
-                if let Some(left_out) = admitted(&self.warnings.corrupt_record) {
+                if let Some(left_out) = self.warnings.admitted(Warning::CorruptRecord, group) {
                     warn!(
                         path = %storage_path(&self.kv_mount, group, selector),
                         left_out,
@@ -200,7 +209,7 @@ impl Validator {
             Decision::Mismatch => Outcome::Deny(Reason::Mismatch),
             Decision::Expired => Outcome::Deny(Reason::Expired),
             Decision::CorruptRecord => {
-                if let Some(left_out) = admitted(&self.warnings.corrupt_record) {
+                if let Some(left_out) = self.warnings.admitted(Warning::CorruptRecord, group) {
                     warn!(
                         path = %storage_path(&self.kv_mount, group, selector),
                         left_out,
@@ -576,5 +585,26 @@ mod tests {
             }
         );
         assert_eq!(f.source.reads.load(Ordering::SeqCst), 1);
+    }
+    #[test]
+    fn a_warning_is_throttled_per_kind_and_group() {
+        let warnings = RequestWarnings::default();
+        assert_eq!(
+            warnings.admitted(Warning::VaultUnavailable, "animals"),
+            Some(0)
+        );
+        assert_eq!(
+            warnings.admitted(Warning::VaultUnavailable, "animals"),
+            None
+        );
+        assert_eq!(
+            warnings.admitted(Warning::VaultUnavailable, "billing"),
+            Some(0)
+        );
+        assert_eq!(
+            warnings.admitted(Warning::VaultForbidden, "animals"),
+            Some(0)
+        );
+        assert_eq!(warnings.admitted(Warning::VaultForbidden, "animals"), None);
     }
 }
