@@ -122,10 +122,23 @@ pub(crate) fn module_in_envoy_under_memcheck() -> Result<Option<bool>> {
     );
     let mut command = crate::runner::cargo();
     crate::runner::plain_output_unless_interactive(&mut command);
+    // The unit stage's build, as it is: cargo-nextest there built every
+    // test target of the package set, and selecting this one binary by
+    // filter reuses it. `cargo test --test keygate_envoy` activates the
+    // dev-dependencies of one target only, resolves other features for
+    // prost and keygate, and compiled them and rig again (~20 s in CI).
+    if crate::runner::nextest_installed() {
+        command
+            .args(["nextest", "run"])
+            .args(crate::runner::WORKSPACE_TESTS)
+            .args(["-E", "binary_id(rig::keygate_envoy)"]);
+    } else {
+        command
+            .arg("test")
+            .args(crate::runner::WORKSPACE_TESTS)
+            .args(["--test", "keygate_envoy"]);
+    }
     let tests = command
-        .arg("test")
-        .args(crate::runner::WORKSPACE_TESTS)
-        .args(["--test", "keygate_envoy"])
         .env("KEYRIG_ENVOY", &wrapper)
         .current_dir(&root)
         .status()

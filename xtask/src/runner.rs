@@ -169,6 +169,15 @@ fn clear_cargo_run_env(command: &mut Command) {
 /// 88 s in a CI run).
 pub(crate) const WORKSPACE_TESTS: [&str; 3] = ["--workspace", "--exclude", "keyrig-e2e"];
 
+/// Whether `cargo nextest` runs here (these machines have it; without it
+/// the tests run through `cargo test`).
+pub(crate) fn nextest_installed() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 pub(crate) fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
     say!("{what}: cargo {}", args.join(" "));
     let mut command = cargo();

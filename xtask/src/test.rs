@@ -102,7 +102,7 @@ pub(crate) fn test() -> Result<ExitCode> {
 /// binary at a time.
 fn unit_tests() -> Result<bool> {
     let excluded = crate::runner::WORKSPACE_TESTS;
-    if !nextest_installed() {
+    if !crate::runner::nextest_installed() {
         say!(
             "unit and integration tests: cargo-nextest is not installed, so `cargo test` runs the test binaries one after another"
         );
@@ -124,13 +124,6 @@ fn unit_tests() -> Result<bool> {
     )?;
     let doc = run_cargo(&[&["test", "--doc"][..], &excluded].concat(), "doc tests")?;
     Ok(tests && doc)
-}
-
-fn nextest_installed() -> bool {
-    crate::runner::cargo()
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// The stages' verdicts and times, for the closing summary.
