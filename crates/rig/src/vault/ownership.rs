@@ -228,7 +228,17 @@ pub async fn mount_conflict(
     kind: &str,
     field: &str,
 ) -> Result<Option<String>> {
-    Ok(match secrets_mount(root, path).await? {
+    Ok(conflict_of(
+        &secrets_mount(root, path).await?,
+        path,
+        kind,
+        field,
+    ))
+}
+
+/// [`mount_conflict`]'s answer for what `sys/mounts` says of `path`.
+fn conflict_of(found: &(Owner, String), path: &str, kind: &str, field: &str) -> Option<String> {
+    match found {
         (Owner::Absent, _) => None,
         (Owner::Keyrig, found) if found == kind => None,
         (Owner::Keyrig, found) => Some(format!(
@@ -239,7 +249,7 @@ pub async fn mount_conflict(
              \"{OWNER_MARK}\"); keyrig does not write into it. Set {field} to a path of keyrig's \
              own (e.g. keyrig-{path}) or, if this Vault is a throwaway one, unmount it"
         )),
-    })
+    }
 }
 
 /// Mounts secrets engine `kind` at `path` with the mark, or accepts it when
@@ -252,10 +262,11 @@ pub async fn claim_secrets_mount(
     options: Value,
     field: &str,
 ) -> Result<()> {
-    if let Some(conflict) = mount_conflict(root, path, kind, field).await? {
+    let found = secrets_mount(root, path).await?;
+    if let Some(conflict) = conflict_of(&found, path, kind, field) {
         bail!("{conflict}");
     }
-    if secrets_mount(root, path).await?.0 == Owner::Keyrig {
+    if found.0 == Owner::Keyrig {
         return Ok(());
     }
     let mut body = json!({
