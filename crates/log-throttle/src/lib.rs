@@ -44,10 +44,6 @@ impl Throttle {
         }
     }
 
-    pub fn every(&self) -> Duration {
-        self.every
-    }
-
     /// Whether a warning at `now` gets its line: the first one does, then
     /// one per `every`; the others are counted for the next line.
     pub fn admit(&self, now: Instant) -> Admit {
