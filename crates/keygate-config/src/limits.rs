@@ -8,7 +8,7 @@
 //!   http_connections: 1024      # open connections on listen.http; more wait in the kernel's backlog
 //!   grpc_connections: 1024      # the same for listen.grpc
 //!   header_read_timeout: 10s    # listen.http: a request's headers must arrive within this
-//!   idle_timeout: 60s           # both ports: a connection with no bytes either way this long is closed
+//!   idle_timeout: 60s           # listen.http: a connection with no bytes either way this long is closed
 //! ```
 
 use std::time::Duration;

@@ -4,47 +4,72 @@
 //! Each port accepts at most `limits.{http,grpc}_connections` at once: a
 //! slot is taken before `accept`, so connections beyond the limit wait in
 //! the kernel's backlog instead of costing keygate memory, and get served as
-//! slots free. On the HTTP port, hyper closes a connection whose request
-//! headers have not all arrived within `limits.header_read_timeout` (which
-//! hyper counts from when it starts waiting for a request, so a kept-alive
-//! connection idle that long between requests is closed too; gateways open
-//! a new one), and [`Guarded`] closes one on which nothing was read or
-//! written for `limits.idle_timeout` (a stalled body, a client that does not
-//! read its answer). The gRPC port gets no timeouts: Envoy keeps one HTTP/2
-//! connection open, and cutting it under a request would fail that request.
+//! slots free. On the HTTP port, [`Guarded`] closes a connection
+//! - whose request headers have not all arrived within
+//!   `limits.header_read_timeout`, counted from the connection's accept for
+//!   its first request and from the first byte of each later one;
+//! - on which nothing was read or written for `limits.idle_timeout` (a
+//!   kept-alive connection between requests, a stalled body, a client that
+//!   does not read its answer).
+//!
+//! **A kept-alive connection waiting for its next request is closed by the
+//! idle timeout, never by the header timeout.** hyper's own header timer
+//! starts when it begins waiting for a request, so it would close every
+//! kept-alive connection idle for 10 s, and a gateway sending on it in that
+//! instant loses the request. It is off; [`Guarded`] keeps the header timer
+//! instead, told by the service when a request's head has been read
+//! ([`RequestPhase`]).
+//!
+//! The gRPC port gets no timeouts: Envoy keeps one HTTP/2 connection open,
+//! and cutting it under a request would fail that request.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
+use http_body::{Frame, SizeHint};
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
 use tracing::{debug, warn};
+
+/// How long a port's connections may take; `None` (the default): no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    /// Nothing read or written this long closes the connection.
+    pub idle: Option<Duration>,
+    /// A request's headers must all arrive within this (HTTP/1.1 only: it
+    /// needs the service to say when a head is read, see [`serve_http`]).
+    pub header_read: Option<Duration>,
+}
 
 /// A listener that holds at most `limit` connections at once.
 pub struct GuardedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     limit: usize,
-    idle_timeout: Option<Duration>,
+    timeouts: Timeouts,
 }
 
 impl GuardedListener {
-    /// `idle_timeout`: close connections idle that long (`None`: never).
-    pub fn new(listener: TcpListener, limit: usize, idle_timeout: Option<Duration>) -> Self {
+    pub fn new(listener: TcpListener, limit: usize, timeouts: Timeouts) -> Self {
         Self {
             listener,
             slots: Arc::new(Semaphore::new(limit)),
             limit,
-            idle_timeout,
+            timeouts,
         }
     }
 
@@ -65,7 +90,7 @@ impl GuardedListener {
                     if let Err(err) = stream.set_nodelay(true) {
                         debug!(error = %err, "TCP_NODELAY not set");
                     }
-                    return (Guarded::new(stream, slot, self.idle_timeout), peer);
+                    return (Guarded::new(stream, slot, self.timeouts), peer);
                 }
                 Err(err)
                     if matches!(
@@ -100,7 +125,6 @@ impl GuardedListener {
 pub async fn serve_http(
     listener: GuardedListener,
     router: Router,
-    header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = watch::channel(false);
@@ -110,13 +134,27 @@ pub async fn serve_http(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let phase = conn.phase.clone();
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            // hyper calls the service once a request's head is read, and
+            // drops the answer's body once it has written it.
+            let answering = phase.head_read();
+            let answer = router.clone().oneshot(request.map(Body::new));
+            async move {
+                let response = answer.await?;
+                Ok::<_, Infallible>(response.map(|body| AnswerBody {
+                    body,
+                    _answering: answering,
+                }))
+            }
+        });
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+            // `Guarded` keeps the header timer (the module's doc says why);
+            // hyper would otherwise start its own, 30 s by default.
+            builder.timer(TokioTimer::new()).header_read_timeout(None);
             let connection = builder.serve_connection(TokioIo::new(conn), service);
             let mut connection = std::pin::pin!(connection);
             // `changed` rather than `wait_for`: its guard must not live
@@ -139,20 +177,132 @@ pub async fn serve_http(
     listener.drained().await;
 }
 
+/// Where a connection's requests are, as the HTTP service tells it: how many
+/// heads have been read, and whether an answer is being written.
+#[derive(Debug, Default)]
+struct RequestPhase {
+    heads_read: AtomicU64,
+    answering: AtomicBool,
+}
+
+impl RequestPhase {
+    /// A request's head has been read; its answer is being written until
+    /// the returned guard drops.
+    fn head_read(self: &Arc<Self>) -> Answering {
+        self.heads_read.fetch_add(1, Ordering::AcqRel);
+        self.answering.store(true, Ordering::Release);
+        Answering(self.clone())
+    }
+}
+
+/// Held by an answer's body: dropped once hyper has written it all (or
+/// given up on it).
+struct Answering(Arc<RequestPhase>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answering.store(false, Ordering::Release);
+    }
+}
+
+/// The router's answer body, and the guard that says it is being written.
+struct AnswerBody {
+    body: Body,
+    _answering: Answering,
+}
+
+impl http_body::Body for AnswerBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The header timer of one connection: runs from accept until the first
+/// head is read, then from the first byte of each later request until its
+/// head is read. Not between requests: that is the idle timeout's.
+struct HeadTimer {
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// Running for the head after this many heads; `None`: stopped.
+    running_after: Option<u64>,
+}
+
 /// An accepted connection: holds its listener's slot until dropped, and
-/// fails reads and writes once it has been idle for the idle timeout.
+/// fails reads and writes once it has been idle for the idle timeout, or
+/// has not delivered a request's head within the header timeout.
 pub struct Guarded {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    head: Option<HeadTimer>,
+    phase: Arc<RequestPhase>,
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, idle_timeout: Option<Duration>) -> Self {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, timeouts: Timeouts) -> Self {
         Self {
             stream,
             _slot: slot,
-            idle: idle_timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+            idle: timeouts.idle.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+            head: timeouts.header_read.map(|timeout| HeadTimer {
+                timeout,
+                sleep: Box::pin(tokio::time::sleep(timeout)),
+                running_after: Some(0),
+            }),
+            phase: Arc::default(),
+        }
+    }
+
+    /// Bytes arrived: between requests, they start the next head's timer.
+    /// Bytes that come while an answer is written (a pipelined request) do
+    /// not; the idle timeout bounds those. The rest of a body the handler
+    /// did not read, drained after the answer, does start it: then the
+    /// connection gets header_read_timeout for its next request, as it
+    /// did under hyper's timer. No gateway sends keygate a body.
+    fn received(&mut self) {
+        let Some(head) = &mut self.head else { return };
+        if head.running_after.is_none() && !self.phase.answering.load(Ordering::Acquire) {
+            head.running_after = Some(self.phase.heads_read.load(Ordering::Acquire));
+            head.sleep.as_mut().reset(Instant::now() + head.timeout);
+        }
+    }
+
+    /// While waiting for bytes: an error once the head the timer runs for
+    /// is late. A head read since the timer started stops it.
+    fn check_head(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let Some(head) = &mut self.head else {
+            return Poll::Pending;
+        };
+        let Some(after) = head.running_after else {
+            return Poll::Pending;
+        };
+        if self.phase.heads_read.load(Ordering::Acquire) != after {
+            head.running_after = None;
+            return Poll::Pending;
+        }
+        match head.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "request headers not complete within {:?} (limits.header_read_timeout)",
+                    head.timeout
+                ),
+            )),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -184,12 +334,19 @@ impl AsyncRead for Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 self.active();
+                if buf.filled().len() > before {
+                    self.received();
+                }
                 Poll::Ready(result)
             }
-            Poll::Pending => self.check_idle(cx).map(Err),
+            Poll::Pending => match self.check_head(cx) {
+                Poll::Ready(late) => Poll::Ready(Err(late)),
+                Poll::Pending => self.check_idle(cx).map(Err),
+            },
         }
     }
 }

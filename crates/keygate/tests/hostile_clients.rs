@@ -1,5 +1,6 @@
 //! keygate as a process against slow and hostile clients: connections that
-//! never finish their headers, and more connections than `limits` allows.
+//! never finish their headers, and more connections than `limits` allows;
+//! and kept-alive connections, which the header timeout leaves open.
 //! Real TCP connections to the real binary; the deadlines here are guards
 //! that turn a hang into a failure, not what is asserted. (Proxy variables
 //! and redirects on the Vault side: tests/vault_tls.rs and src/vault.rs.)
@@ -59,6 +60,88 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
         .unwrap();
     let answer = read_until_closed(&mut whole, "a finished request").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
+
+/// One answer on a kept-alive connection: its head and `Content-Length`
+/// bytes of body, leaving the connection open.
+async fn read_answer(conn: &mut TcpStream) -> String {
+    let read = async {
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte).await.unwrap() == 0 {
+                return String::from_utf8_lossy(&answer).into_owned();
+            }
+            answer.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body).await.unwrap();
+        answer.extend_from_slice(&body);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    tokio::time::timeout(GUARD, read)
+        .await
+        .expect("keygate did not answer a whole request")
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: keygate\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_outlives_the_header_read_timeout() {
+    // Gateways keep connections to keygate open between requests, for
+    // longer than keygate's header timeout; closing them then races the
+    // gateway's next request. Between requests only the idle timeout counts.
+    let vault = FakeVault::start().await;
+    let (fixture, _keygate) = started_with_limits(
+        &vault,
+        "  header_read_timeout: 300ms\n  idle_timeout: 60s\n",
+    )
+    .await;
+
+    let mut conn = TcpStream::connect(fixture.http).await.unwrap();
+    conn.write_all(HEALTHZ).await.unwrap();
+    let first = read_answer(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+
+    // Idle between requests for several header timeouts.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    conn.write_all(HEALTHZ).await.unwrap();
+    let second = read_answer(&mut conn).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "the kept-alive connection was closed between requests: {second:?}"
+    );
+
+    // The header timer still runs for each later request, from its first byte.
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: keygate\r\nX-Trickle: a")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut conn, "a second request with unfinished headers").await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout() {
+    let vault = FakeVault::start().await;
+    let (fixture, _keygate) = started_with_limits(
+        &vault,
+        "  header_read_timeout: 300ms\n  idle_timeout: 60s\n",
+    )
+    .await;
+    let mut silent = TcpStream::connect(fixture.http).await.unwrap();
+    let answer = read_until_closed(&mut silent, "a connection that sent nothing").await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

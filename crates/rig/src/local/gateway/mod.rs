@@ -403,10 +403,21 @@ mod tests {
                 .any(|(m, _)| m == "path /animal-rescue/animals"),
             "{named:?}"
         );
-        // The callouts' cluster: keygate's HTTP port, HTTP/1.1.
+        // The callouts' cluster: keygate's HTTP port, HTTP/1.1, whose idle
+        // connections Envoy closes before keygate's idle timeout would.
         let keygate = &doc["static_resources"]["clusters"][0];
         assert_eq!(keygate["name"].as_str(), Some("keygate"));
-        assert!(keygate["typed_extension_protocol_options"].is_null());
+        let options = &keygate["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert!(options["explicit_http_config"]["http2_protocol_options"].is_null());
+        assert!(!options["explicit_http_config"]["http_protocol_options"].is_null());
+        let idle = options["common_http_protocol_options"]["idle_timeout"]
+            .as_str()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .expect("an idle timeout on the keygate cluster");
+        assert!(
+            idle < keygate::limits::Limits::default().idle_timeout,
+            "{idle:?}"
+        );
         // The listener's path handling is the ext_authz gateways'.
         let grpc: serde_yaml::Value = serde_yaml::from_str(
             &crate::local::envoy::render(&ctx, crate::contract::gateways::Contract::Grpc).unwrap(),
