@@ -51,6 +51,17 @@ enum Warning {
     CorruptRecord,
 }
 
+impl Warning {
+    /// What the left-out warnings were, for their closing line.
+    fn what(self) -> &'static str {
+        match self {
+            Warning::VaultForbidden => "Vault refused keygate the key record",
+            Warning::VaultUnavailable => "keygate could not read the key record from Vault",
+            Warning::CorruptRecord => "the key record in Vault was corrupt",
+        }
+    }
+}
+
 impl RequestWarnings {
     /// The count of warnings left out before this one, if a warning of
     /// `kind` for `group` gets its line now.
@@ -66,6 +77,26 @@ impl RequestWarnings {
             Admit::Write { left_out } => Some(left_out),
             Admit::Skip => None,
         }
+    }
+
+    /// Each kind and group whose left-out warnings no line has counted
+    /// although the last line is `WARN_EVERY` old, with that count.
+    fn overdue(&self, now: Instant) -> Vec<(Warning, String, u64)> {
+        let throttles: Vec<_> = self
+            .throttles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((kind, group), throttle)| (*kind, group.clone(), throttle.clone()))
+            .collect();
+        throttles
+            .into_iter()
+            .filter_map(|(kind, group, throttle)| {
+                throttle
+                    .overdue(now)
+                    .map(|left_out| (kind, group, left_out))
+            })
+            .collect()
     }
 }
 
@@ -83,6 +114,21 @@ impl Validator {
             kv_mount: kv_mount.into(),
             upstream_headers: None,
             warnings: RequestWarnings::default(),
+        }
+    }
+
+    /// Writes the counts of throttled warnings that no later warning came to
+    /// carry (the last seconds of an outage): call every [`WARN_EVERY`].
+    pub fn write_overdue_warnings(&self) {
+        for (kind, group, left_out) in self.warnings.overdue(Instant::now()) {
+            warn!(
+                group,
+                left_out,
+                "{} for {left_out} more request{} since the last such line (at most one line per {} s)",
+                kind.what(),
+                if left_out == 1 { "" } else { "s" },
+                WARN_EVERY.as_secs()
+            );
         }
     }
 
@@ -606,5 +652,29 @@ mod tests {
             Some(0)
         );
         assert_eq!(warnings.admitted(Warning::VaultForbidden, "animals"), None);
+    }
+
+    #[test]
+    fn left_out_warnings_are_counted_in_a_line_of_their_own_once_due() {
+        let warnings = RequestWarnings::default();
+        assert_eq!(
+            warnings.admitted(Warning::VaultUnavailable, "animals"),
+            Some(0)
+        );
+        assert_eq!(
+            warnings.admitted(Warning::VaultUnavailable, "animals"),
+            None
+        );
+        assert_eq!(
+            warnings.admitted(Warning::VaultUnavailable, "billing"),
+            Some(0)
+        );
+        assert!(warnings.overdue(Instant::now()).is_empty());
+        let later = Instant::now() + WARN_EVERY;
+        assert_eq!(
+            warnings.overdue(later),
+            vec![(Warning::VaultUnavailable, "animals".to_owned(), 1)]
+        );
+        assert!(warnings.overdue(later).is_empty());
     }
 }

@@ -238,6 +238,19 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             validator.with_upstream_headers(Arc::new(UpstreamHeaders::new(headers, vault.clone())));
     }
     let validator = Arc::new(validator);
+    // A throttled warning's count is written with the next line; this
+    // writes it when none comes (the last seconds of an outage).
+    tokio::spawn({
+        let validator = validator.clone();
+        async move {
+            let mut every = tokio::time::interval(keygate::decision::WARN_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                validator.write_overdue_warnings();
+            }
+        }
+    });
 
     let grpc_listener = bind(config.listen.grpc, "listen.grpc").await?;
     let http_listener = bind(config.listen.http, "listen.http").await?;

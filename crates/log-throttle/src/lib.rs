@@ -47,6 +47,18 @@ impl Throttle {
     /// Whether a warning at `now` gets its line: the first one does, then
     /// one per `every`; the others are counted for the next line.
     pub fn admit(&self, now: Instant) -> Admit {
+        match self.admit_due(now) {
+            Some(left_out) => Admit::Write { left_out },
+            None => {
+                self.left_out.fetch_add(1, Ordering::Relaxed);
+                Admit::Skip
+            }
+        }
+    }
+
+    /// If a line is due at `now` and this caller wins it: the count left
+    /// out before it (taken, so the next line starts from 0).
+    fn admit_due(&self, now: Instant) -> Option<u64> {
         let now_ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
             .unwrap_or(NEVER - 1);
         let every_ms = u64::try_from(self.every.as_millis()).unwrap_or(NEVER - 1);
@@ -58,11 +70,23 @@ impl Throttle {
                 .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            self.left_out.fetch_add(1, Ordering::Relaxed);
-            return Admit::Skip;
+            return None;
         }
-        Admit::Write {
-            left_out: self.left_out.swap(0, Ordering::Relaxed),
+        Some(self.left_out.swap(0, Ordering::Relaxed))
+    }
+
+    /// The count of warnings left out since the last line, if that line is
+    /// at least `every` old: for a line of their own, written by whoever
+    /// calls this periodically, since the stretch that caused them may be
+    /// over (an outage's last seconds) and no later warning will come to
+    /// carry the count. Such a line counts as one for [`admit`](Self::admit).
+    pub fn overdue(&self, now: Instant) -> Option<u64> {
+        if self.left_out.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        match self.admit_due(now) {
+            Some(0) | None => None,
+            Some(left_out) => Some(left_out),
         }
     }
 
@@ -96,6 +120,28 @@ mod tests {
         assert_eq!(throttle.admit(at(10_006)), Admit::Skip);
         assert_eq!(throttle.admit(at(20_005)), Admit::Write { left_out: 1 });
         assert_eq!(throttle.admit(at(40_000)), Admit::Write { left_out: 0 });
+    }
+
+    #[test]
+    fn overdue_counts_come_out_once_the_interval_has_passed() {
+        let throttle = Throttle::new(Duration::from_secs(10));
+        let at = |ms: u64| throttle.epoch + Duration::from_millis(ms);
+        // Nothing left out: nothing to write, whenever.
+        assert_eq!(throttle.overdue(at(0)), None);
+        assert_eq!(throttle.admit(at(5)), Admit::Write { left_out: 0 });
+        assert_eq!(throttle.overdue(at(50_000)), None);
+        // Left out, then the warnings stop: the count comes out once the
+        // last line is `every` old, and only once.
+        assert_eq!(throttle.admit(at(50_001)), Admit::Write { left_out: 0 });
+        for ms in [50_002, 52_000] {
+            assert_eq!(throttle.admit(at(ms)), Admit::Skip);
+        }
+        assert_eq!(throttle.overdue(at(59_999)), None);
+        assert_eq!(throttle.overdue(at(60_001)), Some(2));
+        assert_eq!(throttle.overdue(at(90_000)), None);
+        // That line counts against the interval.
+        assert_eq!(throttle.admit(at(60_002)), Admit::Skip);
+        assert_eq!(throttle.admit(at(70_001)), Admit::Write { left_out: 1 });
     }
 
     #[test]
