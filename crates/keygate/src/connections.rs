@@ -45,31 +45,24 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-/// How long a port's connections may take; `None` (the default): no limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timeouts {
-    /// Nothing read or written this long closes the connection.
-    pub idle: Option<Duration>,
-    /// A request's headers must all arrive within this (HTTP/1.1 only: it
-    /// needs the service to say when a head is read, see [`serve_http`]).
-    pub header_read: Option<Duration>,
-}
-
 /// A listener that holds at most `limit` connections at once.
 pub struct GuardedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     limit: usize,
-    timeouts: Timeouts,
+    idle_timeout: Option<Duration>,
 }
 
 impl GuardedListener {
-    pub fn new(listener: TcpListener, limit: usize, timeouts: Timeouts) -> Self {
+    /// `idle_timeout`: close connections idle that long (`None`: never).
+    /// The header timeout is [`serve_http`]'s: it needs the service to say
+    /// when a head has been read.
+    pub fn new(listener: TcpListener, limit: usize, idle_timeout: Option<Duration>) -> Self {
         Self {
             listener,
             slots: Arc::new(Semaphore::new(limit)),
             limit,
-            timeouts,
+            idle_timeout,
         }
     }
 
@@ -90,7 +83,7 @@ impl GuardedListener {
                     if let Err(err) = stream.set_nodelay(true) {
                         debug!(error = %err, "TCP_NODELAY not set");
                     }
-                    return (Guarded::new(stream, slot, self.timeouts), peer);
+                    return (Guarded::new(stream, slot, self.idle_timeout), peer);
                 }
                 Err(err)
                     if matches!(
@@ -122,18 +115,22 @@ impl GuardedListener {
 
 /// Serves `router` over HTTP/1.1 on `listener` until `shutdown`, then lets
 /// open connections finish their requests (the caller bounds how long).
+/// A request's headers must all arrive within `header_read_timeout` (the
+/// module's doc says from when).
 pub async fn serve_http(
     listener: GuardedListener,
     router: Router,
+    header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (conn, peer) = tokio::select! {
+        let (mut conn, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
+        conn.time_heads(header_read_timeout);
         let phase = conn.phase.clone();
         let router = router.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -178,7 +175,9 @@ pub async fn serve_http(
 }
 
 /// Where a connection's requests are, as the HTTP service tells it: how many
-/// heads have been read, and whether an answer is being written.
+/// heads have been read, and whether an answer is being written. Atomics
+/// only to be shared: the service, the answer body and the connection's
+/// I/O all run on the connection's one task, so `Relaxed` is enough.
 #[derive(Debug, Default)]
 struct RequestPhase {
     heads_read: AtomicU64,
@@ -189,8 +188,8 @@ impl RequestPhase {
     /// A request's head has been read; its answer is being written until
     /// the returned guard drops.
     fn head_read(self: &Arc<Self>) -> Answering {
-        self.heads_read.fetch_add(1, Ordering::AcqRel);
-        self.answering.store(true, Ordering::Release);
+        self.heads_read.fetch_add(1, Ordering::Relaxed);
+        self.answering.store(true, Ordering::Relaxed);
         Answering(self.clone())
     }
 }
@@ -201,7 +200,7 @@ struct Answering(Arc<RequestPhase>);
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        self.0.answering.store(false, Ordering::Release);
+        self.0.answering.store(false, Ordering::Relaxed);
     }
 }
 
@@ -239,6 +238,10 @@ struct HeadTimer {
     sleep: Pin<Box<Sleep>>,
     /// Running for the head after this many heads; `None`: stopped.
     running_after: Option<u64>,
+    /// Bytes came while an answer was being written, after this many
+    /// heads: the next head's start, if no head is read before the answer
+    /// ends (a client that sends its next request early).
+    early_after: Option<u64>,
 }
 
 /// An accepted connection: holds its listener's slot until dropped, and
@@ -253,31 +256,50 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, timeouts: Timeouts) -> Self {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, idle_timeout: Option<Duration>) -> Self {
         Self {
             stream,
             _slot: slot,
-            idle: timeouts.idle.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
-            head: timeouts.header_read.map(|timeout| HeadTimer {
-                timeout,
-                sleep: Box::pin(tokio::time::sleep(timeout)),
-                running_after: Some(0),
-            }),
+            idle: idle_timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+            head: None,
             phase: Arc::default(),
         }
     }
 
+    /// Times request heads (see [`HeadTimer`]): the first from now. Only
+    /// for a connection [`serve_http`] serves, whose service counts heads;
+    /// elsewhere the first head would never be seen and the connection
+    /// would be closed `timeout` after this.
+    fn time_heads(&mut self, timeout: Duration) {
+        self.head = Some(HeadTimer {
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            running_after: Some(0),
+            early_after: None,
+        });
+    }
+
     /// Bytes arrived: between requests, they start the next head's timer.
-    /// Bytes that come while an answer is written (a pipelined request) do
-    /// not; the idle timeout bounds those. The rest of a body the handler
-    /// did not read, drained after the answer, does start it: then the
-    /// connection gets header_read_timeout for its next request, as it
-    /// did under hyper's timer. No gateway sends keygate a body.
+    /// Bytes that come while an answer is written (a client sending its
+    /// next request early) start it once the answer is written, unless
+    /// they made a whole head by then. The rest of a body the handler did
+    /// not read, drained after the answer, starts it too: the connection
+    /// then gets header_read_timeout for its next request, as it did under
+    /// hyper's timer (no gateway sends keygate a body).
+    ///
+    /// Not seen: the start of a head in the same read as the end of the
+    /// one before (pipelining); hyper holds those bytes, and the idle
+    /// timeout bounds them.
     fn received(&mut self) {
         let Some(head) = &mut self.head else { return };
-        if head.running_after.is_none() && !self.phase.answering.load(Ordering::Acquire) {
-            head.running_after = Some(self.phase.heads_read.load(Ordering::Acquire));
-            head.sleep.as_mut().reset(Instant::now() + head.timeout);
+        if head.running_after.is_some() {
+            return;
+        }
+        let heads = self.phase.heads_read.load(Ordering::Relaxed);
+        if self.phase.answering.load(Ordering::Relaxed) {
+            head.early_after.get_or_insert(heads);
+        } else {
+            head.start(heads);
         }
     }
 
@@ -287,11 +309,21 @@ impl Guarded {
         let Some(head) = &mut self.head else {
             return Poll::Pending;
         };
-        let Some(after) = head.running_after else {
-            return Poll::Pending;
-        };
-        if self.phase.heads_read.load(Ordering::Acquire) != after {
+        let heads = self.phase.heads_read.load(Ordering::Relaxed);
+        if head.running_after.is_some_and(|after| after != heads) {
             head.running_after = None;
+        }
+        if let Some(early) = head.early_after {
+            if early != heads {
+                // They made a whole head.
+                head.early_after = None;
+            } else if head.running_after.is_none() && !self.phase.answering.load(Ordering::Relaxed)
+            {
+                head.early_after = None;
+                head.start(heads);
+            }
+        }
+        if head.running_after.is_none() {
             return Poll::Pending;
         }
         match head.sleep.as_mut().poll(cx) {
@@ -325,6 +357,13 @@ impl Guarded {
             )),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl HeadTimer {
+    fn start(&mut self, after: u64) {
+        self.running_after = Some(after);
+        self.sleep.as_mut().reset(Instant::now() + self.timeout);
     }
 }
 
@@ -380,5 +419,71 @@ impl tonic::transport::server::Connected for Guarded {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Notify;
+
+    /// Turns a hang into a failure; never the thing asserted. Well under
+    /// the idle timeout the connections get here (60 s).
+    const GUARD: Duration = Duration::from_secs(20);
+
+    async fn serving(router: Router, header_read_timeout: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = GuardedListener::new(listener, 8, Some(Duration::from_secs(60)));
+        tokio::spawn(serve_http(
+            listener,
+            router,
+            header_read_timeout,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_begun_while_the_last_answer_was_written_gets_the_header_timer() {
+        let entered = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let router = Router::new().route(
+            "/slow",
+            get({
+                let (entered, release) = (entered.clone(), release.clone());
+                move || async move {
+                    entered.notify_one();
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        );
+        let addr = serving(router, Duration::from_millis(300)).await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /slow HTTP/1.1\r\nHost: keygate\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(GUARD, entered.notified())
+            .await
+            .expect("the first request never reached the handler");
+        // The next request's start, sent while the first is answered, and
+        // never finished.
+        conn.write_all(b"GET /slow HTTP/1.1\r\nX-Trickle: a")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release.notify_one();
+
+        let mut answer = Vec::new();
+        tokio::time::timeout(GUARD, conn.read_to_end(&mut answer))
+            .await
+            .expect("the unfinished second head was not timed: the connection stayed open")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.contains("done"), "{answer:?}");
     }
 }

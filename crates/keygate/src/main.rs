@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use keygate::cache::RecordCache;
 use keygate::config::{Config, KeysConfig, UpstreamHeader};
-use keygate::connections::{self, GuardedListener, Timeouts};
+use keygate::connections::{self, GuardedListener};
 use keygate::decision::Validator;
 use keygate::grpc::ExtAuthz;
 use keygate::http;
@@ -265,8 +265,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
 
     let limits = config.limits;
     let (stop, stopped) = watch::channel(false);
-    let grpc_listener =
-        GuardedListener::new(grpc_listener, limits.grpc_connections, Timeouts::default());
+    let grpc_listener = GuardedListener::new(grpc_listener, limits.grpc_connections, None);
     let grpc = tonic::transport::Server::builder()
         .add_service(ExtAuthz::server(validator.clone()))
         .serve_with_incoming_shutdown(
@@ -276,10 +275,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     let http_listener = GuardedListener::new(
         http_listener,
         limits.http_connections,
-        Timeouts {
-            idle: Some(limits.idle_timeout),
-            header_read: Some(limits.header_read_timeout),
-        },
+        Some(limits.idle_timeout),
     );
     let http = connections::serve_http(
         http_listener,
@@ -290,6 +286,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             // Well inside the idle timeout, which would close a quiet feed.
             (limits.idle_timeout / 3).clamp(Duration::from_millis(100), http::FEED_PING),
         ),
+        limits.header_read_timeout,
         until_stopped(stopped),
     );
     let mut grpc = tokio::spawn(grpc);

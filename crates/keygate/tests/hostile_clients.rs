@@ -97,11 +97,10 @@ async fn a_kept_alive_connection_outlives_the_header_read_timeout() {
     // longer than keygate's header timeout; closing them then races the
     // gateway's next request. Between requests only the idle timeout counts.
     let vault = FakeVault::start().await;
-    let (fixture, _keygate) = started_with_limits(
-        &vault,
-        "  header_read_timeout: 300ms\n  idle_timeout: 60s\n",
-    )
-    .await;
+    // 1 s: the first request must be in within it of the accept, which a
+    // loaded machine could delay past a shorter one.
+    let (fixture, _keygate) =
+        started_with_limits(&vault, "  header_read_timeout: 1s\n  idle_timeout: 60s\n").await;
 
     let mut conn = TcpStream::connect(fixture.http).await.unwrap();
     conn.write_all(HEALTHZ).await.unwrap();
@@ -109,7 +108,7 @@ async fn a_kept_alive_connection_outlives_the_header_read_timeout() {
     assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
 
     // Idle between requests for several header timeouts.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     conn.write_all(HEALTHZ).await.unwrap();
     let second = read_answer(&mut conn).await;
     assert!(
