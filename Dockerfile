@@ -1,12 +1,18 @@
 # syntax=docker/dockerfile:1
 #
-# keygate's image for the kind and cluster profiles:
+# keygate's image for the kind and cluster profiles. `cargo xtask up
+# --profile kind` builds and loads it as:
 #
-#   docker build -t keyrig/keygate:dev .
-#   kind load docker-image keyrig/keygate:dev --name keyrig
+#   docker build --provenance=false --sbom=false -t keyrig/keygate:dev .
+#   docker tag keyrig/keygate:dev keyrig/keygate:dev-<12 hex of the image id>
+#   docker save -o keygate-image.tar keyrig/keygate:dev-<...>
+#   kind load image-archive keygate-image.tar --name keyrig
 #
-# The tag is env/k8s.toml [images].keygate; the Deployment in
-# scenarios/k8s/base never pulls it (imagePullPolicy: Never).
+# and points the keygate Deployment at that per-build tag, so a reused
+# cluster runs the new build. The base tag is env/k8s.toml [images].keygate;
+# the Deployment in scenarios/k8s/base never pulls it (imagePullPolicy:
+# Never). No attestations: with Docker's containerd image store, `docker
+# save` would name them without their content, and kind's import fails.
 
 # Debian 12 on both sides, so the binary links against the glibc it runs with.
 ARG RUST_VERSION=1.95

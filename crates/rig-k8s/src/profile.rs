@@ -215,32 +215,58 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     let pushed_image = std::env::var("KEYRIG_KEYGATE_IMAGE")
         .ok()
         .filter(|v| !v.is_empty());
-    match (&pushed_image, opts.profile) {
-        (Some(image), KubeProfile::Cluster) => say!("keygate: using the pushed image {image}"),
+    // The image the keygate Deployment runs, and whether the node pulls it.
+    let (keygate_image, pull_policy) = match (&pushed_image, opts.profile) {
+        (Some(image), KubeProfile::Cluster) => {
+            say!("keygate: using the pushed image {image}");
+            (image.clone(), "IfNotPresent")
+        }
         _ => {
             let docker = tools
                 .docker
                 .as_deref()
                 .context("preflight found no docker")?;
+            say!("keygate: building its image (docker build; the log is docker-build.log)");
+            let id_file = run.path().join("keygate-image.id");
             cmds.run(
                 "docker-build",
                 docker,
                 [
                     "build".as_ref(),
+                    // No attestation manifests: with Docker's containerd
+                    // image store, `docker save` writes an index naming
+                    // them without their content, and kind's import then
+                    // fails with "content digest ...: not found".
+                    "--provenance=false".as_ref(),
+                    "--sbom=false".as_ref(),
+                    "--iidfile".as_ref(),
+                    id_file.as_os_str(),
                     "-t".as_ref(),
                     keygate_image.as_ref(),
                     root_dir.as_os_str(),
                 ],
             )
             .await?;
+            // A tag per build: the Deployment's pod template changes when
+            // the image does, so a reused cluster rolls keygate out again
+            // instead of running the last run's image under the same tag.
+            let id = std::fs::read_to_string(&id_file)
+                .with_context(|| format!("reading {}", id_file.display()))?;
+            let built = build_tag(&keygate_image, &id)?;
+            cmds.run(
+                "docker-tag",
+                docker,
+                ["tag", keygate_image.as_str(), built.as_str()],
+            )
+            .await?;
+            let keygate_image = built;
             if let (KubeProfile::Kind, Some(kind), Some(name)) = (
                 opts.profile,
                 tools.kind.as_deref(),
                 state.cluster.as_deref(),
             ) {
-                // `kind load docker-image` fails with Docker's containerd
-                // image store (the default on current Docker): an archive
-                // loads either way.
+                // An archive of the one tag: what `kind load docker-image`
+                // does too, with its output in this run's logs.
                 let archive = run.path().join("keygate-image.tar");
                 cmds.run(
                     "docker-save",
@@ -267,8 +293,9 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 .await?;
                 let _ = std::fs::remove_file(&archive);
             }
+            (keygate_image, "Never")
         }
-    }
+    };
 
     // 3. Vault: a dev server in the kind cluster (OpenBao, or HashiCorp
     // Vault with --vault hashicorp), or the one VAULT_ADDR names.
@@ -462,9 +489,13 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         },
     )
     .await?;
-    if let (KubeProfile::Cluster, Some(image)) = (opts.profile, &pushed_image) {
-        use_pushed_image(&client, image).await?;
-    }
+    pin_pod_templates(
+        &client,
+        &keygate_image,
+        pull_policy,
+        &overlay_digest(&rendered)?,
+    )
+    .await?;
 
     // 8. Wait for the check Job, the ExternalSecret, then the Deployments.
     if let Err(err) = super::waits::job(
@@ -805,20 +836,68 @@ async fn apply_namespace_and_apis(
 
 /// The cluster profile runs a pushed image: point keygate's container at
 /// it and let the node pull it.
-async fn use_pushed_image(client: &kube::Client, image: &str) -> Result<()> {
+async fn pin_pod_templates(
+    client: &kube::Client,
+    image: &str,
+    pull_policy: &str,
+    overlay_digest: &str,
+) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), names::NAMESPACE);
-    let patch = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": names::KEYGATE, "image": image, "imagePullPolicy": "IfNotPresent"}
-    ]}}}});
+    let annotations = json!({ OVERLAY_DIGEST_ANNOTATION: overlay_digest });
+    let keygate = json!({"spec": {"template": {
+        "metadata": {"annotations": annotations},
+        "spec": {"containers": [
+            {"name": names::KEYGATE, "image": image, "imagePullPolicy": pull_policy}
+        ]}
+    }}});
     deployments
         .patch(
             names::KEYGATE,
             &PatchParams::default(),
-            &Patch::Strategic(&patch),
+            &Patch::Strategic(&keygate),
         )
         .await
-        .context("pointing keygate at KEYRIG_KEYGATE_IMAGE")?;
+        .with_context(|| format!("pointing the keygate Deployment at {image}"))?;
+    let gateway = json!({"spec": {"template": {"metadata": {"annotations": annotations}}}});
+    deployments
+        .patch(
+            names::GATEWAY,
+            &PatchParams::default(),
+            &Patch::Strategic(&gateway),
+        )
+        .await
+        .context("annotating the gateway Deployment with the overlay's digest")?;
     Ok(())
+}
+
+/// The pod-template annotation that holds [`overlay_digest`].
+const OVERLAY_DIGEST_ANNOTATION: &str = "keyrig.dev/overlay-digest";
+
+/// A digest of the rendered overlay. keygate's and Envoy's configs are
+/// ConfigMaps mounted by `subPath` and read at start, so a changed config
+/// reaches running pods only through a new pod; the digest in their pod
+/// templates makes a changed overlay roll them out in a reused cluster.
+fn overlay_digest(rendered: &[serde_json::Value]) -> Result<String> {
+    use sha2::Digest;
+    let text = serde_json::to_string(rendered).context("serializing the rendered overlay")?;
+    Ok(hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8]))
+}
+
+/// The per-build tag of `image` (`repo:tag`), from the image id `docker
+/// build --iidfile` wrote (`sha256:<hex>`).
+fn build_tag(image: &str, id: &str) -> Result<String> {
+    let hex = id.trim().strip_prefix("sha256:").unwrap_or(id.trim());
+    anyhow::ensure!(
+        hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "docker build wrote an image id keyrig does not understand: {id:?}"
+    );
+    // A tag's colon comes after the last slash (a registry's port before it).
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match image[name_start..].rfind(':') {
+        Some(i) => (&image[..name_start + i], &image[name_start + i + 1..]),
+        None => (image, "dev"),
+    };
+    Ok(format!("{repo}:{tag}-{}", &hex[..12]))
 }
 
 /// Rollout restart, as `kubectl rollout restart` does it: a new pod-template
@@ -918,6 +997,41 @@ pub fn describe(run: &KubeRun) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_build_gets_its_own_tag_from_its_image_id() {
+        let id = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+        assert_eq!(
+            build_tag("keyrig/keygate:dev", id).unwrap(),
+            "keyrig/keygate:dev-0123456789ab"
+        );
+        assert_eq!(
+            build_tag("localhost:5000/keygate", id).unwrap(),
+            "localhost:5000/keygate:dev-0123456789ab"
+        );
+        let err = build_tag("keyrig/keygate:dev", "sha256:").unwrap_err();
+        assert!(err.to_string().contains("image id"), "{err}");
+    }
+
+    #[test]
+    fn the_overlay_digest_changes_with_any_rendered_field() {
+        let config = |text: &str| {
+            vec![
+                json!({"kind": "ConfigMap", "metadata": {"name": "keygate-config"},
+                        "data": {"keygate.yaml": text}}),
+            ]
+        };
+        let a = overlay_digest(&config("cache:\n  positive_ttl: 5s\n")).unwrap();
+        assert_eq!(
+            a,
+            overlay_digest(&config("cache:\n  positive_ttl: 5s\n")).unwrap()
+        );
+        assert_ne!(
+            a,
+            overlay_digest(&config("cache:\n  positive_ttl: 6s\n")).unwrap()
+        );
+        assert_eq!(a.len(), 16);
+    }
 
     #[test]
     fn reads_the_dev_root_token_of_both_vault_charts() {
