@@ -31,6 +31,14 @@ fn preflight(profile: KubeProfile) -> Result<rig_k8s::preflight::KubeTools> {
     tools
 }
 
+/// What `down` undoes, said where a user decides whether to run it.
+fn what_down_removes(profile: KubeProfile) -> String {
+    match profile {
+        KubeProfile::Kind => "`cargo xtask down --profile kind` stops the port-forwards and deletes the kind cluster if a run created it".to_owned(),
+        KubeProfile::Cluster => "`cargo xtask down --profile cluster` stops the port-forwards; what was applied to the cluster stays, every object labelled app.kubernetes.io/part-of=keyrig (docs/kubernetes.md: removing keyrig from a cluster)".to_owned(),
+    }
+}
+
 pub fn up(profile: KubeProfile, mode: rig::contract::modes::Mode, args: KubeArgs) -> Result<()> {
     let tools = preflight(profile)?;
     stop_on_interrupt()?;
@@ -42,11 +50,15 @@ pub fn up(profile: KubeProfile, mode: rig::contract::modes::Mode, args: KubeArgs
         ))
         .with_context(|| {
             format!(
-                "the {profile} profile did not come up (`cargo xtask down --profile {profile}` removes what it made)"
+                "the {profile} profile did not come up ({})",
+                what_down_removes(profile)
             )
         })?;
     println!("{}", rig_k8s::profile::describe(&run));
-    println!("stop with `cargo xtask down --profile {profile}`");
+    println!(
+        "stop with `cargo xtask down --profile {profile}`: {}",
+        what_down_removes(profile)
+    );
     run.supervisor.detach();
     Ok(())
 }

@@ -405,7 +405,7 @@ fn the_external_secret_maps_exactly_the_four_keys_and_owns_its_target() {
 
     // The cluster-wide variant names the ServiceAccount's namespace and admits only keyrig.
     let cluster: eso::v1::ClusterSecretStore =
-        Kind::parse(find(objects, "ClusterSecretStore", "vault-backend-cluster").unwrap()).unwrap();
+        Kind::parse(find(objects, "ClusterSecretStore", "keyrig-vault-backend").unwrap()).unwrap();
     assert_eq!(cluster.metadata.namespace, None);
     let vault = cluster.spec.provider.vault.as_ref().unwrap();
     let account = vault

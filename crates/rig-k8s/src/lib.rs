@@ -7,6 +7,7 @@
 //! engine there): it compiles, its pure parts have unit tests, and
 //! `preflight` is what those machines exercise.
 
+pub mod claim;
 pub mod client;
 pub mod commands;
 pub mod credentials;
@@ -96,6 +97,8 @@ pub mod names {
     /// The label on every object only one credentials mode makes; its value
     /// is the mode (`up` of another mode deletes them: `super::prune`).
     pub const MODE_LABEL: &str = "keyrig.dev/mode";
+    /// On everything keyrig applies to a cluster (`keyrig`).
+    pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
     /// Service ports (scenarios/k8s/base).
     pub const GATEWAY_PORT: u16 = 10000;
     pub const KEYGATE_HTTP_PORT: u16 = 9002;

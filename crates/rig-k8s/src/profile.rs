@@ -199,12 +199,28 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
             (Some(kubeconfig), Some(format!("kind-{name}")))
         }
         KubeProfile::Cluster => {
+            // One context for the whole run: kube-rs reads the kubeconfig
+            // once, kubectl and helm on every call, so a `kubectl config
+            // use-context` elsewhere mid-run would split the run across
+            // two clusters.
+            let context = current_context(&run, kubectl).await?;
             state.save(run.path())?;
-            (None, None)
+            (None, Some(context))
         }
     };
     let cmds = Commands::new(run.logs_dir(), kubeconfig.clone(), context.clone());
     let client = super::client::client(kubeconfig.as_deref(), context.as_deref()).await?;
+    // Nothing of someone else's is overwritten: looked at before the
+    // first write to the cluster or to Vault.
+    let foreign =
+        super::claim::foreign_objects(&client, &objects_to_apply(&rendered, &overlay)?).await?;
+    if !foreign.is_empty() {
+        let target = match &context {
+            Some(context) => format!("the cluster of context {context}"),
+            None => "the cluster".to_owned(),
+        };
+        return Err(super::claim::refusal(&foreign, &target));
+    }
 
     // 2. The keygate image.
     let keygate_image = pins
@@ -818,6 +834,10 @@ async fn apply_namespace_and_apis(
         metadata: kube::api::ObjectMeta {
             name: Some(names::APIS_CONFIGMAP.into()),
             namespace: Some(names::NAMESPACE.into()),
+            labels: Some(BTreeMap::from([(
+                names::PART_OF_LABEL.to_owned(),
+                "keyrig".to_owned(),
+            )])),
             ..Default::default()
         },
         data: Some(data),
@@ -868,6 +888,72 @@ async fn pin_pod_templates(
         .await
         .context("annotating the gateway Deployment with the overlay's digest")?;
     Ok(())
+}
+
+/// Everything `up` applies by name, for [`super::claim`]: the rendered
+/// overlay, its precreated Secret, and the ConfigMap of API documents
+/// (the Namespace is in the overlay).
+fn objects_to_apply(
+    rendered: &[serde_json::Value],
+    overlay: &Path,
+) -> Result<Vec<serde_json::Value>> {
+    let mut objects = rendered.to_vec();
+    let precreate = overlay.join("precreate/secret.yaml");
+    if precreate.is_file() {
+        objects.extend(manifests::read_yaml_file(&precreate).map_err(|err| anyhow!("{err}"))?);
+    }
+    objects.push(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": names::APIS_CONFIGMAP, "namespace": names::NAMESPACE},
+    }));
+    Ok(objects)
+}
+
+/// The cluster profile's context: kubectl's current one, said with its
+/// API server before anything is written to it.
+async fn current_context(run: &RunDir, kubectl: &Path) -> Result<String> {
+    let plain = Commands::new(run.logs_dir(), None, None);
+    let context = plain
+        .run("kubectl", kubectl, ["config", "current-context"])
+        .await
+        .context(
+            "the cluster profile runs against kubectl's current context, and there is none \
+             (kubectl config use-context <name>, or KUBECONFIG=<file>)",
+        )?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(
+        !context.is_empty(),
+        "the cluster profile runs against kubectl's current context, and there is none \
+         (kubectl config use-context <name>, or KUBECONFIG=<file>)"
+    );
+    let server = plain
+        .run(
+            "kubectl",
+            kubectl,
+            [
+                "config",
+                "view",
+                "--minify",
+                "--context",
+                &context,
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}",
+            ],
+        )
+        .await
+        .map(|server| server.trim().to_owned())
+        .unwrap_or_default();
+    say!(
+        "cluster profile: context {context} (API server {}); every kubectl, Helm and API call of this run uses it",
+        if server.is_empty() {
+            "unknown"
+        } else {
+            &server
+        }
+    );
+    Ok(context)
 }
 
 /// The pod-template annotation that holds [`overlay_digest`].

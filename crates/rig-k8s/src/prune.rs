@@ -184,7 +184,7 @@ mod tests {
             json!({"apiVersion": "apps/v1", "kind": "Deployment",
                    "metadata": {"name": "keygate", "namespace": "keyrig"}}),
             json!({"apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore",
-                   "metadata": {"name": "vault-backend-cluster", "labels": {"keyrig.dev/mode": "external-secret"}}}),
+                   "metadata": {"name": "keyrig-vault-backend", "labels": {"keyrig.dev/mode": "external-secret"}}}),
             json!({"apiVersion": "v1", "kind": "Secret",
                    "metadata": {"name": "x", "namespace": "keyrig", "labels": {"keyrig.dev/mode": "inline"}}}),
         ];
@@ -194,7 +194,7 @@ mod tests {
                 api_version: "external-secrets.io/v1".into(),
                 kind: "ClusterSecretStore".into(),
                 namespace: None,
-                name: "vault-backend-cluster".into(),
+                name: "keyrig-vault-backend".into(),
             }]
         );
         assert_eq!(objects_of_mode(&rendered, Mode::Inline).len(), 1);

@@ -1,0 +1,120 @@
+//! Before `up` writes anything to a cluster: every object it would apply
+//! that already exists must be keyrig's. `kubectl apply` and server-side
+//! apply overwrite whatever has the name, and a shared cluster (the
+//! cluster profile) may hold a namespace `keyrig` or a ClusterSecretStore
+//! of its own.
+//!
+//! **An existing object is keyrig's when it carries
+//! [`names::PART_OF_LABEL`]`=keyrig` or [`names::MODE_LABEL`]; anything
+//! else of a name keyrig applies stops `up` before its first write**,
+//! naming every such object.
+
+use anyhow::Result;
+use kube::api::{Api, DynamicObject};
+use kube::core::GroupVersionKind;
+use serde_json::Value;
+
+use super::names;
+
+/// `kind namespace/name` of every object of `objects` (rendered manifests)
+/// that exists in the cluster without keyrig's labels.
+pub async fn foreign_objects(client: &kube::Client, objects: &[Value]) -> Result<Vec<String>> {
+    let mut foreign = Vec::new();
+    for object in objects {
+        let (Some(api_version), Some(kind), Some(name)) = (
+            object["apiVersion"].as_str(),
+            object["kind"].as_str(),
+            object["metadata"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        // Not served (ESO's CRDs before ESO is installed): none exists.
+        let Ok((resource, capabilities)) = kube::discovery::pinned_kind(client, &gvk).await else {
+            continue;
+        };
+        let namespace = object["metadata"]["namespace"].as_str();
+        let api: Api<DynamicObject> = match (capabilities.scope, namespace) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                Api::namespaced_with(client.clone(), ns, &resource)
+            }
+            (kube::discovery::Scope::Namespaced, None) => {
+                Api::namespaced_with(client.clone(), names::NAMESPACE, &resource)
+            }
+            (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+        };
+        if let Some(found) = api.get_opt(name).await? {
+            if !is_keyrigs(found.metadata.labels.as_ref()) {
+                foreign.push(format!(
+                    "{kind} {}{name}",
+                    namespace.map(|ns| format!("{ns}/")).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    Ok(foreign)
+}
+
+fn is_keyrigs(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    labels.is_some_and(|labels| {
+        labels.get(names::PART_OF_LABEL).map(String::as_str) == Some("keyrig")
+            || labels.contains_key(names::MODE_LABEL)
+    })
+}
+
+/// The refusal for [`foreign_objects`]' answer, naming each object.
+pub fn refusal(foreign: &[String], context: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{context} already holds objects keyrig would overwrite, which it did not make \
+         (no label {}=keyrig or {}): {}. Nothing was written. Delete or rename them, \
+         or run against another cluster (kind: --recreate starts a fresh one).",
+        names::PART_OF_LABEL,
+        names::MODE_LABEL,
+        foreign.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn an_object_is_keyrigs_by_either_label() {
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(is_keyrigs(Some(&labels(&[(
+            names::PART_OF_LABEL,
+            "keyrig"
+        )]))));
+        assert!(is_keyrigs(Some(&labels(&[(names::MODE_LABEL, "inline")]))));
+        assert!(!is_keyrigs(Some(&labels(&[(
+            names::PART_OF_LABEL,
+            "platform"
+        )]))));
+        assert!(!is_keyrigs(Some(&labels(&[("app", "keyrig")]))));
+        assert!(!is_keyrigs(None));
+    }
+
+    #[test]
+    fn the_refusal_names_every_object_and_what_to_do() {
+        let err = refusal(
+            &[
+                "Namespace keyrig".into(),
+                "ClusterSecretStore keyrig-vault-backend".into(),
+            ],
+            "context prod",
+        )
+        .to_string();
+        assert!(
+            err.contains("Namespace keyrig, ClusterSecretStore keyrig-vault-backend"),
+            "{err}"
+        );
+        assert!(err.contains("Nothing was written"), "{err}");
+    }
+}
