@@ -44,13 +44,13 @@ pub async fn foreign_objects(client: &kube::Client, objects: &[Value]) -> Result
             }
             (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
         };
-        if let Some(found) = api.get_opt(name).await? {
-            if !is_keyrigs(found.metadata.labels.as_ref()) {
-                foreign.push(format!(
-                    "{kind} {}{name}",
-                    namespace.map(|ns| format!("{ns}/")).unwrap_or_default()
-                ));
-            }
+        if let Some(found) = api.get_opt(name).await?
+            && !is_keyrigs(found.metadata.labels.as_ref())
+        {
+            foreign.push(format!(
+                "{kind} {}{name}",
+                namespace.map(|ns| format!("{ns}/")).unwrap_or_default()
+            ));
         }
     }
     Ok(foreign)

@@ -89,6 +89,7 @@ pub mod names {
     pub const UPSTREAM: &str = "upstream";
     pub const CREDENTIALS_SECRET: &str = "keyrig-gateway-credentials";
     pub const EXTERNAL_SECRET: &str = "gateway-credentials";
+    pub const SECRET_STORE: &str = "vault-backend";
     pub const CHECK_JOB: &str = "gateway-credentials-check";
     pub const APIS_CONFIGMAP: &str = "keygate-apis";
     /// The Vault Kubernetes-auth role keygate's ServiceAccount is bound to
@@ -116,4 +117,41 @@ pub mod names {
         "external-secrets-webhook",
         "external-secrets-cert-controller",
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    /// Every object the profile waits on, reads or port-forwards by name is
+    /// in the overlay under that name.
+    #[test]
+    fn the_names_are_the_overlays() {
+        let kubectl = super::pinned_tool("kubectl");
+        let overlay = rig::base::paths::scenarios_dir()
+            .join("k8s")
+            .join("external-secret");
+        let rendered = manifests::render_overlay(&kubectl, &overlay).unwrap();
+        let has = |kind: &str, name: &str| {
+            rendered.iter().any(|o| {
+                o["kind"] == kind
+                    && o["metadata"]["name"] == name
+                    && (kind == "Namespace" || o["metadata"]["namespace"] == names::NAMESPACE)
+            })
+        };
+        for (kind, name) in [
+            ("Namespace", names::NAMESPACE),
+            ("Deployment", names::KEYGATE),
+            ("Deployment", names::GATEWAY),
+            ("Deployment", names::UPSTREAM),
+            ("Service", names::KEYGATE),
+            ("Service", names::GATEWAY),
+            ("Service", names::UPSTREAM),
+            ("Job", names::CHECK_JOB),
+            ("ExternalSecret", names::EXTERNAL_SECRET),
+            ("SecretStore", names::SECRET_STORE),
+        ] {
+            assert!(has(kind, name), "no {kind} {name} in {}", overlay.display());
+        }
+    }
 }

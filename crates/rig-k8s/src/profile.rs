@@ -530,8 +530,15 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         ];
         logs.extend(cmds.context_args("--context"));
         let _ = cmds.run("check-job", kubectl, &logs).await;
+        // In external-secret mode the Secret the Job checks is ESO's to
+        // make; why ESO did not is in its objects' conditions, not the Job's log.
+        let eso = if opts.mode == Mode::ExternalSecret {
+            format!("\n{}", eso_conditions(&client).await)
+        } else {
+            String::new()
+        };
         return Err(err.context(format!(
-            "the gateway credentials check failed: its log is in {}",
+            "the gateway credentials check failed: its log is in {}{eso}",
             run.logs_dir().join("check-job.log").display()
         )));
     }
@@ -888,6 +895,53 @@ async fn pin_pod_templates(
         .await
         .context("annotating the gateway Deployment with the overlay's digest")?;
     Ok(())
+}
+
+/// The Ready conditions (status, reason, message) of the ExternalSecret and
+/// its SecretStore, as ESO wrote them: Vault's 403 or an unknown role land
+/// there.
+async fn eso_conditions(client: &kube::Client) -> String {
+    use manifests::eso::v1::{ExternalSecret, SecretStore};
+    fn ready(status: Option<&serde_json::Value>) -> String {
+        let Some(conditions) = status
+            .and_then(|s| s.get("conditions"))
+            .and_then(|c| c.as_array())
+        else {
+            return "no conditions yet".into();
+        };
+        conditions
+            .iter()
+            .filter(|c| c.get("type").and_then(|t| t.as_str()) == Some("Ready"))
+            .map(|c| {
+                let field = |name: &str| c.get(name).and_then(|v| v.as_str()).unwrap_or("");
+                format!(
+                    "Ready={} reason {:?} message {:?}",
+                    field("status"),
+                    field("reason"),
+                    field("message")
+                )
+            })
+            .next()
+            .unwrap_or_else(|| "no Ready condition".into())
+    }
+    let externals: Api<ExternalSecret> = Api::namespaced(client.clone(), names::NAMESPACE);
+    let stores: Api<SecretStore> = Api::namespaced(client.clone(), names::NAMESPACE);
+    let external = match externals.get_opt(names::EXTERNAL_SECRET).await {
+        Ok(Some(es)) => ready(es.status.as_ref()),
+        Ok(None) => "not found".into(),
+        Err(err) => format!("cannot read it ({err})"),
+    };
+    let store = match stores.get_opt(names::SECRET_STORE).await {
+        Ok(Some(store)) => ready(store.status.as_ref()),
+        Ok(None) => "not found".into(),
+        Err(err) => format!("cannot read it ({err})"),
+    };
+    format!(
+        "ExternalSecret {ns}/{}: {external}\nSecretStore {ns}/{}: {store}",
+        names::EXTERNAL_SECRET,
+        names::SECRET_STORE,
+        ns = names::NAMESPACE
+    )
 }
 
 /// Everything `up` applies by name, for [`super::claim`]: the rendered

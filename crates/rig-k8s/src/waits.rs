@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 use kube::runtime::conditions;
@@ -84,6 +85,9 @@ where
     })
 }
 
+/// How often a wait says it is still waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
+
 /// Waits until `condition` holds for `name`, at most `deadline`; on timeout
 /// the error carries `describe` of the object as last read, and the last
 /// watch error if watching failed (failed watches are retried meanwhile).
@@ -106,7 +110,29 @@ where
             condition.matches_object(object)
         })
     };
-    match retry_until(deadline, WATCH_BACKOFF, watch).await {
+    // A line every PROGRESS_EVERY with the object as it is then, so a
+    // slow image pull or a crash loop shows while it happens.
+    let progress = async {
+        let mut every =
+            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+        loop {
+            every.tick().await;
+            let now = match api.get_opt(name).await {
+                Ok(object) => describe(object.as_ref()),
+                Err(err) => format!("unknown (reading {name} failed: {err})"),
+            };
+            say!(
+                "{what}: still waiting ({} of {}); now: {now}",
+                rig::base::progress::secs(started.elapsed()),
+                rig::base::progress::secs(deadline)
+            );
+        }
+    };
+    let waited = tokio::select! {
+        waited = retry_until(deadline, WATCH_BACKOFF, watch) => waited,
+        never = progress => never,
+    };
+    match waited {
         Ok(Some(object)) => {
             say!(
                 "{what}: ready after {}",
@@ -215,6 +241,8 @@ pub async fn deployment(
     )
     .await
     .map(|_| ())
+    .or_else_pods(client, namespace, name)
+    .await
 }
 
 /// Every replica of a StatefulSet (OpenBao's server) is ready.
@@ -246,6 +274,8 @@ pub async fn statefulset(
     )
     .await
     .map(|_| ())
+    .or_else_pods(client, namespace, name)
+    .await
 }
 
 /// A Job finished: `Ok` when it succeeded, an error naming its failure
@@ -267,6 +297,8 @@ pub async fn job(client: &Client, namespace: &str, name: &str, deadline: Duratio
             ),
         },
     )
+    .await
+    .or_else_pods(client, namespace, name)
     .await?;
     match job_finished(Some(&job)) {
         Some(true) => Ok(()),
@@ -325,7 +357,12 @@ pub async fn external_secret(
         },
         |es| match es.map(|es| (external_secret_ready(es), es.status.clone())) {
             None => "no such ExternalSecret".into(),
-            Some((Some((status, reason)), _)) => format!("Ready={status} reason {reason:?}"),
+            Some((Some((status, reason)), status_value)) => {
+                // ESO puts what went wrong (Vault's 403, an unknown role)
+                // in the condition's message.
+                let message = condition_message(status_value.as_ref(), "Ready");
+                format!("Ready={status} reason {reason:?} message {message:?}")
+            }
             Some((None, status)) => format!("no Ready condition; status {status:?}"),
         },
     )
@@ -333,11 +370,173 @@ pub async fn external_secret(
     .context("ESO did not sync the gateway credentials")
 }
 
+/// The `message` of condition `type_` in a custom resource's status.
+pub fn condition_message(status: Option<&serde_json::Value>, type_: &str) -> Option<String> {
+    status?
+        .get("conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(|t| t.as_str()) == Some(type_))?
+        .get("message")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// On a wait's error: add what the pods of the workload look like.
+trait OrElsePods<T> {
+    async fn or_else_pods(self, client: &Client, namespace: &str, workload: &str) -> Result<T>;
+}
+
+impl<T> OrElsePods<T> for Result<T> {
+    async fn or_else_pods(self, client: &Client, namespace: &str, workload: &str) -> Result<T> {
+        match self {
+            Ok(found) => Ok(found),
+            Err(err) => Err(anyhow!(
+                "{err:#}\n{}",
+                pods_report(client, namespace, workload).await
+            )),
+        }
+    }
+}
+
+/// Each pod of `workload` (named `<workload>-...`): its phase, and every
+/// container's waiting or terminated reason with its message
+/// (ErrImageNeverPull, ImagePullBackOff, CrashLoopBackOff,
+/// CreateContainerConfigError...), which the workload's status never says.
+pub async fn pods_report(client: &Client, namespace: &str, workload: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = match pods.list(&Default::default()).await {
+        Ok(list) => list,
+        Err(err) => return format!("pods of {workload}: cannot list them ({err})"),
+    };
+    let prefix = format!("{workload}-");
+    let lines: Vec<String> = list
+        .items
+        .iter()
+        .filter(|pod| {
+            pod.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .map(describe_pod)
+        .collect();
+    if lines.is_empty() {
+        format!("pods of {workload}: none")
+    } else {
+        format!("pods of {workload}:\n{}", lines.join("\n"))
+    }
+}
+
+/// One line per pod: phase, and each container's state when not running.
+pub fn describe_pod(pod: &Pod) -> String {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("unknown");
+    let mut line = format!("  pod {name}: {phase}");
+    let containers = status.into_iter().flat_map(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+    });
+    for container in containers {
+        let state = container.state.as_ref();
+        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+            line.push_str(&format!(
+                "; {} waiting: {} {}",
+                container.name,
+                waiting.reason.as_deref().unwrap_or("?"),
+                waiting.message.as_deref().unwrap_or("")
+            ));
+        } else if let Some(done) = state.and_then(|s| s.terminated.as_ref()) {
+            line.push_str(&format!(
+                "; {} terminated: {} (exit {}) {}",
+                container.name,
+                done.reason.as_deref().unwrap_or("?"),
+                done.exit_code,
+                done.message.as_deref().unwrap_or("")
+            ));
+        }
+        if container.restart_count > 0 {
+            line.push_str(&format!(", {} restarts", container.restart_count));
+        }
+    }
+    for condition in status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.type_ == "PodScheduled" && c.status == "False")
+    {
+        line.push_str(&format!(
+            "; not scheduled: {}",
+            condition.message.as_deref().unwrap_or("")
+        ));
+    }
+    line.trim_end().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
     use std::cell::Cell;
+
+    #[test]
+    fn a_pod_says_why_its_containers_do_not_run() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "keygate-7d9f-abcde"},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [{
+                    "name": "keygate", "image": "keyrig/keygate:dev-0123456789ab", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ErrImageNeverPull",
+                        "message": "Container image \"keyrig/keygate:dev-0123456789ab\" is not present with pull policy of Never"}}
+                }]
+            }
+        }))
+        .unwrap();
+        let line = describe_pod(&pod);
+        assert!(
+            line.starts_with("  pod keygate-7d9f-abcde: Pending"),
+            "{line}"
+        );
+        assert!(
+            line.contains("keygate waiting: ErrImageNeverPull Container image"),
+            "{line}"
+        );
+
+        let crashing: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "gateway-1"},
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [{
+                    "name": "envoy", "image": "envoy", "imageID": "", "ready": false, "restartCount": 4,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}
+                }]
+            }
+        }))
+        .unwrap();
+        let line = describe_pod(&crashing);
+        assert!(line.contains("envoy waiting: CrashLoopBackOff"), "{line}");
+        assert!(line.ends_with("4 restarts"), "{line}");
+    }
+
+    #[test]
+    fn a_condition_message_is_read_from_a_custom_status() {
+        let status = json!({"conditions": [
+            {"type": "Ready", "status": "False", "reason": "SecretSyncedError",
+             "message": "could not get secret data from provider"}
+        ]});
+        assert_eq!(
+            condition_message(Some(&status), "Ready").as_deref(),
+            Some("could not get secret data from provider")
+        );
+        assert_eq!(condition_message(Some(&status), "Synced"), None);
+        assert_eq!(condition_message(None, "Ready"), None);
+    }
 
     const FAST: Backoff = Backoff {
         first: Duration::from_millis(10),
