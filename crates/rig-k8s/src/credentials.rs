@@ -265,19 +265,42 @@ pub async fn register_dev_credentials(
 
 /// Writes the ExternalSecret's source: the AppRole's role_id and a fresh
 /// secret_id, plus the address and group keygate needs. Returns the
-/// secret_id's accessor (for revoking it later).
+/// secret_id's accessor (for revoking it later). The secret_id is
+/// registered in `run_dir` for redaction and the upload scan.
+///
+/// The mount (`secret`, Vault's usual KV) is used as it is when it exists,
+/// whoever made it: keyrig writes only its own path there. When it does not
+/// exist, keyrig creates it, marked as its own.
 pub async fn write_external_secret_source(
     root: &VaultClient,
     auth: &KubernetesAuth,
     role: &str,
     vault_url_in_cluster: &str,
     gateway_group: &str,
+    run_dir: &std::path::Path,
 ) -> Result<String> {
-    root.enable_kv2(&auth.gateway_credentials.mount)
+    let mount = &auth.gateway_credentials.mount;
+    let field = "scenarios/k8s/vault/kubernetes-roles.yaml gateway_credentials.mount";
+    if rig::vault::ownership::mount_conflict(root, mount, "kv", field)
+        .await?
+        .is_none()
+    {
+        // Absent, or keyrig's: (created and) marked.
+        rig::vault::ownership::claim_secrets_mount(
+            root,
+            mount,
+            "kv",
+            json!({"options": {"version": "2"}}),
+            field,
+        )
+        .await?;
+    }
+    root.enable_kv2(mount)
         .await
-        .with_context(|| format!("enabling KV v2 at {}", auth.gateway_credentials.mount))?;
+        .with_context(|| format!("enabling KV v2 at {mount}"))?;
     let role_id = root.approle_role_id(role).await?;
     let secret_id = root.approle_new_secret_id(role).await?;
+    rig::base::redact::register_in_run(run_dir, secret_id.secret_id.expose())?;
     let data = json!({
         "vault_url": vault_url_in_cluster,
         "role_id": role_id,

@@ -376,7 +376,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         .ok()
         .filter(|v| !v.is_empty())
     {
-        Some(host) => Some(outside_cluster_review(&client, host).await?),
+        Some(host) => Some(outside_cluster_review(&client, host, run.path()).await?),
         None => None,
     };
     let auth =
@@ -409,6 +409,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 &setup.keygate_role,
                 &keygate_config.vault.address,
                 "default",
+                run.path(),
             )
             .await?;
             None
@@ -672,6 +673,7 @@ const TOKEN_REVIEWER: &str = "keyrig-token-reviewer";
 async fn outside_cluster_review(
     client: &kube::Client,
     host: String,
+    run_dir: &Path,
 ) -> Result<super::vault_auth::OutsideCluster> {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
@@ -729,6 +731,9 @@ async fn outside_cluster_review(
         .data
         .and_then(|d| d.get("ca.crt").cloned())
         .context("ConfigMap kube-root-ca.crt has no ca.crt")?;
+    // A 24 h credential of the cluster: redacted and scanned for like the
+    // run's other secrets.
+    rig::base::redact::register_in_run(run_dir, &token)?;
     say!(
         "vault: reviews tokens at {host} as ServiceAccount {TOKEN_REVIEWER} (Vault outside the cluster)"
     );

@@ -528,3 +528,79 @@ async fn cluster_vault_side_works_over_https_with_a_ca_file() {
     assert!(err.contains("certificate verify failed"), "{err}");
     assert!(err.contains("VAULT_CACERT"), "{err}");
 }
+
+/// The external-secret mode's source in a Vault of someone else's: Vault's
+/// usual `secret/` mount is used as it is when it exists (keyrig writes
+/// only `keyrig/gateway` in it), and created marked as keyrig's when it
+/// does not; the fresh secret-id is registered for redaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_secret_source_marks_only_a_mount_it_creates() {
+    let vault = dev_vault().await;
+    let root = &vault.root;
+    let setup =
+        rig::vault::setup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
+            .unwrap();
+    rig::vault::setup::apply(&setup, root).await.unwrap();
+    // No cluster here: Vault is told of one outside it.
+    let outside = OutsideCluster {
+        kubernetes_host: "https://192.0.2.10:6443".into(),
+        kubernetes_ca_cert: some_ca(root).await,
+        token_reviewer_jwt: Secret::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrZXlyaWcifQ.c2lnbmF0dXJl"),
+    };
+    let auth = vault_auth::apply(root, &vault_auth::roles_file(), Some(&outside))
+        .await
+        .unwrap();
+    let mount = auth.gateway_credentials.mount.clone();
+    let description = async || {
+        get(root, "sys/mounts").await["data"][format!("{mount}/")]["description"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let run_dir = tempfile::tempdir().unwrap();
+    let write = async || {
+        super::credentials::write_external_secret_source(
+            root,
+            &auth,
+            &setup.keygate_role,
+            "http://openbao.openbao.svc:8200",
+            "default",
+            run_dir.path(),
+        )
+        .await
+        .unwrap()
+    };
+
+    // The dev server's own `secret/`: used, not claimed.
+    let theirs = description().await.expect("the dev server mounts secret/");
+    write().await;
+    assert_eq!(description().await.as_deref(), Some(theirs.as_str()));
+    let source = root
+        .kv2_get(&mount, &auth.gateway_credentials.path)
+        .await
+        .unwrap()
+        .expect("the source was written");
+    let secret_id = source["secret_id"].as_str().unwrap().to_owned();
+    assert!(
+        rig::base::redact::load_registry(run_dir.path())
+            .unwrap()
+            .contains(&secret_id),
+        "the source's secret-id is not registered for redaction"
+    );
+
+    // No such mount: created, and marked.
+    root.call(Method::DELETE, &format!("sys/mounts/{mount}"), None)
+        .await
+        .unwrap();
+    write().await;
+    let ours = description().await.expect("the mount was created");
+    assert!(
+        ours.contains(rig::vault::ownership::OWNER_MARK),
+        "created without the mark: {ours:?}"
+    );
+    assert!(
+        root.kv2_get(&mount, &auth.gateway_credentials.path)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
