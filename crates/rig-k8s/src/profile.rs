@@ -318,7 +318,17 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     let (vault_addr, root_token) = match opts.profile {
         KubeProfile::Kind => {
             let vault_chart = chart(&pins, opts.vault.chart())?;
+            refuse_chart_switch(&cmds, helm, vault_chart).await?;
             helm_install(&cmds, helm, vault_chart).await?;
+            // Both charts update their StatefulSet `OnDelete`: a changed pin
+            // or values file reaches the running server only through a new
+            // pod.
+            crate::waits::replace_outdated_pods(
+                &client,
+                &vault_chart.namespace,
+                &vault_chart.release,
+            )
+            .await?;
             crate::waits::statefulset(
                 &client,
                 &vault_chart.namespace,
@@ -744,6 +754,54 @@ async fn outside_cluster_review(
     })
 }
 
+/// A release of the same name from another chart (the other Vault of
+/// `--vault`) cannot be upgraded in place: its StatefulSet's selector
+/// differs, and Kubernetes refuses the change half way through the
+/// upgrade. Refused first, with what to do.
+async fn refuse_chart_switch(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<()> {
+    let mut args: Vec<String> = vec![
+        "list".into(),
+        "--namespace".into(),
+        chart.namespace.clone(),
+        "--filter".into(),
+        format!("^{}$", chart.release),
+        "--output".into(),
+        "json".into(),
+    ];
+    args.extend(cmds.context_args("--kube-context"));
+    let listed = cmds.run("helm", helm, &args).await?;
+    if let Some(installed) = installed_chart(&listed, &chart.release)?
+        && !is_chart(&installed, &chart.chart)
+    {
+        anyhow::bail!(
+            "release {}/{} in this cluster is chart {installed}, not {}: switching Vault              charts (--vault) needs a fresh cluster; run again with --recreate",
+            chart.namespace,
+            chart.release,
+            chart.chart
+        );
+    }
+    Ok(())
+}
+
+/// The `chart` field (`<name>-<version>`) of `release` in `helm list -o json`.
+fn installed_chart(listed: &str, release: &str) -> Result<Option<String>> {
+    let releases: Vec<serde_json::Value> =
+        serde_json::from_str(listed.trim()).context("reading `helm list -o json`")?;
+    Ok(releases
+        .iter()
+        .find(|r| r["name"] == release)
+        .and_then(|r| r["chart"].as_str())
+        .map(str::to_owned))
+}
+
+/// Whether `installed` (`<name>-<version>`) is chart `name`.
+fn is_chart(installed: &str, name: &str) -> bool {
+    installed
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 /// `helm upgrade --install` of a pinned chart: idempotent on a reused cluster.
 async fn helm_install(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<()> {
     let values = rig::base::paths::workspace_root().join(&chart.values);
@@ -1142,6 +1200,18 @@ pub fn describe(run: &KubeRun) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_of_another_chart_is_told_apart() {
+        let listed = r#"[{"name":"openbao","namespace":"openbao","revision":"2",
+            "status":"deployed","chart":"openbao-0.29.6","app_version":"v2.6.2"}]"#;
+        let installed = installed_chart(listed, "openbao").unwrap().unwrap();
+        assert!(is_chart(&installed, "openbao"));
+        assert!(!is_chart(&installed, "vault"));
+        assert!(!is_chart("openbao-extra-1.0.0", "openbao"));
+        assert!(is_chart("vault-0.34.1", "vault"));
+        assert_eq!(installed_chart("[]", "openbao").unwrap(), None);
+    }
 
     #[test]
     fn each_build_gets_its_own_tag_from_its_image_id() {

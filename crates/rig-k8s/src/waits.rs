@@ -245,13 +245,71 @@ pub async fn deployment(
     .await
 }
 
-/// Every replica of a StatefulSet (OpenBao's server) is ready.
+/// Every replica of a StatefulSet (OpenBao's server) is ready and of its
+/// current spec (a pod of the last spec still ready does not count).
 pub fn statefulset_ready(set: Option<&StatefulSet>) -> bool {
     let Some(set) = set else { return false };
     let wanted = set.spec.replicas.unwrap_or(1);
-    set.status
-        .as_ref()
-        .is_some_and(|s| s.ready_replicas.unwrap_or(0) == wanted && wanted > 0)
+    let generation = set.metadata.generation.unwrap_or(0);
+    set.status.as_ref().is_some_and(|s| {
+        wanted > 0
+            && s.observed_generation.unwrap_or(0) >= generation
+            && s.ready_replicas.unwrap_or(0) == wanted
+            && s.updated_replicas.unwrap_or(0) == wanted
+    })
+}
+
+/// Deletes the pods of StatefulSet `name` that run an older revision than
+/// its spec's. With the `OnDelete` update strategy (the Vault charts'
+/// default) that is how a new spec reaches them; the StatefulSet makes
+/// them again at once.
+pub async fn replace_outdated_pods(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    // Until the controller has looked at the new spec, its revision is not
+    // known: a few seconds at most. Past that, the wait that follows (which
+    // counts updated replicas) says what it sees.
+    let mut revision = None;
+    for _ in 0..30 {
+        let Some(set) = sets.get_opt(name).await? else {
+            return Ok(());
+        };
+        let generation = set.metadata.generation.unwrap_or(0);
+        let status = set.status.as_ref();
+        if status.and_then(|s| s.observed_generation).unwrap_or(0) >= generation {
+            revision = status.and_then(|s| s.update_revision.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let Some(revision) = revision else {
+        return Ok(());
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    for pod in pods.list(&Default::default()).await?.items {
+        let Some(pod_name) = pod.metadata.name.as_deref() else {
+            continue;
+        };
+        let owned = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "StatefulSet" && o.name == name);
+        let pod_revision = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("controller-revision-hash"));
+        if owned && pod_revision.is_some_and(|r| *r != revision) {
+            say!(
+                "StatefulSet {namespace}/{name}: replacing pod {pod_name} (an older revision of the chart's spec)"
+            );
+            pods.delete(pod_name, &Default::default())
+                .await
+                .with_context(|| format!("deleting pod {namespace}/{pod_name}"))?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn statefulset(
@@ -269,7 +327,10 @@ pub async fn statefulset(
         statefulset_ready,
         |s| match s.and_then(|s| s.status.as_ref()) {
             None => "no status yet".into(),
-            Some(s) => format!("replicas {}, ready {:?}", s.replicas, s.ready_replicas),
+            Some(s) => format!(
+                "replicas {}, ready {:?}, of the current spec {:?}",
+                s.replicas, s.ready_replicas, s.updated_replicas
+            ),
         },
     )
     .await
@@ -522,6 +583,32 @@ mod tests {
         let line = describe_pod(&crashing);
         assert!(line.contains("envoy waiting: CrashLoopBackOff"), "{line}");
         assert!(line.ends_with("4 restarts"), "{line}");
+    }
+
+    #[test]
+    fn a_statefulset_is_ready_only_with_every_pod_of_its_current_spec() {
+        let set = |status: serde_json::Value| -> StatefulSet {
+            serde_json::from_value(json!({
+                "metadata": {"name": "openbao", "generation": 3},
+                "spec": {"replicas": 1, "selector": {}, "template": {}, "serviceName": "openbao"},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let ready = set(
+            json!({"replicas": 1, "observedGeneration": 3, "readyReplicas": 1, "updatedReplicas": 1}),
+        );
+        assert!(statefulset_ready(Some(&ready)));
+        // OnDelete: the old pod is still ready, none runs the new spec.
+        let outdated = set(
+            json!({"replicas": 1, "observedGeneration": 3, "readyReplicas": 1, "updatedReplicas": 0}),
+        );
+        assert!(!statefulset_ready(Some(&outdated)));
+        let unobserved = set(
+            json!({"replicas": 1, "observedGeneration": 2, "readyReplicas": 1, "updatedReplicas": 1}),
+        );
+        assert!(!statefulset_ready(Some(&unobserved)));
+        assert!(!statefulset_ready(None));
     }
 
     #[test]
