@@ -406,6 +406,8 @@ async fn sa_token(client: &Client, namespace: &str, sa: &str) -> String {
         .unwrap()
         .status
         .and_then(|s| s.token)
+        // A credential of the cluster for 10 minutes: never in a report.
+        .inspect(|token| rig::base::redact::register_secret(token))
         .expect("a TokenRequest answers with a token")
 }
 
@@ -457,16 +459,27 @@ async fn vault_login_from_a_wrong_namespace_is_denied() {
     let Some((client, kube)) = cluster(&mut case).await else {
         return;
     };
-    // A ServiceAccount with keygate's name in another namespace.
+    // A ServiceAccount with keygate's name in another namespace, of
+    // keyrig's own: a namespace of that name someone else made (the
+    // cluster profile shares the cluster) is neither written nor deleted.
     let elsewhere = format!("{}-elsewhere", kube.namespace);
+    let namespaces = Api::<Namespace>::all(client.clone());
+    if let Some(theirs) = namespaces.get_opt(&elsewhere).await.unwrap() {
+        let labels = theirs.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get("app.kubernetes.io/part-of").map(String::as_str),
+            Some("keyrig"),
+            "namespace {elsewhere} exists and is not keyrig's (no label app.kubernetes.io/part-of=keyrig): \
+             this case creates and deletes a namespace of that name; delete or rename yours"
+        );
+    }
     let params = PatchParams::apply("keyrig-e2e").force();
-    Api::<Namespace>::all(client.clone())
+    namespaces
         .patch(
             &elsewhere,
             &params,
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": elsewhere}}),
-            ),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": elsewhere, "labels": {"app.kubernetes.io/part-of": "keyrig"}}})),
         )
         .await
         .unwrap();
@@ -496,7 +509,9 @@ async fn vault_login_from_a_wrong_namespace_is_denied() {
                     .await
                 {
                     Ok(answer) => {
-                        Probe::Ready(answer.status.and_then(|s| s.token).unwrap_or_default())
+                        let token = answer.status.and_then(|s| s.token).unwrap_or_default();
+                        rig::base::redact::register_secret(&token);
+                        Probe::Ready(token)
                     }
                     Err(err) => Probe::seen(err),
                 },
