@@ -319,7 +319,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         KubeProfile::Kind => {
             let vault_chart = chart(&pins, opts.vault.chart())?;
             refuse_chart_switch(&cmds, helm, vault_chart).await?;
-            helm_install(&cmds, helm, vault_chart).await?;
+            helm_install(&cmds, helm, vault_chart, opts.profile).await?;
             // Both charts update their StatefulSet `OnDelete`: a changed pin
             // or values file reaches the running server only through a new
             // pod.
@@ -464,7 +464,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
             if installed && opts.profile == KubeProfile::Cluster {
                 say!("external-secrets: already installed in the cluster; left as it is");
             } else {
-                helm_install(&cmds, helm, eso).await?;
+                helm_install(&cmds, helm, eso, opts.profile).await?;
             }
             for crd in names::ESO_CRDS {
                 super::waits::crd_established(&client, crd, opts.wait_deadline).await?;
@@ -759,18 +759,9 @@ async fn outside_cluster_review(
 /// differs, and Kubernetes refuses the change half way through the
 /// upgrade. Refused first, with what to do.
 async fn refuse_chart_switch(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<()> {
-    let mut args: Vec<String> = vec![
-        "list".into(),
-        "--namespace".into(),
-        chart.namespace.clone(),
-        "--filter".into(),
-        format!("^{}$", chart.release),
-        "--output".into(),
-        "json".into(),
-    ];
-    args.extend(cmds.context_args("--kube-context"));
-    let listed = cmds.run("helm", helm, &args).await?;
-    if let Some(installed) = installed_chart(&listed, &chart.release)?
+    if let Some(Release {
+        chart: installed, ..
+    }) = release(cmds, helm, chart).await?
         && !is_chart(&installed, &chart.chart)
     {
         anyhow::bail!(
@@ -783,15 +774,43 @@ async fn refuse_chart_switch(cmds: &Commands, helm: &Path, chart: &ChartPin) -> 
     Ok(())
 }
 
-/// The `chart` field (`<name>-<version>`) of `release` in `helm list -o json`.
-fn installed_chart(listed: &str, release: &str) -> Result<Option<String>> {
+/// A Helm release as `helm list` shows it.
+#[derive(Debug, PartialEq, Eq)]
+struct Release {
+    /// `<name>-<version>`.
+    chart: String,
+    /// `deployed`, `failed`, `pending-install`, `pending-upgrade`...
+    status: String,
+}
+
+/// `chart`'s release in the cluster, whatever its status.
+async fn release(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<Option<Release>> {
+    let mut args: Vec<String> = vec![
+        "list".into(),
+        "--all".into(),
+        "--namespace".into(),
+        chart.namespace.clone(),
+        "--filter".into(),
+        format!("^{}$", chart.release),
+        "--output".into(),
+        "json".into(),
+    ];
+    args.extend(cmds.context_args("--kube-context"));
+    let listed = cmds.run("helm", helm, &args).await?;
+    parse_release(&listed, &chart.release)
+}
+
+/// `release` in `helm list -o json`.
+fn parse_release(listed: &str, release: &str) -> Result<Option<Release>> {
     let releases: Vec<serde_json::Value> =
         serde_json::from_str(listed.trim()).context("reading `helm list -o json`")?;
     Ok(releases
         .iter()
         .find(|r| r["name"] == release)
-        .and_then(|r| r["chart"].as_str())
-        .map(str::to_owned))
+        .map(|r| Release {
+            chart: r["chart"].as_str().unwrap_or_default().to_owned(),
+            status: r["status"].as_str().unwrap_or_default().to_owned(),
+        }))
 }
 
 /// Whether `installed` (`<name>-<version>`) is chart `name`.
@@ -802,8 +821,50 @@ fn is_chart(installed: &str, name: &str) -> bool {
         .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// `helm upgrade --install` of a pinned chart: idempotent on a reused cluster.
-async fn helm_install(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<()> {
+/// `helm upgrade --install` of a pinned chart: idempotent on a reused
+/// cluster. A release an interrupted run left `pending-*` (Ctrl-C kills
+/// helm mid-operation) would refuse every later upgrade with "another
+/// operation is in progress": in kind's cluster, keyrig's own, it is
+/// uninstalled (never installed) or rolled back first; elsewhere `up`
+/// stops and says what to run.
+async fn helm_install(
+    cmds: &Commands,
+    helm: &Path,
+    chart: &ChartPin,
+    profile: KubeProfile,
+) -> Result<()> {
+    if let Some(stuck) = release(cmds, helm, chart)
+        .await?
+        .filter(|r| r.status.starts_with("pending-"))
+    {
+        let repair: Vec<String> = if stuck.status == "pending-install" {
+            vec!["uninstall".into(), chart.release.clone()]
+        } else {
+            vec!["rollback".into(), chart.release.clone()]
+        };
+        if profile != KubeProfile::Kind {
+            anyhow::bail!(
+                "Helm release {}/{} is {} (an interrupted helm, maybe an earlier run's): run \
+                 `helm {} -n {}` if it is keyrig's, then `up` again",
+                chart.namespace,
+                chart.release,
+                stuck.status,
+                repair.join(" "),
+                chart.namespace
+            );
+        }
+        say!(
+            "helm: release {}/{} is {} (an interrupted run): helm {} first",
+            chart.namespace,
+            chart.release,
+            stuck.status,
+            repair[0]
+        );
+        let mut args = repair;
+        args.extend(["--namespace".into(), chart.namespace.clone()]);
+        args.extend(cmds.context_args("--kube-context"));
+        cmds.run("helm", helm, &args).await?;
+    }
     let values = rig::base::paths::workspace_root().join(&chart.values);
     let mut args: Vec<String> = vec![
         "upgrade".into(),
@@ -1204,13 +1265,20 @@ mod tests {
     #[test]
     fn a_release_of_another_chart_is_told_apart() {
         let listed = r#"[{"name":"openbao","namespace":"openbao","revision":"2",
-            "status":"deployed","chart":"openbao-0.29.6","app_version":"v2.6.2"}]"#;
-        let installed = installed_chart(listed, "openbao").unwrap().unwrap();
-        assert!(is_chart(&installed, "openbao"));
-        assert!(!is_chart(&installed, "vault"));
+            "status":"pending-upgrade","chart":"openbao-0.29.6","app_version":"v2.6.2"}]"#;
+        let installed = parse_release(listed, "openbao").unwrap().unwrap();
+        assert_eq!(
+            installed,
+            Release {
+                chart: "openbao-0.29.6".into(),
+                status: "pending-upgrade".into()
+            }
+        );
+        assert!(is_chart(&installed.chart, "openbao"));
+        assert!(!is_chart(&installed.chart, "vault"));
         assert!(!is_chart("openbao-extra-1.0.0", "openbao"));
         assert!(is_chart("vault-0.34.1", "vault"));
-        assert_eq!(installed_chart("[]", "openbao").unwrap(), None);
+        assert_eq!(parse_release("[]", "openbao").unwrap(), None);
     }
 
     #[test]
