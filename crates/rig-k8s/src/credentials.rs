@@ -84,7 +84,7 @@ pub fn inline_credentials(rendered: &[Value]) -> Result<DevCredentials> {
 /// read with the custom key names its values.yaml declares.
 pub fn existing_secret_credentials(overlay_dir: &Path) -> Result<DevCredentials> {
     let secret_file = overlay_dir.join("precreate/secret.yaml");
-    let (role_key, secret_key) = existing_secret_keys(overlay_dir)?;
+    let (role_key, secret_key, _) = existing_secret_keys(overlay_dir)?;
     let secret: KubeSecret = one(&secret_file)?;
     let values = secret_values(&secret);
     let origin = secret_file.display().to_string();
@@ -95,7 +95,8 @@ pub fn existing_secret_credentials(overlay_dir: &Path) -> Result<DevCredentials>
 }
 
 /// The existing-secret mode's key names (values.yaml `existingSecretKeys.*`).
-fn existing_secret_keys(overlay_dir: &Path) -> Result<(String, String)> {
+/// The existing-secret overlay's key names: (role-id, secret-id, Vault address).
+fn existing_secret_keys(overlay_dir: &Path) -> Result<(String, String, String)> {
     let values_file = overlay_dir.join("values.yaml");
     let config: ConfigMap = one(&values_file)?;
     let keys = config.data.unwrap_or_default();
@@ -109,7 +110,7 @@ fn existing_secret_keys(overlay_dir: &Path) -> Result<(String, String)> {
                 )
             })
     };
-    Ok((key("roleId")?, key("secretId")?))
+    Ok((key("roleId")?, key("secretId")?, key("vaultUrl")?))
 }
 
 /// The cluster profile's existing-secret mode: the overlay's precreated
@@ -120,12 +121,13 @@ pub async fn apply_existing_secret(
     client: &kube::Client,
     overlay_dir: &Path,
     creds: &DevCredentials,
+    vault_url: Option<&str>,
 ) -> Result<()> {
     let secret_file = overlay_dir.join("precreate/secret.yaml");
     let mut secret: KubeSecret = one(&secret_file)?;
-    let (role_key, secret_key) = existing_secret_keys(overlay_dir)?;
+    let (role_key, secret_key, url_key) = existing_secret_keys(overlay_dir)?;
     let mut values = secret_values(&secret);
-    for key in [&role_key, &secret_key] {
+    for key in [&role_key, &secret_key, &url_key] {
         if !values.contains_key(key) {
             bail!(
                 "{}: the Secret has no key {key:?}, which values.yaml names",
@@ -135,6 +137,10 @@ pub async fn apply_existing_secret(
     }
     values.insert(role_key, creds.role_id.clone());
     values.insert(secret_key, creds.secret_id.expose().to_owned());
+    if let Some(url) = vault_url {
+        // The cluster profile's Vault, as keygate's config names it.
+        values.insert(url_key, url.to_owned());
+    }
     secret.data = None;
     secret.string_data = Some(values);
     let name = secret

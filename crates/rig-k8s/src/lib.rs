@@ -9,6 +9,7 @@
 
 pub mod claim;
 pub mod client;
+pub mod cluster_vault;
 pub mod commands;
 pub mod credentials;
 pub mod environment;
@@ -90,6 +91,8 @@ pub mod names {
     pub const CREDENTIALS_SECRET: &str = "keyrig-gateway-credentials";
     pub const EXTERNAL_SECRET: &str = "gateway-credentials";
     pub const SECRET_STORE: &str = "vault-backend";
+    /// Cluster-scoped, so named for keyrig.
+    pub const CLUSTER_SECRET_STORE: &str = "keyrig-vault-backend";
     pub const CHECK_JOB: &str = "gateway-credentials-check";
     pub const APIS_CONFIGMAP: &str = "keygate-apis";
     /// The Vault Kubernetes-auth role keygate's ServiceAccount is bound to
@@ -136,7 +139,8 @@ mod tests {
             rendered.iter().any(|o| {
                 o["kind"] == kind
                     && o["metadata"]["name"] == name
-                    && (kind == "Namespace" || o["metadata"]["namespace"] == names::NAMESPACE)
+                    && (matches!(kind, "Namespace" | "ClusterSecretStore")
+                        || o["metadata"]["namespace"] == names::NAMESPACE)
             })
         };
         for (kind, name) in [
@@ -150,6 +154,7 @@ mod tests {
             ("Job", names::CHECK_JOB),
             ("ExternalSecret", names::EXTERNAL_SECRET),
             ("SecretStore", names::SECRET_STORE),
+            ("ClusterSecretStore", names::CLUSTER_SECRET_STORE),
         ] {
             assert!(has(kind, name), "no {kind} {name} in {}", overlay.display());
         }

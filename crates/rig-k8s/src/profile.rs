@@ -112,9 +112,36 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     let kubectl = tools.kubectl.as_path();
     let helm = tools.helm.as_path();
     // Rendered first: keygate's own parser must accept the config the
-    // overlay would deploy, and env.json says what that config does.
-    let rendered = manifests::render_overlay(kubectl, &overlay).map_err(|err| anyhow!("{err}"))?;
-    let keygate_config = super::environment::keygate_config(&rendered, &overlay)?;
+    // overlay would deploy, and env.json says what that config does. The
+    // cluster profile applies the mode's overlay through one of the run's
+    // own, with its Vault's address and CA (`cluster_vault`).
+    let mode_rendered =
+        manifests::render_overlay(kubectl, &overlay).map_err(|err| anyhow!("{err}"))?;
+    let cluster_vault = match opts.profile {
+        KubeProfile::Cluster => Some(super::cluster_vault::ClusterVault::from_env()?),
+        KubeProfile::Kind => None,
+    };
+    let (applied, rendered) = match &cluster_vault {
+        Some(vault) => {
+            let dir = run.path().join("overlay");
+            vault.write_overlay(&dir, &overlay, &mode_rendered)?;
+            let rendered =
+                manifests::render_overlay(kubectl, &dir).map_err(|err| anyhow!("{err}"))?;
+            say!(
+                "cluster profile: pods reach Vault at {}{} ({})",
+                vault.address,
+                if vault.ca_pem.is_some() {
+                    ", trusting the CA given"
+                } else {
+                    ""
+                },
+                dir.join("kustomization.yaml").display()
+            );
+            (dir, rendered)
+        }
+        None => (overlay.clone(), mode_rendered),
+    };
+    let keygate_config = super::environment::keygate_config(&rendered, &applied)?;
     say!(
         "{} profile, mode {}: run {}",
         opts.profile,
@@ -454,7 +481,13 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 cmds.run("kubectl", kubectl, &args).await?;
             }
             Some(creds) => {
-                super::credentials::apply_existing_secret(&client, &overlay, creds).await?;
+                super::credentials::apply_existing_secret(
+                    &client,
+                    &overlay,
+                    creds,
+                    cluster_vault.as_ref().map(|v| v.address.as_str()),
+                )
+                .await?;
             }
         },
         Mode::ExternalSecret => {
@@ -500,7 +533,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     let mut apply = vec![
         "apply".to_owned(),
         "-k".into(),
-        overlay.display().to_string(),
+        applied.display().to_string(),
     ];
     apply.extend(cmds.context_args("--context"));
     rig::base::wait::wait_until(

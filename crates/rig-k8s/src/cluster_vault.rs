@@ -1,0 +1,321 @@
+//! How the pods of the cluster profile reach its Vault. The manifests name
+//! the kind profile's in-cluster dev server, `http://openbao.openbao.svc:8200`;
+//! a user's Vault has its own address, and almost always https with a CA of
+//! its own. For the cluster profile `up` writes a kustomization of the run
+//! (`<run>/overlay/`) over the mode's overlay that points everything at
+//! that address and trusts that CA:
+//! - keygate's config: `vault.address`, `vault.ca_cert_file` (the CA
+//!   mounted from ConfigMap `keyrig-vault-ca`), no `allow_plain_http`
+//!   for https;
+//! - the SecretStore and ClusterSecretStore: `server` and `caProvider`;
+//! - the credentials Secret's Vault address (existing-secret: written by
+//!   `credentials::apply_existing_secret`; external-secret: the ESO source,
+//!   which takes keygate's address).
+//!
+//! **Everything a pod uses to reach Vault comes from one [`ClusterVault`],
+//! and keygate's own config parser checks the result before it is applied.**
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use super::names;
+
+/// Where the keygate container finds the CA (ConfigMap `keyrig-vault-ca`).
+const CA_DIR: &str = "/etc/keygate/vault-ca";
+const CA_KEY: &str = "ca.crt";
+pub const CA_CONFIGMAP: &str = "keyrig-vault-ca";
+
+/// The Vault the cluster's pods talk to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterVault {
+    /// As pods reach it: `KEYRIG_VAULT_ADDR_IN_CLUSTER`, else `VAULT_ADDR`.
+    pub address: String,
+    /// PEM of the CA that signed its certificate (https only):
+    /// `KEYRIG_VAULT_CACERT_IN_CLUSTER`, else `VAULT_CACERT`; `None`: the
+    /// system's trust store (a publicly signed certificate).
+    pub ca_pem: Option<String>,
+}
+
+impl ClusterVault {
+    /// From the process's environment (the cluster profile's variables).
+    pub fn from_env() -> Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let (address, from) = match var("KEYRIG_VAULT_ADDR_IN_CLUSTER") {
+            Some(address) => (address, "KEYRIG_VAULT_ADDR_IN_CLUSTER"),
+            None => (
+                var("VAULT_ADDR").context(
+                    "VAULT_ADDR is not set: the cluster profile runs against an existing Vault \
+                     (export VAULT_ADDR=https://...; KEYRIG_VAULT_ADDR_IN_CLUSTER when pods reach it \
+                     by another address)",
+                )?,
+                "VAULT_ADDR",
+            ),
+        };
+        let ca_file = var("KEYRIG_VAULT_CACERT_IN_CLUSTER")
+            .map(|f| (f, "KEYRIG_VAULT_CACERT_IN_CLUSTER"))
+            .or_else(|| var("VAULT_CACERT").map(|f| (f, "VAULT_CACERT")));
+        let ca_pem = match ca_file {
+            Some((file, name)) => {
+                let pem = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {name}={file}"))?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    bail!("{name}={file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        Self::new(address, ca_pem).map_err(|err| anyhow!("{from}: {err}"))
+    }
+
+    /// Checks the address (http or https, no path) and that a CA comes
+    /// only with https.
+    pub fn new(address: String, ca_pem: Option<String>) -> Result<Self> {
+        let address = address.trim().trim_end_matches('/').to_owned();
+        let rest = address
+            .strip_prefix("https://")
+            .or_else(|| address.strip_prefix("http://"))
+            .with_context(|| format!("{address:?} is not an http:// or https:// address"))?;
+        if rest.is_empty() || rest.contains('/') {
+            bail!("{address:?} must be scheme://host[:port], without a path");
+        }
+        let ca_pem = ca_pem.filter(|_| address.starts_with("https://"));
+        Ok(Self { address, ca_pem })
+    }
+
+    fn https(&self) -> bool {
+        self.address.starts_with("https://")
+    }
+
+    /// keygate's config text with this Vault: `vault.address`, and for
+    /// https no `allow_plain_http` and, with a CA, `vault.ca_cert_file`.
+    pub fn keygate_config(&self, text: &str) -> Result<String> {
+        let mut config: serde_yaml::Value =
+            serde_yaml::from_str(text).context("reading keygate's config")?;
+        let vault = config
+            .get_mut("vault")
+            .and_then(serde_yaml::Value::as_mapping_mut)
+            .context("keygate's config has no `vault:` section")?;
+        vault.insert("address".into(), self.address.clone().into());
+        if self.https() {
+            vault.remove("allow_plain_http");
+        } else {
+            vault.insert("allow_plain_http".into(), true.into());
+        }
+        if self.ca_pem.is_some() {
+            vault.insert("ca_cert_file".into(), format!("{CA_DIR}/{CA_KEY}").into());
+        } else {
+            vault.remove("ca_cert_file");
+        }
+        let text = serde_yaml::to_string(&config).context("writing keygate's config")?;
+        Ok(format!(
+            "# Written by keyrig for this run (rig_k8s::cluster_vault): scenarios/k8s/base/config/keygate.yaml\n# with the cluster profile's Vault.\n{text}"
+        ))
+    }
+
+    /// Writes `<dir>/kustomization.yaml` (and the files it names) over the
+    /// mode's overlay `mode_overlay`, whose rendering is `rendered`.
+    pub fn write_overlay(&self, dir: &Path, mode_overlay: &Path, rendered: &[Value]) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let configmap = manifests::find(rendered, "ConfigMap", "keygate-config")
+            .context("the overlay renders no ConfigMap keygate-config")?;
+        let text = configmap["data"]["keygate.yaml"]
+            .as_str()
+            .context("ConfigMap keygate-config has no data.keygate.yaml")?;
+        write(&dir.join("keygate.yaml"), &self.keygate_config(text)?)?;
+        let base = relative_path(dir, mode_overlay)?;
+        let mut kustomization = format!(
+            "# Written by keyrig for this run (rig_k8s::cluster_vault): the mode's overlay\n\
+             # with the cluster profile's Vault at {address}.\n\
+             apiVersion: kustomize.config.k8s.io/v1beta1\n\
+             kind: Kustomization\n\
+             resources:\n  - {base}\n\
+             generatorOptions:\n  disableNameSuffixHash: true\n\
+             configMapGenerator:\n\
+             \x20 - name: keygate-config\n    namespace: {ns}\n    behavior: replace\n    files:\n      - keygate.yaml\n",
+            address = self.address,
+            base = base.display(),
+            ns = names::NAMESPACE,
+        );
+        if let Some(pem) = &self.ca_pem {
+            write(&dir.join(CA_KEY), pem)?;
+            kustomization.push_str(&format!(
+                "\x20 - name: {CA_CONFIGMAP}\n    namespace: {ns}\n    files:\n      - {CA_KEY}\n    options:\n      labels:\n        {part_of}: keyrig\n",
+                ns = names::NAMESPACE,
+                part_of = names::PART_OF_LABEL,
+            ));
+        }
+        kustomization.push_str("patches:\n");
+        for (kind, name, namespaced) in [
+            ("SecretStore", names::SECRET_STORE, true),
+            ("ClusterSecretStore", names::CLUSTER_SECRET_STORE, false),
+        ] {
+            if manifests::find(rendered, kind, name).is_none() {
+                continue;
+            }
+            kustomization.push_str(&format!(
+                "  - target: {{kind: {kind}, name: {name}}}\n    patch: |-\n      - op: replace\n        path: /spec/provider/vault/server\n        value: {}\n",
+                self.address
+            ));
+            if self.ca_pem.is_some() {
+                let namespace = if namespaced {
+                    String::new()
+                } else {
+                    format!(", namespace: {}", names::NAMESPACE)
+                };
+                kustomization.push_str(&format!(
+                    "      - op: add\n        path: /spec/provider/vault/caProvider\n        value: {{type: ConfigMap, name: {CA_CONFIGMAP}, key: {CA_KEY}{namespace}}}\n"
+                ));
+            }
+        }
+        if self.ca_pem.is_some() {
+            kustomization.push_str(&format!(
+                "  - target: {{kind: Deployment, name: {keygate}}}\n    patch: |-\n\
+                 \x20     - op: add\n        path: /spec/template/spec/volumes/-\n        value: {{name: vault-ca, configMap: {{name: {CA_CONFIGMAP}}}}}\n\
+                 \x20     - op: add\n        path: /spec/template/spec/containers/0/volumeMounts/-\n        value: {{name: vault-ca, mountPath: {CA_DIR}, readOnly: true}}\n",
+                keygate = names::KEYGATE,
+            ));
+        }
+        write(&dir.join("kustomization.yaml"), &kustomization)
+    }
+}
+
+fn write(file: &Path, text: &str) -> Result<()> {
+    std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))
+}
+
+/// `to` relative to directory `from` (kustomize refuses an absolute
+/// resource path). Both are made absolute first.
+fn relative_path(from: &Path, to: &Path) -> Result<PathBuf> {
+    let absolute = |p: &Path| -> Result<Vec<String>> {
+        let p = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+        let mut parts: Vec<String> = Vec::new();
+        for component in p.components() {
+            match component {
+                Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+                Component::ParentDir => {
+                    parts.pop();
+                }
+                _ => {}
+            }
+        }
+        Ok(parts)
+    };
+    let (from, to) = (absolute(from)?, absolute(to)?);
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut relative = PathBuf::new();
+    for _ in common..from.len() {
+        relative.push("..");
+    }
+    for part in &to[common..] {
+        relative.push(part);
+    }
+    Ok(relative)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn an_address_is_scheme_host_and_port_and_a_ca_comes_with_https_only() {
+        let vault =
+            ClusterVault::new("https://vault.example.com:8200/".into(), Some(CA.into())).unwrap();
+        assert_eq!(vault.address, "https://vault.example.com:8200");
+        assert!(vault.ca_pem.is_some());
+        let plain =
+            ClusterVault::new("http://vault.vault.svc:8200".into(), Some(CA.into())).unwrap();
+        assert_eq!(plain.ca_pem, None);
+        for bad in ["vault.example.com:8200", "https://", "https://vault/v1"] {
+            assert!(ClusterVault::new(bad.into(), None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_relative_path_climbs_to_the_common_directory() {
+        assert_eq!(
+            relative_path(
+                Path::new("/w/target/rig/run-1/overlay"),
+                Path::new("/w/scenarios/k8s/inline")
+            )
+            .unwrap(),
+            PathBuf::from("../../../../scenarios/k8s/inline")
+        );
+    }
+
+    /// The run's overlay, rendered by the pinned kubectl: every place a pod
+    /// reaches Vault names the cluster profile's Vault and trusts its CA,
+    /// and keygate's own parser accepts its config.
+    #[test]
+    fn the_runs_overlay_points_every_pod_at_the_clusters_vault() {
+        let kubectl = super::super::pinned_tool("kubectl");
+        let mode_overlay = rig::base::paths::scenarios_dir()
+            .join("k8s")
+            .join("external-secret");
+        let rendered = manifests::render_overlay(&kubectl, &mode_overlay).unwrap();
+        // Where run directories are.
+        let runs = rig::base::paths::rig_dir();
+        std::fs::create_dir_all(&runs).unwrap();
+        let dir = tempfile::tempdir_in(&runs).unwrap();
+        let vault =
+            ClusterVault::new("https://vault.example.com:8200".into(), Some(CA.into())).unwrap();
+        vault
+            .write_overlay(dir.path(), &mode_overlay, &rendered)
+            .unwrap();
+        let ours = manifests::render_overlay(&kubectl, dir.path()).unwrap();
+
+        let text = serde_json::to_string(&ours).unwrap();
+        assert!(
+            !text.contains("openbao.openbao.svc"),
+            "an in-cluster dev address is left"
+        );
+        for (kind, name) in [
+            ("SecretStore", names::SECRET_STORE),
+            ("ClusterSecretStore", names::CLUSTER_SECRET_STORE),
+        ] {
+            let store = manifests::find(&ours, kind, name).unwrap();
+            let vault_spec = &store["spec"]["provider"]["vault"];
+            assert_eq!(
+                vault_spec["server"], "https://vault.example.com:8200",
+                "{kind}"
+            );
+            assert_eq!(vault_spec["caProvider"]["name"], CA_CONFIGMAP, "{kind}");
+            assert_eq!(vault_spec["caProvider"]["key"], CA_KEY, "{kind}");
+        }
+        // Every object, patched ones included, round-trips through its
+        // typed struct (ESO's `caProvider` spelled as ESO reads it).
+        manifests::check_all(&ours).unwrap_or_else(|lost| panic!("{lost:?}"));
+        let ca = manifests::find(&ours, "ConfigMap", CA_CONFIGMAP).unwrap();
+        assert_eq!(ca["data"][CA_KEY], CA);
+        assert_eq!(ca["metadata"]["labels"][names::PART_OF_LABEL], "keyrig");
+        let keygate = manifests::find(&ours, "Deployment", names::KEYGATE).unwrap();
+        let pod = &keygate["spec"]["template"]["spec"];
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["configMap"]["name"] == CA_CONFIGMAP),
+            "{pod}"
+        );
+        assert!(
+            pod["containers"][0]["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["mountPath"] == CA_DIR),
+            "{pod}"
+        );
+        let config = super::super::environment::keygate_config(&ours, dir.path()).unwrap();
+        assert_eq!(config.vault.address, "https://vault.example.com:8200");
+        assert_eq!(
+            config.vault.ca_cert_file.as_deref(),
+            Some(Path::new("/etc/keygate/vault-ca/ca.crt"))
+        );
+        assert!(!config.vault.allow_plain_http);
+    }
+}
