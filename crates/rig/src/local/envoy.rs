@@ -84,9 +84,28 @@ pub fn plan(ctx: &GatewayContext, binary: &Path, name: &str) -> Result<Launch> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::local::gateway::context::tests::context;
+
+    /// The keygate cluster of an HTTP-contract Envoy: HTTP/1.1 to keygate's
+    /// HTTP port, whose idle connections Envoy closes before keygate's idle
+    /// timeout would, so no request goes out on a connection keygate is
+    /// closing.
+    pub(crate) fn assert_http1_closing_idle_first(cluster: &serde_yaml::Value) {
+        assert_eq!(cluster["name"].as_str(), Some("keygate"));
+        let options = &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert!(options["explicit_http_config"]["http2_protocol_options"].is_null());
+        assert!(!options["explicit_http_config"]["http_protocol_options"].is_null());
+        let idle = options["common_http_protocol_options"]["idle_timeout"]
+            .as_str()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .expect("an idle timeout on the keygate cluster");
+        assert!(
+            idle < keygate::limits::Limits::default().idle_timeout,
+            "{idle:?}"
+        );
+    }
 
     fn doc(contract: Contract) -> serde_yaml::Value {
         let groups = crate::contract::scenario::load_default_apis().unwrap();
@@ -162,7 +181,7 @@ mod tests {
             Some("x-api-key")
         );
         let keygate = &doc["static_resources"]["clusters"][0];
-        assert!(keygate["typed_extension_protocol_options"].is_null());
+        assert_http1_closing_idle_first(keygate);
         assert_eq!(
             keygate["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
                 ["socket_address"]["port_value"]

@@ -403,20 +403,9 @@ mod tests {
                 .any(|(m, _)| m == "path /animal-rescue/animals"),
             "{named:?}"
         );
-        // The callouts' cluster: keygate's HTTP port, HTTP/1.1, whose idle
-        // connections Envoy closes before keygate's idle timeout would.
-        let keygate = &doc["static_resources"]["clusters"][0];
-        assert_eq!(keygate["name"].as_str(), Some("keygate"));
-        let options = &keygate["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
-        assert!(options["explicit_http_config"]["http2_protocol_options"].is_null());
-        assert!(!options["explicit_http_config"]["http_protocol_options"].is_null());
-        let idle = options["common_http_protocol_options"]["idle_timeout"]
-            .as_str()
-            .and_then(|t| humantime::parse_duration(t).ok())
-            .expect("an idle timeout on the keygate cluster");
-        assert!(
-            idle < keygate::limits::Limits::default().idle_timeout,
-            "{idle:?}"
+        // The callouts' cluster: as the HTTP ext_authz Envoy's.
+        crate::local::envoy::tests::assert_http1_closing_idle_first(
+            &doc["static_resources"]["clusters"][0],
         );
         // The listener's path handling is the ext_authz gateways'.
         let grpc: serde_yaml::Value = serde_yaml::from_str(
