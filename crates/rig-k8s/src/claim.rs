@@ -5,11 +5,11 @@
 //! of its own.
 //!
 //! **An existing object is keyrig's when it carries
-//! [`names::PART_OF_LABEL`]`=keyrig` or [`names::MODE_LABEL`]; anything
-//! else of a name keyrig applies stops `up` before its first write**,
-//! naming every such object.
+//! [`names::PART_OF_LABEL`]`=keyrig` or [`names::MODE_LABEL`], or lives in
+//! keyrig's namespace carrying that label; anything else of a name keyrig
+//! applies stops `up` before its first write**, naming every such object.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kube::api::{Api, DynamicObject};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
@@ -19,6 +19,14 @@ use super::names;
 /// `kind namespace/name` of every object of `objects` (rendered manifests)
 /// that exists in the cluster without keyrig's labels.
 pub async fn foreign_objects(client: &kube::Client, objects: &[Value]) -> Result<Vec<String>> {
+    // Inside keyrig's own namespace everything is keyrig's, whatever its
+    // labels: objects an older keyrig applied before it labelled them too.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let own_namespace = namespaces
+        .get_opt(names::NAMESPACE)
+        .await
+        .with_context(|| format!("reading Namespace {}", names::NAMESPACE))?
+        .is_some_and(|ns| is_keyrigs(ns.metadata.labels.as_ref()));
     let mut foreign = Vec::new();
     for object in objects {
         let (Some(api_version), Some(kind), Some(name)) = (
@@ -35,6 +43,12 @@ pub async fn foreign_objects(client: &kube::Client, objects: &[Value]) -> Result
             continue;
         };
         let namespace = object["metadata"]["namespace"].as_str();
+        if own_namespace
+            && capabilities.scope == kube::discovery::Scope::Namespaced
+            && namespace.unwrap_or(names::NAMESPACE) == names::NAMESPACE
+        {
+            continue;
+        }
         let api: Api<DynamicObject> = match (capabilities.scope, namespace) {
             (kube::discovery::Scope::Namespaced, Some(ns)) => {
                 Api::namespaced_with(client.clone(), ns, &resource)
@@ -44,13 +58,15 @@ pub async fn foreign_objects(client: &kube::Client, objects: &[Value]) -> Result
             }
             (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
         };
-        if let Some(found) = api.get_opt(name).await?
-            && !is_keyrigs(found.metadata.labels.as_ref())
+        let shown = format!(
+            "{kind} {}{name}",
+            namespace.map(|ns| format!("{ns}/")).unwrap_or_default()
+        );
+        if let Some(found) = api.get_opt(name).await.with_context(|| {
+            format!("reading {shown} (to check it is keyrig's before writing it)")
+        })? && !is_keyrigs(found.metadata.labels.as_ref())
         {
-            foreign.push(format!(
-                "{kind} {}{name}",
-                namespace.map(|ns| format!("{ns}/")).unwrap_or_default()
-            ));
+            foreign.push(shown);
         }
     }
     Ok(foreign)

@@ -187,10 +187,16 @@ fn write(file: &Path, text: &str) -> Result<()> {
 }
 
 /// `to` relative to directory `from` (kustomize refuses an absolute
-/// resource path). Both are made absolute first.
+/// resource path). Both are resolved first, symlinks too, as kustomize
+/// resolves them (`target/` may be a link elsewhere).
 fn relative_path(from: &Path, to: &Path) -> Result<PathBuf> {
     let absolute = |p: &Path| -> Result<Vec<String>> {
-        let p = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+        let p = match std::fs::canonicalize(p) {
+            Ok(p) => p,
+            Err(_) => {
+                std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?
+            }
+        };
         let mut parts: Vec<String> = Vec::new();
         for component in p.components() {
             match component {

@@ -232,7 +232,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
             // two clusters.
             let context = current_context(&run, kubectl).await?;
             state.save(run.path())?;
-            (None, Some(context))
+            (None, context)
         }
     };
     let cmds = Commands::new(run.logs_dir(), kubeconfig.clone(), context.clone());
@@ -282,6 +282,9 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                     // fails with "content digest ...: not found".
                     "--provenance=false".as_ref(),
                     "--sbom=false".as_ref(),
+                    // Into Docker's image store, whichever builder is the
+                    // default (a docker-container builder keeps it otherwise).
+                    "--load".as_ref(),
                     "--iidfile".as_ref(),
                     id_file.as_os_str(),
                     "-t".as_ref(),
@@ -494,9 +497,16 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
             let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
             let installed = crds.get_opt(names::ESO_CRDS[0]).await?.is_some();
             let eso = chart(&pins, "external-secrets")?;
-            if installed && opts.profile == KubeProfile::Cluster {
+            let interrupted = installed
+                && opts.profile == KubeProfile::Cluster
+                && release(&cmds, helm, eso)
+                    .await?
+                    .is_some_and(|r| r.status.starts_with("pending-"));
+            if installed && opts.profile == KubeProfile::Cluster && !interrupted {
                 say!("external-secrets: already installed in the cluster; left as it is");
             } else {
+                // (An install an earlier run left pending: helm_install says
+                // what to run.)
                 helm_install(&cmds, helm, eso, opts.profile).await?;
             }
             for crd in names::ESO_CRDS {
@@ -553,7 +563,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         &client,
         &keygate_image,
         pull_policy,
-        &overlay_digest(&rendered)?,
+        &overlay_digest(&rendered, &groups)?,
     )
     .await?;
 
@@ -767,13 +777,28 @@ async fn outside_cluster_review(
         .status
         .and_then(|s| s.token)
         .context("the TokenRequest answered without a token")?;
-    let ca = Api::<ConfigMap>::namespaced(client.clone(), names::NAMESPACE)
-        .get("kube-root-ca.crt")
-        .await
-        .context("reading ConfigMap kube-root-ca.crt (the cluster's CA)")?
-        .data
-        .and_then(|d| d.get("ca.crt").cloned())
-        .context("ConfigMap kube-root-ca.crt has no ca.crt")?;
+    // The root CA publisher writes it into a new namespace a moment after
+    // the namespace appears.
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), names::NAMESPACE);
+    let ca = rig::base::wait::wait_until(
+        "ConfigMap kube-root-ca.crt (the cluster's CA) in the namespace",
+        Duration::from_secs(30),
+        async || {
+            anyhow::Ok(
+                match configmaps
+                    .get_opt("kube-root-ca.crt")
+                    .await
+                    .context("reading ConfigMap kube-root-ca.crt (the cluster's CA)")?
+                    .and_then(|c| c.data)
+                    .and_then(|d| d.get("ca.crt").cloned())
+                {
+                    Some(ca) => rig::base::wait::Probe::Ready(ca),
+                    None => rig::base::wait::Probe::seen("not there yet, or without ca.crt"),
+                },
+            )
+        },
+    )
+    .await?;
     // A 24 h credential of the cluster: redacted and scanned for like the
     // run's other secrets.
     rig::base::redact::register_in_run(run_dir, &token)?;
@@ -798,7 +823,7 @@ async fn refuse_chart_switch(cmds: &Commands, helm: &Path, chart: &ChartPin) -> 
         && !is_chart(&installed, &chart.chart)
     {
         anyhow::bail!(
-            "release {}/{} in this cluster is chart {installed}, not {}: switching Vault              charts (--vault) needs a fresh cluster; run again with --recreate",
+            "release {}/{} in this cluster is chart {installed}, not {}: switching Vault charts (--vault) needs a fresh cluster; run again with --recreate",
             chart.namespace,
             chart.release,
             chart.chart
@@ -878,12 +903,15 @@ async fn helm_install(
         if profile != KubeProfile::Kind {
             anyhow::bail!(
                 "Helm release {}/{} is {} (an interrupted helm, maybe an earlier run's): run \
-                 `helm {} -n {}` if it is keyrig's, then `up` again",
+                 `helm {} -n {}{}` if it is keyrig's, then `up` again",
                 chart.namespace,
                 chart.release,
                 stuck.status,
                 repair.join(" "),
-                chart.namespace
+                chart.namespace,
+                cmds.context_args("--kube-context")
+                    .iter()
+                    .fold(String::new(), |line, arg| format!("{line} {arg}"))
             );
         }
         say!(
@@ -1109,6 +1137,15 @@ fn objects_to_apply(
     overlay: &Path,
 ) -> Result<Vec<serde_json::Value>> {
     let mut objects = rendered.to_vec();
+    if std::env::var_os("KEYRIG_VAULT_KUBERNETES_HOST").is_some_and(|v| !v.is_empty()) {
+        // outside_cluster_review's ServiceAccount and binding.
+        objects.push(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": TOKEN_REVIEWER, "namespace": names::NAMESPACE}}));
+        objects.push(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": TOKEN_REVIEWER}}),
+        );
+    }
     let precreate = overlay.join("precreate/secret.yaml");
     if precreate.is_file() {
         objects.extend(manifests::read_yaml_file(&precreate).map_err(|err| anyhow!("{err}"))?);
@@ -1122,23 +1159,29 @@ fn objects_to_apply(
 }
 
 /// The cluster profile's context: kubectl's current one, said with its
-/// API server before anything is written to it.
-async fn current_context(run: &RunDir, kubectl: &Path) -> Result<String> {
+/// API server before anything is written to it. `None` inside a pod
+/// without a kubeconfig: the pod's service account (kube-rs and kubectl
+/// both fall back to it).
+async fn current_context(run: &RunDir, kubectl: &Path) -> Result<Option<String>> {
     let plain = Commands::new(run.logs_dir(), None, None);
-    let context = plain
+    let current = plain
         .run("kubectl", kubectl, ["config", "current-context"])
         .await
-        .context(
+        .map(|context| context.trim().to_owned())
+        .ok()
+        .filter(|context| !context.is_empty());
+    let Some(context) = current else {
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            say!(
+                "cluster profile: no kubeconfig context; this pod's service account, against the API server at $KUBERNETES_SERVICE_HOST"
+            );
+            return Ok(None);
+        }
+        anyhow::bail!(
             "the cluster profile runs against kubectl's current context, and there is none \
-             (kubectl config use-context <name>, or KUBECONFIG=<file>)",
-        )?
-        .trim()
-        .to_owned();
-    anyhow::ensure!(
-        !context.is_empty(),
-        "the cluster profile runs against kubectl's current context, and there is none \
-         (kubectl config use-context <name>, or KUBECONFIG=<file>)"
-    );
+             (kubectl config use-context <name>, or KUBECONFIG=<file>)"
+        );
+    };
     let server = plain
         .run(
             "kubectl",
@@ -1164,20 +1207,32 @@ async fn current_context(run: &RunDir, kubectl: &Path) -> Result<String> {
             &server
         }
     );
-    Ok(context)
+    Ok(Some(context))
 }
 
 /// The pod-template annotation that holds [`overlay_digest`].
 const OVERLAY_DIGEST_ANNOTATION: &str = "keyrig.dev/overlay-digest";
 
-/// A digest of the rendered overlay. keygate's and Envoy's configs are
-/// ConfigMaps mounted by `subPath` and read at start, so a changed config
-/// reaches running pods only through a new pod; the digest in their pod
-/// templates makes a changed overlay roll them out in a reused cluster.
-fn overlay_digest(rendered: &[serde_json::Value]) -> Result<String> {
+/// A digest of the rendered overlay and the API documents (ConfigMap
+/// keygate-apis, applied beside it). keygate's and Envoy's configs and the
+/// documents are ConfigMaps mounted by `subPath` and read at start, so a
+/// change reaches running pods only through a new pod; the digest in their
+/// pod templates makes a change roll them out in a reused cluster.
+fn overlay_digest(
+    rendered: &[serde_json::Value],
+    groups: &[rig::contract::scenario::ApiGroup],
+) -> Result<String> {
     use sha2::Digest;
-    let text = serde_json::to_string(rendered).context("serializing the rendered overlay")?;
-    Ok(hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8]))
+    let mut digest = sha2::Sha256::new();
+    digest.update(serde_json::to_string(rendered).context("serializing the rendered overlay")?);
+    for group in groups {
+        digest.update(group.file.to_string_lossy().as_bytes());
+        digest.update(
+            std::fs::read(&group.file)
+                .with_context(|| format!("reading {}", group.file.display()))?,
+        );
+    }
+    Ok(hex::encode(&digest.finalize()[..8]))
 }
 
 /// The per-build tag of `image` (`repo:tag`), from the image id `docker
@@ -1337,16 +1392,29 @@ mod tests {
                         "data": {"keygate.yaml": text}}),
             ]
         };
-        let a = overlay_digest(&config("cache:\n  positive_ttl: 5s\n")).unwrap();
+        let a = overlay_digest(&config("cache:\n  positive_ttl: 5s\n"), &[]).unwrap();
         assert_eq!(
             a,
-            overlay_digest(&config("cache:\n  positive_ttl: 5s\n")).unwrap()
+            overlay_digest(&config("cache:\n  positive_ttl: 5s\n"), &[]).unwrap()
         );
         assert_ne!(
             a,
-            overlay_digest(&config("cache:\n  positive_ttl: 6s\n")).unwrap()
+            overlay_digest(&config("cache:\n  positive_ttl: 6s\n"), &[]).unwrap()
         );
         assert_eq!(a.len(), 16);
+        // And with the API documents, which keygate reads at start too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("billing-api.yaml");
+        std::fs::write(&file, "openapi: 3.0.0\n").unwrap();
+        let group = rig::contract::scenario::ApiGroup {
+            file: file.clone(),
+            ..rig::contract::scenario::load_default_apis()
+                .unwrap()
+                .remove(0)
+        };
+        let with = overlay_digest(&config("x"), std::slice::from_ref(&group)).unwrap();
+        std::fs::write(&file, "openapi: 3.1.0\n").unwrap();
+        assert_ne!(with, overlay_digest(&config("x"), &[group]).unwrap());
     }
 
     #[test]

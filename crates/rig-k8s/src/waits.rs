@@ -460,7 +460,8 @@ impl<T> OrElsePods<T> for Result<T> {
     }
 }
 
-/// Each pod of `workload` (named `<workload>-...`): its phase, and every
+/// Each pod of `workload` (a Deployment's through its ReplicaSets, a
+/// StatefulSet's or a Job's directly): its phase, and every
 /// container's waiting or terminated reason with its message
 /// (ErrImageNeverPull, ImagePullBackOff, CrashLoopBackOff,
 /// CreateContainerConfigError...), which the workload's status never says.
@@ -470,16 +471,10 @@ pub async fn pods_report(client: &Client, namespace: &str, workload: &str) -> St
         Ok(list) => list,
         Err(err) => return format!("pods of {workload}: cannot list them ({err})"),
     };
-    let prefix = format!("{workload}-");
     let lines: Vec<String> = list
         .items
         .iter()
-        .filter(|pod| {
-            pod.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with(&prefix))
-        })
+        .filter(|pod| owned_by(pod, workload))
         .map(describe_pod)
         .collect();
     if lines.is_empty() {
@@ -487,6 +482,22 @@ pub async fn pods_report(client: &Client, namespace: &str, workload: &str) -> St
     } else {
         format!("pods of {workload}:\n{}", lines.join("\n"))
     }
+}
+
+/// Whether `pod` belongs to `workload`: owned by it, or by one of its
+/// ReplicaSets (`<workload>-<hash>`, the hash without a dash). By name
+/// prefix alone, Deployment `gateway` would claim Job
+/// `gateway-credentials-check`'s pods.
+fn owned_by(pod: &Pod, workload: &str) -> bool {
+    pod.metadata.owner_references.iter().flatten().any(|owner| {
+        owner.name == workload
+            || (owner.kind == "ReplicaSet"
+                && owner
+                    .name
+                    .strip_prefix(workload)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|hash| !hash.is_empty() && !hash.contains('-')))
+    })
 }
 
 /// One line per pod: phase, and each container's state when not running.
@@ -609,6 +620,29 @@ mod tests {
         );
         assert!(!statefulset_ready(Some(&unobserved)));
         assert!(!statefulset_ready(None));
+    }
+
+    #[test]
+    fn a_workloads_pods_are_found_by_owner_not_by_name() {
+        let pod = |kind: &str, owner: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": format!("{owner}-x"),
+                "ownerReferences": [{"apiVersion": "v1", "kind": kind, "name": owner, "uid": "u"}]}}))
+            .unwrap()
+        };
+        assert!(owned_by(&pod("ReplicaSet", "gateway-7d9f8c"), "gateway"));
+        assert!(owned_by(&pod("StatefulSet", "openbao"), "openbao"));
+        assert!(owned_by(
+            &pod("Job", "gateway-credentials-check"),
+            "gateway-credentials-check"
+        ));
+        assert!(!owned_by(
+            &pod("Job", "gateway-credentials-check"),
+            "gateway"
+        ));
+        assert!(!owned_by(
+            &pod("ReplicaSet", "gateway-credentials-7d9f"),
+            "gateway"
+        ));
     }
 
     #[test]
