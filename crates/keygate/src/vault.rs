@@ -32,6 +32,8 @@ const MAINTAIN_TICK: Duration = Duration::from_secs(30);
 /// when keygate has no usable token (at start, or past two thirds of the
 /// TTL), where every second without one is a second of 503s.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often `maintain` repeats the same login failure in the log.
+const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum VaultError {
@@ -409,6 +411,9 @@ impl Vault {
     /// failed logins with a capped backoff.
     pub async fn maintain(self: Arc<Self>) {
         let mut failures = 0;
+        // A token Vault refuses fails every retry alike: a line a minute,
+        // and at once when the error changes, not one per retry.
+        let mut repeats = log_throttle::Repeats::new(REPEAT_WARNING_EVERY);
         loop {
             if let Some(session) = self.current() {
                 let wait = session.refresh_in();
@@ -418,7 +423,10 @@ impl Vault {
                 }
             }
             match self.login().await {
-                Ok(_) => failures = 0,
+                Ok(_) => {
+                    failures = 0;
+                    repeats.reset();
+                }
                 Err(err) => {
                     failures += 1;
                     let backoff = crate::backoff::retry_delay(
@@ -431,8 +439,15 @@ impl Vault {
                     // logged when it happened.
                     if matches!(err, VaultError::LoginHeldBack { .. }) {
                         debug!(error = %err, retry_in = ?backoff, "not logging in to Vault");
-                    } else {
-                        warn!(error = %err, retry_in = ?backoff, "logging in to Vault failed");
+                    } else if let Some(left_out) =
+                        repeats.admit(&err.to_string(), std::time::Instant::now())
+                    {
+                        warn!(
+                            error = %err,
+                            retry_in = ?backoff,
+                            left_out,
+                            "logging in to Vault failed (the same error again is written once a minute; left_out says how many were not)"
+                        );
                     }
                     tokio::time::sleep(backoff).await;
                 }

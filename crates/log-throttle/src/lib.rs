@@ -104,9 +104,67 @@ impl Throttle {
     }
 }
 
+/// One caller's repeated warning, a retry loop's: its line is written the
+/// first time, whenever its text changes, and once per `every` while the
+/// same text repeats. Not shared (`&mut self`): the loop owns it.
+#[derive(Debug)]
+pub struct Repeats {
+    every: Duration,
+    /// The last line written: its text and when.
+    last: Option<(String, Instant)>,
+    left_out: u64,
+}
+
+impl Repeats {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            left_out: 0,
+        }
+    }
+
+    /// Whether `text` at `now` gets its line; `Some` carries how many were
+    /// left out since the last one.
+    pub fn admit(&mut self, text: &str, now: Instant) -> Option<u64> {
+        let due = match &self.last {
+            None => true,
+            Some((last, at)) => last != text || now.saturating_duration_since(*at) >= self.every,
+        };
+        if !due {
+            self.left_out += 1;
+            return None;
+        }
+        self.last = Some((text.to_owned(), now));
+        Some(std::mem::take(&mut self.left_out))
+    }
+
+    /// The warnings stopped (the loop succeeded): the next one is written.
+    pub fn reset(&mut self) {
+        self.last = None;
+        self.left_out = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_written_once_per_interval_and_when_it_changes() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut repeats = Repeats::new(Duration::from_secs(60));
+        assert_eq!(repeats.admit("403 permission denied", at(0)), Some(0));
+        for s in [5, 10, 59] {
+            assert_eq!(repeats.admit("403 permission denied", at(s)), None);
+        }
+        assert_eq!(repeats.admit("403 permission denied", at(60)), Some(3));
+        assert_eq!(repeats.admit("connection refused", at(61)), Some(0));
+        assert_eq!(repeats.admit("connection refused", at(62)), None);
+        repeats.reset();
+        assert_eq!(repeats.admit("connection refused", at(63)), Some(0));
+    }
 
     #[test]
     fn one_line_per_interval_counting_the_ones_left_out() {
