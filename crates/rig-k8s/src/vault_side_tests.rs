@@ -52,6 +52,29 @@ async fn dev_vault() -> TestVault {
     }
 }
 
+/// setup.yaml applied, and Kubernetes auth on keyrig's mount told of a
+/// cluster outside this Vault (there is none here).
+async fn setup_and_outside_cluster_auth(
+    root: &VaultClient,
+) -> (
+    rig::vault::setup::VaultSetup,
+    manifests::files::KubernetesAuth,
+) {
+    let setup =
+        rig::vault::setup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
+            .unwrap();
+    rig::vault::setup::apply(&setup, root).await.unwrap();
+    let outside = OutsideCluster {
+        kubernetes_host: "https://192.0.2.10:6443".into(),
+        kubernetes_ca_cert: some_ca(root).await,
+        token_reviewer_jwt: Secret::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrZXlyaWcifQ.c2lnbmF0dXJl"),
+    };
+    let auth = vault_auth::apply(root, &vault_auth::roles_file(), Some(&outside))
+        .await
+        .unwrap();
+    (setup, auth)
+}
+
 async fn get(root: &VaultClient, path: &str) -> Value {
     root.call(Method::GET, path, None).await.unwrap()
 }
@@ -499,19 +522,7 @@ async fn cluster_vault_side_works_over_https_with_a_ca_file() {
             .unwrap();
     assert!(tls.addr.starts_with("https://"), "{}", tls.addr);
     let root = &tls.root;
-    let setup =
-        rig::vault::setup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
-            .unwrap();
-    rig::vault::setup::apply(&setup, root).await.unwrap();
-    let outside = OutsideCluster {
-        kubernetes_host: "https://192.0.2.10:6443".into(),
-        kubernetes_ca_cert: some_ca(root).await,
-        token_reviewer_jwt: Secret::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrZXlyaWcifQ.c2lnbmF0dXJl"),
-    };
-    let file = vault_auth::roles_file();
-    let auth = vault_auth::apply(root, &file, Some(&outside))
-        .await
-        .unwrap();
+    let (_, auth) = setup_and_outside_cluster_auth(root).await;
     assert_eq!(
         vault_auth::mount_owner(root, &auth.auth_mount)
             .await
@@ -537,19 +548,7 @@ async fn cluster_vault_side_works_over_https_with_a_ca_file() {
 async fn the_external_secret_source_marks_only_a_mount_it_creates() {
     let vault = dev_vault().await;
     let root = &vault.root;
-    let setup =
-        rig::vault::setup::load_default(&["animal-rescue-api".into(), "billing-api".into()])
-            .unwrap();
-    rig::vault::setup::apply(&setup, root).await.unwrap();
-    // No cluster here: Vault is told of one outside it.
-    let outside = OutsideCluster {
-        kubernetes_host: "https://192.0.2.10:6443".into(),
-        kubernetes_ca_cert: some_ca(root).await,
-        token_reviewer_jwt: Secret::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrZXlyaWcifQ.c2lnbmF0dXJl"),
-    };
-    let auth = vault_auth::apply(root, &vault_auth::roles_file(), Some(&outside))
-        .await
-        .unwrap();
+    let (setup, auth) = setup_and_outside_cluster_auth(root).await;
     let mount = auth.gateway_credentials.mount.clone();
     let description = async || {
         get(root, "sys/mounts").await["data"][format!("{mount}/")]["description"]
