@@ -1,7 +1,9 @@
 //! The short-lived commands of the Kubernetes profiles (kind, helm, kubectl,
 //! docker build): each runs to completion with its output appended to
 //! `logs/<tool>.log`, KUBECONFIG pointing at the profile's kubeconfig, and a
-//! failure that quotes the end of that log. Long-running ones (port-forwards)
+//! failure that quotes the end of that log. The ones that take minutes
+//! (`run_long`: docker build, kind create, helm install) write their log as
+//! they go and say every 20 s what its last line is. Long-running ones (port-forwards)
 //! go through the Supervisor instead (`profile`).
 //!
 //! No command here is given a secret: tokens reach Vault over HTTP, and the
@@ -75,9 +77,9 @@ impl Commands {
         }
     }
 
-    /// Runs `program args...`; `log` names the log file (`helm` -> logs/helm.log).
-    /// Returns stdout; never call it for a command that prints a secret.
-    pub async fn run<I, S>(&self, log: &str, program: &Path, args: I) -> Result<String>
+    /// The command for `program args...` with the tools' environment, and
+    /// how it is shown (said, and written into its log).
+    fn command<I, S>(&self, program: &Path, args: I) -> Result<(tokio::process::Command, String)>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -94,7 +96,6 @@ impl Commands {
         say!("{shown}");
         std::fs::create_dir_all(&self.logs_dir)
             .with_context(|| format!("creating {}", self.logs_dir.display()))?;
-        let log_file = self.logs_dir.join(format!("{log}.log"));
         let inherit: Vec<std::ffi::OsString> = KUBE_TOOL_ENV.iter().map(Into::into).collect();
         let mut command = tokio::process::Command::new(program);
         command
@@ -106,14 +107,82 @@ impl Commands {
                 &[],
             ))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             // Ctrl-C or a panic drops the future: the command goes with it.
             .kill_on_drop(true)
             .current_dir(rig::base::paths::workspace_root());
         if let Some(kubeconfig) = &self.kubeconfig {
             command.env("KUBECONFIG", kubeconfig);
         }
+        Ok((command, shown))
+    }
+
+    /// Runs a command that takes minutes (`docker build` of keygate, a
+    /// Helm install that waits), its output written into `logs/<log>.log`
+    /// as it comes, and a line every `every` with the log's last line, so
+    /// a slow step shows what it is doing. Never for one that prints a
+    /// secret.
+    pub async fn run_long<I, S>(
+        &self,
+        log: &str,
+        program: &Path,
+        args: I,
+        every: std::time::Duration,
+    ) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let (mut command, shown) = self.command(program, args)?;
+        let log_file = self.logs_dir.join(format!("{log}.log"));
+        let mut log_handle = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)
+            .with_context(|| format!("opening {}", log_file.display()))?;
+        writeln!(log_handle, "$ {shown}")?;
+        command
+            .stdout(Stdio::from(log_handle.try_clone()?))
+            .stderr(Stdio::from(log_handle.try_clone()?));
+        let started = std::time::Instant::now();
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("running {}", program.display()))?;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status.with_context(|| format!("waiting for {}", program.display()))?,
+                _ = ticks.tick() => {
+                    let last = rig::process::supervisor::log_tail(&log_file, 1);
+                    let last: String = last.trim().chars().take(160).collect();
+                    say!(
+                        "{}: still running after {}; {log}.log ends: {last}",
+                        program.file_name().unwrap_or_default().to_string_lossy(),
+                        rig::base::progress::secs(started.elapsed())
+                    );
+                }
+            }
+        };
+        writeln!(log_handle, "# exit: {status}")?;
+        if !status.success() {
+            bail!(
+                "`{shown}` failed ({status}); the end of {}:\n{}",
+                log_file.display(),
+                rig::process::supervisor::log_tail(&log_file, 15)
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `program args...`; `log` names the log file (`helm` -> logs/helm.log).
+    /// Returns stdout; never call it for a command that prints a secret.
+    pub async fn run<I, S>(&self, log: &str, program: &Path, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let (mut command, shown) = self.command(program, args)?;
+        let log_file = self.logs_dir.join(format!("{log}.log"));
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let output = command
             .output()
             .await
@@ -136,5 +205,46 @@ impl Commands {
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_long_command_writes_its_log_as_it_goes_and_fails_with_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmds = Commands::new(dir.path().to_owned(), None, None);
+        let sh = Path::new("/bin/sh");
+        cmds.run_long(
+            "slow",
+            sh,
+            ["-c", "echo first; sleep 0.3; echo second"],
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        let log = std::fs::read_to_string(dir.path().join("slow.log")).unwrap();
+        assert!(log.starts_with("$ sh -c echo first"), "{log}");
+        assert!(
+            log.contains("first\nsecond\n# exit: exit status: 0"),
+            "{log}"
+        );
+
+        let err = cmds
+            .run_long(
+                "broken",
+                sh,
+                ["-c", "echo 'step 3/9 failed'; exit 3"],
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exit status: 3"), "{err}");
+        assert!(err.contains("step 3/9 failed"), "{err}");
+        assert!(err.contains("broken.log"), "{err}");
     }
 }

@@ -29,6 +29,10 @@ use rig::process::tools::{ToolEnv, Tools};
 use rig::say;
 use rig::vault::client::{Secret, VaultClient};
 
+/// How often a command that takes minutes (docker build, kind create,
+/// helm install) says it is still running.
+const LONG_COMMAND_PROGRESS: Duration = Duration::from_secs(20);
+
 /// The field manager of keyrig's server-side applies.
 const FIELD_MANAGER: &str = "keyrig";
 
@@ -181,7 +185,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 state.save(run.path())?;
                 let config = root_dir.join(&pins.kind.config);
                 plain
-                    .run(
+                    .run_long(
                         "kind",
                         kind,
                         [
@@ -198,6 +202,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                             "--wait".as_ref(),
                             "120s".as_ref(),
                         ],
+                        LONG_COMMAND_PROGRESS,
                     )
                     .await?;
             } else {
@@ -271,7 +276,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 .context("preflight found no docker")?;
             say!("keygate: building its image (docker build; the log is docker-build.log)");
             let id_file = run.path().join("keygate-image.id");
-            cmds.run(
+            cmds.run_long(
                 "docker-build",
                 docker,
                 [
@@ -291,6 +296,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                     keygate_image.as_ref(),
                     root_dir.as_os_str(),
                 ],
+                LONG_COMMAND_PROGRESS,
             )
             .await?;
             // A tag per build: the Deployment's pod template changes when
@@ -943,7 +949,8 @@ async fn helm_install(
         values.display().to_string(),
     ];
     args.extend(cmds.context_args("--kube-context"));
-    cmds.run("helm", helm, &args).await.map(|_| ())
+    cmds.run_long("helm", helm, &args, LONG_COMMAND_PROGRESS)
+        .await
 }
 
 /// A supervised, self-restarting `kubectl port-forward svc/<service>`.
