@@ -3,7 +3,7 @@
 # keygate's image for the kind and cluster profiles. `cargo xtask up
 # --profile kind` builds and loads it as:
 #
-#   docker build --provenance=false --sbom=false -t keyrig/keygate:dev .
+#   docker build --provenance=false --sbom=false --load --iidfile <run>/keygate-image.id -t keyrig/keygate:dev .
 #   docker tag keyrig/keygate:dev keyrig/keygate:dev-<12 hex of the image id>
 #   docker save -o keygate-image.tar keyrig/keygate:dev-<...>
 #   kind load image-archive keygate-image.tar --name keyrig

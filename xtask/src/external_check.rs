@@ -284,7 +284,7 @@ fn start_caddy(env: &Environment, dir: &Path, validator: &str) -> Result<(HandSt
         &caddyfile,
         format!(
             "{{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system {data:?}\n}}\n\n\
-             http://127.0.0.1:{port} {{\n\troute {{\n\t\tforward_auth {validator} {{\n\t\t\turi /auth\n\t\t\tcopy_headers X-Keyrig-Owner X-Keyrig-Group\n\t\t}}\n\t\treverse_proxy {upstream}\n\t}}\n}}\n",
+             http://127.0.0.1:{port} {{\n\troute {{\n\t\tforward_auth {validator} {{\n\t\t\turi /auth\n\t\t\tcopy_headers X-Keyrig-Owner X-Keyrig-Group\n\t\t\ttransport http {{\n\t\t\t\tkeepalive 30s\n\t\t\t}}\n\t\t}}\n\t\treverse_proxy {upstream}\n\t}}\n}}\n",
             data = dir.join("data").display().to_string(),
             upstream = env.upstream_url.trim_start_matches("http://"),
         ),

@@ -244,9 +244,9 @@ struct HeadTimer {
     early_after: Option<u64>,
 }
 
-/// An accepted connection: holds its listener's slot until dropped, and
-/// fails reads and writes once it has been idle for the idle timeout, or
-/// has not delivered a request's head within the header timeout.
+/// An accepted connection: holds its listener's slot until dropped, fails
+/// reads and writes once it has been idle for the idle timeout, and reads
+/// once it has not delivered a request's head within the header timeout.
 pub struct Guarded {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,

@@ -8,6 +8,11 @@
 //! wins the compare-and-swap on the last line's time writes. No crate of
 //! the ones we use does this for both `tracing` (keygate) and a plain
 //! callback (keygate-envoy, inside Envoy); the logic is twenty lines.
+//!
+//! [`Throttle::overdue`] gives the count no later warning came to carry,
+//! for a caller that checks periodically (keygate, every 10 s).
+//! [`Repeats`] is one retry loop's own: a line whenever the text changes,
+//! else once per interval.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

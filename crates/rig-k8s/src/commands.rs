@@ -1,6 +1,7 @@
 //! The short-lived commands of the Kubernetes profiles (kind, helm, kubectl,
 //! docker build): each runs to completion with its output appended to
-//! `logs/<tool>.log`, KUBECONFIG pointing at the profile's kubeconfig, and a
+//! `logs/<name>.log` (the caller names it: `helm`, `docker-build`,
+//! `check-job`), KUBECONFIG pointing at the profile's kubeconfig, and a
 //! failure that quotes the end of that log. The ones that take minutes
 //! (`run_long`: docker build, kind create, helm install) write their log as
 //! they go and say every 20 s what its last line is. Long-running ones (port-forwards)

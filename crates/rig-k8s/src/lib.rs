@@ -3,9 +3,12 @@
 //! Vault). scenarios/k8s/README.md lists, in order, what `up` does; each
 //! step lives in the module named for its job.
 //!
-//! None of this has run on the machines keyrig is developed on (no Docker
-//! engine there): it compiles, its pure parts have unit tests, and
-//! `preflight` is what those machines exercise.
+//! None of this has run against a cluster on the machines keyrig is
+//! developed on (no Docker engine there): it compiles, its pure parts have
+//! unit tests, its Vault side runs against a real OpenBao
+//! (`vault_side_tests`), the cluster profile's overlay is rendered by the
+//! pinned kubectl (`cluster_vault`), and `preflight` is what those machines
+//! exercise.
 
 pub mod claim;
 pub mod client;

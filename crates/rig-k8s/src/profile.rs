@@ -1053,8 +1053,11 @@ async fn apply_namespace_and_apis(
     Ok(())
 }
 
-/// The cluster profile runs a pushed image: point keygate's container at
-/// it and let the node pull it.
+/// After the overlay is applied, on both profiles: points keygate's
+/// container at `image` with `pull_policy` (kind: this build's tag,
+/// `Never`; cluster: `KEYRIG_KEYGATE_IMAGE`, `IfNotPresent`), and stamps
+/// [`overlay_digest`] on the keygate and gateway pod templates, so a new
+/// image or a changed config rolls them out in a reused cluster.
 async fn pin_pod_templates(
     client: &kube::Client,
     image: &str,
@@ -1137,8 +1140,9 @@ async fn eso_conditions(client: &kube::Client) -> String {
 }
 
 /// Everything `up` applies by name, for [`super::claim`]: the rendered
-/// overlay, its precreated Secret, and the ConfigMap of API documents
-/// (the Namespace is in the overlay).
+/// overlay, its precreated Secret, the ConfigMap of API documents (the
+/// Namespace is in the overlay), and with `KEYRIG_VAULT_KUBERNETES_HOST`
+/// the token reviewer's ServiceAccount and ClusterRoleBinding.
 fn objects_to_apply(
     rendered: &[serde_json::Value],
     overlay: &Path,

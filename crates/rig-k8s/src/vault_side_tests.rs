@@ -9,7 +9,9 @@
 //!   `kind`, and per-run credentials log in;
 //! - scenarios/vault/setup.yaml writes only what keyrig made: someone's
 //!   KV mount, policy, AppRole role or pki mount of the same name is
-//!   refused and untouched.
+//!   refused and untouched;
+//! - the external-secret mode's source uses an existing `secret/` as it is
+//!   and creates a missing one marked, its secret-id registered.
 
 #![cfg(test)]
 
