@@ -54,6 +54,23 @@ fn log_enabled(level: u32) -> bool {
 }
 
 /// The feed follower's log (its own thread; Envoy's logger is thread-safe).
+/// The count of per-request warnings no later warning came to carry (the
+/// last seconds of an outage), in a line of its own once due. Run by the
+/// feed thread (`Follower`'s tick): without `invalidations`, the count
+/// waits for the next warning.
+fn write_overdue_warnings(warnings: &Throttle) {
+    if let Some(left_out) = warnings.overdue(Instant::now()) {
+        log(
+            LOG_WARN,
+            &format!(
+                "keygate-envoy: {left_out} more per-request warning{} since the last one (at most one line per {} s)",
+                if left_out == 1 { "" } else { "s" },
+                WARN_EVERY.as_secs()
+            ),
+        );
+    }
+}
+
 fn log_feed(level: Level, message: &str) {
     let level = match level {
         Level::Debug => LOG_DEBUG,
@@ -91,8 +108,9 @@ struct Shared {
     settings: FilterConfig,
     table: Arc<Table>,
     follower: Mutex<Option<Follower>>,
-    /// Per-request warnings: at most one line per `WARN_EVERY`.
-    warnings: Throttle,
+    /// Per-request warnings: at most one line per `WARN_EVERY`; the feed
+    /// thread writes the counts no later warning came to carry.
+    warnings: Arc<Throttle>,
 }
 
 impl Shared {
@@ -112,6 +130,7 @@ impl Shared {
 impl Shared {
     fn start(settings: FilterConfig) -> Result<Self, String> {
         let table = Arc::new(Table::new(settings.ttls(), settings.callout_timeout()));
+        let warnings = Arc::new(Throttle::new(WARN_EVERY));
         // SAFETY: no pointers; called on the main thread (config load).
         let validating = unsafe { envoy_dynamic_module_callback_is_validation_mode() };
         let follower = match (&settings.invalidations, validating) {
@@ -121,6 +140,10 @@ impl Shared {
                     settings.authority.clone(),
                     table.clone(),
                     log_feed,
+                    Box::new({
+                        let warnings = warnings.clone();
+                        move || write_overdue_warnings(&warnings)
+                    }),
                 )
                 .map_err(|err| {
                     format!("keygate-envoy: cannot start the invalidation feed thread: {err}")
@@ -152,7 +175,7 @@ impl Shared {
             settings,
             table,
             follower: Mutex::new(follower),
-            warnings: Throttle::new(WARN_EVERY),
+            warnings,
         })
     }
 }

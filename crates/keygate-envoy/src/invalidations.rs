@@ -113,8 +113,17 @@ struct Shared {
 }
 
 impl Follower {
-    /// Starts following `addr` (keygate's HTTP port, `host:port`).
-    pub fn start(addr: String, authority: String, table: Arc<Table>, log: Log) -> io::Result<Self> {
+    /// Starts following `addr` (keygate's HTTP port, `host:port`). `tick`
+    /// runs on the thread after every line of the feed (keygate pings at
+    /// least every 10 s) and before every reconnect: periodic work that
+    /// needs no timer of its own (the filter's overdue warning counts).
+    pub fn start(
+        addr: String,
+        authority: String,
+        table: Arc<Table>,
+        log: Log,
+        tick: Box<dyn Fn() + Send>,
+    ) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
@@ -126,7 +135,8 @@ impl Follower {
                 let shared = shared.clone();
                 move || {
                     run(&shared, &addr, &table, log, |followed| {
-                        follow(&shared, &addr, &authority, &table, log, followed)
+                        tick();
+                        follow(&shared, &addr, &authority, &table, log, followed, &*tick)
                     })
                 }
             })?;
@@ -231,6 +241,7 @@ fn follow(
     table: &Table,
     log: Log,
     followed: &mut bool,
+    tick: &dyn Fn(),
 ) -> Result<(), String> {
     let target = addr
         .to_socket_addrs()
@@ -254,6 +265,7 @@ fn follow(
     )
     .map_err(|err| format!("cannot send the request: {err}"))?;
     read_feed(BufReader::new(stream), table, |_, applied| {
+        tick();
         if !*followed {
             *followed = true;
             log(
@@ -521,6 +533,50 @@ mod tests {
             assert_ne!(apply(line, &table), Applied::Ping);
             assert!(!held(&table, &key), "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    /// The tick runs on every line of the feed and before every connection,
+    /// over a real TCP connection to a stand-in for keygate's feed.
+    #[test]
+    fn the_tick_runs_on_every_line_and_every_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 512];
+            let _ = conn.read(&mut request).unwrap();
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\r\n\
+                  {\"type\":\"ping\"}\n{\"type\":\"ping\"}\n{\"type\":\"ping\"}\n",
+            )
+            .unwrap();
+            // Held open until the follower is stopped.
+            let _ = conn.read(&mut request);
+        });
+        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        fn quiet(_: Level, _: &str) {}
+        let follower = Follower::start(
+            addr.clone(),
+            addr,
+            Arc::new(table_with(&ApiKey::generate())),
+            quiet,
+            Box::new({
+                let ticks = ticks.clone();
+                move || {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            }),
+        )
+        .unwrap();
+        // One before the connection, one per line.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ticks.load(Ordering::SeqCst) < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let seen = ticks.load(Ordering::SeqCst);
+        follower.stop().unwrap().join().unwrap();
+        server.join().unwrap();
+        assert!(seen >= 4, "{seen} ticks for a connection and three lines");
     }
 
     #[test]
