@@ -15,7 +15,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use rig::say;
 
@@ -134,13 +134,7 @@ impl Commands {
         S: AsRef<OsStr>,
     {
         let (mut command, shown) = self.command(program, args)?;
-        let log_file = self.logs_dir.join(format!("{log}.log"));
-        let mut log_handle = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_file)
-            .with_context(|| format!("opening {}", log_file.display()))?;
-        writeln!(log_handle, "$ {shown}")?;
+        let (log_file, mut log_handle) = self.open_log(log, &shown)?;
         command
             .stdout(Stdio::from(log_handle.try_clone()?))
             .stderr(Stdio::from(log_handle.try_clone()?));
@@ -165,13 +159,21 @@ impl Commands {
         };
         writeln!(log_handle, "# exit: {status}")?;
         if !status.success() {
-            bail!(
-                "`{shown}` failed ({status}); the end of {}:\n{}",
-                log_file.display(),
-                rig::process::supervisor::log_tail(&log_file, 15)
-            );
+            return Err(failed(&shown, status, &log_file));
         }
         Ok(())
+    }
+
+    /// `logs/<log>.log`, opened to append, with the command's line written.
+    fn open_log(&self, log: &str, shown: &str) -> Result<(PathBuf, std::fs::File)> {
+        let log_file = self.logs_dir.join(format!("{log}.log"));
+        let mut handle = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)
+            .with_context(|| format!("opening {}", log_file.display()))?;
+        writeln!(handle, "$ {shown}")?;
+        Ok((log_file, handle))
     }
 
     /// Runs `program args...`; `log` names the log file (`helm` -> logs/helm.log).
@@ -182,31 +184,30 @@ impl Commands {
         S: AsRef<OsStr>,
     {
         let (mut command, shown) = self.command(program, args)?;
-        let log_file = self.logs_dir.join(format!("{log}.log"));
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let output = command
             .output()
             .await
             .with_context(|| format!("running {}", program.display()))?;
-        let mut log_handle = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_file)
-            .with_context(|| format!("opening {}", log_file.display()))?;
-        writeln!(log_handle, "$ {shown}")?;
+        let (log_file, mut log_handle) = self.open_log(log, &shown)?;
         log_handle.write_all(&output.stdout)?;
         log_handle.write_all(&output.stderr)?;
         writeln!(log_handle, "# exit: {}", output.status)?;
         if !output.status.success() {
-            bail!(
-                "`{shown}` failed ({}); the end of {}:\n{}",
-                output.status,
-                log_file.display(),
-                rig::process::supervisor::log_tail(&log_file, 15)
-            );
+            return Err(failed(&shown, output.status, &log_file));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
+}
+
+/// A command that exited unsuccessfully: what ran, how it ended, and the
+/// end of its log.
+fn failed(shown: &str, status: std::process::ExitStatus, log_file: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`{shown}` failed ({status}); the end of {}:\n{}",
+        log_file.display(),
+        rig::process::supervisor::log_tail(log_file, 15)
+    )
 }
 
 #[cfg(test)]
