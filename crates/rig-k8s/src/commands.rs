@@ -47,6 +47,10 @@ pub const KUBE_TOOL_ENV: &[&str] = &[
     "AAD_*",
 ];
 
+/// How often a command that takes minutes (docker build, kind create,
+/// helm install: [`Commands::run_long`]) says it is still running.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs commands for one run of a profile.
 #[derive(Debug, Clone)]
 pub struct Commands {

@@ -16,6 +16,8 @@ pub mod cluster_vault;
 pub mod commands;
 pub mod credentials;
 pub mod environment;
+pub mod helm;
+pub mod image;
 mod parity;
 pub mod preflight;
 pub mod profile;

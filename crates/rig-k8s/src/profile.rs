@@ -29,10 +29,6 @@ use rig::process::tools::{ToolEnv, Tools};
 use rig::say;
 use rig::vault::client::{Secret, VaultClient};
 
-/// How often a command that takes minutes (docker build, kind create,
-/// helm install) says it is still running.
-const LONG_COMMAND_PROGRESS: Duration = Duration::from_secs(20);
-
 /// The field manager of keyrig's server-side applies.
 const FIELD_MANAGER: &str = "keyrig";
 
@@ -202,7 +198,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                             "--wait".as_ref(),
                             "120s".as_ref(),
                         ],
-                        LONG_COMMAND_PROGRESS,
+                        super::commands::PROGRESS_EVERY,
                     )
                     .await?;
             } else {
@@ -255,107 +251,27 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     }
 
     // 2. The keygate image.
-    let keygate_image = pins
-        .images
-        .get("keygate")
-        .context("env/k8s.toml has no images.keygate")?
-        .clone();
-    let pushed_image = std::env::var("KEYRIG_KEYGATE_IMAGE")
-        .ok()
-        .filter(|v| !v.is_empty());
-    // The image the keygate Deployment runs, and whether the node pulls it.
-    let (keygate_image, pull_policy) = match (&pushed_image, opts.profile) {
-        (Some(image), KubeProfile::Cluster) => {
-            say!("keygate: using the pushed image {image}");
-            (image.clone(), "IfNotPresent")
-        }
-        _ => {
-            let docker = tools
-                .docker
-                .as_deref()
-                .context("preflight found no docker")?;
-            say!("keygate: building its image (docker build; the log is docker-build.log)");
-            let id_file = run.path().join("keygate-image.id");
-            cmds.run_long(
-                "docker-build",
-                docker,
-                [
-                    "build".as_ref(),
-                    // No attestation manifests: with Docker's containerd
-                    // image store, `docker save` writes an index naming
-                    // them without their content, and kind's import then
-                    // fails with "content digest ...: not found".
-                    "--provenance=false".as_ref(),
-                    "--sbom=false".as_ref(),
-                    // Into Docker's image store, whichever builder is the
-                    // default (a docker-container builder keeps it otherwise).
-                    "--load".as_ref(),
-                    "--iidfile".as_ref(),
-                    id_file.as_os_str(),
-                    "-t".as_ref(),
-                    keygate_image.as_ref(),
-                    root_dir.as_os_str(),
-                ],
-                LONG_COMMAND_PROGRESS,
-            )
-            .await?;
-            // A tag per build: the Deployment's pod template changes when
-            // the image does, so a reused cluster rolls keygate out again
-            // instead of running the last run's image under the same tag.
-            let id = std::fs::read_to_string(&id_file)
-                .with_context(|| format!("reading {}", id_file.display()))?;
-            let built = build_tag(&keygate_image, &id)?;
-            cmds.run(
-                "docker-tag",
-                docker,
-                ["tag", keygate_image.as_str(), built.as_str()],
-            )
-            .await?;
-            let keygate_image = built;
-            if let (KubeProfile::Kind, Some(kind), Some(name)) = (
-                opts.profile,
-                tools.kind.as_deref(),
-                state.cluster.as_deref(),
-            ) {
-                // An archive of the one tag: what `kind load docker-image`
-                // does too, with its output in this run's logs.
-                let archive = run.path().join("keygate-image.tar");
-                cmds.run(
-                    "docker-save",
-                    docker,
-                    [
-                        "save".as_ref(),
-                        "-o".as_ref(),
-                        archive.as_os_str(),
-                        keygate_image.as_ref(),
-                    ],
-                )
-                .await?;
-                cmds.run(
-                    "kind",
-                    kind,
-                    [
-                        "load".as_ref(),
-                        "image-archive".as_ref(),
-                        archive.as_os_str(),
-                        "--name".as_ref(),
-                        name.as_ref(),
-                    ],
-                )
-                .await?;
-                let _ = std::fs::remove_file(&archive);
-            }
-            (keygate_image, "Never")
-        }
-    };
+    let keygate_image = super::image::provide(super::image::ImageInputs {
+        cmds: &cmds,
+        tools,
+        profile: opts.profile,
+        kind_cluster: state.cluster.as_deref(),
+        base_tag: pins
+            .images
+            .get("keygate")
+            .context("env/k8s.toml has no images.keygate")?,
+        root_dir: &root_dir,
+        run: &run,
+    })
+    .await?;
 
     // 3. Vault: a dev server in the kind cluster (OpenBao, or HashiCorp
     // Vault with --vault hashicorp), or the one VAULT_ADDR names.
     let (vault_addr, root_token) = match opts.profile {
         KubeProfile::Kind => {
             let vault_chart = chart(&pins, opts.vault.chart())?;
-            refuse_chart_switch(&cmds, helm, vault_chart).await?;
-            helm_install(&cmds, helm, vault_chart, opts.profile).await?;
+            super::helm::refuse_chart_switch(&cmds, helm, vault_chart).await?;
+            super::helm::install(&cmds, helm, vault_chart, opts.profile).await?;
             // Both charts update their StatefulSet `OnDelete`: a changed pin
             // or values file reaches the running server only through a new
             // pod.
@@ -505,15 +421,15 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
             let eso = chart(&pins, "external-secrets")?;
             let interrupted = installed
                 && opts.profile == KubeProfile::Cluster
-                && release(&cmds, helm, eso)
+                && super::helm::release(&cmds, helm, eso)
                     .await?
                     .is_some_and(|r| r.status.starts_with("pending-"));
             if installed && opts.profile == KubeProfile::Cluster && !interrupted {
                 say!("external-secrets: already installed in the cluster; left as it is");
             } else {
-                // (An install an earlier run left pending: helm_install says
+                // (An install an earlier run left pending: helm::install says
                 // what to run.)
-                helm_install(&cmds, helm, eso, opts.profile).await?;
+                super::helm::install(&cmds, helm, eso, opts.profile).await?;
             }
             for crd in names::ESO_CRDS {
                 super::waits::crd_established(&client, crd, opts.wait_deadline).await?;
@@ -565,11 +481,10 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         },
     )
     .await?;
-    pin_pod_templates(
+    super::image::pin_pod_templates(
         &client,
         &keygate_image,
-        pull_policy,
-        &overlay_digest(&rendered, &groups)?,
+        &super::image::overlay_digest(&rendered, &groups)?,
     )
     .await?;
 
@@ -818,141 +733,6 @@ async fn outside_cluster_review(
     })
 }
 
-/// A release of the same name from another chart (the other Vault of
-/// `--vault`) cannot be upgraded in place: its StatefulSet's selector
-/// differs, and Kubernetes refuses the change half way through the
-/// upgrade. Refused first, with what to do.
-async fn refuse_chart_switch(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<()> {
-    if let Some(Release {
-        chart: installed, ..
-    }) = release(cmds, helm, chart).await?
-        && !is_chart(&installed, &chart.chart)
-    {
-        anyhow::bail!(
-            "release {}/{} in this cluster is chart {installed}, not {}: switching Vault charts (--vault) needs a fresh cluster; run again with --recreate",
-            chart.namespace,
-            chart.release,
-            chart.chart
-        );
-    }
-    Ok(())
-}
-
-/// A Helm release as `helm list` shows it.
-#[derive(Debug, PartialEq, Eq)]
-struct Release {
-    /// `<name>-<version>`.
-    chart: String,
-    /// `deployed`, `failed`, `pending-install`, `pending-upgrade`...
-    status: String,
-}
-
-/// `chart`'s release in the cluster, whatever its status.
-async fn release(cmds: &Commands, helm: &Path, chart: &ChartPin) -> Result<Option<Release>> {
-    let mut args: Vec<String> = vec![
-        "list".into(),
-        "--all".into(),
-        "--namespace".into(),
-        chart.namespace.clone(),
-        "--filter".into(),
-        format!("^{}$", chart.release),
-        "--output".into(),
-        "json".into(),
-    ];
-    args.extend(cmds.context_args("--kube-context"));
-    let listed = cmds.run("helm", helm, &args).await?;
-    parse_release(&listed, &chart.release)
-}
-
-/// `release` in `helm list -o json`.
-fn parse_release(listed: &str, release: &str) -> Result<Option<Release>> {
-    let releases: Vec<serde_json::Value> =
-        serde_json::from_str(listed.trim()).context("reading `helm list -o json`")?;
-    Ok(releases
-        .iter()
-        .find(|r| r["name"] == release)
-        .map(|r| Release {
-            chart: r["chart"].as_str().unwrap_or_default().to_owned(),
-            status: r["status"].as_str().unwrap_or_default().to_owned(),
-        }))
-}
-
-/// Whether `installed` (`<name>-<version>`) is chart `name`.
-fn is_chart(installed: &str, name: &str) -> bool {
-    installed
-        .strip_prefix(name)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
-}
-
-/// `helm upgrade --install` of a pinned chart: idempotent on a reused
-/// cluster. A release an interrupted run left `pending-*` (Ctrl-C kills
-/// helm mid-operation) would refuse every later upgrade with "another
-/// operation is in progress": in kind's cluster, keyrig's own, it is
-/// uninstalled (never installed) or rolled back first; elsewhere `up`
-/// stops and says what to run.
-async fn helm_install(
-    cmds: &Commands,
-    helm: &Path,
-    chart: &ChartPin,
-    profile: KubeProfile,
-) -> Result<()> {
-    if let Some(stuck) = release(cmds, helm, chart)
-        .await?
-        .filter(|r| r.status.starts_with("pending-"))
-    {
-        let repair: Vec<String> = if stuck.status == "pending-install" {
-            vec!["uninstall".into(), chart.release.clone()]
-        } else {
-            vec!["rollback".into(), chart.release.clone()]
-        };
-        if profile != KubeProfile::Kind {
-            anyhow::bail!(
-                "Helm release {}/{} is {} (an interrupted helm, maybe an earlier run's): run \
-                 `helm {} -n {}{}` if it is keyrig's, then `up` again",
-                chart.namespace,
-                chart.release,
-                stuck.status,
-                repair.join(" "),
-                chart.namespace,
-                cmds.context_args("--kube-context")
-                    .iter()
-                    .fold(String::new(), |line, arg| format!("{line} {arg}"))
-            );
-        }
-        say!(
-            "helm: release {}/{} is {} (an interrupted run): helm {} first",
-            chart.namespace,
-            chart.release,
-            stuck.status,
-            repair[0]
-        );
-        let mut args = repair;
-        args.extend(["--namespace".into(), chart.namespace.clone()]);
-        args.extend(cmds.context_args("--kube-context"));
-        cmds.run("helm", helm, &args).await?;
-    }
-    let values = rig::base::paths::workspace_root().join(&chart.values);
-    let mut args: Vec<String> = vec![
-        "upgrade".into(),
-        "--install".into(),
-        chart.release.clone(),
-        chart.chart.clone(),
-        "--repo".into(),
-        chart.repo.clone(),
-        "--version".into(),
-        chart.version.clone(),
-        "--namespace".into(),
-        chart.namespace.clone(),
-        "--create-namespace".into(),
-        "--values".into(),
-        values.display().to_string(),
-    ];
-    args.extend(cmds.context_args("--kube-context"));
-    cmds.run_long("helm", helm, &args, LONG_COMMAND_PROGRESS)
-        .await
-}
-
 /// A supervised, self-restarting `kubectl port-forward svc/<service>`.
 fn port_forward(
     cmds: &Commands,
@@ -1050,45 +830,6 @@ async fn apply_namespace_and_apis(
         .patch(names::APIS_CONFIGMAP, &params, &Patch::Apply(&object))
         .await
         .with_context(|| format!("applying ConfigMap {}", names::APIS_CONFIGMAP))?;
-    Ok(())
-}
-
-/// After the overlay is applied, on both profiles: points keygate's
-/// container at `image` with `pull_policy` (kind: this build's tag,
-/// `Never`; cluster: `KEYRIG_KEYGATE_IMAGE`, `IfNotPresent`), and stamps
-/// [`overlay_digest`] on the keygate and gateway pod templates, so a new
-/// image or a changed config rolls them out in a reused cluster.
-async fn pin_pod_templates(
-    client: &kube::Client,
-    image: &str,
-    pull_policy: &str,
-    overlay_digest: &str,
-) -> Result<()> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), names::NAMESPACE);
-    let annotations = json!({ OVERLAY_DIGEST_ANNOTATION: overlay_digest });
-    let keygate = json!({"spec": {"template": {
-        "metadata": {"annotations": annotations},
-        "spec": {"containers": [
-            {"name": names::KEYGATE, "image": image, "imagePullPolicy": pull_policy}
-        ]}
-    }}});
-    deployments
-        .patch(
-            names::KEYGATE,
-            &PatchParams::default(),
-            &Patch::Strategic(&keygate),
-        )
-        .await
-        .with_context(|| format!("pointing the keygate Deployment at {image}"))?;
-    let gateway = json!({"spec": {"template": {"metadata": {"annotations": annotations}}}});
-    deployments
-        .patch(
-            names::GATEWAY,
-            &PatchParams::default(),
-            &Patch::Strategic(&gateway),
-        )
-        .await
-        .context("annotating the gateway Deployment with the overlay's digest")?;
     Ok(())
 }
 
@@ -1221,48 +962,6 @@ async fn current_context(run: &RunDir, kubectl: &Path) -> Result<Option<String>>
     Ok(Some(context))
 }
 
-/// The pod-template annotation that holds [`overlay_digest`].
-const OVERLAY_DIGEST_ANNOTATION: &str = "keyrig.dev/overlay-digest";
-
-/// A digest of the rendered overlay and the API documents (ConfigMap
-/// keygate-apis, applied beside it). keygate's and Envoy's configs and the
-/// documents are ConfigMaps mounted by `subPath` and read at start, so a
-/// change reaches running pods only through a new pod; the digest in their
-/// pod templates makes a change roll them out in a reused cluster.
-fn overlay_digest(
-    rendered: &[serde_json::Value],
-    groups: &[rig::contract::scenario::ApiGroup],
-) -> Result<String> {
-    use sha2::Digest;
-    let mut digest = sha2::Sha256::new();
-    digest.update(serde_json::to_string(rendered).context("serializing the rendered overlay")?);
-    for group in groups {
-        digest.update(group.file.to_string_lossy().as_bytes());
-        digest.update(
-            std::fs::read(&group.file)
-                .with_context(|| format!("reading {}", group.file.display()))?,
-        );
-    }
-    Ok(hex::encode(&digest.finalize()[..8]))
-}
-
-/// The per-build tag of `image` (`repo:tag`), from the image id `docker
-/// build --iidfile` wrote (`sha256:<hex>`).
-fn build_tag(image: &str, id: &str) -> Result<String> {
-    let hex = id.trim().strip_prefix("sha256:").unwrap_or(id.trim());
-    anyhow::ensure!(
-        hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-        "docker build wrote an image id keyrig does not understand: {id:?}"
-    );
-    // A tag's colon comes after the last slash (a registry's port before it).
-    let name_start = image.rfind('/').map_or(0, |i| i + 1);
-    let (repo, tag) = match image[name_start..].rfind(':') {
-        Some(i) => (&image[..name_start + i], &image[name_start + i + 1..]),
-        None => (image, "dev"),
-    };
-    Ok(format!("{repo}:{tag}-{}", &hex[..12]))
-}
-
 /// Rollout restart, as `kubectl rollout restart` does it: a new pod-template
 /// annotation. Returns once the patch is accepted; wait with `waits::deployment`.
 pub async fn restart_deployment(client: &kube::Client, namespace: &str, name: &str) -> Result<()> {
@@ -1360,73 +1059,6 @@ pub fn describe(run: &KubeRun) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_release_of_another_chart_is_told_apart() {
-        let listed = r#"[{"name":"openbao","namespace":"openbao","revision":"2",
-            "status":"pending-upgrade","chart":"openbao-0.29.6","app_version":"v2.6.2"}]"#;
-        let installed = parse_release(listed, "openbao").unwrap().unwrap();
-        assert_eq!(
-            installed,
-            Release {
-                chart: "openbao-0.29.6".into(),
-                status: "pending-upgrade".into()
-            }
-        );
-        assert!(is_chart(&installed.chart, "openbao"));
-        assert!(!is_chart(&installed.chart, "vault"));
-        assert!(!is_chart("openbao-extra-1.0.0", "openbao"));
-        assert!(is_chart("vault-0.34.1", "vault"));
-        assert_eq!(parse_release("[]", "openbao").unwrap(), None);
-    }
-
-    #[test]
-    fn each_build_gets_its_own_tag_from_its_image_id() {
-        let id = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
-        assert_eq!(
-            build_tag("keyrig/keygate:dev", id).unwrap(),
-            "keyrig/keygate:dev-0123456789ab"
-        );
-        assert_eq!(
-            build_tag("localhost:5000/keygate", id).unwrap(),
-            "localhost:5000/keygate:dev-0123456789ab"
-        );
-        let err = build_tag("keyrig/keygate:dev", "sha256:").unwrap_err();
-        assert!(err.to_string().contains("image id"), "{err}");
-    }
-
-    #[test]
-    fn the_overlay_digest_changes_with_any_rendered_field() {
-        let config = |text: &str| {
-            vec![
-                json!({"kind": "ConfigMap", "metadata": {"name": "keygate-config"},
-                        "data": {"keygate.yaml": text}}),
-            ]
-        };
-        let a = overlay_digest(&config("cache:\n  positive_ttl: 5s\n"), &[]).unwrap();
-        assert_eq!(
-            a,
-            overlay_digest(&config("cache:\n  positive_ttl: 5s\n"), &[]).unwrap()
-        );
-        assert_ne!(
-            a,
-            overlay_digest(&config("cache:\n  positive_ttl: 6s\n"), &[]).unwrap()
-        );
-        assert_eq!(a.len(), 16);
-        // And with the API documents, which keygate reads at start too.
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("billing-api.yaml");
-        std::fs::write(&file, "openapi: 3.0.0\n").unwrap();
-        let group = rig::contract::scenario::ApiGroup {
-            file: file.clone(),
-            ..rig::contract::scenario::load_default_apis()
-                .unwrap()
-                .remove(0)
-        };
-        let with = overlay_digest(&config("x"), std::slice::from_ref(&group)).unwrap();
-        std::fs::write(&file, "openapi: 3.1.0\n").unwrap();
-        assert_ne!(with, overlay_digest(&config("x"), &[group]).unwrap());
-    }
 
     #[test]
     fn reads_the_dev_root_token_of_both_vault_charts() {
