@@ -838,37 +838,15 @@ async fn apply_namespace_and_apis(
 /// there.
 async fn eso_conditions(client: &kube::Client) -> String {
     use manifests::eso::v1::{ExternalSecret, SecretStore};
-    fn ready(status: Option<&serde_json::Value>) -> String {
-        let Some(conditions) = status
-            .and_then(|s| s.get("conditions"))
-            .and_then(|c| c.as_array())
-        else {
-            return "no conditions yet".into();
-        };
-        conditions
-            .iter()
-            .filter(|c| c.get("type").and_then(|t| t.as_str()) == Some("Ready"))
-            .map(|c| {
-                let field = |name: &str| c.get(name).and_then(|v| v.as_str()).unwrap_or("");
-                format!(
-                    "Ready={} reason {:?} message {:?}",
-                    field("status"),
-                    field("reason"),
-                    field("message")
-                )
-            })
-            .next()
-            .unwrap_or_else(|| "no Ready condition".into())
-    }
     let externals: Api<ExternalSecret> = Api::namespaced(client.clone(), names::NAMESPACE);
     let stores: Api<SecretStore> = Api::namespaced(client.clone(), names::NAMESPACE);
     let external = match externals.get_opt(names::EXTERNAL_SECRET).await {
-        Ok(Some(es)) => ready(es.status.as_ref()),
+        Ok(Some(es)) => super::waits::describe_ready(es.status.as_ref()),
         Ok(None) => "not found".into(),
         Err(err) => format!("cannot read it ({err})"),
     };
     let store = match stores.get_opt(names::SECRET_STORE).await {
-        Ok(Some(store)) => ready(store.status.as_ref()),
+        Ok(Some(store)) => super::waits::describe_ready(store.status.as_ref()),
         Ok(None) => "not found".into(),
         Err(err) => format!("cannot read it ({err})"),
     };

@@ -384,19 +384,54 @@ pub fn job_finished(job: Option<&Job>) -> Option<bool> {
 pub fn external_secret_ready(
     es: &manifests::eso::v1::ExternalSecret,
 ) -> Option<(String, Option<String>)> {
-    let conditions = es.status.as_ref()?.get("conditions")?.as_array()?;
-    conditions
+    status_condition(es.status.as_ref(), "Ready").map(|c| (c.status, c.reason))
+}
+
+/// One condition of a custom resource's status (ESO's objects keep theirs
+/// as untyped JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCondition {
+    pub status: String,
+    pub reason: Option<String>,
+    /// What went wrong, where ESO says it (Vault's 403, an unknown role).
+    pub message: Option<String>,
+}
+
+/// The `Ready` condition of a custom resource's status, for a message:
+/// status, reason and message (where ESO says what went wrong).
+pub fn describe_ready(status: Option<&serde_json::Value>) -> String {
+    match status_condition(status, "Ready") {
+        Some(c) => format!(
+            "Ready={} reason {:?} message {:?}",
+            c.status,
+            c.reason.unwrap_or_default(),
+            c.message.unwrap_or_default()
+        ),
+        None => format!("no Ready condition; status {status:?}"),
+    }
+}
+
+/// Condition `type_` of `status`, if it has one.
+pub fn status_condition(
+    status: Option<&serde_json::Value>,
+    type_: &str,
+) -> Option<StatusCondition> {
+    let condition = status?
+        .get("conditions")?
+        .as_array()?
         .iter()
-        .find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Ready"))
-        .map(|c| {
-            (
-                c.get("status")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("")
-                    .to_owned(),
-                c.get("reason").and_then(|r| r.as_str()).map(str::to_owned),
-            )
-        })
+        .find(|c| c.get("type").and_then(|t| t.as_str()) == Some(type_))?;
+    let field = |name: &str| {
+        condition
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    Some(StatusCondition {
+        status: field("status").unwrap_or_default(),
+        reason: field("reason"),
+        message: field("message"),
+    })
 }
 
 /// An ExternalSecret reports Ready=True.
@@ -416,31 +451,13 @@ pub async fn external_secret(
             es.and_then(external_secret_ready)
                 .is_some_and(|(status, _)| status == "True")
         },
-        |es| match es.map(|es| (external_secret_ready(es), es.status.clone())) {
+        |es| match es.map(|es| es.status.as_ref()) {
             None => "no such ExternalSecret".into(),
-            Some((Some((status, reason)), status_value)) => {
-                // ESO puts what went wrong (Vault's 403, an unknown role)
-                // in the condition's message.
-                let message = condition_message(status_value.as_ref(), "Ready");
-                format!("Ready={status} reason {reason:?} message {message:?}")
-            }
-            Some((None, status)) => format!("no Ready condition; status {status:?}"),
+            Some(status) => describe_ready(status),
         },
     )
     .await
     .context("ESO did not sync the gateway credentials")
-}
-
-/// The `message` of condition `type_` in a custom resource's status.
-pub fn condition_message(status: Option<&serde_json::Value>, type_: &str) -> Option<String> {
-    status?
-        .get("conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("type").and_then(|t| t.as_str()) == Some(type_))?
-        .get("message")?
-        .as_str()
-        .map(str::to_owned)
 }
 
 /// On a wait's error: add what the pods of the workload look like.
@@ -652,11 +669,13 @@ mod tests {
              "message": "could not get secret data from provider"}
         ]});
         assert_eq!(
-            condition_message(Some(&status), "Ready").as_deref(),
+            status_condition(Some(&status), "Ready")
+                .and_then(|c| c.message)
+                .as_deref(),
             Some("could not get secret data from provider")
         );
-        assert_eq!(condition_message(Some(&status), "Synced"), None);
-        assert_eq!(condition_message(None, "Ready"), None);
+        assert_eq!(status_condition(Some(&status), "Synced"), None);
+        assert_eq!(status_condition(None, "Ready"), None);
     }
 
     const FAST: Backoff = Backoff {
