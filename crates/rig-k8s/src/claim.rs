@@ -9,9 +9,12 @@
 //! keyrig's namespace carrying that label; anything else of a name keyrig
 //! applies stops `up` before its first write**, naming every such object.
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use kube::api::{Api, DynamicObject};
 use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource};
 use serde_json::Value;
 
 use super::names;
@@ -28,6 +31,9 @@ pub async fn foreign_objects(client: &kube::Client, objects: &[Value]) -> Result
         .with_context(|| format!("reading Namespace {}", names::NAMESPACE))?
         .is_some_and(|ns| is_keyrigs(ns.metadata.labels.as_ref()));
     let mut foreign = Vec::new();
+    // One discovery per kind: the overlay holds several of most kinds.
+    let mut discovered: HashMap<GroupVersionKind, Option<(ApiResource, ApiCapabilities)>> =
+        HashMap::new();
     for object in objects {
         let (Some(api_version), Some(kind), Some(name)) = (
             object["apiVersion"].as_str(),
@@ -38,8 +44,16 @@ pub async fn foreign_objects(client: &kube::Client, objects: &[Value]) -> Result
         };
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
+        let found = match discovered.get(&gvk) {
+            Some(found) => found.clone(),
+            None => {
+                let found = kube::discovery::pinned_kind(client, &gvk).await.ok();
+                discovered.insert(gvk, found.clone());
+                found
+            }
+        };
         // Not served (ESO's CRDs before ESO is installed): none exists.
-        let Ok((resource, capabilities)) = kube::discovery::pinned_kind(client, &gvk).await else {
+        let Some((resource, capabilities)) = found else {
             continue;
         };
         let namespace = object["metadata"]["namespace"].as_str();
