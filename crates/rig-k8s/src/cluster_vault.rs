@@ -18,7 +18,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::names;
 
@@ -126,28 +126,15 @@ impl ClusterVault {
             .context("ConfigMap keygate-config has no data.keygate.yaml")?;
         write(&dir.join("keygate.yaml"), &self.keygate_config(text)?)?;
         let base = relative_path(dir, mode_overlay)?;
-        let mut kustomization = format!(
-            "# Written by keyrig for this run (rig_k8s::cluster_vault): the mode's overlay\n\
-             # with the cluster profile's Vault at {address}.\n\
-             apiVersion: kustomize.config.k8s.io/v1beta1\n\
-             kind: Kustomization\n\
-             resources:\n  - {base}\n\
-             generatorOptions:\n  disableNameSuffixHash: true\n\
-             configMapGenerator:\n\
-             \x20 - name: keygate-config\n    namespace: {ns}\n    behavior: replace\n    files:\n      - keygate.yaml\n",
-            address = self.address,
-            base = base.display(),
-            ns = names::NAMESPACE,
-        );
-        if let Some(pem) = &self.ca_pem {
-            write(&dir.join(CA_KEY), pem)?;
-            kustomization.push_str(&format!(
-                "\x20 - name: {CA_CONFIGMAP}\n    namespace: {ns}\n    files:\n      - {CA_KEY}\n    options:\n      labels:\n        {part_of}: keyrig\n",
-                ns = names::NAMESPACE,
-                part_of = names::PART_OF_LABEL,
-            ));
-        }
-        kustomization.push_str("patches:\n");
+        let mut generators = vec![json!({
+            "name": "keygate-config", "namespace": names::NAMESPACE,
+            "behavior": "replace", "files": ["keygate.yaml"],
+        })];
+        // JSON 6902 patches; kustomize reads a patch given as a list of ops.
+        let mut patches = Vec::new();
+        let mut patch = |kind: &str, name: &str, ops: Value| {
+            patches.push(json!({"target": {"kind": kind, "name": name}, "patch": ops.to_string()}));
+        };
         for (kind, name, namespaced) in [
             ("SecretStore", names::SECRET_STORE, true),
             ("ClusterSecretStore", names::CLUSTER_SECRET_STORE, false),
@@ -155,30 +142,54 @@ impl ClusterVault {
             if manifests::find(rendered, kind, name).is_none() {
                 continue;
             }
-            kustomization.push_str(&format!(
-                "  - target: {{kind: {kind}, name: {name}}}\n    patch: |-\n      - op: replace\n        path: /spec/provider/vault/server\n        value: {}\n",
-                self.address
-            ));
+            let mut ops = vec![
+                json!({"op": "replace", "path": "/spec/provider/vault/server", "value": self.address}),
+            ];
             if self.ca_pem.is_some() {
-                let namespace = if namespaced {
-                    String::new()
-                } else {
-                    format!(", namespace: {}", names::NAMESPACE)
-                };
-                kustomization.push_str(&format!(
-                    "      - op: add\n        path: /spec/provider/vault/caProvider\n        value: {{type: ConfigMap, name: {CA_CONFIGMAP}, key: {CA_KEY}{namespace}}}\n"
-                ));
+                let mut ca = json!({"type": "ConfigMap", "name": CA_CONFIGMAP, "key": CA_KEY});
+                if !namespaced {
+                    ca["namespace"] = json!(names::NAMESPACE);
+                }
+                ops.push(
+                    json!({"op": "add", "path": "/spec/provider/vault/caProvider", "value": ca}),
+                );
             }
+            patch(kind, name, Value::Array(ops));
         }
-        if self.ca_pem.is_some() {
-            kustomization.push_str(&format!(
-                "  - target: {{kind: Deployment, name: {keygate}}}\n    patch: |-\n\
-                 \x20     - op: add\n        path: /spec/template/spec/volumes/-\n        value: {{name: vault-ca, configMap: {{name: {CA_CONFIGMAP}}}}}\n\
-                 \x20     - op: add\n        path: /spec/template/spec/containers/0/volumeMounts/-\n        value: {{name: vault-ca, mountPath: {CA_DIR}, readOnly: true}}\n",
-                keygate = names::KEYGATE,
-            ));
+        if let Some(pem) = &self.ca_pem {
+            write(&dir.join(CA_KEY), pem)?;
+            generators.push(json!({
+                "name": CA_CONFIGMAP, "namespace": names::NAMESPACE, "files": [CA_KEY],
+                "options": {"labels": {names::PART_OF_LABEL: "keyrig"}},
+            }));
+            patch(
+                "Deployment",
+                names::KEYGATE,
+                json!([
+                    {"op": "add", "path": "/spec/template/spec/volumes/-",
+                     "value": {"name": "vault-ca", "configMap": {"name": CA_CONFIGMAP}}},
+                    {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+                     "value": {"name": "vault-ca", "mountPath": CA_DIR, "readOnly": true}},
+                ]),
+            );
         }
-        write(&dir.join("kustomization.yaml"), &kustomization)
+        let kustomization = json!({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [base.display().to_string()],
+            "generatorOptions": {"disableNameSuffixHash": true},
+            "configMapGenerator": generators,
+            "patches": patches,
+        });
+        let text = serde_yaml::to_string(&kustomization).context("writing the kustomization")?;
+        write(
+            &dir.join("kustomization.yaml"),
+            &format!(
+                "# Written by keyrig for this run (rig_k8s::cluster_vault): the mode's overlay\n\
+                 # with the cluster profile's Vault at {}.\n{text}",
+                self.address
+            ),
+        )
     }
 }
 
