@@ -726,6 +726,62 @@ fn the_gateway_envoy_config_is_valid() {
     );
 }
 
+/// Every upstream of the gateway's Envoy is a Service of the overlay, by
+/// `<name>.<namespace>.svc` and one of its ports: the pod's DNS search list
+/// completes the name, so a cluster whose domain is not `cluster.local`
+/// works too (a name ending in the domain would fail there).
+#[rstest]
+fn the_gateway_envoy_names_services_of_the_overlay_without_the_cluster_domain(
+    #[values("inline", "existing-secret", "external-secret")] mode: &str,
+) {
+    let objects = render(mode);
+    let config_map =
+        find(objects, "ConfigMap", "gateway-envoy").expect("the gateway-envoy ConfigMap");
+    let config: Value = serde_yaml::from_str(str_at(config_map, "/data/envoy.yaml")).unwrap();
+    let clusters = config
+        .pointer("/static_resources/clusters")
+        .and_then(Value::as_array)
+        .expect("static clusters");
+    let mut named = Vec::new();
+    for cluster in clusters {
+        for endpoint in cluster
+            .pointer("/load_assignment/endpoints")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["lb_endpoints"].as_array().into_iter().flatten())
+        {
+            let address = endpoint
+                .pointer("/endpoint/address/socket_address")
+                .expect("a socket address");
+            let host = str_at(address, "/address");
+            let port = address["port_value"].as_u64().expect("a port");
+            let parts: Vec<&str> = host.split('.').collect();
+            let [service, namespace, "svc"] = parts[..] else {
+                panic!(
+                    "{mode}: cluster {} names {host}: write <service>.<namespace>.svc",
+                    cluster["name"]
+                );
+            };
+            let object = find(objects, "Service", service)
+                .unwrap_or_else(|| panic!("{mode}: {host}: the overlay has no Service {service}"));
+            assert_eq!(str_at(object, "/metadata/namespace"), namespace, "{host}");
+            let ports: Vec<u64> = object["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["port"].as_u64())
+                .collect();
+            assert!(
+                ports.contains(&port),
+                "{mode}: {host}:{port}: Service ports {ports:?}"
+            );
+            named.push(service);
+        }
+    }
+    assert_eq!(set(named), set(["keygate", "upstream"]), "{mode}");
+}
+
 /// Only the gateway's pods reach keygate, on keygate's two ports; the
 /// policy selects keygate's pods by the labels its Deployment gives them.
 #[rstest]
