@@ -45,7 +45,7 @@ pub struct K8sPins {
     pub helm: HelmPin,
     /// `openbao`, `vault`, `external-secrets`.
     pub charts: BTreeMap<String, ChartPin>,
-    /// `keygate`, `envoy`, `echo`, `busybox`: full image references.
+    /// `keygate`, `envoy`, `echo`, `bao`: full image references.
     pub images: BTreeMap<String, String>,
 }
 

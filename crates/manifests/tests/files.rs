@@ -135,6 +135,8 @@ fn pins_agree_with_the_local_profile() {
         values("openbao-values.yaml").pointer("/server/image/tag"),
         Some(&Value::String(tool_version("bao")))
     );
+    // The check Job's CLI is the server's image: kind pulls nothing new.
+    assert_eq!(pins.images["bao"], openbao);
     assert_eq!(
         pins.images["envoy"].rsplit_once(':').unwrap().1,
         format!("v{}", tool_version("envoy"))

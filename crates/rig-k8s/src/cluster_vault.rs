@@ -8,6 +8,7 @@
 //!   mounted from ConfigMap `keyrig-vault-ca`), no `allow_plain_http`
 //!   for https;
 //! - the SecretStore and ClusterSecretStore: `server` and `caProvider`;
+//! - the gateway credentials check Job: the CA mounted, `BAO_CACERT`;
 //! - the credentials Secret's Vault address (existing-secret: written by
 //!   `credentials::apply_existing_secret`; external-secret: the ESO source,
 //!   which takes keygate's address).
@@ -24,6 +25,8 @@ use super::names;
 
 /// Where the keygate container finds the CA (ConfigMap `keyrig-vault-ca`).
 const CA_DIR: &str = "/etc/keygate/vault-ca";
+/// Where the check Job's `bao` finds it (its `BAO_CACERT`).
+pub const CHECK_JOB_CA_DIR: &str = "/etc/vault-ca";
 const CA_KEY: &str = "ca.crt";
 pub const CA_CONFIGMAP: &str = "keyrig-vault-ca";
 
@@ -170,6 +173,18 @@ impl ClusterVault {
                      "value": {"name": "vault-ca", "configMap": {"name": CA_CONFIGMAP}}},
                     {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
                      "value": {"name": "vault-ca", "mountPath": CA_DIR, "readOnly": true}},
+                ]),
+            );
+            patch(
+                "Job",
+                names::CHECK_JOB,
+                json!([
+                    {"op": "add", "path": "/spec/template/spec/volumes/-",
+                     "value": {"name": "vault-ca", "configMap": {"name": CA_CONFIGMAP}}},
+                    {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+                     "value": {"name": "vault-ca", "mountPath": CHECK_JOB_CA_DIR, "readOnly": true}},
+                    {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
+                     "value": {"name": "BAO_CACERT", "value": format!("{CHECK_JOB_CA_DIR}/{CA_KEY}")}},
                 ]),
             );
         }

@@ -10,6 +10,7 @@
 //! pinned kubectl (`cluster_vault`), and `preflight` is what those machines
 //! exercise.
 
+mod check_job_tests;
 pub mod claim;
 pub mod client;
 pub mod cluster_vault;
