@@ -17,6 +17,7 @@ pub mod cluster_vault;
 pub mod commands;
 pub mod credentials;
 pub mod environment;
+pub mod eso;
 pub mod helm;
 pub mod image;
 mod parity;

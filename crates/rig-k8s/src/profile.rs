@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use manifests::files::{ChartPin, K8sPins};
 use serde_json::json;
@@ -416,35 +415,8 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
             }
         },
         Mode::ExternalSecret => {
-            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-            let installed = crds.get_opt(names::ESO_CRDS[0]).await?.is_some();
             let eso = chart(&pins, "external-secrets")?;
-            let interrupted = installed
-                && opts.profile == KubeProfile::Cluster
-                && super::helm::release(&cmds, helm, eso)
-                    .await?
-                    .is_some_and(|r| r.status.starts_with("pending-"));
-            if installed && opts.profile == KubeProfile::Cluster && !interrupted {
-                say!("external-secrets: already installed in the cluster; left as it is");
-            } else {
-                // (An install an earlier run left pending: helm::install says
-                // what to run.)
-                super::helm::install(&cmds, helm, eso, opts.profile).await?;
-            }
-            for crd in names::ESO_CRDS {
-                super::waits::crd_established(&client, crd, opts.wait_deadline).await?;
-            }
-            if !(installed && opts.profile == KubeProfile::Cluster) {
-                for deployment in names::ESO_DEPLOYMENTS {
-                    super::waits::deployment(
-                        &client,
-                        &eso.namespace,
-                        deployment,
-                        opts.wait_deadline,
-                    )
-                    .await?;
-                }
-            }
+            super::eso::ensure(&cmds, helm, eso, &client, opts.profile, opts.wait_deadline).await?;
         }
         Mode::Inline => {}
     }
@@ -508,7 +480,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         // In external-secret mode the Secret the Job checks is ESO's to
         // make; why ESO did not is in its objects' conditions, not the Job's log.
         let eso = if opts.mode == Mode::ExternalSecret {
-            format!("\n{}", eso_conditions(&client).await)
+            format!("\n{}", super::eso::conditions(&client).await)
         } else {
             String::new()
         };
@@ -831,31 +803,6 @@ async fn apply_namespace_and_apis(
         .await
         .with_context(|| format!("applying ConfigMap {}", names::APIS_CONFIGMAP))?;
     Ok(())
-}
-
-/// The Ready conditions (status, reason, message) of the ExternalSecret and
-/// its SecretStore, as ESO wrote them: Vault's 403 or an unknown role land
-/// there.
-async fn eso_conditions(client: &kube::Client) -> String {
-    use manifests::eso::v1::{ExternalSecret, SecretStore};
-    let externals: Api<ExternalSecret> = Api::namespaced(client.clone(), names::NAMESPACE);
-    let stores: Api<SecretStore> = Api::namespaced(client.clone(), names::NAMESPACE);
-    let external = match externals.get_opt(names::EXTERNAL_SECRET).await {
-        Ok(Some(es)) => super::waits::describe_ready(es.status.as_ref()),
-        Ok(None) => "not found".into(),
-        Err(err) => format!("cannot read it ({err})"),
-    };
-    let store = match stores.get_opt(names::SECRET_STORE).await {
-        Ok(Some(store)) => super::waits::describe_ready(store.status.as_ref()),
-        Ok(None) => "not found".into(),
-        Err(err) => format!("cannot read it ({err})"),
-    };
-    format!(
-        "ExternalSecret {ns}/{}: {external}\nSecretStore {ns}/{}: {store}",
-        names::EXTERNAL_SECRET,
-        names::SECRET_STORE,
-        ns = names::NAMESPACE
-    )
 }
 
 /// Everything `up` applies by name, for [`super::claim`]: the rendered
