@@ -211,11 +211,14 @@ async fn rotated_secret_id_reaches_the_gateway() {
     let role = &kube.keygate_approle;
     let mut source = vault_source(kube).await;
     let old_secret_id = source["secret_id"].clone();
+    // Expiring, as every secret_id `up` makes in the cluster profile's
+    // Vault: this one stays in use after the run.
+    let ttl = rig_k8s::credentials::CLUSTER_SECRET_ID_TTL.as_secs();
     let minted = vault(
         "POST",
         &format!("auth/approle/role/{role}/secret-id"),
         &root,
-        None,
+        Some(json!({"ttl": format!("{ttl}s")})),
     )
     .await
     .unwrap();

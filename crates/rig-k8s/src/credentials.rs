@@ -11,6 +11,11 @@
 //!   the harness writes into the Secret itself; `inline` is refused.
 //! - `external-secret`: the AppRole's real role_id and a fresh secret_id go to
 //!   the KV secret the ExternalSecret reads.
+//!
+//! **On the cluster profile every secret_id keyrig makes in the user's
+//! Vault expires after [`CLUSTER_SECRET_ID_TTL`]**: nothing revokes them
+//! (what `up` applied keeps running after the run), and keyrig's AppRole
+//! reads every group's keys.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +35,17 @@ use rig::vault::client::{Secret, VaultClient};
 pub struct DevCredentials {
     pub role_id: String,
     pub secret_id: Secret,
+}
+
+/// How long a secret_id keyrig makes in the cluster profile's Vault lives:
+/// a run and a day to look at what it left running. keygate in the
+/// cluster can no longer log in after that, until `up` runs again.
+pub const CLUSTER_SECRET_ID_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The lifetime of a secret_id made for `profile`: kind's dev server is
+/// thrown away with the cluster.
+pub fn secret_id_ttl(profile: KubeProfile) -> Option<std::time::Duration> {
+    (profile == KubeProfile::Cluster).then_some(CLUSTER_SECRET_ID_TTL)
 }
 
 /// The default key names of the credentials Secret (base, inline, ESO).
@@ -245,11 +261,15 @@ pub async fn register_dev_credentials(
     )
     .await
     .with_context(|| format!("setting AppRole {role}'s role_id"))?;
+    let mut body = json!({"secret_id": creds.secret_id.expose()});
+    if let Some(ttl) = secret_id_ttl(profile) {
+        body["ttl"] = json!(format!("{}s", ttl.as_secs()));
+    }
     let answer = root
         .request(
             Method::POST,
             &format!("auth/approle/role/{role}/custom-secret-id"),
-            Some(&json!({"secret_id": creds.secret_id.expose()})),
+            Some(&body),
         )
         .await
         .with_context(|| format!("registering AppRole {role}'s custom secret_id"))?;
@@ -262,8 +282,11 @@ pub async fn register_dev_credentials(
     say!(
         "vault: AppRole {role:?} accepts this run's {} credentials",
         match profile {
-            KubeProfile::Kind => "committed dev",
-            KubeProfile::Cluster => "per-run",
+            KubeProfile::Kind => "committed dev".to_owned(),
+            KubeProfile::Cluster => format!(
+                "per-run (the secret_id expires in {} h)",
+                CLUSTER_SECRET_ID_TTL.as_secs() / 3600
+            ),
         }
     );
     Ok(())
@@ -271,8 +294,9 @@ pub async fn register_dev_credentials(
 
 /// Writes the ExternalSecret's source: the AppRole's role_id and a fresh
 /// secret_id, plus the address and group keygate needs. Returns the
-/// secret_id's accessor (for revoking it later). The secret_id is
-/// registered in `run_dir` for redaction and the upload scan.
+/// secret_id's accessor (for revoking it later). The secret_id expires
+/// after `ttl` ([`secret_id_ttl`]) and is registered in `run_dir` for
+/// redaction and the upload scan.
 ///
 /// The mount (`secret`, Vault's usual KV) is used as it is when it exists,
 /// whoever made it: keyrig writes only its own path there. When it does not
@@ -283,6 +307,7 @@ pub async fn write_external_secret_source(
     role: &str,
     vault_url_in_cluster: &str,
     gateway_group: &str,
+    ttl: Option<std::time::Duration>,
     run_dir: &std::path::Path,
 ) -> Result<String> {
     let mount = &auth.gateway_credentials.mount;
@@ -305,7 +330,10 @@ pub async fn write_external_secret_source(
         .await
         .with_context(|| format!("enabling KV v2 at {mount}"))?;
     let role_id = root.approle_role_id(role).await?;
-    let secret_id = root.approle_new_secret_id(role).await?;
+    let secret_id = match ttl {
+        Some(ttl) => root.approle_new_secret_id_expiring(role, ttl).await?,
+        None => root.approle_new_secret_id(role).await?,
+    };
     rig::base::redact::register_in_run(run_dir, secret_id.secret_id.expose())?;
     let data = json!({
         "vault_url": vault_url_in_cluster,
@@ -340,10 +368,12 @@ pub async fn write_external_secret_source(
     .await
     .context("writing the ExternalSecret's source in Vault")?;
     say!(
-        "vault: {}/{} holds AppRole {role:?}'s role_id and a new secret_id (accessor {})",
+        "vault: {}/{} holds AppRole {role:?}'s role_id and a new secret_id (accessor {}{})",
         auth.gateway_credentials.mount,
         auth.gateway_credentials.path,
-        secret_id.accessor
+        secret_id.accessor,
+        ttl.map(|ttl| format!(", expires in {} h", ttl.as_secs() / 3600))
+            .unwrap_or_default()
     );
     Ok(secret_id.accessor)
 }

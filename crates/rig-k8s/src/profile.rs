@@ -370,6 +370,7 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 &setup.keygate_role,
                 &keygate_config.vault.address,
                 "default",
+                super::credentials::secret_id_ttl(opts.profile),
                 run.path(),
             )
             .await?;

@@ -77,6 +77,22 @@ async fn setup_and_outside_cluster_auth(
     (setup, auth)
 }
 
+/// The lifetime Vault gives secret_id `secret_id` of AppRole `role`, in
+/// seconds (0: until destroyed).
+async fn secret_id_ttl(root: &VaultClient, role: &str, secret_id: &str) -> u64 {
+    let answer = root
+        .call(
+            Method::POST,
+            &format!("auth/approle/role/{role}/secret-id/lookup"),
+            Some(&json!({"secret_id": secret_id})),
+        )
+        .await
+        .unwrap();
+    answer["data"]["secret_id_ttl"]
+        .as_u64()
+        .expect("secret_id_ttl")
+}
+
 async fn get(root: &VaultClient, path: &str) -> Value {
     root.call(Method::GET, path, None).await.unwrap()
 }
@@ -426,7 +442,8 @@ async fn committed_dev_credentials_are_refused_on_cluster_only() {
             .is_err()
     );
 
-    // Per-run credentials: registered, and they log in.
+    // Per-run credentials: registered, they log in, and Vault expires
+    // their secret_id (nothing revokes it after the run).
     let fresh = per_run_credentials();
     register_dev_credentials(root, role, &fresh, KubeProfile::Cluster, &committed)
         .await
@@ -434,6 +451,10 @@ async fn committed_dev_credentials_are_refused_on_cluster_only() {
     root.approle_login(&fresh.role_id, &fresh.secret_id)
         .await
         .unwrap();
+    assert_eq!(
+        secret_id_ttl(root, role, fresh.secret_id.expose()).await,
+        super::credentials::CLUSTER_SECRET_ID_TTL.as_secs()
+    );
 
     // kind's throwaway dev server takes the committed ones.
     register_dev_credentials(root, role, dev, KubeProfile::Kind, &committed)
@@ -442,6 +463,7 @@ async fn committed_dev_credentials_are_refused_on_cluster_only() {
     root.approle_login(&dev.role_id, &dev.secret_id)
         .await
         .unwrap();
+    assert_eq!(secret_id_ttl(root, role, dev.secret_id.expose()).await, 0);
 }
 
 #[test]
@@ -565,6 +587,7 @@ async fn the_external_secret_source_marks_only_a_mount_it_creates() {
             &setup.keygate_role,
             "http://openbao.openbao.svc:8200",
             "default",
+            super::credentials::secret_id_ttl(KubeProfile::Cluster),
             run_dir.path(),
         )
         .await
@@ -586,6 +609,11 @@ async fn the_external_secret_source_marks_only_a_mount_it_creates() {
             .unwrap()
             .contains(&secret_id),
         "the source's secret-id is not registered for redaction"
+    );
+    assert_eq!(
+        secret_id_ttl(root, &setup.keygate_role, &secret_id).await,
+        super::credentials::CLUSTER_SECRET_ID_TTL.as_secs(),
+        "the cluster profile's secret-id expires"
     );
 
     // No such mount: created, and marked.

@@ -512,9 +512,30 @@ impl VaultClient {
         )?))
     }
 
+    /// A new secret_id of AppRole `role`, valid as long as the role says
+    /// (keyrig's roles: until destroyed).
     pub async fn approle_new_secret_id(&self, role: &str) -> Result<NewSecretId, VaultError> {
+        self.new_secret_id(role, None).await
+    }
+
+    /// A new secret_id of AppRole `role` that Vault expires after `ttl`:
+    /// for a Vault that outlives the run (someone else's).
+    pub async fn approle_new_secret_id_expiring(
+        &self,
+        role: &str,
+        ttl: Duration,
+    ) -> Result<NewSecretId, VaultError> {
+        self.new_secret_id(role, Some(ttl)).await
+    }
+
+    async fn new_secret_id(
+        &self,
+        role: &str,
+        ttl: Option<Duration>,
+    ) -> Result<NewSecretId, VaultError> {
         let path = format!("auth/approle/role/{role}/secret-id");
-        let body = self.call(Method::POST, &path, None).await?;
+        let request = ttl.map(|ttl| json!({"ttl": format!("{}s", ttl.as_secs())}));
+        let body = self.call(Method::POST, &path, request.as_ref()).await?;
         Ok(NewSecretId {
             secret_id: Secret::new(Self::string_field(
                 Method::POST,
