@@ -230,6 +230,32 @@ pub fn check_with(
                 });
             }
         }
+        // The harness, the SecretStores and keygate all talk to the
+        // namespace a token is in without naming one: with a namespace set
+        // they would write to, or be refused by, another one than meant.
+        for var in ["VAULT_NAMESPACE", "BAO_NAMESPACE"] {
+            if let Some(namespace) = env.var(var).filter(|v| !v.is_empty()) {
+                missing.push(Missing {
+                    what: var.into(),
+                    problem: format!(
+                        "set to {:?}: keyrig does not support Vault namespaces (Enterprise, HCP) yet",
+                        namespace.to_string_lossy()
+                    ),
+                    fix: format!(
+                        "unset {var} and point VAULT_ADDR and VAULT_TOKEN at a Vault whose root namespace keyrig may use"
+                    ),
+                });
+            }
+        }
+        if !prebuilt_image {
+            warnings.push(
+                "KEYRIG_KEYGATE_IMAGE is not set: keygate's image is built here and run with imagePullPolicy Never, \
+                 which only a cluster sharing this Docker's image store can run (Docker Desktop; minikube after \
+                 `eval $(minikube docker-env)`); elsewhere keygate's pod fails with ErrImageNeverPull. \
+                 Push the image to a registry the cluster pulls from and set KEYRIG_KEYGATE_IMAGE"
+                    .into(),
+            );
+        }
     }
 
     match (missing.is_empty(), helm, kubectl) {
@@ -512,6 +538,73 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(names(&err), ["VAULT_ADDR", "VAULT_TOKEN"]);
+    }
+
+    /// A Vault namespace would send every write elsewhere than meant: it
+    /// is refused, naming the variable and what to do.
+    #[rstest]
+    #[case::vault("VAULT_NAMESPACE")]
+    #[case::bao("BAO_NAMESPACE")]
+    fn a_vault_namespace_is_refused_on_the_cluster_profile(#[case] var: &str) {
+        let fake = FakePath::new();
+        fake.script("helm", "echo v3.22.1+g1234567");
+        fake.script("kubectl", "echo 'Client Version: v1.37.1'");
+        let kubectl = fake.dir.path().join("kubectl");
+        let env = fake.env(&[
+            ("KEYRIG_KUBECTL", &kubectl.to_string_lossy()),
+            ("KEYRIG_KEYGATE_IMAGE", "registry.example/keygate:1"),
+            ("VAULT_ADDR", "https://vault.example:8200"),
+            ("VAULT_TOKEN", "t"),
+            (var, "admin"),
+        ]);
+        let err = check_with(
+            KubeProfile::Cluster,
+            &fake.tools(&env),
+            &env,
+            "0.33.0",
+            "3.22.1",
+        )
+        .unwrap_err();
+        assert_eq!(names(&err), [var]);
+        let message = err.to_string();
+        assert!(message.contains("\"admin\""), "{message}");
+        assert!(message.contains(&format!("unset {var}")), "{message}");
+    }
+
+    /// Without a pushed image the cluster profile builds one that only a
+    /// cluster sharing Docker's image store can run: said before the build.
+    #[rstest]
+    fn the_cluster_profile_warns_when_no_pushed_image_is_named() {
+        let fake = FakePath::new();
+        fake.script("helm", "echo v3.22.1+g1234567");
+        fake.script("kubectl", "echo 'Client Version: v1.37.1'");
+        fake.script("docker", "echo 27.0.1");
+        let kubectl = fake.dir.path().join("kubectl");
+        let vault = [
+            ("KEYRIG_KUBECTL", kubectl.to_string_lossy().into_owned()),
+            ("VAULT_ADDR", "https://vault.example:8200".into()),
+            ("VAULT_TOKEN", "t".into()),
+        ];
+        let vars = |image: Option<&str>| {
+            let mut vars: Vec<(&str, &str)> = vault.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            vars.extend(image.map(|i| ("KEYRIG_KEYGATE_IMAGE", i)));
+            fake.env(&vars)
+        };
+        let warned = |env: &ToolEnv| {
+            check_with(
+                KubeProfile::Cluster,
+                &fake.tools(env),
+                env,
+                "0.33.0",
+                "3.22.1",
+            )
+            .unwrap_or_else(|err| panic!("{err}"))
+            .warnings
+            .iter()
+            .any(|w| w.contains("ErrImageNeverPull"))
+        };
+        assert!(warned(&vars(None)));
+        assert!(!warned(&vars(Some("registry.example/keygate:1"))));
     }
 
     #[rstest]
