@@ -215,7 +215,7 @@ fn write(file: &Path, text: &str) -> Result<()> {
 /// `to` relative to directory `from` (kustomize refuses an absolute
 /// resource path). Both are resolved first, symlinks too, as kustomize
 /// resolves them (`target/` may be a link elsewhere).
-fn relative_path(from: &Path, to: &Path) -> Result<PathBuf> {
+pub(crate) fn relative_path(from: &Path, to: &Path) -> Result<PathBuf> {
     let absolute = |p: &Path| -> Result<Vec<String>> {
         let p = match std::fs::canonicalize(p) {
             Ok(p) => p,

@@ -1,7 +1,7 @@
 //! keygate's image for the Kubernetes profiles: built from ./Dockerfile
 //! without attestations and tagged per build (kind: loaded into the
 //! cluster), or the image the cluster profile was given
-//! (`KEYRIG_KEYGATE_IMAGE`); and, once the overlay is applied, the pod
+//! (`KEYRIG_KEYGATE_IMAGE`); and the overlay that is applied, with the pod
 //! templates pointed at it and stamped with the overlay's digest.
 //!
 //! **A reused cluster runs this run's build and config**: the tag changes
@@ -11,8 +11,6 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::commands::{Commands, PROGRESS_EVERY};
@@ -131,43 +129,58 @@ pub async fn provide(inputs: ImageInputs<'_>) -> Result<KeygateImage> {
     })
 }
 
-/// After the overlay is applied, on both profiles: points keygate's
-/// container at `image` (kind: this build's tag, `Never`; cluster:
-/// `KEYRIG_KEYGATE_IMAGE`, `IfNotPresent`), and stamps [`overlay_digest`]
-/// on the keygate and gateway pod templates, so a new image or a changed
-/// config rolls them out in a reused cluster.
-pub async fn pin_pod_templates(
-    client: &kube::Client,
+/// Writes `<dir>/kustomization.yaml` over the overlay `base` (the mode's,
+/// or the cluster profile's run overlay), on both profiles: keygate's
+/// container runs `image` (kind: this build's tag, `Never`; cluster:
+/// `KEYRIG_KEYGATE_IMAGE`, `IfNotPresent`), and the keygate and gateway pod
+/// templates carry [`overlay_digest`], so a new image or a changed config
+/// rolls them out in a reused cluster. Applied as it is: one rollout, where
+/// a patch after the apply had the apply first roll keygate back to the
+/// base's tag (a pod that cannot pull) and the patch roll it forward again.
+pub fn write_stamped_overlay(
+    dir: &Path,
+    base: &Path,
     image: &KeygateImage,
     overlay_digest: &str,
 ) -> Result<()> {
     let KeygateImage { image, pull_policy } = image;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), names::NAMESPACE);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let annotations = json!({ OVERLAY_DIGEST_ANNOTATION: overlay_digest });
-    let keygate = json!({"spec": {"template": {
-        "metadata": {"annotations": annotations},
-        "spec": {"containers": [
-            {"name": names::KEYGATE, "image": image, "imagePullPolicy": pull_policy}
-        ]}
-    }}});
-    deployments
-        .patch(
-            names::KEYGATE,
-            &PatchParams::default(),
-            &Patch::Strategic(&keygate),
-        )
-        .await
-        .with_context(|| format!("pointing the keygate Deployment at {image}"))?;
-    let gateway = json!({"spec": {"template": {"metadata": {"annotations": annotations}}}});
-    deployments
-        .patch(
-            names::GATEWAY,
-            &PatchParams::default(),
-            &Patch::Strategic(&gateway),
-        )
-        .await
-        .context("annotating the gateway Deployment with the overlay's digest")?;
-    Ok(())
+    let deployment = |name: &str, spec: serde_json::Value| {
+        json!({
+            "target": {"kind": "Deployment", "name": name},
+            "patch": serde_yaml::to_string(&json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name},
+                "spec": {"template": spec},
+            })).expect("a patch serializes"),
+        })
+    };
+    let kustomization = json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [super::cluster_vault::relative_path(dir, base)?.display().to_string()],
+        "patches": [
+            deployment(names::KEYGATE, json!({
+                "metadata": {"annotations": annotations},
+                "spec": {"containers": [
+                    {"name": names::KEYGATE, "image": image, "imagePullPolicy": pull_policy}
+                ]},
+            })),
+            deployment(names::GATEWAY, json!({"metadata": {"annotations": annotations}})),
+        ],
+    });
+    let text = serde_yaml::to_string(&kustomization).context("writing the kustomization")?;
+    let file = dir.join("kustomization.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "# Written by keyrig for this run (rig_k8s::image): keygate's image and the\n\
+             # overlay's digest over {}.\n{text}",
+            base.display()
+        ),
+    )
+    .with_context(|| format!("writing {}", file.display()))
 }
 
 /// The pod-template annotation that holds [`overlay_digest`].
@@ -262,5 +275,50 @@ mod tests {
         let with = overlay_digest(&config("x"), std::slice::from_ref(&group)).unwrap();
         std::fs::write(&file, "openapi: 3.1.0\n").unwrap();
         assert_ne!(with, overlay_digest(&config("x"), &[group]).unwrap());
+    }
+
+    /// The applied overlay, rendered by the pinned kubectl over each mode's:
+    /// keygate runs the given image with its pull policy, both pod templates
+    /// carry the digest, and nothing else differs from the mode's rendering.
+    #[test]
+    fn the_stamped_overlay_changes_only_the_image_and_the_digest() {
+        let kubectl = super::super::pinned_tool("kubectl");
+        let image = KeygateImage {
+            image: "keyrig/keygate:dev-0123456789ab".into(),
+            pull_policy: "Never",
+        };
+        let runs = rig::base::paths::rig_dir();
+        std::fs::create_dir_all(&runs).unwrap();
+        for mode in ["inline", "existing-secret", "external-secret"] {
+            let base = rig::base::paths::scenarios_dir().join("k8s").join(mode);
+            let mut expected = manifests::render_overlay(&kubectl, &base).unwrap();
+            let dir = tempfile::tempdir_in(&runs).unwrap();
+            write_stamped_overlay(dir.path(), &base, &image, "00ff00ff00ff00ff").unwrap();
+            let stamped = manifests::render_overlay(&kubectl, dir.path()).unwrap();
+
+            for object in &mut expected {
+                if object["kind"] != "Deployment" {
+                    continue;
+                }
+                let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+                let template = &mut object["spec"]["template"];
+                if name == names::KEYGATE || name == names::GATEWAY {
+                    let metadata = template["metadata"].as_object_mut().unwrap();
+                    let annotations = metadata.entry("annotations").or_insert(json!({}));
+                    annotations[OVERLAY_DIGEST_ANNOTATION] = json!("00ff00ff00ff00ff");
+                }
+                if name == names::KEYGATE {
+                    let container = &mut template["spec"]["containers"][0];
+                    assert_eq!(container["name"], names::KEYGATE);
+                    container["image"] = json!(image.image);
+                    container["imagePullPolicy"] = json!(image.pull_policy);
+                }
+            }
+            assert_eq!(
+                serde_json::to_string_pretty(&stamped).unwrap(),
+                serde_json::to_string_pretty(&expected).unwrap(),
+                "{mode}"
+            );
+        }
     }
 }

@@ -435,10 +435,18 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     ];
     delete_job.extend(cmds.context_args("--context"));
     cmds.run("kubectl", kubectl, &delete_job).await?;
+    // keygate's image and the overlay's digest in what is applied.
+    let stamped = run.path().join("applied");
+    super::image::write_stamped_overlay(
+        &stamped,
+        &applied,
+        &keygate_image,
+        &super::image::overlay_digest(&rendered, &groups)?,
+    )?;
     let mut apply = vec![
         "apply".to_owned(),
         "-k".into(),
-        applied.display().to_string(),
+        stamped.display().to_string(),
     ];
     apply.extend(cmds.context_args("--context"));
     rig::base::wait::wait_until(
@@ -452,12 +460,6 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
                 ),
             })
         },
-    )
-    .await?;
-    super::image::pin_pod_templates(
-        &client,
-        &keygate_image,
-        &super::image::overlay_digest(&rendered, &groups)?,
     )
     .await?;
 
