@@ -188,7 +188,8 @@ impl Interner {
 struct Slot {
     value: Value,
     read_at: u64,
-    /// Served as is until then (`positive_ttl` / `negative_ttl`).
+    /// Served as is until then (`positive_ttl` / `negative_ttl` from the
+    /// read's start).
     fresh_until: Instant,
     /// A found record answers for an outage until then (`positive_ttl +
     /// resurrect_ttl`); an absence never does (`fresh_until`).
@@ -202,6 +203,65 @@ type Store = quick_cache::sync::Cache<Key, Slot>;
 /// repeated by every waiter in turn). If the task reading is cancelled,
 /// a waiter takes the read over (`OnceCell`).
 type InFlight = Mutex<HashMap<Key, Arc<OnceCell<Result<Slot, Arc<VaultError>>>>>>;
+
+/// One lookup's share of a key's read in flight. The entry leaves
+/// `in_flight` when its read is done, and when the last lookup waiting
+/// for it is cancelled (a client that hangs up, a gateway's timeout):
+/// without that, every cancelled read of a new selector would stay in the
+/// map for good.
+struct Waiting<'a> {
+    in_flight: &'a InFlight,
+    key: &'a Key,
+    /// Every clone of an entry's cell but the map's own is one of these,
+    /// taken and given back under the map's lock, so the count tells
+    /// whether anyone else waits.
+    cell: Option<Arc<OnceCell<Result<Slot, Arc<VaultError>>>>>,
+}
+
+impl<'a> Waiting<'a> {
+    fn join(in_flight: &'a InFlight, key: &'a Key) -> Self {
+        let cell = in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Self {
+            in_flight,
+            key,
+            cell: Some(cell),
+        }
+    }
+
+    fn cell(&self) -> &OnceCell<Result<Slot, Arc<VaultError>>> {
+        self.cell.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let Some(cell) = self.cell.take() else {
+            return;
+        };
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = in_flight
+            .get(self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, &cell));
+        let done = cell.initialized();
+        drop(cell);
+        // Done: its answer is stored (or it failed), the next lookup reads
+        // anew. Not done and nobody else waiting: the read was cancelled
+        // with its last lookup, and stored nothing.
+        if ours
+            && (done
+                || in_flight
+                    .get(self.key)
+                    .is_some_and(|c| Arc::strong_count(c) == 1))
+        {
+            in_flight.remove(self.key);
+        }
+    }
+}
 
 /// Whether a read of `key` is in flight now (shared by the cache and its
 /// invalidator).
@@ -521,29 +581,16 @@ impl RecordCache {
         store: &Store,
         lookup: &Lookup<'_>,
     ) -> Result<Slot, Arc<VaultError>> {
-        let cell = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(lookup.key.clone())
-            .or_default()
-            .clone();
-        let result = cell
+        let waiting = Waiting::join(&self.in_flight, lookup.key);
+        waiting
+            .cell()
             .get_or_init(|| async {
                 let slot = self.read_stamped(lookup).await.map_err(Arc::new)?;
                 store.insert(lookup.key.clone(), slot.clone());
                 Ok(slot)
             })
             .await
-            .clone();
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if in_flight
-            .get(lookup.key)
-            .is_some_and(|current| Arc::ptr_eq(current, &cell))
-        {
-            in_flight.remove(lookup.key);
-        }
-        result
+            .clone()
     }
 
     /// One source read, stamped when it starts, counted in the metrics.
@@ -558,7 +605,6 @@ impl RecordCache {
         };
         self.metrics.vault_read(outcome, started.elapsed());
         let found = result?;
-        let now = Instant::now();
         let (fresh_for, keep_for) = match &found {
             // resurrect_ttl 0 turns resurrection off altogether, also for
             // a fresh answer outdated by `all_stale`.
@@ -573,11 +619,15 @@ impl RecordCache {
             ),
             None => (self.config.negative_ttl, Duration::ZERO),
         };
+        // Counted from the read's start, like its stamp: a drop that comes
+        // while the read is in flight leaves a tombstone that lives as long
+        // as an answer can from the drop on, so the answer this read stores
+        // (an old record, maybe) ends before the tombstone does.
         Ok(Slot {
             value: self.compact(found),
             read_at,
-            fresh_until: now + fresh_for,
-            keep_until: now + keep_for,
+            fresh_until: started + fresh_for,
+            keep_until: started + keep_for,
         })
     }
 }
@@ -607,6 +657,9 @@ pub(crate) mod tests {
         /// Answer as Vault does to a fresh token without `read` (403).
         pub forbidden: AtomicBool,
         pub delay: Duration,
+        /// Reads from this one on (counted from 1) fail as unreachable;
+        /// 0: none.
+        pub down_from_read: AtomicUsize,
     }
 
     impl FakeSource {
@@ -625,11 +678,12 @@ pub(crate) mod tests {
             selector: &'a Selector,
         ) -> BoxFuture<'a, Result<Option<KeyRecord>, VaultError>> {
             Box::pin(async move {
-                self.reads.fetch_add(1, Ordering::SeqCst);
+                let number = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
                 if !self.delay.is_zero() {
                     tokio::time::sleep(self.delay).await;
                 }
-                if self.down.load(Ordering::SeqCst) {
+                let down_from = self.down_from_read.load(Ordering::SeqCst);
+                if self.down.load(Ordering::SeqCst) || (down_from > 0 && number >= down_from) {
                     return Err(VaultError::Unreachable {
                         address: "fake".into(),
                         reason: "down".into(),
@@ -650,11 +704,11 @@ pub(crate) mod tests {
         }
     }
 
-    fn cache(source: Arc<FakeSource>, positive: u64, negative: u64) -> RecordCache {
+    pub(crate) fn cache(source: Arc<FakeSource>, positive: u64, negative: u64) -> RecordCache {
         cache_resurrecting(source, positive, negative, 0)
     }
 
-    fn cache_resurrecting(
+    pub(crate) fn cache_resurrecting(
         source: Arc<FakeSource>,
         positive: u64,
         negative: u64,
@@ -855,7 +909,7 @@ pub(crate) mod tests {
 mod compact_tests {
     use std::sync::atomic::Ordering;
 
-    use super::tests::FakeSource;
+    use super::tests::{FakeSource, cache, cache_resurrecting};
     use super::*;
 
     #[tokio::test]
@@ -1010,6 +1064,95 @@ mod compact_tests {
         // Vault's timeout in an outage).
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
         assert!(cache.in_flight.lock().unwrap().is_empty());
+    }
+
+    /// A lookup cancelled while its read is on its way (a client that hung
+    /// up, a gateway's timeout) leaves nothing in `in_flight`, however many
+    /// selectors are sprayed; one of two waiters cancelled leaves the read
+    /// to the other.
+    #[tokio::test]
+    async fn cancelled_lookups_leave_no_read_in_flight_behind() {
+        let source = Arc::new(FakeSource {
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let cache = Arc::new(cache(source.clone(), 60_000, 60_000));
+        let mut cancelled = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (cache, selector) = (cache.clone(), ApiKey::generate().selector());
+            cancelled.spawn(async move {
+                tokio::time::timeout(Duration::from_millis(20), cache.get("g", &selector))
+                    .await
+                    .is_err()
+            });
+        }
+        while let Some(timed_out) = cancelled.join_next().await {
+            assert!(timed_out.unwrap(), "the read should outlast the lookup");
+        }
+        assert_eq!(source.reads.load(Ordering::SeqCst), 50);
+        assert!(
+            cache.in_flight.lock().unwrap().is_empty(),
+            "{} cancelled reads left in flight",
+            cache.in_flight.lock().unwrap().len()
+        );
+
+        // Two lookups of one key: the one that started the read goes, the
+        // other takes the read over and gets the answer.
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let first = {
+            let (cache, selector) = (cache.clone(), key.selector());
+            tokio::spawn(async move { cache.get("g", &selector).await.map(|r| r.is_some()).ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = {
+            let (cache, selector) = (cache.clone(), key.selector());
+            tokio::spawn(async move { cache.get("g", &selector).await.map(|r| r.is_some()).ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        first.abort();
+        assert_eq!(second.await.unwrap(), Some(true));
+        assert!(cache.in_flight.lock().unwrap().is_empty());
+    }
+
+    /// A read that started before a revocation and stored the old record
+    /// after it, whose caller's read again then failed: the old record's
+    /// lifetime is counted from its read's start, so it ends before the
+    /// revocation's tombstone does and no later outage brings it back.
+    #[tokio::test]
+    async fn an_old_record_stored_after_its_drop_dies_before_its_tombstone() {
+        // Every read takes 500 ms; positive 600 + resurrect 600 ms, so a
+        // tombstone lives 1200 ms.
+        let source = Arc::new(FakeSource {
+            delay: Duration::from_millis(500),
+            ..Default::default()
+        });
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let cache = Arc::new(cache_resurrecting(source.clone(), 600, 600, 600));
+        // The first read answers with the record; every read after it fails.
+        source.down_from_read.store(2, Ordering::SeqCst);
+        let in_flight = {
+            let (cache, selector) = (cache.clone(), key.selector());
+            tokio::spawn(async move { cache.get("g", &selector).await.is_err() })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Revoked at ~50 ms, while the first read was on its way: its
+        // tombstone lives until ~1250 ms. The read stores the old record at
+        // ~500 ms; its caller's second read fails at ~1000 ms.
+        cache.invalidator().drop_key("g", &key.selector()).await;
+        assert!(
+            in_flight.await.unwrap(),
+            "the outdated answer was used, or its caller's second read did not fail"
+        );
+        // Asked again: this read fails at ~1500 ms and the cache looks for
+        // something to resurrect. The tombstone is gone; the old record,
+        // read at 0, was kept until 1200 ms (counted from its read's end,
+        // it would be kept until ~1700 ms and allowed).
+        assert!(
+            cache.get("g", &key.selector()).await.is_err(),
+            "a revoked key was resurrected after its tombstone expired"
+        );
     }
 
     #[tokio::test]
