@@ -985,6 +985,18 @@ mod faults {
         case.note(revocation::policy_withdrawn(opts).await.unwrap());
     }
 
+    /// 6e. keygate cut off (secret-id destroyed, token revoked): its
+    /// re-login after the 403 is refused, 503 `vault-forbidden`, not an
+    /// outage, so the cached key is not resurrected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cut_off_keygate_is_vault_forbidden_and_not_resurrected() {
+        let mut case = fault_case("cut_off_keygate_is_vault_forbidden_and_not_resurrected");
+        let Some(opts) = options_or_skip(&mut case) else {
+            return;
+        };
+        case.note(revocation::keygate_cut_off(opts).await.unwrap());
+    }
+
     /// 7. Bad scenario input fails before anything starts (or at apply time for
     /// a policy Vault rejects), naming file, field and fix; nothing is left running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

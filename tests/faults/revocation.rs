@@ -392,3 +392,129 @@ pub async fn policy_withdrawn(opts: LocalOptions) -> Result<String> {
         refused_at.unwrap_or_default().as_millis()
     )))
 }
+
+/// keygate cut off by its operator: its secret-id destroyed and its token
+/// revoked. Once the cached answer is due, the read gets 403 and the
+/// re-login is refused: 503 `vault-forbidden`, Vault's answer, so the
+/// cached record is not resurrected; a new secret-id delivered the way the
+/// mode delivers brings it back.
+pub async fn keygate_cut_off(opts: LocalOptions) -> Result<String> {
+    use rig::vault::client::Secret;
+    let env = Owned::start(&opts).await?;
+    let delivery = env
+        .env()
+        .delivery
+        .clone()
+        .context("env.json has no `delivery`: keygate's credentials are not files here")?;
+    let (group, _) = env.groups();
+    let path = env.api_path(&group);
+    let key = env.issue_key(&group).await?;
+    let mut tally = Tally::default();
+    let reply = env.get(&path, Some(key.expose())).await;
+    tally.count(&reply, false);
+    ensure!(reply.status == 200, "before the cut: {}", reply.short());
+
+    let secret_id = match &delivery.external {
+        Some(ext) => env
+            .root
+            .kv2_get(&ext.kv_mount, &ext.secret_id_path)
+            .await?
+            .and_then(|data| data[&ext.secret_id_property].as_str().map(str::to_owned))
+            .context("the delivery path in Vault holds no secret-id")?,
+        None => rig::local::secret_dir::SecretDir::new(&delivery.secret_dir)
+            .read(&delivery.keys.secret_id)?
+            .trim()
+            .to_owned(),
+    };
+    let accessor = env
+        .keygate_accessor()
+        .await
+        .context("keygate reports no token accessor on /readyz")?;
+    env.root
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "auth/approle/role/{}/secret-id/destroy",
+                delivery.approle_role
+            ),
+            Some(&serde_json::json!({ "secret_id": secret_id })),
+        )
+        .await
+        .context("destroying keygate's secret-id")?;
+    env.root
+        .call(
+            reqwest::Method::POST,
+            "auth/token/revoke-accessor",
+            Some(&serde_json::json!({ "accessor": accessor })),
+        )
+        .await
+        .context("revoking keygate's token")?;
+    let cut = Instant::now();
+    // The cached answer serves until its positive TTL; then the read.
+    let deadline = Duration::from_millis(env.env().cache.positive_ttl_ms) + Duration::from_secs(10);
+    let mut refused_at = None;
+    while refused_at.is_none() {
+        ensure!(
+            cut.elapsed() < deadline,
+            "the key was still served {} after keygate was cut off",
+            rig::base::progress::secs(cut.elapsed())
+        );
+        let reply = env.get(&path, Some(key.expose())).await;
+        tally.count(&reply, false);
+        match (reply.status, reply.reason.as_deref()) {
+            (200, _) => {}
+            (503, Some("vault-forbidden")) => refused_at = Some(cut.elapsed()),
+            _ => bail!("with keygate cut off the key got {}", reply.short()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Well inside the resurrect window: still refused, not resurrected.
+    for _ in 0..20 {
+        let reply = env.get(&path, Some(key.expose())).await;
+        tally.count(&reply, true);
+        ensure!(
+            (reply.status, reply.reason.as_deref()) == (503, Some("vault-forbidden")),
+            "with keygate cut off the key got {} after a vault-forbidden",
+            reply.short()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = env
+        .root
+        .approle_new_secret_id(&delivery.approle_role)
+        .await?;
+    rig::base::redact::register_secret(fresh.secret_id.expose());
+    rig::local::delivery::deliver_secret_id(
+        &env.root,
+        &delivery,
+        &Secret::new(fresh.secret_id.expose()),
+    )
+    .await?;
+    tally.recovery = Some(
+        until_status(
+            &env,
+            &mut tally,
+            &path,
+            key.expose(),
+            200,
+            Duration::from_secs(60),
+            false,
+        )
+        .await?,
+    );
+    ensure!(
+        tally.false_accepts == 0,
+        "false accepts: {}",
+        tally.false_accepts
+    );
+    env.record_fault(
+        "cut_off_keygate_is_vault_forbidden_and_not_resurrected",
+        "keygate's secret-id destroyed and its token revoked, then a new secret-id delivered",
+        &env.default_gateway(),
+        &tally,
+    );
+    Ok(tally.message(&format!(
+        "503 vault-forbidden {} ms after the cut, 20 more refusals inside the resurrect window, served again once a new secret-id was delivered",
+        refused_at.unwrap_or_default().as_millis()
+    )))
+}

@@ -515,8 +515,9 @@ impl RecordCache {
         // resurrects, for this caller and for those arriving meanwhile.
         match self.read_fresh(store, &lookup).await {
             Ok(slot) => Ok(slot.value),
-            // A 403 with a fresh token is Vault's answer, not an outage.
-            Err(err) if matches!(*err, VaultError::Forbidden { .. }) => Err(err),
+            // A 403 with a fresh token, or a refused re-login after one,
+            // is Vault's answer, not an outage.
+            Err(err) if err.is_refusal() => Err(err),
             Err(err) => match self.resurrect(store, &key).await {
                 Some(record) => Ok(Some(record)),
                 None => Err(err),
@@ -660,6 +661,9 @@ pub(crate) mod tests {
         /// Reads from this one on (counted from 1) fail as unreachable;
         /// 0: none.
         pub down_from_read: AtomicUsize,
+        /// Answer as `Vault::read_record` does when a 403's re-login is
+        /// refused (keygate's token revoked, its secret-id destroyed).
+        pub login_rejected: AtomicBool,
     }
 
     impl FakeSource {
@@ -692,6 +696,12 @@ pub(crate) mod tests {
                 if self.forbidden.load(Ordering::SeqCst) {
                     return Err(VaultError::Forbidden {
                         path: format!("fake/{group}/{selector}"),
+                    });
+                }
+                if self.login_rejected.load(Ordering::SeqCst) {
+                    return Err(VaultError::LoginRejected {
+                        detail: ": 400 invalid role or secret ID".into(),
+                        hint: "the secret-id".into(),
                     });
                 }
                 Ok(self
@@ -836,6 +846,21 @@ pub(crate) mod tests {
         source.forbidden.store(false, Ordering::SeqCst);
         source.down.store(true, Ordering::SeqCst);
         assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+    }
+
+    /// keygate cut off (its token revoked, its secret-id destroyed): the
+    /// 403's re-login is refused, which is Vault's answer too.
+    #[tokio::test]
+    async fn a_refused_relogin_after_a_403_is_not_resurrected() {
+        let source = Arc::new(FakeSource::default());
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let cache = cache_resurrecting(source.clone(), 30, 30, 60_000);
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        source.login_rejected.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let err = cache.get("g", &key.selector()).await.unwrap_err();
+        assert!(err.is_refusal(), "{err:?}");
     }
 
     #[tokio::test]

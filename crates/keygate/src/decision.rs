@@ -206,7 +206,7 @@ impl Validator {
     async fn check(&self, group: &str, key: &ApiKey, selector: &Selector) -> Outcome {
         let record = match self.records.get(group, selector).await {
             Ok(record) => record,
-            Err(err) if matches!(*err, crate::vault::VaultError::Forbidden { .. }) => {
+            Err(err) if err.is_refusal() => {
                 if let Some(left_out) = self.warnings.admitted(Warning::VaultForbidden, group) {
                     warn!(group, %selector, error = %err, left_out,
                         "Vault refuses keygate the key record; denying (at most one line per {} s, left_out says how many were not written)",

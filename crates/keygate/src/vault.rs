@@ -107,6 +107,13 @@ impl VaultError {
         matches!(self, VaultError::RootToken | VaultError::SecretFile(_))
     }
 
+    /// Vault's answer, not an outage: a 403 on the read with a fresh
+    /// token, or, after a 403, the re-login refused (keygate cut off: its
+    /// token revoked, its secret-id destroyed). Never resurrected.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, VaultError::Forbidden { .. }) || self.is_rejected_credentials()
+    }
+
     /// Vault refused the credentials, now or before (held back): a fixed
     /// Secret fixes it, so keygate keeps running, unready, and logs in as
     /// soon as the files change. Exiting instead would have the pod
