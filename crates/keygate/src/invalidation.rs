@@ -21,6 +21,7 @@
 //! one costs a Vault read, never an allowed request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use apikey::Selector;
 use serde::Deserialize;
@@ -38,6 +39,14 @@ pub const MAX_LINE: usize = 1 << 20;
 /// Vault opens one connection per socket device (HA standbys forward to
 /// the active node); more than this at once is not Vault.
 const MAX_CONNECTIONS: usize = 16;
+/// The queue's bound in bytes, beside its bound in lines
+/// (`invalidation.queue`): 4096 lines of up to [`MAX_LINE`] would be 4 GiB.
+/// A line that does not fit is dropped like one over the line count.
+const QUEUE_BYTES: usize = 64 << 20;
+/// A longer group segment in a key's path is no API group keygate serves
+/// (groupIds are short names); such a line marks everything stale rather
+/// than be carried whole to the feed's followers.
+const MAX_GROUP: usize = 256;
 /// The KV v2 endpoints under which a key's path appears.
 const KEY_ENDPOINTS: [&str; 5] = ["data", "metadata", "delete", "undelete", "destroy"];
 /// Operations that change nothing; keygate's own reads are among them.
@@ -103,6 +112,11 @@ pub fn effect(line: &[u8], kv_mount: &str) -> Effect {
     {
         let mut parts = rest.split('/');
         return match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(endpoint), Some(group), Some(_), None)
+                if KEY_ENDPOINTS.contains(&endpoint) && group.len() > MAX_GROUP =>
+            {
+                Effect::AllStale
+            }
             (Some(endpoint), Some(group), Some(selector), None)
                 if KEY_ENDPOINTS.contains(&endpoint) && !group.is_empty() =>
             {
@@ -181,7 +195,7 @@ impl AuditListener {
     /// Accepts Vault's connections and applies their lines to the cache,
     /// forever.
     pub async fn serve(self, kv_mount: String, invalidator: Invalidator, metrics: Arc<Metrics>) {
-        let (lines, mut queued) = mpsc::channel::<Vec<u8>>(self.queue);
+        let (lines, mut queued) = line_queue(self.queue, QUEUE_BYTES);
         let apply = {
             let (invalidator, metrics) = (invalidator.clone(), metrics.clone());
             async move {
@@ -245,9 +259,60 @@ impl AuditListener {
     }
 }
 
+/// The queue between the connections and the task that applies their
+/// lines, bounded in lines and in bytes.
+#[derive(Clone)]
+struct LineQueue {
+    sender: mpsc::Sender<Vec<u8>>,
+    bytes: Arc<AtomicUsize>,
+    budget: usize,
+}
+
+struct LineReceiver {
+    receiver: mpsc::Receiver<Vec<u8>>,
+    bytes: Arc<AtomicUsize>,
+}
+
+fn line_queue(lines: usize, budget: usize) -> (LineQueue, LineReceiver) {
+    let (sender, receiver) = mpsc::channel(lines);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        LineQueue {
+            sender,
+            bytes: bytes.clone(),
+            budget,
+        },
+        LineReceiver { receiver, bytes },
+    )
+}
+
+impl LineQueue {
+    /// Queues `line` unless the queue is full in lines or bytes; never waits.
+    fn try_send(&self, line: Vec<u8>) -> bool {
+        let size = line.len();
+        if self.bytes.fetch_add(size, Ordering::SeqCst) + size > self.budget {
+            self.bytes.fetch_sub(size, Ordering::SeqCst);
+            return false;
+        }
+        if self.sender.try_send(line).is_err() {
+            self.bytes.fetch_sub(size, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+}
+
+impl LineReceiver {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        let line = self.receiver.recv().await?;
+        self.bytes.fetch_sub(line.len(), Ordering::SeqCst);
+        Some(line)
+    }
+}
+
 /// One audit stream connection, feeding the shared queue.
 struct Connection {
-    lines: mpsc::Sender<Vec<u8>>,
+    lines: LineQueue,
     invalidator: Invalidator,
     metrics: Arc<Metrics>,
 }
@@ -276,7 +341,7 @@ impl Connection {
     /// made to wait.
     fn offer(&self, line: Option<Vec<u8>>) {
         let queued = match line {
-            Some(line) => self.lines.try_send(line).is_ok(),
+            Some(line) => self.lines.try_send(line),
             None => false,
         };
         if !queued {
@@ -600,7 +665,7 @@ mod tests {
         let cache = RecordCache::new(source.clone(), config, metrics.clone());
         // Nobody drains this queue of one: the second line must be dropped
         // at once, not wait.
-        let (lines, _queued) = mpsc::channel(1);
+        let (lines, _queued) = line_queue(1, QUEUE_BYTES);
         let connection = Connection {
             lines,
             invalidator: cache.invalidator(),
@@ -624,6 +689,41 @@ mod tests {
             source.reads.load(Ordering::SeqCst),
             2,
             "the negative entry was not marked stale"
+        );
+    }
+
+    /// The queue is bounded in bytes too: lines that would take it past its
+    /// budget are dropped, however few are queued, and room comes back as
+    /// lines are taken.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_as_well_as_lines() {
+        let (queue, mut taken) = line_queue(1000, 100);
+        assert!(queue.try_send(vec![b'a'; 60]));
+        assert!(
+            !queue.try_send(vec![b'b'; 60]),
+            "160 bytes in a budget of 100"
+        );
+        assert!(queue.try_send(vec![b'c'; 40]));
+        assert_eq!(taken.recv().await.unwrap().len(), 60);
+        assert!(queue.try_send(vec![b'd'; 60]));
+        assert!(!queue.try_send(vec![b'e'; 1]));
+    }
+
+    /// A key path whose group segment is longer than any API group marks
+    /// everything stale (it may still have been a write keygate should
+    /// see) instead of carrying the segment to the feed.
+    #[test]
+    fn an_absurdly_long_group_marks_everything_stale() {
+        let group = "g".repeat(MAX_GROUP + 1);
+        let path = format!("api-portal-keys/data/{group}/{SELECTOR}");
+        assert_eq!(
+            effect(&line("request", "update", &path), "api-portal-keys"),
+            Effect::AllStale
+        );
+        let path = format!("api-portal-keys/data/{}/{SELECTOR}", "g".repeat(MAX_GROUP));
+        assert_eq!(
+            effect(&line("request", "update", &path), "api-portal-keys"),
+            dropped(&"g".repeat(MAX_GROUP))
         );
     }
 
