@@ -568,6 +568,44 @@ fn request_header<'a>(fe: FilterEnvoyPtr, name: &[u8]) -> (Option<&'a [u8]>, usi
 struct IdentityHeaders {
     owner: bool,
     group: bool,
+    /// One spelled with `_` for a `-` (`x_keyrig_owner`): an upstream that
+    /// reads headers CGI-style (PHP, WSGI, Rack) takes it for the real
+    /// one. Envoy passes such names unless the connection manager's
+    /// `headers_with_underscores_action` says otherwise.
+    variant: bool,
+}
+
+/// The spellings with `_` of the identity headers (Envoy keeps header
+/// names lower case).
+const IDENTITY_VARIANTS: [&[u8]; 6] = [
+    b"x_keyrig_owner",
+    b"x-keyrig_owner",
+    b"x_keyrig-owner",
+    b"x_keyrig_group",
+    b"x-keyrig_group",
+    b"x_keyrig-group",
+];
+
+/// Whether `name` is `want` (lower case, `-` separated) without regard to
+/// case, and if so whether exactly (`Some(true)`) or with `_` for some
+/// `-` (`Some(false)`).
+fn spelled_as(name: &[u8], want: &[u8]) -> Option<bool> {
+    if name.len() != want.len() {
+        return None;
+    }
+    let mut exact = true;
+    for (&have, &want) in name.iter().zip(want) {
+        let have = have.to_ascii_lowercase();
+        if have == want {
+            continue;
+        }
+        if have == b'_' && want == b'-' {
+            exact = false;
+            continue;
+        }
+        return None;
+    }
+    Some(exact)
 }
 
 /// How many headers fit on the stack for one pass; a request with more
@@ -611,15 +649,18 @@ fn scan_request_headers<'a>(
     let mut sent = IdentityHeaders {
         owner: false,
         group: false,
+        variant: false,
     };
     for (name, value) in headers {
         if name.eq_ignore_ascii_case(API_KEY_HEADER) {
             keys += 1;
             key.get_or_insert(value);
-        } else if name.eq_ignore_ascii_case(OWNER_HEADER) {
-            sent.owner = true;
-        } else if name.eq_ignore_ascii_case(GROUP_HEADER) {
-            sent.group = true;
+        } else if let Some(exact) = spelled_as(name, OWNER_HEADER) {
+            sent.owner |= exact;
+            sent.variant |= !exact;
+        } else if let Some(exact) = spelled_as(name, GROUP_HEADER) {
+            sent.group |= exact;
+            sent.variant |= !exact;
         }
     }
     let presented = match (keys, key) {
@@ -636,6 +677,11 @@ fn remove_identity_headers(fe: FilterEnvoyPtr, sent: IdentityHeaders) {
     }
     if sent.group {
         remove_request_header(fe, GROUP_HEADER);
+    }
+    if sent.variant {
+        for name in IDENTITY_VARIANTS {
+            remove_request_header(fe, name);
+        }
     }
 }
 

@@ -519,6 +519,46 @@ fn an_owner_less_key_reaches_the_upstream_without_an_owner_header() {
     stream.finish();
 }
 
+/// An upstream that reads headers CGI-style (PHP, WSGI, Rack) takes
+/// `x_keyrig_owner` for `x-keyrig-owner`: an Envoy that passes names with
+/// underscores (its default) must not carry the client's to it, least of
+/// all for a key without an owner, where no header of the module's own
+/// stands beside it.
+#[test]
+fn identity_headers_spelled_with_underscores_never_reach_the_upstream() {
+    let configs = Configs::new(r#"{"cluster":"keygate_http"}"#, r#"{"group":"g"}"#);
+    let key = ApiKey::generate();
+    let forged = [
+        "x_keyrig_owner",
+        "x-keyrig_owner",
+        "x_keyrig-owner",
+        "x_keyrig_group",
+        "x-keyrig_group",
+        "x_keyrig-group",
+    ];
+    let mut headers = vec![
+        (":path", "/g/x"),
+        (":method", "GET"),
+        ("x-api-key", key.expose()),
+    ];
+    headers.extend(forged.iter().map(|name| (*name, "mallory")));
+    // Not identity headers, and left alone.
+    headers.extend([("x_keyrig_owners", "kept"), ("x_api_key", "kept")]);
+    let stream = Stream::new(configs.route, &headers);
+    stream.start(configs.filter);
+    stream.request_headers();
+    stream.callout_done(&keygate_allows(""));
+    assert_eq!(stream.continued.get(), 1);
+    for name in forged {
+        assert_eq!(stream.header(name), Vec::<String>::new(), "{name}");
+    }
+    assert_eq!(stream.header("x-keyrig-owner"), Vec::<String>::new());
+    assert_eq!(stream.header("x-keyrig-group"), [GROUP]);
+    assert_eq!(stream.header("x_keyrig_owners"), ["kept"]);
+    assert_eq!(stream.header("x_api_key"), ["kept"]);
+    stream.finish();
+}
+
 #[test]
 fn a_stream_without_a_filter_is_refused() {
     let configs = Configs::new(r#"{"cluster":"keygate_http"}"#, r#"{"group":"g"}"#);
