@@ -57,6 +57,8 @@ gateway_matrix! {
         };
         let key = issue_key(API_GROUP, |r| r).await.unwrap();
 
+        // Also spelled with underscores, which upstreams that read headers
+        // CGI-style (PHP, WSGI, Rack) take for the same header.
         let reply = gw
             .get_with(
                 &api_path(API_GROUP),
@@ -64,6 +66,12 @@ gateway_matrix! {
                     ("x-api-key", key.expose()),
                     ("x-keyrig-owner", "mallory"),
                     ("x-keyrig-group", "billing-api"),
+                    ("x_keyrig_owner", "mallory"),
+                    ("x-keyrig_owner", "mallory"),
+                    ("x_keyrig-owner", "mallory"),
+                    ("x_keyrig_group", "billing-api"),
+                    ("x-keyrig_group", "billing-api"),
+                    ("x_keyrig-group", "billing-api"),
                 ],
             )
             .await
@@ -83,6 +91,24 @@ gateway_matrix! {
             ),
             (expected_owner("e2e-owner"), Some(API_GROUP)),
             "{gateway} let the client's x-keyrig-* through"
+        );
+        let variants: Vec<&String> = reply.body["headers"]
+            .as_object()
+            .map(|headers| {
+                headers
+                    .keys()
+                    .filter(|name| {
+                        let name = name.to_ascii_lowercase();
+                        name.contains('_')
+                            && ["x-keyrig-owner", "x-keyrig-group"]
+                                .contains(&name.replace('_', "-").as_str())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            variants.is_empty(),
+            "{gateway} let the client's x-keyrig-* spelled with underscores through: {variants:?}"
         );
     }
 }

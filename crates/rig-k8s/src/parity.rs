@@ -13,12 +13,14 @@ use rig::contract::gateways::Contract;
 use rig::local::envoy::render;
 use rig::local::gateway::context::GatewayContext;
 
-/// What the HTTP connection manager of the API listener decides on paths,
-/// and what ext_authz does when keygate fails.
-const HCM_KEYS: [&str; 3] = [
+/// What the HTTP connection manager of the API listener decides on paths
+/// and on header names with underscores, and what ext_authz does when
+/// keygate fails.
+const HCM_KEYS: [&str; 4] = [
     "normalize_path",
     "merge_slashes",
     "path_with_escaped_slashes_action",
+    "common_http_protocol_options",
 ];
 const EXT_AUTHZ_KEYS: [&str; 2] = ["failure_mode_allow", "status_on_error"];
 

@@ -521,8 +521,17 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
     let animals = stack.issue(ANIMALS, "user-animals").await;
     let gateway = stack.gateway.clone();
 
-    // A valid key: 200, with our identity headers, not the client's.
-    let forged = [("x-keyrig-owner", "mallory"), ("x-keyrig-group", "admin")];
+    // A valid key: 200, with our identity headers, not the client's, nor
+    // the client's spelled with underscores: this Envoy keeps its default
+    // `headers_with_underscores_action: ALLOW`, as someone's own may, so
+    // the module removes those itself.
+    let forged = [
+        ("x-keyrig-owner", "mallory"),
+        ("x-keyrig-group", "admin"),
+        ("x_keyrig_owner", "mallory"),
+        ("x-keyrig_owner", "mallory"),
+        ("x_keyrig-group", "admin"),
+    ];
     let allowed = ask(
         &gateway,
         "/billing/invoices/7",
@@ -534,6 +543,12 @@ async fn the_module_validates_from_its_table_follows_revocations_and_fails_close
     let upstream = allowed.upstream_headers();
     assert_eq!(upstream["x-keyrig-owner"], "user-billing", "{upstream}");
     assert_eq!(upstream["x-keyrig-group"], BILLING, "{upstream}");
+    for (name, _) in &forged[2..] {
+        assert!(
+            upstream.get(name).is_none(),
+            "{name} reached the upstream: {upstream}"
+        );
+    }
 
     // Served from the module's table now: keygate decides nothing more,
     // five requests in a row. Polled: the feed's drop lines for the key's

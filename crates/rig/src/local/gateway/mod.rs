@@ -416,6 +416,7 @@ mod tests {
             "normalize_path",
             "merge_slashes",
             "path_with_escaped_slashes_action",
+            "common_http_protocol_options",
         ] {
             assert_eq!(hcm[option], self::hcm(&grpc)[option], "{option}");
         }
