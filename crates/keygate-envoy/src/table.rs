@@ -25,7 +25,7 @@
 //! absence at once; without the feed it lapses with the negative TTL, as
 //! in keygate's own cache. Absences are never resurrected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -40,8 +40,11 @@ pub const MAX_ENTRIES: usize = 100_000;
 /// Bounds the absences: a flood of made-up selectors fills it, and then
 /// costs callouts (as without the table), never memory.
 pub const MAX_ABSENT: usize = 10_000;
-/// Tombstones beyond this many are pruned of those no callout can race.
-const TOMBSTONE_PRUNE_AT: usize = 4096;
+/// At most this many tombstones are kept (those no callout can race any
+/// more go first, oldest first); a burst of drops beyond it (a bulk
+/// import of keys) moves the global stale stamp instead, which outdates
+/// every callout in flight at once, and starts over.
+const MAX_TOMBSTONES: usize = 16_384;
 /// A full map is swept of expired values at most this often: a sweep
 /// walks the whole map under its write lock, on an Envoy worker, so a
 /// flood of made-up selectors keeping the absences full must not buy one
@@ -158,7 +161,7 @@ pub struct Table {
     clock: AtomicU64,
     stale_before: AtomicU64,
     /// Per key, the stamp and time of its last invalidation.
-    tombstones: Mutex<HashMap<Key, (u64, Instant)>>,
+    tombstones: Mutex<Tombstones>,
     positive_ttl: Duration,
     negative_ttl: Duration,
     resurrect_ttl: Duration,
@@ -173,7 +176,7 @@ impl Table {
             absent: RwLock::new(Entries::default()),
             clock: AtomicU64::new(1),
             stale_before: AtomicU64::new(0),
-            tombstones: Mutex::new(HashMap::new()),
+            tombstones: Mutex::new(Tombstones::default()),
             positive_ttl: ttls.positive,
             negative_ttl: ttls.negative,
             resurrect_ttl: ttls.resurrect,
@@ -297,9 +300,13 @@ impl Table {
         live: impl FnMut(&V) -> bool,
     ) -> bool {
         let tombstones = lock(&self.tombstones);
-        if tombstones
-            .get(&(group.to_owned(), selector.to_owned()))
-            .is_some_and(|(dropped, _)| read_at <= *dropped)
+        // Again under the lock: a burst of drops moves the stale stamp
+        // instead of leaving tombstones (`drop_key`).
+        if read_at <= self.stale_before.load(Ordering::SeqCst)
+            || tombstones
+                .by_key
+                .get(&(group.to_owned(), selector.to_owned()))
+                .is_some_and(|(dropped, _)| read_at <= *dropped)
         {
             return false;
         }
@@ -323,15 +330,22 @@ impl Table {
     /// keygate dropped this key (revoked, rewritten): forget it, and refuse
     /// any answer from a callout that started before now.
     pub fn drop_key(&self, group: &str, selector: &str) {
+        self.drop_key_at(group, selector, Instant::now());
+    }
+
+    fn drop_key_at(&self, group: &str, selector: &str, now: Instant) {
         let key = (group.to_owned(), selector.to_owned());
-        let now = Instant::now();
         let mut tombstones = lock(&self.tombstones);
         let stamp = self.stamp();
-        if tombstones.len() >= TOMBSTONE_PRUNE_AT {
-            let life = self.tombstone_life;
-            tombstones.retain(|_, (_, at)| now.duration_since(*at) < life);
+        tombstones.prune(now, self.tombstone_life);
+        if tombstones.by_key.len() >= MAX_TOMBSTONES {
+            // Under the lock `store_unless_dropped` checks it under.
+            self.stale_before.fetch_max(stamp, Ordering::SeqCst);
+            *tombstones = Tombstones::default();
+        } else {
+            tombstones.by_key.insert(key.clone(), (stamp, now));
+            tombstones.order.push_back((now, key));
         }
-        tombstones.insert(key, (stamp, now));
         write(&self.entries).remove(group, selector);
         write(&self.absent).remove(group, selector);
     }
@@ -374,6 +388,28 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The keys dropped lately, by key and in the order dropped, so the ones
+/// no callout can race any more are let go from the front, one at a time.
+#[derive(Default)]
+struct Tombstones {
+    by_key: HashMap<Key, (u64, Instant)>,
+    order: VecDeque<(Instant, Key)>,
+}
+
+impl Tombstones {
+    fn prune(&mut self, now: Instant, life: Duration) {
+        while let Some((at, _)) = self.order.front()
+            && now.saturating_duration_since(*at) >= life
+        {
+            let (at, key) = self.order.pop_front().expect("a front");
+            // A later drop of the same key keeps its own, newer one.
+            if self.by_key.get(&key).is_some_and(|(_, when)| *when == at) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
 }
 
 fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -460,6 +496,80 @@ mod tests {
         let after = table.stamp();
         assert!(table.insert("g", sel.as_str(), approved(&key), after, now, None));
         assert_eq!(table.lookup("g", sel.as_str(), now), fresh(&key));
+    }
+
+    /// Tombstones no callout can race any more go, oldest first, as later
+    /// drops come; a key dropped again keeps its newer one.
+    #[test]
+    fn tombstones_past_any_callout_are_let_go_oldest_first() {
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
+        let life = table.tombstone_life;
+        let now = Instant::now();
+        let (a, b) = (ApiKey::generate(), ApiKey::generate());
+        let a_in_flight = table.stamp();
+        table.drop_key_at("g", a.selector().as_str(), now);
+        table.drop_key_at("g", b.selector().as_str(), now);
+        // `a` dropped again later: its tombstone is the new one.
+        table.drop_key_at("g", a.selector().as_str(), now + life / 2);
+        table.drop_key_at("g", "c".repeat(32).as_str(), now + life);
+        let tombstones = lock(&table.tombstones);
+        assert!(
+            tombstones
+                .by_key
+                .contains_key(&("g".into(), a.selector().as_str().into()))
+        );
+        assert!(
+            !tombstones
+                .by_key
+                .contains_key(&("g".into(), b.selector().as_str().into()))
+        );
+        assert_eq!(tombstones.by_key.len(), 2);
+        assert_eq!(tombstones.order.len(), 2);
+        drop(tombstones);
+        assert!(!table.insert(
+            "g",
+            a.selector().as_str(),
+            approved(&a),
+            a_in_flight,
+            now,
+            None
+        ));
+    }
+
+    /// A burst of drops beyond [`MAX_TOMBSTONES`] within a tombstone's life
+    /// (a bulk import) keeps the map bounded and still refuses every answer
+    /// of a callout that started before the burst; walking the map on every
+    /// drop, as before, made such a burst quadratic under the lock the
+    /// workers' inserts take.
+    #[test]
+    fn a_burst_of_drops_stays_bounded_and_outdates_every_callout_in_flight() {
+        let table = Table::new(ttls(MIN, MIN), Duration::from_secs(3));
+        let now = Instant::now();
+        let early = ApiKey::generate();
+        let in_flight = table.stamp();
+        table.drop_key_at("g", early.selector().as_str(), now);
+        for _ in 0..MAX_TOMBSTONES + 10 {
+            table.drop_key_at("g", ApiKey::generate().selector().as_str(), now);
+        }
+        assert!(lock(&table.tombstones).by_key.len() <= MAX_TOMBSTONES);
+        assert!(lock(&table.tombstones).order.len() <= MAX_TOMBSTONES);
+        assert!(!table.insert(
+            "g",
+            early.selector().as_str(),
+            approved(&early),
+            in_flight,
+            now,
+            None
+        ));
+        let after = table.stamp();
+        assert!(table.insert(
+            "g",
+            early.selector().as_str(),
+            approved(&early),
+            after,
+            now,
+            None
+        ));
     }
 
     #[test]

@@ -202,7 +202,10 @@ type Store = quick_cache::sync::Cache<Key, Slot>;
 /// one Vault read and its result, error included (a failed read is not
 /// repeated by every waiter in turn). If the task reading is cancelled,
 /// a waiter takes the read over (`OnceCell`).
-type InFlight = Mutex<HashMap<Key, Arc<OnceCell<Result<Slot, Arc<VaultError>>>>>>;
+type InFlight = Mutex<HashMap<Key, Arc<ReadCell>>>;
+
+/// One key's read: its answer once it is in, shared by every waiter.
+type ReadCell = OnceCell<Result<Slot, Arc<VaultError>>>;
 
 /// One lookup's share of a key's read in flight. The entry leaves
 /// `in_flight` when its read is done, and when the last lookup waiting
@@ -215,7 +218,7 @@ struct Waiting<'a> {
     /// Every clone of an entry's cell but the map's own is one of these,
     /// taken and given back under the map's lock, so the count tells
     /// whether anyone else waits.
-    cell: Option<Arc<OnceCell<Result<Slot, Arc<VaultError>>>>>,
+    cell: Option<Arc<ReadCell>>,
 }
 
 impl<'a> Waiting<'a> {
@@ -233,7 +236,7 @@ impl<'a> Waiting<'a> {
         }
     }
 
-    fn cell(&self) -> &OnceCell<Result<Slot, Arc<VaultError>>> {
+    fn cell(&self) -> &ReadCell {
         self.cell.as_ref().expect("held until dropped")
     }
 }
