@@ -305,6 +305,48 @@ pub async fn vault_starts_without_keygate(mut opts: LocalOptions) -> Result<Stri
     )))
 }
 
+/// From now on `key` may be served (its cached answer) until keygate
+/// answers 503 `vault-forbidden`, within the positive TTL + 10 s; then it
+/// must get that 20 more times over 2 s, well inside the resurrect window:
+/// Vault's refusal is not an outage, never resurrected. Returns how long
+/// the first refusal took. `what` says what was done, for messages.
+async fn refused_as_vault_forbidden(
+    env: &Owned,
+    tally: &mut Tally,
+    path: &str,
+    key: &ApiKey,
+    what: &str,
+) -> Result<Duration> {
+    let since = Instant::now();
+    let deadline = Duration::from_millis(env.env().cache.positive_ttl_ms) + Duration::from_secs(10);
+    let refused_at = loop {
+        ensure!(
+            since.elapsed() < deadline,
+            "{what}, the key was still served after {}",
+            rig::base::progress::secs(since.elapsed())
+        );
+        let reply = env.get(path, Some(key.expose())).await;
+        tally.count(&reply, false);
+        match (reply.status, reply.reason.as_deref()) {
+            (200, _) => {}
+            (503, Some("vault-forbidden")) => break since.elapsed(),
+            _ => bail!("{what}, the key got {}", reply.short()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for _ in 0..20 {
+        let reply = env.get(path, Some(key.expose())).await;
+        tally.count(&reply, true);
+        ensure!(
+            (reply.status, reply.reason.as_deref()) == (503, Some("vault-forbidden")),
+            "{what}, the key got {} after a vault-forbidden",
+            reply.short()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(refused_at)
+}
+
 /// keygate's policy withdrawn (`gateway-policy` rewritten without `read` on
 /// the key mount): the cached key gets 503 `vault-forbidden`, never served
 /// from the resurrect store, and works again once the policy is restored.
@@ -329,37 +371,11 @@ pub async fn policy_withdrawn(opts: LocalOptions) -> Result<String> {
             "path \"sys/keyrig-nothing\" {\n  capabilities = [\"deny\"]\n}\n",
         )
         .await?;
-    let withdrawn = Instant::now();
     // The audit stream marks the cache stale at once; without it the
     // positive TTL; plus keygate's re-login on the first 403.
-    let deadline = Duration::from_millis(env.env().cache.positive_ttl_ms) + Duration::from_secs(10);
-    let mut refused_at = None;
-    while refused_at.is_none() {
-        ensure!(
-            withdrawn.elapsed() < deadline,
-            "the key was still served {} after keygate's policy was withdrawn",
-            rig::base::progress::secs(withdrawn.elapsed())
-        );
-        let reply = env.get(&path, Some(key.expose())).await;
-        tally.count(&reply, false);
-        match (reply.status, reply.reason.as_deref()) {
-            (200, _) => {}
-            (503, Some("vault-forbidden")) => refused_at = Some(withdrawn.elapsed()),
-            _ => bail!("with the policy withdrawn the key got {}", reply.short()),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Well inside the resurrect window (30 s): still refused, not resurrected.
-    for _ in 0..20 {
-        let reply = env.get(&path, Some(key.expose())).await;
-        tally.count(&reply, true);
-        ensure!(
-            (reply.status, reply.reason.as_deref()) == (503, Some("vault-forbidden")),
-            "with the policy withdrawn the key got {} after a vault-forbidden",
-            reply.short()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused_at =
+        refused_as_vault_forbidden(&env, &mut tally, &path, &key, "with the policy withdrawn")
+            .await?;
     let hcl =
         std::fs::read_to_string(opts.scenarios_dir.join("vault/policies/gateway-policy.hcl"))?
             .replace("{{ mount }}", &env.env().kv_mount);
@@ -389,7 +405,7 @@ pub async fn policy_withdrawn(opts: LocalOptions) -> Result<String> {
     );
     Ok(tally.message(&format!(
         "503 vault-forbidden {} ms after the policy was withdrawn, 20 more refusals inside the resurrect window, served again once restored",
-        refused_at.unwrap_or_default().as_millis()
+        refused_at.as_millis()
     )))
 }
 
@@ -449,36 +465,9 @@ pub async fn keygate_cut_off(opts: LocalOptions) -> Result<String> {
         )
         .await
         .context("revoking keygate's token")?;
-    let cut = Instant::now();
     // The cached answer serves until its positive TTL; then the read.
-    let deadline = Duration::from_millis(env.env().cache.positive_ttl_ms) + Duration::from_secs(10);
-    let mut refused_at = None;
-    while refused_at.is_none() {
-        ensure!(
-            cut.elapsed() < deadline,
-            "the key was still served {} after keygate was cut off",
-            rig::base::progress::secs(cut.elapsed())
-        );
-        let reply = env.get(&path, Some(key.expose())).await;
-        tally.count(&reply, false);
-        match (reply.status, reply.reason.as_deref()) {
-            (200, _) => {}
-            (503, Some("vault-forbidden")) => refused_at = Some(cut.elapsed()),
-            _ => bail!("with keygate cut off the key got {}", reply.short()),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Well inside the resurrect window: still refused, not resurrected.
-    for _ in 0..20 {
-        let reply = env.get(&path, Some(key.expose())).await;
-        tally.count(&reply, true);
-        ensure!(
-            (reply.status, reply.reason.as_deref()) == (503, Some("vault-forbidden")),
-            "with keygate cut off the key got {} after a vault-forbidden",
-            reply.short()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused_at =
+        refused_as_vault_forbidden(&env, &mut tally, &path, &key, "with keygate cut off").await?;
     let fresh = env
         .root
         .approle_new_secret_id(&delivery.approle_role)
@@ -515,6 +504,6 @@ pub async fn keygate_cut_off(opts: LocalOptions) -> Result<String> {
     );
     Ok(tally.message(&format!(
         "503 vault-forbidden {} ms after the cut, 20 more refusals inside the resurrect window, served again once a new secret-id was delivered",
-        refused_at.unwrap_or_default().as_millis()
+        refused_at.as_millis()
     )))
 }

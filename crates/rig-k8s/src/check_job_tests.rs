@@ -210,25 +210,11 @@ async fn vault_with_approle() -> (tempfile::TempDir, Supervisor, DevTlsVault, St
     (base, supervisor, vault, role_id, secret_id)
 }
 
-/// A CA that did not sign the server's certificate: a pki mount's root.
+/// A CA that did not sign the server's certificate (a pki mount's root),
+/// in a file.
 async fn another_ca(root: &VaultClient, dir: &Path) -> PathBuf {
-    root.call(
-        Method::POST,
-        "sys/mounts/other-pki",
-        Some(&json!({"type": "pki"})),
-    )
-    .await
-    .unwrap();
-    let answer = root
-        .call(
-            Method::POST,
-            "other-pki/root/generate/internal",
-            Some(&json!({"common_name": "another-ca.test", "ttl": "1h"})),
-        )
-        .await
-        .unwrap();
     let file = dir.join("another-ca.pem");
-    std::fs::write(&file, answer["data"]["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&file, super::vault_side_tests::some_ca(root).await).unwrap();
     file
 }
 

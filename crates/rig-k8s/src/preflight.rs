@@ -519,24 +519,47 @@ mod tests {
         );
     }
 
-    #[rstest]
-    fn the_cluster_profile_needs_vault_settings_not_kind() {
+    /// The cluster profile's check on a PATH holding `helm` (reporting
+    /// `helm_version`), the pinned-looking kubectl and, with `docker`, a
+    /// docker whose daemon answers; `vars` besides KEYRIG_KUBECTL.
+    fn check_cluster(
+        helm_version: &str,
+        docker: bool,
+        vars: &[(&str, &str)],
+    ) -> Result<KubeTools, MissingTools> {
         let fake = FakePath::new();
-        fake.script("helm", "echo v3.22.1+g1234567");
+        fake.script("helm", &format!("echo {helm_version}"));
         fake.script("kubectl", "echo 'Client Version: v1.37.1'");
-        let kubectl = fake.dir.path().join("kubectl");
-        let env = fake.env(&[
-            ("KEYRIG_KUBECTL", &kubectl.to_string_lossy()),
-            ("KEYRIG_KEYGATE_IMAGE", "registry.example/keygate:1"),
-        ]);
-        let err = check_with(
+        if docker {
+            fake.script("docker", "echo 27.0.1");
+        }
+        let kubectl = fake
+            .dir
+            .path()
+            .join("kubectl")
+            .to_string_lossy()
+            .into_owned();
+        let mut all = vec![("KEYRIG_KUBECTL", kubectl.as_str())];
+        all.extend_from_slice(vars);
+        let env = fake.env(&all);
+        check_with(
             KubeProfile::Cluster,
             &fake.tools(&env),
             &env,
             "0.33.0",
             "3.22.1",
         )
-        .unwrap_err();
+    }
+
+    const PUSHED: (&str, &str) = ("KEYRIG_KEYGATE_IMAGE", "registry.example/keygate:1");
+    const VAULT: [(&str, &str); 2] = [
+        ("VAULT_ADDR", "https://vault.example:8200"),
+        ("VAULT_TOKEN", "t"),
+    ];
+
+    #[rstest]
+    fn the_cluster_profile_needs_vault_settings_not_kind() {
+        let err = check_cluster("v3.22.1+g1234567", false, &[PUSHED]).unwrap_err();
         assert_eq!(names(&err), ["VAULT_ADDR", "VAULT_TOKEN"]);
     }
 
@@ -546,23 +569,10 @@ mod tests {
     #[case::vault("VAULT_NAMESPACE")]
     #[case::bao("BAO_NAMESPACE")]
     fn a_vault_namespace_is_refused_on_the_cluster_profile(#[case] var: &str) {
-        let fake = FakePath::new();
-        fake.script("helm", "echo v3.22.1+g1234567");
-        fake.script("kubectl", "echo 'Client Version: v1.37.1'");
-        let kubectl = fake.dir.path().join("kubectl");
-        let env = fake.env(&[
-            ("KEYRIG_KUBECTL", &kubectl.to_string_lossy()),
-            ("KEYRIG_KEYGATE_IMAGE", "registry.example/keygate:1"),
-            ("VAULT_ADDR", "https://vault.example:8200"),
-            ("VAULT_TOKEN", "t"),
-            (var, "admin"),
-        ]);
-        let err = check_with(
-            KubeProfile::Cluster,
-            &fake.tools(&env),
-            &env,
-            "0.33.0",
-            "3.22.1",
+        let err = check_cluster(
+            "v3.22.1+g1234567",
+            false,
+            &[PUSHED, VAULT[0], VAULT[1], (var, "admin")],
         )
         .unwrap_err();
         assert_eq!(names(&err), [var]);
@@ -575,36 +585,15 @@ mod tests {
     /// cluster sharing Docker's image store can run: said before the build.
     #[rstest]
     fn the_cluster_profile_warns_when_no_pushed_image_is_named() {
-        let fake = FakePath::new();
-        fake.script("helm", "echo v3.22.1+g1234567");
-        fake.script("kubectl", "echo 'Client Version: v1.37.1'");
-        fake.script("docker", "echo 27.0.1");
-        let kubectl = fake.dir.path().join("kubectl");
-        let vault = [
-            ("KEYRIG_KUBECTL", kubectl.to_string_lossy().into_owned()),
-            ("VAULT_ADDR", "https://vault.example:8200".into()),
-            ("VAULT_TOKEN", "t".into()),
-        ];
-        let vars = |image: Option<&str>| {
-            let mut vars: Vec<(&str, &str)> = vault.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            vars.extend(image.map(|i| ("KEYRIG_KEYGATE_IMAGE", i)));
-            fake.env(&vars)
+        let warned = |vars: &[(&str, &str)]| {
+            check_cluster("v3.22.1+g1234567", true, vars)
+                .unwrap_or_else(|err| panic!("{err}"))
+                .warnings
+                .iter()
+                .any(|w| w.contains("ErrImageNeverPull"))
         };
-        let warned = |env: &ToolEnv| {
-            check_with(
-                KubeProfile::Cluster,
-                &fake.tools(env),
-                env,
-                "0.33.0",
-                "3.22.1",
-            )
-            .unwrap_or_else(|err| panic!("{err}"))
-            .warnings
-            .iter()
-            .any(|w| w.contains("ErrImageNeverPull"))
-        };
-        assert!(warned(&vars(None)));
-        assert!(!warned(&vars(Some("registry.example/keygate:1"))));
+        assert!(warned(&VAULT));
+        assert!(!warned(&[PUSHED, VAULT[0], VAULT[1]]));
     }
 
     #[rstest]
@@ -625,24 +614,8 @@ mod tests {
 
     #[rstest]
     fn helm_4_is_refused_naming_the_pin_and_how_to_install_it() {
-        let fake = FakePath::new();
-        fake.script("helm", "echo v4.2.4+g0123456");
-        fake.script("kubectl", "echo 'Client Version: v1.37.1'");
-        let kubectl = fake.dir.path().join("kubectl");
-        let env = fake.env(&[
-            ("KEYRIG_KUBECTL", &kubectl.to_string_lossy()),
-            ("KEYRIG_KEYGATE_IMAGE", "registry.example/keygate:1"),
-            ("VAULT_ADDR", "http://vault.example:8200"),
-            ("VAULT_TOKEN", "t"),
-        ]);
-        let err = check_with(
-            KubeProfile::Cluster,
-            &fake.tools(&env),
-            &env,
-            "0.33.0",
-            "3.22.1",
-        )
-        .unwrap_err();
+        let err =
+            check_cluster("v4.2.4+g0123456", false, &[PUSHED, VAULT[0], VAULT[1]]).unwrap_err();
         assert_eq!(names(&err), ["helm"]);
         let message = err.to_string();
         for needle in [

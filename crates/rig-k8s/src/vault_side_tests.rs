@@ -111,7 +111,7 @@ async fn mount_state(root: &VaultClient, mount: &str) -> (Value, Value) {
 
 /// A CA certificate Vault accepts as `kubernetes_ca_cert`: issued by a pki
 /// mount of the same dev server.
-async fn some_ca(root: &VaultClient) -> String {
+pub(crate) async fn some_ca(root: &VaultClient) -> String {
     root.call(
         Method::POST,
         "sys/mounts/test-pki",
