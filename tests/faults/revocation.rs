@@ -305,6 +305,27 @@ pub async fn vault_starts_without_keygate(mut opts: LocalOptions) -> Result<Stri
     )))
 }
 
+/// After the fault is undone: `key` at `path` served again within
+/// `within` (the recovery recorded), no false accept in the whole case,
+/// and the fault's figures recorded for the report.
+async fn served_again_and_recorded(
+    env: &Owned,
+    tally: &mut Tally,
+    (path, key): (&str, &ApiKey),
+    within: Duration,
+    case: &str,
+    fault: &str,
+) -> Result<()> {
+    tally.recovery = Some(until_status(env, tally, path, key.expose(), 200, within, false).await?);
+    ensure!(
+        tally.false_accepts == 0,
+        "false accepts: {}",
+        tally.false_accepts
+    );
+    env.record_fault(case, fault, &env.default_gateway(), tally);
+    Ok(())
+}
+
 /// From now on `key` may be served (its cached answer) until keygate
 /// answers 503 `vault-forbidden`, within the positive TTL + 10 s; then it
 /// must get that 20 more times over 2 s, well inside the resurrect window:
@@ -380,29 +401,15 @@ pub async fn policy_withdrawn(opts: LocalOptions) -> Result<String> {
         std::fs::read_to_string(opts.scenarios_dir.join("vault/policies/gateway-policy.hcl"))?
             .replace("{{ mount }}", &env.env().kv_mount);
     env.root.put_policy("gateway-policy", &hcl).await?;
-    tally.recovery = Some(
-        until_status(
-            &env,
-            &mut tally,
-            &path,
-            key.expose(),
-            200,
-            Duration::from_secs(30),
-            false,
-        )
-        .await?,
-    );
-    ensure!(
-        tally.false_accepts == 0,
-        "false accepts: {}",
-        tally.false_accepts
-    );
-    env.record_fault(
+    served_again_and_recorded(
+        &env,
+        &mut tally,
+        (&path, &key),
+        Duration::from_secs(30),
         "withdrawn_policy_is_vault_forbidden_and_not_resurrected",
         "keygate's policy rewritten without read on the key mount, then restored",
-        &env.default_gateway(),
-        &tally,
-    );
+    )
+    .await?;
     Ok(tally.message(&format!(
         "503 vault-forbidden {} ms after the policy was withdrawn, 20 more refusals inside the resurrect window, served again once restored",
         refused_at.as_millis()
@@ -479,29 +486,15 @@ pub async fn keygate_cut_off(opts: LocalOptions) -> Result<String> {
         &Secret::new(fresh.secret_id.expose()),
     )
     .await?;
-    tally.recovery = Some(
-        until_status(
-            &env,
-            &mut tally,
-            &path,
-            key.expose(),
-            200,
-            Duration::from_secs(60),
-            false,
-        )
-        .await?,
-    );
-    ensure!(
-        tally.false_accepts == 0,
-        "false accepts: {}",
-        tally.false_accepts
-    );
-    env.record_fault(
+    served_again_and_recorded(
+        &env,
+        &mut tally,
+        (&path, &key),
+        Duration::from_secs(60),
         "cut_off_keygate_is_vault_forbidden_and_not_resurrected",
         "keygate's secret-id destroyed and its token revoked, then a new secret-id delivered",
-        &env.default_gateway(),
-        &tally,
-    );
+    )
+    .await?;
     Ok(tally.message(&format!(
         "503 vault-forbidden {} ms after the cut, 20 more refusals inside the resurrect window, served again once a new secret-id was delivered",
         refused_at.as_millis()
