@@ -12,8 +12,9 @@
 //! in use keep working through a short outage; once it lapses the caller
 //! gets the error (503). Only found records are resurrected, and a read that
 //! finds the record gone drops it, so a revoked key is never brought back.
-//! A 403 with a fresh token (the policy was withdrawn) is an answer, not an
-//! outage: it is never resurrected.
+//! A 403 with a fresh token (the policy was withdrawn), or a re-login Vault
+//! refuses after a 403 (keygate cut off), is an answer, not an outage: it
+//! is never resurrected.
 //!
 //! Invalidation (`crate::invalidation`, from Vault's audit stream): every
 //! read is stamped from a counter when it starts. Dropping a key records a

@@ -1,5 +1,5 @@
 //! keygate's Vault credentials, registered per mode (scenarios/k8s/README.md
-//! step 5):
+//! step 7):
 //! - `inline`, `existing-secret` on **kind**: the overlay's Secret holds fixed
 //!   dev values committed to git; Vault (a throwaway dev server in the kind
 //!   cluster) is told to accept them as the gateway AppRole's custom role_id

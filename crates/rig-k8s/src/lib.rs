@@ -6,8 +6,10 @@
 //! None of this has run against a cluster on the machines keyrig is
 //! developed on (no Docker engine there): it compiles, its pure parts have
 //! unit tests, its Vault side runs against a real OpenBao
-//! (`vault_side_tests`), the cluster profile's overlay is rendered by the
-//! pinned kubectl (`cluster_vault`), and `preflight` is what those machines
+//! (`vault_side_tests`), the check Job's script runs with the pinned `bao`
+//! against a real OpenBao (`check_job_tests`), the cluster profile's
+//! overlay and the applied one are rendered by the pinned kubectl
+//! (`cluster_vault`, `image`), and `preflight` is what those machines
 //! exercise.
 
 mod check_job_tests;

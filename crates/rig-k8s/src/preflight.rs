@@ -1,7 +1,9 @@
 //! Before the kind or cluster profile touches anything: are docker (client
-//! and a daemon that answers), kind, Helm 3 and kubectl here? Every missing
-//! tool is named in one message, with where to get it, so a person fixes
-//! them all at once instead of one per run.
+//! and a daemon that answers), kind, Helm 3 and kubectl here, and on
+//! `cluster` the Vault variables (a Vault namespace is refused; without
+//! `KEYRIG_KEYGATE_IMAGE` a warning says which clusters can run a local
+//! build)? Every problem is named in one message, with what to do, so a
+//! person fixes them all at once instead of one per run.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

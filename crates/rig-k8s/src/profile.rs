@@ -450,7 +450,11 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
     ];
     apply.extend(cmds.context_args("--context"));
     rig::base::wait::wait_until(
-        &format!("kubectl apply -k scenarios/k8s/{}", opts.mode),
+        &format!(
+            "kubectl apply -k {} (over scenarios/k8s/{})",
+            stamped.display(),
+            opts.mode
+        ),
         Duration::from_secs(120),
         async || {
             anyhow::Ok(match cmds.run("kubectl", kubectl, &apply).await {

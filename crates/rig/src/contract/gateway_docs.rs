@@ -32,8 +32,8 @@ fn never(_: &Deviations) -> Option<String> {
 fn rows() -> Vec<Row> {
     vec![
         Row {
-            behaviour: "client's own `x-keyrig-owner` / `x-keyrig-group` with a valid key",
-            strict: "replaced by keygate's",
+            behaviour: "client's own `x-keyrig-owner` / `x-keyrig-group` (also spelled with `_`) with a valid key",
+            strict: "replaced by keygate's; the `_` spellings never reach the upstream",
             deviation: never,
         },
         Row {
