@@ -18,7 +18,14 @@
 //!   own escapes are decoded (`%25%32f`): a server that decodes twice sees
 //!   another path;
 //! - `%` not followed by two hex digits: servers disagree on what it is;
-//! - dot segments and empty segments (`//`, a trailing `/`).
+//! - dot segments and empty segments (`//`, a trailing `/`), also before a
+//!   `;` path parameter (`..;`, `.;x`, `;x`): Tomcat, Jetty and older Spring
+//!   strip the parameter and then resolve the segment, so
+//!   `/a/items/..;/admin` would pass as `items`' `{id}` and be served as
+//!   `/a/admin`;
+//! - a `#` in the path: a request target never carries a fragment, and a
+//!   gateway that forwards it raw (nginx's `$request_uri`) routes on the text
+//!   before it while the upstream may read the rest.
 //!
 //! Other escapes (`%20`, `%C3%A9`) mean the same to every server and stay
 //! encoded, with their hex digits upper-cased, so `%c3` and `%C3` match alike.
@@ -35,15 +42,20 @@ pub enum Unroutable {
     AmbiguousEncoding,
     /// `%` without two hex digits after it.
     InvalidEncoding,
-    /// `//` or a trailing `/`.
+    /// `//` or a trailing `/`, or a segment that is only a `;` parameter.
     EmptySegment,
+    /// A `#` before the query: no client sends a fragment.
+    Fragment,
     NoMatch,
 }
 
-/// The segments of `request_path` (query string and fragment ignored),
-/// normalised as the module describes.
+/// The segments of `request_path` (query string ignored), normalised as
+/// the module describes.
 pub fn segments(request_path: &str) -> Result<Vec<String>, Unroutable> {
-    let path = request_path.split(['?', '#']).next().unwrap_or_default();
+    let path = request_path.split('?').next().unwrap_or_default();
+    if path.contains('#') {
+        return Err(Unroutable::Fragment);
+    }
     let rest = path.strip_prefix('/').ok_or(Unroutable::NotAbsolute)?;
     if rest.is_empty() {
         return Ok(Vec::new());
@@ -53,11 +65,13 @@ pub fn segments(request_path: &str) -> Result<Vec<String>, Unroutable> {
         .map(decode_segment)
         .collect::<Result<Vec<_>, _>>()?;
     // Checked after decoding, though `%2e` is refused anyway: a dot segment
-    // never reaches the matcher, however it was spelt.
-    if segments.iter().any(|s| s == "." || s == "..") {
+    // never reaches the matcher, however it was spelt, nor one a server
+    // makes by stripping a `;` parameter.
+    let name = |s: &String| s.split(';').next().unwrap_or_default().to_owned();
+    if segments.iter().map(name).any(|n| n == "." || n == "..") {
         return Err(Unroutable::DotSegment);
     }
-    if segments.iter().any(String::is_empty) {
+    if segments.iter().map(name).any(|n| n.is_empty()) {
         return Err(Unroutable::EmptySegment);
     }
     Ok(segments)
@@ -127,6 +141,8 @@ mod tests {
     #[case("/a/%c3%a9", &["a", "%C3%A9"])]
     #[case("/a/100%25", &["a", "100%25"])]
     #[case("/a/x?q=%2f#%zz", &["a", "x"])]
+    #[case("/a/items;v=1", &["a", "items;v=1"])]
+    #[case("/a/..x;y", &["a", "..x;y"])]
     #[case("/", &[])]
     fn decodes_unreserved_and_keeps_the_rest(#[case] path: &str, #[case] want: &[&str]) {
         assert_eq!(segments(path).unwrap(), want);
@@ -148,6 +164,11 @@ mod tests {
     #[case::bare_percent("/a/%", Unroutable::InvalidEncoding)]
     #[case::sign_in_hex("/a/%+1", Unroutable::InvalidEncoding)]
     #[case::dot_dot("/a/../b", Unroutable::DotSegment)]
+    #[case::dot_dot_parameter("/a/..;/b", Unroutable::DotSegment)]
+    #[case::dot_parameter("/a/.;x=1/b", Unroutable::DotSegment)]
+    #[case::only_a_parameter("/a/;x/b", Unroutable::EmptySegment)]
+    #[case::fragment("/a/b#/../c", Unroutable::Fragment)]
+    #[case::fragment_alone("/a/b#", Unroutable::Fragment)]
     #[case::empty("/a//b", Unroutable::EmptySegment)]
     #[case::relative("a/b", Unroutable::NotAbsolute)]
     fn refuses_what_cannot_be_decoded_safely(#[case] path: &str, #[case] why: Unroutable) {

@@ -338,7 +338,6 @@ paths:
     #[case("/animal-rescue/files/report.json", "animal-rescue-api")]
     #[case("/animal-rescue/files/a.b.json", "animal-rescue-api")]
     #[case("/billing/invoices", "billing-api")]
-    #[case("/billing/invoices/inv-1#frag", "billing-api")]
     fn declared_paths_resolve_to_their_group(#[case] path: &str, #[case] group: &str) {
         assert_eq!(routes().resolve(path), Ok(group));
     }
@@ -350,6 +349,11 @@ paths:
     #[case::other_base("/invoices", Unroutable::NoMatch)]
     #[case::case_differs("/Billing/invoices", Unroutable::NoMatch)]
     #[case::root("/", Unroutable::NoMatch)]
+    #[case::fragment("/billing/invoices/inv-1#frag", Unroutable::Fragment)]
+    #[case::dot_dot_parameter(
+        "/animal-rescue/animals/..;/adoption-requests",
+        Unroutable::DotSegment
+    )]
     #[case::empty_param_ext("/animal-rescue/files/.json", Unroutable::NoMatch)]
     #[case::relative("billing/invoices", Unroutable::NotAbsolute)]
     #[case::empty("", Unroutable::NotAbsolute)]

@@ -49,6 +49,13 @@ pub enum OperationMatch {
 /// How a declared path template's route matches; `None` for a template
 /// with no fast path (see [`template_regex`]).
 pub fn operation_match(template: &str) -> Option<OperationMatch> {
+    // As keygate reads templates: a trailing `/` is dropped (`/a/` is
+    // `/a`, which keygate routes, while it refuses `/a/`); the root and
+    // doubled slashes get no fast path.
+    let template = template.trim_end_matches('/');
+    if template.is_empty() || template.contains("//") {
+        return None;
+    }
     let regex = template_regex(template)?;
     Some(if template.contains('{') {
         OperationMatch::SafeRegex(regex)
@@ -60,7 +67,8 @@ pub fn operation_match(template: &str) -> Option<OperationMatch> {
 
 /// A path template (`/shop/items/{id}`) as an RE2 regex of the plain paths
 /// it declares: its text literally, a parameter as one or more characters
-/// other than `/`, `%` and `\`. Deliberately narrower than keygate's
+/// other than `/`, `%`, `\` and `;` (a `..;` segment is `..` to Tomcat,
+/// Jetty and older Spring; keygate refuses it). Deliberately narrower than keygate's
 /// matching (which decodes escapes first): a path it misses is answered on
 /// the group's prefix route, by keygate; a path it matches, keygate routes
 /// to the same group. `None` for a template whose text holds an escape
@@ -71,12 +79,12 @@ pub fn template_regex(template: &str) -> Option<String> {
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix('{') {
             let close = after.find('}')?;
-            regex.push_str(r"[^/%\\]+");
+            regex.push_str(r"[^/%\\;]+");
             rest = &after[close + 1..];
         } else {
             let end = rest.find('{').unwrap_or(rest.len());
             let text = &rest[..end];
-            if text.contains(['%', '\\', '}']) {
+            if text.contains(['%', '\\', '}', ';']) {
                 return None;
             }
             regex.push_str(&regex::escape(text));
@@ -184,6 +192,8 @@ mod template_regex_tests {
             "/shop/items/a\\b",
             "/shop/itemsX42",
             "/shop/items/42/",
+            "/shop/items/..;",
+            "/shop/items/x;y=1",
         ] {
             assert!(!items.is_match(other), "{other}");
         }
@@ -216,5 +226,13 @@ mod template_regex_tests {
         );
         assert_eq!(operation_match("/a/%73pecial"), None);
         assert_eq!(operation_match("/a/b}"), None);
+        // keygate drops a template's trailing `/` and refuses a path with one.
+        assert_eq!(
+            operation_match("/billing/"),
+            Some(OperationMatch::Path("/billing".into()))
+        );
+        assert_eq!(operation_match("/"), None);
+        assert_eq!(operation_match("/a//b"), None);
+        assert_eq!(operation_match("/a;v=1"), None);
     }
 }
