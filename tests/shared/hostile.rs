@@ -155,10 +155,22 @@ fn judge(env: &Environment, what: &str, key_group: &str, reply: &Reply) -> Resul
     let seen = reply.body["path"]
         .as_str()
         .with_context(|| format!("{what}: the upstream echo has no path"))?;
-    let prefix = env.route(granted)?;
+    // The group a gateway routes the upstream's path to: the longest route
+    // prefix it starts with (prefixes may nest, or one be `/`).
+    let seen = normalize(seen);
+    let owner = env
+        .groups
+        .iter()
+        .filter(|(_, prefix)| seen.starts_with(prefix.as_str()))
+        .max_by_key(|(_, prefix)| prefix.len())
+        .map(|(group, _)| group.as_str());
     ensure!(
-        normalize(seen).starts_with(prefix),
-        "{what}: passed as {granted} but the upstream got {seen:?}, which is not under {prefix}"
+        owner == Some(granted),
+        "{what}: passed as {granted} but the upstream got {seen:?}, which is {}",
+        match owner {
+            Some(owner) => format!("{owner}'s path (route prefix {})", env.route(owner)?),
+            None => "under no group's route prefix".to_owned(),
+        }
     );
     Ok(format!("200 as {granted}"))
 }

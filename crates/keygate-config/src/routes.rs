@@ -6,6 +6,14 @@
 //! accept a key for a path whose owner it does not know. Templates of two
 //! groups that could match one path are refused at load, so a path has at
 //! most one owner and the order documents are listed in never decides.
+//!
+//! **A path belongs to the API whose base path is its longest prefix, as
+//! at the gateways**, which route each group's base as a prefix, longest
+//! first: only that API's templates are matched. Where bases nest (`/api`
+//! and `/api/admin`, or an API served at `/`), a template of the shorter
+//! base that also matches under the longer one (`/api/{kind}/{id}` and
+//! `/api/admin/users`) would otherwise accept the shorter base's key for
+//! a request the gateway sends to the longer base's upstream.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -28,6 +36,8 @@ pub struct Routes {
 #[derive(Debug, Clone)]
 struct Route {
     segments: Vec<Segment>,
+    /// How many of `segments` are the document's base path (literals).
+    base_len: usize,
     /// Index into `Routes::groups`.
     group: usize,
     /// `base + template` and the document declaring it, for load errors.
@@ -127,6 +137,7 @@ impl Routes {
                 }
                 let route = Route {
                     segments,
+                    base_len: base.split('/').filter(|s| !s.is_empty()).count(),
                     group: group_index,
                     template: format!("{base}{template}"),
                     document: name.to_owned(),
@@ -175,10 +186,19 @@ impl Routes {
     /// another. Refusing never grants access it should not.
     pub fn resolve(&self, request_path: &str) -> Result<&str, Unroutable> {
         let request = crate::request_path::segments(request_path)?;
-        // Routes of different groups never overlap (checked at load), so
-        // the first match is the only owner.
+        // The longest base that prefixes the path, as the gateways route;
+        // then only its templates. Routes of different groups never overlap
+        // (checked at load), so the first match is the only owner.
+        let longest = self
+            .routes
+            .iter()
+            .filter(|route| route.base_prefixes(&request))
+            .map(|route| route.base_len)
+            .max()
+            .ok_or(Unroutable::NoMatch)?;
         self.routes
             .iter()
+            .filter(|route| route.base_len == longest && route.base_prefixes(&request))
             .find(|route| route.matches(&request))
             .map(|route| self.groups[route.group].as_str())
             .ok_or(Unroutable::NoMatch)
@@ -186,6 +206,15 @@ impl Routes {
 }
 
 impl Route {
+    /// Whether the route's base path is a (segment) prefix of `request`.
+    fn base_prefixes(&self, request: &[String]) -> bool {
+        request.len() >= self.base_len
+            && self.segments[..self.base_len]
+                .iter()
+                .zip(request)
+                .all(|(segment, actual)| segment.matches(actual))
+    }
+
     fn matches(&self, request: &[String]) -> bool {
         self.segments.len() == request.len()
             && self
@@ -410,6 +439,48 @@ paths:
         let routes = Routes::from_documents([("d", doc, false)]).unwrap();
         assert_eq!(routes.resolve(path), Ok("g"));
         assert_eq!(routes.len(), 1);
+    }
+
+    /// Nested bases: a path is the API's whose base is its longest prefix,
+    /// as at the gateways, and only that API's templates count. Matching
+    /// every template first accepted `/api/admin/users` as `outer`'s
+    /// `/{kind}/{id}` while a gateway sends it to `admin`'s upstream, and
+    /// `/billing/status` as the root API's `/{tenant}/status`.
+    #[rstest]
+    #[case::outer_template_under_the_inner_base("/api/admin/users", Err(Unroutable::NoMatch))]
+    #[case::inner("/api/admin/users/7", Ok("admin"))]
+    #[case::outer("/api/things/7", Ok("outer"))]
+    #[case::root_template_under_a_base("/billing/status", Err(Unroutable::NoMatch))]
+    #[case::root("/acme/status", Ok("tenant"))]
+    #[case::based("/billing/invoices", Ok("billing"))]
+    fn a_path_is_the_api_of_its_longest_base(
+        #[case] path: &str,
+        #[case] want: Result<&str, Unroutable>,
+    ) {
+        let routes = Routes::from_documents([
+            (
+                "outer.yaml",
+                "groupId: outer\nservers: [{url: /api}]\npaths: {\"/{kind}/{id}\": {}}\n",
+                false,
+            ),
+            (
+                "admin.yaml",
+                "groupId: admin\nservers: [{url: /api/admin}]\npaths: {\"/users/{id}\": {}}\n",
+                false,
+            ),
+            (
+                "tenant.yaml",
+                "groupId: tenant\nservers: [{url: http://gateway.local/}]\npaths: {\"/{tenant}/status\": {}}\n",
+                false,
+            ),
+            (
+                "billing.yaml",
+                "groupId: billing\nservers: [{url: /billing}]\npaths: {/invoices: {}}\n",
+                false,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(routes.resolve(path), want);
     }
 
     #[test]
