@@ -67,11 +67,14 @@ pub fn segments(request_path: &str) -> Result<Vec<String>, Unroutable> {
     // Checked after decoding, though `%2e` is refused anyway: a dot segment
     // never reaches the matcher, however it was spelt, nor one a server
     // makes by stripping a `;` parameter.
-    let name = |s: &String| s.split(';').next().unwrap_or_default().to_owned();
-    if segments.iter().map(name).any(|n| n == "." || n == "..") {
+    fn name(segment: &str) -> &str {
+        segment.split(';').next().unwrap_or_default()
+    }
+    let names = || segments.iter().map(|s| name(s));
+    if names().any(|n| n == "." || n == "..") {
         return Err(Unroutable::DotSegment);
     }
-    if segments.iter().map(name).any(|n| n.is_empty()) {
+    if names().any(str::is_empty) {
         return Err(Unroutable::EmptySegment);
     }
     Ok(segments)

@@ -23,7 +23,7 @@ use rig::say;
 /// The chart labels each of its Deployments `app.kubernetes.io/name` =
 /// the chart's name plus the component's suffix, which are the Deployments'
 /// names under the release `external-secrets`: a selector for all three.
-pub fn chart_deployments_selector() -> String {
+fn chart_deployments_selector() -> String {
     format!(
         "app.kubernetes.io/name in ({})",
         names::ESO_DEPLOYMENTS.join(",")
