@@ -389,6 +389,30 @@ impl hostile::HostileTarget for Shared {
 }
 
 gateway_matrix! {
+    /// Dot segments behind a `;` path parameter or a `#`, which some
+    /// gateways forward raw and some upstreams (Tomcat, Jetty, older
+    /// Spring) resolve: written byte by byte with a key of each group, each
+    /// is refused or passes under the group that owns the path the upstream
+    /// saw, never with a `..;` left in it. Every gateway, the user's too.
+    #[tokio::test]
+    async fn dot_segments_behind_a_parameter_or_a_fragment_never_cross_groups(
+        gateway: &str,
+    ) {
+        let Some((mut case, gw)) = case_on(
+            gateway,
+            ASSERTION_GROUP,
+            "dot_segments_behind_a_parameter_or_a_fragment_never_cross_groups",
+        ) else {
+            return;
+        };
+        let outcomes = hostile::parameter_and_fragment_tricks(&Shared, gateway, &gw.url)
+            .await
+            .unwrap();
+        case.note(outcomes.join("; "));
+    }
+}
+
+gateway_matrix! {
     /// The hostile requests of `faults` (header and path tricks, written
     /// byte by byte) through a gateway the user runs (`e2e --gateway-url`):
     /// each is refused or passes under the group that owns the path the

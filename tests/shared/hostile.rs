@@ -379,6 +379,72 @@ pub async fn run(target: &impl HostileTarget, gateway: &str, base: &str) -> Resu
     })
 }
 
+/// Dot segments behind a `;` path parameter (`..;`: `..` to Tomcat, Jetty
+/// and older Spring once they strip the parameter) and behind a `#` (nginx
+/// forwards the raw target): gateways differ in what they do with them, so
+/// only the invariant is held, with each key: refused, or passed under the
+/// group that owns the path the upstream saw, and never with a `..;` or
+/// `.;` segment left in that path. `label: outcome` per request.
+pub async fn parameter_and_fragment_tricks(
+    target: &impl HostileTarget,
+    gateway: &str,
+    base: &str,
+) -> Result<Vec<String>> {
+    let env = target.env();
+    let (a, b) = two_groups(env)?;
+    let (path_a, path_b) = (declared_path(env, &a)?, declared_path(env, &b)?);
+    let (prefix_a, prefix_b) = (env.route(&a)?.to_owned(), env.route(&b)?.to_owned());
+    let b_rest = path_b.trim_start_matches(&prefix_b).to_owned();
+    let keys = [
+        (target.issue_key(&a).await?, &a, "A"),
+        (target.issue_key(&b).await?, &b, "B"),
+    ];
+    let tricks = [
+        ("A/..;/B", format!("{prefix_a}..;{prefix_b}{b_rest}")),
+        (
+            "A path/..;/..;/B",
+            format!("{path_a}/..;/..;{prefix_b}{b_rest}"),
+        ),
+        // Where the document declares a parameter under its GET path (the
+        // shipped ones do), these fill it: keygate must refuse them.
+        ("A path/..;", format!("{path_a}/..;")),
+        ("A path/.;x", format!("{path_a}/.;x")),
+        (
+            "A path#/../../B",
+            format!("{path_a}#/../..{prefix_b}{b_rest}"),
+        ),
+        (
+            "A path#/..;/..;/B",
+            format!("{path_a}#/..;/..;{prefix_b}{b_rest}"),
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (label, path) in &tricks {
+        for (key, group, name) in &keys {
+            let what = format!("{label} with a key of {name} through {gateway} ({path})");
+            let reply = raw_get(
+                base,
+                path,
+                &[("x-api-key", key.expose().as_bytes().to_vec())],
+            )
+            .await?;
+            let outcome = judge(env, &what, group, &reply)?;
+            if reply.allowed() {
+                let seen = reply.body["path"].as_str().unwrap_or_default();
+                let dotted = seen
+                    .split(['/', '#', '?'])
+                    .any(|s| matches!(s.split(';').next(), Some("." | "..")) && s.contains(';'));
+                ensure!(
+                    !dotted,
+                    "{what}: passed as {outcome} with a dot segment behind a `;` left for the upstream: {seen:?}"
+                );
+            }
+            outcomes.push(format!("{label} with a key of {name}: {outcome}"));
+        }
+    }
+    Ok(outcomes)
+}
+
 /// The row of the compatibility table a hostile request's outcome depends
 /// on (`None`: an invariant every gateway keeps).
 fn row_of(label: &str) -> Option<&'static str> {
