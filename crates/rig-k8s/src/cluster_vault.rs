@@ -165,28 +165,23 @@ impl ClusterVault {
                 "name": CA_CONFIGMAP, "namespace": names::NAMESPACE, "files": [CA_KEY],
                 "options": {"labels": {names::PART_OF_LABEL: "keyrig"}},
             }));
-            patch(
-                "Deployment",
-                names::KEYGATE,
-                json!([
-                    {"op": "add", "path": "/spec/template/spec/volumes/-",
-                     "value": {"name": "vault-ca", "configMap": {"name": CA_CONFIGMAP}}},
-                    {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
-                     "value": {"name": "vault-ca", "mountPath": CA_DIR, "readOnly": true}},
-                ]),
+            // The CA ConfigMap as a volume of the pod, mounted at `dir` in
+            // its first container.
+            let mount_ca = |dir: &str| {
+                vec![
+                    json!({"op": "add", "path": "/spec/template/spec/volumes/-",
+                     "value": {"name": "vault-ca", "configMap": {"name": CA_CONFIGMAP}}}),
+                    json!({"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+                     "value": {"name": "vault-ca", "mountPath": dir, "readOnly": true}}),
+                ]
+            };
+            patch("Deployment", names::KEYGATE, Value::Array(mount_ca(CA_DIR)));
+            let mut job = mount_ca(CHECK_JOB_CA_DIR);
+            job.push(
+                json!({"op": "add", "path": "/spec/template/spec/containers/0/env/-",
+                "value": {"name": "BAO_CACERT", "value": format!("{CHECK_JOB_CA_DIR}/{CA_KEY}")}}),
             );
-            patch(
-                "Job",
-                names::CHECK_JOB,
-                json!([
-                    {"op": "add", "path": "/spec/template/spec/volumes/-",
-                     "value": {"name": "vault-ca", "configMap": {"name": CA_CONFIGMAP}}},
-                    {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
-                     "value": {"name": "vault-ca", "mountPath": CHECK_JOB_CA_DIR, "readOnly": true}},
-                    {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
-                     "value": {"name": "BAO_CACERT", "value": format!("{CHECK_JOB_CA_DIR}/{CA_KEY}")}},
-                ]),
-            );
+            patch("Job", names::CHECK_JOB, Value::Array(job));
         }
         let kustomization = json!({
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
