@@ -460,6 +460,144 @@ mod faults {
         case.note(tally.message(&format!("{in_gap} requests in the gap, all denied")));
     }
 
+    /// 4d. keygate killed, then a valid key it never saw and an unknown
+    /// one sent through every gateway of the catalog: none passes (nobody
+    /// can say yes), and no file of the run outside `secrets/` holds either
+    /// key's verifier. A gateway that fails to reach its auth service logs
+    /// the failed request, and Caddy's error log carried its headers,
+    /// `X-Api-Key` with them. Recorded once per gateway (`case [gateway]`);
+    /// a gateway whose binary is absent is recorded skipped with the reason.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keygate_down_every_gateway_denies_and_logs_no_key() {
+        const NAME: &str = "keygate_down_every_gateway_denies_and_logs_no_key";
+        let mut all = fault_case(NAME);
+        let Some(mut opts) = options_or_skip(&mut all) else {
+            return;
+        };
+        opts.gateways = Vec::new();
+        let mut env = Owned::start(&opts).await.unwrap();
+        let (group, _) = env.groups();
+        let path = env.api_path(&group);
+        // Issued before the kill, so Vault holds it, and never sent before
+        // it, so no gateway (nor the module's table) can have it cached.
+        let valid = env.issue_key(&group).await.unwrap();
+        let unknown = ApiKey::generate();
+        env.run.supervisor.stop("keygate", StopMode::Kill).unwrap();
+
+        let names: BTreeSet<String> = env
+            .env()
+            .gateways
+            .keys()
+            .chain(env.env().skipped_gateways.keys())
+            .cloned()
+            .collect();
+        let mut failed = Vec::new();
+        let mut cases = Vec::new();
+        for gateway in &names {
+            let mut case = CaseGuard::start_on(ASSERTION_GROUP, NAME, gateway);
+            let Some(url) = env.env().gateways.get(gateway.as_str()) else {
+                case.skip(keyrig_e2e::not_run_reason(env.env(), gateway));
+                continue;
+            };
+            let mut tally = Tally::default();
+            let mut statuses = BTreeSet::new();
+            let mut wrong = Vec::new();
+            for _ in 0..3 {
+                for key in [&valid, &unknown] {
+                    let reply = env.get_at(url, &path, Some(key.expose())).await;
+                    tally.count(&reply, true);
+                    statuses.insert(reply.status);
+                    if reply.allowed() || reply.status == 0 {
+                        wrong.push(reply.short());
+                    }
+                }
+            }
+            if wrong.is_empty() {
+                env.record_fault(
+                    NAME,
+                    "keygate killed, keys new to every gateway",
+                    gateway,
+                    &tally,
+                );
+                cases.push((gateway.clone(), case, tally, statuses));
+            } else {
+                let why = format!("with keygate down: {}", wrong.join("; "));
+                case.fail(why.clone());
+                failed.push(format!("{gateway}: {why}"));
+            }
+        }
+        // Every gateway has answered; now read what they and the rest of
+        // the run wrote (keygate is down, so nothing more is coming).
+        let leaks = files_holding(env.run.run.path(), &[valid.verifier(), unknown.verifier()]);
+        // A leak in a gateway's own files is that gateway's failure.
+        let logs = env.run.run.logs_dir();
+        let gateways_dir = env.run.run.path().join("gateways");
+        let of = |gateway: &str| -> Vec<&std::path::PathBuf> {
+            leaks
+                .iter()
+                .filter(|file| {
+                    **file == logs.join(format!("{gateway}.log"))
+                        || file.starts_with(gateways_dir.join(gateway))
+                })
+                .collect()
+        };
+        for (gateway, mut case, tally, statuses) in cases {
+            match of(&gateway).as_slice() {
+                [] => case.note(tally.message(&format!(
+                    "denied with {statuses:?}; none of its files holds either key"
+                ))),
+                files => {
+                    let why = format!("a key's verifier is in {files:?}");
+                    case.fail(why.clone());
+                    failed.push(format!("{gateway}: {why}"));
+                }
+            }
+        }
+        assert!(
+            failed.is_empty() && leaks.is_empty(),
+            "with keygate down, {} gateway(s) failed: {}; files of the run holding a key's verifier: {leaks:?}",
+            failed.len(),
+            failed.join("; ")
+        );
+        all.note(format!(
+            "through {}: every key denied, no key in any file of the run",
+            env.env()
+                .gateways
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+
+    /// Files under `dir`, but its `secrets/`, holding any of `needles`.
+    fn files_holding(dir: &std::path::Path, needles: &[&str]) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let (path, kind) = (entry.path(), entry.file_type());
+                match kind {
+                    Ok(kind) if kind.is_dir() && entry.file_name() != "secrets" => {
+                        pending.push(path)
+                    }
+                    Ok(kind) if kind.is_file() => {
+                        let text = std::fs::read(&path).unwrap_or_default();
+                        let text = String::from_utf8_lossy(&text);
+                        if needles.iter().any(|n| text.contains(n)) {
+                            found.push(path);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        found
+    }
+
     /// 4c. keygate killed (SIGKILL) under load behind `envoy-module`, and
     /// restarted: keys the module approved before keep passing from its
     /// table (fresh, then past their positive TTL from the resurrect

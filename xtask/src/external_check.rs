@@ -283,7 +283,9 @@ fn start_caddy(env: &Environment, dir: &Path, validator: &str) -> Result<(HandSt
     std::fs::write(
         &caddyfile,
         format!(
-            "{{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system {data:?}\n}}\n\n\
+            // The log filter as in env/gateways/caddy/Caddyfile.j2: Caddy's
+            // error log would carry the X-Api-Key of each failed request.
+            "{{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system {data:?}\n\tlog {{\n\t\tformat filter {{\n\t\t\twrap json\n\t\t\tfields {{\n\t\t\t\trequest>headers>X-Api-Key delete\n\t\t\t}}\n\t\t}}\n\t}}\n}}\n\n\
              http://127.0.0.1:{port} {{\n\troute {{\n\t\tforward_auth {validator} {{\n\t\t\turi /auth\n\t\t\tcopy_headers X-Keyrig-Owner X-Keyrig-Group\n\t\t\ttransport http {{\n\t\t\t\tkeepalive 30s\n\t\t\t}}\n\t\t}}\n\t\treverse_proxy {upstream}\n\t}}\n}}\n",
             data = dir.join("data").display().to_string(),
             upstream = env.upstream_url.trim_start_matches("http://"),
