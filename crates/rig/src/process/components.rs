@@ -267,13 +267,20 @@ impl Keygate {
 
     /// An error that says how to build it when `binary` is not a file.
     pub fn check_binary(binary: &Path) -> Result<()> {
-        if !binary.is_file() {
-            anyhow::bail!(
-                "no keygate binary at {}: build it with `cargo build -p keygate`, or point KEYRIG_KEYGATE at one",
-                binary.display()
-            );
-        }
-        Ok(())
+        use std::os::unix::fs::PermissionsExt;
+        // Which fix applies depends on where the path came from.
+        let fix = if std::env::var_os("KEYRIG_KEYGATE").is_some_and(|v| !v.is_empty()) {
+            "fix or unset KEYRIG_KEYGATE"
+        } else {
+            "build it with `cargo build -p keygate`, or point KEYRIG_KEYGATE at one"
+        };
+        let why = match binary.metadata() {
+            Err(_) => "there is nothing",
+            Ok(m) if m.is_dir() => "that is a directory",
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => "that file is not executable",
+            Ok(_) => return Ok(()),
+        };
+        anyhow::bail!("no keygate binary at {}: {why}; {fix}", binary.display())
     }
 
     /// Also the name its secret references report
@@ -347,5 +354,31 @@ impl EchoUpstream {
             )
             .await?;
         Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_keygate_path_that_cannot_run_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let runs = dir.path().join("runs");
+        std::fs::write(&runs, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (path, why) in [
+            (dir.path().join("nowhere"), "there is nothing"),
+            (dir.path().to_path_buf(), "that is a directory"),
+            (plain, "that file is not executable"),
+        ] {
+            let err = Keygate::check_binary(&path).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        Keygate::check_binary(&runs).unwrap();
     }
 }
