@@ -223,6 +223,15 @@ pub enum SecretFileError {
     },
     #[error("{field} points to {path}, which is empty: write the secret into it")]
     Empty { field: &'static str, path: String },
+    /// A line break or another control character inside: Vault's answer to
+    /// such a token or secret-id was taken for an outage, forever.
+    #[error(
+        "{field} points to {path}, whose content is not a single line: \
+         write only the secret into it (a trailing newline is fine)"
+    )]
+    NotOneLine { field: &'static str, path: String },
+    #[error("{field} points to {path}, which is not UTF-8 text: save it as UTF-8")]
+    NotUtf8 { field: &'static str, path: String },
 }
 
 impl SecretFile {
@@ -233,13 +242,22 @@ impl SecretFile {
         self.secret_of(&text)
     }
 
-    /// This file's content as a secret: trimmed, and not empty.
+    /// This file's content as a secret: without a byte order mark and the
+    /// whitespace around it (a trailing newline), not empty, and one line
+    /// without control characters (a token, role-id or secret-id is one).
     pub fn secret_of(&self, text: &str) -> Result<Secret, SecretFileError> {
-        let trimmed = text.trim();
+        let trimmed = without_bom(text).trim();
+        let path = || self.path.display().to_string();
         if trimmed.is_empty() {
             return Err(SecretFileError::Empty {
                 field: self.field,
-                path: self.path.display().to_string(),
+                path: path(),
+            });
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(SecretFileError::NotOneLine {
+                field: self.field,
+                path: path(),
             });
         }
         Ok(Secret::new(trimmed))
@@ -247,12 +265,32 @@ impl SecretFile {
 
     /// The error naming this file's field and path, not its content.
     pub fn unreadable(&self, err: &std::io::Error) -> SecretFileError {
+        let path = self.path.display().to_string();
+        if is_not_utf8(err) {
+            return SecretFileError::NotUtf8 {
+                field: self.field,
+                path,
+            };
+        }
         SecretFileError::Unreadable {
             field: self.field,
-            path: self.path.display().to_string(),
+            path,
             reason: err.to_string(),
         }
     }
+}
+
+/// `read_to_string`'s error for a file that is not UTF-8 (as an editor on
+/// another locale may save it): worth its own message, not "check the path".
+pub fn is_not_utf8(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::InvalidData
+}
+
+/// `text` without a leading UTF-8 byte order mark, which some editors
+/// (Notepad, PowerShell's `Out-File`) write: serde_yaml would read it as
+/// content before the first key ("more than one document").
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// A secret string, on `secrecy`: zeroed when dropped; `Debug` hides it,
@@ -386,10 +424,12 @@ impl Config {
     /// `config::load` (TLS is keygate's, not this crate's).
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|err| {
-            ConfigError::new(
-                file.display(),
-                format!("cannot read the config file ({err}): check the path given to --config"),
-            )
+            let message = if is_not_utf8(&err) {
+                "the config file is not UTF-8 text: save it as UTF-8".to_owned()
+            } else {
+                format!("cannot read the config file ({err}): check the path given to --config")
+            };
+            ConfigError::new(file.display(), message)
         })?;
         let config = Self::parse(file, &text)?;
         for secret in config.secret_files() {
@@ -404,6 +444,7 @@ impl Config {
     /// the file system.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
         let name = file.display();
+        let text = without_bom(text);
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
@@ -1103,6 +1144,87 @@ apis:
         let secret = missing.read().unwrap();
         assert_eq!(secret.expose(), "s.abcdef");
         assert!(!format!("{secret:?}").contains("abcdef"));
+    }
+
+    /// A token, role-id or secret-id file of more than one line (or with a
+    /// control character) is refused when read, at `--check` too: keygate
+    /// used to send it and report Vault's answer as an outage, forever.
+    #[rstest]
+    #[case::two_lines("s.tok-0c4e\ns.other\n")]
+    #[case::crlf_inside("s.tok-0c4e\r\nmore")]
+    #[case::tab_inside("s.tok\t0c4e")]
+    #[case::nul("s.tok-0c4e\0")]
+    fn a_secret_file_must_hold_one_line(#[case] content: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SecretFile {
+            field: "vault.auth.token_file",
+            path: dir.path().join("token"),
+        };
+        std::fs::write(&file.path, content).unwrap();
+        let err = file.read().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "vault.auth.token_file points to {}, whose content is not a single line: \
+                 write only the secret into it (a trailing newline is fine)",
+                file.path.display()
+            )
+        );
+        assert!(!err.contains("0c4e"), "{err}");
+    }
+
+    #[rstest]
+    #[case::newline("s.tok-0c4e\n")]
+    #[case::crlf("s.tok-0c4e\r\n")]
+    #[case::spaces("  s.tok-0c4e  \n\n")]
+    #[case::bom("\u{feff}s.tok-0c4e\n")]
+    fn a_secret_file_may_end_in_a_newline(#[case] content: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SecretFile {
+            field: "vault.auth.token_file",
+            path: dir.path().join("token"),
+        };
+        std::fs::write(&file.path, content).unwrap();
+        assert_eq!(file.read().unwrap().expose(), "s.tok-0c4e");
+    }
+
+    /// Files that are not UTF-8 say so, instead of "check the path".
+    #[test]
+    fn files_that_are_not_utf8_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = SecretFile {
+            field: "vault.auth.token_file",
+            path: dir.path().join("token"),
+        };
+        std::fs::write(&token.path, b"s.tok\xff\xfe\n").unwrap();
+        let err = token.read().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "vault.auth.token_file points to {}, which is not UTF-8 text: save it as UTF-8",
+                token.path.display()
+            )
+        );
+        let config = dir.path().join("keygate.yaml");
+        // Latin-1, as an editor on another locale might save it.
+        std::fs::write(&config, b"# caf\xe9\nlisten: {}\n").unwrap();
+        let err = Config::load(&config).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: the config file is not UTF-8 text: save it as UTF-8",
+                config.display()
+            )
+        );
+    }
+
+    /// A UTF-8 byte order mark (what some Windows editors write) before the
+    /// first key is not content: without this, serde_yaml said "deserializing
+    /// from YAML containing more than one document is not supported".
+    #[test]
+    fn a_byte_order_mark_is_not_content() {
+        let config = parse(&format!("\u{feff}{VALID}")).unwrap();
+        assert_eq!(config.vault.address, "http://127.0.0.1:8200");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config::{ApiFile, ConfigError, yaml_message};
+use crate::config::{ApiFile, ConfigError, is_not_utf8, without_bom, yaml_message};
 pub use crate::request_path::Unroutable;
 use crate::segment::Segment;
 
@@ -67,14 +67,19 @@ impl Routes {
         let mut docs = Vec::with_capacity(apis.len());
         for api in apis {
             let text = std::fs::read_to_string(&api.path).map_err(|err| {
+                let (field, path) = (&api.field, api.path.display());
                 ConfigError::new(
                     config_file.display(),
-                    format!(
-                        "{} points to {}, which cannot be read ({err}): fix the path \
-                         (relative paths resolve against the config file's directory)",
-                        api.field,
-                        api.path.display()
-                    ),
+                    if is_not_utf8(&err) {
+                        format!(
+                            "{field} points to {path}, which is not UTF-8 text: save it as UTF-8"
+                        )
+                    } else {
+                        format!(
+                            "{field} points to {path}, which cannot be read ({err}): fix the path \
+                             (relative paths resolve against the config file's directory)"
+                        )
+                    },
                 )
             })?;
             let json = api
@@ -100,6 +105,7 @@ impl Routes {
         // twice for one group is kept once.
         let mut seen: HashSet<(usize, Vec<Segment>)> = HashSet::new();
         for (name, text, json) in docs {
+            let text = without_bom(text);
             let doc: OpenApiDoc = if json {
                 serde_json::from_str(text).map_err(|err| {
                     ConfigError::new(
@@ -516,6 +522,36 @@ paths:
             .unwrap_err()
             .to_string();
         assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+
+    /// A byte order mark before the first key (YAML or JSON) is not content.
+    #[rstest]
+    #[case::yaml("\u{feff}groupId: g\npaths: {/a: {}}\n", false)]
+    #[case::json("\u{feff}{\"groupId\": \"g\", \"paths\": {\"/a\": {}}}", true)]
+    fn a_byte_order_mark_is_not_content(#[case] doc: &str, #[case] json: bool) {
+        let routes = Routes::from_documents([("d", doc, json)]).unwrap();
+        assert_eq!(routes.resolve("/a"), Ok("g"));
+    }
+
+    #[test]
+    fn a_document_that_is_not_utf8_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.yaml");
+        std::fs::write(&path, b"groupId: caf\xe9\npaths: {/a: {}}\n").unwrap();
+        let apis = [ApiFile {
+            field: "apis[0]".into(),
+            path: path.clone(),
+        }];
+        let err = Routes::load(Path::new("keygate.yaml"), &apis)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "keygate.yaml: apis[0] points to {}, which is not UTF-8 text: save it as UTF-8",
+                path.display()
+            )
+        );
     }
 
     #[test]

@@ -176,3 +176,25 @@ fn overlapping_documents_of_two_groups_stop_keygate_naming_both_files() {
     assert!(stderr.starts_with(&expected), "stderr: {stderr}");
     assert!(!stderr.contains("keygate is listening"), "{stderr}");
 }
+/// A token file of two lines passed `--check`, and keygate then reported
+/// Vault's answer to it as an outage, retried forever.
+#[test]
+fn a_token_file_of_two_lines_fails_the_check() {
+    let fixture = fixture();
+    let text = fixture.config_text("http://127.0.0.1:1").replace(
+        "    approle:\n      role_id_file: secrets/role-id\n      secret_id_file: secrets/secret-id\n",
+        "    token_file: secrets/token\n",
+    );
+    fixture.write_config(&text);
+    std::fs::write(fixture.path("secrets/token"), "s.tok-0c4e\ns.tok-second\n").unwrap();
+    let (code, _, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    let expected = format!(
+        "{}: vault.auth.token_file points to {}, whose content is not a single line: \
+         write only the secret into it (a trailing newline is fine)",
+        fixture.config().display(),
+        fixture.path("secrets/token").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("0c4e"), "{stderr}");
+}
