@@ -757,6 +757,16 @@ fn vault_address(value: Option<String>, allow_plain_http: bool) -> Result<String
     let value = value.ok_or_else(|| {
         format!("vault.address is missing: set it to the Vault URL, e.g. {EXAMPLE}")
     })?;
+    // Userinfo (`user:password@`): keygate logs the address at start, and
+    // its Vault client never sends it. Refused before any message below can
+    // echo the value.
+    if value.contains('@') {
+        return Err(format!(
+            "vault.address has a user name or password in it (it holds an `@`, as in \
+             `user:password@host`): remove it, and change that password if it is a real one; \
+             keygate authenticates to Vault with vault.auth only. Write the address like {EXAMPLE}"
+        ));
+    }
     let url = url::Url::parse(value.trim()).map_err(|err| {
         format!("vault.address is `{value}`, which is not a URL ({err}): write it like {EXAMPLE}")
     })?;
@@ -783,8 +793,12 @@ fn vault_address(value: Option<String>, allow_plain_http: bool) -> Result<String
         }
     }
     if url.query().is_some() || url.fragment().is_some() {
+        // Not shown: a query may carry a token.
+        let mut shown = url.clone();
+        shown.set_query(None);
+        shown.set_fragment(None);
         return Err(format!(
-            "vault.address is `{value}`, which has a query or fragment: give only scheme, host, port (and path prefix)"
+            "vault.address `{shown}` has a query or fragment (`?...` or `#...`): give only scheme, host, port (and path prefix)"
         ));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -1144,6 +1158,34 @@ apis:
         let secret = missing.read().unwrap();
         assert_eq!(secret.expose(), "s.abcdef");
         assert!(!format!("{secret:?}").contains("abcdef"));
+    }
+
+    /// A user name or password in vault.address is refused at load, and
+    /// the message never shows it (keygate logs the address at start, and
+    /// its Vault client would not send it anyway).
+    #[rstest]
+    #[case::user_and_password("http://admin:pw-0c4e@127.0.0.1:8200")]
+    #[case::user_only("https://pw-0c4e@vault.example.com")]
+    #[case::no_scheme("admin:pw-0c4e@127.0.0.1:8200")]
+    #[case::other_scheme("ftp://admin:pw-0c4e@127.0.0.1:8200")]
+    fn credentials_in_the_vault_address_are_refused_unshown(#[case] address: &str) {
+        let err = parse(&VALID.replace("http://127.0.0.1:8200/", address))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vault.address has a user name or password in it"),
+            "{err}"
+        );
+        assert!(!err.contains("pw-0c4e"), "{err}");
+    }
+
+    /// A query can carry a token as well: the message leaves it out.
+    #[test]
+    fn a_query_in_the_vault_address_is_refused_unshown() {
+        let text = VALID.replace("8200/", "8200/?token=tok-0c4e");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("has a query or fragment"), "{err}");
+        assert!(!err.contains("tok-0c4e"), "{err}");
     }
 
     /// A token, role-id or secret-id file of more than one line (or with a
