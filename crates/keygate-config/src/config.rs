@@ -293,6 +293,13 @@ pub fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
+/// Whether `value` can be an HTTP header value: no line break, NUL or other
+/// control character but a tab (`http::HeaderValue`'s rule, which Envoy's
+/// ext_authz and forward-auth answers both need).
+pub fn is_header_value(value: &str) -> bool {
+    http::HeaderValue::from_str(value).is_ok()
+}
+
 /// A secret string, on `secrecy`: zeroed when dropped; `Debug` hides it,
 /// and there is no `Display`, so it cannot end up in a log line or an error
 /// message by accident.
@@ -647,6 +654,16 @@ fn upstream_headers(
             ));
         }
         if !crate::reference::is_reference(&value) {
+            // Accepted, it made every allowed forward-auth answer go
+            // without the header and Envoy answer 503 "invalid header
+            // value" to every allowed check. Not shown: it may be a secret.
+            if !is_header_value(&value) {
+                return Err(format!(
+                    "{field}: its value holds a line break or another control character, \
+                     which an HTTP header value cannot: write it on one line (a YAML block \
+                     scalar `|` keeps the final line break; use `|-` or a quoted string)"
+                ));
+            }
             out.push(UpstreamHeader::Plain { name, value });
             continue;
         }
@@ -1186,6 +1203,31 @@ apis:
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("has a query or fragment"), "{err}");
         assert!(!err.contains("tok-0c4e"), "{err}");
+    }
+
+    /// A plain upstream header value that cannot be an HTTP header value is
+    /// refused at load, naming the field and not the value: accepted, every
+    /// allowed forward-auth answer went without it and Envoy answered 503
+    /// "invalid header value" to every allowed gRPC check.
+    #[rstest]
+    #[case::line_feed("x-t: \"sec-0c4e\\nx-evil: 1\"\n")]
+    #[case::carriage_return("x-t: \"sec-0c4e\\r\"\n")]
+    #[case::nul("x-t: \"sec-0c4e\\0\"\n")]
+    #[case::escape("x-t: \"sec-0c4e\\e\"\n")]
+    #[case::delete("x-t: \"sec-0c4e\\x7f\"\n")]
+    fn upstream_header_values_must_be_header_values(#[case] entry: &str) {
+        let err = parse(&format!("{VALID}upstream_headers:\n  {entry}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "upstream_headers.x-t: its value holds a line break or another control character"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("sec-0c4e"), "{err}");
+        let fine = parse(&format!("{VALID}upstream_headers:\n  x-t: \"a\\tb c\"\n")).unwrap();
+        assert_eq!(fine.upstream_headers.len(), 1);
     }
 
     /// A token, role-id or secret-id file of more than one line (or with a

@@ -232,3 +232,54 @@ async fn a_rejected_login_at_startup_stays_unready_and_is_not_sent_again() {
         "the secret-id leaked into the log: {stderr}"
     );
 }
+/// A secret reference whose value holds a line break: the header is left
+/// out of allowed answers (over both protocols, where Envoy refused the
+/// whole gRPC answer as "invalid header value"), and a warning names the
+/// reference, never the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referenced_value_that_cannot_be_a_header_is_left_out_and_named() {
+    let vault = FakeVault::start().await;
+    let key = ApiKey::generate();
+    vault.put(
+        "billing-api",
+        key.selector().as_str(),
+        record(&key, "user-1"),
+    );
+    let fixture = Fixture::new(&vault.address);
+    let text = fixture.config_text(&vault.address)
+        + "upstream_headers:\n  x-upstream-token: '{vault://env/keygate-test-upstream-token}'\n  x-plain: fine\n";
+    fixture.write_config(&text);
+    let keygate =
+        fixture.start_with_env(&[("KEYGATE_TEST_UPSTREAM_TOKEN", "tok-0c4e\r\nx-evil: 1")]);
+    wait_for_status(&fixture.url("/readyz"), 200).await;
+
+    let allowed = forward_auth(&fixture, "/billing/invoices", key.expose()).await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["x-plain"], "fine");
+    assert!(allowed.headers().get("x-upstream-token").is_none());
+    assert!(allowed.headers().get("x-evil").is_none());
+    let ok = grpc_check(&fixture, "/billing/invoices", key.expose()).await;
+    assert_eq!(ok.status.unwrap().code, tonic::Code::Ok as i32);
+    let Some(HttpResponse::OkResponse(ok)) = ok.http_response else {
+        panic!("expected an OK response")
+    };
+    let names: Vec<String> = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref().map(|h| h.key.clone()))
+        .collect();
+    assert!(names.contains(&"x-plain".to_owned()), "{names:?}");
+    assert!(!names.contains(&"x-upstream-token".to_owned()), "{names:?}");
+
+    let log = keygate.stop();
+    assert!(
+        log.contains(
+            "the value of this secret reference holds a line break or another control character"
+        ) && log.contains("{vault://env/keygate-test-upstream-token}"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("0c4e"),
+        "the value leaked into the log: {log}"
+    );
+}
