@@ -90,6 +90,21 @@ fn main() -> ExitCode {
             routes.len(),
             routes.groups().join(", ")
         );
+        // Each document's base path, so a `servers` missing or misspelt
+        // (the root, OpenAPI's default) is seen before it routes.
+        for base in routes.bases() {
+            println!(
+                "  {}: group {}, base path {}{}",
+                base.document,
+                base.group,
+                base.path(),
+                if base.declared {
+                    ""
+                } else {
+                    " (no servers[0].url: OpenAPI's default, the root)"
+                }
+            );
+        }
         return ExitCode::SUCCESS;
     }
 
@@ -117,6 +132,15 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
+    for base in routes.bases().iter().filter(|base| !base.declared) {
+        warn!(
+            document = %base.document,
+            group = %base.group,
+            "this OpenAPI document has no servers[0].url, so its paths are routed from the root (OpenAPI's default); \
+             if the API lives under a base path, add `servers: [{{url: /base}}]`"
+        );
+    }
+
     let metrics = Arc::new(Metrics::new());
     let vault = Arc::new(Vault::new(&config.vault)?.with_metrics(metrics.clone()));
     match vault.login().await {

@@ -176,6 +176,36 @@ fn overlapping_documents_of_two_groups_stop_keygate_naming_both_files() {
     assert!(stderr.starts_with(&expected), "stderr: {stderr}");
     assert!(!stderr.contains("keygate is listening"), "{stderr}");
 }
+
+/// `--check` prints each document's base path, so a document whose
+/// `servers` is missing or misspelt (routed from the root, OpenAPI's
+/// default) shows before it routes.
+#[test]
+fn check_prints_each_documents_base_path() {
+    let fixture = fixture();
+    common::write(
+        fixture.dir.path(),
+        "apis/billing.yaml",
+        &common::BILLING.replace("servers:\n", "server:\n"),
+    );
+    let (code, stdout, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let billing = fixture.path("apis/billing.yaml").display().to_string();
+    let animals = fixture.path("apis/animals.yaml").display().to_string();
+    assert!(
+        stdout.contains(&format!(
+            "\n  {billing}: group billing-api, base path / (no servers[0].url: OpenAPI's default, the root)\n"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "\n  {animals}: group animal-rescue-api, base path /animal-rescue\n"
+        )),
+        "{stdout}"
+    );
+}
+
 /// A token file of two lines passed `--check`, and keygate then reported
 /// Vault's answer to it as an outage, retried forever.
 #[test]
