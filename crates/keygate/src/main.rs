@@ -11,7 +11,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use keygate::cache::RecordCache;
 use keygate::config::{Config, KeysConfig, UpstreamHeader};
@@ -132,6 +131,21 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
+    // Bound before the login, so a start that cannot listen stops before
+    // an AppRole login mints a token that would stay live until its TTL.
+    // Requests that come meanwhile wait in the backlog until serving
+    // starts, after the first login attempt, as before.
+    let file = config.file.display().to_string();
+    let grpc_listener = bind(config.listen.grpc, "listen.grpc", &file).await?;
+    let http_listener = bind(config.listen.http, "listen.http", &file).await?;
+    let audit_listener = match (&config.invalidation, &config.keys) {
+        (Some(invalidation), KeysConfig::Vault) => {
+            Some(AuditListener::bind(invalidation).await.map_err(|err| {
+                cannot_listen(&invalidation.listen, "invalidation.listen", &file, &err)
+            })?)
+        }
+        _ => None,
+    };
     for base in routes.bases().iter().filter(|base| !base.declared) {
         warn!(
             document = %base.document,
@@ -204,15 +218,8 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             )
         }
     };
-    // Bound before anything serves, so a taken port stops startup.
-    match (&config.invalidation, &config.keys) {
-        (Some(invalidation), KeysConfig::Vault) => {
-            let listener = AuditListener::bind(invalidation).await.with_context(|| {
-                format!(
-                    "cannot listen on {} (invalidation.listen): free it or change invalidation.listen",
-                    invalidation.listen
-                )
-            })?;
+    match (&config.invalidation, audit_listener) {
+        (Some(invalidation), Some(listener)) => {
             info!(listen = %invalidation.listen, "waiting for Vault's socket audit device (invalidation)");
             tokio::spawn(listener.serve(
                 config.vault.kv_mount.clone(),
@@ -220,7 +227,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
                 metrics.clone(),
             ));
         }
-        (Some(_), KeysConfig::File { .. }) => {
+        (Some(_), None) => {
             warn!(
                 "invalidation is ignored with keys.source: file (nothing is cached; the files are the source)"
             );
@@ -276,8 +283,6 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
         }
     });
 
-    let grpc_listener = bind(config.listen.grpc, "listen.grpc").await?;
-    let http_listener = bind(config.listen.http, "listen.http").await?;
     info!(
         grpc = %config.listen.grpc,
         http = %config.listen.http,
@@ -336,10 +341,39 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bind(addr: std::net::SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} ({field}): free the port or change {field}")
-    })
+async fn bind(addr: std::net::SocketAddr, field: &str, file: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| cannot_listen(&addr, field, file, &err))
+}
+
+/// Why keygate cannot listen on `what` (`field` of `file`), and what to do,
+/// by the kind of error.
+fn cannot_listen(
+    what: &dyn std::fmt::Display,
+    field: &str,
+    file: &str,
+    err: &std::io::Error,
+) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let why = match err.kind() {
+        ErrorKind::AddrInUse => format!(
+            "something listens there already (another keygate?): stop it, or change {field}"
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "no network interface of this machine has that address: change {field} to one it \
+             has (127.0.0.1 for this machine only, 0.0.0.0 for every interface)"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "permission denied (a port below 1024 needs privileges; a Unix socket, a directory \
+             keygate may write in): change {field}, or give keygate that right"
+        ),
+        ErrorKind::NotFound => {
+            format!("its directory does not exist: create the directory, or change {field}")
+        }
+        _ => format!("change {field}"),
+    };
+    anyhow::anyhow!("cannot listen on {what} ({field} in {file}): {err}: {why}")
 }
 
 fn server_ended<E: std::fmt::Display>(

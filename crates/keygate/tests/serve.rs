@@ -232,6 +232,57 @@ async fn a_rejected_login_at_startup_stays_unready_and_is_not_sent_again() {
         "the secret-id leaked into the log: {stderr}"
     );
 }
+
+/// A listener keygate cannot bind stops it before it logs in (an AppRole
+/// login mints a token that would stay live until its TTL, one per failed
+/// start), with a message by the error's kind naming the field and the
+/// config file.
+#[rstest::rstest]
+#[case::address_not_here(
+    "  grpc: 127.0.0.1:",
+    "  grpc: 192.0.2.1:",
+    "",
+    "cannot listen on 192.0.2.1:",
+    "(listen.grpc in {file}): ",
+    "no network interface of this machine has that address: change listen.grpc"
+)]
+#[case::socket_directory_missing(
+    "",
+    "",
+    "invalidation:\n  listen: unix:/nonexistent-keygate-dir/audit.sock\n",
+    "cannot listen on unix:/nonexistent-keygate-dir/audit.sock ",
+    "(invalidation.listen in {file}): ",
+    "its directory does not exist: create the directory, or change invalidation.listen"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_cannot_bind_stops_keygate_before_it_logs_in(
+    #[case] from: &str,
+    #[case] to: &str,
+    #[case] extra: &str,
+    #[case] what: &str,
+    #[case] field: &str,
+    #[case] why: &str,
+) {
+    let vault = FakeVault::start().await;
+    let fixture = Fixture::new(&vault.address);
+    let text = fixture.config_text(&vault.address).replacen(from, to, 1) + extra;
+    fixture.write_config(&text);
+    let file = fixture.config().display().to_string();
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || fixture.start().wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(what), "{stderr}");
+    assert!(stderr.contains(&field.replace("{file}", &file)), "{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
+    assert_eq!(
+        vault.state.lock().unwrap().logins,
+        0,
+        "keygate logged in before it could listen: {stderr}"
+    );
+}
+
 /// A secret reference whose value holds a line break: the header is left
 /// out of allowed answers (over both protocols, where Envoy refused the
 /// whole gRPC answer as "invalid header value"), and a warning names the
