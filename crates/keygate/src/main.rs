@@ -28,6 +28,7 @@ use keygate::vault::Vault;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
 
 /// Validates Tanzu API-portal API keys against Vault for Envoy ext_authz
 /// (gRPC) and HTTP forward-auth gateways.
@@ -47,14 +48,27 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // An invalid RUST_LOG was replaced by `info` without a word: someone
+    // who asked for debug lines did not learn why none came.
+    let (filter, bad_filter) = match std::env::var_os("RUST_LOG") {
+        None => (EnvFilter::new("info"), None),
+        Some(_) => match EnvFilter::try_from_default_env() {
+            Ok(filter) => (filter, None),
+            Err(err) => (EnvFilter::new("info"), Some(err)),
+        },
+    };
     tracing_subscriber::fmt()
         // Logs usually go to a file (the harness keeps one per component).
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(err) = bad_filter {
+        warn!(
+            "RUST_LOG is not a log filter keygate can use ({err}): logging at `info` instead; \
+             write it like `info`, `keygate=debug` or `warn,keygate=info`"
+        );
+    }
 
     let loaded = keygate::config::load(&args.config)
         .and_then(|config| Routes::load(&config.file, &config.apis).map(|routes| (config, routes)));

@@ -206,6 +206,26 @@ fn check_prints_each_documents_base_path() {
     );
 }
 
+/// An invalid RUST_LOG was replaced by `info` without a word.
+#[test]
+fn an_invalid_rust_log_is_named() {
+    let fixture = fixture();
+    let output = cargo_bin_cmd!("keygate")
+        .arg("--config")
+        .arg(fixture.config())
+        .arg("--check")
+        .env("RUST_LOG", "keygate=loud")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("RUST_LOG is not a log filter keygate can use ("),
+        "{stderr}"
+    );
+    assert!(stderr.contains("logging at `info` instead"), "{stderr}");
+}
+
 /// A token file of two lines passed `--check`, and keygate then reported
 /// Vault's answer to it as an outage, retried forever.
 #[test]
