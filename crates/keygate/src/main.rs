@@ -170,7 +170,13 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     }
 
     let metrics = Arc::new(Metrics::new());
-    let vault = Arc::new(Vault::new(&config.vault)?.with_metrics(metrics.clone()));
+    let mut vault = Vault::new(&config.vault)?
+        .with_config_file(&config.file)
+        .with_metrics(metrics.clone());
+    if config.keys == KeysConfig::Vault {
+        vault = vault.checking_kv_mount();
+    }
+    let vault = Arc::new(vault);
     match vault.login().await {
         Ok(_) => {}
         Err(err) if err.is_permanent() => {

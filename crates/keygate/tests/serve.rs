@@ -283,6 +283,32 @@ async fn a_listener_that_cannot_bind_stops_keygate_before_it_logs_in(
     );
 }
 
+/// vault.address with a path after host and port that Vault does not serve
+/// (or another server there): every login gets a 404, which looked like an
+/// outage; /readyz and the log say the address may not be Vault's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_to_the_login_says_vault_address_may_not_be_vault() {
+    let vault = FakeVault::start().await;
+    let address = format!("{}/foo", vault.address);
+    let fixture = Fixture::new(&address);
+    let keygate = fixture.start();
+    wait_for_status(&fixture.url("/healthz"), 200).await;
+    let expected = format!(
+        "the AppRole login (auth/approle/login) was answered 404: vault.address `{address}` in {} \
+         may not point at Vault (another server, or a path after host and port that Vault does not \
+         serve), or vault.auth.approle.mount `approle` is not an AppRole mount",
+        fixture.config().display()
+    );
+    let response = reqwest::get(fixture.url("/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["ready"], false);
+    let denied = forward_auth(&fixture, "/billing/invoices", ApiKey::generate().expose()).await;
+    assert_eq!(denied.status(), 503);
+    let log = keygate.stop();
+    assert!(log.contains(&expected), "{log}");
+}
+
 /// A secret reference whose value holds a line break: the header is left
 /// out of allowed answers (over both protocols, where Envoy refused the
 /// whole gRPC answer as "invalid header value"), and a warning names the
