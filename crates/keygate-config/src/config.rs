@@ -223,6 +223,15 @@ pub enum SecretFileError {
     },
     #[error("{field} points to {path}, which is empty: write the secret into it")]
     Empty { field: &'static str, path: String },
+    /// A line break or another control character inside: Vault's answer to
+    /// such a token or secret-id was taken for an outage, forever.
+    #[error(
+        "{field} points to {path}, whose content is not a single line: \
+         write only the secret into it (a trailing newline is fine)"
+    )]
+    NotOneLine { field: &'static str, path: String },
+    #[error("{field} points to {path}, which is not UTF-8 text: save it as UTF-8")]
+    NotUtf8 { field: &'static str, path: String },
 }
 
 impl SecretFile {
@@ -233,13 +242,22 @@ impl SecretFile {
         self.secret_of(&text)
     }
 
-    /// This file's content as a secret: trimmed, and not empty.
+    /// This file's content as a secret: without a byte order mark and the
+    /// whitespace around it (a trailing newline), not empty, and one line
+    /// without control characters (a token, role-id or secret-id is one).
     pub fn secret_of(&self, text: &str) -> Result<Secret, SecretFileError> {
-        let trimmed = text.trim();
+        let trimmed = without_bom(text).trim();
+        let path = || self.path.display().to_string();
         if trimmed.is_empty() {
             return Err(SecretFileError::Empty {
                 field: self.field,
-                path: self.path.display().to_string(),
+                path: path(),
+            });
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(SecretFileError::NotOneLine {
+                field: self.field,
+                path: path(),
             });
         }
         Ok(Secret::new(trimmed))
@@ -247,12 +265,39 @@ impl SecretFile {
 
     /// The error naming this file's field and path, not its content.
     pub fn unreadable(&self, err: &std::io::Error) -> SecretFileError {
+        let path = self.path.display().to_string();
+        if is_not_utf8(err) {
+            return SecretFileError::NotUtf8 {
+                field: self.field,
+                path,
+            };
+        }
         SecretFileError::Unreadable {
             field: self.field,
-            path: self.path.display().to_string(),
+            path,
             reason: err.to_string(),
         }
     }
+}
+
+/// `read_to_string`'s error for a file that is not UTF-8 (as an editor on
+/// another locale may save it): worth its own message, not "check the path".
+pub fn is_not_utf8(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::InvalidData
+}
+
+/// `text` without a leading UTF-8 byte order mark, which some editors
+/// (Notepad, PowerShell's `Out-File`) write: serde_yaml would read it as
+/// content before the first key ("more than one document").
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Whether `value` can be an HTTP header value: no line break, NUL or other
+/// control character but a tab (`http::HeaderValue`'s rule, which Envoy's
+/// ext_authz and forward-auth answers both need).
+pub fn is_header_value(value: &str) -> bool {
+    http::HeaderValue::from_str(value).is_ok()
 }
 
 /// A secret string, on `secrecy`: zeroed when dropped; `Debug` hides it,
@@ -386,10 +431,12 @@ impl Config {
     /// `config::load` (TLS is keygate's, not this crate's).
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|err| {
-            ConfigError::new(
-                file.display(),
-                format!("cannot read the config file ({err}): check the path given to --config"),
-            )
+            let message = if is_not_utf8(&err) {
+                "the config file is not UTF-8 text: save it as UTF-8".to_owned()
+            } else {
+                format!("cannot read the config file ({err}): check the path given to --config")
+            };
+            ConfigError::new(file.display(), message)
         })?;
         let config = Self::parse(file, &text)?;
         for secret in config.secret_files() {
@@ -404,6 +451,7 @@ impl Config {
     /// the file system.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
         let name = file.display();
+        let text = without_bom(text);
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
@@ -606,6 +654,16 @@ fn upstream_headers(
             ));
         }
         if !crate::reference::is_reference(&value) {
+            // Accepted, it made every allowed forward-auth answer go
+            // without the header and Envoy answer 503 "invalid header
+            // value" to every allowed check. Not shown: it may be a secret.
+            if !is_header_value(&value) {
+                return Err(format!(
+                    "{field}: its value holds a line break or another control character, \
+                     which an HTTP header value cannot: write it on one line (a YAML block \
+                     scalar `|` keeps the final line break; use `|-` or a quoted string)"
+                ));
+            }
             out.push(UpstreamHeader::Plain { name, value });
             continue;
         }
@@ -716,6 +774,16 @@ fn vault_address(value: Option<String>, allow_plain_http: bool) -> Result<String
     let value = value.ok_or_else(|| {
         format!("vault.address is missing: set it to the Vault URL, e.g. {EXAMPLE}")
     })?;
+    // Userinfo (`user:password@`): keygate logs the address at start, and
+    // its Vault client never sends it. Refused before any message below can
+    // echo the value.
+    if value.contains('@') {
+        return Err(format!(
+            "vault.address has a user name or password in it (it holds an `@`, as in \
+             `user:password@host`): remove it, and change that password if it is a real one; \
+             keygate authenticates to Vault with vault.auth only. Write the address like {EXAMPLE}"
+        ));
+    }
     let url = url::Url::parse(value.trim()).map_err(|err| {
         format!("vault.address is `{value}`, which is not a URL ({err}): write it like {EXAMPLE}")
     })?;
@@ -742,8 +810,12 @@ fn vault_address(value: Option<String>, allow_plain_http: bool) -> Result<String
         }
     }
     if url.query().is_some() || url.fragment().is_some() {
+        // Not shown: a query may carry a token.
+        let mut shown = url.clone();
+        shown.set_query(None);
+        shown.set_fragment(None);
         return Err(format!(
-            "vault.address is `{value}`, which has a query or fragment: give only scheme, host, port (and path prefix)"
+            "vault.address `{shown}` has a query or fragment (`?...` or `#...`): give only scheme, host, port (and path prefix)"
         ));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -1103,6 +1175,140 @@ apis:
         let secret = missing.read().unwrap();
         assert_eq!(secret.expose(), "s.abcdef");
         assert!(!format!("{secret:?}").contains("abcdef"));
+    }
+
+    /// A user name or password in vault.address is refused at load, and
+    /// the message never shows it (keygate logs the address at start, and
+    /// its Vault client would not send it anyway).
+    #[rstest]
+    #[case::user_and_password("http://admin:pw-0c4e@127.0.0.1:8200")]
+    #[case::user_only("https://pw-0c4e@vault.example.com")]
+    #[case::no_scheme("admin:pw-0c4e@127.0.0.1:8200")]
+    #[case::other_scheme("ftp://admin:pw-0c4e@127.0.0.1:8200")]
+    fn credentials_in_the_vault_address_are_refused_unshown(#[case] address: &str) {
+        let err = parse(&VALID.replace("http://127.0.0.1:8200/", address))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vault.address has a user name or password in it"),
+            "{err}"
+        );
+        assert!(!err.contains("pw-0c4e"), "{err}");
+    }
+
+    /// A query can carry a token as well: the message leaves it out.
+    #[test]
+    fn a_query_in_the_vault_address_is_refused_unshown() {
+        let text = VALID.replace("8200/", "8200/?token=tok-0c4e");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("has a query or fragment"), "{err}");
+        assert!(!err.contains("tok-0c4e"), "{err}");
+    }
+
+    /// A plain upstream header value that cannot be an HTTP header value is
+    /// refused at load, naming the field and not the value: accepted, every
+    /// allowed forward-auth answer went without it and Envoy answered 503
+    /// "invalid header value" to every allowed gRPC check.
+    #[rstest]
+    #[case::line_feed("x-t: \"sec-0c4e\\nx-evil: 1\"\n")]
+    #[case::carriage_return("x-t: \"sec-0c4e\\r\"\n")]
+    #[case::nul("x-t: \"sec-0c4e\\0\"\n")]
+    #[case::escape("x-t: \"sec-0c4e\\e\"\n")]
+    #[case::delete("x-t: \"sec-0c4e\\x7f\"\n")]
+    fn upstream_header_values_must_be_header_values(#[case] entry: &str) {
+        let err = parse(&format!("{VALID}upstream_headers:\n  {entry}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "upstream_headers.x-t: its value holds a line break or another control character"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("sec-0c4e"), "{err}");
+        let fine = parse(&format!("{VALID}upstream_headers:\n  x-t: \"a\\tb c\"\n")).unwrap();
+        assert_eq!(fine.upstream_headers.len(), 1);
+    }
+
+    /// A token, role-id or secret-id file of more than one line (or with a
+    /// control character) is refused when read, at `--check` too: keygate
+    /// used to send it and report Vault's answer as an outage, forever.
+    #[rstest]
+    #[case::two_lines("s.tok-0c4e\ns.other\n")]
+    #[case::crlf_inside("s.tok-0c4e\r\nmore")]
+    #[case::tab_inside("s.tok\t0c4e")]
+    #[case::nul("s.tok-0c4e\0")]
+    fn a_secret_file_must_hold_one_line(#[case] content: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SecretFile {
+            field: "vault.auth.token_file",
+            path: dir.path().join("token"),
+        };
+        std::fs::write(&file.path, content).unwrap();
+        let err = file.read().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "vault.auth.token_file points to {}, whose content is not a single line: \
+                 write only the secret into it (a trailing newline is fine)",
+                file.path.display()
+            )
+        );
+        assert!(!err.contains("0c4e"), "{err}");
+    }
+
+    #[rstest]
+    #[case::newline("s.tok-0c4e\n")]
+    #[case::crlf("s.tok-0c4e\r\n")]
+    #[case::spaces("  s.tok-0c4e  \n\n")]
+    #[case::bom("\u{feff}s.tok-0c4e\n")]
+    fn a_secret_file_may_end_in_a_newline(#[case] content: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SecretFile {
+            field: "vault.auth.token_file",
+            path: dir.path().join("token"),
+        };
+        std::fs::write(&file.path, content).unwrap();
+        assert_eq!(file.read().unwrap().expose(), "s.tok-0c4e");
+    }
+
+    /// Files that are not UTF-8 say so, instead of "check the path".
+    #[test]
+    fn files_that_are_not_utf8_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = SecretFile {
+            field: "vault.auth.token_file",
+            path: dir.path().join("token"),
+        };
+        std::fs::write(&token.path, b"s.tok\xff\xfe\n").unwrap();
+        let err = token.read().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "vault.auth.token_file points to {}, which is not UTF-8 text: save it as UTF-8",
+                token.path.display()
+            )
+        );
+        let config = dir.path().join("keygate.yaml");
+        // Latin-1, as an editor on another locale might save it.
+        std::fs::write(&config, b"# caf\xe9\nlisten: {}\n").unwrap();
+        let err = Config::load(&config).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: the config file is not UTF-8 text: save it as UTF-8",
+                config.display()
+            )
+        );
+    }
+
+    /// A UTF-8 byte order mark (what some Windows editors write) before the
+    /// first key is not content: without this, serde_yaml said "deserializing
+    /// from YAML containing more than one document is not supported".
+    #[test]
+    fn a_byte_order_mark_is_not_content() {
+        let config = parse(&format!("\u{feff}{VALID}")).unwrap();
+        assert_eq!(config.vault.address, "http://127.0.0.1:8200");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config::{ApiFile, ConfigError, yaml_message};
+use crate::config::{ApiFile, ConfigError, is_not_utf8, without_bom, yaml_message};
 pub use crate::request_path::Unroutable;
 use crate::segment::Segment;
 
@@ -31,6 +31,32 @@ pub struct Routes {
     routes: Vec<Route>,
     /// Distinct group ids, in the order documents were listed.
     groups: Vec<String>,
+    /// Each document's base path, in the order listed.
+    bases: Vec<Base>,
+}
+
+/// Where one document's paths live: `--check` prints these, so a document
+/// whose `servers` is missing or misspelt (served at `/`, OpenAPI's
+/// default) shows instead of going unnoticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub document: String,
+    pub group: String,
+    /// The base path without a trailing slash (`/billing`; empty: the root).
+    base: String,
+    /// Whether it came from `servers[0].url` (else OpenAPI's default `/`).
+    pub declared: bool,
+}
+
+impl Base {
+    /// The base path as written in a request: `/billing`, or `/`.
+    pub fn path(&self) -> &str {
+        if self.base.is_empty() {
+            "/"
+        } else {
+            &self.base
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -67,14 +93,19 @@ impl Routes {
         let mut docs = Vec::with_capacity(apis.len());
         for api in apis {
             let text = std::fs::read_to_string(&api.path).map_err(|err| {
+                let (field, path) = (&api.field, api.path.display());
                 ConfigError::new(
                     config_file.display(),
-                    format!(
-                        "{} points to {}, which cannot be read ({err}): fix the path \
-                         (relative paths resolve against the config file's directory)",
-                        api.field,
-                        api.path.display()
-                    ),
+                    if is_not_utf8(&err) {
+                        format!(
+                            "{field} points to {path}, which is not UTF-8 text: save it as UTF-8"
+                        )
+                    } else {
+                        format!(
+                            "{field} points to {path}, which cannot be read ({err}): fix the path \
+                             (relative paths resolve against the config file's directory)"
+                        )
+                    },
                 )
             })?;
             let json = api
@@ -96,10 +127,12 @@ impl Routes {
     ) -> Result<Self, ConfigError> {
         let mut routes: Vec<Route> = Vec::new();
         let mut groups: Vec<String> = Vec::new();
+        let mut bases: Vec<Base> = Vec::new();
         // (group, template) pairs already routed: the same route declared
         // twice for one group is kept once.
         let mut seen: HashSet<(usize, Vec<Segment>)> = HashSet::new();
         for (name, text, json) in docs {
+            let text = without_bom(text);
             let doc: OpenApiDoc = if json {
                 serde_json::from_str(text).map_err(|err| {
                     ConfigError::new(
@@ -120,8 +153,14 @@ impl Routes {
                     groups.len() - 1
                 }
             };
-            let base = base_path(doc.servers.as_deref())
+            let (base, declared) = base_path(doc.servers.as_deref())
                 .map_err(|message| ConfigError::new(name, message))?;
+            bases.push(Base {
+                document: name.to_owned(),
+                group: group.clone(),
+                base: base.clone(),
+                declared,
+            });
             let paths = doc.paths.unwrap_or_default();
             if paths.is_empty() {
                 return Err(ConfigError::new(
@@ -160,7 +199,16 @@ impl Routes {
                 routes.push(route);
             }
         }
-        Ok(Self { routes, groups })
+        Ok(Self {
+            routes,
+            groups,
+            bases,
+        })
+    }
+
+    /// Each document's base path, in the order the documents were listed.
+    pub fn bases(&self) -> &[Base] {
+        &self.bases
     }
 
     /// The distinct group ids, in the order their documents were listed.
@@ -260,13 +308,15 @@ fn group_id(value: Option<String>) -> Result<String, String> {
     }
 }
 
-/// The path component of `servers[0].url`, without a trailing slash.
-fn base_path(servers: Option<&[Server]>) -> Result<String, String> {
+/// The path component of `servers[0].url`, without a trailing slash, its
+/// unreserved escapes decoded; and whether there was one (without, the
+/// root: OpenAPI's default server is `/`).
+fn base_path(servers: Option<&[Server]>) -> Result<(String, bool), String> {
     let Some(url) = servers
         .and_then(|s| s.first())
         .and_then(|s| s.url.as_deref())
     else {
-        return Ok(String::new());
+        return Ok((String::new(), false));
     };
     let path = match url.find("://") {
         Some(at) => {
@@ -290,7 +340,33 @@ fn base_path(servers: Option<&[Server]>) -> Result<String, String> {
              keygate cannot know the base path; write it out"
         ));
     }
-    Ok(path.trim_end_matches('/').to_owned())
+    // Checked here, so a problem is blamed on servers[0].url and not on
+    // each template joined to it. The same rules as request paths: a base
+    // a request cannot route to would make every template of the document
+    // unreachable, or (decoded differently) another API's.
+    let mut base = String::new();
+    let trimmed = path.trim_end_matches('/');
+    for segment in trimmed.split('/').skip(1) {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!(
+                "servers[0].url is `{url}`, whose path has an empty, `.` or `..` segment: \
+                 write the base path with single slashes and no dot segments, e.g. /billing \
+                 (`//host/path` is not read as a host: write https://host/path)"
+            ));
+        }
+        // `%2e` is refused, so no dot segment comes out of the decoding.
+        let decoded = crate::request_path::decode_segment(segment).map_err(|_| {
+            format!(
+                "servers[0].url is `{url}`, whose path segment `{segment}` has a `%` escape \
+                     keygate refuses in request paths (an encoded `/`, `.` or `\\`, a double \
+                     encoding, a `%` without two hex digits) or a `\\`: write the base path \
+                     as the gateway routes it"
+            )
+        })?;
+        base.push('/');
+        base.push_str(&decoded);
+    }
+    Ok((base, true))
 }
 
 fn parse_template(base: &str, template: &str) -> Result<Vec<Segment>, String> {
@@ -516,6 +592,127 @@ paths:
             .unwrap_err()
             .to_string();
         assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+
+    /// A problem in the base path is blamed on `servers[0].url`, not on
+    /// `paths` (base and template used to be joined before the check).
+    #[rstest]
+    #[case::dot_dot(
+        "/x/../y",
+        "servers[0].url is `/x/../y`, whose path has an empty, `.` or `..` segment"
+    )]
+    #[case::dot(
+        "http://h/x/./y",
+        "servers[0].url is `http://h/x/./y`, whose path has an empty, `.` or `..` segment"
+    )]
+    #[case::network_path(
+        "//host/billing",
+        "servers[0].url is `//host/billing`, whose path has an empty, `.` or `..` segment"
+    )]
+    #[case::inner_empty("/a//b", "servers[0].url is `/a//b`, whose path has an empty")]
+    #[case::encoded_slash(
+        "/x%2fy",
+        "servers[0].url is `/x%2fy`, whose path segment `x%2fy` has a `%` escape keygate refuses in request paths"
+    )]
+    #[case::encoded_dot(
+        "/%2e%2e/y",
+        "servers[0].url is `/%2e%2e/y`, whose path segment `%2e%2e` has a `%` escape"
+    )]
+    #[case::bad_escape(
+        "/x%zz",
+        "servers[0].url is `/x%zz`, whose path segment `x%zz` has a `%` escape"
+    )]
+    #[case::backslash(
+        "/x\\y",
+        "servers[0].url is `/x\\y`, whose path segment `x\\y` has a `%` escape keygate refuses in request paths"
+    )]
+    fn base_path_problems_name_servers_url(#[case] url: &str, #[case] expected: &str) {
+        let doc = format!("groupId: g\nservers: [{{url: '{url}'}}]\npaths: {{/a: {{}}}}\n");
+        let err = Routes::from_documents([("doc.yaml", doc.as_str(), false)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("doc.yaml: {expected}")),
+            "expected {expected:?} in {err:?}"
+        );
+        assert!(!err.contains("paths has"), "{err}");
+    }
+
+    /// An escaped unreserved character in the base means the same as the
+    /// character, as in request paths and templates.
+    #[test]
+    fn an_encoded_unreserved_base_is_decoded() {
+        let doc = "groupId: g\nservers: [{url: /b%69lling}]\npaths: {/a: {}}\n";
+        let routes = Routes::from_documents([("d", doc, false)]).unwrap();
+        assert_eq!(routes.resolve("/billing/a"), Ok("g"));
+    }
+
+    /// Each document's base path, for `--check` to print: a document
+    /// without `servers` (or with it misspelt) is served at `/`, OpenAPI's
+    /// default, which `--check` shows rather than keygate taking it silently.
+    #[test]
+    fn each_documents_base_is_reported() {
+        let routes = Routes::from_documents([
+            (
+                "a.yaml",
+                "groupId: a\nservers: [{url: 'http://h/api/'}]\npaths: {/x: {}}\n",
+                false,
+            ),
+            (
+                "b.yaml",
+                "groupId: b\nserver: [{url: /b}]\npaths: {/y: {}}\n",
+                false,
+            ),
+            (
+                "c.yaml",
+                "groupId: c\nservers: [{description: no url}]\npaths: {/z: {}}\n",
+                false,
+            ),
+        ])
+        .unwrap();
+        let bases: Vec<(&str, &str, &str, bool)> = routes
+            .bases()
+            .iter()
+            .map(|b| (b.document.as_str(), b.group.as_str(), b.path(), b.declared))
+            .collect();
+        assert_eq!(
+            bases,
+            [
+                ("a.yaml", "a", "/api", true),
+                ("b.yaml", "b", "/", false),
+                ("c.yaml", "c", "/", false),
+            ]
+        );
+    }
+
+    /// A byte order mark before the first key (YAML or JSON) is not content.
+    #[rstest]
+    #[case::yaml("\u{feff}groupId: g\npaths: {/a: {}}\n", false)]
+    #[case::json("\u{feff}{\"groupId\": \"g\", \"paths\": {\"/a\": {}}}", true)]
+    fn a_byte_order_mark_is_not_content(#[case] doc: &str, #[case] json: bool) {
+        let routes = Routes::from_documents([("d", doc, json)]).unwrap();
+        assert_eq!(routes.resolve("/a"), Ok("g"));
+    }
+
+    #[test]
+    fn a_document_that_is_not_utf8_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.yaml");
+        std::fs::write(&path, b"groupId: caf\xe9\npaths: {/a: {}}\n").unwrap();
+        let apis = [ApiFile {
+            field: "apis[0]".into(),
+            path: path.clone(),
+        }];
+        let err = Routes::load(Path::new("keygate.yaml"), &apis)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "keygate.yaml: apis[0] points to {}, which is not UTF-8 text: save it as UTF-8",
+                path.display()
+            )
+        );
     }
 
     #[test]

@@ -520,8 +520,10 @@ impl RecordCache {
         match self.read_fresh(store, &lookup).await {
             Ok(slot) => Ok(slot.value),
             // A 403 with a fresh token, or a refused re-login after one,
-            // is Vault's answer, not an outage.
-            Err(err) if err.is_refusal() => Err(err),
+            // is Vault's answer, not an outage; so is one showing that
+            // vault.kv_mount is not a KV v2 mount (none there: every key
+            // in it is gone, a revoked one too).
+            Err(err) if err.is_refusal() || err.is_misconfiguration() => Err(err),
             Err(err) => match self.resurrect(store, &key).await {
                 Some(record) => Ok(Some(record)),
                 None => Err(err),

@@ -48,6 +48,7 @@ struct RequestWarnings {
 enum Warning {
     VaultForbidden,
     VaultUnavailable,
+    VaultMisconfigured,
     CorruptRecord,
 }
 
@@ -57,6 +58,9 @@ impl Warning {
         match self {
             Warning::VaultForbidden => "Vault refused keygate the key record",
             Warning::VaultUnavailable => "keygate could not read the key record from Vault",
+            Warning::VaultMisconfigured => {
+                "Vault's answer showed keygate's Vault settings do not fit it"
+            }
             Warning::CorruptRecord => "the key record in Vault was corrupt",
         }
     }
@@ -206,6 +210,14 @@ impl Validator {
     async fn check(&self, group: &str, key: &ApiKey, selector: &Selector) -> Outcome {
         let record = match self.records.get(group, selector).await {
             Ok(record) => record,
+            Err(err) if err.is_misconfiguration() => {
+                if let Some(left_out) = self.warnings.admitted(Warning::VaultMisconfigured, group) {
+                    warn!(group, %selector, error = %err, left_out,
+                        "keygate cannot read key records from Vault as configured; denying with 503 vault-misconfigured, not as unknown keys (at most one line per {} s, left_out says how many were not written)",
+                        WARN_EVERY.as_secs());
+                }
+                return Outcome::Deny(Reason::VaultMisconfigured);
+            }
             Err(err) if err.is_refusal() => {
                 if let Some(left_out) = self.warnings.admitted(Warning::VaultForbidden, group) {
                     warn!(group, %selector, error = %err, left_out,

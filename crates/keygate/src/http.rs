@@ -122,6 +122,8 @@ async fn forward_auth(State(state): State<AppState>, uri: Uri, headers: HeaderMa
         } => {
             let mut response = StatusCode::OK.into_response();
             let headers = response.headers_mut();
+            // Names and plain values are checked at load, referenced
+            // values when resolved (`refs`), so none is left out here.
             for (name, value) in extra {
                 if let (Ok(name), Ok(value)) = (
                     axum::http::HeaderName::from_bytes(name.as_bytes()),

@@ -11,7 +11,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use keygate::cache::RecordCache;
 use keygate::config::{Config, KeysConfig, UpstreamHeader};
@@ -29,6 +28,7 @@ use keygate::vault::Vault;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
 
 /// Validates Tanzu API-portal API keys against Vault for Envoy ext_authz
 /// (gRPC) and HTTP forward-auth gateways.
@@ -48,14 +48,27 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // An invalid RUST_LOG was replaced by `info` without a word: someone
+    // who asked for debug lines did not learn why none came.
+    let (filter, bad_filter) = match std::env::var_os("RUST_LOG") {
+        None => (EnvFilter::new("info"), None),
+        Some(_) => match EnvFilter::try_from_default_env() {
+            Ok(filter) => (filter, None),
+            Err(err) => (EnvFilter::new("info"), Some(err)),
+        },
+    };
     tracing_subscriber::fmt()
         // Logs usually go to a file (the harness keeps one per component).
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(err) = bad_filter {
+        warn!(
+            "RUST_LOG is not a log filter keygate can use ({err}): logging at `info` instead; \
+             write it like `info`, `keygate=debug` or `warn,keygate=info`"
+        );
+    }
 
     let loaded = keygate::config::load(&args.config)
         .and_then(|config| Routes::load(&config.file, &config.apis).map(|routes| (config, routes)));
@@ -90,6 +103,21 @@ fn main() -> ExitCode {
             routes.len(),
             routes.groups().join(", ")
         );
+        // Each document's base path, so a `servers` missing or misspelt
+        // (the root, OpenAPI's default) is seen before it routes.
+        for base in routes.bases() {
+            println!(
+                "  {}: group {}, base path {}{}",
+                base.document,
+                base.group,
+                base.path(),
+                if base.declared {
+                    ""
+                } else {
+                    " (no servers[0].url: OpenAPI's default, the root)"
+                }
+            );
+        }
         return ExitCode::SUCCESS;
     }
 
@@ -117,8 +145,38 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
+    // Bound before the login, so a start that cannot listen stops before
+    // an AppRole login mints a token that would stay live until its TTL.
+    // Requests that come meanwhile wait in the backlog until serving
+    // starts, after the first login attempt, as before.
+    let file = config.file.display().to_string();
+    let grpc_listener = bind(config.listen.grpc, "listen.grpc", &file).await?;
+    let http_listener = bind(config.listen.http, "listen.http", &file).await?;
+    let audit_listener = match (&config.invalidation, &config.keys) {
+        (Some(invalidation), KeysConfig::Vault) => {
+            Some(AuditListener::bind(invalidation).await.map_err(|err| {
+                cannot_listen(&invalidation.listen, "invalidation.listen", &file, &err)
+            })?)
+        }
+        _ => None,
+    };
+    for base in routes.bases().iter().filter(|base| !base.declared) {
+        warn!(
+            document = %base.document,
+            group = %base.group,
+            "this OpenAPI document has no servers[0].url, so its paths are routed from the root (OpenAPI's default); \
+             if the API lives under a base path, add `servers: [{{url: /base}}]`"
+        );
+    }
+
     let metrics = Arc::new(Metrics::new());
-    let vault = Arc::new(Vault::new(&config.vault)?.with_metrics(metrics.clone()));
+    let mut vault = Vault::new(&config.vault)?
+        .with_config_file(&config.file)
+        .with_metrics(metrics.clone());
+    if config.keys == KeysConfig::Vault {
+        vault = vault.checking_kv_mount();
+    }
+    let vault = Arc::new(vault);
     match vault.login().await {
         Ok(_) => {}
         Err(err) if err.is_permanent() => {
@@ -180,15 +238,8 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             )
         }
     };
-    // Bound before anything serves, so a taken port stops startup.
-    match (&config.invalidation, &config.keys) {
-        (Some(invalidation), KeysConfig::Vault) => {
-            let listener = AuditListener::bind(invalidation).await.with_context(|| {
-                format!(
-                    "cannot listen on {} (invalidation.listen): free it or change invalidation.listen",
-                    invalidation.listen
-                )
-            })?;
+    match (&config.invalidation, audit_listener) {
+        (Some(invalidation), Some(listener)) => {
             info!(listen = %invalidation.listen, "waiting for Vault's socket audit device (invalidation)");
             tokio::spawn(listener.serve(
                 config.vault.kv_mount.clone(),
@@ -196,7 +247,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
                 metrics.clone(),
             ));
         }
-        (Some(_), KeysConfig::File { .. }) => {
+        (Some(_), None) => {
             warn!(
                 "invalidation is ignored with keys.source: file (nothing is cached; the files are the source)"
             );
@@ -252,8 +303,6 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
         }
     });
 
-    let grpc_listener = bind(config.listen.grpc, "listen.grpc").await?;
-    let http_listener = bind(config.listen.http, "listen.http").await?;
     info!(
         grpc = %config.listen.grpc,
         http = %config.listen.http,
@@ -312,10 +361,39 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bind(addr: std::net::SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} ({field}): free the port or change {field}")
-    })
+async fn bind(addr: std::net::SocketAddr, field: &str, file: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| cannot_listen(&addr, field, file, &err))
+}
+
+/// Why keygate cannot listen on `what` (`field` of `file`), and what to do,
+/// by the kind of error.
+fn cannot_listen(
+    what: &dyn std::fmt::Display,
+    field: &str,
+    file: &str,
+    err: &std::io::Error,
+) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let why = match err.kind() {
+        ErrorKind::AddrInUse => format!(
+            "something listens there already (another keygate?): stop it, or change {field}"
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "no network interface of this machine has that address: change {field} to one it \
+             has (127.0.0.1 for this machine only, 0.0.0.0 for every interface)"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "permission denied (a port below 1024 needs privileges; a Unix socket, a directory \
+             keygate may write in): change {field}, or give keygate that right"
+        ),
+        ErrorKind::NotFound => {
+            format!("its directory does not exist: create the directory, or change {field}")
+        }
+        _ => format!("change {field}"),
+    };
+    anyhow::anyhow!("cannot listen on {what} ({field} in {file}): {err}: {why}")
 }
 
 fn server_ended<E: std::fmt::Display>(

@@ -23,10 +23,15 @@ pub enum Reason {
     /// Vault answered 403 to a fresh token: keygate's policy no longer
     /// allows reading the key. Not an outage, so nothing is resurrected.
     VaultForbidden,
+    /// Vault's answer shows keygate's config does not fit it: no KV
+    /// version 2 mount at `vault.kv_mount` (none, or another kind), or
+    /// what answered at `vault.address` is not Vault. Not an unknown key,
+    /// not an outage: nothing is resurrected.
+    VaultMisconfigured,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::Unknown,
@@ -38,6 +43,7 @@ impl Reason {
         Reason::VaultBusy,
         Reason::CorruptRecord,
         Reason::VaultForbidden,
+        Reason::VaultMisconfigured,
     ];
 
     pub fn code(self) -> &'static str {
@@ -53,6 +59,7 @@ impl Reason {
             Reason::VaultBusy => "vault-busy",
             Reason::CorruptRecord => "corrupt-record",
             Reason::VaultForbidden => "vault-forbidden",
+            Reason::VaultMisconfigured => "vault-misconfigured",
         }
     }
 
@@ -61,7 +68,10 @@ impl Reason {
     pub fn http_status(self) -> u16 {
         match self {
             Reason::NoRoute | Reason::WrongGroup => 403,
-            Reason::VaultUnavailable | Reason::VaultForbidden | Reason::VaultBusy => 503,
+            Reason::VaultUnavailable
+            | Reason::VaultForbidden
+            | Reason::VaultBusy
+            | Reason::VaultMisconfigured => 503,
             Reason::Missing
             | Reason::Malformed
             | Reason::Unknown
@@ -122,6 +132,7 @@ mod tests {
                 ("vault-busy", 503),
                 ("corrupt-record", 401),
                 ("vault-forbidden", 503),
+                ("vault-misconfigured", 503),
             ]
         );
         assert_eq!(

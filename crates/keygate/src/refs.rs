@@ -13,6 +13,7 @@ use std::time::Instant;
 // The syntax (what a reference looks like, a vault's TTLs) lives with the
 // config that holds it, in keygate-config; the state machine and the reads
 // are here.
+use keygate_config::config::is_header_value;
 pub use keygate_config::reference::{Policy, RefError, Reference, is_reference};
 
 /// What one read of the source gave.
@@ -112,7 +113,15 @@ pub trait RefSource: Send + Sync + 'static {
 pub struct UpstreamHeaders {
     headers: Vec<(String, HeaderValue)>,
     source: std::sync::Arc<dyn RefSource>,
+    /// Per header: the warning that its reference's value cannot be a
+    /// header value, at most once per `WARN_EVERY` (with `neg_ttl: 0` it
+    /// would come once per request).
+    unusable: Vec<log_throttle::Throttle>,
 }
+
+/// At most one line per this long for a reference whose value cannot be a
+/// header value.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 // Built once at startup, a few per config: the size difference is irrelevant.
 #[allow(clippy::large_enum_variant)]
@@ -130,7 +139,15 @@ pub enum HeaderValue {
 
 impl UpstreamHeaders {
     pub fn new(headers: Vec<(String, HeaderValue)>, source: std::sync::Arc<dyn RefSource>) -> Self {
-        Self { headers, source }
+        let unusable = headers
+            .iter()
+            .map(|_| log_throttle::Throttle::new(WARN_EVERY))
+            .collect();
+        Self {
+            headers,
+            source,
+            unusable,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,7 +159,7 @@ impl UpstreamHeaders {
     /// is logged with the reference text, never a value.
     pub async fn resolve(&self) -> Vec<(String, String)> {
         let mut out = Vec::with_capacity(self.headers.len());
-        for (name, value) in &self.headers {
+        for ((name, value), unusable) in self.headers.iter().zip(&self.unusable) {
             match value {
                 HeaderValue::Plain(text) => out.push((name.clone(), text.clone())),
                 HeaderValue::Ref {
@@ -160,9 +177,29 @@ impl UpstreamHeaders {
                                 self.source.fetch(mount, path, key).await
                             }
                         };
-                        if !matches!(fetched, Fetched::Value(_)) {
-                            tracing::warn!(header = %name, reference = %text, result = ?fetched, "resolving a secret reference failed");
-                        }
+                        // A value with a line break or another control
+                        // character is missing, not sent: forward-auth
+                        // answers went without the header, silently, and
+                        // Envoy answered every allowed check 503 "invalid
+                        // header value". Never shown: it is a secret.
+                        let fetched = match fetched {
+                            Fetched::Value(value) if !is_header_value(&value) => {
+                                if let log_throttle::Admit::Write { left_out } =
+                                    unusable.admit(Instant::now())
+                                {
+                                    tracing::warn!(header = %name, reference = %text, left_out,
+                                        "the value of this secret reference holds a line break or another control character, \
+                                         which an HTTP header value cannot: the header is left out (as for a missing value) \
+                                         until the secret is fixed (at most one line per 10 s, left_out says how many were not written)");
+                                }
+                                Fetched::Missing
+                            }
+                            Fetched::Value(value) => Fetched::Value(value),
+                            other => {
+                                tracing::warn!(header = %name, reference = %text, result = ?other, "resolving a secret reference failed");
+                                other
+                            }
+                        };
                         slot.record(fetched, Instant::now(), *policy);
                     }
                     match slot.current(Instant::now(), *policy) {
@@ -270,6 +307,58 @@ mod tests {
         assert_eq!(
             slot.current(at(t0, 1_000_000), never),
             Resolved::Value("v".into())
+        );
+    }
+
+    /// A source answering each read with the next of its values.
+    struct Values(std::sync::Mutex<Vec<&'static str>>);
+
+    impl RefSource for Values {
+        fn fetch<'a>(
+            &'a self,
+            _mount: &'a str,
+            _path: &'a str,
+            _key: &'a str,
+        ) -> crate::boxed_future::BoxFuture<'a, Fetched> {
+            let value = self.0.lock().unwrap().remove(0);
+            Box::pin(async move { Fetched::Value(value.to_owned()) })
+        }
+    }
+
+    /// A referenced value that cannot be a header value is left out, as a
+    /// missing one (and remembered for neg_ttl), never sent: Envoy refuses
+    /// a check answer carrying it, and forward-auth dropped it silently.
+    #[tokio::test]
+    async fn a_value_that_cannot_be_a_header_value_is_missing() {
+        let reference = |slot| HeaderValue::Ref {
+            text: "{vault://kv/app/token}".into(),
+            reference: Reference::Vault {
+                vault: "kv".into(),
+                path: "app".into(),
+                key: "token".into(),
+            },
+            mount: "secret".into(),
+            policy: Policy {
+                ttl: Duration::ZERO,
+                neg_ttl: Duration::ZERO,
+                resurrect_ttl: Duration::ZERO,
+            },
+            slot,
+        };
+        let source = std::sync::Arc::new(Values(std::sync::Mutex::new(vec![
+            "tok-0c4e\r\nx-evil: 1",
+            "tok\u{7f}",
+            "tok-0c4e",
+        ])));
+        let headers = UpstreamHeaders::new(
+            vec![("x-token".into(), reference(Default::default()))],
+            source,
+        );
+        assert_eq!(headers.resolve().await, []);
+        assert_eq!(headers.resolve().await, []);
+        assert_eq!(
+            headers.resolve().await,
+            [("x-token".to_owned(), "tok-0c4e".to_owned())]
         );
     }
 

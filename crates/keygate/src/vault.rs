@@ -81,6 +81,29 @@ pub enum VaultError {
     SecretFile(#[from] SecretFileError),
     #[error("keygate is not logged in to Vault (yet)")]
     NotLoggedIn,
+    /// `vault.kv_mount` is not a KV version 2 mount Vault serves (no such
+    /// mount, or one of another kind): every key would look unknown.
+    /// Vault's answer, not an outage: never resurrected.
+    #[error(
+        "vault.kv_mount in {file} is `{mount}`, but {detail}: set vault.kv_mount to the path of \
+         the KV version 2 mount that holds the key records"
+    )]
+    KvMount {
+        file: String,
+        mount: String,
+        detail: String,
+    },
+    /// A 404 to a request every Vault answers, or one that is not Vault's
+    /// JSON: whatever answered may not be Vault.
+    #[error("{what} was answered {answer}: {hint}")]
+    NotVault {
+        /// The request and its path.
+        what: String,
+        answer: String,
+        /// That `vault.address` may not point at Vault, and what else may
+        /// be wrong.
+        hint: String,
+    },
     #[error(
         "Vault denied keygate reading {path} (403) with a fresh token: \
          the token's policy must allow `read` on that path"
@@ -112,6 +135,17 @@ impl VaultError {
     /// token revoked, its secret-id destroyed). Never resurrected.
     pub fn is_refusal(&self) -> bool {
         matches!(self, VaultError::Forbidden { .. }) || self.is_rejected_credentials()
+    }
+
+    /// Vault's answers show keygate's config does not fit this Vault
+    /// (`vault.kv_mount`, `vault.address`): not an outage, so never
+    /// resurrected, and not an unknown key either (503
+    /// `vault-misconfigured`).
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(
+            self,
+            VaultError::KvMount { .. } | VaultError::NotVault { .. }
+        )
     }
 
     /// Vault refused the credentials, now or before (held back): a fixed
@@ -191,6 +225,56 @@ pub struct Vault {
     rejected: RejectedCredentials,
     probe: Mutex<Option<(Instant, Readiness)>>,
     metrics: Option<Arc<Metrics>>,
+    /// The config file, for messages that name a field of it.
+    config_file: String,
+    /// Whether key records are read from `kv_mount` (not in keys-file
+    /// mode): then logins and readiness check that it is KV version 2.
+    check_kv_mount: bool,
+    /// What shows `kv_mount` is not a KV version 2 mount, if something does.
+    /// A std mutex, never held across an await.
+    kv_mount_problem: std::sync::Mutex<Option<MountProblem>>,
+}
+
+/// Why `vault.kv_mount` does not hold KV version 2 records.
+#[derive(Debug, Clone)]
+struct MountProblem {
+    /// The end of [`VaultError::KvMount`]'s sentence.
+    detail: String,
+    /// The read whose answer showed it (no such mount), read again by the
+    /// readiness probe until it answers like KV version 2, since an unready
+    /// keygate gets no requests that would; `None` when Vault's mount
+    /// description showed it (another kind of mount).
+    seen_reading: Option<String>,
+}
+
+/// What a 404 to a KV version 2 read means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NotFound {
+    /// KV v2's own: never written, metadata deleted (`{"errors":[]}`), or
+    /// the latest version deleted or destroyed (its metadata, data null).
+    NoRecord,
+    /// Vault's router: no mount there (`no handler for route ...`).
+    NoMount(String),
+    /// Not Vault's JSON: a proxy or another server answered.
+    NotVaultJson,
+}
+
+/// Tells a 404 to a KV v2 read apart: only KV v2's own means "no record";
+/// OpenBao 2.7 answers `{"errors":[]}` for a secret never written and
+/// `{"errors":["no handler for route \"nope/data/g/s\". route entry not
+/// found."]}` when there is no mount at all.
+fn not_found(body: &str) -> NotFound {
+    let Ok(body) = serde_json::from_str::<Value>(body) else {
+        return NotFound::NotVaultJson;
+    };
+    if body["data"]["metadata"].is_object() {
+        return NotFound::NoRecord;
+    }
+    match body.get("errors").and_then(Value::as_array) {
+        Some(errors) if errors.is_empty() => NotFound::NoRecord,
+        Some(_) => NotFound::NoMount(errors_of(&body)),
+        None => NotFound::NotVaultJson,
+    }
 }
 
 impl Vault {
@@ -225,7 +309,24 @@ impl Vault {
             rejected: RejectedCredentials::default(),
             probe: Mutex::new(None),
             metrics: None,
+            config_file: "the config file".to_owned(),
+            check_kv_mount: false,
+            kv_mount_problem: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Names `file` in messages about its fields.
+    pub fn with_config_file(mut self, file: &std::path::Path) -> Self {
+        self.config_file = file.display().to_string();
+        self
+    }
+
+    /// Key records are read from `vault.kv_mount` (Vault mode): each
+    /// login and readiness probe checks it is a KV version 2 mount, where
+    /// Vault's description of it is readable to keygate's token.
+    pub fn checking_kv_mount(mut self) -> Self {
+        self.check_kv_mount = true;
+        self
     }
 
     /// Counts logins in `keygate_vault_logins_total`.
@@ -343,6 +444,7 @@ impl Vault {
                 }
             }
         }
+        let kv_mount = self.check_kv_mount(&token).await;
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let session = Session {
             token,
@@ -361,6 +463,11 @@ impl Vault {
             ttl = ?info.ttl,
             "logged in to Vault"
         );
+        // Said at start, not only on the first request (503
+        // vault-misconfigured) or by /readyz.
+        if let Some(err) = kv_mount {
+            warn!(error = %err, "keygate cannot read key records from Vault: not ready");
+        }
         // The token this login replaces would otherwise stay valid until
         // its TTL: one live token per rotation and per refresh, each able
         // to read every key. Only tokens keygate obtained itself (AppRole);
@@ -498,15 +605,22 @@ impl Vault {
         let (status, body) = self
             .send(what, Method::GET, &url, None, Some(&session.token))
             .await?;
-        match status {
-            StatusCode::OK => {}
+        let body = match self.kv_answer(status, &body, &url) {
+            KvAnswer::Found(body) => body,
             // 404 covers never written, metadata deleted, and (with data
-            // null) the latest version soft-deleted or destroyed.
-            StatusCode::NOT_FOUND => return Ok(Some(None)),
-            StatusCode::FORBIDDEN => return Ok(None),
-            other => return Err(status_error(what, other, &body)),
-        }
-        let body: Value = parse(what, &body)?;
+            // null) the latest version soft-deleted or destroyed; unless
+            // Vault's mount description showed kv_mount is not KV v2 (a KV
+            // v1 mount answers the same 404 for a key it lacks).
+            KvAnswer::NoRecord => {
+                return match self.kv_mount_error(false) {
+                    Some(err) => Err(err),
+                    None => Ok(Some(None)),
+                };
+            }
+            KvAnswer::Forbidden => return Ok(None),
+            KvAnswer::Wrong(err) => return Err(err),
+            KvAnswer::Other => return Err(status_error(what, status, &body)),
+        };
         let data = &body["data"];
         let metadata = &data["metadata"];
         let deleted = metadata["deletion_time"]
@@ -538,6 +652,145 @@ impl Vault {
         }
     }
 
+    /// What one answer to a KV v2 read of `url` says, recording (or
+    /// clearing) what it shows of `kv_mount`.
+    fn kv_answer(&self, status: StatusCode, body: &str, url: &str) -> KvAnswer {
+        let seen = |detail: String| {
+            self.set_kv_mount_problem(Some(MountProblem {
+                detail,
+                seen_reading: Some(url.to_owned()),
+            }));
+            self.kv_mount_error(true)
+                .expect("a problem was just recorded")
+        };
+        let answer = match status {
+            StatusCode::OK => match serde_json::from_str::<Value>(body) {
+                Ok(body) if body["data"]["metadata"].is_object() => KvAnswer::Found(body),
+                // A KV v1 mount answers `data` as the record itself.
+                Ok(_) => KvAnswer::Wrong(seen(
+                    "Vault answered a key read without KV version 2's metadata, \
+                     as a KV version 1 mount does"
+                        .into(),
+                )),
+                Err(err) => KvAnswer::Wrong(VaultError::BadResponse {
+                    what: "a KV read".into(),
+                    reason: err.to_string(),
+                }),
+            },
+            StatusCode::NOT_FOUND => match not_found(body) {
+                NotFound::NoRecord => KvAnswer::NoRecord,
+                NotFound::NoMount(errors) => KvAnswer::Wrong(seen(format!(
+                    "Vault has no mount there (it answered a key read with 404{errors})"
+                ))),
+                NotFound::NotVaultJson => KvAnswer::Wrong(self.not_vault(
+                    "a KV read",
+                    &url.replacen(&format!("{}/v1/", self.address), "", 1),
+                    "404 in a body that is not Vault's JSON",
+                    "",
+                )),
+            },
+            StatusCode::FORBIDDEN => KvAnswer::Forbidden,
+            _ => KvAnswer::Other,
+        };
+        // An answer only a KV v2 mount gives clears what a read showed
+        // before (the mount was created meanwhile).
+        if matches!(answer, KvAnswer::Found(_) | KvAnswer::NoRecord) {
+            self.clear_kv_mount_problem_seen_reading();
+        }
+        answer
+    }
+
+    /// [`VaultError::KvMount`] for what is known against `kv_mount`, if
+    /// anything; with `any` false, only what Vault's mount description
+    /// showed (a read's evidence is cleared by a KV v2 answer first).
+    fn kv_mount_error(&self, any: bool) -> Option<VaultError> {
+        let problem = self
+            .kv_mount_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        (any || problem.seen_reading.is_none()).then(|| VaultError::KvMount {
+            file: self.config_file.clone(),
+            mount: self.kv_mount.clone(),
+            detail: problem.detail,
+        })
+    }
+
+    fn set_kv_mount_problem(&self, problem: Option<MountProblem>) {
+        *self
+            .kv_mount_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    fn clear_kv_mount_problem_seen_reading(&self) {
+        let mut problem = self
+            .kv_mount_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if problem.as_ref().is_some_and(|p| p.seen_reading.is_some()) {
+            *problem = None;
+        }
+    }
+
+    /// Checks `kv_mount` is a KV version 2 mount, where Vault says: its
+    /// mount description (`sys/internal/ui/mounts/<mount>`) is readable to
+    /// any token whose policy grants something under the mount, whatever
+    /// the policy says of `sys/`. Vault answers 403 alike for a mount that
+    /// does not exist and one the token may not use, so that says nothing;
+    /// a read that found no mount is then read again instead. The error
+    /// when something shows it is not.
+    async fn check_kv_mount(&self, token: &Secret) -> Option<VaultError> {
+        if !self.check_kv_mount {
+            return None;
+        }
+        let url = format!(
+            "{}/v1/sys/internal/ui/mounts/{}",
+            self.address, self.kv_mount
+        );
+        let described = match self
+            .send("a mount lookup", Method::GET, &url, None, Some(token))
+            .await
+        {
+            Ok((StatusCode::OK, body)) => serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|body| mount_problem(&self.kv_mount, &body["data"])),
+            _ => None,
+        };
+        match described {
+            Some(Ok(())) => self.set_kv_mount_problem(None),
+            Some(Err(detail)) => self.set_kv_mount_problem(Some(MountProblem {
+                detail,
+                seen_reading: None,
+            })),
+            None => {
+                let seen = self
+                    .kv_mount_problem
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|p| p.seen_reading.clone());
+                match seen {
+                    Some(Some(read)) => {
+                        // Read again: `kv_answer` records, or clears, what
+                        // it shows (a 403 or an outage, nothing).
+                        if let Ok((status, body)) = self
+                            .send("a KV read", Method::GET, &read, None, Some(token))
+                            .await
+                        {
+                            let _ = self.kv_answer(status, &body, &read);
+                        }
+                    }
+                    // What an earlier description showed no longer holds
+                    // for sure: let requests find out.
+                    Some(None) => self.set_kv_mount_problem(None),
+                    None => {}
+                }
+            }
+        }
+        self.kv_mount_error(true)
+    }
+
     /// `/readyz`: ready when logged in and Vault answered a token lookup in
     /// the last second.
     pub async fn readiness(&self) -> Readiness {
@@ -545,6 +798,12 @@ impl Vault {
         if let Some((at, answer)) = &*probe
             && at.elapsed() < PROBE_INTERVAL
         {
+            // A read that showed kv_mount wrong since counts at once.
+            if let Readiness::Ready(_) = answer
+                && let Some(err) = self.kv_mount_error(true)
+            {
+                return Readiness::NotReady(err.to_string());
+            }
             return answer.clone();
         }
         let answer = self.probe_now().await;
@@ -553,6 +812,17 @@ impl Vault {
     }
 
     async fn probe_now(&self) -> Readiness {
+        let answer = self.probe_token().await;
+        if let Readiness::Ready(_) = answer
+            && let Some(session) = self.current()
+            && let Some(err) = self.check_kv_mount(&session.token).await
+        {
+            return Readiness::NotReady(err.to_string());
+        }
+        answer
+    }
+
+    async fn probe_token(&self) -> Readiness {
         let Some(session) = self.current() else {
             return Readiness::NotReady(VaultError::NotLoggedIn.to_string());
         };
@@ -596,6 +866,14 @@ impl Vault {
                     hint: hint.to_owned(),
                 });
             }
+            StatusCode::NOT_FOUND => {
+                return Err(self.not_vault(
+                    what,
+                    &format!("auth/{mount}/login"),
+                    "404",
+                    &format!(", or vault.auth.approle.mount `{mount}` is not an AppRole mount"),
+                ));
+            }
             other => return Err(status_error(what, other, &body)),
         }
         #[derive(Deserialize)]
@@ -616,6 +894,14 @@ impl Vault {
         let (status, body) = self
             .send(what, Method::GET, &url, None, Some(token))
             .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(self.not_vault(
+                what,
+                "auth/token/lookup-self, which every Vault serves",
+                "404",
+                "",
+            ));
+        }
         if status != StatusCode::OK {
             return Err(status_error(what, status, &body));
         }
@@ -714,6 +1000,61 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// [`VaultError::NotVault`] for `what` (`path`) answered `answer`;
+    /// `extra` (`, or ...`) names another field that may be wrong.
+    fn not_vault(&self, what: &str, path: &str, answer: &str, extra: &str) -> VaultError {
+        VaultError::NotVault {
+            what: format!("{what} ({path})"),
+            answer: answer.to_owned(),
+            hint: format!(
+                "vault.address `{}` in {} may not point at Vault (another server, or a path \
+                 after host and port that Vault does not serve){extra}",
+                self.address, self.config_file
+            ),
+        }
+    }
+}
+
+/// What one answer to a KV v2 read says.
+enum KvAnswer {
+    /// 200 in KV v2's shape (a record, or a deleted version's metadata).
+    Found(Value),
+    NoRecord,
+    /// 403: keygate's token may not read it.
+    Forbidden,
+    /// Not KV v2's answer: `vault.kv_mount` or `vault.address` is wrong.
+    Wrong(VaultError),
+    /// Any other status: Vault's error (sealed, 5xx).
+    Other,
+}
+
+/// From Vault's description of the mount at (or around) `mount`: whether
+/// it is a KV version 2 mount at exactly that path, or why not; `None`
+/// when the description is not one.
+fn mount_problem(mount: &str, described: &Value) -> Option<Result<(), String>> {
+    let kind = described["type"].as_str()?;
+    let path = described["path"].as_str().unwrap_or_default();
+    // A KV mount enabled without `-version=2` (or `kv-v2`) has no version.
+    let version = described["options"]["version"].as_str().unwrap_or("1");
+    Some(if path.trim_end_matches('/') != mount {
+        Err(format!(
+            "Vault's mount there is `{path}`, around it: a path inside a mount is not a mount"
+        ))
+    } else if kind != "kv" {
+        Err(format!(
+            "Vault says it is a `{kind}` mount, not KV version 2"
+        ))
+    } else if version != "2" {
+        Err(format!(
+            "Vault says it is a KV version {version} mount, whose records keygate cannot read \
+             (`bao secrets enable -version=2 kv`, or `bao kv enable-versioning` on this mount)"
+        ))
+    } else {
+        Ok(())
+    })
+}
+
 impl crate::refs::RefSource for Vault {
     fn fetch<'a>(
         &'a self,
@@ -788,12 +1129,20 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, body: &str) -> Result<T, Va
 /// `: <errors joined>` from Vault's `{"errors": [...]}`, or empty. Vault's
 /// error strings are short and never echo tokens.
 fn vault_errors(body: &str) -> String {
-    let errors: Vec<String> = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("errors").and_then(Value::as_array).cloned())
+    serde_json::from_str::<Value>(body)
+        .map(|body| errors_of(&body))
+        .unwrap_or_default()
+}
+
+/// [`vault_errors`] of a parsed body.
+fn errors_of(body: &Value) -> String {
+    let errors: Vec<&str> = body
+        .get("errors")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .filter_map(|e| e.as_str().map(str::to_owned))
+        .filter_map(Value::as_str)
         .filter(|e| !e.is_empty())
         .collect();
     if errors.is_empty() {
@@ -912,6 +1261,67 @@ mod tests {
             "keygate followed the redirect with its secret-id"
         );
         assert!(!err.to_string().contains("secret-id-0c4e"));
+    }
+
+    /// OpenBao 2.7.2's answers to KV v2 reads (recorded with the pinned
+    /// `bao server -dev`): only a KV v2 mount's own 404 is "no record".
+    #[rstest::rstest]
+    #[case::never_written(r#"{"errors":[]}"#, NotFound::NoRecord)]
+    #[case::soft_deleted(
+        r#"{"request_id":"5","data":{"data":null,"metadata":{"created_time":"2026-12-07T20:22:26Z","deletion_time":"2026-12-07T20:22:27Z","destroyed":false,"version":1}}}"#,
+        NotFound::NoRecord
+    )]
+    #[case::no_mount(
+        r#"{"errors":["no handler for route \"nope/data/g/sel\". route entry not found."]}"#,
+        NotFound::NoMount(": no handler for route \"nope/data/g/sel\". route entry not found.".into())
+    )]
+    #[case::not_json("404 page not found\n", NotFound::NotVaultJson)]
+    #[case::other_json(r#"{"message":"Not Found"}"#, NotFound::NotVaultJson)]
+    fn a_404_is_no_record_only_from_kv_v2_itself(#[case] body: &str, #[case] want: NotFound) {
+        assert_eq!(not_found(body), want);
+    }
+
+    /// `sys/internal/ui/mounts/<mount>` as OpenBao 2.7.2 answers it.
+    #[rstest::rstest]
+    #[case::kv_v2(
+        "api-portal-keys",
+        r#"{"type":"kv","path":"api-portal-keys/","options":{"version":"2"}}"#,
+        None
+    )]
+    #[case::kv_v1(
+        "kv1",
+        r#"{"type":"kv","path":"kv1/","options":{"version":"1"}}"#,
+        Some("Vault says it is a KV version 1 mount")
+    )]
+    #[case::kv_without_options(
+        "kv1",
+        r#"{"type":"kv","path":"kv1/","options":null}"#,
+        Some("Vault says it is a KV version 1 mount")
+    )]
+    #[case::transit(
+        "keys",
+        r#"{"type":"transit","path":"keys/","options":null}"#,
+        Some("Vault says it is a `transit` mount, not KV version 2")
+    )]
+    #[case::inside(
+        "keys/sub",
+        r#"{"type":"kv","path":"keys/","options":{"version":"2"}}"#,
+        Some("Vault's mount there is `keys/`, around it")
+    )]
+    fn a_mount_is_checked_against_its_description(
+        #[case] mount: &str,
+        #[case] described: &str,
+        #[case] problem: Option<&str>,
+    ) {
+        let described: Value = serde_json::from_str(described).unwrap();
+        match (mount_problem(mount, &described), problem) {
+            (Some(Ok(())), None) => {}
+            (Some(Err(detail)), Some(expected)) => {
+                assert!(detail.starts_with(expected), "{detail}")
+            }
+            (other, _) => panic!("{other:?} for {described}"),
+        }
+        assert_eq!(mount_problem(mount, &Value::Null), None);
     }
 
     #[tokio::test]

@@ -176,3 +176,75 @@ fn overlapping_documents_of_two_groups_stop_keygate_naming_both_files() {
     assert!(stderr.starts_with(&expected), "stderr: {stderr}");
     assert!(!stderr.contains("keygate is listening"), "{stderr}");
 }
+
+/// `--check` prints each document's base path, so a document whose
+/// `servers` is missing or misspelt (routed from the root, OpenAPI's
+/// default) shows before it routes.
+#[test]
+fn check_prints_each_documents_base_path() {
+    let fixture = fixture();
+    common::write(
+        fixture.dir.path(),
+        "apis/billing.yaml",
+        &common::BILLING.replace("servers:\n", "server:\n"),
+    );
+    let (code, stdout, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let billing = fixture.path("apis/billing.yaml").display().to_string();
+    let animals = fixture.path("apis/animals.yaml").display().to_string();
+    assert!(
+        stdout.contains(&format!(
+            "\n  {billing}: group billing-api, base path / (no servers[0].url: OpenAPI's default, the root)\n"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "\n  {animals}: group animal-rescue-api, base path /animal-rescue\n"
+        )),
+        "{stdout}"
+    );
+}
+
+/// An invalid RUST_LOG was replaced by `info` without a word.
+#[test]
+fn an_invalid_rust_log_is_named() {
+    let fixture = fixture();
+    let output = cargo_bin_cmd!("keygate")
+        .arg("--config")
+        .arg(fixture.config())
+        .arg("--check")
+        .env("RUST_LOG", "keygate=loud")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("RUST_LOG is not a log filter keygate can use ("),
+        "{stderr}"
+    );
+    assert!(stderr.contains("logging at `info` instead"), "{stderr}");
+}
+
+/// A token file of two lines passed `--check`, and keygate then reported
+/// Vault's answer to it as an outage, retried forever.
+#[test]
+fn a_token_file_of_two_lines_fails_the_check() {
+    let fixture = fixture();
+    let text = fixture.config_text("http://127.0.0.1:1").replace(
+        "    approle:\n      role_id_file: secrets/role-id\n      secret_id_file: secrets/secret-id\n",
+        "    token_file: secrets/token\n",
+    );
+    fixture.write_config(&text);
+    std::fs::write(fixture.path("secrets/token"), "s.tok-0c4e\ns.tok-second\n").unwrap();
+    let (code, _, stderr) = keygate(&fixture, &["--check"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    let expected = format!(
+        "{}: vault.auth.token_file points to {}, whose content is not a single line: \
+         write only the secret into it (a trailing newline is fine)",
+        fixture.config().display(),
+        fixture.path("secrets/token").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("0c4e"), "{stderr}");
+}

@@ -232,3 +232,131 @@ async fn a_rejected_login_at_startup_stays_unready_and_is_not_sent_again() {
         "the secret-id leaked into the log: {stderr}"
     );
 }
+
+/// A listener keygate cannot bind stops it before it logs in (an AppRole
+/// login mints a token that would stay live until its TTL, one per failed
+/// start), with a message by the error's kind naming the field and the
+/// config file.
+#[rstest::rstest]
+#[case::address_not_here(
+    "  grpc: 127.0.0.1:",
+    "  grpc: 192.0.2.1:",
+    "",
+    "cannot listen on 192.0.2.1:",
+    "(listen.grpc in {file}): ",
+    "no network interface of this machine has that address: change listen.grpc"
+)]
+#[case::socket_directory_missing(
+    "",
+    "",
+    "invalidation:\n  listen: unix:/nonexistent-keygate-dir/audit.sock\n",
+    "cannot listen on unix:/nonexistent-keygate-dir/audit.sock ",
+    "(invalidation.listen in {file}): ",
+    "its directory does not exist: create the directory, or change invalidation.listen"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_cannot_bind_stops_keygate_before_it_logs_in(
+    #[case] from: &str,
+    #[case] to: &str,
+    #[case] extra: &str,
+    #[case] what: &str,
+    #[case] field: &str,
+    #[case] why: &str,
+) {
+    let vault = FakeVault::start().await;
+    let fixture = Fixture::new(&vault.address);
+    let text = fixture.config_text(&vault.address).replacen(from, to, 1) + extra;
+    fixture.write_config(&text);
+    let file = fixture.config().display().to_string();
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || fixture.start().wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(what), "{stderr}");
+    assert!(stderr.contains(&field.replace("{file}", &file)), "{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
+    assert_eq!(
+        vault.state.lock().unwrap().logins,
+        0,
+        "keygate logged in before it could listen: {stderr}"
+    );
+}
+
+/// vault.address with a path after host and port that Vault does not serve
+/// (or another server there): every login gets a 404, which looked like an
+/// outage; /readyz and the log say the address may not be Vault's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_to_the_login_says_vault_address_may_not_be_vault() {
+    let vault = FakeVault::start().await;
+    let address = format!("{}/foo", vault.address);
+    let fixture = Fixture::new(&address);
+    let keygate = fixture.start();
+    wait_for_status(&fixture.url("/healthz"), 200).await;
+    let expected = format!(
+        "the AppRole login (auth/approle/login) was answered 404: vault.address `{address}` in {} \
+         may not point at Vault (another server, or a path after host and port that Vault does not \
+         serve), or vault.auth.approle.mount `approle` is not an AppRole mount",
+        fixture.config().display()
+    );
+    let response = reqwest::get(fixture.url("/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["ready"], false);
+    let denied = forward_auth(&fixture, "/billing/invoices", ApiKey::generate().expose()).await;
+    assert_eq!(denied.status(), 503);
+    let log = keygate.stop();
+    assert!(log.contains(&expected), "{log}");
+}
+
+/// A secret reference whose value holds a line break: the header is left
+/// out of allowed answers (over both protocols, where Envoy refused the
+/// whole gRPC answer as "invalid header value"), and a warning names the
+/// reference, never the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referenced_value_that_cannot_be_a_header_is_left_out_and_named() {
+    let vault = FakeVault::start().await;
+    let key = ApiKey::generate();
+    vault.put(
+        "billing-api",
+        key.selector().as_str(),
+        record(&key, "user-1"),
+    );
+    let fixture = Fixture::new(&vault.address);
+    let text = fixture.config_text(&vault.address)
+        + "upstream_headers:\n  x-upstream-token: '{vault://env/keygate-test-upstream-token}'\n  x-plain: fine\n";
+    fixture.write_config(&text);
+    let keygate =
+        fixture.start_with_env(&[("KEYGATE_TEST_UPSTREAM_TOKEN", "tok-0c4e\r\nx-evil: 1")]);
+    wait_for_status(&fixture.url("/readyz"), 200).await;
+
+    let allowed = forward_auth(&fixture, "/billing/invoices", key.expose()).await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["x-plain"], "fine");
+    assert!(allowed.headers().get("x-upstream-token").is_none());
+    assert!(allowed.headers().get("x-evil").is_none());
+    let ok = grpc_check(&fixture, "/billing/invoices", key.expose()).await;
+    assert_eq!(ok.status.unwrap().code, tonic::Code::Ok as i32);
+    let Some(HttpResponse::OkResponse(ok)) = ok.http_response else {
+        panic!("expected an OK response")
+    };
+    let names: Vec<String> = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref().map(|h| h.key.clone()))
+        .collect();
+    assert!(names.contains(&"x-plain".to_owned()), "{names:?}");
+    assert!(!names.contains(&"x-upstream-token".to_owned()), "{names:?}");
+
+    let log = keygate.stop();
+    assert!(
+        log.contains(
+            "the value of this secret reference holds a line break or another control character"
+        ) && log.contains("{vault://env/keygate-test-upstream-token}"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("0c4e"),
+        "the value leaked into the log: {log}"
+    );
+}

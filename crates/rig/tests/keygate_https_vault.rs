@@ -75,9 +75,15 @@ impl Bao {
         let root = &vault.root;
         root.enable_kv2(KV_MOUNT).await.unwrap();
         root.enable_auth("approle", "approle").await.unwrap();
+        // Also `nope/data/*`, where no mount is, and the KV v1 mount `kv1`
+        // (`kv_mount_tests`): a wrong vault.kv_mount the policy allows.
         root.put_policy(
             "keygate-read",
-            &format!(r#"path "{KV_MOUNT}/data/*" {{ capabilities = ["read"] }}"#),
+            &format!(
+                "path \"{KV_MOUNT}/data/*\" {{ capabilities = [\"read\"] }}\n\
+                 path \"nope/data/*\" {{ capabilities = [\"read\"] }}\n\
+                 path \"kv1/*\" {{ capabilities = [\"read\"] }}\n"
+            ),
         )
         .await
         .unwrap();
@@ -119,9 +125,23 @@ impl Bao {
     /// keygate's config for this server, trusting `ca` (None: no
     /// `ca_cert_file`, the system's store), written as `<name>.yaml`.
     fn config(&self, name: &str, ca: Option<&Path>, http: SocketAddr) -> PathBuf {
+        self.config_with(name, ca, http, &self.vault.addr, "")
+    }
+
+    /// [`Self::config`] with another `vault.address` and more lines in
+    /// `vault:` (each indented two spaces).
+    fn config_with(
+        &self,
+        name: &str,
+        ca: Option<&Path>,
+        http: SocketAddr,
+        address: &str,
+        vault_lines: &str,
+    ) -> PathBuf {
         let ca_line = ca
             .map(|ca| format!("  ca_cert_file: {}\n", ca.display()))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + vault_lines;
         let text = format!(
             "\
 listen:
@@ -141,7 +161,6 @@ cache:
   negative_ttl: 0s
 ",
             grpc = loopback(rig::base::ports::free_port().unwrap()),
-            address = self.vault.addr,
             secrets = self.run.secrets_dir().display(),
             apis = self.run.path().display(),
         );
@@ -297,6 +316,137 @@ async fn wait_for_log(bao: &Bao, name: &str, expected: &str) -> String {
                 rig::base::wait::Probe::Ready(log)
             } else {
                 rig::base::wait::Probe::seen(format!("log:\n{log}"))
+            })
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A vault.kv_mount with no mount behind it, which keygate's policy allows
+/// (`nope/data/*`): OpenBao answers a read there 404 with "no handler for
+/// route", where a key it lacks is 404 with no error. Every valid key was
+/// 401 `unknown`, /readyz 200 and nothing logged; now 503
+/// `vault-misconfigured`, a warning naming vault.kv_mount and the config
+/// file, and /readyz not ready once a read has shown it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_mount_vault_lacks_is_vault_misconfigured_not_unknown() {
+    let mut bao = Bao::start().await;
+    let http = loopback(rig::base::ports::free_port().unwrap());
+    let ca = bao.vault.ca_file.clone();
+    let config = bao.config_with(
+        "keygate-nope",
+        Some(&ca),
+        http,
+        &bao.vault.addr,
+        "  kv_mount: nope\n",
+    );
+    bao.start_unready_keygate("keygate-nope", &config, http)
+        .await;
+    let keygate = format!("http://{http}");
+    // Logged in: Vault does not say a mount does not exist to a token
+    // (403 alike for none and one it may not use), so only a read shows it.
+    common_wait_ready(&keygate).await;
+
+    for key in [bao.key.expose(), ApiKey::generate().expose()] {
+        let denied = forward_auth(&keygate, "/billing/invoices", key).await;
+        assert_eq!(denied.status(), 503);
+        assert_eq!(denied.headers()["x-keyrig-reason"], "vault-misconfigured");
+    }
+    let expected = format!(
+        "vault.kv_mount in {} is `nope`, but Vault has no mount there (it answered a key read with 404: \
+         no handler for route \"nope/data/billing-api/",
+        config.display()
+    );
+    let log = wait_for_log(&bao, "keygate-nope", &expected).await;
+    assert_eq!(
+        log.matches("denying with 503 vault-misconfigured").count(),
+        1,
+        "one line per 10 s:\n{log}"
+    );
+    let ready = reqwest::get(format!("{keygate}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(body.to_string().contains("vault.kv_mount in "), "{body}");
+    bao.assert_no_secret_in(&log, "keygate's log");
+}
+
+/// A vault.kv_mount that is a KV version 1 mount: a key it lacks gets the
+/// same 404 as from KV v2, so every key was 401 `unknown`. Vault's mount
+/// description, readable to keygate's token, says so: not ready from the
+/// start, and 503 `vault-misconfigured`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_version_1_mount_is_not_ready_and_vault_misconfigured() {
+    let mut bao = Bao::start().await;
+    bao.vault
+        .root
+        .call(
+            reqwest::Method::POST,
+            "sys/mounts/kv1",
+            Some(&serde_json::json!({"type": "kv", "options": {"version": "1"}})),
+        )
+        .await
+        .unwrap();
+    let http = loopback(rig::base::ports::free_port().unwrap());
+    let ca = bao.vault.ca_file.clone();
+    let config = bao.config_with(
+        "keygate-kv1",
+        Some(&ca),
+        http,
+        &bao.vault.addr,
+        "  kv_mount: kv1\n",
+    );
+    bao.start_unready_keygate("keygate-kv1", &config, http)
+        .await;
+    let keygate = format!("http://{http}");
+    let expected = format!(
+        "vault.kv_mount in {} is `kv1`, but Vault says it is a KV version 1 mount",
+        config.display()
+    );
+    let log = wait_for_log(&bao, "keygate-kv1", &expected).await;
+    assert!(log.contains("logged in to Vault"), "{log}");
+    let ready = reqwest::get(format!("{keygate}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(body.to_string().contains(&expected), "{body}");
+    let denied = forward_auth(&keygate, "/billing/invoices", ApiKey::generate().expose()).await;
+    assert_eq!(denied.status(), 503);
+    assert_eq!(denied.headers()["x-keyrig-reason"], "vault-misconfigured");
+}
+
+/// vault.address with a path after host and port: OpenBao answers every
+/// such request 404 `{"errors":[]}`, and keygate took the login's 404 for
+/// an outage. It says the address may not point at Vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_after_vaults_address_is_named() {
+    let mut bao = Bao::start().await;
+    let http = loopback(rig::base::ports::free_port().unwrap());
+    let ca = bao.vault.ca_file.clone();
+    let address = format!("{}/foo", bao.vault.addr);
+    let config = bao.config_with("keygate-prefix", Some(&ca), http, &address, "");
+    bao.start_unready_keygate("keygate-prefix", &config, http)
+        .await;
+    let expected = format!(
+        "the AppRole login (auth/approle/login) was answered 404: vault.address `{address}` in {} \
+         may not point at Vault",
+        config.display()
+    );
+    wait_for_log(&bao, "keygate-prefix", &expected).await;
+    let ready = reqwest::get(format!("http://{http}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
+
+/// Polls keygate's /readyz until it answers 200.
+async fn common_wait_ready(keygate: &str) {
+    rig::base::wait::wait_until(
+        &format!("{keygate}/readyz to answer 200"),
+        Duration::from_secs(30),
+        async || {
+            let status = reqwest::get(format!("{keygate}/readyz")).await?.status();
+            anyhow::Ok(if status == 200 {
+                rig::base::wait::Probe::Ready(())
+            } else {
+                rig::base::wait::Probe::seen(format!("status {status}"))
             })
         },
     )
