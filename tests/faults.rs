@@ -484,13 +484,7 @@ mod faults {
         let unknown = ApiKey::generate();
         env.run.supervisor.stop("keygate", StopMode::Kill).unwrap();
 
-        let names: BTreeSet<String> = env
-            .env()
-            .gateways
-            .keys()
-            .chain(env.env().skipped_gateways.keys())
-            .cloned()
-            .collect();
+        let names = catalog_gateways(&env);
         let mut failed = Vec::new();
         let mut cases = Vec::new();
         for gateway in &names {
@@ -568,6 +562,17 @@ mod faults {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+    }
+
+    /// Every gateway of the environment's catalog: those running and those
+    /// recorded skipped (each case records one `case [gateway]` row).
+    fn catalog_gateways(env: &Owned) -> BTreeSet<String> {
+        env.env()
+            .gateways
+            .keys()
+            .chain(env.env().skipped_gateways.keys())
+            .cloned()
+            .collect()
     }
 
     /// Files under `dir`, but its `secrets/`, holding any of `needles`.
@@ -1025,13 +1030,7 @@ mod faults {
         let env = Owned::start(&opts).await.unwrap();
         let mut failed = Vec::new();
         let mut passed = Vec::new();
-        let names: std::collections::BTreeSet<String> = env
-            .env()
-            .gateways
-            .keys()
-            .chain(env.env().skipped_gateways.keys())
-            .cloned()
-            .collect();
+        let names = catalog_gateways(&env);
         for gateway in &names {
             let gateway = gateway.as_str();
             let mut case = CaseGuard::start_on(ASSERTION_GROUP, NAME, gateway);

@@ -846,18 +846,10 @@ profiles = ["local"]
 
         /// A shell script called `fake` that reports `version`.
         fn fake(&self, rel_dir: &str, version: &str) -> PathBuf {
-            let dir = self.path(rel_dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("fake");
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o755)
-                .open(&path)
-                .unwrap();
-            writeln!(file, "#!/bin/sh\necho 'Fake v{version} (abc)'").unwrap();
-            path
+            self.script(
+                &format!("{rel_dir}/fake"),
+                &format!("echo 'Fake v{version} (abc)'\n"),
+            )
         }
 
         fn tools(&self, vars: &[(&str, &Path)]) -> Tools {
