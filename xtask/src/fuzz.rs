@@ -373,16 +373,15 @@ fn side_by_side(runs: Vec<TargetRun>) -> Result<Vec<&'static str>> {
             let log = logs.join(format!("{}.log", run.name));
             let out = std::fs::File::create(&log)
                 .with_context(|| format!("creating {}", log.display()))?;
-            let child = run
-                .command
-                .stdin(std::process::Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                .spawn()
-                .context("running cargo fuzz")?;
             // Tracked from the start: the wave's others run while the
             // first is waited for, and a SIGTERM must reach them too.
-            crate::runner::track_test(&child);
+            let child = crate::runner::spawn_tracked(
+                run.command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(out.try_clone()?)
+                    .stderr(out),
+            )
+            .context("running cargo fuzz")?;
             started.push((run, child, log));
         }
         for (run, mut child, log) in started {

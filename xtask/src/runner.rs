@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rig::say;
@@ -19,34 +19,113 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// pids of the running test processes (`cargo test`, or the e2e binaries
-/// `suite` runs), so a termination signal reaches them too (a terminal's
-/// Ctrl-C does anyway; `kill` or a CI timeout does not).
-static TEST_PIDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// Child processes a termination signal must reach, in xtask's own process
+/// group (so a terminal's Ctrl-C reaches them anyway; `kill` or a CI timeout
+/// does not): test processes (`cargo test`, the e2e binaries `suite` runs),
+/// nested runs of this binary (the self-checks of `cargo xtask test`) and
+/// what a self-check starts by hand. The handler sends each SIGTERM and
+/// waits, bounded, for them to exit: a test process that owns an
+/// environment stops it first (rig's handler in that process).
+static CHILDREN: Mutex<Children> = Mutex::new(Children {
+    pids: Vec::new(),
+    stopping: false,
+});
 
-/// Lets a termination signal reach a test process from now until
-/// [`wait_for_test`] has waited for it: for processes started side by
-/// side, where one is waited for while the others run.
-pub(crate) fn track_test(child: &std::process::Child) {
-    let pid = child.id() as i32;
-    let mut pids = TEST_PIDS.lock().unwrap_or_else(|p| p.into_inner());
-    if !pids.contains(&pid) {
-        pids.push(pid);
-    }
+struct Children {
+    pids: Vec<i32>,
+    /// Set by the handler under the lock: nothing is started after it
+    /// took its list.
+    stopping: bool,
 }
 
-/// Waits for a test process, which Ctrl-C stops meanwhile.
+fn children() -> std::sync::MutexGuard<'static, Children> {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts `command` and tracks it (see [`CHILDREN`]) until
+/// [`wait_for_test`] or [`untrack`]: under the lock, so a termination
+/// signal either finds it or comes before it and nothing is started.
+pub(crate) fn spawn_tracked(command: &mut Command) -> Result<std::process::Child> {
+    let mut children = children();
+    if children.stopping {
+        anyhow::bail!("not started: interrupted, stopping what this run started");
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", command.get_program().to_string_lossy()))?;
+    children.pids.push(child.id() as i32);
+    Ok(child)
+}
+
+/// Stops tracking a child this process has waited for.
+pub(crate) fn untrack(pid: i32) {
+    children().pids.retain(|p| *p != pid);
+}
+
+/// Waits for a tracked child, which a termination signal stops meanwhile,
+/// then stops tracking it.
 pub(crate) fn wait_for_test(
     child: &mut std::process::Child,
 ) -> std::io::Result<std::process::ExitStatus> {
-    let pid = child.id() as i32;
-    track_test(child);
     let status = child.wait();
-    TEST_PIDS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|p| *p != pid);
+    untrack(child.id() as i32);
     status
+}
+
+/// How long the handler waits for the children it signalled: a test
+/// process stops its components (up to their grace) before it exits, and
+/// a nested xtask stops its own children meanwhile; a few seconds more for
+/// SIGKILL and reaping.
+const CHILDREN_EXIT_WAIT: Duration =
+    Duration::from_secs(rig::process::supervisor::STOP_GRACE.as_secs() + 5);
+
+/// When the handler signalled the children: their deadline counts from it.
+static SIGNALLED_AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// The handler's first step: no child starts from now on; SIGTERM to each.
+fn signal_children() {
+    SIGNALLED_AT.get_or_init(Instant::now);
+    let pids = {
+        let mut children = children();
+        children.stopping = true;
+        children.pids.clone()
+    };
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// The handler's last step: waits until every signalled child has exited
+/// (or was waited for), at most [`CHILDREN_EXIT_WAIT`] after the signal;
+/// names those still running then.
+fn wait_for_children() {
+    let deadline = *SIGNALLED_AT.get_or_init(Instant::now) + CHILDREN_EXIT_WAIT;
+    let left = wait_until_exited(|| children().pids.clone(), deadline);
+    if !left.is_empty() {
+        eprintln!(
+            "[keyrig] still running {} s after the signal, left behind: pids {left:?}",
+            CHILDREN_EXIT_WAIT.as_secs()
+        );
+    }
+}
+
+/// Polls until none of `pids()` is running (a zombie has exited: its
+/// waiter has not reaped it yet) or `deadline` passes; returns those
+/// still running.
+fn wait_until_exited(pids: impl Fn() -> Vec<i32>, deadline: Instant) -> Vec<i32> {
+    loop {
+        let running: Vec<i32> = pids()
+            .into_iter()
+            .filter(|pid| rig::process::supervisor::is_alive(*pid))
+            .collect();
+        if running.is_empty() || Instant::now() >= deadline {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Process groups of background work ([`crate::background`]), stopped
@@ -78,35 +157,31 @@ pub(crate) fn unregister_group(group: i32) {
         .retain(|g| *g != group);
 }
 
-/// On SIGINT/SIGTERM: stop every component this process started, and exit
-/// 130. Components run in their own process groups, so they never see the
-/// terminal's Ctrl-C themselves and are stopped in order here.
+/// On SIGINT/SIGTERM/SIGHUP: SIGTERM to the tracked children and the
+/// background groups, then every component
+/// this process started (rig's handler, which every `Supervisor` installs
+/// and this adds to), wait for the children, and exit 130. Components run
+/// in their own process groups, so they never see the terminal's Ctrl-C
+/// themselves and are stopped in order here.
 pub(crate) fn stop_on_interrupt() -> Result<()> {
     // Once per process: `e2e` runs once per delivery mode.
-    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if INSTALLED.swap(true, Ordering::SeqCst) {
-        return Ok(());
-    }
-    ctrlc::set_handler(|| {
-        eprintln!("[keyrig] interrupted: stopping what this run started");
-        let pids = TEST_PIDS.lock().map(|p| p.clone()).unwrap_or_default();
-        for pid in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let groups = BACKGROUND_GROUPS
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or_default();
-        for group in groups {
-            stop_group(group);
-        }
-        rig::process::supervisor::stop_all_registered();
-        std::process::exit(130);
-    })
-    .context("installing the Ctrl-C handler")
+    static HOOKED: std::sync::Once = std::sync::Once::new();
+    HOOKED.call_once(|| {
+        rig::process::supervisor::on_signal(rig::process::supervisor::SignalHook {
+            before: || {
+                signal_children();
+                let groups = BACKGROUND_GROUPS
+                    .lock()
+                    .map(|g| g.clone())
+                    .unwrap_or_default();
+                for group in groups {
+                    stop_group(group);
+                }
+            },
+            after: wait_for_children,
+        });
+    });
+    rig::process::supervisor::stop_on_signal()
 }
 
 fn cargo_program() -> OsString {
@@ -255,32 +330,40 @@ mod tests {
     use super::*;
 
     fn tracked(pid: i32) -> bool {
-        TEST_PIDS.lock().unwrap().contains(&pid)
+        children().pids.contains(&pid)
     }
 
-    /// A test process started side by side is reachable by a termination
-    /// signal from when it is tracked until it has been waited for, once.
+    /// A child started side by side is reachable by a termination signal
+    /// from its start until it has been waited for.
     #[test]
-    fn a_tracked_test_process_is_signalled_until_waited_for() {
-        let mut child = Command::new("/bin/sh")
-            .args(["-c", "exit 3"])
-            .spawn()
-            .unwrap();
+    fn a_tracked_child_is_signalled_until_waited_for() {
+        let mut child = spawn_tracked(Command::new("/bin/sh").args(["-c", "exit 3"])).unwrap();
         let pid = child.id() as i32;
-        assert!(!tracked(pid));
-        track_test(&child);
-        track_test(&child);
-        assert_eq!(
-            TEST_PIDS
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|p| **p == pid)
-                .count(),
-            1
-        );
+        assert!(tracked(pid));
         let status = wait_for_test(&mut child).unwrap();
         assert_eq!(status.code(), Some(3));
         assert!(!tracked(pid));
+    }
+
+    /// The handler's wait ends when the children have exited (a zombie
+    /// not yet reaped by its waiter counts as exited), and at the deadline
+    /// otherwise, naming who is left.
+    #[test]
+    fn the_wait_for_children_ends_when_they_exit_or_at_the_deadline() {
+        let mut quick = Command::new("sleep").arg("0.3").spawn().unwrap();
+        let mut slow = Command::new("sleep").arg("30").spawn().unwrap();
+        let (quick_pid, slow_pid) = (quick.id() as i32, slow.id() as i32);
+        let started = Instant::now();
+        let left = wait_until_exited(|| vec![quick_pid], started + Duration::from_secs(10));
+        assert!(left.is_empty(), "{left:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let left = wait_until_exited(
+            || vec![quick_pid, slow_pid],
+            Instant::now() + Duration::from_millis(300),
+        );
+        assert_eq!(left, [slow_pid]);
+        slow.kill().unwrap();
+        slow.wait().unwrap();
+        quick.wait().unwrap();
     }
 }

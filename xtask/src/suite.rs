@@ -229,8 +229,7 @@ fn run_one(job: Job) -> Result<JobResult> {
         .env("CARGO_PKG_NAME", "keyrig-e2e");
     rig::process::supervisor::remove_secret_vars(&mut command);
     let started = Instant::now();
-    let mut child = command
-        .spawn()
+    let mut child = crate::runner::spawn_tracked(&mut command)
         .with_context(|| format!("running {}", job.binary.display()))?;
     let status = crate::runner::wait_for_test(&mut child)
         .with_context(|| format!("waiting for {}", job.label))?;
