@@ -151,6 +151,9 @@ pub(crate) struct ExternalRun<'a> {
 }
 
 pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
+    // The test binaries run side by side in xtask's process group: a
+    // terminal's Ctrl-C reaches them, a SIGTERM only through the handler.
+    crate::runner::stop_on_interrupt()?;
     let wall = Instant::now();
     let started_at = time::OffsetDateTime::now_utc();
     let mut deviations: BTreeMap<String, Deviations> = opts

@@ -158,7 +158,7 @@ pub(crate) fn unregister_group(group: i32) {
 }
 
 /// On SIGINT/SIGTERM/SIGHUP: SIGTERM to the tracked children and the
-/// background groups, then every component
+/// background groups, stop nested runs' environments, then every component
 /// this process started (rig's handler, which every `Supervisor` installs
 /// and this adds to), wait for the children, and exit 130. Components run
 /// in their own process groups, so they never see the terminal's Ctrl-C
@@ -177,6 +177,7 @@ pub(crate) fn stop_on_interrupt() -> Result<()> {
                 for group in groups {
                     stop_group(group);
                 }
+                stop_nested_environments();
             },
             after: wait_for_children,
         });
@@ -257,11 +258,15 @@ pub(crate) fn run_cargo(args: &[&str], what: &str) -> Result<bool> {
     say!("{what}: cargo {}", args.join(" "));
     let mut command = cargo();
     plain_output_unless_interactive(&mut command);
-    let status = command
+    command
         .args(args)
-        .current_dir(rig::base::paths::workspace_root())
-        .status()
-        .with_context(|| format!("running cargo for {what}"))?;
+        .current_dir(rig::base::paths::workspace_root());
+    // Tracked: the unit and integration tests run under it, and a SIGTERM
+    // to xtask reaches cargo (nextest passes it on to the tests, whose
+    // handlers stop the components they started).
+    let mut child =
+        spawn_tracked(&mut command).with_context(|| format!("running cargo for {what}"))?;
+    let status = wait_for_test(&mut child).with_context(|| format!("running cargo for {what}"))?;
     Ok(status.success())
 }
 
@@ -294,20 +299,132 @@ pub(crate) struct Nested {
 }
 
 /// Runs this xtask binary with what `setup` adds (arguments, variables),
-/// stdin closed and output captured; `what` names the run in an error.
+/// stdin closed and output captured; `what` names the run in an error. The
+/// nested run is tracked (see [`CHILDREN`]): a termination signal reaches
+/// it, and this process waits for it to stop what it started.
 pub(crate) fn run_nested(what: &str, setup: impl FnOnce(&mut Command)) -> Result<Nested> {
+    Ok(run_nested_with(what, setup, |_| ())?.0)
+}
+
+/// [`run_nested`] of a `cargo xtask up`, which detaches and leaves its
+/// environment running after it exits: also the guard that stops that
+/// environment, known from the moment the nested `up` starts.
+pub(crate) fn run_nested_up(
+    what: &str,
+    setup: impl FnOnce(&mut Command),
+) -> Result<(Nested, NestedEnvironment)> {
+    // Before the start: the run's id carries a time no earlier than this.
+    let since = time::OffsetDateTime::now_utc();
+    run_nested_with(what, setup, |pid| NestedEnvironment::register(pid, since))
+}
+
+fn run_nested_with<T>(
+    what: &str,
+    setup: impl FnOnce(&mut Command),
+    started: impl FnOnce(u32) -> T,
+) -> Result<(Nested, T)> {
     let mut command = Command::new(this_binary()?);
-    command.stdin(std::process::Stdio::null());
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     setup(&mut command);
-    let output = command
-        .output()
-        .with_context(|| format!("running {what}"))?;
+    let child = spawn_tracked(&mut command).with_context(|| format!("running {what}"))?;
+    let pid = child.id();
+    let extra = started(pid);
+    // Reads both pipes at once, as `output()` does, then reaps it.
+    let output = child.wait_with_output();
+    untrack(pid as i32);
+    let output = output.with_context(|| format!("running {what}"))?;
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Ok(Nested {
-        ok: output.status.success(),
-        text,
-    })
+    Ok((
+        Nested {
+            ok: output.status.success(),
+            text,
+        },
+        extra,
+    ))
+}
+
+/// The environment a nested `cargo xtask up` (pid, started at or after
+/// `since`) left running: it detaches, so once it has exited neither its
+/// process nor this one's registry knows the components; its run's
+/// `pids.json` does. Stopped from there when dropped (after the check's
+/// own `down`, on an error or a panic) and by the termination handler
+/// ([`stop_nested_environments`]) while it lives.
+pub(crate) struct NestedEnvironment {
+    key: (u32, time::OffsetDateTime),
+}
+
+static NESTED_ENVIRONMENTS: Mutex<Vec<(u32, time::OffsetDateTime)>> = Mutex::new(Vec::new());
+
+impl NestedEnvironment {
+    fn register(pid: u32, since: time::OffsetDateTime) -> Self {
+        NESTED_ENVIRONMENTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((pid, since));
+        Self { key: (pid, since) }
+    }
+}
+
+impl Drop for NestedEnvironment {
+    fn drop(&mut self) {
+        NESTED_ENVIRONMENTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k| *k != self.key);
+        for (run, record, outcome) in stop_runs_of(&rig::base::paths::rig_dir(), self.key) {
+            if outcome != rig::process::supervisor::StopOutcome::AlreadyGone {
+                say!(
+                    "nested run {}: {} (pid {}) {outcome:?}",
+                    run.file_name().unwrap_or_default().to_string_lossy(),
+                    record.name,
+                    record.pid
+                );
+            }
+        }
+    }
+}
+
+/// Stops what the runs of the nested `up` `(pid, since)` under `rig_dir`
+/// still list in their `pids.json` (nothing once its `down` ran).
+fn stop_runs_of(
+    rig_dir: &Path,
+    (pid, since): (u32, time::OffsetDateTime),
+) -> Vec<(
+    PathBuf,
+    rig::process::supervisor::PidRecord,
+    rig::process::supervisor::StopOutcome,
+)> {
+    let mut stopped = Vec::new();
+    for run in rig::base::run::runs_created_by(rig_dir, pid, since) {
+        let file = run.join("pids.json");
+        match rig::process::supervisor::stop_from_pid_file(&file) {
+            Ok(outcomes) => stopped.extend(
+                outcomes
+                    .into_iter()
+                    .map(|(record, outcome)| (run.clone(), record, outcome)),
+            ),
+            Err(err) => say!(
+                "warning: stopping the nested run {}: {err:#}",
+                run.display()
+            ),
+        }
+    }
+    stopped
+}
+
+/// For the termination handler: every live [`NestedEnvironment`] stopped.
+fn stop_nested_environments() {
+    let keys = NESTED_ENVIRONMENTS
+        .lock()
+        .map(|k| k.clone())
+        .unwrap_or_default();
+    for key in keys {
+        stop_runs_of(&rig::base::paths::rig_dir(), key);
+    }
 }
 
 /// A self-check's verdict: `passed` when nothing was wrong, else the run's
@@ -365,5 +482,35 @@ mod tests {
         slow.kill().unwrap();
         slow.wait().unwrap();
         quick.wait().unwrap();
+    }
+
+    /// What a nested `up` left running (its run found by its pid, here
+    /// this process's) is stopped from its `pids.json`; a second stop, as
+    /// after the check's own `down`, finds nothing.
+    #[test]
+    fn a_nested_runs_environment_is_stopped_from_its_pids_file() {
+        let rig_dir = tempfile::tempdir().unwrap();
+        let since = time::OffsetDateTime::now_utc();
+        let run = rig::base::run::RunDir::create_in(rig_dir.path()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ready = rig::process::supervisor::Readiness::Tcp(listener.local_addr().unwrap());
+        let mut supervisor = rig::process::supervisor::Supervisor::new(&run);
+        let pid = runtime()
+            .unwrap()
+            .block_on(supervisor.start(
+                rig::process::supervisor::Component::new("left", "sleep").arg("30"),
+                ready,
+            ))
+            .unwrap();
+        supervisor.detach();
+        assert!(rig::process::supervisor::is_alive(pid));
+
+        let key = (std::process::id(), since);
+        let stopped = stop_runs_of(rig_dir.path(), key);
+        assert_eq!(stopped.len(), 1, "{stopped:?}");
+        assert_eq!(stopped[0].1.name, "left");
+        assert_eq!(stopped[0].2, rig::process::supervisor::StopOutcome::Stopped);
+        assert!(!rig::process::supervisor::is_alive(pid));
+        assert!(stop_runs_of(rig_dir.path(), key).is_empty());
     }
 }
