@@ -125,6 +125,20 @@ pub fn load_registry(run_dir: &Path) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// Registers in this process every secret of `run_dir`'s registry, so its
+/// [`redact`] hides what the run's other processes registered (tokens and
+/// API keys the tests minted): for xtask, which prints the tests' output,
+/// their case messages and the summary, and which, unlike the tests, has no
+/// `$KEYRIG_RUN_DIR` of its own. Call it again after more was registered;
+/// returns how many secrets the registry holds.
+pub fn load_run_registry(run_dir: &Path) -> Result<usize> {
+    let found = load_registry(run_dir)?;
+    for secret in &found {
+        register(secret);
+    }
+    Ok(found.len())
+}
+
 /// Loads the run registry of `$KEYRIG_RUN_DIR` into this process, once, so
 /// a test process also hides what xtask registered (the root token, ...).
 fn load_env_registry_once() {
