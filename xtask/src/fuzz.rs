@@ -126,10 +126,13 @@ struct Nightly {
 
 /// The nightly toolchain, or why there is none (never downloads one).
 fn nightly() -> std::result::Result<Nightly, String> {
-    let out = Command::new("rustup")
+    let mut probe = Command::new("rustup");
+    probe
         .args(["run", "nightly", "rustc", "-vV"])
         // A missing nightly is a fallback, not something to download.
-        .env("RUSTUP_AUTO_INSTALL", "0")
+        .env("RUSTUP_AUTO_INSTALL", "0");
+    rig::process::supervisor::remove_secret_vars(&mut probe);
+    let out = probe
         .output()
         .map_err(|err| format!("no rustup ({err}), so no nightly toolchain"))?;
     if !out.status.success() {

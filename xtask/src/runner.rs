@@ -207,10 +207,13 @@ const SET_BY_CARGO_RUN: [&str; 6] = [
 /// A cargo command as a shell would start it: without the variables
 /// `cargo run` gave xtask (`SET_BY_CARGO_RUN`, `CARGO_PKG_*`), so its
 /// builds share their fingerprints with the developer's own `cargo build`
-/// and `cargo test`.
+/// and `cargo test`; and without a Vault credential xtask was given (the
+/// cluster profile's admin `VAULT_TOKEN` of a shared Vault), which every
+/// build script, rustc and test under it would otherwise inherit.
 pub(crate) fn cargo() -> Command {
     let mut command = Command::new(cargo_program());
     clear_cargo_run_env(&mut command);
+    rig::process::supervisor::remove_secret_vars(&mut command);
     command
 }
 
@@ -220,6 +223,7 @@ pub(crate) fn cargo_on(toolchain: &str) -> Command {
     let mut command = Command::new("rustup");
     command.args(["run", toolchain, "cargo"]);
     clear_cargo_run_env(&mut command);
+    rig::process::supervisor::remove_secret_vars(&mut command);
     // The other toolchain's cargo sets it for what it starts (cargo-fuzz).
     command.env_remove("CARGO");
     command
@@ -328,6 +332,9 @@ fn run_nested_with<T>(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    // The self-checks run the local profile, which needs no credential of
+    // the caller's: its own Vault's root token is in its run directory.
+    rig::process::supervisor::remove_secret_vars(&mut command);
     setup(&mut command);
     let child = spawn_tracked(&mut command).with_context(|| format!("running {what}"))?;
     let pid = child.id();
@@ -460,6 +467,22 @@ mod tests {
         let status = wait_for_test(&mut child).unwrap();
         assert_eq!(status.code(), Some(3));
         assert!(!tracked(pid));
+    }
+
+    /// Every cargo xtask starts (builds, tests, fuzz), and nested runs of
+    /// xtask, drop the Vault credentials of xtask's environment.
+    #[test]
+    fn cargo_runs_without_vault_credentials() {
+        for command in [cargo(), cargo_on("nightly")] {
+            let removed: Vec<String> = command
+                .get_envs()
+                .filter(|(_, value)| value.is_none())
+                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .collect();
+            for var in rig::process::supervisor::SECRET_VARS {
+                assert!(removed.iter().any(|r| r == var), "{var}: {removed:?}");
+            }
+        }
     }
 
     /// The handler's wait ends when the children have exited (a zombie

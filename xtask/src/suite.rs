@@ -102,9 +102,12 @@ fn test_binaries(built: &crate::build::Built) -> Result<Vec<TestBinary>> {
 
 /// The cases of a test binary (`--list --format terse`: `<name>: test`).
 fn list_cases(binary: &Path) -> Result<Vec<String>> {
-    let output = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["--list", "--format", "terse"])
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    rig::process::supervisor::remove_secret_vars(&mut command);
+    let output = command
         .output()
         .with_context(|| format!("listing the cases of {}", binary.display()))?;
     if !output.status.success() {
