@@ -359,7 +359,14 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         plan.secret_id_rotations
     );
     propagation.push(
-        propagation::secret_id(&env, &root, plan.secret_id_rotations, quick_note.clone()).await?,
+        propagation::secret_id(
+            &env,
+            env_a.run.path(),
+            &root,
+            plan.secret_id_rotations,
+            quick_note.clone(),
+        )
+        .await?,
     );
     // Then the keys-file agent stops: rendering the thousands of keys the
     // overhead variants need every second would load the machine they are
