@@ -136,6 +136,8 @@ fn run_steps(
             .stdout(out)
             .stderr(err)
             .process_group(0);
+        // Builds and fuzz runs: no use for a Vault credential of xtask's.
+        rig::process::supervisor::remove_secret_vars(&mut step);
         // SAFETY: setpriority is a single system call, async-signal-safe,
         // and touches no memory of the parent.
         unsafe {
@@ -206,6 +208,25 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         // Field 19 of /proc/<pid>/stat is the nice value.
         assert_eq!(text, "one\n19\ntwo\n");
+    }
+
+    /// A step (a build, a fuzz run) runs without the Vault credentials
+    /// xtask may hold, even one set on its command.
+    #[test]
+    fn a_step_gets_no_vault_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("work.log");
+        let mut step = sh("echo token=${VAULT_TOKEN-none} bao=${BAO_TOKEN-none}");
+        step.env("VAULT_TOKEN", "hvs.admin-of-a-shared-vault")
+            .env("BAO_TOKEN", "hvs.another");
+        Background::spawn("test", &log, vec![step])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "token=none bao=none\n"
+        );
     }
 
     #[test]

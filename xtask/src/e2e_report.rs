@@ -66,10 +66,14 @@ fn ms(duration: Duration) -> u64 {
 }
 
 /// Writes the reports, runs the secret scan (which can fail the run),
-/// copies to `--report-dir`, appends to `$GITHUB_STEP_SUMMARY`, and prints
-/// each failure with its bundle.
+/// copies to `--report-dir`, appends to `$GITHUB_STEP_SUMMARY` (unless the
+/// scan found a secret), and prints each failure with its bundle.
 pub fn finish(f: Finish<'_>) -> Result<Report> {
     let run_dir = f.run_dir;
+    // What the tests registered (tokens, API keys they minted) is in the
+    // run's registry only; this process redacts the reports, the summary
+    // and the FAILED lines with it.
+    rig::base::redact::load_run_registry(run_dir)?;
     let totals = Report::totals_of(&f.cases);
     let mut report = Report {
         run_id: f.run_id.to_owned(),
@@ -114,7 +118,16 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
         report.passed = false;
     }
 
-    if rig::contract::report::append_step_summary(&report.markdown(run_dir))? {
+    if !scan.hits.is_empty() {
+        // A secret got into the run's files, so possibly into what the
+        // summary is made of; the step summary is public to anyone who can
+        // see the job, unlike the files (which the upload scan checks).
+        if std::env::var_os("GITHUB_STEP_SUMMARY").is_some_and(|v| !v.is_empty()) {
+            say!(
+                "summary NOT appended to $GITHUB_STEP_SUMMARY: the secret scan found registered secrets in the run's files"
+            );
+        }
+    } else if rig::contract::report::append_step_summary(&report.markdown(run_dir))? {
         say!("summary appended to $GITHUB_STEP_SUMMARY");
     }
     for case in report
@@ -126,7 +139,7 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
             "FAILED {}/{}: {}",
             case.record.group,
             case.record.name,
-            case.failure_message(run_dir)
+            rig::base::redact::redact(&case.failure_message(run_dir))
         );
     }
     println!(

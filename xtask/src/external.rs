@@ -151,6 +151,9 @@ pub(crate) struct ExternalRun<'a> {
 }
 
 pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
+    // The test binaries run side by side in xtask's process group: a
+    // terminal's Ctrl-C reaches them, a SIGTERM only through the handler.
+    crate::runner::stop_on_interrupt()?;
     let wall = Instant::now();
     let started_at = time::OffsetDateTime::now_utc();
     let mut deviations: BTreeMap<String, Deviations> = opts
@@ -197,6 +200,10 @@ pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
         .parent()
         .and_then(|p| p.canonicalize().ok())
         .context("the environment's run directory")?;
+    // The environment's own secrets (root token, secret-ids) are in its
+    // registry, not in this run's: redacted here and looked for by this
+    // run's scan too.
+    rig::base::redact::load_run_registry(&up_dir)?;
     let id = time::OffsetDateTime::now_utc().unix_timestamp();
     let run_dir = up_dir.join("external").join(id.to_string());
     std::fs::create_dir_all(run_dir.join("cases"))

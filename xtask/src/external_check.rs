@@ -103,13 +103,14 @@ impl Pass {
 }
 
 /// A process this check started, killed when dropped (it is not the
-/// Supervisor's).
+/// Supervisor's), and tracked meanwhile so that a termination signal,
+/// which ends xtask without dropping it, reaches it too.
 struct HandStarted(Child);
 
 impl Drop for HandStarted {
     fn drop(&mut self) {
         let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = crate::runner::wait_for_test(&mut self.0);
     }
 }
 
@@ -130,7 +131,11 @@ fn run_pass(pass: Pass) -> Result<bool> {
             Pass::Validator => "a bao agent, a keys-file keygate and a Caddy",
         }
     );
-    let up = crate::runner::run_nested(
+    // The nested `up` detaches and exits, leaving its environment to
+    // `down`; until that ran, `environment` stops it on an error, a panic
+    // or a termination signal (whose handler finds nothing of it in this
+    // process otherwise).
+    let (up, environment) = crate::runner::run_nested_up(
         &format!("`cargo xtask {}`", pass.up_args().join(" ")),
         |command| {
             command.args(pass.up_args());
@@ -151,6 +156,8 @@ fn run_pass(pass: Pass) -> Result<bool> {
     if !down.ok {
         say!("{name}: `cargo xtask down` failed: {}", down.text);
     }
+    // Whatever `down` left of this pass's environment.
+    drop(environment);
     let (output, problems) = match checked {
         Ok(found) => found,
         Err(err) => (String::new(), vec![format!("{err:#}")]),
@@ -260,18 +267,19 @@ fn check(pass: Pass) -> Result<(String, Vec<String>)> {
 /// inherited), `HOME` in `dir`, stdout and stderr into `dir/<name>.log`.
 fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path) -> Result<HandStarted> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("HOME", dir)
-        .env("XDG_DATA_HOME", dir.join("data"))
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {name} ({})", program.display()))?;
+    let child = crate::runner::spawn_tracked(
+        Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("HOME", dir)
+            .env("XDG_DATA_HOME", dir.join("data"))
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log),
+    )
+    .with_context(|| format!("starting {name} ({})", program.display()))?;
     Ok(HandStarted(child))
 }
 

@@ -126,10 +126,13 @@ struct Nightly {
 
 /// The nightly toolchain, or why there is none (never downloads one).
 fn nightly() -> std::result::Result<Nightly, String> {
-    let out = Command::new("rustup")
+    let mut probe = Command::new("rustup");
+    probe
         .args(["run", "nightly", "rustc", "-vV"])
         // A missing nightly is a fallback, not something to download.
-        .env("RUSTUP_AUTO_INSTALL", "0")
+        .env("RUSTUP_AUTO_INSTALL", "0");
+    rig::process::supervisor::remove_secret_vars(&mut probe);
+    let out = probe
         .output()
         .map_err(|err| format!("no rustup ({err}), so no nightly toolchain"))?;
     if !out.status.success() {
@@ -398,16 +401,15 @@ fn side_by_side(runs: Vec<TargetRun>) -> Result<Vec<&'static str>> {
             let log = logs.join(format!("{}.log", run.name));
             let out = std::fs::File::create(&log)
                 .with_context(|| format!("creating {}", log.display()))?;
-            let child = run
-                .command
-                .stdin(std::process::Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                .spawn()
-                .context("running cargo fuzz")?;
             // Tracked from the start: the wave's others run while the
             // first is waited for, and a SIGTERM must reach them too.
-            crate::runner::track_test(&child);
+            let child = crate::runner::spawn_tracked(
+                run.command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(out.try_clone()?)
+                    .stderr(out),
+            )
+            .context("running cargo fuzz")?;
             started.push((run, child, log));
         }
         for (run, mut child, log) in started {

@@ -131,7 +131,7 @@ fn run_tests(
     // The tests read the root token from its 0600 file; the admin token the
     // cluster profile was given stays out of their environment.
     rig::process::supervisor::remove_secret_vars(&mut command);
-    let mut child = command.spawn().context("running cargo test")?;
+    let mut child = crate::runner::spawn_tracked(&mut command).context("running cargo test")?;
     let status = wait_for_test(&mut child).context("waiting for cargo test")?;
     let test_time = tests_started.elapsed();
     let cases = rig::contract::case::read_cases(run.run.path())?;

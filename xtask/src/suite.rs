@@ -102,9 +102,12 @@ fn test_binaries(built: &crate::build::Built) -> Result<Vec<TestBinary>> {
 
 /// The cases of a test binary (`--list --format terse`: `<name>: test`).
 fn list_cases(binary: &Path) -> Result<Vec<String>> {
-    let output = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["--list", "--format", "terse"])
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    rig::process::supervisor::remove_secret_vars(&mut command);
+    let output = command
         .output()
         .with_context(|| format!("listing the cases of {}", binary.display()))?;
     if !output.status.success() {
@@ -144,6 +147,8 @@ pub(crate) struct JobResult {
     pub(crate) status: ExitStatus,
     pub(crate) elapsed: Duration,
     pub(crate) log: PathBuf,
+    /// The run whose registry holds the secrets the job's tests minted.
+    pub(crate) run_dir: Option<PathBuf>,
 }
 
 /// Where a job starts in the queue ([`START_ORDER`]; the rest after).
@@ -228,9 +233,13 @@ fn run_one(job: Job) -> Result<JobResult> {
         )
         .env("CARGO_PKG_NAME", "keyrig-e2e");
     rig::process::supervisor::remove_secret_vars(&mut command);
+    let run_dir = job
+        .env
+        .iter()
+        .find(|(k, _)| k == rig::contract::case::RUN_DIR_VAR)
+        .map(|(_, v)| v.clone());
     let started = Instant::now();
-    let mut child = command
-        .spawn()
+    let mut child = crate::runner::spawn_tracked(&mut command)
         .with_context(|| format!("running {}", job.binary.display()))?;
     let status = crate::runner::wait_for_test(&mut child)
         .with_context(|| format!("waiting for {}", job.label))?;
@@ -239,6 +248,7 @@ fn run_one(job: Job) -> Result<JobResult> {
         status,
         elapsed: started.elapsed(),
         log: job.log,
+        run_dir,
     })
 }
 
@@ -264,14 +274,28 @@ fn report(result: &JobResult, since_start: Duration) {
         rig::base::progress::secs(since_start)
     );
     if !result.status.success() {
-        let failures = failure_section(&text);
         eprintln!(
             "{}\n[keyrig] {}'s whole output: {}",
-            rig::base::redact::redact(failures),
+            shown_failures(&text, result.run_dir.as_deref()),
             result.label,
             result.log.display()
         );
     }
+}
+
+/// A failed binary's failures as the console shows them: redacted with
+/// the secrets its tests registered in `run_dir`'s registry (the API keys
+/// and tokens they minted), which this process learns only from there.
+fn shown_failures(text: &str, run_dir: Option<&Path>) -> String {
+    if let Some(run_dir) = run_dir
+        && let Err(err) = rig::base::redact::load_run_registry(run_dir)
+    {
+        // Not shown at all, rather than shown unredacted.
+        return format!(
+            "[keyrig] the failures are not shown: the run's secret registry could not be read ({err:#})"
+        );
+    }
+    rig::base::redact::redact(failure_section(text))
 }
 
 /// From the harness's first `failures:` heading on (the one with each
@@ -379,6 +403,24 @@ mod tests {
             parse_case_list(list),
             ["fault_cases::vault_outage", "fault_cases::sealed"]
         );
+    }
+
+    /// A secret a test registered (in the run's registry, never in this
+    /// process) is redacted from its failed binary's output on the console.
+    #[test]
+    fn a_failed_binarys_output_is_shown_without_what_its_tests_registered() {
+        let base = tempfile::tempdir().unwrap();
+        let run = rig::base::run::RunDir::create_in(base.path()).unwrap();
+        let registry = run.path().join(rig::base::redact::REGISTRY_DIR);
+        std::fs::create_dir_all(&registry).unwrap();
+        let key = "kr_testkey.minted-by-a-test-0123456789";
+        rig::base::run::write_secret_file(&registry.join("a"), key).unwrap();
+        let text = format!(
+            "running 1 test\n\nfailures:\n\n---- k stdout ----\nkey {key} got 401\n\ntest result: FAILED. 0 passed; 1 failed\n"
+        );
+        let shown = shown_failures(&text, Some(run.path()));
+        assert!(!shown.contains(key), "{shown}");
+        assert!(shown.contains("key <redacted> got 401"), "{shown}");
     }
 
     #[test]

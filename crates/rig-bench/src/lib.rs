@@ -241,6 +241,10 @@ fn machine(tools: &rig::process::tools::Tools, keygate: &std::path::Path) -> Mac
             .unwrap_or_else(|e| format!("unknown ({e})"))
     };
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let mut keygate_version = std::process::Command::new(keygate);
+    keygate_version.arg("--version");
+    // A version probe has no use for a Vault credential of the bench's.
+    rig::process::supervisor::remove_secret_vars(&mut keygate_version);
     Machine {
         nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu: read("/proc/cpuinfo")
@@ -252,8 +256,7 @@ fn machine(tools: &rig::process::tools::Tools, keygate: &std::path::Path) -> Mac
         kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
         envoy: version("envoy"),
         bao: version("bao"),
-        keygate: std::process::Command::new(keygate)
-            .arg("--version")
+        keygate: keygate_version
             .output()
             .map(|o| {
                 format!(
@@ -356,7 +359,14 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         plan.secret_id_rotations
     );
     propagation.push(
-        propagation::secret_id(&env, &root, plan.secret_id_rotations, quick_note.clone()).await?,
+        propagation::secret_id(
+            &env,
+            env_a.run.path(),
+            &root,
+            plan.secret_id_rotations,
+            quick_note.clone(),
+        )
+        .await?,
     );
     // Then the keys-file agent stops: rendering the thousands of keys the
     // overhead variants need every second would load the machine they are

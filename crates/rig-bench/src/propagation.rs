@@ -235,9 +235,11 @@ pub async fn api_keys(
 
 /// `events` secret-id rotations, one after another, through the run's
 /// delivery (the bench runs external-secret: Vault KV -> bao agent ->
-/// Secret dir -> keygate's file poll -> login).
+/// Secret dir -> keygate's file poll -> login). Each new secret-id is
+/// registered in the registry of the run in `run_dir`.
 pub async fn secret_id(
     env: &Environment,
+    run_dir: &std::path::Path,
     root: &VaultClient,
     events: usize,
     note: Option<String>,
@@ -253,6 +255,7 @@ pub async fn secret_id(
     for _ in 0..events {
         let before = rig::local::delivery::keygate_accessor(&http, &env.keygate_url).await?;
         let new = root.approle_new_secret_id(&d.approle_role).await?;
+        rig::base::redact::register_in_run(run_dir, new.secret_id.expose())?;
         let at = rig::local::delivery::deliver_secret_id(root, d, &new.secret_id).await?;
         loop {
             let now = rig::local::delivery::keygate_accessor(&http, &env.keygate_url).await?;

@@ -9,7 +9,7 @@
 //! and reports each file that still holds a registered secret, by path only.
 //! [`scan_uploads`] does the same for all of `target/rig/` as CI uploads it
 //! (every run, `kind-logs/`, everything but any `secrets/` directory), with
-//! the secrets of every run's registry.
+//! the secrets of every run's registry, nested runs' included.
 //!
 //! The registry holds the literal secrets, not hashes, because the scan has
 //! to find the literal; that is why it lives in the 0600 `secrets/` corner,
@@ -60,6 +60,12 @@ pub fn register(secret: &str) {
 /// harness's other processes redact it and the final scan looks for it.
 pub fn register_in_run(run_dir: &Path, secret: &str) -> Result<()> {
     register(secret);
+    write_to_registry(run_dir, secret)
+}
+
+/// The registry's part of [`register_in_run`]: the 0600 file, not this
+/// process's memory.
+fn write_to_registry(run_dir: &Path, secret: &str) -> Result<()> {
     let secret = secret.trim();
     if secret.len() < MIN_SECRET_LEN {
         return Ok(());
@@ -101,11 +107,14 @@ pub fn load_registry(run_dir: &Path) -> Result<Vec<String>> {
     };
     let mut found = Vec::new();
     for entry in entries {
-        let path = entry?.path();
-        // Skip write_secret_file's temporary files.
+        let entry = entry?;
+        let path = entry.path();
+        // Skip write_secret_file's temporary files, and anything but a
+        // regular file: a symlink would read a file outside the registry.
         if path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            || !entry.file_type()?.is_file()
         {
             continue;
         }
@@ -114,6 +123,20 @@ pub fn load_registry(run_dir: &Path) -> Result<Vec<String>> {
         found.push(secret.trim().to_owned());
     }
     Ok(found)
+}
+
+/// Registers in this process every secret of `run_dir`'s registry, so its
+/// [`redact`] hides what the run's other processes registered (tokens and
+/// API keys the tests minted): for xtask, which prints the tests' output,
+/// their case messages and the summary, and which, unlike the tests, has no
+/// `$KEYRIG_RUN_DIR` of its own. Call it again after more was registered;
+/// returns how many secrets the registry holds.
+pub fn load_run_registry(run_dir: &Path) -> Result<usize> {
+    let found = load_registry(run_dir)?;
+    for secret in &found {
+        register(secret);
+    }
+    Ok(found.len())
 }
 
 /// Loads the run registry of `$KEYRIG_RUN_DIR` into this process, once, so
@@ -184,25 +207,53 @@ pub const UPLOAD_EXCLUDED_DIR: &str = "secrets";
 
 /// What CI uploads of `base` (`target/rig/`: every run directory, the kind
 /// cluster's exported logs, anything else there), scanned for the secrets of
-/// every run's registry under `base` plus this process's. Directories named
-/// `secrets`, at any depth, are skipped as the upload skips them; symlinks
-/// (`latest`) are not followed, as the upload archives the runs themselves.
-/// A missing `base` has nothing to upload and nothing to find.
+/// every run's registry under `base`, at any depth, plus this process's.
+/// Directories named `secrets`, at any depth, are skipped as the upload
+/// skips them; symlinks (`latest`) are not followed, as the upload archives
+/// the runs themselves. A missing `base` has nothing to upload and nothing
+/// to find.
 pub fn scan_uploads(base: &Path) -> Result<ScanResult> {
     if !base.exists() {
         return Ok(ScanResult::default());
     }
     let mut secrets: BTreeSet<String> = self::secrets().iter().cloned().collect();
-    for entry in std::fs::read_dir(base).with_context(|| format!("reading {}", base.display()))? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() && entry.path().join(REGISTRY_DIR).is_dir() {
-            secrets.extend(load_registry(&entry.path())?);
-        }
+    for run in runs_with_registry(base)? {
+        secrets.extend(load_registry(&run)?);
     }
     scan_tree(base, &secrets, |dir| {
         dir.file_name()
             .is_some_and(|name| name == UPLOAD_EXCLUDED_DIR)
     })
+}
+
+/// The directories under `root` (itself included, at any depth) that hold a
+/// registry (`secrets/registry`): the runs `up` and `e2e` make at the top,
+/// and those one or two levels down that register secrets of their own
+/// (the faults cases' `faults/<run>`, the bench's `bench/runs/<run>`).
+/// Symlinks are not followed, so nothing outside `root` is read; nor is a
+/// registry that is a symlink.
+fn runs_with_registry(root: &Path) -> Result<Vec<PathBuf>> {
+    let is_real_dir =
+        |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_dir());
+    let mut runs = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let secrets = dir.join(UPLOAD_EXCLUDED_DIR);
+        if is_real_dir(&secrets) && is_real_dir(&dir.join(REGISTRY_DIR)) {
+            runs.push(dir.clone());
+        }
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry?;
+            // A secrets/ directory holds no run; its registry was found above.
+            if entry.file_type()?.is_dir() && entry.file_name() != UPLOAD_EXCLUDED_DIR {
+                pending.push(entry.path());
+            }
+        }
+    }
+    runs.sort();
+    Ok(runs)
 }
 
 /// Every regular file under `root` except in directories `skip` names,
@@ -354,6 +405,59 @@ mod tests {
                 .hits
                 .is_empty()
         );
+    }
+
+    /// A fault case's run (`faults/<run>`) and a bench run
+    /// (`bench/runs/<run>`) register their own root tokens and secret-ids:
+    /// their secrets in their own logs are leaks too. A registry reached
+    /// only through a symlink is not read (nothing outside the tree is).
+    #[rstest]
+    fn the_upload_scan_reads_the_registries_of_nested_runs() {
+        let base = tempfile::tempdir().unwrap();
+        let fault = crate::base::run::RunDir::create_in(&base.path().join("faults")).unwrap();
+        let bench = crate::base::run::RunDir::create_in(&base.path().join("bench/runs")).unwrap();
+        // Written by other processes (the test process, the bench): in the
+        // registries, not in this process's memory, as `xtask
+        // scan-uploads` finds them.
+        let fault_secret = "fault-run-root-token-0123456789";
+        let bench_secret = "bench-run-secret-id-9876543210";
+        write_to_registry(fault.path(), fault_secret).unwrap();
+        write_to_registry(bench.path(), bench_secret).unwrap();
+        run_secret_files(&fault, fault_secret);
+        assert!(scan_uploads(base.path()).unwrap().hits.is_empty());
+
+        std::fs::write(
+            fault.logs_dir().join("keygate.log"),
+            format!("{fault_secret}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            bench.logs_dir().join("bao.log"),
+            format!("{bench_secret}\n"),
+        )
+        .unwrap();
+        let scan = scan_uploads(base.path()).unwrap();
+        let in_run = |run: &crate::base::run::RunDir, log: &str| {
+            run.path()
+                .strip_prefix(base.path())
+                .unwrap()
+                .join("logs")
+                .join(log)
+        };
+        assert_eq!(
+            scan.hits,
+            [in_run(&bench, "bao.log"), in_run(&fault, "keygate.log")]
+        );
+
+        // Outside the tree, reached through a symlink: neither scanned nor
+        // a source of secrets.
+        let outside = tempfile::tempdir().unwrap();
+        let elsewhere = crate::base::run::RunDir::create_in(outside.path()).unwrap();
+        let outside_secret = "outside-secret-abcdefghijk";
+        write_to_registry(elsewhere.path(), outside_secret).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), base.path().join("linked")).unwrap();
+        std::fs::write(fault.logs_dir().join("mention.log"), outside_secret).unwrap();
+        assert_eq!(scan_uploads(base.path()).unwrap().hits.len(), 2);
     }
 
     /// A run's secrets where they belong: the 0600 files of secrets/.

@@ -41,11 +41,7 @@ impl RunDir {
     /// A new run under `base` (tests use a temporary directory).
     pub fn create_in(base: &Path) -> Result<Self> {
         std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
-        let stamp = time::OffsetDateTime::now_utc()
-            .format(time::macros::format_description!(
-                "[year][month][day]T[hour][minute][second]"
-            ))
-            .context("formatting the run id")?;
+        let stamp = stamp(time::OffsetDateTime::now_utc())?;
         let pid = std::process::id();
         // Two runs of one process within a second (tests) get a suffix.
         let (id, path) = (0..)
@@ -135,6 +131,43 @@ impl RunDir {
     }
 }
 
+/// A run id's leading part: the time it was created, to the second, in
+/// an order that sorts as text.
+fn stamp(at: time::OffsetDateTime) -> Result<String> {
+    at.format(time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second]"
+    ))
+    .context("formatting the run id")
+}
+
+/// The runs under `base` that process `pid` created at `since` or later: a
+/// run's id is `<stamp>-<pid>[-<n>]`, so the run of a nested `cargo xtask
+/// up` is found by that process's pid, from the moment it is started (and
+/// after it has detached and exited), without relying on `latest`, which
+/// another run may have repointed.
+pub fn runs_created_by(base: &Path, pid: u32, since: time::OffsetDateTime) -> Vec<PathBuf> {
+    let (Ok(since), Ok(entries)) = (stamp(since), std::fs::read_dir(base)) else {
+        return Vec::new();
+    };
+    let pid = pid.to_string();
+    let mut runs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        // Not `latest`, a symlink to one of them.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.splitn(3, '-');
+            let (Some(created), Some(by)) = (parts.next(), parts.next()) else {
+                return false;
+            };
+            by == pid && created >= since.as_str()
+        })
+        .map(|e| e.path())
+        .collect();
+    runs.sort();
+    runs
+}
+
 /// Writes a 0600 file atomically; see [`RunDir::write_secret`].
 pub fn write_secret_file(path: &Path, value: &str) -> Result<PathBuf> {
     let dir = path
@@ -182,6 +215,27 @@ mod tests {
         assert_eq!(latest, PathBuf::from(second.id()));
         let opened = RunDir::open(&base.path().join(LATEST)).unwrap();
         assert_eq!(opened.id(), second.id());
+    }
+
+    /// A process's runs are found by its pid, from the second it started
+    /// on; an older run of a process that had the same pid, another
+    /// process's run and `latest` are not.
+    #[rstest]
+    fn the_runs_of_a_process_are_found_by_its_pid() {
+        let base = tempfile::tempdir().unwrap();
+        let since = time::OffsetDateTime::now_utc();
+        let first = RunDir::create_in(base.path()).unwrap();
+        let second = RunDir::create_in(base.path()).unwrap();
+        let me = std::process::id();
+        std::fs::create_dir(base.path().join(format!("20000101T000000-{me}"))).unwrap();
+        std::fs::create_dir(base.path().join(format!("29990101T000000-{}", me + 1))).unwrap();
+        let mut expected = vec![first.path().to_owned(), second.path().to_owned()];
+        expected.sort();
+        assert_eq!(runs_created_by(base.path(), me, since), expected);
+        assert!(runs_created_by(base.path(), me + 2, since).is_empty());
+        let later = since + time::Duration::hours(1);
+        assert!(runs_created_by(base.path(), me, later).is_empty());
+        assert!(runs_created_by(&base.path().join("absent"), me, since).is_empty());
     }
 
     #[rstest]

@@ -89,6 +89,9 @@ pub async fn start(
     // 1. The agent's own AppRole credentials.
     let role_id = input.root.approle_role_id(input.agent_role).await?;
     let secret_id = input.root.approle_new_secret_id(input.agent_role).await?;
+    // Registered like the delivery and TLS agents' secret-ids, so a leak of
+    // it is redacted and fails the run's scan.
+    crate::base::redact::register_in_run(run.path(), secret_id.secret_id.expose())?;
     let role_id_file = run.write_secret("keys-agent-role-id", &role_id)?;
     let secret_id_file = run.write_secret("keys-agent-secret-id", secret_id.secret_id.expose())?;
 

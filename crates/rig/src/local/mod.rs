@@ -467,7 +467,7 @@ pub async fn up(opts: &LocalOptions) -> Result<LocalRun> {
     .await?;
     let identity = crate::vault::identity::apply(identity, &root, &run).await?;
     crate::vault::environments::apply(&environments, &root).await?;
-    crate::vault::references::apply(&references, &root).await?;
+    crate::vault::references::apply(&references, &root, run.path()).await?;
 
     // 5. The echo upstream.
     let upstream_url = EchoUpstream::new(&opts.echo.program, &opts.echo.args, addr(ports.echo))

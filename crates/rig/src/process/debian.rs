@@ -74,13 +74,15 @@ fn run_apt(args: &[&str]) -> Result<()> {
         .try_clone_to_owned()
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::inherit());
-    let status = Command::new("apt-get")
+    let mut command = Command::new("apt-get");
+    command
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .status()
-        .context("apt-get does not run")?;
+        .stdout(stdout);
+    // Run as root, with its maintainer scripts: no Vault credential.
+    crate::process::supervisor::remove_secret_vars(&mut command);
+    let status = command.status().context("apt-get does not run")?;
     if !status.success() {
         bail!("apt-get {} exited with {status}", args.join(" "));
     }

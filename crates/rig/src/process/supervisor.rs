@@ -5,7 +5,10 @@
 //! `pids.json` so `cargo xtask down` can stop what a detached `up` left.
 //!
 //! Stopping happens on `stop_all`, on `Drop` (which covers `?` and panics),
-//! and from a Ctrl-C handler through [`stop_all_registered`].
+//! and on SIGINT/SIGTERM/SIGHUP through the handler [`stop_on_signal`]
+//! installs (every `Supervisor` installs it): a signal ends the process
+//! without unwinding, so no `Drop` would run, and the components, in groups
+//! of their own, never see a terminal's Ctrl-C themselves.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -14,7 +17,8 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -324,6 +328,13 @@ struct Registered {
 
 static NEXT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Set by [`stop_all_registered`] and read by `spawn`, both under the
+/// registry lock: once this process stops everything it started, a `spawn`
+/// that was waiting for the lock (it is held for up to [`STOP_GRACE`])
+/// must not start a component after the registry was emptied, which nobody
+/// would stop before the process exits.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
 fn registry() -> MutexGuard<'static, BTreeMap<i32, Registered>> {
     // A panic while holding the lock must not stop the cleanup after it.
     REGISTRY
@@ -362,6 +373,11 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(run: &RunDir) -> Self {
+        // Whatever process starts components stops them on a termination
+        // signal: xtask, and the test processes that own environments
+        // (the faults cases, rig's integration tests), which xtask, nextest
+        // or a CI timeout signal and which had no handler of their own.
+        install_signal_handler_or_warn();
         Self {
             logs_dir: run.logs_dir(),
             pids_file: run.pids_file(),
@@ -492,8 +508,14 @@ impl Supervisor {
         }
 
         // Spawn under the registry lock so a Ctrl-C handler running now
-        // either sees this process or runs after it is registered.
+        // either sees this process or runs after it is registered; and not
+        // at all once the handler has begun (it emptied the registry).
         let mut registry = registry();
+        if SHUTTING_DOWN.load(Ordering::SeqCst) {
+            bail!(
+                "{name} not started: this process is stopping what it started (a termination signal)"
+            );
+        }
         let child = command
             .spawn()
             .with_context(|| format!("starting {name} ({})", program.display()))?;
@@ -685,9 +707,11 @@ impl Drop for Supervisor {
 
 /// Stops every component started by this process and not yet stopped, then
 /// removes their `pids.json`. For Ctrl-C and termination handlers, which
-/// then exit; it does not return components to their `Supervisor`s.
+/// then exit; it does not return components to their `Supervisor`s, and no
+/// `Supervisor` of this process starts a component after it (`spawn` fails).
 pub fn stop_all_registered() {
     let mut registry = registry();
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
     let mut entries: Vec<(i32, Registered)> = std::mem::take(&mut *registry).into_iter().collect();
     if entries.is_empty() {
         return;
@@ -711,6 +735,67 @@ pub fn stop_all_registered() {
         entries.iter().map(|(_, e)| e.pids_file.clone()).collect();
     for file in files {
         let _ = std::fs::remove_file(file);
+    }
+}
+
+/// What a process adds to the termination handler [`stop_on_signal`]
+/// installs (ctrlc allows one handler per process, and the supervisor's
+/// must be it, since any process may start components): `before` runs
+/// first (signal child processes, so their own stopping overlaps this
+/// one's), `after` once this process's components are stopped (wait,
+/// bounded, for those children). Neither may block without a bound.
+#[derive(Debug, Clone, Copy)]
+pub struct SignalHook {
+    pub before: fn(),
+    pub after: fn(),
+}
+
+static SIGNAL_HOOKS: Mutex<Vec<SignalHook>> = Mutex::new(Vec::new());
+
+/// Adds `hook` to what the termination handler runs (see [`SignalHook`]).
+pub fn on_signal(hook: SignalHook) {
+    SIGNAL_HOOKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(hook);
+}
+
+/// Installs, once per process, the handler of SIGINT, SIGTERM and SIGHUP:
+/// it runs the [`SignalHook`]s' `before`, stops every registered component
+/// ([`stop_all_registered`]), runs their `after`, and exits 130. Idempotent;
+/// an error only when another handler was installed without it.
+pub fn stop_on_signal() -> Result<()> {
+    static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| ctrlc::set_handler(on_termination).map_err(|err| err.to_string()))
+        .clone()
+        .map_err(|err| anyhow::anyhow!("installing the termination handler: {err}"))
+}
+
+fn on_termination() {
+    eprintln!("[keyrig] interrupted: stopping what this process started");
+    let hooks = SIGNAL_HOOKS
+        .lock()
+        .map(|hooks| hooks.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+    for hook in &hooks {
+        (hook.before)();
+    }
+    stop_all_registered();
+    for hook in &hooks {
+        (hook.after)();
+    }
+    std::process::exit(130);
+}
+
+/// [`stop_on_signal`] for `Supervisor::new`, which cannot fail: a handler
+/// that cannot be installed is said once.
+fn install_signal_handler_or_warn() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Err(err) = stop_on_signal() {
+        WARNED.call_once(|| {
+            say!("warning: {err:#}; components are not stopped on Ctrl-C or SIGTERM");
+        });
     }
 }
 

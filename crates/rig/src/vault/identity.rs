@@ -23,6 +23,15 @@ pub async fn apply(
     run: &RunDir,
 ) -> Result<WorkloadIdentity> {
     let (private_pem, public_pem) = generate_signing_key()?;
+    // Anyone holding it signs tokens Vault accepts for the roles below: a
+    // secret of the run, whole and each line of its body (a log or an
+    // excerpt holds one line at a time), as the TLS agent's keys are.
+    crate::base::redact::register_in_run(run.path(), &private_pem)?;
+    for line in private_pem.lines().map(str::trim) {
+        if !line.starts_with("-----") {
+            crate::base::redact::register_in_run(run.path(), line)?;
+        }
+    }
     identity.signing_key_file = run.write_secret("jwt-signing-key.pem", &private_pem)?;
     root.enable_auth("jwt", &identity.mount).await?;
     root.call(
