@@ -34,6 +34,12 @@ async fn a_role_reads_its_environment_and_gets_403_on_the_others(#[case] own: &s
         envs.names.iter().any(|n| n == own),
         "{own} is not in the scenario"
     );
+    // With only its own environment the 403 half below checks nothing.
+    assert!(
+        envs.names.len() >= 2,
+        "the scenario names {:?}: a role's confinement needs another environment to be refused",
+        envs.names
+    );
     let token = login_as(&envs.role(own)).await.unwrap();
 
     let mut seen = Vec::new();

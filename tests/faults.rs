@@ -580,8 +580,10 @@ mod faults {
         let mut found = Vec::new();
         let mut pending = vec![dir.to_path_buf()];
         while let Some(dir) = pending.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => panic!("cannot list {}: {err}", dir.display()),
             };
             for entry in entries.flatten() {
                 let (path, kind) = (entry.path(), entry.file_type());
@@ -590,7 +592,12 @@ mod faults {
                         pending.push(path)
                     }
                     Ok(kind) if kind.is_file() => {
-                        let text = std::fs::read(&path).unwrap_or_default();
+                        // A file that cannot be read could hide a leak.
+                        let text = match std::fs::read(&path) {
+                            Ok(text) => text,
+                            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(err) => panic!("cannot read {}: {err}", path.display()),
+                        };
                         let text = String::from_utf8_lossy(&text);
                         if needles.iter().any(|n| text.contains(n)) {
                             found.push(path);

@@ -150,6 +150,11 @@ async fn synced_secret_has_exactly_the_mapped_keys_and_values() {
             .unwrap_or_else(|| panic!("Vault's source has no property {property:?}"));
         expected.insert(entry.secret_key.clone(), value.clone());
     }
+    // An ExternalSecret mapping nothing would match an empty Secret.
+    assert!(
+        !expected.is_empty(),
+        "the ExternalSecret maps no property: nothing to compare"
+    );
     assert_eq!(
         data.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
@@ -512,9 +517,19 @@ async fn vault_login_from_a_wrong_namespace_is_denied() {
                     .await
                 {
                     Ok(answer) => {
-                        let token = answer.status.and_then(|s| s.token).unwrap_or_default();
-                        rig::base::redact::register_secret(&token);
-                        Probe::Ready(token)
+                        // An empty JWT is refused by Vault too (400), which
+                        // would pass for the denial this case is after.
+                        match answer
+                            .status
+                            .and_then(|s| s.token)
+                            .filter(|t| !t.is_empty())
+                        {
+                            Some(token) => {
+                                rig::base::redact::register_secret(&token);
+                                Probe::Ready(token)
+                            }
+                            None => Probe::seen("a TokenRequest answered without a token"),
+                        }
                     }
                     Err(err) => Probe::seen(err),
                 },

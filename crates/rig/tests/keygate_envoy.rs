@@ -66,13 +66,23 @@ fn free() -> SocketAddr {
 }
 
 /// The pinned Envoy, or `None` with the case marked skipped when it is not
-/// installed. Any other problem (an override that does not run) fails.
+/// installed and a run records the skip. Without a run to record it in (the
+/// unit stage, plain `cargo test`) a missing Envoy fails, as a missing bao
+/// does: libtest would count a bare return as passed. Any other problem (an
+/// override that does not run) fails.
 fn envoy_or_skip(case: &mut CaseGuard) -> Option<PathBuf> {
     let resolved = rig::process::tools::Tools::load_default()
         .unwrap()
         .resolve("envoy");
     match resolved {
         Ok(tool) => Some(tool.path),
+        Err(err @ rig::process::tools::ToolError::Missing { .. })
+            if rig::base::run::current_run_dir().is_none() =>
+        {
+            panic!(
+                "this test needs the pinned Envoy and cannot find it ({err}): `cargo xtask tools` installs it"
+            )
+        }
         Err(err @ rig::process::tools::ToolError::Missing { .. }) => {
             let reason = err.to_string();
             eprintln!("SKIPPED keygate_envoy: {reason}");
