@@ -783,11 +783,32 @@ pub fn cache_deadline() -> Duration {
 /// below it, so waiting out the cache fails the case. Without one: the
 /// cache deadline.
 pub fn revocation_deadline() -> Duration {
-    if external_validator().is_some() || keys_file_mode() || env().cache.invalidation_addr.is_none()
-    {
-        return cache_deadline();
+    revocation_bound().0
+}
+
+/// [`revocation_deadline`] and which bound it is, for the case's message:
+/// where no audit stream reaches keygate the "fast" cases hold only the
+/// cache's (or the render's) deadline, and the report must not read as if
+/// they held more.
+pub fn revocation_bound() -> (Duration, &'static str) {
+    if external_validator().is_some() {
+        (cache_deadline(), "the cache deadline (a validator you run)")
+    } else if keys_file_mode() {
+        (
+            cache_deadline(),
+            "the render deadline (keys-file: no audit stream)",
+        )
+    } else if env().cache.invalidation_addr.is_none() {
+        (
+            cache_deadline(),
+            "the cache deadline (no audit stream in this environment)",
+        )
+    } else {
+        (
+            Duration::from_millis(env().cache.positive_ttl_ms / 5),
+            "a fifth of the positive TTL (the audit stream)",
+        )
     }
-    Duration::from_millis(env().cache.positive_ttl_ms / 5)
 }
 
 /// The owner the upstream sees for a key issued with `owner`: the keys file
