@@ -1,6 +1,8 @@
 //! API-key rotation through the keys-file gateway (Envoy -> keygate reading
 //! keys files that `bao agent` renders from Vault): a new key is accepted and
-//! a revoked key refused within the render interval, and how long each took
+//! a revoked key refused within the render deadline (`render_deadline`: the
+//! render interval, keygate's poll of the file and 15 s of slack for the
+//! agent's Vault reads and a loaded machine), and how long each took
 //! is recorded as `{mode: "keys-file", what: "api-key-new" | "api-key-revoked"}`;
 //! and the same rotation repeated under a bounded load fails no request.
 
@@ -16,11 +18,14 @@ const ASSERTION_GROUP: &str = "keys_file_rotation";
 
 const API_GROUP: &str = "animal-rescue-api";
 
+/// Each within `render_deadline`, not the bare render interval: the slack
+/// is there so a loaded CI machine does not flake; how long each took is
+/// recorded, and `cargo xtask bench` measures propagation.
 #[tokio::test]
-async fn new_key_lands_and_revoked_key_goes_within_the_render_interval() {
+async fn new_key_lands_and_revoked_key_goes_within_the_render_deadline() {
     let mut case = CaseGuard::start(
         ASSERTION_GROUP,
-        "keys_file_new_key_lands_and_revoked_key_goes_within_the_render_interval",
+        "keys_file_new_key_lands_and_revoked_key_goes_within_the_render_deadline",
     );
     let Some(side) = env().keys_file.clone() else {
         case.skip("this environment runs no keys-file gateway (env.json has no keys_file)");

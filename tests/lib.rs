@@ -659,7 +659,18 @@ pub fn read_response(stream: &mut impl std::io::Read) -> Result<Vec<u8>> {
         false
     };
     loop {
-        let n = stream.read(&mut buf)?;
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            // A timeout or reset: say what had arrived, which is what the
+            // failure is about (a head without its body, or nothing).
+            Err(err) => {
+                let seen = String::from_utf8_lossy(&response[..response.len().min(1024)]);
+                return Err(anyhow::Error::new(err).context(format!(
+                    "reading the response failed after {} bytes: {seen:?}",
+                    response.len()
+                )));
+            }
+        };
         if n == 0 {
             return Ok(response);
         }
@@ -784,6 +795,26 @@ pub fn cache_deadline() -> Duration {
 /// cache deadline.
 pub fn revocation_deadline() -> Duration {
     revocation_bound().0
+}
+
+/// The bound a revocation holds where Vault's audit stream feeds keygate's
+/// invalidation listener: a fifth of the positive TTL. `Err` says why this
+/// environment has no such bound, for the fast cases to record as their
+/// skip reason (they would otherwise hold only the cache's deadline under a
+/// name that promises more).
+pub fn fast_revocation_bound() -> Result<Duration, String> {
+    if external_validator().is_some() {
+        Err("a validator you run: it declares its own propagation deadline, keygate's audit stream is not asked of it".into())
+    } else if keys_file_mode() {
+        Err("keys-file mode: the gateway reads the rendered keys file, which no audit stream reaches".into())
+    } else if env().cache.invalidation_addr.is_none() {
+        Err(format!(
+            "no audit stream in this environment (profile {}: env.json has no `cache.invalidation_addr`)",
+            env().profile
+        ))
+    } else {
+        Ok(Duration::from_millis(env().cache.positive_ttl_ms / 5))
+    }
 }
 
 /// [`revocation_deadline`] and which bound it is, for the case's message:

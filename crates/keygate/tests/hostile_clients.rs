@@ -143,6 +143,14 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout() 
     );
 }
 
+/// How long to watch a connection beyond the limit for being served: twenty
+/// times what serving one took on this machine just before (`served_in`),
+/// and at least 500 ms. A fixed window would let a broken limit pass on a
+/// machine too loaded to serve within it; this one scales with the control.
+fn waiting_window(served_in: Duration) -> Duration {
+    (served_in * 20).max(Duration::from_millis(500))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connections_beyond_the_limit_wait_for_a_free_slot() {
     let vault = FakeVault::start().await;
@@ -151,6 +159,17 @@ async fn http_connections_beyond_the_limit_wait_for_a_free_slot() {
         "  http_connections: 2\n  header_read_timeout: 60s\n  idle_timeout: 60s\n",
     )
     .await;
+    // The control: a whole request on a free slot, and how long it took.
+    let started = std::time::Instant::now();
+    let mut control = TcpStream::connect(fixture.http).await.unwrap();
+    control
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: keygate\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut control, "the control connection").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let window = waiting_window(started.elapsed());
+    drop(control);
     // Both slots taken by connections that send nothing.
     let first = TcpStream::connect(fixture.http).await.unwrap();
     let _second = TcpStream::connect(fixture.http).await.unwrap();
@@ -167,10 +186,10 @@ async fn http_connections_beyond_the_limit_wait_for_a_free_slot() {
     });
     // Time for a (broken) limit to let the third through; with the limit it
     // waits however long this is.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(window).await;
     assert!(
         !third.is_finished(),
-        "a third connection was served while the limit of 2 was taken"
+        "a third connection was served within {window:?} while the limit of 2 was taken"
     );
 
     drop(first);
@@ -184,6 +203,16 @@ async fn grpc_connections_beyond_the_limit_wait_for_a_free_slot() {
 
     let vault = FakeVault::start().await;
     let (fixture, _keygate) = started_with_limits(&vault, "  grpc_connections: 1\n").await;
+    // The control: a check on a free slot, and how long it took (its
+    // connection is closed before the holder takes the slot).
+    let started = std::time::Instant::now();
+    {
+        let mut client = AuthorizationClient::connect(format!("http://{}", fixture.grpc))
+            .await
+            .unwrap();
+        client.check(CheckRequest::default()).await.unwrap();
+    }
+    let window = waiting_window(started.elapsed());
     let holder = TcpStream::connect(fixture.grpc).await.unwrap();
 
     let check = tokio::spawn({
@@ -194,10 +223,10 @@ async fn grpc_connections_beyond_the_limit_wait_for_a_free_slot() {
             client.check(CheckRequest::default()).await.is_ok()
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(window).await;
     assert!(
         !check.is_finished(),
-        "a second gRPC connection was served while the limit of 1 was taken"
+        "a second gRPC connection was served within {window:?} while the limit of 1 was taken"
     );
 
     drop(holder);
