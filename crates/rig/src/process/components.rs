@@ -200,8 +200,10 @@ impl RaftVault {
     }
 }
 
-/// A `bao agent` rendering templates from Vault: ready when `ready` holds
-/// (its first render published, usually).
+/// A `bao agent` rendering templates from Vault: ready once it has logged in
+/// since this start and `ready` holds (its first render published, usually).
+/// The login is part of it because rendered files outlive a stopped agent:
+/// a restarted one would otherwise be "ready" before it did anything.
 #[derive(Debug, Clone)]
 pub struct BaoAgent {
     name: String,
@@ -226,12 +228,16 @@ impl BaoAgent {
                     .arg("agent")
                     .arg(format!("-config={}", self.config_file.display()))
                     .current_dir(run.path()),
-                self.ready,
+                Readiness::All(vec![Readiness::LogLine(AGENT_LOGGED_IN.into()), self.ready]),
             )
             .await?;
         Ok(())
     }
 }
+
+/// What `bao agent` (OpenBao 2.7) logs at INFO once auto-auth has a token:
+/// `agent.auth.handler: authentication successful, sending token to sinks`.
+pub const AGENT_LOGGED_IN: &str = "authentication successful";
 
 /// keygate with a config file: ready once its `/readyz` answers 200 (its
 /// Vault login, or its keys files, loaded).

@@ -236,6 +236,14 @@ pub enum Readiness {
     Path(PathBuf),
     /// Every file exists: a Vault Agent has rendered its templates once.
     Files(Vec<PathBuf>),
+    /// The component's log, from where it stood at this start, has a line
+    /// containing the text: for what only the process can say (an agent's
+    /// login), and what a restart must not find already done (files the
+    /// previous run left behind).
+    LogLine(String),
+    /// Every condition holds (checked in order; the first that does not is
+    /// what the wait reports).
+    All(Vec<Readiness>),
 }
 
 impl Readiness {
@@ -256,11 +264,18 @@ impl Readiness {
             Readiness::Tcp(addr) => format!("a TCP connection to {addr}"),
             Readiness::Path(path) => path.display().to_string(),
             Readiness::Files(files) => format!("{} rendered file(s)", files.len()),
+            Readiness::LogLine(text) => format!("{text:?} in its log"),
+            Readiness::All(all) => all
+                .iter()
+                .map(Readiness::what)
+                .collect::<Vec<_>>()
+                .join(" and "),
         }
     }
 
-    /// `Ok` when ready, else what was seen.
-    async fn check(&self, http: &reqwest::Client) -> Result<(), String> {
+    /// `Ok` when ready, else what was seen. `log` is the component's log and
+    /// `log_from` its length when this start began.
+    async fn check(&self, http: &reqwest::Client, log: &Path, log_from: u64) -> Result<(), String> {
         match self {
             Readiness::Http { url, status } => match http.get(url).send().await {
                 Ok(response) if response.status().as_u16() == *status => Ok(()),
@@ -279,6 +294,21 @@ impl Readiness {
                 None => Ok(()),
                 Some(missing) => Err(format!("no file {} yet", missing.display())),
             },
+            Readiness::LogLine(text) => {
+                let written = std::fs::read(log).unwrap_or_default();
+                let since = written.get(log_from as usize..).unwrap_or_default();
+                if String::from_utf8_lossy(since).contains(text.as_str()) {
+                    Ok(())
+                } else {
+                    Err(format!("no {text:?} in its log yet"))
+                }
+            }
+            Readiness::All(all) => {
+                for each in all {
+                    Box::pin(each.check(http, log, log_from)).await?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -407,6 +437,10 @@ impl Supervisor {
     /// A component that failed to get ready is still stopped by `stop_all`.
     pub async fn start(&mut self, component: Component, ready: Readiness) -> Result<i32> {
         let spec = (component.clone(), ready.clone());
+        // Where this start's lines begin: a restart appends to the same log.
+        let log_from = std::fs::metadata(self.logs_dir.join(format!("{}.log", component.name)))
+            .map(|m| m.len())
+            .unwrap_or(0);
         let pid = self.spawn(component)?;
         let running = self.running.last_mut().expect("just started");
         running.spec = Some(spec);
@@ -429,7 +463,7 @@ impl Supervisor {
                     log.display(),
                     crate::base::redact::redact(&log_tail(&log, TAIL_LINES))
                 ),
-                None => Ok(match ready.check(http).await {
+                None => Ok(match ready.check(http, &log, log_from).await {
                     Ok(()) => Probe::Ready(()),
                     Err(seen) => {
                         waiting.still(&seen);
@@ -1032,6 +1066,49 @@ mod tests {
         assert_eq!(supervisor.pid("plain"), None);
         supervisor.stop_all();
         assert!(!is_alive(pid));
+    }
+
+    /// A log line from a previous start does not make a restart ready: the
+    /// restarted component must write it again (as a restarted bao agent
+    /// must log in again, though its rendered files are still there).
+    #[rstest]
+    #[tokio::test]
+    async fn a_log_line_counts_only_from_this_start() {
+        let (base, run) = run_dir();
+        let mark = base.path().join("may-log-in");
+        let component = Component::new("agent", "/bin/sh").args([
+            "-c".to_owned(),
+            format!(
+                "if [ -e {} ]; then echo logged in; fi; exec sleep 30",
+                mark.display()
+            ),
+        ]);
+        let ready = Readiness::All(vec![
+            Readiness::Path(base.path().to_owned()),
+            Readiness::LogLine("logged in".into()),
+        ]);
+        let mut supervisor = Supervisor::new(&run);
+        std::fs::write(&mark, "").unwrap();
+        supervisor.start(component, ready).await.unwrap();
+        supervisor.stop("agent", StopMode::Graceful).unwrap();
+
+        std::fs::remove_file(&mark).unwrap();
+        let (component, ready) = supervisor.stopped_spec("agent").unwrap();
+        let err = supervisor
+            .start_with_ready_timeout(component, ready, Duration::from_secs(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no \"logged in\" in its log yet"), "{err}");
+        supervisor.stop_all();
+
+        std::fs::write(&mark, "").unwrap();
+        let (component, ready) = supervisor
+            .stopped_spec("agent")
+            .unwrap_or_else(|| panic!("the failed start left no spec to start again"));
+        supervisor.start(component, ready).await.unwrap();
+        let log = std::fs::read_to_string(run.logs_dir().join("agent.log")).unwrap();
+        assert_eq!(log.matches("logged in").count(), 2, "{log}");
     }
 
     fn read_pids(run: &RunDir) -> PidFile {
