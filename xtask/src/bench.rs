@@ -80,6 +80,15 @@ pub(crate) fn bench(quick: bool, rounds: Option<usize>, release: bool) -> Result
     println!();
     print!("{}", rig_bench::report::render(&report));
     println!("numbers: {}\nplot:    {}", json.display(), svg.display());
+    // Every request of the bench expects 200: one that did not is a defect
+    // of what is measured (or of the bench), never a number to compare.
+    let failures = rig_bench::report::failures(&report);
+    if !failures.is_empty() {
+        bail!(
+            "requests failed during the bench, so these numbers are not the paths':\n  {}",
+            failures.join("\n  ")
+        );
+    }
     Ok(())
 }
 

@@ -31,7 +31,7 @@ pub mod stats;
 pub mod variants;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -296,6 +296,8 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     )?)?;
     local.gateways = vec![gw.grpc.clone(), gw.http.clone(), gw.module.clone()];
     local.runs_dir = opts.out_dir.join("runs");
+    // Each bench leaves two environments' logs; only the newest are kept.
+    prune_runs(&local.runs_dir, RUNS_KEPT)?;
     let up_started = Instant::now();
     let mut env_a = rig::local::up(&local)
         .await
@@ -724,7 +726,9 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     .await;
 
     env_a.supervisor.stop_all();
+    let main_audit = env_a.run.logs_dir().join(rig::vault::audit::AUDIT_LOG);
     drop(env_a);
+    spare_audit_log(&main_audit, "auth-overhead and propagation steps")?;
 
     // 5. Scale, in an environment whose cache keeps every key for the run.
     let mut scale_local = opts.local.clone();
@@ -776,21 +780,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     }
     let scale_audit = env_b.run.logs_dir().join(rig::vault::audit::AUDIT_LOG);
     drop(env_b);
-    // Vault's audit device logs every key written and read: ~600 MB at
-    // 100 000 keys, enough to fill a small disk over a few runs. The bench
-    // asserts nothing on it, so a large one is replaced by a note.
-    if let Ok(meta) = std::fs::metadata(&scale_audit)
-        && meta.len() > 64 << 20
-    {
-        std::fs::write(
-            &scale_audit,
-            format!(
-                "{} bytes of Vault audit entries of the bench's scale step removed by cargo xtask bench to spare the disk\n",
-                meta.len()
-            ),
-        )
-        .with_context(|| format!("truncating {}", scale_audit.display()))?;
-    }
+    spare_audit_log(&scale_audit, "scale step")?;
 
     // 6. The e2e suite's wall time, as a child (full run only).
     let mut suite = SuiteSpeed {
@@ -839,7 +829,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         }
     }
 
-    Ok(BenchReport {
+    let mut report = BenchReport {
         started_at,
         wall_ms: wall.elapsed().as_millis() as u64,
         plan,
@@ -855,12 +845,85 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         scale,
         suite,
         left_out,
-    })
+    };
+    let failures = report::failures(&report);
+    report.left_out.extend(failures);
+    Ok(report)
+}
+
+/// Vault's audit device logs every key written and read (~1.5 KB a line):
+/// ~35 MB in a `--quick` run's main environment, ~600 MB at the scale
+/// step's 100 000 keys, enough to fill a small disk over a few runs. The
+/// bench asserts nothing on it, so one over 64 MiB is replaced by a note.
+fn spare_audit_log(path: &Path, step: &str) -> Result<()> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() > 64 << 20
+    {
+        std::fs::write(
+            path,
+            format!(
+                "{} bytes of Vault audit entries of the bench's {step} removed by cargo xtask bench to spare the disk\n",
+                meta.len()
+            ),
+        )
+        .with_context(|| format!("truncating {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// How many of the bench's environments (`<out>/runs/<run>`) a new bench
+/// keeps: the previous bench's two (its main and scale environments), for
+/// their logs; older ones are removed when a bench starts.
+const RUNS_KEPT: usize = 2;
+
+/// Removes all but the newest `keep` runs under `runs` (run names sort by
+/// their start time).
+fn prune_runs(runs: &Path, keep: usize) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return Ok(());
+    };
+    let mut names: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    names.sort();
+    let old = names.len().saturating_sub(keep);
+    for dir in &names[..old] {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the old bench run {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_runs() {
+        let runs = tempfile::tempdir().unwrap();
+        for name in [
+            "20261201T000000-1",
+            "20261203T000000-3",
+            "20261202T000000-2",
+        ] {
+            std::fs::create_dir(runs.path().join(name)).unwrap();
+        }
+        std::fs::write(runs.path().join("not-a-run"), "").unwrap();
+        prune_runs(runs.path(), 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(runs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["20261202T000000-2", "20261203T000000-3", "not-a-run"]
+        );
+        // No runs directory yet: nothing to do.
+        prune_runs(&runs.path().join("absent"), 2).unwrap();
+    }
 
     #[test]
     fn each_round_of_the_miss_variant_takes_keys_of_its_own() {

@@ -93,6 +93,28 @@ pub fn variant_results(
         .collect()
 }
 
+/// Every measurement of the report that had failed requests (every request
+/// of the bench expects 200), as lines for `left_out` and the bench's error:
+/// its numbers are not the path's, whatever they look like.
+pub fn failures(report: &BenchReport) -> Vec<String> {
+    let variants = report.variants.iter().filter(|v| v.failed > 0).map(|v| {
+        format!(
+            "{}: {} of {} requests failed (last: {}); its req/s counts only the 200s, its latencies include the failures",
+            v.variant.name(),
+            v.failed,
+            v.requests,
+            v.last_failure.as_deref().unwrap_or("not recorded")
+        )
+    });
+    let scale = report.scale.iter().filter(|s| s.failed > 0).map(|s| {
+        format!(
+            "scale {} keys: {} warm requests failed; its req/s counts only the 200s",
+            s.keys, s.failed
+        )
+    });
+    variants.chain(scale).collect()
+}
+
 /// (`variant`'s req/s, `baseline`'s) in each round where both ran and
 /// neither is zero.
 fn paired_by_round(rounds: &[RoundResult], variant: Variant, baseline: Variant) -> Vec<(f64, f64)> {
@@ -372,6 +394,7 @@ pub fn render(r: &BenchReport) -> String {
                     format!("{:.0}", s.bytes_per_key),
                     format!("{:.0}", s.warm_rps),
                     ms(s.warm.p99_us),
+                    s.failed.to_string(),
                 ]
             })
             .collect();
@@ -386,6 +409,7 @@ pub fn render(r: &BenchReport) -> String {
                 "bytes/key",
                 "warm req/s",
                 "p99 ms",
+                "failed",
             ],
             &rows,
         ));
@@ -590,5 +614,34 @@ mod tests {
         let results = variant_results(&totals, &BTreeMap::new(), &[]);
         assert_eq!(results[0].rps_vs_native, None);
         assert_eq!(results[0].p99_added_us, None);
+    }
+
+    /// A variant answering fast errors is not fast: its req/s counts the
+    /// 200s only, and the failures are named for `left_out` and the error.
+    #[test]
+    fn failed_requests_are_no_throughput_and_are_named() {
+        let mut failing = outcome(1000, 1, 100);
+        failing.ok = 600;
+        failing.failed = 400;
+        failing.last_failure = Some("403 no-route".into());
+        let totals: BTreeMap<Variant, Outcome> = [
+            (Variant::Native, outcome(1000, 1, 100)),
+            (Variant::ModuleWarm, failing),
+        ]
+        .into();
+        let results = variant_results(&totals, &BTreeMap::new(), &[]);
+        let module = &results[1];
+        assert_eq!(
+            (module.requests, module.ok, module.failed),
+            (1000, 600, 400)
+        );
+        assert!((module.rps - 600.0).abs() < 1e-9);
+        assert!((module.rps_vs_native.unwrap() - 0.6).abs() < 1e-9);
+        let lines: Vec<String> = results
+            .iter()
+            .filter(|v| v.failed > 0)
+            .map(|v| v.variant.name().to_owned())
+            .collect();
+        assert_eq!(lines, ["keygate-envoy-module-warm"]);
     }
 }

@@ -26,6 +26,7 @@ pub struct ScaleResult {
     pub bytes_per_key: f64,
     pub warm_rps: f64,
     pub warm: super::stats::Latency,
+    /// Requests of the warm burst that did not get 200.
     pub failed: u64,
 }
 
@@ -58,6 +59,9 @@ pub struct ScaleSetup<'a> {
     pub window: Duration,
 }
 
+/// How long filling the cache with one step's new keys may take.
+const FILL_CAP: Duration = Duration::from_secs(600);
+
 pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleResult>> {
     let baseline = rss_kib(setup.keygate_pid)?;
     let mut all: Vec<String> = Vec::new();
@@ -82,15 +86,20 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
                 },
                 connections: setup.connections,
                 max_requests: new.len() as u64,
-                max_time: Duration::from_secs(600),
+                max_time: FILL_CAP,
             })
             .await?;
-        if fill.failed > 0 {
-            rig::say!(
-                "bench: scale {size}: {} of {} cache-filling requests failed (last: {:?})",
+        // The step measures a cache holding every key: one that does not
+        // (a failed fill, or keys the fill's time cap left unsent) would
+        // give memory per key and throughput of another size.
+        let unsent = new.len().saturating_sub(fill.requests() as usize);
+        if fill.failed > 0 || unsent > 0 {
+            anyhow::bail!(
+                "scale {size} keys: {} of {} cache-filling requests failed (last: {}) and {unsent} keys were not sent within {}: keygate's cache does not hold the {size} keys this step measures",
                 fill.failed,
                 fill.requests(),
-                fill.last_failure
+                fill.last_failure.as_deref().unwrap_or("none"),
+                rig::base::progress::secs(FILL_CAP)
             );
         }
         all.extend(new);
