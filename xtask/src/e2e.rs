@@ -419,6 +419,7 @@ fn finish_mode(
         run_dir: run.run.path(),
         run_id: run.run.id(),
         profile: opts.profile.name(),
+        mode: run.environment.mode.as_deref(),
         filter: opts.filter.clone(),
         started_at: opts.started_at,
         wall: opts.wall.elapsed(),

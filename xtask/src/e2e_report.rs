@@ -47,6 +47,8 @@ pub struct Finish<'a> {
     pub run_dir: &'a Path,
     pub run_id: &'a str,
     pub profile: &'a str,
+    /// env.json's `mode`, for the report and the summary's heading.
+    pub mode: Option<&'a str>,
     pub filter: Option<String>,
     pub started_at: time::OffsetDateTime,
     pub wall: Duration,
@@ -78,12 +80,14 @@ pub fn finish(f: Finish<'_>) -> Result<Report> {
     let mut report = Report {
         run_id: f.run_id.to_owned(),
         profile: f.profile.to_owned(),
+        mode: f.mode.map(str::to_owned),
         started_at: f.started_at,
         wall_time_ms: ms(f.wall),
         up_ms: ms(f.up),
         tests_ms: ms(f.tests),
         filter: f.filter,
         passed: false,
+        runner_ok: f.runner_ok,
         totals,
         cases: f.cases,
         rotations: rig::contract::rotation::read(run_dir)?,

@@ -281,6 +281,7 @@ pub(crate) fn run(opts: ExternalRun<'_>) -> Result<ExitCode> {
         run_dir: &run_dir,
         run_id: &format!("{}/external/{id}", env.run_id),
         profile: &env.profile,
+        mode: env.mode.as_deref(),
         filter: opts.filter.map(str::to_owned),
         started_at,
         wall: wall.elapsed(),

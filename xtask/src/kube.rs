@@ -156,6 +156,7 @@ fn run_tests(
         run_dir: run.run.path(),
         run_id: run.run.id(),
         profile: run.environment.profile.as_str(),
+        mode: run.environment.mode.as_deref(),
         filter: filter.map(str::to_owned),
         started_at,
         wall: wall.elapsed(),

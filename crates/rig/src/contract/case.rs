@@ -67,6 +67,16 @@ pub struct CaseRecord {
 }
 
 impl CaseRecord {
+    /// `<name> [<gateway>]` for a case of the gateway matrix, else `<name>`:
+    /// what the table, JUnit and the summary call it, so the same case
+    /// through six gateways is six names, not one name six times.
+    pub fn display_name(&self) -> String {
+        match &self.gateway {
+            Some(gateway) => format!("{} [{gateway}]", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// `<group>__<name>`: the case's file name in `cases/` and its
     /// directory name under `diagnostics/`.
     /// `<group>__<name>[__<gateway>]`: names the record file and the
@@ -304,10 +314,7 @@ pub fn render_table(cases: &[CaseRecord]) -> String {
         .map(|c| {
             [
                 c.group.clone(),
-                match &c.gateway {
-                    Some(gateway) => format!("{} [{gateway}]", c.name),
-                    None => c.name.clone(),
-                },
+                c.display_name(),
                 c.status.as_str().to_owned(),
                 duration(c.duration_ms),
             ]

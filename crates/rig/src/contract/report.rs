@@ -120,6 +120,10 @@ pub struct Totals {
 pub struct Report {
     pub run_id: String,
     pub profile: String,
+    /// The delivery mode of this run (env.json `mode`); each mode of a
+    /// multi-mode run writes a report of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     pub wall_time_ms: u64,
@@ -129,6 +133,11 @@ pub struct Report {
     pub filter: Option<String>,
     /// Whether the run as a whole passed (cases, test runner, secret scan).
     pub passed: bool,
+    /// Whether every test binary exited 0: false with no failed case means
+    /// a binary failed outside any case (a build error, a panic before a
+    /// case started), which its output under `tests/` shows.
+    #[serde(default = "yes")]
+    pub runner_ok: bool,
     pub totals: Totals,
     pub cases: Vec<CaseReport>,
     pub rotations: Vec<crate::contract::rotation::RotationRecord>,
@@ -149,6 +158,10 @@ pub struct Report {
 pub const JUNIT_FILE: &str = "junit.xml";
 pub const REPORT_FILE: &str = "report.json";
 pub const SUMMARY_FILE: &str = "summary.md";
+
+fn yes() -> bool {
+    true
+}
 
 fn duration(ms: u64) -> Duration {
     Duration::from_millis(ms)
@@ -200,7 +213,7 @@ impl Report {
                         status
                     }
                 };
-                let mut test_case = TestCase::new(record.name.as_str(), status);
+                let mut test_case = TestCase::new(record.display_name(), status);
                 test_case
                     .set_classname(format!("keyrig.{group}"))
                     .set_time(duration(record.duration_ms));
@@ -216,9 +229,14 @@ impl Report {
         let mut md = String::new();
         let verdict = if self.passed { "passed" } else { "FAILED" };
         let t = self.totals;
+        let mode = self
+            .mode
+            .as_deref()
+            .map(|m| format!(", {m} mode"))
+            .unwrap_or_default();
         let _ = writeln!(
             md,
-            "## keyrig e2e ({} profile): {verdict}\n\n{} passed, {} failed, {} skipped in {} (environment up {}, tests {}); run `{}`\n",
+            "## keyrig e2e ({} profile{mode}): {verdict}\n\n{} passed, {} failed, {} skipped in {} (environment up {}, tests {}); run `{}`\n",
             self.profile,
             t.passed,
             t.failed,
@@ -228,6 +246,9 @@ impl Report {
             crate::base::progress::secs(duration(self.tests_ms)),
             self.run_id
         );
+        if !self.runner_ok && t.failed == 0 {
+            md.push_str("A test binary failed though no case recorded a failure (a build error, or a panic outside any case): see its output under the run's `tests/`.\n\n");
+        }
         if !self.cases.is_empty() {
             md.push_str("| group | case | status | duration | note |\n|---|---|---|---|---|\n");
             for case in &self.cases {
@@ -241,7 +262,7 @@ impl Report {
                     md,
                     "| {} | {} | {} | {} ms | {} |",
                     r.group,
-                    r.name,
+                    r.display_name(),
                     status_word(r.status),
                     r.duration_ms,
                     note.replace('|', "\\|")
@@ -392,12 +413,14 @@ mod tests {
         Report {
             run_id: "20250101T000000-1".into(),
             profile: "local".into(),
+            mode: Some("inline".into()),
             started_at: OffsetDateTime::UNIX_EPOCH,
             wall_time_ms: 9000,
             up_ms: 2000,
             tests_ms: 6000,
             filter: None,
             passed: false,
+            runner_ok: true,
             totals: Report::totals_of(&cases),
             cases,
             rotations: vec![crate::contract::rotation::RotationRecord::new(
@@ -469,6 +492,35 @@ mod tests {
         let json = serde_json::to_string(&report).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);
+    }
+
+    /// The same case through two gateways is two names in JUnit and the
+    /// summary (a consumer merges testcases of one name), the heading says
+    /// the mode, and a failed test binary without a failed case is said.
+    #[rstest]
+    fn matrix_cases_are_named_by_gateway_and_the_mode_is_in_the_heading() {
+        let on = |gateway: &str| {
+            let mut r = record("api_keys", "revoked", Status::Passed);
+            r.gateway = Some(gateway.into());
+            CaseReport {
+                record: r,
+                diagnostics: None,
+            }
+        };
+        let mut report = report(vec![on("caddy"), on("nginx")]);
+        let xml = report.junit(Path::new("/run")).unwrap();
+        assert!(xml.contains(r#"name="revoked [caddy]""#), "{xml}");
+        assert!(xml.contains(r#"name="revoked [nginx]""#), "{xml}");
+        let md = report.markdown(Path::new("/run"));
+        assert!(md.contains("| revoked [caddy] |"), "{md}");
+        assert!(md.contains("(local profile, inline mode): FAILED"), "{md}");
+        assert!(!md.contains("A test binary failed"), "{md}");
+        report.runner_ok = false;
+        let md = report.markdown(Path::new("/run"));
+        assert!(
+            md.contains("A test binary failed though no case recorded a failure"),
+            "{md}"
+        );
     }
 
     #[rstest]
