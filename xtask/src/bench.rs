@@ -5,7 +5,8 @@ use anyhow::{Context, Result, bail};
 use rig::say;
 
 use crate::runner::{
-    cargo, plain_output_unless_interactive, run_cargo, runtime, stop_on_interrupt,
+    cargo, plain_output_unless_interactive, run_cargo, runtime, spawn_tracked, stop_on_interrupt,
+    untrack,
 };
 use crate::up::local_options;
 
@@ -53,8 +54,21 @@ pub(crate) fn bench(quick: bool, rounds: Option<usize>, release: bool) -> Result
     let mut suite = cargo();
     suite
         .args(["xtask", "e2e"])
-        .current_dir(rig::base::paths::workspace_root());
+        .current_dir(rig::base::paths::workspace_root())
+        .stdout(std::process::Stdio::null())
+        // The child's summary is not the bench's to append to the job's.
+        .env_remove("GITHUB_STEP_SUMMARY");
     plain_output_unless_interactive(&mut suite);
+    let suite = rig_bench::SuiteRunner {
+        shown: "cargo xtask e2e".into(),
+        // Tracked, so a termination signal reaches it and its environments.
+        run: Box::new(move || {
+            let mut child = spawn_tracked(&mut suite)?;
+            let status = child.wait().context("waiting for the e2e suite")?;
+            untrack(child.id() as i32);
+            Ok(status)
+        }),
+    };
     let report = runtime()?.block_on(rig_bench::run(rig_bench::BenchOptions {
         plan: {
             let plan = if quick {
@@ -70,7 +84,7 @@ pub(crate) fn bench(quick: bool, rounds: Option<usize>, release: bool) -> Result
         local,
         peer: bench_build.peer,
         passthrough_module: bench_build.passthrough_module,
-        suite_command: Some(suite),
+        suite: Some(suite),
         out_dir: out_dir.clone(),
     }))?;
     let json = out_dir.join("bench.json");

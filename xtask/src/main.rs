@@ -178,7 +178,7 @@ enum Cmd {
     /// propagation, scale and suite speed; table on stdout, numbers in
     /// target/rig/bench/bench.json, plot in target/rig/bench/latency.svg.
     Bench {
-        /// A short run (under a minute): fewer rounds, events and keys.
+        /// A short run (about a minute and a half): fewer rounds, events and keys.
         #[arg(long)]
         quick: bool,
         /// Rounds of the auth-overhead step (8 in a full run, 3 with

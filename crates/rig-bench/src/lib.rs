@@ -86,6 +86,15 @@ use variants::Variant;
 
 pub use results::{BenchReport, Machine, Plan, SuiteSpeed, VariantResult};
 
+/// The e2e suite as a child, run by the caller's means (xtask tracks its
+/// children, so a termination signal reaches this one too).
+pub struct SuiteRunner {
+    /// The command as the output shows it.
+    pub shown: String,
+    /// Runs it to the end, its standard output discarded.
+    pub run: Box<dyn FnOnce() -> Result<std::process::ExitStatus>>,
+}
+
 /// What the caller supplies: the local profile's options (binaries,
 /// templates) and how to run the e2e suite as a child for its wall time.
 pub struct BenchOptions {
@@ -97,8 +106,9 @@ pub struct BenchOptions {
     /// `libkeyrig_bench_module.so` (crates/bench-module): the pass-through
     /// dynamic module of the `envoy-module-passthrough` baseline.
     pub passthrough_module: PathBuf,
-    /// `cargo xtask e2e --mode inline` (or nothing: not measured).
-    pub suite_command: Option<std::process::Command>,
+    /// How to run the e2e suite as a child for its wall time (`cargo xtask
+    /// e2e`, every mode; or nothing: not measured).
+    pub suite: Option<SuiteRunner>,
     /// `target/rig/bench/`: bench.json, latency.svg, the runs.
     pub out_dir: PathBuf,
 }
@@ -716,6 +726,13 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         requests: plan.instruction_requests,
     })
     .collect();
+    if plan.quick {
+        left_out.push(format!(
+            "instructions: --quick counts the native filter and the module only ({} requests each; a full run adds no-auth, the forwarding native filter and the pass-through module), with the module this run loads ({}: a debug build counts far more than a release one)",
+            plan.instruction_requests,
+            opts.local.keygate_envoy_module.display()
+        ));
+    }
     let instructions = instructions::count_each(
         &counted,
         &mut env_a.supervisor,
@@ -793,34 +810,34 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         e2e_report_tests_ms: None,
         e2e_report_wall_ms: None,
     };
-    match (plan.suite, opts.suite_command.take()) {
-        (true, Some(mut command)) => {
-            let shown = format!(
-                "{} {}",
-                command.get_program().to_string_lossy(),
-                command
-                    .get_args()
-                    .map(|a| a.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
+    match (plan.suite, opts.suite.take()) {
+        (true, Some(runner)) => {
+            let shown = runner.shown;
             say!("bench: suite speed: {shown}");
             let started = Instant::now();
-            let status = command
-                .stdout(std::process::Stdio::null())
-                .status()
-                .with_context(|| format!("running {shown}"))?;
+            let child_started = time::OffsetDateTime::now_utc();
+            let status = (runner.run)().with_context(|| format!("running {shown}"))?;
             suite.e2e_ms = Some(started.elapsed().as_millis() as u64);
             suite.e2e_ok = Some(status.success());
             suite.e2e_command = Some(shown);
-            // The child's own split (up, tests) from the run it left as `latest`.
+            // The child's own split (up, tests) from the run it left as
+            // `latest`, if that run is the child's: one that failed before
+            // writing a report leaves an older run there.
             let report = rig::base::paths::rig_dir().join("latest/report.json");
-            if let Ok(text) = std::fs::read_to_string(&report)
-                && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+            match std::fs::read_to_string(&report)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .filter(|value| written_since(value, child_started))
             {
-                suite.e2e_report_up_ms = value["up_ms"].as_u64();
-                suite.e2e_report_tests_ms = value["tests_ms"].as_u64();
-                suite.e2e_report_wall_ms = value["wall_time_ms"].as_u64();
+                Some(value) => {
+                    suite.e2e_report_up_ms = value["up_ms"].as_u64();
+                    suite.e2e_report_tests_ms = value["tests_ms"].as_u64();
+                    suite.e2e_report_wall_ms = value["wall_time_ms"].as_u64();
+                }
+                None => left_out.push(format!(
+                    "suite speed: {} is not the child's (absent, unreadable, or from a run that started before it), so its up/tests split is not given",
+                    report.display()
+                )),
             }
         }
         (true, None) => left_out.push("suite speed: no e2e command given".into()),
@@ -849,6 +866,18 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
     let failures = report::failures(&report);
     report.left_out.extend(failures);
     Ok(report)
+}
+
+/// Whether a `report.json` (as JSON) is of a run that started at or after
+/// `since`.
+fn written_since(report: &serde_json::Value, since: time::OffsetDateTime) -> bool {
+    report["started_at"]
+        .as_str()
+        .and_then(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        })
+        // Whole seconds: the child's clock reading is a little later.
+        .is_some_and(|at| at >= since - time::Duration::seconds(1))
 }
 
 /// Vault's audit device logs every key written and read (~1.5 KB a line):
@@ -899,6 +928,15 @@ fn prune_runs(runs: &Path, keep: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_report_of_the_childs_run_is_read() {
+        let since = time::macros::datetime!(2026-12-07 12:00:00 UTC);
+        let at = |s: &str| serde_json::json!({ "started_at": s, "up_ms": 1 });
+        assert!(written_since(&at("2026-12-07T12:00:03Z"), since));
+        assert!(!written_since(&at("2026-12-07T11:40:00Z"), since));
+        assert!(!written_since(&serde_json::json!({ "up_ms": 1 }), since));
+    }
 
     #[test]
     fn pruning_keeps_the_newest_runs() {

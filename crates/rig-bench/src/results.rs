@@ -13,7 +13,7 @@ use crate::{instructions, propagation, scale, stats};
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Plan {
     pub quick: bool,
-    /// Rounds of A B C D E.
+    /// Rounds of the auth-overhead step, each running every variant once.
     pub rounds: usize,
     /// Per variant and round: at most this many requests, for at most `window`.
     pub requests_per_round: u64,
@@ -74,7 +74,7 @@ impl Plan {
         }
     }
 
-    /// Under a minute on 2 cores once built.
+    /// About a minute and a half on 2 cores once built.
     pub fn quick() -> Self {
         Self {
             quick: true,

@@ -222,7 +222,9 @@ pub async fn start_baseline_envoy(
     } else {
         200
     };
-    let mut component = rig::local::envoy::command(name, envoy, &config, "warn").current_dir(&dir);
+    // The gateways' log level (env/gateways/*/gateway.toml): the same flags
+    // on both sides of every ratio.
+    let mut component = rig::local::envoy::command(name, envoy, &config, "info").current_dir(&dir);
     if let Some(module) = module {
         let expected = format!("lib{PASSTHROUGH_MODULE_NAME}.so");
         let dir = module
