@@ -67,7 +67,7 @@ async fn referenced_value(root: &Token) -> String {
 async fn referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl() {
     let Some(mut case) = case_with_section(
         ASSERTION_GROUP,
-        "referenced_values_reach_upstream_and_rotation_lands_within_ttl",
+        "referenced_values_reach_the_upstream_and_a_rotation_lands_within_ttl",
         "references",
         env().references.is_some(),
     ) else {

@@ -59,6 +59,25 @@ struct Cli {
     command: Cmd,
 }
 
+/// Fails naming each flag given (`true`) that `what` does not use, rather
+/// than running without it.
+fn refuse_unused(what: &str, flags: &[(&str, bool)]) -> Result<()> {
+    let given: Vec<&str> = flags
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| *f)
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} {} not used with {what}: leave {} out",
+        given.join(", "),
+        if given.len() == 1 { "is" } else { "are" },
+        if given.len() == 1 { "it" } else { "them" }
+    )
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Install the pinned tools a profile needs (env/tools.toml), then print `doctor`.
@@ -70,6 +89,7 @@ enum Cmd {
     /// every run, the kind cluster's logs) for every run's registered
     /// secrets; exits non-zero, naming the files, if one is there.
     ScanUploads {
+        /// The directory to scan (default: target/rig/).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
@@ -102,7 +122,9 @@ enum Cmd {
     E2e {
         #[arg(long, value_enum, default_value_t = Profile::Local)]
         profile: Profile,
-        /// Run only the tests whose name contains this.
+        /// An assertion group's name (e.g. `tls`, `faults`: its file in
+        /// tests/) runs that group; any other word, the tests whose names
+        /// contain it.
         #[arg(long)]
         filter: Option<String>,
         /// When a case fails, leave the environment running to look at
@@ -153,8 +175,9 @@ enum Cmd {
     /// added as data, with one deviation declared falsely.
     #[command(hide = true)]
     CatalogCheck,
-    /// The external gateway check of `cargo xtask test` alone: `up`, a
-    /// Caddy started by hand, `e2e --gateway-url`, `down`.
+    /// The external gateway check of `cargo xtask test` alone, two passes:
+    /// `up` and a Caddy started by hand; `up --no-keygate` and a validator
+    /// started by hand; each tested with `e2e --gateway-url`, then `down`.
     #[command(hide = true)]
     ExternalCheck,
     /// Everything: install tools, unit and integration tests, then e2e on the local profile.
@@ -165,12 +188,12 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// Only this target (apikey_parse, keygate_config, scenario_loader,
-        /// forward_auth_headers, route_resolve, openapi_docs).
-        #[arg(long)]
+        /// Only this target.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
         target: Option<String>,
         /// Write new inputs to a temporary directory instead of adding them
-        /// to fuzz/corpus/ (the smoke run of `cargo xtask test` does this).
+        /// to fuzz/corpus/ (as the smoke run of `cargo xtask test` does,
+        /// which also builds unoptimized; this builds optimized).
         #[arg(long)]
         scratch_corpus: bool,
     },
@@ -262,8 +285,23 @@ fn run(command: Cmd) -> Result<ExitCode> {
             mode,
             kube,
             report_dir,
+            keep,
+            include_ignored,
+            gateways,
+            gateway_urls,
+            jobs,
             ..
         } if profile != Profile::Local => {
+            refuse_unused(
+                &format!("the {} profile", profile.name()),
+                &[
+                    ("--keep", keep),
+                    ("--include-ignored", include_ignored),
+                    ("--gateway", !gateways.is_empty()),
+                    ("--gateway-url", !gateway_urls.is_empty()),
+                    ("--jobs", jobs.is_some()),
+                ],
+            )?;
             // One overlay per run on Kubernetes; the workflow runs a leg per mode.
             if mode.len() > 1 {
                 bail!(
@@ -288,14 +326,29 @@ fn run(command: Cmd) -> Result<ExitCode> {
             filter,
             report_dir,
             jobs,
+            mode,
+            keep,
+            include_ignored,
+            gateways,
             ..
-        } if !gateway_urls.is_empty() => external::run(external::ExternalRun {
-            gateways: &gateway_urls,
-            expect: &expect,
-            filter: filter.as_deref(),
-            report_dir: report_dir.as_deref(),
-            jobs: jobs.unwrap_or_else(crate::e2e::default_jobs),
-        }),
+        } if !gateway_urls.is_empty() => {
+            refuse_unused(
+                "--gateway-url (it runs against the environment of `cargo xtask up`, in its mode)",
+                &[
+                    ("--mode", !mode.is_empty()),
+                    ("--keep", keep),
+                    ("--include-ignored", include_ignored),
+                    ("--gateway", !gateways.is_empty()),
+                ],
+            )?;
+            external::run(external::ExternalRun {
+                gateways: &gateway_urls,
+                expect: &expect,
+                filter: filter.as_deref(),
+                report_dir: report_dir.as_deref(),
+                jobs: jobs.unwrap_or_else(crate::e2e::default_jobs),
+            })
+        }
         Cmd::E2e {
             profile,
             filter,

@@ -73,7 +73,7 @@ pub(crate) fn test() -> Result<ExitCode> {
         crate::memcheck::module_in_envoy_under_memcheck,
     )?;
     // Last, so its background build has had every stage's idle CPU.
-    // A few seconds per fuzz target, two at a time: a smoke run; longer
+    // A few seconds per fuzz target, one per core at a time: a smoke run; longer
     // runs are in README.
     // It leaves fuzz/corpus/ as committed (the work tree stays clean), and
     // uses AddressSanitizer where a nightly toolchain is installed (it says

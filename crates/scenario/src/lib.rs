@@ -10,5 +10,6 @@
 
 pub mod apis;
 pub mod pki;
+pub mod role;
 pub mod setup;
 pub mod templates;

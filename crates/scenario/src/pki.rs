@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::setup::Role;
+use crate::role::Role;
 
 /// `pki:` as written in `setup.yaml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -62,14 +62,7 @@ pub struct Policy {
     pub file: PathBuf,
 }
 
-/// An AppRole role ready to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Role {
-    pub name: String,
-    pub policies: Vec<String>,
-    pub token_ttl: Duration,
-    pub token_max_ttl: Duration,
-}
+pub use crate::role::Role;
 
 /// Why `mount` is not a KV mount path the harness may create, if it is not.
 fn check_mount_path(mount: &str) -> std::result::Result<(), &'static str> {

@@ -132,7 +132,7 @@ fn rows() -> Vec<Row> {
             deviation: never,
         },
         Row {
-            behaviour: "hostile: dot segments, `%2e%2e`, `//` (see `tests/faults/hostile.rs`)",
+            behaviour: "hostile: dot segments, `%2e%2e`, `//` (see `tests/shared/hostile.rs`)",
             strict: "resolved, then the owning group decides (200 or 403 `wrong-group`)",
             deviation: |d| {
                 d.path_as_sent
@@ -182,7 +182,7 @@ pub fn render(catalog: &Catalog) -> String {
     writeln!(out).unwrap();
     writeln!(
         out,
-        "Compatibility: the strict expectation, or the deviation a gateway's manifest declares (bold, with its row's name). Every row is asserted per gateway (`tests/gateways.rs`, the `hostile:` rows by `tests/faults/hostile.rs`)."
+        "Compatibility: the strict expectation, or the deviation a gateway's manifest declares (bold, with its row's name). Every row is asserted per gateway (`tests/gateways.rs`, the `hostile:` rows by `tests/shared/hostile.rs`)."
     )
     .unwrap();
     writeln!(out).unwrap();
