@@ -6,7 +6,7 @@ use rig::say;
 
 use crate::runner::{
     cargo, plain_output_unless_interactive, run_cargo, runtime, spawn_tracked, stop_on_interrupt,
-    untrack,
+    wait_for_test,
 };
 use crate::up::local_options;
 
@@ -64,9 +64,7 @@ pub(crate) fn bench(quick: bool, rounds: Option<usize>, release: bool) -> Result
         // Tracked, so a termination signal reaches it and its environments.
         run: Box::new(move || {
             let mut child = spawn_tracked(&mut suite)?;
-            let status = child.wait().context("waiting for the e2e suite")?;
-            untrack(child.id() as i32);
-            Ok(status)
+            wait_for_test(&mut child).context("waiting for the e2e suite")
         }),
     };
     let report = runtime()?.block_on(rig_bench::run(rig_bench::BenchOptions {

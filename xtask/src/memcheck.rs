@@ -138,10 +138,11 @@ pub(crate) fn module_in_envoy_under_memcheck() -> Result<Option<bool>> {
             .args(crate::runner::WORKSPACE_TESTS)
             .args(["--test", "keygate_envoy"]);
     }
-    let tests = command
-        .env("KEYRIG_ENVOY", &wrapper)
-        .current_dir(&root)
-        .status()
+    command.env("KEYRIG_ENVOY", &wrapper).current_dir(&root);
+    // Tracked: on a termination signal the test process gets SIGTERM and
+    // stops its OpenBao, keygate and Envoys (under valgrind) before xtask exits.
+    let mut child = crate::runner::spawn_tracked(&mut command)?;
+    let tests = crate::runner::wait_for_test(&mut child)
         .context("running keygate_envoy with Envoy under memcheck")?
         .success();
     let verdict = judge(&dir)?;
