@@ -788,21 +788,10 @@ pub fn cache_deadline() -> Duration {
     Duration::from_millis(env().cache.positive_ttl_ms) + Duration::from_secs(5)
 }
 
-/// How long a revocation (a deleted record) may take to reach the gateway.
-/// With Vault's audit stream feeding keygate's invalidation listener
-/// (env.json `cache.invalidation_addr`): a fifth of the positive TTL, far
-/// below it, so waiting out the cache fails the case. Without one: the
-/// cache deadline.
-pub fn revocation_deadline() -> Duration {
-    revocation_bound().0
-}
-
-/// The bound a revocation holds where Vault's audit stream feeds keygate's
-/// invalidation listener: a fifth of the positive TTL. `Err` says why this
-/// environment has no such bound, for the fast cases to record as their
-/// skip reason (they would otherwise hold only the cache's deadline under a
-/// name that promises more).
-pub fn fast_revocation_bound() -> Result<Duration, String> {
+/// Whether Vault's audit stream reaches the validator behind the gateways
+/// (keygate's invalidation listener, env.json `cache.invalidation_addr`);
+/// `Err` says why not, for a case that needs it to record as its skip.
+pub fn audit_stream() -> Result<(), String> {
     if external_validator().is_some() {
         Err("a validator you run: it declares its own propagation deadline, keygate's audit stream is not asked of it".into())
     } else if keys_file_mode() {
@@ -813,32 +802,44 @@ pub fn fast_revocation_bound() -> Result<Duration, String> {
             env().profile
         ))
     } else {
-        Ok(Duration::from_millis(env().cache.positive_ttl_ms / 5))
+        Ok(())
     }
 }
 
-/// [`revocation_deadline`] and which bound it is, for the case's message:
-/// where no audit stream reaches keygate the "fast" cases hold only the
-/// cache's (or the render's) deadline, and the report must not read as if
-/// they held more.
-pub fn revocation_bound() -> (Duration, &'static str) {
-    if external_validator().is_some() {
-        (cache_deadline(), "the cache deadline (a validator you run)")
-    } else if keys_file_mode() {
-        (
+/// What a poll of the gateway may add to a refusal: the waits poll every
+/// 100 ms or so, and a request takes a few ms.
+const REFUSAL_POLL_SLACK: Duration = Duration::from_millis(500);
+
+/// How long, from now, a key revoked now may take to be refused, for a key
+/// first read through the gateway (so cached) no earlier than `cached_at`,
+/// and which bound that is, for the case's message.
+///
+/// With the audit stream: until the record cached by that first read could
+/// expire (`cached_at` + the positive TTL, less the poll's slack). The cache
+/// cannot refuse the key before then, so a refusal within it is the
+/// invalidation's, while a loaded machine keeps seconds of headroom (a
+/// fifth of the TTL, the bound until session 20, was 1 s, and refusals took
+/// up to 938 ms during a full `cargo xtask test`). Without the stream: the
+/// cache's (or the render's, or a validator's declared) deadline.
+pub fn revocation_deadline_since(cached_at: std::time::Instant) -> (Duration, &'static str) {
+    match audit_stream() {
+        Ok(()) => (
+            Duration::from_millis(env().cache.positive_ttl_ms)
+                .saturating_sub(cached_at.elapsed())
+                .saturating_sub(REFUSAL_POLL_SLACK),
+            "before its first read's cache entry could expire (the audit stream)",
+        ),
+        Err(_) if external_validator().is_some() => {
+            (cache_deadline(), "the cache deadline (a validator you run)")
+        }
+        Err(_) if keys_file_mode() => (
             cache_deadline(),
             "the render deadline (keys-file: no audit stream)",
-        )
-    } else if env().cache.invalidation_addr.is_none() {
-        (
+        ),
+        Err(_) => (
             cache_deadline(),
             "the cache deadline (no audit stream in this environment)",
-        )
-    } else {
-        (
-            Duration::from_millis(env().cache.positive_ttl_ms / 5),
-            "a fifth of the positive TTL (the audit stream)",
-        )
+        ),
     }
 }
 

@@ -211,13 +211,14 @@ async fn api_key_rotation_new_key_accepted_and_revoked_key_refused() {
     let _one = ONE_AT_A_TIME.lock().await;
     let path = api_path(API_GROUP);
     let old = issue_key(API_GROUP, |r| r).await.unwrap();
+    let old_cached_at = Instant::now();
     // Cached by keygate now, as a key in use would be.
     assert_eq!(
         gateway_get(&path, Some(old.expose())).await.unwrap().status,
         200
     );
 
-    let (issued, revoked) = rotate_api_key(&path, &old).await.unwrap();
+    let (issued, revoked) = rotate_api_key(&path, &old, old_cached_at).await.unwrap();
     save(&mode, "api-key-issue", issued, None);
     save(&mode, "api-key-revoke", revoked, None);
     case.note(format!(
@@ -228,11 +229,17 @@ async fn api_key_rotation_new_key_accepted_and_revoked_key_refused() {
     ));
 }
 
-/// Issues a replacement for `old`, waits until the gateway accepts it, then
+/// Issues a replacement for `old` (first read through the gateway no
+/// earlier than `old_cached_at`), waits until the gateway accepts it, then
 /// revokes `old` and waits until the gateway refuses it (within
-/// `revocation_deadline`: milliseconds with the audit stream, else the
-/// cache TTL). Returns both propagation times.
-async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, Duration)> {
+/// `revocation_deadline_since`: with the audit stream, before its cache
+/// entry could expire; else the cache's deadline). Returns both
+/// propagation times.
+async fn rotate_api_key(
+    path: &str,
+    old: &apikey::ApiKey,
+    old_cached_at: Instant,
+) -> Result<(Duration, Duration)> {
     let new = apikey::ApiKey::generate();
     let record = apikey::KeyRecord::for_key(&new, "e2e-owner");
     let written = Instant::now();
@@ -251,7 +258,7 @@ async fn rotate_api_key(path: &str, old: &apikey::ApiKey) -> Result<(Duration, D
     revoke_key(API_GROUP, old).await?;
     wait_until(
         "the revoked key to be refused",
-        revocation_deadline(),
+        revocation_deadline_since(old_cached_at).0,
         async || {
             let reply = gateway_get(path, Some(old.expose())).await?;
             Ok(match (reply.status, reply.reason.as_deref()) {
@@ -295,15 +302,19 @@ async fn rotations_under_load_fail_no_request() {
         let mut kv = Vec::new();
         let mut keys = Vec::new();
         let mut previous = issue_key(API_GROUP, |r| r).await?;
+        // Never read through the gateway yet: its first read is the
+        // rotation's own, later than this.
+        let mut previous_cached_at = Instant::now();
         for n in 1..=LOAD_ROTATIONS {
             let propagation = rotate_secret_id(d).await?;
             save(&d.mode, "kv-secret-id-under-load", propagation, Some(n));
             kv.push(propagation);
-            let (issued, revoked) = rotate_api_key(&path, &previous).await?;
+            let (issued, revoked) = rotate_api_key(&path, &previous, previous_cached_at).await?;
             save(&d.mode, "api-key-revoke-under-load", revoked, Some(n));
             keys.push((issued, revoked));
             // The next round revokes a key the gateway has accepted.
             let next = issue_key(API_GROUP, |r| r).await?;
+            previous_cached_at = Instant::now();
             let reply = gateway_get(&path, Some(next.expose())).await?;
             if reply.status != 200 {
                 bail!(
