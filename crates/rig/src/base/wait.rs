@@ -151,9 +151,10 @@ mod tests {
         let timeout = err.downcast_ref::<Timeout>().unwrap();
         assert_eq!(timeout.last_seen, "200");
         assert!(seen >= 2);
+        // The time in the message is whatever the machine took.
         assert!(
             err.to_string()
-                .starts_with("revoked key gets 401: still 200 after 0."),
+                .starts_with("revoked key gets 401: still 200 after "),
             "{err}"
         );
     }
@@ -178,14 +179,16 @@ mod tests {
     #[rstest]
     #[tokio::test]
     async fn a_probe_error_ends_the_wait_at_once() {
-        let started = Instant::now();
+        let mut probes = 0;
         let err = wait_until::<(), _>("x", Duration::from_secs(30), async || {
+            probes += 1;
             Err(anyhow::anyhow!("boom"))
         })
         .await
         .unwrap_err();
         assert_eq!(err.to_string(), "boom");
-        assert!(started.elapsed() < Duration::from_secs(1));
+        // Not probed again: the error ended the wait (counted, not timed).
+        assert_eq!(probes, 1);
     }
 
     #[rstest]
@@ -211,7 +214,7 @@ mod tests {
         assert_eq!(timeout.what, "port 1 opens");
         assert!(
             err.to_string()
-                .starts_with("port 1 opens: still connection refused after 0."),
+                .starts_with("port 1 opens: still connection refused after "),
             "{err}"
         );
     }
