@@ -453,8 +453,11 @@ impl Filter {
                 .collect();
             callout::interpret(Some(&pairs))
         } else {
+            // A callout past its timeout is not a reset: Envoy's async
+            // client answers it as a success carrying its router's own 504,
+            // which `callout::interpret` takes for keygate unreachable.
             let what = match result {
-                CALLOUT_RESET => "reset (keygate unreachable, or the callout timed out)",
+                CALLOUT_RESET => "reset (keygate unreachable, or the connection to it reset)",
                 CALLOUT_EXCEED_RESPONSE_BUFFER_LIMIT => "answer too large",
                 _ => "failed",
             };
