@@ -49,10 +49,17 @@ pub struct FilterConfig {
     #[serde(default)]
     pub resurrect_ttl_ms: u64,
     /// The callout's timeout; past it the request is answered as if keygate
-    /// were unreachable (503, or a resurrected answer).
+    /// were unreachable (503, or a resurrected answer). At most
+    /// [`MAX_CALLOUT_TIMEOUT_MS`].
     #[serde(default = "default_callout_timeout_ms")]
     pub callout_timeout_ms: u64,
 }
+
+/// The longest `callout_timeout_ms` taken: a minute. Envoy turns the
+/// ABI's `u64` into signed milliseconds (a larger value would wrap), a
+/// request waits this long for keygate's answer, and the table keeps a
+/// dropped key's tombstone as long as a callout can take.
+pub const MAX_CALLOUT_TIMEOUT_MS: u64 = 60_000;
 
 fn default_authority() -> String {
     "keygate".to_owned()
@@ -92,6 +99,12 @@ impl FilterConfig {
         }
         if config.callout_timeout_ms == 0 {
             return Err("keygate-envoy filter_config.callout_timeout_ms is 0: give keygate a timeout in milliseconds (3000 by default)".into());
+        }
+        if config.callout_timeout_ms > MAX_CALLOUT_TIMEOUT_MS {
+            return Err(format!(
+                "keygate-envoy filter_config.callout_timeout_ms is {}: at most {MAX_CALLOUT_TIMEOUT_MS} (a minute); a few seconds above keygate's Vault timeout is enough (3000 by default)",
+                config.callout_timeout_ms
+            ));
         }
         if config.invalidations.as_deref() == Some("") {
             return Err("keygate-envoy filter_config.invalidations is empty: give keygate's HTTP port as host:port, or leave the field out".into());
@@ -178,6 +191,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_callout_timeout_may_be_a_minute() {
+        let config = FilterConfig::parse(br#"{"cluster":"k","callout_timeout_ms":60000}"#).unwrap();
+        assert_eq!(config.callout_timeout(), Duration::from_secs(60));
+    }
+
+    #[test]
     fn a_minimal_filter_config_takes_the_defaults() {
         let config = FilterConfig::parse(br#"{"cluster":"keygate_http"}"#).unwrap();
         assert_eq!(
@@ -203,6 +222,15 @@ mod tests {
             (
                 br#"{"cluster":"k","callout_timeout_ms":0}"#,
                 "callout_timeout_ms is 0",
+            ),
+            (
+                br#"{"cluster":"k","callout_timeout_ms":60001}"#,
+                "filter_config.callout_timeout_ms is 60001: at most 60000",
+            ),
+            // Past i64::MAX: Envoy's signed milliseconds would wrap.
+            (
+                br#"{"cluster":"k","callout_timeout_ms":18446744073709551615}"#,
+                "callout_timeout_ms is 18446744073709551615: at most 60000",
             ),
             (
                 br#"{"cluster":"k","invalidations":""}"#,
