@@ -176,14 +176,29 @@ impl RouteConfig {
                 "keygate-envoy per-route filter_config: {err}: expected {{\"group\": \"<groupId>\"}}"
             )
         })?;
-        if config.group.is_empty() || config.group.contains('/') {
+        if !is_group_id(&config.group) {
             return Err(format!(
-                "keygate-envoy per-route filter_config.group {:?} is not an API group: give the groupId of the route's OpenAPI document",
+                "keygate-envoy per-route filter_config.group {:?} is not an API group: give the groupId of the route's OpenAPI document (letters, digits, `-`, `_` and `.`, as keygate requires of a groupId)",
                 config.group
             ));
         }
         Ok(config)
     }
+}
+
+/// Whether `group` is a `groupId` keygate takes: keygate's own rule
+/// (`keygate-config`, `routes::group_id`; the id becomes a Vault path
+/// segment): ASCII letters, digits, `-`, `_` and `.`, neither empty nor
+/// `.` or `..`. A group keygate refuses can match none of its answers, and
+/// the module adds the route's group verbatim as `x-keyrig-group`, so
+/// nothing else (a space, CR, LF, NUL, a byte past ASCII) reaches a header.
+pub fn is_group_id(group: &str) -> bool {
+    !group.is_empty()
+        && group != "."
+        && group != ".."
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -268,6 +283,38 @@ mod tests {
         ] {
             let err = RouteConfig::parse(input).unwrap_err();
             assert!(err.contains("filter_config"), "{err}");
+        }
+    }
+
+    /// The group becomes the `x-keyrig-group` header: only what keygate
+    /// takes as a groupId gets there.
+    #[test]
+    fn a_group_is_a_groupid_keygate_takes() {
+        for group in ["billing-api", "g", "Animal_Rescue.v2", "a..b"] {
+            let json = serde_json::json!({ "group": group }).to_string();
+            assert_eq!(RouteConfig::parse(json.as_bytes()).unwrap().group, group);
+        }
+        for group in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "billing api",
+            "billing\r\nx-keyrig-owner: admin",
+            "billing\n",
+            "billing\0",
+            "billing\t",
+            "caf\u{e9}",
+            "a:b",
+            "a,b",
+        ] {
+            let json = serde_json::json!({ "group": group }).to_string();
+            let err = RouteConfig::parse(json.as_bytes()).unwrap_err();
+            assert!(
+                err.contains("per-route filter_config.group")
+                    && err.contains("is not an API group"),
+                "{json}: {err}"
+            );
         }
     }
 }
