@@ -155,6 +155,11 @@ impl Follower {
     /// it may outlive the filter config by that long. The handle is for
     /// tests, which wait for it.
     pub fn stop(mut self) -> Option<JoinHandle<()>> {
+        self.tell_to_stop();
+        self.thread.take()
+    }
+
+    fn tell_to_stop(&self) {
         {
             // Under the backoff's mutex: the thread checks `stop` and starts
             // waiting under it too, so the notification below cannot fall
@@ -167,7 +172,16 @@ impl Follower {
             let _ = socket.shutdown(Shutdown::Both);
         }
         self.shared.wake.1.notify_all();
-        self.thread.take()
+    }
+}
+
+impl Drop for Follower {
+    /// A follower dropped without [`Follower::stop`] (its filter config
+    /// dropped on an error path, a panic after the thread started) stops
+    /// all the same, without waiting either: otherwise its thread would
+    /// reconnect for ever. After `stop`, telling it again is harmless.
+    fn drop(&mut self) {
+        self.tell_to_stop();
     }
 }
 
@@ -664,6 +678,29 @@ mod tests {
             !still_held,
             "an entry held across a reconnection is used without asking keygate"
         );
+    }
+
+    /// A follower dropped without `stop` ends its thread (which holds a
+    /// reference to the table until it ends) and closes its connection.
+    #[test]
+    fn a_follower_dropped_without_stop_ends_its_thread() {
+        let table = Arc::new(table_with(&ApiKey::generate()));
+        let (addr, server) = feed_server(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\r\n{\"type\":\"ping\"}\n",
+        );
+        let follower = follow_until(&addr, table.clone(), 2);
+        drop(follower);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&table) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            Arc::strong_count(&table),
+            1,
+            "the feed thread still runs after its follower was dropped"
+        );
+        // The server's read ends: the connection was shut down.
+        server.join().unwrap();
     }
 
     #[test]
