@@ -817,8 +817,30 @@ fn debug_decision(group: &str, key: Option<&ApiKey>, verdict: &Verdict, source: 
 
 // ------------------------------------------------------------------ hooks
 
+/// Envoy calls this once it has loaded the library (again after an
+/// unload, which the pin below prevents).
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    guarded(
+        "program init",
+        (),
+        || {},
+        || match crate::pin::pin_this_library() {
+            Ok(path) => log(
+                LOG_INFO,
+                &format!(
+                    "keygate-envoy: the module keeps itself loaded ({}): Envoy cannot unload it under its invalidation feed thread, do_not_close or not",
+                    path.to_string_lossy()
+                ),
+            ),
+            Err(why) => log(
+                LOG_WARN,
+                &format!(
+                    "keygate-envoy: the module cannot keep itself loaded ({why}): keep do_not_close: true in every dynamic_module_config naming it, or Envoy may unload it under its invalidation feed thread and crash"
+                ),
+            ),
+        },
+    );
     build_info::ABI_VERSION_C.as_ptr()
 }
 

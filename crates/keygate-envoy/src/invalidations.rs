@@ -151,9 +151,10 @@ impl Follower {
     /// filter config's destroy hook calls this, and Envoy may run that hook
     /// on a worker thread, whose requests must not wait out a connect
     /// (`CONNECT_TIMEOUT`) or a backoff. The thread holds only the table
-    /// and its own state, and the module stays loaded (`do_not_close`), so
-    /// it may outlive the filter config by that long. The handle is for
-    /// tests, which wait for it.
+    /// and its own state, and the library stays loaded (it pins itself at
+    /// program init, see `pin`; `do_not_close` does the same from Envoy's
+    /// side), so it may outlive the filter config by that long. The handle
+    /// is for tests, which wait for it.
     pub fn stop(mut self) -> Option<JoinHandle<()>> {
         self.tell_to_stop();
         self.thread.take()

@@ -626,3 +626,21 @@ fn per_route_configs_are_the_modules_from_new_to_destroy() {
     envoy_dynamic_module_on_http_filter_per_route_config_destroy(route);
     assert!(!is_our_route(route));
 }
+
+/// Program init answers the ABI version and has tried to pin the library
+/// (here the test binary itself, an executable, which no `dlopen` names:
+/// the pin's effect is shown on a shared object in `pin`'s tests and inside
+/// Envoy in `crates/rig/tests/keygate_envoy.rs`).
+#[test]
+fn program_init_answers_the_abi_version_and_pins_the_library() {
+    let version = envoy_dynamic_module_on_program_init();
+    // SAFETY: a NUL-ended static string.
+    assert_eq!(
+        unsafe { std::ffi::CStr::from_ptr(version) },
+        build_info::ABI_VERSION_C
+    );
+    assert!(
+        crate::pin::outcome().is_some(),
+        "program init did not try to pin the library"
+    );
+}
