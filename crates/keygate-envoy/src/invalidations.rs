@@ -11,8 +11,9 @@
 //!
 //! Disconnected (keygate down or restarting), the thread reconnects with
 //! backoff; meanwhile entries live out their positive TTL, and keygate's
-//! first line after the reconnect (`stale`) makes everything held be asked
-//! again, since revocations may have been missed. A panic in the thread's
+//! 200 to the reconnect makes everything held be asked again, since
+//! revocations may have been missed (keygate's first line, `stale`, says
+//! so too; the module does not wait for it). A panic in the thread's
 //! own code counts as a lost feed too (everything held is asked again at
 //! once), never as the end of following it.
 //!
@@ -150,10 +151,16 @@ impl Follower {
     /// filter config's destroy hook calls this, and Envoy may run that hook
     /// on a worker thread, whose requests must not wait out a connect
     /// (`CONNECT_TIMEOUT`) or a backoff. The thread holds only the table
-    /// and its own state, and the module stays loaded (`do_not_close`), so
-    /// it may outlive the filter config by that long. The handle is for
-    /// tests, which wait for it.
+    /// and its own state, and the library stays loaded (it pins itself at
+    /// program init, see `pin`; `do_not_close` does the same from Envoy's
+    /// side), so it may outlive the filter config by that long. The handle
+    /// is for tests, which wait for it.
     pub fn stop(mut self) -> Option<JoinHandle<()>> {
+        self.tell_to_stop();
+        self.thread.take()
+    }
+
+    fn tell_to_stop(&self) {
         {
             // Under the backoff's mutex: the thread checks `stop` and starts
             // waiting under it too, so the notification below cannot fall
@@ -166,7 +173,16 @@ impl Follower {
             let _ = socket.shutdown(Shutdown::Both);
         }
         self.shared.wake.1.notify_all();
-        self.thread.take()
+    }
+}
+
+impl Drop for Follower {
+    /// A follower dropped without [`Follower::stop`] (its filter config
+    /// dropped on an error path, a panic after the thread started) stops
+    /// all the same, without waiting either: otherwise its thread would
+    /// reconnect for ever. After `stop`, telling it again is harmless.
+    fn drop(&mut self) {
+        self.tell_to_stop();
     }
 }
 
@@ -264,7 +280,15 @@ fn follow(
         "GET /v1/invalidations HTTP/1.1\r\nhost: {authority}\r\naccept: application/x-ndjson\r\n\r\n"
     )
     .map_err(|err| format!("cannot send the request: {err}"))?;
-    read_feed(BufReader::new(stream), table, |_, applied| {
+    let reconnected = || {
+        // keygate answered 200: a (re)connection. What it dropped while
+        // this thread was not following is unknown here, so every entry
+        // held is asked of keygate again from now on, whatever the first
+        // line says (keygate's is `stale`, but the module does not count
+        // on it).
+        table.all_stale();
+    };
+    read_answer(BufReader::new(stream), table, reconnected, |_, applied| {
         tick();
         if !*followed {
             *followed = true;
@@ -296,11 +320,23 @@ fn follow(
 /// runs it on keygate's connection; the fuzz target `module_feed` on
 /// arbitrary bytes and on any chunking of known lines.
 pub fn read_feed(
+    reader: impl BufRead,
+    table: &Table,
+    on_line: impl FnMut(&[u8], Applied),
+) -> Result<(), String> {
+    read_answer(reader, table, || {}, on_line)
+}
+
+/// [`read_feed`], running `on_head` once keygate answered 200, before the
+/// first line.
+fn read_answer(
     mut reader: impl BufRead,
     table: &Table,
+    on_head: impl FnOnce(),
     mut on_line: impl FnMut(&[u8], Applied),
 ) -> Result<(), String> {
     let chunked = response_head(&mut reader)?;
+    on_head();
     let mut body = BufReader::new(Body::new(reader, chunked));
     let mut line = Vec::new();
     loop {
@@ -577,6 +613,95 @@ mod tests {
         follower.stop().unwrap().join().unwrap();
         server.join().unwrap();
         assert!(seen >= 4, "{seen} ticks for a connection and three lines");
+    }
+
+    /// A stand-in for keygate's feed on a free port: answers one
+    /// connection with `answer`, then holds it open until the follower
+    /// closes it.
+    fn feed_server(answer: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 512];
+            let _ = conn.read(&mut request).unwrap();
+            conn.write_all(answer).unwrap();
+            let _ = conn.read(&mut request);
+        });
+        (addr, server)
+    }
+
+    /// Starts a follower of `addr` and waits for `ticks` of its ticks (one
+    /// before each connection, one per line).
+    fn follow_until(addr: &str, table: Arc<Table>, ticks: usize) -> Follower {
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        fn quiet(_: Level, _: &str) {}
+        let follower = Follower::start(
+            addr.to_owned(),
+            addr.to_owned(),
+            table,
+            quiet,
+            Box::new({
+                let seen = seen.clone();
+                move || {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.load(Ordering::SeqCst) < ticks && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            seen.load(Ordering::SeqCst) >= ticks,
+            "the feed was not followed"
+        );
+        follower
+    }
+
+    /// What was dropped while the thread was not following is unknown:
+    /// keygate's 200 to a (re)connection makes every entry held be asked
+    /// again, whatever keygate's first line.
+    #[test]
+    fn a_reconnection_makes_every_entry_stale_whatever_the_first_line() {
+        let key = ApiKey::generate();
+        let table = Arc::new(table_with(&key));
+        let (addr, server) = feed_server(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\r\n{\"type\":\"ping\"}\n",
+        );
+        // One tick before the connection, one for the ping.
+        let follower = follow_until(&addr, table.clone(), 2);
+        let still_held = held(&table, &key);
+        follower.stop().unwrap().join().unwrap();
+        server.join().unwrap();
+        assert!(
+            !still_held,
+            "an entry held across a reconnection is used without asking keygate"
+        );
+    }
+
+    /// A follower dropped without `stop` ends its thread (which holds a
+    /// reference to the table until it ends) and closes its connection.
+    #[test]
+    fn a_follower_dropped_without_stop_ends_its_thread() {
+        let table = Arc::new(table_with(&ApiKey::generate()));
+        let (addr, server) = feed_server(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\r\n{\"type\":\"ping\"}\n",
+        );
+        let follower = follow_until(&addr, table.clone(), 2);
+        drop(follower);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&table) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            Arc::strong_count(&table),
+            1,
+            "the feed thread still runs after its follower was dropped"
+        );
+        // The server's read ends: the connection was shut down.
+        server.join().unwrap();
     }
 
     #[test]

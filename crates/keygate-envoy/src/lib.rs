@@ -15,6 +15,7 @@
 //! - `invalidations`: the feed follower thread;
 //! - `build_info`: the ABI / Envoy version the build is for;
 //! - `abi`: the raw `extern "C"` declarations;
+//! - `pin`: keeping the library loaded in Envoy's process;
 //! - `filter`: the hooks Envoy calls.
 //!
 //! In the unit tests, `filter`'s hooks run against a scripted host
@@ -31,3 +32,4 @@ pub mod table;
 
 mod abi;
 mod filter;
+mod pin;

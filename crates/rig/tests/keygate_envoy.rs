@@ -821,3 +821,350 @@ fn a_module_for_another_envoy_is_refused_before_envoy_starts() {
         "{err}"
     );
 }
+
+/// A stand-in for keygate's invalidation feed: answers each connection
+/// with a 200 and a ping every second until the connection closes,
+/// counting connections opened and closed.
+struct FeedStandIn {
+    addr: SocketAddr,
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FeedStandIn {
+    async fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        tokio::spawn({
+            let (opened, closed) = (opened.clone(), closed.clone());
+            async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    let closed = closed.clone();
+                    tokio::spawn(async move {
+                        let (mut read, mut write) = conn.into_split();
+                        let mut request = [0u8; 1024];
+                        let _ = read.read(&mut request).await;
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\r\n";
+                        let _ = write.write_all(head.as_bytes()).await;
+                        let pings = tokio::spawn(async move {
+                            while write.write_all(b"{\"type\":\"ping\"}\n").await.is_ok() {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        });
+                        while matches!(read.read(&mut request).await, Ok(n) if n > 0) {}
+                        pings.abort();
+                        closed.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            opened,
+            closed,
+        }
+    }
+
+    fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Envoy's LDS file with one listener (or none): the module's filter on
+/// its route, both its configs with `do_not_close: false`, as a user's
+/// config may have them, so Envoy `dlclose`s the module when the listener
+/// goes. `feed`: the module follows an invalidation feed there.
+fn closable_listener_lds(listener: Option<(&str, SocketAddr)>, feed: Option<SocketAddr>) -> String {
+    let Some((name, addr)) = listener else {
+        return "resources: []\n".to_owned();
+    };
+    let module = envoy_module::MODULE_NAME;
+    let mut filter_config = serde_json::json!({ "cluster": "keygate_http" });
+    if let Some(feed) = feed {
+        filter_config["invalidations"] = feed.to_string().into();
+    }
+    format!(
+        r#"resources:
+  - "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+    name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+      - filters:
+          - name: envoy.filters.network.http_connection_manager
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+              stat_prefix: {name}
+              route_config:
+                name: {name}
+                virtual_hosts:
+                  - name: gateway
+                    domains: ["*"]
+                    routes:
+                      - match: {{ prefix: "/billing" }}
+                        route: {{ cluster: keygate_http }}
+                        typed_per_filter_config:
+                          keygate:
+                            "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute
+                            dynamic_module_config: {{ name: {module}, do_not_close: false }}
+                            filter_name: keygate
+                            filter_config:
+                              "@type": type.googleapis.com/google.protobuf.StringValue
+                              value: '{{"group":"{BILLING}"}}'
+              http_filters:
+                - name: keygate
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+                    dynamic_module_config: {{ name: {module}, do_not_close: false }}
+                    filter_name: keygate
+                    filter_config:
+                      "@type": type.googleapis.com/google.protobuf.StringValue
+                      value: '{filter_config}'
+                - name: envoy.filters.http.router
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        port = addr.port(),
+    )
+}
+
+/// Replaces Envoy's LDS file the way Envoy watches for: a move into place.
+fn write_lds(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// Whether `pid` has a mapping of the module's library.
+fn maps_module(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .contains(&format!("lib{}.so", envoy_module::MODULE_NAME))
+}
+
+/// Waits until Envoy has removed `removed` listeners in all and none is
+/// draining (then their configs, and the module's in them, are destroyed).
+async fn wait_listeners_removed(admin: SocketAddr, removed: u64) {
+    wait_until(
+        "Envoy to finish removing the listener",
+        Duration::from_secs(60),
+        async || {
+            let text = reqwest::get(format!(
+                "http://{admin}/stats?filter=^listener_manager\\.(listener_removed|total_listeners_draining)$"
+            ))
+            .await?
+            .text()
+            .await?;
+            let stat = |name: &str| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(": ")?.parse::<u64>().ok())
+            };
+            let seen = (
+                stat("listener_manager.listener_removed"),
+                stat("listener_manager.total_listeners_draining"),
+            );
+            anyhow::Ok(match seen {
+                (Some(n), Some(0)) if n >= removed => Probe::Ready(()),
+                other => Probe::seen(format!("removed, draining: {other:?}")),
+            })
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Without `do_not_close: true` Envoy `dlclose`s the module when the last
+/// config naming it goes, here with a listener an LDS update removes, once
+/// with no feed (then nothing else holds the library: glibc keeps one whose
+/// threads registered thread-local destructors, as the feed thread's Rust
+/// runtime does, which would hide a missing pin) and once while the
+/// module's feed thread follows a feed. The library pins itself at program
+/// init, so it stays mapped, Envoy survives the thread (which may still be
+/// in the library's code when Envoy lets go of it), and a listener added
+/// afterwards runs the module again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_envoy_may_unload_stays_loaded_when_its_listener_goes() {
+    let mut case = CaseGuard::start("keygate-envoy", "module kept loaded without do_not_close");
+    let Some(envoy) = envoy_or_skip(&mut case) else {
+        return;
+    };
+    let module = module_library();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create_in(dir.path()).unwrap();
+    let mut supervisor = Supervisor::new(&run);
+    let feed = FeedStandIn::start().await;
+
+    // The LDS file lives in a directory of its own: Envoy watches its
+    // directory, and a log written beside it would wake Envoy on every line.
+    let lds_dir = run.path().join("lds");
+    std::fs::create_dir(&lds_dir).unwrap();
+    let lds = lds_dir.join("lds.yaml");
+    write_lds(
+        &lds,
+        &closable_listener_lds(Some(("unfollowed", free())), None),
+    );
+    let admin = free();
+    let envoy_config = run.path().join("envoy.yaml");
+    std::fs::write(
+        &envoy_config,
+        format!(
+            r#"node: {{ id: keyrig-test, cluster: keyrig-test }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+dynamic_resources:
+  lds_config:
+    resource_api_version: V3
+    path_config_source: {{ path: {lds} }}
+static_resources:
+  clusters:
+    - name: keygate_http
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: keygate_http
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {feed_port} }} }} }} }}] }}]
+"#,
+            admin_port = admin.port(),
+            lds = lds.display(),
+            feed_port = feed.addr.port(),
+        ),
+    )
+    .unwrap();
+    // A removed listener drains for a second, not Envoy's default ten
+    // minutes, before its configs (and the module's) are destroyed.
+    let component = envoy_module::command("envoy-module", &envoy, &envoy_config, &module, "info")
+        .unwrap()
+        .args(["--drain-time-s", "1"])
+        .current_dir(run.path());
+    let pid = supervisor
+        .start(
+            component,
+            Readiness::http(format!("http://{admin}/ready"), 200),
+        )
+        .await
+        .unwrap();
+    let log = || std::fs::read_to_string(run.logs_dir().join("envoy-module.log")).unwrap();
+    assert!(maps_module(pid), "the module is not mapped in Envoy");
+    assert!(
+        log().contains("keygate-envoy: the module keeps itself loaded"),
+        "{}",
+        log()
+    );
+
+    // The listener goes, and with it every config naming the module:
+    // Envoy dlcloses it, which unloaded it before it pinned itself.
+    write_lds(&lds, &closable_listener_lds(None, None));
+    wait_listeners_removed(admin, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        maps_module(pid),
+        "Envoy unloaded the module: it did not keep itself loaded"
+    );
+
+    // Again with the module's thread following a feed.
+    write_lds(
+        &lds,
+        &closable_listener_lds(Some(("followed", free())), Some(feed.addr)),
+    );
+    wait_until(
+        "the module's thread to follow the feed",
+        Duration::from_secs(30),
+        async || {
+            anyhow::Ok(
+                if log().contains("keygate-envoy: following keygate's invalidation feed") {
+                    Probe::Ready(())
+                } else {
+                    Probe::seen(format!("{} feed connection(s)", feed.opened()))
+                },
+            )
+        },
+    )
+    .await
+    .unwrap();
+    // The filter config's destroy hook tells the thread to end (its
+    // connection closes) and does not wait for it; Envoy lets go of the
+    // module right after.
+    write_lds(&lds, &closable_listener_lds(None, None));
+    wait_listeners_removed(admin, 2).await;
+    wait_until(
+        "the removed listener's module config to end its feed thread",
+        Duration::from_secs(30),
+        async || {
+            anyhow::Ok(match feed.closed() {
+                0 => Probe::seen("the feed connection is open"),
+                _ => Probe::Ready(()),
+            })
+        },
+    )
+    .await
+    .unwrap();
+    // A crash under the thread would take a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        rig::process::supervisor::is_alive(pid),
+        "Envoy died after the listener went: {}",
+        log()
+    );
+    assert!(maps_module(pid), "Envoy unloaded the module");
+
+    // A listener added afterwards runs the module (still loaded, so not
+    // initialised again), whose new thread follows the feed.
+    let again = free();
+    write_lds(
+        &lds,
+        &closable_listener_lds(Some(("again", again)), Some(feed.addr)),
+    );
+    let gateway = format!("http://{again}");
+    wait_until(
+        "the module to answer on a listener added after the removals",
+        Duration::from_secs(60),
+        async || {
+            let answer = reqwest::Client::new()
+                .get(format!("{gateway}/billing/invoices"))
+                .send()
+                .await;
+            anyhow::Ok(match answer {
+                Ok(answer) if answer.status() == 401 => Probe::Ready(()),
+                Ok(answer) => Probe::seen(answer.status()),
+                Err(err) => Probe::seen(err),
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_denied(
+        &ask(&gateway, "/billing/invoices", None, &[]).await,
+        401,
+        "missing",
+    );
+    wait_until(
+        "the new listener's module config to follow the feed",
+        Duration::from_secs(30),
+        async || {
+            anyhow::Ok(match feed.opened() {
+                n if n >= 2 => Probe::Ready(()),
+                n => Probe::seen(format!("{n} feed connection(s)")),
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert!(rig::process::supervisor::is_alive(pid));
+    assert_eq!(
+        log()
+            .matches("keygate-envoy: the module keeps itself loaded")
+            .count(),
+        1,
+        "the module was initialised again: {}",
+        log()
+    );
+}

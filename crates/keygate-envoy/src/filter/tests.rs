@@ -572,3 +572,75 @@ fn a_stream_without_a_filter_is_refused() {
         Some((503, reason::MODULE_ERROR.to_owned()))
     );
 }
+
+/// A per-route config under the filter's name that the module did not
+/// make (another module's, named in the route's `typed_per_filter_config`)
+/// is never read as the module's: the request is refused, 503
+/// `module-error`, and keygate is not asked. Here it is a `RouteConfig`
+/// the module would take for one of its own if it read it.
+#[test]
+fn a_per_route_config_the_module_did_not_make_is_refused_unread() {
+    let configs = Configs::new(r#"{"cluster":"keygate_http"}"#, r#"{"group":"g"}"#);
+    let foreign = Box::new(RouteConfig::parse(br#"{"group":"g"}"#).unwrap());
+    let key = ApiKey::generate();
+    let request = [
+        (":path", "/g/x"),
+        (":method", "GET"),
+        ("x-api-key", key.expose()),
+    ];
+    let stream = Stream::new(std::ptr::from_ref(&*foreign).cast(), &request);
+    stream.start(configs.filter);
+    assert_eq!(stream.request_headers(), REQUEST_HEADERS_STOP_ITERATION);
+    assert_eq!(stream.callouts.get(), 0, "keygate was asked");
+    assert_eq!(
+        stream.reply_reason(),
+        Some((503, reason::MODULE_ERROR.to_owned()))
+    );
+    assert_eq!(*stream.after_end.borrow(), Vec::<&str>::new());
+
+    // The module's own per-route config on the same filter config asks.
+    let own = Stream::new(configs.route, &request);
+    own.start(configs.filter);
+    assert_eq!(
+        own.request_headers(),
+        REQUEST_HEADERS_STOP_ALL_ITERATION_AND_WATERMARK
+    );
+    assert_eq!(own.callouts.get(), 1);
+    own.finish();
+}
+
+/// The module's per-route configs are known from their new hook to their
+/// destroy hook.
+#[test]
+fn per_route_configs_are_the_modules_from_new_to_destroy() {
+    let text = r#"{"group":"g"}"#;
+    let route = envoy_dynamic_module_on_http_filter_per_route_config_new(
+        EnvoyBuffer::NULL,
+        EnvoyBuffer {
+            ptr: text.as_ptr().cast(),
+            length: text.len(),
+        },
+    );
+    assert!(!route.is_null());
+    assert!(is_our_route(route));
+    envoy_dynamic_module_on_http_filter_per_route_config_destroy(route);
+    assert!(!is_our_route(route));
+}
+
+/// Program init answers the ABI version and has tried to pin the library
+/// (here the test binary itself, an executable, which no `dlopen` names:
+/// the pin's effect is shown on a shared object in `pin`'s tests and inside
+/// Envoy in `crates/rig/tests/keygate_envoy.rs`).
+#[test]
+fn program_init_answers_the_abi_version_and_pins_the_library() {
+    let version = envoy_dynamic_module_on_program_init();
+    // SAFETY: a NUL-ended static string.
+    assert_eq!(
+        unsafe { std::ffi::CStr::from_ptr(version) },
+        build_info::ABI_VERSION_C
+    );
+    assert!(
+        crate::pin::outcome().is_some(),
+        "program init did not try to pin the library"
+    );
+}
