@@ -44,7 +44,16 @@ pub struct ClusterVault {
 impl ClusterVault {
     /// From the process's environment (the cluster profile's variables).
     pub fn from_env() -> Result<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// From the variables `var` gives (the process's environment, or a
+    /// test's). A loopback `VAULT_ADDR` (a port-forward on this machine)
+    /// is refused unless `KEYRIG_VAULT_ADDR_IN_CLUSTER` says where pods
+    /// reach Vault: in a pod it names the pod itself, and the check Job
+    /// would only fail after its retries, minutes later.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let (address, from) = match var("KEYRIG_VAULT_ADDR_IN_CLUSTER") {
             Some(address) => (address, "KEYRIG_VAULT_ADDR_IN_CLUSTER"),
             None => (
@@ -56,6 +65,17 @@ impl ClusterVault {
                 "VAULT_ADDR",
             ),
         };
+        if from == "VAULT_ADDR"
+            && let Some(host) = loopback_host(&address)
+        {
+            bail!(
+                "VAULT_ADDR={} names {host}, this machine's loopback (a port-forward?): \
+                 the cluster's pods would reach themselves there, not Vault. Set \
+                 KEYRIG_VAULT_ADDR_IN_CLUSTER to the address pods reach Vault at \
+                 (e.g. http://vault.vault.svc:8200); VAULT_ADDR stays the one this machine uses",
+                address.trim()
+            );
+        }
         let ca_file = var("KEYRIG_VAULT_CACERT_IN_CLUSTER")
             .map(|f| (f, "KEYRIG_VAULT_CACERT_IN_CLUSTER"))
             .or_else(|| var("VAULT_CACERT").map(|f| (f, "VAULT_CACERT")));
@@ -203,6 +223,28 @@ impl ClusterVault {
     }
 }
 
+/// The host of `address` (`scheme://host[:port]...`) when it is a
+/// loopback one: `localhost` (or a name under it), 127.0.0.0/8, `::1`,
+/// an IPv4-mapped loopback, or the unspecified address (which a
+/// connection takes for this host).
+fn loopback_host(address: &str) -> Option<String> {
+    let rest = address.trim().split_once("://").map_or(address, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    let loopback = lower == "localhost"
+        || lower.ends_with(".localhost")
+        || lower.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            let ip = ip.to_canonical();
+            ip.is_loopback() || ip.is_unspecified()
+        });
+    loopback.then(|| host.to_owned())
+}
+
 fn write(file: &Path, text: &str) -> Result<()> {
     std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))
 }
@@ -259,6 +301,58 @@ mod tests {
         assert_eq!(plain.ca_pem, None);
         for bad in ["vault.example.com:8200", "https://", "https://vault/v1"] {
             assert!(ClusterVault::new(bad.into(), None).is_err(), "{bad}");
+        }
+    }
+
+    /// A VAULT_ADDR on this machine's loopback (the user's port-forward)
+    /// would be handed to pods, which reach themselves there: refused at
+    /// once, naming the variable to set, unless that variable is set.
+    #[test]
+    fn a_loopback_vault_addr_is_refused_without_the_in_cluster_address() {
+        let from = |pairs: &[(&str, &str)]| {
+            let vars: std::collections::HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            ClusterVault::from_vars(|name| vars.get(name).cloned())
+        };
+        for loopback in [
+            "http://127.0.0.1:8200",
+            "https://localhost:8200",
+            "http://LOCALHOST.:8200",
+            "http://vault.localhost:8200",
+            "http://127.1.2.3:8200",
+            "http://[::1]:8200",
+            "http://[::ffff:127.0.0.1]:8200",
+            "http://0.0.0.0:8200",
+        ] {
+            let err = format!("{:#}", from(&[("VAULT_ADDR", loopback)]).unwrap_err());
+            assert!(
+                err.contains("Set KEYRIG_VAULT_ADDR_IN_CLUSTER"),
+                "{loopback}: {err}"
+            );
+            assert!(err.contains(loopback), "{loopback}: {err}");
+        }
+        // Told where pods reach Vault: the loopback VAULT_ADDR is this
+        // machine's business.
+        let vault = from(&[
+            ("VAULT_ADDR", "http://127.0.0.1:8200"),
+            (
+                "KEYRIG_VAULT_ADDR_IN_CLUSTER",
+                "http://vault.vault.svc:8200",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(vault.address, "http://vault.vault.svc:8200");
+        // Addresses that only look alike.
+        for address in [
+            "https://vault.example.com:8200",
+            "http://127.0.0.1.nip.io:8200",
+            "http://localhost-vault:8200",
+            "http://10.0.0.1:8200",
+            "http://[fd00::1]:8200",
+        ] {
+            assert_eq!(from(&[("VAULT_ADDR", address)]).unwrap().address, address);
         }
     }
 
