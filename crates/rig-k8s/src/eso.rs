@@ -5,12 +5,14 @@
 //!
 //! **An ESO keyrig did not install is never upgraded or changed: its CRDs
 //! and, when they can be found by the chart's labels, its Deployments are
-//! waited for.**
+//! waited for.** Its CRDs must serve `external-secrets.io/v1`, the version
+//! the overlay is written in; else `up` stops at once, naming the versions
+//! they serve.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
@@ -50,6 +52,19 @@ pub async fn ensure(
             .await?
             .is_some_and(|r| r.status.starts_with("pending-"));
     if someone_elses {
+        // Its CRDs must serve the version the overlay is written in, or
+        // `kubectl apply` fails minutes later ("no matches for kind").
+        for name in names::ESO_CRDS {
+            match crds.get_opt(name).await? {
+                Some(crd) => serves(&crd, ESO_API_VERSION, &chart.version)?,
+                None => bail!(
+                    "an External Secrets Operator someone else installed is in the cluster \
+                     (CRD {}), but CRD {name} is missing: the external-secret overlay needs it; \
+                     complete or upgrade that install, or run another --mode",
+                    names::ESO_CRDS[0]
+                ),
+            }
+        }
         say!("external-secrets: already installed in the cluster; left as it is");
     } else {
         super::helm::install(cmds, helm, chart, profile).await?;
@@ -69,6 +84,39 @@ pub async fn ensure(
         super::waits::deployment(client, &namespace, &name, deadline).await?;
     }
     Ok(())
+}
+
+/// The version of `external-secrets.io` the external-secret overlay's
+/// objects are written in (ESO serves it since v0.16.0, and only it since
+/// v0.17.0).
+const ESO_API_VERSION: &str = "v1";
+
+/// `crd` serves `version` (`spec.versions[].served`); else the refusal,
+/// naming the versions it does serve (`pinned`: the chart version keyrig
+/// would install, for the message).
+fn serves(crd: &CustomResourceDefinition, version: &str, pinned: &str) -> Result<()> {
+    let versions = &crd.spec.versions;
+    if versions.iter().any(|v| v.name == version && v.served) {
+        return Ok(());
+    }
+    let served: Vec<&str> = versions
+        .iter()
+        .filter(|v| v.served)
+        .map(|v| v.name.as_str())
+        .collect();
+    let name = crd.metadata.name.as_deref().unwrap_or("?");
+    bail!(
+        "the External Secrets Operator installed in this cluster (not by keyrig, which leaves it \
+         as it is) serves {name} in {}, not {}/{version}, which the external-secret overlay is \
+         written in (ESO v0.16.0 and later serve it; keyrig's pin, env/k8s.toml, is chart \
+         {pinned}): upgrade that ESO, or run another --mode",
+        if served.is_empty() {
+            "no version".to_owned()
+        } else {
+            format!("version(s) {}", served.join(", "))
+        },
+        crd.spec.group,
+    )
 }
 
 /// The Deployments of an ESO someone else installed, wherever they are,
@@ -130,4 +178,74 @@ pub async fn conditions(client: &kube::Client) -> String {
         names::SECRET_STORE,
         ns = names::NAMESPACE
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// CRD externalsecrets.external-secrets.io as ESO ships it
+    /// (config/crds/bases/external-secrets.io_externalsecrets.yaml), its
+    /// schemas and printer columns left out, with `versions` (name,
+    /// served, storage).
+    fn external_secrets_crd(versions: &[(&str, bool, bool)]) -> CustomResourceDefinition {
+        let versions: Vec<Value> = versions
+            .iter()
+            .map(|(name, served, storage)| {
+                json!({"name": name, "served": served, "storage": storage,
+                       "subresources": {"status": {}},
+                       "schema": {"openAPIV3Schema": {"type": "object"}}})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "externalsecrets.external-secrets.io",
+                         "annotations": {"controller-gen.kubebuilder.io/version": "v0.13.0"}},
+            "spec": {
+                "group": "external-secrets.io",
+                "names": {"categories": ["externalsecrets"], "kind": "ExternalSecret",
+                          "listKind": "ExternalSecretList", "plural": "externalsecrets",
+                          "shortNames": ["es"], "singular": "externalsecret"},
+                "scope": "Namespaced",
+                "versions": versions,
+            },
+            "status": {"conditions": [{"type": "Established", "status": "True",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z",
+                                       "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"}]},
+        }))
+        .unwrap()
+    }
+
+    /// An ESO someone else installed is used only when its CRDs serve
+    /// external-secrets.io/v1; else `up` stops at once naming what they serve.
+    #[test]
+    fn an_eso_whose_crds_do_not_serve_v1_is_refused_naming_what_they_serve() {
+        // ESO v0.9.9: v1alpha1 and v1beta1 (storage).
+        let old = external_secrets_crd(&[("v1alpha1", true, false), ("v1beta1", true, true)]);
+        let err = serves(&old, ESO_API_VERSION, "2.10.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "serves externalsecrets.external-secrets.io in version(s) v1alpha1, v1beta1, \
+                 not external-secrets.io/v1"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("chart 2.10.0"), "{err}");
+        // A CRD that lists v1 without serving it.
+        let unserved = external_secrets_crd(&[("v1", false, false), ("v1beta1", true, true)]);
+        let err = serves(&unserved, ESO_API_VERSION, "2.10.0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("in version(s) v1beta1, not"), "{err}");
+        // ESO v0.17.0 and later (v2.x): v1 served and stored, v1beta1 not served.
+        let current = external_secrets_crd(&[("v1", true, true), ("v1beta1", false, false)]);
+        serves(&current, ESO_API_VERSION, "2.10.0").unwrap();
+        // v0.16: both served, v1 stored.
+        let both = external_secrets_crd(&[("v1", true, true), ("v1beta1", true, false)]);
+        serves(&both, ESO_API_VERSION, "2.10.0").unwrap();
+    }
 }
