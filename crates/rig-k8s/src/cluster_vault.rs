@@ -7,7 +7,7 @@
 //! - keygate's config: `vault.address`, `vault.ca_cert_file` (the CA
 //!   mounted from ConfigMap `keyrig-vault-ca`), no `allow_plain_http`
 //!   for https;
-//! - the SecretStore and ClusterSecretStore: `server` and `caProvider`;
+//! - the SecretStore: `server` and `caProvider`;
 //! - the gateway credentials check Job: the CA mounted, `BAO_CACERT`;
 //! - the credentials Secret's Vault address (existing-secret: written by
 //!   `credentials::apply_existing_secret`; external-secret: the ESO source,
@@ -158,26 +158,17 @@ impl ClusterVault {
         let mut patch = |kind: &str, name: &str, ops: Value| {
             patches.push(json!({"target": {"kind": kind, "name": name}, "patch": ops.to_string()}));
         };
-        for (kind, name, namespaced) in [
-            ("SecretStore", names::SECRET_STORE, true),
-            ("ClusterSecretStore", names::CLUSTER_SECRET_STORE, false),
-        ] {
-            if manifests::find(rendered, kind, name).is_none() {
-                continue;
-            }
+        if manifests::find(rendered, "SecretStore", names::SECRET_STORE).is_some() {
             let mut ops = vec![
                 json!({"op": "replace", "path": "/spec/provider/vault/server", "value": self.address}),
             ];
             if self.ca_pem.is_some() {
-                let mut ca = json!({"type": "ConfigMap", "name": CA_CONFIGMAP, "key": CA_KEY});
-                if !namespaced {
-                    ca["namespace"] = json!(names::NAMESPACE);
-                }
+                let ca = json!({"type": "ConfigMap", "name": CA_CONFIGMAP, "key": CA_KEY});
                 ops.push(
                     json!({"op": "add", "path": "/spec/provider/vault/caProvider", "value": ca}),
                 );
             }
-            patch(kind, name, Value::Array(ops));
+            patch("SecretStore", names::SECRET_STORE, Value::Array(ops));
         }
         if let Some(pem) = &self.ca_pem {
             write(&dir.join(CA_KEY), pem)?;
@@ -394,19 +385,11 @@ mod tests {
             !text.contains("openbao.openbao.svc"),
             "an in-cluster dev address is left"
         );
-        for (kind, name) in [
-            ("SecretStore", names::SECRET_STORE),
-            ("ClusterSecretStore", names::CLUSTER_SECRET_STORE),
-        ] {
-            let store = manifests::find(&ours, kind, name).unwrap();
-            let vault_spec = &store["spec"]["provider"]["vault"];
-            assert_eq!(
-                vault_spec["server"], "https://vault.example.com:8200",
-                "{kind}"
-            );
-            assert_eq!(vault_spec["caProvider"]["name"], CA_CONFIGMAP, "{kind}");
-            assert_eq!(vault_spec["caProvider"]["key"], CA_KEY, "{kind}");
-        }
+        let store = manifests::find(&ours, "SecretStore", names::SECRET_STORE).unwrap();
+        let vault_spec = &store["spec"]["provider"]["vault"];
+        assert_eq!(vault_spec["server"], "https://vault.example.com:8200");
+        assert_eq!(vault_spec["caProvider"]["name"], CA_CONFIGMAP);
+        assert_eq!(vault_spec["caProvider"]["key"], CA_KEY);
         // Every object, patched ones included, round-trips through its
         // typed struct (ESO's `caProvider` spelled as ESO reads it).
         manifests::check_all(&ours).unwrap_or_else(|lost| panic!("{lost:?}"));

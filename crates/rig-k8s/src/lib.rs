@@ -100,7 +100,9 @@ pub mod names {
     pub const CREDENTIALS_SECRET: &str = "keyrig-gateway-credentials";
     pub const EXTERNAL_SECRET: &str = "gateway-credentials";
     pub const SECRET_STORE: &str = "vault-backend";
-    /// Cluster-scoped, so named for keyrig.
+    /// The ClusterSecretStore older keyrigs applied (cluster-scoped, so
+    /// named for keyrig); no overlay has it now, and `up` deletes one they
+    /// left (`super::prune`).
     pub const CLUSTER_SECRET_STORE: &str = "keyrig-vault-backend";
     pub const CHECK_JOB: &str = "gateway-credentials-check";
     pub const APIS_CONFIGMAP: &str = "keygate-apis";
@@ -118,10 +120,9 @@ pub mod names {
     pub const UPSTREAM_PORT: u16 = 8080;
     pub const VAULT_PORT: u16 = 8200;
     /// The ESO CRDs the external-secret overlay uses.
-    pub const ESO_CRDS: [&str; 3] = [
+    pub const ESO_CRDS: [&str; 2] = [
         "externalsecrets.external-secrets.io",
         "secretstores.external-secrets.io",
-        "clustersecretstores.external-secrets.io",
     ];
     /// The ESO chart's Deployments (release `external-secrets`).
     pub const ESO_DEPLOYMENTS: [&str; 3] = [
@@ -148,8 +149,7 @@ mod tests {
             rendered.iter().any(|o| {
                 o["kind"] == kind
                     && o["metadata"]["name"] == name
-                    && (matches!(kind, "Namespace" | "ClusterSecretStore")
-                        || o["metadata"]["namespace"] == names::NAMESPACE)
+                    && (kind == "Namespace" || o["metadata"]["namespace"] == names::NAMESPACE)
             })
         };
         for (kind, name) in [
@@ -163,9 +163,15 @@ mod tests {
             ("Job", names::CHECK_JOB),
             ("ExternalSecret", names::EXTERNAL_SECRET),
             ("SecretStore", names::SECRET_STORE),
-            ("ClusterSecretStore", names::CLUSTER_SECRET_STORE),
         ] {
             assert!(has(kind, name), "no {kind} {name} in {}", overlay.display());
         }
+        // Nothing reads a ClusterSecretStore, and ESO would log in to Vault
+        // for one every few minutes all the same.
+        assert!(
+            !rendered.iter().any(|o| o["kind"] == "ClusterSecretStore"),
+            "{} applies a ClusterSecretStore",
+            overlay.display()
+        );
     }
 }

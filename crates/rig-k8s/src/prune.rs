@@ -6,7 +6,9 @@
 //! **Only objects that carry [`names::MODE_LABEL`] with another mode's value
 //! are deleted.** Which objects a mode makes comes from rendering its overlay
 //! (and its precreated Secret), never from a list kept by hand; an object of
-//! that name without the label is left alone with a warning.
+//! that name without the label is left alone with a warning. What older
+//! keyrigs applied and no overlay renders any more ([`retired_objects`],
+//! the one list kept by hand) goes the same way, in every mode.
 
 use std::time::Duration;
 
@@ -72,7 +74,25 @@ pub fn mode_objects(kubectl: &std::path::Path, mode: Mode) -> Result<Vec<ModeObj
     Ok(objects_of_mode(&rendered, mode))
 }
 
-/// Deletes every object another mode made, then the credentials Secret if
+/// What older keyrigs applied that no overlay renders now, with the mode
+/// whose label they carry: a reused cluster may still hold them.
+/// - ClusterSecretStore `keyrig-vault-backend` (external-secret mode): no
+///   ExternalSecret read it, and ESO validated it against the user's Vault
+///   every few minutes all the same (a login, a token lookup, a revoke).
+pub fn retired_objects() -> Vec<(ModeObject, Mode)> {
+    vec![(
+        ModeObject {
+            api_version: "external-secrets.io/v1".into(),
+            kind: "ClusterSecretStore".into(),
+            namespace: None,
+            name: names::CLUSTER_SECRET_STORE.into(),
+        },
+        Mode::ExternalSecret,
+    )]
+}
+
+/// Deletes every object another mode made and every retired one, then the
+/// credentials Secret if
 /// another mode (or no mode label: a run from before the label) made it,
 /// and waits until it is gone: an ESO-owned Secret is deleted by the
 /// garbage collector, which must not race the new mode's apply.
@@ -86,6 +106,9 @@ pub async fn other_modes(
         for object in mode_objects(kubectl, other)? {
             delete_if_labelled(client, &object, other).await?;
         }
+    }
+    for (object, made_by) in retired_objects() {
+        delete_if_labelled(client, &object, made_by).await?;
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), names::NAMESPACE);
     let Some(secret) = secrets.get_opt(names::CREDENTIALS_SECRET).await? else {
@@ -252,5 +275,19 @@ mod tests {
                 .iter()
                 .any(|o| o.kind == "Secret" && o.name == names::CREDENTIALS_SECRET)
         );
+        // A retired object is in no overlay: `up` would delete what it
+        // applies a moment later.
+        for (retired, _) in retired_objects() {
+            for (mode, rendered) in &all {
+                assert!(
+                    !rendered
+                        .iter()
+                        .any(|o| key(o) == (retired.kind.clone(), retired.name.clone())),
+                    "{mode} still applies retired {} {}",
+                    retired.kind,
+                    retired.name
+                );
+            }
+        }
     }
 }
