@@ -247,13 +247,7 @@ async fn rotated_secret_id_reaches_the_gateway() {
     .await
     .unwrap();
     assert_eq!(written.status, 200, "{:?}", written.body["errors"]);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
-    Api::<ExternalSecret>::namespaced(client.clone(), &kube.namespace)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"force-sync": now}}})),
-        )
+    rig_k8s::eso::force_sync(&client, &kube.namespace, name)
         .await
         .unwrap();
     wait_until(

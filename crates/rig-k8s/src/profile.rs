@@ -466,6 +466,10 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         },
     )
     .await?;
+    if opts.mode == Mode::ExternalSecret {
+        sync_this_runs_credentials(&client, &cmds, kubectl, &stamped, &delete_job, &run, opts)
+            .await?;
+    }
 
     // 8. Wait for the check Job, the ExternalSecret, then the Deployments.
     if let Err(err) = super::waits::job(
@@ -591,6 +595,55 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
         run,
         state,
     })
+}
+
+/// External-secret mode, after the apply. ESO syncs an ExternalSecret when
+/// it changes (generation, labels, annotations) or once its
+/// `refreshInterval` (1 h) has passed: in a reused cluster the apply
+/// changed nothing, so the Secret still holds the last run's secret_id
+/// (this run wrote a new one to Vault), and the Ready=True the next waits
+/// look for is the last run's too. So: a forced sync, waited for until ESO
+/// records one that read Vault after this run's write; then the check Job,
+/// whose pod may have started on the old Secret, is made again, so that it
+/// checks this run's credentials.
+async fn sync_this_runs_credentials(
+    client: &kube::Client,
+    cmds: &Commands,
+    kubectl: &Path,
+    stamped: &Path,
+    delete_job: &[String],
+    run: &RunDir,
+    opts: &KubeOptions,
+) -> Result<()> {
+    if let Err(err) = super::eso::sync_now(
+        client,
+        names::NAMESPACE,
+        names::EXTERNAL_SECRET,
+        opts.wait_deadline,
+    )
+    .await
+    {
+        return Err(err.context(format!(
+            "ESO did not sync this run's gateway credentials from Vault\n{}",
+            super::eso::conditions(client).await
+        )));
+    }
+    let rendered = manifests::render_overlay(kubectl, stamped).map_err(|err| anyhow!("{err}"))?;
+    let job = manifests::find(&rendered, "Job", names::CHECK_JOB)
+        .with_context(|| format!("{} renders no Job {}", stamped.display(), names::CHECK_JOB))?;
+    let file = run.path().join("check-job.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(job)?)
+        .with_context(|| format!("writing {}", file.display()))?;
+    cmds.run("kubectl", kubectl, delete_job).await?;
+    let mut apply = vec!["apply".to_owned(), "-f".into(), file.display().to_string()];
+    apply.extend(cmds.context_args("--context"));
+    cmds.run("kubectl", kubectl, &apply).await?;
+    say!(
+        "k8s: Job {}/{} made again, to check the Secret ESO synced for this run",
+        names::NAMESPACE,
+        names::CHECK_JOB
+    );
+    Ok(())
 }
 
 /// The report's warning for a run whose credentials are committed in git
