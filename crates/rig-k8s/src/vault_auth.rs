@@ -9,6 +9,11 @@
 //! reviewer JWT and keys. So the mount is keyrig's own (`keyrig-kubernetes`),
 //! created with [`OWNER_MARK`] in its description; a mount of that name
 //! without the mark is refused, untouched, with what to do.
+//!
+//! **keyrig's mount reviews the tokens of one cluster.** Its config names
+//! that cluster (API server and CA); one already there for another cluster
+//! (another keyrig on the same Vault) is refused, not replaced: replacing
+//! it would lock that keyrig's pods out.
 
 use std::path::Path;
 
@@ -129,8 +134,78 @@ fn config_body(auth: &KubernetesAuth, outside: Option<&OutsideCluster>) -> Resul
     Ok(config)
 }
 
+/// The cluster a Kubernetes auth config reviews tokens with: its API
+/// server's address and CA (`None`: none given, Vault's own pod's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReviewedCluster {
+    host: String,
+    ca: Option<String>,
+}
+
+impl ReviewedCluster {
+    /// From a config as written (`config_body`) or as read back
+    /// (`GET auth/<mount>/config`'s `data`); `None` without a host.
+    fn of(config: &Value) -> Option<Self> {
+        let host = config["kubernetes_host"]
+            .as_str()?
+            .trim()
+            .trim_end_matches('/');
+        if host.is_empty() {
+            return None;
+        }
+        let ca = config["kubernetes_ca_cert"]
+            .as_str()
+            .map(str::trim)
+            .filter(|ca| !ca.is_empty())
+            .map(str::to_owned);
+        Some(Self {
+            host: host.to_owned(),
+            ca,
+        })
+    }
+}
+
+/// Why writing `wanted` over the config `current` (the `data` of
+/// `GET auth/<mount>/config`) would take the mount from another cluster,
+/// if it would: another API server, or the same address with another CA.
+fn config_conflict(mount: &str, current: &Value, wanted: &Value) -> Option<String> {
+    let current = ReviewedCluster::of(current)?;
+    let wanted = ReviewedCluster::of(wanted)?;
+    if current == wanted {
+        return None;
+    }
+    let what = if current.host == wanted.host {
+        format!(
+            "the API server at {} with another CA than this run's ({} CA now, {} for this run: \
+             another cluster behind the same address, or this cluster's CA changed)",
+            current.host,
+            if current.ca.is_some() { "a" } else { "no" },
+            if wanted.ca.is_some() {
+                "this cluster's"
+            } else {
+                "none"
+            },
+        )
+    } else {
+        format!(
+            "the API server at {}; this run would point it at {}",
+            current.host, wanted.host
+        )
+    };
+    Some(format!(
+        "auth/{mount} (keyrig's) reviews ServiceAccount tokens with {what}. Another keyrig, \
+         on another cluster, may be using this Vault: replacing the config would lock its pods \
+         out, and its next `up` would take the mount back (one keyrig per Vault at a time). \
+         Nothing was written to auth/{mount}. If that run is gone, remove the mount \
+         (`bao auth disable {mount}`: its config and roles go with it, and `up` makes it \
+         again); else run against another Vault"
+    ))
+}
+
 /// Applies the file to keyrig's own mount. `outside`: Vault runs outside
 /// the cluster (the cluster profile with KEYRIG_VAULT_KUBERNETES_HOST).
+/// A config the mount already has for another cluster is refused
+/// ([`config_conflict`]) before anything is written to the mount.
 pub async fn apply(
     root: &VaultClient,
     file: &Path,
@@ -138,11 +213,23 @@ pub async fn apply(
 ) -> Result<KubernetesAuth> {
     let auth = KubernetesAuth::load(file).map_err(|err| anyhow::anyhow!("{err}"))?;
     claim_mount(root, &auth.auth_mount, file).await?;
-    root.call(
-        Method::POST,
-        &format!("auth/{}/config", auth.auth_mount),
-        Some(&config_body(&auth, outside)?),
-    )
+    let config = config_body(&auth, outside)?;
+    let path = format!("auth/{}/config", auth.auth_mount);
+    // Never configured: 404.
+    let (status, current) = root
+        .request(Method::GET, &path, None)
+        .await
+        .with_context(|| format!("reading {path}"))?;
+    match status {
+        status if status.is_success() => {
+            if let Some(conflict) = config_conflict(&auth.auth_mount, &current["data"], &config) {
+                bail!("{conflict}");
+            }
+        }
+        reqwest::StatusCode::NOT_FOUND => {}
+        status => bail!("reading {path}: Vault answered {status} {current}"),
+    }
+    root.call(Method::POST, &path, Some(&config))
     .await
     .with_context(|| match outside {
         // Vault outside a pod has no ServiceAccount CA or token to fall back on.
@@ -203,6 +290,94 @@ mod tests {
             owner_in(&auths, "marked-but-other/"),
             MountOwner::Other { .. }
         ));
+    }
+
+    /// A config another cluster's keyrig wrote is not replaced: another
+    /// API server, or the same one with another CA, is refused naming both
+    /// and what to do; the same cluster again (a new reviewer JWT) is not.
+    #[test]
+    fn a_config_for_another_cluster_is_refused() {
+        // As `GET auth/<mount>/config` answers (data), and as written.
+        let read = |host: &str, ca: &str| {
+            json!({"kubernetes_host": host, "kubernetes_ca_cert": ca,
+                   "disable_local_ca_jwt": true, "token_reviewer_jwt_set": true})
+        };
+        let write = |host: &str, ca: Option<&str>| {
+            let mut body = json!({"kubernetes_host": host});
+            if let Some(ca) = ca {
+                body["kubernetes_ca_cert"] = json!(ca);
+                body["token_reviewer_jwt"] = json!("jwt");
+            }
+            body
+        };
+        let (a, b) = ("https://10.0.0.1:6443", "https://10.9.9.9:6443");
+        let (ca_a, ca_b) = (
+            "-----BEGIN CERTIFICATE-----\nA\n",
+            "-----BEGIN CERTIFICATE-----\nB\n",
+        );
+        let mount = "keyrig-kubernetes";
+
+        let other_host = config_conflict(mount, &read(a, ca_a), &write(b, Some(ca_b))).unwrap();
+        assert!(
+            other_host.contains(&format!(
+                "the API server at {a}; this run would point it at {b}"
+            )),
+            "{other_host}"
+        );
+        assert!(
+            other_host.contains("bao auth disable keyrig-kubernetes"),
+            "{other_host}"
+        );
+        assert!(other_host.contains("another Vault"), "{other_host}");
+        let other_ca = config_conflict(mount, &read(a, ca_a), &write(a, Some(ca_b))).unwrap();
+        assert!(
+            other_ca.contains(&format!("the API server at {a} with another CA")),
+            "{other_ca}"
+        );
+        // In-cluster (no CA) over an outside cluster's config, and back.
+        assert!(
+            config_conflict(
+                mount,
+                &read(a, ca_a),
+                &write("https://kubernetes.default.svc", None)
+            )
+            .is_some()
+        );
+        assert!(
+            config_conflict(
+                mount,
+                &read("https://kubernetes.default.svc", ""),
+                &write(a, Some(ca_a))
+            )
+            .is_some()
+        );
+
+        // The same cluster: a trailing slash, the PEM's last newline, a new reviewer JWT.
+        assert_eq!(
+            config_conflict(
+                mount,
+                &read(&format!("{a}/"), ca_a),
+                &write(a, Some(&format!("{ca_a}\n")))
+            ),
+            None
+        );
+        assert_eq!(
+            config_conflict(
+                mount,
+                &read("https://kubernetes.default.svc", ""),
+                &write("https://kubernetes.default.svc", None)
+            ),
+            None
+        );
+        // Never configured (no host): nothing to take over.
+        assert_eq!(
+            config_conflict(mount, &json!({}), &write(b, Some(ca_b))),
+            None
+        );
+        assert_eq!(
+            config_conflict(mount, &read("", ""), &write(b, Some(ca_b))),
+            None
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - keyrig's own mount is created (marked), and reused on a second run;
 //! - a mount of that name keyrig did not create is refused and untouched;
 //! - a Vault outside the cluster gets the CA and a reviewer JWT;
+//! - keyrig's mount configured for one cluster is not taken over by a
+//!   keyrig on another;
 //! - the committed dev credentials are refused on `cluster`, accepted on
 //!   `kind`, and per-run credentials log in;
 //! - scenarios/vault/setup.yaml writes only what keyrig made: someone's
@@ -221,6 +223,67 @@ async fn cluster_vault_side_leaves_other_mounts_alone_and_owns_its_own() {
 
     // Through all of it, the other mount is byte-identical.
     assert_eq!(mount_state(root, "kubernetes").await, theirs_before);
+}
+
+/// Two keyrigs on two clusters, one Vault: the second `up` is refused
+/// before it writes to keyrig's mount, whose config stays the first
+/// cluster's (another API server, or the same address with another CA);
+/// the first's next `up` (a new reviewer JWT) goes on.
+#[tokio::test]
+async fn a_second_cluster_does_not_take_the_mount_from_the_first() {
+    let vault = dev_vault().await;
+    let root = &vault.root;
+    let (_, auth) = setup_and_outside_cluster_auth(root).await;
+    let mount = &auth.auth_mount;
+    let first = mount_state(root, mount).await;
+    let first_host = first.1["kubernetes_host"].as_str().unwrap().to_owned();
+    let first_ca = first.1["kubernetes_ca_cert"].as_str().unwrap().to_owned();
+    let other_ca = root
+        .call(
+            Method::POST,
+            "test-pki/root/generate/internal",
+            Some(&json!({"common_name": "other-cluster-ca.test", "ttl": "1h"})),
+        )
+        .await
+        .unwrap()["data"]["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(other_ca, first_ca);
+    let cluster = |host: &str, ca: &str| OutsideCluster {
+        kubernetes_host: host.into(),
+        kubernetes_ca_cert: ca.into(),
+        token_reviewer_jwt: Secret::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.c2lnbmF0dXJl"),
+    };
+    let file = vault_auth::roles_file();
+    for (second, names) in [
+        (
+            cluster("https://198.51.100.7:6443", &other_ca),
+            format!("{first_host}; this run would point it at https://198.51.100.7:6443"),
+        ),
+        (
+            cluster(&first_host, &other_ca),
+            format!("{first_host} with another CA"),
+        ),
+    ] {
+        let err = format!(
+            "{:#}",
+            vault_auth::apply(root, &file, Some(&second))
+                .await
+                .unwrap_err()
+        );
+        assert!(err.contains(&names), "{err}");
+        assert!(err.contains(&format!("bao auth disable {mount}")), "{err}");
+        assert_eq!(
+            mount_state(root, mount).await,
+            first,
+            "the config was changed"
+        );
+    }
+    // The first cluster again, with a new reviewer JWT.
+    vault_auth::apply(root, &file, Some(&cluster(&first_host, &first_ca)))
+        .await
+        .unwrap();
 }
 
 /// scenarios/vault/setup.yaml (what `up` applies first) against a Vault
