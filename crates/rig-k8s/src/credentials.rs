@@ -7,7 +7,8 @@
 //!   here, and the report flags them.
 //! - **cluster**: never the committed values, since that AppRole reads every
 //!   group's keys and anyone with the repository could log in to a real
-//!   Vault. `existing-secret` gets credentials generated for the run, which
+//!   Vault. `existing-secret` gets the AppRole's own role_id (never
+//!   changed in a shared Vault) and a secret_id generated for the run, which
 //!   the harness writes into the Secret itself; `inline` is refused.
 //! - `external-secret`: the AppRole's real role_id and a fresh secret_id go to
 //!   the KV secret the ExternalSecret reads.
@@ -213,10 +214,13 @@ pub fn source_for(profile: KubeProfile, mode: Mode) -> Result<CredentialSource> 
     })
 }
 
-/// Fresh AppRole credentials for one run (random, never written to git).
-pub fn per_run_credentials() -> DevCredentials {
+/// AppRole credentials for one run of the cluster profile: the role's own
+/// `role_id`, read from Vault (a shared Vault's role_id is never changed:
+/// every Secret naming it, another keyrig's too, would stop logging in),
+/// and a fresh secret_id (random, never written to git).
+pub fn per_run_credentials(role_id: String) -> DevCredentials {
     DevCredentials {
-        role_id: format!("keyrig-run-{}", apikey::ApiKey::generate().selector()),
+        role_id,
         secret_id: Secret::new(apikey::ApiKey::generate().expose().to_owned()),
     }
 }
@@ -236,7 +240,9 @@ pub fn committed_credentials(inline_rendered: Option<&[Value]>) -> Result<Vec<De
 
 /// Makes Vault accept `creds` as the AppRole `role`'s credentials. On the
 /// cluster profile, credentials equal to a committed value are refused
-/// (`committed`: [`committed_credentials`]) whatever the caller meant.
+/// (`committed`: [`committed_credentials`]) whatever the caller meant, and
+/// the role's role_id is never changed (only kind's throwaway Vault is
+/// given the committed one): `creds.role_id` must be the role's.
 pub async fn register_dev_credentials(
     root: &VaultClient,
     role: &str,
@@ -251,16 +257,31 @@ pub async fn register_dev_credentials(
     {
         bail!(
             "refusing to register the committed dev credentials of scenarios/k8s in the cluster profile's Vault: \
-             they are public in the repository; the cluster profile uses credentials generated per run"
+             they are public in the repository; the cluster profile uses credentials generated per run \
+             (if AppRole {role}'s role_id in this Vault is the committed one, give it another: \
+             `bao write auth/approle/role/{role}/role-id role_id=<new>`)"
         );
     }
-    root.call(
-        Method::POST,
-        &format!("auth/approle/role/{role}/role-id"),
-        Some(&json!({"role_id": creds.role_id})),
-    )
-    .await
-    .with_context(|| format!("setting AppRole {role}'s role_id"))?;
+    match profile {
+        KubeProfile::Kind => {
+            root.call(
+                Method::POST,
+                &format!("auth/approle/role/{role}/role-id"),
+                Some(&json!({"role_id": creds.role_id})),
+            )
+            .await
+            .with_context(|| format!("setting AppRole {role}'s role_id"))?;
+        }
+        KubeProfile::Cluster => {
+            if root.approle_role_id(role).await? != creds.role_id {
+                bail!(
+                    "refusing to change AppRole {role}'s role_id in the cluster profile's Vault: \
+                     every Secret that names the current one (another keyrig's on this Vault too) \
+                     would stop logging in; a run's credentials use the role's own role_id"
+                );
+            }
+        }
+    }
     let mut body = json!({"secret_id": creds.secret_id.expose()});
     if let Some(ttl) = secret_id_ttl(profile) {
         body["ttl"] = json!(format!("{}s", ttl.as_secs()));

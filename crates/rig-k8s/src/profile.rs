@@ -359,7 +359,9 @@ pub async fn up(opts: &KubeOptions, tools: &KubeTools, run: RunDir) -> Result<Ku
             Some(overlay.join("precreate/secret.yaml")),
         )),
         (CredentialSource::PerRun, _) => {
-            let creds = super::credentials::per_run_credentials();
+            let creds = super::credentials::per_run_credentials(
+                root.approle_role_id(&setup.keygate_role).await?,
+            );
             rig::base::redact::register_in_run(run.path(), creds.secret_id.expose())?;
             Some((creds, None))
         }

@@ -496,7 +496,7 @@ async fn committed_dev_credentials_are_refused_on_cluster_only() {
     );
     // Only one of the two committed values is enough to refuse.
     let half = DevCredentials {
-        role_id: per_run_credentials().role_id,
+        role_id: role_id_before.clone(),
         secret_id: dev.secret_id.clone(),
     };
     assert!(
@@ -505,15 +505,31 @@ async fn committed_dev_credentials_are_refused_on_cluster_only() {
             .is_err()
     );
 
-    // Per-run credentials: registered, they log in, and Vault expires
+    // The role's role_id is never changed on a shared Vault: every Secret
+    // naming it (another keyrig's) would stop logging in.
+    let other_role_id = DevCredentials {
+        role_id: "keyrig-run-0123456789ab".into(),
+        secret_id: per_run_credentials(role_id_before.clone()).secret_id,
+    };
+    let err =
+        register_dev_credentials(root, role, &other_role_id, KubeProfile::Cluster, &committed)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("refusing to change AppRole"), "{err}");
+    assert_eq!(root.approle_role_id(role).await.unwrap(), role_id_before);
+
+    // Per-run credentials (the role's own role_id, a fresh secret_id):
+    // registered, they log in, the role_id is as it was, and Vault expires
     // their secret_id (nothing revokes it after the run).
-    let fresh = per_run_credentials();
+    let fresh = per_run_credentials(root.approle_role_id(role).await.unwrap());
     register_dev_credentials(root, role, &fresh, KubeProfile::Cluster, &committed)
         .await
         .unwrap();
     root.approle_login(&fresh.role_id, &fresh.secret_id)
         .await
         .unwrap();
+    assert_eq!(root.approle_role_id(role).await.unwrap(), role_id_before);
     assert_eq!(
         secret_id_ttl(root, role, fresh.secret_id.expose()).await,
         super::credentials::CLUSTER_SECRET_ID_TTL.as_secs()
