@@ -723,11 +723,12 @@ mod tests {
         .unwrap_err();
         let elapsed = started.elapsed();
         eprintln!("{} attempts in {elapsed:?}", calls.get());
+        // Not before the deadline (a lower bound: a slow machine only adds).
         assert!(elapsed >= deadline, "{elapsed:?}");
-        assert!(elapsed < deadline * 10, "{elapsed:?}");
-        // At 0, 10, 30, 70, 110, 150, 190 ms at the most (backoff 10, 20,
-        // 40, 40, ...): more than one attempt, no busy loop.
-        assert!((3..=8).contains(&calls.get()), "{}", calls.get());
+        // At 0, 10, 30, 70, 110, 150, 190 (and 200) ms at the most (backoff
+        // 10, 20, 40, 40, ...): more than one attempt, no busy loop. Fewer
+        // than the most where the machine stalls; never more.
+        assert!((2..=8).contains(&calls.get()), "{}", calls.get());
         assert_eq!(passed.attempts, calls.get());
         assert_eq!(
             passed.last_error,
