@@ -192,12 +192,14 @@ pub(crate) fn module_tests_under_asan() -> Result<Option<bool>> {
     let root = rig::base::paths::workspace_root();
     let mut command = crate::runner::cargo_on("nightly");
     crate::runner::plain_output_unless_interactive(&mut command);
-    let status = command
+    command
         .args(args)
         .env("RUSTFLAGS", "-Zsanitizer=address")
         .env("CARGO_TARGET_DIR", root.join("target").join("asan"))
-        .current_dir(&root)
-        .status()
+        .current_dir(&root);
+    // Tracked, as every test process xtask waits for.
+    let mut child = crate::runner::spawn_tracked(&mut command)?;
+    let status = crate::runner::wait_for_test(&mut child)
         .context("running keygate-envoy's unit tests under AddressSanitizer")?;
     Ok(Some(status.success()))
 }
