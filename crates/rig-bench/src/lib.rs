@@ -148,6 +148,7 @@ async fn warm_up(
                 connections,
                 max_requests: 200,
                 max_time: Duration::from_secs(2),
+                rate: None,
             })
             .await?;
     }
@@ -182,6 +183,7 @@ async fn cache_in_keygate(
             connections,
             max_requests: keys.len() as u64,
             max_time: Duration::from_secs(30),
+            rate: None,
         })
         .await?;
     if outcome.failed > 0 || outcome.ok < keys.len() as u64 {
@@ -639,6 +641,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 connections: plan.connections,
                 max_requests: plan.requests_per_round,
                 max_time: plan.window,
+                rate: None,
             })
             .await?;
         let cpu_after = cpu_now(&env_a.supervisor, variant)?;

@@ -479,6 +479,8 @@ mod tests {
             failed: 0,
             elapsed: Duration::from_secs(secs),
             last_failure: None,
+            late: 0,
+            max_late: Duration::ZERO,
         }
     }
 
