@@ -91,6 +91,8 @@ struct Tally {
     failed: u64,
     last_failure: Option<String>,
     late: u64,
+    /// Of those, the ones the pacer itself handed over late.
+    late_pacing: u64,
     max_late: Duration,
 }
 
@@ -102,6 +104,7 @@ impl Tally {
             failed: 0,
             last_failure: None,
             late: 0,
+            late_pacing: 0,
             max_late: Duration::ZERO,
         }
     }
@@ -140,6 +143,7 @@ impl Tally {
                 all.last_failure = t.last_failure;
             }
             all.late += t.late;
+            all.late_pacing += t.late_pacing;
             all.max_late = all.max_late.max(t.max_late);
         }
         Ok(BurstReport {
@@ -150,6 +154,7 @@ impl Tally {
             latency_counts: BurstReport::counts_of(&all.latencies),
             keys_used,
             late: all.late,
+            late_pacing: all.late_pacing,
             max_late_us: all.max_late.as_micros() as u64,
         })
     }
@@ -240,7 +245,8 @@ async fn open_loop(
     let t0 = started;
     let due_at = move |i: u64| t0 + Duration::from_secs_f64(i as f64 / rate);
     let cutoff = t0 + window + window.max(MIN_OVERRUN);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    // Each due request's index, and when the pacer handed it over.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     std::thread::Builder::new()
         .name("pacer".into())
         .spawn(move || {
@@ -251,7 +257,7 @@ async fn open_loop(
                     std::thread::sleep(at - now);
                 }
                 // The burst is gone (its request was dropped): stop.
-                if tx.send(i).is_err() {
+                if tx.send((i, Instant::now())).is_err() {
                     break;
                 }
             }
@@ -272,7 +278,7 @@ async fn open_loop(
             loop {
                 // The lock is held while waiting: free connections queue
                 // for it in turn (tokio's Mutex is fair), a busy one not.
-                let Some(i) = queue.lock().await.recv().await else {
+                let Some((i, handed)) = queue.lock().await.recv().await else {
                     break;
                 };
                 let due = due_at(i);
@@ -284,6 +290,9 @@ async fn open_loop(
                 let behind = now.saturating_duration_since(due);
                 if behind > LATE_AFTER {
                     tally.late += 1;
+                    if handed.saturating_duration_since(due) > LATE_AFTER {
+                        tally.late_pacing += 1;
+                    }
                 }
                 tally.max_late = tally.max_late.max(behind);
                 let key = &keys[i as usize % keys.len()];

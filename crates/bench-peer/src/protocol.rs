@@ -81,6 +81,11 @@ pub struct BurstReport {
     /// the latencies include that wait.
     #[serde(default)]
     pub late: u64,
+    /// Of [`BurstReport::late`], those the generator's pacing thread
+    /// itself handed over late (the machine did not run it in time), as
+    /// against those that waited for a free connection.
+    #[serde(default)]
+    pub late_pacing: u64,
     /// Open loop only: the latest a request went out after it was due, µs.
     #[serde(default)]
     pub max_late_us: u64,
@@ -125,11 +130,15 @@ mod tests {
             latency_counts: BurstReport::counts_of(&h),
             keys_used: 0,
             late: 2,
+            late_pacing: 1,
             max_late_us: 1_500,
         };
         let text = serde_json::to_string(&report).unwrap();
         let back: BurstReport = serde_json::from_str(&text).unwrap();
-        assert_eq!((back.late, back.max_late_us), (2, 1_500));
+        assert_eq!(
+            (back.late, back.late_pacing, back.max_late_us),
+            (2, 1, 1_500)
+        );
         let rebuilt = back.latencies().unwrap();
         assert_eq!(rebuilt.len(), h.len());
         for q in [0.0, 0.5, 0.9, 0.99, 1.0] {

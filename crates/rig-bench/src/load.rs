@@ -60,6 +60,8 @@ pub struct Outcome {
     /// Open loop only: requests that went out more than
     /// `bench_peer::protocol::LATE_AFTER` after they were due.
     pub late: u64,
+    /// Of those, the ones the generator's pacing thread handed over late.
+    pub late_pacing: u64,
     /// Open loop only: the latest one went out after it was due.
     pub max_late: Duration,
 }
@@ -143,6 +145,7 @@ impl LoadGenerator {
                 elapsed: Duration::ZERO,
                 last_failure: None,
                 late: 0,
+                late_pacing: 0,
                 max_late: Duration::ZERO,
             });
         }
@@ -175,6 +178,7 @@ impl LoadGenerator {
             elapsed: report.elapsed(),
             last_failure: report.last_failure,
             late: report.late,
+            late_pacing: report.late_pacing,
             max_late: Duration::from_micros(report.max_late_us),
         })
     }

@@ -480,6 +480,7 @@ mod tests {
             elapsed: Duration::from_secs(secs),
             last_failure: None,
             late: 0,
+            late_pacing: 0,
             max_late: Duration::ZERO,
         }
     }
