@@ -304,8 +304,9 @@ impl FixedRateStep<'_> {
     ) -> Result<fixed_rate::FixedRate> {
         let rate = self.choice.rate_per_s;
         say!(
-            "bench: latency at a common rate: {} rounds of {} warm variants, each {rate:.0} req/s for {} (half of {}'s {:.0} req/s), {} connections, open loop",
+            "bench: latency at a common rate: {} round{} of {} warm variants, each {rate:.0} req/s for {} (half of {}'s {:.0} req/s), {} connections, open loop",
             plan.fixed_rate_rounds,
+            if plan.fixed_rate_rounds == 1 { "" } else { "s" },
             fixed_rate::VARIANTS.len(),
             rig::base::progress::secs(plan.fixed_rate_window),
             self.choice.slowest.name(),
