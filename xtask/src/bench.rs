@@ -105,7 +105,8 @@ pub(crate) fn bench(quick: bool, rounds: Option<usize>, release: bool) -> Result
 }
 
 /// `bench --quick` with the debug keygate: it must run to the end and
-/// leave a bench.json that reads back with every variant in it.
+/// leave a bench.json that reads back with every variant in it, and every
+/// warm one at the common rate.
 pub(crate) fn bench_smoke() -> bool {
     let json = rig::base::paths::rig_dir().join("bench/bench.json");
     let _ = std::fs::remove_file(&json);
@@ -120,6 +121,16 @@ pub(crate) fn bench_smoke() -> bool {
                 "{} holds {variants} variants, not {}",
                 json.display(),
                 rig_bench::variants::Variant::ALL.len()
+            );
+        }
+        let at_rate = value["fixed_rate"]["variants"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if at_rate != rig_bench::fixed_rate::VARIANTS.len() {
+            bail!(
+                "{} holds {at_rate} variants at a common rate, not {}",
+                json.display(),
+                rig_bench::fixed_rate::VARIANTS.len()
             );
         }
         Ok(())

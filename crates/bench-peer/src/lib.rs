@@ -4,7 +4,10 @@
 //!
 //! - `load-generator`: HTTP/1.1 keep-alive connections, one request in
 //!   flight on each, bounded by a request count and a time window, latencies
-//!   into an HDR histogram; driven by `POST /burst` ([`protocol`]).
+//!   into an HDR histogram; closed loop (every connection as fast as it
+//!   goes) or open loop at a fixed rate (latencies from when each request
+//!   was due, so a stall is in the tail); driven by `POST /burst`
+//!   ([`protocol`]).
 //! - `upstream`: answers every request 200 with a two-byte body.
 //!
 //! Why a binary of its own: both used to run inside the debug xtask (and

@@ -1,7 +1,9 @@
 //! The load generator: a fixed number of HTTP/1.1 keep-alive connections
 //! (one reqwest client with a one-connection pool per connection, one
 //! request in flight on each), bounded by a request count AND a duration,
-//! latencies into an HDR histogram. Served as `POST /burst`; the clients
+//! latencies into an HDR histogram. Closed loop (each connection as fast
+//! as answers come) or, with a rate, open loop (requests due on a fixed
+//! schedule, latencies from when each was due). Served as `POST /burst`; the clients
 //! live as long as the process, so a connection opened in one burst is
 //! reused by the next burst to the same gateway, as before the generator
 //! left the xtask process.
@@ -17,7 +19,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use tokio::sync::Mutex;
 
-use crate::protocol::{BurstReport, BurstSpec, KeySpec, latency_histogram};
+use hdrhistogram::Histogram;
+
+use crate::protocol::{BurstReport, BurstSpec, KeySpec, LATE_AFTER, latency_histogram};
 
 /// How the client is described in the bench's output.
 pub const CLIENT: &str = "keyrig-bench-peer load-generator (reqwest 0.13 over hyper, HTTP/1.1 keep-alive, one request in flight per connection; its own process, built like the keygate measured)";
@@ -54,6 +58,116 @@ async fn run(burst: &BurstSpec, clients: &[reqwest::Client]) -> Result<BurstRepo
         KeySpec::Fresh(keys) | KeySpec::Cycle(keys) => keys.clone(),
     });
     anyhow::ensure!(!keys.is_empty(), "a burst needs at least one key");
+    match burst.rate_per_s {
+        None => closed_loop(burst, clients, keys).await,
+        Some(rate) => {
+            anyhow::ensure!(
+                rate.is_finite() && rate > 0.0,
+                "a burst's rate must be a positive number of requests per second"
+            );
+            open_loop(burst, clients, keys, rate).await
+        }
+    }
+}
+
+/// Sends one request and reads its answer: the status, or the transport
+/// error as one line.
+async fn send_one(client: &reqwest::Client, url: &str, key: &str) -> Result<u16, String> {
+    match client.get(url).header("x-api-key", key).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            // Read the body so the connection is reused.
+            let _ = response.bytes().await;
+            Ok(status)
+        }
+        Err(err) => Err(describe(&err)),
+    }
+}
+
+/// What one connection's task counted.
+struct Tally {
+    latencies: Histogram<u64>,
+    ok: u64,
+    failed: u64,
+    last_failure: Option<String>,
+    late: u64,
+    /// Of those, the ones the pacer itself handed over late.
+    late_pacing: u64,
+    max_late: Duration,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            latencies: latency_histogram(),
+            ok: 0,
+            failed: 0,
+            last_failure: None,
+            late: 0,
+            late_pacing: 0,
+            max_late: Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, latency: Duration, status: Result<u16, String>) {
+        let us = latency.as_micros().max(1) as u64;
+        let _ = self.latencies.record(us.min(self.latencies.high()));
+        match status {
+            Ok(200) => self.ok += 1,
+            Ok(other) => {
+                self.failed += 1;
+                self.last_failure = Some(format!("HTTP {other}"));
+            }
+            Err(err) => {
+                self.failed += 1;
+                self.last_failure = Some(err);
+            }
+        }
+    }
+
+    /// The connections' tallies as one report.
+    async fn merge(
+        mut tasks: tokio::task::JoinSet<Tally>,
+        started: Instant,
+        keys_used: usize,
+    ) -> Result<BurstReport> {
+        let mut all = Tally::new();
+        while let Some(joined) = tasks.join_next().await {
+            let t = joined.context("a load generator task panicked")?;
+            all.latencies
+                .add(&t.latencies)
+                .context("merging latency histograms")?;
+            all.ok += t.ok;
+            all.failed += t.failed;
+            if t.last_failure.is_some() {
+                all.last_failure = t.last_failure;
+            }
+            all.late += t.late;
+            all.late_pacing += t.late_pacing;
+            all.max_late = all.max_late.max(t.max_late);
+        }
+        Ok(BurstReport {
+            ok: all.ok,
+            failed: all.failed,
+            elapsed_us: started.elapsed().as_micros() as u64,
+            last_failure: all.last_failure,
+            latency_counts: BurstReport::counts_of(&all.latencies),
+            keys_used,
+            late: all.late,
+            late_pacing: all.late_pacing,
+            max_late_us: all.max_late.as_micros() as u64,
+        })
+    }
+}
+
+/// Closed loop: each connection sends its next request when the last one
+/// is answered, until the count or the window is spent; a latency is from
+/// send to answer.
+async fn closed_loop(
+    burst: &BurstSpec,
+    clients: &[reqwest::Client],
+    keys: Arc<Vec<String>>,
+) -> Result<BurstReport> {
     let fresh = matches!(burst.keys, KeySpec::Fresh(_));
     let started = Instant::now();
     let deadline = started + burst.max_time();
@@ -70,8 +184,7 @@ async fn run(burst: &BurstSpec, clients: &[reqwest::Client]) -> Result<BurstRepo
         );
         let max_requests = burst.max_requests;
         tasks.spawn(async move {
-            let mut h = latency_histogram();
-            let (mut ok, mut failed, mut last_failure) = (0u64, 0u64, None);
+            let mut tally = Tally::new();
             while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max_requests
             {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -84,57 +197,118 @@ async fn run(burst: &BurstSpec, clients: &[reqwest::Client]) -> Result<BurstRepo
                     &keys[n % keys.len()]
                 };
                 let sent = Instant::now();
-                let answer = client.get(&url).header("x-api-key", key).send().await;
-                let status = match answer {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        // Read the body so the connection is reused.
-                        let _ = response.bytes().await;
-                        Ok(status)
-                    }
-                    Err(err) => Err(describe(&err)),
-                };
-                let us = sent.elapsed().as_micros().max(1) as u64;
-                let _ = h.record(us.min(h.high()));
-                match status {
-                    Ok(200) => ok += 1,
-                    Ok(other) => {
-                        failed += 1;
-                        last_failure = Some(format!("HTTP {other}"));
-                    }
-                    Err(err) => {
-                        failed += 1;
-                        last_failure = Some(err);
-                    }
-                }
+                let status = send_one(&client, &url, key).await;
+                tally.record(sent.elapsed(), status);
             }
-            (h, ok, failed, last_failure)
+            tally
         });
     }
-    let mut latencies = latency_histogram();
-    let (mut ok, mut failed, mut last_failure) = (0, 0, None);
-    while let Some(joined) = tasks.join_next().await {
-        let (h, o, f, last) = joined.context("a load generator task panicked")?;
-        latencies.add(&h).context("merging latency histograms")?;
-        ok += o;
-        failed += f;
-        if last.is_some() {
-            last_failure = last;
-        }
-    }
-    let elapsed = started.elapsed();
+    // `merge` waits for every task, so `next` is final after it.
+    let report = Tally::merge(tasks, started, 0).await?;
+    let keys_used = if fresh {
+        next.load(Ordering::Relaxed).min(keys.len())
+    } else {
+        0
+    };
     Ok(BurstReport {
-        ok,
-        failed,
-        elapsed_us: elapsed.as_micros() as u64,
-        last_failure,
-        latency_counts: BurstReport::counts_of(&latencies),
-        keys_used: if fresh {
-            next.load(Ordering::Relaxed).min(keys.len())
-        } else {
-            0
-        },
+        keys_used,
+        ..report
     })
+}
+
+/// How far past its window an open-loop burst may run to send what was
+/// due within it, at least: requests due but not sent by then are failures.
+const MIN_OVERRUN: Duration = Duration::from_secs(1);
+
+/// Open loop at `rate` requests per second: request `i` is due at
+/// `t0 + i / rate`. A pacing thread (a plain thread's sleep wakes within
+/// tens of microseconds; tokio's timer has a millisecond's granularity,
+/// which would add up to 1 ms to every latency) hands each index over
+/// when it is due; the first free connection takes it, so when every
+/// connection is busy it waits in the queue, and its latency, from when
+/// it was due, includes that wait. Requests still unsent a window (at
+/// least [`MIN_OVERRUN`]) after the window are counted failed, unsent.
+async fn open_loop(
+    burst: &BurstSpec,
+    clients: &[reqwest::Client],
+    keys: Arc<Vec<String>>,
+    rate: f64,
+) -> Result<BurstReport> {
+    let fresh = matches!(burst.keys, KeySpec::Fresh(_));
+    let window = burst.max_time();
+    // Those due within the window: i / rate < window.
+    let mut due = ((window.as_secs_f64() * rate).ceil() as u64).min(burst.max_requests);
+    if fresh {
+        due = due.min(keys.len() as u64);
+    }
+    let started = Instant::now();
+    let t0 = started;
+    let due_at = move |i: u64| t0 + Duration::from_secs_f64(i as f64 / rate);
+    let cutoff = t0 + window + window.max(MIN_OVERRUN);
+    // Each due request's index, and when the pacer handed it over.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    std::thread::Builder::new()
+        .name("pacer".into())
+        .spawn(move || {
+            for i in 0..due {
+                let at = due_at(i);
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                // The burst is gone (its request was dropped): stop.
+                if tx.send((i, Instant::now())).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the load generator's pacing thread")?;
+    let queue = Arc::new(Mutex::new(rx));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in clients {
+        let (client, url, keys, queue) = (
+            client.clone(),
+            burst.url.clone(),
+            keys.clone(),
+            queue.clone(),
+        );
+        tasks.spawn(async move {
+            let mut tally = Tally::new();
+            let mut unsent = 0u64;
+            loop {
+                // The lock is held while waiting: free connections queue
+                // for it in turn (tokio's Mutex is fair), a busy one not.
+                let Some((i, handed)) = queue.lock().await.recv().await else {
+                    break;
+                };
+                let due = due_at(i);
+                let now = Instant::now();
+                if now > cutoff {
+                    unsent += 1;
+                    continue;
+                }
+                let behind = now.saturating_duration_since(due);
+                if behind > LATE_AFTER {
+                    tally.late += 1;
+                    if handed.saturating_duration_since(due) > LATE_AFTER {
+                        tally.late_pacing += 1;
+                    }
+                }
+                tally.max_late = tally.max_late.max(behind);
+                let key = &keys[i as usize % keys.len()];
+                let status = send_one(&client, &url, key).await;
+                tally.record(due.elapsed(), status);
+            }
+            if unsent > 0 {
+                tally.failed += unsent;
+                tally.last_failure = Some(format!(
+                    "{unsent} requests due within the window not sent: the burst fell too far behind its schedule"
+                ));
+            }
+            tally
+        });
+    }
+    Tally::merge(tasks, started, if fresh { due as usize } else { 0 }).await
 }
 
 /// A transport error as one line: the innermost cause (reqwest's own text

@@ -24,6 +24,16 @@ pub struct BurstSpec {
     pub max_requests: u64,
     /// ... or this long, whichever comes first.
     pub max_time_ms: u64,
+    /// Open loop: requests per second, whatever the answers. Request `i`
+    /// is due at the burst's start + `i / rate` (those due within
+    /// `max_time_ms`, at most `max_requests`), taken by the first free
+    /// connection (it waits for one when all are busy), and its latency is
+    /// measured from when it was due, not from when it went out: a stall
+    /// of the gateway delays every request due behind it, and those waits
+    /// are in the tail ([`BurstReport::late`] counts the requests that went
+    /// out late). Absent: closed loop, every connection as fast as it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_s: Option<f64>,
 }
 
 impl BurstSpec {
@@ -31,6 +41,10 @@ impl BurstSpec {
         Duration::from_millis(self.max_time_ms)
     }
 }
+
+/// A request of an open-loop burst that goes out later than this after
+/// it was due counts as late ([`BurstReport::late`]).
+pub const LATE_AFTER: Duration = Duration::from_millis(1);
 
 /// Which API key each request carries.
 #[derive(Serialize, Deserialize)]
@@ -61,6 +75,20 @@ pub struct BurstReport {
     pub latency_counts: Vec<(u64, u64)>,
     /// How many keys of a [`KeySpec::Fresh`] list the burst took.
     pub keys_used: usize,
+    /// Open loop only: the requests that went out more than
+    /// [`LATE_AFTER`] after they were due (every connection busy, or the
+    /// generator itself behind). Many of them: the rate was not held, and
+    /// the latencies include that wait.
+    #[serde(default)]
+    pub late: u64,
+    /// Of [`BurstReport::late`], those the generator's pacing thread
+    /// itself handed over late (the machine did not run it in time), as
+    /// against those that waited for a free connection.
+    #[serde(default)]
+    pub late_pacing: u64,
+    /// Open loop only: the latest a request went out after it was due, µs.
+    #[serde(default)]
+    pub max_late_us: u64,
 }
 
 impl BurstReport {
@@ -101,9 +129,16 @@ mod tests {
             last_failure: None,
             latency_counts: BurstReport::counts_of(&h),
             keys_used: 0,
+            late: 2,
+            late_pacing: 1,
+            max_late_us: 1_500,
         };
         let text = serde_json::to_string(&report).unwrap();
         let back: BurstReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (back.late, back.late_pacing, back.max_late_us),
+            (2, 1, 1_500)
+        );
         let rebuilt = back.latencies().unwrap();
         assert_eq!(rebuilt.len(), h.len());
         for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
@@ -113,5 +148,17 @@ mod tests {
                 "q {q}"
             );
         }
+    }
+
+    #[test]
+    fn a_spec_without_a_rate_is_closed_loop() {
+        let text = r#"{"url":"http://x/","keys":{"one":"k"},"connections":1,"max_requests":1,"max_time_ms":1}"#;
+        let spec: BurstSpec = serde_json::from_str(text).unwrap();
+        assert!(spec.rate_per_s.is_none());
+        // And none is written for one without.
+        assert!(!serde_json::to_string(&spec).unwrap().contains("rate"));
+        let text = r#"{"url":"http://x/","keys":{"one":"k"},"connections":1,"max_requests":1,"max_time_ms":1,"rate_per_s":250.0}"#;
+        let spec: BurstSpec = serde_json::from_str(text).unwrap();
+        assert_eq!(spec.rate_per_s, Some(250.0));
     }
 }

@@ -42,6 +42,7 @@ async fn a_burst_of_the_scale_steps_size_is_run_and_reported() {
         connections: 4,
         max_requests: 40,
         max_time_ms: 10_000,
+        rate_per_s: None,
     };
     let response = client
         .post(format!("http://{addr}/burst"))
@@ -62,6 +63,7 @@ async fn a_burst_of_the_scale_steps_size_is_run_and_reported() {
         connections: 1,
         max_requests: 3,
         max_time_ms: 5_000,
+        rate_per_s: None,
     };
     let report: BurstReport = client
         .post(format!("http://{addr}/burst"))

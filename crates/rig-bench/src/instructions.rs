@@ -185,6 +185,7 @@ pub async fn count(
         connections: CONNECTIONS,
         max_requests,
         max_time: BURST_TIMEOUT,
+        rate: None,
     };
     let warm = generator.run(burst(WARM_REQUESTS)).await?;
     check_burst(&name, "warm-up", &warm, WARM_REQUESTS)?;

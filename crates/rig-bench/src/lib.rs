@@ -10,6 +10,8 @@
 //! - `keys`: many keys written to Vault concurrently;
 //! - `propagation`: Vault write -> first effect at the gateway, per mode;
 //! - `scale`: keygate's memory and throughput with 100 .. 100 000 cached keys;
+//! - `fixed_rate`: the warm variants' latency at one common rate (open
+//!   loop), after the closed-loop rounds;
 //! - `stats`: percentiles, ratios, the interleaved schedule;
 //! - `cpu`: a process's CPU time, for the CPU each variant costs per request;
 //! - `instructions`: Envoy's instructions per request under callgrind;
@@ -19,6 +21,7 @@
 //! it stops when the bench ends, fails, panics or is interrupted.
 
 pub mod cpu;
+pub mod fixed_rate;
 pub mod instructions;
 pub mod keys;
 pub mod load;
@@ -148,6 +151,7 @@ async fn warm_up(
                 connections,
                 max_requests: 200,
                 max_time: Duration::from_secs(2),
+                rate: None,
             })
             .await?;
     }
@@ -182,6 +186,7 @@ async fn cache_in_keygate(
             connections,
             max_requests: keys.len() as u64,
             max_time: Duration::from_secs(30),
+            rate: None,
         })
         .await?;
     if outcome.failed > 0 || outcome.ok < keys.len() as u64 {
@@ -276,6 +281,92 @@ fn machine(tools: &rig::process::tools::Tools, keygate: &std::path::Path) -> Mac
                 )
             })
             .unwrap_or_else(|e| format!("unknown ({e})")),
+    }
+}
+
+/// The latency-at-a-common-rate step (`fixed_rate`), in the auth-overhead
+/// step's environment, with its generator, URLs, key and Envoys.
+struct FixedRateStep<'a> {
+    choice: fixed_rate::Choice,
+    generator: &'a LoadGenerator,
+    urls: &'a BTreeMap<Variant, String>,
+    warm: &'a Arc<str>,
+    /// Every Envoy, started again before each round after the first, as
+    /// the closed-loop rounds do.
+    restart_names: &'a [&'a str],
+}
+
+impl FixedRateStep<'_> {
+    async fn run(
+        &self,
+        plan: &Plan,
+        supervisor: &mut rig::process::supervisor::Supervisor,
+    ) -> Result<fixed_rate::FixedRate> {
+        let rate = self.choice.rate_per_s;
+        say!(
+            "bench: latency at a common rate: {} round{} of {} warm variants, each {rate:.0} req/s for {} (half of {}'s {:.0} req/s), {} connections, open loop",
+            plan.fixed_rate_rounds,
+            if plan.fixed_rate_rounds == 1 { "" } else { "s" },
+            fixed_rate::VARIANTS.len(),
+            rig::base::progress::secs(plan.fixed_rate_window),
+            self.choice.slowest.name(),
+            self.choice.slowest_rps,
+            plan.connections
+        );
+        let schedule = stats::interleave_paired(
+            &fixed_rate::VARIANTS,
+            &Variant::PAIRED,
+            plan.fixed_rate_rounds,
+        );
+        let mut totals: BTreeMap<Variant, load::Outcome> = BTreeMap::new();
+        let mut bursts = Vec::new();
+        // The first round follows the closed-loop rounds' Envoys, warm.
+        let mut restarted_for = 0;
+        for (round, variant) in schedule {
+            if round > restarted_for {
+                restarted_for = round;
+                for name in self.restart_names {
+                    supervisor.restart(name).await.with_context(|| {
+                        format!("restarting {name} before common-rate round {}", round + 1)
+                    })?;
+                }
+                warm_up(self.generator, self.urls, self.warm, plan.connections).await?;
+            }
+            tokio::time::sleep(SETTLE).await;
+            let outcome = self
+                .generator
+                .run(Burst {
+                    url: &self.urls[&variant],
+                    keys: Keys::One(self.warm.clone()),
+                    connections: plan.connections,
+                    max_requests: u64::MAX,
+                    max_time: plan.fixed_rate_window,
+                    rate: Some(rate),
+                })
+                .await?;
+            let latency = stats::Latency::of(&outcome.latencies_us);
+            say!(
+                "bench: common rate round {} {}: {} requests at {rate:.0}/s, p50 {} ms, p99 {} ms, {} late, {} failed",
+                round + 1,
+                variant.name(),
+                outcome.requests(),
+                report::ms(latency.p50_us),
+                report::ms(latency.p99_us),
+                outcome.late,
+                outcome.failed
+            );
+            bursts.push(fixed_rate::FixedRateBurst::of(round + 1, variant, &outcome));
+            fixed_rate::add(&mut totals, variant, outcome);
+        }
+        Ok(fixed_rate::FixedRate {
+            choice: self.choice,
+            rounds: plan.fixed_rate_rounds,
+            window_ms: plan.fixed_rate_window.as_millis() as u64,
+            connections: plan.connections,
+            late_after_us: bench_peer::protocol::LATE_AFTER.as_micros() as u64,
+            variants: fixed_rate::variant_results(&totals),
+            bursts,
+        })
     }
 }
 
@@ -639,6 +730,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
                 connections: plan.connections,
                 max_requests: plan.requests_per_round,
                 max_time: plan.window,
+                rate: None,
             })
             .await?;
         let cpu_after = cpu_now(&env_a.supervisor, variant)?;
@@ -705,6 +797,27 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         }
     }
     let variants = report::variant_results(&totals, &cpu_totals, &rounds);
+
+    // 4a. Latency at a common rate: the warm variants, open loop, at half
+    // the slowest one's closed-loop req/s, so none is saturated and their
+    // p99s compare at equal load.
+    let fixed_rate =
+        match fixed_rate::choose(&variants.iter().map(|v| (v.variant, v.rps)).collect()) {
+            Ok(choice) => {
+                let step = FixedRateStep {
+                    choice,
+                    generator: &generator,
+                    urls: &urls,
+                    warm: &warm,
+                    restart_names: &restart_names,
+                };
+                Some(step.run(&plan, &mut env_a.supervisor).await?)
+            }
+            Err(why) => {
+                left_out.push(format!("latency at a common rate: {why}"));
+                None
+            }
+        };
 
     // 4b. Envoy's instructions per request under callgrind: the same
     // Envoys, each started again under valgrind (`--quick`: the native
@@ -857,6 +970,7 @@ pub async fn run(mut opts: BenchOptions) -> Result<BenchReport> {
         native_keys: native_keys.len(),
         variants,
         rounds,
+        fixed_rate,
         instructions,
         propagation,
         scale,

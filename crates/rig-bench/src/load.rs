@@ -43,6 +43,9 @@ pub struct Burst<'a> {
     pub connections: usize,
     pub max_requests: u64,
     pub max_time: Duration,
+    /// Open loop at this many requests per second (latencies from when
+    /// each request was due); `None`: closed loop, as fast as it goes.
+    pub rate: Option<f64>,
 }
 
 /// What a burst measured.
@@ -54,6 +57,13 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// The last failure seen (status or error), for the output.
     pub last_failure: Option<String>,
+    /// Open loop only: requests that went out more than
+    /// `bench_peer::protocol::LATE_AFTER` after they were due.
+    pub late: u64,
+    /// Of those, the ones the generator's pacing thread handed over late.
+    pub late_pacing: u64,
+    /// Open loop only: the latest one went out after it was due.
+    pub max_late: Duration,
 }
 
 impl Outcome {
@@ -123,6 +133,7 @@ impl LoadGenerator {
             connections: burst.connections,
             max_requests: burst.max_requests,
             max_time_ms: burst.max_time.as_millis() as u64,
+            rate_per_s: burst.rate,
         };
         if matches!(&spec.keys, KeySpec::Fresh(k) if k.is_empty()) {
             // The pool is spent: nothing to send, as the in-process
@@ -133,13 +144,18 @@ impl LoadGenerator {
                 failed: 0,
                 elapsed: Duration::ZERO,
                 last_failure: None,
+                late: 0,
+                late_pacing: 0,
+                max_late: Duration::ZERO,
             });
         }
+        // An open-loop burst may run up to twice its window (at least a
+        // second over) to send what was due within it.
         let response = self
             .http
             .post(format!("{}/burst", self.url))
             .json(&spec)
-            .timeout(burst.max_time + Duration::from_secs(60))
+            .timeout(2 * burst.max_time + Duration::from_secs(60))
             .send()
             .await
             .with_context(|| format!("posting a burst to the load generator at {}", self.url))?;
@@ -161,6 +177,9 @@ impl LoadGenerator {
             failed: report.failed,
             elapsed: report.elapsed(),
             last_failure: report.last_failure,
+            late: report.late,
+            late_pacing: report.late_pacing,
+            max_late: Duration::from_micros(report.max_late_us),
         })
     }
 }

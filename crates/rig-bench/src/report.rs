@@ -112,8 +112,130 @@ pub fn failures(report: &BenchReport) -> Vec<String> {
             s.keys, s.failed
         )
     });
-    variants.chain(scale).collect()
+    let fixed_rate = report
+        .fixed_rate
+        .iter()
+        .flat_map(|f| &f.variants)
+        .filter(|v| v.failed > 0)
+        .map(|v| {
+            format!(
+                "latency at a common rate, {}: {} of {} requests failed (last: {}); its latencies include the failures",
+                v.variant.name(),
+                v.failed,
+                v.requests,
+                v.last_failure.as_deref().unwrap_or("not recorded")
+            )
+        });
+    variants.chain(fixed_rate).chain(scale).collect()
 }
+
+/// The latency-at-a-common-rate table, with its one-line explanation, a
+/// line on whether the rate was held, and the module's p99 over the native
+/// filter's per round.
+fn fixed_rate_table(f: &crate::fixed_rate::FixedRate) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nlatency at a common rate (open loop): {:.0} req/s through every warm variant (half the slowest's closed-loop {:.0} req/s, {}), {} round{} of {} interleaved, {} connections",
+        f.choice.rate_per_s,
+        f.choice.slowest_rps,
+        f.choice.slowest.name(),
+        f.rounds,
+        if f.rounds == 1 { "" } else { "s" },
+        rig::base::progress::secs(Duration::from_millis(f.window_ms)),
+        f.connections
+    );
+    let _ = writeln!(
+        out,
+        "  each request sent when due whatever the answers and timed from then, at a rate none is saturated by: the p99s compare at equal load, not queues at each one's own saturation (late: sent over {} ms after due)",
+        f.late_after_us as f64 / 1000.0
+    );
+    let rows: Vec<Vec<String>> = f
+        .variants
+        .iter()
+        .map(|v| {
+            vec![
+                v.variant.name().to_owned(),
+                v.requests.to_string(),
+                v.failed.to_string(),
+                v.late.to_string(),
+                ms(v.latency.p50_us),
+                ms(v.latency.p99_us),
+                ms(v.latency.p999_us),
+                ms(v.latency.max_us),
+                v.p99_added_vs_native_us
+                    .map_or("-".into(), |us| format!("{:+.2}", us as f64 / 1000.0)),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        1,
+        &[
+            "variant",
+            "requests",
+            "failed",
+            "late",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "p99 vs native ms",
+        ],
+        &rows,
+    ));
+    let unheld: Vec<String> = f
+        .variants
+        .iter()
+        .filter(|v| v.requests > 0 && v.late as f64 / v.requests as f64 > RATE_NOT_HELD)
+        .map(|v| {
+            format!(
+                "{} ({} of {} late, {} of them by the generator's pacing, at worst {} ms)",
+                v.variant.name(),
+                v.late,
+                v.requests,
+                v.late_pacing,
+                ms(v.max_late_us)
+            )
+        })
+        .collect();
+    if unheld.is_empty() {
+        let _ = writeln!(
+            out,
+            "  rate held: at most {:.0} % of any variant's requests late",
+            RATE_NOT_HELD * 100.0
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  rate not held for {}: their latencies include the wait (for a free connection, or for the generator's pacing thread when the machine ran it late)",
+            unheld.join(", ")
+        );
+    }
+    for v in &f.variants {
+        if let Some(last) = &v.last_failure {
+            let _ = writeln!(out, "  {}: last failure {last}", v.variant.name());
+        }
+    }
+    let module = crate::fixed_rate::p99_added_by_round(&f.bursts, Variant::ModuleWarm);
+    if !module.is_empty() {
+        let each: Vec<String> = module
+            .iter()
+            .map(|us| format!("{:+.2}", *us as f64 / 1000.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {} p99 over {} per round, ms: {}",
+            Variant::ModuleWarm.name(),
+            Variant::Native.name(),
+            each.join(" ")
+        );
+    }
+    out
+}
+
+/// Over this share of a variant's requests late, the common rate was not
+/// held for it.
+const RATE_NOT_HELD: f64 = 0.01;
 
 /// (`variant`'s req/s, `baseline`'s) in each round where both ran and
 /// neither is zero.
@@ -207,7 +329,7 @@ fn rounds_summary(rounds: &[RoundResult]) -> String {
 /// Steal above this share in any burst is called out under the table.
 const STEAL_WORTH_SAYING: f64 = 0.05;
 
-fn ms(us: u64) -> String {
+pub(crate) fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
@@ -316,6 +438,9 @@ pub fn render(r: &BenchReport) -> String {
         }
     }
     out.push_str(&rounds_summary(&r.rounds));
+    if let Some(f) = &r.fixed_rate {
+        out.push_str(&fixed_rate_table(f));
+    }
 
     if !r.instructions.is_empty() {
         let _ = writeln!(
@@ -479,6 +604,9 @@ mod tests {
             failed: 0,
             elapsed: Duration::from_secs(secs),
             last_failure: None,
+            late: 0,
+            late_pacing: 0,
+            max_late: Duration::ZERO,
         }
     }
 
@@ -614,6 +742,126 @@ mod tests {
         let results = variant_results(&totals, &BTreeMap::new(), &[]);
         assert_eq!(results[0].rps_vs_native, None);
         assert_eq!(results[0].p99_added_us, None);
+    }
+
+    fn fixed_rate(late: u64, failed: u64) -> crate::fixed_rate::FixedRate {
+        use crate::fixed_rate::{self, Choice, FixedRateBurst};
+        let mut totals = BTreeMap::new();
+        let mut bursts = Vec::new();
+        for (round, variant, p99_us) in [
+            (1, Variant::Native, 400),
+            (1, Variant::ModuleWarm, 550),
+            (2, Variant::ModuleWarm, 500),
+            (2, Variant::Native, 480),
+        ] {
+            let mut o = outcome(1000, p99_us, p99_us);
+            if variant == Variant::ModuleWarm && round == 1 {
+                o.late = late;
+                o.late_pacing = late / 3;
+                o.max_late = Duration::from_millis(40);
+                o.ok -= failed;
+                o.failed = failed;
+                if failed > 0 {
+                    o.last_failure = Some("HTTP 503".into());
+                }
+            }
+            bursts.push(FixedRateBurst::of(round, variant, &o));
+            fixed_rate::add(&mut totals, variant, o);
+        }
+        fixed_rate::FixedRate {
+            choice: Choice {
+                rate_per_s: 1750.0,
+                slowest: Variant::KeygateGrpc,
+                slowest_rps: 3501.0,
+            },
+            rounds: 2,
+            window_ms: 3000,
+            connections: 8,
+            late_after_us: 1000,
+            variants: fixed_rate::variant_results(&totals),
+            bursts,
+        }
+    }
+
+    fn report_with(fixed_rate: Option<crate::fixed_rate::FixedRate>) -> BenchReport {
+        BenchReport {
+            started_at: String::new(),
+            wall_ms: 0,
+            plan: crate::results::Plan::quick(),
+            machine: crate::results::Machine {
+                nproc: 2,
+                cpu: String::new(),
+                loadavg_at_start: String::new(),
+                kernel: String::new(),
+                envoy: String::new(),
+                bao: String::new(),
+                keygate: String::new(),
+            },
+            load_generator: String::new(),
+            connections: 8,
+            path: "/".into(),
+            native_keys: 100,
+            variants: Vec::new(),
+            rounds: Vec::new(),
+            fixed_rate,
+            instructions: Vec::new(),
+            propagation: Vec::new(),
+            scale: Vec::new(),
+            suite: crate::results::SuiteSpeed {
+                up_ms: 0,
+                scale_up_ms: None,
+                e2e_ms: None,
+                e2e_ok: None,
+                e2e_command: None,
+                e2e_report_up_ms: None,
+                e2e_report_tests_ms: None,
+                e2e_report_wall_ms: None,
+            },
+            left_out: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_common_rate_table_says_the_rate_and_whether_it_held() {
+        let text = render(&report_with(Some(fixed_rate(3, 0))));
+        assert!(
+            text.contains("latency at a common rate (open loop): 1750 req/s through every warm variant (half the slowest's closed-loop 3501 req/s, keygate-grpc-warm), 2 rounds of 3.0 s interleaved, 8 connections"),
+            "{text}"
+        );
+        assert!(text.contains("p99 vs native ms"), "{text}");
+        // 3 of 2000 late: held.
+        assert!(
+            text.contains("rate held: at most 1 % of any variant's requests late"),
+            "{text}"
+        );
+        // Round 1: 550 - 400 µs; round 2: 500 - 480.
+        assert!(
+            text.contains(
+                "keygate-envoy-module-warm p99 over envoy-api-key-auth per round, ms: +0.15 +0.02"
+            ),
+            "{text}"
+        );
+        let text = render(&report_with(Some(fixed_rate(300, 0))));
+        assert!(
+            text.contains(
+                "rate not held for keygate-envoy-module-warm (300 of 2000 late, 100 of them by the generator's pacing, at worst 40.00 ms)"
+            ),
+            "{text}"
+        );
+        // No step, no table.
+        assert!(!render(&report_with(None)).contains("common rate"));
+    }
+
+    #[test]
+    fn failures_at_the_common_rate_fail_the_bench() {
+        assert!(failures(&report_with(Some(fixed_rate(0, 0)))).is_empty());
+        let lines = failures(&report_with(Some(fixed_rate(0, 7))));
+        assert_eq!(
+            lines,
+            [
+                "latency at a common rate, keygate-envoy-module-warm: 7 of 2000 requests failed (last: HTTP 503); its latencies include the failures"
+            ]
+        );
     }
 
     /// A variant answering fast errors is not fast: its req/s counts the

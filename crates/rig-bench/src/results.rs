@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::variants::Variant;
-use crate::{instructions, propagation, scale, stats};
+use crate::{fixed_rate, instructions, propagation, scale, stats};
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -37,6 +37,11 @@ pub struct Plan {
     pub suite: bool,
     /// Requests counted under callgrind per Envoy (`instructions`).
     pub instruction_requests: u64,
+    /// Rounds of the latency at a common rate (`fixed_rate`), after the
+    /// closed-loop ones, each running every warm variant once ...
+    pub fixed_rate_rounds: usize,
+    /// ... for this long at that rate.
+    pub fixed_rate_window: Duration,
 }
 
 impl Plan {
@@ -59,6 +64,8 @@ impl Plan {
             scale_window: Duration::from_secs(3),
             suite: true,
             instruction_requests: 2_000,
+            fixed_rate_rounds: 3,
+            fixed_rate_window: Duration::from_secs(3),
         }
     }
 
@@ -92,6 +99,9 @@ impl Plan {
             suite: false,
             // A smoke run of the count (native filter and module only).
             instruction_requests: 300,
+            // ~9 s: seven variants for 1 s each, the pause before each.
+            fixed_rate_rounds: 1,
+            fixed_rate_window: Duration::from_secs(1),
         }
     }
 }
@@ -190,6 +200,9 @@ pub struct BenchReport {
     pub variants: Vec<VariantResult>,
     /// Every burst of the auth-overhead step, in the order run.
     pub rounds: Vec<RoundResult>,
+    /// The warm variants' latency at one fixed rate, open loop (`None`
+    /// when no rate could be chosen: `left_out` says why).
+    pub fixed_rate: Option<fixed_rate::FixedRate>,
     /// Envoy's instructions per request under callgrind (full runs, with
     /// valgrind on PATH; else `left_out` says why).
     pub instructions: Vec<instructions::InstructionCount>,
@@ -213,6 +226,8 @@ mod tests {
         // The miss variant's pool is a chunk per round already.
         assert_eq!(twenty.miss_chunk, full.miss_chunk);
         assert_eq!(twenty.requests_per_round, full.requests_per_round);
+        // The common-rate step keeps its own rounds.
+        assert_eq!(twenty.fixed_rate_rounds, full.fixed_rate_rounds);
         let one = Plan::quick().with_rounds(1);
         assert_eq!((one.rounds, one.cold_pool), (1, 1_000));
         assert_eq!(Plan::quick().with_rounds(0).rounds, 1);

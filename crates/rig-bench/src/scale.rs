@@ -87,6 +87,7 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
                 connections: setup.connections,
                 max_requests: new.len() as u64,
                 max_time: FILL_CAP,
+                rate: None,
             })
             .await?;
         // The step measures a cache holding every key: one that does not
@@ -112,6 +113,7 @@ pub async fn run(setup: &ScaleSetup<'_>, sizes: &[usize]) -> Result<Vec<ScaleRes
                 connections: setup.connections,
                 max_requests: u64::MAX,
                 max_time: setup.window,
+                rate: None,
             })
             .await?;
         out.push(ScaleResult {
