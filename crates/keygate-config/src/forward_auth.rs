@@ -60,7 +60,13 @@ pub fn original_uri(headers: &HeaderMap, uri: &Uri) -> String {
             first.clone()
         }
         Some(_) => {
-            debug!(candidates = ?candidates, "the original-URI headers and path disagree; refusing to pick one");
+            // Paths only: a query (or a fragment) may carry a client's
+            // credentials (`?access_token=...`).
+            let paths: Vec<&str> = candidates
+                .iter()
+                .map(|uri| uri.split(['?', '#']).next().unwrap_or_default())
+                .collect();
+            debug!(paths = ?paths, "the original-URI headers and path disagree; refusing to pick one");
             String::new()
         }
     }
