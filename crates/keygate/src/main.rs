@@ -342,6 +342,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             config.gateway_group_file.clone(),
             // Well inside the idle timeout, which would close a quiet feed.
             (limits.idle_timeout / 3).clamp(Duration::from_millis(100), http::FEED_PING),
+            limits.invalidation_feed_followers,
         ),
         limits.header_read_timeout,
         until_stopped(stopped),
