@@ -391,9 +391,11 @@ impl hostile::HostileTarget for Shared {
 gateway_matrix! {
     /// Dot segments behind a `;` path parameter or a `#`, which some
     /// gateways forward raw and some upstreams (Tomcat, Jetty, older
-    /// Spring) resolve: written byte by byte with a key of each group, each
-    /// is refused or passes under the group that owns the path the upstream
-    /// saw, never with a `..;` left in it. Every gateway, the user's too.
+    /// Spring) resolve, the `#` also with the text before it in a client's
+    /// own X-Forwarded-Uri or X-Original-URI: written byte by byte with a
+    /// key of each group, each is refused or passes under the group that
+    /// owns the path the upstream saw, never with a `..;` left in it.
+    /// Every gateway, the user's too.
     #[tokio::test]
     async fn dot_segments_behind_a_parameter_or_a_fragment_never_cross_groups(
         gateway: &str,

@@ -155,15 +155,8 @@ fn judge(env: &Environment, what: &str, key_group: &str, reply: &Reply) -> Resul
     let seen = reply.body["path"]
         .as_str()
         .with_context(|| format!("{what}: the upstream echo has no path"))?;
-    // The group a gateway routes the upstream's path to: the longest route
-    // prefix it starts with (prefixes may nest, or one be `/`).
     let seen = normalize(seen);
-    let owner = env
-        .groups
-        .iter()
-        .filter(|(_, prefix)| seen.starts_with(prefix.as_str()))
-        .max_by_key(|(_, prefix)| prefix.len())
-        .map(|(group, _)| group.as_str());
+    let owner = owner_of(env, &seen);
     ensure!(
         owner == Some(granted),
         "{what}: passed as {granted} but the upstream got {seen:?}, which is {}",
@@ -173,6 +166,16 @@ fn judge(env: &Environment, what: &str, key_group: &str, reply: &Reply) -> Resul
         }
     );
     Ok(format!("200 as {granted}"))
+}
+
+/// The group a gateway routes a (normalized) path to: the longest route
+/// prefix it starts with (prefixes may nest, or one be `/`).
+fn owner_of<'e>(env: &'e Environment, path: &str) -> Option<&'e str> {
+    env.groups
+        .iter()
+        .filter(|(_, prefix)| path.starts_with(prefix.as_str()))
+        .max_by_key(|(_, prefix)| prefix.len())
+        .map(|(group, _)| group.as_str())
 }
 
 /// An answer slower than this is named in the outcome.
@@ -381,10 +384,14 @@ pub async fn run(target: &impl HostileTarget, gateway: &str, base: &str) -> Resu
 
 /// Dot segments behind a `;` path parameter (`..;`: `..` to Tomcat, Jetty
 /// and older Spring once they strip the parameter) and behind a `#` (nginx
-/// forwards the raw target): gateways differ in what they do with them, so
-/// only the invariant is held, with each key: refused, or passed under the
-/// group that owns the path the upstream saw, and never with a `..;` or
-/// `.;` segment left in that path. `label: outcome` per request.
+/// forwards the raw target), the latter also with the text before the `#`
+/// in an original-URI header of the client's: gateways differ in what they
+/// do with them, so only the invariant is held, with each key: refused, or
+/// passed under the group that owns the path the upstream saw, and never
+/// with a `..;` or `.;` segment left in that path. The echo upstream's
+/// HTTP parser drops a `#` and what follows it, which an upstream that
+/// keeps it would read, so a target with a `#` passes only under the group
+/// that owns it either way. `label: outcome` per request.
 pub async fn parameter_and_fragment_tricks(
     target: &impl HostileTarget,
     gateway: &str,
@@ -399,36 +406,62 @@ pub async fn parameter_and_fragment_tricks(
         (target.issue_key(&a).await?, &a, "A"),
         (target.issue_key(&b).await?, &b, "B"),
     ];
+    let fragment = format!("{path_a}#/../..{prefix_b}{b_rest}");
     let tricks = [
-        ("A/..;/B", format!("{prefix_a}..;{prefix_b}{b_rest}")),
+        ("A/..;/B", format!("{prefix_a}..;{prefix_b}{b_rest}"), None),
         (
             "A path/..;/..;/B",
             format!("{path_a}/..;/..;{prefix_b}{b_rest}"),
+            None,
         ),
         // Where the document declares a parameter under its GET path (the
         // shipped ones do), these fill it: keygate must refuse them.
-        ("A path/..;", format!("{path_a}/..;")),
-        ("A path/.;x", format!("{path_a}/.;x")),
-        (
-            "A path#/../../B",
-            format!("{path_a}#/../..{prefix_b}{b_rest}"),
-        ),
+        ("A path/..;", format!("{path_a}/..;"), None),
+        ("A path/.;x", format!("{path_a}/.;x"), None),
+        ("A path#/../../B", fragment.clone(), None),
         (
             "A path#/..;/..;/B",
             format!("{path_a}#/..;/..;{prefix_b}{b_rest}"),
+            None,
+        ),
+        // The same with the text before the `#` in the original-URI header
+        // the gateway does not set (nginx sets X-Original-URI and passed a
+        // client's X-Forwarded-Uri on): keygate must not route the header
+        // while the gateway forwards the target.
+        (
+            "A path#/../../B, X-Forwarded-Uri: A path",
+            fragment.clone(),
+            Some("x-forwarded-uri"),
+        ),
+        (
+            "A path#/../../B, X-Original-URI: A path",
+            fragment,
+            Some("x-original-uri"),
         ),
     ];
     let mut outcomes = Vec::new();
-    for (label, path) in &tricks {
+    for (label, path, spoofed) in &tricks {
         for (key, group, name) in &keys {
             let what = format!("{label} with a key of {name} through {gateway} ({path})");
-            let reply = raw_get(
-                base,
-                path,
-                &[("x-api-key", key.expose().as_bytes().to_vec())],
-            )
-            .await?;
+            let mut headers = vec![("x-api-key", key.expose().as_bytes().to_vec())];
+            if let Some(header) = spoofed {
+                headers.push((*header, path_a.as_bytes().to_vec()));
+            }
+            let reply = raw_get(base, path, &headers).await?;
             let outcome = judge(env, &what, group, &reply)?;
+            if reply.allowed() && path.contains('#') {
+                let whole = normalize(path);
+                let granted = reply.upstream_header("x-keyrig-group").unwrap_or_default();
+                ensure!(
+                    owner_of(env, &whole) == Some(granted),
+                    "{what}: passed as {granted}, but read with the text after its `#` (which a gateway \
+                     forwarding the target raw passes on) the path is {whole:?}, which is {}",
+                    match owner_of(env, &whole) {
+                        Some(owner) => format!("{owner}'s"),
+                        None => "under no group's route prefix".to_owned(),
+                    }
+                );
+            }
             if reply.allowed() {
                 let seen = reply.body["path"].as_str().unwrap_or_default();
                 let dotted = seen

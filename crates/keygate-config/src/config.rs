@@ -68,6 +68,11 @@ pub struct Config {
 /// Lines buffered between the audit socket and the parser before keygate
 /// drops them (and marks the cache stale) rather than slow Vault down.
 pub const DEFAULT_INVALIDATION_QUEUE: usize = 4096;
+/// An audit connection nothing arrived on this long is closed: Vault
+/// reconnects with its next entry (and keygate's own reads and token
+/// lookups are entries), a connection left open by anyone else frees its
+/// place.
+pub const DEFAULT_INVALIDATION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `invalidation:`, see keygate's `invalidation`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +80,20 @@ pub struct InvalidationConfig {
     pub listen: AuditListen,
     /// `invalidation.queue`: lines buffered for the parser.
     pub queue: usize,
+    /// `invalidation.idle_timeout`: a connection with nothing read this
+    /// long is closed.
+    pub idle_timeout: Duration,
+    /// `invalidation.allow_non_loopback`: a TCP `listen` address other than
+    /// loopback was asked for explicitly (keygate warns at start).
+    pub allow_non_loopback: bool,
+}
+
+impl InvalidationConfig {
+    /// A TCP listener other than on loopback: allowed only with
+    /// `invalidation.allow_non_loopback`, and worth a warning.
+    pub fn non_loopback(&self) -> bool {
+        matches!(&self.listen, AuditListen::Tcp(addr) if !addr.ip().is_loopback())
+    }
 }
 
 /// `invalidation.listen`: `127.0.0.1:9003` or `unix:/path/to/socket`.
@@ -356,6 +375,9 @@ struct RawConfig {
 struct RawInvalidation {
     listen: Option<String>,
     queue: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    allow_non_loopback: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -628,11 +650,37 @@ fn invalidation(
             AuditListen::Tcp(addr)
         }
     };
+    let allow_non_loopback = raw.allow_non_loopback.unwrap_or(false);
+    if let AuditListen::Tcp(addr) = &listen
+        && !addr.ip().is_loopback()
+        && !allow_non_loopback
+    {
+        // Connections are not authenticated: whoever reaches the port
+        // speaks for Vault's audit device.
+        return Err(format!(
+            "invalidation.listen is {addr}, which is not a loopback address: anyone who can \
+             reach it can connect in Vault's place (the audit stream is not authenticated) and \
+             make keygate read every key from Vault again; listen on 127.0.0.1 or a unix: \
+             socket beside Vault, or set `invalidation.allow_non_loopback: true` if only Vault \
+             can reach that address (a private network, a firewall)"
+        ));
+    }
     let queue = raw.queue.unwrap_or(DEFAULT_INVALIDATION_QUEUE);
     if queue == 0 {
         return Err("invalidation.queue is 0: set the number of audit lines to buffer, e.g. 4096 (the default)".into());
     }
-    Ok(InvalidationConfig { listen, queue })
+    let idle_timeout = raw
+        .idle_timeout
+        .unwrap_or(DEFAULT_INVALIDATION_IDLE_TIMEOUT);
+    if idle_timeout.is_zero() {
+        return Err("invalidation.idle_timeout is 0s, which would close every audit connection at once: give a duration, e.g. 5m (the default)".into());
+    }
+    Ok(InvalidationConfig {
+        listen,
+        queue,
+        idle_timeout,
+        allow_non_loopback,
+    })
 }
 
 fn upstream_headers(
@@ -962,10 +1010,12 @@ apis:
             Some(InvalidationConfig {
                 listen: AuditListen::Tcp("127.0.0.1:9003".parse().unwrap()),
                 queue: DEFAULT_INVALIDATION_QUEUE,
+                idle_timeout: DEFAULT_INVALIDATION_IDLE_TIMEOUT,
+                allow_non_loopback: false,
             })
         );
         let unix = parse(&format!(
-            "{VALID}invalidation:\n  listen: unix:run/audit.sock\n  queue: 16\n"
+            "{VALID}invalidation:\n  listen: unix:run/audit.sock\n  queue: 16\n  idle_timeout: 90s\n"
         ))
         .unwrap();
         assert_eq!(
@@ -973,6 +1023,8 @@ apis:
             Some(InvalidationConfig {
                 listen: AuditListen::Unix("conf/run/audit.sock".into()),
                 queue: 16,
+                idle_timeout: Duration::from_secs(90),
+                allow_non_loopback: false,
             })
         );
         for (section, expected) in [
@@ -990,9 +1042,54 @@ apis:
                 "invalidation:\n  listen: 127.0.0.1:9003\n  queue: 0\n",
                 "invalidation.queue is 0",
             ),
+            (
+                "invalidation:\n  listen: 127.0.0.1:9003\n  idle_timeout: 0s\n",
+                "invalidation.idle_timeout is 0s",
+            ),
         ] {
             let err = parse(&format!("{VALID}{section}")).unwrap_err();
             assert!(err.message.contains(expected), "{section}: {err}");
+        }
+    }
+
+    /// The audit listener is not authenticated: an address other than
+    /// loopback is refused, naming the field and the file, unless
+    /// `invalidation.allow_non_loopback` says only Vault can reach it.
+    #[test]
+    fn a_non_loopback_audit_listener_needs_an_explicit_opt_in() {
+        for listen in ["0.0.0.0:9003", "10.0.0.7:9003", "[::]:9003"] {
+            let err = parse(&format!("{VALID}invalidation:\n  listen: '{listen}'\n")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("conf/keygate.yaml: invalidation.listen is ")
+                    && err.message.contains("not a loopback address")
+                    && err
+                        .message
+                        .contains("set `invalidation.allow_non_loopback: true`"),
+                "{listen}: {err}"
+            );
+            let allowed = parse(&format!(
+                "{VALID}invalidation:\n  listen: '{listen}'\n  allow_non_loopback: true\n"
+            ))
+            .unwrap()
+            .invalidation
+            .unwrap();
+            assert!(
+                allowed.allow_non_loopback && allowed.non_loopback(),
+                "{listen}"
+            );
+        }
+        for listen in [
+            "127.0.0.1:9003",
+            "127.0.0.2:9003",
+            "'[::1]:9003'",
+            "unix:audit.sock",
+        ] {
+            let config = parse(&format!("{VALID}invalidation:\n  listen: {listen}\n"))
+                .unwrap()
+                .invalidation
+                .unwrap();
+            assert!(!config.non_loopback(), "{listen}");
         }
     }
 

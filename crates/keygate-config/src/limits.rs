@@ -9,6 +9,7 @@
 //!   grpc_connections: 1024      # the same for listen.grpc
 //!   header_read_timeout: 10s    # listen.http: a request's headers must arrive within this
 //!   idle_timeout: 60s           # listen.http: a connection with no bytes either way this long is closed
+//!   invalidation_feed_followers: 64  # followers of GET /v1/invalidations at once; beyond: 503
 //! ```
 
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub struct Limits {
     pub grpc_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Followers of `GET /v1/invalidations` at once: each holds one of
+    /// `http_connections` for as long as it follows (pings keep it busy).
+    pub invalidation_feed_followers: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +43,10 @@ impl Default for Limits {
             // them and short for a client trickling headers to hold a slot.
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            // The Envoy module follows with one connection per filter
+            // config and Envoy process; 64 leaves most of the 1024
+            // connections to forward-auth.
+            invalidation_feed_followers: 64,
         }
     }
 }
@@ -58,6 +66,7 @@ pub struct RawLimits {
     header_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
+    invalidation_feed_followers: Option<usize>,
 }
 
 impl RawLimits {
@@ -108,6 +117,11 @@ impl RawLimits {
                 "header_read_timeout",
             )?,
             idle_timeout: time(self.idle_timeout, d.idle_timeout, "idle_timeout")?,
+            invalidation_feed_followers: count(
+                self.invalidation_feed_followers,
+                d.invalidation_feed_followers,
+                "invalidation_feed_followers",
+            )?,
         })
     }
 }
@@ -125,23 +139,32 @@ mod tests {
     #[test]
     fn unset_limits_take_the_defaults_and_set_ones_override() {
         assert_eq!(resolve("{}"), Ok(Limits::default()));
-        let set =
-            resolve("vault_reads: 8\nvault_read_queue: 0\nheader_read_timeout: 250ms\n").unwrap();
+        let set = resolve(
+            "vault_reads: 8\nvault_read_queue: 0\nheader_read_timeout: 250ms\ninvalidation_feed_followers: 4\n",
+        )
+        .unwrap();
         assert_eq!(
             set,
             Limits {
                 vault_reads: 8,
                 vault_read_queue: 0,
                 header_read_timeout: Duration::from_millis(250),
+                invalidation_feed_followers: 4,
                 ..Limits::default()
             }
         );
+        assert_eq!(Limits::default().invalidation_feed_followers, 64);
     }
 
     #[test]
     fn zero_limits_are_refused_naming_the_field() {
         let err = resolve("http_connections: 0\n").unwrap_err();
         assert!(err.starts_with("limits.http_connections is 0"), "{err}");
+        let err = resolve("invalidation_feed_followers: 0\n").unwrap_err();
+        assert!(
+            err.starts_with("limits.invalidation_feed_followers is 0"),
+            "{err}"
+        );
         let err = resolve("idle_timeout: 0s\n").unwrap_err();
         assert!(err.starts_with("limits.idle_timeout is 0s"), "{err}");
         assert!(

@@ -14,7 +14,9 @@
 //! finds the record gone drops it, so a revoked key is never brought back.
 //! A 403 with a fresh token (the policy was withdrawn), or a re-login Vault
 //! refuses after a 403 (keygate cut off), is an answer, not an outage: it
-//! is never resurrected.
+//! is never resurrected. Nor is a read keygate's own read limit refused
+//! (`VaultError::Busy`): a flood of random selectors can keep that queue
+//! full while Vault is up, and would otherwise bring a revoked key back.
 //!
 //! Invalidation (`crate::invalidation`, from Vault's audit stream): every
 //! read is stamped from a counter when it starts. Dropping a key records a
@@ -522,8 +524,17 @@ impl RecordCache {
             // A 403 with a fresh token, or a refused re-login after one,
             // is Vault's answer, not an outage; so is one showing that
             // vault.kv_mount is not a KV v2 mount (none there: every key
-            // in it is gone, a revoked one too).
-            Err(err) if err.is_refusal() || err.is_misconfiguration() => Err(err),
+            // in it is gone, a revoked one too). A read keygate's own
+            // limits refused (`read_limit`) is no outage either: anyone can
+            // fill the queue with random selectors while Vault answers,
+            // and the record may have been revoked meanwhile.
+            Err(err)
+                if err.is_refusal()
+                    || err.is_misconfiguration()
+                    || matches!(*err, VaultError::Busy { .. }) =>
+            {
+                Err(err)
+            }
             Err(err) => match self.resurrect(store, &key).await {
                 Some(record) => Ok(Some(record)),
                 None => Err(err),
@@ -852,6 +863,54 @@ pub(crate) mod tests {
         source.forbidden.store(false, Ordering::SeqCst);
         source.down.store(true, Ordering::SeqCst);
         assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+    }
+
+    /// keygate's own read queue full (`read_limit`) is no outage: anyone
+    /// can fill it, with random selectors, while Vault answers. A revoked
+    /// key's read refused so is denied, its old record not resurrected.
+    #[tokio::test]
+    async fn a_read_refused_by_keygates_own_limits_is_not_resurrected() {
+        let source = Arc::new(FakeSource {
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let key = ApiKey::generate();
+        source.put("g", &key, KeyRecord::for_key(&key, "o"));
+        let metrics = Arc::new(Metrics::new());
+        // One read at a time, none queued.
+        let limited = Arc::new(crate::read_limit::LimitedSource::new(
+            source.clone(),
+            1,
+            0,
+            Duration::from_secs(5),
+            metrics.clone(),
+        ));
+        let config = CacheConfig {
+            positive_ttl: Duration::from_millis(30),
+            negative_ttl: Duration::from_millis(30),
+            resurrect_ttl: Duration::from_secs(60),
+        };
+        let cache = Arc::new(RecordCache::new(limited, config, metrics));
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+
+        // Revoked (no audit stream); past the positive TTL, a flood of
+        // random selectors holds the only read slot.
+        source.records.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let flood = {
+            let (cache, selector) = (cache.clone(), ApiKey::generate().selector());
+            tokio::spawn(async move { cache.get("g", &selector).await.is_ok() })
+        };
+        while source.reads.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        match cache.get("g", &key.selector()).await {
+            Err(err) => assert!(matches!(*err, VaultError::Busy { .. }), "{err:?}"),
+            Ok(found) => panic!("a revoked key's refused read answered {found:?}"),
+        }
+        assert!(flood.await.unwrap());
+        // Once the slot is free the read finds the record gone.
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
     }
 
     /// keygate cut off (its token revoked, its secret-id destroyed): the

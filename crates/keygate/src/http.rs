@@ -16,6 +16,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
 
 use crate::boxed_future::BoxFuture;
 use crate::decision::Validator;
@@ -62,21 +64,31 @@ struct AppState {
     group_file: Option<Arc<std::path::PathBuf>>,
     /// Ping interval of `/v1/invalidations`.
     feed_ping: Duration,
+    /// Places for followers of `/v1/invalidations`
+    /// (`limits.invalidation_feed_followers`).
+    followers: Arc<Semaphore>,
 }
 
 pub fn router(validator: Arc<Validator>, readiness: Arc<dyn ReadinessSource>) -> Router {
-    router_with_group(validator, readiness, None, FEED_PING)
+    router_with_group(
+        validator,
+        readiness,
+        None,
+        FEED_PING,
+        keygate_config::limits::Limits::default().invalidation_feed_followers,
+    )
 }
 
 /// The router, with `/readyz` also reporting the gateway group read from
 /// `group_file` (unreadable or empty: not ready, since the delivery broke),
 /// and `/v1/invalidations` pinging every `feed_ping` (keep it below
-/// `limits.idle_timeout`).
+/// `limits.idle_timeout`) to at most `max_followers` followers at once.
 pub fn router_with_group(
     validator: Arc<Validator>,
     readiness: Arc<dyn ReadinessSource>,
     group_file: Option<std::path::PathBuf>,
     feed_ping: Duration,
+    max_followers: usize,
 ) -> Router {
     Router::new()
         .route("/auth", any(forward_auth))
@@ -93,6 +105,7 @@ pub fn router_with_group(
             readiness,
             group_file: group_file.map(Arc::new),
             feed_ping,
+            followers: Arc::new(Semaphore::new(max_followers)),
         })
 }
 
@@ -207,11 +220,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// follower connected went unseen), a `stale` line whenever it fell behind,
 /// and a ping every `feed_ping`. The response never ends on its own; the
 /// follower reconnects when it does (keygate restarting, the idle timeout).
+/// Each follower holds one of the port's `limits.http_connections` for as
+/// long as it follows, so there are at most
+/// `limits.invalidation_feed_followers` at once; beyond, 503.
 async fn invalidations(State(state): State<AppState>) -> Response {
     let Some(feed) = state.validator.invalidation_feed() else {
         return json_response(
             StatusCode::NOT_FOUND,
             json!({ "reason": "no invalidation feed: keygate caches nothing with keys.source: file" }),
+        );
+    };
+    let Ok(place) = state.followers.clone().try_acquire_owned() else {
+        debug!("GET /v1/invalidations refused: limits.invalidation_feed_followers are following");
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "reason": "too many followers of the invalidation feed (limits.invalidation_feed_followers); try again later" }),
         );
     };
     let follower = Follower {
@@ -222,6 +245,7 @@ async fn invalidations(State(state): State<AppState>) -> Response {
         ),
         first: true,
         _count: FollowerCount::new(state.validator.clone()),
+        _place: place,
     };
     let lines = futures_util::stream::unfold(follower, |mut follower| async move {
         let line = follower.next_line().await?;
@@ -243,6 +267,8 @@ struct Follower {
     ping: tokio::time::Interval,
     first: bool,
     _count: FollowerCount,
+    /// One of `limits.invalidation_feed_followers`, given back on hang-up.
+    _place: OwnedSemaphorePermit,
 }
 
 impl Follower {
@@ -354,7 +380,7 @@ mod tests {
         let records = RecordCache::new(source, config, metrics.clone());
         let invalidator = records.invalidator();
         let validator = Arc::new(Validator::new(routes, records, metrics, "api-portal-keys"));
-        let app = router_with_group(validator, Arc::new(Ready(ready)), None, feed_ping);
+        let app = router_with_group(validator, Arc::new(Ready(ready)), None, feed_ping, 2);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -452,6 +478,56 @@ mod tests {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the follower that hung up is still counted:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Each follower holds a connection for as long as it follows: beyond
+    /// `limits.invalidation_feed_followers` (2 here) they are refused with
+    /// 503 and a reason, and a place freed is taken again.
+    #[tokio::test]
+    async fn followers_beyond_the_limit_are_refused_with_503() {
+        let source = Arc::new(FakeSource::default());
+        let (base, _invalidator) = serve_with_ping(source, true, FEED_PING).await;
+        let follow = || reqwest::get(format!("{base}/v1/invalidations"));
+        let mut followers = Vec::new();
+        for _ in 0..2 {
+            let response = follow().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut feed = Lines {
+                response,
+                text: String::new(),
+            };
+            feed.next(1).await;
+            followers.push(feed);
+        }
+        let refused = follow().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert!(
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .contains("limits.invalidation_feed_followers"),
+            "{body}"
+        );
+        // Forward-auth is answered meanwhile.
+        let auth = reqwest::get(format!("{base}/auth/billing/invoices"))
+            .await
+            .unwrap();
+        assert_eq!(auth.headers()["x-keyrig-reason"], "missing");
+
+        drop(followers.pop());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let response = follow().await.unwrap();
+            if response.status() == 200 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the place of a follower that hung up was not given back"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -18,15 +18,29 @@
 //! positive TTL stays the backstop when no stream is connected at all.
 //!
 //! A line can only remove cached state (see `cache::Invalidator`): a forged
-//! one costs a Vault read, never an allowed request.
+//! one costs a Vault read, never an allowed request. The listener is not
+//! authenticated, so it belongs on loopback or a Unix socket (the config
+//! refuses another address without `invalidation.allow_non_loopback`), and
+//! what a stranger who connects can do is bounded: the stream marks
+//! everything stale at most once a second (a mark due sooner is applied
+//! when the second is up, never dropped), a connection nothing arrives on
+//! for `invalidation.idle_timeout` is closed, and with every place taken a
+//! new connection closes the idlest one rather than being refused, so
+//! connections left open cannot lock Vault's device out.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use apikey::Selector;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cache::Invalidator;
@@ -37,8 +51,14 @@ use crate::metrics::Metrics;
 /// is a few KiB at most, and an unbounded line would be unbounded memory.
 pub const MAX_LINE: usize = 1 << 20;
 /// Vault opens one connection per socket device (HA standbys forward to
-/// the active node); more than this at once is not Vault.
+/// the active node); more than this at once is not Vault, and a new one
+/// closes the idlest.
 const MAX_CONNECTIONS: usize = 16;
+/// The stream marks every cached answer stale at most this often; a mark
+/// due sooner (a connection, its end, a dropped line, a policy change) is
+/// applied when the interval is up. A connect loop would otherwise make
+/// keygate, and every follower of its feed, read every key again each time.
+const STALE_MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// The queue's bound in bytes, beside its bound in lines
 /// (`invalidation.queue`): 4096 lines of up to [`MAX_LINE`] would be 4 GiB.
 /// A line that does not fit is dropped like one over the line count.
@@ -148,6 +168,9 @@ pub fn effect(line: &[u8], kv_mount: &str) -> Effect {
 pub struct AuditListener {
     listener: Listener,
     queue: usize,
+    idle_timeout: Duration,
+    max_connections: usize,
+    stale_interval: Duration,
 }
 
 enum Listener {
@@ -180,6 +203,9 @@ impl AuditListener {
         Ok(Self {
             listener,
             queue: config.queue,
+            idle_timeout: config.idle_timeout,
+            max_connections: MAX_CONNECTIONS,
+            stale_interval: STALE_MARK_INTERVAL,
         })
     }
 
@@ -196,8 +222,10 @@ impl AuditListener {
     /// forever.
     pub async fn serve(self, kv_mount: String, invalidator: Invalidator, metrics: Arc<Metrics>) {
         let (lines, mut queued) = line_queue(self.queue, QUEUE_BYTES);
+        let marks = StaleMarks::new(invalidator.clone(), metrics.clone(), self.stale_interval);
         let apply = {
-            let (invalidator, metrics) = (invalidator.clone(), metrics.clone());
+            let (invalidator, metrics, marks) =
+                (invalidator.clone(), metrics.clone(), marks.clone());
             async move {
                 while let Some(line) = queued.recv().await {
                     match effect(&line, &kv_mount) {
@@ -207,8 +235,7 @@ impl AuditListener {
                             debug!(group, %selector, "audit stream: key written, cache entry dropped");
                         }
                         Effect::AllStale => {
-                            invalidator.all_stale("the key mount or a policy changed");
-                            metrics.invalidation_stale_mark();
+                            marks.mark("the key mount or a policy changed");
                             info!(
                                 "audit stream: the key mount or a policy changed; every cached answer is stale"
                             );
@@ -219,7 +246,7 @@ impl AuditListener {
             }
         };
         tokio::spawn(apply);
-        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let open = Arc::new(OpenConnections::new(self.max_connections));
         loop {
             let accepted: std::io::Result<(Box<dyn AsyncRead + Send + Unpin>, String)> =
                 match &self.listener {
@@ -242,20 +269,187 @@ impl AuditListener {
                     continue;
                 }
             };
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
-                warn!(%peer, max = MAX_CONNECTIONS, "audit stream: too many connections; closing this one");
-                continue;
-            };
+            // Full: the idlest goes, not the newcomer. Refusing newcomers
+            // let connections left open (by anyone who can reach the
+            // port) lock Vault's device out; Vault reconnects with its next
+            // entry should its own connection be the one closed.
+            let (place, evicted) = open.admit(&peer);
+            if let Some(evicted) = evicted {
+                warn!(
+                    %peer,
+                    closed = %evicted.peer,
+                    idle = ?evicted.idle(),
+                    max = self.max_connections,
+                    "audit stream: every connection place taken; closing the idlest for this one"
+                );
+                evicted.close.notify_one();
+            }
             let connection = Connection {
                 lines: lines.clone(),
-                invalidator: invalidator.clone(),
+                marks: marks.clone(),
                 metrics: metrics.clone(),
+                idle_timeout: self.idle_timeout,
             };
+            let open = open.clone();
             tokio::spawn(async move {
-                connection.run(stream, &peer).await;
-                drop(permit);
+                connection.run(stream, &peer, &place).await;
+                open.leave(&place);
             });
         }
+    }
+}
+
+/// The open audit connections, for closing the idlest when all places are
+/// taken.
+struct OpenConnections {
+    max: usize,
+    next: AtomicU64,
+    places: Mutex<HashMap<u64, Arc<Place>>>,
+}
+
+/// One open connection's place.
+struct Place {
+    id: u64,
+    peer: String,
+    /// When a byte last arrived (or the connection was accepted).
+    last_read: Mutex<Instant>,
+    /// Notified to close the connection.
+    close: Notify,
+}
+
+impl Place {
+    fn new(id: u64, peer: &str) -> Self {
+        Self {
+            id,
+            peer: peer.to_owned(),
+            last_read: Mutex::new(Instant::now()),
+            close: Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last_read.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn last_read(&self) -> Instant {
+        *self.last_read.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn idle(&self) -> Duration {
+        self.last_read().elapsed()
+    }
+
+    /// Resolves once nothing has arrived for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let due = self.last_read() + timeout;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+impl OpenConnections {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            next: AtomicU64::new(0),
+            places: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for a new connection from `peer`, and the connection that
+    /// must close for it (the idlest, the oldest of equals) when all are
+    /// taken. That one leaves the count at once.
+    fn admit(&self, peer: &str) -> (Arc<Place>, Option<Arc<Place>>) {
+        let place = Arc::new(Place::new(self.next.fetch_add(1, Ordering::Relaxed), peer));
+        let mut places = self.places.lock().unwrap_or_else(|e| e.into_inner());
+        let evicted = if places.len() >= self.max {
+            let idlest = places
+                .values()
+                .min_by_key(|p| (p.last_read(), p.id))
+                .map(|p| p.id);
+            idlest.and_then(|id| places.remove(&id))
+        } else {
+            None
+        };
+        places.insert(place.id, place.clone());
+        (place, evicted)
+    }
+
+    fn leave(&self, place: &Place) {
+        self.places
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&place.id);
+    }
+}
+
+/// The stream's "every cached answer is stale" marks, at most one per
+/// `interval`. One due sooner is held and applied when the interval is up
+/// (one for all held meanwhile): a mark outdates every answer read before
+/// it, so a later one covers the events of an earlier one.
+struct StaleMarks {
+    invalidator: Invalidator,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    state: Mutex<MarkState>,
+}
+
+#[derive(Default)]
+struct MarkState {
+    last: Option<Instant>,
+    /// A mark waiting for the interval, and why.
+    held: Option<&'static str>,
+}
+
+impl StaleMarks {
+    fn new(invalidator: Invalidator, metrics: Arc<Metrics>, interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            invalidator,
+            metrics,
+            interval,
+            state: Mutex::default(),
+        })
+    }
+
+    fn mark(self: &Arc<Self>, why: &'static str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match state.last {
+            Some(last) if now < last + self.interval => {
+                if state.held.is_none() {
+                    let marks = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(last + marks.interval).await;
+                        marks.apply_held();
+                    });
+                }
+                state.held = Some(why);
+            }
+            _ => {
+                state.last = Some(now);
+                drop(state);
+                self.apply(why);
+            }
+        }
+    }
+
+    fn apply_held(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = state.held.take() {
+            state.last = Some(Instant::now());
+            drop(state);
+            self.apply(why);
+        }
+    }
+
+    fn apply(&self, why: &'static str) {
+        self.invalidator.all_stale(why);
+        self.metrics.invalidation_stale_mark();
+        debug!(why, "audit stream: every cached answer marked stale");
     }
 }
 
@@ -313,17 +507,34 @@ impl LineReceiver {
 /// One audit stream connection, feeding the shared queue.
 struct Connection {
     lines: LineQueue,
-    invalidator: Invalidator,
+    marks: Arc<StaleMarks>,
     metrics: Arc<Metrics>,
+    idle_timeout: Duration,
 }
 
 impl Connection {
-    async fn run(&self, stream: impl AsyncRead + Unpin, peer: &str) {
+    /// Reads the connection until it ends, nothing arrives on it for the
+    /// idle timeout, or `place` is told to close (a newer connection
+    /// needs it).
+    async fn run(&self, stream: impl AsyncRead + Unpin, peer: &str, place: &Place) {
         // Writes made while no stream was connected went unseen.
         self.stale("audit stream connected");
         self.metrics.invalidation_stream(true);
         info!(%peer, "audit stream connected: revocations now land in milliseconds");
-        let result = read_lines(stream, |line| self.offer(line)).await;
+        let stream = Touching {
+            inner: stream,
+            place,
+        };
+        let result = tokio::select! {
+            result = read_lines(stream, |line| self.offer(line)) => result,
+            () = place.idle_for(self.idle_timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nothing arrived for {:?} (invalidation.idle_timeout); closed", self.idle_timeout),
+            )),
+            () = place.close.notified() => Err(io::Error::other(
+                "closed for a newer connection: every place was taken and this one was the idlest",
+            )),
+        };
         self.metrics.invalidation_stream(false);
         // What Vault wrote into the dying connection may be lost.
         self.stale("audit stream ended");
@@ -351,9 +562,28 @@ impl Connection {
     }
 
     fn stale(&self, why: &'static str) {
-        self.invalidator.all_stale(why);
-        self.metrics.invalidation_stale_mark();
-        debug!(why, "audit stream: every cached answer marked stale");
+        self.marks.mark(why);
+    }
+}
+
+/// A connection's stream, telling its place when bytes arrive.
+struct Touching<'a, S> {
+    inner: S,
+    place: &'a Place,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Touching<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.place.touch();
+        }
+        polled
     }
 }
 
@@ -542,6 +772,20 @@ mod tests {
         std::net::SocketAddr,
         Arc<Metrics>,
     ) {
+        listening_with(queue, |_| {}).await
+    }
+
+    /// [`listening`], with the listener changed by `tune` first.
+    async fn listening_with(
+        queue: usize,
+        tune: impl FnOnce(&mut AuditListener),
+    ) -> (
+        Arc<FakeSource>,
+        RecordCache,
+        ApiKey,
+        std::net::SocketAddr,
+        Arc<Metrics>,
+    ) {
         let source = Arc::new(FakeSource::default());
         let key = ApiKey::generate();
         source.put("g", &key, KeyRecord::for_key(&key, "o"));
@@ -555,12 +799,150 @@ mod tests {
         let listener = AuditListener::bind(&InvalidationConfig {
             listen: AuditListen::Tcp("127.0.0.1:0".parse().unwrap()),
             queue,
+            idle_timeout: Duration::from_secs(600),
+            allow_non_loopback: false,
         })
         .await
         .unwrap();
+        let mut listener = listener;
+        tune(&mut listener);
         let addr = listener.local_addr().unwrap();
         tokio::spawn(listener.serve("kv".into(), cache.invalidator(), metrics.clone()));
         (source, cache, key, addr, metrics)
+    }
+
+    /// Waits until the metrics show `line` (or 5 s).
+    async fn metric(metrics: &Metrics, line: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !metrics.encode().contains(line) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{line}` within 5 s:\n{}",
+                metrics.encode()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The value of counter or gauge `name`.
+    fn value(metrics: &Metrics, name: &str) -> u64 {
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    /// Whether `conn` is closed by the other side within 5 s.
+    async fn closed(conn: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), conn.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// Connections left open by someone other than Vault take every place:
+    /// Vault's device connecting then closes the idlest of them, and its
+    /// lines are read (refusing it left revocation to the TTL).
+    #[tokio::test]
+    async fn with_every_place_taken_a_new_connection_closes_the_idlest() {
+        let (_source, _cache, key, addr, metrics) =
+            listening_with(64, |l| l.stale_interval = Duration::ZERO).await;
+        let mut squatters = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            squatters.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            // Accepted one by one, so the first is the idlest.
+            metric(
+                &metrics,
+                &format!("keygate_invalidation_stream_connected {}", squatters.len()),
+            )
+            .await;
+        }
+        // The later ones show some life.
+        for squatter in &mut squatters[1..] {
+            squatter.write_all(b"\n").await.unwrap();
+        }
+        let mut vault = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut text = line(
+            "request",
+            "delete",
+            &format!("kv/metadata/g/{}", key.selector()),
+        );
+        text.push(b'\n');
+        vault.write_all(&text).await.unwrap();
+        metric(&metrics, "keygate_invalidations_total 1").await;
+        assert!(closed(&mut squatters[0]).await, "the idlest was left open");
+        metric(
+            &metrics,
+            &format!("keygate_invalidation_stream_connected {MAX_CONNECTIONS}"),
+        )
+        .await;
+        // The others are open still.
+        let mut open = squatters.pop().unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::io::AsyncReadExt::read(&mut open, &mut byte)
+            )
+            .await
+            .is_err(),
+            "a busier connection was closed"
+        );
+    }
+
+    /// A connection nothing arrives on is closed after the idle timeout,
+    /// one that keeps sending is not.
+    #[tokio::test]
+    async fn a_connection_idle_for_the_idle_timeout_is_closed() {
+        let (_source, _cache, _key, addr, metrics) =
+            listening_with(64, |l| l.idle_timeout = Duration::from_millis(300)).await;
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+        metric(&metrics, "keygate_invalidation_stream_connected 2").await;
+        let talking = tokio::spawn(async move {
+            for _ in 0..12 {
+                busy.write_all(b"{}\n").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            busy
+        });
+        assert!(closed(&mut idle).await, "an idle connection was kept open");
+        let mut busy = talking.await.unwrap();
+        metric(&metrics, "keygate_invalidation_stream_connected 1").await;
+        assert!(closed(&mut busy).await);
+        metric(&metrics, "keygate_invalidation_stream_connected 0").await;
+    }
+
+    /// Connecting and hanging up in a loop marks everything stale at most
+    /// once a second, not twice per connection; a mark held back is
+    /// applied when the second is up, not lost.
+    #[tokio::test]
+    async fn a_connect_loop_marks_everything_stale_at_most_once_a_second() {
+        let (source, cache, key, addr, metrics) = listening(64).await;
+        let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        metric(&metrics, "keygate_invalidation_stream_connected 1").await;
+        assert_eq!(value(&metrics, "keygate_invalidation_stale_marks_total"), 1);
+        // Read after the first mark: fresh.
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+        drop(first);
+        for _ in 0..20 {
+            drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let marks = value(&metrics, "keygate_invalidation_stale_marks_total");
+        assert!(
+            marks <= 3,
+            "{marks} stale marks for 21 connections in 300 ms"
+        );
+        // The held mark comes: the key is read again.
+        assert!(
+            read_again(&cache, &source, &key, 1).await,
+            "the held stale mark was lost"
+        );
+        assert!(value(&metrics, "keygate_invalidation_stale_marks_total") <= 4);
     }
 
     /// Polls `cache` until it reads `key` from the source again (or 5 s).
@@ -668,17 +1050,22 @@ mod tests {
         let (lines, _queued) = line_queue(1, QUEUE_BYTES);
         let connection = Connection {
             lines,
-            invalidator: cache.invalidator(),
+            marks: StaleMarks::new(cache.invalidator(), metrics.clone(), Duration::ZERO),
             metrics: metrics.clone(),
+            idle_timeout: Duration::from_secs(600),
         };
         let key = ApiKey::generate();
         assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
         let mut writer = writer;
         writer.write_all(b"{\"a\":1}\n{\"b\":2}\n").await.unwrap();
         drop(writer);
-        tokio::time::timeout(Duration::from_secs(5), connection.run(reader, "test"))
-            .await
-            .expect("a full queue must not block the reader");
+        let place = Place::new(0, "test");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.run(reader, "test", &place),
+        )
+        .await
+        .expect("a full queue must not block the reader");
         let text = metrics.encode();
         assert!(
             text.contains("keygate_invalidation_lines_dropped_total 1"),
@@ -747,6 +1134,8 @@ mod tests {
         let listener = AuditListener::bind(&InvalidationConfig {
             listen: AuditListen::Unix(path.clone()),
             queue: 8,
+            idle_timeout: Duration::from_secs(600),
+            allow_non_loopback: false,
         })
         .await
         .unwrap();

@@ -241,6 +241,14 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
     match (&config.invalidation, audit_listener) {
         (Some(invalidation), Some(listener)) => {
             info!(listen = %invalidation.listen, "waiting for Vault's socket audit device (invalidation)");
+            if invalidation.non_loopback() {
+                warn!(
+                    listen = %invalidation.listen,
+                    "invalidation.listen is not a loopback address (invalidation.allow_non_loopback: true): \
+                     whoever can reach it can connect in Vault's place and make keygate read every key again; \
+                     keep it reachable from Vault only"
+                );
+            }
             tokio::spawn(listener.serve(
                 config.vault.kv_mount.clone(),
                 records.invalidator(),
@@ -334,6 +342,7 @@ async fn serve(config: Config, routes: Routes) -> anyhow::Result<()> {
             config.gateway_group_file.clone(),
             // Well inside the idle timeout, which would close a quiet feed.
             (limits.idle_timeout / 3).clamp(Duration::from_millis(100), http::FEED_PING),
+            limits.invalidation_feed_followers,
         ),
         limits.header_read_timeout,
         until_stopped(stopped),

@@ -622,17 +622,24 @@ impl Vault {
             KvAnswer::Other => return Err(status_error(what, status, &body)),
         };
         let data = &body["data"];
-        let metadata = &data["metadata"];
-        let deleted = metadata["deletion_time"]
-            .as_str()
-            .is_some_and(|t| !t.is_empty())
-            || metadata["destroyed"].as_bool() == Some(true);
+        let live_until = match version_state(&data["metadata"], time::OffsetDateTime::now_utc()) {
+            VersionState::Deleted => return Ok(Some(None)),
+            VersionState::Live { until } => until,
+        };
         let record = &data["data"];
-        if deleted || record.is_null() {
+        if record.is_null() {
             return Ok(Some(None));
         }
         match KeyRecord::deserialize(record) {
-            Ok(record) => Ok(Some(Some(record))),
+            // A version deleted at a set time (`delete_version_after`)
+            // expires then, cached or not: no write reaches the audit
+            // stream when that time comes.
+            Ok(mut record) => {
+                if let Some(until) = live_until {
+                    record.expires = Some(record.expires.map_or(until, |e| e.min(until)));
+                }
+                Ok(Some(Some(record)))
+            }
             Err(err) => {
                 // A record exists but is unusable. Answering "unknown" would
                 // hide the bad writer, so it becomes a record whose hash
@@ -1119,6 +1126,37 @@ impl Vault {
     }
 }
 
+/// What a KV v2 read answered 200 says of the version it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VersionState {
+    /// Destroyed, or its `deletion_time` has come.
+    Deleted,
+    /// Live; `until` its `deletion_time`, if one is set.
+    Live { until: Option<time::OffsetDateTime> },
+}
+
+/// The version's state from its `metadata`, at `now`. A `deletion_time`
+/// is not only that of a deletion done: with the mount's or the key's
+/// `delete_version_after` set, KV v2 stamps every write with the future
+/// moment it will be deleted, and answers 200 with the data until then
+/// (404 after). A `deletion_time` that is not RFC 3339 cannot be told
+/// from a past one: deleted (denied `unknown`), never allowed.
+fn version_state(metadata: &Value, now: time::OffsetDateTime) -> VersionState {
+    if metadata["destroyed"].as_bool() == Some(true) {
+        return VersionState::Deleted;
+    }
+    match metadata["deletion_time"].as_str().map(str::trim) {
+        None | Some("") => VersionState::Live { until: None },
+        Some(text) => {
+            match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            {
+                Ok(at) if at > now => VersionState::Live { until: Some(at) },
+                _ => VersionState::Deleted,
+            }
+        }
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(what: &str, body: &str) -> Result<T, VaultError> {
     serde_json::from_str(body).map_err(|err| VaultError::BadResponse {
         what: what.to_owned(),
@@ -1261,6 +1299,96 @@ mod tests {
             "keygate followed the redirect with its secret-id"
         );
         assert!(!err.to_string().contains("secret-id-0c4e"));
+    }
+
+    /// A Vault that logs keygate in and answers every KV read under `kv`
+    /// with `record` and `metadata`.
+    async fn vault_answering(record: &KeyRecord, metadata: Value) -> String {
+        use axum::routing::{get, post};
+        let body = serde_json::json!({"data": {"data": record, "metadata": metadata}});
+        let app = axum::Router::new()
+            .route(
+                "/v1/auth/approle/login",
+                post(|| async { axum::Json(serde_json::json!({"auth": {"client_token": "t"}})) }),
+            )
+            .route(
+                "/v1/auth/token/lookup-self",
+                get(|| async {
+                    axum::Json(serde_json::json!({"data": {"policies": ["default"], "ttl": 3600}}))
+                }),
+            )
+            .route(
+                "/v1/kv/data/{group}/{selector}",
+                get(move || {
+                    let body = body.clone();
+                    async move { axum::Json(body) }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    /// With `delete_version_after` set, KV v2 stamps every write with the
+    /// future moment the version will be deleted and answers 200 with the
+    /// data until then: such a record is live, and expires at that moment
+    /// (or its own `expires`, if sooner). A past one, a `deletion_time`
+    /// that is not RFC 3339, or `destroyed` is no record.
+    #[tokio::test]
+    async fn a_deletion_time_to_come_is_a_live_version_that_expires_then() {
+        use time::format_description::well_known::Rfc3339;
+        let key = apikey::ApiKey::generate();
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap();
+        let (later, sooner) = (
+            now + Duration::from_secs(3600),
+            now + Duration::from_secs(60),
+        );
+        let rfc = |t: time::OffsetDateTime| t.format(&Rfc3339).unwrap();
+        let lasting = KeyRecord::for_key(&key, "o");
+        let expiring = KeyRecord::for_key(&key, "o").with_expiry(sooner);
+        let metadata = |deletion_time: &str, destroyed: bool| serde_json::json!({"version": 1, "deletion_time": deletion_time, "destroyed": destroyed});
+        for (what, record, metadata, want) in [
+            ("none", &lasting, metadata("", false), Some(None)),
+            (
+                "to come",
+                &lasting,
+                metadata(&rfc(later), false),
+                Some(Some(later)),
+            ),
+            (
+                "to come, with nanoseconds",
+                &lasting,
+                metadata("2999-01-02T03:04:05.123456789Z", false),
+                Some(Some(
+                    time::OffsetDateTime::parse("2999-01-02T03:04:05.123456789Z", &Rfc3339)
+                        .unwrap(),
+                )),
+            ),
+            (
+                "to come, after the record's expiry",
+                &expiring,
+                metadata(&rfc(later), false),
+                Some(Some(sooner)),
+            ),
+            (
+                "passed",
+                &lasting,
+                metadata(&rfc(now - Duration::from_secs(1)), false),
+                None,
+            ),
+            ("not RFC 3339", &lasting, metadata("soon", false), None),
+            ("destroyed", &lasting, metadata("", true), None),
+        ] {
+            let address = vault_answering(record, metadata).await;
+            let dir = tempfile::tempdir().unwrap();
+            let client = Vault::new(&config(&address, dir.path())).unwrap();
+            client.login().await.unwrap();
+            let found = client.read_record("g", &key.selector()).await.unwrap();
+            assert_eq!(found.map(|r| r.expires), want, "deletion_time {what}");
+        }
     }
 
     /// OpenBao 2.7.2's answers to KV v2 reads (recorded with the pinned
