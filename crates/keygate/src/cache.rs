@@ -755,7 +755,9 @@ pub(crate) mod tests {
         let known = ApiKey::generate();
         let unknown = ApiKey::generate();
         source.put("g", &known, KeyRecord::for_key(&known, "o"));
-        let cache = cache(source.clone(), 60_000, 50);
+        // 1 s: both lookups of the unknown key fall within it on a loaded
+        // machine too (50 ms could expire between them).
+        let cache = cache(source.clone(), 60_000, 1_000);
 
         assert!(cache.get("g", &known.selector()).await.unwrap().is_some());
         assert!(cache.get("g", &known.selector()).await.unwrap().is_some());
@@ -763,9 +765,9 @@ pub(crate) mod tests {
         assert!(cache.get("g", &unknown.selector()).await.unwrap().is_none());
         assert_eq!(source.reads.load(Ordering::SeqCst), 2);
 
-        // The negative entry expires quickly, so a new key is seen soon.
+        // The negative entry expires after its TTL, so a new key is seen then.
         source.put("g", &unknown, KeyRecord::for_key(&unknown, "o"));
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
         assert!(cache.get("g", &unknown.selector()).await.unwrap().is_some());
         assert_eq!(source.reads.load(Ordering::SeqCst), 3);
         let text = cache.metrics.encode();
@@ -1211,15 +1213,17 @@ mod compact_tests {
     /// revocation's tombstone does and no later outage brings it back.
     #[tokio::test]
     async fn an_old_record_stored_after_its_drop_dies_before_its_tombstone() {
-        // Every read takes 500 ms; positive 600 + resurrect 600 ms, so a
-        // tombstone lives 1200 ms.
+        // Every read takes 1000 ms; positive 1300 + resurrect 1300 ms, so a
+        // tombstone lives 2600 ms. (Sized so the third read below ends, at
+        // ~3000 ms, 400 ms past the right lifetime's end and 600 ms before
+        // the wrong one's: a stalled machine has room either way.)
         let source = Arc::new(FakeSource {
-            delay: Duration::from_millis(500),
+            delay: Duration::from_millis(1000),
             ..Default::default()
         });
         let key = ApiKey::generate();
         source.put("g", &key, KeyRecord::for_key(&key, "o"));
-        let cache = Arc::new(cache_resurrecting(source.clone(), 600, 600, 600));
+        let cache = Arc::new(cache_resurrecting(source.clone(), 1300, 600, 1300));
         // The first read answers with the record; every read after it fails.
         source.down_from_read.store(2, Ordering::SeqCst);
         let in_flight = {
@@ -1228,17 +1232,17 @@ mod compact_tests {
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Revoked at ~50 ms, while the first read was on its way: its
-        // tombstone lives until ~1250 ms. The read stores the old record at
-        // ~500 ms; its caller's second read fails at ~1000 ms.
+        // tombstone lives until ~2650 ms. The read stores the old record at
+        // ~1000 ms; its caller's second read fails at ~2000 ms.
         cache.invalidator().drop_key("g", &key.selector()).await;
         assert!(
             in_flight.await.unwrap(),
             "the outdated answer was used, or its caller's second read did not fail"
         );
-        // Asked again: this read fails at ~1500 ms and the cache looks for
+        // Asked again: this read fails at ~3000 ms and the cache looks for
         // something to resurrect. The tombstone is gone; the old record,
-        // read at 0, was kept until 1200 ms (counted from its read's end,
-        // it would be kept until ~1700 ms and allowed).
+        // read at 0, was kept until 2600 ms (counted from its read's end,
+        // it would be kept until ~3600 ms and allowed).
         assert!(
             cache.get("g", &key.selector()).await.is_err(),
             "a revoked key was resurrected after its tombstone expired"

@@ -209,7 +209,17 @@ async fn a_rejected_login_at_startup_stays_unready_and_is_not_sent_again() {
     wait_for_status(&fixture.url("/readyz"), 503).await;
     let denied = forward_auth(&fixture, "/billing/invoices", ApiKey::generate().expose()).await;
     assert_eq!(denied.status(), 503);
-    // keygate's login retries (every few seconds without a token) would
+    // keygate listens before it logs in, so /readyz can say 503 before the
+    // first login: the window below starts at the rejection itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while vault.state.lock().unwrap().rejected_logins == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keygate sent no login within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // keygate's login retries (about 1, 2 and 4 s after a failure) would
     // have sent the pair two or three times more by now.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(vault.state.lock().unwrap().rejected_logins, 1);
