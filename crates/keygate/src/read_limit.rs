@@ -187,4 +187,53 @@ mod tests {
         assert!(first.await.unwrap());
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
     }
+
+    /// keygate's own read queue full is no outage: anyone can fill it, with
+    /// random selectors, while Vault answers. A revoked key's read refused
+    /// so is denied, its old record not resurrected by the cache above.
+    /// (Here, not in cache's tests: cache never imports this module.)
+    #[tokio::test]
+    async fn a_read_refused_by_keygates_own_limits_is_not_resurrected() {
+        let source = Arc::new(FakeSource {
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let key = ApiKey::generate();
+        source.put("g", &key, apikey::KeyRecord::for_key(&key, "o"));
+        let metrics = Arc::new(Metrics::new());
+        // One read at a time, none queued.
+        let limited = Arc::new(LimitedSource::new(
+            source.clone(),
+            1,
+            0,
+            Duration::from_secs(5),
+            metrics.clone(),
+        ));
+        let config = crate::config::CacheConfig {
+            positive_ttl: Duration::from_millis(30),
+            negative_ttl: Duration::from_millis(30),
+            resurrect_ttl: Duration::from_secs(60),
+        };
+        let cache = Arc::new(crate::cache::RecordCache::new(limited, config, metrics));
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_some());
+
+        // Revoked (no audit stream); past the positive TTL, a flood of
+        // random selectors holds the only read slot.
+        source.records.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let flood = {
+            let (cache, selector) = (cache.clone(), ApiKey::generate().selector());
+            tokio::spawn(async move { cache.get("g", &selector).await.is_ok() })
+        };
+        while source.reads.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        match cache.get("g", &key.selector()).await {
+            Err(err) => assert!(matches!(*err, VaultError::Busy { .. }), "{err:?}"),
+            Ok(found) => panic!("a revoked key's refused read answered {found:?}"),
+        }
+        assert!(flood.await.unwrap());
+        // Once the slot is free the read finds the record gone.
+        assert!(cache.get("g", &key.selector()).await.unwrap().is_none());
+    }
 }

@@ -24,7 +24,8 @@ use crate::stats::Latency;
 use crate::variants::Variant;
 
 /// The variants measured at the common rate: every warm one (no Vault
-/// read, no callout per request), the rate's choice among them.
+/// read, no callout per request), the rate's choice among them; also the
+/// ones the warm-up burst goes through.
 pub const VARIANTS: [Variant; 7] = [
     Variant::NoAuth,
     Variant::Native,

@@ -135,15 +135,7 @@ async fn warm_up(
     warm: &Arc<str>,
     connections: usize,
 ) -> Result<()> {
-    for variant in [
-        Variant::NoAuth,
-        Variant::Native,
-        Variant::NativeForwarding,
-        Variant::ModuleFloor,
-        Variant::KeygateGrpc,
-        Variant::KeygateHttp,
-        Variant::ModuleWarm,
-    ] {
+    for variant in fixed_rate::VARIANTS {
         generator
             .run(Burst {
                 url: &urls[&variant],
