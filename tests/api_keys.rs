@@ -178,6 +178,28 @@ gateway_matrix! {
     }
 }
 
+/// Waits up to `deadline` until `gw` refuses `key` as `unknown`; how long
+/// that took.
+async fn until_refused(
+    gw: &Gateway,
+    key: &apikey::ApiKey,
+    what: &str,
+    deadline: std::time::Duration,
+) -> std::time::Duration {
+    let path = api_path(API_GROUP);
+    let started = std::time::Instant::now();
+    rig::base::wait::wait_until(what, deadline, async || {
+        let reply = gw.get(&path, Some(key.expose())).await?;
+        Ok(match (reply.status, reply.reason.as_deref()) {
+            (401, Some("unknown")) => Probe::Ready(()),
+            other => Probe::seen(format!("{other:?}")),
+        })
+    })
+    .await
+    .unwrap();
+    started.elapsed()
+}
+
 /// Reads the new `key` through `gw` (its first read: cached from then on),
 /// revokes it in the portal's scheme (the secret deleted, all versions) and
 /// waits for the gateway to refuse it, up to `deadline` (given the instant
@@ -194,17 +216,7 @@ async fn revoke_and_expect_refusal(
     assert_eq!(gw.get(&path, Some(key.expose())).await.unwrap().status, 200);
     revoke_key(API_GROUP, key).await.unwrap();
     let deadline = deadline(cached_at);
-    let started = std::time::Instant::now();
-    rig::base::wait::wait_until("the revoked key to be refused", deadline, async || {
-        let reply = gw.get(&path, Some(key.expose())).await?;
-        Ok(match (reply.status, reply.reason.as_deref()) {
-            (401, Some("unknown")) => Probe::Ready(()),
-            other => Probe::seen(format!("{other:?}")),
-        })
-    })
-    .await
-    .unwrap();
-    let took = started.elapsed();
+    let took = until_refused(gw, key, "the revoked key to be refused", deadline).await;
     // Refused from then on: nothing brings the cached record back.
     for _ in 0..5 {
         let reply = gw.get(&path, Some(key.expose())).await.unwrap();
@@ -308,21 +320,9 @@ gateway_matrix! {
             revoke_key(API_GROUP, &key).await.unwrap();
             let (deadline, this_bound) = revocation_deadline_since(cached_at);
             bound = this_bound;
-            let started = std::time::Instant::now();
-            rig::base::wait::wait_until(
-                "the revoked key to be refused under load",
-                deadline,
-                async || {
-                    let reply = gw.get(&path, Some(key.expose())).await?;
-                    Ok(match (reply.status, reply.reason.as_deref()) {
-                        (401, Some("unknown")) => Probe::Ready(()),
-                        other => Probe::seen(format!("{other:?}")),
-                    })
-                },
-            )
-            .await
-            .unwrap();
-            took.push(format!("{} of {} ms", started.elapsed().as_millis(), deadline.as_millis()));
+            let refused =
+                until_refused(&gw, &key, "the revoked key to be refused under load", deadline).await;
+            took.push(format!("{} of {} ms", refused.as_millis(), deadline.as_millis()));
         }
         let (ok, failed, last_failure) = load.finish().await;
         assert!(ok > 0, "the load sent no request");
